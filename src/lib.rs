@@ -1,1 +1,2 @@
+pub mod limiter;
 pub mod log;

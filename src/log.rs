@@ -77,7 +77,8 @@ impl TimeLog {
         };
         self.ends = Some((oldest, at));
         // Every further entry at the same time is a zero gap: one byte.
-        self.gaps.extend(std::iter::repeat_n(0, (count - 1) as usize));
+        self.gaps
+            .extend(std::iter::repeat_n(0, (count - 1) as usize));
         self.len += count;
     }
 
@@ -243,7 +244,10 @@ mod tests {
         let log = log_of(&[1_000, 1_001, 1_100, 1_100, 1_227]);
         assert_eq!(log.len(), 5);
         assert_eq!(log.gaps.len(), 4);
-        assert_eq!(log.iter().collect::<Vec<_>>(), [1_000, 1_001, 1_100, 1_100, 1_227]);
+        assert_eq!(
+            log.iter().collect::<Vec<_>>(),
+            [1_000, 1_001, 1_100, 1_100, 1_227]
+        );
     }
 
     #[test]
@@ -273,9 +277,15 @@ mod tests {
         assert_eq!(TimeLog::decode(0, 0, &[1]), Err(DecodeError::WrongLength));
         assert_eq!(TimeLog::decode(0, 1, &[1]), Err(DecodeError::WrongLength));
         let too_long = [0xff; 11];
-        assert_eq!(TimeLog::decode(0, 2, &too_long), Err(DecodeError::BadVarint));
+        assert_eq!(
+            TimeLog::decode(0, 2, &too_long),
+            Err(DecodeError::BadVarint)
+        );
         let past_64_bits = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
-        assert_eq!(TimeLog::decode(0, 2, &past_64_bits), Err(DecodeError::BadVarint));
+        assert_eq!(
+            TimeLog::decode(0, 2, &past_64_bits),
+            Err(DecodeError::BadVarint)
+        );
         let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert_eq!(TimeLog::decode(1, 2, &huge), Err(DecodeError::Overflow));
     }
