@@ -1,2 +1,13 @@
+//! redis-ratelimit: exact sliding-window rate limiting as a Redis module.
+//!
+//! The pure core: `log` (how a key's timestamps are stored), `limiter`
+//! (what is decided) and `args` (what a command's arguments mean). The
+//! Redis skin over it lives in `module`.
+
+pub mod args;
 pub mod limiter;
 pub mod log;
+
+// The skin needs Redis's allocator and API, which unit tests do not have.
+#[cfg(not(test))]
+mod module;
