@@ -1,0 +1,239 @@
+//! Every command and reply field against a real server.
+
+mod common;
+
+use common::{check, digest, error, run, Server};
+use std::thread::sleep;
+use std::time::Duration;
+
+#[test]
+fn check_replies_allowed_remaining_retry_and_reset() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    assert_eq!(check(&mut con, "k", 60_000, 5), [1, 4, 0, 60_000]);
+    let costly: Vec<i64> = run(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "3"]);
+    assert_eq!(costly, [1, 1, 0, 60_000]);
+    let full: Vec<i64> = run(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5", "cost", "1"]);
+    assert_eq!(full, [1, 0, 0, 60_000]);
+    let denied = check(&mut con, "k", 60_000, 5);
+    assert_eq!(&denied[..2], [0, 0]);
+    assert!((59_000..=60_000).contains(&denied[2]), "retry_after {denied:?}");
+    assert!(denied[3] >= denied[2], "the last entry expires no sooner than the first: {denied:?}");
+}
+
+#[test]
+fn a_denied_check_records_nothing() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    check(&mut con, "k", 60_000, 1);
+    let before = digest(&mut con, "k");
+    for _ in 0..5 {
+        assert_eq!(check(&mut con, "k", 60_000, 1)[0], 0);
+    }
+    assert_eq!(digest(&mut con, "k"), before);
+    let refunded: i64 = run(&mut con, &["RATELIMIT.UNDO", "k", "COST", "10"]);
+    assert_eq!(refunded, 1, "only the one allowed request was recorded");
+}
+
+#[test]
+fn peek_answers_without_recording() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let missing: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "1000", "5"]);
+    assert_eq!(missing, [1, 5, 0, 0]);
+    let exists: i64 = run(&mut con, &["EXISTS", "k"]);
+    assert_eq!(exists, 0, "PEEK must not create the key");
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "4"]);
+    for _ in 0..3 {
+        let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5"]);
+        assert_eq!(&peek[..3], [1, 1, 0]);
+        assert!((59_000..=60_000).contains(&peek[3]), "{peek:?}");
+    }
+    let too_much: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5", "COST", "2"]);
+    assert_eq!(&too_much[..2], [0, 1]);
+    assert!(too_much[2] > 0);
+    assert_eq!(check(&mut con, "k", 60_000, 5)[..2], [1, 0]);
+}
+
+#[test]
+fn undo_refunds_the_newest_entries_and_deletes_an_empty_log() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let none: i64 = run(&mut con, &["RATELIMIT.UNDO", "missing"]);
+    assert_eq!(none, 0);
+    for _ in 0..3 {
+        check(&mut con, "k", 60_000, 3);
+    }
+    assert_eq!(check(&mut con, "k", 60_000, 3)[0], 0);
+    let one: i64 = run(&mut con, &["RATELIMIT.UNDO", "k"]);
+    assert_eq!(one, 1);
+    assert_eq!(check(&mut con, "k", 60_000, 3)[..2], [1, 0], "the refund freed one slot");
+    let rest: i64 = run(&mut con, &["RATELIMIT.UNDO", "k", "COST", "10"]);
+    assert_eq!(rest, 3);
+    let exists: i64 = run(&mut con, &["EXISTS", "k"]);
+    assert_eq!(exists, 0);
+}
+
+#[test]
+fn a_window_expires_and_takes_the_key_with_it() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    assert_eq!(check(&mut con, "k", 300, 2)[0], 1);
+    let pttl: i64 = run(&mut con, &["PTTL", "k"]);
+    assert!((1..=300).contains(&pttl), "pttl {pttl}");
+    assert_eq!(check(&mut con, "k", 300, 2)[0], 1);
+    let denied = check(&mut con, "k", 300, 2);
+    assert_eq!(denied[0], 0);
+    assert!((1..=300).contains(&denied[2]), "{denied:?}");
+    sleep(Duration::from_millis(denied[2] as u64 + 20));
+    assert_eq!(check(&mut con, "k", 300, 2)[0], 1, "allowed once retry_after has passed");
+    sleep(Duration::from_millis(350));
+    let exists: i64 = run(&mut con, &["EXISTS", "k"]);
+    assert_eq!(exists, 0, "the key is gone after its newest entry expired");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    check(&mut con, "k", 60_000, 5);
+    let before = digest(&mut con, "k");
+    let arity = |name: &str| format!("ERR wrong number of arguments for '{name}' command");
+    let window = "ERR window must be an integer from 1 to 31536000000 (milliseconds)";
+    let max = "ERR max must be an integer from 1 to 1000000 (ratelimit.max-entries)";
+    let cost = "ERR COST must be a positive integer";
+    let cases: &[(&[&str], String)] = &[
+        (&["RATELIMIT.CHECK", "k", "60000"], arity("RATELIMIT.CHECK")),
+        (&["RATELIMIT.CHECK", "k"], arity("RATELIMIT.CHECK")),
+        (&["RATELIMIT.PEEK", "k", "1"], arity("RATELIMIT.PEEK")),
+        (&["RATELIMIT.UNDO"], arity("RATELIMIT.UNDO")),
+        (&["RATELIMIT.CHECK", "k", "abc", "5"], window.into()),
+        (&["RATELIMIT.CHECK", "k", "0", "5"], window.into()),
+        (&["RATELIMIT.CHECK", "k", "-1", "5"], window.into()),
+        (&["RATELIMIT.CHECK", "k", "1.5", "5"], window.into()),
+        (&["RATELIMIT.CHECK", "k", "", "5"], window.into()),
+        (&["RATELIMIT.CHECK", "k", "99999999999999999999", "5"], window.into()),
+        (&["RATELIMIT.CHECK", "k", "31536000001", "5"], window.into()),
+        (&["RATELIMIT.CHECK", "k", "60000", "0"], max.into()),
+        (&["RATELIMIT.CHECK", "k", "60000", "-5"], max.into()),
+        (&["RATELIMIT.CHECK", "k", "60000", "1000001"], max.into()),
+        (&["RATELIMIT.CHECK", "k", "60000", "five"], max.into()),
+        (&["RATELIMIT.PEEK", "k", "60000", "0"], max.into()),
+        (&["RATELIMIT.CHECK", "k", "60000", "5", "COST", "0"], cost.into()),
+        (&["RATELIMIT.CHECK", "k", "60000", "5", "COST", "-1"], cost.into()),
+        (&["RATELIMIT.CHECK", "k", "60000", "5", "COST", "x"], cost.into()),
+        (&["RATELIMIT.UNDO", "k", "COST", "0"], cost.into()),
+        (
+            &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "6"],
+            "ERR COST 6 is above max 5: such a request could never be allowed".into(),
+        ),
+        (
+            &["RATELIMIT.CHECK", "k", "60000", "5", "COST"],
+            "ERR syntax error: COST needs a value".into(),
+        ),
+        (
+            &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "1", "COST", "1"],
+            "ERR COST given more than once".into(),
+        ),
+        (
+            &["RATELIMIT.CHECK", "k", "60000", "5", "BURST", "1"],
+            "ERR unknown option 'BURST' (the only option is COST n)".into(),
+        ),
+        (
+            &["RATELIMIT.UNDO", "k", "NOW"],
+            "ERR unknown option 'NOW' (the only option is COST n)".into(),
+        ),
+        (
+            &["RATELIMIT.RECORD", "k", "1", "1000", "1"],
+            "ERR RATELIMIT.RECORD is internal: it only runs from the replication link or the AOF"
+                .into(),
+        ),
+    ];
+    for (words, expected) in cases {
+        assert_eq!(&error(&mut con, words), expected, "{words:?}");
+        assert_eq!(digest(&mut con, "k"), before, "{words:?} changed the key");
+    }
+    let pong: String = run(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn wrongtype_both_ways() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let wrongtype = "WRONGTYPE Operation against a key holding the wrong kind of value";
+    run::<()>(&mut con, &["SET", "s", "1"]);
+    for words in [
+        &["RATELIMIT.CHECK", "s", "1000", "5"][..],
+        &["RATELIMIT.PEEK", "s", "1000", "5"],
+        &["RATELIMIT.UNDO", "s"],
+    ] {
+        assert_eq!(error(&mut con, words), wrongtype, "{words:?}");
+    }
+    let untouched: String = run(&mut con, &["GET", "s"]);
+    assert_eq!(untouched, "1");
+    check(&mut con, "rl", 1000, 5);
+    assert_eq!(error(&mut con, &["GET", "rl"]), wrongtype);
+    assert_eq!(error(&mut con, &["LPUSH", "rl", "x"]), wrongtype);
+    let kind: String = run(&mut con, &["TYPE", "rl"]);
+    assert_eq!(kind, "ratelimit");
+}
+
+#[test]
+fn max_entries_is_a_module_argument() {
+    let server = Server::start_with_module_args(&["max-entries", "10"], &[]);
+    let mut con = server.connect();
+    assert_eq!(check(&mut con, "k", 1000, 10)[0], 1);
+    assert_eq!(
+        error(&mut con, &["RATELIMIT.CHECK", "k", "1000", "11"]),
+        "ERR max must be an integer from 1 to 10 (ratelimit.max-entries)"
+    );
+    let config: Vec<String> = run(&mut con, &["CONFIG", "GET", "ratelimit.max-entries"]);
+    assert_eq!(config, ["ratelimit.max-entries", "10"]);
+}
+
+#[test]
+fn copy_and_dump_restore_keep_the_log() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for _ in 0..7 {
+        check(&mut con, "k", 60_000, 10);
+    }
+    let original = digest(&mut con, "k");
+    let copied: i64 = run(&mut con, &["COPY", "k", "copy"]);
+    assert_eq!(copied, 1);
+    assert_eq!(digest(&mut con, "copy"), original);
+    let dump: Vec<u8> = redis::cmd("DUMP").arg("k").query(&mut con).expect("DUMP");
+    // Digests cover the expiry too, so restore with the same one.
+    let expires_at: i64 = run(&mut con, &["PEXPIRETIME", "k"]);
+    let restored: String = redis::cmd("RESTORE")
+        .arg("restored")
+        .arg(expires_at)
+        .arg(&dump)
+        .arg("ABSTTL")
+        .query(&mut con)
+        .expect("RESTORE");
+    assert_eq!(restored, "OK");
+    assert_eq!(digest(&mut con, "restored"), original);
+    let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "restored", "60000", "10"]);
+    assert_eq!(&peek[..2], [1, 3]);
+    // The copies are independent: refunding one leaves the other.
+    run::<i64>(&mut con, &["RATELIMIT.UNDO", "copy", "COST", "7"]);
+    assert_eq!(digest(&mut con, "k"), original);
+}
+
+#[test]
+fn ten_thousand_entries_take_at_most_eight_bytes_each() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let mut pipe = redis::pipe();
+    for _ in 0..10_000 {
+        pipe.cmd("RATELIMIT.CHECK").arg("big").arg(3_600_000).arg(10_000).ignore();
+    }
+    pipe.query::<()>(&mut con).expect("pipeline");
+    let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "big", "3600000", "10000"]);
+    assert_eq!(&peek[..2], [0, 0], "all 10,000 were recorded");
+    let usage: i64 = run(&mut con, &["MEMORY", "USAGE", "big"]);
+    assert!(usage <= 80_000, "MEMORY USAGE {usage} for 10,000 entries");
+    eprintln!("MEMORY USAGE for 10,000 entries: {usage} bytes");
+}
