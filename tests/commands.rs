@@ -11,14 +11,26 @@ fn check_replies_allowed_remaining_retry_and_reset() {
     let server = Server::start(&[]);
     let mut con = server.connect();
     assert_eq!(check(&mut con, "k", 60_000, 5), [1, 4, 0, 60_000]);
-    let costly: Vec<i64> = run(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "3"]);
+    let costly: Vec<i64> = run(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "3"],
+    );
     assert_eq!(costly, [1, 1, 0, 60_000]);
-    let full: Vec<i64> = run(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5", "cost", "1"]);
+    let full: Vec<i64> = run(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "5", "cost", "1"],
+    );
     assert_eq!(full, [1, 0, 0, 60_000]);
     let denied = check(&mut con, "k", 60_000, 5);
     assert_eq!(&denied[..2], [0, 0]);
-    assert!((59_000..=60_000).contains(&denied[2]), "retry_after {denied:?}");
-    assert!(denied[3] >= denied[2], "the last entry expires no sooner than the first: {denied:?}");
+    assert!(
+        (59_000..=60_000).contains(&denied[2]),
+        "retry_after {denied:?}"
+    );
+    assert!(
+        denied[3] >= denied[2],
+        "the last entry expires no sooner than the first: {denied:?}"
+    );
 }
 
 #[test]
@@ -43,13 +55,19 @@ fn peek_answers_without_recording() {
     assert_eq!(missing, [1, 5, 0, 0]);
     let exists: i64 = run(&mut con, &["EXISTS", "k"]);
     assert_eq!(exists, 0, "PEEK must not create the key");
-    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "4"]);
+    run::<Vec<i64>>(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "4"],
+    );
     for _ in 0..3 {
         let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5"]);
         assert_eq!(&peek[..3], [1, 1, 0]);
         assert!((59_000..=60_000).contains(&peek[3]), "{peek:?}");
     }
-    let too_much: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5", "COST", "2"]);
+    let too_much: Vec<i64> = run(
+        &mut con,
+        &["RATELIMIT.PEEK", "k", "60000", "5", "COST", "2"],
+    );
     assert_eq!(&too_much[..2], [0, 1]);
     assert!(too_much[2] > 0);
     assert_eq!(check(&mut con, "k", 60_000, 5)[..2], [1, 0]);
@@ -67,7 +85,11 @@ fn undo_refunds_the_newest_entries_and_deletes_an_empty_log() {
     assert_eq!(check(&mut con, "k", 60_000, 3)[0], 0);
     let one: i64 = run(&mut con, &["RATELIMIT.UNDO", "k"]);
     assert_eq!(one, 1);
-    assert_eq!(check(&mut con, "k", 60_000, 3)[..2], [1, 0], "the refund freed one slot");
+    assert_eq!(
+        check(&mut con, "k", 60_000, 3)[..2],
+        [1, 0],
+        "the refund freed one slot"
+    );
     let rest: i64 = run(&mut con, &["RATELIMIT.UNDO", "k", "COST", "10"]);
     assert_eq!(rest, 3);
     let exists: i64 = run(&mut con, &["EXISTS", "k"]);
@@ -86,7 +108,11 @@ fn a_window_expires_and_takes_the_key_with_it() {
     assert_eq!(denied[0], 0);
     assert!((1..=300).contains(&denied[2]), "{denied:?}");
     sleep(Duration::from_millis(denied[2] as u64 + 20));
-    assert_eq!(check(&mut con, "k", 300, 2)[0], 1, "allowed once retry_after has passed");
+    assert_eq!(
+        check(&mut con, "k", 300, 2)[0],
+        1,
+        "allowed once retry_after has passed"
+    );
     sleep(Duration::from_millis(350));
     let exists: i64 = run(&mut con, &["EXISTS", "k"]);
     assert_eq!(exists, 0, "the key is gone after its newest entry expired");
@@ -112,16 +138,28 @@ fn bad_input_is_refused_and_changes_nothing() {
         (&["RATELIMIT.CHECK", "k", "-1", "5"], window.into()),
         (&["RATELIMIT.CHECK", "k", "1.5", "5"], window.into()),
         (&["RATELIMIT.CHECK", "k", "", "5"], window.into()),
-        (&["RATELIMIT.CHECK", "k", "99999999999999999999", "5"], window.into()),
+        (
+            &["RATELIMIT.CHECK", "k", "99999999999999999999", "5"],
+            window.into(),
+        ),
         (&["RATELIMIT.CHECK", "k", "31536000001", "5"], window.into()),
         (&["RATELIMIT.CHECK", "k", "60000", "0"], max.into()),
         (&["RATELIMIT.CHECK", "k", "60000", "-5"], max.into()),
         (&["RATELIMIT.CHECK", "k", "60000", "1000001"], max.into()),
         (&["RATELIMIT.CHECK", "k", "60000", "five"], max.into()),
         (&["RATELIMIT.PEEK", "k", "60000", "0"], max.into()),
-        (&["RATELIMIT.CHECK", "k", "60000", "5", "COST", "0"], cost.into()),
-        (&["RATELIMIT.CHECK", "k", "60000", "5", "COST", "-1"], cost.into()),
-        (&["RATELIMIT.CHECK", "k", "60000", "5", "COST", "x"], cost.into()),
+        (
+            &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "0"],
+            cost.into(),
+        ),
+        (
+            &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "-1"],
+            cost.into(),
+        ),
+        (
+            &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "x"],
+            cost.into(),
+        ),
         (&["RATELIMIT.UNDO", "k", "COST", "0"], cost.into()),
         (
             &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "6"],
@@ -132,7 +170,16 @@ fn bad_input_is_refused_and_changes_nothing() {
             "ERR syntax error: COST needs a value".into(),
         ),
         (
-            &["RATELIMIT.CHECK", "k", "60000", "5", "COST", "1", "COST", "1"],
+            &[
+                "RATELIMIT.CHECK",
+                "k",
+                "60000",
+                "5",
+                "COST",
+                "1",
+                "COST",
+                "1",
+            ],
             "ERR COST given more than once".into(),
         ),
         (
@@ -228,7 +275,11 @@ fn ten_thousand_entries_take_at_most_eight_bytes_each() {
     let mut con = server.connect();
     let mut pipe = redis::pipe();
     for _ in 0..10_000 {
-        pipe.cmd("RATELIMIT.CHECK").arg("big").arg(3_600_000).arg(10_000).ignore();
+        pipe.cmd("RATELIMIT.CHECK")
+            .arg("big")
+            .arg(3_600_000)
+            .arg(10_000)
+            .ignore();
     }
     pipe.query::<()>(&mut con).expect("pipeline");
     let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "big", "3600000", "10000"]);

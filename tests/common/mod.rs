@@ -62,9 +62,19 @@ impl Server {
 
     pub fn start_with_module_args(module_args: &[&str], extra: &[&str]) -> Server {
         let mut args: Vec<String> = [
-            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--enable-debug-command", "local", "--enable-module-command", "local",
-            "--repl-diskless-sync-delay", "0", "--loadmodule",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "local",
+            "--enable-module-command",
+            "local",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--loadmodule",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -108,10 +118,18 @@ impl Server {
                     return;
                 }
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("server exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "server never answered PING:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server never answered PING:\n{}",
+                self.log()
+            );
             sleep(Duration::from_millis(20));
         }
     }
@@ -136,8 +154,9 @@ impl Server {
     /// then starts it again on the same port and directory.
     pub fn restart(&mut self, save: bool) {
         let mut con = self.connect();
-        let _: redis::RedisResult<Value> =
-            redis::cmd("SHUTDOWN").arg(if save { "SAVE" } else { "NOSAVE" }).query(&mut con);
+        let _: redis::RedisResult<Value> = redis::cmd("SHUTDOWN")
+            .arg(if save { "SAVE" } else { "NOSAVE" })
+            .query(&mut con);
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
@@ -174,7 +193,8 @@ pub fn run<T: redis::FromRedisValue>(con: &mut Connection, words: &[&str]) -> T 
     for word in &words[1..] {
         cmd.arg(*word);
     }
-    cmd.query(con).unwrap_or_else(|e| panic!("{words:?} failed: {e}"))
+    cmd.query(con)
+        .unwrap_or_else(|e| panic!("{words:?} failed: {e}"))
 }
 
 /// Runs a command that must fail, and returns its error line as sent.
@@ -194,7 +214,15 @@ pub fn error(con: &mut Connection, words: &[&str]) -> String {
 }
 
 pub fn check(con: &mut Connection, key: &str, window: u64, max: u64) -> Vec<i64> {
-    run(con, &["RATELIMIT.CHECK", key, &window.to_string(), &max.to_string()])
+    run(
+        con,
+        &[
+            "RATELIMIT.CHECK",
+            key,
+            &window.to_string(),
+            &max.to_string(),
+        ],
+    )
 }
 
 pub fn digest(con: &mut Connection, key: &str) -> String {

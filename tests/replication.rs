@@ -1,0 +1,85 @@
+//! A replica reaches the master's exact state (equal digests) through the
+//! replicated RECORD commands, and answers PEEK itself.
+
+mod common;
+
+use common::{all_digests, check, run, Server};
+use redis::Connection;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+fn replica_of(master: &Server) -> Server {
+    Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()])
+}
+
+fn wait_for_sync(master: &mut Connection, replica: &mut Connection) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = run(replica, &["INFO", "replication"]);
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica never synced: {info}");
+        sleep(Duration::from_millis(20));
+    }
+    let acked: i64 = run(master, &["WAIT", "1", "5000"]);
+    assert!(acked >= 1, "WAIT saw {acked} replicas");
+}
+
+/// Allowed and denied checks, costs, refunds, a key refunded to nothing,
+/// and entries expiring between calls.
+fn mixed_workload(con: &mut Connection) {
+    for i in 0..200 {
+        let key = format!("k{}", i % 13);
+        let cost = (1 + i % 4).to_string();
+        run::<Vec<i64>>(
+            con,
+            &["RATELIMIT.CHECK", &key, "600000", "25", "COST", &cost],
+        );
+        check(con, "short", 30, 3);
+        if i % 17 == 0 {
+            run::<i64>(con, &["RATELIMIT.UNDO", &key, "COST", "2"]);
+        }
+        if i % 50 == 0 {
+            sleep(Duration::from_millis(40));
+        }
+    }
+    check(con, "gone", 600_000, 5);
+    run::<i64>(con, &["RATELIMIT.UNDO", "gone", "COST", "5"]);
+}
+
+#[test]
+fn a_replica_has_the_masters_exact_state() {
+    let master = Server::start(&[]);
+    let mut m = master.connect();
+    // Keys before the replica attaches travel in the initial RDB sync.
+    check(&mut m, "before", 600_000, 5);
+    let replica = replica_of(&master);
+    let mut r = replica.connect();
+    wait_for_sync(&mut m, &mut r);
+    mixed_workload(&mut m);
+    wait_for_sync(&mut m, &mut r);
+    let on_master = all_digests(&mut m);
+    assert!(on_master.len() >= 14, "{on_master:?}");
+    assert!(!on_master.iter().any(|(key, _)| key == "gone"));
+    assert_eq!(all_digests(&mut r), on_master);
+}
+
+#[test]
+fn peek_runs_on_a_replica_and_agrees() {
+    let master = Server::start(&[]);
+    let replica = replica_of(&master);
+    let (mut m, mut r) = (master.connect(), replica.connect());
+    wait_for_sync(&mut m, &mut r);
+    for _ in 0..4 {
+        check(&mut m, "k", 600_000, 10);
+    }
+    wait_for_sync(&mut m, &mut r);
+    let peek = ["RATELIMIT.PEEK", "k", "600000", "10"];
+    let on_master: Vec<i64> = run(&mut m, &peek);
+    let on_replica: Vec<i64> = run(&mut r, &peek);
+    assert_eq!(on_master[..3], [1, 6, 0]);
+    assert_eq!(on_replica[..3], on_master[..3]);
+    let refused = common::error(&mut r, &["RATELIMIT.CHECK", "k", "600000", "10"]);
+    assert!(refused.starts_with("READONLY"), "{refused}");
+}
