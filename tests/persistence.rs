@@ -115,3 +115,28 @@ fn wait_for_rewrite(con: &mut Connection) {
     }
     panic!("AOF rewrite did not finish");
 }
+
+/// A payload written by a future encoding version is refused, not misread.
+#[test]
+fn restore_refuses_a_future_encoding_version() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "k", "600000", "5"]);
+    let mut dump: Vec<u8> = redis::cmd("DUMP").arg("k").query(&mut con).expect("DUMP");
+    // RDB_TYPE_MODULE_2, then the 64-bit module id (type name and, in its
+    // low 10 bits, the encoding version) as 0x81 + 8 bytes big-endian.
+    assert_eq!(dump[..2], [7, 0x81]);
+    let id = u64::from_be_bytes(dump[2..10].try_into().expect("8 bytes"));
+    assert_eq!(id & 1023, 1, "this build writes encoding version 1");
+    dump[2..10].copy_from_slice(&((id & !1023) | 2).to_be_bytes());
+    run::<String>(&mut con, &["DEBUG", "SET-SKIP-CHECKSUM-VALIDATION", "1"]);
+    let refused = redis::cmd("RESTORE")
+        .arg("future")
+        .arg(0)
+        .arg(&dump)
+        .query::<String>(&mut con)
+        .expect_err("a future version must be refused");
+    assert!(refused.to_string().contains("Bad data format"), "{refused}");
+    let exists: i64 = run(&mut con, &["EXISTS", "future"]);
+    assert_eq!(exists, 0);
+}

@@ -16,7 +16,7 @@ use std::os::raw::c_int;
 pub const COMMANDS: [(&CStr, RawCommand, &CStr); 4] = [
     (c"RATELIMIT.CHECK", check_command, c"write deny-oom fast"),
     (c"RATELIMIT.PEEK", peek_command, c"readonly fast"),
-    (c"RATELIMIT.UNDO", undo_command, c"write fast"),
+    (c"RATELIMIT.UNDO", undo_command, c"write deny-oom fast"),
     (replication::RECORD_COMMAND, record_command, c"write fast"),
 ];
 
