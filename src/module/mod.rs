@@ -5,10 +5,13 @@ mod commands;
 mod config;
 mod datatype;
 mod key;
+mod registry;
 mod replication;
+mod stats;
 
+use datatype::RATELIMIT_TYPE;
+use redis_module::configuration::ConfigurationFlags;
 use redis_module::{raw, Context, ModuleOptions, Status};
-use std::os::raw::c_int;
 
 /// The crate version as Redis wants it: major * 10000 + minor * 100 + patch.
 const MODULE_VERSION: i32 = {
@@ -36,29 +39,14 @@ fn init(ctx: &Context, _args: &[redis_module::RedisString]) -> Status {
         return Status::Err;
     }
     ctx.set_module_options(ModuleOptions::HANDLE_IO_ERRORS);
-    for (name, handler, flags) in commands::COMMANDS {
-        // SAFETY: static C strings and a valid callback; the key is argument 1.
-        let created = unsafe {
-            raw::RedisModule_CreateCommand.expect("in every Redis")(
-                ctx.ctx,
-                name.as_ptr(),
-                Some(handler),
-                flags.as_ptr(),
-                1,
-                1,
-                1,
-            )
-        };
-        if created != raw::Status::Ok as c_int {
-            ctx.log_warning(&format!("ratelimit: could not create {name:?}"));
-            return Status::Err;
-        }
+    if let Err(reason) = registry::register(ctx) {
+        ctx.log_warning(&format!("ratelimit: {reason}"));
+        return Status::Err;
     }
+    // Replaces the empty INFO callback the crate's macro registered.
+    raw::register_info_function(ctx.ctx, Some(stats::info));
     Status::Ok
 }
-
-use datatype::RATELIMIT_TYPE;
-use redis_module::configuration::ConfigurationFlags;
 
 redis_module::redis_module! {
     name: "ratelimit",

@@ -47,10 +47,38 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
+/// The options every test server gets: loopback only, no persistence
+/// unless a test asks, DEBUG and MODULE allowed, replicas sync at once.
+fn server_args(module_args: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "local",
+        "--enable-module-command",
+        "local",
+        "--repl-diskless-sync-delay",
+        "0",
+        "--loadmodule",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(module_path().display().to_string());
+    args.extend(module_args.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     args: Vec<String>,
+    config_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -61,40 +89,44 @@ impl Server {
     }
 
     pub fn start_with_module_args(module_args: &[&str], extra: &[&str]) -> Server {
-        let mut args: Vec<String> = [
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--enable-debug-command",
-            "local",
-            "--enable-module-command",
-            "local",
-            "--repl-diskless-sync-delay",
-            "0",
-            "--loadmodule",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.push(module_path().display().to_string());
-        args.extend(module_args.iter().map(|s| s.to_string()));
-        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::launch_new(None, server_args(module_args, extra))
+    }
+
+    /// A server started from a config file holding `config` (so that
+    /// CONFIG REWRITE has a file to write), plus the usual options.
+    pub fn start_with_config(config: &str) -> Server {
+        Server::launch_new(Some(config.to_string()), server_args(&[], &[]))
+    }
+
+    fn launch_new(config: Option<String>, args: Vec<String>) -> Server {
+        let dir = fresh_dir();
+        let config_file = config.map(|text| {
+            let file = dir.join("redis.conf");
+            std::fs::write(&file, text).expect("a config file");
+            file
+        });
         let mut server = Server {
             port: free_port(),
-            dir: fresh_dir(),
+            dir,
             args,
+            config_file,
             child: None,
         };
         server.launch();
         server
     }
 
+    pub fn is_valkey(&self) -> bool {
+        server_binary().contains("valkey")
+    }
+
     fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
-        let child = Command::new(server_binary())
+        let mut command = Command::new(server_binary());
+        if let Some(file) = &self.config_file {
+            command.arg(file);
+        }
+        let child = command
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--dir")

@@ -1,0 +1,253 @@
+//! Every command the module registers, with what Redis shows of it:
+//! flags, COMMAND DOCS (summary, complexity, arity, arguments), key specs
+//! and ACL categories. README.md's command reference is tested against
+//! the COMMAND DOCS this produces (`tests/citizen.rs`).
+
+use crate::module::commands::{self, RawCommand};
+use redis_module::raw;
+use redis_module::Context;
+use std::ffi::CStr;
+use std::os::raw::c_int;
+use std::ptr;
+
+struct CommandSpec {
+    name: &'static CStr,
+    handler: RawCommand,
+    flags: &'static CStr,
+    /// Standard categories, set where the server lets modules set them.
+    acl_categories: &'static CStr,
+    summary: &'static CStr,
+    complexity: &'static CStr,
+    /// Redis's convention: N words exactly, or -N for at least N.
+    arity: c_int,
+    key_flags: u32,
+    args: &'static [ArgSpec],
+}
+
+struct ArgSpec {
+    name: &'static CStr,
+    kind: raw::RedisModuleCommandArgType,
+    token: Option<&'static CStr>,
+    optional: bool,
+}
+
+const KEY: raw::RedisModuleCommandArgType = raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY;
+const INTEGER: raw::RedisModuleCommandArgType =
+    raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER;
+
+const fn arg(name: &'static CStr, kind: raw::RedisModuleCommandArgType) -> ArgSpec {
+    ArgSpec {
+        name,
+        kind,
+        token: None,
+        optional: false,
+    }
+}
+
+const COST: ArgSpec = ArgSpec {
+    name: c"n",
+    kind: INTEGER,
+    token: Some(c"COST"),
+    optional: true,
+};
+
+const LIMIT_ARGS: &[ArgSpec] = &[
+    arg(c"key", KEY),
+    arg(c"window", INTEGER),
+    arg(c"max", INTEGER),
+    COST,
+];
+
+/// The category module commands are also put in, where servers allow it.
+pub const ACL_CATEGORY: &CStr = c"ratelimit";
+
+const SPECS: [CommandSpec; 4] = [
+    CommandSpec {
+        name: c"RATELIMIT.CHECK",
+        handler: commands::check_command,
+        flags: c"write deny-oom fast",
+        acl_categories: c"write fast",
+        summary: c"Decides a request against a sliding-window limit and records it if allowed. Replies [allowed, remaining, retry_after_ms, reset_after_ms].",
+        complexity: c"O(1) amortised; O(n) in the request's cost n.",
+        arity: -4,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: LIMIT_ARGS,
+    },
+    CommandSpec {
+        name: c"RATELIMIT.PEEK",
+        handler: commands::peek_command,
+        flags: c"readonly fast",
+        acl_categories: c"read fast",
+        summary: c"Tells whether RATELIMIT.CHECK would allow a request, without recording it. Same reply.",
+        complexity: c"O(1) plus the entries that expired since the last allowed CHECK.",
+        arity: -4,
+        key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+        args: LIMIT_ARGS,
+    },
+    CommandSpec {
+        name: c"RATELIMIT.UNDO",
+        handler: commands::undo_command,
+        flags: c"write deny-oom fast",
+        acl_categories: c"write fast",
+        summary: c"Refunds the n newest recorded entries (default 1). Replies with the number removed.",
+        complexity: c"O(n).",
+        arity: -2,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
+        args: &[arg(c"key", KEY), COST],
+    },
+    CommandSpec {
+        name: c"RATELIMIT.RECORD",
+        handler: commands::record_command,
+        flags: c"write fast",
+        acl_categories: c"write fast",
+        summary: c"Internal: how an allowed RATELIMIT.CHECK reaches replicas and the AOF. Refused from clients.",
+        complexity: c"O(1) amortised; O(cost).",
+        arity: 5,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: &[
+            arg(c"key", KEY),
+            arg(c"at", INTEGER),
+            arg(c"window", INTEGER),
+            arg(c"cost", INTEGER),
+        ],
+    },
+];
+
+/// Creates every command. Docs, key specs and categories are set where the
+/// server has the API for them (docs from 7.0, categories from 7.2).
+pub fn register(ctx: &Context) -> Result<(), String> {
+    // SAFETY: copies of function pointers Redis filled in at load.
+    let (get_command, set_info, set_categories, add_category) = unsafe {
+        (
+            raw::RedisModule_GetCommand,
+            raw::RedisModule_SetCommandInfo,
+            raw::RedisModule_SetCommandACLCategories,
+            raw::RedisModule_AddACLCategory,
+        )
+    };
+    let with_own_category = match add_category {
+        // SAFETY: a static C string, during OnLoad.
+        Some(add) => (unsafe { add(ctx.ctx, ACL_CATEGORY.as_ptr()) }) == raw::Status::Ok as c_int,
+        None => false,
+    };
+    for spec in &SPECS {
+        create(ctx, spec)?;
+        let Some(get_command) = get_command else {
+            continue;
+        };
+        // SAFETY: the command was just created under this name.
+        let command = unsafe { get_command(ctx.ctx, spec.name.as_ptr()) };
+        if command.is_null() {
+            return Err(format!("cannot find {:?} after creating it", spec.name));
+        }
+        if let Some(set_info) = set_info {
+            set_command_info(spec, command, set_info)?;
+        }
+        if let Some(set_categories) = set_categories {
+            let categories = if with_own_category {
+                format!(
+                    "{} {}",
+                    spec.acl_categories.to_string_lossy(),
+                    ACL_CATEGORY.to_string_lossy()
+                )
+            } else {
+                spec.acl_categories.to_string_lossy().into_owned()
+            };
+            let categories = std::ffi::CString::new(categories).map_err(|e| e.to_string())?;
+            // SAFETY: a live command and a C string Redis copies.
+            if unsafe { set_categories(command, categories.as_ptr()) } != raw::Status::Ok as c_int {
+                return Err(format!("cannot set ACL categories of {:?}", spec.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create(ctx: &Context, spec: &CommandSpec) -> Result<(), String> {
+    // SAFETY: static C strings and a valid callback; the key is argument 1.
+    let created = unsafe {
+        raw::RedisModule_CreateCommand.expect("in every Redis")(
+            ctx.ctx,
+            spec.name.as_ptr(),
+            Some(spec.handler),
+            spec.flags.as_ptr(),
+            1,
+            1,
+            1,
+        )
+    };
+    if created == raw::Status::Ok as c_int {
+        Ok(())
+    } else {
+        Err(format!("cannot create {:?}", spec.name))
+    }
+}
+
+type SetCommandInfo =
+    unsafe extern "C" fn(*mut raw::RedisModuleCommand, *const raw::RedisModuleCommandInfo) -> c_int;
+
+/// Builds the C structures Redis reads (and copies) for COMMAND DOCS and
+/// key specs; they live on this stack frame and point at static strings.
+fn set_command_info(
+    spec: &CommandSpec,
+    command: *mut raw::RedisModuleCommand,
+    set_info: SetCommandInfo,
+) -> Result<(), String> {
+    let version = raw::RedisModuleCommandInfoVersion {
+        version: 1,
+        sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+        sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+        sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+    };
+    // SAFETY: these C structs are plain data; all-zero is their "end of
+    // array" marker and a valid empty value.
+    let zeroed_key_spec = || unsafe { std::mem::zeroed::<raw::RedisModuleCommandKeySpec>() };
+    let mut key_spec = zeroed_key_spec();
+    key_spec.flags = u64::from(spec.key_flags);
+    key_spec.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+    key_spec.bs.index.pos = 1;
+    key_spec.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+    key_spec.fk.range.lastkey = 0;
+    key_spec.fk.range.keystep = 1;
+    key_spec.fk.range.limit = 0;
+    let mut key_specs = [key_spec, zeroed_key_spec()];
+    let mut args: Vec<raw::RedisModuleCommandArg> = spec
+        .args
+        .iter()
+        .map(|arg| raw::RedisModuleCommandArg {
+            name: arg.name.as_ptr(),
+            type_: arg.kind,
+            key_spec_index: if arg.kind == KEY { 0 } else { -1 },
+            token: arg.token.map_or(ptr::null(), CStr::as_ptr),
+            summary: ptr::null(),
+            since: ptr::null(),
+            flags: if arg.optional {
+                raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
+            } else {
+                0
+            },
+            deprecated_since: ptr::null(),
+            subargs: ptr::null_mut(),
+            display_text: ptr::null(),
+        })
+        .collect();
+    // SAFETY: see above.
+    args.push(unsafe { std::mem::zeroed() });
+    let info = raw::RedisModuleCommandInfo {
+        version: &version,
+        summary: spec.summary.as_ptr(),
+        complexity: spec.complexity.as_ptr(),
+        since: c"0.1.0".as_ptr(),
+        history: ptr::null_mut(),
+        tips: ptr::null(),
+        arity: spec.arity,
+        key_specs: key_specs.as_mut_ptr(),
+        args: args.as_mut_ptr(),
+    };
+    // SAFETY: every pointer in `info` outlives the call; Redis copies them.
+    if unsafe { set_info(command, &info) } == raw::Status::Ok as c_int {
+        Ok(())
+    } else {
+        Err(format!("cannot set the docs of {:?}", spec.name))
+    }
+}

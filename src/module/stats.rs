@@ -1,0 +1,57 @@
+//! Counters since the module loaded, shown by `INFO ratelimit`.
+
+use crate::module::config;
+use redis_module::raw;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A counter only the main thread writes: a plain load and store, with no
+/// locked read-modify-write on the hot path. Atomic only so that a static
+/// may hold it.
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    const fn new() -> Counter {
+        Counter(AtomicU64::new(0))
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed) as i64
+    }
+}
+
+pub static CHECKS: Counter = Counter::new();
+pub static ALLOWED: Counter = Counter::new();
+pub static PEEKS: Counter = Counter::new();
+pub static UNDOS: Counter = Counter::new();
+pub static ENTRIES_RECORDED: Counter = Counter::new();
+pub static ENTRIES_REFUNDED: Counter = Counter::new();
+pub static RECORDS_REPLAYED: Counter = Counter::new();
+
+const FIELDS: [(&str, &Counter); 7] = [
+    ("checks", &CHECKS),
+    ("allowed", &ALLOWED),
+    ("peeks", &PEEKS),
+    ("undos", &UNDOS),
+    ("entries_recorded", &ENTRIES_RECORDED),
+    ("entries_refunded", &ENTRIES_REFUNDED),
+    ("records_replayed", &RECORDS_REPLAYED),
+];
+
+/// The INFO callback: sections `ratelimit_stats` and `ratelimit_config`.
+pub extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: i32) {
+    raw::add_info_section(ctx, Some("stats"));
+    for (name, counter) in FIELDS {
+        raw::add_info_field_long_long(ctx, name, counter.get());
+    }
+    raw::add_info_field_long_long(ctx, "denied", CHECKS.get() - ALLOWED.get());
+    raw::add_info_section(ctx, Some("config"));
+    raw::add_info_field_str(ctx, "version", env!("CARGO_PKG_VERSION"));
+    raw::add_info_field_long_long(ctx, "max_entries", config::max_entries() as i64);
+}

@@ -1,0 +1,299 @@
+//! Behaving like a built-in command: COMMAND DOCS and key specs (checked
+//! against README.md), INFO, CONFIG, RESP3, ACL, MODULE LIST.
+
+mod common;
+
+use common::{error, run, Server};
+use redis::Value;
+use std::collections::HashMap;
+
+/// A RESP2 flat [k1, v1, k2, v2...] or a RESP3 map, as a map by name.
+fn fields(value: &Value) -> HashMap<String, Value> {
+    match value {
+        Value::Array(items) => items
+            .chunks(2)
+            .map(|pair| (text(&pair[0]), pair[1].clone()))
+            .collect(),
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (text(k), v.clone())).collect(),
+        other => panic!("not a map: {other:?}"),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::Int(n) => n.to_string(),
+        other => panic!("not text: {other:?}"),
+    }
+}
+
+fn items(value: &Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items.clone(),
+        other => panic!("not an array: {other:?}"),
+    }
+}
+
+/// `RATELIMIT.CHECK key window max [COST n]`, from COMMAND DOCS.
+fn synopsis(name: &str, docs: &HashMap<String, Value>) -> String {
+    let mut words = vec![name.to_string()];
+    for arg in items(&docs["arguments"]) {
+        let arg = fields(&arg);
+        let mut word = text(&arg["name"]);
+        if let Some(token) = arg.get("token") {
+            word = format!("{} {word}", text(token));
+        }
+        let optional = arg
+            .get("flags")
+            .is_some_and(|flags| items(flags).iter().any(|f| text(f) == "optional"));
+        words.push(if optional { format!("[{word}]") } else { word });
+    }
+    words.join(" ")
+}
+
+#[test]
+fn readme_reference_matches_command_docs() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    for name in ["RATELIMIT.CHECK", "RATELIMIT.PEEK", "RATELIMIT.UNDO"] {
+        let reply: Value = run(&mut con, &["COMMAND", "DOCS", name]);
+        let all = fields(&reply);
+        let docs = fields(&all[name]);
+        let heading = format!("### `{}`", synopsis(name, &docs));
+        assert!(readme.contains(&heading), "README.md lacks {heading}");
+        let summary = format!("> {}", text(&docs["summary"]));
+        assert!(
+            readme.contains(&summary),
+            "README.md lacks the summary of {name}: {summary}"
+        );
+        assert!(docs.contains_key("complexity"));
+    }
+}
+
+#[test]
+fn key_specs_and_getkeys() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for (name, flags) in [
+        ("RATELIMIT.CHECK", ["RW", "update"]),
+        ("RATELIMIT.PEEK", ["RO", "access"]),
+        ("RATELIMIT.UNDO", ["RW", "delete"]),
+    ] {
+        let reply: Value = run(&mut con, &["COMMAND", "INFO", name]);
+        let info = items(&items(&reply)[0]);
+        // [name, arity, flags, first, last, step, acl, tips, key specs, subcommands]
+        let specs = items(&info[8]);
+        assert_eq!(specs.len(), 1, "{name}");
+        let spec = fields(&specs[0]);
+        let found: Vec<String> = items(&spec["flags"]).iter().map(text).collect();
+        assert_eq!(found, flags, "{name}");
+        let keys: Value = run(
+            &mut con,
+            &["COMMAND", "GETKEYSANDFLAGS", name, "rl:1", "1000", "5"],
+        );
+        let key = items(&items(&keys)[0]);
+        assert_eq!(text(&key[0]), "rl:1");
+        let key_flags: Vec<String> = items(&key[1]).iter().map(text).collect();
+        assert_eq!(key_flags, flags, "{name}");
+    }
+}
+
+#[test]
+fn info_counts_calls_since_load() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    run::<Vec<i64>>(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "3", "COST", "2"],
+    );
+    run::<Vec<i64>>(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "3", "COST", "2"],
+    );
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.PEEK", "k", "60000", "3"]);
+    run::<i64>(&mut con, &["RATELIMIT.UNDO", "k", "COST", "5"]);
+    let info: String = run(&mut con, &["INFO", "ratelimit"]);
+    for line in [
+        "ratelimit_checks:2",
+        "ratelimit_allowed:1",
+        "ratelimit_denied:1",
+        "ratelimit_peeks:1",
+        "ratelimit_undos:1",
+        "ratelimit_entries_recorded:2",
+        "ratelimit_entries_refunded:2",
+        "ratelimit_records_replayed:0",
+        &format!("ratelimit_version:{}", env!("CARGO_PKG_VERSION")),
+        "ratelimit_max_entries:1000000",
+    ] {
+        assert!(info.contains(line), "INFO ratelimit lacks {line}:\n{info}");
+    }
+}
+
+#[test]
+fn config_get_set_and_rewrite() {
+    let server = Server::start_with_config("ratelimit.max-entries 500\n");
+    let mut con = server.connect();
+    let get = |con: &mut redis::Connection| -> Vec<String> {
+        run(con, &["CONFIG", "GET", "ratelimit.max-entries"])
+    };
+    assert_eq!(get(&mut con)[1], "500");
+    run::<()>(
+        &mut con,
+        &["CONFIG", "SET", "ratelimit.max-entries", "2000"],
+    );
+    assert_eq!(get(&mut con)[1], "2000");
+    assert_eq!(
+        run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "k", "1000", "2000"])[0],
+        1
+    );
+    for bad in ["0", "-1", "1000000001", "lots"] {
+        let refused = error(&mut con, &["CONFIG", "SET", "ratelimit.max-entries", bad]);
+        assert!(refused.starts_with("ERR"), "{bad}: {refused}");
+        assert_eq!(get(&mut con)[1], "2000", "{bad} changed the setting");
+    }
+    run::<()>(&mut con, &["CONFIG", "REWRITE"]);
+    let written = std::fs::read_to_string(server.dir.join("redis.conf")).expect("config file");
+    assert!(written.contains("ratelimit.max-entries 2000"), "{written}");
+}
+
+#[test]
+fn resp3_clients_get_a_map_and_resp2_clients_an_array() {
+    let server = Server::start(&[]);
+    let client = redis::Client::open(format!("{}?protocol=resp3", server.url())).expect("url");
+    let mut resp3 = client.get_connection().expect("RESP3 connection");
+    let reply: Value = redis::cmd("RATELIMIT.CHECK")
+        .arg("k")
+        .arg(60_000)
+        .arg(2)
+        .query(&mut resp3)
+        .expect("CHECK");
+    let map = fields(&reply);
+    assert!(matches!(reply, Value::Map(_)), "{reply:?}");
+    assert_eq!(map["allowed"], Value::Boolean(true));
+    assert_eq!(map["remaining"], Value::Int(1));
+    assert_eq!(map["retry_after_ms"], Value::Int(0));
+    assert_eq!(map["reset_after_ms"], Value::Int(60_000));
+    let peek: Value = redis::cmd("RATELIMIT.PEEK")
+        .arg("k")
+        .arg(60_000)
+        .arg(2)
+        .arg("COST")
+        .arg(2)
+        .query(&mut resp3)
+        .expect("PEEK");
+    assert_eq!(fields(&peek)["allowed"], Value::Boolean(false));
+    let mut resp2 = server.connect();
+    let array: Value = run(&mut resp2, &["RATELIMIT.CHECK", "k", "60000", "2"]);
+    assert_eq!(
+        array,
+        Value::Array(vec![
+            Value::Int(1),
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(60_000)
+        ])
+    );
+}
+
+#[test]
+fn acl_key_patterns_and_command_rules_apply() {
+    let server = Server::start(&[]);
+    let mut admin = server.connect();
+    run::<()>(
+        &mut admin,
+        &[
+            "ACL",
+            "SETUSER",
+            "app",
+            "on",
+            ">pw",
+            "~rl:*",
+            "+ratelimit.check",
+            "+ratelimit.peek",
+        ],
+    );
+    let client =
+        redis::Client::open(format!("redis://app:pw@127.0.0.1:{}/", server.port)).expect("url");
+    let mut app = client.get_connection().expect("app connection");
+    assert_eq!(
+        run::<Vec<i64>>(&mut app, &["RATELIMIT.CHECK", "rl:1", "1000", "5"])[0],
+        1
+    );
+    let refused = error(&mut app, &["RATELIMIT.CHECK", "other:1", "1000", "5"]);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+    let refused = error(&mut app, &["RATELIMIT.UNDO", "rl:1"]);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+}
+
+#[test]
+fn acl_categories_where_the_server_has_them() {
+    let server = Server::start(&[]);
+    let mut admin = server.connect();
+    let info: Value = run(&mut admin, &["COMMAND", "INFO", "RATELIMIT.PEEK"]);
+    let categories: Vec<String> = items(&items(&items(&info)[0])[6])
+        .iter()
+        .map(text)
+        .collect();
+    if categories.is_empty() {
+        eprintln!(
+            "skipped: this server ({}) gives module commands no ACL categories (Redis < 7.2)",
+            common::server_binary()
+        );
+        return;
+    }
+    assert_eq!(categories, ["@read", "@fast", "@ratelimit"]);
+    run::<()>(
+        &mut admin,
+        &["ACL", "SETUSER", "reader", "on", ">pw", "~*", "+@read"],
+    );
+    let client =
+        redis::Client::open(format!("redis://reader:pw@127.0.0.1:{}/", server.port)).expect("url");
+    let mut reader = client.get_connection().expect("reader connection");
+    assert_eq!(
+        run::<Vec<i64>>(&mut reader, &["RATELIMIT.PEEK", "k", "1000", "5"])[0],
+        1
+    );
+    let refused = error(&mut reader, &["RATELIMIT.CHECK", "k", "1000", "5"]);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+    run::<()>(
+        &mut admin,
+        &[
+            "ACL",
+            "SETUSER",
+            "limiter",
+            "on",
+            ">pw",
+            "~*",
+            "+@ratelimit",
+        ],
+    );
+    let client =
+        redis::Client::open(format!("redis://limiter:pw@127.0.0.1:{}/", server.port)).expect("url");
+    let mut limiter = client.get_connection().expect("limiter connection");
+    assert_eq!(
+        run::<Vec<i64>>(&mut limiter, &["RATELIMIT.CHECK", "k", "1000", "5"])[0],
+        1
+    );
+    assert!(error(&mut limiter, &["GET", "k"]).starts_with("NOPERM"));
+}
+
+#[test]
+fn module_list_shows_the_crate_version() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let modules: Value = run(&mut con, &["MODULE", "LIST"]);
+    let module = fields(&items(&modules)[0]);
+    assert_eq!(text(&module["name"]), "ratelimit");
+    let v: Vec<i64> = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|n| n.parse().expect("digits"))
+        .collect();
+    assert_eq!(
+        text(&module["ver"]),
+        (v[0] * 10_000 + v[1] * 100 + v[2]).to_string()
+    );
+}
