@@ -1,0 +1,220 @@
+//! A real server with the freshly built module: `redis-server` (or the
+//! binary in `RATELIMIT_SERVER`) on a free loopback port and a fresh
+//! directory, stopped when dropped, even if a test fails. Shared by the
+//! integration tests and the benchmarks (`bench/`).
+
+#![allow(dead_code)] // each user takes its own part of this
+
+use redis::{Connection, Value};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub fn module_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("RATELIMIT_MODULE") {
+        return path.into();
+    }
+    // The workspace's target/ is above this crate's directory or in it.
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("target/release/libredis_ratelimit.so"))
+        .find(|path| path.exists());
+    built.expect("libredis_ratelimit.so is missing: run `make test`, or `cargo build --release` first")
+}
+
+pub fn server_binary() -> String {
+    std::env::var("RATELIMIT_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("bound").port()
+}
+
+fn fresh_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ratelimit-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
+
+/// The options every test server gets: loopback only, no persistence
+/// unless a test asks, DEBUG and MODULE allowed, replicas sync at once.
+fn server_args(module_args: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "local",
+        "--enable-module-command",
+        "local",
+        "--repl-diskless-sync-delay",
+        "0",
+        "--loadmodule",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(module_path().display().to_string());
+    args.extend(module_args.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    args: Vec<String>,
+    config_file: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// A server with the module and these extra `--option value` words.
+    pub fn start(extra: &[&str]) -> Server {
+        Server::start_with_module_args(&[], extra)
+    }
+
+    pub fn start_with_module_args(module_args: &[&str], extra: &[&str]) -> Server {
+        Server::launch_new(None, server_args(module_args, extra))
+    }
+
+    /// A server started from a config file holding `config` (so that
+    /// CONFIG REWRITE has a file to write), plus the usual options.
+    pub fn start_with_config(config: &str) -> Server {
+        Server::launch_new(Some(config.to_string()), server_args(&[], &[]))
+    }
+
+    fn launch_new(config: Option<String>, args: Vec<String>) -> Server {
+        let dir = fresh_dir();
+        let config_file = config.map(|text| {
+            let file = dir.join("redis.conf");
+            std::fs::write(&file, text).expect("a config file");
+            file
+        });
+        let mut server = Server {
+            port: free_port(),
+            dir,
+            args,
+            config_file,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    pub fn is_valkey(&self) -> bool {
+        server_binary().contains("valkey")
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
+        let mut command = Command::new(server_binary());
+        if let Some(file) = &self.config_file {
+            command.arg(file);
+        }
+        let child = command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary()));
+        self.child = Some(child);
+        self.wait_until_ready();
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut con) = self.try_connect() {
+                let pong: redis::RedisResult<String> = redis::cmd("PING").query(&mut con);
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("server exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server never answered PING:\n{}",
+                self.log()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn try_connect(&self) -> redis::RedisResult<Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(5))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn connect(&self) -> Connection {
+        self.try_connect().expect("a connection to the test server")
+    }
+
+    /// Stops the server as Redis would on `SHUTDOWN` (saving if `save`),
+    /// then starts it again on the same port and directory.
+    pub fn restart(&mut self, save: bool) {
+        let mut con = self.connect();
+        let _: redis::RedisResult<Value> = redis::cmd("SHUTDOWN")
+            .arg(if save { "SAVE" } else { "NOSAVE" })
+            .query(&mut con);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.launch();
+    }
+
+    /// Stops the server with SIGKILL: nothing is saved at exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn relaunch(&mut self) {
+        self.launch();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("server log kept in {}", self.dir.display());
+        }
+    }
+}
+
