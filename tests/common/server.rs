@@ -22,7 +22,9 @@ pub fn module_path() -> PathBuf {
         .ancestors()
         .map(|dir| dir.join("target/release/libredis_ratelimit.so"))
         .find(|path| path.exists());
-    built.expect("libredis_ratelimit.so is missing: run `make test`, or `cargo build --release` first")
+    built.expect(
+        "libredis_ratelimit.so is missing: run `make test`, or `cargo build --release` first",
+    )
 }
 
 pub fn server_binary() -> String {
@@ -217,4 +219,3 @@ impl Drop for Server {
         }
     }
 }
-

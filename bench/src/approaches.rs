@@ -1,0 +1,108 @@
+//! The rate limiters compared: this module, the classic atomic Lua
+//! sliding-log script, and the client-side pipeline many guides recommend.
+
+use redis::Connection;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The classic atomic sliding log: a sorted set per key, pruned, counted
+/// and added to in one script, on the server's clock (`TIME`). Returns
+/// `{allowed, remaining, now_ms}`.
+pub const LUA_SLIDING_LOG: &str = r#"
+local key = KEYS[1]
+local window = tonumber(ARGV[1])
+local max = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, 0, now - window)
+local count = redis.call('ZCARD', key)
+if count < max then
+  redis.call('ZADD', key, now, t[1] .. t[2] .. ':' .. math.random())
+  redis.call('PEXPIRE', key, window)
+  return {1, max - count - 1, now}
+end
+return {0, 0, now}
+"#;
+
+pub fn load_script(con: &mut Connection) -> String {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(LUA_SLIDING_LOG)
+        .query(con)
+        .expect("SCRIPT LOAD")
+}
+
+pub fn client_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The guide's member: `req:<ms>:<Math.random()>`.
+pub fn guide_member(now: i64, random: u64) -> String {
+    format!("req:{now}:0.{:016}", random % 10_000_000_000_000_000)
+}
+
+/// A small xorshift: the harness needs cheap, not strong, randomness.
+pub struct Random(u64);
+
+impl Random {
+    pub fn seeded(seed: u64) -> Random {
+        Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// The client-side pipeline from the guide, for a batch of keys: per key
+/// ZREMRANGEBYSCORE, ZCARD, ZADD, EXPIRE in one round trip; then, in a
+/// second one, `ZREMRANGEBYRANK key -1 -1` for each request that was over
+/// the limit. Returns, per key, whether it was allowed and the client time.
+pub fn naive_pipeline(
+    con: &mut Connection,
+    keys: &[String],
+    window_ms: i64,
+    max: i64,
+    random: &mut Random,
+) -> Vec<(bool, i64)> {
+    let now = client_clock_ms();
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg(0)
+            .arg(now - window_ms)
+            .ignore();
+        pipe.cmd("ZCARD").arg(key);
+        pipe.cmd("ZADD")
+            .arg(key)
+            .arg(now)
+            .arg(guide_member(now, random.next()))
+            .ignore();
+        pipe.cmd("EXPIRE")
+            .arg(key)
+            .arg((window_ms + 999) / 1000)
+            .ignore();
+    }
+    let counts: Vec<i64> = pipe.query(con).expect("naive pipeline");
+    let verdicts: Vec<(bool, i64)> = counts.iter().map(|&count| (count < max, now)).collect();
+    let mut fixups = redis::pipe();
+    for (key, (allowed, _)) in keys.iter().zip(&verdicts) {
+        if !allowed {
+            fixups
+                .cmd("ZREMRANGEBYRANK")
+                .arg(key)
+                .arg(-1)
+                .arg(-1)
+                .ignore();
+        }
+    }
+    if verdicts.iter().any(|(allowed, _)| !allowed) {
+        fixups.query::<()>(con).expect("naive fixups");
+    }
+    verdicts
+}

@@ -1,0 +1,231 @@
+//! The reason this project exists: under concurrency, how many requests
+//! does each approach admit in a window, against the limit?
+//!
+//! N clients hammer one key. Admitted requests are taken from where each
+//! approach decides: for the module, the `RATELIMIT.RECORD` commands in
+//! the AOF (the master's exact timestamps); for the Lua script, the server
+//! time it returns; for the guide's pipeline, its clients (it decides on
+//! the client). The report is the largest total admitted in any window.
+
+use crate::approaches::{self, Random};
+use crate::Bench;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub approach: &'static str,
+    pub window_ms: i64,
+    pub max: i64,
+    pub calls: u64,
+    pub admitted: u64,
+    pub most_in_a_window: u64,
+}
+
+impl Outcome {
+    pub fn over_admission(&self) -> i64 {
+        self.most_in_a_window as i64 - self.max
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Approach {
+    Module,
+    Lua,
+    Pipeline,
+}
+
+/// Each window runs for at least 3 s and 1.5 windows, since requests can
+/// only be over-admitted once entries start to expire.
+pub fn run(
+    bench: &Bench,
+    sha: &str,
+    windows: &[i64],
+    max: i64,
+    clients: usize,
+    quick: bool,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for &window in windows {
+        let duration = if quick {
+            Duration::from_millis(window as u64 + 500)
+        } else {
+            Duration::from_millis((window as u64 * 3 / 2).max(3_000))
+        };
+        for (approach, name) in [
+            (Approach::Module, "RATELIMIT.CHECK"),
+            (Approach::Lua, "Lua sliding log"),
+            (Approach::Pipeline, "client-side pipeline"),
+        ] {
+            let key = format!("x:{name}:{window}");
+            let (calls, mut admitted) =
+                hammer(bench, approach, sha, &key, window, max, clients, duration);
+            if let Approach::Module = approach {
+                admitted = recorded_in_aof(&bench.dir, &key);
+            }
+            let outcome = Outcome {
+                approach: name,
+                window_ms: window,
+                max,
+                calls,
+                admitted: admitted.iter().map(|&(_, cost)| cost).sum(),
+                most_in_a_window: most_in_any_window(&mut admitted, window),
+            };
+            eprintln!(
+                "  {name:<22} window {window:>5} ms: {calls} calls, {} admitted, at most {} in a window (max {max}, over by {})",
+                outcome.admitted,
+                outcome.most_in_a_window,
+                outcome.over_admission()
+            );
+            outcomes.push(outcome);
+        }
+    }
+    outcomes
+}
+
+/// Admitted (time, cost) pairs as the clients saw them, and the call count.
+#[allow(clippy::too_many_arguments)]
+fn hammer(
+    bench: &Bench,
+    approach: Approach,
+    sha: &str,
+    key: &str,
+    window: i64,
+    max: i64,
+    clients: usize,
+    duration: Duration,
+) -> (u64, Vec<(i64, u64)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new((0u64, Vec::new())));
+    let workers: Vec<_> = (0..clients)
+        .map(|client| {
+            let (stop, log) = (Arc::clone(&stop), Arc::clone(&log));
+            let (mut con, key, sha) = (bench.connect(), key.to_string(), sha.to_string());
+            std::thread::spawn(move || {
+                let mut random = Random::seeded(client as u64 + 7);
+                let mut calls = 0u64;
+                let mut admitted = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    calls += 1;
+                    match approach {
+                        Approach::Module => {
+                            let reply: Vec<i64> = redis::cmd("RATELIMIT.CHECK")
+                                .arg(&key)
+                                .arg(window)
+                                .arg(max)
+                                .query(&mut con)
+                                .expect("CHECK");
+                            if reply[0] == 1 {
+                                admitted.push((0, 1));
+                            }
+                        }
+                        Approach::Lua => {
+                            let reply: Vec<i64> = redis::cmd("EVALSHA")
+                                .arg(&sha)
+                                .arg(1)
+                                .arg(&key)
+                                .arg(window)
+                                .arg(max)
+                                .query(&mut con)
+                                .expect("EVALSHA");
+                            if reply[0] == 1 {
+                                admitted.push((reply[2], 1));
+                            }
+                        }
+                        Approach::Pipeline => {
+                            let keys = [key.clone()];
+                            for (allowed, now) in approaches::naive_pipeline(
+                                &mut con,
+                                &keys,
+                                window,
+                                max,
+                                &mut random,
+                            ) {
+                                if allowed {
+                                    admitted.push((now, 1));
+                                }
+                            }
+                        }
+                    }
+                }
+                let mut shared = log.lock().expect("log");
+                shared.0 += calls;
+                shared.1.append(&mut admitted);
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.join().expect("client thread");
+    }
+    let shared = log.lock().expect("log");
+    (shared.0, shared.1.clone())
+}
+
+/// The largest total cost in any window `(t - window, t]`.
+pub fn most_in_any_window(admitted: &mut [(i64, u64)], window: i64) -> u64 {
+    admitted.sort_unstable();
+    let (mut start, mut inside, mut most) = (0, 0u64, 0u64);
+    for end in 0..admitted.len() {
+        inside += admitted[end].1;
+        while admitted[start].0 <= admitted[end].0 - window {
+            inside -= admitted[start].1;
+            start += 1;
+        }
+        most = most.max(inside);
+    }
+    most
+}
+
+/// `(at, cost)` of every `RATELIMIT.RECORD key at window cost` in the AOF.
+fn recorded_in_aof(dir: &Path, key: &str) -> Vec<(i64, u64)> {
+    let mut records = Vec::new();
+    let Ok(files) = std::fs::read_dir(dir.join("appendonlydir")) else {
+        return records;
+    };
+    for file in files.flatten() {
+        if !file.file_name().to_string_lossy().ends_with(".incr.aof") {
+            continue;
+        }
+        let bytes = std::fs::read(file.path()).unwrap_or_default();
+        for command in resp_commands(&bytes) {
+            if let [name, k, at, _window, cost] = &command[..] {
+                if name.eq_ignore_ascii_case(b"RATELIMIT.RECORD") && k == key.as_bytes() {
+                    let number = |b: &[u8]| String::from_utf8_lossy(b).parse::<i64>().unwrap_or(0);
+                    records.push((number(at), number(cost) as u64));
+                }
+            }
+        }
+    }
+    records
+}
+
+/// The commands of an AOF: RESP arrays of bulk strings.
+fn resp_commands(bytes: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    let mut commands = Vec::new();
+    let mut rest = bytes;
+    let line = |rest: &mut &[u8], marker: u8| -> Option<usize> {
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let (head, tail) = rest.split_at(end);
+        *rest = &tail[2..];
+        (head.first() == Some(&marker)).then(|| String::from_utf8_lossy(&head[1..]).parse().ok())?
+    };
+    while let Some(count) = line(&mut rest, b'*') {
+        let mut words = Vec::with_capacity(count);
+        for _ in 0..count {
+            let Some(len) = line(&mut rest, b'$') else {
+                return commands;
+            };
+            if rest.len() < len + 2 {
+                return commands;
+            }
+            words.push(rest[..len].to_vec());
+            rest = &rest[len + 2..];
+        }
+        commands.push(words);
+    }
+    commands
+}
