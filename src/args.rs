@@ -119,15 +119,29 @@ fn positive_up_to<A: AsRef<[u8]>>(arg: &A, high: u64) -> Option<NonZeroU64> {
 /// A decimal i64 the way Redis writes one: an optional '-', then digits
 /// with no leading zero, no '+', no spaces.
 fn parse_integer(bytes: &[u8]) -> Option<i64> {
-    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
-    let canonical = match digits {
-        [b'0'] => bytes.len() == 1,
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
-        _ => false,
+    let (negative, digits) = match bytes.strip_prefix(b"-") {
+        Some(digits) => (true, digits),
+        None => (false, bytes),
     };
-    canonical
-        .then(|| std::str::from_utf8(bytes).ok()?.parse().ok())
-        .flatten()
+    match digits {
+        [b'0'] if !negative => return Some(0),
+        [b'1'..=b'9', ..] => {}
+        _ => return None,
+    }
+    // Accumulate negatively so that i64::MIN fits.
+    let mut value: i64 = 0;
+    for &byte in digits {
+        let digit = i64::from(byte.wrapping_sub(b'0'));
+        if digit > 9 {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_sub(digit)?;
+    }
+    if negative {
+        Some(value)
+    } else {
+        value.checked_neg()
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +187,16 @@ mod tests {
             "9223372036854775808",
         ] {
             assert_eq!(parse_integer(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn integers_round_trip(n: i64, text in "-?[0-9]{0,21}") {
+            proptest::prop_assert_eq!(parse_integer(n.to_string().as_bytes()), Some(n));
+            if let Some(value) = parse_integer(text.as_bytes()) {
+                proptest::prop_assert_eq!(value.to_string(), text);
+            }
         }
     }
 

@@ -57,13 +57,9 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
         };
         let expires_at = limiter::record(log, verdict.at, request.window(), request.cost());
         key.expire_at(expires_at);
-        replication::replicate_record(
-            ctx,
-            key_name(args),
-            verdict.at,
-            request.window(),
-            request.cost(),
-        );
+        // A COST, given at most once, is the last argument.
+        let cost_arg = (args.len() > 4).then(|| &args[args.len() - 1]);
+        replication::replicate_record(ctx, &args[1], verdict.at, &args[2], cost_arg);
     }
     reply_decision(ctx, &verdict.decision);
     Ok(())

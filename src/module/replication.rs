@@ -12,34 +12,81 @@
 
 use crate::args::MAX_WINDOW_MS;
 use crate::log::{Millis, TimeLog};
+use crate::module::boundary::Arg;
 use redis_module::{raw, Context, ContextFlags};
+use std::cell::Cell;
 use std::ffi::CStr;
-use std::num::NonZeroU64;
+use std::ptr;
 
 pub const RECORD_COMMAND: &CStr = c"RATELIMIT.RECORD";
 
-/// Key, then `at`, `window` and `cost` as integers: Redis formats them
-/// itself, so nothing is allocated here.
-const RECORD_FORMAT: &CStr = c"slll";
+/// Key, `at`, `window` and `cost`, all as strings Redis only takes a
+/// reference to: `window` and `cost` are the caller's own arguments and
+/// `at` is shared by every call in the same millisecond, so replicating
+/// allocates nothing per call but the command Redis builds.
+const RECORD_FORMAT: &CStr = c"ssss";
 
-pub fn replicate_record(
-    ctx: &Context,
-    key: *mut raw::RedisModuleString,
-    at: Millis,
-    window: NonZeroU64,
-    cost: NonZeroU64,
-) {
-    // SAFETY: the format names a RedisModuleString and three long longs.
+pub fn replicate_record(ctx: &Context, key: &Arg, at: Millis, window: &Arg, cost: Option<&Arg>) {
+    let cost = cost.map_or_else(|| SHARED.one(), Arg::as_ptr);
+    // SAFETY: the format names four RedisModuleStrings, all alive.
     unsafe {
         raw::RedisModule_Replicate.expect("in every Redis")(
             ctx.ctx,
             RECORD_COMMAND.as_ptr(),
             RECORD_FORMAT.as_ptr(),
-            key,
-            at,
-            window.get() as i64,
-            cost.get() as i64,
+            key.as_ptr(),
+            SHARED.at(at),
+            window.as_ptr(),
+            cost,
         );
+    }
+}
+
+/// Strings kept between calls. Commands only run on Redis's main thread,
+/// which is the only one that touches these.
+struct SharedStrings {
+    one: Cell<*mut raw::RedisModuleString>,
+    at: Cell<(Millis, *mut raw::RedisModuleString)>,
+}
+
+// SAFETY: only ever used from Redis's main thread (see above).
+unsafe impl Sync for SharedStrings {}
+
+static SHARED: SharedStrings = SharedStrings {
+    one: Cell::new(ptr::null_mut()),
+    at: Cell::new((0, ptr::null_mut())),
+};
+
+impl SharedStrings {
+    fn one(&self) -> *mut raw::RedisModuleString {
+        if self.one.get().is_null() {
+            self.one.set(string_of(1));
+        }
+        self.one.get()
+    }
+
+    fn at(&self, at: Millis) -> *mut raw::RedisModuleString {
+        let (cached_at, cached) = self.at.get();
+        if !cached.is_null() && cached_at == at {
+            return cached;
+        }
+        if !cached.is_null() {
+            // SAFETY: our own reference; Redis holds its own on strings
+            // still waiting to be propagated.
+            unsafe {
+                raw::RedisModule_FreeString.expect("in every Redis")(ptr::null_mut(), cached)
+            };
+        }
+        let fresh = string_of(at);
+        self.at.set((at, fresh));
+        fresh
+    }
+}
+
+fn string_of(n: i64) -> *mut raw::RedisModuleString {
+    // SAFETY: a context-free string, freed by us (see `at`) or kept.
+    unsafe {
+        raw::RedisModule_CreateStringFromLongLong.expect("in every Redis")(ptr::null_mut(), n)
     }
 }
 
@@ -73,7 +120,7 @@ pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, 
             raw::RedisModule_EmitAOF.expect("in every Redis")(
                 aof,
                 RECORD_COMMAND.as_ptr(),
-                RECORD_FORMAT.as_ptr(),
+                c"slll".as_ptr(),
                 key,
                 at,
                 span as i64,
