@@ -1,0 +1,208 @@
+//! Bad input of every kind gets a clear error, changes nothing and leaves
+//! the server up; corrupt payloads are refused; under maxmemory, writes
+//! are refused the standard way while reads go on.
+
+mod common;
+
+use common::{check, digest, error, run, Server};
+
+const WINDOW: &str = "ERR window must be an integer from 1 to 31536000000 (milliseconds)";
+const MAX: &str = "ERR max must be an integer from 1 to 1000000 (ratelimit.max-entries)";
+const COST: &str = "ERR COST must be a positive integer";
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+fn arity(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{name}' command")
+}
+
+#[test]
+fn every_malformed_call_is_refused_and_changes_nothing() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    check(&mut con, "k", 60_000, 5);
+    run::<()>(&mut con, &["SET", "s", "text"]);
+    let (before, string_before) = (digest(&mut con, "k"), digest(&mut con, "s"));
+    let never = |cost: &str, max: &str| {
+        format!("ERR COST {cost} is above max {max}: such a request could never be allowed")
+    };
+    let unknown = |name: &str| format!("ERR unknown option '{name}' (the only option is COST n)");
+    let mut cases: Vec<(Vec<&str>, String)> = Vec::new();
+    for command in ["RATELIMIT.CHECK", "RATELIMIT.PEEK"] {
+        cases.push((vec![command], arity(command)));
+        cases.push((vec![command, "k"], arity(command)));
+        cases.push((vec![command, "k", "60000"], arity(command)));
+        for bad in [
+            "abc",
+            "0",
+            "-1",
+            "1.5",
+            "",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "31536000001",
+            "+5",
+            "05",
+            " 5",
+            "1e3",
+        ] {
+            cases.push((vec![command, "k", bad, "5"], WINDOW.into()));
+        }
+        for bad in ["x", "0", "-5", "2.0", "", "1000001", "99999999999999999999"] {
+            cases.push((vec![command, "k", "60000", bad], MAX.into()));
+        }
+        for bad in ["0", "-1", "x", "", "1.0", "9223372036854775808"] {
+            cases.push((vec![command, "k", "60000", "5", "COST", bad], COST.into()));
+        }
+        cases.push((
+            vec![command, "k", "60000", "5", "COST", "6"],
+            never("6", "5"),
+        ));
+        cases.push((
+            vec![command, "k", "60000", "5", "COST", "9223372036854775807"],
+            never("9223372036854775807", "5"),
+        ));
+        cases.push((
+            vec![command, "k", "60000", "5", "COST"],
+            "ERR syntax error: COST needs a value".into(),
+        ));
+        cases.push((
+            vec![command, "k", "60000", "5", "COST", "1", "COST", "2"],
+            "ERR COST given more than once".into(),
+        ));
+        cases.push((
+            vec![command, "k", "60000", "5", "BURST", "1"],
+            unknown("BURST"),
+        ));
+        cases.push((vec![command, "k", "60000", "5", ""], unknown("")));
+        cases.push((vec![command, "s", "60000", "5"], WRONGTYPE.into()));
+    }
+    cases.push((vec!["RATELIMIT.UNDO"], arity("RATELIMIT.UNDO")));
+    cases.push((
+        vec!["RATELIMIT.UNDO", "k", "COST"],
+        "ERR syntax error: COST needs a value".into(),
+    ));
+    cases.push((vec!["RATELIMIT.UNDO", "k", "COST", "0"], COST.into()));
+    cases.push((vec!["RATELIMIT.UNDO", "k", "COST", "-3"], COST.into()));
+    cases.push((vec!["RATELIMIT.UNDO", "k", "NOW"], unknown("NOW")));
+    cases.push((vec!["RATELIMIT.UNDO", "s"], WRONGTYPE.into()));
+    cases.push((vec!["GET", "k"], WRONGTYPE.into()));
+    cases.push((vec!["APPEND", "k", "x"], WRONGTYPE.into()));
+    cases.push((
+        vec!["RATELIMIT.RECORD", "k", "1", "1"],
+        arity("RATELIMIT.RECORD"),
+    ));
+    cases.push((
+        vec!["RATELIMIT.RECORD", "k", "1700000000000", "1000", "1"],
+        "ERR RATELIMIT.RECORD is internal: it only runs from the replication link or the AOF"
+            .into(),
+    ));
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    for (words, expected) in &cases {
+        let got = error(&mut con, words);
+        // Redis checks arity itself and names the command as it was typed.
+        assert!(
+            got.eq_ignore_ascii_case(expected),
+            "{words:?}: got {got:?}, expected {expected:?}"
+        );
+        assert_eq!(digest(&mut con, "k"), before, "{words:?} changed the log");
+        assert_eq!(
+            digest(&mut con, "s"),
+            string_before,
+            "{words:?} changed the string"
+        );
+    }
+    let pong: String = run(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
+    eprintln!("{} malformed calls refused", cases.len());
+}
+
+fn restore(con: &mut redis::Connection, key: &str, payload: &[u8]) -> redis::RedisResult<String> {
+    redis::cmd("RESTORE")
+        .arg(key)
+        .arg(0)
+        .arg(payload)
+        .arg("REPLACE")
+        .query(con)
+}
+
+#[test]
+fn corrupt_payloads_are_refused_and_the_server_stays_up() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for _ in 0..20 {
+        check(&mut con, "k", 60_000, 100);
+    }
+    run::<Vec<i64>>(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "100", "COST", "30"],
+    );
+    let dump: Vec<u8> = redis::cmd("DUMP").arg("k").query(&mut con).expect("DUMP");
+
+    // Redis's own checksum refuses every truncation and bit flip.
+    for len in 0..dump.len() {
+        assert!(
+            restore(&mut con, "t", &dump[..len]).is_err(),
+            "truncated to {len}"
+        );
+    }
+    for bit in 0..dump.len() * 8 {
+        let mut flipped = dump.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        assert!(
+            restore(&mut con, "f", &flipped).is_err(),
+            "bit {bit} flipped"
+        );
+    }
+
+    // Past the checksum, the module's own decoding must hold: each cut or
+    // flipped payload is either refused or (when the damage still spells a
+    // well-formed log, as Redis's compressed strings sometimes do) loads as
+    // a log that answers, digests and empties like any other.
+    run::<String>(&mut con, &["DEBUG", "SET-SKIP-CHECKSUM-VALIDATION", "1"]);
+    let body = dump.len() - 10; // the RDB version and CRC trail the value
+    let mut damaged: Vec<Vec<u8>> = (0..body)
+        .map(|len| [&dump[..len], &dump[body..]].concat())
+        .collect();
+    for bit in 0..body * 8 {
+        let mut flipped = dump.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        damaged.push(flipped);
+    }
+    let mut accepted = 0;
+    for payload in &damaged {
+        if restore(&mut con, "d", payload).is_ok() {
+            accepted += 1;
+            let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "d", "60000", "100"]);
+            assert_eq!(peek.len(), 4);
+            digest(&mut con, "d");
+            let _: i64 = run(&mut con, &["RATELIMIT.UNDO", "d", "COST", "1000000"]);
+            let exists: i64 = run(&mut con, &["EXISTS", "d"]);
+            assert_eq!(exists, 0, "a refund of everything empties the log");
+        }
+    }
+    eprintln!(
+        "{accepted} of {} damaged payloads still decode to a well-formed log",
+        damaged.len()
+    );
+    run::<String>(&mut con, &["DEBUG", "RELOAD"]);
+    let pong: String = run(&mut con, &["PING"]);
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn at_maxmemory_check_is_refused_and_peek_answers() {
+    let server = Server::start(&["--maxmemory-policy", "noeviction"]);
+    let mut con = server.connect();
+    check(&mut con, "k", 60_000, 5);
+    let before = digest(&mut con, "k");
+    run::<()>(&mut con, &["CONFIG", "SET", "maxmemory", "1"]);
+    let refused = error(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5"]);
+    assert!(refused.starts_with("OOM command not allowed"), "{refused}");
+    let refused = error(&mut con, &["RATELIMIT.CHECK", "new", "60000", "5"]);
+    assert!(refused.starts_with("OOM"), "{refused}");
+    let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5"]);
+    assert_eq!(peek[..2], [1, 4]);
+    assert_eq!(digest(&mut con, "k"), before);
+    run::<()>(&mut con, &["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(check(&mut con, "k", 60_000, 5)[..2], [1, 3]);
+}
