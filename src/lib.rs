@@ -7,7 +7,10 @@
 pub mod args;
 pub mod limiter;
 pub mod log;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod reference;
 
-// The skin needs Redis's allocator and API, which unit tests do not have.
-#[cfg(not(test))]
+// The skin needs Redis's allocator and API, which unit tests and the fuzz
+// targets do not have.
+#[cfg(not(any(test, feature = "fuzzing")))]
 mod module;
