@@ -15,13 +15,21 @@ pub struct Results {
     pub exactness: Vec<Outcome>,
 }
 
+/// Writes the files of the sections that ran, leaving the others' files
+/// from earlier runs as they were; summary.md describes this run.
 pub fn write(results: &Results, dir: &Path) -> std::io::Result<String> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("throughput.csv"), throughput_csv(results))?;
-    std::fs::write(dir.join("memory.csv"), memory_csv(results))?;
-    std::fs::write(dir.join("exactness.csv"), exactness_csv(results))?;
-    std::fs::write(dir.join("cpu.svg"), cpu_chart(results))?;
-    std::fs::write(dir.join("memory.svg"), memory_chart(results))?;
+    if !results.throughput.is_empty() || !results.scaling.is_empty() {
+        std::fs::write(dir.join("throughput.csv"), throughput_csv(results))?;
+        std::fs::write(dir.join("cpu.svg"), cpu_chart(results))?;
+    }
+    if !results.memory.is_empty() {
+        std::fs::write(dir.join("memory.csv"), memory_csv(results))?;
+        std::fs::write(dir.join("memory.svg"), memory_chart(results))?;
+    }
+    if !results.exactness.is_empty() {
+        std::fs::write(dir.join("exactness.csv"), exactness_csv(results))?;
+    }
     let summary = summary(results);
     std::fs::write(dir.join("summary.md"), &summary)?;
     Ok(summary)
@@ -83,21 +91,33 @@ fn memory_csv(results: &Results) -> String {
     out
 }
 
+const EXACTNESS_COLUMNS: [&str; 7] = [
+    "approach",
+    "window ms",
+    "max",
+    "calls",
+    "admitted",
+    "most in a window",
+    "over-admission",
+];
+
+fn exactness_fields(o: &Outcome) -> [String; 7] {
+    [
+        o.approach.to_string(),
+        o.window_ms.to_string(),
+        o.max.to_string(),
+        o.calls.to_string(),
+        o.admitted.to_string(),
+        o.most_in_a_window.to_string(),
+        o.over_admission().to_string(),
+    ]
+}
+
 fn exactness_csv(results: &Results) -> String {
-    let mut out =
-        String::from("approach,window_ms,max,calls,admitted,most_in_a_window,over_admission\n");
+    let header = EXACTNESS_COLUMNS.map(|c| c.replace(' ', "_").replace('-', "_"));
+    let mut out = header.join(",") + "\n";
     for o in &results.exactness {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{},{},{}",
-            o.approach,
-            o.window_ms,
-            o.max,
-            o.calls,
-            o.admitted,
-            o.most_in_a_window,
-            o.over_admission()
-        );
+        let _ = writeln!(out, "{}", exactness_fields(o).join(","));
     }
     out
 }
@@ -162,19 +182,13 @@ fn summary(results: &Results) -> String {
     }
     if !results.exactness.is_empty() {
         let _ = writeln!(md, "## Exactness under concurrency\n\nConcurrent clients on one key; the most requests admitted in any window of the given length, from each approach's own decisions.\n");
-        let _ = writeln!(md, "| approach | window ms | max | calls | admitted | most in a window | over-admission |\n|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| {} |\n|---|---:|---:|---:|---:|---:|---:|",
+            EXACTNESS_COLUMNS.join(" | ")
+        );
         for o in &results.exactness {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                o.approach,
-                o.window_ms,
-                o.max,
-                o.calls,
-                o.admitted,
-                o.most_in_a_window,
-                o.over_admission()
-            );
+            let _ = writeln!(md, "| {} |", exactness_fields(o).join(" | "));
         }
     }
     md
