@@ -114,7 +114,7 @@ fn exactness_fields(o: &Outcome) -> [String; 7] {
 }
 
 fn exactness_csv(results: &Results) -> String {
-    let header = EXACTNESS_COLUMNS.map(|c| c.replace(' ', "_").replace('-', "_"));
+    let header = EXACTNESS_COLUMNS.map(|c| c.replace([' ', '-'], "_"));
     let mut out = header.join(",") + "\n";
     for o in &results.exactness {
         let _ = writeln!(out, "{}", exactness_fields(o).join(","));
