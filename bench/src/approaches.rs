@@ -61,15 +61,17 @@ impl Random {
 /// The client-side pipeline from the guide, for a batch of keys: per key
 /// ZREMRANGEBYSCORE, ZCARD, ZADD, EXPIRE in one round trip; then, in a
 /// second one, `ZREMRANGEBYRANK key -1 -1` for each request that was over
-/// the limit. Returns, per key, whether it was allowed and the client time.
+/// the limit. The client's clock is off by `clock_skew_ms`, as an app
+/// server's may be. Returns, per key, whether it was allowed and the time
+/// the client used.
 pub fn naive_pipeline(
     con: &mut Connection,
     keys: &[String],
-    window_ms: i64,
-    max: i64,
+    (window_ms, max): (i64, i64),
+    clock_skew_ms: i64,
     random: &mut Random,
 ) -> Vec<(bool, i64)> {
-    let now = client_clock_ms();
+    let now = client_clock_ms() + clock_skew_ms;
     let mut pipe = redis::pipe();
     for key in keys {
         pipe.cmd("ZREMRANGEBYSCORE")

@@ -5,7 +5,8 @@
 //! approach decides: for the module, the `RATELIMIT.RECORD` commands in
 //! the AOF (the master's exact timestamps); for the Lua script, the server
 //! time it returns; for the guide's pipeline, its clients (it decides on
-//! the client). The report is the largest total admitted in any window.
+//! the client, on the true clock even when its own is skewed). The report
+//! is the largest total admitted in any window.
 
 use crate::approaches::{self, Random};
 use crate::Bench;
@@ -34,7 +35,18 @@ impl Outcome {
 enum Approach {
     Module,
     Lua,
-    Pipeline,
+    /// The guide's pipeline; with `skewed`, the clients' clocks are spread
+    /// over ±250 ms, as app servers' clocks drift.
+    Pipeline {
+        skewed: bool,
+    },
+}
+
+const SKEW_MS: i64 = 250;
+
+/// Client `index` of `clients`: its clock's offset, from -SKEW_MS to +SKEW_MS.
+fn skew_of(index: usize, clients: usize) -> i64 {
+    -SKEW_MS + 2 * SKEW_MS * index as i64 / (clients.max(2) - 1) as i64
 }
 
 /// Each window runs for at least 3 s and 1.5 windows, since requests can
@@ -57,7 +69,11 @@ pub fn run(
         for (approach, name) in [
             (Approach::Module, "RATELIMIT.CHECK"),
             (Approach::Lua, "Lua sliding log"),
-            (Approach::Pipeline, "client-side pipeline"),
+            (Approach::Pipeline { skewed: false }, "client-side pipeline"),
+            (
+                Approach::Pipeline { skewed: true },
+                "pipeline, clocks ±250 ms",
+            ),
         ] {
             let key = format!("x:{name}:{window}");
             let (calls, mut admitted) =
@@ -134,17 +150,20 @@ fn hammer(
                                 admitted.push((reply[2], 1));
                             }
                         }
-                        Approach::Pipeline => {
+                        Approach::Pipeline { skewed } => {
                             let keys = [key.clone()];
-                            for (allowed, now) in approaches::naive_pipeline(
+                            let skew = if skewed { skew_of(client, clients) } else { 0 };
+                            let verdicts = approaches::naive_pipeline(
                                 &mut con,
                                 &keys,
-                                window,
-                                max,
+                                (window, max),
+                                skew,
                                 &mut random,
-                            ) {
+                            );
+                            for (allowed, now) in verdicts {
                                 if allowed {
-                                    admitted.push((now, 1));
+                                    // Judged on the true clock, not the client's.
+                                    admitted.push((now - skew, 1));
                                 }
                             }
                         }

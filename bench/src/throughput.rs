@@ -185,7 +185,7 @@ fn measure_once(bench: &Bench, scenario: &Scenario, depth: usize) -> Sample {
             pipe.query::<()>(con).expect("INCR");
         }),
         Driver::NaivePipeline => own_clients(bench, depth, |con, keys, random| {
-            approaches::naive_pipeline(con, keys, 60_000, 100, random);
+            approaches::naive_pipeline(con, keys, (60_000, 100), 0, random);
         }),
     };
     let stats = measure::command_stats(&mut con);
