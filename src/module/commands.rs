@@ -10,6 +10,7 @@ use crate::module::replication;
 use crate::module::stats;
 use redis_module::raw::{self, KeyMode};
 use redis_module::{Context, ContextFlags};
+use std::num::NonZeroU64;
 use std::os::raw::c_int;
 
 pub type RawCommand =
@@ -39,8 +40,26 @@ fn clock() -> Millis {
     unsafe { raw::RedisModule_Milliseconds.expect("checked at load")() }
 }
 
-fn key_name(args: &[Arg]) -> *mut raw::RedisModuleString {
-    args[1].as_ptr()
+/// Every command's key is its first argument (arity checked by parsing).
+fn key_name(args: &[Arg]) -> &Arg {
+    &args[1]
+}
+
+/// Records `cost` entries at `at` in the key's log, creating it if need
+/// be, and moves the key's expiry to when its newest entry expires.
+fn record_entries(
+    key: &mut LimiterKey,
+    at: Millis,
+    window: NonZeroU64,
+    cost: NonZeroU64,
+) -> Result<(), CommandError> {
+    let log = match key.log()? {
+        Some(log) => log,
+        None => key.create(TimeLog::default()),
+    };
+    let expires_at = limiter::record(log, at, window, cost);
+    key.expire_at(expires_at);
+    Ok(())
 }
 
 fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
@@ -51,15 +70,10 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     if verdict.decision.allowed {
         stats::ALLOWED.add(1);
         stats::ENTRIES_RECORDED.add(request.cost().get());
-        let log = match key.log()? {
-            Some(log) => log,
-            None => key.create(TimeLog::default()),
-        };
-        let expires_at = limiter::record(log, verdict.at, request.window(), request.cost());
-        key.expire_at(expires_at);
-        // A COST, given at most once, is the last argument.
+        record_entries(&mut key, verdict.at, request.window(), request.cost())?;
+        // The window is argument 2; a COST, given at most once, is last.
         let cost_arg = (args.len() > 4).then(|| &args[args.len() - 1]);
-        replication::replicate_record(ctx, &args[1], verdict.at, &args[2], cost_arg);
+        replication::replicate_record(ctx, key_name(args), verdict.at, &args[2], cost_arg);
     }
     reply_decision(ctx, &verdict.decision);
     Ok(())
@@ -105,12 +119,7 @@ fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     }
     let entry = args::parse_record(args)?;
     let mut key = LimiterKey::open(ctx, key_name(args), KeyMode::READ | KeyMode::WRITE);
-    let log = match key.log()? {
-        Some(log) => log,
-        None => key.create(TimeLog::default()),
-    };
-    let expires_at = limiter::record(log, entry.at, entry.window, entry.cost);
-    key.expire_at(expires_at);
+    record_entries(&mut key, entry.at, entry.window, entry.cost)?;
     stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);
     ctx.reply_simple_string("OK");

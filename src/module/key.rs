@@ -5,19 +5,20 @@
 //! small RAII wrapper over the raw key handle.
 
 use crate::log::{Millis, TimeLog};
-use crate::module::boundary::CommandError;
+use crate::module::boundary::{Arg, CommandError};
 use crate::module::datatype::RATELIMIT_TYPE;
-use redis_module::raw::{self, KeyType};
+use redis_module::raw;
 use redis_module::Context;
+use std::os::raw::c_int;
 
 pub struct LimiterKey {
     handle: *mut raw::RedisModuleKey,
 }
 
 impl LimiterKey {
-    pub fn open(ctx: &Context, name: *mut raw::RedisModuleString, mode: raw::KeyMode) -> Self {
+    pub fn open(ctx: &Context, name: &Arg, mode: raw::KeyMode) -> Self {
         LimiterKey {
-            handle: raw::open_key(ctx.ctx, name, mode),
+            handle: raw::open_key(ctx.ctx, name.as_ptr(), mode),
         }
     }
 
@@ -27,23 +28,21 @@ impl LimiterKey {
         if self.handle.is_null() {
             return Ok(None);
         }
-        // SAFETY: plain calls on a live key handle.
+        // SAFETY: plain calls on a live key handle; values of our type
+        // are always Box<TimeLog>.
         unsafe {
-            match KeyType::from(raw::RedisModule_KeyType.expect("in every Redis")(
-                self.handle,
-            )) {
-                KeyType::Empty => Ok(None),
-                KeyType::Module
-                    if raw::RedisModule_ModuleTypeGetType.expect("in every Redis")(self.handle)
-                        == *RATELIMIT_TYPE.raw_type.borrow() =>
-                {
-                    let value =
-                        raw::RedisModule_ModuleTypeGetValue.expect("in every Redis")(self.handle);
-                    // SAFETY: values of our type are always Box<TimeLog>.
-                    Ok(value.cast::<TimeLog>().as_mut())
-                }
-                _ => Err(CommandError::WrongType),
+            let kind = raw::RedisModule_KeyType.expect("in every Redis")(self.handle);
+            if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+                return Ok(None);
             }
+            let ours = kind == raw::REDISMODULE_KEYTYPE_MODULE as c_int
+                && raw::RedisModule_ModuleTypeGetType.expect("in every Redis")(self.handle)
+                    == *RATELIMIT_TYPE.raw_type.borrow();
+            if !ours {
+                return Err(CommandError::WrongType);
+            }
+            let value = raw::RedisModule_ModuleTypeGetValue.expect("in every Redis")(self.handle);
+            Ok(value.cast::<TimeLog>().as_mut())
         }
     }
 
