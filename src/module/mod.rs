@@ -39,6 +39,11 @@ fn init(ctx: &Context, _args: &[redis_module::RedisString]) -> Status {
         return Status::Err;
     }
     ctx.set_module_options(ModuleOptions::HANDLE_IO_ERRORS);
+    // A panic is caught at the boundary and answered with an error; this
+    // puts what happened in the server's log, where the reply points.
+    std::panic::set_hook(Box::new(|panic| {
+        redis_module::logging::log_warning(format!("ratelimit: internal error: {panic}"));
+    }));
     if let Err(reason) = registry::register(ctx) {
         ctx.log_warning(&format!("ratelimit: {reason}"));
         return Status::Err;
