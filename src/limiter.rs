@@ -200,8 +200,9 @@ mod tests {
             (1u64..40, 1u64..8).prop_flat_map(|(window, max)| (Just(window), Just(max), 1..=max));
         let tick = -20i64..30;
         prop_oneof![
-            6 => (tick.clone(), limit.clone()).prop_map(|(tick, (window, max, cost))| Call::Check { tick, window, max, cost }),
-            2 => (tick, limit).prop_map(|(tick, (window, max, cost))| Call::Peek { tick, window, max, cost }),
+            8 => (prop::bool::weighted(0.75), tick, limit).prop_map(|(check, tick, (window, max, cost))| {
+                Call::Request { check, tick, window, max, cost }
+            }),
             1 => (1u64..4).prop_map(Call::Undo),
         ]
     }

@@ -75,16 +75,12 @@ impl Model {
     }
 }
 
-/// One call; `tick` moves the clock (negative: a step back).
+/// One call. A request (CHECK, or PEEK when `check` is false) first moves
+/// the clock by `tick` (negative: a step back).
 #[derive(Clone, Debug)]
 pub enum Call {
-    Check {
-        tick: i64,
-        window: u64,
-        max: u64,
-        cost: u64,
-    },
-    Peek {
+    Request {
+        check: bool,
         tick: i64,
         window: u64,
         max: u64,
@@ -101,9 +97,9 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
     let mut model = Model::default();
     let mut clock: Millis = 1_000;
     for (index, call) in calls.iter().enumerate() {
-        let stored = Some(&log).filter(|l| !l.is_empty());
-        let (core, expected) = match *call {
-            Call::Check {
+        match *call {
+            Call::Request {
+                check,
                 tick,
                 window,
                 max,
@@ -113,26 +109,25 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                 let Some(request) = request(window, max, cost) else {
                     continue;
                 };
-                let verdict = limiter::decide(stored, clock, &request);
-                if verdict.decision.allowed {
-                    limiter::record(&mut log, verdict.at, request.window(), request.cost());
+                let stored = Some(&log).filter(|l| !l.is_empty());
+                let limit = (window, max, cost);
+                let (core, expected) = if check {
+                    let verdict = limiter::decide(stored, clock, &request);
+                    if verdict.decision.allowed {
+                        limiter::record(&mut log, verdict.at, request.window(), request.cost());
+                    }
+                    (verdict.decision, model.check(clock, limit))
+                } else {
+                    (
+                        limiter::peek(stored, clock, &request),
+                        model.peek(clock, limit),
+                    )
+                };
+                if core != expected {
+                    return Err(format!(
+                        "call {index} {call:?}: core {core:?}, model {expected:?}"
+                    ));
                 }
-                (verdict.decision, model.check(clock, (window, max, cost)))
-            }
-            Call::Peek {
-                tick,
-                window,
-                max,
-                cost,
-            } => {
-                clock += tick;
-                let Some(request) = request(window, max, cost) else {
-                    continue;
-                };
-                (
-                    limiter::peek(stored, clock, &request),
-                    model.peek(clock, (window, max, cost)),
-                )
             }
             Call::Undo(n) => {
                 let Some(n) = NonZeroU64::new(n) else {
@@ -144,13 +139,7 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                         "call {index} {call:?}: refunded {got}, model {want}"
                     ));
                 }
-                continue;
             }
-        };
-        if core != expected {
-            return Err(format!(
-                "call {index} {call:?}: core {core:?}, model {expected:?}"
-            ));
         }
         if !log.iter().eq(model.times.iter().copied()) {
             return Err(format!("call {index} {call:?}: logs differ"));

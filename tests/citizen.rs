@@ -199,26 +199,31 @@ fn resp3_clients_get_a_map_and_resp2_clients_an_array() {
     );
 }
 
+/// A connection as a new ACL user with these rules and password "pw".
+fn user(
+    server: &Server,
+    admin: &mut redis::Connection,
+    name: &str,
+    rules: &[&str],
+) -> redis::Connection {
+    let mut setuser = vec!["ACL", "SETUSER", name, "on", ">pw"];
+    setuser.extend_from_slice(rules);
+    run::<()>(admin, &setuser);
+    redis::Client::open(format!("redis://{name}:pw@127.0.0.1:{}/", server.port))
+        .and_then(|client| client.get_connection())
+        .expect("a connection as the new user")
+}
+
 #[test]
 fn acl_key_patterns_and_command_rules_apply() {
     let server = Server::start(&[]);
     let mut admin = server.connect();
-    run::<()>(
+    let mut app = user(
+        &server,
         &mut admin,
-        &[
-            "ACL",
-            "SETUSER",
-            "app",
-            "on",
-            ">pw",
-            "~rl:*",
-            "+ratelimit.check",
-            "+ratelimit.peek",
-        ],
+        "app",
+        &["~rl:*", "+ratelimit.check", "+ratelimit.peek"],
     );
-    let client =
-        redis::Client::open(format!("redis://app:pw@127.0.0.1:{}/", server.port)).expect("url");
-    let mut app = client.get_connection().expect("app connection");
     assert_eq!(
         run::<Vec<i64>>(&mut app, &["RATELIMIT.CHECK", "rl:1", "1000", "5"])[0],
         1
@@ -246,34 +251,14 @@ fn acl_categories_where_the_server_has_them() {
         return;
     }
     assert_eq!(categories, ["@read", "@fast", "@ratelimit"]);
-    run::<()>(
-        &mut admin,
-        &["ACL", "SETUSER", "reader", "on", ">pw", "~*", "+@read"],
-    );
-    let client =
-        redis::Client::open(format!("redis://reader:pw@127.0.0.1:{}/", server.port)).expect("url");
-    let mut reader = client.get_connection().expect("reader connection");
+    let mut reader = user(&server, &mut admin, "reader", &["~*", "+@read"]);
     assert_eq!(
         run::<Vec<i64>>(&mut reader, &["RATELIMIT.PEEK", "k", "1000", "5"])[0],
         1
     );
     let refused = error(&mut reader, &["RATELIMIT.CHECK", "k", "1000", "5"]);
     assert!(refused.starts_with("NOPERM"), "{refused}");
-    run::<()>(
-        &mut admin,
-        &[
-            "ACL",
-            "SETUSER",
-            "limiter",
-            "on",
-            ">pw",
-            "~*",
-            "+@ratelimit",
-        ],
-    );
-    let client =
-        redis::Client::open(format!("redis://limiter:pw@127.0.0.1:{}/", server.port)).expect("url");
-    let mut limiter = client.get_connection().expect("limiter connection");
+    let mut limiter = user(&server, &mut admin, "limiter", &["~*", "+@ratelimit"]);
     assert_eq!(
         run::<Vec<i64>>(&mut limiter, &["RATELIMIT.CHECK", "k", "1000", "5"])[0],
         1

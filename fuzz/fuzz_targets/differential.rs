@@ -15,19 +15,14 @@ fuzz_target!(|data: &[u8]| {
             let max = u64::from(c[3] % 16) + 1;
             let cost = u64::from(c[3] / 16) + 1;
             match c[0] % 8 {
-                0..=4 => Call::Check {
+                7 => Call::Undo(u64::from(c[1] % 4)),
+                kind => Call::Request {
+                    check: kind < 5,
                     tick,
                     window,
                     max,
                     cost,
                 },
-                5 | 6 => Call::Peek {
-                    tick,
-                    window,
-                    max,
-                    cost,
-                },
-                _ => Call::Undo(u64::from(c[1] % 4)),
             }
         })
         .collect();
