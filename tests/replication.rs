@@ -83,3 +83,54 @@ fn peek_runs_on_a_replica_and_agrees() {
     let refused = common::error(&mut r, &["RATELIMIT.CHECK", "k", "600000", "10"]);
     assert!(refused.starts_with("READONLY"), "{refused}");
 }
+
+/// Limits checked together, in MULTI/EXEC or from a script, replicate as
+/// the RECORDs of what was allowed, like single calls.
+#[test]
+fn transactions_and_scripts_replicate_what_they_decided() {
+    let master = Server::start(&[]);
+    let replica = replica_of(&master);
+    let (mut m, mut r) = (master.connect(), replica.connect());
+    wait_for_sync(&mut m, &mut r);
+    for _ in 0..3 {
+        let (user, global): (Vec<i64>, Vec<i64>) = redis::pipe()
+            .atomic()
+            .cmd("RATELIMIT.CHECK")
+            .arg("{api}:user:1")
+            .arg(600_000)
+            .arg(2)
+            .cmd("RATELIMIT.CHECK")
+            .arg("{api}:global")
+            .arg(600_000)
+            .arg(10)
+            .query(&mut m)
+            .expect("MULTI/EXEC");
+        assert_eq!(global[0], 1);
+        assert!(user[0] == 1 || user[1] == 0);
+    }
+    let script = r"
+        local user = redis.call('RATELIMIT.CHECK', KEYS[1], 600000, 2)
+        if user[1] == 0 then return user end
+        return redis.call('RATELIMIT.CHECK', KEYS[2], 600000, 10)
+    ";
+    for _ in 0..3 {
+        let reply: Vec<i64> = redis::cmd("EVAL")
+            .arg(script)
+            .arg(2)
+            .arg("{api}:user:2")
+            .arg("{api}:global")
+            .query(&mut m)
+            .expect("EVAL");
+        assert_eq!(reply.len(), 4);
+    }
+    wait_for_sync(&mut m, &mut r);
+    let on_master = all_digests(&mut m);
+    assert_eq!(on_master.len(), 3);
+    assert_eq!(all_digests(&mut r), on_master);
+    let global: Vec<i64> = run(&mut r, &["RATELIMIT.PEEK", "{api}:global", "600000", "10"]);
+    assert_eq!(
+        global[1],
+        10 - 3 - 2,
+        "3 from MULTI, 2 from the script (user:2 allows 2)"
+    );
+}
