@@ -25,9 +25,14 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        // The bus port would default to port + 10000, past 65535 for a
+        // fifth of the ephemeral range, so each node gets a free one.
         let servers: Vec<Server> = (0..6)
             .map(|_| {
+                let bus = common::free_port().to_string();
                 Server::start(&[
+                    "--cluster-port",
+                    &bus,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",

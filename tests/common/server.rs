@@ -42,7 +42,7 @@ fn wrapper() -> Option<Vec<String>> {
     (!words.is_empty()).then_some(words)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().expect("bound").port()
 }
@@ -124,15 +124,22 @@ impl Server {
             config_file,
             child: None,
         };
-        server.launch();
+        // A free port can be taken by another test's server between our
+        // look and its bind; then try another.
+        for _ in 0..4 {
+            if server.launch().is_ok() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        server
+            .launch()
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
         server
     }
 
-    pub fn is_valkey(&self) -> bool {
-        server_binary().contains("valkey")
-    }
-
-    fn launch(&mut self) {
+    /// Starts the server on its port, or returns its log if it exited.
+    fn launch(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
         let mut command = match wrapper() {
             Some(words) => {
@@ -159,17 +166,23 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary()));
         self.child = Some(child);
-        self.wait_until_ready();
+        self.wait_until_ready()
     }
 
-    fn wait_until_ready(&mut self) {
+    /// Ready when our own process (not another test's server that got the
+    /// port first) answers PING, which it does once its data is loaded.
+    fn wait_until_ready(&mut self) -> Result<(), String> {
+        let pid = self.child.as_ref().map_or(0, Child::id);
         let patience = if wrapper().is_some() { 120 } else { 20 };
         let deadline = Instant::now() + Duration::from_secs(patience);
         loop {
             if let Ok(mut con) = self.try_connect() {
+                // PING fails while the server still loads its data.
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query(&mut con);
-                if pong.is_ok() {
-                    return;
+                let info: redis::RedisResult<String> =
+                    redis::cmd("INFO").arg("server").query(&mut con);
+                if pong.is_ok() && info.is_ok_and(|i| i.contains(&format!("process_id:{pid}\r"))) {
+                    return Ok(());
                 }
             }
             if let Some(status) = self
@@ -177,7 +190,8 @@ impl Server {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("server exited with {status}:\n{}", self.log());
+                self.child = None;
+                return Err(format!("server exited with {status}:\n{}", self.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -214,7 +228,7 @@ impl Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
         }
-        self.launch();
+        self.relaunch();
     }
 
     /// Stops the server with SHUTDOWN NOSAVE and waits for it to exit, so
@@ -235,8 +249,10 @@ impl Server {
         }
     }
 
+    /// Starts the server again on the same port and directory.
     pub fn relaunch(&mut self) {
-        self.launch();
+        self.launch()
+            .unwrap_or_else(|log| panic!("server did not restart:\n{log}"));
     }
 }
 
