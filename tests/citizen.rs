@@ -282,3 +282,55 @@ fn module_list_shows_the_crate_version() {
         (v[0] * 10_000 + v[1] * 100 + v[2]).to_string()
     );
 }
+
+/// The repository's redis.conf (what `make run` starts) loads the build.
+#[test]
+fn the_repository_redis_conf_loads_the_module() {
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let port = common::free_port();
+    // redis.conf names the module relative to the repository, where `make
+    // run` starts the server (a --dir would move it away before loading);
+    // nothing is saved, so nothing is written there.
+    let child = std::process::Command::new(common::server_binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("redis.conf")
+        .args(["--port", &port.to_string()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--ratelimit.max-entries",
+            "777",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("a server started from redis.conf");
+    let _stop = Stop(child);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut con = (0..200)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            let mut con = redis::Client::open(url.as_str())
+                .ok()?
+                .get_connection()
+                .ok()?;
+            redis::cmd("PING").query::<String>(&mut con).ok()?;
+            Some(con)
+        })
+        .expect("the server from redis.conf answers");
+    let reply: Vec<i64> = run(&mut con, &["RATELIMIT.CHECK", "user:42", "60000", "5"]);
+    assert_eq!(reply, [1, 4, 0, 60_000]);
+    let config: Vec<String> = run(&mut con, &["CONFIG", "GET", "ratelimit.max-entries"]);
+    assert_eq!(
+        config[1], "777",
+        "module settings work as config directives"
+    );
+}
