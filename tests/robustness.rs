@@ -190,7 +190,7 @@ fn corrupt_payloads_are_refused_and_the_server_stays_up() {
 }
 
 #[test]
-fn at_maxmemory_check_is_refused_and_peek_answers() {
+fn at_maxmemory_check_and_undo_are_refused_and_peek_answers() {
     let server = Server::start(&["--maxmemory-policy", "noeviction"]);
     let mut con = server.connect();
     check(&mut con, "k", 60_000, 5);
@@ -199,6 +199,8 @@ fn at_maxmemory_check_is_refused_and_peek_answers() {
     let refused = error(&mut con, &["RATELIMIT.CHECK", "k", "60000", "5"]);
     assert!(refused.starts_with("OOM command not allowed"), "{refused}");
     let refused = error(&mut con, &["RATELIMIT.CHECK", "new", "60000", "5"]);
+    assert!(refused.starts_with("OOM"), "{refused}");
+    let refused = error(&mut con, &["RATELIMIT.UNDO", "k"]);
     assert!(refused.starts_with("OOM"), "{refused}");
     let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5"]);
     assert_eq!(peek[..2], [1, 4]);
