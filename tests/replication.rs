@@ -63,6 +63,15 @@ fn a_replica_has_the_masters_exact_state() {
     assert!(on_master.len() >= 14, "{on_master:?}");
     assert!(!on_master.iter().any(|(key, _)| key == "gone"));
     assert_eq!(all_digests(&mut r), on_master);
+    let info: String = run(&mut r, &["INFO", "ratelimit"]);
+    assert!(
+        !info.contains("ratelimit_records_replayed:0\r"),
+        "the replica applied RECORDs:\n{info}"
+    );
+    assert!(
+        info.contains("ratelimit_checks:0\r"),
+        "and decided nothing itself:\n{info}"
+    );
 }
 
 #[test]
