@@ -13,15 +13,13 @@
 //! ends: every byte of a varint but its last has the high bit set, so the
 //! last byte of the previous varint marks where the current one begins.
 
-use std::collections::VecDeque;
+use crate::small_deque::SmallDeque;
 
 /// Milliseconds since the Unix epoch, as `RedisModule_Milliseconds` gives them.
 pub type Millis = i64;
 
 const CONTINUATION: u8 = 0x80;
 const MAX_VARINT_LEN: usize = 10;
-/// Below this many bytes of capacity a log never bothers to shrink.
-const MIN_SHRINK_CAPACITY: usize = 64;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimeLog {
@@ -29,7 +27,7 @@ pub struct TimeLog {
     ends: Option<(Millis, Millis)>,
     len: u64,
     /// `len - 1` varint-encoded gaps between neighbouring entries, oldest first.
-    gaps: VecDeque<u8>,
+    gaps: SmallDeque,
 }
 
 /// Why bytes read back from storage do not form a log.
@@ -77,8 +75,7 @@ impl TimeLog {
         };
         self.ends = Some((oldest, at));
         // Every further entry at the same time is a zero gap: one byte.
-        self.gaps
-            .extend(std::iter::repeat_n(0, (count - 1) as usize));
+        self.gaps.extend_zeros((count - 1) as usize);
         self.len += count;
     }
 
@@ -91,7 +88,6 @@ impl TimeLog {
             let gap = take_varint_front(&mut self.gaps);
             self.ends = Some((oldest.saturating_add_unsigned(gap), newest));
             self.len -= 1;
-            self.shrink_if_sparse();
         }
         Some(oldest)
     }
@@ -105,7 +101,6 @@ impl TimeLog {
             let gap = take_varint_back(&mut self.gaps);
             self.ends = Some((oldest, newest.saturating_sub_unsigned(gap)));
             self.len -= 1;
-            self.shrink_if_sparse();
         }
         Some(newest)
     }
@@ -114,18 +109,9 @@ impl TimeLog {
         *self = TimeLog::default();
     }
 
-    /// A burst can leave a large buffer behind; give most of it back once
-    /// three quarters are unused, which keeps pops amortised O(1).
-    fn shrink_if_sparse(&mut self) {
-        let capacity = self.gaps.capacity();
-        if capacity > MIN_SHRINK_CAPACITY && self.gaps.len() < capacity / 4 {
-            self.gaps.shrink_to(self.gaps.len() * 2);
-        }
-    }
-
     /// All entries, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = Millis> + '_ {
-        let mut bytes = self.gaps.iter().copied();
+        let mut bytes = self.gaps.iter();
         let mut current = self.oldest();
         std::iter::from_fn(move || {
             let entry = current?;
@@ -134,9 +120,9 @@ impl TimeLog {
         })
     }
 
-    /// Heap bytes held, for `MEMORY USAGE`.
+    /// Heap bytes held beyond the log itself, for `MEMORY USAGE`.
     pub fn heap_size(&self) -> usize {
-        self.gaps.capacity()
+        self.gaps.heap_size()
     }
 
     /// The gaps as stored, for persistence.
@@ -172,17 +158,21 @@ impl TimeLog {
         Ok(TimeLog {
             ends: Some((oldest, newest)),
             len,
-            gaps: gap_bytes.iter().copied().collect(),
+            gaps: SmallDeque::from_slice(gap_bytes),
         })
     }
 }
 
-fn push_varint(out: &mut VecDeque<u8>, mut value: u64) {
+fn push_varint(out: &mut SmallDeque, mut value: u64) {
+    let mut encoded = [0u8; MAX_VARINT_LEN];
+    let mut used = 0;
     while value >= u64::from(CONTINUATION) {
-        out.push_back((value as u8) | CONTINUATION);
+        encoded[used] = (value as u8) | CONTINUATION;
         value >>= 7;
+        used += 1;
     }
-    out.push_back(value as u8);
+    encoded[used] = value as u8;
+    out.extend_from_slice(&encoded[..=used]);
 }
 
 /// Reads one varint, or `None` if the bytes end inside it or it is too long.
@@ -204,24 +194,26 @@ fn read_varint(bytes: &mut impl Iterator<Item = u8>) -> Option<u64> {
 }
 
 /// Only called on gaps this module wrote or validated, so a varint is whole.
-fn take_varint_front(gaps: &mut VecDeque<u8>) -> u64 {
+fn take_varint_front(gaps: &mut SmallDeque) -> u64 {
     let end = gaps
         .iter()
         .position(|byte| byte & CONTINUATION == 0)
         .map_or(gaps.len(), |last| last + 1);
-    let value = read_varint(&mut gaps.range(..end).copied()).unwrap_or(0);
-    gaps.drain(..end);
+    let value = read_varint(&mut gaps.iter().take(end)).unwrap_or(0);
+    gaps.drain_front(end);
     value
 }
 
-fn take_varint_back(gaps: &mut VecDeque<u8>) -> u64 {
+fn take_varint_back(gaps: &mut SmallDeque) -> u64 {
     // The byte before this varint is the last byte of the previous one (or
     // nothing), and only last bytes lack the continuation bit.
     let start = gaps
-        .range(..gaps.len().saturating_sub(1))
-        .rposition(|byte| byte & CONTINUATION == 0)
-        .map_or(0, |last_of_previous| last_of_previous + 1);
-    let value = read_varint(&mut gaps.range(start..).copied()).unwrap_or(0);
+        .iter()
+        .rev()
+        .skip(1)
+        .position(|byte| byte & CONTINUATION == 0)
+        .map_or(0, |from_end| gaps.len() - 1 - from_end);
+    let value = read_varint(&mut gaps.iter().skip(start)).unwrap_or(0);
     gaps.truncate(start);
     value
 }
@@ -230,6 +222,7 @@ fn take_varint_back(gaps: &mut VecDeque<u8>) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::VecDeque;
 
     fn log_of(times: &[Millis]) -> TimeLog {
         let mut log = TimeLog::default();
@@ -299,7 +292,7 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0i64..1 << 40, 1u64..4).prop_map(|(t, n)| Op::Push(t, n)),
+            (0i64..1 << 40, 1u64..30).prop_map(|(t, n)| Op::Push(t, n)),
             Just(Op::PopOldest),
             Just(Op::PopNewest),
         ]
