@@ -12,6 +12,7 @@
 //! small gaps, so most entries cost one byte. LEB128 can be read from both
 //! ends: every byte of a varint but its last has the high bit set, so the
 //! last byte of the previous varint marks where the current one begins.
+//! The bytes live in a `SmallDeque`, inside the log while they are few.
 
 use crate::small_deque::SmallDeque;
 
