@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{digest, run, Server};
+use common::{digest, run, wait_for_replica, Server};
 use redis::cluster::ClusterClient;
 use redis::Connection;
 use std::collections::HashMap;
@@ -355,11 +355,6 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
     );
 }
 
-fn wait_for_replica(master: &mut Connection) {
-    let acked: i64 = run(master, &["WAIT", "1", "5000"]);
-    assert!(acked >= 1, "WAIT saw {acked} replicas");
-}
-
 fn replicas_answer_peek_like_their_master(cluster: &Cluster) {
     let mut con = cluster.client();
     for (key, master) in key_on_each_master(cluster, "read") {
@@ -367,8 +362,8 @@ fn replicas_answer_peek_like_their_master(cluster: &Cluster) {
             check(&mut con, &key, 10);
         }
         let mut on_master = cluster.connect(master.port);
-        wait_for_replica(&mut on_master);
         let mut on_replica = cluster.connect(cluster.replica_of(&master).port);
+        wait_for_replica(&mut on_master, &mut on_replica);
         run::<()>(&mut on_replica, &["READONLY"]);
         let (m, r) = (
             peek(&mut on_master, &key, 10),
@@ -393,11 +388,11 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
     }
     let master = cluster.owner(key);
     let mut old = cluster.connect(master.port);
-    wait_for_replica(&mut old);
-    let before_digest = digest(&mut old, key);
-    let before = peek(&mut old, key, 10);
     let replica = cluster.replica_of(&master);
     let mut promoted = cluster.connect(replica.port);
+    wait_for_replica(&mut old, &mut promoted);
+    let before_digest = digest(&mut old, key);
+    let before = peek(&mut old, key, 10);
     run::<()>(&mut promoted, &["CLUSTER", "FAILOVER"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

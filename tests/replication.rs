@@ -3,27 +3,13 @@
 
 mod common;
 
-use common::{all_digests, check, run, Server};
+use common::{all_digests, check, run, wait_for_replica, Server};
 use redis::Connection;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn replica_of(master: &Server) -> Server {
     Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()])
-}
-
-fn wait_for_sync(master: &mut Connection, replica: &mut Connection) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = run(replica, &["INFO", "replication"]);
-        if info.contains("master_link_status:up") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica never synced: {info}");
-        sleep(Duration::from_millis(20));
-    }
-    let acked: i64 = run(master, &["WAIT", "1", "5000"]);
-    assert!(acked >= 1, "WAIT saw {acked} replicas");
 }
 
 /// Allowed and denied checks, costs, refunds, a key refunded to nothing,
@@ -56,9 +42,9 @@ fn a_replica_has_the_masters_exact_state() {
     check(&mut m, "before", 600_000, 5);
     let replica = replica_of(&master);
     let mut r = replica.connect();
-    wait_for_sync(&mut m, &mut r);
+    wait_for_replica(&mut m, &mut r);
     mixed_workload(&mut m);
-    wait_for_sync(&mut m, &mut r);
+    wait_for_replica(&mut m, &mut r);
     let on_master = all_digests(&mut m);
     assert!(on_master.len() >= 14, "{on_master:?}");
     assert!(!on_master.iter().any(|(key, _)| key == "gone"));
@@ -79,11 +65,11 @@ fn peek_runs_on_a_replica_and_agrees() {
     let master = Server::start(&[]);
     let replica = replica_of(&master);
     let (mut m, mut r) = (master.connect(), replica.connect());
-    wait_for_sync(&mut m, &mut r);
+    wait_for_replica(&mut m, &mut r);
     for _ in 0..4 {
         check(&mut m, "k", 600_000, 10);
     }
-    wait_for_sync(&mut m, &mut r);
+    wait_for_replica(&mut m, &mut r);
     let peek = ["RATELIMIT.PEEK", "k", "600000", "10"];
     let on_master: Vec<i64> = run(&mut m, &peek);
     let on_replica: Vec<i64> = run(&mut r, &peek);
@@ -100,7 +86,7 @@ fn transactions_and_scripts_replicate_what_they_decided() {
     let master = Server::start(&[]);
     let replica = replica_of(&master);
     let (mut m, mut r) = (master.connect(), replica.connect());
-    wait_for_sync(&mut m, &mut r);
+    wait_for_replica(&mut m, &mut r);
     for _ in 0..3 {
         let (user, global): (Vec<i64>, Vec<i64>) = redis::pipe()
             .atomic()
@@ -132,7 +118,7 @@ fn transactions_and_scripts_replicate_what_they_decided() {
             .expect("EVAL");
         assert_eq!(reply.len(), 4);
     }
-    wait_for_sync(&mut m, &mut r);
+    wait_for_replica(&mut m, &mut r);
     let on_master = all_digests(&mut m);
     assert_eq!(on_master.len(), 3);
     assert_eq!(all_digests(&mut r), on_master);

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{all_digests, run, Server};
+use common::{all_digests, run, wait_for_replica, Server};
 use redis::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,24 +114,6 @@ fn client(con: &mut Connection, index: usize, window: &str, stop: &AtomicBool) -
         }
     }
     seen
-}
-
-fn wait_for_replica(master: &mut Connection, replica: &mut Connection) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let info: String = run(replica, &["INFO", "replication"]);
-        if info.contains("master_link_status:up") {
-            let acked: i64 = run(master, &["WAIT", "1", "10000"]);
-            if acked >= 1 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica never caught up: {info}"
-        );
-        sleep(Duration::from_millis(50));
-    }
 }
 
 /// `used_memory_dataset`: used memory less Redis's own overhead (client
