@@ -1,15 +1,29 @@
-//! Command arguments: bytes in, typed requests or a clear error out.
+//! Command arguments: bytes in, typed calls or a clear error out.
 //!
-//! Pure functions over `args[0]` (the command name), `args[1]` (the key)
-//! and what follows, so every malformed call can be tested and fuzzed
-//! without a server.
+//! Pure functions over a command's whole argv (`args[0]` is its name), so
+//! every malformed call can be tested and fuzzed without a server. Each
+//! parse returns the key and the typed call together, with the argument
+//! strings replication reuses, so no handler reads argv by position.
 
-use crate::limiter::Request;
-use crate::log::Millis;
+use crate::limiter::{Limit, Record, Request, RequestError, MAX_LIMITS};
+use crate::log::{Millis, MAX_COST, MAX_WINDOW};
 use std::num::NonZeroU64;
 
-/// The longest window a limit may have: 365 days.
-pub const MAX_WINDOW_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+/// A named option and what its value is called, as errors and COMMAND
+/// DOCS both show it.
+pub struct OptionName {
+    pub token: &'static str,
+    pub value: &'static str,
+}
+
+pub const COST: OptionName = OptionName {
+    token: "COST",
+    value: "n",
+};
+pub const PRECISION: OptionName = OptionName {
+    token: "PRECISION",
+    value: "p",
+};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ArgError {
@@ -19,86 +33,193 @@ pub enum ArgError {
     Invalid(String),
 }
 
-/// What a replica or the AOF replays for an allowed CHECK.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Record {
-    pub at: Millis,
-    pub window: NonZeroU64,
-    pub cost: NonZeroU64,
+/// `RATELIMIT.CHECK|PEEK key window max [window max ...] [COST n] [PRECISION p]`.
+#[derive(Debug)]
+pub struct LimitCall<'a, A> {
+    pub key: &'a A,
+    pub request: Request,
+    /// The longest window's argument, and COST's and PRECISION's values
+    /// where given: what the replicated RECORD is built from.
+    pub longest_window: &'a A,
+    pub cost: Option<&'a A>,
+    pub precision: Option<&'a A>,
 }
 
-/// `RATELIMIT.CHECK|PEEK key window max [COST n]`, with `max` at most `cap`.
-pub fn parse_request<A: AsRef<[u8]>>(args: &[A], cap: u64) -> Result<Request, ArgError> {
-    let [_, _, window, max, options @ ..] = args else {
+/// `RATELIMIT.UNDO key [COST n]`.
+#[derive(Debug)]
+pub struct UndoCall<'a, A> {
+    pub key: &'a A,
+    pub units: NonZeroU64,
+}
+
+/// `RATELIMIT.RECORD key at window cost [precision]`, the replicated form
+/// of an allowed CHECK (without `precision`, as release 0.1.0 wrote it: 1).
+#[derive(Debug)]
+pub struct RecordCall<'a, A> {
+    pub key: &'a A,
+    pub record: Record,
+}
+
+pub fn parse_limit_call<A: AsRef<[u8]>>(args: &[A]) -> Result<LimitCall<'_, A>, ArgError> {
+    let [_, key, rest @ ..] = args else {
         return Err(ArgError::WrongArity);
     };
-    let window = parse_window(window)?;
-    let max = positive_up_to(max, cap).ok_or_else(|| {
-        invalid(format!(
-            "max must be an integer from 1 to {cap} (ratelimit.max-entries)"
-        ))
+    if rest.len() < 2 {
+        return Err(ArgError::WrongArity);
+    }
+    let mut limits = [Limit {
+        window: NonZeroU64::MIN,
+        max: NonZeroU64::MIN,
+    }; MAX_LIMITS];
+    let mut count = 0;
+    let mut longest_window = &rest[0];
+    let mut at = 0;
+    // The first pair is required; more follow while the next word is a
+    // number rather than an option name.
+    while at < rest.len() && (at == 0 || starts_like_a_number(&rest[at])) {
+        let window_arg = &rest[at];
+        let window = parse_window(window_arg)?;
+        let max = rest.get(at + 1).ok_or_else(|| {
+            invalid(format!(
+                "syntax error: window {} has no max",
+                String::from_utf8_lossy(window_arg.as_ref())
+            ))
+        })?;
+        let max = positive(max).ok_or_else(|| request_error(RequestError::MaxOutOfRange(0)))?;
+        if limits[..count].iter().all(|l| l.window < window) {
+            longest_window = window_arg;
+        }
+        let slot = limits
+            .get_mut(count)
+            .ok_or_else(|| request_error(RequestError::TooManyLimits))?;
+        *slot = Limit { window, max };
+        count += 1;
+        at += 2;
+    }
+    let limits = &limits[..count];
+    let [cost, precision] = parse_options(&rest[at..], [&COST, &PRECISION])?;
+    let cost_value = cost.map_or(Ok(NonZeroU64::MIN), |v| positive(v).ok_or_else(cost_error))?;
+    let precision_value = precision.map_or(Ok(NonZeroU64::MIN), |v| {
+        positive_up_to(v, MAX_WINDOW).ok_or_else(|| precision_error(limits))
     })?;
-    let cost = parse_cost(options)?;
-    Request::new(window, max, cost).ok_or_else(|| {
-        invalid(format!(
-            "COST {cost} is above max {max}: such a request could never be allowed"
-        ))
+    let request = Request::new(limits, cost_value, precision_value).map_err(|e| match e {
+        RequestError::PrecisionAboveWindow { .. } => precision_error(limits),
+        other => request_error(other),
+    })?;
+    Ok(LimitCall {
+        key,
+        request,
+        longest_window,
+        cost,
+        precision,
     })
 }
 
-/// `RATELIMIT.UNDO key [COST n]`: how many entries to refund.
-pub fn parse_refund<A: AsRef<[u8]>>(args: &[A]) -> Result<NonZeroU64, ArgError> {
-    let [_, _, options @ ..] = args else {
+pub fn parse_undo<A: AsRef<[u8]>>(args: &[A]) -> Result<UndoCall<'_, A>, ArgError> {
+    let [_, key, options @ ..] = args else {
         return Err(ArgError::WrongArity);
     };
-    parse_cost(options)
+    let [cost] = parse_options(options, [&COST])?;
+    Ok(UndoCall {
+        key,
+        units: cost.map_or(Ok(NonZeroU64::MIN), |v| positive(v).ok_or_else(cost_error))?,
+    })
 }
 
-/// `RATELIMIT.RECORD key at window cost`, the replicated form of CHECK.
-pub fn parse_record<A: AsRef<[u8]>>(args: &[A]) -> Result<Record, ArgError> {
-    let [_, _, at, window, cost] = args else {
-        return Err(ArgError::WrongArity);
+pub fn parse_record<A: AsRef<[u8]>>(args: &[A]) -> Result<RecordCall<'_, A>, ArgError> {
+    let (key, at, window, cost, precision) = match args {
+        [_, key, at, window, cost] => (key, at, window, cost, None),
+        [_, key, at, window, cost, precision] => (key, at, window, cost, Some(precision)),
+        _ => return Err(ArgError::WrongArity),
     };
     let at = positive_up_to(at, MAX_RECORD_TIME)
         .ok_or_else(|| invalid("at must be a positive time in unix milliseconds".into()))?;
-    Ok(Record {
-        at: at.get() as Millis,
-        window: parse_window(window)?,
-        cost: positive_up_to(cost, i64::MAX as u64).ok_or_else(cost_error)?,
+    let precision = precision.map_or(Ok(NonZeroU64::MIN), |p| {
+        positive_up_to(p, MAX_WINDOW)
+            .ok_or_else(|| invalid(format!("precision must be an integer from 1 to {MAX_WINDOW}")))
+    })?;
+    Ok(RecordCall {
+        key,
+        record: Record {
+            at: at.get() as Millis,
+            window: parse_window(window)?,
+            cost: positive(cost).ok_or_else(cost_error)?,
+            precision,
+        },
     })
 }
 
 /// Far enough from i64::MAX that adding a window cannot overflow.
 const MAX_RECORD_TIME: u64 = i64::MAX as u64 / 2;
 
-fn parse_window<A: AsRef<[u8]>>(window: &A) -> Result<NonZeroU64, ArgError> {
-    positive_up_to(window, MAX_WINDOW_MS).ok_or_else(|| {
-        invalid(format!(
-            "window must be an integer from 1 to {MAX_WINDOW_MS} (milliseconds)"
-        ))
+fn starts_like_a_number<A: AsRef<[u8]>>(arg: &A) -> bool {
+    matches!(arg.as_ref().first(), Some(b'0'..=b'9' | b'-'))
+}
+
+/// Named options, each followed by its value and given at most once, in
+/// any order and any case; their values in the order of `names`.
+fn parse_options<'a, A: AsRef<[u8]>, const N: usize>(
+    words: &'a [A],
+    names: [&OptionName; N],
+) -> Result<[Option<&'a A>; N], ArgError> {
+    let mut values = [None; N];
+    let mut words = words.iter();
+    while let Some(word) = words.next() {
+        let word = word.as_ref();
+        let Some(slot) = names
+            .iter()
+            .position(|name| word.eq_ignore_ascii_case(name.token.as_bytes()))
+        else {
+            let known: Vec<String> = names
+                .iter()
+                .map(|name| format!("{} {}", name.token, name.value))
+                .collect();
+            return Err(invalid(format!(
+                "unknown option '{}' (the options are {})",
+                String::from_utf8_lossy(word),
+                known.join(" and ")
+            )));
+        };
+        let token = names[slot].token;
+        let value = words
+            .next()
+            .ok_or_else(|| invalid(format!("syntax error: {token} needs a value")))?;
+        if values[slot].replace(value).is_some() {
+            return Err(invalid(format!("{token} given more than once")));
+        }
+    }
+    Ok(values)
+}
+
+fn request_error(error: RequestError) -> ArgError {
+    invalid(match error {
+        RequestError::NoLimit => "a window and a max are required".into(),
+        RequestError::TooManyLimits => format!("at most {MAX_LIMITS} window/max pairs"),
+        RequestError::WindowOutOfRange(_) => window_range(),
+        RequestError::MaxOutOfRange(_) => format!("max must be an integer from 1 to {MAX_COST}"),
+        RequestError::WindowTwice(window) => format!("window {window} is given twice"),
+        RequestError::CostAboveMax { cost, max } => {
+            format!("COST {cost} is above max {max}: such a request could never be allowed")
+        }
+        RequestError::PrecisionAboveWindow { precision, window } => {
+            format!("PRECISION {precision} is above the shortest window {window}")
+        }
     })
 }
 
-/// The optional `COST n` (default 1), the only option there is.
-fn parse_cost<A: AsRef<[u8]>>(options: &[A]) -> Result<NonZeroU64, ArgError> {
-    let mut cost = None;
-    for pair in options.chunks(2) {
-        let name = pair[0].as_ref();
-        if !name.eq_ignore_ascii_case(b"COST") {
-            return Err(invalid(format!(
-                "unknown option '{}' (the only option is COST n)",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        let [_, value] = pair else {
-            return Err(invalid("syntax error: COST needs a value".into()));
-        };
-        if cost.is_some() {
-            return Err(invalid("COST given more than once".into()));
-        }
-        cost = Some(positive_up_to(value, i64::MAX as u64).ok_or_else(cost_error)?);
-    }
-    Ok(cost.unwrap_or(NonZeroU64::MIN))
+fn precision_error(limits: &[Limit]) -> ArgError {
+    let shortest = limits.iter().map(|l| l.window.get()).min().unwrap_or(MAX_WINDOW);
+    invalid(format!(
+        "PRECISION must be an integer from 1 to {shortest} (the shortest window)"
+    ))
+}
+
+fn window_range() -> String {
+    format!("window must be an integer from 1 to {MAX_WINDOW} (milliseconds)")
+}
+
+fn parse_window<A: AsRef<[u8]>>(window: &A) -> Result<NonZeroU64, ArgError> {
+    positive_up_to(window, MAX_WINDOW).ok_or_else(|| invalid(window_range()))
 }
 
 fn cost_error() -> ArgError {
@@ -107,6 +228,10 @@ fn cost_error() -> ArgError {
 
 fn invalid(text: String) -> ArgError {
     ArgError::Invalid(text)
+}
+
+fn positive<A: AsRef<[u8]>>(arg: &A) -> Option<NonZeroU64> {
+    positive_up_to(arg, MAX_COST)
 }
 
 fn positive_up_to<A: AsRef<[u8]>>(arg: &A, high: u64) -> Option<NonZeroU64> {
@@ -153,7 +278,7 @@ mod tests {
     }
 
     fn check(line: &str) -> Result<Request, ArgError> {
-        parse_request(&args(line), 1000)
+        parse_limit_call(&args(line)).map(|call| call.request)
     }
 
     fn error(line: &str) -> String {
@@ -201,11 +326,27 @@ mod tests {
     }
 
     #[test]
-    fn a_request_with_and_without_cost() {
-        let plain = check("RATELIMIT.CHECK k 60000 5").unwrap();
-        assert_eq!((plain.window().get(), plain.cost().get()), (60000, 1));
-        let costly = check("RATELIMIT.CHECK k 60000 5 cost 5").unwrap();
-        assert_eq!(costly.cost().get(), 5);
+    fn a_call_with_its_replicated_arguments() {
+        let words = args("RATELIMIT.CHECK k 1000 10 3600000 1000 cost 5 PRECISION 100");
+        let call = parse_limit_call(&words).unwrap();
+        assert_eq!(call.key, &b"k".as_slice());
+        assert_eq!(call.longest_window, &b"3600000".as_slice());
+        assert_eq!(call.cost, Some(&b"5".as_slice()));
+        assert_eq!(call.precision, Some(&b"100".as_slice()));
+        let r = call.request;
+        assert_eq!(r.limits().len(), 2);
+        assert_eq!((r.cost().get(), r.precision().get()), (5, 100));
+        let words = args("C k 60000 5");
+        let plain = parse_limit_call(&words).unwrap();
+        assert_eq!((plain.cost, plain.precision), (None, None));
+        assert_eq!(plain.request.cost().get(), 1);
+    }
+
+    #[test]
+    fn token_budgets_fit_without_any_setting() {
+        let r = check("C tokens:acme 60000 10000000 COST 2500").unwrap();
+        assert_eq!(r.longest().max.get(), 10_000_000);
+        assert!(check("C k 1000 9223372036854775807 COST 9223372036854775807").is_ok());
     }
 
     #[test]
@@ -217,8 +358,8 @@ mod tests {
         assert!(error("C k 31536000001 5").starts_with("window must"));
         assert!(error("C k abc 5").starts_with("window must"));
         assert_eq!(
-            error("C k 10 1001"),
-            "max must be an integer from 1 to 1000 (ratelimit.max-entries)"
+            error("C k 10 0"),
+            "max must be an integer from 1 to 9223372036854775807"
         );
         assert!(error("C k 10 -1").starts_with("max must"));
         assert_eq!(error("C k 10 5 COST 0"), "COST must be a positive integer");
@@ -230,26 +371,44 @@ mod tests {
             error("C k 10 5 COST 6"),
             "COST 6 is above max 5: such a request could never be allowed"
         );
+        assert_eq!(
+            error("C k 10 50 100 5 COST 6"),
+            "COST 6 is above max 5: such a request could never be allowed"
+        );
         assert_eq!(error("C k 10 5 COST"), "syntax error: COST needs a value");
         assert_eq!(error("C k 10 5 COST 1 COST 1"), "COST given more than once");
         assert_eq!(
             error("C k 10 5 WEIGHT 1"),
-            "unknown option 'WEIGHT' (the only option is COST n)"
+            "unknown option 'WEIGHT' (the options are COST n and PRECISION p)"
         );
+        assert_eq!(error("C k 10 5 20"), "syntax error: window 20 has no max");
+        assert_eq!(error("C k 10 5 10 6"), "window 10 is given twice");
+        assert_eq!(
+            error("C k 10 5 100 50 PRECISION 11"),
+            "PRECISION must be an integer from 1 to 10 (the shortest window)"
+        );
+        assert!(error("C k 10 5 PRECISION 0").starts_with("PRECISION must"));
+        let seventeen = format!("C k {}", (1..=17).map(|w| format!("{w} 5")).collect::<Vec<_>>().join(" "));
+        assert_eq!(error(&seventeen), "at most 16 window/max pairs");
         assert_eq!(check("C k 10"), Err(ArgError::WrongArity));
+        assert_eq!(check("C k"), Err(ArgError::WrongArity));
     }
 
     #[test]
     fn undo_and_record() {
-        assert_eq!(parse_refund(&args("U k")).unwrap().get(), 1);
-        assert_eq!(parse_refund(&args("U k COST 3")).unwrap().get(), 3);
-        assert_eq!(parse_refund(&args("U")), Err(ArgError::WrongArity));
-        let record = parse_record(&args("R k 1700000000000 1000 2")).unwrap();
+        let undo = |line| parse_undo(&args(line)).map(|call| call.units.get());
+        assert_eq!(undo("U k"), Ok(1));
+        assert_eq!(undo("U k COST 3"), Ok(3));
+        assert_eq!(undo("U k PRECISION 3"), Err(invalid("unknown option 'PRECISION' (the options are COST n)".into())));
+        assert_eq!(parse_undo(&args("U")).map(|_| ()), Err(ArgError::WrongArity));
+        let record = |line| parse_record(&args(line)).map(|call| call.record);
+        let legacy = record("R k 1700000000000 1000 2").unwrap();
         assert_eq!(
-            (record.at, record.window.get(), record.cost.get()),
-            (1_700_000_000_000, 1000, 2)
+            (legacy.at, legacy.window.get(), legacy.cost.get(), legacy.precision.get()),
+            (1_700_000_000_000, 1000, 2, 1)
         );
-        assert_eq!(parse_record(&args("R k 1 2")), Err(ArgError::WrongArity));
-        assert!(parse_record(&args("R k -5 1000 2")).is_err());
+        assert_eq!(record("R k 1700000000000 1000 2 100").unwrap().precision.get(), 100);
+        assert_eq!(record("R k 1 2").map(|_| ()), Err(ArgError::WrongArity));
+        assert!(record("R k -5 1000 2").is_err());
     }
 }

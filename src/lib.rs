@@ -9,7 +9,6 @@ pub mod limiter;
 pub mod log;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod reference;
-mod small_deque;
 
 // The skin needs Redis's allocator and API, which unit tests and the fuzz
 // targets do not have.

@@ -1,38 +1,119 @@
 //! The sliding-window decision, in plain Rust.
 //!
 //! A limit allows at most `max` units of cost in any window of `window`
-//! milliseconds. A request of cost `n` at time `now` is allowed exactly when
-//! the cost recorded at times `t` with `now - window < t <= now`, plus `n`,
-//! is at most `max`. Entries at `t <= now - window` have expired.
+//! milliseconds. A request of cost `n` at time `now` fits a limit exactly
+//! when the cost recorded at times `t` with `now - window < t <= now`, plus
+//! `n`, is at most `max`. A request names one or more limits (10 per second
+//! and 1,000 per hour) and is allowed only if it fits every one; it is then
+//! recorded once, and every limit counts it. One log answers every window
+//! up to the longest it keeps, so several limits on one key cost one key.
 //!
-//! Deciding and recording are separate steps: [`decide`] only reads the log,
-//! and [`record`] is the one way entries enter it, used alike by the command
-//! that decided and by a replica or AOF replaying what was decided.
+//! Deciding and recording are separate steps: [`decide`] only reads the
+//! log and, for an allowed request, returns the [`Record`] to apply; the
+//! same record is what replicas and the AOF replay, so they reach the
+//! master's state without deciding anything themselves.
 
-use crate::log::{Millis, TimeLog};
+use crate::log::{Millis, TimeLog, MAX_COST, MAX_WINDOW};
 use std::num::NonZeroU64;
 
-/// A request against a limit: `cost` units, where at most `max` units fit in
-/// any window of `window` milliseconds. A cost above `max` could never be
-/// allowed, so such a request cannot be built.
+/// The most limits one request may name.
+pub const MAX_LIMITS: usize = 16;
+
+/// At most `max` units in any window of `window` ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub window: NonZeroU64,
+    pub max: NonZeroU64,
+}
+
+/// A request of `cost` units against one or more limits. Only requests
+/// that could ever be allowed can be built: windows distinct and within
+/// range, `cost` at most every `max`, `precision` at most every window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
-    window: NonZeroU64,
-    max: NonZeroU64,
+    /// Shortest window first; only the first `count` are used.
+    limits: [Limit; MAX_LIMITS],
+    count: usize,
     cost: NonZeroU64,
+    precision: NonZeroU64,
+}
+
+/// Why a request cannot be built.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestError {
+    NoLimit,
+    TooManyLimits,
+    WindowOutOfRange(u64),
+    MaxOutOfRange(u64),
+    WindowTwice(u64),
+    CostAboveMax { cost: u64, max: u64 },
+    PrecisionAboveWindow { precision: u64, window: u64 },
 }
 
 impl Request {
-    pub fn new(window: NonZeroU64, max: NonZeroU64, cost: NonZeroU64) -> Option<Request> {
-        (cost <= max).then_some(Request { window, max, cost })
+    pub fn new(
+        limits: &[Limit],
+        cost: NonZeroU64,
+        precision: NonZeroU64,
+    ) -> Result<Request, RequestError> {
+        if limits.is_empty() {
+            return Err(RequestError::NoLimit);
+        }
+        if limits.len() > MAX_LIMITS {
+            return Err(RequestError::TooManyLimits);
+        }
+        let mut sorted = [limits[0]; MAX_LIMITS];
+        sorted[..limits.len()].copy_from_slice(limits);
+        let sorted_limits = &mut sorted[..limits.len()];
+        sorted_limits.sort_by_key(|limit| limit.window);
+        for limit in sorted_limits.iter() {
+            if limit.window.get() > MAX_WINDOW {
+                return Err(RequestError::WindowOutOfRange(limit.window.get()));
+            }
+            if limit.max.get() > MAX_COST {
+                return Err(RequestError::MaxOutOfRange(limit.max.get()));
+            }
+        }
+        if let Some(pair) = sorted_limits.windows(2).find(|p| p[0].window == p[1].window) {
+            return Err(RequestError::WindowTwice(pair[0].window.get()));
+        }
+        let smallest_max = sorted_limits.iter().map(|l| l.max).min().unwrap_or(cost);
+        if cost > smallest_max {
+            return Err(RequestError::CostAboveMax {
+                cost: cost.get(),
+                max: smallest_max.get(),
+            });
+        }
+        let shortest = sorted_limits[0].window;
+        if precision > shortest {
+            return Err(RequestError::PrecisionAboveWindow {
+                precision: precision.get(),
+                window: shortest.get(),
+            });
+        }
+        Ok(Request {
+            limits: sorted,
+            count: limits.len(),
+            cost,
+            precision,
+        })
     }
 
-    pub fn window(&self) -> NonZeroU64 {
-        self.window
+    /// The limits, shortest window first.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits[..self.count]
+    }
+
+    pub fn longest(&self) -> Limit {
+        self.limits[self.count - 1]
     }
 
     pub fn cost(&self) -> NonZeroU64 {
         self.cost
+    }
+
+    pub fn precision(&self) -> NonZeroU64 {
+        self.precision
     }
 }
 
@@ -40,142 +121,212 @@ impl Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// Cost still available in the window after this call.
+    /// The least cost still available after this call, over the limits.
     pub remaining: u64,
-    /// 0 if allowed, else the wait after which the same request would be.
+    /// 0 if allowed, else the wait after which the same request would fit
+    /// every limit.
     pub retry_after_ms: u64,
-    /// Wait until the window holds nothing; 0 when it already holds nothing.
+    /// Wait until the longest window holds nothing; 0 when it already does.
     pub reset_after_ms: u64,
 }
 
-/// The decision on a request, with the time it is taken at.
+/// What an allowed request changes: `cost` units at `at`, kept under a
+/// window of `window` ms, sharing an entry within `precision` ms cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub at: Millis,
+    pub window: NonZeroU64,
+    pub cost: NonZeroU64,
+    pub precision: NonZeroU64,
+}
+
+/// The decision on a request, and what to record if it was allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub decision: Decision,
-    /// The server clock, or the newest entry's time if the clock reads
-    /// earlier: time never runs backwards for a key, so a clock stepping
-    /// back cannot free capacity early.
-    pub at: Millis,
+    /// At the server clock, or at the newest entry's time if the clock
+    /// reads earlier: time never runs backwards for a key, so a clock
+    /// stepping back cannot free capacity early.
+    pub record: Option<Record>,
 }
 
-/// What the window holds at one moment, seen by one request.
-struct Occupancy {
-    /// Cost recorded within the window.
-    used: u64,
-    /// Whether the request's cost fits beside it.
+/// CHECK: the verdict on `request` against `log` (`None` for a key that
+/// does not exist) at clock reading `clock`.
+pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdict {
+    let at = decision_time(log, clock);
+    let seen = Standing::of(log, at, request);
+    if !seen.fits {
+        return Verdict {
+            decision: seen.decision(),
+            record: None,
+        };
+    }
+    let longest = request.longest().window;
+    Verdict {
+        decision: Decision {
+            allowed: true,
+            remaining: seen.remaining_after,
+            retry_after_ms: 0,
+            reset_after_ms: longest.get(),
+        },
+        record: Some(Record {
+            at,
+            window: longest,
+            cost: request.cost,
+            precision: request.precision,
+        }),
+    }
+}
+
+/// PEEK: whether CHECK would allow the request, while the log stays as it
+/// is, so `remaining` and `reset_after_ms` describe the windows as they
+/// stand.
+pub fn peek(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Decision {
+    Standing::of(log, decision_time(log, clock), request).decision()
+}
+
+/// Applies an allowed request (see [`TimeLog::record`]); returns when the
+/// key expires.
+pub fn apply(log: &mut TimeLog, record: &Record) -> Millis {
+    log.record(
+        record.at,
+        record.window.get(),
+        record.cost.get(),
+        record.precision.get(),
+    )
+}
+
+/// UNDO: takes back up to `units` of the newest recorded cost; returns how
+/// many went.
+pub fn refund(log: &mut TimeLog, units: NonZeroU64) -> u64 {
+    log.refund(units.get())
+}
+
+/// The clock (never before the epoch), or the newest entry's time if the
+/// clock reads earlier.
+fn decision_time(log: Option<&TimeLog>, clock: Millis) -> Millis {
+    let clock = clock.max(0);
+    log.and_then(TimeLog::newest)
+        .map_or(clock, |newest| clock.max(newest.at))
+}
+
+/// What the windows hold at one moment, seen by one request.
+struct Standing {
     fits: bool,
-    /// 0 if it fits, else the wait until it would.
+    /// The least room left over the limits, before and after the request.
+    remaining: u64,
+    remaining_after: u64,
     retry_after_ms: u64,
-    /// Wait until the window empties, 0 if it is empty.
     reset_after_ms: u64,
 }
 
-impl Occupancy {
-    /// The reply for a call that leaves the window as it is.
-    fn standing(&self, request: &Request) -> Decision {
+impl Standing {
+    fn of(log: Option<&TimeLog>, now: Millis, request: &Request) -> Standing {
+        let cost = u128::from(request.cost.get());
+        let mut seen = Standing {
+            fits: true,
+            remaining: u64::MAX,
+            remaining_after: u64::MAX,
+            retry_after_ms: 0,
+            reset_after_ms: 0,
+        };
+        let Some(log) = log else {
+            for limit in request.limits() {
+                seen.remaining = seen.remaining.min(limit.max.get());
+                seen.remaining_after = seen.remaining_after.min(limit.max.get() - cost as u64);
+            }
+            return seen;
+        };
+        for limit in request.limits() {
+            let window = occupancy(log, now, limit, request.cost.get());
+            let max = u128::from(limit.max.get());
+            let room = max.saturating_sub(window.used);
+            seen.fits &= window.used + cost <= max;
+            seen.remaining = seen.remaining.min(room as u64);
+            seen.remaining_after = seen.remaining_after.min(room.saturating_sub(cost) as u64);
+            seen.retry_after_ms = seen.retry_after_ms.max(window.retry_after_ms);
+        }
+        let horizon = now.saturating_sub_unsigned(request.longest().window.get());
+        seen.reset_after_ms = log
+            .newest()
+            .filter(|newest| newest.at > horizon)
+            .map_or(0, |newest| newest.at.abs_diff(horizon));
+        seen
+    }
+
+    fn decision(&self) -> Decision {
         Decision {
             allowed: self.fits,
-            remaining: request.max.get().saturating_sub(self.used),
-            retry_after_ms: self.retry_after_ms,
+            remaining: self.remaining,
+            retry_after_ms: if self.fits { 0 } else { self.retry_after_ms },
             reset_after_ms: self.reset_after_ms,
         }
     }
 }
 
-/// CHECK: the verdict on `request` against `log` (`None` for a key that
-/// does not exist) at clock reading `clock`. An allowed request must then be
-/// passed to [`record`] with the verdict's time.
-pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdict {
-    let at = decision_time(log, clock);
-    let seen = occupancy(log, at, request);
-    let decision = if seen.fits {
-        Decision {
-            allowed: true,
-            remaining: request.max.get() - seen.used - request.cost.get(),
-            retry_after_ms: 0,
-            reset_after_ms: request.window.get(),
+/// One limit's window at `now`.
+struct Occupancy {
+    /// Cost recorded within the window.
+    used: u128,
+    /// 0 if the request fits, else the wait until it would.
+    retry_after_ms: u64,
+}
+
+/// Reads one limit's window. The request fits once enough of the oldest
+/// live cost has expired that `max - cost` or less is left: the entry
+/// whose expiry gets there sets the wait.
+///
+/// Read from the front for a window as long as the log's own, whose
+/// expired entries the next allowed CHECK prunes, so only the few that
+/// expired since are skipped (amortised O(1)), and the wait is found
+/// within the first entries that must expire. Read from the back for a
+/// shorter window: the entries in it, newest first, no more.
+fn occupancy(log: &TimeLog, now: Millis, limit: &Limit, cost: u64) -> Occupancy {
+    let horizon = now.saturating_sub_unsigned(limit.window.get());
+    // An entry at `t` (after the horizon) expires `t - horizon` ms from now.
+    let expiry = |t: Millis| t.abs_diff(horizon);
+    let max = u128::from(limit.max.get());
+    let cost = u128::from(cost);
+    if log.window() <= limit.window.get() {
+        let mut entries = log.entries().peekable();
+        let mut expired = 0u128;
+        while let Some(entry) = entries.next_if(|e| e.at <= horizon) {
+            expired += u128::from(entry.cost);
+        }
+        let used = log.total() - expired;
+        let over = (used + cost).saturating_sub(max);
+        let mut leaving = 0u128;
+        let retry_after_ms = match over {
+            0 => 0,
+            _ => entries
+                .find(|e| {
+                    leaving += u128::from(e.cost);
+                    leaving >= over
+                })
+                .map_or(0, |e| expiry(e.at)),
+        };
+        Occupancy {
+            used,
+            retry_after_ms,
         }
     } else {
-        seen.standing(request)
-    };
-    Verdict { decision, at }
-}
-
-/// PEEK: whether CHECK would allow the request, while the log stays as it
-/// is, so `remaining` and `reset_after_ms` describe the window as it stands.
-pub fn peek(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Decision {
-    occupancy(log, decision_time(log, clock), request).standing(request)
-}
-
-/// The clock, or the newest entry's time if the clock reads earlier.
-fn decision_time(log: Option<&TimeLog>, clock: Millis) -> Millis {
-    log.and_then(TimeLog::newest)
-        .map_or(clock, |newest| clock.max(newest))
-}
-
-/// Records `cost` entries at `at`, first dropping those that have expired
-/// by then. Returns the time the key expires: when its newest entry does.
-pub fn record(log: &mut TimeLog, at: Millis, window: NonZeroU64, cost: NonZeroU64) -> Millis {
-    let horizon = at.saturating_sub_unsigned(window.get());
-    while log.oldest().is_some_and(|oldest| oldest <= horizon) {
-        log.pop_oldest();
-    }
-    log.push(at, cost.get());
-    log.newest()
-        .unwrap_or(at)
-        .saturating_add_unsigned(window.get())
-}
-
-/// UNDO: removes up to `count` of the newest entries; returns how many went.
-pub fn refund(log: &mut TimeLog, count: NonZeroU64) -> u64 {
-    let mut removed = 0;
-    while removed < count.get() && log.pop_newest().is_some() {
-        removed += 1;
-    }
-    removed
-}
-
-const EMPTY_WINDOW: Occupancy = Occupancy {
-    used: 0,
-    fits: true,
-    retry_after_ms: 0,
-    reset_after_ms: 0,
-};
-
-/// Reads the window at `now`. Entries that expired but were not pruned yet
-/// are skipped one by one; when a request is denied there are fewer of them
-/// than its cost (else it would fit), and allowed requests prune them, so a
-/// busy key never piles them up.
-fn occupancy(log: Option<&TimeLog>, now: Millis, request: &Request) -> Occupancy {
-    let Some(log) = log else {
-        return EMPTY_WINDOW;
-    };
-    let horizon = now.saturating_sub_unsigned(request.window.get());
-    let mut entries = log.iter().peekable();
-    let mut expired = 0u64;
-    while entries.next_if(|&t| t <= horizon).is_some() {
-        expired += 1;
-    }
-    let used = log.len() - expired;
-    let Some(newest) = log.newest().filter(|_| used > 0) else {
-        return EMPTY_WINDOW;
-    };
-    // An entry at `t` (after the horizon) expires `t - horizon` ms from now.
-    let until_expiry = |t: Millis| t.abs_diff(horizon);
-    // The request fits once the `over` oldest live entries expire; `over`
-    // is at most `used` because a request's cost is at most `max`.
-    let over = used
-        .saturating_add(request.cost.get())
-        .saturating_sub(request.max.get());
-    let retry_after_ms = match over {
-        0 => 0,
-        _ => entries.nth((over - 1) as usize).map_or(0, until_expiry),
-    };
-    Occupancy {
-        used,
-        fits: over == 0,
-        retry_after_ms,
-        reset_after_ms: until_expiry(newest),
+        let room = max - cost;
+        let mut used = 0u128;
+        let mut last_to_leave = None;
+        for entry in log.entries().rev().take_while(|e| e.at > horizon) {
+            used += u128::from(entry.cost);
+            if last_to_leave.is_none() && used > room {
+                last_to_leave = Some(entry.at);
+            }
+        }
+        let retry_after_ms = match used > room {
+            true => last_to_leave.map_or(0, expiry),
+            false => 0,
+        };
+        Occupancy {
+            used,
+            retry_after_ms,
+        }
     }
 }
 
@@ -189,26 +340,41 @@ mod tests {
         NonZeroU64::new(n).expect("test values are positive")
     }
 
-    fn request(window: u64, max: u64, cost: u64) -> Request {
-        Request::new(nz(window), nz(max), nz(cost)).expect("cost <= max")
+    fn request(limits: &[(u64, u64)], cost: u64) -> Request {
+        let limits: Vec<Limit> = limits
+            .iter()
+            .map(|&(window, max)| Limit {
+                window: nz(window),
+                max: nz(max),
+            })
+            .collect();
+        Request::new(&limits, nz(cost), NonZeroU64::MIN).expect("a valid request")
     }
 
-    /// Windows, maxes and costs small enough for the model's brute force;
-    /// the clock mostly moves forward and sometimes steps back.
+    fn check(log: &mut TimeLog, now: Millis, r: &Request) -> Decision {
+        let verdict = decide(Some(&*log).filter(|l| !l.is_empty()), now, r);
+        if let Some(record) = verdict.record {
+            apply(log, &record);
+        }
+        verdict.decision
+    }
+
+    /// Limits, costs and precisions small enough for the model's brute
+    /// force; the clock mostly moves forward and sometimes steps back.
     fn call() -> impl Strategy<Value = Call> {
-        let limit =
-            (1u64..40, 1u64..8).prop_flat_map(|(window, max)| (Just(window), Just(max), 1..=max));
+        let limits = proptest::collection::vec((1u64..40, 1u64..8), 1..4);
         let tick = -20i64..30;
+        let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
         prop_oneof![
-            8 => (prop::bool::weighted(0.75), tick, limit).prop_map(|(check, tick, (window, max, cost))| {
-                Call::Request { check, tick, window, max, cost }
-            }),
-            1 => (1u64..4).prop_map(Call::Undo),
+            8 => (prop::bool::weighted(0.75), tick, limits, 1u64..8, precision).prop_map(
+                |(check, tick, limits, cost, precision)| Call::Request { check, tick, limits, cost, precision }
+            ),
+            1 => (1u64..6).prop_map(Call::Undo),
         ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #![proptest_config(ProptestConfig::with_cases(3_000))]
         #[test]
         fn matches_the_reference_model(calls in proptest::collection::vec(call(), 1..120)) {
             let outcome = reference::compare(&calls);
@@ -217,18 +383,46 @@ mod tests {
     }
 
     #[test]
-    fn cost_above_max_is_unrepresentable() {
-        assert!(Request::new(nz(10), nz(3), nz(4)).is_none());
+    fn invalid_requests_are_unrepresentable() {
+        let limit = |window, max| Limit {
+            window: nz(window),
+            max: nz(max),
+        };
+        let one = NonZeroU64::MIN;
+        assert_eq!(
+            Request::new(&[limit(10, 3)], nz(4), one),
+            Err(RequestError::CostAboveMax { cost: 4, max: 3 })
+        );
+        assert_eq!(
+            Request::new(&[limit(10, 30), limit(5, 3)], nz(4), one),
+            Err(RequestError::CostAboveMax { cost: 4, max: 3 })
+        );
+        assert_eq!(
+            Request::new(&[limit(10, 3), limit(10, 5)], one, one),
+            Err(RequestError::WindowTwice(10))
+        );
+        assert_eq!(
+            Request::new(&[limit(10, 3), limit(100, 5)], one, nz(11)),
+            Err(RequestError::PrecisionAboveWindow {
+                precision: 11,
+                window: 10
+            })
+        );
+        assert_eq!(Request::new(&[], one, one), Err(RequestError::NoLimit));
+        assert_eq!(
+            Request::new(&[limit(10, 3); MAX_LIMITS + 1], one, one),
+            Err(RequestError::TooManyLimits)
+        );
     }
 
     #[test]
     fn missing_key_peeks_as_full_capacity() {
-        let d = peek(None, 5, &request(1000, 5, 1));
+        let d = peek(None, 5, &request(&[(1000, 5), (100, 3)], 1));
         assert_eq!(
             d,
             Decision {
                 allowed: true,
-                remaining: 5,
+                remaining: 3,
                 retry_after_ms: 0,
                 reset_after_ms: 0
             }
@@ -238,15 +432,11 @@ mod tests {
     #[test]
     fn a_full_window_denies_until_its_oldest_entry_expires() {
         let mut log = TimeLog::default();
-        let r = request(1000, 2, 1);
-        for now in [100, 400] {
-            let v = decide(Some(&log).filter(|l| !l.is_empty()), now, &r);
-            assert!(v.decision.allowed);
-            record(&mut log, v.at, r.window(), r.cost());
-        }
-        let denied = decide(Some(&log), 500, &r).decision;
+        let r = request(&[(1000, 2)], 1);
+        assert!(check(&mut log, 100, &r).allowed);
+        assert!(check(&mut log, 400, &r).allowed);
         assert_eq!(
-            denied,
+            check(&mut log, 500, &r),
             Decision {
                 allowed: false,
                 remaining: 0,
@@ -254,18 +444,68 @@ mod tests {
                 reset_after_ms: 900
             }
         );
-        assert!(!decide(Some(&log), 1099, &r).decision.allowed);
-        assert!(decide(Some(&log), 1100, &r).decision.allowed);
+        assert!(!check(&mut log, 1099, &r).allowed);
+        assert!(check(&mut log, 1100, &r).allowed);
+    }
+
+    #[test]
+    fn burst_and_sustained_limits_are_decided_together() {
+        let mut log = TimeLog::default();
+        let r = request(&[(1000, 2), (10_000, 3)], 1);
+        assert!(check(&mut log, 0, &r).allowed);
+        assert!(check(&mut log, 10, &r).allowed);
+        let burst = check(&mut log, 20, &r);
+        assert_eq!((burst.allowed, burst.remaining, burst.retry_after_ms), (false, 0, 980));
+        assert!(check(&mut log, 1000, &r).allowed);
+        // The burst window has room again, the sustained one does not: the
+        // wait is until the sustained window's oldest entry expires.
+        let sustained = check(&mut log, 2000, &r);
+        assert_eq!(
+            sustained,
+            Decision {
+                allowed: false,
+                remaining: 0,
+                retry_after_ms: 8000,
+                reset_after_ms: 9000
+            }
+        );
+        assert_eq!(log.total(), 3, "denied requests record nothing");
+    }
+
+    #[test]
+    fn a_short_window_does_not_prune_what_a_long_limit_counts() {
+        let mut log = TimeLog::default();
+        let hourly = request(&[(3_600_000, 5)], 1);
+        let fast = request(&[(1000, 100)], 1);
+        for t in 0..5 {
+            assert!(check(&mut log, t, &hourly).allowed);
+        }
+        for t in 0..50 {
+            assert!(check(&mut log, 10_000 + t * 100, &fast).allowed);
+        }
+        assert!(!check(&mut log, 20_000, &hourly).allowed);
+    }
+
+    #[test]
+    fn a_weighted_request_costs_one_entry() {
+        let mut log = TimeLog::default();
+        let tokens = request(&[(60_000, 10_000_000)], 2_500);
+        for t in 0..4000 {
+            assert!(check(&mut log, t * 3, &tokens).allowed);
+        }
+        let full = check(&mut log, 12_000, &tokens);
+        assert_eq!((full.allowed, full.remaining), (false, 0));
+        assert_eq!(log.len(), 4000);
+        assert!(log.encode().entries.len() <= 4 * 4000);
     }
 
     #[test]
     fn a_clock_stepping_back_frees_nothing() {
         let mut log = TimeLog::default();
-        let r = request(100, 1, 1);
-        let v = decide(None, 10_000, &r);
-        record(&mut log, v.at, r.window(), r.cost());
+        let r = request(&[(100, 1)], 1);
+        assert!(check(&mut log, 10_000, &r).allowed);
         let back = decide(Some(&log), 5_000, &r);
-        assert_eq!(back.at, 10_000);
         assert_eq!(back.decision.retry_after_ms, 100);
+        assert_eq!(back.record, None);
     }
 }

@@ -1,170 +1,809 @@
 //! The compact storage of one key's sliding-window log.
 //!
-//! A log is a non-decreasing sequence of millisecond timestamps, one per
-//! recorded unit of cost. Requests leave the log in the order they entered
-//! it (oldest first, when they expire) or newest first (when refunded), so
+//! A log is a sequence of entries, oldest first, each a time (milliseconds)
+//! and the cost recorded at it: one entry per recorded request, or per
+//! group of requests that share a millisecond (or a `PRECISION` cell, see
+//! [`TimeLog::record`]). With them the log keeps its *window*: the longest
+//! window any call recorded on the key has used. Entries leave at the front
+//! when they expire under that window, and at the back when refunded, so
 //! the log is a deque that only ever changes at its two ends.
 //!
-//! Instead of 8 bytes per timestamp we keep the oldest timestamp and the
-//! newest one in full and store the gaps between neighbours as LEB128
-//! varints: a gap under 128 ms takes one byte, under 16 s two, under 4.5
-//! hours three. A busy limiter (the only kind that holds many entries) has
-//! small gaps, so most entries cost one byte. LEB128 can be read from both
-//! ends: every byte of a varint but its last has the high bit set, so the
-//! last byte of the previous varint marks where the current one begins.
-//! The bytes live in a `SmallDeque`, inside the log while they are few.
+//! Each entry is stored as the gap to the previous entry's time and its
+//! cost, as LEB128 varints: `gap << 1 | (cost != 1)`, followed, only if
+//! that low bit is set, by `cost << 1 | 1`. A busy log (the only kind that
+//! holds many entries) has small gaps and mostly unit costs, so most
+//! entries cost one byte; a cost of 2^32 costs five more, whatever it is
+//! made of. Both ends can be read: every byte of a varint but its last has
+//! the high bit set, so varint boundaries show from either side; and read
+//! from the back, a varint with its low bit set can only be a cost (a gap
+//! with its flag set is always followed by one), so entry boundaries show
+//! too.
+//!
+//! Most keys hold a handful of entries (a user, an IP), and Redis already
+//! spends about 130 bytes on a key of its own, so a small log lives in a
+//! single 16-byte block: window, oldest time and entries, all as varints in
+//! 14 bytes. A log that outgrows it moves to the heap, with its header
+//! fields decoded and its entries in a `VecDeque`.
 
-use crate::small_deque::SmallDeque;
+use std::collections::VecDeque;
 
 /// Milliseconds since the Unix epoch, as `RedisModule_Milliseconds` gives them.
 pub type Millis = i64;
 
+/// Requests recorded together: `cost` units at time `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub at: Millis,
+    /// At least 1, at most [`MAX_COST`].
+    pub cost: u64,
+}
+
+/// The largest cost one entry holds (and so the largest `max` and COST a
+/// call may give): what a reply's signed 64-bit integer can carry.
+pub const MAX_COST: u64 = i64::MAX as u64;
+
+/// The longest window a limit may have: 365 days.
+pub const MAX_WINDOW: u64 = 365 * 24 * 60 * 60 * 1000;
+
 const CONTINUATION: u8 = 0x80;
 const MAX_VARINT_LEN: usize = 10;
+const SMALL_BYTES: usize = 14;
+/// A small log has at least a window byte, an oldest-time byte and one
+/// byte per entry; one more slot holds an entry about to be packed.
+const SMALL_ENTRIES: usize = SMALL_BYTES - 2 + 1;
+/// A heap log this short goes back into the small block if it fits (well
+/// below what fills the block, so a log at the boundary does not bounce).
+const DEMOTE_AT: u64 = 4;
+/// Below this many bytes of capacity a heap deque never bothers to shrink.
+const MIN_SHRINK_CAPACITY: usize = 64;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TimeLog {
-    /// `Some((oldest, newest))` exactly when the log holds entries.
-    ends: Option<(Millis, Millis)>,
-    len: u64,
-    /// `len - 1` varint-encoded gaps between neighbouring entries, oldest first.
-    gaps: SmallDeque,
+#[derive(Clone, Debug, Default)]
+pub struct TimeLog(Repr);
+
+#[derive(Clone, Debug)]
+enum Repr {
+    Small { len: u8, bytes: [u8; SMALL_BYTES] },
+    Large(Box<Large>),
 }
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Small {
+            len: 0,
+            bytes: [0; SMALL_BYTES],
+        }
+    }
+}
+
+// Redis stores a pointer to the log; the block behind it is what a small
+// key costs beyond Redis's own bookkeeping.
+const _: () = assert!(std::mem::size_of::<TimeLog>() == 16);
+
+/// Equal entries and windows are equal logs, however they are kept.
+impl PartialEq for TimeLog {
+    fn eq(&self, other: &Self) -> bool {
+        self.window() == other.window() && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for TimeLog {}
 
 /// Why bytes read back from storage do not form a log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    /// A varint runs past the end of the buffer or past 64 bits.
-    BadVarint,
-    /// The buffer holds a different number of gaps than the log has entries.
+    /// A varint runs past the end of the buffer or past 64 bits, or a
+    /// cost is missing or zero.
+    BadEntry,
+    /// The buffer holds a different number of entries than the header says.
     WrongLength,
-    /// The gaps add up past the end of time.
-    Overflow,
+    /// A time is negative or past `i64::MAX`.
+    BadTime,
+    /// The window of a log that holds entries is outside `1..=MAX_WINDOW`.
+    BadWindow,
+}
+
+/// A log as persisted: header fields and the entries re-encoded so that
+/// the oldest one's gap is 0. The same log always gives the same bytes,
+/// however it is kept, so digests agree between a master and its replicas.
+pub struct Encoded {
+    pub window: u64,
+    pub len: u64,
+    pub oldest: Millis,
+    pub entries: Vec<u8>,
 }
 
 impl TimeLog {
+    /// Entries held.
     pub fn len(&self) -> u64 {
-        self.len
+        match &self.0 {
+            Repr::Small { .. } => self.entries().count() as u64,
+            Repr::Large(large) => large.len,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn oldest(&self) -> Option<Millis> {
-        self.ends.map(|(oldest, _)| oldest)
-    }
-
-    pub fn newest(&self) -> Option<Millis> {
-        self.ends.map(|(_, newest)| newest)
-    }
-
-    /// Appends `count` entries at `at`. A time earlier than the newest entry
-    /// is taken as the newest entry's time, so the log stays sorted.
-    pub fn push(&mut self, at: Millis, count: u64) {
-        if count == 0 {
-            return;
+        match &self.0 {
+            Repr::Small { len, .. } => *len == 0,
+            Repr::Large(large) => large.len == 0,
         }
-        let (oldest, at) = match self.ends {
-            None => (at, at),
-            Some((oldest, newest)) => {
-                let at = at.max(newest);
-                // Sorted i64 timestamps differ by at most u64::MAX.
-                push_varint(&mut self.gaps, at.abs_diff(newest));
-                (oldest, at)
+    }
+
+    /// The longest window recorded on this log (0 when it never held any).
+    pub fn window(&self) -> u64 {
+        match &self.0 {
+            Repr::Small { .. } => self.unpacked().window,
+            Repr::Large(large) => large.window,
+        }
+    }
+
+    pub fn newest(&self) -> Option<Entry> {
+        self.entries().next_back()
+    }
+
+    /// The cost of every entry held (u128: entries recorded under different
+    /// limits can add up past 64 bits).
+    pub fn total(&self) -> u128 {
+        match &self.0 {
+            Repr::Small { .. } => self.entries().map(|e| u128::from(e.cost)).sum(),
+            Repr::Large(large) => large.total,
+        }
+    }
+
+    /// All entries, oldest first; `.rev()` walks them newest first.
+    pub fn entries(&self) -> Entries<'_> {
+        match &self.0 {
+            Repr::Small { .. } => {
+                let unpacked = self.unpacked();
+                Entries(EntriesRepr::Small {
+                    front: 0,
+                    back: unpacked.len,
+                    unpacked,
+                })
             }
-        };
-        self.ends = Some((oldest, at));
-        // Every further entry at the same time is a zero gap: one byte.
-        self.gaps.extend_zeros((count - 1) as usize);
-        self.len += count;
-    }
-
-    /// Removes and returns the oldest entry.
-    pub fn pop_oldest(&mut self) -> Option<Millis> {
-        let (oldest, newest) = self.ends?;
-        if self.len == 1 {
-            self.clear();
-        } else {
-            let gap = take_varint_front(&mut self.gaps);
-            self.ends = Some((oldest.saturating_add_unsigned(gap), newest));
-            self.len -= 1;
+            Repr::Large(large) => Entries(EntriesRepr::Large(large.cursor())),
         }
-        Some(oldest)
     }
 
-    /// Removes and returns the newest entry.
-    pub fn pop_newest(&mut self) -> Option<Millis> {
-        let (oldest, newest) = self.ends?;
-        if self.len == 1 {
-            self.clear();
-        } else {
-            let gap = take_varint_back(&mut self.gaps);
-            self.ends = Some((oldest, newest.saturating_sub_unsigned(gap)));
-            self.len -= 1;
-        }
-        Some(newest)
-    }
-
-    fn clear(&mut self) {
-        *self = TimeLog::default();
-    }
-
-    /// All entries, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = Millis> + '_ {
-        let mut bytes = self.gaps.iter();
-        let mut current = self.oldest();
-        std::iter::from_fn(move || {
-            let entry = current?;
-            current = read_varint(&mut bytes).map(|gap| entry.saturating_add_unsigned(gap));
-            Some(entry)
+    /// Records `cost` units at `at` under a limit of `window` ms:
+    ///
+    /// 1. the log's window becomes `window` if that is longer;
+    /// 2. entries expired under the log's window (at or before
+    ///    `at - window`) are dropped, so a call with a short window never
+    ///    drops what a longer limit on the same key still counts;
+    /// 3. if the newest entry lies in the same cell `floor(t / precision)`
+    ///    as `at`, the units join it and its time moves to `at` (forward by
+    ///    less than `precision`, so they are counted for at least their
+    ///    window, and at most `precision - 1` ms longer); else they become
+    ///    a new entry. With precision 1 only the same millisecond shares.
+    ///
+    /// An `at` before the newest entry is taken as the newest entry's time,
+    /// so the log stays in order. Returns when the key expires: its newest
+    /// entry's time plus the log's window.
+    pub fn record(&mut self, at: Millis, window: u64, cost: u64, precision: u64) -> Millis {
+        self.edit(|entries| {
+            let at = entries.back().map_or(at, |newest| at.max(newest.at));
+            let window = window.max(entries.window());
+            entries.set_window(window);
+            let horizon = at.saturating_sub_unsigned(window);
+            while entries.front().is_some_and(|oldest| oldest.at <= horizon) {
+                entries.pop_front();
+            }
+            match entries.back() {
+                Some(newest) if joins(newest, at, cost, precision) => {
+                    entries.pop_back();
+                    entries.push_back(Entry {
+                        at,
+                        cost: newest.cost + cost,
+                    });
+                }
+                _ => entries.push_back(Entry { at, cost }),
+            }
+            at.saturating_add_unsigned(window)
         })
     }
 
-    /// Heap bytes held beyond the log itself, for `MEMORY USAGE`.
+    /// How many entries the log would hold after `record` with the same
+    /// arguments, without recording.
+    pub fn len_after_record(&self, at: Millis, window: u64, cost: u64, precision: u64) -> u64 {
+        let horizon = at.saturating_sub_unsigned(window.max(self.window()));
+        let expired = self.entries().take_while(|e| e.at <= horizon).count() as u64;
+        let kept = self.len() - expired;
+        let joined = kept > 0 && self.newest().is_some_and(|n| joins(n, at, cost, precision));
+        kept + u64::from(!joined)
+    }
+
+    /// UNDO: takes back up to `units` of the newest recorded cost, taking
+    /// part of an entry's cost if `units` ends inside it; returns how many
+    /// units went.
+    pub fn refund(&mut self, units: u64) -> u64 {
+        self.edit(|entries| {
+            let mut removed = 0;
+            while removed < units {
+                let Some(newest) = entries.back() else {
+                    break;
+                };
+                entries.pop_back();
+                let taken = newest.cost.min(units - removed);
+                if taken < newest.cost {
+                    entries.push_back(Entry {
+                        at: newest.at,
+                        cost: newest.cost - taken,
+                    });
+                }
+                removed += taken;
+            }
+            removed
+        })
+    }
+
+    /// Heap bytes held beyond the 16-byte block, for `MEMORY USAGE`.
     pub fn heap_size(&self) -> usize {
-        self.gaps.heap_size()
-    }
-
-    /// The gaps as stored, for persistence.
-    pub fn gap_bytes(&self) -> impl Iterator<Item = &[u8]> {
-        let (front, back) = self.gaps.as_slices();
-        [front, back].into_iter()
-    }
-
-    /// Rebuilds a log from its oldest entry, its length and its gap bytes,
-    /// checking every byte: the input may come from a corrupt or hostile
-    /// RDB payload.
-    pub fn decode(oldest: Millis, len: u64, gap_bytes: &[u8]) -> Result<TimeLog, DecodeError> {
-        if len == 0 {
-            return if gap_bytes.is_empty() {
-                Ok(TimeLog::default())
-            } else {
-                Err(DecodeError::WrongLength)
-            };
+        match &self.0 {
+            Repr::Small { .. } => 0,
+            Repr::Large(large) => std::mem::size_of::<Large>() + large.stream.capacity(),
         }
-        let mut bytes = gap_bytes.iter().copied();
-        let mut newest = oldest;
-        let mut gaps_read = 0u64;
+    }
+
+    pub fn encode(&self) -> Encoded {
+        let mut entries = Vec::new();
+        let mut previous = None;
+        for entry in self.entries() {
+            push_entry(&mut entries, previous.unwrap_or(entry.at), entry);
+            previous = Some(entry.at);
+        }
+        Encoded {
+            window: self.window(),
+            len: self.len(),
+            oldest: self.entries().next().map_or(0, |e| e.at),
+            entries,
+        }
+    }
+
+    /// Rebuilds a log from its persisted form, checking every byte: the
+    /// input may come from a corrupt or hostile RDB payload.
+    pub fn decode(stored: &Encoded) -> Result<TimeLog, DecodeError> {
+        let mut decoded = Builder::new(stored.window);
+        let mut bytes = stored.entries.iter().copied();
+        let mut previous = stored.oldest;
         while bytes.len() > 0 {
-            let gap = read_varint(&mut bytes).ok_or(DecodeError::BadVarint)?;
-            newest = newest
-                .checked_add_unsigned(gap)
-                .ok_or(DecodeError::Overflow)?;
-            gaps_read += 1;
+            let entry = read_entry(&mut bytes, previous)?;
+            previous = entry.at;
+            decoded.push(entry)?;
         }
-        if gaps_read != len - 1 {
+        decoded.finish(stored.len, stored.window)
+    }
+
+    /// Rebuilds a log saved by version 1, which stored one time per unit:
+    /// units at the same millisecond become one entry. Version 1 kept no
+    /// window, so the log's window becomes the span of its entries (plus
+    /// 1 ms), which keeps them all; the next call raises it to its own.
+    pub fn decode_units(oldest: Millis, units: u64, gaps: &[u8]) -> Result<TimeLog, DecodeError> {
+        let mut bytes = gaps.iter().copied();
+        let mut times = Vec::new();
+        let mut at = oldest;
+        if units > 0 {
+            times.push(at);
+        }
+        while bytes.len() > 0 {
+            let gap = read_varint(&mut bytes).ok_or(DecodeError::BadEntry)?;
+            at = at.checked_add_unsigned(gap).ok_or(DecodeError::BadTime)?;
+            times.push(at);
+        }
+        if times.len() as u64 != units {
             return Err(DecodeError::WrongLength);
         }
-        Ok(TimeLog {
-            ends: Some((oldest, newest)),
-            len,
-            gaps: SmallDeque::from_slice(gap_bytes),
+        let window = at.abs_diff(oldest).saturating_add(1).min(MAX_WINDOW);
+        let mut decoded = Builder::new(window);
+        let mut len = 0;
+        for run in times.chunk_by(|a, b| a == b) {
+            decoded.push(Entry {
+                at: run[0],
+                cost: run.len() as u64,
+            })?;
+            len += 1;
+        }
+        decoded.finish(len, window)
+    }
+
+    fn unpacked(&self) -> Unpacked {
+        match &self.0 {
+            Repr::Small { len, bytes } => Unpacked::unpack(&bytes[..usize::from(*len)]),
+            Repr::Large(_) => unreachable!("only small logs are unpacked"),
+        }
+    }
+
+    /// Runs `change` on the entries, in whichever form keeps them, then
+    /// stores the result in the smallest form that holds it.
+    fn edit<T>(&mut self, change: impl FnOnce(&mut dyn EntryDeque) -> T) -> T {
+        if let Repr::Large(large) = &mut self.0 {
+            let result = change(large.as_mut());
+            let demoted = if large.len <= DEMOTE_AT {
+                Unpacked::from_large(large).and_then(|u| u.pack_small())
+            } else {
+                None
+            };
+            if let Some(small) = demoted {
+                self.0 = small;
+            }
+            return result;
+        }
+        let mut unpacked = self.unpacked();
+        let result = change(&mut unpacked);
+        self.0 = unpacked.pack();
+        result
+    }
+}
+
+/// Whether units recorded at `at` join the newest entry (see `record`).
+fn joins(newest: Entry, at: Millis, cost: u64, precision: u64) -> bool {
+    let cell = |t: Millis| t.div_euclid(precision.clamp(1, MAX_WINDOW) as i64);
+    cell(newest.at) == cell(at) && newest.cost.checked_add(cost).is_some_and(|c| c <= MAX_COST)
+}
+
+/// The ends of a log, in either form: all that recording and refunding
+/// need, written once over both.
+trait EntryDeque {
+    fn window(&self) -> u64;
+    fn set_window(&mut self, window: u64);
+    fn front(&self) -> Option<Entry>;
+    fn back(&self) -> Option<Entry>;
+    fn pop_front(&mut self);
+    fn pop_back(&mut self);
+    fn push_back(&mut self, entry: Entry);
+}
+
+/// A small log decoded onto the stack.
+#[derive(Clone, Copy)]
+struct Unpacked {
+    window: u64,
+    len: usize,
+    entries: [Entry; SMALL_ENTRIES],
+}
+
+const NO_ENTRY: Entry = Entry { at: 0, cost: 0 };
+
+impl Unpacked {
+    fn empty(window: u64) -> Unpacked {
+        Unpacked {
+            window,
+            len: 0,
+            entries: [NO_ENTRY; SMALL_ENTRIES],
+        }
+    }
+
+    /// Only called on bytes this module packed, so they are well-formed.
+    fn unpack(bytes: &[u8]) -> Unpacked {
+        let mut bytes = bytes.iter().copied();
+        let mut unpacked = Unpacked::empty(read_varint(&mut bytes).unwrap_or(0));
+        let mut previous = read_varint(&mut bytes).unwrap_or(0) as Millis;
+        while unpacked.len < SMALL_ENTRIES {
+            let Ok(entry) = read_entry(&mut bytes, previous) else {
+                break;
+            };
+            previous = entry.at;
+            unpacked.entries[unpacked.len] = entry;
+            unpacked.len += 1;
+        }
+        unpacked
+    }
+
+    fn from_large(large: &Large) -> Option<Unpacked> {
+        let mut unpacked = Unpacked::empty(large.window);
+        for entry in large.cursor() {
+            if unpacked.len == SMALL_ENTRIES {
+                return None;
+            }
+            unpacked.push_back(entry);
+        }
+        Some(unpacked)
+    }
+
+    /// The small block if the log fits in it.
+    fn pack_small(&self) -> Option<Repr> {
+        let mut out = StackBytes::default();
+        if self.len > 0 {
+            push_varint(&mut out, self.window);
+            let oldest = self.entries[0].at;
+            push_varint(&mut out, oldest as u64);
+            let mut previous = oldest;
+            for &entry in &self.entries[..self.len] {
+                push_entry(&mut out, previous, entry);
+                previous = entry.at;
+            }
+        }
+        let written = out.written()?;
+        let mut bytes = [0; SMALL_BYTES];
+        bytes.get_mut(..written.len())?.copy_from_slice(written);
+        Some(Repr::Small {
+            len: written.len() as u8,
+            bytes,
+        })
+    }
+
+    fn pack(&self) -> Repr {
+        self.pack_small().unwrap_or_else(|| {
+            let mut large = Large::new(self.window);
+            for &entry in &self.entries[..self.len] {
+                large.push_back(entry);
+            }
+            Repr::Large(Box::new(large))
         })
     }
 }
 
-fn push_varint(out: &mut SmallDeque, mut value: u64) {
+impl EntryDeque for Unpacked {
+    fn window(&self) -> u64 {
+        self.window
+    }
+
+    fn set_window(&mut self, window: u64) {
+        self.window = window;
+    }
+
+    fn front(&self) -> Option<Entry> {
+        self.entries[..self.len].first().copied()
+    }
+
+    fn back(&self) -> Option<Entry> {
+        self.entries[..self.len].last().copied()
+    }
+
+    fn pop_front(&mut self) {
+        if self.len > 0 {
+            self.entries.copy_within(1..self.len, 0);
+            self.len -= 1;
+        }
+    }
+
+    fn pop_back(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn push_back(&mut self, entry: Entry) {
+        // Room is kept for one entry past what packs small; a caller never
+        // pushes twice before packing.
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = entry;
+            self.len += 1;
+        }
+    }
+}
+
+/// Where a small log is packed: on the stack, as packing runs on every
+/// call; `None` from `written` if more came than it holds.
+struct StackBytes {
+    len: usize,
+    bytes: [u8; 4 * SMALL_BYTES],
+}
+
+impl Default for StackBytes {
+    fn default() -> Self {
+        StackBytes {
+            len: 0,
+            bytes: [0; 4 * SMALL_BYTES],
+        }
+    }
+}
+
+impl Extend<u8> for StackBytes {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        for byte in bytes {
+            if let Some(slot) = self.bytes.get_mut(self.len) {
+                *slot = byte;
+            }
+            self.len += 1;
+        }
+    }
+}
+
+impl StackBytes {
+    fn written(&self) -> Option<&[u8]> {
+        self.bytes.get(..self.len)
+    }
+}
+
+/// A log that outgrew the small block.
+#[derive(Clone, Debug)]
+struct Large {
+    window: u64,
+    /// The time the first entry's gap counts from.
+    base: Millis,
+    newest: Millis,
+    len: u64,
+    total: u128,
+    stream: VecDeque<u8>,
+}
+
+impl Large {
+    fn new(window: u64) -> Large {
+        Large {
+            window,
+            base: 0,
+            newest: 0,
+            len: 0,
+            total: 0,
+            stream: VecDeque::new(),
+        }
+    }
+
+    fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            stream: &self.stream,
+            front: 0,
+            back: self.stream.len(),
+            front_time: self.base,
+            back_time: self.newest,
+            left: self.len,
+        }
+    }
+
+    /// After entries leave, gives memory back once three quarters of the
+    /// buffer are unused, which keeps the work amortised O(1) per byte.
+    fn shrink_if_sparse(&mut self) {
+        let capacity = self.stream.capacity();
+        if capacity > MIN_SHRINK_CAPACITY && self.stream.len() < capacity / 4 {
+            self.stream.shrink_to(self.stream.len() * 2);
+        }
+    }
+}
+
+impl EntryDeque for Large {
+    fn window(&self) -> u64 {
+        self.window
+    }
+
+    fn set_window(&mut self, window: u64) {
+        self.window = window;
+    }
+
+    fn front(&self) -> Option<Entry> {
+        self.cursor().next()
+    }
+
+    fn back(&self) -> Option<Entry> {
+        self.cursor().next_back()
+    }
+
+    fn pop_front(&mut self) {
+        let mut cursor = self.cursor();
+        let Some(oldest) = cursor.next() else {
+            return;
+        };
+        let used = cursor.front;
+        self.stream.drain(..used);
+        self.base = oldest.at;
+        self.len -= 1;
+        self.total -= u128::from(oldest.cost);
+        self.shrink_if_sparse();
+    }
+
+    fn pop_back(&mut self) {
+        let mut cursor = self.cursor();
+        let Some(newest) = cursor.next_back() else {
+            return;
+        };
+        let (keep, previous) = (cursor.back, cursor.back_time);
+        self.stream.truncate(keep);
+        self.newest = previous;
+        self.len -= 1;
+        self.total -= u128::from(newest.cost);
+        self.shrink_if_sparse();
+    }
+
+    fn push_back(&mut self, entry: Entry) {
+        if self.len == 0 {
+            self.base = entry.at;
+            self.newest = entry.at;
+        }
+        push_entry(&mut self.stream, self.newest, entry);
+        self.newest = entry.at;
+        self.len += 1;
+        self.total += u128::from(entry.cost);
+    }
+}
+
+/// Entries of a log, oldest first or (reversed) newest first.
+pub struct Entries<'a>(EntriesRepr<'a>);
+
+enum EntriesRepr<'a> {
+    Small {
+        unpacked: Unpacked,
+        front: usize,
+        back: usize,
+    },
+    Large(Cursor<'a>),
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        match &mut self.0 {
+            EntriesRepr::Small {
+                unpacked,
+                front,
+                back,
+            } => (*front < *back).then(|| {
+                *front += 1;
+                unpacked.entries[*front - 1]
+            }),
+            EntriesRepr::Large(cursor) => cursor.next(),
+        }
+    }
+}
+
+impl DoubleEndedIterator for Entries<'_> {
+    fn next_back(&mut self) -> Option<Entry> {
+        match &mut self.0 {
+            EntriesRepr::Small {
+                unpacked,
+                front,
+                back,
+            } => (*front < *back).then(|| {
+                *back -= 1;
+                unpacked.entries[*back]
+            }),
+            EntriesRepr::Large(cursor) => cursor.next_back(),
+        }
+    }
+}
+
+/// Reads a heap log's stream from both ends. Only used on streams this
+/// module wrote or validated, so every entry is whole.
+struct Cursor<'a> {
+    stream: &'a VecDeque<u8>,
+    /// Byte positions: entries lie in `front..back`.
+    front: usize,
+    back: usize,
+    /// The time the next front entry's gap counts from.
+    front_time: Millis,
+    /// The time of the next back entry.
+    back_time: Millis,
+    left: u64,
+}
+
+impl Iterator for Cursor<'_> {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        if self.left == 0 {
+            return None;
+        }
+        let mut bytes = self.stream.range(self.front..self.back).copied();
+        let before = bytes.len();
+        let entry = read_entry(&mut bytes, self.front_time).ok()?;
+        self.front += before - bytes.len();
+        self.front_time = entry.at;
+        self.left -= 1;
+        Some(entry)
+    }
+}
+
+impl DoubleEndedIterator for Cursor<'_> {
+    fn next_back(&mut self) -> Option<Entry> {
+        if self.left == 0 {
+            return None;
+        }
+        let last = self.varint_before(self.back);
+        // Read from the back, an odd varint is a cost and the entry's head
+        // precedes it; an even one is a head with no cost after it.
+        let (head, cost) = if last.value & 1 == 1 {
+            (self.varint_before(last.start), last.value >> 1)
+        } else {
+            (last, 1)
+        };
+        let entry = Entry {
+            at: self.back_time,
+            cost,
+        };
+        self.back = head.start;
+        self.back_time = self.back_time.saturating_sub_unsigned(head.value >> 1);
+        self.left -= 1;
+        Some(entry)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Varint {
+    start: usize,
+    value: u64,
+}
+
+impl Cursor<'_> {
+    /// The varint that ends just before byte `end`: it starts after the
+    /// previous byte without the continuation bit (the end of the varint
+    /// before it), or at the front.
+    fn varint_before(&self, end: usize) -> Varint {
+        let start = (self.front..end.saturating_sub(1))
+            .rev()
+            .find(|&i| self.stream[i] & CONTINUATION == 0)
+            .map_or(self.front, |i| i + 1);
+        let value = read_varint(&mut self.stream.range(start..end).copied()).unwrap_or(0);
+        Varint { start, value }
+    }
+}
+
+/// Collects decoded entries into the smallest form that holds them.
+struct Builder {
+    small: Unpacked,
+    large: Option<Large>,
+}
+
+impl Builder {
+    fn new(window: u64) -> Builder {
+        Builder {
+            small: Unpacked::empty(window),
+            large: None,
+        }
+    }
+
+    fn push(&mut self, entry: Entry) -> Result<(), DecodeError> {
+        if entry.at < 0 {
+            return Err(DecodeError::BadTime);
+        }
+        if entry.cost == 0 || entry.cost > MAX_COST {
+            return Err(DecodeError::BadEntry);
+        }
+        if self.large.is_none() && self.small.len == SMALL_ENTRIES {
+            let mut large = Large::new(self.small.window);
+            for &e in &self.small.entries[..self.small.len] {
+                large.push_back(e);
+            }
+            self.large = Some(large);
+        }
+        match &mut self.large {
+            Some(large) => large.push_back(entry),
+            None => self.small.push_back(entry),
+        }
+        Ok(())
+    }
+
+    fn finish(self, len: u64, window: u64) -> Result<TimeLog, DecodeError> {
+        let held = self.large.as_ref().map_or(self.small.len as u64, |l| l.len);
+        if held != len {
+            return Err(DecodeError::WrongLength);
+        }
+        if len > 0 && !(1..=MAX_WINDOW).contains(&window) {
+            return Err(DecodeError::BadWindow);
+        }
+        let repr = match self.large {
+            Some(large) => Repr::Large(Box::new(large)),
+            None => self.small.pack(),
+        };
+        Ok(TimeLog(repr))
+    }
+}
+
+/// Appends `entry`, whose gap counts from `previous` (not after it).
+fn push_entry(out: &mut impl Extend<u8>, previous: Millis, entry: Entry) {
+    let gap = entry.at.abs_diff(previous);
+    let has_cost = entry.cost != 1;
+    push_varint(out, gap << 1 | u64::from(has_cost));
+    if has_cost {
+        push_varint(out, entry.cost << 1 | 1);
+    }
+}
+
+/// Reads one entry whose gap counts from `previous`, checking everything.
+fn read_entry(bytes: &mut impl Iterator<Item = u8>, previous: Millis) -> Result<Entry, DecodeError> {
+    let head = read_varint(bytes).ok_or(DecodeError::BadEntry)?;
+    let cost = if head & 1 == 1 {
+        let cost = read_varint(bytes).ok_or(DecodeError::BadEntry)?;
+        if cost & 1 == 0 || cost >> 1 == 0 {
+            return Err(DecodeError::BadEntry);
+        }
+        cost >> 1
+    } else {
+        1
+    };
+    let at = previous
+        .checked_add_unsigned(head >> 1)
+        .filter(|&at| at >= 0)
+        .ok_or(DecodeError::BadTime)?;
+    Ok(Entry { at, cost })
+}
+
+fn push_varint(out: &mut impl Extend<u8>, mut value: u64) {
     let mut encoded = [0u8; MAX_VARINT_LEN];
     let mut used = 0;
     while value >= u64::from(CONTINUATION) {
@@ -173,7 +812,7 @@ fn push_varint(out: &mut SmallDeque, mut value: u64) {
         used += 1;
     }
     encoded[used] = value as u8;
-    out.extend_from_slice(&encoded[..=used]);
+    out.extend(encoded[..=used].iter().copied());
 }
 
 /// Reads one varint, or `None` if the bytes end inside it or it is too long.
@@ -194,140 +833,201 @@ fn read_varint(bytes: &mut impl Iterator<Item = u8>) -> Option<u64> {
     None
 }
 
-/// Only called on gaps this module wrote or validated, so a varint is whole.
-fn take_varint_front(gaps: &mut SmallDeque) -> u64 {
-    let end = gaps
-        .iter()
-        .position(|byte| byte & CONTINUATION == 0)
-        .map_or(gaps.len(), |last| last + 1);
-    let value = read_varint(&mut gaps.iter().take(end)).unwrap_or(0);
-    gaps.drain_front(end);
-    value
-}
-
-fn take_varint_back(gaps: &mut SmallDeque) -> u64 {
-    // The byte before this varint is the last byte of the previous one (or
-    // nothing), and only last bytes lack the continuation bit.
-    let start = gaps
-        .iter()
-        .rev()
-        .skip(1)
-        .position(|byte| byte & CONTINUATION == 0)
-        .map_or(0, |from_end| gaps.len() - 1 - from_end);
-    let value = read_varint(&mut gaps.iter().skip(start)).unwrap_or(0);
-    gaps.truncate(start);
-    value
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::VecDeque;
 
-    fn log_of(times: &[Millis]) -> TimeLog {
+    fn entries(log: &TimeLog) -> Vec<(Millis, u64)> {
+        log.entries().map(|e| (e.at, e.cost)).collect()
+    }
+
+    #[test]
+    fn a_small_log_fits_its_block_and_a_busy_one_moves_out() {
         let mut log = TimeLog::default();
-        for &t in times {
-            log.push(t, 1);
+        let t = 1_700_000_000_000;
+        log.record(t, 3_600_000, 10, 1);
+        assert!(matches!(log.0, Repr::Small { .. }));
+        assert_eq!(log.heap_size(), 0);
+        assert_eq!(entries(&log), [(t, 10)]);
+        for i in 1..100 {
+            log.record(t + i, 3_600_000, 1, 1);
         }
-        log
+        assert!(matches!(log.0, Repr::Large(_)));
+        assert_eq!(log.len(), 100);
+        assert_eq!(log.total(), 109);
+        assert_eq!(log.newest(), Some(Entry { at: t + 99, cost: 1 }));
     }
 
     #[test]
-    fn small_gaps_take_one_byte() {
-        let log = log_of(&[1_000, 1_001, 1_100, 1_100, 1_227]);
-        assert_eq!(log.len(), 5);
-        assert_eq!(log.gaps.len(), 4);
-        assert_eq!(
-            log.iter().collect::<Vec<_>>(),
-            [1_000, 1_001, 1_100, 1_100, 1_227]
-        );
+    fn unit_costs_with_small_gaps_take_one_byte_and_any_cost_at_most_six() {
+        let mut log = TimeLog::default();
+        for i in 0..1000 {
+            log.record(i * 50, 1 << 20, 1, 1);
+        }
+        assert_eq!(log.encode().entries.len(), 1000);
+        let mut costly = TimeLog::default();
+        for i in 0..1000 {
+            costly.record(i * 50, 1 << 20, 1 << 32, 1);
+        }
+        assert_eq!(costly.encode().entries.len(), 6 * 1000);
     }
 
     #[test]
-    fn pushing_into_the_past_is_pinned_to_the_newest_entry() {
-        let log = log_of(&[500, 400]);
-        assert_eq!(log.iter().collect::<Vec<_>>(), [500, 500]);
+    fn precision_merges_a_cell_into_its_newest_entry() {
+        let mut log = TimeLog::default();
+        for at in [1_000, 1_400, 1_999, 2_000, 2_500] {
+            log.record(at, 60_000, 1, 1_000);
+        }
+        assert_eq!(entries(&log), [(1_999, 3), (2_500, 2)]);
     }
 
     #[test]
-    fn pops_from_both_ends_across_wide_gaps() {
-        let mut log = log_of(&[0, 200, 20_000, 3_000_000_000, i64::MAX]);
-        assert_eq!(log.pop_newest(), Some(i64::MAX));
-        assert_eq!(log.pop_oldest(), Some(0));
-        assert_eq!(log.newest(), Some(3_000_000_000));
-        assert_eq!(log.oldest(), Some(200));
-        assert_eq!(log.pop_newest(), Some(3_000_000_000));
-        assert_eq!(log.pop_newest(), Some(20_000));
-        assert_eq!(log.pop_newest(), Some(200));
-        assert_eq!(log.pop_newest(), None);
+    fn the_window_only_grows_and_prunes_only_what_it_expired() {
+        let mut log = TimeLog::default();
+        log.record(0, 10_000, 1, 1);
+        log.record(5_000, 1_000, 1, 1);
+        assert_eq!(log.window(), 10_000);
+        assert_eq!(entries(&log), [(0, 1), (5_000, 1)]);
+        log.record(10_000, 1_000, 1, 1);
+        assert_eq!(entries(&log), [(5_000, 1), (10_000, 1)]);
+    }
+
+    #[test]
+    fn refund_takes_units_from_the_newest_entries() {
+        let mut log = TimeLog::default();
+        log.record(1, 100, 5, 1);
+        log.record(2, 100, 3, 1);
+        assert_eq!(log.refund(4), 4);
+        assert_eq!(entries(&log), [(1, 4)]);
+        assert_eq!(log.refund(10), 4);
         assert!(log.is_empty());
     }
 
     #[test]
-    fn decode_rejects_malformed_gaps() {
-        assert_eq!(TimeLog::decode(0, 2, &[0x80]), Err(DecodeError::BadVarint));
-        assert_eq!(TimeLog::decode(0, 3, &[1]), Err(DecodeError::WrongLength));
-        assert_eq!(TimeLog::decode(0, 0, &[1]), Err(DecodeError::WrongLength));
-        assert_eq!(TimeLog::decode(0, 1, &[1]), Err(DecodeError::WrongLength));
-        let too_long = [0xff; 11];
+    fn version_1_units_become_entries() {
+        // Units at 100, 100, 101 and 300: gaps 0, 1, 199 (two bytes).
+        let log = TimeLog::decode_units(100, 4, &[0, 1, 0xc7, 0x01]).unwrap();
+        assert_eq!(entries(&log), [(100, 2), (101, 1), (300, 1)]);
+        assert_eq!(log.window(), 201);
         assert_eq!(
-            TimeLog::decode(0, 2, &too_long),
-            Err(DecodeError::BadVarint)
+            TimeLog::decode_units(0, 3, &[1]),
+            Err(DecodeError::WrongLength)
         );
-        let past_64_bits = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
         assert_eq!(
-            TimeLog::decode(0, 2, &past_64_bits),
-            Err(DecodeError::BadVarint)
+            TimeLog::decode_units(0, 2, &[0x80]),
+            Err(DecodeError::BadEntry)
         );
-        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert_eq!(TimeLog::decode(1, 2, &huge), Err(DecodeError::Overflow));
+    }
+
+    #[test]
+    fn decode_rejects_malformed_entries() {
+        let stored = |window, len, oldest, entries: &[u8]| Encoded {
+            window,
+            len,
+            oldest,
+            entries: entries.to_vec(),
+        };
+        let decode = |s: Encoded| TimeLog::decode(&s);
+        assert_eq!(decode(stored(10, 1, 5, &[0x80])), Err(DecodeError::BadEntry));
+        assert_eq!(decode(stored(10, 1, 5, &[1])), Err(DecodeError::BadEntry));
+        assert_eq!(decode(stored(10, 1, 5, &[1, 2])), Err(DecodeError::BadEntry));
+        assert_eq!(decode(stored(10, 1, 5, &[1, 1])), Err(DecodeError::BadEntry));
+        assert_eq!(decode(stored(10, 2, 5, &[0])), Err(DecodeError::WrongLength));
+        assert_eq!(decode(stored(0, 1, 5, &[0])), Err(DecodeError::BadWindow));
+        assert_eq!(decode(stored(10, 1, -1, &[0])), Err(DecodeError::BadTime));
+        let past_i64 = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(decode(stored(10, 1, 5, &past_i64)), Err(DecodeError::BadTime));
+        assert_eq!(decode(stored(10, 1, 5, &[0, 3])), Err(DecodeError::BadEntry));
     }
 
     #[derive(Debug, Clone)]
     enum Op {
-        Push(Millis, u64),
-        PopOldest,
-        PopNewest,
+        Record { tick: i64, window: u64, cost: u64, precision: u64 },
+        Refund(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
+        let cost = prop_oneof![4 => Just(1u64), 2 => 1u64..100, 1 => Just(MAX_COST / 3)];
         prop_oneof![
-            (0i64..1 << 40, 1u64..30).prop_map(|(t, n)| Op::Push(t, n)),
-            Just(Op::PopOldest),
-            Just(Op::PopNewest),
+            6 => (0i64..300, prop_oneof![Just(0i64), Just(1 << 30)], 1u64..2_000, cost, prop_oneof![Just(1u64), 1u64..50])
+                .prop_map(|(tick, jump, window, cost, precision)| Op::Record { tick: tick + jump, window, cost, precision }),
+            1 => (1u64..300).prop_map(Op::Refund),
         ]
     }
 
+    /// The log's rules over a plain list.
+    fn model_record(model: &mut Vec<Entry>, window: &mut u64, at: Millis, w: u64, cost: u64, p: u64) {
+        *window = (*window).max(w);
+        model.retain(|e| e.at > at - *window as i64);
+        match model.last_mut() {
+            Some(last) if last.at / p as i64 == at / p as i64 && last.cost.checked_add(cost).is_some_and(|c| c <= MAX_COST) => {
+                last.at = at;
+                last.cost += cost;
+            }
+            _ => model.push(Entry { at, cost }),
+        }
+    }
+
+    fn model_refund(model: &mut Vec<Entry>, units: u64) -> u64 {
+        let mut removed = 0;
+        while removed < units {
+            let Some(last) = model.last_mut() else { break };
+            let taken = last.cost.min(units - removed);
+            last.cost -= taken;
+            removed += taken;
+            if last.cost == 0 {
+                model.pop();
+            }
+        }
+        removed
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
         #[test]
-        fn behaves_like_a_sorted_deque(ops in proptest::collection::vec(op(), 0..200)) {
+        fn behaves_like_a_list_of_entries(ops in proptest::collection::vec(op(), 0..200)) {
             let mut log = TimeLog::default();
-            let mut model: VecDeque<Millis> = VecDeque::new();
+            let mut model: Vec<Entry> = Vec::new();
+            let mut window = 0;
+            let mut now: Millis = 1_000;
             for op in ops {
                 match op {
-                    Op::Push(t, n) => {
-                        let t = model.back().map_or(t, |&newest| t.max(newest));
-                        model.extend(std::iter::repeat_n(t, n as usize));
-                        log.push(t, n);
+                    Op::Record { tick, window: w, cost, precision } => {
+                        now += tick;
+                        let len_after = log.len_after_record(now, w, cost, precision);
+                        let expires = log.record(now, w, cost, precision);
+                        model_record(&mut model, &mut window, now, w, cost, precision);
+                        prop_assert_eq!(expires, now + window as i64);
+                        prop_assert_eq!(len_after, model.len() as u64);
                     }
-                    Op::PopOldest => prop_assert_eq!(log.pop_oldest(), model.pop_front()),
-                    Op::PopNewest => prop_assert_eq!(log.pop_newest(), model.pop_back()),
+                    Op::Refund(units) => {
+                        prop_assert_eq!(log.refund(units), model_refund(&mut model, units));
+                        // An emptied log keeps no window (its key is deleted).
+                        if model.is_empty() {
+                            window = 0;
+                        }
+                    }
                 }
+                prop_assert_eq!(log.entries().collect::<Vec<_>>(), model.clone());
+                prop_assert!(log.entries().rev().eq(model.iter().rev().copied()));
                 prop_assert_eq!(log.len(), model.len() as u64);
-                prop_assert_eq!(log.oldest(), model.front().copied());
-                prop_assert_eq!(log.newest(), model.back().copied());
+                prop_assert_eq!(log.total(), model.iter().map(|e| u128::from(e.cost)).sum::<u128>());
+                prop_assert_eq!(log.newest(), model.last().copied());
+                if !model.is_empty() {
+                    prop_assert_eq!(log.window(), window);
+                    let decoded = TimeLog::decode(&log.encode());
+                    prop_assert_eq!(decoded.as_ref(), Ok(&log));
+                    prop_assert_eq!(decoded.map(|d| d.encode().entries), Ok(log.encode().entries));
+                }
             }
-            prop_assert!(log.iter().eq(model.iter().copied()));
-            let bytes: Vec<u8> = log.gap_bytes().flatten().copied().collect();
-            let decoded = TimeLog::decode(log.oldest().unwrap_or(0), log.len(), &bytes);
-            prop_assert_eq!(decoded.map(|d| d.iter().collect::<Vec<_>>()), Ok(model.into_iter().collect()));
         }
 
         #[test]
-        fn decode_never_panics(oldest: i64, len in 0u64..20, bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
-            if let Ok(log) = TimeLog::decode(oldest, len, &bytes) {
-                prop_assert_eq!(log.iter().count() as u64, len);
+        fn decode_never_panics(window in 0u64..100, oldest in -2i64..1 << 50, len in 0u64..40, bytes in proptest::collection::vec(any::<u8>(), 0..60)) {
+            if let Ok(log) = TimeLog::decode(&Encoded { window, len, oldest, entries: bytes }) {
+                prop_assert_eq!(log.entries().count() as u64, len);
+                prop_assert_eq!(log.entries().rev().count() as u64, len);
             }
         }
     }

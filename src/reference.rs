@@ -1,37 +1,48 @@
-//! The limiter's rule written the slow, obvious way over a plain list of
-//! timestamps, and a driver that runs the same calls against it and the
-//! real core. Used by the property tests and the differential fuzz target.
+//! The limiter's rules written the slow, obvious way over a plain list of
+//! entries, and a driver that runs the same calls against it and the real
+//! core. Used by the property tests and the differential fuzz target.
 
-use crate::limiter::{self, Decision, Request};
-use crate::log::{Millis, TimeLog};
+use crate::limiter::{self, Decision, Limit, Request};
+use crate::log::{Entry, Millis, TimeLog, MAX_COST};
 use std::num::NonZeroU64;
 
 #[derive(Default)]
 pub struct Model {
-    times: Vec<Millis>,
+    entries: Vec<Entry>,
+    /// The longest window any allowed request used.
+    window: u64,
 }
 
-/// A limit as plain numbers: (window, max, cost).
-type Limit = (u64, u64, u64);
+/// One call's limits as plain numbers: (window, max) pairs and a cost.
+struct Plain<'a> {
+    limits: &'a [(u64, u64)],
+    cost: u64,
+}
 
 impl Model {
     fn now(&self, clock: Millis) -> Millis {
-        self.times.iter().copied().fold(clock, Millis::max)
+        self.entries.iter().map(|e| e.at).fold(clock.max(0), Millis::max)
     }
 
-    fn used_at(&self, now: Millis, window: u64) -> u64 {
-        let live = |t: &&Millis| now - (window as i64) < **t && **t <= now;
-        self.times.iter().filter(live).count() as u64
+    fn used_at(&self, now: Millis, window: u64) -> u128 {
+        let live = |e: &&Entry| now - (window as i64) < e.at && e.at <= now;
+        self.entries.iter().filter(live).map(|e| u128::from(e.cost)).sum()
     }
 
-    fn fits_at(&self, now: Millis, (window, max, cost): Limit) -> bool {
-        self.used_at(now, window) + cost <= max
+    fn fits_at(&self, now: Millis, call: &Plain) -> bool {
+        call.limits
+            .iter()
+            .all(|&(window, max)| self.used_at(now, window) + u128::from(call.cost) <= u128::from(max))
+    }
+
+    fn longest(call: &Plain) -> u64 {
+        call.limits.iter().map(|&(window, _)| window).max().unwrap_or(0)
     }
 
     /// The smallest wait after which the request fits, trying each ms.
-    fn retry_after(&self, now: Millis, limit: Limit) -> u64 {
-        (0..=limit.0)
-            .find(|&d| self.fits_at(now + d as i64, limit))
+    fn retry_after(&self, now: Millis, call: &Plain) -> u64 {
+        (0..=Self::longest(call))
+            .find(|&d| self.fits_at(now + d as i64, call))
             .unwrap_or(u64::MAX)
     }
 
@@ -41,36 +52,73 @@ impl Model {
             .unwrap_or(u64::MAX)
     }
 
-    pub fn peek(&self, clock: Millis, limit: Limit) -> Decision {
+    fn remaining(&self, now: Millis, call: &Plain) -> u64 {
+        call.limits
+            .iter()
+            .map(|&(window, max)| u128::from(max).saturating_sub(self.used_at(now, window)) as u64)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn peek(&self, clock: Millis, call: &Plain) -> Decision {
         let now = self.now(clock);
+        let allowed = self.fits_at(now, call);
         Decision {
-            allowed: self.fits_at(now, limit),
-            remaining: limit.1.saturating_sub(self.used_at(now, limit.0)),
-            retry_after_ms: self.retry_after(now, limit),
-            reset_after_ms: self.reset_after(now, limit.0),
+            allowed,
+            remaining: self.remaining(now, call),
+            retry_after_ms: if allowed { 0 } else { self.retry_after(now, call) },
+            reset_after_ms: self.reset_after(now, Self::longest(call)),
         }
     }
 
-    pub fn check(&mut self, clock: Millis, limit: Limit) -> Decision {
+    fn check(&mut self, clock: Millis, call: &Plain, precision: u64) -> Decision {
         let now = self.now(clock);
-        let standing = self.peek(clock, limit);
+        let standing = self.peek(clock, call);
         if !standing.allowed {
             return standing;
         }
-        self.times.retain(|&t| t > now - limit.0 as i64);
-        self.times
-            .extend(std::iter::repeat_n(now, limit.2 as usize));
+        self.window = self.window.max(Self::longest(call));
+        let horizon = now - self.window as i64;
+        self.entries.retain(|e| e.at > horizon);
+        let cell = |t: Millis| t.div_euclid(precision as i64);
+        match self.entries.last_mut() {
+            Some(newest)
+                if cell(newest.at) == cell(now)
+                    && newest.cost.checked_add(call.cost).is_some_and(|c| c <= MAX_COST) =>
+            {
+                newest.at = now;
+                newest.cost += call.cost;
+            }
+            _ => self.entries.push(Entry {
+                at: now,
+                cost: call.cost,
+            }),
+        }
         Decision {
             allowed: true,
-            remaining: limit.1 - self.used_at(now, limit.0),
+            remaining: self.remaining(now, call),
             retry_after_ms: 0,
-            reset_after_ms: self.reset_after(now, limit.0),
+            reset_after_ms: self.reset_after(now, Self::longest(call)),
         }
     }
 
-    pub fn undo(&mut self, n: u64) -> u64 {
-        let removed = n.min(self.times.len() as u64);
-        self.times.truncate(self.times.len() - removed as usize);
+    fn undo(&mut self, units: u64) -> u64 {
+        let mut removed = 0;
+        while removed < units {
+            let Some(newest) = self.entries.last_mut() else {
+                break;
+            };
+            let taken = newest.cost.min(units - removed);
+            newest.cost -= taken;
+            removed += taken;
+            if newest.cost == 0 {
+                self.entries.pop();
+            }
+        }
+        // An emptied log is a deleted key: it keeps no window.
+        if self.entries.is_empty() {
+            self.window = 0;
+        }
         removed
     }
 }
@@ -82,45 +130,50 @@ pub enum Call {
     Request {
         check: bool,
         tick: i64,
-        window: u64,
-        max: u64,
+        /// (window, max) pairs.
+        limits: Vec<(u64, u64)>,
         cost: u64,
+        precision: u64,
     },
     Undo(u64),
 }
 
 /// Runs `calls` against the core and the model from the same start and
 /// describes the first difference. Calls whose numbers no command could
-/// pass (zero, or a cost above max) are skipped.
+/// pass (zero, a cost above a max, a repeated window, a precision above a
+/// window) are skipped.
 pub fn compare(calls: &[Call]) -> Result<(), String> {
     let mut log = TimeLog::default();
     let mut model = Model::default();
     let mut clock: Millis = 1_000;
     for (index, call) in calls.iter().enumerate() {
-        match *call {
+        match call {
             Call::Request {
                 check,
                 tick,
-                window,
-                max,
+                limits,
                 cost,
+                precision,
             } => {
                 clock += tick;
-                let Some(request) = request(window, max, cost) else {
+                let Some(request) = request(limits, *cost, *precision) else {
                     continue;
                 };
                 let stored = Some(&log).filter(|l| !l.is_empty());
-                let limit = (window, max, cost);
-                let (core, expected) = if check {
+                let plain = Plain {
+                    limits,
+                    cost: *cost,
+                };
+                let (core, expected) = if *check {
                     let verdict = limiter::decide(stored, clock, &request);
-                    if verdict.decision.allowed {
-                        limiter::record(&mut log, verdict.at, request.window(), request.cost());
+                    if let Some(record) = verdict.record {
+                        limiter::apply(&mut log, &record);
                     }
-                    (verdict.decision, model.check(clock, limit))
+                    (verdict.decision, model.check(clock, &plain, *precision))
                 } else {
                     (
                         limiter::peek(stored, clock, &request),
-                        model.peek(clock, limit),
+                        model.peek(clock, &plain),
                     )
                 };
                 if core != expected {
@@ -130,7 +183,7 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                 }
             }
             Call::Undo(n) => {
-                let Some(n) = NonZeroU64::new(n) else {
+                let Some(n) = NonZeroU64::new(*n) else {
                     continue;
                 };
                 let (got, want) = (limiter::refund(&mut log, n), model.undo(n.get()));
@@ -141,17 +194,25 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                 }
             }
         }
-        if !log.iter().eq(model.times.iter().copied()) {
+        if !log.entries().eq(model.entries.iter().copied()) {
             return Err(format!("call {index} {call:?}: logs differ"));
+        }
+        if !log.is_empty() && log.window() != model.window {
+            return Err(format!("call {index} {call:?}: windows differ"));
         }
     }
     Ok(())
 }
 
-fn request(window: u64, max: u64, cost: u64) -> Option<Request> {
-    Request::new(
-        NonZeroU64::new(window)?,
-        NonZeroU64::new(max)?,
-        NonZeroU64::new(cost)?,
-    )
+fn request(limits: &[(u64, u64)], cost: u64, precision: u64) -> Option<Request> {
+    let limits = limits
+        .iter()
+        .map(|&(window, max)| {
+            Some(Limit {
+                window: NonZeroU64::new(window)?,
+                max: NonZeroU64::new(max)?,
+            })
+        })
+        .collect::<Option<Vec<Limit>>>()?;
+    Request::new(&limits, NonZeroU64::new(cost)?, NonZeroU64::new(precision)?).ok()
 }

@@ -1,16 +1,15 @@
 //! The commands: parse, open the key, ask the core, reply, replicate.
 
 use crate::args;
-use crate::limiter::{self, Decision};
+use crate::limiter::{self, Decision, Record};
 use crate::log::{Millis, TimeLog};
 use crate::module::boundary::{run_command, Arg, CommandError, Handler};
 use crate::module::config;
-use crate::module::key::LimiterKey;
+use crate::module::key::{ReadKey, WriteKey};
 use crate::module::replication;
 use crate::module::stats;
-use redis_module::raw::{self, KeyMode};
+use redis_module::raw;
 use redis_module::{Context, ContextFlags};
-use std::num::NonZeroU64;
 use std::os::raw::c_int;
 
 pub type RawCommand =
@@ -40,60 +39,61 @@ fn clock() -> Millis {
     unsafe { raw::RedisModule_Milliseconds.expect("checked at load")() }
 }
 
-/// Every command's key is its first argument (arity checked by parsing).
-fn key_name(args: &[Arg]) -> &Arg {
-    &args[1]
-}
-
-/// Records `cost` entries at `at` in the key's log, creating it if need
-/// be, and moves the key's expiry to when its newest entry expires.
-fn record_entries(
-    key: &mut LimiterKey,
-    at: Millis,
-    window: NonZeroU64,
-    cost: NonZeroU64,
-) -> Result<(), CommandError> {
-    let log = match key.log()? {
-        Some(log) => log,
-        None => key.create(TimeLog::default()),
-    };
-    let expires_at = limiter::record(log, at, window, cost);
-    key.expire_at(expires_at);
-    Ok(())
-}
-
 fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
-    let request = args::parse_request(args, config::max_entries())?;
-    let mut key = LimiterKey::open(ctx, key_name(args), KeyMode::READ | KeyMode::WRITE);
-    let verdict = limiter::decide(key.log()?.as_deref(), clock(), &request);
-    stats::CHECKS.add(1);
-    if verdict.decision.allowed {
+    let call = args::parse_limit_call(args)?;
+    let mut key = WriteKey::open(ctx, call.key);
+    let verdict = limiter::decide(key.log()?.as_deref(), clock(), &call.request);
+    if let Some(record) = verdict.record {
+        if let Some(log) = key.log()? {
+            ensure_room(log, &record)?;
+        }
+        let expires_at = limiter::apply(key.log_or_create()?, &record);
+        key.expire_at(expires_at);
         stats::ALLOWED.add(1);
-        stats::ENTRIES_RECORDED.add(request.cost().get());
-        record_entries(&mut key, verdict.at, request.window(), request.cost())?;
-        // The window is argument 2; a COST, given at most once, is last.
-        let cost_arg = (args.len() > 4).then(|| &args[args.len() - 1]);
-        replication::replicate_record(ctx, key_name(args), verdict.at, &args[2], cost_arg);
+        stats::UNITS_RECORDED.add(record.cost.get());
+        replication::replicate_record(ctx, &call, record.at);
     }
+    stats::CHECKS.add(1);
     reply_decision(ctx, &verdict.decision);
     Ok(())
 }
 
+/// A key's log holds at most `ratelimit.max-entries` entries: a request
+/// that needs one more is refused whole (neither allowed nor recorded),
+/// so the application sees it, rather than counted wrongly.
+fn ensure_room(log: &TimeLog, record: &Record) -> Result<(), CommandError> {
+    let cap = config::max_entries();
+    let needed = log.len_after_record(
+        record.at,
+        record.window.get(),
+        record.cost.get(),
+        record.precision.get(),
+    );
+    if needed <= cap {
+        return Ok(());
+    }
+    stats::LOG_FULL.add(1);
+    Err(CommandError::Invalid(format!(
+        "this key's log is full: it holds ratelimit.max-entries ({cap}) entries. \
+         Nothing was recorded. Use PRECISION p to share entries, or raise ratelimit.max-entries"
+    )))
+}
+
 fn peek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
-    let request = args::parse_request(args, config::max_entries())?;
-    let mut key = LimiterKey::open(ctx, key_name(args), KeyMode::READ);
-    let decision = limiter::peek(key.log()?.as_deref(), clock(), &request);
+    let call = args::parse_limit_call(args)?;
+    let key = ReadKey::open(ctx, call.key);
+    let decision = limiter::peek(key.log()?, clock(), &call.request);
     stats::PEEKS.add(1);
     reply_decision(ctx, &decision);
     Ok(())
 }
 
 fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
-    let count = args::parse_refund(args)?;
-    let mut key = LimiterKey::open(ctx, key_name(args), KeyMode::READ | KeyMode::WRITE);
+    let call = args::parse_undo(args)?;
+    let mut key = WriteKey::open(ctx, call.key);
     let removed = match key.log()? {
         Some(log) => {
-            let removed = limiter::refund(log, count);
+            let removed = limiter::refund(log, call.units);
             if log.is_empty() {
                 key.delete();
             }
@@ -102,7 +102,7 @@ fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
         None => 0,
     };
     stats::UNDOS.add(1);
-    stats::ENTRIES_REFUNDED.add(removed);
+    stats::UNITS_REFUNDED.add(removed);
     if removed > 0 {
         replication::replicate_as_called(ctx);
     }
@@ -112,14 +112,15 @@ fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 
 fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     if !replication::is_replayed(ctx) {
-        return Err(CommandError::Invalid(
-            "RATELIMIT.RECORD is internal: it only runs from the replication link or the AOF"
-                .into(),
-        ));
+        return Err(CommandError::Invalid(format!(
+            "{} is internal: it only runs from the replication link or the AOF",
+            replication::RECORD_COMMAND.to_string_lossy()
+        )));
     }
-    let entry = args::parse_record(args)?;
-    let mut key = LimiterKey::open(ctx, key_name(args), KeyMode::READ | KeyMode::WRITE);
-    record_entries(&mut key, entry.at, entry.window, entry.cost)?;
+    let call = args::parse_record(args)?;
+    let mut key = WriteKey::open(ctx, call.key);
+    let expires_at = limiter::apply(key.log_or_create()?, &call.record);
+    key.expire_at(expires_at);
     stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);
     ctx.reply_simple_string("OK");

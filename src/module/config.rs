@@ -4,10 +4,13 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub const DEFAULT_MAX_ENTRIES: i64 = 1_000_000;
-/// A log costs about one byte per entry, so this bounds a key near 1 GB.
+/// An entry takes 1 to 2 bytes on a busy key (at most 20), so this bounds
+/// a key's log near 2 GB.
 pub const MAX_MAX_ENTRIES: i64 = 1_000_000_000;
 
-/// The largest `max` a limit may have, so one key's log stays bounded.
+/// The most entries (recorded requests, or groups of them sharing a
+/// millisecond or a PRECISION cell) one key's log may hold: a bound on a
+/// key's memory whatever its limits. It bounds no `max` or COST.
 pub static MAX_ENTRIES: AtomicI64 = AtomicI64::new(DEFAULT_MAX_ENTRIES);
 
 pub fn max_entries() -> u64 {

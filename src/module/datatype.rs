@@ -1,10 +1,12 @@
 //! The `ratelimit` native type: how a key's log is saved, loaded, copied,
 //! digested, measured and freed by Redis.
 //!
-//! RDB encoding (version 1): unsigned entry count, signed oldest
-//! timestamp, then the varint gaps as one string (see `log.rs`).
+//! RDB encoding, version 2: unsigned window, unsigned entry count, signed
+//! oldest time, then the entries as one string (see `log.rs`). Version 1
+//! (release 0.1.0: unit count, oldest time, one varint gap per unit) still
+//! loads.
 
-use crate::log::TimeLog;
+use crate::log::{Encoded, TimeLog};
 use crate::module::boundary::guard;
 use crate::module::replication;
 use redis_module::native_types::RedisType;
@@ -13,7 +15,8 @@ use std::os::raw::{c_int, c_void};
 use std::ptr;
 
 /// Bumped whenever the RDB encoding changes; older encodings stay loadable.
-const ENCODING_VERSION: c_int = 1;
+const ENCODING_VERSION: c_int = 2;
+const UNITS_ENCODING: c_int = 1;
 
 pub static RATELIMIT_TYPE: RedisType = RedisType::new(
     "ratelimit",
@@ -51,40 +54,48 @@ fn into_value(log: TimeLog) -> *mut c_void {
     Box::into_raw(Box::new(log)).cast()
 }
 
-/// The gaps in one buffer: a deque may wrap, and both the RDB string and
-/// the digest must not depend on where it does.
-fn contiguous_gaps(log: &TimeLog) -> Vec<u8> {
-    log.gap_bytes().flatten().copied().collect()
-}
-
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
     let log = unsafe { log_of(value) };
     guard((), || {
-        raw::save_unsigned(rdb, log.len());
-        raw::save_signed(rdb, log.oldest().unwrap_or(0));
-        raw::save_slice(rdb, &contiguous_gaps(log));
+        let stored = log.encode();
+        raw::save_unsigned(rdb, stored.window);
+        raw::save_unsigned(rdb, stored.len);
+        raw::save_signed(rdb, stored.oldest);
+        raw::save_slice(rdb, &stored.entries);
     })
 }
 
-/// Returns null (Redis then refuses the RDB or the RESTORE) for a future
-/// encoding, a short read, or bytes that do not decode to a log.
+/// Returns null (Redis then refuses the RDB or the RESTORE) for an
+/// unknown encoding, a short read, or bytes that do not decode to a log.
 unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
-    if encver > ENCODING_VERSION {
-        return ptr::null_mut();
-    }
     guard(ptr::null_mut(), || {
-        let (Ok(len), Ok(oldest), Ok(gaps)) = (
-            raw::load_unsigned(rdb),
-            raw::load_signed(rdb),
-            raw::load_string_buffer(rdb),
-        ) else {
-            return ptr::null_mut();
+        let log = match encver {
+            ENCODING_VERSION => load_entries(rdb),
+            UNITS_ENCODING => load_units(rdb),
+            _ => None,
         };
-        match TimeLog::decode(oldest, len, gaps.as_ref()) {
-            Ok(log) if !log.is_empty() => into_value(log),
+        match log {
+            Some(log) if !log.is_empty() => into_value(log),
             _ => ptr::null_mut(),
         }
     })
+}
+
+fn load_entries(rdb: *mut raw::RedisModuleIO) -> Option<TimeLog> {
+    let stored = Encoded {
+        window: raw::load_unsigned(rdb).ok()?,
+        len: raw::load_unsigned(rdb).ok()?,
+        oldest: raw::load_signed(rdb).ok()?,
+        entries: raw::load_string_buffer(rdb).ok()?.as_ref().to_vec(),
+    };
+    TimeLog::decode(&stored).ok()
+}
+
+fn load_units(rdb: *mut raw::RedisModuleIO) -> Option<TimeLog> {
+    let units = raw::load_unsigned(rdb).ok()?;
+    let oldest = raw::load_signed(rdb).ok()?;
+    let gaps = raw::load_string_buffer(rdb).ok()?;
+    TimeLog::decode_units(oldest, units, gaps.as_ref()).ok()
 }
 
 unsafe extern "C" fn aof_rewrite(
@@ -101,21 +112,21 @@ unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
     std::mem::size_of::<TimeLog>() + log.heap_size()
 }
 
+/// Over the persisted form, which does not depend on how the log is kept.
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
     let log = unsafe { log_of(value) };
     guard((), || {
-        let gaps = contiguous_gaps(log);
+        let stored = log.encode();
+        let add_number = raw::RedisModule_DigestAddLongLong.expect("in every Redis");
         // SAFETY: plain calls on the digest Redis handed us.
         unsafe {
-            raw::RedisModule_DigestAddLongLong.expect("in every Redis")(md, log.len() as i64);
-            raw::RedisModule_DigestAddLongLong.expect("in every Redis")(
-                md,
-                log.oldest().unwrap_or(0),
-            );
+            add_number(md, stored.window as i64);
+            add_number(md, stored.len as i64);
+            add_number(md, stored.oldest);
             raw::RedisModule_DigestAddStringBuffer.expect("in every Redis")(
                 md,
-                gaps.as_ptr().cast(),
-                gaps.len(),
+                stored.entries.as_ptr().cast(),
+                stored.entries.len(),
             );
             raw::RedisModule_DigestEndSequence.expect("in every Redis")(md);
         }

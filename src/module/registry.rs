@@ -3,11 +3,13 @@
 //! and ACL categories. README.md's command reference is tested against
 //! the COMMAND DOCS this produces (`tests/citizen.rs`).
 
+use crate::args::{self, OptionName};
 use crate::module::commands::{self, RawCommand};
+use crate::module::replication::RECORD_COMMAND;
 use redis_module::raw;
 use redis_module::Context;
-use std::ffi::CStr;
-use std::os::raw::c_int;
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int};
 use std::ptr;
 
 struct CommandSpec {
@@ -25,37 +27,54 @@ struct CommandSpec {
 }
 
 struct ArgSpec {
-    name: &'static CStr,
+    name: &'static str,
     kind: raw::RedisModuleCommandArgType,
-    token: Option<&'static CStr>,
-    optional: bool,
+    token: Option<&'static str>,
+    flags: u32,
+    /// The arguments of a block.
+    subargs: &'static [ArgSpec],
 }
 
 const KEY: raw::RedisModuleCommandArgType = raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY;
 const INTEGER: raw::RedisModuleCommandArgType =
     raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER;
+const BLOCK: raw::RedisModuleCommandArgType =
+    raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_BLOCK;
+const OPTIONAL: u32 = raw::REDISMODULE_CMD_ARG_OPTIONAL;
+const MULTIPLE: u32 = raw::REDISMODULE_CMD_ARG_MULTIPLE;
 
-const fn arg(name: &'static CStr, kind: raw::RedisModuleCommandArgType) -> ArgSpec {
+const fn arg(name: &'static str, kind: raw::RedisModuleCommandArgType) -> ArgSpec {
     ArgSpec {
         name,
         kind,
         token: None,
-        optional: false,
+        flags: 0,
+        subargs: &[],
     }
 }
 
-const COST: ArgSpec = ArgSpec {
-    name: c"n",
-    kind: INTEGER,
-    token: Some(c"COST"),
-    optional: true,
-};
+const fn option(name: &OptionName) -> ArgSpec {
+    ArgSpec {
+        name: name.value,
+        kind: INTEGER,
+        token: Some(name.token),
+        flags: OPTIONAL,
+        subargs: &[],
+    }
+}
 
+/// `key window max [window max ...] [COST n] [PRECISION p]`.
 const LIMIT_ARGS: &[ArgSpec] = &[
-    arg(c"key", KEY),
-    arg(c"window", INTEGER),
-    arg(c"max", INTEGER),
-    COST,
+    arg("key", KEY),
+    ArgSpec {
+        name: "limit",
+        kind: BLOCK,
+        token: None,
+        flags: MULTIPLE,
+        subargs: &[arg("window", INTEGER), arg("max", INTEGER)],
+    },
+    option(&args::COST),
+    option(&args::PRECISION),
 ];
 
 /// The category module commands are also put in, where servers allow it.
@@ -67,8 +86,8 @@ const SPECS: [CommandSpec; 4] = [
         handler: commands::check_command,
         flags: c"write deny-oom fast",
         acl_categories: c"write fast",
-        summary: c"Decides a request against a sliding-window limit and records it if allowed. Replies [allowed, remaining, retry_after_ms, reset_after_ms].",
-        complexity: c"O(1) amortised; O(n) in the request's cost n.",
+        summary: c"Decides a request against one or more sliding-window limits and records it once if every limit allows. Replies [allowed, remaining, retry_after_ms, reset_after_ms].",
+        complexity: c"O(1) amortised for the key's longest window, plus the entries inside each shorter window; the same for any COST.",
         arity: -4,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: LIMIT_ARGS,
@@ -79,7 +98,7 @@ const SPECS: [CommandSpec; 4] = [
         flags: c"readonly fast",
         acl_categories: c"read fast",
         summary: c"Tells whether RATELIMIT.CHECK would allow a request, without recording it. Same reply.",
-        complexity: c"O(1) plus the entries that expired since the last allowed CHECK.",
+        complexity: c"As RATELIMIT.CHECK, plus the entries that expired since the last allowed CHECK.",
         arity: -4,
         key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
         args: LIMIT_ARGS,
@@ -89,26 +108,30 @@ const SPECS: [CommandSpec; 4] = [
         handler: commands::undo_command,
         flags: c"write deny-oom fast",
         acl_categories: c"write fast",
-        summary: c"Refunds the n newest recorded entries (default 1). Replies with the number removed.",
-        complexity: c"O(n).",
+        summary: c"Refunds the n newest recorded units of cost (default 1), taking part of a request's cost if n ends inside it. Replies with the number of units removed.",
+        complexity: c"O(1) per entry refunded.",
         arity: -2,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
-        args: &[arg(c"key", KEY), COST],
+        args: &[arg("key", KEY), option(&args::COST)],
     },
     CommandSpec {
-        name: c"RATELIMIT.RECORD",
+        name: RECORD_COMMAND,
         handler: commands::record_command,
         flags: c"write fast",
         acl_categories: c"write fast",
         summary: c"Internal: how an allowed RATELIMIT.CHECK reaches replicas and the AOF. Refused from clients.",
-        complexity: c"O(1) amortised; O(cost).",
-        arity: 5,
+        complexity: c"O(1) amortised.",
+        arity: -5,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: &[
-            arg(c"key", KEY),
-            arg(c"at", INTEGER),
-            arg(c"window", INTEGER),
-            arg(c"cost", INTEGER),
+            arg("key", KEY),
+            arg("at", INTEGER),
+            arg("window", INTEGER),
+            arg("cost", INTEGER),
+            ArgSpec {
+                flags: OPTIONAL,
+                ..arg("precision", INTEGER)
+            },
         ],
     },
 ];
@@ -187,7 +210,7 @@ type SetCommandInfo =
     unsafe extern "C" fn(*mut raw::RedisModuleCommand, *const raw::RedisModuleCommandInfo) -> c_int;
 
 /// Builds the C structures Redis reads (and copies) for COMMAND DOCS and
-/// key specs; they live on this stack frame and point at static strings.
+/// key specs; they live on this stack frame or in its arena.
 fn set_command_info(
     spec: &CommandSpec,
     command: *mut raw::RedisModuleCommand,
@@ -211,28 +234,8 @@ fn set_command_info(
     key_spec.fk.range.keystep = 1;
     key_spec.fk.range.limit = 0;
     let mut key_specs = [key_spec, zeroed_key_spec()];
-    let mut args: Vec<raw::RedisModuleCommandArg> = spec
-        .args
-        .iter()
-        .map(|arg| raw::RedisModuleCommandArg {
-            name: arg.name.as_ptr(),
-            type_: arg.kind,
-            key_spec_index: if arg.kind == KEY { 0 } else { -1 },
-            token: arg.token.map_or(ptr::null(), CStr::as_ptr),
-            summary: ptr::null(),
-            since: ptr::null(),
-            flags: if arg.optional {
-                raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
-            } else {
-                0
-            },
-            deprecated_since: ptr::null(),
-            subargs: ptr::null_mut(),
-            display_text: ptr::null(),
-        })
-        .collect();
-    // SAFETY: see above.
-    args.push(unsafe { std::mem::zeroed() });
+    let mut arena = ArgArena::default();
+    let args = arena.build(spec.args)?;
     let info = raw::RedisModuleCommandInfo {
         version: &version,
         summary: spec.summary.as_ptr(),
@@ -242,12 +245,61 @@ fn set_command_info(
         tips: ptr::null(),
         arity: spec.arity,
         key_specs: key_specs.as_mut_ptr(),
-        args: args.as_mut_ptr(),
+        args,
     };
     // SAFETY: every pointer in `info` outlives the call; Redis copies them.
     if unsafe { set_info(command, &info) } == raw::Status::Ok as c_int {
         Ok(())
     } else {
         Err(format!("cannot set the docs of {:?}", spec.name))
+    }
+}
+
+/// Owns the C strings and arrays of a command's argument docs until Redis
+/// has copied them.
+#[derive(Default)]
+struct ArgArena {
+    strings: Vec<CString>,
+    arrays: Vec<Vec<raw::RedisModuleCommandArg>>,
+}
+
+impl ArgArena {
+    fn c_str(&mut self, text: &str) -> Result<*const c_char, String> {
+        let owned = CString::new(text).map_err(|e| e.to_string())?;
+        let pointer = owned.as_ptr();
+        self.strings.push(owned);
+        Ok(pointer)
+    }
+
+    /// The zero-terminated C array for `specs`, blocks included.
+    fn build(&mut self, specs: &[ArgSpec]) -> Result<*mut raw::RedisModuleCommandArg, String> {
+        let mut array = Vec::with_capacity(specs.len() + 1);
+        for spec in specs {
+            let subargs = match spec.subargs {
+                [] => ptr::null_mut(),
+                subargs => self.build(subargs)?,
+            };
+            array.push(raw::RedisModuleCommandArg {
+                name: self.c_str(spec.name)?,
+                type_: spec.kind,
+                key_spec_index: if spec.kind == KEY { 0 } else { -1 },
+                token: match spec.token {
+                    Some(token) => self.c_str(token)?,
+                    None => ptr::null(),
+                },
+                summary: ptr::null(),
+                since: ptr::null(),
+                flags: spec.flags as c_int,
+                deprecated_since: ptr::null(),
+                subargs,
+                display_text: ptr::null(),
+            });
+        }
+        // SAFETY: a plain C struct; all-zero ends the array.
+        array.push(unsafe { std::mem::zeroed() });
+        let pointer = array.as_mut_ptr();
+        // Moving the Vec into the arena keeps its buffer where it is.
+        self.arrays.push(array);
+        Ok(pointer)
     }
 }

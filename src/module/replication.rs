@@ -1,16 +1,18 @@
 //! What replicas and the AOF receive, so that they reach the master's state
 //! whatever their own clocks say.
 //!
-//! An allowed `RATELIMIT.CHECK key window max [COST n]` is propagated as
-//! `RATELIMIT.RECORD key at window cost`: the decision is the master's, and
-//! `at` is the time it recorded the request at. A denied CHECK and PEEK
-//! change nothing and propagate nothing. UNDO reads no clock and is
-//! propagated as it was called.
+//! An allowed `RATELIMIT.CHECK key window max [window max ...] [COST n]
+//! [PRECISION p]` is propagated as `RATELIMIT.RECORD key at window cost
+//! [precision]`, with its longest window: the decision is the master's,
+//! and `at` is the time it recorded the request at; pruning under the
+//! log's window and sharing a precision cell then happen alike everywhere.
+//! A denied CHECK and PEEK change nothing and propagate nothing. UNDO
+//! reads no clock and is propagated as it was called.
 //!
 //! RECORD could forge history if clients could send it, so it only runs
 //! from the master's link or while loading the AOF.
 
-use crate::args::MAX_WINDOW_MS;
+use crate::args::LimitCall;
 use crate::log::{Millis, TimeLog};
 use crate::module::boundary::Arg;
 use redis_module::{raw, Context, ContextFlags};
@@ -20,25 +22,35 @@ use std::ptr;
 
 pub const RECORD_COMMAND: &CStr = c"RATELIMIT.RECORD";
 
-/// Key, `at`, `window` and `cost`, all as strings Redis only takes a
-/// reference to: `window` and `cost` are the caller's own arguments and
-/// `at` is shared by every call in the same millisecond, so replicating
-/// allocates nothing per call but the command Redis builds.
-const RECORD_FORMAT: &CStr = c"ssss";
-
-pub fn replicate_record(ctx: &Context, key: &Arg, at: Millis, window: &Arg, cost: Option<&Arg>) {
-    let cost = cost.map_or_else(|| SHARED.one(), Arg::as_ptr);
-    // SAFETY: the format names four RedisModuleStrings, all alive.
+/// Every argument is a string Redis only takes a reference to: the window,
+/// cost and precision are the caller's own arguments and `at` is shared by
+/// every call in the same millisecond, so replicating allocates nothing
+/// per call but the command Redis builds.
+pub fn replicate_record(ctx: &Context, call: &LimitCall<Arg>, at: Millis) {
+    let cost = call.cost.map_or_else(|| SHARED.one(), Arg::as_ptr);
+    // SAFETY: a copy of a function pointer Redis filled in at load.
+    let replicate = unsafe { raw::RedisModule_Replicate }.expect("in every Redis");
+    let (name, key, at, window) = (
+        RECORD_COMMAND.as_ptr(),
+        call.key.as_ptr(),
+        SHARED.at(at),
+        call.longest_window.as_ptr(),
+    );
+    // SAFETY: each format names as many RedisModuleStrings, all alive.
     unsafe {
-        raw::RedisModule_Replicate.expect("in every Redis")(
-            ctx.ctx,
-            RECORD_COMMAND.as_ptr(),
-            RECORD_FORMAT.as_ptr(),
-            key.as_ptr(),
-            SHARED.at(at),
-            window.as_ptr(),
-            cost,
-        );
+        match call.precision {
+            Some(precision) => replicate(
+                ctx.ctx,
+                name,
+                c"sssss".as_ptr(),
+                key,
+                at,
+                window,
+                cost,
+                precision.as_ptr(),
+            ),
+            None => replicate(ctx.ctx, name, c"ssss".as_ptr(), key, at, window, cost),
+        };
     }
 }
 
@@ -100,21 +112,13 @@ pub fn is_replayed(ctx: &Context) -> bool {
         .intersects(ContextFlags::REPLICATED | ContextFlags::LOADING)
 }
 
-/// AOF rewrite: one RECORD per run of entries at the same time, with a
-/// window wide enough to prune none of them, then PERSIST. Redis follows a
-/// rewritten key with its PEXPIREAT if it has an expiry, so the PERSIST
-/// only matters for a key whose expiry was removed.
+/// AOF rewrite: one RECORD per entry, with the log's window (under which
+/// none of its entries has expired, relative to the newer ones), then
+/// PERSIST. Redis follows a rewritten key with its PEXPIREAT if it has an
+/// expiry, so the PERSIST only matters for a key whose expiry was removed.
 pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, log: &TimeLog) {
-    let (Some(oldest), Some(newest)) = (log.oldest(), log.newest()) else {
-        return;
-    };
-    let span = newest.abs_diff(oldest).saturating_add(1).min(MAX_WINDOW_MS);
-    let mut entries = log.iter().peekable();
-    while let Some(at) = entries.next() {
-        let mut count = 1i64;
-        while entries.next_if_eq(&at).is_some() {
-            count += 1;
-        }
+    let window = log.window() as i64;
+    for entry in log.entries() {
         // SAFETY: the format names a RedisModuleString and three long longs.
         unsafe {
             raw::RedisModule_EmitAOF.expect("in every Redis")(
@@ -122,9 +126,9 @@ pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, 
                 RECORD_COMMAND.as_ptr(),
                 c"slll".as_ptr(),
                 key,
-                at,
-                span as i64,
-                count,
+                entry.at,
+                window,
+                entry.cost as i64,
             );
         }
     }

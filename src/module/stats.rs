@@ -30,18 +30,20 @@ pub static CHECKS: Counter = Counter::new();
 pub static ALLOWED: Counter = Counter::new();
 pub static PEEKS: Counter = Counter::new();
 pub static UNDOS: Counter = Counter::new();
-pub static ENTRIES_RECORDED: Counter = Counter::new();
-pub static ENTRIES_REFUNDED: Counter = Counter::new();
+pub static UNITS_RECORDED: Counter = Counter::new();
+pub static UNITS_REFUNDED: Counter = Counter::new();
 pub static RECORDS_REPLAYED: Counter = Counter::new();
+pub static LOG_FULL: Counter = Counter::new();
 
-const FIELDS: [(&str, &Counter); 7] = [
+const FIELDS: [(&str, &Counter); 8] = [
     ("checks", &CHECKS),
     ("allowed", &ALLOWED),
     ("peeks", &PEEKS),
     ("undos", &UNDOS),
-    ("entries_recorded", &ENTRIES_RECORDED),
-    ("entries_refunded", &ENTRIES_REFUNDED),
+    ("units_recorded", &UNITS_RECORDED),
+    ("units_refunded", &UNITS_REFUNDED),
     ("records_replayed", &RECORDS_REPLAYED),
+    ("log_full", &LOG_FULL),
 ];
 
 /// The INFO callback: sections `ratelimit_stats` and `ratelimit_config`.
