@@ -135,8 +135,11 @@ pub fn parse_record<A: AsRef<[u8]>>(args: &[A]) -> Result<RecordCall<'_, A>, Arg
     let at = positive_up_to(at, MAX_RECORD_TIME)
         .ok_or_else(|| invalid("at must be a positive time in unix milliseconds".into()))?;
     let precision = precision.map_or(Ok(NonZeroU64::MIN), |p| {
-        positive_up_to(p, MAX_WINDOW)
-            .ok_or_else(|| invalid(format!("precision must be an integer from 1 to {MAX_WINDOW}")))
+        positive_up_to(p, MAX_WINDOW).ok_or_else(|| {
+            invalid(format!(
+                "precision must be an integer from 1 to {MAX_WINDOW}"
+            ))
+        })
     })?;
     Ok(RecordCall {
         key,
@@ -208,7 +211,11 @@ fn request_error(error: RequestError) -> ArgError {
 }
 
 fn precision_error(limits: &[Limit]) -> ArgError {
-    let shortest = limits.iter().map(|l| l.window.get()).min().unwrap_or(MAX_WINDOW);
+    let shortest = limits
+        .iter()
+        .map(|l| l.window.get())
+        .min()
+        .unwrap_or(MAX_WINDOW);
     invalid(format!(
         "PRECISION must be an integer from 1 to {shortest} (the shortest window)"
     ))
@@ -388,7 +395,13 @@ mod tests {
             "PRECISION must be an integer from 1 to 10 (the shortest window)"
         );
         assert!(error("C k 10 5 PRECISION 0").starts_with("PRECISION must"));
-        let seventeen = format!("C k {}", (1..=17).map(|w| format!("{w} 5")).collect::<Vec<_>>().join(" "));
+        let seventeen = format!(
+            "C k {}",
+            (1..=17)
+                .map(|w| format!("{w} 5"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         assert_eq!(error(&seventeen), "at most 16 window/max pairs");
         assert_eq!(check("C k 10"), Err(ArgError::WrongArity));
         assert_eq!(check("C k"), Err(ArgError::WrongArity));
@@ -399,15 +412,34 @@ mod tests {
         let undo = |line| parse_undo(&args(line)).map(|call| call.units.get());
         assert_eq!(undo("U k"), Ok(1));
         assert_eq!(undo("U k COST 3"), Ok(3));
-        assert_eq!(undo("U k PRECISION 3"), Err(invalid("unknown option 'PRECISION' (the options are COST n)".into())));
-        assert_eq!(parse_undo(&args("U")).map(|_| ()), Err(ArgError::WrongArity));
+        assert_eq!(
+            undo("U k PRECISION 3"),
+            Err(invalid(
+                "unknown option 'PRECISION' (the options are COST n)".into()
+            ))
+        );
+        assert_eq!(
+            parse_undo(&args("U")).map(|_| ()),
+            Err(ArgError::WrongArity)
+        );
         let record = |line| parse_record(&args(line)).map(|call| call.record);
         let legacy = record("R k 1700000000000 1000 2").unwrap();
         assert_eq!(
-            (legacy.at, legacy.window.get(), legacy.cost.get(), legacy.precision.get()),
+            (
+                legacy.at,
+                legacy.window.get(),
+                legacy.cost.get(),
+                legacy.precision.get()
+            ),
             (1_700_000_000_000, 1000, 2, 1)
         );
-        assert_eq!(record("R k 1700000000000 1000 2 100").unwrap().precision.get(), 100);
+        assert_eq!(
+            record("R k 1700000000000 1000 2 100")
+                .unwrap()
+                .precision
+                .get(),
+            100
+        );
         assert_eq!(record("R k 1 2").map(|_| ()), Err(ArgError::WrongArity));
         assert!(record("R k -5 1000 2").is_err());
     }

@@ -74,7 +74,10 @@ impl Request {
                 return Err(RequestError::MaxOutOfRange(limit.max.get()));
             }
         }
-        if let Some(pair) = sorted_limits.windows(2).find(|p| p[0].window == p[1].window) {
+        if let Some(pair) = sorted_limits
+            .windows(2)
+            .find(|p| p[0].window == p[1].window)
+        {
             return Err(RequestError::WindowTwice(pair[0].window.get()));
         }
         let smallest_max = sorted_limits.iter().map(|l| l.max).min().unwrap_or(cost);
@@ -455,7 +458,10 @@ mod tests {
         assert!(check(&mut log, 0, &r).allowed);
         assert!(check(&mut log, 10, &r).allowed);
         let burst = check(&mut log, 20, &r);
-        assert_eq!((burst.allowed, burst.remaining, burst.retry_after_ms), (false, 0, 980));
+        assert_eq!(
+            (burst.allowed, burst.remaining, burst.retry_after_ms),
+            (false, 0, 980)
+        );
         assert!(check(&mut log, 1000, &r).allowed);
         // The burst window has room again, the sustained one does not: the
         // wait is until the sustained window's oldest entry expires.

@@ -785,7 +785,10 @@ fn push_entry(out: &mut impl Extend<u8>, previous: Millis, entry: Entry) {
 }
 
 /// Reads one entry whose gap counts from `previous`, checking everything.
-fn read_entry(bytes: &mut impl Iterator<Item = u8>, previous: Millis) -> Result<Entry, DecodeError> {
+fn read_entry(
+    bytes: &mut impl Iterator<Item = u8>,
+    previous: Millis,
+) -> Result<Entry, DecodeError> {
     let head = read_varint(bytes).ok_or(DecodeError::BadEntry)?;
     let cost = if head & 1 == 1 {
         let cost = read_varint(bytes).ok_or(DecodeError::BadEntry)?;
@@ -856,7 +859,13 @@ mod tests {
         assert!(matches!(log.0, Repr::Large(_)));
         assert_eq!(log.len(), 100);
         assert_eq!(log.total(), 109);
-        assert_eq!(log.newest(), Some(Entry { at: t + 99, cost: 1 }));
+        assert_eq!(
+            log.newest(),
+            Some(Entry {
+                at: t + 99,
+                cost: 1
+            })
+        );
     }
 
     #[test]
@@ -929,21 +938,44 @@ mod tests {
             entries: entries.to_vec(),
         };
         let decode = |s: Encoded| TimeLog::decode(&s);
-        assert_eq!(decode(stored(10, 1, 5, &[0x80])), Err(DecodeError::BadEntry));
+        assert_eq!(
+            decode(stored(10, 1, 5, &[0x80])),
+            Err(DecodeError::BadEntry)
+        );
         assert_eq!(decode(stored(10, 1, 5, &[1])), Err(DecodeError::BadEntry));
-        assert_eq!(decode(stored(10, 1, 5, &[1, 2])), Err(DecodeError::BadEntry));
-        assert_eq!(decode(stored(10, 1, 5, &[1, 1])), Err(DecodeError::BadEntry));
-        assert_eq!(decode(stored(10, 2, 5, &[0])), Err(DecodeError::WrongLength));
+        assert_eq!(
+            decode(stored(10, 1, 5, &[1, 2])),
+            Err(DecodeError::BadEntry)
+        );
+        assert_eq!(
+            decode(stored(10, 1, 5, &[1, 1])),
+            Err(DecodeError::BadEntry)
+        );
+        assert_eq!(
+            decode(stored(10, 2, 5, &[0])),
+            Err(DecodeError::WrongLength)
+        );
         assert_eq!(decode(stored(0, 1, 5, &[0])), Err(DecodeError::BadWindow));
         assert_eq!(decode(stored(10, 1, -1, &[0])), Err(DecodeError::BadTime));
         let past_i64 = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-        assert_eq!(decode(stored(10, 1, 5, &past_i64)), Err(DecodeError::BadTime));
-        assert_eq!(decode(stored(10, 1, 5, &[0, 3])), Err(DecodeError::BadEntry));
+        assert_eq!(
+            decode(stored(10, 1, 5, &past_i64)),
+            Err(DecodeError::BadTime)
+        );
+        assert_eq!(
+            decode(stored(10, 1, 5, &[0, 3])),
+            Err(DecodeError::BadEntry)
+        );
     }
 
     #[derive(Debug, Clone)]
     enum Op {
-        Record { tick: i64, window: u64, cost: u64, precision: u64 },
+        Record {
+            tick: i64,
+            window: u64,
+            cost: u64,
+            precision: u64,
+        },
         Refund(u64),
     }
 
@@ -957,11 +989,21 @@ mod tests {
     }
 
     /// The log's rules over a plain list.
-    fn model_record(model: &mut Vec<Entry>, window: &mut u64, at: Millis, w: u64, cost: u64, p: u64) {
+    fn model_record(
+        model: &mut Vec<Entry>,
+        window: &mut u64,
+        at: Millis,
+        w: u64,
+        cost: u64,
+        p: u64,
+    ) {
         *window = (*window).max(w);
         model.retain(|e| e.at > at - *window as i64);
         match model.last_mut() {
-            Some(last) if last.at / p as i64 == at / p as i64 && last.cost.checked_add(cost).is_some_and(|c| c <= MAX_COST) => {
+            Some(last)
+                if last.at / p as i64 == at / p as i64
+                    && last.cost.checked_add(cost).is_some_and(|c| c <= MAX_COST) =>
+            {
                 last.at = at;
                 last.cost += cost;
             }

@@ -21,22 +21,33 @@ struct Plain<'a> {
 
 impl Model {
     fn now(&self, clock: Millis) -> Millis {
-        self.entries.iter().map(|e| e.at).fold(clock.max(0), Millis::max)
+        self.entries
+            .iter()
+            .map(|e| e.at)
+            .fold(clock.max(0), Millis::max)
     }
 
     fn used_at(&self, now: Millis, window: u64) -> u128 {
         let live = |e: &&Entry| now - (window as i64) < e.at && e.at <= now;
-        self.entries.iter().filter(live).map(|e| u128::from(e.cost)).sum()
+        self.entries
+            .iter()
+            .filter(live)
+            .map(|e| u128::from(e.cost))
+            .sum()
     }
 
     fn fits_at(&self, now: Millis, call: &Plain) -> bool {
-        call.limits
-            .iter()
-            .all(|&(window, max)| self.used_at(now, window) + u128::from(call.cost) <= u128::from(max))
+        call.limits.iter().all(|&(window, max)| {
+            self.used_at(now, window) + u128::from(call.cost) <= u128::from(max)
+        })
     }
 
     fn longest(call: &Plain) -> u64 {
-        call.limits.iter().map(|&(window, _)| window).max().unwrap_or(0)
+        call.limits
+            .iter()
+            .map(|&(window, _)| window)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The smallest wait after which the request fits, trying each ms.
@@ -66,7 +77,11 @@ impl Model {
         Decision {
             allowed,
             remaining: self.remaining(now, call),
-            retry_after_ms: if allowed { 0 } else { self.retry_after(now, call) },
+            retry_after_ms: if allowed {
+                0
+            } else {
+                self.retry_after(now, call)
+            },
             reset_after_ms: self.reset_after(now, Self::longest(call)),
         }
     }
@@ -84,7 +99,10 @@ impl Model {
         match self.entries.last_mut() {
             Some(newest)
                 if cell(newest.at) == cell(now)
-                    && newest.cost.checked_add(call.cost).is_some_and(|c| c <= MAX_COST) =>
+                    && newest
+                        .cost
+                        .checked_add(call.cost)
+                        .is_some_and(|c| c <= MAX_COST) =>
             {
                 newest.at = now;
                 newest.cost += call.cost;

@@ -36,20 +36,37 @@ fn items(value: &Value) -> Vec<Value> {
     }
 }
 
-/// `RATELIMIT.CHECK key window max [COST n]`, from COMMAND DOCS.
+/// `RATELIMIT.CHECK key window max [window max ...] [COST n]`, from
+/// COMMAND DOCS, written the way Redis's own documentation writes it.
 fn synopsis(name: &str, docs: &HashMap<String, Value>) -> String {
-    let mut words = vec![name.to_string()];
-    for arg in items(&docs["arguments"]) {
-        let arg = fields(&arg);
-        let mut word = text(&arg["name"]);
-        if let Some(token) = arg.get("token") {
-            word = format!("{} {word}", text(token));
-        }
-        let optional = arg
-            .get("flags")
-            .is_some_and(|flags| items(flags).iter().any(|f| text(f) == "optional"));
-        words.push(if optional { format!("[{word}]") } else { word });
-    }
+    format!("{name} {}", arguments(&docs["arguments"]))
+}
+
+fn arguments(list: &Value) -> String {
+    let words: Vec<String> = items(list)
+        .iter()
+        .map(|arg| {
+            let arg = fields(arg);
+            let mut word = match arg.get("arguments") {
+                Some(block) => arguments(block),
+                None => text(&arg["name"]),
+            };
+            if let Some(token) = arg.get("token") {
+                word = format!("{} {word}", text(token));
+            }
+            let flag = |name: &str| {
+                arg.get("flags")
+                    .is_some_and(|flags| items(flags).iter().any(|f| text(f) == name))
+            };
+            if flag("multiple") {
+                word = format!("{word} [{word} ...]");
+            }
+            if flag("optional") {
+                word = format!("[{word}]");
+            }
+            word
+        })
+        .collect();
     words.join(" ")
 }
 
@@ -123,8 +140,8 @@ fn info_counts_calls_since_load() {
         "ratelimit_denied:1",
         "ratelimit_peeks:1",
         "ratelimit_undos:1",
-        "ratelimit_entries_recorded:2",
-        "ratelimit_entries_refunded:2",
+        "ratelimit_units_recorded:2",
+        "ratelimit_units_refunded:2",
         "ratelimit_records_replayed:0",
         &format!("ratelimit_version:{}", env!("CARGO_PKG_VERSION")),
         "ratelimit_max_entries:1000000",

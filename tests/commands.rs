@@ -141,16 +141,182 @@ fn wrongtype_both_ways() {
 }
 
 #[test]
-fn max_entries_is_a_module_argument() {
-    let server = Server::start_with_module_args(&["max-entries", "10"], &[]);
+fn max_entries_bounds_the_entries_of_a_key_and_says_so() {
+    let server = Server::start_with_module_args(&["max-entries", "3"], &[]);
     let mut con = server.connect();
-    assert_eq!(check(&mut con, "k", 1000, 10)[0], 1);
+    for _ in 0..3 {
+        assert_eq!(check(&mut con, "k", 60_000, 1_000_000)[0], 1);
+        sleep(Duration::from_millis(2));
+    }
+    let before = digest(&mut con, "k");
+    let full = error(&mut con, &["RATELIMIT.CHECK", "k", "60000", "1000000"]);
     assert_eq!(
-        error(&mut con, &["RATELIMIT.CHECK", "k", "1000", "11"]),
-        "ERR max must be an integer from 1 to 10 (ratelimit.max-entries)"
+        full,
+        "ERR this key's log is full: it holds ratelimit.max-entries (3) entries. \
+         Nothing was recorded. Use PRECISION p to share entries, or raise ratelimit.max-entries"
     );
+    assert_eq!(digest(&mut con, "k"), before, "a full log records nothing");
+    // max-entries bounds entries, not max or COST: a token budget needs no setting.
+    let tokens: Vec<i64> = run(
+        &mut con,
+        &[
+            "RATELIMIT.CHECK",
+            "tokens",
+            "60000",
+            "10000000",
+            "COST",
+            "2500",
+        ],
+    );
+    assert_eq!(tokens, [1, 9_997_500, 0, 60_000]);
+    let info: String = run(&mut con, &["INFO", "ratelimit"]);
+    assert!(info.contains("ratelimit_log_full:1\r"), "{info}");
     let config: Vec<String> = run(&mut con, &["CONFIG", "GET", "ratelimit.max-entries"]);
-    assert_eq!(config, ["ratelimit.max-entries", "10"]);
+    assert_eq!(config, ["ratelimit.max-entries", "3"]);
+}
+
+#[test]
+fn several_windows_are_decided_together_and_recorded_once() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    // 3 per second and 5 per minute, given in any order.
+    let call = ["RATELIMIT.CHECK", "api:42", "60000", "5", "1000", "3"];
+    for remaining in [2, 1, 0] {
+        let reply: Vec<i64> = run(&mut con, &call);
+        assert_eq!(reply, [1, remaining, 0, 60_000]);
+    }
+    let burst: Vec<i64> = run(&mut con, &call);
+    assert_eq!(&burst[..2], [0, 0]);
+    assert!(
+        (1..=1000).contains(&burst[2]),
+        "the burst window decides: {burst:?}"
+    );
+    assert!((59_000..=60_000).contains(&burst[3]), "{burst:?}");
+    sleep(Duration::from_millis(burst[2] as u64 + 10));
+    for remaining in [1, 0] {
+        let reply: Vec<i64> = run(&mut con, &call);
+        assert_eq!(reply[..2], [1, remaining], "the minute still has room");
+    }
+    let sustained: Vec<i64> = run(&mut con, &call);
+    assert_eq!(&sustained[..2], [0, 0]);
+    assert!(
+        sustained[2] > 57_000,
+        "the minute window decides: {sustained:?}"
+    );
+    let refunded: i64 = run(&mut con, &["RATELIMIT.UNDO", "api:42", "COST", "100"]);
+    assert_eq!(refunded, 5, "each allowed request was recorded once");
+    let peek: Vec<i64> = run(
+        &mut con,
+        &["RATELIMIT.PEEK", "api:42", "1000", "3", "60000", "5"],
+    );
+    assert_eq!(peek, [1, 3, 0, 0]);
+}
+
+#[test]
+fn a_short_limit_never_prunes_what_a_long_limit_on_the_key_counts() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for _ in 0..5 {
+        assert_eq!(check(&mut con, "k", 3_600_000, 5)[0], 1);
+    }
+    for _ in 0..50 {
+        assert_eq!(check(&mut con, "k", 1000, 100)[0], 1);
+        sleep(Duration::from_millis(30));
+    }
+    let hourly = check(&mut con, "k", 3_600_000, 5);
+    assert_eq!(hourly[..2], [0, 0], "the hourly limit still counts its 5");
+    let pttl: i64 = run(&mut con, &["PTTL", "k"]);
+    assert!(
+        pttl > 3_500_000,
+        "the key lives as long as its longest window: {pttl}"
+    );
+}
+
+#[test]
+fn a_request_costs_the_same_whatever_its_cost() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for key in ["unit", "heavy"] {
+        let cost = if key == "unit" { "1" } else { "100000" };
+        for _ in 0..200 {
+            run::<Vec<i64>>(
+                &mut con,
+                &["RATELIMIT.CHECK", key, "60000", "100000000", "COST", cost],
+            );
+            sleep(Duration::from_micros(300));
+        }
+    }
+    let usage = |con: &mut redis::Connection, key| -> i64 { run(con, &["MEMORY", "USAGE", key]) };
+    let (unit, heavy) = (usage(&mut con, "unit"), usage(&mut con, "heavy"));
+    assert!(
+        heavy <= unit + 1_200,
+        "COST 100000: {heavy} B, COST 1: {unit} B"
+    );
+    let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "heavy", "60000", "100000000"]);
+    assert_eq!(peek[1], 100_000_000 - 200 * 100_000);
+}
+
+#[test]
+fn undo_takes_part_of_a_request() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    run::<Vec<i64>>(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "10", "COST", "4"],
+    );
+    run::<Vec<i64>>(
+        &mut con,
+        &["RATELIMIT.CHECK", "k", "60000", "10", "COST", "3"],
+    );
+    let refunded: i64 = run(&mut con, &["RATELIMIT.UNDO", "k", "COST", "5"]);
+    assert_eq!(
+        refunded, 5,
+        "all 3 of the newest request and 2 of the one before"
+    );
+    let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "10"]);
+    assert_eq!(peek[..3], [1, 8, 0]);
+    let rest: i64 = run(&mut con, &["RATELIMIT.UNDO", "k", "COST", "10"]);
+    assert_eq!(rest, 2);
+}
+
+#[test]
+fn precision_bounds_a_hot_key() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let fill = |con: &mut redis::Connection, key: &str, precision: Option<&str>| {
+        for _ in 0..20 {
+            let mut pipe = redis::pipe();
+            for _ in 0..100 {
+                let call = pipe
+                    .cmd("RATELIMIT.CHECK")
+                    .arg(key)
+                    .arg(60_000)
+                    .arg(1_000_000);
+                if let Some(p) = precision {
+                    call.arg("PRECISION").arg(p);
+                }
+                call.ignore();
+            }
+            pipe.query::<()>(con).expect("pipeline");
+            sleep(Duration::from_millis(5));
+        }
+    };
+    fill(&mut con, "exact", None);
+    fill(&mut con, "coarse", Some("1000"));
+    for key in ["exact", "coarse"] {
+        let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", key, "60000", "1000000"]);
+        assert_eq!(peek[1], 1_000_000 - 2_000, "{key}: every request counts");
+    }
+    let usage = |con: &mut redis::Connection, key| -> i64 { run(con, &["MEMORY", "USAGE", key]) };
+    let (exact, coarse) = (usage(&mut con, "exact"), usage(&mut con, "coarse"));
+    // Under a second of requests spans at most 2 cells of 1000 ms, which
+    // fit the small block, as one request does.
+    check(&mut con, "single", 60_000, 1_000_000);
+    let one_request = usage(&mut con, "single");
+    assert_eq!(coarse, one_request, "PRECISION 1000: {coarse} B");
+    assert!(exact > coarse, "exact {exact} B, coarse {coarse} B");
+    let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "coarse", "60000", "1000000"]);
+    assert!((59_000..=60_000).contains(&peek[3]), "{peek:?}");
 }
 
 #[test]
@@ -184,7 +350,7 @@ fn copy_and_dump_restore_keep_the_log() {
 }
 
 #[test]
-fn ten_thousand_entries_take_at_most_eight_bytes_each() {
+fn ten_thousand_requests_take_at_most_eight_bytes_each() {
     let server = Server::start(&[]);
     let mut con = server.connect();
     let mut pipe = redis::pipe();
@@ -199,6 +365,6 @@ fn ten_thousand_entries_take_at_most_eight_bytes_each() {
     let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "big", "3600000", "10000"]);
     assert_eq!(&peek[..2], [0, 0], "all 10,000 were recorded");
     let usage: i64 = run(&mut con, &["MEMORY", "USAGE", "big"]);
-    assert!(usage <= 80_000, "MEMORY USAGE {usage} for 10,000 entries");
-    eprintln!("MEMORY USAGE for 10,000 entries: {usage} bytes");
+    assert!(usage <= 80_000, "MEMORY USAGE {usage} for 10,000 requests");
+    eprintln!("MEMORY USAGE for 10,000 requests: {usage} bytes");
 }

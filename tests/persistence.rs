@@ -3,24 +3,8 @@
 
 mod common;
 
-use common::{all_digests, run, Server};
+use common::{all_digests, every_log_shape, run, Server};
 use redis::Connection;
-
-/// Several keys with logs of different shapes: costs, refunds, gaps.
-fn workload(con: &mut Connection) {
-    for i in 0..50 {
-        let key = format!("user:{}", i % 7);
-        let cost = (1 + i % 3).to_string();
-        run::<Vec<i64>>(
-            con,
-            &["RATELIMIT.CHECK", &key, "600000", "40", "COST", &cost],
-        );
-        if i % 11 == 0 {
-            run::<i64>(con, &["RATELIMIT.UNDO", &key]);
-        }
-    }
-    run::<Vec<i64>>(con, &["RATELIMIT.CHECK", "single", "600000", "1"]);
-}
 
 fn peeks(con: &mut Connection) -> Vec<Vec<i64>> {
     (0..7)
@@ -45,9 +29,9 @@ fn assert_same_state(con: &mut Connection, digests: &[(String, String)], remaini
 fn debug_reload_keeps_every_log() {
     let server = Server::start(&[]);
     let mut con = server.connect();
-    workload(&mut con);
+    every_log_shape(&mut con);
     let (digests, remaining) = (all_digests(&mut con), peeks(&mut con));
-    assert_eq!(digests.len(), 8);
+    assert!(digests.len() >= 13, "{digests:?}");
     run::<String>(&mut con, &["DEBUG", "RELOAD"]);
     assert_same_state(&mut con, &digests, &remaining);
 }
@@ -56,7 +40,7 @@ fn debug_reload_keeps_every_log() {
 fn a_restart_from_rdb_keeps_every_log() {
     let mut server = Server::start(&[]);
     let mut con = server.connect();
-    workload(&mut con);
+    every_log_shape(&mut con);
     let (digests, remaining) = (all_digests(&mut con), peeks(&mut con));
     server.restart(true);
     let mut con = server.connect();
@@ -69,7 +53,7 @@ fn a_restart_from_rdb_keeps_every_log() {
 fn a_restart_from_the_aof_keeps_every_log() {
     let mut server = Server::start(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut con = server.connect();
-    workload(&mut con);
+    every_log_shape(&mut con);
     let (digests, remaining) = (all_digests(&mut con), peeks(&mut con));
     server.kill();
     server.relaunch();
@@ -90,7 +74,7 @@ fn a_rewritten_aof_keeps_every_log() {
         "no",
     ]);
     let mut con = server.connect();
-    workload(&mut con);
+    every_log_shape(&mut con);
     run::<i64>(&mut con, &["PERSIST", "single"]);
     let (digests, remaining) = (all_digests(&mut con), peeks(&mut con));
     run::<String>(&mut con, &["BGREWRITEAOF"]);
@@ -127,8 +111,8 @@ fn restore_refuses_a_future_encoding_version() {
     // low 10 bits, the encoding version) as 0x81 + 8 bytes big-endian.
     assert_eq!(dump[..2], [7, 0x81]);
     let id = u64::from_be_bytes(dump[2..10].try_into().expect("8 bytes"));
-    assert_eq!(id & 1023, 1, "this build writes encoding version 1");
-    dump[2..10].copy_from_slice(&((id & !1023) | 2).to_be_bytes());
+    assert_eq!(id & 1023, 2, "this build writes encoding version 2");
+    dump[2..10].copy_from_slice(&((id & !1023) | 3).to_be_bytes());
     run::<String>(&mut con, &["DEBUG", "SET-SKIP-CHECKSUM-VALIDATION", "1"]);
     let refused = redis::cmd("RESTORE")
         .arg("future")
@@ -139,4 +123,69 @@ fn restore_refuses_a_future_encoding_version() {
     assert!(refused.to_string().contains("Bad data format"), "{refused}");
     let exists: i64 = run(&mut con, &["EXISTS", "future"]);
     assert_eq!(exists, 0);
+}
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
+
+/// What release 0.1.0's keys answer (see tests/fixtures/v1/README.md):
+/// their entries lie in the year 2200, so today's clock reads before
+/// them and every answer is taken at the newest entry's time.
+fn assert_version_1_answers(con: &mut Connection, prefix: &str) {
+    let peek = |con: &mut Connection, key: &str, limit: &[&str]| -> Vec<i64> {
+        let key = format!("{prefix}{key}");
+        let mut words = vec!["RATELIMIT.PEEK", key.as_str()];
+        words.extend(limit);
+        run(con, &words)
+    };
+    assert_eq!(peek(con, "one", &["60000", "1"]), [0, 0, 60_000, 60_000]);
+    let year = ["31536000000", "100"];
+    assert_eq!(peek(con, "mixed", &year), [1, 92, 0, 31_536_000_000]);
+    assert_eq!(peek(con, "mixed", &["1000", "5"]), [1, 4, 0, 1000]);
+    assert_eq!(peek(con, "mixed", &["3000000", "8"]), [1, 1, 0, 3_000_000]);
+    assert_eq!(peek(con, "long", &year), [1, 70, 0, 31_536_000_000]);
+    assert_eq!(peek(con, "long", &["10000", "5"]), [0, 0, 6000, 10_000]);
+    let units: i64 = run(
+        con,
+        &["RATELIMIT.UNDO", &format!("{prefix}mixed"), "COST", "100"],
+    );
+    assert_eq!(units, 8);
+}
+
+#[test]
+fn version_1_dump_payloads_still_restore() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for key in ["one", "mixed", "long"] {
+        let hex = std::fs::read_to_string(format!("{FIXTURES}/{key}.dump.hex")).expect("fixture");
+        let payload: Vec<u8> = (0..hex.trim().len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        let restored: String = redis::cmd("RESTORE")
+            .arg(format!("restored:{key}"))
+            .arg(0)
+            .arg(payload)
+            .query(&mut con)
+            .expect("a version-1 payload restores");
+        assert_eq!(restored, "OK");
+    }
+    assert_version_1_answers(&mut con, "restored:");
+}
+
+#[test]
+fn a_version_1_rdb_file_still_loads_and_saves_as_version_2() {
+    let mut server = Server::start(&[]);
+    server.kill();
+    std::fs::copy(format!("{FIXTURES}/dump.rdb"), server.dir.join("dump.rdb")).expect("copy");
+    server.relaunch();
+    let mut con = server.connect();
+    let digests = all_digests(&mut con);
+    assert_eq!(digests.len(), 3, "{digests:?}");
+    run::<String>(&mut con, &["DEBUG", "RELOAD"]);
+    assert_eq!(
+        all_digests(&mut con),
+        digests,
+        "saved again as version 2, unchanged"
+    );
+    assert_version_1_answers(&mut con, "v1:");
 }

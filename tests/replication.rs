@@ -3,35 +3,10 @@
 
 mod common;
 
-use common::{all_digests, check, run, wait_for_replica, Server};
-use redis::Connection;
-use std::thread::sleep;
-use std::time::Duration;
+use common::{all_digests, check, every_log_shape, run, wait_for_replica, Server};
 
 fn replica_of(master: &Server) -> Server {
     Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()])
-}
-
-/// Allowed and denied checks, costs, refunds, a key refunded to nothing,
-/// and entries expiring between calls.
-fn mixed_workload(con: &mut Connection) {
-    for i in 0..200 {
-        let key = format!("k{}", i % 13);
-        let cost = (1 + i % 4).to_string();
-        run::<Vec<i64>>(
-            con,
-            &["RATELIMIT.CHECK", &key, "600000", "25", "COST", &cost],
-        );
-        check(con, "short", 30, 3);
-        if i % 17 == 0 {
-            run::<i64>(con, &["RATELIMIT.UNDO", &key, "COST", "2"]);
-        }
-        if i % 50 == 0 {
-            sleep(Duration::from_millis(40));
-        }
-    }
-    check(con, "gone", 600_000, 5);
-    run::<i64>(con, &["RATELIMIT.UNDO", "gone", "COST", "5"]);
 }
 
 #[test]
@@ -43,7 +18,7 @@ fn a_replica_has_the_masters_exact_state() {
     let replica = replica_of(&master);
     let mut r = replica.connect();
     wait_for_replica(&mut m, &mut r);
-    mixed_workload(&mut m);
+    every_log_shape(&mut m);
     wait_for_replica(&mut m, &mut r);
     let on_master = all_digests(&mut m);
     assert!(on_master.len() >= 14, "{on_master:?}");

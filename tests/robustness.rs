@@ -7,9 +7,13 @@ mod common;
 use common::{check, digest, error, run, Server};
 
 const WINDOW: &str = "ERR window must be an integer from 1 to 31536000000 (milliseconds)";
-const MAX: &str = "ERR max must be an integer from 1 to 1000000 (ratelimit.max-entries)";
+const MAX: &str = "ERR max must be an integer from 1 to 9223372036854775807";
 const COST: &str = "ERR COST must be a positive integer";
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+const WINDOWS: [&str; 17] = [
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17",
+];
 
 fn arity(name: &str) -> String {
     format!("ERR wrong number of arguments for '{name}' command")
@@ -25,7 +29,9 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
     let never = |cost: &str, max: &str| {
         format!("ERR COST {cost} is above max {max}: such a request could never be allowed")
     };
-    let unknown = |name: &str| format!("ERR unknown option '{name}' (the only option is COST n)");
+    let unknown = |name: &str| {
+        format!("ERR unknown option '{name}' (the options are COST n and PRECISION p)")
+    };
     let mut cases: Vec<(Vec<&str>, String)> = Vec::new();
     for command in ["RATELIMIT.CHECK", "RATELIMIT.PEEK"] {
         cases.push((vec![command], arity(command)));
@@ -47,7 +53,15 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
         ] {
             cases.push((vec![command, "k", bad, "5"], WINDOW.into()));
         }
-        for bad in ["x", "0", "-5", "2.0", "", "1000001", "99999999999999999999"] {
+        for bad in [
+            "x",
+            "0",
+            "-5",
+            "2.0",
+            "",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
             cases.push((vec![command, "k", "60000", bad], MAX.into()));
         }
         for bad in ["0", "-1", "x", "", "1.0", "9223372036854775808"] {
@@ -74,6 +88,34 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
             unknown("BURST"),
         ));
         cases.push((vec![command, "k", "60000", "5", ""], unknown("")));
+        cases.push((
+            vec![command, "k", "60000", "5", "1000"],
+            "ERR syntax error: window 1000 has no max".into(),
+        ));
+        cases.push((vec![command, "k", "60000", "5", "1000", "x"], MAX.into()));
+        cases.push((
+            vec![command, "k", "60000", "5", "60000", "10"],
+            "ERR window 60000 is given twice".into(),
+        ));
+        cases.push((
+            vec![command, "k", "60000", "50", "1000", "5", "COST", "6"],
+            never("6", "5"),
+        ));
+        for bad in ["0", "x", "1001", "-1"] {
+            cases.push((
+                vec![command, "k", "60000", "5", "1000", "5", "PRECISION", bad],
+                "ERR PRECISION must be an integer from 1 to 1000 (the shortest window)".into(),
+            ));
+        }
+        cases.push((
+            vec![command, "k", "60000", "5", "PRECISION"],
+            "ERR syntax error: PRECISION needs a value".into(),
+        ));
+        let mut seventeen = vec![command, "k"];
+        for window in &WINDOWS {
+            seventeen.extend([*window, "5"]);
+        }
+        cases.push((seventeen, "ERR at most 16 window/max pairs".into()));
         cases.push((vec![command, "s", "60000", "5"], WRONGTYPE.into()));
     }
     cases.push((vec!["RATELIMIT.UNDO"], arity("RATELIMIT.UNDO")));
@@ -83,7 +125,10 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
     ));
     cases.push((vec!["RATELIMIT.UNDO", "k", "COST", "0"], COST.into()));
     cases.push((vec!["RATELIMIT.UNDO", "k", "COST", "-3"], COST.into()));
-    cases.push((vec!["RATELIMIT.UNDO", "k", "NOW"], unknown("NOW")));
+    cases.push((
+        vec!["RATELIMIT.UNDO", "k", "NOW"],
+        "ERR unknown option 'NOW' (the options are COST n)".into(),
+    ));
     cases.push((vec!["RATELIMIT.UNDO", "s"], WRONGTYPE.into()));
     cases.push((vec!["GET", "k"], WRONGTYPE.into()));
     cases.push((vec!["APPEND", "k", "x"], WRONGTYPE.into()));

@@ -1,20 +1,27 @@
 //! Every command's argument parsing, on arbitrary arguments (the input
-//! split on NUL bytes): an error or a request, never a panic, and a
-//! request only within the documented ranges.
+//! split on NUL bytes): an error or a call, never a panic, and a call only
+//! within the documented ranges.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::args::{self, MAX_WINDOW_MS};
+use redis_ratelimit::args;
+use redis_ratelimit::log::MAX_WINDOW;
 
 fuzz_target!(|data: &[u8]| {
     let words: Vec<&[u8]> = data.split(|&b| b == 0).collect();
-    let cap = 1_000;
-    if let Ok(request) = args::parse_request(&words, cap) {
-        assert!(request.window().get() <= MAX_WINDOW_MS);
-        assert!(request.cost().get() <= cap);
+    if let Ok(call) = args::parse_limit_call(&words) {
+        let request = call.request;
+        let limits = request.limits();
+        assert!(limits
+            .windows(2)
+            .all(|pair| pair[0].window < pair[1].window));
+        assert!(limits.iter().all(|l| l.window.get() <= MAX_WINDOW));
+        assert!(limits.iter().all(|l| request.cost() <= l.max));
+        assert!(request.precision() <= limits[0].window);
     }
-    let _ = args::parse_refund(&words);
-    if let Ok(record) = args::parse_record(&words) {
-        assert!(record.at > 0 && record.window.get() <= MAX_WINDOW_MS);
+    let _ = args::parse_undo(&words);
+    if let Ok(call) = args::parse_record(&words) {
+        let record = call.record;
+        assert!(record.at > 0 && record.window.get() <= MAX_WINDOW);
     }
 });

@@ -1,36 +1,46 @@
-//! Decoding a stored log (the RDB payload: entry count, oldest time, gap
-//! bytes) from arbitrary bytes: an error or a log that behaves, never a
-//! panic or an out-of-bounds read.
+//! Decoding a stored log (the RDB payload: window, entry count, oldest
+//! time, entry bytes; and version 1's unit gaps) from arbitrary bytes: an
+//! error or a log that behaves, never a panic or an out-of-bounds read.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::log::TimeLog;
+use redis_ratelimit::log::{Encoded, Entry, TimeLog};
 
 fuzz_target!(|data: &[u8]| {
-    if data.len() < 10 {
+    if data.len() < 12 {
         return;
     }
     let oldest = i64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
     let len = u64::from(u16::from_le_bytes([data[8], data[9]]));
-    let Ok(mut log) = TimeLog::decode(oldest, len, &data[10..]) else {
-        return;
+    let window = u64::from(u16::from_le_bytes([data[10], data[11]]));
+    let stored = Encoded {
+        window,
+        len,
+        oldest,
+        entries: data[12..].to_vec(),
     };
-    assert_eq!(log.len(), len);
-    let entries: Vec<i64> = log.iter().collect();
-    assert_eq!(entries.len() as u64, len);
-    assert!(entries.windows(2).all(|w| w[0] <= w[1]), "sorted");
-    assert_eq!(log.oldest(), entries.first().copied());
-    assert_eq!(log.newest(), entries.last().copied());
-    // Taking entries from both ends gives them back in order.
-    let (mut front, mut back) = (0, entries.len());
-    while front < back {
-        if (front + back) % 2 == 0 {
-            assert_eq!(log.pop_oldest(), Some(entries[front]));
-            front += 1;
-        } else {
-            back -= 1;
-            assert_eq!(log.pop_newest(), Some(entries[back]));
-        }
+    if let Ok(log) = TimeLog::decode(&stored) {
+        assert_eq!(log.len(), len);
+        exercise(log);
     }
-    assert!(log.is_empty());
+    if let Ok(log) = TimeLog::decode_units(oldest, len, &data[12..]) {
+        exercise(log);
+    }
 });
+
+/// Walks a decoded log both ways, round-trips it and empties it.
+fn exercise(mut log: TimeLog) {
+    let entries: Vec<Entry> = log.entries().collect();
+    assert_eq!(entries.len() as u64, log.len());
+    assert!(log.entries().rev().eq(entries.iter().rev().copied()));
+    assert!(entries.windows(2).all(|w| w[0].at <= w[1].at), "sorted");
+    assert!(entries.iter().all(|e| e.cost > 0));
+    assert_eq!(TimeLog::decode(&log.encode()).as_ref(), Ok(&log));
+    let total: u128 = entries.iter().map(|e| u128::from(e.cost)).sum();
+    assert_eq!(log.total(), total);
+    let mut refunded = 0u128;
+    while !log.is_empty() {
+        refunded += u128::from(log.refund(u64::MAX / 2));
+    }
+    assert_eq!(refunded, total);
+}

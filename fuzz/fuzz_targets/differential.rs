@@ -1,5 +1,5 @@
 //! The core against the naive reference model, on call sequences drawn
-//! from arbitrary bytes (4 bytes a call): any difference is a crash.
+//! from arbitrary bytes (6 bytes a call): any difference is a crash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -7,21 +7,32 @@ use redis_ratelimit::reference::{self, Call};
 
 fuzz_target!(|data: &[u8]| {
     let calls: Vec<Call> = data
-        .chunks_exact(4)
+        .chunks_exact(6)
         .map(|c| {
             // Small windows and maxes keep the model's brute force cheap.
             let tick = i64::from(c[1] % 50) - 20;
-            let window = u64::from(c[2] % 64) + 1;
-            let max = u64::from(c[3] % 16) + 1;
-            let cost = u64::from(c[3] / 16) + 1;
+            let limit = |byte: u8| (u64::from(byte % 64) + 1, u64::from(byte / 64) * 5 + 1);
+            let mut limits = vec![limit(c[2])];
+            if c[0] & 0x10 != 0 {
+                limits.push(limit(c[3]));
+            }
+            if c[0] & 0x20 != 0 {
+                limits.push(limit(c[4]));
+            }
+            let cost = u64::from(c[5] % 8) + 1;
+            let precision = if c[0] & 0x40 != 0 {
+                u64::from(c[5] / 8 % 16) + 1
+            } else {
+                1
+            };
             match c[0] % 8 {
-                7 => Call::Undo(u64::from(c[1] % 4)),
+                7 => Call::Undo(u64::from(c[1] % 6)),
                 kind => Call::Request {
                     check: kind < 5,
                     tick,
-                    window,
-                    max,
+                    limits,
                     cost,
+                    precision,
                 },
             }
         })
