@@ -13,7 +13,7 @@
 //! same record is what replicas and the AOF replay, so they reach the
 //! master's state without deciding anything themselves.
 
-use crate::log::{Millis, TimeLog, MAX_COST, MAX_WINDOW};
+use crate::log::{Millis, TimeLog, View, MAX_COST, MAX_WINDOW};
 use std::num::NonZeroU64;
 
 /// The most limits one request may name.
@@ -156,8 +156,9 @@ pub struct Verdict {
 /// CHECK: the verdict on `request` against `log` (`None` for a key that
 /// does not exist) at clock reading `clock`.
 pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdict {
-    let at = decision_time(log, clock);
-    let seen = Standing::of(log, at, request);
+    let view = log.map(TimeLog::view);
+    let at = decision_time(view.as_ref(), clock);
+    let seen = Standing::of(view.as_ref(), at, request);
     if !seen.fits {
         return Verdict {
             decision: seen.decision(),
@@ -185,7 +186,8 @@ pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdic
 /// is, so `remaining` and `reset_after_ms` describe the windows as they
 /// stand.
 pub fn peek(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Decision {
-    Standing::of(log, decision_time(log, clock), request).decision()
+    let view = log.map(TimeLog::view);
+    Standing::of(view.as_ref(), decision_time(view.as_ref(), clock), request).decision()
 }
 
 /// Applies an allowed request (see [`TimeLog::record`]); returns when the
@@ -207,9 +209,9 @@ pub fn refund(log: &mut TimeLog, units: NonZeroU64) -> u64 {
 
 /// The clock (never before the epoch), or the newest entry's time if the
 /// clock reads earlier.
-fn decision_time(log: Option<&TimeLog>, clock: Millis) -> Millis {
+fn decision_time(log: Option<&View>, clock: Millis) -> Millis {
     let clock = clock.max(0);
-    log.and_then(TimeLog::newest)
+    log.and_then(|log| log.newest)
         .map_or(clock, |newest| clock.max(newest.at))
 }
 
@@ -224,7 +226,7 @@ struct Standing {
 }
 
 impl Standing {
-    fn of(log: Option<&TimeLog>, now: Millis, request: &Request) -> Standing {
+    fn of(log: Option<&View>, now: Millis, request: &Request) -> Standing {
         let cost = u128::from(request.cost.get());
         let mut seen = Standing {
             fits: true,
@@ -251,7 +253,7 @@ impl Standing {
         }
         let horizon = now.saturating_sub_unsigned(request.longest().window.get());
         seen.reset_after_ms = log
-            .newest()
+            .newest
             .filter(|newest| newest.at > horizon)
             .map_or(0, |newest| newest.at.abs_diff(horizon));
         seen
@@ -284,19 +286,19 @@ struct Occupancy {
 /// expired since are skipped (amortised O(1)), and the wait is found
 /// within the first entries that must expire. Read from the back for a
 /// shorter window: the entries in it, newest first, no more.
-fn occupancy(log: &TimeLog, now: Millis, limit: &Limit, cost: u64) -> Occupancy {
+fn occupancy(log: &View, now: Millis, limit: &Limit, cost: u64) -> Occupancy {
     let horizon = now.saturating_sub_unsigned(limit.window.get());
     // An entry at `t` (after the horizon) expires `t - horizon` ms from now.
     let expiry = |t: Millis| t.abs_diff(horizon);
     let max = u128::from(limit.max.get());
     let cost = u128::from(cost);
-    if log.window() <= limit.window.get() {
+    if log.window <= limit.window.get() {
         let mut entries = log.entries().peekable();
         let mut expired = 0u128;
         while let Some(entry) = entries.next_if(|e| e.at <= horizon) {
             expired += u128::from(entry.cost);
         }
-        let used = log.total() - expired;
+        let used = log.total - expired;
         let over = (used + cost).saturating_sub(max);
         let mut leaving = 0u128;
         let retry_after_ms = match over {

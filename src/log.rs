@@ -20,10 +20,13 @@
 //! too.
 //!
 //! Most keys hold a handful of entries (a user, an IP), and Redis already
-//! spends about 130 bytes on a key of its own, so a small log lives in a
-//! single 16-byte block: window, oldest time and entries, all as varints in
-//! 14 bytes. A log that outgrows it moves to the heap, with its header
-//! fields decoded and its entries in a `VecDeque`.
+//! spends about 130 bytes on a key of its own, so a small log is packed
+//! whole (window, oldest time and entries, all varints) into the 16-byte
+//! block Redis points at: 14 bytes hold one request, or a few close
+//! together. Up to 47 bytes (a dozen or so requests seconds apart) go in
+//! one 48-byte block beside it. Packed logs are decoded whole on each call,
+//! which is cheap at that size. A log that outgrows both moves to the heap
+//! with its header fields decoded and its entries in a `VecDeque`.
 
 use std::collections::VecDeque;
 
@@ -48,12 +51,13 @@ pub const MAX_WINDOW: u64 = 365 * 24 * 60 * 60 * 1000;
 const CONTINUATION: u8 = 0x80;
 const MAX_VARINT_LEN: usize = 10;
 const SMALL_BYTES: usize = 14;
-/// A small log has at least a window byte, an oldest-time byte and one
+const MEDIUM_BYTES: usize = 47;
+/// A packed log has at least a window byte, an oldest-time byte and one
 /// byte per entry; one more slot holds an entry about to be packed.
-const SMALL_ENTRIES: usize = SMALL_BYTES - 2 + 1;
-/// A heap log this short goes back into the small block if it fits (well
-/// below what fills the block, so a log at the boundary does not bounce).
-const DEMOTE_AT: u64 = 4;
+const PACKED_ENTRIES: usize = MEDIUM_BYTES - 2 + 1;
+/// A heap log this short is packed again if it fits (well below what fills
+/// a packed block, so a log at the boundary does not bounce).
+const DEMOTE_AT: u64 = 8;
 /// Below this many bytes of capacity a heap deque never bothers to shrink.
 const MIN_SHRINK_CAPACITY: usize = 64;
 
@@ -63,7 +67,14 @@ pub struct TimeLog(Repr);
 #[derive(Clone, Debug)]
 enum Repr {
     Small { len: u8, bytes: [u8; SMALL_BYTES] },
+    Medium(Box<MediumBlock>),
     Large(Box<Large>),
+}
+
+#[derive(Clone, Debug)]
+struct MediumBlock {
+    len: u8,
+    bytes: [u8; MEDIUM_BYTES],
 }
 
 impl Default for Repr {
@@ -82,7 +93,8 @@ const _: () = assert!(std::mem::size_of::<TimeLog>() == 16);
 /// Equal entries and windows are equal logs, however they are kept.
 impl PartialEq for TimeLog {
     fn eq(&self, other: &Self) -> bool {
-        self.window() == other.window() && self.entries().eq(other.entries())
+        let (mine, theirs) = (self.view(), other.view());
+        mine.window == theirs.window && mine.entries().eq(theirs.entries())
     }
 }
 
@@ -112,56 +124,85 @@ pub struct Encoded {
     pub entries: Vec<u8>,
 }
 
-impl TimeLog {
+/// A log decoded for reading: its header fields at hand and its entries
+/// walkable from either end. A packed log is decoded once, here.
+pub struct View<'a> {
+    /// The longest window recorded on this log (0 when it never held any).
+    pub window: u64,
     /// Entries held.
-    pub fn len(&self) -> u64 {
+    pub len: u64,
+    /// The cost of every entry held (u128: entries recorded under
+    /// different limits can add up past 64 bits).
+    pub total: u128,
+    pub newest: Option<Entry>,
+    source: Source<'a>,
+}
+
+// Decoded on the stack on purpose: boxing it would allocate on every call.
+#[allow(clippy::large_enum_variant)]
+enum Source<'a> {
+    Packed(Unpacked),
+    Large(&'a Large),
+}
+
+impl View<'_> {
+    /// All entries, oldest first; `.rev()` walks them newest first.
+    pub fn entries(&self) -> Entries<'_> {
+        Entries(match &self.source {
+            Source::Packed(unpacked) => {
+                EntriesRepr::Packed(unpacked.entries[..unpacked.len].iter())
+            }
+            Source::Large(large) => EntriesRepr::Large(large.cursor()),
+        })
+    }
+}
+
+impl TimeLog {
+    pub fn view(&self) -> View<'_> {
         match &self.0 {
-            Repr::Small { .. } => self.entries().count() as u64,
-            Repr::Large(large) => large.len,
+            Repr::Large(large) => View {
+                window: large.window,
+                len: large.len,
+                total: large.total,
+                newest: large.back(),
+                source: Source::Large(large),
+            },
+            _ => {
+                let unpacked = self.unpacked();
+                let held = &unpacked.entries[..unpacked.len];
+                View {
+                    window: unpacked.window,
+                    len: held.len() as u64,
+                    total: held.iter().map(|e| u128::from(e.cost)).sum(),
+                    newest: held.last().copied(),
+                    source: Source::Packed(unpacked),
+                }
+            }
         }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.view().len
     }
 
     pub fn is_empty(&self) -> bool {
         match &self.0 {
             Repr::Small { len, .. } => *len == 0,
+            Repr::Medium(block) => block.len == 0,
             Repr::Large(large) => large.len == 0,
         }
     }
 
-    /// The longest window recorded on this log (0 when it never held any).
     pub fn window(&self) -> u64 {
-        match &self.0 {
-            Repr::Small { .. } => self.unpacked().window,
-            Repr::Large(large) => large.window,
-        }
+        self.view().window
     }
 
     pub fn newest(&self) -> Option<Entry> {
-        self.entries().next_back()
+        self.view().newest
     }
 
-    /// The cost of every entry held (u128: entries recorded under different
-    /// limits can add up past 64 bits).
     pub fn total(&self) -> u128 {
-        match &self.0 {
-            Repr::Small { .. } => self.entries().map(|e| u128::from(e.cost)).sum(),
-            Repr::Large(large) => large.total,
-        }
-    }
-
-    /// All entries, oldest first; `.rev()` walks them newest first.
-    pub fn entries(&self) -> Entries<'_> {
-        match &self.0 {
-            Repr::Small { .. } => {
-                let unpacked = self.unpacked();
-                Entries(EntriesRepr::Small {
-                    front: 0,
-                    back: unpacked.len,
-                    unpacked,
-                })
-            }
-            Repr::Large(large) => Entries(EntriesRepr::Large(large.cursor())),
-        }
+        self.view().total
     }
 
     /// Records `cost` units at `at` under a limit of `window` ms:
@@ -205,10 +246,11 @@ impl TimeLog {
     /// How many entries the log would hold after `record` with the same
     /// arguments, without recording.
     pub fn len_after_record(&self, at: Millis, window: u64, cost: u64, precision: u64) -> u64 {
-        let horizon = at.saturating_sub_unsigned(window.max(self.window()));
-        let expired = self.entries().take_while(|e| e.at <= horizon).count() as u64;
-        let kept = self.len() - expired;
-        let joined = kept > 0 && self.newest().is_some_and(|n| joins(n, at, cost, precision));
+        let view = self.view();
+        let horizon = at.saturating_sub_unsigned(window.max(view.window));
+        let expired = view.entries().take_while(|e| e.at <= horizon).count() as u64;
+        let kept = view.len - expired;
+        let joined = kept > 0 && view.newest.is_some_and(|n| joins(n, at, cost, precision));
         kept + u64::from(!joined)
     }
 
@@ -240,21 +282,24 @@ impl TimeLog {
     pub fn heap_size(&self) -> usize {
         match &self.0 {
             Repr::Small { .. } => 0,
+            Repr::Medium(_) => std::mem::size_of::<MediumBlock>(),
             Repr::Large(large) => std::mem::size_of::<Large>() + large.stream.capacity(),
         }
     }
 
     pub fn encode(&self) -> Encoded {
+        let view = self.view();
+        let oldest = view.entries().next().map_or(0, |e| e.at);
         let mut entries = Vec::new();
-        let mut previous = None;
-        for entry in self.entries() {
-            push_entry(&mut entries, previous.unwrap_or(entry.at), entry);
-            previous = Some(entry.at);
+        let mut previous = oldest;
+        for entry in view.entries() {
+            push_entry(&mut entries, previous, entry);
+            previous = entry.at;
         }
         Encoded {
-            window: self.window(),
-            len: self.len(),
-            oldest: self.entries().next().map_or(0, |e| e.at),
+            window: view.window,
+            len: view.len,
+            oldest,
             entries,
         }
     }
@@ -305,10 +350,12 @@ impl TimeLog {
         decoded.finish(len, window)
     }
 
+    /// A packed log decoded; a heap log is never unpacked (empty).
     fn unpacked(&self) -> Unpacked {
         match &self.0 {
             Repr::Small { len, bytes } => Unpacked::unpack(&bytes[..usize::from(*len)]),
-            Repr::Large(_) => unreachable!("only small logs are unpacked"),
+            Repr::Medium(block) => Unpacked::unpack(&block.bytes[..usize::from(block.len)]),
+            Repr::Large(_) => Unpacked::empty(0),
         }
     }
 
@@ -318,7 +365,7 @@ impl TimeLog {
         if let Repr::Large(large) = &mut self.0 {
             let result = change(large.as_mut());
             let demoted = if large.len <= DEMOTE_AT {
-                Unpacked::from_large(large).and_then(|u| u.pack_small())
+                Unpacked::from_large(large).and_then(|u| u.pack_packed())
             } else {
                 None
             };
@@ -352,12 +399,12 @@ trait EntryDeque {
     fn push_back(&mut self, entry: Entry);
 }
 
-/// A small log decoded onto the stack.
+/// A packed log decoded onto the stack.
 #[derive(Clone, Copy)]
 struct Unpacked {
     window: u64,
     len: usize,
-    entries: [Entry; SMALL_ENTRIES],
+    entries: [Entry; PACKED_ENTRIES],
 }
 
 const NO_ENTRY: Entry = Entry { at: 0, cost: 0 };
@@ -367,7 +414,7 @@ impl Unpacked {
         Unpacked {
             window,
             len: 0,
-            entries: [NO_ENTRY; SMALL_ENTRIES],
+            entries: [NO_ENTRY; PACKED_ENTRIES],
         }
     }
 
@@ -376,7 +423,7 @@ impl Unpacked {
         let mut bytes = bytes.iter().copied();
         let mut unpacked = Unpacked::empty(read_varint(&mut bytes).unwrap_or(0));
         let mut previous = read_varint(&mut bytes).unwrap_or(0) as Millis;
-        while unpacked.len < SMALL_ENTRIES {
+        while unpacked.len < PACKED_ENTRIES {
             let Ok(entry) = read_entry(&mut bytes, previous) else {
                 break;
             };
@@ -390,7 +437,7 @@ impl Unpacked {
     fn from_large(large: &Large) -> Option<Unpacked> {
         let mut unpacked = Unpacked::empty(large.window);
         for entry in large.cursor() {
-            if unpacked.len == SMALL_ENTRIES {
+            if unpacked.len == PACKED_ENTRIES {
                 return None;
             }
             unpacked.push_back(entry);
@@ -398,8 +445,9 @@ impl Unpacked {
         Some(unpacked)
     }
 
-    /// The small block if the log fits in it.
-    fn pack_small(&self) -> Option<Repr> {
+    /// The log packed into the 16-byte block or a 48-byte one, whichever
+    /// holds it, or `None` if neither does.
+    fn pack_packed(&self) -> Option<Repr> {
         let mut out = StackBytes::default();
         if self.len > 0 {
             push_varint(&mut out, self.window);
@@ -412,16 +460,24 @@ impl Unpacked {
             }
         }
         let written = out.written()?;
-        let mut bytes = [0; SMALL_BYTES];
+        if written.len() <= SMALL_BYTES {
+            let mut bytes = [0; SMALL_BYTES];
+            bytes[..written.len()].copy_from_slice(written);
+            return Some(Repr::Small {
+                len: written.len() as u8,
+                bytes,
+            });
+        }
+        let mut bytes = [0; MEDIUM_BYTES];
         bytes.get_mut(..written.len())?.copy_from_slice(written);
-        Some(Repr::Small {
+        Some(Repr::Medium(Box::new(MediumBlock {
             len: written.len() as u8,
             bytes,
-        })
+        })))
     }
 
     fn pack(&self) -> Repr {
-        self.pack_small().unwrap_or_else(|| {
+        self.pack_packed().unwrap_or_else(|| {
             let mut large = Large::new(self.window);
             for &entry in &self.entries[..self.len] {
                 large.push_back(entry);
@@ -469,18 +525,18 @@ impl EntryDeque for Unpacked {
     }
 }
 
-/// Where a small log is packed: on the stack, as packing runs on every
-/// call; `None` from `written` if more came than it holds.
+/// Where a log is packed: on the stack, as packing runs on every call;
+/// `None` from `written` if more came than it holds.
 struct StackBytes {
     len: usize,
-    bytes: [u8; 4 * SMALL_BYTES],
+    bytes: [u8; 2 * MEDIUM_BYTES],
 }
 
 impl Default for StackBytes {
     fn default() -> Self {
         StackBytes {
             len: 0,
-            bytes: [0; 4 * SMALL_BYTES],
+            bytes: [0; 2 * MEDIUM_BYTES],
         }
     }
 }
@@ -606,11 +662,7 @@ impl EntryDeque for Large {
 pub struct Entries<'a>(EntriesRepr<'a>);
 
 enum EntriesRepr<'a> {
-    Small {
-        unpacked: Unpacked,
-        front: usize,
-        back: usize,
-    },
+    Packed(std::slice::Iter<'a, Entry>),
     Large(Cursor<'a>),
 }
 
@@ -619,14 +671,7 @@ impl Iterator for Entries<'_> {
 
     fn next(&mut self) -> Option<Entry> {
         match &mut self.0 {
-            EntriesRepr::Small {
-                unpacked,
-                front,
-                back,
-            } => (*front < *back).then(|| {
-                *front += 1;
-                unpacked.entries[*front - 1]
-            }),
+            EntriesRepr::Packed(entries) => entries.next().copied(),
             EntriesRepr::Large(cursor) => cursor.next(),
         }
     }
@@ -635,14 +680,7 @@ impl Iterator for Entries<'_> {
 impl DoubleEndedIterator for Entries<'_> {
     fn next_back(&mut self) -> Option<Entry> {
         match &mut self.0 {
-            EntriesRepr::Small {
-                unpacked,
-                front,
-                back,
-            } => (*front < *back).then(|| {
-                *back -= 1;
-                unpacked.entries[*back]
-            }),
+            EntriesRepr::Packed(entries) => entries.next_back().copied(),
             EntriesRepr::Large(cursor) => cursor.next_back(),
         }
     }
@@ -744,7 +782,7 @@ impl Builder {
         if entry.cost == 0 || entry.cost > MAX_COST {
             return Err(DecodeError::BadEntry);
         }
-        if self.large.is_none() && self.small.len == SMALL_ENTRIES {
+        if self.large.is_none() && self.small.len == PACKED_ENTRIES {
             let mut large = Large::new(self.small.window);
             for &e in &self.small.entries[..self.small.len] {
                 large.push_back(e);
@@ -842,7 +880,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn entries(log: &TimeLog) -> Vec<(Millis, u64)> {
-        log.entries().map(|e| (e.at, e.cost)).collect()
+        log.view().entries().map(|e| (e.at, e.cost)).collect()
     }
 
     #[test]
@@ -866,6 +904,17 @@ mod tests {
                 cost: 1
             })
         );
+    }
+
+    #[test]
+    fn requests_seconds_apart_fit_the_medium_block() {
+        let mut log = TimeLog::default();
+        for i in 0..10 {
+            log.record(1_700_000_000_000 + i * 3_000, 600_000, 1, 1);
+        }
+        assert!(matches!(log.0, Repr::Medium(_)));
+        assert_eq!(log.heap_size(), 48);
+        assert_eq!(log.len(), 10);
     }
 
     #[test]
@@ -1051,8 +1100,9 @@ mod tests {
                         }
                     }
                 }
-                prop_assert_eq!(log.entries().collect::<Vec<_>>(), model.clone());
-                prop_assert!(log.entries().rev().eq(model.iter().rev().copied()));
+                let view = log.view();
+                prop_assert_eq!(view.entries().collect::<Vec<_>>(), model.clone());
+                prop_assert!(view.entries().rev().eq(model.iter().rev().copied()));
                 prop_assert_eq!(log.len(), model.len() as u64);
                 prop_assert_eq!(log.total(), model.iter().map(|e| u128::from(e.cost)).sum::<u128>());
                 prop_assert_eq!(log.newest(), model.last().copied());
@@ -1068,8 +1118,9 @@ mod tests {
         #[test]
         fn decode_never_panics(window in 0u64..100, oldest in -2i64..1 << 50, len in 0u64..40, bytes in proptest::collection::vec(any::<u8>(), 0..60)) {
             if let Ok(log) = TimeLog::decode(&Encoded { window, len, oldest, entries: bytes }) {
-                prop_assert_eq!(log.entries().count() as u64, len);
-                prop_assert_eq!(log.entries().rev().count() as u64, len);
+                let view = log.view();
+                prop_assert_eq!(view.entries().count() as u64, len);
+                prop_assert_eq!(view.entries().rev().count() as u64, len);
             }
         }
     }

@@ -212,7 +212,7 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                 }
             }
         }
-        if !log.entries().eq(model.entries.iter().copied()) {
+        if !log.view().entries().eq(model.entries.iter().copied()) {
             return Err(format!("call {index} {call:?}: logs differ"));
         }
         if !log.is_empty() && log.window() != model.window {

@@ -117,8 +117,9 @@ pub fn is_replayed(ctx: &Context) -> bool {
 /// PERSIST. Redis follows a rewritten key with its PEXPIREAT if it has an
 /// expiry, so the PERSIST only matters for a key whose expiry was removed.
 pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, log: &TimeLog) {
-    let window = log.window() as i64;
-    for entry in log.entries() {
+    let view = log.view();
+    let window = view.window as i64;
+    for entry in view.entries() {
         // SAFETY: the format names a RedisModuleString and three long longs.
         unsafe {
             raw::RedisModule_EmitAOF.expect("in every Redis")(
