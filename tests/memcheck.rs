@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{check, run, Server};
+use common::{check, every_log_shape, run, version_1_payload, Server};
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -26,6 +26,13 @@ fn every_path_is_clean_under_memcheck() {
             run::<i64>(&mut con, &["RATELIMIT.UNDO", &key, "COST", "2"]);
         }
     }
+    every_log_shape(&mut con);
+    redis::cmd("RESTORE")
+        .arg("v1")
+        .arg(0)
+        .arg(version_1_payload("long"))
+        .query::<()>(&mut con)
+        .expect("RESTORE of a version-1 payload");
     check(&mut con, "empty-me", 600_000, 10);
     run::<i64>(&mut con, &["RATELIMIT.UNDO", "empty-me", "COST", "5"]);
     check(&mut con, "short", 100, 10);

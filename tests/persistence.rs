@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{all_digests, every_log_shape, run, Server};
+use common::{all_digests, every_log_shape, run, version_1_payload, Server, VERSION_1};
 use redis::Connection;
 
 fn peeks(con: &mut Connection) -> Vec<Vec<i64>> {
@@ -125,8 +125,6 @@ fn restore_refuses_a_future_encoding_version() {
     assert_eq!(exists, 0);
 }
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
-
 /// What release 0.1.0's keys answer (see tests/fixtures/v1/README.md):
 /// their entries lie in the year 2200, so today's clock reads before
 /// them and every answer is taken at the newest entry's time.
@@ -156,15 +154,10 @@ fn version_1_dump_payloads_still_restore() {
     let server = Server::start(&[]);
     let mut con = server.connect();
     for key in ["one", "mixed", "long"] {
-        let hex = std::fs::read_to_string(format!("{FIXTURES}/{key}.dump.hex")).expect("fixture");
-        let payload: Vec<u8> = (0..hex.trim().len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect();
         let restored: String = redis::cmd("RESTORE")
             .arg(format!("restored:{key}"))
             .arg(0)
-            .arg(payload)
+            .arg(version_1_payload(key))
             .query(&mut con)
             .expect("a version-1 payload restores");
         assert_eq!(restored, "OK");
@@ -176,7 +169,7 @@ fn version_1_dump_payloads_still_restore() {
 fn a_version_1_rdb_file_still_loads_and_saves_as_version_2() {
     let mut server = Server::start(&[]);
     server.kill();
-    std::fs::copy(format!("{FIXTURES}/dump.rdb"), server.dir.join("dump.rdb")).expect("copy");
+    std::fs::copy(format!("{VERSION_1}/dump.rdb"), server.dir.join("dump.rdb")).expect("copy");
     server.relaunch();
     let mut con = server.connect();
     let digests = all_digests(&mut con);

@@ -2,7 +2,7 @@
 //! one run against one server. See README.md, "Performance".
 //!
 //! Usage: ratelimit-bench [--quick] [--extra-module PATH] [--extra-command "CMD ARGS"]
-//!   [throughput] [scaling] [memory] [exactness]      (all when none is named)
+//!   [throughput] [scaling] [memory] [weighted] [exactness]   (all when none is named)
 
 mod approaches;
 mod exactness;
@@ -10,6 +10,7 @@ mod measure;
 mod memory;
 mod report;
 mod throughput;
+mod weighted;
 
 #[path = "../../tests/common/server.rs"]
 mod server;
@@ -130,6 +131,9 @@ fn main() {
         scaling: Vec::new(),
         memory: Vec::new(),
         headline: None,
+        burst: None,
+        costs: Vec::new(),
+        hot: Vec::new(),
         exactness: Vec::new(),
     };
     if wants("throughput") {
@@ -165,6 +169,20 @@ fn main() {
             memory::footprint(&bench, Store::Module, 10, keys),
             memory::footprint(&bench, Store::SortedSet, 10, keys),
         ));
+        results.burst = Some(memory::footprint(&bench, Store::ModuleBurst, 10, keys));
+    }
+    if wants("weighted") {
+        eprintln!("weighted:");
+        let (keys, requests) = if bench.quick { (100, 50) } else { (1_000, 200) };
+        results.costs = [1, 100, 10_000, 1 << 32]
+            .iter()
+            .map(|&cost| weighted::cost_row(&bench, cost, keys, requests))
+            .collect();
+        let seconds = Duration::from_secs(if bench.quick { 1 } else { 5 });
+        results.hot = [None, Some(1000)]
+            .iter()
+            .map(|&precision| weighted::hot_key(&bench, precision, seconds))
+            .collect();
     }
     drop(bench);
     if wants("exactness") {

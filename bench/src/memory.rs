@@ -20,52 +20,25 @@ pub struct Footprint {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
+    /// One CHECK per request; requests to a key come at distinct moments
+    /// (a pass over every key, then a pause), so each is its own entry.
     Module,
+    /// The same requests sent to a key back to back: those in the same
+    /// millisecond share an entry.
+    ModuleBurst,
+    /// The guide's pipeline: ZADD with its member format, EXPIRE.
     SortedSet,
 }
 
-/// Fills `keys` keys with `entries` requests each, as the module records
-/// them (one CHECK per request) or as the guide's pipeline does (ZADD with
-/// its member format, EXPIRE), and measures the growth.
+/// Fills `keys` keys with `entries` requests each and measures the growth.
 pub fn footprint(bench: &Bench, store: Store, entries: u64, keys: u64) -> Footprint {
     let mut con = bench.connect();
     measure::reset(&mut con);
     let before = measure::used_memory(&mut con);
-    let mut random = Random::seeded(entries);
-    let now = approaches::client_clock_ms();
-    let mut pipe = redis::pipe();
-    let mut queued = 0;
-    for key in 0..keys {
-        let name = format!("k:{key}");
-        match store {
-            Store::Module => {
-                for _ in 0..entries {
-                    pipe.cmd("RATELIMIT.CHECK")
-                        .arg(&name)
-                        .arg(3_600_000)
-                        .arg(entries)
-                        .ignore();
-                }
-                queued += entries;
-            }
-            Store::SortedSet => {
-                let mut zadd = redis::cmd("ZADD");
-                zadd.arg(&name);
-                for _ in 0..entries {
-                    zadd.arg(now)
-                        .arg(approaches::guide_member(now, random.next()));
-                }
-                pipe.add_command(zadd).ignore();
-                pipe.cmd("EXPIRE").arg(&name).arg(3600).ignore();
-                queued += entries;
-            }
-        }
-        if queued >= 10_000 {
-            flush(&mut con, &mut pipe);
-            queued = 0;
-        }
+    match store {
+        Store::Module => fill_spread(&mut con, entries, keys),
+        Store::ModuleBurst | Store::SortedSet => fill_by_key(&mut con, store, entries, keys),
     }
-    flush(&mut con, &mut pipe);
     let growth = (measure::used_memory(&mut con) - before) as f64;
     let memory_usage: i64 = redis::cmd("MEMORY")
         .arg("USAGE")
@@ -83,6 +56,57 @@ pub fn footprint(bench: &Bench, store: Store, entries: u64, keys: u64) -> Footpr
     };
     eprintln!("  {store:?} {entries:>6}/key × {keys:>7} keys: {:.1} B/key, {:.2} B/request, MEMORY USAGE {memory_usage}", result.per_key, result.per_request);
     result
+}
+
+/// `entries` passes over every key, pausing between passes.
+fn fill_spread(con: &mut Connection, entries: u64, keys: u64) {
+    for _ in 0..entries {
+        let mut pipe = redis::pipe();
+        for key in 0..keys {
+            pipe.cmd("RATELIMIT.CHECK")
+                .arg(format!("k:{key}"))
+                .arg(3_600_000)
+                .arg(entries)
+                .ignore();
+            if pipe.len() >= 10_000 {
+                flush(con, &mut pipe);
+            }
+        }
+        flush(con, &mut pipe);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Every request of one key, then the next key's.
+fn fill_by_key(con: &mut Connection, store: Store, entries: u64, keys: u64) {
+    let mut random = Random::seeded(entries);
+    let now = approaches::client_clock_ms();
+    let mut pipe = redis::pipe();
+    for key in 0..keys {
+        let name = format!("k:{key}");
+        if store == Store::SortedSet {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&name);
+            for _ in 0..entries {
+                zadd.arg(now)
+                    .arg(approaches::guide_member(now, random.next()));
+            }
+            pipe.add_command(zadd).ignore();
+            pipe.cmd("EXPIRE").arg(&name).arg(3600).ignore();
+        } else {
+            for _ in 0..entries {
+                pipe.cmd("RATELIMIT.CHECK")
+                    .arg(&name)
+                    .arg(3_600_000)
+                    .arg(entries)
+                    .ignore();
+            }
+        }
+        if pipe.len() as u64 * entries >= 10_000 {
+            flush(con, &mut pipe);
+        }
+    }
+    flush(con, &mut pipe);
 }
 
 fn flush(con: &mut Connection, pipe: &mut redis::Pipeline) {

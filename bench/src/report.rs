@@ -3,6 +3,7 @@
 use crate::exactness::Outcome;
 use crate::memory::Footprint;
 use crate::throughput::Row;
+use crate::weighted::{CostRow, HotRow};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -12,6 +13,10 @@ pub struct Results {
     pub scaling: Vec<(u64, f64, f64)>,
     pub memory: Vec<(Footprint, Footprint)>,
     pub headline: Option<(Footprint, Footprint)>,
+    /// The headline's keys with each key's requests sent back to back.
+    pub burst: Option<Footprint>,
+    pub costs: Vec<CostRow>,
+    pub hot: Vec<HotRow>,
     pub exactness: Vec<Outcome>,
 }
 
@@ -26,6 +31,9 @@ pub fn write(results: &Results, dir: &Path) -> std::io::Result<String> {
     if !results.memory.is_empty() {
         std::fs::write(dir.join("memory.csv"), memory_csv(results))?;
         std::fs::write(dir.join("memory.svg"), memory_chart(results))?;
+    }
+    if !results.costs.is_empty() {
+        std::fs::write(dir.join("weighted.csv"), weighted_csv(results))?;
     }
     if !results.exactness.is_empty() {
         std::fs::write(dir.join("exactness.csv"), exactness_csv(results))?;
@@ -79,14 +87,50 @@ fn memory_csv(results: &Results) -> String {
         "store,entries_per_key,keys,bytes_per_key,bytes_per_request,memory_usage_one_key\n",
     );
     let pairs = results.memory.iter().chain(results.headline.iter());
-    for (module, zset) in pairs {
-        for (name, f) in [("module", module), ("sorted set", zset)] {
-            let _ = writeln!(
-                out,
-                "{name},{},{},{:.1},{:.2},{}",
-                f.entries_per_key, f.keys, f.per_key, f.per_request, f.memory_usage
-            );
-        }
+    let rows = pairs
+        .flat_map(|(module, zset)| [("module", module), ("sorted set", zset)])
+        .chain(
+            results
+                .burst
+                .iter()
+                .map(|f| ("module, requests back to back", f)),
+        );
+    for (name, f) in rows {
+        let _ = writeln!(
+            out,
+            "{name},{},{},{:.1},{:.2},{}",
+            f.entries_per_key, f.keys, f.per_key, f.per_request, f.memory_usage
+        );
+    }
+    out
+}
+
+fn weighted_csv(results: &Results) -> String {
+    let mut out = String::from(
+        "cost,keys,requests_per_key,check_usec,bytes_per_request,memory_usage_per_request\n",
+    );
+    for r in &results.costs {
+        let _ = writeln!(
+            out,
+            "{},{},{},{:.3},{:.2},{:.2}",
+            r.cost,
+            r.keys,
+            r.requests_per_key,
+            r.usec,
+            r.bytes_per_request,
+            r.memory_usage_per_request
+        );
+    }
+    let _ = writeln!(out, "\nhot_key_precision,seconds,requests,memory_usage");
+    for h in &results.hot {
+        let _ = writeln!(
+            out,
+            "{},{:.1},{},{}",
+            h.precision.map_or("exact".into(), |p| p.to_string()),
+            h.seconds,
+            h.requests,
+            h.memory_usage
+        );
     }
     out
 }
@@ -175,10 +219,41 @@ fn summary(results: &Results) -> String {
                 z.memory_usage
             );
         }
+        let total = |f: &Footprint| f.per_key * f.keys as f64 / 1_048_576.0;
         if let Some((m, z)) = &results.headline {
-            let total = |f: &Footprint| f.per_key * f.keys as f64 / 1_048_576.0;
-            let _ = writeln!(md, "\n**{} active limiter keys × {} requests each:** module {:.0} MiB, sorted set {:.0} MiB ({:.1}× less).\n", m.keys, m.entries_per_key, total(m), total(z), total(z) / total(m));
+            let _ = writeln!(md, "\n**{} active limiter keys × {} requests each, at distinct moments:** module {:.0} MiB, sorted set {:.0} MiB ({:.1}× less).\n", m.keys, m.entries_per_key, total(m), total(z), total(z) / total(m));
         }
+        if let Some(b) = &results.burst {
+            let _ = writeln!(md, "The same keys with each key's {} requests sent back to back (those in one millisecond share an entry): {:.0} MiB, {:.0} B/key.\n", b.entries_per_key, total(b), b.per_key);
+        }
+    }
+    if !results.costs.is_empty() {
+        let _ = writeln!(md, "## Weighted requests\n\nEvery request its own entry (a pass over the keys, then a pause); window 60 s, a budget no row reaches.\n\n| COST | keys × requests | server µs/CHECK | B/request (used_memory) | B/request (MEMORY USAGE of one key) |\n|---:|---:|---:|---:|---:|");
+        for r in &results.costs {
+            let _ = writeln!(
+                md,
+                "| {} | {} × {} | {:.2} | {:.2} | {:.2} |",
+                r.cost,
+                r.keys,
+                r.requests_per_key,
+                r.usec,
+                r.bytes_per_request,
+                r.memory_usage_per_request
+            );
+        }
+        let _ = writeln!(md, "\n## A hot key\n\nOne key, window 1 hour, as many CHECKs as one pipelined connection sends.\n\n| | seconds | requests | MEMORY USAGE |\n|---|---:|---:|---:|");
+        for h in &results.hot {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {} | {} |",
+                h.precision
+                    .map_or("exact".into(), |p| format!("PRECISION {p}")),
+                h.seconds,
+                h.requests,
+                h.memory_usage
+            );
+        }
+        md.push('\n');
     }
     if !results.exactness.is_empty() {
         let _ = writeln!(md, "## Exactness under concurrency\n\nConcurrent clients on one key; the most requests admitted in any window of the given length, from each approach's own decisions.\n");

@@ -94,7 +94,8 @@ pub fn wait_for_replica(master: &mut Connection, replica: &mut Connection) {
 /// Logs of every shape the module keeps, for comparing state across
 /// replication and persistence: unit and weighted costs, whole and partial
 /// refunds, several limits per call, short and long windows on one key,
-/// PRECISION cells, a log past the small block, expired entries, and a
+/// PRECISION cells, logs in each of the three forms (16-byte block,
+/// 48-byte block, heap), expired entries, and a
 /// key refunded to nothing. Keys: `user:0`..`user:6`, `multi`, `mixed`,
 /// `hot`, `tokens`, `long`, `short`, `single`.
 pub fn every_log_shape(con: &mut Connection) {
@@ -136,7 +137,7 @@ pub fn every_log_shape(con: &mut Connection) {
             std::thread::sleep(std::time::Duration::from_millis(40));
         }
     }
-    for _ in 0..30 {
+    for _ in 0..60 {
         check(con, "long", 600_000, 100);
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -146,4 +147,17 @@ pub fn every_log_shape(con: &mut Connection) {
         &["RATELIMIT.CHECK", "gone", "600000", "5", "COST", "3"],
     );
     run::<i64>(con, &["RATELIMIT.UNDO", "gone", "COST", "5"]);
+}
+
+/// Data written by release 0.1.0 (see tests/fixtures/v1/README.md).
+pub const VERSION_1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
+
+/// The DUMP payload release 0.1.0 wrote for key `v1:<name>`.
+pub fn version_1_payload(name: &str) -> Vec<u8> {
+    let hex = std::fs::read_to_string(format!("{VERSION_1}/{name}.dump.hex")).expect("fixture");
+    let hex = hex.trim();
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
 }
