@@ -365,19 +365,56 @@ impl TimeLog {
         if let Repr::Large(large) = &mut self.0 {
             let result = change(large.as_mut());
             let demoted = if large.len <= DEMOTE_AT {
-                Unpacked::from_large(large).and_then(|u| u.pack_packed())
+                Unpacked::from_large(large).filter(|u| u.packed_len().is_some())
             } else {
                 None
             };
-            if let Some(small) = demoted {
-                self.0 = small;
+            if let Some(unpacked) = demoted {
+                self.store(&unpacked);
             }
             return result;
         }
         let mut unpacked = self.unpacked();
         let result = change(&mut unpacked);
-        self.0 = unpacked.pack();
+        self.store(&unpacked);
         result
+    }
+
+    /// Keeps `unpacked` packed in the 16-byte block or a 48-byte one,
+    /// reusing a 48-byte block already held, or on the heap if neither
+    /// holds it.
+    fn store(&mut self, unpacked: &Unpacked) {
+        let mut packed = StackBytes::default();
+        unpacked.pack_into(&mut packed);
+        match packed.written() {
+            Some(bytes) if bytes.len() <= SMALL_BYTES => {
+                let mut small = [0; SMALL_BYTES];
+                small[..bytes.len()].copy_from_slice(bytes);
+                self.0 = Repr::Small {
+                    len: bytes.len() as u8,
+                    bytes: small,
+                };
+            }
+            Some(bytes) if bytes.len() <= MEDIUM_BYTES => {
+                if !matches!(self.0, Repr::Medium(_)) {
+                    self.0 = Repr::Medium(Box::new(MediumBlock {
+                        len: 0,
+                        bytes: [0; MEDIUM_BYTES],
+                    }));
+                }
+                if let Repr::Medium(block) = &mut self.0 {
+                    block.len = bytes.len() as u8;
+                    block.bytes[..bytes.len()].copy_from_slice(bytes);
+                }
+            }
+            _ => {
+                let mut large = Large::new(unpacked.window);
+                for &entry in &unpacked.entries[..unpacked.len] {
+                    large.push_back(entry);
+                }
+                self.0 = Repr::Large(Box::new(large));
+            }
+        }
     }
 }
 
@@ -445,45 +482,28 @@ impl Unpacked {
         Some(unpacked)
     }
 
-    /// The log packed into the 16-byte block or a 48-byte one, whichever
-    /// holds it, or `None` if neither does.
-    fn pack_packed(&self) -> Option<Repr> {
-        let mut out = StackBytes::default();
-        if self.len > 0 {
-            push_varint(&mut out, self.window);
-            let oldest = self.entries[0].at;
-            push_varint(&mut out, oldest as u64);
-            let mut previous = oldest;
-            for &entry in &self.entries[..self.len] {
-                push_entry(&mut out, previous, entry);
-                previous = entry.at;
-            }
+    fn pack_into(&self, out: &mut StackBytes) {
+        if self.len == 0 {
+            return;
         }
-        let written = out.written()?;
-        if written.len() <= SMALL_BYTES {
-            let mut bytes = [0; SMALL_BYTES];
-            bytes[..written.len()].copy_from_slice(written);
-            return Some(Repr::Small {
-                len: written.len() as u8,
-                bytes,
-            });
+        push_varint(out, self.window);
+        let oldest = self.entries[0].at;
+        push_varint(out, oldest as u64);
+        let mut previous = oldest;
+        for &entry in &self.entries[..self.len] {
+            push_entry(out, previous, entry);
+            previous = entry.at;
         }
-        let mut bytes = [0; MEDIUM_BYTES];
-        bytes.get_mut(..written.len())?.copy_from_slice(written);
-        Some(Repr::Medium(Box::new(MediumBlock {
-            len: written.len() as u8,
-            bytes,
-        })))
     }
 
-    fn pack(&self) -> Repr {
-        self.pack_packed().unwrap_or_else(|| {
-            let mut large = Large::new(self.window);
-            for &entry in &self.entries[..self.len] {
-                large.push_back(entry);
-            }
-            Repr::Large(Box::new(large))
-        })
+    /// How many bytes the log packs into, if a packed block holds it.
+    fn packed_len(&self) -> Option<usize> {
+        let mut packed = StackBytes::default();
+        self.pack_into(&mut packed);
+        packed
+            .written()
+            .map(<[u8]>::len)
+            .filter(|&len| len <= MEDIUM_BYTES)
     }
 }
 
@@ -804,11 +824,12 @@ impl Builder {
         if len > 0 && !(1..=MAX_WINDOW).contains(&window) {
             return Err(DecodeError::BadWindow);
         }
-        let repr = match self.large {
-            Some(large) => Repr::Large(Box::new(large)),
-            None => self.small.pack(),
-        };
-        Ok(TimeLog(repr))
+        let mut log = TimeLog::default();
+        match self.large {
+            Some(large) => log.0 = Repr::Large(Box::new(large)),
+            None => log.store(&self.small),
+        }
+        Ok(log)
     }
 }
 

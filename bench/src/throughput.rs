@@ -341,8 +341,9 @@ fn restore_log(con: &mut Connection, key: &str, size: u64) {
     // The value type and the module type's id, as this server wrote them.
     let mut payload = template[..10].to_vec();
     let oldest = approaches::client_clock_ms() - size as i64 - 1000;
-    for (opcode, value) in [(UINT, 3_600_000), (UINT, size), (SINT, oldest as u64)] {
-        payload.push(opcode);
+    // Signed numbers are saved as unsigned ones of the same bits.
+    for value in [3_600_000, size, oldest as u64] {
+        payload.push(UINT);
         push_rdb_length(&mut payload, value);
     }
     // Each entry is the gap to the one before, shifted left a bit: 1 ms.
@@ -383,7 +384,6 @@ fn restore_log(con: &mut Connection, key: &str, size: u64) {
 
 // Module value opcodes in an RDB payload.
 const EOF: u8 = 0;
-const SINT: u8 = 1;
 const UINT: u8 = 2;
 const STRING: u8 = 5;
 
