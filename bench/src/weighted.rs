@@ -22,6 +22,9 @@ pub struct CostRow {
     pub bytes_per_request: f64,
     /// `MEMORY USAGE` of one key over its requests.
     pub memory_usage_per_request: f64,
+    /// What each request after the first adds to a key's `MEMORY USAGE`:
+    /// the log's own bytes per request on a busy key.
+    pub log_bytes_per_request: f64,
 }
 
 /// `keys` keys take `requests` CHECKs each at COST `cost`, a pass over
@@ -49,11 +52,16 @@ pub fn cost_row(bench: &Bench, cost: u64, keys: u64, requests: u64) -> CostRow {
     let stats = measure::command_stats(&mut con);
     let calls = measure::calls(&stats, "ratelimit.check");
     assert_eq!(calls, keys * requests, "every CHECK ran");
-    let usage: i64 = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg("w:0")
-        .query(&mut con)
-        .expect("MEMORY USAGE");
+    let usage = memory_usage(&mut con, "w:0");
+    redis::cmd("RATELIMIT.CHECK")
+        .arg("w:1")
+        .arg(WINDOW_MS)
+        .arg(BUDGET)
+        .arg("COST")
+        .arg(cost)
+        .query::<()>(&mut con)
+        .expect("CHECK");
+    let one_request = memory_usage(&mut con, "w:1");
     let row = CostRow {
         cost,
         keys,
@@ -61,12 +69,21 @@ pub fn cost_row(bench: &Bench, cost: u64, keys: u64, requests: u64) -> CostRow {
         usec: measure::usec_per(&stats, &["ratelimit.check"], calls),
         bytes_per_request: growth / (keys * requests) as f64,
         memory_usage_per_request: usage as f64 / requests as f64,
+        log_bytes_per_request: (usage - one_request) as f64 / (requests - 1) as f64,
     };
     eprintln!(
-        "  COST {cost:>10}: {:.2} µs/CHECK, {:.2} B/request, MEMORY USAGE {:.2} B/request",
-        row.usec, row.bytes_per_request, row.memory_usage_per_request
+        "  COST {cost:>10}: {:.2} µs/CHECK, {:.2} B/request, MEMORY USAGE {:.2} B/request, log {:.2} B/request",
+        row.usec, row.bytes_per_request, row.memory_usage_per_request, row.log_bytes_per_request
     );
     row
+}
+
+fn memory_usage(con: &mut Connection, key: &str) -> i64 {
+    redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(key)
+        .query(con)
+        .expect("MEMORY USAGE")
 }
 
 #[derive(Clone, Debug)]
@@ -89,11 +106,7 @@ pub fn hot_key(bench: &Bench, precision: Option<u64>, duration: Duration) -> Hot
         requests += HOT_BATCH;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let memory_usage: i64 = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg("hot")
-        .query(&mut con)
-        .expect("MEMORY USAGE");
+    let memory_usage = memory_usage(&mut con, "hot");
     let label = precision.map_or("exact".to_string(), |p| format!("PRECISION {p}"));
     eprintln!(
         "  hot key, {label}: {requests} requests in {seconds:.1} s, MEMORY USAGE {memory_usage} B"
