@@ -281,57 +281,68 @@ struct Occupancy {
 /// live cost has expired that `max - cost` or less is left: the entry
 /// whose expiry gets there sets the wait.
 ///
-/// Read from the front for a window as long as the log's own, whose
-/// expired entries the next allowed CHECK prunes, so only the few that
-/// expired since are skipped (amortised O(1)), and the wait is found
-/// within the first entries that must expire. Read from the back for a
-/// shorter window: the entries in it, newest first, no more.
+/// A heap log keeps its cost sum; for a window as long as the log's own,
+/// whose expired entries the next allowed CHECK prunes, it is read from the
+/// front: only the few entries that expired since are skipped (amortised
+/// O(1)), and the wait is found within the first entries that must expire.
+/// Otherwise the log is read from the back: the entries in the window,
+/// newest first, no more (a packed log holds a few dozen at most).
 fn occupancy(log: &View, now: Millis, limit: &Limit, cost: u64) -> Occupancy {
     let horizon = now.saturating_sub_unsigned(limit.window.get());
-    // An entry at `t` (after the horizon) expires `t - horizon` ms from now.
-    let expiry = |t: Millis| t.abs_diff(horizon);
-    let max = u128::from(limit.max.get());
-    let cost = u128::from(cost);
-    if log.window <= limit.window.get() {
-        let mut entries = log.entries().peekable();
-        let mut expired = 0u128;
-        while let Some(entry) = entries.next_if(|e| e.at <= horizon) {
-            expired += u128::from(entry.cost);
+    match log.kept_total() {
+        Some(total) if log.window <= limit.window.get() => {
+            from_the_front(log, total, horizon, limit, cost)
         }
-        let used = log.total - expired;
-        let over = (used + cost).saturating_sub(max);
-        let mut leaving = 0u128;
-        let retry_after_ms = match over {
-            0 => 0,
-            _ => entries
-                .find(|e| {
-                    leaving += u128::from(e.cost);
-                    leaving >= over
-                })
-                .map_or(0, |e| expiry(e.at)),
-        };
-        Occupancy {
-            used,
-            retry_after_ms,
+        _ => from_the_back(log, horizon, limit, cost),
+    }
+}
+
+/// An entry at `t` (after the horizon) expires `t - horizon` ms from now.
+fn expiry(t: Millis, horizon: Millis) -> u64 {
+    t.abs_diff(horizon)
+}
+
+fn from_the_front(log: &View, total: u128, horizon: Millis, limit: &Limit, cost: u64) -> Occupancy {
+    let mut entries = log.entries().peekable();
+    let mut expired = 0u128;
+    while let Some(entry) = entries.next_if(|e| e.at <= horizon) {
+        expired += u128::from(entry.cost);
+    }
+    let used = total - expired;
+    let over = (used + u128::from(cost)).saturating_sub(u128::from(limit.max.get()));
+    let mut leaving = 0u128;
+    let retry_after_ms = match over {
+        0 => 0,
+        _ => entries
+            .find(|e| {
+                leaving += u128::from(e.cost);
+                leaving >= over
+            })
+            .map_or(0, |e| expiry(e.at, horizon)),
+    };
+    Occupancy {
+        used,
+        retry_after_ms,
+    }
+}
+
+fn from_the_back(log: &View, horizon: Millis, limit: &Limit, cost: u64) -> Occupancy {
+    let room = u128::from(limit.max.get() - cost);
+    let mut used = 0u128;
+    let mut last_to_leave = None;
+    for entry in log.entries().rev().take_while(|e| e.at > horizon) {
+        used += u128::from(entry.cost);
+        if last_to_leave.is_none() && used > room {
+            last_to_leave = Some(entry.at);
         }
-    } else {
-        let room = max - cost;
-        let mut used = 0u128;
-        let mut last_to_leave = None;
-        for entry in log.entries().rev().take_while(|e| e.at > horizon) {
-            used += u128::from(entry.cost);
-            if last_to_leave.is_none() && used > room {
-                last_to_leave = Some(entry.at);
-            }
-        }
-        let retry_after_ms = match used > room {
-            true => last_to_leave.map_or(0, expiry),
-            false => 0,
-        };
-        Occupancy {
-            used,
-            retry_after_ms,
-        }
+    }
+    let retry_after_ms = match used > room {
+        true => last_to_leave.map_or(0, |t| expiry(t, horizon)),
+        false => 0,
+    };
+    Occupancy {
+        used,
+        retry_after_ms,
     }
 }
 

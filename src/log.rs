@@ -52,9 +52,10 @@ const CONTINUATION: u8 = 0x80;
 const MAX_VARINT_LEN: usize = 10;
 const SMALL_BYTES: usize = 14;
 const MEDIUM_BYTES: usize = 47;
-/// A packed log has at least a window byte, an oldest-time byte and one
-/// byte per entry; one more slot holds an entry about to be packed.
-const PACKED_ENTRIES: usize = MEDIUM_BYTES - 2 + 1;
+/// A packed log has at least a window byte, an oldest-time byte, a span
+/// byte and one byte per entry; one more slot holds an entry about to be
+/// packed.
+const PACKED_ENTRIES: usize = MEDIUM_BYTES - 3 + 1;
 /// A heap log this short is packed again if it fits (well below what fills
 /// a packed block, so a log at the boundary does not bounce).
 const DEMOTE_AT: u64 = 8;
@@ -124,65 +125,69 @@ pub struct Encoded {
     pub entries: Vec<u8>,
 }
 
-/// A log decoded for reading: its header fields at hand and its entries
-/// walkable from either end. A packed log is decoded once, here.
+/// A log opened for reading: its window and newest entry at hand, and its
+/// entries walkable from either end without decoding the rest.
+#[derive(Clone, Copy)]
 pub struct View<'a> {
     /// The longest window recorded on this log (0 when it never held any).
     pub window: u64,
+    pub newest: Option<Entry>,
+    /// The entry count and cost sum, which a heap log keeps (a packed log
+    /// has too few entries to need them).
+    counts: Option<(u64, u128)>,
+    cursor: Cursor<'a>,
+}
+
+impl<'a> View<'a> {
+    /// All entries, oldest first; `.rev()` walks them newest first.
+    pub fn entries(&self) -> Entries<'a> {
+        Entries(self.cursor)
+    }
+
     /// Entries held.
-    pub len: u64,
+    pub fn len(&self) -> u64 {
+        self.counts
+            .map_or_else(|| self.entries().count() as u64, |(len, _)| len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.newest.is_none()
+    }
+
     /// The cost of every entry held (u128: entries recorded under
     /// different limits can add up past 64 bits).
-    pub total: u128,
-    pub newest: Option<Entry>,
-    source: Source<'a>,
-}
+    pub fn total(&self) -> u128 {
+        self.counts.map_or_else(
+            || self.entries().map(|e| u128::from(e.cost)).sum(),
+            |(_, total)| total,
+        )
+    }
 
-// Decoded on the stack on purpose: boxing it would allocate on every call.
-#[allow(clippy::large_enum_variant)]
-enum Source<'a> {
-    Packed(Unpacked),
-    Large(&'a Large),
-}
-
-impl View<'_> {
-    /// All entries, oldest first; `.rev()` walks them newest first.
-    pub fn entries(&self) -> Entries<'_> {
-        Entries(match &self.source {
-            Source::Packed(unpacked) => {
-                EntriesRepr::Packed(unpacked.entries[..unpacked.len].iter())
-            }
-            Source::Large(large) => EntriesRepr::Large(large.cursor()),
-        })
+    /// The cost sum if the log keeps it, so that reading it costs nothing.
+    pub fn kept_total(&self) -> Option<u128> {
+        self.counts.map(|(_, total)| total)
     }
 }
 
 impl TimeLog {
     pub fn view(&self) -> View<'_> {
         match &self.0 {
-            Repr::Large(large) => View {
-                window: large.window,
-                len: large.len,
-                total: large.total,
-                newest: large.back(),
-                source: Source::Large(large),
-            },
-            _ => {
-                let unpacked = self.unpacked();
-                let held = &unpacked.entries[..unpacked.len];
+            Repr::Small { len, bytes } => packed_view(&bytes[..usize::from(*len)]),
+            Repr::Medium(block) => packed_view(&block.bytes[..usize::from(block.len)]),
+            Repr::Large(large) => {
+                let cursor = large.cursor();
                 View {
-                    window: unpacked.window,
-                    len: held.len() as u64,
-                    total: held.iter().map(|e| u128::from(e.cost)).sum(),
-                    newest: held.last().copied(),
-                    source: Source::Packed(unpacked),
+                    window: large.window,
+                    newest: Entries(cursor).next_back(),
+                    counts: Some((large.len, large.total)),
+                    cursor,
                 }
             }
         }
     }
 
     pub fn len(&self) -> u64 {
-        self.view().len
+        self.view().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -202,7 +207,16 @@ impl TimeLog {
     }
 
     pub fn total(&self) -> u128 {
-        self.view().total
+        self.view().total()
+    }
+
+    /// At least as many entries as the log holds, without counting a
+    /// packed log's.
+    pub fn len_bound(&self) -> u64 {
+        match &self.0 {
+            Repr::Large(large) => large.len,
+            _ => PACKED_ENTRIES as u64,
+        }
     }
 
     /// Records `cost` units at `at` under a limit of `window` ms:
@@ -249,7 +263,7 @@ impl TimeLog {
         let view = self.view();
         let horizon = at.saturating_sub_unsigned(window.max(view.window));
         let expired = view.entries().take_while(|e| e.at <= horizon).count() as u64;
-        let kept = view.len - expired;
+        let kept = view.len() - expired;
         let joined = kept > 0 && view.newest.is_some_and(|n| joins(n, at, cost, precision));
         kept + u64::from(!joined)
     }
@@ -298,7 +312,7 @@ impl TimeLog {
         }
         Encoded {
             window: view.window,
-            len: view.len,
+            len: view.len(),
             oldest,
             entries,
         }
@@ -350,22 +364,13 @@ impl TimeLog {
         decoded.finish(len, window)
     }
 
-    /// A packed log decoded; a heap log is never unpacked (empty).
-    fn unpacked(&self) -> Unpacked {
-        match &self.0 {
-            Repr::Small { len, bytes } => Unpacked::unpack(&bytes[..usize::from(*len)]),
-            Repr::Medium(block) => Unpacked::unpack(&block.bytes[..usize::from(block.len)]),
-            Repr::Large(_) => Unpacked::empty(0),
-        }
-    }
-
     /// Runs `change` on the entries, in whichever form keeps them, then
     /// stores the result in the smallest form that holds it.
     fn edit<T>(&mut self, change: impl FnOnce(&mut dyn EntryDeque) -> T) -> T {
         if let Repr::Large(large) = &mut self.0 {
             let result = change(large.as_mut());
             let demoted = if large.len <= DEMOTE_AT {
-                Unpacked::from_large(large).filter(|u| u.packed_len().is_some())
+                Unpacked::of(&self.view()).filter(|u| u.packed_len().is_some())
             } else {
                 None
             };
@@ -374,7 +379,8 @@ impl TimeLog {
             }
             return result;
         }
-        let mut unpacked = self.unpacked();
+        // A packed log holds at most PACKED_ENTRIES - 1 entries.
+        let mut unpacked = Unpacked::of(&self.view()).unwrap_or(Unpacked::empty(0));
         let result = change(&mut unpacked);
         self.store(&unpacked);
         result
@@ -418,6 +424,33 @@ impl TimeLog {
     }
 }
 
+/// A packed log: window, oldest time and the span to the newest entry's
+/// time as varints, then the entries (the oldest one's gap is 0).
+fn packed_view(bytes: &[u8]) -> View<'_> {
+    let mut header = bytes.iter().copied();
+    let (Some(window), Some(oldest), Some(span)) = (
+        read_varint(&mut header),
+        read_varint(&mut header),
+        read_varint(&mut header),
+    ) else {
+        return View {
+            window: 0,
+            newest: None,
+            counts: None,
+            cursor: Cursor::over(&[], &[], 0, 0),
+        };
+    };
+    let oldest = oldest as Millis;
+    let entries = &bytes[bytes.len() - header.len()..];
+    let cursor = Cursor::over(entries, &[], oldest, oldest.saturating_add_unsigned(span));
+    View {
+        window,
+        newest: Entries(cursor).next_back(),
+        counts: None,
+        cursor,
+    }
+}
+
 /// Whether units recorded at `at` join the newest entry (see `record`).
 fn joins(newest: Entry, at: Millis, cost: u64, precision: u64) -> bool {
     let cell = |t: Millis| t.div_euclid(precision.clamp(1, MAX_WINDOW) as i64);
@@ -455,41 +488,26 @@ impl Unpacked {
         }
     }
 
-    /// Only called on bytes this module packed, so they are well-formed.
-    fn unpack(bytes: &[u8]) -> Unpacked {
-        let mut bytes = bytes.iter().copied();
-        let mut unpacked = Unpacked::empty(read_varint(&mut bytes).unwrap_or(0));
-        let mut previous = read_varint(&mut bytes).unwrap_or(0) as Millis;
-        while unpacked.len < PACKED_ENTRIES {
-            let Ok(entry) = read_entry(&mut bytes, previous) else {
-                break;
-            };
-            previous = entry.at;
-            unpacked.entries[unpacked.len] = entry;
+    /// The entries of `view`, if they fit.
+    fn of(view: &View) -> Option<Unpacked> {
+        let mut unpacked = Unpacked::empty(view.window);
+        for entry in view.entries() {
+            let slot = unpacked.entries.get_mut(unpacked.len)?;
+            *slot = entry;
             unpacked.len += 1;
-        }
-        unpacked
-    }
-
-    fn from_large(large: &Large) -> Option<Unpacked> {
-        let mut unpacked = Unpacked::empty(large.window);
-        for entry in large.cursor() {
-            if unpacked.len == PACKED_ENTRIES {
-                return None;
-            }
-            unpacked.push_back(entry);
         }
         Some(unpacked)
     }
 
     fn pack_into(&self, out: &mut StackBytes) {
-        if self.len == 0 {
+        let held = &self.entries[..self.len];
+        let (Some(oldest), Some(newest)) = (held.first(), held.last()) else {
             return;
-        }
+        };
         push_varint(out, self.window);
-        let oldest = self.entries[0].at;
-        push_varint(out, oldest as u64);
-        let mut previous = oldest;
+        push_varint(out, oldest.at as u64);
+        push_varint(out, newest.at.abs_diff(oldest.at));
+        let mut previous = oldest.at;
         for &entry in &self.entries[..self.len] {
             push_entry(out, previous, entry);
             previous = entry.at;
@@ -603,14 +621,8 @@ impl Large {
     }
 
     fn cursor(&self) -> Cursor<'_> {
-        Cursor {
-            stream: &self.stream,
-            front: 0,
-            back: self.stream.len(),
-            front_time: self.base,
-            back_time: self.newest,
-            left: self.len,
-        }
+        let (front, back) = self.stream.as_slices();
+        Cursor::over(front, back, self.base, self.newest)
     }
 
     /// After entries leave, gives memory back once three quarters of the
@@ -633,16 +645,16 @@ impl EntryDeque for Large {
     }
 
     fn front(&self) -> Option<Entry> {
-        self.cursor().next()
+        Entries(self.cursor()).next()
     }
 
     fn back(&self) -> Option<Entry> {
-        self.cursor().next_back()
+        Entries(self.cursor()).next_back()
     }
 
     fn pop_front(&mut self) {
         let mut cursor = self.cursor();
-        let Some(oldest) = cursor.next() else {
+        let Some(oldest) = cursor.take_front() else {
             return;
         };
         let used = cursor.front;
@@ -655,7 +667,7 @@ impl EntryDeque for Large {
 
     fn pop_back(&mut self) {
         let mut cursor = self.cursor();
-        let Some(newest) = cursor.next_back() else {
+        let Some(newest) = cursor.take_back() else {
             return;
         };
         let (keep, previous) = (cursor.back, cursor.back_time);
@@ -671,6 +683,13 @@ impl EntryDeque for Large {
             self.base = entry.at;
             self.newest = entry.at;
         }
+        // Grow by an eighth rather than double, so a big log carries at
+        // most an eighth of spare room: still amortised O(1) per byte.
+        let room_for_one = 2 * MAX_VARINT_LEN;
+        if self.stream.len() + room_for_one > self.stream.capacity() {
+            let eighth = self.stream.len() / 8;
+            self.stream.reserve_exact(eighth.max(room_for_one));
+        }
         push_entry(&mut self.stream, self.newest, entry);
         self.newest = entry.at;
         self.len += 1;
@@ -679,37 +698,29 @@ impl EntryDeque for Large {
 }
 
 /// Entries of a log, oldest first or (reversed) newest first.
-pub struct Entries<'a>(EntriesRepr<'a>);
-
-enum EntriesRepr<'a> {
-    Packed(std::slice::Iter<'a, Entry>),
-    Large(Cursor<'a>),
-}
+pub struct Entries<'a>(Cursor<'a>);
 
 impl Iterator for Entries<'_> {
     type Item = Entry;
 
     fn next(&mut self) -> Option<Entry> {
-        match &mut self.0 {
-            EntriesRepr::Packed(entries) => entries.next().copied(),
-            EntriesRepr::Large(cursor) => cursor.next(),
-        }
+        self.0.take_front()
     }
 }
 
 impl DoubleEndedIterator for Entries<'_> {
     fn next_back(&mut self) -> Option<Entry> {
-        match &mut self.0 {
-            EntriesRepr::Packed(entries) => entries.next_back().copied(),
-            EntriesRepr::Large(cursor) => cursor.next_back(),
-        }
+        self.0.take_back()
     }
 }
 
-/// Reads a heap log's stream from both ends. Only used on streams this
-/// module wrote or validated, so every entry is whole.
+/// Reads an entry stream (held as one or two slices, as a `VecDeque`
+/// keeps it) from both ends. Only used on streams this module wrote or
+/// validated, so every entry is whole.
+#[derive(Clone, Copy)]
 struct Cursor<'a> {
-    stream: &'a VecDeque<u8>,
+    first: &'a [u8],
+    second: &'a [u8],
     /// Byte positions: entries lie in `front..back`.
     front: usize,
     back: usize,
@@ -717,29 +728,86 @@ struct Cursor<'a> {
     front_time: Millis,
     /// The time of the next back entry.
     back_time: Millis,
-    left: u64,
 }
 
-impl Iterator for Cursor<'_> {
-    type Item = Entry;
+#[derive(Clone, Copy)]
+struct Varint {
+    start: usize,
+    end: usize,
+    value: u64,
+}
 
-    fn next(&mut self) -> Option<Entry> {
-        if self.left == 0 {
+impl<'a> Cursor<'a> {
+    fn over(first: &'a [u8], second: &'a [u8], base: Millis, newest: Millis) -> Cursor<'a> {
+        Cursor {
+            first,
+            second,
+            front: 0,
+            back: first.len() + second.len(),
+            front_time: base,
+            back_time: newest,
+        }
+    }
+
+    fn byte(&self, at: usize) -> u8 {
+        match at.checked_sub(self.first.len()) {
+            None => self.first[at],
+            Some(at) => self.second.get(at).copied().unwrap_or(0),
+        }
+    }
+
+    /// The varint that starts at byte `start`.
+    fn varint_at(&self, start: usize) -> Varint {
+        let mut value = 0u64;
+        let mut at = start;
+        while at < self.back {
+            let byte = self.byte(at);
+            value |= u64::from(byte & !CONTINUATION) << (7 * (at - start) as u32).min(63);
+            at += 1;
+            if byte & CONTINUATION == 0 {
+                break;
+            }
+        }
+        Varint {
+            start,
+            end: at,
+            value,
+        }
+    }
+
+    /// The varint that ends just before byte `end`: it starts after the
+    /// previous byte without the continuation bit (the end of the varint
+    /// before it), or at the front.
+    fn varint_before(&self, end: usize) -> Varint {
+        let start = (self.front..end.saturating_sub(1))
+            .rev()
+            .find(|&i| self.byte(i) & CONTINUATION == 0)
+            .map_or(self.front, |i| i + 1);
+        self.varint_at(start)
+    }
+
+    fn take_front(&mut self) -> Option<Entry> {
+        if self.front >= self.back {
             return None;
         }
-        let mut bytes = self.stream.range(self.front..self.back).copied();
-        let before = bytes.len();
-        let entry = read_entry(&mut bytes, self.front_time).ok()?;
-        self.front += before - bytes.len();
+        let head = self.varint_at(self.front);
+        let (cost, end) = if head.value & 1 == 1 {
+            let cost = self.varint_at(head.end);
+            (cost.value >> 1, cost.end)
+        } else {
+            (1, head.end)
+        };
+        let entry = Entry {
+            at: self.front_time.saturating_add_unsigned(head.value >> 1),
+            cost,
+        };
+        self.front = end;
         self.front_time = entry.at;
-        self.left -= 1;
         Some(entry)
     }
-}
 
-impl DoubleEndedIterator for Cursor<'_> {
-    fn next_back(&mut self) -> Option<Entry> {
-        if self.left == 0 {
+    fn take_back(&mut self) -> Option<Entry> {
+        if self.front >= self.back {
             return None;
         }
         let last = self.varint_before(self.back);
@@ -756,28 +824,7 @@ impl DoubleEndedIterator for Cursor<'_> {
         };
         self.back = head.start;
         self.back_time = self.back_time.saturating_sub_unsigned(head.value >> 1);
-        self.left -= 1;
         Some(entry)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Varint {
-    start: usize,
-    value: u64,
-}
-
-impl Cursor<'_> {
-    /// The varint that ends just before byte `end`: it starts after the
-    /// previous byte without the continuation bit (the end of the varint
-    /// before it), or at the front.
-    fn varint_before(&self, end: usize) -> Varint {
-        let start = (self.front..end.saturating_sub(1))
-            .rev()
-            .find(|&i| self.stream[i] & CONTINUATION == 0)
-            .map_or(self.front, |i| i + 1);
-        let value = read_varint(&mut self.stream.range(start..end).copied()).unwrap_or(0);
-        Varint { start, value }
     }
 }
 

@@ -351,3 +351,66 @@ fn the_repository_redis_conf_loads_the_module() {
         "module settings work as config directives"
     );
 }
+
+/// The limits README.md's opening shows, pasted as a user would, each
+/// doing what its comment says.
+#[test]
+fn readme_opening_examples_behave_as_documented() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let examples: Vec<Vec<&str>> = readme
+        .lines()
+        .take_while(|line| !line.starts_with("## "))
+        .filter(|line| line.starts_with("RATELIMIT.CHECK") && line.contains("  # "))
+        .map(|line| {
+            line.split("  # ")
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect()
+        })
+        .collect();
+    assert_eq!(examples.len(), 4, "{examples:?}");
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let mut call = |words: &[&str]| -> Vec<i64> { run(&mut con, words) };
+    assert_eq!(call(&examples[0]), [1, 4, 0, 60_000]);
+    // 10 per second and 1,000 per hour: the 11th call in a second waits.
+    let burst = &examples[1];
+    assert_eq!(call(burst), [1, 9, 0, 3_600_000]);
+    for _ in 0..9 {
+        assert_eq!(call(burst)[0], 1);
+    }
+    let eleventh = call(burst);
+    assert_eq!(&eleventh[..2], [0, 0]);
+    assert!((1..=1000).contains(&eleventh[2]), "{eleventh:?}");
+    // A 2,500-token request against 10,000,000 tokens per minute.
+    let tokens = &examples[2];
+    assert_eq!(call(tokens), [1, 9_997_500, 0, 60_000]);
+    for _ in 0..3_999 {
+        assert_eq!(call(tokens)[0], 1);
+    }
+    assert_eq!(
+        &call(tokens)[..2],
+        [0, 0],
+        "4,000 requests spent the budget"
+    );
+    // A hot global limit: thousands of calls in under a second share at
+    // most 2 entries of 1000 ms: the 16-byte block, or the 48-byte one.
+    let global = &examples[3];
+    for _ in 0..2_000 {
+        assert_eq!(call(global)[0], 1);
+    }
+    let peek: Vec<i64> = run(
+        &mut con,
+        &["RATELIMIT.PEEK", "global", "3600000", "36000000"],
+    );
+    assert_eq!(peek[1], 36_000_000 - 2_000);
+    let usage: i64 = run(&mut con, &["MEMORY", "USAGE", "global"]);
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "single", "3600000", "5"]);
+    let one_request: i64 = run(&mut con, &["MEMORY", "USAGE", "single"]);
+    assert!(
+        usage <= one_request + 48,
+        "{usage} B, one request {one_request} B"
+    );
+}

@@ -54,14 +54,14 @@ pub fn cost_row(bench: &Bench, cost: u64, keys: u64, requests: u64) -> CostRow {
     assert_eq!(calls, keys * requests, "every CHECK ran");
     let usage = memory_usage(&mut con, "w:0");
     redis::cmd("RATELIMIT.CHECK")
-        .arg("w:1")
+        .arg("x:0")
         .arg(WINDOW_MS)
         .arg(BUDGET)
         .arg("COST")
         .arg(cost)
         .query::<()>(&mut con)
         .expect("CHECK");
-    let one_request = memory_usage(&mut con, "w:1");
+    let one_request = memory_usage(&mut con, "x:0");
     let row = CostRow {
         cost,
         keys,
