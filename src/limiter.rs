@@ -17,7 +17,7 @@ use crate::log::{Millis, TimeLog, View, MAX_COST, MAX_WINDOW};
 use std::num::NonZeroU64;
 
 /// The most limits one request may name.
-pub const MAX_LIMITS: usize = 16;
+pub const MAX_LIMITS: usize = 8;
 
 /// At most `max` units in any window of `window` ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,19 +281,18 @@ struct Occupancy {
 /// live cost has expired that `max - cost` or less is left: the entry
 /// whose expiry gets there sets the wait.
 ///
-/// A heap log keeps its cost sum; for a window as long as the log's own,
-/// whose expired entries the next allowed CHECK prunes, it is read from the
-/// front: only the few entries that expired since are skipped (amortised
+/// A window as long as the log's own, whose expired entries the next
+/// allowed CHECK prunes, is read from the front, against the log's cost
+/// sum: only the few entries that expired since are skipped (amortised
 /// O(1)), and the wait is found within the first entries that must expire.
-/// Otherwise the log is read from the back: the entries in the window,
-/// newest first, no more (a packed log holds a few dozen at most).
+/// A shorter window is read from the back: the entries in it, newest
+/// first, no more.
 fn occupancy(log: &View, now: Millis, limit: &Limit, cost: u64) -> Occupancy {
     let horizon = now.saturating_sub_unsigned(limit.window.get());
-    match log.kept_total() {
-        Some(total) if log.window <= limit.window.get() => {
-            from_the_front(log, total, horizon, limit, cost)
-        }
-        _ => from_the_back(log, horizon, limit, cost),
+    if log.window <= limit.window.get() {
+        from_the_front(log, horizon, limit, cost)
+    } else {
+        from_the_back(log, horizon, limit, cost)
     }
 }
 
@@ -302,13 +301,13 @@ fn expiry(t: Millis, horizon: Millis) -> u64 {
     t.abs_diff(horizon)
 }
 
-fn from_the_front(log: &View, total: u128, horizon: Millis, limit: &Limit, cost: u64) -> Occupancy {
+fn from_the_front(log: &View, horizon: Millis, limit: &Limit, cost: u64) -> Occupancy {
     let mut entries = log.entries().peekable();
     let mut expired = 0u128;
     while let Some(entry) = entries.next_if(|e| e.at <= horizon) {
         expired += u128::from(entry.cost);
     }
-    let used = total - expired;
+    let used = log.total - expired;
     let over = (used + u128::from(cost)).saturating_sub(u128::from(limit.max.get()));
     let mut leaving = 0u128;
     let retry_after_ms = match over {

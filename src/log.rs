@@ -21,12 +21,15 @@
 //!
 //! Most keys hold a handful of entries (a user, an IP), and Redis already
 //! spends about 130 bytes on a key of its own, so a small log is packed
-//! whole (window, oldest time and entries, all varints) into the 16-byte
-//! block Redis points at: 14 bytes hold one request, or a few close
-//! together. Up to 47 bytes (a dozen or so requests seconds apart) go in
-//! one 48-byte block beside it. Packed logs are decoded whole on each call,
-//! which is cheap at that size. A log that outgrows both moves to the heap
-//! with its header fields decoded and its entries in a `VecDeque`.
+//! whole (window, first time, span to the newest time, cost sum, then the
+//! entries, all varints) into the 16-byte block Redis points at: 14 bytes
+//! hold one request, or a few close together. Up to 47 bytes (a dozen or
+//! so requests seconds apart) go in one 48-byte block beside it. A log
+//! that outgrows both moves to the heap, with its header fields decoded and
+//! its entries in a `VecDeque`. Every form is read and changed the same
+//! way, at its two ends only: a packed log is copied to the stack to be
+//! changed and packed again, which at that size costs a few dozen bytes
+//! copied.
 
 use std::collections::VecDeque;
 
@@ -52,13 +55,12 @@ const CONTINUATION: u8 = 0x80;
 const MAX_VARINT_LEN: usize = 10;
 const SMALL_BYTES: usize = 14;
 const MEDIUM_BYTES: usize = 47;
-/// A packed log has at least a window byte, an oldest-time byte, a span
-/// byte and one byte per entry; one more slot holds an entry about to be
-/// packed.
-const PACKED_ENTRIES: usize = MEDIUM_BYTES - 3 + 1;
 /// A heap log this short is packed again if it fits (well below what fills
 /// a packed block, so a log at the boundary does not bounce).
 const DEMOTE_AT: u64 = 8;
+/// The most entries a packed log can hold: one byte each after a header
+/// of at least four.
+const PACKED_ENTRIES: u64 = (MEDIUM_BYTES - 4) as u64;
 /// Below this many bytes of capacity a heap deque never bothers to shrink.
 const MIN_SHRINK_CAPACITY: usize = 64;
 
@@ -125,16 +127,19 @@ pub struct Encoded {
     pub entries: Vec<u8>,
 }
 
-/// A log opened for reading: its window and newest entry at hand, and its
-/// entries walkable from either end without decoding the rest.
+/// A log opened for reading: its window, newest entry and cost sum at
+/// hand, and its entries walkable from either end without decoding the
+/// rest.
 #[derive(Clone, Copy)]
 pub struct View<'a> {
     /// The longest window recorded on this log (0 when it never held any).
     pub window: u64,
     pub newest: Option<Entry>,
-    /// The entry count and cost sum, which a heap log keeps (a packed log
-    /// has too few entries to need them).
-    counts: Option<(u64, u128)>,
+    /// The cost of every entry held (u128: entries recorded under
+    /// different limits can add up past 64 bits).
+    pub total: u128,
+    /// Entries held, which a heap log keeps count of.
+    len: Option<u64>,
     cursor: Cursor<'a>,
 }
 
@@ -146,26 +151,11 @@ impl<'a> View<'a> {
 
     /// Entries held.
     pub fn len(&self) -> u64 {
-        self.counts
-            .map_or_else(|| self.entries().count() as u64, |(len, _)| len)
+        self.len.unwrap_or_else(|| self.entries().count() as u64)
     }
 
     pub fn is_empty(&self) -> bool {
         self.newest.is_none()
-    }
-
-    /// The cost of every entry held (u128: entries recorded under
-    /// different limits can add up past 64 bits).
-    pub fn total(&self) -> u128 {
-        self.counts.map_or_else(
-            || self.entries().map(|e| u128::from(e.cost)).sum(),
-            |(_, total)| total,
-        )
-    }
-
-    /// The cost sum if the log keeps it, so that reading it costs nothing.
-    pub fn kept_total(&self) -> Option<u128> {
-        self.counts.map(|(_, total)| total)
     }
 }
 
@@ -174,15 +164,7 @@ impl TimeLog {
         match &self.0 {
             Repr::Small { len, bytes } => packed_view(&bytes[..usize::from(*len)]),
             Repr::Medium(block) => packed_view(&block.bytes[..usize::from(block.len)]),
-            Repr::Large(large) => {
-                let cursor = large.cursor();
-                View {
-                    window: large.window,
-                    newest: Entries(cursor).next_back(),
-                    counts: Some((large.len, large.total)),
-                    cursor,
-                }
-            }
+            Repr::Large(large) => large.stream.view(Some(large.len)),
         }
     }
 
@@ -207,7 +189,7 @@ impl TimeLog {
     }
 
     pub fn total(&self) -> u128 {
-        self.view().total()
+        self.view().total
     }
 
     /// At least as many entries as the log holds, without counting a
@@ -215,7 +197,7 @@ impl TimeLog {
     pub fn len_bound(&self) -> u64 {
         match &self.0 {
             Repr::Large(large) => large.len,
-            _ => PACKED_ENTRIES as u64,
+            _ => PACKED_ENTRIES,
         }
     }
 
@@ -236,14 +218,16 @@ impl TimeLog {
     /// entry's time plus the log's window.
     pub fn record(&mut self, at: Millis, window: u64, cost: u64, precision: u64) -> Millis {
         self.edit(|entries| {
-            let at = entries.back().map_or(at, |newest| at.max(newest.at));
+            let newest = entries.back();
+            let at = newest.map_or(at, |newest| at.max(newest.at));
             let window = window.max(entries.window());
             entries.set_window(window);
             let horizon = at.saturating_sub_unsigned(window);
             while entries.front().is_some_and(|oldest| oldest.at <= horizon) {
                 entries.pop_front();
             }
-            match entries.back() {
+            // Pruning leaves the newest entry unless it takes every entry.
+            match newest.filter(|_| !entries.is_empty()) {
                 Some(newest) if joins(newest, at, cost, precision) => {
                     entries.pop_back();
                     entries.push_back(Entry {
@@ -275,10 +259,9 @@ impl TimeLog {
         self.edit(|entries| {
             let mut removed = 0;
             while removed < units {
-                let Some(newest) = entries.back() else {
+                let Some(newest) = entries.pop_back() else {
                     break;
                 };
-                entries.pop_back();
                 let taken = newest.cost.min(units - removed);
                 if taken < newest.cost {
                     entries.push_back(Entry {
@@ -297,7 +280,7 @@ impl TimeLog {
         match &self.0 {
             Repr::Small { .. } => 0,
             Repr::Medium(_) => std::mem::size_of::<MediumBlock>(),
-            Repr::Large(large) => std::mem::size_of::<Large>() + large.stream.capacity(),
+            Repr::Large(large) => std::mem::size_of::<Large>() + large.stream.bytes.capacity(),
         }
     }
 
@@ -329,7 +312,7 @@ impl TimeLog {
             previous = entry.at;
             decoded.push(entry)?;
         }
-        decoded.finish(stored.len, stored.window)
+        decoded.finish(stored.len)
     }
 
     /// Rebuilds a log saved by version 1, which stored one time per unit:
@@ -361,7 +344,7 @@ impl TimeLog {
             })?;
             len += 1;
         }
-        decoded.finish(len, window)
+        decoded.finish(len)
     }
 
     /// Runs `change` on the entries, in whichever form keeps them, then
@@ -369,85 +352,112 @@ impl TimeLog {
     fn edit<T>(&mut self, change: impl FnOnce(&mut dyn EntryDeque) -> T) -> T {
         if let Repr::Large(large) = &mut self.0 {
             let result = change(large.as_mut());
-            let demoted = if large.len <= DEMOTE_AT {
-                Unpacked::of(&self.view()).filter(|u| u.packed_len().is_some())
-            } else {
-                None
-            };
-            if let Some(unpacked) = demoted {
-                self.store(&unpacked);
+            if large.len <= DEMOTE_AT {
+                if let Some(packed) = Packed::of(&large.stream) {
+                    self.0 = packed.into_repr();
+                }
             }
             return result;
         }
-        // A packed log holds at most PACKED_ENTRIES - 1 entries.
-        let mut unpacked = Unpacked::of(&self.view()).unwrap_or(Unpacked::empty(0));
+        let mut unpacked = self.packed_stream();
         let result = change(&mut unpacked);
-        self.store(&unpacked);
+        match Packed::of(&unpacked) {
+            Some(packed) => packed.store_in(&mut self.0),
+            None => self.0 = Repr::Large(Box::new(Large::from_stream(&unpacked))),
+        }
         result
     }
 
-    /// Keeps `unpacked` packed in the 16-byte block or a 48-byte one,
-    /// reusing a 48-byte block already held, or on the heap if neither
-    /// holds it.
-    fn store(&mut self, unpacked: &Unpacked) {
-        let mut packed = StackBytes::default();
-        unpacked.pack_into(&mut packed);
-        match packed.written() {
-            Some(bytes) if bytes.len() <= SMALL_BYTES => {
-                let mut small = [0; SMALL_BYTES];
-                small[..bytes.len()].copy_from_slice(bytes);
-                self.0 = Repr::Small {
-                    len: bytes.len() as u8,
-                    bytes: small,
-                };
-            }
-            Some(bytes) if bytes.len() <= MEDIUM_BYTES => {
-                if !matches!(self.0, Repr::Medium(_)) {
-                    self.0 = Repr::Medium(Box::new(MediumBlock {
-                        len: 0,
-                        bytes: [0; MEDIUM_BYTES],
-                    }));
-                }
-                if let Repr::Medium(block) = &mut self.0 {
-                    block.len = bytes.len() as u8;
-                    block.bytes[..bytes.len()].copy_from_slice(bytes);
-                }
-            }
-            _ => {
-                let mut large = Large::new(unpacked.window);
-                for &entry in &unpacked.entries[..unpacked.len] {
-                    large.push_back(entry);
-                }
-                self.0 = Repr::Large(Box::new(large));
-            }
+    /// A packed log, copied to the stack to be changed.
+    fn packed_stream(&self) -> Stream<StackBytes> {
+        let view = self.view();
+        let mut bytes = StackBytes::default();
+        let (first, second) = (view.cursor.first, view.cursor.second);
+        bytes.extend(first.iter().chain(second).copied());
+        Stream {
+            window: view.window,
+            base: view.cursor.front_time,
+            newest: view.cursor.back_time,
+            total: view.total,
+            bytes,
         }
     }
 }
 
-/// A packed log: window, oldest time and the span to the newest entry's
-/// time as varints, then the entries (the oldest one's gap is 0).
+/// A packed log: window, the time the first gap counts from, the span to
+/// the newest entry's time and the cost sum, as varints, then the entries.
 fn packed_view(bytes: &[u8]) -> View<'_> {
     let mut header = bytes.iter().copied();
-    let (Some(window), Some(oldest), Some(span)) = (
+    let (Some(window), Some(base), Some(span), Some(total)) = (
+        read_varint(&mut header),
         read_varint(&mut header),
         read_varint(&mut header),
         read_varint(&mut header),
     ) else {
-        return View {
-            window: 0,
-            newest: None,
-            counts: None,
-            cursor: Cursor::over(&[], &[], 0, 0),
-        };
+        return Stream::<&[u8]>::empty_view();
     };
-    let oldest = oldest as Millis;
+    let base = base as Millis;
     let entries = &bytes[bytes.len() - header.len()..];
-    let cursor = Cursor::over(entries, &[], oldest, oldest.saturating_add_unsigned(span));
+    let cursor = Cursor::over(entries, &[], base, base.saturating_add_unsigned(span));
     View {
         window,
         newest: Entries(cursor).next_back(),
-        counts: None,
+        total: u128::from(total),
+        len: None,
         cursor,
+    }
+}
+
+/// A stream packed into bytes, if a packed block holds them.
+struct Packed {
+    bytes: StackBytes,
+}
+
+impl Packed {
+    fn of<B: ByteDeque>(stream: &Stream<B>) -> Option<Packed> {
+        let mut bytes = StackBytes::default();
+        if stream.bytes.len() > 0 {
+            push_varint(&mut bytes, stream.window);
+            push_varint(&mut bytes, stream.base as u64);
+            push_varint(&mut bytes, stream.newest.abs_diff(stream.base));
+            push_varint(&mut bytes, u64::try_from(stream.total).ok()?);
+            let (first, second) = stream.bytes.slices();
+            bytes.extend(first.iter().chain(second).copied());
+        }
+        (bytes.written()?.len() <= MEDIUM_BYTES).then_some(Packed { bytes })
+    }
+
+    fn into_repr(self) -> Repr {
+        let mut repr = Repr::default();
+        self.store_in(&mut repr);
+        repr
+    }
+
+    /// Stores the bytes in the 16-byte block, or in a 48-byte one (reusing
+    /// one `repr` already holds).
+    fn store_in(&self, repr: &mut Repr) {
+        let Some(bytes) = self.bytes.written() else {
+            return;
+        };
+        if bytes.len() <= SMALL_BYTES {
+            let mut small = [0; SMALL_BYTES];
+            small[..bytes.len()].copy_from_slice(bytes);
+            *repr = Repr::Small {
+                len: bytes.len() as u8,
+                bytes: small,
+            };
+            return;
+        }
+        if !matches!(repr, Repr::Medium(_)) {
+            *repr = Repr::Medium(Box::new(MediumBlock {
+                len: 0,
+                bytes: [0; MEDIUM_BYTES],
+            }));
+        }
+        if let Repr::Medium(block) = repr {
+            block.len = bytes.len() as u8;
+            block.bytes[..bytes.len()].copy_from_slice(bytes);
+        }
     }
 }
 
@@ -460,72 +470,71 @@ fn joins(newest: Entry, at: Millis, cost: u64, precision: u64) -> bool {
 /// The ends of a log, in either form: all that recording and refunding
 /// need, written once over both.
 trait EntryDeque {
+    fn is_empty(&self) -> bool;
     fn window(&self) -> u64;
     fn set_window(&mut self, window: u64);
     fn front(&self) -> Option<Entry>;
     fn back(&self) -> Option<Entry>;
-    fn pop_front(&mut self);
-    fn pop_back(&mut self);
+    fn pop_front(&mut self) -> Option<Entry>;
+    fn pop_back(&mut self) -> Option<Entry>;
     fn push_back(&mut self, entry: Entry);
 }
 
-/// A packed log decoded onto the stack.
-#[derive(Clone, Copy)]
-struct Unpacked {
+/// Where a stream's entry bytes are kept: a heap deque, or a stack buffer
+/// while a packed log is being changed.
+trait ByteDeque: Extend<u8> {
+    fn slices(&self) -> (&[u8], &[u8]);
+    fn len(&self) -> usize;
+    fn drain_front(&mut self, count: usize);
+    fn truncate(&mut self, keep: usize);
+}
+
+/// Entries as bytes, with the header fields that make sense of them.
+#[derive(Clone, Debug)]
+struct Stream<B> {
     window: u64,
-    len: usize,
-    entries: [Entry; PACKED_ENTRIES],
+    /// The time the first entry's gap counts from.
+    base: Millis,
+    newest: Millis,
+    total: u128,
+    bytes: B,
 }
 
-const NO_ENTRY: Entry = Entry { at: 0, cost: 0 };
-
-impl Unpacked {
-    fn empty(window: u64) -> Unpacked {
-        Unpacked {
-            window,
-            len: 0,
-            entries: [NO_ENTRY; PACKED_ENTRIES],
-        }
+impl<B: ByteDeque> Stream<B> {
+    fn cursor(&self) -> Cursor<'_> {
+        let (first, second) = self.bytes.slices();
+        Cursor::over(first, second, self.base, self.newest)
     }
 
-    /// The entries of `view`, if they fit.
-    fn of(view: &View) -> Option<Unpacked> {
-        let mut unpacked = Unpacked::empty(view.window);
-        for entry in view.entries() {
-            let slot = unpacked.entries.get_mut(unpacked.len)?;
-            *slot = entry;
-            unpacked.len += 1;
+    fn view(&self, len: Option<u64>) -> View<'_> {
+        let cursor = self.cursor();
+        View {
+            window: self.window,
+            newest: Entries(cursor).next_back(),
+            total: self.total,
+            len,
+            cursor,
         }
-        Some(unpacked)
-    }
-
-    fn pack_into(&self, out: &mut StackBytes) {
-        let held = &self.entries[..self.len];
-        let (Some(oldest), Some(newest)) = (held.first(), held.last()) else {
-            return;
-        };
-        push_varint(out, self.window);
-        push_varint(out, oldest.at as u64);
-        push_varint(out, newest.at.abs_diff(oldest.at));
-        let mut previous = oldest.at;
-        for &entry in &self.entries[..self.len] {
-            push_entry(out, previous, entry);
-            previous = entry.at;
-        }
-    }
-
-    /// How many bytes the log packs into, if a packed block holds it.
-    fn packed_len(&self) -> Option<usize> {
-        let mut packed = StackBytes::default();
-        self.pack_into(&mut packed);
-        packed
-            .written()
-            .map(<[u8]>::len)
-            .filter(|&len| len <= MEDIUM_BYTES)
     }
 }
 
-impl EntryDeque for Unpacked {
+impl Stream<&[u8]> {
+    fn empty_view() -> View<'static> {
+        View {
+            window: 0,
+            newest: None,
+            total: 0,
+            len: Some(0),
+            cursor: Cursor::over(&[], &[], 0, 0),
+        }
+    }
+}
+
+impl<B: ByteDeque> EntryDeque for Stream<B> {
+    fn is_empty(&self) -> bool {
+        self.bytes.len() == 0
+    }
+
     fn window(&self) -> u64 {
         self.window
     }
@@ -535,36 +544,48 @@ impl EntryDeque for Unpacked {
     }
 
     fn front(&self) -> Option<Entry> {
-        self.entries[..self.len].first().copied()
+        self.cursor().take_front()
     }
 
     fn back(&self) -> Option<Entry> {
-        self.entries[..self.len].last().copied()
+        self.cursor().take_back()
     }
 
-    fn pop_front(&mut self) {
-        if self.len > 0 {
-            self.entries.copy_within(1..self.len, 0);
-            self.len -= 1;
-        }
+    fn pop_front(&mut self) -> Option<Entry> {
+        let mut cursor = self.cursor();
+        let oldest = cursor.take_front()?;
+        let used = cursor.front;
+        self.bytes.drain_front(used);
+        self.base = oldest.at;
+        self.total -= u128::from(oldest.cost);
+        Some(oldest)
     }
 
-    fn pop_back(&mut self) {
-        self.len = self.len.saturating_sub(1);
+    fn pop_back(&mut self) -> Option<Entry> {
+        let mut cursor = self.cursor();
+        let newest = cursor.take_back()?;
+        let (keep, previous) = (cursor.back, cursor.back_time);
+        self.bytes.truncate(keep);
+        self.newest = previous;
+        self.total -= u128::from(newest.cost);
+        Some(newest)
     }
 
     fn push_back(&mut self, entry: Entry) {
-        // Room is kept for one entry past what packs small; a caller never
-        // pushes twice before packing.
-        if let Some(slot) = self.entries.get_mut(self.len) {
-            *slot = entry;
-            self.len += 1;
+        if self.bytes.len() == 0 {
+            self.base = entry.at;
+            self.newest = entry.at;
         }
+        push_entry(&mut self.bytes, self.newest, entry);
+        self.newest = entry.at;
+        self.total += u128::from(entry.cost);
     }
 }
 
-/// Where a log is packed: on the stack, as packing runs on every call;
-/// `None` from `written` if more came than it holds.
+/// Where a log is packed or changed on the stack: no allocation on the
+/// hot path. Room for a full packed block and one more entry; more than
+/// that is never written (`written` would say `None`).
+#[derive(Clone, Debug)]
 struct StackBytes {
     len: usize,
     bytes: [u8; 2 * MEDIUM_BYTES],
@@ -596,104 +617,139 @@ impl StackBytes {
     }
 }
 
-/// A log that outgrew the small block.
+impl ByteDeque for StackBytes {
+    fn slices(&self) -> (&[u8], &[u8]) {
+        (self.written().unwrap_or(&[]), &[])
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn drain_front(&mut self, count: usize) {
+        let count = count.min(self.len);
+        self.bytes.copy_within(count..self.len, 0);
+        self.len -= count;
+    }
+
+    fn truncate(&mut self, keep: usize) {
+        self.len = self.len.min(keep);
+    }
+}
+
+impl ByteDeque for VecDeque<u8> {
+    fn slices(&self) -> (&[u8], &[u8]) {
+        self.as_slices()
+    }
+
+    fn len(&self) -> usize {
+        VecDeque::len(self)
+    }
+
+    fn drain_front(&mut self, count: usize) {
+        self.drain(..count.min(VecDeque::len(self)));
+    }
+
+    fn truncate(&mut self, keep: usize) {
+        VecDeque::truncate(self, keep);
+    }
+}
+
+/// A log that outgrew the packed blocks.
 #[derive(Clone, Debug)]
 struct Large {
-    window: u64,
-    /// The time the first entry's gap counts from.
-    base: Millis,
-    newest: Millis,
+    stream: Stream<VecDeque<u8>>,
     len: u64,
-    total: u128,
-    stream: VecDeque<u8>,
 }
 
 impl Large {
     fn new(window: u64) -> Large {
         Large {
-            window,
-            base: 0,
-            newest: 0,
+            stream: Stream {
+                window,
+                base: 0,
+                newest: 0,
+                total: 0,
+                bytes: VecDeque::new(),
+            },
             len: 0,
-            total: 0,
-            stream: VecDeque::new(),
         }
     }
 
-    fn cursor(&self) -> Cursor<'_> {
-        let (front, back) = self.stream.as_slices();
-        Cursor::over(front, back, self.base, self.newest)
+    fn from_stream<B: ByteDeque>(stream: &Stream<B>) -> Large {
+        let (first, second) = stream.bytes.slices();
+        let mut bytes = VecDeque::with_capacity(first.len() + second.len() + 2 * MAX_VARINT_LEN);
+        bytes.extend(first.iter().chain(second).copied());
+        let large = Large {
+            stream: Stream {
+                window: stream.window,
+                base: stream.base,
+                newest: stream.newest,
+                total: stream.total,
+                bytes,
+            },
+            len: 0,
+        };
+        let len = Entries(large.stream.cursor()).count() as u64;
+        Large { len, ..large }
     }
 
     /// After entries leave, gives memory back once three quarters of the
     /// buffer are unused, which keeps the work amortised O(1) per byte.
     fn shrink_if_sparse(&mut self) {
-        let capacity = self.stream.capacity();
-        if capacity > MIN_SHRINK_CAPACITY && self.stream.len() < capacity / 4 {
-            self.stream.shrink_to(self.stream.len() * 2);
+        let bytes = &mut self.stream.bytes;
+        if bytes.capacity() > MIN_SHRINK_CAPACITY && bytes.len() < bytes.capacity() / 4 {
+            bytes.shrink_to(bytes.len() * 2);
         }
     }
 }
 
 impl EntryDeque for Large {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn window(&self) -> u64 {
-        self.window
+        self.stream.window
     }
 
     fn set_window(&mut self, window: u64) {
-        self.window = window;
+        self.stream.window = window;
     }
 
     fn front(&self) -> Option<Entry> {
-        Entries(self.cursor()).next()
+        self.stream.front()
     }
 
     fn back(&self) -> Option<Entry> {
-        Entries(self.cursor()).next_back()
+        self.stream.back()
     }
 
-    fn pop_front(&mut self) {
-        let mut cursor = self.cursor();
-        let Some(oldest) = cursor.take_front() else {
-            return;
-        };
-        let used = cursor.front;
-        self.stream.drain(..used);
-        self.base = oldest.at;
+    fn pop_front(&mut self) -> Option<Entry> {
+        let oldest = self.stream.pop_front()?;
         self.len -= 1;
-        self.total -= u128::from(oldest.cost);
         self.shrink_if_sparse();
+        Some(oldest)
     }
 
-    fn pop_back(&mut self) {
-        let mut cursor = self.cursor();
-        let Some(newest) = cursor.take_back() else {
-            return;
-        };
-        let (keep, previous) = (cursor.back, cursor.back_time);
-        self.stream.truncate(keep);
-        self.newest = previous;
+    fn pop_back(&mut self) -> Option<Entry> {
+        let newest = self.stream.pop_back()?;
         self.len -= 1;
-        self.total -= u128::from(newest.cost);
         self.shrink_if_sparse();
+        Some(newest)
     }
 
     fn push_back(&mut self, entry: Entry) {
-        if self.len == 0 {
-            self.base = entry.at;
-            self.newest = entry.at;
-        }
         // Grow by an eighth rather than double, so a big log carries at
         // most an eighth of spare room: still amortised O(1) per byte.
+        let bytes = &mut self.stream.bytes;
         let room_for_one = 2 * MAX_VARINT_LEN;
-        if self.stream.len() + room_for_one > self.stream.capacity() {
-            let eighth = self.stream.len() / 8;
-            self.stream.reserve_exact(eighth.max(room_for_one));
+        if bytes.len() + room_for_one > bytes.capacity() {
+            let eighth = bytes.len() / 8;
+            bytes.reserve_exact(eighth.max(room_for_one));
         }
-        push_entry(&mut self.stream, self.newest, entry);
-        self.newest = entry.at;
+        self.stream.push_back(entry);
         self.len += 1;
-        self.total += u128::from(entry.cost);
     }
 }
 
@@ -828,17 +884,16 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Collects decoded entries into the smallest form that holds them.
+/// Collects decoded entries, checking each, into the smallest form that
+/// holds them.
 struct Builder {
-    small: Unpacked,
-    large: Option<Large>,
+    large: Large,
 }
 
 impl Builder {
     fn new(window: u64) -> Builder {
         Builder {
-            small: Unpacked::empty(window),
-            large: None,
+            large: Large::new(window),
         }
     }
 
@@ -849,34 +904,22 @@ impl Builder {
         if entry.cost == 0 || entry.cost > MAX_COST {
             return Err(DecodeError::BadEntry);
         }
-        if self.large.is_none() && self.small.len == PACKED_ENTRIES {
-            let mut large = Large::new(self.small.window);
-            for &e in &self.small.entries[..self.small.len] {
-                large.push_back(e);
-            }
-            self.large = Some(large);
-        }
-        match &mut self.large {
-            Some(large) => large.push_back(entry),
-            None => self.small.push_back(entry),
-        }
+        self.large.push_back(entry);
         Ok(())
     }
 
-    fn finish(self, len: u64, window: u64) -> Result<TimeLog, DecodeError> {
-        let held = self.large.as_ref().map_or(self.small.len as u64, |l| l.len);
-        if held != len {
+    fn finish(self, len: u64) -> Result<TimeLog, DecodeError> {
+        if self.large.len != len {
             return Err(DecodeError::WrongLength);
         }
-        if len > 0 && !(1..=MAX_WINDOW).contains(&window) {
+        if len > 0 && !(1..=MAX_WINDOW).contains(&self.large.stream.window) {
             return Err(DecodeError::BadWindow);
         }
-        let mut log = TimeLog::default();
-        match self.large {
-            Some(large) => log.0 = Repr::Large(Box::new(large)),
-            None => log.store(&self.small),
-        }
-        Ok(log)
+        let repr = match Packed::of(&self.large.stream) {
+            Some(packed) => packed.into_repr(),
+            None => Repr::Large(Box::new(self.large)),
+        };
+        Ok(TimeLog(repr))
     }
 }
 

@@ -42,12 +42,17 @@ fn clock() -> Millis {
 fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let call = args::parse_limit_call(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let verdict = limiter::decide(key.log()?.as_deref(), clock(), &call.request);
+    let log = key.log()?;
+    let verdict = limiter::decide(log.as_deref(), clock(), &call.request);
     if let Some(record) = verdict.record {
-        if let Some(log) = key.log()? {
-            ensure_room(log, &record)?;
-        }
-        let expires_at = limiter::apply(key.log_or_create()?, &record);
+        let log = match log {
+            Some(log) => {
+                ensure_room(log, &record)?;
+                log
+            }
+            None => key.create(),
+        };
+        let expires_at = limiter::apply(log, &record);
         key.expire_at(expires_at);
         stats::ALLOWED.add(1);
         stats::UNITS_RECORDED.add(record.cost.get());
@@ -122,7 +127,11 @@ fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     }
     let call = args::parse_record(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let expires_at = limiter::apply(key.log_or_create()?, &call.record);
+    let log = match key.log()? {
+        Some(log) => log,
+        None => key.create(),
+    };
+    let expires_at = limiter::apply(log, &call.record);
     key.expire_at(expires_at);
     stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);

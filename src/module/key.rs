@@ -82,12 +82,9 @@ impl WriteKey {
         Ok(self.0.log()?.map(|log| unsafe { &mut *log }))
     }
 
-    /// The stored log, or a new empty one stored in the (empty) key.
-    pub fn log_or_create(&mut self) -> Result<&mut TimeLog, CommandError> {
-        if let Some(log) = self.0.log()? {
-            // SAFETY: as in `log`.
-            return Ok(unsafe { &mut *log });
-        }
+    /// Stores a new empty log in the key, which must be empty (`log`
+    /// said `None`), and returns it.
+    pub fn create(&mut self) -> &mut TimeLog {
         let value = Box::into_raw(Box::<TimeLog>::default());
         // SAFETY: the key is open for writing and empty; Redis owns the box
         // from here on and frees it through the type's `free`.
@@ -97,7 +94,7 @@ impl WriteKey {
                 *RATELIMIT_TYPE.raw_type.borrow(),
                 value.cast(),
             );
-            Ok(&mut *value)
+            &mut *value
         }
     }
 
