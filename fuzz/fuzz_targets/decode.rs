@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
 fn exercise(mut log: TimeLog) {
     let view = log.view();
     let entries: Vec<Entry> = view.entries().collect();
-    assert_eq!(entries.len() as u64, view.len);
+    assert_eq!(entries.len() as u64, view.len());
     assert!(view.entries().rev().eq(entries.iter().rev().copied()));
     assert!(entries.windows(2).all(|w| w[0].at <= w[1].at), "sorted");
     assert!(entries.iter().all(|e| e.cost > 0));
