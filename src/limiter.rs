@@ -211,7 +211,7 @@ pub fn refund(log: &mut TimeLog, units: NonZeroU64) -> u64 {
 /// clock reads earlier.
 fn decision_time(log: Option<&View>, clock: Millis) -> Millis {
     let clock = clock.max(0);
-    log.and_then(|log| log.newest)
+    log.and_then(View::newest)
         .map_or(clock, |newest| clock.max(newest.at))
 }
 
@@ -253,7 +253,7 @@ impl Standing {
         }
         let horizon = now.saturating_sub_unsigned(request.longest().window.get());
         seen.reset_after_ms = log
-            .newest
+            .newest()
             .filter(|newest| newest.at > horizon)
             .map_or(0, |newest| newest.at.abs_diff(horizon));
         seen

@@ -134,7 +134,6 @@ pub struct Encoded {
 pub struct View<'a> {
     /// The longest window recorded on this log (0 when it never held any).
     pub window: u64,
-    pub newest: Option<Entry>,
     /// The cost of every entry held (u128: entries recorded under
     /// different limits can add up past 64 bits).
     pub total: u128,
@@ -155,7 +154,11 @@ impl<'a> View<'a> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.newest.is_none()
+        self.cursor.front >= self.cursor.back
+    }
+
+    pub fn newest(&self) -> Option<Entry> {
+        self.entries().next_back()
     }
 }
 
@@ -185,7 +188,7 @@ impl TimeLog {
     }
 
     pub fn newest(&self) -> Option<Entry> {
-        self.view().newest
+        self.view().newest()
     }
 
     pub fn total(&self) -> u128 {
@@ -248,7 +251,7 @@ impl TimeLog {
         let horizon = at.saturating_sub_unsigned(window.max(view.window));
         let expired = view.entries().take_while(|e| e.at <= horizon).count() as u64;
         let kept = view.len() - expired;
-        let joined = kept > 0 && view.newest.is_some_and(|n| joins(n, at, cost, precision));
+        let joined = kept > 0 && view.newest().is_some_and(|n| joins(n, at, cost, precision));
         kept + u64::from(!joined)
     }
 
@@ -372,8 +375,8 @@ impl TimeLog {
     fn packed_stream(&self) -> Stream<StackBytes> {
         let view = self.view();
         let mut bytes = StackBytes::default();
-        let (first, second) = (view.cursor.first, view.cursor.second);
-        bytes.extend(first.iter().chain(second).copied());
+        bytes.push_slice(view.cursor.first);
+        bytes.push_slice(view.cursor.second);
         Stream {
             window: view.window,
             base: view.cursor.front_time,
@@ -401,7 +404,6 @@ fn packed_view(bytes: &[u8]) -> View<'_> {
     let cursor = Cursor::over(entries, &[], base, base.saturating_add_unsigned(span));
     View {
         window,
-        newest: Entries(cursor).next_back(),
         total: u128::from(total),
         len: None,
         cursor,
@@ -422,7 +424,8 @@ impl Packed {
             push_varint(&mut bytes, stream.newest.abs_diff(stream.base));
             push_varint(&mut bytes, u64::try_from(stream.total).ok()?);
             let (first, second) = stream.bytes.slices();
-            bytes.extend(first.iter().chain(second).copied());
+            bytes.push_slice(first);
+            bytes.push_slice(second);
         }
         (bytes.written()?.len() <= MEDIUM_BYTES).then_some(Packed { bytes })
     }
@@ -510,7 +513,6 @@ impl<B: ByteDeque> Stream<B> {
         let cursor = self.cursor();
         View {
             window: self.window,
-            newest: Entries(cursor).next_back(),
             total: self.total,
             len,
             cursor,
@@ -522,7 +524,6 @@ impl Stream<&[u8]> {
     fn empty_view() -> View<'static> {
         View {
             window: 0,
-            newest: None,
             total: 0,
             len: Some(0),
             cursor: Cursor::over(&[], &[], 0, 0),
@@ -614,6 +615,13 @@ impl Extend<u8> for StackBytes {
 impl StackBytes {
     fn written(&self) -> Option<&[u8]> {
         self.bytes.get(..self.len)
+    }
+
+    fn push_slice(&mut self, more: &[u8]) {
+        if let Some(room) = self.bytes.get_mut(self.len..self.len + more.len()) {
+            room.copy_from_slice(more);
+        }
+        self.len += more.len();
     }
 }
 
