@@ -63,7 +63,7 @@ lint:
 clean:
 	cargo clean
 
-# Benchmarks and the exactness harness (about 5 minutes); results and
+# Benchmarks and the exactness harness (about 9 minutes); results and
 # charts go to bench/results/. Compare with another module command:
 #   make bench EXTRA_MODULE=/path/libredis_cell.so EXTRA_COMMAND="CL.THROTTLE k:__rand_int__ 15 30 60"
 bench: build
