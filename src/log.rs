@@ -143,6 +143,15 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
+    fn empty() -> View<'a> {
+        View {
+            window: 0,
+            total: 0,
+            len: Some(0),
+            cursor: Cursor::over(&[], &[], 0, 0),
+        }
+    }
+
     /// All entries, oldest first; `.rev()` walks them newest first.
     pub fn entries(&self) -> Entries<'a> {
         Entries(self.cursor)
@@ -362,11 +371,11 @@ impl TimeLog {
             }
             return result;
         }
-        let mut unpacked = self.packed_stream();
-        let result = change(&mut unpacked);
-        match Packed::of(&unpacked) {
+        let mut stream = self.packed_stream();
+        let result = change(&mut stream);
+        match Packed::of(&stream) {
             Some(packed) => packed.store_in(&mut self.0),
-            None => self.0 = Repr::Large(Box::new(Large::from_stream(&unpacked))),
+            None => self.0 = Repr::Large(Box::new(Large::from_stream(&stream))),
         }
         result
     }
@@ -397,7 +406,7 @@ fn packed_view(bytes: &[u8]) -> View<'_> {
         read_varint(&mut header),
         read_varint(&mut header),
     ) else {
-        return Stream::<&[u8]>::empty_view();
+        return View::empty();
     };
     let base = base as Millis;
     let entries = &bytes[bytes.len() - header.len()..];
@@ -516,17 +525,6 @@ impl<B: ByteDeque> Stream<B> {
             total: self.total,
             len,
             cursor,
-        }
-    }
-}
-
-impl Stream<&[u8]> {
-    fn empty_view() -> View<'static> {
-        View {
-            window: 0,
-            total: 0,
-            len: Some(0),
-            cursor: Cursor::over(&[], &[], 0, 0),
         }
     }
 }
