@@ -13,8 +13,12 @@ const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kin
 
 const NINE_WINDOWS: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
+/// Redis names the command in lower case, as it names its own.
 fn arity(name: &str) -> String {
-    format!("ERR wrong number of arguments for '{name}' command")
+    format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_lowercase()
+    )
 }
 
 #[test]
@@ -136,17 +140,13 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
     ));
     cases.push((
         vec!["RATELIMIT.RECORD", "k", "1700000000000", "1000", "1"],
-        "ERR RATELIMIT.RECORD is internal: it only runs from the replication link or the AOF"
+        "ERR ratelimit.record is internal: it only runs from the replication link or the AOF"
             .into(),
     ));
     assert!(cases.len() >= 40, "{} cases", cases.len());
     for (words, expected) in &cases {
         let got = error(&mut con, words);
-        // Redis checks arity itself and names the command as it was typed.
-        assert!(
-            got.eq_ignore_ascii_case(expected),
-            "{words:?}: got {got:?}, expected {expected:?}"
-        );
+        assert_eq!(&got, expected, "{words:?}");
         assert_eq!(digest(&mut con, "k"), before, "{words:?} changed the log");
         assert_eq!(
             digest(&mut con, "s"),
@@ -250,4 +250,114 @@ fn at_maxmemory_check_and_undo_are_refused_and_peek_answers() {
     assert_eq!(digest(&mut con, "k"), before);
     run::<()>(&mut con, &["CONFIG", "SET", "maxmemory", "0"]);
     assert_eq!(check(&mut con, "k", 60_000, 5)[..2], [1, 3]);
+}
+
+/// Every row of README.md's error table, against what the server sends:
+/// a call for each row, whose reply must be one of the row's replies,
+/// word for word.
+#[test]
+fn the_readme_error_table_is_what_the_server_sends() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("### Errors")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README.md has an error table");
+    let rows: Vec<(&str, Vec<&str>)> = table
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| input"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let replies = cells[1].split('`').skip(1).step_by(2).collect();
+            (cells[0].trim_start_matches("| "), replies)
+        })
+        .collect();
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    run::<()>(&mut con, &["SET", "s", "text"]);
+    let mut nine_pairs = vec!["RATELIMIT.CHECK", "k"];
+    for window in &NINE_WINDOWS {
+        nine_pairs.extend([*window, "5"]);
+    }
+    let calls: Vec<(&str, Vec<&str>)> = vec![
+        ("wrong number of arguments", vec!["RATELIMIT.CHECK", "k"]),
+        ("bad `window`", vec!["RATELIMIT.CHECK", "k", "0", "5"]),
+        ("bad `max`", vec!["RATELIMIT.CHECK", "k", "1000", "0"]),
+        (
+            "a window without its max",
+            vec!["RATELIMIT.CHECK", "k", "60000", "5", "1000"],
+        ),
+        (
+            "a window twice",
+            vec!["RATELIMIT.CHECK", "k", "1000", "5", "1000", "6"],
+        ),
+        ("more than 8 pairs", nine_pairs),
+        (
+            "bad `COST`",
+            vec!["RATELIMIT.CHECK", "k", "1000", "5", "COST", "0"],
+        ),
+        (
+            "`COST` above the smallest `max`",
+            vec!["RATELIMIT.CHECK", "k", "60000", "5", "COST", "6"],
+        ),
+        (
+            "bad `PRECISION`",
+            vec!["RATELIMIT.CHECK", "k", "1000", "5", "PRECISION", "0"],
+        ),
+        (
+            "an option without a value, twice, unknown",
+            vec!["RATELIMIT.CHECK", "k", "1000", "5", "COST"],
+        ),
+        (
+            "an option without a value, twice, unknown",
+            vec![
+                "RATELIMIT.CHECK",
+                "k",
+                "1000",
+                "5",
+                "COST",
+                "1",
+                "COST",
+                "1",
+            ],
+        ),
+        (
+            "an option without a value, twice, unknown",
+            vec!["RATELIMIT.CHECK", "k", "1000", "5", "X", "1"],
+        ),
+        (
+            "key of another type (and other commands on a limiter key)",
+            vec!["RATELIMIT.CHECK", "s", "1000", "5"],
+        ),
+    ];
+    for (input, words) in &calls {
+        let (_, replies) = rows
+            .iter()
+            .find(|(row, _)| row == input)
+            .unwrap_or_else(|| panic!("README.md's error table has no row {input:?}"));
+        let got = error(&mut con, words);
+        assert!(
+            replies.contains(&got.as_str()),
+            "{words:?}: {got:?} is not in {replies:?}"
+        );
+    }
+    // The full-log row, shown with the default setting, on a key made full
+    // under a setting of 1.
+    let (_, full) = rows
+        .iter()
+        .find(|(row, _)| row.starts_with("the key's log already holds"))
+        .expect("README.md's error table has the full-log row");
+    run::<()>(&mut con, &["CONFIG", "SET", "ratelimit.max-entries", "1"]);
+    check(&mut con, "full", 60_000, 100);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let got = error(&mut con, &["RATELIMIT.CHECK", "full", "60000", "100"]);
+    assert_eq!(vec![got.replace("(1)", "(1000000)").as_str()], *full);
+    let covered: std::collections::HashSet<&str> = calls.iter().map(|(input, _)| *input).collect();
+    for (row, _) in &rows {
+        assert!(
+            covered.contains(row) || row.starts_with("the key's log already holds"),
+            "README.md's error row {row:?} has no call here"
+        );
+    }
 }

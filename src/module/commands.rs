@@ -9,7 +9,7 @@ use crate::module::key::{ReadKey, WriteKey};
 use crate::module::replication;
 use crate::module::stats;
 use redis_module::raw;
-use redis_module::{Context, ContextFlags};
+use redis_module::Context;
 use std::os::raw::c_int;
 
 pub type RawCommand =
@@ -139,27 +139,18 @@ fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// RESP2: `[allowed, remaining, retry_after_ms, reset_after_ms]`; RESP3:
-/// the same as a map with a boolean `allowed`. Built in place.
+/// `[allowed, remaining, retry_after_ms, reset_after_ms]`, four integers,
+/// in RESP2 and RESP3 alike: clients that speak RESP3 by default turn a
+/// map into something the README's array destructuring silently misreads
+/// (a truthy `"allowed"` key), which would fail open. Built in place.
 fn reply_decision(ctx: &Context, decision: &Decision) {
-    let numbers = [
-        (c"remaining", decision.remaining),
-        (c"retry_after_ms", decision.retry_after_ms),
-        (c"reset_after_ms", decision.reset_after_ms),
-    ];
-    if ctx.get_flags().contains(ContextFlags::FLAGS_RESP3) {
-        raw::reply_with_map(ctx.ctx, 4);
-        raw::reply_with_simple_string(ctx.ctx, c"allowed".as_ptr());
-        raw::reply_with_bool(ctx.ctx, c_int::from(decision.allowed));
-        for (name, value) in numbers {
-            raw::reply_with_simple_string(ctx.ctx, name.as_ptr());
-            raw::reply_with_long_long(ctx.ctx, value as i64);
-        }
-    } else {
-        raw::reply_with_array(ctx.ctx, 4);
-        raw::reply_with_long_long(ctx.ctx, i64::from(decision.allowed));
-        for (_, value) in numbers {
-            raw::reply_with_long_long(ctx.ctx, value as i64);
-        }
+    raw::reply_with_array(ctx.ctx, 4);
+    for value in [
+        u64::from(decision.allowed),
+        decision.remaining,
+        decision.retry_after_ms,
+        decision.reset_after_ms,
+    ] {
+        raw::reply_with_long_long(ctx.ctx, value as i64);
     }
 }

@@ -1,4 +1,5 @@
-//! Every command the module registers, with what Redis shows of it:
+//! Every command the module registers, with what Redis shows of it (names
+//! in lower case, as Redis names its own commands in errors and replies):
 //! flags, COMMAND DOCS (summary, complexity, arity, arguments), key specs
 //! and ACL categories. README.md's command reference is tested against
 //! the COMMAND DOCS this produces (`tests/citizen.rs`).
@@ -82,7 +83,7 @@ pub const ACL_CATEGORY: &CStr = c"ratelimit";
 
 const SPECS: [CommandSpec; 4] = [
     CommandSpec {
-        name: c"RATELIMIT.CHECK",
+        name: c"ratelimit.check",
         handler: commands::check_command,
         flags: c"write deny-oom fast",
         acl_categories: c"write fast",
@@ -93,7 +94,7 @@ const SPECS: [CommandSpec; 4] = [
         args: LIMIT_ARGS,
     },
     CommandSpec {
-        name: c"RATELIMIT.PEEK",
+        name: c"ratelimit.peek",
         handler: commands::peek_command,
         flags: c"readonly fast",
         acl_categories: c"read fast",
@@ -104,7 +105,7 @@ const SPECS: [CommandSpec; 4] = [
         args: LIMIT_ARGS,
     },
     CommandSpec {
-        name: c"RATELIMIT.UNDO",
+        name: c"ratelimit.undo",
         handler: commands::undo_command,
         flags: c"write deny-oom fast",
         acl_categories: c"write fast",

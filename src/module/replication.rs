@@ -20,7 +20,7 @@ use std::cell::Cell;
 use std::ffi::CStr;
 use std::ptr;
 
-pub const RECORD_COMMAND: &CStr = c"RATELIMIT.RECORD";
+pub const RECORD_COMMAND: &CStr = c"ratelimit.record";
 
 /// Every argument is a string Redis only takes a reference to: the window,
 /// cost and precision are the caller's own arguments and `at` is shared by
