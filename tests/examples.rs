@@ -1,0 +1,188 @@
+//! The client code README.md shows, run against a real server: each
+//! client's example in each protocol it speaks, the HTTP example with real
+//! requests, and the all-or-nothing script. README.md quotes each example
+//! word for word (between the `README:begin` and `README:end` markers).
+//! `make test` installs the Node and Python packages they need.
+
+mod common;
+
+use common::{run, Server};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn examples() -> PathBuf {
+    root().join("examples")
+}
+
+/// Runs an example and fails with its output unless it succeeds.
+fn succeeds(program: impl AsRef<std::ffi::OsStr>, args: &[&str], env: &[(&str, String)]) {
+    let mut command = Command::new(&program);
+    command.args(args).current_dir(examples());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e} (run `make test`)", program.as_ref()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{:?} {args:?} failed:\n{text}",
+        program.as_ref()
+    );
+    eprint!("{text}");
+}
+
+#[test]
+fn every_client_enforces_the_limit_in_each_protocol() {
+    let server = Server::start(&[]);
+    let port = server.port.to_string();
+    let python = root().join(".venv/bin/python3");
+    let redis_rs = root().join("target/release/examples/redis_rs");
+    // No protocol argument: the client's own default.
+    for protocol in [None, Some("2"), Some("3")] {
+        let args = |script: &'static str| -> Vec<&str> {
+            [script, port.as_str()]
+                .into_iter()
+                .chain(protocol)
+                .collect()
+        };
+        succeeds("node", &args("node/ioredis.mjs"), &[]);
+        succeeds("node", &args("node/node-redis.mjs"), &[]);
+        succeeds(&python, &args("python/redis_py.py"), &[]);
+        let rust: Vec<&str> = [port.as_str()].into_iter().chain(protocol).collect();
+        succeeds(&redis_rs, &rust, &[]);
+    }
+}
+
+#[test]
+fn the_http_example_limits_with_ratelimit_fields() {
+    let server = Server::start(&[]);
+    let port = ("RATELIMIT_PORT", server.port.to_string());
+    succeeds("node", &["--test", "node/http.test.mjs"], &[port]);
+}
+
+/// A per-user, a per-IP and a per-tenant limit in one call: when any
+/// denies, none is charged.
+#[test]
+fn all_or_nothing_over_several_keys() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let script =
+        std::fs::read_to_string(examples().join("lua/all_or_nothing.lua")).expect("script");
+    let sha: String = run(&mut con, &["SCRIPT", "LOAD", &script]);
+    let mut call = |user: &str| -> Vec<i64> {
+        run(
+            &mut con,
+            &[
+                "EVALSHA", &sha, "3", user, "{t}:ip", "{t}:all", "60000", "2", "60000", "10",
+                "60000", "3", "1",
+            ],
+        )
+    };
+    assert_eq!(call("{t}:user:1"), [1, 0, 0]);
+    assert_eq!(call("{t}:user:1"), [1, 0, 0]);
+    let user_denies = call("{t}:user:1");
+    assert_eq!(user_denies[..1], [0]);
+    assert_eq!(user_denies[2], 1, "the user's limit denied");
+    assert!(user_denies[1] > 59_000, "{user_denies:?}");
+    assert_eq!(call("{t}:user:2"), [1, 0, 0], "the tenant's third");
+    let tenant_denies = call("{t}:user:2");
+    assert_eq!(
+        (tenant_denies[0], tenant_denies[2]),
+        (0, 3),
+        "the tenant's limit denied"
+    );
+    let mut remaining = |key: &str, max: &str| -> i64 {
+        let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", key, "60000", max]);
+        peek[1]
+    };
+    assert_eq!(remaining("{t}:user:1", "2"), 0);
+    assert_eq!(
+        remaining("{t}:user:2", "2"),
+        1,
+        "not charged when the tenant denied"
+    );
+    assert_eq!(
+        remaining("{t}:ip", "10"),
+        7,
+        "charged only for the 3 allowed"
+    );
+    assert_eq!(remaining("{t}:all", "3"), 0);
+}
+
+/// The marked part of each example, as README.md must quote it.
+fn quoted_parts(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).expect("example");
+    let mut parts = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in text.lines() {
+        if line
+            .trim_start()
+            .trim_start_matches(['/', '#', ' '])
+            .starts_with("README:begin")
+        {
+            current = Some(Vec::new());
+        } else if line
+            .trim_start()
+            .trim_start_matches(['/', '#', ' '])
+            .starts_with("README:end")
+        {
+            parts.extend(current.take().map(|lines| dedent(&lines)));
+        } else if let Some(lines) = current.as_mut() {
+            lines.push(line);
+        }
+    }
+    parts
+}
+
+fn dedent(lines: &[&str]) -> String {
+    let indent = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let kept: Vec<&str> = lines
+        .iter()
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect();
+    kept.join("\n")
+}
+
+#[test]
+fn readme_quotes_every_example() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let files = [
+        "node/ioredis.mjs",
+        "node/node-redis.mjs",
+        "python/redis_py.py",
+        "redis_rs.rs",
+        "node/http-server.mjs",
+        "node/cluster.mjs",
+    ];
+    for file in files {
+        let parts = quoted_parts(&examples().join(file));
+        assert!(!parts.is_empty(), "{file} marks nothing for README.md");
+        for part in parts {
+            assert!(
+                readme.contains(&part),
+                "README.md does not quote {file}:\n{part}"
+            );
+        }
+    }
+    let script =
+        std::fs::read_to_string(examples().join("lua/all_or_nothing.lua")).expect("script");
+    assert!(
+        readme.contains(script.trim_end()),
+        "README.md does not quote the all-or-nothing script"
+    );
+}
