@@ -416,3 +416,77 @@ fn readme_opening_examples_behave_as_documented() {
         "{usage} B, one request {one_request} B"
     );
 }
+
+/// A denied CHECK changes nothing, so a client WATCHing the key keeps its
+/// transaction; an allowed one, like any write, aborts it.
+#[test]
+fn only_real_changes_touch_a_watched_key() {
+    let server = Server::start(&[]);
+    let (mut watcher, mut other) = (server.connect(), server.connect());
+    run::<Vec<i64>>(&mut other, &["RATELIMIT.CHECK", "k", "60000", "1"]);
+    let transaction =
+        |watcher: &mut redis::Connection, other: &mut redis::Connection, max: &str| {
+            run::<()>(watcher, &["WATCH", "k"]);
+            run::<Vec<i64>>(other, &["RATELIMIT.CHECK", "k", "60000", max]);
+            run::<()>(watcher, &["MULTI"]);
+            run::<()>(watcher, &["SET", "marker", "1"]);
+            run::<Value>(watcher, &["EXEC"])
+        };
+    let after_denied = transaction(&mut watcher, &mut other, "1");
+    assert_eq!(
+        after_denied,
+        Value::Array(vec![Value::Okay]),
+        "a denied CHECK touched the key"
+    );
+    let after_allowed = transaction(&mut watcher, &mut other, "5");
+    assert_eq!(
+        after_allowed,
+        Value::Nil,
+        "an allowed CHECK must abort the transaction"
+    );
+}
+
+/// Each change of a log is published in the module class of keyspace
+/// events; a denied CHECK and PEEK publish nothing.
+#[test]
+fn changes_are_published_as_keyspace_events() {
+    let server = Server::start(&["--notify-keyspace-events", "Kd$"]);
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut subscriber = client.get_connection().expect("subscriber");
+    subscriber
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe("__keyspace@0__:k").expect("SUBSCRIBE");
+    let mut con = server.connect();
+    let calls: [&[&str]; 6] = [
+        &["RATELIMIT.CHECK", "k", "60000", "2", "COST", "2"],
+        &["RATELIMIT.CHECK", "k", "60000", "2"],
+        &["RATELIMIT.PEEK", "k", "60000", "2"],
+        &["RATELIMIT.UNDO", "k"],
+        &["RATELIMIT.UNDO", "k", "COST", "5"],
+        &["RATELIMIT.UNDO", "k"],
+    ];
+    for call in calls {
+        run::<Value>(&mut con, call);
+    }
+    run::<()>(&mut con, &["SET", "k", "done"]);
+    let mut events = Vec::new();
+    loop {
+        let message = pubsub.get_message().expect("an event");
+        let event: String = message.get_payload().expect("text");
+        if event == "set" {
+            break;
+        }
+        events.push(event);
+    }
+    assert_eq!(
+        events,
+        [
+            "ratelimit.recorded",
+            "ratelimit.refunded",
+            "ratelimit.refunded",
+            "ratelimit.deleted"
+        ]
+    );
+}

@@ -5,6 +5,7 @@ use crate::limiter::{self, Decision, Record};
 use crate::log::{Millis, TimeLog};
 use crate::module::boundary::{run_command, Arg, CommandError, Handler};
 use crate::module::config;
+use crate::module::events::{self, Change};
 use crate::module::key::{ReadKey, WriteKey};
 use crate::module::replication;
 use crate::module::stats;
@@ -54,6 +55,7 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
         };
         let expires_at = limiter::apply(log, &record);
         key.expire_at(expires_at);
+        events::changed(ctx.ctx, call.key, &[Change::Recorded]);
         stats::ALLOWED.add(1);
         stats::UNITS_RECORDED.add(record.cost.get());
         replication::replicate_record(ctx, &call, record.at);
@@ -104,6 +106,9 @@ fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
             let removed = limiter::refund(log, call.units);
             if log.is_empty() {
                 key.delete();
+                events::changed(ctx.ctx, call.key, &[Change::Refunded, Change::Deleted]);
+            } else if removed > 0 {
+                events::changed(ctx.ctx, call.key, &[Change::Refunded]);
             }
             removed
         }
@@ -133,6 +138,7 @@ fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     };
     let expires_at = limiter::apply(log, &call.record);
     key.expire_at(expires_at);
+    events::changed(ctx.ctx, call.key, &[Change::Recorded]);
     stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);
     ctx.reply_simple_string("OK");

@@ -1,0 +1,50 @@
+//! What a change to a log tells the rest of the server. The module opts
+//! out of Redis's implicit "modified" signal on every key opened for
+//! writing, so a denied CHECK, which changes nothing, neither aborts a
+//! `WATCH` nor invalidates client-side caches; a real change signals the
+//! key and publishes a keyspace event in the module class (`d` in
+//! `notify-keyspace-events`), as built-in commands do in theirs.
+
+use crate::module::boundary::Arg;
+use redis_module::raw;
+use std::ffi::CStr;
+use std::os::raw::c_int;
+
+/// A change to a key's log, named as its keyspace event.
+#[derive(Clone, Copy)]
+pub enum Change {
+    /// An allowed CHECK, or a RECORD from the master or the AOF.
+    Recorded,
+    /// An UNDO that took something back.
+    Refunded,
+    /// An UNDO that emptied the log, whose key is then deleted.
+    Deleted,
+}
+
+impl Change {
+    fn event(self) -> &'static CStr {
+        match self {
+            Change::Recorded => c"ratelimit.recorded",
+            Change::Refunded => c"ratelimit.refunded",
+            Change::Deleted => c"ratelimit.deleted",
+        }
+    }
+}
+
+/// Signals `key` as modified once, and publishes each change.
+pub fn changed(ctx: *mut raw::RedisModuleCtx, key: &Arg, changes: &[Change]) {
+    // SAFETY: plain calls on the live context with a key name Redis keeps
+    // alive for the whole command; both functions exist in every server
+    // this module loads on (7.0+).
+    unsafe {
+        raw::RedisModule_SignalModifiedKey.expect("in every Redis")(ctx, key.as_ptr());
+        for change in changes {
+            raw::RedisModule_NotifyKeyspaceEvent.expect("in every Redis")(
+                ctx,
+                raw::REDISMODULE_NOTIFY_MODULE as c_int,
+                change.event().as_ptr(),
+                key.as_ptr(),
+            );
+        }
+    }
+}
