@@ -215,8 +215,123 @@ fn the_cluster_keeps_every_promise() {
     resharding_moves_a_live_log(&cluster);
     replicas_answer_peek_like_their_master(&cluster);
     node_clients_reach_the_owner_in_one_trip(&cluster);
+    atomic_slot_migration_moves_a_live_log(&cluster);
     failover_continues_the_same_logs(&cluster);
 }
+
+/// The master that serves `key` (the others answer MOVED).
+fn owner_of(cluster: &Cluster, key: &str) -> Node {
+    cluster
+        .nodes()
+        .into_iter()
+        .filter(|node| node.master.is_none())
+        .find(|node| {
+            redis::cmd("RATELIMIT.PEEK")
+                .arg(key)
+                .arg(600_000)
+                .arg(10)
+                .query::<Vec<i64>>(&mut cluster.connect(node.port))
+                .is_ok()
+        })
+        .expect("a master serves the key")
+}
+
+/// Moves `slot` from `from` to `to` with Valkey 9's `CLUSTER MIGRATESLOTS`
+/// and waits until `to` serves it; false if this server has no atomic
+/// slot migration.
+fn migrate_slot(cluster: &Cluster, slot: i64, from: &Node, to: &Node, key: &str) -> bool {
+    let slot = slot.to_string();
+    let started: redis::RedisResult<String> = redis::cmd("CLUSTER")
+        .arg(&["MIGRATESLOTS", "SLOTSRANGE", &slot, &slot, "NODE", &to.id][..])
+        .query(&mut cluster.connect(from.port));
+    if let Err(e) = &started {
+        let text = e.to_string().to_lowercase();
+        assert!(
+            text.contains("unknown subcommand"),
+            "MIGRATESLOTS refused: {e}"
+        );
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owner_of(cluster, key).id != to.id {
+        assert!(Instant::now() < deadline, "slot {slot} did not move");
+        sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Valkey 9's atomic slot migration, with the module loaded: a live log
+/// moves with an equal digest and answers the same; moved back while
+/// clients keep calling CHECK, no admission is lost or doubled. Redis
+/// 8.4+'s `CLUSTER MIGRATION IMPORT` is not in this test's server matrix.
+fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
+    let key = "{asm}:limiter";
+    let mut client = cluster.client();
+    for _ in 0..3 {
+        assert_eq!(check(&mut client, key, 10)[0], 1);
+    }
+    let slot: i64 = run(
+        &mut cluster.connect(owner_of(cluster, key).port),
+        &["CLUSTER", "KEYSLOT", key],
+    );
+    let source = owner_of(cluster, key);
+    let target = cluster
+        .nodes()
+        .into_iter()
+        .find(|node| node.master.is_none() && node.id != source.id)
+        .expect("another master");
+    let before = digest(&mut cluster.connect(source.port), key);
+    let peek_before = peek(&mut cluster.connect(source.port), key, 10);
+    if !migrate_slot(cluster, slot, &source, &target, key) {
+        eprintln!("skipped: this server has no CLUSTER MIGRATESLOTS (atomic slot migration)");
+        return;
+    }
+    let mut on_target = cluster.connect(target.port);
+    assert_eq!(
+        digest(&mut on_target, key),
+        before,
+        "the log moved byte for byte"
+    );
+    assert_eq!(peek(&mut on_target, key, 10)[..3], peek_before[..3]);
+    // Back to the source while two clients keep calling CHECK under a
+    // limit they cannot reach (the cluster client follows MOVED and ASK):
+    // every call they saw allowed must be recorded exactly once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            let mut client = cluster.client();
+            std::thread::spawn(move || {
+                let mut allowed = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply: redis::RedisResult<Vec<i64>> = redis::cmd("RATELIMIT.CHECK")
+                        .arg(key)
+                        .arg(600_000)
+                        .arg(RUNNING_MAX)
+                        .query(&mut client);
+                    allowed += reply.map_or(0, |r| r[0]);
+                    sleep(Duration::from_millis(1));
+                }
+                allowed
+            })
+        })
+        .collect();
+    sleep(Duration::from_millis(50));
+    assert!(migrate_slot(cluster, slot, &target, &source, key));
+    sleep(Duration::from_millis(50));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during: i64 = callers.into_iter().map(|c| c.join().expect("caller")).sum();
+    let after = peek(&mut cluster.connect(source.port), key, RUNNING_MAX);
+    assert_eq!(
+        after[1],
+        RUNNING_MAX as i64 - 3 - during,
+        "{during} admitted around the move"
+    );
+    eprintln!("atomic slot migration: a live log moved and back, {during} CHECKs admitted around the second move, each recorded once");
+}
+
+/// A limit the callers around a migration never reach.
+const RUNNING_MAX: u64 = 1_000_000;
 
 /// MOVED replies the masters have sent so far.
 fn moved_so_far(cluster: &Cluster) -> u64 {
