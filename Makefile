@@ -75,10 +75,11 @@ $(REDIS_SOURCE_SERVER):
 	  printf 'Types: deb-src\nURIs: %s\nSuites: experimental\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$$mirror" > $(DEB_SRC); \
 	  apt-get update -qq; }
 	rm -rf $(@D)/build && mkdir -p $(@D)/build
-	cd $(@D)/build && apt-get source --download-only -qq redis=5:$(REDIS_SOURCE_VERSION)-1 2>/dev/null && \
-	  tar xzf redis_$(REDIS_SOURCE_VERSION).orig.tar.gz
-	$(MAKE) -C $(@D)/build/redis-$(REDIS_SOURCE_VERSION) -j2 BUILD_TLS=no >/dev/null
-	cp $(@D)/build/redis-$(REDIS_SOURCE_VERSION)/src/redis-server $@
+	@# The pinned version, or whatever experimental carries once it moves on.
+	cd $(@D)/build && { apt-get source --download-only -qq redis=5:$(REDIS_SOURCE_VERSION)-1 2>/dev/null || \
+	  apt-get source --download-only -qq redis/experimental 2>/dev/null; } && tar xzf redis_*.orig.tar.gz
+	$(MAKE) -C $$(ls -d $(@D)/build/redis-*/ | head -1) -j2 BUILD_TLS=no >/dev/null
+	cp $$(ls -d $(@D)/build/redis-*/ | head -1)src/redis-server $@
 	rm -rf $(@D)/build
 
 # What examples/ runs on: the Node packages pinned by its lockfile, redis-py
