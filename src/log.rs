@@ -31,7 +31,10 @@
 //! changed and packed again, which at that size costs a few dozen bytes
 //! copied.
 
+use std::alloc::Layout;
 use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
+use std::ptr::{self, NonNull};
 
 /// Milliseconds since the Unix epoch, as `RedisModule_Milliseconds` gives them.
 pub type Millis = i64;
@@ -293,6 +296,29 @@ impl TimeLog {
             Repr::Small { .. } => 0,
             Repr::Medium(_) => std::mem::size_of::<MediumBlock>(),
             Repr::Large(large) => std::mem::size_of::<Large>() + large.stream.bytes.capacity(),
+        }
+    }
+
+    /// Offers each heap allocation of the log to `relocate`, which the
+    /// server's active defragmentation uses to move it off a sparse page.
+    /// Returns how many moved. A heap deque that wraps around its buffer is
+    /// made contiguous first (a copy within the buffer), as the buffer can
+    /// only be handed over whole.
+    ///
+    /// # Safety
+    ///
+    /// `relocate` is given the start of an allocation the global allocator
+    /// made with that layout. It must return `None` and leave it alone, or
+    /// return a new allocation of the same layout holding the same bytes,
+    /// having freed the old one.
+    pub unsafe fn relocate(&mut self, relocate: &mut Relocate) -> usize {
+        match &mut self.0 {
+            Repr::Small { .. } => 0,
+            Repr::Medium(block) => unsafe { usize::from(relocate_box(block, relocate)) },
+            Repr::Large(large) => unsafe {
+                let bytes = relocate_bytes(&mut large.stream.bytes, relocate);
+                usize::from(bytes) + usize::from(relocate_box(large, relocate))
+            },
         }
     }
 
@@ -661,6 +687,39 @@ impl ByteDeque for VecDeque<u8> {
     }
 }
 
+/// Moves an allocation elsewhere, or leaves it (`None`); see
+/// [`TimeLog::relocate`].
+pub type Relocate<'a> = dyn FnMut(NonNull<u8>, Layout) -> Option<NonNull<u8>> + 'a;
+
+/// SAFETY: as for [`TimeLog::relocate`].
+unsafe fn relocate_box<T>(boxed: &mut Box<T>, relocate: &mut Relocate) -> bool {
+    let old = NonNull::from(&mut **boxed).cast::<u8>();
+    let Some(new) = relocate(old, Layout::new::<T>()) else {
+        return false;
+    };
+    // The old allocation is already freed: overwrite the box, never drop it.
+    unsafe { ptr::write(boxed, Box::from_raw(new.as_ptr().cast::<T>())) };
+    true
+}
+
+/// SAFETY: as for [`TimeLog::relocate`].
+unsafe fn relocate_bytes(deque: &mut VecDeque<u8>, relocate: &mut Relocate) -> bool {
+    if deque.capacity() == 0 {
+        return false;
+    }
+    // Both conversions keep the buffer: no allocation, and O(1) back.
+    let mut bytes = ManuallyDrop::new(Vec::from(std::mem::take(deque)));
+    let (old, len, capacity) = (bytes.as_mut_ptr(), bytes.len(), bytes.capacity());
+    let layout = Layout::array::<u8>(capacity).expect("the layout of a live buffer");
+    let moved = NonNull::new(old).and_then(|old| relocate(old, layout));
+    let buffer = match moved {
+        Some(new) => unsafe { Vec::from_raw_parts(new.as_ptr(), len, capacity) },
+        None => ManuallyDrop::into_inner(bytes),
+    };
+    *deque = VecDeque::from(buffer);
+    moved.is_some()
+}
+
 /// A log that outgrew the packed blocks.
 #[derive(Clone, Debug)]
 struct Large {
@@ -1021,6 +1080,56 @@ mod tests {
                 cost: 1
             })
         );
+    }
+
+    /// What the server's defragmenter does to a moved allocation: a fresh
+    /// copy, the old one freed.
+    fn copy_elsewhere(old: NonNull<u8>, layout: Layout) -> Option<NonNull<u8>> {
+        unsafe {
+            let new = NonNull::new(std::alloc::alloc(layout))?;
+            ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), layout.size());
+            std::alloc::dealloc(old.as_ptr(), layout);
+            Some(new)
+        }
+    }
+
+    #[test]
+    fn every_form_survives_being_moved_and_keeps_working() {
+        let t = 1_700_000_000_000;
+        // Small, Medium, Large, and a Large deque that wraps its buffer.
+        let forms = [(1, 1, 0), (10, 3_000, 1), (500, 1, 2), (5_000, 1, 2)];
+        for (requests, gap, moves) in forms {
+            let mut log = TimeLog::default();
+            for i in 0..requests {
+                // Past 2,000 requests the oldest leave the front.
+                log.record(t + i * gap, 2_000 * gap as u64, 1 + (i as u64 % 3), 1);
+            }
+            if let Repr::Large(large) = &log.0 {
+                let wraps = !large.stream.bytes.as_slices().1.is_empty();
+                assert_eq!(wraps, requests > 2_000, "{requests} requests");
+            }
+            let before = log.clone();
+            let moved = unsafe { log.relocate(&mut copy_elsewhere) };
+            assert_eq!(moved, moves, "{requests} requests");
+            assert_eq!(log, before);
+            let later = t + requests * gap + 10;
+            let mut reference = before.clone();
+            log.record(later, 2_000 * gap as u64, 2, 1);
+            reference.record(later, 2_000 * gap as u64, 2, 1);
+            assert_eq!(log.refund(3), reference.refund(3));
+            assert_eq!(log, reference);
+        }
+    }
+
+    #[test]
+    fn nothing_moves_when_the_defragmenter_declines() {
+        let mut log = TimeLog::default();
+        for i in 0..500 {
+            log.record(1_700_000_000_000 + i, 600_000, 1, 1);
+        }
+        let before = log.clone();
+        assert_eq!(unsafe { log.relocate(&mut |_, _| None) }, 0);
+        assert_eq!(log, before);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{error, run, Server};
+use common::{error, info_field, run, Server};
 use redis::Value;
 use std::collections::HashMap;
 
@@ -494,4 +494,124 @@ fn changes_are_published_as_keyspace_events() {
             "ratelimit.deleted"
         ]
     );
+}
+
+/// Servers built with Redis's own jemalloc defragment memory in the
+/// background; the module's defrag callback moves its logs' blocks. With
+/// logs of every form fragmented by deletes, the logs moved (INFO counts
+/// them) and afterwards every log digests and answers as before.
+#[test]
+fn active_defragmentation_moves_logs_and_changes_nothing() {
+    let server = Server::start(&["--hz", "100"]);
+    let mut con = server.connect();
+    let refused = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("activedefrag")
+        .arg("no")
+        .query::<()>(&mut con)
+        .and_then(|()| {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("activedefrag")
+                .arg("yes")
+                .query::<()>(&mut con)
+        });
+    if let Err(e) = refused {
+        assert!(e.to_string().contains("Jemalloc"), "{e}");
+        eprintln!(
+            "skipped: this server ({}) has no active defragmentation: {e}",
+            common::server_binary()
+        );
+        return;
+    }
+    run::<()>(&mut con, &["CONFIG", "SET", "activedefrag", "no"]);
+    let keys = fill_logs_of_every_form(&mut con, 60_000);
+    // Two keys in three go, leaving holes on every page.
+    let (kept, doomed): (Vec<(usize, String)>, _) =
+        keys.into_iter().enumerate().partition(|(i, _)| i % 3 == 0);
+    for chunk in doomed.chunks(1000) {
+        let names: Vec<&String> = chunk.iter().map(|(_, key)| key).collect();
+        redis::cmd("DEL")
+            .arg(names)
+            .query::<()>(&mut con)
+            .expect("DEL");
+    }
+    let kept: Vec<String> = kept.into_iter().map(|(_, key)| key).collect();
+    let before = answers(&mut con, &kept);
+    for (name, value) in [
+        ("active-defrag-ignore-bytes", "1"),
+        ("active-defrag-threshold-lower", "1"),
+        ("active-defrag-cycle-min", "50"),
+        ("active-defrag-cycle-max", "90"),
+        ("activedefrag", "yes"),
+    ] {
+        run::<()>(&mut con, &["CONFIG", "SET", name, value]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let moved = |con: &mut redis::Connection| {
+        info_field(con, "ratelimit", "ratelimit_defrag_moved").expect("defrag_moved in INFO")
+    };
+    while moved(&mut con) == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing moved");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    run::<()>(&mut con, &["CONFIG", "SET", "activedefrag", "no"]);
+    assert_eq!(answers(&mut con, &kept), before);
+    // And the moved logs keep counting.
+    let mut pipe = redis::pipe();
+    for key in &kept {
+        pipe.cmd("RATELIMIT.CHECK")
+            .arg(key)
+            .arg(3_600_000)
+            .arg(1_000_000);
+    }
+    let checks: Vec<Vec<i64>> = pipe.query(&mut con).expect("CHECKs");
+    for (check, (_, _, remaining)) in checks.iter().zip(&before) {
+        assert_eq!(check[..2], [1, remaining - 1]);
+    }
+    eprintln!("defrag moved {} log allocations", moved(&mut con));
+}
+
+/// `count` keys, each with a log of one of the three forms: one request
+/// (16-byte block), five (48-byte block) or sixty (heap deque).
+fn fill_logs_of_every_form(con: &mut redis::Connection, count: usize) -> Vec<String> {
+    let requests = |i: usize| [1, 1, 1, 5, 60][i % 5];
+    let keys: Vec<String> = (0..count).map(|i| format!("log:{i}")).collect();
+    for pass in 0..60 {
+        let mut pipe = redis::pipe();
+        for (i, key) in keys.iter().enumerate().filter(|(i, _)| requests(*i) > pass) {
+            pipe.cmd("RATELIMIT.CHECK")
+                .arg(key)
+                .arg(3_600_000)
+                .arg(1_000_000)
+                .arg("COST")
+                .arg(1 + i % 3)
+                .ignore();
+        }
+        pipe.query::<()>(con).expect("fill");
+        // Each pass a millisecond later, so that requests do not merge.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    keys
+}
+
+/// Each key's digest and what PEEK says (allowed, remaining) under the
+/// fill's limit, in which nothing expires during the test.
+fn answers(con: &mut redis::Connection, keys: &[String]) -> Vec<(String, i64, i64)> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("DEBUG").arg("DIGEST-VALUE").arg(key);
+        pipe.cmd("RATELIMIT.PEEK")
+            .arg(key)
+            .arg(3_600_000)
+            .arg(1_000_000);
+    }
+    let replies: Vec<Value> = pipe.query(con).expect("digests and PEEKs");
+    replies
+        .chunks(2)
+        .map(|pair| {
+            let peek: Vec<i64> = redis::from_redis_value(&pair[1]).expect("a PEEK reply");
+            (text(&items(&pair[0])[0]), peek[0], peek[1])
+        })
+        .collect()
 }

@@ -8,11 +8,12 @@
 
 use crate::log::{Encoded, TimeLog};
 use crate::module::boundary::guard;
-use crate::module::replication;
+use crate::module::{replication, stats};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
+use std::alloc::Layout;
 use std::os::raw::{c_int, c_void};
-use std::ptr;
+use std::ptr::{self, NonNull};
 
 /// Bumped whenever the RDB encoding changes; older encodings stay loadable.
 const ENCODING_VERSION: c_int = 2;
@@ -36,7 +37,7 @@ pub static RATELIMIT_TYPE: RedisType = RedisType::new(
         free_effort: None,
         unlink: None,
         copy: Some(copy),
-        defrag: None,
+        defrag: Some(defrag),
         copy2: None,
         free_effort2: None,
         mem_usage2: None,
@@ -140,6 +141,38 @@ unsafe extern "C" fn copy(
 ) -> *mut c_void {
     let log = unsafe { log_of(value) };
     guard(ptr::null_mut(), || into_value(log.clone()))
+}
+
+/// Active defragmentation (servers built with Redis's jemalloc): moves the
+/// block Redis points at and whatever the log holds beyond it. A log is
+/// one or two allocations, so it is done in one call (returns 0).
+unsafe extern "C" fn defrag(
+    ctx: *mut raw::RedisModuleDefragCtx,
+    _key: *mut raw::RedisModuleString,
+    value: *mut *mut c_void,
+) -> c_int {
+    guard(0, || {
+        let Some(defrag_alloc) = raw::RedisModule_DefragAlloc else {
+            return 0;
+        };
+        // SAFETY: DefragAlloc moves an allocation of ours (null: it stays)
+        // and frees the old one, as `TimeLog::relocate` requires.
+        let mut relocate = |old: NonNull<u8>, _| unsafe {
+            NonNull::new(defrag_alloc(ctx, old.as_ptr().cast()).cast::<u8>())
+        };
+        let mut moved = 0;
+        unsafe {
+            if let Some(block) =
+                NonNull::new((*value).cast()).and_then(|b| relocate(b, Layout::new::<TimeLog>()))
+            {
+                *value = block.as_ptr().cast();
+                moved += 1;
+            }
+            moved += (*(*value).cast::<TimeLog>()).relocate(&mut relocate);
+        }
+        stats::DEFRAG_MOVED.add(moved as u64);
+        0
+    })
 }
 
 unsafe extern "C" fn free(value: *mut c_void) {

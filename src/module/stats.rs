@@ -34,8 +34,9 @@ pub static UNITS_RECORDED: Counter = Counter::new();
 pub static UNITS_REFUNDED: Counter = Counter::new();
 pub static RECORDS_REPLAYED: Counter = Counter::new();
 pub static LOG_FULL: Counter = Counter::new();
+pub static DEFRAG_MOVED: Counter = Counter::new();
 
-const FIELDS: [(&str, &Counter); 8] = [
+const FIELDS: [(&str, &Counter); 9] = [
     ("checks", &CHECKS),
     ("allowed", &ALLOWED),
     ("peeks", &PEEKS),
@@ -44,6 +45,7 @@ const FIELDS: [(&str, &Counter); 8] = [
     ("units_refunded", &UNITS_REFUNDED),
     ("records_replayed", &RECORDS_REPLAYED),
     ("log_full", &LOG_FULL),
+    ("defrag_moved", &DEFRAG_MOVED),
 ];
 
 /// The INFO callback: sections `ratelimit_stats` and `ratelimit_config`.

@@ -64,8 +64,9 @@ pub fn all_digests(con: &mut Connection) -> Vec<(String, String)> {
         .collect()
 }
 
-fn replication_field(con: &mut Connection, field: &str) -> Option<i64> {
-    let info: String = run(con, &["INFO", "replication"]);
+/// A numeric field of an INFO section, such as `used_memory` in `memory`.
+pub fn info_field(con: &mut Connection, section: &str, field: &str) -> Option<i64> {
+    let info: String = run(con, &["INFO", section]);
     info.lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.trim().parse().ok())
@@ -75,11 +76,12 @@ fn replication_field(con: &mut Connection, field: &str) -> Option<i64> {
 /// when called. (WAIT would only cover writes made on the connection that
 /// sends it, and the writes here come from many.)
 pub fn wait_for_replica(master: &mut Connection, replica: &mut Connection) {
-    let target = replication_field(master, "master_repl_offset").expect("master_repl_offset");
+    let target =
+        info_field(master, "replication", "master_repl_offset").expect("master_repl_offset");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let info: String = run(replica, &["INFO", "replication"]);
-        let applied = replication_field(replica, "slave_repl_offset").unwrap_or(-1);
+        let applied = info_field(replica, "replication", "slave_repl_offset").unwrap_or(-1);
         if info.contains("master_link_status:up") && applied >= target {
             return;
         }
