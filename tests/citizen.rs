@@ -1,9 +1,7 @@
 //! Behaving like a built-in command: COMMAND DOCS and key specs (checked
 //! against README.md), INFO, CONFIG, RESP3, ACL, MODULE LIST.
 
-mod common;
-
-use common::{error, info_field, run, Server};
+use harness::{error, info_field, info_text, run, Server};
 use redis::Value;
 use std::collections::HashMap;
 
@@ -74,8 +72,7 @@ fn arguments(list: &Value) -> String {
 fn readme_reference_matches_command_docs() {
     let server = Server::start(&[]);
     let mut con = server.connect();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme = harness::readme();
     for name in ["RATELIMIT.CHECK", "RATELIMIT.PEEK", "RATELIMIT.UNDO"] {
         let reply: Value = run(&mut con, &["COMMAND", "DOCS", name]);
         let all = fields(&reply);
@@ -265,7 +262,7 @@ fn acl_categories_where_the_server_has_them() {
     if categories.is_empty() {
         eprintln!(
             "skipped: this server ({}) gives module commands no ACL categories (Redis < 7.2)",
-            common::server_binary()
+            harness::server_binary()
         );
         return;
     }
@@ -317,11 +314,11 @@ fn the_repository_redis_conf_loads_the_module() {
             let _ = self.0.wait();
         }
     }
-    let port = common::free_port();
+    let port = harness::free_port();
     // redis.conf names the module relative to the repository, where `make
     // run` starts the server (a --dir would move it away before loading);
     // nothing is saved, so nothing is written there.
-    let child = std::process::Command::new(common::server_binary())
+    let child = std::process::Command::new(harness::server_binary())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("redis.conf")
         .args(["--port", &port.to_string()])
@@ -363,8 +360,7 @@ fn the_repository_redis_conf_loads_the_module() {
 /// doing what its comment says.
 #[test]
 fn readme_opening_examples_behave_as_documented() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme = harness::readme();
     let examples: Vec<Vec<&str>> = readme
         .lines()
         .take_while(|line| !line.starts_with("## "))
@@ -520,7 +516,7 @@ fn active_defragmentation_moves_logs_and_changes_nothing() {
         assert!(e.to_string().contains("Jemalloc"), "{e}");
         eprintln!(
             "skipped: this server ({}) has no active defragmentation: {e}",
-            common::server_binary()
+            harness::server_binary()
         );
         return;
     }
@@ -614,4 +610,24 @@ fn answers(con: &mut redis::Connection, keys: &[String]) -> Vec<(String, i64, i6
             (text(&items(&pair[0])[0]), peek[0], peek[1])
         })
         .collect()
+}
+
+/// README.md's support table lists the server this test runs on, by
+/// product and exact version: a server added to harness/servers.txt needs
+/// its row.
+#[test]
+fn the_readme_support_table_lists_this_server() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let mut field = |name: &str| info_text(&mut con, "server", name);
+    // Valkey also reports the Redis version it is compatible with.
+    let (product, version) = match field("valkey_version") {
+        Some(version) => ("Valkey", version),
+        None => ("Redis", field("redis_version").expect("redis_version")),
+    };
+    let row = format!("| {product} | {version} |");
+    assert!(
+        harness::readme().contains(&row),
+        "README.md's support table has no row {row}"
+    );
 }

@@ -2,9 +2,7 @@
 //! log, failover, and reads on replicas, on a real 6-node cluster (3
 //! masters, 3 replicas) started and stopped by the test.
 
-mod common;
-
-use common::{digest, run, wait_for_replica, Server};
+use harness::{check, digest, peek, run, wait_for_replica, Server};
 use redis::cluster::ClusterClient;
 use redis::Connection;
 use std::collections::HashMap;
@@ -12,6 +10,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+/// The window every limiter in these tests uses.
+const WINDOW: u64 = 600_000;
 
 struct Node {
     id: String,
@@ -29,7 +30,7 @@ impl Cluster {
         // fifth of the ephemeral range, so each node gets a free one.
         let servers: Vec<Server> = (0..6)
             .map(|_| {
-                let bus = common::free_port().to_string();
+                let bus = harness::free_port().to_string();
                 Server::start(&[
                     "--cluster-port",
                     &bus,
@@ -175,24 +176,6 @@ impl Cluster {
     }
 }
 
-fn check(con: &mut impl redis::ConnectionLike, key: &str, max: u64) -> Vec<i64> {
-    redis::cmd("RATELIMIT.CHECK")
-        .arg(key)
-        .arg(600_000)
-        .arg(max)
-        .query(con)
-        .expect("CHECK")
-}
-
-fn peek(con: &mut impl redis::ConnectionLike, key: &str, max: u64) -> Vec<i64> {
-    redis::cmd("RATELIMIT.PEEK")
-        .arg(key)
-        .arg(600_000)
-        .arg(max)
-        .query(con)
-        .expect("PEEK")
-}
-
 /// A key per master, so tests touch all three.
 fn key_on_each_master(cluster: &Cluster, prefix: &str) -> Vec<(String, Node)> {
     let mut found: HashMap<u16, (String, Node)> = HashMap::new();
@@ -228,7 +211,7 @@ fn owner_of(cluster: &Cluster, key: &str) -> Node {
         .find(|node| {
             redis::cmd("RATELIMIT.PEEK")
                 .arg(key)
-                .arg(600_000)
+                .arg(WINDOW)
                 .arg(10)
                 .query::<Vec<i64>>(&mut cluster.connect(node.port))
                 .is_ok()
@@ -277,7 +260,7 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
     let key = "{asm}:limiter";
     let mut client = cluster.client();
     for _ in 0..3 {
-        assert_eq!(check(&mut client, key, 10)[0], 1);
+        assert_eq!(check(&mut client, key, WINDOW, 10)[0], 1);
     }
     let slot: i64 = run(
         &mut cluster.connect(owner_of(cluster, key).port),
@@ -290,7 +273,7 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
         .find(|node| node.master.is_none() && node.id != source.id)
         .expect("another master");
     let before = digest(&mut cluster.connect(source.port), key);
-    let peek_before = peek(&mut cluster.connect(source.port), key, 10);
+    let peek_before = peek(&mut cluster.connect(source.port), key, WINDOW, 10);
     if !migrate_slot(cluster, slot, &source, &target, key) {
         eprintln!("skipped: this server has no atomic slot migration");
         return;
@@ -301,7 +284,7 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
         before,
         "the log moved byte for byte"
     );
-    assert_eq!(peek(&mut on_target, key, 10)[..3], peek_before[..3]);
+    assert_eq!(peek(&mut on_target, key, WINDOW, 10)[..3], peek_before[..3]);
     // Back to the source while two clients keep calling CHECK under a
     // limit they cannot reach (the cluster client follows MOVED and ASK):
     // every call they saw allowed must be recorded exactly once.
@@ -315,7 +298,7 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let reply: redis::RedisResult<Vec<i64>> = redis::cmd("RATELIMIT.CHECK")
                         .arg(key)
-                        .arg(600_000)
+                        .arg(WINDOW)
                         .arg(RUNNING_MAX)
                         .query(&mut client);
                     allowed += reply.map_or(0, |r| r[0]);
@@ -330,7 +313,7 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
     sleep(Duration::from_millis(50));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let during: i64 = callers.into_iter().map(|c| c.join().expect("caller")).sum();
-    let after = peek(&mut cluster.connect(source.port), key, RUNNING_MAX);
+    let after = peek(&mut cluster.connect(source.port), key, WINDOW, RUNNING_MAX);
     assert_eq!(
         after[1],
         RUNNING_MAX as i64 - 3 - during,
@@ -396,8 +379,8 @@ fn routing_and_hash_tags(cluster: &Cluster) {
     let mut con = cluster.client();
     for i in 0..1000 {
         let key = format!("route:{i}");
-        assert_eq!(check(&mut con, &key, 5)[..2], [1, 4], "{key}");
-        assert_eq!(peek(&mut con, &key, 5)[..2], [1, 4], "{key}");
+        assert_eq!(check(&mut con, &key, WINDOW, 5)[..2], [1, 4], "{key}");
+        assert_eq!(peek(&mut con, &key, WINDOW, 5)[..2], [1, 4], "{key}");
         if i % 10 == 0 {
             let refunded: i64 = redis::cmd("RATELIMIT.UNDO")
                 .arg(&key)
@@ -418,8 +401,8 @@ fn routing_and_hash_tags(cluster: &Cluster) {
         cluster.slot("{user:42}:api"),
         cluster.slot("{user:42}:login")
     );
-    check(&mut con, "{user:42}:api", 5);
-    check(&mut con, "{user:42}:login", 5);
+    check(&mut con, "{user:42}:api", WINDOW, 5);
+    check(&mut con, "{user:42}:login", WINDOW, 5);
     let owner = cluster.owner("{user:42}:api");
     let mut direct = cluster.connect(owner.port);
     let both: i64 = run(&mut direct, &["EXISTS", "{user:42}:api", "{user:42}:login"]);
@@ -430,7 +413,7 @@ fn routing_and_hash_tags(cluster: &Cluster) {
         .into_iter()
         .find(|m| m.port != owner.port)
         .expect("another master");
-    let moved = common::error(
+    let moved = harness::error(
         &mut cluster.connect(elsewhere.port),
         &["RATELIMIT.CHECK", "{user:42}:api", "600000", "5"],
     );
@@ -449,7 +432,7 @@ fn exact_per_key_under_concurrency(cluster: &Cluster) {
                     .and_then(|c| c.get_connection())
                     .expect("cluster connection");
                 let admitted = (0..40)
-                    .filter(|_| check(&mut con, &key, 50)[0] == 1)
+                    .filter(|_| check(&mut con, &key, WINDOW, 50)[0] == 1)
                     .count();
                 (key, admitted)
             })
@@ -470,7 +453,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
     let mut con = cluster.client();
     let key = "reshard:live";
     for _ in 0..7 {
-        check(&mut con, key, 10);
+        check(&mut con, key, WINDOW, 10);
     }
     let from = cluster.owner(key);
     let to = cluster
@@ -480,7 +463,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
         .expect("another master");
     let slot = cluster.slot(key).to_string();
     let before_digest = digest(&mut cluster.connect(from.port), key);
-    let before = peek(&mut cluster.connect(from.port), key, 10);
+    let before = peek(&mut cluster.connect(from.port), key, WINDOW, 10);
 
     let (mut source, mut target) = (cluster.connect(from.port), cluster.connect(to.port));
     run::<()>(
@@ -516,7 +499,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
         before_digest,
         "the log moved byte for byte"
     );
-    let after = peek(&mut target, key, 10);
+    let after = peek(&mut target, key, WINDOW, 10);
     assert_eq!(after[..2], before[..2], "allowed, remaining");
     assert!(
         after[3] <= before[3] && after[3] > 0,
@@ -524,7 +507,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
     );
     let mut con = cluster.client();
     assert_eq!(
-        check(&mut con, key, 10)[..2],
+        check(&mut con, key, WINDOW, 10)[..2],
         [1, 2],
         "limiting continues on the new owner"
     );
@@ -534,15 +517,15 @@ fn replicas_answer_peek_like_their_master(cluster: &Cluster) {
     let mut con = cluster.client();
     for (key, master) in key_on_each_master(cluster, "read") {
         for _ in 0..3 {
-            check(&mut con, &key, 10);
+            check(&mut con, &key, WINDOW, 10);
         }
         let mut on_master = cluster.connect(master.port);
         let mut on_replica = cluster.connect(cluster.replica_of(&master).port);
         wait_for_replica(&mut on_master, &mut on_replica);
         run::<()>(&mut on_replica, &["READONLY"]);
         let (m, r) = (
-            peek(&mut on_master, &key, 10),
-            peek(&mut on_replica, &key, 10),
+            peek(&mut on_master, &key, WINDOW, 10),
+            peek(&mut on_replica, &key, WINDOW, 10),
         );
         assert_eq!(m[..3], r[..3], "{key}");
         assert_eq!(r[..2], [1, 7]);
@@ -553,7 +536,7 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
     let mut con = cluster.client();
     let key = "failover:live";
     for i in 0..6 {
-        check(&mut con, key, 10);
+        check(&mut con, key, WINDOW, 10);
         if i == 3 {
             let _: i64 = redis::cmd("RATELIMIT.UNDO")
                 .arg(key)
@@ -567,7 +550,7 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
     let mut promoted = cluster.connect(replica.port);
     wait_for_replica(&mut old, &mut promoted);
     let before_digest = digest(&mut old, key);
-    let before = peek(&mut old, key, 10);
+    let before = peek(&mut old, key, WINDOW, 10);
     run::<()>(&mut promoted, &["CLUSTER", "FAILOVER"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -587,13 +570,13 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
         before_digest,
         "nothing reset or double-counted"
     );
-    let after = peek(&mut promoted, key, 10);
+    let after = peek(&mut promoted, key, WINDOW, 10);
     assert_eq!(after[..2], before[..2]);
     assert_eq!(after[..2], [1, 5]);
     cluster.wait_until_stable();
     let mut con = cluster.client();
     assert_eq!(
-        check(&mut con, key, 10)[..2],
+        check(&mut con, key, WINDOW, 10)[..2],
         [1, 4],
         "the promoted master limits on"
     );

@@ -1,8 +1,6 @@
 //! Every command and reply field against a real server.
 
-mod common;
-
-use common::{check, digest, error, run, Server};
+use harness::{check, digest, error, run, Server};
 use std::thread::sleep;
 use std::time::Duration;
 

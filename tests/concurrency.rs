@@ -1,8 +1,6 @@
 //! Many clients at once on one key: exactly `max` are admitted per window.
 
-mod common;
-
-use common::{check, Server};
+use harness::{check, Server};
 use std::sync::Arc;
 
 #[test]
@@ -45,7 +43,7 @@ fn concurrent_costs_never_exceed_max() {
                 let cost = 1 + t % 3;
                 (0..40)
                     .filter(|_| {
-                        let reply: Vec<i64> = common::run(
+                        let reply: Vec<i64> = harness::run(
                             &mut con,
                             &[
                                 "RATELIMIT.CHECK",

@@ -4,15 +4,9 @@
 //! word for word (between the `README:begin` and `README:end` markers).
 //! `make test` installs the Node and Python packages they need.
 
-mod common;
-
-use common::{run, Server};
+use harness::{root, run, Server};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn examples() -> PathBuf {
     root().join("examples")
@@ -160,7 +154,7 @@ fn dedent(lines: &[&str]) -> String {
 
 #[test]
 fn readme_quotes_every_example() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let readme = harness::readme();
     let files = [
         "node/ioredis.mjs",
         "node/node-redis.mjs",

@@ -3,9 +3,7 @@
 //! invalid read or write, use of uninitialised memory, or block
 //! definitely lost by the module.
 
-mod common;
-
-use common::{check, every_log_shape, run, version_1_payload, Server};
+use harness::{check, every_log_shape, run, version_1_payload, wait_for_background_saves, Server};
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -70,13 +68,7 @@ fn every_path_is_clean_under_memcheck() {
     run::<()>(&mut con, &["CONFIG", "SET", "ratelimit.max-entries", "500"]);
     run::<String>(&mut con, &["DEBUG", "RELOAD"]);
     run::<String>(&mut con, &["BGREWRITEAOF"]);
-    for _ in 0..600 {
-        let info: String = run(&mut con, &["INFO", "persistence"]);
-        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
-            break;
-        }
-        sleep(Duration::from_millis(50));
-    }
+    wait_for_background_saves(&mut con);
     run::<String>(&mut con, &["DEBUG", "LOADAOF"]);
     sleep(Duration::from_millis(300)); // "short" expires
     let expired: i64 = run(&mut con, &["EXISTS", "short"]);

@@ -1,9 +1,10 @@
 //! State survives DEBUG RELOAD, restarts from RDB and from AOF (with and
 //! without an RDB preamble), byte for byte by digest.
 
-mod common;
-
-use common::{all_digests, every_log_shape, run, version_1_payload, Server, VERSION_1};
+use harness::{
+    all_digests, every_log_shape, run, version_1_payload, wait_for_background_saves, Server,
+    VERSION_1,
+};
 use redis::Connection;
 
 fn peeks(con: &mut Connection) -> Vec<Vec<i64>> {
@@ -78,7 +79,7 @@ fn a_rewritten_aof_keeps_every_log() {
     run::<i64>(&mut con, &["PERSIST", "single"]);
     let (digests, remaining) = (all_digests(&mut con), peeks(&mut con));
     run::<String>(&mut con, &["BGREWRITEAOF"]);
-    wait_for_rewrite(&mut con);
+    wait_for_background_saves(&mut con);
     server.kill();
     server.relaunch();
     let mut con = server.connect();
@@ -87,17 +88,6 @@ fn a_rewritten_aof_keeps_every_log() {
     assert_eq!(ttl, -1, "a key without expiry stays without one");
     let ttl: i64 = run(&mut con, &["PTTL", "user:1"]);
     assert!(ttl > 0, "expiry kept: {ttl}");
-}
-
-fn wait_for_rewrite(con: &mut Connection) {
-    for _ in 0..500 {
-        let info: String = run(con, &["INFO", "persistence"]);
-        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("AOF rewrite did not finish");
 }
 
 /// A payload written by a future encoding version is refused, not misread.

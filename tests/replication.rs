@@ -1,9 +1,7 @@
 //! A replica reaches the master's exact state (equal digests) through the
 //! replicated RECORD commands, and answers PEEK itself.
 
-mod common;
-
-use common::{all_digests, check, every_log_shape, run, wait_for_replica, Server};
+use harness::{all_digests, check, every_log_shape, run, wait_for_replica, Server};
 
 fn replica_of(master: &Server) -> Server {
     Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()])
@@ -50,7 +48,7 @@ fn peek_runs_on_a_replica_and_agrees() {
     let on_replica: Vec<i64> = run(&mut r, &peek);
     assert_eq!(on_master[..3], [1, 6, 0]);
     assert_eq!(on_replica[..3], on_master[..3]);
-    let refused = common::error(&mut r, &["RATELIMIT.CHECK", "k", "600000", "10"]);
+    let refused = harness::error(&mut r, &["RATELIMIT.CHECK", "k", "600000", "10"]);
     assert!(refused.starts_with("READONLY"), "{refused}");
 }
 

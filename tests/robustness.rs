@@ -2,9 +2,7 @@
 //! the server up; corrupt payloads are refused; under maxmemory, writes
 //! are refused the standard way while reads go on.
 
-mod common;
-
-use common::{check, digest, error, run, Server};
+use harness::{check, digest, error, run, Server};
 
 const WINDOW: &str = "ERR window must be an integer from 1 to 31536000000 (milliseconds)";
 const MAX: &str = "ERR max must be an integer from 1 to 9223372036854775807";
@@ -257,8 +255,7 @@ fn at_maxmemory_check_and_undo_are_refused_and_peek_answers() {
 /// word for word.
 #[test]
 fn the_readme_error_table_is_what_the_server_sends() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme = harness::readme();
     let table = readme
         .split("### Errors")
         .nth(1)

@@ -8,9 +8,9 @@
 //!
 //! SOAK_SECONDS sets the workload's length (default 5; `make soak` runs 60).
 
-mod common;
-
-use common::{all_digests, run, wait_for_replica, Server};
+use harness::{
+    all_digests, info_field, run, wait_for_background_saves, wait_for_replica, Random, Server,
+};
 use redis::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,17 +23,6 @@ const OWNED_KEYS: usize = 10_000;
 const HOT_KEYS: usize = 50;
 const OWNED_MAX: u64 = 5;
 const HOT_MAX: u64 = 100;
-
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// What one connection saw: the entries its own keys should hold, and
 /// what it was admitted on the shared hot keys.
@@ -54,7 +43,7 @@ fn hot_key(i: usize) -> String {
 
 fn client(con: &mut Connection, index: usize, window: &str, stop: &AtomicBool) -> Seen {
     let mut seen = Seen::default();
-    let mut random = Random(index as u64 * 2_654_435_761 + 1);
+    let mut random = Random::seeded(index as u64);
     let mine: Vec<String> = (index..OWNED_KEYS)
         .step_by(CONNECTIONS)
         .map(owned_key)
@@ -119,22 +108,7 @@ fn client(con: &mut Connection, index: usize, window: &str, stop: &AtomicBool) -
 /// `used_memory_dataset`: used memory less Redis's own overhead (client
 /// buffers, replication backlog, hash tables), where a leaked log shows.
 fn dataset_memory(con: &mut Connection) -> i64 {
-    let info: String = run(con, &["INFO", "memory"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory_dataset:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory")
-}
-
-fn background_job_done(con: &mut Connection) -> bool {
-    let info: String = run(con, &["INFO", "persistence"]);
-    [
-        "rdb_bgsave_in_progress:0",
-        "aof_rewrite_in_progress:0",
-        "aof_rewrite_scheduled:0",
-    ]
-    .iter()
-    .all(|done| info.contains(done))
+    info_field(con, "memory", "used_memory_dataset").expect("used_memory_dataset in INFO")
 }
 
 #[test]
@@ -207,9 +181,7 @@ fn survives_load_background_saves_and_kill_9() {
         before,
         "the replica agrees with the master"
     );
-    while !background_job_done(&mut m) {
-        sleep(Duration::from_millis(50));
-    }
+    wait_for_background_saves(&mut m);
 
     master.kill();
     master.relaunch();

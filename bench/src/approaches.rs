@@ -1,6 +1,7 @@
 //! The rate limiters compared: this module, the classic atomic Lua
 //! sliding-log script, and the client-side pipeline many guides recommend.
 
+use harness::Random;
 use redis::Connection;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -42,20 +43,15 @@ pub fn guide_member(now: i64, random: u64) -> String {
     format!("req:{now}:0.{:016}", random % 10_000_000_000_000_000)
 }
 
-/// A small xorshift: the harness needs cheap, not strong, randomness.
-pub struct Random(u64);
-
-impl Random {
-    pub fn seeded(seed: u64) -> Random {
-        Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+/// `ZADD key` with `count` of the guide's members, all at `now`: how the
+/// sorted-set rows are filled.
+pub fn guide_zadd(key: &str, now: i64, count: u64, random: &mut Random) -> redis::Cmd {
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(key);
+    for _ in 0..count {
+        zadd.arg(now).arg(guide_member(now, random.next_u64()));
     }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+    zadd
 }
 
 /// The client-side pipeline from the guide, for a batch of keys: per key
@@ -83,7 +79,7 @@ pub fn naive_pipeline(
         pipe.cmd("ZADD")
             .arg(key)
             .arg(now)
-            .arg(guide_member(now, random.next()))
+            .arg(guide_member(now, random.next_u64()))
             .ignore();
         pipe.cmd("EXPIRE")
             .arg(key)

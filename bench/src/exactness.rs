@@ -8,8 +8,9 @@
 //! the client, on the true clock even when its own is skewed). The report
 //! is the largest total admitted in any window.
 
-use crate::approaches::{self, Random};
+use crate::approaches;
 use crate::Bench;
+use harness::Random;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -12,12 +12,9 @@ mod report;
 mod throughput;
 mod weighted;
 
-#[path = "../../tests/common/server.rs"]
-mod server;
-
+use harness::Server;
 use memory::Store;
 use redis::Connection;
-use server::Server;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -105,7 +102,7 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let version = std::process::Command::new(server::server_binary())
+    let version = std::process::Command::new(harness::server_binary())
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())

@@ -50,11 +50,7 @@ pub fn reset(con: &mut Connection) {
 }
 
 pub fn used_memory(con: &mut Connection) -> i64 {
-    let info: String = redis::cmd("INFO").arg("memory").query(con).expect("INFO");
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory")
+    harness::info_field(con, "memory", "used_memory").expect("used_memory in INFO")
 }
 
 /// Median, minimum and maximum.

@@ -1,9 +1,10 @@
 //! Bytes per key and per recorded request: the module's log against the
 //! guide's sorted set with `req:<ms>:<random>` members.
 
-use crate::approaches::{self, Random};
+use crate::approaches;
 use crate::measure;
 use crate::Bench;
+use harness::Random;
 use redis::Connection;
 
 #[derive(Clone, Copy, Debug)]
@@ -85,12 +86,7 @@ fn fill_by_key(con: &mut Connection, store: Store, entries: u64, keys: u64) {
     for key in 0..keys {
         let name = format!("k:{key}");
         if store == Store::SortedSet {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(&name);
-            for _ in 0..entries {
-                zadd.arg(now)
-                    .arg(approaches::guide_member(now, random.next()));
-            }
+            let zadd = approaches::guide_zadd(&name, now, entries, &mut random);
             pipe.add_command(zadd).ignore();
             pipe.cmd("EXPIRE").arg(&name).arg(3600).ignore();
         } else {

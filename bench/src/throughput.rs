@@ -1,9 +1,10 @@
 //! Ops/s, latency and server CPU per logical request for each approach,
 //! at pipeline depths 1 and 32, repeated and interleaved.
 
-use crate::approaches::{self, Random};
+use crate::approaches;
 use crate::measure::{self, Spread};
 use crate::Bench;
+use harness::Random;
 use redis::Connection;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -247,7 +248,7 @@ fn own_clients(
                 let mut done = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let keys: Vec<String> = (0..depth)
-                        .map(|_| format!("n:{}", random.next() % u64::from(KEYSPACE)))
+                        .map(|_| format!("n:{}", random.next_u64() % u64::from(KEYSPACE)))
                         .collect();
                     let sent = Instant::now();
                     batch(&mut con, &keys, &mut random);
@@ -404,19 +405,15 @@ fn push_rdb_length(out: &mut Vec<u8>, value: u64) {
 }
 
 /// A sorted set of `size` guide-style members at the current time.
-pub fn fill_sorted_set(con: &mut Connection, key: &str, size: u64) {
+fn fill_sorted_set(con: &mut Connection, key: &str, size: u64) {
     let now = approaches::client_clock_ms();
     let mut random = Random::seeded(size);
     let mut left = size;
     while left > 0 {
         let chunk = left.min(1000);
-        let mut cmd = redis::cmd("ZADD");
-        cmd.arg(key);
-        for _ in 0..chunk {
-            cmd.arg(now)
-                .arg(approaches::guide_member(now, random.next()));
-        }
-        cmd.query::<()>(con).expect("ZADD");
+        approaches::guide_zadd(key, now, chunk, &mut random)
+            .query::<()>(con)
+            .expect("ZADD");
         left -= chunk;
     }
 }

@@ -1,9 +1,6 @@
 //! A real server with the freshly built module: `redis-server` (or the
 //! binary in `RATELIMIT_SERVER`) on a free loopback port and a fresh
-//! directory, stopped when dropped, even if a test fails. Shared by the
-//! integration tests and the benchmarks (`bench/`).
-
-#![allow(dead_code)] // each user takes its own part of this
+//! directory, stopped when dropped, even if a test fails.
 
 use redis::{Connection, Value};
 use std::net::TcpListener;

@@ -1,0 +1,69 @@
+//! Sending commands: ones that must succeed, ones that must fail, and
+//! the module's own.
+
+use redis::{ConnectionLike, Value};
+
+/// The words as one command.
+fn command(words: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd(words[0]);
+    for word in &words[1..] {
+        cmd.arg(*word);
+    }
+    cmd
+}
+
+/// Runs a command that must succeed.
+pub fn run<T: redis::FromRedisValue>(con: &mut impl ConnectionLike, words: &[&str]) -> T {
+    command(words)
+        .query(con)
+        .unwrap_or_else(|e| panic!("{words:?} failed: {e}"))
+}
+
+/// Runs a command that must fail, and returns its error line as sent.
+pub fn error(con: &mut impl ConnectionLike, words: &[&str]) -> String {
+    match command(words).query::<Value>(con) {
+        Ok(value) => panic!("{words:?} should fail, got {value:?}"),
+        Err(e) => match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code} {detail}"),
+            (Some(code), None) => code.to_string(),
+            _ => e.to_string(),
+        },
+    }
+}
+
+/// `RATELIMIT.CHECK key window max`.
+pub fn check(con: &mut impl ConnectionLike, key: &str, window: u64, max: u64) -> Vec<i64> {
+    limit_call(con, "RATELIMIT.CHECK", key, window, max)
+}
+
+/// `RATELIMIT.PEEK key window max`.
+pub fn peek(con: &mut impl ConnectionLike, key: &str, window: u64, max: u64) -> Vec<i64> {
+    limit_call(con, "RATELIMIT.PEEK", key, window, max)
+}
+
+fn limit_call(
+    con: &mut impl ConnectionLike,
+    name: &str,
+    key: &str,
+    window: u64,
+    max: u64,
+) -> Vec<i64> {
+    run(con, &[name, key, &window.to_string(), &max.to_string()])
+}
+
+pub fn digest(con: &mut impl ConnectionLike, key: &str) -> String {
+    let digests: Vec<String> = run(con, &["DEBUG", "DIGEST-VALUE", key]);
+    digests.into_iter().next().expect("one digest")
+}
+
+/// Digests of every key, sorted by key, for comparing whole datasets.
+pub fn all_digests(con: &mut impl ConnectionLike) -> Vec<(String, String)> {
+    let mut keys: Vec<String> = run(con, &["KEYS", "*"]);
+    keys.sort();
+    keys.into_iter()
+        .map(|key| {
+            let d = digest(con, &key);
+            (key, d)
+        })
+        .collect()
+}

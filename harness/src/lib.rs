@@ -1,0 +1,19 @@
+//! The harness redis-ratelimit's integration tests and benchmarks share:
+//! a real server with the freshly built module (`server.rs`), commands
+//! sent to it (`commands.rs`), what it says about itself (`info.rs`),
+//! logs of every shape (`logs.rs`), cheap randomness (`random.rs`) and
+//! the repository's files the tests read (`repository.rs`).
+
+mod commands;
+mod info;
+mod logs;
+mod random;
+mod repository;
+mod server;
+
+pub use commands::*;
+pub use info::*;
+pub use logs::*;
+pub use random::Random;
+pub use repository::*;
+pub use server::*;
