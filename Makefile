@@ -97,7 +97,7 @@ examples-deps: servers
 # (--show-output: a test that cannot run on a server says why).
 test: build servers examples-deps
 	@[ -n "$(TESTED)" ] || { echo "no server named $(ONLY) in $(MATRIX)"; exit 1; }
-	cargo test --release --lib
+	cargo test --profile checked --lib
 	@for entry in $(TESTED); do \
 	  server=$$(echo $${entry#*:}); \
 	  echo "== integration tests on $${entry%%:*}: $$($$server --version)"; \
@@ -164,6 +164,6 @@ FUZZ_TARGETS := args decode differential
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	@for target in $(FUZZ_TARGETS); do \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$target -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E "^Done|ERROR|panicked|SUMMARY" ; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O --debug-assertions $$target -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E "^Done|ERROR|panicked|SUMMARY" ; \
 	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
 	done

@@ -6,7 +6,7 @@
 //! strings replication reuses, so no handler reads argv by position.
 
 use crate::limiter::{Limit, Record, Request, RequestError, MAX_LIMITS};
-use crate::log::{Millis, MAX_COST, MAX_WINDOW};
+use crate::log::{MAX_COST, MAX_WINDOW, TIMES};
 use std::num::NonZeroU64;
 
 /// A named option and what its value is called, as errors and COMMAND
@@ -126,13 +126,32 @@ pub fn parse_undo<A: AsRef<[u8]>>(args: &[A]) -> Result<UndoCall<'_, A>, ArgErro
     })
 }
 
+/// `RATELIMIT.WIDEN key window`, the replicated form of a denied CHECK
+/// that named a longer window than the key's log kept.
+#[derive(Debug)]
+pub struct WidenCall<'a, A> {
+    pub key: &'a A,
+    pub window: NonZeroU64,
+}
+
+pub fn parse_widen<A: AsRef<[u8]>>(args: &[A]) -> Result<WidenCall<'_, A>, ArgError> {
+    let [_, key, window] = args else {
+        return Err(ArgError::WrongArity);
+    };
+    Ok(WidenCall {
+        key,
+        window: parse_window(window)?,
+    })
+}
+
 pub fn parse_record<A: AsRef<[u8]>>(args: &[A]) -> Result<RecordCall<'_, A>, ArgError> {
     let (key, at, window, cost, precision) = match args {
         [_, key, at, window, cost] => (key, at, window, cost, None),
         [_, key, at, window, cost, precision] => (key, at, window, cost, Some(precision)),
         _ => return Err(ArgError::WrongArity),
     };
-    let at = positive_up_to(at, MAX_RECORD_TIME)
+    let at = parse_integer(at.as_ref())
+        .filter(|at| TIMES.contains(at))
         .ok_or_else(|| invalid("at must be a positive time in unix milliseconds".into()))?;
     let precision = precision.map_or(Ok(NonZeroU64::MIN), |p| {
         positive_up_to(p, MAX_WINDOW).ok_or_else(|| {
@@ -144,16 +163,13 @@ pub fn parse_record<A: AsRef<[u8]>>(args: &[A]) -> Result<RecordCall<'_, A>, Arg
     Ok(RecordCall {
         key,
         record: Record {
-            at: at.get() as Millis,
+            at,
             window: parse_window(window)?,
             cost: positive(cost).ok_or_else(cost_error)?,
             precision,
         },
     })
 }
-
-/// Far enough from i64::MAX that adding a window cannot overflow.
-const MAX_RECORD_TIME: u64 = i64::MAX as u64 / 2;
 
 fn starts_like_a_number<A: AsRef<[u8]>>(arg: &A) -> bool {
     matches!(arg.as_ref().first(), Some(b'0'..=b'9' | b'-'))

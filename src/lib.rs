@@ -3,6 +3,7 @@
 //! The pure core: `log` (how a key's timestamps are stored), `limiter`
 //! (what is decided) and `args` (what a command's arguments mean). The
 //! Redis skin over it lives in `module`.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 pub mod limiter;

@@ -9,11 +9,19 @@
 //! up to the longest it keeps, so several limits on one key cost one key.
 //!
 //! Deciding and recording are separate steps: [`decide`] only reads the
-//! log and, for an allowed request, returns the [`Record`] to apply; the
-//! same record is what replicas and the AOF replay, so they reach the
-//! master's state without deciding anything themselves.
+//! log and returns the [`Write`] to apply, if any (an allowed request's
+//! [`Record`], or the longer window a denied request registers); the same
+//! write is what replicas and the AOF replay, so they reach the master's
+//! state without deciding anything themselves.
+//!
+//! Which windows a key's log keeps: the longest any CHECK on it has named,
+//! allowed or denied (a read-only PEEK registers nothing). A limit counts
+//! the entries the log holds; before the first CHECK that names its window,
+//! entries older than the longest window registered so far may already be
+//! pruned.
 
-use crate::log::{Millis, TimeLog, View, MAX_COST, MAX_WINDOW};
+pub use crate::log::Record;
+use crate::log::{Millis, TimeLog, View, MAX_COST, MAX_WINDOW, TIMES};
 use std::num::NonZeroU64;
 
 /// The most limits one request may name.
@@ -129,28 +137,29 @@ pub struct Decision {
     /// 0 if allowed, else the wait after which the same request would fit
     /// every limit.
     pub retry_after_ms: u64,
-    /// Wait until the longest window holds nothing; 0 when it already does.
+    /// The wait until the call's longest window holds nothing of this key:
+    /// newest entry + that window - now, or 0 when it holds nothing.
     pub reset_after_ms: u64,
 }
 
-/// What an allowed request changes: `cost` units at `at`, kept under a
-/// window of `window` ms, sharing an entry within `precision` ms cells.
+/// What a CHECK changes in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub at: Millis,
-    pub window: NonZeroU64,
-    pub cost: NonZeroU64,
-    pub precision: NonZeroU64,
+pub enum Write {
+    /// An allowed request, recorded at the server clock, or at the newest
+    /// entry's time if the clock reads earlier: time never runs backwards
+    /// for a key, so a clock stepping back cannot free capacity early.
+    Record(Record),
+    /// A denied request whose longest window is longer than the log's:
+    /// the log keeps entries for that window from now on (see
+    /// [`TimeLog::widen`]), so what the denial counted stays counted.
+    Widen(NonZeroU64),
 }
 
-/// The decision on a request, and what to record if it was allowed.
+/// The decision on a request, and what it changes in the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub decision: Decision,
-    /// At the server clock, or at the newest entry's time if the clock
-    /// reads earlier: time never runs backwards for a key, so a clock
-    /// stepping back cannot free capacity early.
-    pub record: Option<Record>,
+    pub write: Option<Write>,
 }
 
 /// CHECK: the verdict on `request` against `log` (`None` for a key that
@@ -159,13 +168,15 @@ pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdic
     let view = log.map(TimeLog::view);
     let at = decision_time(view.as_ref(), clock);
     let seen = Standing::of(view.as_ref(), at, request);
+    let longest = request.longest().window;
     if !seen.fits {
+        // Only a log that holds entries can deny, so `view` is there.
+        let widens = view.is_some_and(|log| log.window < longest.get());
         return Verdict {
             decision: seen.decision(),
-            record: None,
+            write: widens.then_some(Write::Widen(longest)),
         };
     }
-    let longest = request.longest().window;
     Verdict {
         decision: Decision {
             allowed: true,
@@ -173,12 +184,12 @@ pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdic
             retry_after_ms: 0,
             reset_after_ms: longest.get(),
         },
-        record: Some(Record {
+        write: Some(Write::Record(Record {
             at,
             window: longest,
             cost: request.cost,
             precision: request.precision,
-        }),
+        })),
     }
 }
 
@@ -190,15 +201,13 @@ pub fn peek(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Decision
     Standing::of(view.as_ref(), decision_time(view.as_ref(), clock), request).decision()
 }
 
-/// Applies an allowed request (see [`TimeLog::record`]); returns when the
+/// Applies what a CHECK (or its replicated form) changes; returns when the
 /// key expires.
-pub fn apply(log: &mut TimeLog, record: &Record) -> Millis {
-    log.record(
-        record.at,
-        record.window.get(),
-        record.cost.get(),
-        record.precision.get(),
-    )
+pub fn apply(log: &mut TimeLog, write: &Write) -> Millis {
+    match write {
+        Write::Record(record) => log.record(record),
+        Write::Widen(window) => log.widen(*window),
+    }
 }
 
 /// UNDO: takes back up to `units` of the newest recorded cost; returns how
@@ -207,10 +216,10 @@ pub fn refund(log: &mut TimeLog, units: NonZeroU64) -> u64 {
     log.refund(units.get())
 }
 
-/// The clock (never before the epoch), or the newest entry's time if the
-/// clock reads earlier.
+/// The clock (within the times a log holds), or the newest entry's time
+/// if the clock reads earlier.
 fn decision_time(log: Option<&View>, clock: Millis) -> Millis {
-    let clock = clock.max(0);
+    let clock = clock.clamp(*TIMES.start(), *TIMES.end());
     log.and_then(View::newest)
         .map_or(clock, |newest| clock.max(newest.at))
 }
@@ -271,7 +280,8 @@ impl Standing {
 
 /// One limit's window at `now`.
 struct Occupancy {
-    /// Cost recorded within the window.
+    /// Cost recorded within the window; or, once the window is known to
+    /// be full, any amount of at least `max`.
     used: u128,
     /// 0 if the request fits, else the wait until it would.
     retry_after_ms: u64,
@@ -326,13 +336,21 @@ fn from_the_front(log: &View, horizon: Millis, limit: &Limit, cost: u64) -> Occu
 }
 
 fn from_the_back(log: &View, horizon: Millis, limit: &Limit, cost: u64) -> Occupancy {
-    let room = u128::from(limit.max.get() - cost);
+    let max = u128::from(limit.max.get());
+    let room = max - u128::from(cost);
     let mut used = 0u128;
     let mut last_to_leave = None;
     for entry in log.entries().rev().take_while(|e| e.at > horizon) {
         used += u128::from(entry.cost);
         if last_to_leave.is_none() && used > room {
             last_to_leave = Some(entry.at);
+        }
+        // The answer is known: no room left, and the entry whose expiry
+        // makes room found (room < max <= used). Older entries change
+        // neither, so they are not read.
+        if used >= max {
+            debug_assert!(last_to_leave.is_some());
+            break;
         }
     }
     let retry_after_ms = match used > room {
@@ -368,8 +386,8 @@ mod tests {
 
     fn check(log: &mut TimeLog, now: Millis, r: &Request) -> Decision {
         let verdict = decide(Some(&*log).filter(|l| !l.is_empty()), now, r);
-        if let Some(record) = verdict.record {
-            apply(log, &record);
+        if let Some(write) = verdict.write {
+            apply(log, &write);
         }
         verdict.decision
     }
@@ -467,17 +485,17 @@ mod tests {
     fn burst_and_sustained_limits_are_decided_together() {
         let mut log = TimeLog::default();
         let r = request(&[(1000, 2), (10_000, 3)], 1);
-        assert!(check(&mut log, 0, &r).allowed);
-        assert!(check(&mut log, 10, &r).allowed);
-        let burst = check(&mut log, 20, &r);
+        assert!(check(&mut log, 1000, &r).allowed);
+        assert!(check(&mut log, 1010, &r).allowed);
+        let burst = check(&mut log, 1020, &r);
         assert_eq!(
             (burst.allowed, burst.remaining, burst.retry_after_ms),
             (false, 0, 980)
         );
-        assert!(check(&mut log, 1000, &r).allowed);
+        assert!(check(&mut log, 2000, &r).allowed);
         // The burst window has room again, the sustained one does not: the
         // wait is until the sustained window's oldest entry expires.
-        let sustained = check(&mut log, 2000, &r);
+        let sustained = check(&mut log, 3000, &r);
         assert_eq!(
             sustained,
             Decision {
@@ -517,6 +535,28 @@ mod tests {
         assert!(log.encode().entries.len() <= 4 * 4000);
     }
 
+    /// Issue 19, finding 1: ten under a 1 s limit, then a 1 h limit denies
+    /// them; a second later the hour must still count all ten.
+    #[test]
+    fn a_denied_longer_window_keeps_what_it_counted() {
+        let mut log = TimeLog::default();
+        for t in 0..10 {
+            assert!(check(&mut log, 1_000 + t, &request(&[(1000, 10)], 1)).allowed);
+        }
+        let hourly = request(&[(3_600_000, 10)], 1);
+        let denied = decide(Some(&log), 1_010, &hourly);
+        assert_eq!(denied.write, Some(Write::Widen(nz(3_600_000))));
+        assert_eq!(
+            apply(&mut log, &denied.write.expect("a widening")),
+            1_009 + 3_600_000
+        );
+        assert_eq!(check(&mut log, 2_100, &hourly).remaining, 0);
+        assert!(!check(&mut log, 2_200, &hourly).allowed);
+        assert_eq!(log.len(), 10);
+        // Denied again under a window the log already keeps: no write.
+        assert_eq!(decide(Some(&log), 2_300, &hourly).write, None);
+    }
+
     #[test]
     fn a_clock_stepping_back_frees_nothing() {
         let mut log = TimeLog::default();
@@ -524,6 +564,6 @@ mod tests {
         assert!(check(&mut log, 10_000, &r).allowed);
         let back = decide(Some(&log), 5_000, &r);
         assert_eq!(back.decision.retry_after_ms, 100);
-        assert_eq!(back.record, None);
+        assert_eq!(back.write, None);
     }
 }

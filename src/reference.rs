@@ -1,6 +1,7 @@
-//! The limiter's rules written the slow, obvious way over a plain list of
-//! entries, and a driver that runs the same calls against it and the real
-//! core. Used by the property tests and the differential fuzz target.
+//! The log's and the limiter's rules written the slow, obvious way over a
+//! plain list of entries, and a driver that runs the same calls against it
+//! and the real core. The one model behind the log's property test, the
+//! limiter's, and the differential fuzz target.
 
 use crate::limiter::{self, Decision, Limit, Request};
 use crate::log::{Entry, Millis, TimeLog, MAX_COST};
@@ -9,7 +10,7 @@ use std::num::NonZeroU64;
 #[derive(Default)]
 pub struct Model {
     entries: Vec<Entry>,
-    /// The longest window any allowed request used.
+    /// The longest window any CHECK named (0 once the log is emptied).
     window: u64,
 }
 
@@ -20,11 +21,62 @@ struct Plain<'a> {
 }
 
 impl Model {
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// The log's `record`: the window grows, what expired under it goes,
+    /// and the units join the newest entry if it is in the same precision
+    /// cell and the sum fits, else become a new one. Returns the expiry.
+    pub fn record(&mut self, at: Millis, window: u64, cost: u64, precision: u64) -> Millis {
+        let at = self.entries.iter().map(|e| e.at).fold(at, Millis::max);
+        self.window = self.window.max(window);
+        let horizon = at - self.window as i64;
+        self.entries.retain(|e| e.at > horizon);
+        let cell = |t: Millis| t.div_euclid(precision as i64);
+        match self.entries.last_mut() {
+            Some(newest)
+                if cell(newest.at) == cell(at)
+                    && newest.cost.checked_add(cost).is_some_and(|c| c <= MAX_COST) =>
+            {
+                newest.at = at;
+                newest.cost += cost;
+            }
+            _ => self.entries.push(Entry { at, cost }),
+        }
+        at + self.window as i64
+    }
+
+    /// The log's `refund`: units leave from the newest entries.
+    pub fn refund(&mut self, units: u64) -> u64 {
+        let mut removed = 0;
+        while removed < units {
+            let Some(newest) = self.entries.last_mut() else {
+                break;
+            };
+            let taken = newest.cost.min(units - removed);
+            newest.cost -= taken;
+            removed += taken;
+            if newest.cost == 0 {
+                self.entries.pop();
+            }
+        }
+        // An emptied log is a deleted key: it keeps no window.
+        if self.entries.is_empty() {
+            self.window = 0;
+        }
+        removed
+    }
+
     fn now(&self, clock: Millis) -> Millis {
         self.entries
             .iter()
             .map(|e| e.at)
-            .fold(clock.max(0), Millis::max)
+            .fold(clock.max(1), Millis::max)
     }
 
     fn used_at(&self, now: Millis, window: u64) -> u128 {
@@ -86,58 +138,21 @@ impl Model {
         }
     }
 
+    /// A denied CHECK registers its longest window; an allowed one records.
     fn check(&mut self, clock: Millis, call: &Plain, precision: u64) -> Decision {
         let now = self.now(clock);
         let standing = self.peek(clock, call);
         if !standing.allowed {
+            self.window = self.window.max(Self::longest(call));
             return standing;
         }
-        self.window = self.window.max(Self::longest(call));
-        let horizon = now - self.window as i64;
-        self.entries.retain(|e| e.at > horizon);
-        let cell = |t: Millis| t.div_euclid(precision as i64);
-        match self.entries.last_mut() {
-            Some(newest)
-                if cell(newest.at) == cell(now)
-                    && newest
-                        .cost
-                        .checked_add(call.cost)
-                        .is_some_and(|c| c <= MAX_COST) =>
-            {
-                newest.at = now;
-                newest.cost += call.cost;
-            }
-            _ => self.entries.push(Entry {
-                at: now,
-                cost: call.cost,
-            }),
-        }
+        self.record(now, Self::longest(call), call.cost, precision);
         Decision {
             allowed: true,
             remaining: self.remaining(now, call),
             retry_after_ms: 0,
             reset_after_ms: self.reset_after(now, Self::longest(call)),
         }
-    }
-
-    fn undo(&mut self, units: u64) -> u64 {
-        let mut removed = 0;
-        while removed < units {
-            let Some(newest) = self.entries.last_mut() else {
-                break;
-            };
-            let taken = newest.cost.min(units - removed);
-            newest.cost -= taken;
-            removed += taken;
-            if newest.cost == 0 {
-                self.entries.pop();
-            }
-        }
-        // An emptied log is a deleted key: it keeps no window.
-        if self.entries.is_empty() {
-            self.window = 0;
-        }
-        removed
     }
 }
 
@@ -184,8 +199,8 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                 };
                 let (core, expected) = if *check {
                     let verdict = limiter::decide(stored, clock, &request);
-                    if let Some(record) = verdict.record {
-                        limiter::apply(&mut log, &record);
+                    if let Some(write) = verdict.write {
+                        limiter::apply(&mut log, &write);
                     }
                     (verdict.decision, model.check(clock, &plain, *precision))
                 } else {
@@ -204,7 +219,7 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                 let Some(n) = NonZeroU64::new(*n) else {
                     continue;
                 };
-                let (got, want) = (limiter::refund(&mut log, n), model.undo(n.get()));
+                let (got, want) = (limiter::refund(&mut log, n), model.refund(n.get()));
                 if got != want {
                     return Err(format!(
                         "call {index} {call:?}: refunded {got}, model {want}"

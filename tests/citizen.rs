@@ -266,7 +266,7 @@ fn acl_categories_where_the_server_has_them() {
         );
         return;
     }
-    assert_eq!(categories, ["@read", "@fast", "@ratelimit"]);
+    assert_eq!(categories, ["@read", "@ratelimit"]);
     let mut reader = user(&server, &mut admin, "reader", &["~*", "+@read"]);
     assert_eq!(
         run::<Vec<i64>>(&mut reader, &["RATELIMIT.PEEK", "k", "1000", "5"])[0],

@@ -2,7 +2,7 @@
 //! one run against one server. See README.md, "Performance".
 //!
 //! Usage: ratelimit-bench [--quick] [--extra-module PATH] [--extra-command "CMD ARGS"]
-//!   [throughput] [scaling] [memory] [weighted] [exactness]   (all when none is named)
+//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst]   (all when none is named)
 
 mod approaches;
 mod exactness;
@@ -11,6 +11,7 @@ mod memory;
 mod report;
 mod throughput;
 mod weighted;
+mod worst;
 
 use harness::Server;
 use memory::Store;
@@ -180,6 +181,15 @@ fn main() {
             .iter()
             .map(|&precision| weighted::hot_key(&bench, precision, seconds))
             .collect();
+    }
+    if wants("worst") {
+        eprintln!("worst case of one call:");
+        let size = if bench.quick { 100_000 } else { 1_000_000 };
+        let rows = worst::run(&bench, size);
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        if let Err(e) = worst::write(&rows, size, &out) {
+            eprintln!("cannot write worst.csv: {e}");
+        }
     }
     drop(bench);
     if wants("exactness") {

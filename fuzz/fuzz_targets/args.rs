@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use redis_ratelimit::args;
-use redis_ratelimit::log::MAX_WINDOW;
+use redis_ratelimit::log::{MAX_WINDOW, TIMES};
 
 fuzz_target!(|data: &[u8]| {
     let words: Vec<&[u8]> = data.split(|&b| b == 0).collect();
@@ -22,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = args::parse_undo(&words);
     if let Ok(call) = args::parse_record(&words) {
         let record = call.record;
-        assert!(record.at > 0 && record.window.get() <= MAX_WINDOW);
+        assert!(TIMES.contains(&record.at) && record.window.get() <= MAX_WINDOW);
+    }
+    if let Ok(call) = args::parse_widen(&words) {
+        assert!(call.window.get() <= MAX_WINDOW);
     }
 });

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::log::{Encoded, Entry, TimeLog};
+use redis_ratelimit::log::{Encoded, Entry, TimeLog, TIMES};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 12 {
@@ -35,7 +35,12 @@ fn exercise(mut log: TimeLog) {
     assert_eq!(entries.len() as u64, view.len());
     assert!(view.entries().rev().eq(entries.iter().rev().copied()));
     assert!(entries.windows(2).all(|w| w[0].at <= w[1].at), "sorted");
-    assert!(entries.iter().all(|e| e.cost > 0));
+    assert!(entries.iter().all(|e| e.cost > 0 && TIMES.contains(&e.at)));
+    // Only what the module could hold itself: nothing expired under the
+    // window, relative to the newest entry.
+    if let (Some(oldest), Some(newest)) = (entries.first(), entries.last()) {
+        assert!(oldest.at > newest.at - view.window as i64);
+    }
     assert_eq!(TimeLog::decode(&log.encode()).as_ref(), Ok(&log));
     let total: u128 = entries.iter().map(|e| u128::from(e.cost)).sum();
     assert_eq!(log.total(), total);

@@ -7,6 +7,7 @@
 mod commands;
 mod info;
 mod logs;
+mod payloads;
 mod random;
 mod repository;
 mod server;
@@ -14,6 +15,7 @@ mod server;
 pub use commands::*;
 pub use info::*;
 pub use logs::*;
+pub use payloads::*;
 pub use random::Random;
 pub use repository::*;
 pub use server::*;

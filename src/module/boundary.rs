@@ -2,6 +2,7 @@
 //! panic crossing back into Redis (it would abort the server).
 
 use crate::args::ArgError;
+use crate::module::api::api;
 use redis_module::{raw, Context};
 use std::os::raw::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -67,7 +68,7 @@ pub fn run_command(
         Ok(Ok(())) => {}
         Ok(Err(CommandError::WrongArity)) => {
             // SAFETY: a plain call on the live context.
-            unsafe { raw::RedisModule_WrongArity.expect("in every Redis")(ctx) };
+            unsafe { (api().wrong_arity)(ctx) };
         }
         Ok(Err(CommandError::WrongType)) => {
             context.reply_error_string(WRONGTYPE);

@@ -1,16 +1,18 @@
 //! The commands: parse, open the key, ask the core, reply, replicate.
 
 use crate::args;
-use crate::limiter::{self, Decision, Record};
+use crate::limiter::{self, Decision, Record, Write};
 use crate::log::{Millis, TimeLog};
+use crate::module::api::api;
 use crate::module::boundary::{run_command, Arg, CommandError, Handler};
 use crate::module::config;
 use crate::module::events::{self, Change};
-use crate::module::key::{ReadKey, WriteKey};
+use crate::module::key::{ReadKey, Slot, WriteKey};
 use crate::module::replication;
 use crate::module::stats;
 use redis_module::raw;
 use redis_module::Context;
+use std::ffi::CStr;
 use std::os::raw::c_int;
 
 pub type RawCommand =
@@ -33,32 +35,37 @@ raw_command!(check_command, check);
 raw_command!(peek_command, peek);
 raw_command!(undo_command, undo);
 raw_command!(record_command, record);
+raw_command!(widen_command, widen);
 
 /// The server's wall clock, read once per call.
 fn clock() -> Millis {
     // SAFETY: presence is checked when the module loads.
-    unsafe { raw::RedisModule_Milliseconds.expect("checked at load")() }
+    unsafe { (api().milliseconds)() }
 }
 
 fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let call = args::parse_limit_call(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let log = key.log()?;
-    let verdict = limiter::decide(log.as_deref(), clock(), &call.request);
-    if let Some(record) = verdict.record {
-        let log = match log {
-            Some(log) => {
-                ensure_room(log, &record)?;
-                log
-            }
-            None => key.create(),
-        };
-        let expires_at = limiter::apply(log, &record);
+    let slot = key.slot()?;
+    let verdict = limiter::decide(slot.log(), clock(), &call.request);
+    if let Some(write) = verdict.write {
+        if let (Write::Record(record), Some(log)) = (&write, slot.log()) {
+            ensure_room(log, record)?;
+        }
+        let expires_at = limiter::apply(slot.or_create(), &write);
         key.expire_at(expires_at);
-        events::changed(ctx.ctx, call.key, &[Change::Recorded]);
-        stats::ALLOWED.add(1);
-        stats::UNITS_RECORDED.add(record.cost.get());
-        replication::replicate_record(ctx, &call, record.at);
+        match write {
+            Write::Record(record) => {
+                events::changed(ctx.ctx, call.key, &[Change::Recorded]);
+                stats::ALLOWED.add(1);
+                stats::UNITS_RECORDED.add(record.cost.get());
+                replication::replicate_record(ctx, &call, record.at);
+            }
+            Write::Widen(_) => {
+                events::changed(ctx.ctx, call.key, &[Change::Widened]);
+                replication::replicate_widen(ctx, &call);
+            }
+        }
     }
     stats::CHECKS.add(1);
     reply_decision(ctx, &verdict.decision);
@@ -66,21 +73,17 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 }
 
 /// A key's log holds at most `ratelimit.max-entries` entries: a request
-/// that needs one more is refused whole (neither allowed nor recorded),
-/// so the application sees it, rather than counted wrongly.
+/// that needs a new entry past that is refused whole (neither allowed nor
+/// recorded), so the application sees it, rather than counted wrongly. A
+/// request whose units join the newest entry is never refused for it.
 fn ensure_room(log: &TimeLog, record: &Record) -> Result<(), CommandError> {
     let cap = config::max_entries();
     if log.len_bound() < cap {
         return Ok(());
     }
-    let needed = log.len_after_record(
-        record.at,
-        record.window.get(),
-        record.cost.get(),
-        record.precision.get(),
-    );
-    if needed <= cap {
-        return Ok(());
+    match log.len_with_new_entry(record) {
+        Some(needed) if needed > cap => {}
+        _ => return Ok(()),
     }
     stats::LOG_FULL.add(1);
     Err(CommandError::Invalid(format!(
@@ -101,8 +104,8 @@ fn peek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let call = args::parse_undo(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let removed = match key.log()? {
-        Some(log) => {
+    let removed = match key.slot()? {
+        Slot::Occupied(log) => {
             let removed = limiter::refund(log, call.units);
             if log.is_empty() {
                 key.delete();
@@ -112,7 +115,7 @@ fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
             }
             removed
         }
-        None => 0,
+        Slot::Vacant(_) => 0,
     };
     stats::UNDOS.add(1);
     stats::UNITS_REFUNDED.add(removed);
@@ -123,22 +126,42 @@ fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
-    if !replication::is_replayed(ctx) {
-        return Err(CommandError::Invalid(format!(
-            "{} is internal: it only runs from the replication link or the AOF",
-            replication::RECORD_COMMAND.to_string_lossy()
-        )));
+/// Refuses a replicated form sent by a client: it could forge history.
+fn ensure_replayed(ctx: &Context, name: &CStr) -> Result<(), CommandError> {
+    if replication::is_replayed(ctx) {
+        return Ok(());
     }
+    Err(CommandError::Invalid(format!(
+        "{} is internal: it only runs from the replication link or the AOF",
+        name.to_string_lossy()
+    )))
+}
+
+fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    ensure_replayed(ctx, replication::RECORD_COMMAND)?;
     let call = args::parse_record(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let log = match key.log()? {
-        Some(log) => log,
-        None => key.create(),
-    };
-    let expires_at = limiter::apply(log, &call.record);
+    let log = key.slot()?.or_create();
+    let expires_at = limiter::apply(log, &Write::Record(call.record));
     key.expire_at(expires_at);
     events::changed(ctx.ctx, call.key, &[Change::Recorded]);
+    stats::RECORDS_REPLAYED.add(1);
+    replication::replicate_as_called(ctx);
+    ctx.reply_simple_string("OK");
+    Ok(())
+}
+
+/// A key that holds no log has no window to widen (a master only sends
+/// this for a key whose log holds entries): nothing changes.
+fn widen(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    ensure_replayed(ctx, replication::WIDEN_COMMAND)?;
+    let call = args::parse_widen(args)?;
+    let mut key = WriteKey::open(ctx, call.key);
+    if let Slot::Occupied(log) = key.slot()? {
+        let expires_at = limiter::apply(log, &Write::Widen(call.window));
+        key.expire_at(expires_at);
+        events::changed(ctx.ctx, call.key, &[Change::Widened]);
+    }
     stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);
     ctx.reply_simple_string("OK");

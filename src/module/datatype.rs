@@ -6,7 +6,8 @@
 //! (release 0.1.0: unit count, oldest time, one varint gap per unit) still
 //! loads.
 
-use crate::log::{Encoded, TimeLog};
+use crate::log::{DecodeError, Encoded, TimeLog};
+use crate::module::api::api;
 use crate::module::boundary::guard;
 use crate::module::{replication, stats};
 use redis_module::native_types::RedisType;
@@ -48,6 +49,7 @@ pub static RATELIMIT_TYPE: RedisType = RedisType::new(
 /// SAFETY (for every callback below): Redis only hands back values this
 /// module stored, which are `Box<TimeLog>` pointers.
 unsafe fn log_of<'a>(value: *const c_void) -> &'a TimeLog {
+    // SAFETY: see above; Redis keeps it alive for the callback.
     unsafe { &*value.cast::<TimeLog>() }
 }
 
@@ -56,6 +58,7 @@ fn into_value(log: TimeLog) -> *mut c_void {
 }
 
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
+    // SAFETY: a value of this type (see `log_of`).
     let log = unsafe { log_of(value) };
     guard((), || {
         let stored = log.encode();
@@ -67,7 +70,8 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
 }
 
 /// Returns null (Redis then refuses the RDB or the RESTORE) for an
-/// unknown encoding, a short read, or bytes that do not decode to a log.
+/// unknown encoding, a short read, or bytes that do not decode to a log
+/// the module could hold (see `log/persist.rs`), saying which in the log.
 unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
     guard(ptr::null_mut(), || {
         let log = match encver {
@@ -89,14 +93,27 @@ fn load_entries(rdb: *mut raw::RedisModuleIO) -> Option<TimeLog> {
         oldest: raw::load_signed(rdb).ok()?,
         entries: raw::load_string_buffer(rdb).ok()?.as_ref().to_vec(),
     };
-    TimeLog::decode(&stored).ok()
+    refused_if_bad(TimeLog::decode(&stored))
 }
 
 fn load_units(rdb: *mut raw::RedisModuleIO) -> Option<TimeLog> {
     let units = raw::load_unsigned(rdb).ok()?;
     let oldest = raw::load_signed(rdb).ok()?;
     let gaps = raw::load_string_buffer(rdb).ok()?;
-    TimeLog::decode_units(oldest, units, gaps.as_ref()).ok()
+    refused_if_bad(TimeLog::decode_units(oldest, units, gaps.as_ref()))
+}
+
+/// Says in the server's log why a stored value was refused (Redis itself
+/// only reports that the module could not load it).
+fn refused_if_bad(decoded: Result<TimeLog, DecodeError>) -> Option<TimeLog> {
+    decoded
+        .map_err(|error| {
+            redis_module::logging::log_warning(format!(
+                "ratelimit: refused a stored log ({error:?}): {}",
+                error.describe()
+            ));
+        })
+        .ok()
 }
 
 unsafe extern "C" fn aof_rewrite(
@@ -104,32 +121,35 @@ unsafe extern "C" fn aof_rewrite(
     key: *mut raw::RedisModuleString,
     value: *mut c_void,
 ) {
+    // SAFETY: a value of this type (see `log_of`).
     let log = unsafe { log_of(value) };
     guard((), || replication::emit_log(aof, key, log))
 }
 
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
+    // SAFETY: a value of this type (see `log_of`).
     let log = unsafe { log_of(value) };
     std::mem::size_of::<TimeLog>() + log.heap_size()
 }
 
 /// Over the persisted form, which does not depend on how the log is kept.
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
+    // SAFETY: a value of this type (see `log_of`).
     let log = unsafe { log_of(value) };
     guard((), || {
         let stored = log.encode();
-        let add_number = raw::RedisModule_DigestAddLongLong.expect("in every Redis");
+        let add_number = api().digest_add_long_long;
         // SAFETY: plain calls on the digest Redis handed us.
         unsafe {
             add_number(md, stored.window as i64);
             add_number(md, stored.len as i64);
             add_number(md, stored.oldest);
-            raw::RedisModule_DigestAddStringBuffer.expect("in every Redis")(
+            (api().digest_add_string_buffer)(
                 md,
                 stored.entries.as_ptr().cast(),
                 stored.entries.len(),
             );
-            raw::RedisModule_DigestEndSequence.expect("in every Redis")(md);
+            (api().digest_end_sequence)(md);
         }
     })
 }
@@ -139,6 +159,7 @@ unsafe extern "C" fn copy(
     _to: *mut raw::RedisModuleString,
     value: *const c_void,
 ) -> *mut c_void {
+    // SAFETY: a value of this type (see `log_of`).
     let log = unsafe { log_of(value) };
     guard(ptr::null_mut(), || into_value(log.clone()))
 }
@@ -161,6 +182,9 @@ unsafe extern "C" fn defrag(
             NonNull::new(defrag_alloc(ctx, old.as_ptr().cast()).cast::<u8>())
         };
         let mut moved = 0;
+        // SAFETY: `*value` is our `Box<TimeLog>` block, moved as a whole
+        // by DefragAlloc (which frees the old one), then its own
+        // allocations are offered the same way.
         unsafe {
             if let Some(block) =
                 NonNull::new((*value).cast()).and_then(|b| relocate(b, Layout::new::<TimeLog>()))
@@ -176,5 +200,6 @@ unsafe extern "C" fn defrag(
 }
 
 unsafe extern "C" fn free(value: *mut c_void) {
+    // SAFETY: Redis frees each value once, a `Box<TimeLog>` of ours.
     drop(unsafe { Box::from_raw(value.cast::<TimeLog>()) });
 }

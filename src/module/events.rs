@@ -5,6 +5,7 @@
 //! key and publishes a keyspace event in the module class (`d` in
 //! `notify-keyspace-events`), as built-in commands do in theirs.
 
+use crate::module::api::api;
 use crate::module::boundary::Arg;
 use redis_module::raw;
 use std::ffi::CStr;
@@ -19,6 +20,9 @@ pub enum Change {
     Refunded,
     /// An UNDO that emptied the log, whose key is then deleted.
     Deleted,
+    /// A denied CHECK that named a longer window than the log kept (or
+    /// its WIDEN from the master or the AOF): the log now keeps it.
+    Widened,
 }
 
 impl Change {
@@ -27,6 +31,7 @@ impl Change {
             Change::Recorded => c"ratelimit.recorded",
             Change::Refunded => c"ratelimit.refunded",
             Change::Deleted => c"ratelimit.deleted",
+            Change::Widened => c"ratelimit.widened",
         }
     }
 }
@@ -34,12 +39,11 @@ impl Change {
 /// Signals `key` as modified once, and publishes each change.
 pub fn changed(ctx: *mut raw::RedisModuleCtx, key: &Arg, changes: &[Change]) {
     // SAFETY: plain calls on the live context with a key name Redis keeps
-    // alive for the whole command; both functions exist in every server
-    // this module loads on (7.0+).
+    // alive for the whole command.
     unsafe {
-        raw::RedisModule_SignalModifiedKey.expect("in every Redis")(ctx, key.as_ptr());
+        (api().signal_modified_key)(ctx, key.as_ptr());
         for change in changes {
-            raw::RedisModule_NotifyKeyspaceEvent.expect("in every Redis")(
+            (api().notify_keyspace_event)(
                 ctx,
                 raw::REDISMODULE_NOTIFY_MODULE as c_int,
                 change.event().as_ptr(),

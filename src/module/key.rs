@@ -1,12 +1,15 @@
 //! Opening a key that holds (or will hold) a log, for reading or for
 //! writing: only a `WriteKey` can change the log, create it, delete it or
-//! set its expiry, so what needs a key opened for writing is a type.
+//! set its expiry, so what needs a key opened for writing is a type. A
+//! `WriteKey` hands out its log as a [`Slot`], occupied or vacant, so a
+//! log is only ever created in a key that holds none.
 //!
 //! The crate's key wrappers cannot set an absolute expiry, which replicas
 //! and AOF replay need to reach the master's exact expiry, so these are
 //! small RAII wrappers over the raw key handle.
 
 use crate::log::{Millis, TimeLog};
+use crate::module::api::api;
 use crate::module::boundary::{Arg, CommandError};
 use crate::module::datatype::RATELIMIT_TYPE;
 use redis_module::raw;
@@ -30,17 +33,16 @@ impl Handle {
         // SAFETY: plain calls on a live key handle; values of our type
         // are always Box<TimeLog>.
         unsafe {
-            let kind = raw::RedisModule_KeyType.expect("in every Redis")(self.0);
+            let kind = (api().key_type)(self.0);
             if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
                 return Ok(None);
             }
             let ours = kind == raw::REDISMODULE_KEYTYPE_MODULE as c_int
-                && raw::RedisModule_ModuleTypeGetType.expect("in every Redis")(self.0)
-                    == *RATELIMIT_TYPE.raw_type.borrow();
+                && (api().module_type_get_type)(self.0) == *RATELIMIT_TYPE.raw_type.borrow();
             if !ours {
                 return Err(CommandError::WrongType);
             }
-            let value = raw::RedisModule_ModuleTypeGetValue.expect("in every Redis")(self.0);
+            let value = (api().module_type_get_value)(self.0);
             Ok(Some(value.cast::<TimeLog>()))
         }
     }
@@ -76,36 +78,63 @@ impl WriteKey {
         ))
     }
 
-    pub fn log(&mut self) -> Result<Option<&mut TimeLog>, CommandError> {
-        // SAFETY: Redis keeps the value alive while the key is open, and
-        // this handle's borrow is the only way to it.
-        Ok(self.0.log()?.map(|log| unsafe { &mut *log }))
-    }
-
-    /// Stores a new empty log in the key, which must be empty (`log`
-    /// said `None`), and returns it.
-    pub fn create(&mut self) -> &mut TimeLog {
-        let value = Box::into_raw(Box::<TimeLog>::default());
-        // SAFETY: the key is open for writing and empty; Redis owns the box
-        // from here on and frees it through the type's `free`.
-        unsafe {
-            raw::RedisModule_ModuleTypeSetValue.expect("in every Redis")(
-                (self.0).0,
-                *RATELIMIT_TYPE.raw_type.borrow(),
-                value.cast(),
-            );
-            &mut *value
-        }
+    /// The key's log, or the room for one.
+    pub fn slot(&mut self) -> Result<Slot<'_>, CommandError> {
+        Ok(match self.0.log()? {
+            // SAFETY: Redis keeps the value alive while the key is open,
+            // and this handle's borrow is the only way to it.
+            Some(log) => Slot::Occupied(unsafe { &mut *log }),
+            None => Slot::Vacant(Vacant(&self.0)),
+        })
     }
 
     pub fn expire_at(&self, at: Millis) {
         // SAFETY: the key is open for writing and holds a value. Presence
         // of the function is checked when the module loads.
-        unsafe { raw::RedisModule_SetAbsExpire.expect("checked at load")((self.0).0, at) };
+        unsafe { (api().set_abs_expire)((self.0).0, at) };
     }
 
     pub fn delete(&self) {
         // SAFETY: the key is open for writing.
-        unsafe { raw::RedisModule_DeleteKey.expect("in every Redis")((self.0).0) };
+        unsafe { (api().delete_key)((self.0).0) };
+    }
+}
+
+/// A write key's log, or the room for one.
+pub enum Slot<'a> {
+    Occupied(&'a mut TimeLog),
+    Vacant(Vacant<'a>),
+}
+
+/// An empty key opened for writing.
+pub struct Vacant<'a>(&'a Handle);
+
+impl<'a> Slot<'a> {
+    pub fn log(&self) -> Option<&TimeLog> {
+        match self {
+            Slot::Occupied(log) => Some(log),
+            Slot::Vacant(_) => None,
+        }
+    }
+
+    /// The log, stored as a new empty one if the key held none.
+    pub fn or_create(self) -> &'a mut TimeLog {
+        match self {
+            Slot::Occupied(log) => log,
+            Slot::Vacant(Vacant(handle)) => {
+                let value = Box::into_raw(Box::<TimeLog>::default());
+                // SAFETY: the key is open for writing and empty; Redis owns
+                // the box from here on and frees it through the type's
+                // `free`, and keeps it alive while the key is open.
+                unsafe {
+                    (api().module_type_set_value)(
+                        handle.0,
+                        *RATELIMIT_TYPE.raw_type.borrow(),
+                        value.cast(),
+                    );
+                    &mut *value
+                }
+            }
+        }
     }
 }

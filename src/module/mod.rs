@@ -1,5 +1,6 @@
 //! The Redis skin: registration, commands, keys, persistence, replication.
 
+mod api;
 mod boundary;
 mod commands;
 mod config;
@@ -33,11 +34,8 @@ const MODULE_VERSION: i32 = {
 };
 
 fn init(ctx: &Context, _args: &[redis_module::RedisString]) -> Status {
-    // SAFETY: copies of function pointers Redis filled in at load.
-    let (set_abs_expire, milliseconds) =
-        unsafe { (raw::RedisModule_SetAbsExpire, raw::RedisModule_Milliseconds) };
-    if set_abs_expire.is_none() || milliseconds.is_none() {
-        ctx.log_warning("ratelimit needs Redis 7.0 or later (RedisModule_SetAbsExpire)");
+    if let Err(missing) = api::load() {
+        ctx.log_warning(&format!("ratelimit needs Redis 7.0 or later: {missing}"));
         return Status::Err;
     }
     set_module_options(ctx);

@@ -5,8 +5,9 @@
 //! the COMMAND DOCS this produces (`tests/citizen.rs`).
 
 use crate::args::{self, OptionName};
+use crate::module::api::api;
 use crate::module::commands::{self, RawCommand};
-use crate::module::replication::RECORD_COMMAND;
+use crate::module::replication::{RECORD_COMMAND, WIDEN_COMMAND};
 use redis_module::raw;
 use redis_module::Context;
 use std::ffi::{CStr, CString};
@@ -25,6 +26,8 @@ struct CommandSpec {
     arity: c_int,
     key_flags: u32,
     args: &'static [ArgSpec],
+    /// The release that added the command.
+    since: &'static CStr,
 }
 
 struct ArgSpec {
@@ -81,28 +84,31 @@ const LIMIT_ARGS: &[ArgSpec] = &[
 /// The category module commands are also put in, where servers allow it.
 pub const ACL_CATEGORY: &CStr = c"ratelimit";
 
-const SPECS: [CommandSpec; 4] = [
+const SPECS: [CommandSpec; 5] = [
     CommandSpec {
         name: c"ratelimit.check",
         handler: commands::check_command,
-        flags: c"write deny-oom fast",
-        acl_categories: c"write fast",
+        // Not `fast`: a shorter window's entries are read one by one.
+        flags: c"write deny-oom",
+        acl_categories: c"write",
         summary: c"Decides a request against one or more sliding-window limits and records it once if every limit allows. Replies [allowed, remaining, retry_after_ms, reset_after_ms].",
-        complexity: c"O(1) amortised for the key's longest window, plus the entries inside each shorter window; the same for any COST.",
+        complexity: c"O(1) amortised for the key's longest window, plus, for each shorter window, its entries newest first until the limit is known to be full (at most ratelimit.max-entries); the same for any COST.",
         arity: -4,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: LIMIT_ARGS,
+        since: c"0.1.0",
     },
     CommandSpec {
         name: c"ratelimit.peek",
         handler: commands::peek_command,
-        flags: c"readonly fast",
-        acl_categories: c"read fast",
+        flags: c"readonly",
+        acl_categories: c"read",
         summary: c"Tells whether RATELIMIT.CHECK would allow a request, without recording it. Same reply.",
         complexity: c"As RATELIMIT.CHECK, plus the entries that expired since the last allowed CHECK.",
         arity: -4,
         key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
         args: LIMIT_ARGS,
+        since: c"0.1.0",
     },
     CommandSpec {
         name: c"ratelimit.undo",
@@ -114,6 +120,7 @@ const SPECS: [CommandSpec; 4] = [
         arity: -2,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
         args: &[arg("key", KEY), option(&args::COST)],
+        since: c"0.1.0",
     },
     CommandSpec {
         name: RECORD_COMMAND,
@@ -134,6 +141,19 @@ const SPECS: [CommandSpec; 4] = [
                 ..arg("precision", INTEGER)
             },
         ],
+        since: c"0.1.0",
+    },
+    CommandSpec {
+        name: WIDEN_COMMAND,
+        handler: commands::widen_command,
+        flags: c"write fast",
+        acl_categories: c"write fast",
+        summary: c"Internal: how a denied RATELIMIT.CHECK that names a longer window than the key's log keeps reaches replicas and the AOF. Refused from clients.",
+        complexity: c"O(1).",
+        arity: 3,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: &[arg("key", KEY), arg("window", INTEGER)],
+        since: c"0.2.0",
     },
 ];
 
@@ -190,7 +210,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
 fn create(ctx: &Context, spec: &CommandSpec) -> Result<(), String> {
     // SAFETY: static C strings and a valid callback; the key is argument 1.
     let created = unsafe {
-        raw::RedisModule_CreateCommand.expect("in every Redis")(
+        (api().create_command)(
             ctx.ctx,
             spec.name.as_ptr(),
             Some(spec.handler),
@@ -241,7 +261,7 @@ fn set_command_info(
         version: &version,
         summary: spec.summary.as_ptr(),
         complexity: spec.complexity.as_ptr(),
-        since: c"0.1.0".as_ptr(),
+        since: spec.since.as_ptr(),
         history: ptr::null_mut(),
         tips: ptr::null(),
         arity: spec.arity,

@@ -6,14 +6,19 @@
 //! [precision]`, with its longest window: the decision is the master's,
 //! and `at` is the time it recorded the request at; pruning under the
 //! log's window and sharing a precision cell then happen alike everywhere.
-//! A denied CHECK and PEEK change nothing and propagate nothing. UNDO
-//! reads no clock and is propagated as it was called.
+//! A denied CHECK whose longest window is longer than the log's makes the
+//! log keep that window, and is propagated as `RATELIMIT.WIDEN key window`
+//! (no time: it drops nothing, and the key's expiry follows from its
+//! newest entry). Any other denied CHECK, and PEEK, change nothing and
+//! propagate nothing. UNDO reads no clock and is propagated as it was
+//! called.
 //!
-//! RECORD could forge history if clients could send it, so it only runs
-//! from the master's link or while loading the AOF.
+//! RECORD and WIDEN could forge history if clients could send them, so
+//! they only run from the master's link or while loading the AOF.
 
 use crate::args::LimitCall;
 use crate::log::{Millis, TimeLog};
+use crate::module::api::api;
 use crate::module::boundary::Arg;
 use redis_module::{raw, Context, ContextFlags};
 use std::cell::Cell;
@@ -21,6 +26,22 @@ use std::ffi::CStr;
 use std::ptr;
 
 pub const RECORD_COMMAND: &CStr = c"ratelimit.record";
+pub const WIDEN_COMMAND: &CStr = c"ratelimit.widen";
+
+/// `RATELIMIT.WIDEN key window`, with the call's longest window as given.
+pub fn replicate_widen(ctx: &Context, call: &LimitCall<Arg>) {
+    let replicate = api().replicate;
+    // SAFETY: the format names two RedisModuleStrings, both alive.
+    unsafe {
+        replicate(
+            ctx.ctx,
+            WIDEN_COMMAND.as_ptr(),
+            c"ss".as_ptr(),
+            call.key.as_ptr(),
+            call.longest_window.as_ptr(),
+        )
+    };
+}
 
 /// Every argument is a string Redis only takes a reference to: the window,
 /// cost and precision are the caller's own arguments and `at` is shared by
@@ -28,8 +49,7 @@ pub const RECORD_COMMAND: &CStr = c"ratelimit.record";
 /// per call but the command Redis builds.
 pub fn replicate_record(ctx: &Context, call: &LimitCall<Arg>, at: Millis) {
     let cost = call.cost.map_or_else(|| SHARED.one(), Arg::as_ptr);
-    // SAFETY: a copy of a function pointer Redis filled in at load.
-    let replicate = unsafe { raw::RedisModule_Replicate }.expect("in every Redis");
+    let replicate = api().replicate;
     let (name, key, at, window) = (
         RECORD_COMMAND.as_ptr(),
         call.key.as_ptr(),
@@ -85,9 +105,7 @@ impl SharedStrings {
         if !cached.is_null() {
             // SAFETY: our own reference; Redis holds its own on strings
             // still waiting to be propagated.
-            unsafe {
-                raw::RedisModule_FreeString.expect("in every Redis")(ptr::null_mut(), cached)
-            };
+            unsafe { (api().free_string)(ptr::null_mut(), cached) };
         }
         let fresh = string_of(at);
         self.at.set((at, fresh));
@@ -97,9 +115,7 @@ impl SharedStrings {
 
 fn string_of(n: i64) -> *mut raw::RedisModuleString {
     // SAFETY: a context-free string, freed by us (see `at`) or kept.
-    unsafe {
-        raw::RedisModule_CreateStringFromLongLong.expect("in every Redis")(ptr::null_mut(), n)
-    }
+    unsafe { (api().create_string_from_long_long)(ptr::null_mut(), n) }
 }
 
 pub fn replicate_as_called(ctx: &Context) {
@@ -122,7 +138,7 @@ pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, 
     for entry in view.entries() {
         // SAFETY: the format names a RedisModuleString and three long longs.
         unsafe {
-            raw::RedisModule_EmitAOF.expect("in every Redis")(
+            (api().emit_aof)(
                 aof,
                 RECORD_COMMAND.as_ptr(),
                 c"slll".as_ptr(),
@@ -135,11 +151,6 @@ pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, 
     }
     // SAFETY: the format names one RedisModuleString.
     unsafe {
-        raw::RedisModule_EmitAOF.expect("in every Redis")(
-            aof,
-            c"PERSIST".as_ptr(),
-            c"s".as_ptr(),
-            key,
-        );
+        (api().emit_aof)(aof, c"PERSIST".as_ptr(), c"s".as_ptr(), key);
     }
 }

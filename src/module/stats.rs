@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A counter only the main thread writes: a plain load and store, with no
 /// locked read-modify-write on the hot path. Atomic only so that a static
-/// may hold it.
+/// may hold it. It saturates at `i64::MAX`, the most INFO shows, rather
+/// than wrapping into negative numbers (units of COST add up fast).
 pub struct Counter(AtomicU64);
 
 impl Counter {
@@ -15,14 +16,12 @@ impl Counter {
     }
 
     pub fn add(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
+        let sum = self.0.load(Ordering::Relaxed).saturating_add(n);
+        self.0.store(sum.min(i64::MAX as u64), Ordering::Relaxed);
     }
 
     fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed) as i64
+        i64::try_from(self.0.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
     }
 }
 
@@ -54,7 +53,8 @@ pub extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: i32
     for (name, counter) in FIELDS {
         raw::add_info_field_long_long(ctx, name, counter.get());
     }
-    raw::add_info_field_long_long(ctx, "denied", CHECKS.get() - ALLOWED.get());
+    // Both saturate; once `checks` has, `denied` is no longer exact.
+    raw::add_info_field_long_long(ctx, "denied", CHECKS.get().saturating_sub(ALLOWED.get()));
     raw::add_info_section(ctx, Some("config"));
     raw::add_info_field_str(ctx, "version", env!("CARGO_PKG_VERSION"));
     raw::add_info_field_long_long(ctx, "max_entries", config::max_entries() as i64);
