@@ -323,6 +323,7 @@ local function entry_at(log, offset, previous_at)
   local gap, flag, after = varint_at(log, offset)
   local cost = 1
   if flag == 1 then
+    local _
     cost, _, after = varint_at(log, after)
   end
   local at = previous_at and previous_at + gap or log.oldest
@@ -352,6 +353,7 @@ local function entry_before(log, finish, at)
   local n, flag, start = varint_before(log, finish)
   local gap, cost = n, 1
   if flag == 1 then
+    local _
     cost = n
     gap, _, start = varint_before(log, start)
   end

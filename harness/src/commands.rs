@@ -4,7 +4,7 @@
 use redis::{ConnectionLike, Value};
 
 /// The words as one command.
-fn command(words: &[&str]) -> redis::Cmd {
+pub fn command(words: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd(words[0]);
     for word in &words[1..] {
         cmd.arg(*word);
@@ -21,8 +21,14 @@ pub fn run<T: redis::FromRedisValue>(con: &mut impl ConnectionLike, words: &[&st
 
 /// Runs a command that must fail, and returns its error line as sent.
 pub fn error(con: &mut impl ConnectionLike, words: &[&str]) -> String {
-    match command(words).query::<Value>(con) {
-        Ok(value) => panic!("{words:?} should fail, got {value:?}"),
+    error_line(command(words).query::<Value>(con), &format!("{words:?}"))
+}
+
+/// The error line of a reply that must be an error (`what` names the
+/// call if it is not).
+pub fn error_line(reply: redis::RedisResult<Value>, what: &str) -> String {
+    match reply {
+        Ok(value) => panic!("{what} should fail, got {value:?}"),
         Err(e) => match (e.code(), e.detail()) {
             (Some(code), Some(detail)) => format!("{code} {detail}"),
             (Some(code), None) => code.to_string(),

@@ -1,9 +1,12 @@
 //! The harness redis-ratelimit's integration tests and benchmarks share:
-//! a real server with the freshly built module (`server.rs`), commands
+//! a real server with the freshly built module or without it (`server.rs`),
+//! the module and its script twin as backends of one contract
+//! (`backend.rs`), commands
 //! sent to it (`commands.rs`), what it says about itself (`info.rs`),
 //! logs of every shape (`logs.rs`), cheap randomness (`random.rs`) and
 //! the repository's files the tests read (`repository.rs`).
 
+mod backend;
 mod commands;
 mod info;
 mod logs;
@@ -11,6 +14,7 @@ mod random;
 mod repository;
 mod server;
 
+pub use backend::*;
 pub use commands::*;
 pub use info::*;
 pub use logs::*;
