@@ -266,30 +266,34 @@ local function encode_header(log)
     .. fixed(log.newest, 6) .. fixed(log.newest - log.oldest, 5) .. fixed(log.total, 7)
 end
 
--- Lazily fetched bytes of the stored value: one contiguous segment,
--- grown at either end by at least its own size (so reading k bytes costs
--- O(k) in all) with GETRANGE.
+-- Lazily fetched bytes of the stored value: one contiguous segment
+-- [lo, hi), grown with GETRANGE at either end by at least its own size
+-- (so reading k adjacent bytes costs O(k) in all), or started afresh
+-- around a byte far from it (a log's two ends are read, not its middle).
 local CHUNK = 64
 
 local function byte_at(log, offset)
   if offset < log.head or offset >= log.tail then
     fail(WRONGTYPE)
   end
-  local seg = log.segment
-  if offset >= log.hi then
-    local hi = math.min(log.tail, math.max(offset + 1, log.hi + math.max(CHUNK, log.hi - log.lo)))
-    seg = seg .. redis.call('GETRANGE', log.key, log.hi, hi - 1)
+  local size = math.max(CHUNK, log.hi - log.lo)
+  if offset >= log.hi + size or offset < log.lo - size then
+    log.lo = math.max(log.head, offset - CHUNK + 1)
+    log.hi = math.min(log.tail, offset + CHUNK)
+    log.segment = redis.call('GETRANGE', log.key, log.lo, log.hi - 1)
+  elseif offset >= log.hi then
+    local hi = math.min(log.tail, math.max(offset + 1, log.hi + size))
+    log.segment = log.segment .. redis.call('GETRANGE', log.key, log.hi, hi - 1)
     log.hi = hi
   elseif offset < log.lo then
-    local lo = math.max(log.head, math.min(offset, log.lo - math.max(CHUNK, log.hi - log.lo)))
-    seg = redis.call('GETRANGE', log.key, lo, log.lo - 1) .. seg
+    local lo = math.max(log.head, math.min(offset, log.lo - size))
+    log.segment = redis.call('GETRANGE', log.key, lo, log.lo - 1) .. log.segment
     log.lo = lo
   end
-  if #seg ~= log.hi - log.lo then
+  if #log.segment ~= log.hi - log.lo then
     fail(WRONGTYPE)
   end
-  log.segment = seg
-  return seg:byte(offset - log.lo + 1)
+  return log.segment:byte(offset - log.lo + 1)
 end
 
 -- The flagged varint that starts at `offset`: value, flag, next offset.
