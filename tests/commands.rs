@@ -367,21 +367,58 @@ fn ten_thousand_requests_take_at_most_eight_bytes_each(backend: Backend) {
     eprintln!("MEMORY USAGE for 10,000 requests: {usage} bytes");
 }
 
+/// This round's decision 1: a denied CHECK whose longest window is longer
+/// than the log's registers it, so the key lives as long as that window
+/// needs and a later shorter call does not prune what it counts.
+fn a_denied_check_registers_a_longer_window(backend: Backend) {
+    let (_server, lim) = backend.start(&[]);
+    let mut con = lim.connect();
+    assert_eq!(lim.check(&mut con, "k", 1000, 1)[0], 1);
+    let denied = lim.check(&mut con, "k", 60_000, 1);
+    assert_eq!(denied[..2], [0, 0], "the minute counts the first request");
+    let pttl: i64 = run(&mut con, &["PTTL", "k"]);
+    assert!(
+        pttl > 50_000,
+        "the key now lives until its newest entry leaves the minute: {pttl}"
+    );
+    sleep(Duration::from_millis(1100));
+    assert_eq!(
+        lim.check(&mut con, "k", 1000, 1)[0],
+        1,
+        "the second's window is empty again"
+    );
+    let peek: Vec<i64> = lim.run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5"]);
+    assert_eq!(peek[..2], [1, 3], "the minute still counts both requests");
+}
+
 /// A test per backend for each contract test: `module::name`,
 /// `twin_fcall::name`, `twin_evalsha::name`, `twin_restricted::name`.
+/// Tests after `pending on the module:` wait for a change the module's
+/// branch has not merged yet: ignored for the module alone, with why.
 macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        on_every_backend!(@backend module, Module, $($name),*);
-        on_every_backend!(@backend twin_fcall, Function, $($name),*);
-        on_every_backend!(@backend twin_evalsha, Script, $($name),*);
-        on_every_backend!(@backend twin_restricted, Restricted, $($name),*);
+    ($($name:ident),* ; pending on the module: $($pending:ident),*) => {
+        on_every_backend!(@backend module, Module, [$($name),*], [$($pending),*],
+            [ignore = "needs the hardening branch (decision 1: a denied CHECK registers a longer window)"]);
+        on_every_backend!(@backend twin_fcall, Function, [$($name),*], [$($pending),*],
+            [doc = "On the twin."]);
+        on_every_backend!(@backend twin_evalsha, Script, [$($name),*], [$($pending),*],
+            [doc = "On the twin."]);
+        on_every_backend!(@backend twin_restricted, Restricted, [$($name),*], [$($pending),*],
+            [doc = "On the twin."]);
     };
-    (@backend $module:ident, $backend:ident, $($name:ident),*) => {
+    (@backend $module:ident, $backend:ident, [$($name:ident),*], [$($pending:ident),*], $why:tt) => {
         mod $module {
             $(
                 #[test]
                 fn $name() {
                     super::$name(harness::Backend::$backend);
+                }
+            )*
+            $(
+                #[test]
+                #$why
+                fn $pending() {
+                    super::$pending(harness::Backend::$backend);
                 }
             )*
         }
@@ -401,5 +438,6 @@ on_every_backend!(
     undo_takes_part_of_a_request,
     precision_bounds_a_hot_key,
     copy_and_dump_restore_keep_the_log,
-    ten_thousand_requests_take_at_most_eight_bytes_each,
+    ten_thousand_requests_take_at_most_eight_bytes_each;
+    pending on the module: a_denied_check_registers_a_longer_window
 );

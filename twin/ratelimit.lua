@@ -202,13 +202,15 @@ local function parse_limit_call(name, args)
   if precision > shortest then
     precision_error()
   end
-  -- What the module accepts and Lua cannot count exactly.
+  -- What the module accepts and Lua cannot count exactly (COST first: a
+  -- COST above 2^53 comes with a max above it).
+  local exact_cost = exact_number(cost, 'COST')
   for _, limit in ipairs(limits) do
     limit.max = exact_number(limit.max_digits, 'max')
   end
   return {
     limits = limits,
-    cost = exact_number(cost, 'COST'),
+    cost = exact_cost,
     precision = precision,
     longest = limits[#limits].window,
   }
