@@ -141,6 +141,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller that only builds commands (no connection of its own).
+    pub fn of(backend: Backend) -> Caller {
+        Caller {
+            backend,
+            url: String::new(),
+            sha: String::new(),
+        }
+    }
+
     /// A connection as this backend's user.
     pub fn connect(&self) -> Connection {
         redis::Client::open(self.url.as_str())

@@ -73,3 +73,17 @@ pub fn all_digests(con: &mut impl ConnectionLike) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Every key's bytes (GET: the twin's limiters are strings) and absolute
+/// expiry, sorted by key: the twin's whole state, to compare exactly.
+pub fn all_values(con: &mut impl ConnectionLike) -> Vec<(String, Vec<u8>, i64)> {
+    let mut keys: Vec<String> = run(con, &["KEYS", "*"]);
+    keys.sort();
+    keys.into_iter()
+        .map(|key| {
+            let bytes: Vec<u8> = run(con, &["GET", &key]);
+            let expires_at: i64 = run(con, &["PEXPIRETIME", &key]);
+            (key, bytes, expires_at)
+        })
+        .collect()
+}
