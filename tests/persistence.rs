@@ -2,8 +2,8 @@
 //! without an RDB preamble), byte for byte by digest.
 
 use harness::{
-    all_digests, every_log_shape, run, version_1_payload, wait_for_background_saves, Server,
-    VERSION_1,
+    all_digests, all_values, every_log_shape, every_log_shape_by, run, version_1_payload,
+    wait_for_background_saves, Backend, Server, VERSION_1,
 };
 use redis::Connection;
 
@@ -171,4 +171,28 @@ fn a_version_1_rdb_file_still_loads_and_saves_as_version_2() {
         "saved again as version 2, unchanged"
     );
     assert_version_1_answers(&mut con, "v1:");
+}
+
+/// The twin's keys and its function library come back from the AOF (the
+/// writes the script made, replayed) and from an RDB restart, byte for
+/// byte with the same expiry, and answer as before.
+#[test]
+fn the_twin_state_survives_an_aof_reload_and_a_restart() {
+    let (mut server, twin) =
+        Backend::Function.start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut con = server.connect();
+    every_log_shape_by(&twin, &mut con);
+    let values = all_values(&mut con);
+    assert!(values.len() >= 15, "{values:?}");
+    let peek = ["RATELIMIT.PEEK", "user:1", "600000", "40"];
+    let before: Vec<i64> = twin.run(&mut con, &peek);
+    server.kill();
+    server.relaunch();
+    let mut con = server.connect();
+    assert_eq!(all_values(&mut con), values, "replayed from the AOF");
+    let after: Vec<i64> = twin.run(&mut con, &peek);
+    assert_eq!(after[..3], before[..3]);
+    server.restart(true);
+    let mut con = server.connect();
+    assert_eq!(all_values(&mut con), values, "loaded from the RDB");
 }

@@ -1,7 +1,11 @@
 //! A replica reaches the master's exact state (equal digests) through the
-//! replicated RECORD commands, and answers PEEK itself.
+//! replicated RECORD commands, and answers PEEK itself; with the script
+//! twin, through the writes the script made (effects replication).
 
-use harness::{all_digests, check, every_log_shape, run, wait_for_replica, Server};
+use harness::{
+    all_digests, all_values, check, every_log_shape, every_log_shape_by, run, wait_for_replica,
+    Backend, Server,
+};
 
 fn replica_of(master: &Server) -> Server {
     Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()])
@@ -101,4 +105,31 @@ fn transactions_and_scripts_replicate_what_they_decided() {
         10 - 3 - 2,
         "3 from MULTI, 2 from the script (user:2 allows 2)"
     );
+}
+
+/// The twin's writes replicate as they were made (SETRANGE, SET .. PXAT,
+/// PEXPIREAT, DEL), so a replica without the module holds the master's
+/// exact bytes and expiry, and answers FCALL_RO ratelimit_peek itself.
+#[test]
+fn a_replica_has_the_masters_exact_twin_state() {
+    let (master, twin) = Backend::Function.start(&[]);
+    let mut m = master.connect();
+    twin.check(&mut m, "before", 600_000, 5);
+    let replica =
+        Server::start_without_module(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    let mut r = replica.connect();
+    wait_for_replica(&mut m, &mut r);
+    every_log_shape_by(&twin, &mut m);
+    wait_for_replica(&mut m, &mut r);
+    let on_master = all_values(&mut m);
+    assert!(on_master.len() >= 16, "{on_master:?}");
+    assert!(on_master.iter().all(|(_, _, expires_at)| *expires_at > 0));
+    assert_eq!(all_values(&mut r), on_master);
+    // The library travelled too; the replica answers PEEK, refuses CHECK.
+    let peek = ["RATELIMIT.PEEK", "user:1", "600000", "40"];
+    let on_master: Vec<i64> = twin.run(&mut m, &peek);
+    let on_replica: Vec<i64> = twin.run(&mut r, &peek);
+    assert_eq!(on_replica[..3], on_master[..3]);
+    let refused = twin.error(&mut r, &["RATELIMIT.CHECK", "user:1", "600000", "40"]);
+    assert!(refused.starts_with("READONLY"), "{refused}");
 }

@@ -4,7 +4,7 @@
 use redis::{ConnectionLike, Value};
 
 /// The words as one command.
-fn command(words: &[&str]) -> redis::Cmd {
+pub fn command(words: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd(words[0]);
     for word in &words[1..] {
         cmd.arg(*word);
@@ -21,8 +21,14 @@ pub fn run<T: redis::FromRedisValue>(con: &mut impl ConnectionLike, words: &[&st
 
 /// Runs a command that must fail, and returns its error line as sent.
 pub fn error(con: &mut impl ConnectionLike, words: &[&str]) -> String {
-    match command(words).query::<Value>(con) {
-        Ok(value) => panic!("{words:?} should fail, got {value:?}"),
+    error_line(command(words).query::<Value>(con), &format!("{words:?}"))
+}
+
+/// The error line of a reply that must be an error (`what` names the
+/// call if it is not).
+pub fn error_line(reply: redis::RedisResult<Value>, what: &str) -> String {
+    match reply {
+        Ok(value) => panic!("{what} should fail, got {value:?}"),
         Err(e) => match (e.code(), e.detail()) {
             (Some(code), Some(detail)) => format!("{code} {detail}"),
             (Some(code), None) => code.to_string(),
@@ -64,6 +70,20 @@ pub fn all_digests(con: &mut impl ConnectionLike) -> Vec<(String, String)> {
         .map(|key| {
             let d = digest(con, &key);
             (key, d)
+        })
+        .collect()
+}
+
+/// Every key's bytes (GET: the twin's limiters are strings) and absolute
+/// expiry, sorted by key: the twin's whole state, to compare exactly.
+pub fn all_values(con: &mut impl ConnectionLike) -> Vec<(String, Vec<u8>, i64)> {
+    let mut keys: Vec<String> = run(con, &["KEYS", "*"]);
+    keys.sort();
+    keys.into_iter()
+        .map(|key| {
+            let bytes: Vec<u8> = run(con, &["GET", &key]);
+            let expires_at: i64 = run(con, &["PEXPIRETIME", &key]);
+            (key, bytes, expires_at)
         })
         .collect()
 }

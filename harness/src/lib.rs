@@ -1,10 +1,15 @@
 //! The harness redis-ratelimit's integration tests and benchmarks share:
-//! a real server with the freshly built module (`server.rs`), commands
+//! a real server with the freshly built module or without it (`server.rs`),
+//! the module and its script twin as backends of one contract
+//! (`backend.rs`), the twin run in-process under a test's clock
+//! (`embedded.rs`), commands
 //! sent to it (`commands.rs`), what it says about itself (`info.rs`),
 //! logs of every shape (`logs.rs`), cheap randomness (`random.rs`) and
 //! the repository's files the tests read (`repository.rs`).
 
+mod backend;
 mod commands;
+mod embedded;
 mod info;
 mod logs;
 mod payloads;
@@ -12,7 +17,9 @@ mod random;
 mod repository;
 mod server;
 
+pub use backend::*;
 pub use commands::*;
+pub use embedded::*;
 pub use info::*;
 pub use logs::*;
 pub use payloads::*;

@@ -57,8 +57,19 @@ fn fresh_dir() -> PathBuf {
 }
 
 /// The options every test server gets: loopback only, no persistence
-/// unless a test asks, DEBUG and MODULE allowed, replicas sync at once.
+/// unless a test asks, DEBUG and MODULE allowed, replicas sync at once;
+/// and the module with `module_args`.
 fn server_args(module_args: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut args = plain_args(&[]);
+    args.push("--loadmodule".into());
+    args.push(module_path().display().to_string());
+    args.extend(module_args.iter().map(|s| s.to_string()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// The same options without the module, as on a managed service.
+fn plain_args(extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--bind",
         "127.0.0.1",
@@ -72,13 +83,10 @@ fn server_args(module_args: &[&str], extra: &[&str]) -> Vec<String> {
         "local",
         "--repl-diskless-sync-delay",
         "0",
-        "--loadmodule",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.push(module_path().display().to_string());
-    args.extend(module_args.iter().map(|s| s.to_string()));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -99,6 +107,11 @@ impl Server {
 
     pub fn start_with_module_args(module_args: &[&str], extra: &[&str]) -> Server {
         Server::launch_new(None, server_args(module_args, extra))
+    }
+
+    /// A server with nothing loaded (the script twin's kind of server).
+    pub fn start_without_module(extra: &[&str]) -> Server {
+        Server::launch_new(None, plain_args(extra))
     }
 
     /// A server started from a config file holding `config` (so that

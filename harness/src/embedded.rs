@@ -1,0 +1,157 @@
+//! The script twin run in-process: the unmodified twin/ratelimit.lua, in
+//! the EVAL form, in the Lua 5.1 that Redis and Valkey embed, over a
+//! small keyspace written in Lua that answers the few commands the twin
+//! sends (GETRANGE, SETRANGE, SET .. PXAT, PEXPIREAT, DEL, TIME) and
+//! expires keys as Redis does. Its TIME reads a clock the test sets, so
+//! the timed fields can be held to a model: the twin itself never takes
+//! a clock from its caller.
+
+use crate::backend::twin_script;
+use mlua::{Function, Lua, Value};
+
+/// The keyspace and `redis` table the twin sees.
+const MOCK: &str = r#"
+clock = { ms = 0 }
+local store, expires = {}, {}
+local function live(key)
+  local at = expires[key]
+  if at and clock.ms > at then
+    store[key], expires[key] = nil, nil
+  end
+  return store[key]
+end
+local commands = {}
+function commands.TIME()
+  local seconds = math.floor(clock.ms / 1000)
+  -- Microseconds within the millisecond, which the twin must drop.
+  return { tostring(seconds), tostring((clock.ms - seconds * 1000) * 1000 + 999) }
+end
+function commands.GETRANGE(key, from, to)
+  local value = live(key) or ''
+  from, to = tonumber(from), math.min(tonumber(to), #value - 1)
+  if from > to then
+    return ''
+  end
+  return value:sub(from + 1, to + 1)
+end
+function commands.SETRANGE(key, offset, bytes)
+  local value = live(key) or ''
+  offset = tonumber(offset)
+  if #value < offset then
+    value = value .. string.rep('\0', offset - #value)
+  end
+  store[key] = value:sub(1, offset) .. bytes .. value:sub(offset + #bytes + 1)
+  return #store[key]
+end
+function commands.SET(key, value, option, at)
+  assert(option == 'PXAT', 'the twin sets an expiry with every value')
+  store[key], expires[key] = value, tonumber(at)
+  return { ok = 'OK' }
+end
+function commands.PEXPIREAT(key, at)
+  if not live(key) then
+    return 0
+  end
+  expires[key] = tonumber(at)
+  return 1
+end
+function commands.DEL(key)
+  local existed = live(key) and 1 or 0
+  store[key], expires[key] = nil, nil
+  return existed
+end
+redis = {}
+function redis.call(name, ...)
+  local command = commands[name]
+  assert(command, 'the mock has no ' .. tostring(name))
+  return command(...)
+end
+redis.pcall = redis.call
+function redis.error_reply(text)
+  return { err = text }
+end
+function exists(key)
+  return live(key) ~= nil
+end
+function value(key)
+  return live(key)
+end
+"#;
+
+/// What the twin answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TwinReply {
+    Error(String),
+    Integer(i64),
+    Decision([i64; 4]),
+}
+
+pub struct EmbeddedTwin {
+    lua: Lua,
+    script: Function,
+}
+
+impl Default for EmbeddedTwin {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EmbeddedTwin {
+    pub fn new() -> EmbeddedTwin {
+        let lua = Lua::new();
+        lua.load(MOCK).exec().expect("the mock keyspace");
+        let script = lua
+            .load(twin_script())
+            .set_name("twin/ratelimit.lua")
+            .into_function()
+            .expect("twin/ratelimit.lua compiles as Lua 5.1");
+        EmbeddedTwin { lua, script }
+    }
+
+    /// Sets the clock TIME reads, in ms since the epoch.
+    pub fn set_clock(&self, ms: i64) {
+        let clock: mlua::Table = self.lua.globals().get("clock").expect("clock");
+        clock.set("ms", ms).expect("set the clock");
+    }
+
+    /// Runs `EVAL <twin> 1 key operation args...`.
+    pub fn call(&self, key: &str, operation: &str, args: &[String]) -> TwinReply {
+        let globals = self.lua.globals();
+        globals.set("KEYS", vec![key]).expect("KEYS");
+        let mut argv = vec![operation.to_string()];
+        argv.extend(args.iter().cloned());
+        globals.set("ARGV", argv).expect("ARGV");
+        let reply: Value = self.script.call(()).unwrap_or_else(|e| {
+            panic!("the twin raised an error on {key} {operation} {args:?}: {e}")
+        });
+        match reply {
+            Value::Table(table) => {
+                if let Ok(text) = table.get::<String>("err") {
+                    return TwinReply::Error(text);
+                }
+                let fields: Vec<i64> = (1..=4)
+                    .map(|i| table.get::<f64>(i).expect("an integer field") as i64)
+                    .collect();
+                assert_eq!(table.raw_len(), 4, "a decision has 4 fields");
+                TwinReply::Decision(fields.try_into().expect("4 fields"))
+            }
+            Value::Number(n) => TwinReply::Integer(n as i64),
+            Value::Integer(n) => TwinReply::Integer(n),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Whether the key exists at the clock's time.
+    pub fn exists(&self, key: &str) -> bool {
+        let exists: Function = self.lua.globals().get("exists").expect("exists");
+        exists.call(key).expect("exists")
+    }
+
+    /// The key's stored bytes.
+    pub fn value(&self, key: &str) -> Option<Vec<u8>> {
+        let value: Function = self.lua.globals().get("value").expect("value");
+        let bytes: Option<mlua::String> = value.call(key).expect("value");
+        bytes.map(|b| b.as_bytes().to_vec())
+    }
+}

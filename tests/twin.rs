@@ -1,0 +1,292 @@
+//! What is the script twin's own: a server without the module says so,
+//! a user without admin rights loads and calls the twin, the two kinds
+//! of keys never mix, the EVAL form, README's error tables and the
+//! refusals where Lua's doubles cannot be exact.
+
+use harness::{error, run, twin_library, twin_script, Backend, Server, TWINS};
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// 2^53, the largest integer below which a double holds every integer.
+const EXACT: u64 = 1 << 53;
+
+#[test]
+fn a_server_without_the_module_says_so_and_the_twin_answers() {
+    let (server, twin) = Backend::Function.start(&[]);
+    let mut con = server.connect();
+    let missing = error(&mut con, &["RATELIMIT.CHECK", "k", "1000", "5"]);
+    assert!(
+        missing.starts_with("ERR unknown command 'RATELIMIT.CHECK'"),
+        "how a client learns the module is not there: {missing}"
+    );
+    assert_eq!(twin.check(&mut con, "k", 1000, 5)[..3], [1, 4, 0]);
+}
+
+#[test]
+fn a_user_without_admin_rights_loads_and_calls_the_twin() {
+    let (server, twin) = Backend::Restricted.start(&[]);
+    let mut con = twin.connect();
+    for words in [
+        &["MODULE", "LIST"][..],
+        &["CONFIG", "GET", "maxmemory"],
+        &["DEBUG", "DIGEST-VALUE", "k"],
+    ] {
+        let refused = error(&mut con, words);
+        assert!(refused.starts_with("NOPERM"), "{words:?}: {refused}");
+    }
+    // The user replaces the library itself, as on a managed service.
+    twin.load_library(&mut con);
+    assert_eq!(twin.check(&mut con, "k", 1000, 5)[..3], [1, 4, 0]);
+    let peek: Vec<i64> = twin.run(&mut con, &["RATELIMIT.PEEK", "k", "1000", "5"]);
+    assert_eq!(peek[..3], [1, 4, 0]);
+    drop(server);
+}
+
+#[test]
+fn keys_of_the_module_and_of_the_twin_never_mix() {
+    let server = Server::start(&[]);
+    let module = Backend::Module.prepare(&server);
+    let twin = Backend::Function.prepare(&server);
+    let script = Backend::Script.prepare(&server);
+    let mut con = server.connect();
+    module.check(&mut con, "module-key", 60_000, 5);
+    twin.check(&mut con, "twin-key", 60_000, 5);
+    run::<()>(&mut con, &["SET", "text", "hello"]);
+    // A string that starts like the twin's value but is not one.
+    run::<()>(&mut con, &["SET", "lookalike", "rl\u{1}not a log at all"]);
+    let before: String = run(&mut con, &["DEBUG", "DIGEST"]);
+    for (caller, key) in [
+        (&twin, "module-key"),
+        (&script, "module-key"),
+        (&module, "twin-key"),
+        (&twin, "text"),
+        (&twin, "lookalike"),
+    ] {
+        for words in [
+            &["RATELIMIT.CHECK", key, "60000", "5"][..],
+            &["RATELIMIT.PEEK", key, "60000", "5"],
+            &["RATELIMIT.UNDO", key],
+        ] {
+            assert_eq!(
+                caller.error(&mut con, words),
+                WRONGTYPE,
+                "{}: {words:?}",
+                caller.backend.name()
+            );
+        }
+    }
+    let after: String = run(&mut con, &["DEBUG", "DIGEST"]);
+    assert_eq!(after, before, "refused calls change nothing");
+}
+
+#[test]
+fn the_eval_form_runs_without_a_loaded_script() {
+    let server = Server::start_without_module(&[]);
+    let mut con = server.connect();
+    let script = twin_script();
+    assert!(twin_library().starts_with("#!lua name=ratelimit\n"));
+    let eval = |con: &mut redis::Connection, command: &str, words: &[&str]| -> redis::Value {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(&script).arg(1).arg(words);
+        cmd.query(con).expect("EVAL")
+    };
+    let allowed = eval(&mut con, "EVAL", &["k", "check", "1000", "5"]);
+    let peeked = eval(&mut con, "EVAL_RO", &["k", "peek", "1000", "5"]);
+    let refunded = eval(&mut con, "EVAL", &["k", "undo"]);
+    let decision = |value: redis::Value| -> Vec<i64> {
+        redis::FromRedisValue::from_redis_value(&value).expect("4 integers")
+    };
+    assert_eq!(decision(allowed), [1, 4, 0, 1000]);
+    assert_eq!(decision(peeked)[..3], [1, 4, 0]);
+    assert_eq!(refunded, redis::Value::Int(1));
+    let unknown = redis::cmd("EVAL")
+        .arg(&script)
+        .arg(1)
+        .arg("k")
+        .arg("CHECK")
+        .query::<redis::Value>(&mut con);
+    assert_eq!(
+        unknown.map_err(|e| e.detail().unwrap_or_default().to_string()),
+        Err(
+            "unknown operation 'CHECK' (the script twin's operations are check, peek and undo)"
+                .into()
+        )
+    );
+}
+
+/// README's tables, rows as (input, replies).
+fn table_rows(section: &str) -> Vec<(String, Vec<String>)> {
+    section
+        .lines()
+        .filter(|line| line.starts_with("| ") && !line.starts_with("| input"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let replies = cells[1]
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(String::from)
+                .collect();
+            (cells[0].trim_start_matches("| ").to_string(), replies)
+        })
+        .collect()
+}
+
+fn readme_section(start: &str) -> String {
+    let readme = harness::readme();
+    let rest = readme
+        .split(start)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README.md has {start}"));
+    rest.split("\n## ").next().unwrap_or_default().to_string()
+}
+
+/// Every row of README's error table but max-entries (the module's
+/// setting), and every row of the twin's own table, word for word from
+/// each of the twin's forms.
+#[test]
+fn the_readme_error_tables_are_what_the_twin_sends() {
+    let errors = readme_section("### Errors");
+    let shared = table_rows(errors.split("\n#").next().unwrap_or_default());
+    let own = table_rows(&readme_section("### Refusals of the script twin alone"));
+    assert!(!own.is_empty(), "the twin's own table has rows");
+    let mut nine_pairs = vec!["RATELIMIT.CHECK", "k"];
+    for window in ["1", "2", "3", "4", "5", "6", "7", "8", "9"] {
+        nine_pairs.extend([window, "5"]);
+    }
+    let check = |words: &[&'static str]| -> Vec<&'static str> {
+        let mut call = vec!["RATELIMIT.CHECK", "k"];
+        call.extend(words);
+        call
+    };
+    let calls: Vec<(&str, Vec<&str>)> = vec![
+        ("wrong number of arguments", check(&[])),
+        ("bad `window`", check(&["0", "5"])),
+        ("bad `max`", check(&["1000", "0"])),
+        ("a window without its max", check(&["60000", "5", "1000"])),
+        ("a window twice", check(&["1000", "5", "1000", "6"])),
+        ("more than 8 pairs", nine_pairs),
+        ("bad `COST`", check(&["1000", "5", "COST", "0"])),
+        (
+            "`COST` above the smallest `max`",
+            check(&["60000", "5", "COST", "6"]),
+        ),
+        ("bad `PRECISION`", check(&["1000", "5", "PRECISION", "0"])),
+        (
+            "an option without a value, twice, unknown",
+            check(&["1000", "5", "COST"]),
+        ),
+        (
+            "an option without a value, twice, unknown",
+            check(&["1000", "5", "COST", "1", "COST", "1"]),
+        ),
+        (
+            "an option without a value, twice, unknown",
+            check(&["1000", "5", "X", "1"]),
+        ),
+        (
+            "key of another type (and other commands on a limiter key)",
+            vec!["RATELIMIT.CHECK", "s", "1000", "5"],
+        ),
+        ("`max` above 2^53", check(&["1000", "9007199254740993"])),
+        (
+            "`COST` above 2^53",
+            check(&["1000", "9223372036854775807", "COST", "9007199254740993"]),
+        ),
+        (
+            "an operation the script does not know (script form)",
+            vec!["RATELIMIT.CHECK"],
+        ),
+    ];
+    for backend in TWINS {
+        let (server, twin) = backend.start(&[]);
+        let mut con = twin.connect();
+        run::<()>(&mut con, &["SET", "s", "text"]);
+        for (input, words) in &calls {
+            let (_, replies) = shared
+                .iter()
+                .chain(&own)
+                .find(|(row, _)| row == input)
+                .unwrap_or_else(|| panic!("README.md's error tables have no row {input:?}"));
+            let got = if *input == "an operation the script does not know (script form)" {
+                if backend != Backend::Script {
+                    continue;
+                }
+                unknown_operation(&mut con)
+            } else {
+                twin.error(&mut con, words)
+            };
+            assert!(
+                replies.contains(&got),
+                "{}: {words:?}: {got:?} is not in {replies:?}",
+                backend.name()
+            );
+        }
+        let (_, full) = own
+            .iter()
+            .find(|(row, _)| row.starts_with("a key's recorded cost"))
+            .expect("the twin's table has the cost-sum row");
+        // One unit kept by a minute's window, then 2^53 that a 1 ms
+        // window allows: the key would hold 2^53 + 1.
+        assert_eq!(twin.check(&mut con, "sum", 60_000, 10)[0], 1);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let exact = EXACT.to_string();
+        let got = twin.error(
+            &mut con,
+            &["RATELIMIT.CHECK", "sum", "1", &exact, "COST", &exact],
+        );
+        assert_eq!(vec![got], *full);
+        drop(server);
+    }
+}
+
+/// The script form with its operation word in capitals.
+fn unknown_operation(con: &mut redis::Connection) -> String {
+    let mut script = redis::cmd("EVAL");
+    script.arg(twin_script()).arg(1).arg("k").arg("UNDO");
+    harness::error_line(script.query::<redis::Value>(con), "EVAL with UNDO")
+}
+
+/// Up to 2^53 the twin is exact, like the module; above, it refuses
+/// what it could not count exactly and changes nothing.
+#[test]
+fn the_twin_is_exact_up_to_2_53_and_refuses_beyond() {
+    for backend in TWINS {
+        let (_server, twin) = backend.start(&[]);
+        let mut con = twin.connect();
+        let exact = EXACT.to_string();
+        let half = (EXACT / 2).to_string();
+        let reply: Vec<i64> = twin.run(
+            &mut con,
+            &["RATELIMIT.CHECK", "k", "60000", &exact, "COST", &half],
+        );
+        assert_eq!(reply, [1, (EXACT / 2) as i64, 0, 60_000]);
+        let reply: Vec<i64> = twin.run(
+            &mut con,
+            &[
+                "RATELIMIT.CHECK",
+                "k",
+                "60000",
+                &exact,
+                "COST",
+                &(EXACT / 2 - 1).to_string(),
+            ],
+        );
+        assert_eq!(reply[..3], [1, 1, 0], "exact to the unit at 2^53");
+        let reply: Vec<i64> = twin.run(
+            &mut con,
+            &["RATELIMIT.CHECK", "k", "60000", &exact, "COST", "2"],
+        );
+        assert_eq!(reply[..2], [0, 1]);
+        let value: Vec<u8> = redis::cmd("GET").arg("k").query(&mut con).expect("GET");
+        let refused = twin.error(
+            &mut con,
+            &["RATELIMIT.CHECK", "k", "60000", "9007199254740993"],
+        );
+        assert!(refused.contains("above 9007199254740992"), "{refused}");
+        let after: Vec<u8> = redis::cmd("GET").arg("k").query(&mut con).expect("GET");
+        assert_eq!(after, value, "a refused call changes nothing");
+        let refunded: i64 = twin.run(&mut con, &["RATELIMIT.UNDO", "k", "COST", &exact]);
+        assert_eq!(refunded, (EXACT - 1) as i64);
+    }
+}

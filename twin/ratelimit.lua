@@ -1,0 +1,708 @@
+#!lua name=ratelimit
+-- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK and
+-- UNDO for servers that cannot load the module (managed services). Same
+-- arguments, same replies, same error texts; where Lua's numbers (doubles)
+-- cannot be exact, a twin-only error instead (see twin/README.md).
+--
+-- Function form:  FUNCTION LOAD REPLACE <this file>
+--                 FCALL ratelimit_check 1 key window max [...] [COST n] [PRECISION p]
+--                 FCALL_RO ratelimit_peek 1 key window max [...]
+--                 FCALL ratelimit_undo 1 key [COST n]
+-- Script form:    this file without its first line, as EVAL/EVALSHA:
+--                 EVALSHA sha 1 key check|peek|undo <the same arguments>
+--
+-- Only base Lua 5.1 (string, math, table, pcall) and redis.call/pcall:
+-- no cjson, cmsgpack, struct or bit, so it runs on every Redis 7.0+ and
+-- Valkey 8+.
+--
+-- Storage: one string key per limiter.
+--   header (HEADER bytes, fixed width, little-endian):
+--     magic "rl\1" (3) | window (5) | head (4) | tail (4) |
+--     newest time (6) | span = newest - oldest (5) | total cost (7)
+--   entries, oldest first, in bytes [head, tail): each is the gap to the
+--   previous entry's time and its cost, as "flagged varints": the first
+--   byte holds 6 value bits and a flag (bit 0), every byte a continuation
+--   bit (bit 7). An entry is gap(flag = cost ~= 1) [cost(flag = 1)], so
+--   most entries take 1 to 3 bytes, and from the back a varint whose flag
+--   is set can only be a cost (a flagged gap is always followed by one):
+--   entries can be walked from either end. The gap of the entry at head
+--   means nothing (its time is newest - span).
+-- Entries leave at the front by moving head (compacted once the dead
+-- prefix outgrows the live part: amortised O(1) per pruned entry) and at
+-- the back by moving tail; bytes are read with GETRANGE and written with
+-- SETRANGE, so a call touches only the entries it prunes or reads.
+
+local MAGIC = 'rl\1'
+local HEADER = 34
+local MAX_WINDOW = 31536000000
+local MAX_COST = '9223372036854775807'
+-- The largest integer a double holds exactly, with every integer below it.
+local EXACT = 9007199254740992
+local MAX_LIMITS = 8
+local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
+
+-- Errors travel as tables thrown with error() and are turned into error
+-- replies at the top, so every text is exactly the module's.
+local function fail(text)
+  error({ reply = text }, 0)
+end
+
+-- Integers --------------------------------------------------------------
+
+-- A decimal integer the way Redis writes one: optional '-', digits, no
+-- leading zero, no '+', within 64 bits. Returns the canonical digits of
+-- a positive value (nil for zero, negatives and anything else).
+local function positive_digits(word)
+  if word:match('^%-[1-9]%d*$') then
+    return nil
+  end
+  if not word:match('^[1-9]%d*$') then
+    return nil
+  end
+  if #word > #MAX_COST or (#word == #MAX_COST and word > MAX_COST) then
+    return nil
+  end
+  return word
+end
+
+-- Compares two canonical positive digit strings: a < b.
+local function below(a, b)
+  return #a < #b or (#a == #b and a < b)
+end
+
+-- A positive integer at most `high` (digits), or nil.
+local function positive_up_to(word, high)
+  local digits = positive_digits(word)
+  if digits and not below(high, digits) then
+    return digits
+  end
+  return nil
+end
+
+local EXACT_DIGITS = '9007199254740992'
+
+local function exact_number(digits, what)
+  if below(EXACT_DIGITS, digits) then
+    fail('ERR ' .. what .. ' above ' .. EXACT_DIGITS .. ' cannot be counted exactly by the script twin '
+      .. '(Lua numbers are doubles): load the module for larger values')
+  end
+  return tonumber(digits)
+end
+
+-- Arguments -------------------------------------------------------------
+
+local WINDOW_DIGITS = '31536000000'
+
+local function window_range()
+  fail('ERR window must be an integer from 1 to ' .. WINDOW_DIGITS .. ' (milliseconds)')
+end
+
+local function arity(name)
+  fail("ERR wrong number of arguments for '" .. name .. "' command")
+end
+
+-- Named options, each followed by its value, at most once, any case.
+local function parse_options(words, from, names)
+  local values = {}
+  local i = from
+  while i <= #words do
+    local word = words[i]
+    local slot
+    for index, name in ipairs(names) do
+      if word:upper() == name[1] then
+        slot = index
+      end
+    end
+    if not slot then
+      local known = {}
+      for index, name in ipairs(names) do
+        known[index] = name[1] .. ' ' .. name[2]
+      end
+      fail("ERR unknown option '" .. word .. "' (the options are " .. table.concat(known, ' and ') .. ')')
+    end
+    local token = names[slot][1]
+    if i + 1 > #words then
+      fail('ERR syntax error: ' .. token .. ' needs a value')
+    end
+    if values[slot] then
+      fail('ERR ' .. token .. ' given more than once')
+    end
+    values[slot] = words[i + 1]
+    i = i + 2
+  end
+  return values
+end
+
+local function cost_digits(word)
+  local digits = positive_digits(word)
+  if not digits then
+    fail('ERR COST must be a positive integer')
+  end
+  return digits
+end
+
+-- check|peek: limits sorted by window, cost, precision and the longest
+-- window, or the module's error for the first thing wrong.
+local function parse_limit_call(name, args)
+  if #args < 2 then
+    arity(name)
+  end
+  local limits = {}
+  local at = 1
+  while at <= #args and (at == 1 or args[at]:match('^[%d%-]')) do
+    local window_word = args[at]
+    local window = positive_up_to(window_word, WINDOW_DIGITS)
+    if not window then
+      window_range()
+    end
+    if at + 1 > #args then
+      fail('ERR syntax error: window ' .. window_word .. ' has no max')
+    end
+    local max = positive_digits(args[at + 1])
+    if not max then
+      fail('ERR max must be an integer from 1 to ' .. MAX_COST)
+    end
+    if #limits == MAX_LIMITS then
+      fail('ERR at most ' .. MAX_LIMITS .. ' window/max pairs')
+    end
+    limits[#limits + 1] = { window = tonumber(window), max_digits = max }
+    at = at + 2
+  end
+  local options = parse_options(args, at, { { 'COST', 'n' }, { 'PRECISION', 'p' } })
+  local cost = options[1] and cost_digits(options[1]) or '1'
+  local shortest = MAX_WINDOW
+  for _, limit in ipairs(limits) do
+    shortest = math.min(shortest, limit.window)
+  end
+  local function precision_error()
+    fail('ERR PRECISION must be an integer from 1 to ' .. string.format('%.0f', shortest)
+      .. ' (the shortest window)')
+  end
+  local precision = 1
+  if options[2] then
+    local digits = positive_up_to(options[2], WINDOW_DIGITS)
+    if not digits then
+      precision_error()
+    end
+    precision = tonumber(digits)
+  end
+  table.sort(limits, function(a, b) return a.window < b.window end)
+  local smallest_max = limits[1].max_digits
+  for i, limit in ipairs(limits) do
+    if i > 1 and limits[i - 1].window == limit.window then
+      fail('ERR window ' .. string.format('%.0f', limit.window) .. ' is given twice')
+    end
+    if below(limit.max_digits, smallest_max) then
+      smallest_max = limit.max_digits
+    end
+  end
+  if below(smallest_max, cost) then
+    fail('ERR COST ' .. cost .. ' is above max ' .. smallest_max .. ': such a request could never be allowed')
+  end
+  if precision > shortest then
+    precision_error()
+  end
+  -- What the module accepts and Lua cannot count exactly (COST first: a
+  -- COST above 2^53 comes with a max above it).
+  local exact_cost = exact_number(cost, 'COST')
+  for _, limit in ipairs(limits) do
+    limit.max = exact_number(limit.max_digits, 'max')
+  end
+  return {
+    limits = limits,
+    cost = exact_cost,
+    precision = precision,
+    longest = limits[#limits].window,
+  }
+end
+
+local function parse_undo(args)
+  local options = parse_options(args, 1, { { 'COST', 'n' } })
+  return options[1] and tonumber(cost_digits(options[1])) or 1
+end
+
+-- Stored bytes --------------------------------------------------------------
+
+local function fixed(n, width)
+  local bytes = {}
+  for i = 1, width do
+    local b = n % 256
+    bytes[i] = b
+    n = (n - b) / 256
+  end
+  return string.char(unpack(bytes))
+end
+
+local function read_fixed(s, from, width)
+  local n = 0
+  for i = from + width - 1, from, -1 do
+    n = n * 256 + s:byte(i)
+  end
+  return n
+end
+
+-- A flagged varint: 6 value bits and the flag in the first byte, then 7
+-- value bits a byte, low bits first; bit 7 says another byte follows.
+local function varint(n, flag)
+  local low = n % 64
+  n = (n - low) / 64
+  local bytes = { low * 2 + flag + (n > 0 and 128 or 0) }
+  while n > 0 do
+    local b = n % 128
+    n = (n - b) / 128
+    bytes[#bytes + 1] = b + (n > 0 and 128 or 0)
+  end
+  return string.char(unpack(bytes))
+end
+
+local function encode_entry(gap, cost)
+  if cost == 1 then
+    return varint(gap, 0)
+  end
+  return varint(gap, 1) .. varint(cost, 1)
+end
+
+-- A log's header as stored.
+local function encode_header(log)
+  return MAGIC .. fixed(log.window, 5) .. fixed(log.head, 4) .. fixed(log.tail, 4)
+    .. fixed(log.newest, 6) .. fixed(log.newest - log.oldest, 5) .. fixed(log.total, 7)
+end
+
+-- Lazily fetched bytes of the stored value: one contiguous segment
+-- [lo, hi), grown with GETRANGE at either end by at least its own size
+-- (so reading k adjacent bytes costs O(k) in all), or started afresh
+-- around a byte far from it (a log's two ends are read, not its middle).
+local CHUNK = 64
+
+local function byte_at(log, offset)
+  if offset < log.head or offset >= log.tail then
+    fail(WRONGTYPE)
+  end
+  local size = math.max(CHUNK, log.hi - log.lo)
+  if offset >= log.hi + size or offset < log.lo - size then
+    log.lo = math.max(log.head, offset - CHUNK + 1)
+    log.hi = math.min(log.tail, offset + CHUNK)
+    log.segment = redis.call('GETRANGE', log.key, log.lo, log.hi - 1)
+  elseif offset >= log.hi then
+    local hi = math.min(log.tail, math.max(offset + 1, log.hi + size))
+    log.segment = log.segment .. redis.call('GETRANGE', log.key, log.hi, hi - 1)
+    log.hi = hi
+  elseif offset < log.lo then
+    local lo = math.max(log.head, math.min(offset, log.lo - size))
+    log.segment = redis.call('GETRANGE', log.key, lo, log.lo - 1) .. log.segment
+    log.lo = lo
+  end
+  if #log.segment ~= log.hi - log.lo then
+    fail(WRONGTYPE)
+  end
+  return log.segment:byte(offset - log.lo + 1)
+end
+
+-- The flagged varint that starts at `offset`: value, flag, next offset.
+local function varint_at(log, offset)
+  local b = byte_at(log, offset)
+  local flag = b % 2
+  local n = ((b % 128) - flag) / 2
+  local scale = 64
+  while b >= 128 do
+    offset = offset + 1
+    b = byte_at(log, offset)
+    n = n + (b % 128) * scale
+    scale = scale * 128
+  end
+  return n, flag, offset + 1
+end
+
+-- The flagged varint that ends just before `finish`: value, flag, start.
+local function varint_before(log, finish)
+  local start = finish - 1
+  while start > log.head and byte_at(log, start - 1) >= 128 do
+    start = start - 1
+  end
+  local n, flag = varint_at(log, start)
+  return n, flag, start
+end
+
+-- Entries, walked from the oldest: `front(log)` gives a cursor whose
+-- fields are the entry's time, cost and the offsets around it.
+local function entry_at(log, offset, previous_at)
+  local gap, flag, after = varint_at(log, offset)
+  local cost = 1
+  if flag == 1 then
+    local _
+    cost, _, after = varint_at(log, after)
+  end
+  local at = previous_at and previous_at + gap or log.oldest
+  return { at = at, cost = cost, gap = gap, start = offset, finish = after }
+end
+
+local function front(log)
+  if log.head >= log.tail then
+    return nil
+  end
+  return entry_at(log, log.head, nil)
+end
+
+local function next_entry(log, entry)
+  if entry.finish >= log.tail then
+    return nil
+  end
+  return entry_at(log, entry.finish, entry.at)
+end
+
+-- Entries walked from the newest: the entry that ends at `finish` and
+-- whose time is `at`.
+local function entry_before(log, finish, at)
+  if finish <= log.head then
+    return nil
+  end
+  local n, flag, start = varint_before(log, finish)
+  local gap, cost = n, 1
+  if flag == 1 then
+    local _
+    cost = n
+    gap, _, start = varint_before(log, start)
+  end
+  return { at = at, cost = cost, gap = gap, start = start, finish = finish }
+end
+
+local function back(log)
+  return entry_before(log, log.tail, log.newest)
+end
+
+local function previous_entry(log, entry)
+  return entry_before(log, entry.start, entry.at - entry.gap)
+end
+
+-- The key's log, or nil if the key does not exist; WRONGTYPE for any
+-- other value, as the module answers.
+local function open(key)
+  local reply = redis.pcall('GETRANGE', key, 0, HEADER + CHUNK - 1)
+  if type(reply) == 'table' and reply.err then
+    fail(reply.err)
+  end
+  if reply == '' then
+    return nil
+  end
+  if #reply < HEADER or reply:sub(1, 3) ~= MAGIC then
+    fail(WRONGTYPE)
+  end
+  local log = {
+    key = key,
+    window = read_fixed(reply, 4, 5),
+    head = read_fixed(reply, 9, 4),
+    tail = read_fixed(reply, 13, 4),
+    newest = read_fixed(reply, 17, 6),
+    total = read_fixed(reply, 28, 7),
+    segment = reply,
+    lo = 0,
+    hi = #reply,
+  }
+  log.oldest = log.newest - read_fixed(reply, 23, 5)
+  if log.head < HEADER or log.tail <= log.head or log.total < 1 or log.total > EXACT then
+    fail(WRONGTYPE)
+  end
+  return log
+end
+
+-- The server's clock in ms: the only clock the twin reads.
+local function clock()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- The decision, as src/limiter.rs makes it ------------------------------------
+
+-- One limit's window when the log's own window is no longer: from the
+-- front, against the cost sum, skipping only what expired.
+local function from_the_front(log, horizon, limit, cost)
+  local entry = front(log)
+  local expired = 0
+  while entry and entry.at <= horizon do
+    expired = expired + entry.cost
+    entry = next_entry(log, entry)
+  end
+  local used = log.total - expired
+  local room = limit.max - cost
+  local retry = 0
+  if used > room then
+    local over, leaving = used - room, 0
+    while entry do
+      leaving = leaving + entry.cost
+      if leaving >= over then
+        retry = entry.at - horizon
+        break
+      end
+      entry = next_entry(log, entry)
+    end
+  end
+  return used, retry
+end
+
+-- A shorter window: the entries in it, newest first, no more.
+local function from_the_back(log, horizon, limit, cost)
+  local room = limit.max - cost
+  local used, last_to_leave = 0, nil
+  local entry = back(log)
+  while entry and entry.at > horizon do
+    used = used + entry.cost
+    if not last_to_leave and used > room then
+      last_to_leave = entry.at
+    end
+    entry = previous_entry(log, entry)
+  end
+  return used, last_to_leave and last_to_leave - horizon or 0
+end
+
+-- [fits, remaining before, remaining after, retry, reset] at `now`.
+local function standing(log, now, call)
+  local fits, remaining, after, retry = true, nil, nil, 0
+  for _, limit in ipairs(call.limits) do
+    local used, wait = 0, 0
+    if log then
+      local horizon = now - limit.window
+      if log.window <= limit.window then
+        used, wait = from_the_front(log, horizon, limit, call.cost)
+      else
+        used, wait = from_the_back(log, horizon, limit, call.cost)
+      end
+    end
+    local room = used < limit.max and limit.max - used or 0
+    fits = fits and used <= limit.max - call.cost
+    remaining = math.min(remaining or room, room)
+    local left = room > call.cost and room - call.cost or 0
+    after = math.min(after or left, left)
+    retry = math.max(retry, wait)
+  end
+  local reset = 0
+  if log then
+    local horizon = now - call.longest
+    if log.newest > horizon then
+      reset = log.newest - horizon
+    end
+  end
+  return { fits = fits, remaining = remaining, after = after, retry = retry, reset = reset }
+end
+
+local function decision_time(log)
+  local now = math.max(clock(), 0)
+  if log and log.newest > now then
+    return log.newest
+  end
+  return now
+end
+
+local function reply(seen)
+  if seen.fits then
+    return { 1, seen.remaining, 0, seen.reset }
+  end
+  return { 0, seen.remaining, seen.retry, seen.reset }
+end
+
+-- Recording --------------------------------------------------------------------
+
+local function cell(t, precision)
+  return math.floor(t / precision)
+end
+
+-- Stores the log's header, its entries from `from` on and its expiry.
+local function store(log, from, bytes, expires)
+  redis.call('SETRANGE', log.key, from, bytes)
+  redis.call('SETRANGE', log.key, 0, encode_header(log))
+  redis.call('PEXPIREAT', log.key, expires)
+end
+
+-- A fresh value: header, then the live entries `bytes`.
+local function rewrite(log, bytes, expires)
+  log.head = HEADER
+  log.tail = HEADER + #bytes
+  redis.call('SET', log.key, encode_header(log) .. bytes, 'PXAT', expires)
+end
+
+local function create(key, at, window, cost)
+  local bytes = encode_entry(0, cost)
+  local log = { key = key, window = window, head = HEADER, newest = at, oldest = at, total = cost }
+  rewrite(log, bytes, at + window)
+end
+
+-- Records an allowed request, as TimeLog::record: widen the window,
+-- prune what expired under it, join the newest entry if it lies in the
+-- same precision cell, else append.
+local function record(log, at, call)
+  local window = math.max(log.window, call.longest)
+  local horizon = at - window
+  local entry = front(log)
+  local pruned = 0
+  while entry and entry.at <= horizon do
+    pruned = pruned + entry.cost
+    entry = next_entry(log, entry)
+  end
+  local total = log.total - pruned
+  if total > EXACT - call.cost then
+    fail('ERR this key would hold more than ' .. EXACT_DIGITS .. ' units of cost, which the script twin '
+      .. 'cannot count exactly: nothing was recorded (load the module, or use smaller units)')
+  end
+  local expires = at + window
+  log.window = window
+  if not entry then
+    create(log.key, at, window, call.cost)
+    return
+  end
+  log.head, log.oldest, log.total = entry.start, entry.at, total + call.cost
+  local newest = back(log)
+  local from, bytes
+  if cell(newest.at, call.precision) == cell(at, call.precision) then
+    -- The entry at head keeps a meaningless gap: its time is the oldest.
+    local gap = 0
+    if newest.start == log.head then
+      log.oldest = at
+    else
+      gap = newest.gap + (at - newest.at)
+    end
+    from, bytes = newest.start, encode_entry(gap, newest.cost + call.cost)
+  else
+    from, bytes = log.tail, encode_entry(at - newest.at, call.cost)
+  end
+  log.newest = at
+  local dead = log.head - HEADER
+  if dead > CHUNK and dead > log.tail - log.head then
+    local live = ''
+    if from > log.head then
+      live = redis.call('GETRANGE', log.key, log.head, from - 1)
+    end
+    rewrite(log, live .. bytes, expires)
+    return
+  end
+  log.tail = from + #bytes
+  store(log, from, bytes, expires)
+end
+
+-- Decision 1 of this round: a denied CHECK whose longest window is longer
+-- than the log's registers it; the key then lives until its newest entry
+-- expires under it.
+local function widen(log, window)
+  log.window = window
+  redis.call('SETRANGE', log.key, 0, encode_header(log))
+  redis.call('PEXPIREAT', log.key, log.newest + window)
+end
+
+-- UNDO: takes back up to `units` of the newest cost.
+local function refund(log, units)
+  local removed = 0
+  local entry = back(log)
+  while entry and removed < units do
+    local taken = math.min(entry.cost, units - removed)
+    removed = removed + taken
+    if taken < entry.cost then
+      local bytes = encode_entry(entry.gap, entry.cost - taken)
+      log.tail = entry.start + #bytes
+      log.total = log.total - removed
+      redis.call('SETRANGE', log.key, entry.start, bytes)
+      redis.call('SETRANGE', log.key, 0, encode_header(log))
+      return removed
+    end
+    log.tail = entry.start
+    entry = previous_entry(log, entry)
+    if entry then
+      log.newest = entry.at
+    end
+  end
+  if not entry then
+    redis.call('DEL', log.key)
+    return removed
+  end
+  log.total = log.total - removed
+  redis.call('SETRANGE', log.key, 0, encode_header(log))
+  return removed
+end
+
+-- The three operations ----------------------------------------------------------
+
+local function check(key, args)
+  local call = parse_limit_call('ratelimit.check', args)
+  local log = open(key)
+  local now = decision_time(log)
+  local seen = standing(log, now, call)
+  if not seen.fits then
+    if log and call.longest > log.window then
+      widen(log, call.longest)
+    end
+    return reply(seen)
+  end
+  if log then
+    record(log, now, call)
+  else
+    create(key, now, call.longest, call.cost)
+  end
+  return { 1, seen.after, 0, call.longest }
+end
+
+local function peek(key, args)
+  local call = parse_limit_call('ratelimit.peek', args)
+  local log = open(key)
+  return reply(standing(log, decision_time(log), call))
+end
+
+local function undo(key, args)
+  local units = parse_undo(args)
+  local log = open(key)
+  if not log then
+    return 0
+  end
+  return refund(log, units)
+end
+
+local OPERATIONS = {
+  check = { run = check, name = 'ratelimit.check' },
+  peek = { run = peek, name = 'ratelimit.peek' },
+  undo = { run = undo, name = 'ratelimit.undo' },
+}
+
+-- Runs an operation on one key; thrown error texts become error replies.
+local function call(operation, keys, args)
+  local ok, result = pcall(function()
+    if #keys ~= 1 then
+      arity(operation.name)
+    end
+    return operation.run(keys[1], args)
+  end)
+  if ok then
+    return result
+  end
+  if type(result) == 'table' and result.reply then
+    return redis.error_reply(result.reply)
+  end
+  error(result, 0)
+end
+
+-- The script form: ARGV[1] names the operation.
+local function dispatch(keys, argv)
+  local operation = OPERATIONS[argv[1] or '']
+  if not operation then
+    return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
+      .. "' (the script twin's operations are check, peek and undo)")
+  end
+  local args = {}
+  for i = 2, #argv do
+    args[i - 1] = argv[i]
+  end
+  return call(operation, keys, args)
+end
+
+if redis.register_function then
+  redis.register_function('ratelimit_check', function(keys, args)
+    return call(OPERATIONS.check, keys, args)
+  end)
+  redis.register_function({
+    function_name = 'ratelimit_peek',
+    callback = function(keys, args)
+      return call(OPERATIONS.peek, keys, args)
+    end,
+    flags = { 'no-writes' },
+  })
+  redis.register_function('ratelimit_undo', function(keys, args)
+    return call(OPERATIONS.undo, keys, args)
+  end)
+else
+  return dispatch(KEYS, ARGV)
+end
