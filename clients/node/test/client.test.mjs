@@ -1,0 +1,149 @@
+// The client on every supported Redis client build, RESP2 and RESP3, on a
+// server with the module and on one without (the script twin).
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
+import { cli, clients, startServer } from "./servers.mjs";
+
+/** A logger that keeps what it is told. */
+export function recorder() {
+  const lines = [];
+  const keep = (level) => (message, details) => lines.push({ level, message, details });
+  return { lines, logger: { info: keep("info"), warn: keep("warn"), error: keep("error") } };
+}
+
+let withModule;
+let withoutModule;
+before(async () => {
+  [withModule, withoutModule] = await Promise.all([startServer(), startServer({ module: false })]);
+});
+after(async () => {
+  await Promise.all([withModule?.stop(), withoutModule?.stop()]);
+});
+
+/** A sequence touching every operation and option; its answers must be equal on both backends. */
+async function sequence(limiter, key) {
+  const answers = [];
+  const limits = [
+    { windowMs: 3_600_000, max: 7 },
+    { windowMs: 7_200_000, max: 9 },
+  ];
+  for (let i = 0; i < 5; i++) answers.push(await limiter.check(key, limits, { cost: 2 }));
+  answers.push(await limiter.peek(key, limits));
+  answers.push(await limiter.undo(key, { cost: 3 }));
+  answers.push(await limiter.check(key, limits, { precision: 1000 }));
+  answers.push(await limiter.peek(`${key}:missing`, limits));
+  answers.push(await limiter.undo(`${key}:missing`));
+  return answers;
+}
+
+/** Times move between calls: they must agree within the time the sequence took. */
+function assertSameAnswers(twin, module, slackMs) {
+  assert.equal(twin.length, module.length);
+  for (const [i, answer] of twin.entries()) {
+    const expected = module[i];
+    if (typeof expected === "number") {
+      assert.equal(answer, expected, `answer ${i}`);
+      continue;
+    }
+    assert.equal(answer.allowed, expected.allowed, `allowed of answer ${i}`);
+    assert.equal(answer.remaining, expected.remaining, `remaining of answer ${i}`);
+    assert.ok(Math.abs(answer.retryAfterMs - expected.retryAfterMs) <= slackMs, `retryAfterMs of answer ${i}`);
+    assert.ok(Math.abs(answer.resetAfterMs - expected.resetAfterMs) <= slackMs, `resetAfterMs of answer ${i}`);
+  }
+}
+
+const factories = await clients();
+for (const [name, open] of Object.entries(factories)) {
+  describe(name, () => {
+    test("10 checks against 3 per minute: exactly 3 allowed, on the module and on the twin", async () => {
+      for (const server of [withModule, withoutModule]) {
+        const { client, close } = await open(server.port);
+        try {
+          const limiter = new RateLimiter(client, { logger: recorder().logger });
+          const results = [];
+          for (let i = 0; i < 10; i++) results.push(await limiter.check(`ten:${name}`, { windowMs: 60_000, max: 3 }));
+          assert.deepEqual(
+            results.map((r) => r.allowed),
+            [true, true, true, false, false, false, false, false, false, false],
+          );
+          assert.deepEqual(
+            results.slice(0, 3).map((r) => r.remaining),
+            [2, 1, 0],
+          );
+          for (const denied of results.slice(3)) assert.ok(denied.retryAfterMs > 0 && denied.retryAfterMs <= 60_000);
+          assert.ok(results.every((r) => r.source === "redis"));
+          assert.equal(limiter.backend, server === withModule ? "module" : "twin");
+        } finally {
+          await close();
+        }
+      }
+    });
+
+    test("the twin is learned once, logged once, and answers as the module does", async () => {
+      const module = await open(withModule.port);
+      const twin = await open(withoutModule.port);
+      try {
+        const moduleLog = recorder();
+        const twinLog = recorder();
+        const started = Date.now();
+        const expected = await sequence(new RateLimiter(module.client, { logger: moduleLog.logger }), `seq:${name}`);
+        const twinLimiter = new RateLimiter(twin.client, { logger: twinLog.logger });
+        const answers = await sequence(twinLimiter, `seq:${name}`);
+        assertSameAnswers(answers, expected, Date.now() - started + 5);
+        assert.equal(twinLimiter.backend, "twin");
+        assert.deepEqual(
+          twinLog.lines.map((line) => [line.level, line.details.backend]),
+          [["info", "twin"]],
+        );
+        assert.match(twinLog.lines[0].message, /twin/);
+        assert.deepEqual(
+          moduleLog.lines.map((line) => line.details.backend),
+          ["module"],
+        );
+      } finally {
+        await Promise.all([module.close(), twin.close()]);
+      }
+    });
+
+    test("the twin survives SCRIPT FLUSH (NOSCRIPT, then EVAL)", async () => {
+      const { client, close } = await open(withoutModule.port);
+      try {
+        const limiter = new RateLimiter(client, { logger: recorder().logger });
+        assert.equal((await limiter.check(`flush:${name}`, { windowMs: 60_000, max: 2 })).remaining, 1);
+        await cli(withoutModule.port, "SCRIPT", "FLUSH");
+        assert.equal((await limiter.check(`flush:${name}`, { windowMs: 60_000, max: 2 })).remaining, 0);
+        assert.equal((await limiter.check(`flush:${name}`, { windowMs: 60_000, max: 2 })).allowed, false);
+      } finally {
+        await close();
+      }
+    });
+  });
+}
+
+test("bad input is refused before anything is sent; a wrong key type is an error, not a policy", async () => {
+  const { client, close } = await factories["ioredis 6 (RESP3 default)"](withModule.port);
+  try {
+    const log = recorder();
+    const limiter = new RateLimiter(client, { logger: log.logger, failOpen: true });
+    await assert.rejects(limiter.check("k", { windowMs: 0, max: 1 }), RateLimitInputError);
+    await assert.rejects(limiter.check("k", { windowMs: 1000, max: 5 }, { cost: 6 }), RateLimitInputError);
+    await assert.rejects(limiter.check("", { windowMs: 1000, max: 5 }), RateLimitInputError);
+    await assert.rejects(
+      limiter.check("k", [
+        { windowMs: 1000, max: 5 },
+        { windowMs: 1000, max: 6 },
+      ]),
+      RateLimitInputError,
+    );
+    await cli(withModule.port, "SET", "plain-string", "x");
+    await assert.rejects(limiter.check("plain-string", { windowMs: 1000, max: 5 }), (error) => {
+      assert.ok(error instanceof RateLimitReplyError);
+      assert.match(error.message, /^WRONGTYPE/);
+      return true;
+    });
+    assert.equal(log.lines.filter((line) => line.level === "error").length, 1);
+  } finally {
+    await close();
+  }
+});
