@@ -3,14 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
-import { cli, clients, startServer } from "./servers.mjs";
-
-/** A logger that keeps what it is told. */
-export function recorder() {
-  const lines = [];
-  const keep = (level) => (message, details) => lines.push({ level, message, details });
-  return { lines, logger: { info: keep("info"), warn: keep("warn"), error: keep("error") } };
-}
+import { cli, clients, recorder, startServer } from "./servers.mjs";
 
 let withModule;
 let withoutModule;

@@ -126,3 +126,10 @@ export async function clients() {
     "node-redis 5": nodeRedis(redis5),
   };
 }
+
+/** A logger that keeps what it is told. */
+export function recorder() {
+  const lines = [];
+  const keep = (level) => (message, details) => lines.push({ level, message, details });
+  return { lines, logger: { info: keep("info"), warn: keep("warn"), error: keep("error") } };
+}
