@@ -2,7 +2,7 @@
 // server with the module and on one without (the script twin).
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
+import { MemoryLimiter, RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
 import { cli, clients, recorder, startServer } from "./servers.mjs";
 
 let withModule;
@@ -136,6 +136,24 @@ test("bad input is refused before anything is sent; a wrong key type is an error
       return true;
     });
     assert.equal(log.lines.filter((line) => line.level === "error").length, 1);
+  } finally {
+    await close();
+  }
+});
+
+test("the in-process fallback answers as the module does", async () => {
+  const { client, close } = await factories["node-redis 6 (RESP3 default)"](withModule.port);
+  try {
+    const memory = new MemoryLimiter();
+    const list = (limits) => (Array.isArray(limits) ? limits : [limits]);
+    const inProcess = {
+      check: async (key, limits, options) => memory.check(key, list(limits), options),
+      peek: async (key, limits, options) => memory.peek(key, list(limits), options),
+      undo: async (key, options = {}) => memory.undo(key, options.cost ?? 1),
+    };
+    const started = Date.now();
+    const expected = await sequence(new RateLimiter(client, { logger: recorder().logger }), "seq:memory");
+    assertSameAnswers(await sequence(inProcess, "seq:memory"), expected, Date.now() - started + 5);
   } finally {
     await close();
   }
