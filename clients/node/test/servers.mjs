@@ -79,12 +79,13 @@ export async function movedCount(port) {
   return match ? Number(match[1]) : 0;
 }
 
-/** Three masters with the module, created with redis-cli --cluster create. */
-export async function startCluster() {
+/** Three masters created with redis-cli --cluster create; `modules[i]` says whether node i loads the module. */
+export async function startCluster(modules = [true, true, true]) {
   const nodes = [];
   try {
-    for (let i = 0; i < 3; i++)
-      nodes.push(await startServer({ extra: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] }));
+    for (const module of modules) {
+      nodes.push(await startServer({ module, extra: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"] }));
+    }
     await run(CLI, ["--cluster", "create", ...nodes.map((node) => `127.0.0.1:${node.port}`), "--cluster-yes"]);
     for (let i = 0; i < 200; i++) {
       const states = await Promise.all(nodes.map((node) => cli(node.port, "CLUSTER", "INFO")));
