@@ -2,29 +2,19 @@
 // rate-limiter-flexible's consume / reward / get / delete.
 import assert from "node:assert/strict";
 import http from "node:http";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import express from "express";
 import { rateLimit } from "express-rate-limit";
-import { Redis } from "ioredis";
-import { FlexibleLimiter, RateLimiter, RateLimitStore } from "redis-ratelimit";
-import { recorder, startServer } from "./servers.mjs";
+import { FlexibleLimiter, RateLimitStore } from "redis-ratelimit";
+import { sharedLimiter } from "./servers.mjs";
 
-let server;
-let redis;
-let limiter;
-before(async () => {
-  server = await startServer();
-  redis = new Redis({ host: "127.0.0.1", port: server.port });
-  limiter = new RateLimiter(redis, { logger: recorder().logger });
-});
-after(async () => {
-  redis?.disconnect();
-  await server?.stop();
-});
+const shared = sharedLimiter();
 
 test("express-rate-limit with RateLimitStore: 30 requests at limit 10 give 10 × 200 and 20 × 429", async (t) => {
   const app = express();
-  app.use(rateLimit({ windowMs: 60_000, limit: 10, standardHeaders: "draft-8", legacyHeaders: false, store: new RateLimitStore(limiter) }));
+  app.use(
+    rateLimit({ windowMs: 60_000, limit: 10, standardHeaders: "draft-8", legacyHeaders: false, store: new RateLimitStore(shared.limiter) }),
+  );
   app.get("/", (_req, res) => res.send("ok"));
   const listening = http.createServer(app).listen(0, "127.0.0.1");
   await new Promise((resolve) => listening.once("listening", resolve));
@@ -41,7 +31,7 @@ test("express-rate-limit with RateLimitStore: 30 requests at limit 10 give 10 ×
 });
 
 test("FlexibleLimiter: consume resolves then rejects with the wait, reward refunds, get and delete", async () => {
-  const flexible = new FlexibleLimiter(limiter, { points: 5, duration: 60 });
+  const flexible = new FlexibleLimiter(shared.limiter, { points: 5, duration: 60 });
   assert.equal(await flexible.get("alice"), null);
   const first = await flexible.consume("alice", 2);
   assert.deepEqual([first.remainingPoints, first.consumedPoints, first.isFirstInDuration], [3, 2, true]);

@@ -2,25 +2,13 @@
 // a refused request, for each framework.
 import assert from "node:assert/strict";
 import http from "node:http";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import express from "express";
 import Fastify from "fastify";
-import { Redis } from "ioredis";
-import { expressRateLimit, fastifyHooks, fetchRateLimit, RateLimiter, withRateLimit } from "redis-ratelimit";
-import { recorder, startServer } from "./servers.mjs";
+import { expressRateLimit, fastifyHooks, fetchRateLimit, withRateLimit } from "redis-ratelimit";
+import { sharedLimiter } from "./servers.mjs";
 
-let server;
-let redis;
-let limiter;
-before(async () => {
-  server = await startServer();
-  redis = new Redis({ host: "127.0.0.1", port: server.port });
-  limiter = new RateLimiter(redis, { logger: recorder().logger });
-});
-after(async () => {
-  redis?.disconnect();
-  await server?.stop();
-});
+const shared = sharedLimiter();
 
 async function listen(t, handler) {
   const listening = http.createServer(handler).listen(0, "127.0.0.1");
@@ -45,10 +33,10 @@ async function statuses(url, n, headers = {}) {
 test("express: each route its own limits and keys; two limits on one route name two policies", async (t) => {
   const app = express();
   const perUser = (req) => req.get("x-user");
-  app.post("/login", expressRateLimit(limiter, { name: "login", limits: { windowMs: 900_000, max: 2 }, key: perUser }), (_q, s) =>
+  app.post("/login", expressRateLimit(shared.limiter, { name: "login", limits: { windowMs: 900_000, max: 2 }, key: perUser }), (_q, s) =>
     s.send("in"),
   );
-  const search = expressRateLimit(limiter, {
+  const search = expressRateLimit(shared.limiter, {
     name: "search",
     limits: [
       { windowMs: 1_000, max: 3 },
@@ -76,11 +64,13 @@ test("onLimited answers refused requests: express, node:http, fetch, and fastify
     res.end(info.reason);
   };
   const app = express();
-  app.use(expressRateLimit(limiter, { name: "hook-express", limits, key: () => "k", onLimited: onLimitedNode }));
+  app.use(expressRateLimit(shared.limiter, { name: "hook-express", limits, key: () => "k", onLimited: onLimitedNode }));
   app.get("/", (_q, s) => s.send("ok"));
-  const node = withRateLimit(limiter, { name: "hook-node", limits, key: () => "k", onLimited: onLimitedNode }, (_q, s) => s.end("ok"));
+  const node = withRateLimit(shared.limiter, { name: "hook-node", limits, key: () => "k", onLimited: onLimitedNode }, (_q, s) =>
+    s.end("ok"),
+  );
   const fetchHandler = fetchRateLimit(
-    limiter,
+    shared.limiter,
     {
       name: "hook-fetch",
       limits,
@@ -90,7 +80,7 @@ test("onLimited answers refused requests: express, node:http, fetch, and fastify
     () => new Response("ok"),
   );
   const fastify = Fastify();
-  const hooks = fastifyHooks(limiter, {
+  const hooks = fastifyHooks(shared.limiter, {
     name: "hook-fastify",
     limits,
     key: () => "k",

@@ -7,7 +7,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after, before } from "node:test";
 import { promisify } from "node:util";
+import { Redis } from "ioredis";
+import { RateLimiter } from "redis-ratelimit";
 
 export const SERVER = process.env.RATELIMIT_SERVER || "redis-server";
 export const MODULE = process.env.RATELIMIT_MODULE;
@@ -133,4 +136,19 @@ export function recorder() {
   const lines = [];
   const keep = (level) => (message, details) => lines.push({ level, message, details });
   return { lines, logger: { info: keep("info"), warn: keep("warn"), error: keep("error") } };
+}
+
+/** For a test file: a server with the module and a limiter over an ioredis client, both stopped after the file. */
+export function sharedLimiter() {
+  const shared = {};
+  before(async () => {
+    shared.server = await startServer();
+    shared.redis = new Redis({ host: "127.0.0.1", port: shared.server.port });
+    shared.limiter = new RateLimiter(shared.redis, { logger: recorder().logger });
+  });
+  after(async () => {
+    shared.redis?.disconnect();
+    await shared.server?.stop();
+  });
+  return shared;
 }
