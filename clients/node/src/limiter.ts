@@ -99,8 +99,8 @@ export class RateLimiter {
   readonly logger: Logger;
   private readonly memory = new MemoryLimiter();
   private readonly learned = new Map<string, Backend>();
-  private redisDownUntil = 0;
-  private down = false;
+  /** Per server: until when calls skip it after a failure. */
+  private readonly downUntil = new Map<string, number>();
 
   constructor(client: RedisClient, options: RateLimiterOptions = {}) {
     this.connection = connect(client);
@@ -236,26 +236,27 @@ export class RateLimiter {
     key: string,
     send: () => Promise<unknown>,
   ): Promise<{ ok: true; value: unknown } | { ok: false }> {
-    if (Date.now() < this.redisDownUntil) return { ok: false };
+    const server = this.connection.serverFor(key);
+    if (Date.now() < (this.downUntil.get(server) ?? 0)) return { ok: false };
     try {
       const value = await withTimeout(send(), this.timeoutMs);
-      this.recovered();
+      this.recovered(server);
       return { ok: true, value };
     } catch (error) {
       if (isReplyError(error)) {
         this.logger.error(`redis-ratelimit: ${operation} on ${key} refused: ${messageOf(error)}`, { key, operation, cause: error });
         throw new RateLimitReplyError(messageOf(error), { cause: error });
       }
-      this.failed(operation, key, error);
+      this.failed(server, operation, key, error);
       return { ok: false };
     }
   }
 
-  private failed(operation: string, key: string, cause: unknown): void {
-    this.down = true;
-    this.redisDownUntil = Date.now() + this.retryAfterFailureMs;
+  private failed(server: string, operation: string, key: string, cause: unknown): void {
+    this.downUntil.set(server, Date.now() + this.retryAfterFailureMs);
     const policy = this.share !== undefined ? `in-process fallback (share ${this.share})` : this.failOpen ? "fail open" : "fail closed";
-    this.logger.error(`redis-ratelimit: Redis unavailable for ${operation} on ${key}: ${messageOf(cause)}; ${policy}`, {
+    this.logger.error(`redis-ratelimit: Redis (${server}) unavailable for ${operation} on ${key}: ${messageOf(cause)}; ${policy}`, {
+      server,
       key,
       operation,
       policy,
@@ -263,9 +264,8 @@ export class RateLimiter {
     });
   }
 
-  private recovered(): void {
-    if (!this.down) return;
-    this.down = false;
-    this.logger.info("redis-ratelimit: Redis answers again; decisions are Redis's again", {});
+  private recovered(server: string): void {
+    if (!this.downUntil.delete(server)) return;
+    this.logger.info(`redis-ratelimit: ${server} answers again; its keys are decided by Redis again`, { server });
   }
 }

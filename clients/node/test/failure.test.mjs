@@ -63,7 +63,10 @@ test("Redis stopped then back: closed, open and fallback policies over HTTP, the
   assert.deepEqual(shares, [...Array(5).fill(200), ...Array(7).fill(429)]);
   const failures = log.lines.filter((line) => line.level === "error");
   assert.ok(failures.length >= 1);
-  assert.match(failures[0].message, /Redis unavailable for check on default:share: .*in-process fallback \(share 0\.5\)/);
+  assert.match(
+    failures[0].message,
+    /Redis \(127\.0\.0\.1:\d+\) unavailable for check on default:share: .*in-process fallback \(share 0\.5\)/,
+  );
   assert.ok(failures[0].details.cause instanceof Error);
 
   redis = await startServer({ port });
@@ -78,5 +81,5 @@ test("Redis stopped then back: closed, open and fallback policies over HTTP, the
     assert.equal(answer.source, "redis");
   }
   assert.equal(await status(closed, "back"), 200);
-  assert.ok(log.lines.some((line) => line.level === "info" && /Redis answers again/.test(line.message)));
+  assert.ok(log.lines.some((line) => line.level === "info" && /127\.0\.0\.1:\d+ answers again/.test(line.message)));
 });
