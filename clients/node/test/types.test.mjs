@@ -8,7 +8,7 @@ import { promisify } from "node:util";
 const run = promisify(execFile);
 const app = new URL("..", import.meta.url).pathname;
 
-test("tsc --strict compiles a typed usage file against the installed package", async () => {
+test("tsc --strict compiles typed usage files (ESM and CommonJS) against the installed package", async () => {
   const tsc = new URL("../node_modules/typescript/bin/tsc", import.meta.url).pathname;
   const args = [
     "--strict",
@@ -22,7 +22,7 @@ test("tsc --strict compiles a typed usage file against the installed package", a
     "--skipLibCheck",
     "false",
   ];
-  const { stdout } = await run(process.execPath, [tsc, ...args, "test/usage.ts"], { cwd: app }).catch((error) => {
+  const { stdout } = await run(process.execPath, [tsc, ...args, "test/usage.ts", "test/usage-cjs.cts"], { cwd: app }).catch((error) => {
     assert.fail(`tsc failed:\n${error.stdout}${error.stderr}`);
   });
   assert.equal(stdout, "");
