@@ -158,3 +158,51 @@ test("the in-process fallback answers as the module does", async () => {
     await close();
   }
 });
+
+/** xorshift32: the same pseudo-random calls on every run. */
+function randomCalls(seed, n) {
+  let state = seed;
+  const next = (bound) => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % bound;
+  };
+  const windows = [3_600_000, 7_200_000, 86_400_000];
+  return Array.from({ length: n }, () => {
+    const key = `fuzz:${next(4)}`;
+    const pairs = windows.slice(next(3)).map((windowMs) => ({ windowMs, max: 5 + next(20) }));
+    const cost = 1 + next(Math.min(...pairs.map((limit) => limit.max)));
+    const kind = next(10);
+    if (kind < 6) return ["check", key, pairs, { cost }];
+    if (kind < 8) return ["peek", key, pairs, { cost }];
+    return ["undo", key, { cost: 1 + next(6) }];
+  });
+}
+
+test("the in-process fallback answers 300 random calls as the module does", async () => {
+  const { client, close } = await factories["ioredis 6 (RESP3 default)"](withModule.port);
+  try {
+    const calls = randomCalls(0x9e3779b9, 300);
+    const run = async (target, prefix) => {
+      const answers = [];
+      for (const [operation, key, ...rest] of calls) answers.push(await target[operation](`${prefix}${key}`, ...rest));
+      return answers;
+    };
+    const memory = new MemoryLimiter();
+    const inProcess = {
+      check: async (key, limits, options) => memory.check(key, limits, options),
+      peek: async (key, limits, options) => memory.peek(key, limits, options),
+      undo: async (key, options) => memory.undo(key, options.cost),
+    };
+    const started = Date.now();
+    const expected = await run(new RateLimiter(client, { logger: recorder().logger }), "random:");
+    assertSameAnswers(await run(inProcess, "random:"), expected, Date.now() - started + 5);
+    assert.ok(
+      expected.some((answer) => answer.allowed === false),
+      "the calls reach the limits",
+    );
+  } finally {
+    await close();
+  }
+});
