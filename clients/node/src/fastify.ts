@@ -1,0 +1,75 @@
+// Fastify: a plugin adding an onRequest hook (decide) and an onResponse
+// hook (refund), registered without encapsulation so it covers every route
+// of the instance, or the two hooks for one route's options.
+import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
+import type { RateLimiter } from "./limiter.js";
+
+/** The parts of a FastifyRequest the hooks read. */
+export interface FastifyRequestLike {
+  ip?: string;
+}
+
+/** The parts of a FastifyReply the hooks use. */
+export interface FastifyReplyLike {
+  statusCode: number;
+  header(name: string, value: string): unknown;
+  code(status: number): unknown;
+  send(body?: unknown): unknown;
+}
+
+export interface FastifyOptions<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> extends MiddlewareOptions<Req> {
+  /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
+  onLimited?: (req: Req, reply: Reply, info: LimitedInfo) => unknown;
+}
+
+export interface FastifyHooks<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> {
+  onRequest: (req: Req, reply: Reply) => Promise<unknown>;
+  onResponse: (req: Req, reply: Reply) => Promise<void>;
+}
+
+/** `fastify.route({ ..., ...fastifyHooks(limiter, options) })` limits one route. */
+export function fastifyHooks<Req extends FastifyRequestLike, Reply extends FastifyReplyLike>(
+  limiter: RateLimiter,
+  options: FastifyOptions<Req, Reply>,
+): FastifyHooks<Req, Reply> {
+  const verdicts = new WeakMap<Req, Verdict>();
+  return {
+    onRequest: async (req, reply) => {
+      const verdict = await judge(limiter, options, req, (request) => request.ip);
+      if (!verdict) return;
+      for (const [name, value] of Object.entries(verdict.info.headers)) reply.header(name, value);
+      if (verdict.pass) {
+        verdicts.set(req, verdict);
+        return;
+      }
+      if (options.onLimited) return options.onLimited(req, reply, verdict.info);
+      reply.code(statusOf(verdict.info));
+      return reply.send(bodyOf(verdict.info));
+    },
+    onResponse: async (req, reply) => {
+      const verdict = verdicts.get(req);
+      if (verdict?.refundWhen(reply.statusCode)) await verdict.refund();
+    },
+  };
+}
+
+interface FastifyInstanceLike<Req, Reply> {
+  addHook(name: "onRequest" | "onResponse", hook: (req: Req, reply: Reply) => Promise<unknown>): unknown;
+}
+
+/**
+ * `await fastify.register(fastifyRateLimit, { limiter, limits: ... })`: limits
+ * every route of the instance (the plugin skips encapsulation, as
+ * fastify-plugin would).
+ */
+export const fastifyRateLimit = Object.assign(
+  async <Req extends FastifyRequestLike, Reply extends FastifyReplyLike>(
+    fastify: FastifyInstanceLike<Req, Reply>,
+    options: FastifyOptions<Req, Reply> & { limiter: RateLimiter },
+  ): Promise<void> => {
+    const hooks = fastifyHooks(options.limiter, options);
+    fastify.addHook("onRequest", hooks.onRequest);
+    fastify.addHook("onResponse", hooks.onResponse);
+  },
+  { [Symbol.for("skip-override")]: true, [Symbol.for("fastify.display-name")]: "redis-ratelimit" },
+);

@@ -1,0 +1,271 @@
+// The client: check / peek / undo on the module where it is loaded and on
+// the script twin where it is not (learned per server from the answer to
+// the module's own command), under an explicit failure policy.
+import { type Connection, connect, messageOf, type RedisClient } from "./adapters.js";
+import {
+  type CallOptions,
+  type Decision,
+  type Limit,
+  limitArgs,
+  parseCount,
+  parseDecision,
+  RateLimitInputError,
+  smallestMax,
+  validateKey,
+  validateLimits,
+  validateOptions,
+} from "./limits.js";
+import { MemoryLimiter } from "./memory.js";
+import { TWIN_SCRIPT, TWIN_SHA1 } from "./twin.generated.js";
+
+/** What answers on a server: the module's RATELIMIT.* commands or the Lua twin. */
+export type Backend = "module" | "twin";
+
+/** Where a decision came from. */
+export type Source = "redis" | "fallback" | "failOpen" | "failClosed";
+
+export interface Result extends Decision {
+  source: Source;
+}
+
+/** console fits; so does a pino or winston logger wrapped as (message, details). */
+export interface Logger {
+  info(message: string, details?: Record<string, unknown>): void;
+  warn(message: string, details?: Record<string, unknown>): void;
+  error(message: string, details?: Record<string, unknown>): void;
+}
+
+export interface FallbackOptions {
+  /** This process's share of each limit while Redis is unreachable (0 < share <= 1): max becomes max(1, floor(max * share)). */
+  share: number;
+}
+
+export interface RateLimiterOptions {
+  /** Prepended to every key (default ""). */
+  prefix?: string;
+  /** The longest a call waits for Redis before the failure policy applies (default 250 ms). */
+  timeoutMs?: number;
+  /** While Redis is unreachable and there is no fallback: allow (true) or deny (false, the default). */
+  failOpen?: boolean;
+  /** An in-process limiter with the same contract, used while Redis is unreachable. */
+  fallback?: FallbackOptions;
+  /** After a failure, calls skip Redis for this long before trying it again (default 1000 ms; 0 tries every call). */
+  retryAfterFailureMs?: number;
+  /** Receives backend detection, every failure with its cause, and recovery (default console). */
+  logger?: Logger;
+}
+
+type Operation = "check" | "peek" | "undo";
+
+const MODULE_COMMAND: Record<Operation, string> = {
+  check: "RATELIMIT.CHECK",
+  peek: "RATELIMIT.PEEK",
+  undo: "RATELIMIT.UNDO",
+};
+
+/** Replies that mean "this server is not well right now", not "your call is wrong". */
+const OUTAGE_REPLY = /^(LOADING|READONLY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|OOM|MOVED|ASK)\b/;
+const REPLY_ERROR_NAMES = new Set(["ReplyError", "ErrorReply", "SimpleError", "BlobError"]);
+
+/** An answer from Redis that is an error about the call itself (WRONGTYPE, a full log, ACL): thrown, never a policy. */
+export class RateLimitReplyError extends Error {
+  override name = "RateLimitReplyError";
+}
+
+class TimeoutError extends Error {
+  override name = "TimeoutError";
+}
+
+function isReplyError(error: unknown): boolean {
+  return error instanceof Error && REPLY_ERROR_NAMES.has(error.name) && !OUTAGE_REPLY.test(error.message);
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new TimeoutError(`no answer from Redis within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+export class RateLimiter {
+  private readonly connection: Connection;
+  private readonly prefix: string;
+  private readonly timeoutMs: number;
+  private readonly failOpen: boolean;
+  private readonly share: number | undefined;
+  private readonly retryAfterFailureMs: number;
+  /** Where failures and backend changes are reported. */
+  readonly logger: Logger;
+  private readonly memory = new MemoryLimiter();
+  private readonly learned = new Map<string, Backend>();
+  /** Per server: until when calls skip it after a failure. */
+  private readonly downUntil = new Map<string, number>();
+
+  constructor(client: RedisClient, options: RateLimiterOptions = {}) {
+    this.connection = connect(client);
+    this.prefix = options.prefix ?? "";
+    this.timeoutMs = options.timeoutMs ?? 250;
+    this.failOpen = options.failOpen ?? false;
+    this.retryAfterFailureMs = options.retryAfterFailureMs ?? 1000;
+    this.logger = options.logger ?? console;
+    const share = options.fallback?.share;
+    if (share !== undefined && !(share > 0 && share <= 1)) {
+      throw new RateLimitInputError(`fallback.share must be above 0 and at most 1, got ${share}`);
+    }
+    this.share = share;
+  }
+
+  /**
+   * The backend learned so far: "module" or "twin" when every server seen
+   * agrees, "mixed" when cluster nodes differ, undefined before the first call.
+   */
+  get backend(): Backend | "mixed" | undefined {
+    const kinds = new Set(this.learned.values());
+    if (kinds.size > 1) return "mixed";
+    return kinds.values().next().value;
+  }
+
+  /** The backend learned for each server ("host:port", or "server" for a standalone client without one). */
+  get backends(): ReadonlyMap<string, Backend> {
+    return this.learned;
+  }
+
+  /** Decides a request and records it if every limit allows it. */
+  check(key: string, limits: Limit | readonly Limit[], options: CallOptions = {}): Promise<Result> {
+    return this.decide("check", key, limits, options);
+  }
+
+  /** Would check allow this request now? Records nothing. */
+  peek(key: string, limits: Limit | readonly Limit[], options: CallOptions = {}): Promise<Result> {
+    return this.decide("peek", key, limits, options);
+  }
+
+  /**
+   * Refunds the `cost` newest units (default 1); resolves with the number
+   * removed. Give the decision being refunded so a fallback decision is
+   * refunded in the fallback.
+   */
+  async undo(key: string, options: { cost?: number; decision?: Result } = {}): Promise<number> {
+    const fullKey = this.prefix + validateKey(key);
+    const cost = options.cost ?? 1;
+    if (!Number.isSafeInteger(cost) || cost < 1) throw new RateLimitInputError(`cost must be a positive integer, got ${cost}`);
+    const source = options.decision?.source;
+    if (source === "fallback") return this.memory.undo(fullKey, cost);
+    if (source === "failOpen" || source === "failClosed") return 0;
+    const args = options.cost === undefined ? [] : ["COST", String(cost)];
+    const reply = await this.call("undo", fullKey, args);
+    if (reply.ok) return parseCount(reply.value);
+    return this.share === undefined ? 0 : this.memory.undo(fullKey, cost);
+  }
+
+  /** Deletes the key's log (both backends store one key per limiter). */
+  async delete(key: string): Promise<boolean> {
+    const fullKey = this.prefix + validateKey(key);
+    this.memory.delete(fullKey);
+    const reply = await this.guarded("delete", fullKey, () => this.connection.send(fullKey, ["DEL", fullKey]));
+    return reply.ok && parseCount(reply.value) > 0;
+  }
+
+  private async decide(operation: "check" | "peek", key: string, limits: Limit | readonly Limit[], options: CallOptions): Promise<Result> {
+    const fullKey = this.prefix + validateKey(key);
+    const list = validateLimits(limits);
+    const cost = validateOptions(list, options);
+    const reply = await this.call(operation, fullKey, limitArgs(list, options));
+    if (reply.ok) return { ...parseDecision(reply.value), source: "redis" };
+    return this.whileUnavailable(operation, fullKey, list, { ...options, cost });
+  }
+
+  private whileUnavailable(operation: "check" | "peek", key: string, limits: readonly Limit[], options: CallOptions): Result {
+    if (this.share !== undefined) {
+      const share = this.share;
+      const local = limits.map((limit) => ({ ...limit, max: Math.max(1, Math.floor(limit.max * share)) }));
+      return { ...this.memory[operation](key, local, options), source: "fallback" };
+    }
+    const cost = options.cost ?? 1;
+    if (this.failOpen) {
+      return { allowed: true, remaining: smallestMax(limits) - cost, retryAfterMs: 0, resetAfterMs: 0, source: "failOpen" };
+    }
+    return { allowed: false, remaining: 0, retryAfterMs: Math.max(this.retryAfterFailureMs, 1), resetAfterMs: 0, source: "failClosed" };
+  }
+
+  /** One operation on the key's server, by the backend learned for it. */
+  private call(operation: Operation, key: string, args: string[]): Promise<{ ok: true; value: unknown } | { ok: false }> {
+    return this.guarded(operation, key, async () => {
+      const server = this.connection.serverFor(key);
+      if (this.learned.get(server) !== "twin") {
+        try {
+          const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args]);
+          this.learn(server, "module");
+          return value;
+        } catch (error) {
+          if (!/unknown command/i.test(messageOf(error))) throw error;
+          this.learn(server, "twin");
+        }
+      }
+      return this.twin(operation, key, args);
+    });
+  }
+
+  /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
+  private async twin(operation: Operation, key: string, args: string[]): Promise<unknown> {
+    const tail = ["1", key, operation, ...args];
+    try {
+      return await this.connection.send(key, ["EVALSHA", TWIN_SHA1, ...tail]);
+    } catch (error) {
+      if (!messageOf(error).startsWith("NOSCRIPT")) throw error;
+      return this.connection.send(key, ["EVAL", TWIN_SCRIPT, ...tail]);
+    }
+  }
+
+  private learn(server: string, backend: Backend): void {
+    const before = this.learned.get(server);
+    if (before === backend) return;
+    this.learned.set(server, backend);
+    const how = backend === "module" ? "the redis-ratelimit module" : "the Lua script twin (the module is not loaded there)";
+    this.logger.info(`redis-ratelimit: ${server} answers with ${how}`, { server, backend });
+  }
+
+  /**
+   * Runs one Redis round trip under the timeout and the failure policy:
+   * resolves { ok: false } when Redis is unreachable (logged with its
+   * cause), rejects when Redis answered that the call itself is wrong.
+   */
+  private async guarded(
+    operation: string,
+    key: string,
+    send: () => Promise<unknown>,
+  ): Promise<{ ok: true; value: unknown } | { ok: false }> {
+    const server = this.connection.serverFor(key);
+    if (Date.now() < (this.downUntil.get(server) ?? 0)) return { ok: false };
+    try {
+      const value = await withTimeout(send(), this.timeoutMs);
+      this.recovered(server);
+      return { ok: true, value };
+    } catch (error) {
+      if (isReplyError(error)) {
+        this.logger.error(`redis-ratelimit: ${operation} on ${key} refused: ${messageOf(error)}`, { key, operation, cause: error });
+        throw new RateLimitReplyError(messageOf(error), { cause: error });
+      }
+      this.failed(server, operation, key, error);
+      return { ok: false };
+    }
+  }
+
+  private failed(server: string, operation: string, key: string, cause: unknown): void {
+    this.downUntil.set(server, Date.now() + this.retryAfterFailureMs);
+    const policy = this.share !== undefined ? `in-process fallback (share ${this.share})` : this.failOpen ? "fail open" : "fail closed";
+    this.logger.error(`redis-ratelimit: Redis (${server}) unavailable for ${operation} on ${key}: ${messageOf(cause)}; ${policy}`, {
+      server,
+      key,
+      operation,
+      policy,
+      cause,
+    });
+  }
+
+  private recovered(server: string): void {
+    if (!this.downUntil.delete(server)) return;
+    this.logger.info(`redis-ratelimit: ${server} answers again; its keys are decided by Redis again`, { server });
+  }
+}

@@ -1,0 +1,104 @@
+// node:http and Express/Connect: the same request and response objects.
+import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
+import type { RateLimiter } from "./limiter.js";
+
+/** The parts of an IncomingMessage the middleware reads (Express's req has `ip` too). */
+export interface NodeRequest {
+  ip?: string | undefined;
+  socket?: { remoteAddress?: string | undefined } | null;
+}
+
+/** The parts of a ServerResponse the middleware uses. */
+export interface NodeResponse {
+  statusCode: number;
+  headersSent: boolean;
+  setHeader(name: string, value: string): unknown;
+  end(body?: string): unknown;
+  once(event: "finish", listener: () => void): unknown;
+}
+
+export interface NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeResponse> extends MiddlewareOptions<Req> {
+  /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
+  onLimited?: (req: Req, res: Res, info: LimitedInfo) => void | Promise<void>;
+}
+
+/** The default key: Express's req.ip (which honours "trust proxy"), else the socket's address. */
+export function clientAddress(req: NodeRequest): string | undefined {
+  return req.ip ?? req.socket?.remoteAddress;
+}
+
+function setHeaders(res: NodeResponse, headers: Record<string, string>): void {
+  for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
+}
+
+async function refuse<Req extends NodeRequest, Res extends NodeResponse>(
+  options: NodeMiddlewareOptions<Req, Res>,
+  req: Req,
+  res: Res,
+  info: LimitedInfo,
+): Promise<void> {
+  if (options.onLimited) return options.onLimited(req, res, info);
+  setHeaders(res, info.headers);
+  res.statusCode = statusOf(info);
+  res.setHeader("Content-Type", "text/plain; charset=utf-8");
+  res.end(bodyOf(info));
+}
+
+/** Refunds when the response finishes with a status the options call a failure. */
+function refundOnFailure(verdict: Verdict, res: NodeResponse): void {
+  res.once("finish", () => {
+    if (verdict.refundWhen(res.statusCode)) void verdict.refund();
+  });
+}
+
+/** Express / Connect middleware: `app.use(expressRateLimit(limiter, { limits: { windowMs: 60_000, max: 10 } }))`. */
+export function expressRateLimit<Req extends NodeRequest, Res extends NodeResponse>(
+  limiter: RateLimiter,
+  options: NodeMiddlewareOptions<Req, Res>,
+): (req: Req, res: Res, next: (error?: unknown) => void) => Promise<void> {
+  return async (req, res, next) => {
+    let verdict: Verdict | undefined;
+    try {
+      verdict = await judge(limiter, options, req, clientAddress);
+    } catch (error) {
+      next(error);
+      return;
+    }
+    if (!verdict) return next();
+    setHeaders(res, verdict.info.headers);
+    if (!verdict.pass) return refuse(options, req, res, verdict.info);
+    refundOnFailure(verdict, res);
+    next();
+  };
+}
+
+/**
+ * Wraps a node:http handler. A handler that throws is refunded, answered
+ * 500 and reported to the limiter's logger (rethrowing from a request
+ * listener would crash the process).
+ */
+export function withRateLimit<Req extends NodeRequest, Res extends NodeResponse>(
+  limiter: RateLimiter,
+  options: NodeMiddlewareOptions<Req, Res>,
+  handler: (req: Req, res: Res) => unknown,
+): (req: Req, res: Res) => Promise<void> {
+  return async (req, res) => {
+    let verdict: Verdict | undefined;
+    try {
+      verdict = await judge(limiter, options, req, clientAddress);
+      if (verdict) {
+        setHeaders(res, verdict.info.headers);
+        if (!verdict.pass) return await refuse(options, req, res, verdict.info);
+        refundOnFailure(verdict, res);
+      }
+      await handler(req, res);
+    } catch (error) {
+      await verdict?.refund();
+      limiter.logger.error("redis-ratelimit: the request failed", { cause: error });
+      if (!res.headersSent) {
+        res.statusCode = 500;
+        res.end("Internal Server Error\n");
+      }
+    }
+  };
+}

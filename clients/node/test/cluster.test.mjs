@@ -1,0 +1,89 @@
+// Redis Cluster (3 masters): every call reaches the key's master in one
+// round trip. 400 checks on 100 keys per client, no MOVED in any node's INFO
+// errorstats, and exactly 3 of 4 allowed per key; on a cluster where only
+// one node loads the module, the twin answers on the others.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import Redis from "ioredis";
+import { createCluster } from "redis";
+import { RateLimiter } from "redis-ratelimit";
+import { movedCount, recorder, startCluster } from "./servers.mjs";
+
+let cluster;
+let mixed;
+before(async () => {
+  [cluster, mixed] = await Promise.all([startCluster(), startCluster([true, false, false])]);
+});
+after(() => Promise.all([cluster?.stop(), mixed?.stop()]));
+
+async function fourHundredChecks(cluster, client, name) {
+  const limiter = new RateLimiter(client, { logger: recorder().logger });
+  const movedBefore = (await Promise.all(cluster.nodes.map((node) => movedCount(node.port)))).reduce((a, b) => a + b);
+  let allowed = 0;
+  for (let i = 0; i < 100; i++) {
+    for (let call = 0; call < 4; call++) {
+      if ((await limiter.check(`${name}:${i}`, { windowMs: 60_000, max: 3 })).allowed) allowed += 1;
+    }
+  }
+  const movedAfter = (await Promise.all(cluster.nodes.map((node) => movedCount(node.port)))).reduce((a, b) => a + b);
+  return { allowed, moved: movedAfter - movedBefore, limiter };
+}
+
+test("ioredis Cluster: 400 calls on 100 keys, 0 MOVED", async () => {
+  const client = new Redis.Cluster([{ host: "127.0.0.1", port: cluster.nodes[0].port }]);
+  await new Promise((resolve) => client.once("ready", resolve));
+  try {
+    const { allowed, moved, limiter } = await fourHundredChecks(cluster, client, "ioredis");
+    assert.equal(allowed, 300);
+    assert.equal(moved, 0);
+    assert.equal(limiter.backend, "module");
+    assert.equal(limiter.backends.size, 3);
+  } finally {
+    client.disconnect();
+  }
+});
+
+test("node-redis cluster: 400 calls on 100 keys, 0 MOVED", async () => {
+  const client = await createCluster({ rootNodes: [{ socket: { host: "127.0.0.1", port: cluster.nodes[0].port } }] }).connect();
+  try {
+    const { allowed, moved, limiter } = await fourHundredChecks(cluster, client, "node-redis");
+    assert.equal(allowed, 300);
+    assert.equal(moved, 0);
+    assert.equal(limiter.backends.size, 3);
+  } finally {
+    await client.close();
+  }
+});
+
+for (const [name, open] of [
+  [
+    "ioredis",
+    async (port) => {
+      const client = new Redis.Cluster([{ host: "127.0.0.1", port }]);
+      await new Promise((resolve) => client.once("ready", resolve));
+      return { client, close: () => client.disconnect() };
+    },
+  ],
+  [
+    "node-redis",
+    async (port) => {
+      const client = await createCluster({ rootNodes: [{ socket: { host: "127.0.0.1", port } }] }).connect();
+      return { client, close: () => client.close() };
+    },
+  ],
+]) {
+  test(`${name}: a cluster with the module on one node of three uses the twin on the others, 0 MOVED`, async () => {
+    const { client, close } = await open(mixed.nodes[0].port);
+    try {
+      const { allowed, moved, limiter } = await fourHundredChecks(mixed, client, `mixed-${name}`);
+      assert.equal(allowed, 300);
+      assert.equal(moved, 0);
+      assert.equal(limiter.backend, "mixed");
+      const backends = [...limiter.backends.entries()].sort();
+      const expected = mixed.nodes.map((node, i) => [`127.0.0.1:${node.port}`, i === 0 ? "module" : "twin"]).sort();
+      assert.deepEqual(backends, expected);
+    } finally {
+      await close();
+    }
+  });
+}

@@ -1,0 +1,85 @@
+// Redis unreachable: fail closed within the timeout, fail open, the
+// in-process fallback holding its share, every failure logged with its
+// cause, and recovery without a restart once Redis is back.
+import assert from "node:assert/strict";
+import net from "node:net";
+import { test } from "node:test";
+import Redis from "ioredis";
+import { RateLimiter } from "redis-ratelimit";
+import { startApp } from "./app.mjs";
+import { recorder, startServer } from "./servers.mjs";
+
+const LIMIT = { windowMs: 60_000, max: 10 };
+
+/** A port that accepts connections and never answers: Redis hung, not gone. */
+async function silentPort(t) {
+  const sockets = new Set();
+  const server = net.createServer((socket) => sockets.add(socket));
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    server.close();
+  });
+  return server.address().port;
+}
+
+test("a hung Redis: fail closed answers within the timeout, and the cause is logged", async (t) => {
+  const port = await silentPort(t);
+  // The guide's client settings (offline queue on): the per-call timeout is what bounds the wait.
+  const redis = new Redis({ host: "127.0.0.1", port, lazyConnect: false });
+  t.after(() => redis.disconnect());
+  const log = recorder();
+  const limiter = new RateLimiter(redis, { timeoutMs: 150, logger: log.logger });
+  const started = Date.now();
+  const result = await limiter.check("hung", LIMIT);
+  const elapsed = Date.now() - started;
+  assert.equal(result.allowed, false);
+  assert.equal(result.source, "failClosed");
+  assert.ok(elapsed < 1500, `answered after ${elapsed} ms`);
+  const [failure] = log.lines.filter((line) => line.level === "error");
+  assert.match(failure.message, /no answer from Redis within 150 ms; fail closed/);
+  assert.equal(failure.details.cause.name, "TimeoutError");
+});
+
+test("Redis stopped then back: closed, open and fallback policies over HTTP, then recovery without restart", async (t) => {
+  let redis = await startServer();
+  const port = redis.port;
+  t.after(() => redis.stop());
+  const closed = await startApp("express", port, { retryAfterFailureMs: 100 });
+  const open = await startApp("express", port, { failOpen: true, retryAfterFailureMs: 100 });
+  const log = recorder();
+  const fallback = await startApp("express", port, { fallback: { share: 0.5 }, retryAfterFailureMs: 100, logger: log.logger });
+  t.after(() => Promise.all([closed.close(), open.close(), fallback.close()]));
+  const status = async (app, user) => (await fetch(`${app.url}/`, { headers: { "x-user": user } })).status;
+
+  assert.equal(await status(closed, "u"), 200);
+  await redis.stop();
+
+  assert.equal(await status(closed, "u"), 503);
+  assert.equal(await status(open, "u"), 200);
+  const shares = [];
+  for (let i = 0; i < 12; i++) shares.push(await status(fallback, "share"));
+  // Half of max 10 in this process while Redis is away.
+  assert.deepEqual(shares, [...Array(5).fill(200), ...Array(7).fill(429)]);
+  const failures = log.lines.filter((line) => line.level === "error");
+  assert.ok(failures.length >= 1);
+  assert.match(
+    failures[0].message,
+    /Redis \(127\.0\.0\.1:\d+\) unavailable for check on default:share: .*in-process fallback \(share 0\.5\)/,
+  );
+  assert.ok(failures[0].details.cause instanceof Error);
+
+  redis = await startServer({ port });
+  // The clients reconnect on their own; the limiters try Redis again after retryAfterFailureMs.
+  for (const app of [closed, open, fallback]) {
+    let answer;
+    for (let i = 0; i < 100; i++) {
+      answer = await app.limiter.check("recovered", LIMIT);
+      if (answer.source === "redis") break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(answer.source, "redis");
+  }
+  assert.equal(await status(closed, "back"), 200);
+  assert.ok(log.lines.some((line) => line.level === "info" && /127\.0\.0\.1:\d+ answers again/.test(line.message)));
+});
