@@ -67,12 +67,18 @@ class Server:
     def start(self) -> None:
         args = [
             server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", self.dir,
-            "--save", "",
-            "--appendonly", "no",
-            "--logfile", "server.log",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            "server.log",
         ]
         if self.module:
             args += ["--loadmodule", module_path()]

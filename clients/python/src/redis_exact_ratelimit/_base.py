@@ -3,7 +3,7 @@ backend summary, and turning an error into an outage or a raised error."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from ._core import (
     Backend,

@@ -4,9 +4,10 @@ of the script twin, and the reading of replies. No I/O here."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal, Sequence, Union
+from typing import Literal
 
 MAX_WINDOW_MS = 31_536_000_000
 MAX_MAX = 2**63 - 1
@@ -59,7 +60,7 @@ class Limit:
         return cls(86_400_000, max, name)
 
 
-Limits = Union[Limit, Sequence[Limit]]
+Limits = Limit | Sequence[Limit]
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,9 @@ def module_command(operation: Operation) -> str:
 def _as_int(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, (bytes, str)) and value.lstrip(b"-" if isinstance(value, bytes) else "-").isdigit():
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.removeprefix("-").isdigit():
         return int(value)
     return None
 

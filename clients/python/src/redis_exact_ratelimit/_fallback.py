@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ._core import Call, Decision, Limit
 
@@ -104,13 +104,13 @@ class Fallback:
             if call.cost > min(maxes):
                 # This process's share can never hold the request.
                 return Decision(False, 0, call.longest_window, _reset(entries, now, call), "fallback")
-            allowed = all(u + call.cost <= m for u, m in zip(used, maxes))
+            allowed = all(u + call.cost <= m for u, m in zip(used, maxes, strict=True))
             if record:
                 log = self._register(key, log, call.longest_window)
                 if allowed:
                     _record(log, now, call.cost)
                     used = [u + call.cost for u in used]
-            remaining = max(0, min(m - u for u, m in zip(used, maxes)))
+            remaining = max(0, min(m - u for u, m in zip(used, maxes, strict=True)))
             retry = 0 if allowed else _retry_after(entries, now, call, maxes)
             entries = log.entries if log is not None else entries
             return Decision(allowed, remaining, retry, _reset(entries, now, call), "fallback")
@@ -151,7 +151,7 @@ def _retry_after(entries: deque[_Entry], now: int, call: Call, maxes: list[int])
     """The exact wait after which this request passes every limit: for each
     limit, the moment enough of its oldest entries have left its window."""
     wait = 0
-    for limit, most in zip(call.limits, maxes):
+    for limit, most in zip(call.limits, maxes, strict=True):
         inside = [e for e in entries if e.at > now - limit.window_ms]
         excess = sum(e.cost for e in inside) + call.cost - most
         for entry in inside:

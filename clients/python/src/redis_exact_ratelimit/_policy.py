@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 from ._core import Backend, Call, Decision
 from ._fallback import Fallback
@@ -17,7 +18,7 @@ logger = logging.getLogger("redis_exact_ratelimit")
 
 Failure = Literal["closed", "open"]
 
-BackendSummary = Optional[Literal["module", "twin", "mixed"]]
+BackendSummary = Literal["module", "twin", "mixed"] | None
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,7 @@ class Policy:
             self._backends[server] = backend
         if backend == "twin":
             logger.warning(
-                "server %s has no RATELIMIT module (it answered 'unknown command'); "
-                "using the Lua script twin there%s",
+                "server %s has no RATELIMIT module (it answered 'unknown command'); using the Lua script twin there%s",
                 server,
                 "" if before is None else " from now on",
             )
@@ -137,8 +137,12 @@ class Policy:
         if self.fallback is not None:
             decision = self.fallback.check(key, call) if record else self.fallback.peek(key, call)
             return Decision(
-                decision.allowed, decision.remaining, decision.retry_after_ms, decision.reset_after_ms,
-                "fallback", why.error,
+                decision.allowed,
+                decision.remaining,
+                decision.retry_after_ms,
+                decision.reset_after_ms,
+                "fallback",
+                why.error,
             )
         if self.failure == "open":
             return Decision(True, call.smallest_max - call.cost, 0, 0, "fail_open", why.error)

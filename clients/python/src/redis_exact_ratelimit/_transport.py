@@ -6,7 +6,8 @@ outage (the failure policy applies) and which are about the call itself."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 from redis import exceptions as rx
 

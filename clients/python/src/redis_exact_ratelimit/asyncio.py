@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, TypeVar, Union
+from collections.abc import Callable
+from typing import Any, TypeVar, Union
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -103,7 +104,10 @@ class AsyncRateLimiter(LimiterBase):
 
     def _server_for(self, key: str) -> str:
         if isinstance(self.client, RedisCluster):
-            return str(self.client.get_node_from_key(key).name)
+            node = self.client.get_node_from_key(key)
+            if node is None:
+                raise ConnectionError(f"the cluster has no node for key {key!r} yet")
+            return str(node.name)
         return standalone_name(self.client.connection_pool.connection_kwargs)
 
     async def _within_timeout(self, work: Any) -> Any:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, TypeVar, Union, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -27,7 +28,7 @@ from ._transport import drive, plan, standalone_name
 
 T = TypeVar("T")
 
-SyncClient = Union["redis.Redis[Any]", "RedisCluster[Any]"]
+SyncClient = Union["redis.Redis", "RedisCluster"]
 
 # Threads that wait for Redis on behalf of callers, so that a call can give
 # up after its timeout even when the client's own socket timeout is longer.
@@ -117,11 +118,13 @@ class RateLimiter(LimiterBase):
 
     def _round_trip(self, operation: Operation, key: str, args: list[str]) -> Any:
         steps = plan(self.policy, self.script, self._server_for(key), operation, key, args)
-        return drive(steps, lambda command: self.client.execute_command(*command))
+        send: Callable[..., Any] = self.client.execute_command
+        return drive(steps, lambda command: send(*command))
 
     def _server_for(self, key: str) -> str:
         if isinstance(self.client, RedisCluster):
-            return str(self.client.get_node_from_key(key).name)
+            node_of = cast("Callable[[str], Any]", self.client.get_node_from_key)
+            return str(node_of(key).name)
         return standalone_name(self.client.connection_pool.connection_kwargs)
 
     def _within_timeout(self, work: Callable[[], T]) -> T:
