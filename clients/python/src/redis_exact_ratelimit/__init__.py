@@ -9,6 +9,7 @@ middleware in :mod:`redis_exact_ratelimit.asgi` and
 
 from ._core import Decision, Limit, Limits, RateLimitInputError, RateLimitReplyError, Source
 from ._fallback import Fallback
+from ._http import Verdict
 from .asyncio import AsyncRateLimiter
 from .client import CallTimeout, RateLimiter
 
@@ -23,4 +24,5 @@ __all__ = [
     "RateLimitReplyError",
     "RateLimiter",
     "Source",
+    "Verdict",
 ]

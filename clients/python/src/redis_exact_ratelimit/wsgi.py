@@ -17,7 +17,9 @@ from ._http import Route, Verdict, server_error, verdict_of
 from .client import RateLimiter
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse as StartResponse
+    from _typeshed.wsgi import WSGIApplication as WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment as WSGIEnvironment
 else:
     StartResponse = WSGIApplication = WSGIEnvironment = Any
 

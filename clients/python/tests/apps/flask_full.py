@@ -1,0 +1,67 @@
+"""A Flask app with every feature the tests drive: the WSGI middleware on
+/mw/*, the decorator on /dec/*, a failing route of each, and a hook."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from flask import Flask, Request, jsonify
+from flask.typing import ResponseReturnValue
+from settings import limiter_options, redis_options
+
+from redis_exact_ratelimit import Limit, RateLimiter, Verdict
+from redis_exact_ratelimit.flask import rate_limit
+from redis_exact_ratelimit.wsgi import RateLimitMiddleware, WSGIEnvironment
+
+limiter = RateLimiter(redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options()), **limiter_options())
+TEN = Limit.per_minute(10)
+
+
+def middleware_limits(environ: WSGIEnvironment) -> Limit | None:
+    return TEN if str(environ["PATH_INFO"]).startswith("/mw/") else None
+
+
+def user(request: Request) -> str | None:
+    return request.headers.get("X-User")
+
+
+def slow_down(verdict: Verdict) -> ResponseReturnValue:
+    return jsonify(error="slow down", retry_after_ms=verdict.decision.retry_after_ms), verdict.status
+
+
+app = Flask(__name__)
+app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=middleware_limits, name="mw")  # type: ignore[method-assign]
+
+
+@app.get("/mw/ok")
+def mw_ok() -> ResponseReturnValue:
+    return {"ok": "mw"}
+
+
+@app.get("/mw/boom")
+def mw_boom() -> ResponseReturnValue:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/dec/ok")
+@rate_limit(limiter, TEN, key=user, name="dec")
+def dec_ok() -> ResponseReturnValue:
+    return {"ok": "dec"}
+
+
+@app.get("/dec/boom")
+@rate_limit(limiter, TEN, key=user, name="dec")
+def dec_boom() -> ResponseReturnValue:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/hooked")
+@rate_limit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
+def hooked() -> ResponseReturnValue:
+    return {"ok": "hooked"}
+
+
+@app.get("/backend")
+def backend() -> ResponseReturnValue:
+    return {"backend": limiter.backend}
