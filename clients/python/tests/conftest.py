@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from servers import Cluster, Server, free_port
 
@@ -75,10 +75,11 @@ class App:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the app exited: {self.log.read_text()[-3000:]}")
+            # A TCP connection, not a request: a request would count.
             try:
-                httpx.get(self.url + "/__up", timeout=1)
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
-            except httpx.TransportError:
+            except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"the app did not start: {self.log.read_text()[-3000:]}")
 

@@ -113,23 +113,28 @@ async def refuse(verdict: Verdict, hook: LimitedHook | None, scope: Scope, recei
 async def serve(
     app: ASGIApp, limiter: AsyncRateLimiter, route: Route, verdict: Verdict, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    status = 0
+    refunded = False
     send_headers = _adding_headers(send, verdict.headers)
 
+    async def refund_once() -> None:
+        nonlocal refunded
+        if not refunded:
+            refunded = True
+            await refund(limiter, verdict)
+
     async def send_with_headers(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = int(message["status"])
+        # Refunded before the client sees the status, so its next request
+        # finds the quota already restored.
+        if message["type"] == "http.response.start" and route.refund_when(int(message["status"])):
+            await refund_once()
         await send_headers(message)
 
     try:
         await app(scope, receive, send_with_headers)
     except Exception:
         # Failed on our side: the client should not pay for it.
-        await refund(limiter, verdict)
+        await refund_once()
         raise
-    if route.refund_when(status):
-        await refund(limiter, verdict)
 
 
 async def refund(limiter: AsyncRateLimiter, verdict: Verdict) -> None:

@@ -22,7 +22,8 @@ KeyFunction = Callable[[Request], str | Awaitable[str | None] | None]
 
 LimitedHook = Callable[[Request, Verdict], Exception]
 """Makes the exception raised for a refusal (default: HTTPException with
-the verdict's status and headers)."""
+the verdict's status and headers); the verdict's headers are added to an
+HTTPException unless it sets them itself."""
 
 
 def client_address(request: Request) -> str | None:
@@ -57,7 +58,10 @@ class RateLimit:
             return
         if not verdict.passed:
             if self.on_limited is not None:
-                raise self.on_limited(request, verdict)
+                error = self.on_limited(request, verdict)
+                if isinstance(error, HTTPException):
+                    error.headers = {**verdict.headers, **(error.headers or {})}
+                raise error
             raise HTTPException(verdict.status, verdict.body.decode().strip(), headers=verdict.headers)
         response.headers.update(verdict.headers)
         try:

@@ -81,21 +81,23 @@ class RateLimitMiddleware:
         return self._serve(verdict, environ, start_response)
 
     def _serve(self, verdict: Verdict, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        status = 0
+        once = _Refund(self.limiter, verdict)
         add_headers = _adding_headers(start_response, verdict.headers)
 
-        def start(code: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
-            nonlocal status
-            status = int(code.split(" ", 1)[0])
-            return add_headers(code, headers, exc_info)
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
+            # Refunded before the client sees the status, so its next
+            # request finds the quota already restored.
+            if self.route.refund_when(int(status.split(" ", 1)[0])):
+                once()
+            return add_headers(status, headers, exc_info)
 
         try:
             body = self.app(environ, start)
         except Exception:
             # Failed on our side: the client should not pay for it.
-            refund(self.limiter, verdict)
+            once()
             raise
-        return _Body(body, lambda failed: failed or self.route.refund_when(status), self.limiter, verdict)
+        return _Body(body, once)
 
 
 def judge(limiter: RateLimiter, route: Route, key: Callable[[R], str | None], request: R) -> Verdict | None:
@@ -119,39 +121,38 @@ def refund(limiter: RateLimiter, verdict: Verdict) -> None:
         limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
 
 
-class _Body:
-    """The app's body, passed through; once it is sent (or fails), the
-    request is refunded if ``should_refund(failed)`` says so. WSGI apps may
-    call start_response while the body is iterated, so the status is only
-    known then."""
+class _Refund:
+    """Refunds one request at most once."""
 
-    def __init__(
-        self, body: Iterable[bytes], should_refund: Callable[[bool], bool], limiter: RateLimiter, verdict: Verdict
-    ) -> None:
-        self._body = body
-        self._should_refund = should_refund
+    def __init__(self, limiter: RateLimiter, verdict: Verdict) -> None:
         self._limiter = limiter
         self._verdict = verdict
-        self._failed = False
         self._done = False
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._done = True
+            refund(self._limiter, self._verdict)
+
+
+class _Body:
+    """The app's body, passed through; refunded if sending it fails."""
+
+    def __init__(self, body: Iterable[bytes], refund_once: _Refund) -> None:
+        self._body = body
+        self._refund_once = refund_once
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._body
         except Exception:
-            self._failed = True
+            self._refund_once()
             raise
 
     def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if not self._done:
-                self._done = True
-                if self._should_refund(self._failed):
-                    refund(self._limiter, self._verdict)
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
 
 
 def _adding_headers(start_response: StartResponse, headers: dict[str, str]) -> StartResponse:

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from settings import limiter_options, redis_options
 
 from redis_exact_ratelimit import AsyncRateLimiter, Limit, Verdict
-from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope
+from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
 from redis_exact_ratelimit.fastapi import RateLimit
 
 limiter = AsyncRateLimiter(redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options()), **limiter_options())
@@ -30,7 +30,7 @@ def slow_down(request: Request, verdict: Verdict) -> Exception:
 
 
 app = FastAPI()
-app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=middleware_limits, name="mw")
+app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=middleware_limits, key=header_key("x-user"), name="mw")
 per_user = RateLimit(limiter, TEN, key=user, name="dep")
 hooked = RateLimit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
 

@@ -12,7 +12,7 @@ from settings import limiter_options, redis_options
 
 from redis_exact_ratelimit import Limit, RateLimiter, Verdict
 from redis_exact_ratelimit.flask import rate_limit
-from redis_exact_ratelimit.wsgi import RateLimitMiddleware, WSGIEnvironment
+from redis_exact_ratelimit.wsgi import RateLimitMiddleware, WSGIEnvironment, header_key
 
 limiter = RateLimiter(redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options()), **limiter_options())
 TEN = Limit.per_minute(10)
@@ -31,7 +31,9 @@ def slow_down(verdict: Verdict) -> ResponseReturnValue:
 
 
 app = Flask(__name__)
-app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=middleware_limits, name="mw")  # type: ignore[method-assign]
+app.wsgi_app = RateLimitMiddleware(
+    app.wsgi_app, limiter=limiter, limits=middleware_limits, key=header_key("X-User"), name="mw"
+)  # type: ignore[method-assign]
 
 
 @app.get("/mw/ok")
