@@ -1,9 +1,9 @@
 """README's FastAPI example: every request limited to 10 a minute per client address.
 Run: REDIS_URL=redis://localhost:6379 uvicorn fastapi_app:app"""
 
+# README:begin
 import os
 
-# README:begin
 import redis.asyncio as redis
 from fastapi import FastAPI
 

@@ -1,9 +1,9 @@
 """README's Flask example: every request limited to 10 a minute per client address.
 Run: REDIS_URL=redis://localhost:6379 flask --app flask_app run"""
 
+# README:begin
 import os
 
-# README:begin
 import redis
 from flask import Flask
 

@@ -31,9 +31,8 @@ def slow_down(verdict: Verdict) -> ResponseReturnValue:
 
 
 app = Flask(__name__)
-app.wsgi_app = RateLimitMiddleware(
-    app.wsgi_app, limiter=limiter, limits=middleware_limits, key=header_key("X-User"), name="mw"
-)  # type: ignore[method-assign]
+by_user = header_key("X-User")
+app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=middleware_limits, key=by_user, name="mw")  # type: ignore[method-assign]
 
 
 @app.get("/mw/ok")
