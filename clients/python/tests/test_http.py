@@ -96,3 +96,13 @@ def test_backend_is_visible(full_app: App, server: Server) -> None:
         assert http.get("/backend").json() == {"backend": "module" if server.module else "twin"}
     twin_said = full_app.output().count("using the Lua script twin")
     assert twin_said == (0 if server.module else 1)
+
+
+def test_django_behind_the_wsgi_middleware(server: Server) -> None:
+    app = serve_wsgi("django_app:application", server.port)
+    try:
+        with httpx.Client(base_url=app.url, headers={"X-User": uuid.uuid4().hex}) as http:
+            assert [http.get("/boom").status_code for _ in range(5)] == [500] * 5
+            assert_thirty_at_ten([http.get("/ok") for _ in range(30)], "django")
+    finally:
+        app.stop()
