@@ -53,6 +53,17 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to exactly this PID, SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Server:
     """One server process; ``stop`` kills exactly this PID."""
 
@@ -124,13 +135,8 @@ class Server:
         if self.process is None:
             return
         if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            os.kill(self.process.pid, signal.SIGCONT)  # a paused server cannot exit
+        stop_process(self.process)
         self.process = None
 
     def remove(self) -> None:

@@ -84,12 +84,6 @@ class Decision:
     source: Source
     error: BaseException | None = None
 
-    @property
-    def limited(self) -> bool:
-        """True when a limiter (Redis or the fallback) decided, so the
-        numbers describe real windows and headers may carry them."""
-        return self.source not in ("fail_open", "fail_closed")
-
 
 @dataclass(frozen=True)
 class Call:
@@ -214,10 +208,6 @@ def is_missing_module(error: BaseException) -> bool:
     return "unknown command" in text or "command doesn't exist in redis commands" in text
 
 
-def is_missing_script(error: BaseException) -> bool:
-    return str(error).startswith("NOSCRIPT")
-
-
 class RateLimitReplyError(Exception):
     """Redis answered that the call itself is wrong (WRONGTYPE, a full log,
     an ACL refusal): raised, never turned into a policy decision."""
@@ -238,11 +228,6 @@ class Script:
         if not first.startswith("#!lua"):
             raise RuntimeError(f"ratelimit.lua does not start with its #!lua line: {first!r}")
         return cls(rest, hashlib.sha1(rest.encode("utf-8")).hexdigest())
-
-
-def twin_args(script: Script, key: str, operation: Operation, args: Sequence[str]) -> list[str]:
-    """EVALSHA <sha> 1 <key> <op> <args> (twin-convention)."""
-    return ["EVALSHA", script.sha1, "1", key, operation, *args]
 
 
 def undo_args(cost: int) -> list[str]:

@@ -7,14 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 from ._core import Decision, Limit, Limits, make_call, policy_names, seconds_ceil
-
-Req = TypeVar("Req")
-
-LimitsFor = Callable[[Req], "Limits | None"]
-"""Chooses a request's limits; None: this request is not limited."""
 
 Reason = Literal["limited", "unavailable"]
 

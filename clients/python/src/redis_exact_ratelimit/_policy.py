@@ -55,7 +55,6 @@ class Policy:
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
         self._down_until: float | None = None
-        self.failures = 0
 
     # -- backend per server ------------------------------------------------
 
@@ -114,7 +113,6 @@ class Policy:
         with self._lock:
             first = self._down_until is None
             self._down_until = self._clock() + self.retry_interval
-            self.failures += 1
         logger.error(
             "rate-limit %s on key %r failed: %s: %s; %s%s",
             operation,
