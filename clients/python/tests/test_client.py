@@ -30,6 +30,14 @@ def test_check_peek_undo(server: Server, key: str, protocol: int) -> None:
     assert limiter.peek(key, Limit.per_minute(3)).remaining == 2
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_clients_that_decode_responses(server: Server, key: str, protocol: int) -> None:
+    limiter = RateLimiter(server.client(protocol=protocol, decode_responses=True))
+    answers = [limiter.check(key, Limit.per_minute(2)) for _ in range(3)]
+    assert [(a.allowed, a.remaining) for a in answers] == [(True, 1), (True, 0), (False, 0)]
+    assert limiter.undo(key) == 1
+
+
 def test_several_limits_cost_and_precision(server: Server, key: str) -> None:
     limiter = RateLimiter(server.client())
     limits = [Limit(1000, 10), Limit(3_600_000, 12)]
