@@ -7,6 +7,7 @@ import os
 
 import redis.asyncio as redis
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from settings import limiter_options, redis_options
 
 from redis_exact_ratelimit import AsyncRateLimiter, Limit, Verdict
@@ -21,6 +22,14 @@ def middleware_limits(scope: Scope) -> Limit | None:
     return TEN if str(scope["path"]).startswith("/mw/") else None
 
 
+def hooked_middleware_limits(scope: Scope) -> Limit | None:
+    return Limit.per_minute(2) if str(scope["path"]).startswith("/mwhook/") else None
+
+
+def slow_down_response(scope: Scope, verdict: Verdict) -> JSONResponse:
+    return JSONResponse({"error": "slow down", "retry_after_ms": verdict.decision.retry_after_ms}, verdict.status)
+
+
 def user(request: Request) -> str | None:
     return request.headers.get("x-user")
 
@@ -31,6 +40,14 @@ def slow_down(request: Request, verdict: Verdict) -> Exception:
 
 app = FastAPI()
 app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=middleware_limits, key=header_key("x-user"), name="mw")
+app.add_middleware(
+    RateLimitMiddleware,
+    limiter=limiter,
+    limits=hooked_middleware_limits,
+    key=header_key("x-user"),
+    name="mwhook",
+    on_limited=slow_down_response,
+)
 per_user = RateLimit(limiter, TEN, key=user, name="dep")
 hooked = RateLimit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
 
@@ -43,6 +60,11 @@ async def mw_ok() -> dict[str, str]:
 @app.get("/mw/boom")
 async def mw_boom() -> dict[str, str]:
     raise RuntimeError("the handler failed")
+
+
+@app.get("/mwhook/ok")
+async def mwhook_ok() -> dict[str, str]:
+    return {"ok": "mwhook"}
 
 
 @app.get("/dep/ok", dependencies=[Depends(per_user)])
