@@ -68,7 +68,11 @@ class App:
             self.process = subprocess.Popen(
                 command, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self._wait_until_up()
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + 20
