@@ -8,11 +8,12 @@ answers with a refunded status, and a hook for the refusal.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from ._core import Limits
+from ._core import Limits, RateLimitReplyError
 from ._http import Route, Verdict, server_error, verdict_of
 from .asyncio import AsyncRateLimiter
 
@@ -140,7 +141,10 @@ async def serve(
 async def refund(limiter: AsyncRateLimiter, verdict: Verdict) -> None:
     """A failed refund is logged by the limiter; the response has gone."""
     if verdict.decision.allowed:
-        await limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+        # An error about the call is logged by the limiter; raising it here
+        # would hide the response or the handler's own error.
+        with contextlib.suppress(RateLimitReplyError):
+            await limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
 
 
 def _adding_headers(send: Send, headers: dict[str, str]) -> Send:

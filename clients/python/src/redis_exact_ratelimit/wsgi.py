@@ -9,10 +9,11 @@ refunded status, and a hook for the refusal.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Limits
+from ._core import Limits, RateLimitReplyError
 from ._http import Route, Verdict, server_error, verdict_of
 from .client import RateLimiter
 
@@ -118,7 +119,10 @@ def judge(limiter: RateLimiter, route: Route, key: Callable[[R], str | None], re
 def refund(limiter: RateLimiter, verdict: Verdict) -> None:
     """A failed refund is logged by the limiter; the response has gone."""
     if verdict.decision.allowed:
-        limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+        # An error about the call is logged by the limiter; raising it here
+        # would hide the response or the handler's own error.
+        with contextlib.suppress(RateLimitReplyError):
+            limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
 
 
 class _Refund:
