@@ -67,9 +67,12 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 class Server:
     """One server process; ``stop`` kills exactly this PID."""
 
-    def __init__(self, *, module: bool, cluster: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, *, module: bool, cluster: bool = False, port: int | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.module = module
         self.cluster = cluster
+        self.extra = extra
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix=f"ratelimit-py-{self.port}-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,6 +98,7 @@ class Server:
             args += ["--loadmodule", module_path()]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        args += self.extra
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         self._wait_until_up()
 
@@ -148,11 +152,11 @@ class Cluster:
     """Three masters with --cluster-enabled yes, made one cluster with
     redis-cli --cluster create."""
 
-    def __init__(self, *, module: bool) -> None:
+    def __init__(self, *, module: bool, extra: tuple[str, ...] = ()) -> None:
         self.nodes: list[Server] = []
         try:
             for _ in range(3):
-                self.nodes.append(Server(module=module, cluster=True))
+                self.nodes.append(Server(module=module, cluster=True, extra=extra))
             self._create()
         except BaseException:
             self.remove()

@@ -77,3 +77,23 @@ def test_asyncio_cluster_client(cluster: Cluster) -> None:
     print(f"\nasyncio cluster: {KEYS * CALLS_PER_KEY} calls on {KEYS} keys, MOVED: {moved}")
     assert moved == 0
     assert_exact(answers)
+
+
+def test_a_stopped_master_fails_only_its_own_keys() -> None:
+    """The outage state is per server: with one master down, its keys take
+    the failure policy and the other masters' keys are still decided in Redis."""
+    cluster = Cluster(module=True, extra=("--cluster-require-full-coverage", "no"))
+    try:
+        client = RedisCluster(host="127.0.0.1", port=cluster.port)
+        limiter = RateLimiter(client, timeout=0.5, retry_after_failure=30)
+        chosen = keys()[:30]
+        owners = {key: client.get_node_from_key(key).port for key in chosen}
+        down = cluster.nodes[0]
+        assert down.port in owners.values() and len(set(owners.values())) == 3
+        down.stop()
+        sources = {key: limiter.check(key, LIMIT).source for key in chosen}
+        for key, port in owners.items():
+            assert sources[key] == ("fail_closed" if port == down.port else "redis"), (key, port, sources[key])
+        client.close()
+    finally:
+        cluster.remove()

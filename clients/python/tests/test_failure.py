@@ -86,7 +86,7 @@ def test_fallback_holds_its_share_and_redis_recovers(own_server: Server, caplog:
     time.sleep(0.35)
     recovered = limiter.check("k", Limit.per_minute(10))
     assert (recovered.source, recovered.allowed, recovered.remaining) == ("redis", True, 9)
-    assert any("Redis answers again" in r.getMessage() for r in caplog.records)
+    assert any(f"Redis at 127.0.0.1:{own_server.port} answers again" in r.getMessage() for r in caplog.records)
     assert limiter.fallback is not None and len(limiter.fallback) == 0
 
 

@@ -60,6 +60,18 @@ class LimiterBase:
     def fallback(self) -> Fallback | None:
         return self.policy.fallback
 
+    def _server_for(self, key: str) -> str:
+        """The ``host:port`` of the server that owns the key."""
+        raise NotImplementedError
+
+    def _server_name(self, key: str) -> str:
+        """The key's server for the outage state, without I/O: a cluster
+        whose slot map is not known yet is one name."""
+        try:
+            return self._server_for(key)
+        except Exception:
+            return "cluster"
+
     def _full_key(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
@@ -72,10 +84,10 @@ class LimiterBase:
             return self.policy.undo_without_redis(key, cost)
         return 0
 
-    def _unavailable(self, operation: str, key: str, error: Exception) -> Unavailable:
+    def _unavailable(self, server: str, operation: str, key: str, error: Exception) -> Unavailable:
         """An error from a round trip: raised if it is about the call,
         otherwise an outage that the failure policy answers."""
         if is_call_error(error):
             logger.error("rate-limit %s on key %r refused by Redis: %s", operation, key, error)
             raise RateLimitReplyError(str(error)) from error
-        return self.policy.failed(operation, key, error)
+        return self.policy.failed(server, operation, key, error)

@@ -24,18 +24,20 @@ BackendSummary = Literal["module", "twin", "mixed"] | None
 @dataclass(frozen=True)
 class Unavailable:
     """Redis gave no usable answer (``error``), or was skipped after a
-    recent failure (``error`` None)."""
+    recent failure (``error`` None); it is tried again in ``retry_in_ms``."""
 
     error: BaseException | None
+    retry_in_ms: int
 
 
 class Policy:
-    """The backend learned for a server, and the failure policy.
+    """The backend learned for each server, and the failure policy.
 
-    After a failure, Redis is left alone for ``retry_interval`` seconds (the
-    decisions come from the fallback or the policy meanwhile, without
-    waiting for another timeout); the first call after that tries Redis
-    again, and its success ends the outage."""
+    After a failure, that server is left alone for ``retry_interval``
+    seconds (the decisions for its keys come from the fallback or the
+    policy meanwhile, without waiting for another timeout); the first call
+    after that tries it again, and its success ends its outage. On a
+    cluster, keys on the other masters keep being decided in Redis."""
 
     def __init__(
         self,
@@ -54,7 +56,7 @@ class Policy:
         self._clock = clock
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
-        self._down_until: float | None = None
+        self._down_until: dict[str, float] = {}
 
     # -- backend per server ------------------------------------------------
 
@@ -89,40 +91,41 @@ class Policy:
 
     # -- outage --------------------------------------------------------------
 
-    def skip_redis(self) -> bool:
-        """True while a recent failure says Redis is not worth a call yet."""
+    def skip(self, server: str) -> Unavailable | None:
+        """Unavailable while a recent failure says the server is not worth
+        a call yet; None when it is to be asked."""
         with self._lock:
-            return self._down_until is not None and self._clock() < self._down_until
+            until = self._down_until.get(server)
+            now = self._clock()
+        if until is None or now >= until:
+            return None
+        return Unavailable(None, int((until - now) * 1000))
 
-    def retry_in_ms(self) -> int:
+    def succeeded(self, server: str) -> None:
         with self._lock:
-            if self._down_until is None:
-                return 0
-            return max(0, int((self._down_until - self._clock()) * 1000))
-
-    def succeeded(self) -> None:
-        with self._lock:
-            was_down = self._down_until is not None
-            self._down_until = None
+            was_down = self._down_until.pop(server, None) is not None
+            none_down = not self._down_until
         if was_down:
-            logger.warning("Redis answers again; rate limits are decided there again")
-            if self.fallback is not None:
+            logger.warning("Redis at %s answers again; rate limits are decided there again", server)
+            # The fallback's logs are forgotten once no server needs them.
+            if none_down and self.fallback is not None:
                 self.fallback.clear()
 
-    def failed(self, operation: str, key: str, error: BaseException) -> Unavailable:
+    def failed(self, server: str, operation: str, key: str, error: BaseException) -> Unavailable:
         with self._lock:
-            first = self._down_until is None
-            self._down_until = self._clock() + self.retry_interval
+            first = server not in self._down_until
+            self._down_until[server] = self._clock() + self.retry_interval
         logger.error(
-            "rate-limit %s on key %r failed: %s: %s; %s%s",
+            "rate-limit %s on key %r failed at %s: %s: %s; %s%s",
             operation,
             key,
+            server,
             type(error).__name__,
             error or "no answer",
             self._what_now(),
-            f" (Redis left alone for {self.retry_interval:g} s)" if first else "",
+            f" (Redis at {server} left alone for {self.retry_interval:g} s)" if first else "",
         )
-        return Unavailable(error)
+        return Unavailable(error, int(self.retry_interval * 1000))
 
     def _what_now(self) -> str:
         if self.fallback is not None:
@@ -144,7 +147,7 @@ class Policy:
             )
         if self.failure == "open":
             return Decision(True, call.smallest_max - call.cost, 0, 0, "fail_open", why.error)
-        return Decision(False, 0, max(self.retry_in_ms(), 1), 0, "fail_closed", why.error)
+        return Decision(False, 0, max(why.retry_in_ms, 1), 0, "fail_closed", why.error)
 
     def undo_without_redis(self, key: str, cost: int) -> int:
         return self.fallback.undo(key, cost) if self.fallback is not None else 0

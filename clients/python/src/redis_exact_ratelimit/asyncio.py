@@ -85,13 +85,15 @@ class AsyncRateLimiter(LimiterBase):
     async def _call(
         self, operation: Operation, key: str, args: list[str], parse: Callable[[Any], T]
     ) -> T | Unavailable:
-        if self.policy.skip_redis():
-            return Unavailable(None)
+        server = self._server_name(key)
+        skipped = self.policy.skip(server)
+        if skipped is not None:
+            return skipped
         try:
             value = parse(await self._within_timeout(self._round_trip(operation, key, args)))
         except Exception as error:
-            return self._unavailable(operation, key, error)
-        self.policy.succeeded()
+            return self._unavailable(server, operation, key, error)
+        self.policy.succeeded(server)
         return value
 
     async def _round_trip(self, operation: Operation, key: str, args: list[str]) -> Any:

@@ -107,13 +107,15 @@ class RateLimiter(LimiterBase):
         return outcome
 
     def _call(self, operation: Operation, key: str, args: list[str], parse: Callable[[Any], T]) -> T | Unavailable:
-        if self.policy.skip_redis():
-            return Unavailable(None)
+        server = self._server_name(key)
+        skipped = self.policy.skip(server)
+        if skipped is not None:
+            return skipped
         try:
             value = parse(self._within_timeout(lambda: self._round_trip(operation, key, args)))
         except Exception as error:
-            return self._unavailable(operation, key, error)
-        self.policy.succeeded()
+            return self._unavailable(server, operation, key, error)
+        self.policy.succeeded(server)
         return value
 
     def _round_trip(self, operation: Operation, key: str, args: list[str]) -> Any:
