@@ -1,10 +1,15 @@
-"""The pure parts: validation, arguments, replies, headers, the fallback."""
+"""The pure parts: validation, arguments, replies, headers, the fallback
+(and the fallback held to the module's answers)."""
 
 from __future__ import annotations
 
-import pytest
+import random
+import uuid
 
-from redis_exact_ratelimit import Decision, Fallback, Limit, RateLimitInputError
+import pytest
+from servers import Server
+
+from redis_exact_ratelimit import Decision, Fallback, Limit, RateLimiter, RateLimitInputError
 from redis_exact_ratelimit._core import Script, UnexpectedReply, make_call, parse_count, parse_decision
 from redis_exact_ratelimit._http import rate_limit_headers, verdict_of
 
@@ -118,3 +123,32 @@ def test_fallback_several_limits_cost_undo_and_peek() -> None:
 def test_fallback_share_is_validated() -> None:
     with pytest.raises(ValueError, match="share"):
         Fallback(share=0)
+
+
+def test_fallback_answers_as_the_module(module_server: Server) -> None:
+    """300 seeded random CHECK/PEEK/UNDO calls (several limits, COST) on a
+    few keys: the fallback (share 1) answers as the module. Windows are long,
+    so the few ms between the two answers change nothing but the waits."""
+    rng = random.Random(17)
+    limiter = RateLimiter(module_server.client())
+    fallback = Fallback()
+    run = uuid.uuid4().hex
+    windows, maxes = [60_000, 120_000, 300_000], [5, 10, 20]
+    seen: set[tuple[str, bool]] = set()
+    for step in range(300):
+        key = f"random:{run}:{rng.randrange(3)}"
+        operation = rng.choice(["check", "check", "check", "peek", "undo"])
+        if operation == "undo":
+            cost = rng.randint(1, 5)
+            assert limiter.undo(key, cost) == fallback.undo(key, cost), step
+            continue
+        chosen = rng.sample(windows, rng.randint(1, 2))
+        call = make_call([Limit(w, rng.choice(maxes)) for w in chosen], cost=rng.randint(1, 5))
+        from_module = (limiter.check if operation == "check" else limiter.peek)(key, call.limits, cost=call.cost)
+        local = (fallback.check if operation == "check" else fallback.peek)(key, call)
+        assert (from_module.allowed, from_module.remaining) == (local.allowed, local.remaining), (step, call)
+        assert abs(from_module.retry_after_ms - local.retry_after_ms) <= 100, (step, from_module, local)
+        assert abs(from_module.reset_after_ms - local.reset_after_ms) <= 100, (step, from_module, local)
+        seen.add((operation, local.allowed))
+    # Both operations met both answers.
+    assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
