@@ -1,0 +1,28 @@
+"""Exact sliding-window rate limiting on Redis and Valkey.
+
+Decides in Redis with the redis-ratelimit module (RATELIMIT.CHECK, PEEK,
+UNDO) where a server has it, and with its Lua twin where it does not,
+learned per server from the server's own answer. Sync and asyncio,
+standalone and cluster; an explicit failure policy; ASGI and WSGI
+middleware in :mod:`redis_exact_ratelimit.asgi` and
+:mod:`redis_exact_ratelimit.wsgi`."""
+
+from ._core import Decision, Limit, Limits, RateLimitInputError, RateLimitReplyError, Source
+from ._fallback import Fallback
+from ._http import Verdict
+from .asyncio import AsyncRateLimiter
+from .client import CallTimeout, RateLimiter
+
+__all__ = [
+    "AsyncRateLimiter",
+    "CallTimeout",
+    "Decision",
+    "Fallback",
+    "Limit",
+    "Limits",
+    "RateLimitInputError",
+    "RateLimitReplyError",
+    "RateLimiter",
+    "Source",
+    "Verdict",
+]

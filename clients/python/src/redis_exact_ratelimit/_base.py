@@ -1,0 +1,93 @@
+"""What the sync and asyncio limiters share: options, validation, the
+backend summary, and turning an error into an outage or a raised error."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ._core import (
+    Backend,
+    Decision,
+    RateLimitReplyError,
+    Script,
+    validate_key,
+    validate_undo_cost,
+)
+from ._fallback import Fallback
+from ._policy import BackendSummary, Policy, Unavailable, logger
+from ._transport import is_call_error
+
+_SCRIPT: Script | None = None
+
+
+def _script() -> Script:
+    # Read once per process, on first use: importing the package does no I/O.
+    global _SCRIPT
+    if _SCRIPT is None:
+        _SCRIPT = Script.load()
+    return _SCRIPT
+
+
+class LimiterBase:
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        timeout: float | None,
+        fail_open: bool,
+        fallback: Fallback | None,
+        retry_after_failure: float,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be above 0 seconds (or None: the client's own), got {timeout!r}")
+        self.prefix = prefix
+        self.timeout = timeout
+        self.policy = Policy("open" if fail_open else "closed", fallback, retry_after_failure)
+        self.script = _script()
+
+    @property
+    def backend(self) -> BackendSummary:
+        """``"module"`` or ``"twin"`` when every server seen so far agrees,
+        ``"mixed"`` when cluster nodes differ, None before the first answer."""
+        return self.policy.backend()
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        """The backend learned for each server (``host:port``)."""
+        return self.policy.backends()
+
+    @property
+    def fallback(self) -> Fallback | None:
+        return self.policy.fallback
+
+    def _server_for(self, key: str) -> str:
+        """The ``host:port`` of the server that owns the key."""
+        raise NotImplementedError
+
+    def _server_name(self, key: str) -> str:
+        """The key's server for the outage state, without I/O: a cluster
+        whose slot map is not known yet is one name."""
+        try:
+            return self._server_for(key)
+        except Exception:
+            return "cluster"
+
+    def _full_key(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    def _undo_locally(self, key: str, cost: int, decision: Decision | None) -> int | None:
+        """The refund of a decision Redis never saw, or None to ask Redis."""
+        validate_undo_cost(cost)
+        if decision is None or decision.source == "redis":
+            return None
+        if decision.source == "fallback":
+            return self.policy.undo_without_redis(key, cost)
+        return 0
+
+    def _unavailable(self, server: str, operation: str, key: str, error: Exception) -> Unavailable:
+        """An error from a round trip: raised if it is about the call,
+        otherwise an outage that the failure policy answers."""
+        if is_call_error(error):
+            logger.error("rate-limit %s on key %r refused by Redis: %s", operation, key, error)
+            raise RateLimitReplyError(str(error)) from error
+        return self.policy.failed(server, operation, key, error)

@@ -1,0 +1,234 @@
+"""The pure part: limits, their validation, the arguments of RATELIMIT.* and
+of the script twin, and the reading of replies. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+MAX_WINDOW_MS = 31_536_000_000
+MAX_MAX = 2**63 - 1
+MAX_PAIRS = 8
+
+Backend = Literal["module", "twin"]
+"""Where a decision was taken when Redis answered."""
+
+Source = Literal["redis", "fallback", "fail_open", "fail_closed"]
+"""Where a decision came from: Redis (through the module or the twin), the
+in-process fallback, or the failure policy without any limiter."""
+
+Operation = Literal["check", "peek", "undo"]
+
+
+class RateLimitInputError(ValueError):
+    """Bad limits or options, refused before anything is sent to Redis."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``max`` units of cost in any ``window_ms`` milliseconds.
+
+    ``name`` is the policy's name in the ``RateLimit-Policy`` header
+    (default: the middleware's name, ``"default"``, when a route has one
+    limit, ``"<name>-<seconds>s"`` when it has several)."""
+
+    window_ms: int
+    max: int
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_int(self.window_ms, "window_ms", 1, MAX_WINDOW_MS)
+        _require_int(self.max, "max", 1, MAX_MAX)
+
+    @classmethod
+    def per_second(cls, max: int, name: str | None = None) -> Limit:
+        return cls(1_000, max, name)
+
+    @classmethod
+    def per_minute(cls, max: int, name: str | None = None) -> Limit:
+        return cls(60_000, max, name)
+
+    @classmethod
+    def per_hour(cls, max: int, name: str | None = None) -> Limit:
+        return cls(3_600_000, max, name)
+
+    @classmethod
+    def per_day(cls, max: int, name: str | None = None) -> Limit:
+        return cls(86_400_000, max, name)
+
+
+Limits = Limit | Sequence[Limit]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One answer: the module's four numbers, plus where it came from.
+
+    ``remaining`` is the least, over the limits, of max minus the cost in
+    its window after this call; ``retry_after_ms`` is 0 if allowed, else the
+    exact wait after which the same request would pass; ``reset_after_ms``
+    is the wait until the call's longest window holds nothing of this key.
+    With ``source`` ``"fail_open"`` or ``"fail_closed"`` no limiter decided
+    (Redis failed and no fallback was configured): failing open answers
+    ``remaining`` as the smallest max less the cost, failing closed answers
+    ``remaining=0`` and ``retry_after_ms`` the time before Redis is tried
+    again; ``error`` holds the cause when this call met it."""
+
+    allowed: bool
+    remaining: int
+    retry_after_ms: int
+    reset_after_ms: int
+    source: Source
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """A validated CHECK or PEEK: the limits in order, cost and precision."""
+
+    limits: tuple[Limit, ...]
+    cost: int
+    precision: int | None
+
+    @property
+    def smallest_max(self) -> int:
+        return min(limit.max for limit in self.limits)
+
+    @property
+    def longest_window(self) -> int:
+        return max(limit.window_ms for limit in self.limits)
+
+    def args(self) -> list[str]:
+        """The module's arguments after the key (also the twin's)."""
+        args: list[str] = []
+        for limit in self.limits:
+            args += [str(limit.window_ms), str(limit.max)]
+        if self.cost != 1:
+            args += ["COST", str(self.cost)]
+        if self.precision is not None:
+            args += ["PRECISION", str(self.precision)]
+        return args
+
+
+def _require_int(value: object, what: str, low: int, high: int) -> int:
+    # bool is an int to Python, never a count here.
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RateLimitInputError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def make_call(limits: Limits, cost: int = 1, precision: int | None = None) -> Call:
+    """Validates as the module does (README "Errors"), so bad input fails
+    here with a clear message and never reaches Redis."""
+    listed = (limits,) if isinstance(limits, Limit) else tuple(limits)
+    if not 1 <= len(listed) <= MAX_PAIRS:
+        raise RateLimitInputError(f"give 1 to {MAX_PAIRS} limits, got {len(listed)}")
+    seen: set[int] = set()
+    for limit in listed:
+        if not isinstance(limit, Limit):
+            raise RateLimitInputError(f"limits must be Limit objects, got {limit!r}")
+        if limit.window_ms in seen:
+            raise RateLimitInputError(f"window {limit.window_ms} is given twice")
+        seen.add(limit.window_ms)
+    call = Call(listed, 1, None)
+    _require_int(cost, "cost", 1, call.smallest_max)
+    if precision is not None:
+        _require_int(precision, "precision", 1, min(seen))
+    return Call(listed, cost, precision)
+
+
+def validate_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise RateLimitInputError(f"key must be a non-empty string, got {key!r}")
+    return key
+
+
+def validate_undo_cost(cost: object) -> int:
+    return _require_int(cost, "cost", 1, MAX_MAX)
+
+
+def policy_names(limits: Sequence[Limit], name: str) -> list[str]:
+    """Each limit's name in the RateLimit-Policy header."""
+    if len(limits) == 1:
+        return [limits[0].name or name]
+    return [limit.name or f"{name}-{seconds_ceil(limit.window_ms)}s" for limit in limits]
+
+
+def seconds_ceil(ms: int) -> int:
+    """Milliseconds to whole seconds, rounded up: a client told to wait
+    that long never comes back too early."""
+    return -(-max(ms, 0) // 1000)
+
+
+def module_command(operation: Operation) -> str:
+    return f"RATELIMIT.{operation.upper()}"
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.removeprefix("-").isdigit():
+        return int(value)
+    return None
+
+
+class UnexpectedReply(Exception):
+    """Redis answered something that is not the module's reply. Treated as
+    a failure: a reply read as something else must never count as allowed."""
+
+
+def parse_decision(reply: object) -> Decision:
+    """Reads [allowed, remaining, retry_after_ms, reset_after_ms] (the same
+    array in RESP2 and RESP3)."""
+    if isinstance(reply, (list, tuple)) and len(reply) == 4:
+        fields = [_as_int(field) for field in reply]
+        allowed, remaining, retry, reset = fields
+        if allowed in (0, 1) and remaining is not None and retry is not None and reset is not None:
+            return Decision(allowed == 1, remaining, retry, reset, "redis")
+    raise UnexpectedReply(f"unexpected reply to a rate-limit call: {reply!r}")
+
+
+def parse_count(reply: object) -> int:
+    count = _as_int(reply)
+    if count is None:
+        raise UnexpectedReply(f"unexpected reply to an undo: {reply!r}")
+    return count
+
+
+def is_missing_module(error: BaseException) -> bool:
+    """The server's own answer that RATELIMIT.* does not exist (Redis and
+    Valkey say "unknown command"), or redis-py's cluster client refusing a
+    command that the cluster's COMMAND list lacks."""
+    text = str(error).lower()
+    return "unknown command" in text or "command doesn't exist in redis commands" in text
+
+
+class RateLimitReplyError(Exception):
+    """Redis answered that the call itself is wrong (WRONGTYPE, a full log,
+    an ACL refusal): raised, never turned into a policy decision."""
+
+
+@dataclass(frozen=True)
+class Script:
+    """The twin in its script form: the EVAL text is ratelimit.lua without
+    its first line (`#!lua name=ratelimit`, which only FUNCTION LOAD reads)."""
+
+    text: str
+    sha1: str
+
+    @classmethod
+    def load(cls) -> Script:
+        source = resources.files(__package__).joinpath("ratelimit.lua").read_text(encoding="utf-8")
+        first, _, rest = source.partition("\n")
+        if not first.startswith("#!lua"):
+            raise RuntimeError(f"ratelimit.lua does not start with its #!lua line: {first!r}")
+        return cls(rest, hashlib.sha1(rest.encode("utf-8")).hexdigest())
+
+
+def undo_args(cost: int) -> list[str]:
+    return [] if cost == 1 else ["COST", str(cost)]

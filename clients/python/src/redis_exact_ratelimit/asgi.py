@@ -1,0 +1,177 @@
+"""ASGI middleware (Starlette, FastAPI, any ASGI app): one CHECK per HTTP
+request, the IETF RateLimit fields, 429 with Retry-After (503 when Redis
+is unreachable and failing closed), a refund when the app raises or
+answers with a refunded status, and a hook for the refusal.
+
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=Limit.per_minute(10))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeVar
+
+from ._core import Limits, RateLimitReplyError
+from ._http import Route, Verdict, server_error, verdict_of
+from .asyncio import AsyncRateLimiter
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+R = TypeVar("R")
+
+KeyFunction = Callable[[Scope], str | Awaitable[str | None] | None]
+"""Who is limited, from the request's ASGI scope; None skips the request."""
+
+LimitedHook = Callable[[Scope, Verdict], ASGIApp | Awaitable[ASGIApp]]
+"""Makes the refusal: returns an ASGI app (a Starlette Response is one).
+The verdict's headers are added to it unless it sets them itself."""
+
+
+def client_address(scope: Scope) -> str | None:
+    """The default key: the peer's address (behind a proxy, pass a key
+    function that reads the header your proxy sets)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def header_key(name: str) -> KeyFunction:
+    """A key function reading one request header (e.g. ``x-api-key``);
+    requests without it are not limited."""
+    wanted = name.lower().encode("latin-1")
+
+    def key(scope: Scope) -> str | None:
+        for header, value in scope.get("headers", []):
+            if header.lower() == wanted:
+                return bytes(value).decode("latin-1")
+        return None
+
+    return key
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: AsyncRateLimiter,
+        limits: Limits | Callable[[Scope], Limits | None],
+        key: KeyFunction = client_address,
+        name: str = "default",
+        cost: int | Callable[[Scope], int] = 1,
+        refund_when: Callable[[int], bool] = server_error,
+        on_limited: LimitedHook | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.route = Route(limits, name, cost, refund_when)
+        self.key = key
+        self.on_limited = on_limited
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        verdict = await judge(self.limiter, self.route, self.key, scope)
+        if verdict is None:
+            await self.app(scope, receive, send)
+        elif not verdict.passed:
+            await refuse(verdict, self.on_limited, scope, receive, send)
+        else:
+            await serve(self.app, self.limiter, self.route, verdict, scope, receive, send)
+
+
+async def judge(
+    limiter: AsyncRateLimiter,
+    route: Route,
+    key: Callable[[R], str | Awaitable[str | None] | None],
+    request: R,
+) -> Verdict | None:
+    """Decides one request (an ASGI scope, or a framework's request object
+    that the key function reads); None when it is not limited."""
+    limits = route.limits_for(request)
+    if limits is None:
+        return None
+    ident = await _maybe_await(key(request))
+    if ident is None:
+        return None
+    full = route.key_for(ident)
+    cost = route.cost_for(request)
+    decision = await limiter.check(full, limits, cost=cost)
+    return verdict_of(decision, limits, route.name, full, cost)
+
+
+async def refuse(verdict: Verdict, hook: LimitedHook | None, scope: Scope, receive: Receive, send: Send) -> None:
+    app = await _maybe_await(hook(scope, verdict)) if hook else _plain(verdict)
+    await app(scope, receive, _adding_headers(send, verdict.headers))
+
+
+async def serve(
+    app: ASGIApp, limiter: AsyncRateLimiter, route: Route, verdict: Verdict, scope: Scope, receive: Receive, send: Send
+) -> None:
+    refunded = False
+    send_headers = _adding_headers(send, verdict.headers)
+
+    async def refund_once() -> None:
+        nonlocal refunded
+        if not refunded:
+            refunded = True
+            await refund(limiter, verdict)
+
+    async def send_with_headers(message: Message) -> None:
+        # Refunded before the client sees the status, so its next request
+        # finds the quota already restored.
+        if message["type"] == "http.response.start" and route.refund_when(int(message["status"])):
+            await refund_once()
+        await send_headers(message)
+
+    try:
+        await app(scope, receive, send_with_headers)
+    except Exception:
+        # Failed on our side: the client should not pay for it.
+        await refund_once()
+        raise
+
+
+async def refund(limiter: AsyncRateLimiter, verdict: Verdict) -> None:
+    """A failed refund is logged by the limiter; the response has gone."""
+    if verdict.decision.allowed:
+        # An error about the call is logged by the limiter; raising it here
+        # would hide the response or the handler's own error.
+        with contextlib.suppress(RateLimitReplyError):
+            await limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+
+
+def _adding_headers(send: Send, headers: dict[str, str]) -> Send:
+    extra = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and extra:
+            present = {bytes(name).lower() for name, _ in message.get("headers", [])}
+            message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in present)]
+        await send(message)
+
+    return wrapped
+
+
+def _plain(verdict: Verdict) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": verdict.status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            }
+        )
+        await send({"type": "http.response.body", "body": verdict.body})
+
+    return app
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value

@@ -1,0 +1,150 @@
+"""The synchronous limiter, over ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar, Union, cast
+
+import redis
+from redis.cluster import RedisCluster
+
+from ._base import LimiterBase
+from ._core import (
+    Decision,
+    Limits,
+    Operation,
+    make_call,
+    parse_count,
+    parse_decision,
+    undo_args,
+)
+from ._fallback import Fallback
+from ._policy import Unavailable
+from ._transport import drive, plan, standalone_name
+
+T = TypeVar("T")
+
+SyncClient = Union["redis.Redis", "RedisCluster"]
+
+# Threads that wait for Redis on behalf of callers, so that a call can give
+# up after its timeout even when the client's own socket timeout is longer.
+_WORKERS = 16
+
+
+class CallTimeout(TimeoutError):
+    """Redis did not answer within the limiter's timeout."""
+
+
+class RateLimiter(LimiterBase):
+    """Exact sliding-window limits on Redis: the RATELIMIT module where a
+    server has it, the Lua twin where it does not (learned per server).
+
+    ``timeout`` (seconds) bounds every call; when Redis fails or does not
+    answer in time, ``fallback`` decides if given, otherwise the call fails
+    closed (denied) or, with ``fail_open=True``, open (allowed). After a
+    failure Redis is left alone for ``retry_after_failure`` seconds."""
+
+    def __init__(
+        self,
+        client: SyncClient,
+        *,
+        prefix: str = "",
+        timeout: float | None = 0.25,
+        fail_open: bool = False,
+        fallback: Fallback | None = None,
+        retry_after_failure: float = 1.0,
+    ) -> None:
+        super().__init__(
+            prefix=prefix,
+            timeout=timeout,
+            fail_open=fail_open,
+            fallback=fallback,
+            retry_after_failure=retry_after_failure,
+        )
+        self.client = client
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
+        self._executor_lock = threading.Lock()
+
+    def check(self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None) -> Decision:
+        """Decides a request and records it if every limit allows it."""
+        return self._decide("check", key, limits, cost, precision)
+
+    def peek(self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None) -> Decision:
+        """Would ``check`` allow this request now? Records nothing."""
+        return self._decide("peek", key, limits, cost, precision)
+
+    def undo(self, key: str, cost: int = 1, *, decision: Decision | None = None) -> int:
+        """Refunds the ``cost`` newest units of the key; returns how many
+        were removed. Give the decision being refunded so that one taken by
+        the fallback is refunded there (and one Redis never saw, nowhere)."""
+        full = self._full_key(key)
+        local = self._undo_locally(full, cost, decision)
+        if local is not None:
+            return local
+        outcome = self._call("undo", full, undo_args(cost), parse_count)
+        if isinstance(outcome, Unavailable):
+            return self.policy.undo_without_redis(full, cost)
+        return outcome
+
+    def close(self) -> None:
+        """Stops the limiter's waiting threads (the Redis client stays open)."""
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+
+    def _decide(self, operation: Operation, key: str, limits: Limits, cost: int, precision: int | None) -> Decision:
+        full = self._full_key(key)
+        call = make_call(limits, cost, precision)
+        outcome = self._call(operation, full, call.args(), parse_decision)
+        if isinstance(outcome, Unavailable):
+            return self.policy.decide_without_redis(operation == "check", full, call, outcome)
+        return outcome
+
+    def _call(self, operation: Operation, key: str, args: list[str], parse: Callable[[Any], T]) -> T | Unavailable:
+        server = self._server_name(key)
+        skipped = self.policy.skip(server)
+        if skipped is not None:
+            return skipped
+        try:
+            value = parse(self._within_timeout(lambda: self._round_trip(operation, key, args)))
+        except Exception as error:
+            return self._unavailable(server, operation, key, error)
+        self.policy.succeeded(server)
+        return value
+
+    def _round_trip(self, operation: Operation, key: str, args: list[str]) -> Any:
+        steps = plan(self.policy, self.script, self._server_for(key), operation, key, args)
+        send: Callable[..., Any] = self.client.execute_command
+        return drive(steps, lambda command: send(*command))
+
+    def _server_for(self, key: str) -> str:
+        if isinstance(self.client, RedisCluster):
+            node_of = cast("Callable[[str], Any]", self.client.get_node_from_key)
+            return str(node_of(key).name)
+        return standalone_name(self.client.connection_pool.connection_kwargs)
+
+    def _within_timeout(self, work: Callable[[], T]) -> T:
+        if self.timeout is None:
+            return work()
+        future = self._pool().submit(work)
+        try:
+            return future.result(self.timeout)
+        except FutureTimeout:
+            # The round trip goes on in its thread until the client's own
+            # timeouts end it; the caller does not wait for it.
+            future.cancel()
+            raise CallTimeout(f"no answer from Redis within {self.timeout * 1000:g} ms") from None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # Threads do not survive fork: a forked worker process gets its own.
+        with self._executor_lock:
+            if self._executor is None or self._executor_pid != os.getpid():
+                self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix="ratelimit")
+                self._executor_pid = os.getpid()
+            return self._executor

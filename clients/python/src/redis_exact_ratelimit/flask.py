@@ -1,0 +1,84 @@
+"""A Flask decorator for per-route limits:
+
+    @app.get("/search")
+    @rate_limit(limiter, Limit.per_minute(10))
+    def search(): ...
+
+Sets the IETF RateLimit fields on the route's response, answers 429 (503
+when Redis is unreachable and failing closed) with Retry-After, and
+refunds the request when the view raises or its response has a refunded
+status (default: 500 and above)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Request, Response, make_response, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from ._core import Limits
+from ._http import Route, Verdict, server_error
+from .client import RateLimiter
+from .wsgi import judge, refund
+
+View = TypeVar("View", bound=Callable[..., ResponseReturnValue])
+
+KeyFunction = Callable[[Request], "str | None"]
+
+LimitedHook = Callable[[Verdict], ResponseReturnValue]
+"""Makes the refusal (default: a plain-text 429 or 503); the verdict's
+headers are added unless it sets them itself."""
+
+
+def client_address(req: Request) -> str | None:
+    return req.remote_addr
+
+
+def rate_limit(
+    limiter: RateLimiter,
+    limits: Limits | Callable[[Request], Limits | None],
+    *,
+    key: KeyFunction = client_address,
+    name: str = "default",
+    cost: int | Callable[[Request], int] = 1,
+    refund_when: Callable[[int], bool] = server_error,
+    on_limited: LimitedHook | None = None,
+) -> Callable[[View], View]:
+    route = Route(limits, name, cost, refund_when)
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def limited_view(*args: Any, **kwargs: Any) -> Response:
+            current = cast(Request, request._get_current_object())  # type: ignore[attr-defined]
+            verdict = judge(limiter, route, key, current)
+            if verdict is None:
+                return make_response(view(*args, **kwargs))
+            if not verdict.passed:
+                refusal = on_limited(verdict) if on_limited else (verdict.body, verdict.status)
+                return _with_headers(make_response(refusal), verdict)
+            try:
+                response = make_response(view(*args, **kwargs))
+            except HTTPException as error:
+                if route.refund_when(error.code or 500):
+                    refund(limiter, verdict)
+                raise
+            except Exception:
+                # Failed on our side: the client should not pay for it.
+                refund(limiter, verdict)
+                raise
+            if route.refund_when(response.status_code):
+                refund(limiter, verdict)
+            return _with_headers(response, verdict)
+
+        return cast(View, limited_view)
+
+    return decorate
+
+
+def _with_headers(response: Response, verdict: Verdict) -> Response:
+    for name, value in verdict.headers.items():
+        response.headers.setdefault(name, value)
+    return response

@@ -1,0 +1,177 @@
+"""WSGI middleware (Flask, Django, any WSGI app): one CHECK per request, the
+IETF RateLimit fields, 429 with Retry-After (503 when Redis is unreachable
+and failing closed), a refund when the app raises or answers with a
+refunded status, and a hook for the refusal.
+
+    app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=Limit.per_minute(10))   # Flask
+    application = RateLimitMiddleware(get_wsgi_application(), limiter=limiter, limits=...)           # Django
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._core import Limits, RateLimitReplyError
+from ._http import Route, Verdict, server_error, verdict_of
+from .client import RateLimiter
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse as StartResponse
+    from _typeshed.wsgi import WSGIApplication as WSGIApplication
+    from _typeshed.wsgi import WSGIEnvironment as WSGIEnvironment
+else:
+    StartResponse = WSGIApplication = WSGIEnvironment = Any
+
+R = TypeVar("R")
+
+KeyFunction = Callable[["WSGIEnvironment"], "str | None"]
+"""Who is limited, from the request's WSGI environ; None skips the request."""
+
+LimitedHook = Callable[["WSGIEnvironment", Verdict], "WSGIApplication"]
+"""Makes the refusal: returns a WSGI app (a Flask or Werkzeug Response is
+one). The verdict's headers are added to it unless it sets them itself."""
+
+
+def client_address(environ: WSGIEnvironment) -> str | None:
+    """The default key: the peer's address (behind a proxy, pass a key
+    function that reads the header your proxy sets)."""
+    address = environ.get("REMOTE_ADDR")
+    return str(address) if address else None
+
+
+def header_key(name: str) -> KeyFunction:
+    """A key function reading one request header (e.g. ``X-API-Key``);
+    requests without it are not limited."""
+    variable = "HTTP_" + name.upper().replace("-", "_")
+
+    def key(environ: WSGIEnvironment) -> str | None:
+        value = environ.get(variable)
+        return str(value) if value else None
+
+    return key
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        limiter: RateLimiter,
+        limits: Limits | Callable[[WSGIEnvironment], Limits | None],
+        key: KeyFunction = client_address,
+        name: str = "default",
+        cost: int | Callable[[WSGIEnvironment], int] = 1,
+        refund_when: Callable[[int], bool] = server_error,
+        on_limited: LimitedHook | None = None,
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.route = Route(limits, name, cost, refund_when)
+        self.key = key
+        self.on_limited = on_limited
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        verdict = judge(self.limiter, self.route, self.key, environ)
+        if verdict is None:
+            return self.app(environ, start_response)
+        if not verdict.passed:
+            refusal = self.on_limited(environ, verdict) if self.on_limited else _plain(verdict)
+            return refusal(environ, _adding_headers(start_response, verdict.headers))
+        return self._serve(verdict, environ, start_response)
+
+    def _serve(self, verdict: Verdict, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        once = _Refund(self.limiter, verdict)
+        add_headers = _adding_headers(start_response, verdict.headers)
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
+            # Refunded before the client sees the status, so its next
+            # request finds the quota already restored.
+            if self.route.refund_when(int(status.split(" ", 1)[0])):
+                once()
+            return add_headers(status, headers, exc_info)
+
+        try:
+            body = self.app(environ, start)
+        except Exception:
+            # Failed on our side: the client should not pay for it.
+            once()
+            raise
+        return _Body(body, once)
+
+
+def judge(limiter: RateLimiter, route: Route, key: Callable[[R], str | None], request: R) -> Verdict | None:
+    """Decides one request (a WSGI environ, or a framework's request object
+    that the key function reads); None when it is not limited."""
+    limits = route.limits_for(request)
+    if limits is None:
+        return None
+    ident = key(request)
+    if ident is None:
+        return None
+    full = route.key_for(ident)
+    cost = route.cost_for(request)
+    decision = limiter.check(full, limits, cost=cost)
+    return verdict_of(decision, limits, route.name, full, cost)
+
+
+def refund(limiter: RateLimiter, verdict: Verdict) -> None:
+    """A failed refund is logged by the limiter; the response has gone."""
+    if verdict.decision.allowed:
+        # An error about the call is logged by the limiter; raising it here
+        # would hide the response or the handler's own error.
+        with contextlib.suppress(RateLimitReplyError):
+            limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+
+
+class _Refund:
+    """Refunds one request at most once."""
+
+    def __init__(self, limiter: RateLimiter, verdict: Verdict) -> None:
+        self._limiter = limiter
+        self._verdict = verdict
+        self._done = False
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._done = True
+            refund(self._limiter, self._verdict)
+
+
+class _Body:
+    """The app's body, passed through; refunded if sending it fails."""
+
+    def __init__(self, body: Iterable[bytes], refund_once: _Refund) -> None:
+        self._body = body
+        self._refund_once = refund_once
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._body
+        except Exception:
+            self._refund_once()
+            raise
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+
+
+def _adding_headers(start_response: StartResponse, headers: dict[str, str]) -> StartResponse:
+    def start(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
+        present = {name.lower() for name, _ in response_headers}
+        extra = [(name, value) for name, value in headers.items() if name.lower() not in present]
+        return start_response(status, [*response_headers, *extra], exc_info)
+
+    return start
+
+
+def _plain(verdict: Verdict) -> WSGIApplication:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        reason = "Too Many Requests" if verdict.status == 429 else "Service Unavailable"
+        start_response(f"{verdict.status} {reason}", [("Content-Type", "text/plain; charset=utf-8")])
+        return [verdict.body]
+
+    return app

@@ -1,0 +1,87 @@
+"""A FastAPI app with every feature the tests drive: the middleware on
+/mw/*, the dependency on /dep/*, a failing route of each, and a hook."""
+
+from __future__ import annotations
+
+import os
+
+import redis.asyncio as redis
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from settings import limiter_options, redis_options
+
+from redis_exact_ratelimit import AsyncRateLimiter, Limit, Verdict
+from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
+from redis_exact_ratelimit.fastapi import RateLimit
+
+limiter = AsyncRateLimiter(redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options()), **limiter_options())
+TEN = Limit.per_minute(10)
+
+
+def middleware_limits(scope: Scope) -> Limit | None:
+    return TEN if str(scope["path"]).startswith("/mw/") else None
+
+
+def hooked_middleware_limits(scope: Scope) -> Limit | None:
+    return Limit.per_minute(2) if str(scope["path"]).startswith("/mwhook/") else None
+
+
+def slow_down_response(scope: Scope, verdict: Verdict) -> JSONResponse:
+    return JSONResponse({"error": "slow down", "retry_after_ms": verdict.decision.retry_after_ms}, verdict.status)
+
+
+def user(request: Request) -> str | None:
+    return request.headers.get("x-user")
+
+
+def slow_down(request: Request, verdict: Verdict) -> Exception:
+    return HTTPException(verdict.status, {"error": "slow down", "retry_after_ms": verdict.decision.retry_after_ms})
+
+
+app = FastAPI()
+app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=middleware_limits, key=header_key("x-user"), name="mw")
+app.add_middleware(
+    RateLimitMiddleware,
+    limiter=limiter,
+    limits=hooked_middleware_limits,
+    key=header_key("x-user"),
+    name="mwhook",
+    on_limited=slow_down_response,
+)
+per_user = RateLimit(limiter, TEN, key=user, name="dep")
+hooked = RateLimit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
+
+
+@app.get("/mw/ok")
+async def mw_ok() -> dict[str, str]:
+    return {"ok": "mw"}
+
+
+@app.get("/mw/boom")
+async def mw_boom() -> dict[str, str]:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/mwhook/ok")
+async def mwhook_ok() -> dict[str, str]:
+    return {"ok": "mwhook"}
+
+
+@app.get("/dep/ok", dependencies=[Depends(per_user)])
+async def dep_ok() -> dict[str, str]:
+    return {"ok": "dep"}
+
+
+@app.get("/dep/boom", dependencies=[Depends(per_user)])
+async def dep_boom() -> dict[str, str]:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/hooked", dependencies=[Depends(hooked)])
+async def hooked_route() -> dict[str, str]:
+    return {"ok": "hooked"}
+
+
+@app.get("/backend")
+async def backend() -> dict[str, str | None]:
+    return {"backend": limiter.backend}

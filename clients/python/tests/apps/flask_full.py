@@ -1,0 +1,94 @@
+"""A Flask app with every feature the tests drive: the WSGI middleware on
+/mw/*, the decorator on /dec/*, a failing route of each, and a hook."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import redis
+from flask import Flask, Request, jsonify
+from flask.typing import ResponseReturnValue
+from settings import limiter_options, redis_options
+from werkzeug.wrappers import Response
+
+from redis_exact_ratelimit import Limit, RateLimiter, Verdict
+from redis_exact_ratelimit.flask import rate_limit
+from redis_exact_ratelimit.wsgi import RateLimitMiddleware, WSGIEnvironment, header_key
+
+limiter = RateLimiter(redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options()), **limiter_options())
+TEN = Limit.per_minute(10)
+
+
+def middleware_limits(environ: WSGIEnvironment) -> Limit | None:
+    return TEN if str(environ["PATH_INFO"]).startswith("/mw/") else None
+
+
+def hooked_middleware_limits(environ: WSGIEnvironment) -> Limit | None:
+    return Limit.per_minute(2) if str(environ["PATH_INFO"]).startswith("/mwhook/") else None
+
+
+def slow_down_response(environ: WSGIEnvironment, verdict: Verdict) -> Response:
+    body = json.dumps({"error": "slow down", "retry_after_ms": verdict.decision.retry_after_ms})
+    return Response(body, verdict.status, mimetype="application/json")
+
+
+def user(request: Request) -> str | None:
+    return request.headers.get("X-User")
+
+
+def slow_down(verdict: Verdict) -> ResponseReturnValue:
+    return jsonify(error="slow down", retry_after_ms=verdict.decision.retry_after_ms), verdict.status
+
+
+app = Flask(__name__)
+by_user = header_key("X-User")
+app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=middleware_limits, key=by_user, name="mw")  # type: ignore[method-assign]
+
+
+app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
+    app.wsgi_app,
+    limiter=limiter,
+    limits=hooked_middleware_limits,
+    key=by_user,
+    name="mwhook",
+    on_limited=slow_down_response,
+)
+
+
+@app.get("/mwhook/ok")
+def mwhook_ok() -> ResponseReturnValue:
+    return {"ok": "mwhook"}
+
+
+@app.get("/mw/ok")
+def mw_ok() -> ResponseReturnValue:
+    return {"ok": "mw"}
+
+
+@app.get("/mw/boom")
+def mw_boom() -> ResponseReturnValue:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/dec/ok")
+@rate_limit(limiter, TEN, key=user, name="dec")
+def dec_ok() -> ResponseReturnValue:
+    return {"ok": "dec"}
+
+
+@app.get("/dec/boom")
+@rate_limit(limiter, TEN, key=user, name="dec")
+def dec_boom() -> ResponseReturnValue:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/hooked")
+@rate_limit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
+def hooked() -> ResponseReturnValue:
+    return {"ok": "hooked"}
+
+
+@app.get("/backend")
+def backend() -> ResponseReturnValue:
+    return {"backend": limiter.backend}

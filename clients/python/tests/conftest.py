@@ -1,0 +1,132 @@
+"""Fixtures: one server with the module and one without for the whole run
+(keys are unique per test), clusters, and HTTP apps served for real."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import Cluster, Server, free_port, stop_process
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE.parent / "examples"
+APPS = HERE / "apps"
+
+BACKENDS = ["module", "twin"]
+
+
+@pytest.fixture(scope="session")
+def module_server() -> Iterator[Server]:
+    server = Server(module=True)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def twin_server() -> Iterator[Server]:
+    server = Server(module=False)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest) -> Server:
+    """The module's server, then the twin's: a test runs on both."""
+    return request.getfixturevalue(f"{request.param}_server")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def own_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server of the test's own, to stop and restart; with the module
+    unless the test is parametrized with "twin"."""
+    backend = getattr(request, "param", "module")
+    server = Server(module=backend == "module")
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def key() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+class App:
+    """An app served by a real HTTP server in its own process group."""
+
+    def __init__(self, command: list[str], port: int, env: dict[str, str]) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = Path(f"/tmp/ratelimit-py-app-{port}.log")
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the app exited: {self.log.read_text()[-3000:]}")
+            # A TCP connection, not a request: a request would count.
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the app did not start: {self.log.read_text()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def app_env(redis_port: int, **settings: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(settings)
+    env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}"
+    env["PYTHONPATH"] = os.pathsep.join([str(APPS), str(EXAMPLES)])
+    return env
+
+
+def serve_asgi(target: str, redis_port: int, **settings: str) -> App:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
+    return App([*command, "--log-level", "warning"], port, app_env(redis_port, **settings))
+
+
+def serve_wsgi(target: str, redis_port: int, **settings: str) -> App:
+    port = free_port()
+    return App([sys.executable, str(APPS / "serve_wsgi.py"), target, str(port)], port, app_env(redis_port, **settings))
+
+
+@pytest.fixture(scope="session")
+def module_cluster() -> Iterator[Cluster]:
+    cluster = Cluster(module=True)
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def twin_cluster() -> Iterator[Cluster]:
+    cluster = Cluster(module=False)
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(params=BACKENDS)
+def cluster(request: pytest.FixtureRequest) -> Cluster:
+    return request.getfixturevalue(f"{request.param}_cluster")  # type: ignore[no-any-return]

@@ -1,0 +1,199 @@
+"""Real servers for the tests: redis-server (or valkey-server) on free
+127.0.0.1 ports, with or without the module, alone or as a 3-master
+cluster; each stopped by its PID, also when a test fails.
+
+RATELIMIT_SERVER names the binary (default: redis-server on PATH),
+RATELIMIT_MODULE the module (default: /work/artifacts/libredis_ratelimit.so,
+or target/release/libredis_ratelimit.so of the repository)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def server_binary() -> str:
+    binary = os.environ.get("RATELIMIT_SERVER") or shutil.which("redis-server") or "redis-server"
+    return binary
+
+
+def module_path() -> str:
+    explicit = os.environ.get("RATELIMIT_MODULE")
+    if explicit:
+        return explicit
+    for candidate in (REPO / "target/release/libredis_ratelimit.so", Path("/work/artifacts/libredis_ratelimit.so")):
+        if candidate.is_file():
+            return str(candidate)
+    raise RuntimeError("no module: set RATELIMIT_MODULE or build it (cargo build --release)")
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1, and its cluster bus port (+10000) too."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to exactly this PID, SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Server:
+    """One server process; ``stop`` kills exactly this PID."""
+
+    def __init__(
+        self, *, module: bool, cluster: bool = False, port: int | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
+        self.module = module
+        self.cluster = cluster
+        self.extra = extra
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix=f"ratelimit-py-{self.port}-")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = [
+            server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            "server.log",
+        ]
+        if self.module:
+            args += ["--loadmodule", module_path()]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        args += self.extra
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self._wait_until_up()
+
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + 10
+        probe = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            while True:
+                try:
+                    probe.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.process is not None and self.process.poll() is not None:
+                        raise RuntimeError(f"server on {self.port} exited: {self.log()}") from None
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"server on {self.port} did not start: {self.log()}") from None
+                    time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def log(self) -> str:
+        path = Path(self.dir) / "server.log"
+        return path.read_text()[-2000:] if path.exists() else "(no log)"
+
+    def client(self, **options: object) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)  # type: ignore[arg-type]
+
+    def pause(self) -> None:
+        """SIGSTOP: the server holds its connections and answers nothing."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)  # a paused server cannot exit
+        stop_process(self.process)
+        self.process = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Cluster:
+    """Three masters with --cluster-enabled yes, made one cluster with
+    redis-cli --cluster create."""
+
+    def __init__(self, *, module: bool, extra: tuple[str, ...] = ()) -> None:
+        self.nodes: list[Server] = []
+        try:
+            for _ in range(3):
+                self.nodes.append(Server(module=module, cluster=True, extra=extra))
+            self._create()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _create(self) -> None:
+        cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is needed to create the cluster")
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            with node.client(decode_responses=True) as client:
+                while client.cluster("info")["cluster_state"] != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the cluster did not reach state ok")
+                    time.sleep(0.1)
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    def error_counts(self) -> dict[str, int]:
+        """INFO errorstats summed over the nodes: errorstat_MOVED etc."""
+        totals: dict[str, int] = {}
+        for node in self.nodes:
+            with node.client() as client:
+                for name, stats in client.info("errorstats").items():
+                    totals[name] = totals.get(name, 0) + int(stats["count"])
+        return totals
+
+    def remove(self) -> None:
+        for node in self.nodes:
+            node.remove()

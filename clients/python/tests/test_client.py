@@ -1,0 +1,110 @@
+"""The sync and asyncio clients on a server with the module and on one
+without (the twin), in RESP2 and RESP3."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import redis.asyncio as aioredis
+from servers import Server
+
+from redis_exact_ratelimit import AsyncRateLimiter, Limit, RateLimiter, RateLimitReplyError
+
+EXPECTED_BACKEND = {True: "module", False: "twin"}
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_check_peek_undo(server: Server, key: str, protocol: int) -> None:
+    limiter = RateLimiter(server.client(protocol=protocol))
+    answers = [limiter.check(key, Limit.per_minute(3)) for _ in range(5)]
+    assert [a.allowed for a in answers] == [True, True, True, False, False]
+    assert [a.remaining for a in answers] == [2, 1, 0, 0, 0]
+    assert answers[0].retry_after_ms == 0 and 59_000 < answers[3].retry_after_ms <= 60_000
+    assert all(a.source == "redis" for a in answers)
+    assert limiter.backend == EXPECTED_BACKEND[server.module]
+    peek = limiter.peek(key, Limit.per_minute(3))
+    assert (peek.allowed, peek.remaining) == (False, 0)
+    assert limiter.undo(key, 2) == 2
+    assert limiter.peek(key, Limit.per_minute(3)).remaining == 2
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_clients_that_decode_responses(server: Server, key: str, protocol: int) -> None:
+    limiter = RateLimiter(server.client(protocol=protocol, decode_responses=True))
+    answers = [limiter.check(key, Limit.per_minute(2)) for _ in range(3)]
+    assert [(a.allowed, a.remaining) for a in answers] == [(True, 1), (True, 0), (False, 0)]
+    assert limiter.undo(key) == 1
+
+
+def test_several_limits_cost_and_precision(server: Server, key: str) -> None:
+    limiter = RateLimiter(server.client())
+    limits = [Limit(1000, 10), Limit(3_600_000, 12)]
+    assert limiter.check(key, limits, cost=6, precision=100).remaining == 4
+    denied = limiter.check(key, limits, cost=5)
+    assert not denied.allowed and 0 < denied.retry_after_ms <= 1000
+    assert limiter.check(key, limits, cost=4).remaining == 0
+    assert limiter.undo(key, 3) == 3
+
+
+def test_backend_is_learned_and_logged_once(server: Server, key: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="redis_exact_ratelimit")
+    limiter = RateLimiter(server.client())
+    for _ in range(5):
+        limiter.check(key, Limit.per_minute(100))
+    backend = EXPECTED_BACKEND[server.module]
+    said = [r for r in caplog.records if "RATELIMIT module" in r.getMessage()]
+    assert len(said) == 1 and str(server.port) in said[0].getMessage()
+    assert (said[0].levelname == "WARNING") == (backend == "twin")
+    assert dict(limiter.backends) == {f"127.0.0.1:{server.port}": backend}
+
+
+def test_twin_survives_script_flush(twin_server: Server, key: str) -> None:
+    limiter = RateLimiter(twin_server.client())
+    assert limiter.check(key, Limit.per_minute(2)).allowed
+    twin_server.client().script_flush()
+    # EVALSHA answers NOSCRIPT; the limiter sends EVAL, which caches it again.
+    assert limiter.check(key, Limit.per_minute(2)).remaining == 0
+    assert twin_server.client().script_exists(limiter.script.sha1) == [True]
+
+
+def test_a_key_of_another_type_is_raised(server: Server, key: str) -> None:
+    server.client().rpush(key, "x")
+    limiter = RateLimiter(server.client())
+    with pytest.raises(RateLimitReplyError, match="WRONGTYPE"):
+        limiter.check(key, Limit.per_minute(2))
+    # The call's own error is no outage: Redis is still asked next time.
+    assert limiter.policy.skip(f"127.0.0.1:{server.port}") is None
+
+
+def test_prefix(server: Server, key: str) -> None:
+    limiter = RateLimiter(server.client(), prefix="rl:")
+    limiter.check(key, Limit.per_minute(2))
+    assert server.client().exists(f"rl:{key}") == 1
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_asyncio_client(server: Server, key: str, protocol: int) -> None:
+    async def run() -> None:
+        client = aioredis.Redis(host="127.0.0.1", port=server.port, protocol=protocol)
+        limiter = AsyncRateLimiter(client)
+        answers = await asyncio.gather(*(limiter.check(key, Limit.per_minute(7)) for _ in range(20)))
+        assert sum(a.allowed for a in answers) == 7
+        assert sorted(a.remaining for a in answers if a.allowed) == list(range(7))
+        assert limiter.backend == EXPECTED_BACKEND[server.module]
+        assert (await limiter.peek(key, Limit.per_minute(7))).remaining == 0
+        assert await limiter.undo(key, 7) == 7
+        assert (await limiter.check(key, Limit.per_minute(7), cost=7)).allowed
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_the_two_backends_refuse_each_others_keys(module_server: Server, key: str) -> None:
+    """Documented: a key written by the twin is another type for the module."""
+    twin = RateLimiter(module_server.client())
+    twin.policy.learned(f"127.0.0.1:{module_server.port}", "twin")
+    twin.check(key, Limit.per_minute(2))
+    with pytest.raises(RateLimitReplyError, match="WRONGTYPE"):
+        RateLimiter(module_server.client()).check(key, Limit.per_minute(2))

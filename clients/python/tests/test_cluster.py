@@ -1,0 +1,99 @@
+"""Redis Cluster (3 masters, created with redis-cli --cluster create), with
+the module and without it (the twin), sync and asyncio: every call goes
+to the key's master (no MOVED in INFO errorstats) and each key stays exact."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
+from servers import Cluster
+
+from redis_exact_ratelimit import AsyncRateLimiter, Decision, Limit, RateLimiter
+
+KEYS = 100
+CALLS_PER_KEY = 4
+LIMIT = Limit.per_minute(3)
+
+
+def keys() -> list[str]:
+    run = uuid.uuid4().hex[:8]
+    return [f"cluster:{run}:{i}" for i in range(KEYS)]
+
+
+def assert_exact(answers: dict[str, list[Decision]]) -> None:
+    assert all(a.source == "redis" for per_key in answers.values() for a in per_key)
+    admitted = {key: sum(a.allowed for a in per_key) for key, per_key in answers.items()}
+    assert set(admitted.values()) == {3}, admitted
+
+
+def test_sync_cluster_client(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="redis_exact_ratelimit")
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    limiter = RateLimiter(client, timeout=5)
+    moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
+    answers = {key: [limiter.check(key, LIMIT) for _ in range(CALLS_PER_KEY)] for key in keys()}
+    moved = cluster.error_counts().get("errorstat_MOVED", 0) - moved_before
+    print(f"\nsync cluster, {limiter.backend}: {KEYS * CALLS_PER_KEY} calls on {KEYS} keys, MOVED: {moved}")
+    assert moved == 0
+    assert_exact(answers)
+    backend = "module" if cluster.nodes[0].module else "twin"
+    assert limiter.backend == backend
+    assert set(limiter.backends) == {f"127.0.0.1:{node.port}" for node in cluster.nodes}
+    # Learned once per server, and said once per server.
+    said = [r for r in caplog.records if "RATELIMIT module" in r.getMessage()]
+    assert len(said) == 3
+    # The count can fail: a call sent to a node that does not own the key is counted.
+    owner = client.get_node_from_key("control")
+    other = next(node for node in cluster.nodes if node.port != owner.port)
+    with other.client() as wrong, pytest.raises(ResponseError):  # MOVED
+        wrong.execute_command("EVALSHA", limiter.script.sha1, 1, "control", "peek", "1000", "1")
+    assert cluster.error_counts().get("errorstat_MOVED", 0) - moved_before == 1
+    client.close()
+
+
+def test_asyncio_cluster_client(cluster: Cluster) -> None:
+    async def run() -> dict[str, list[Decision]]:
+        client = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
+        limiter = AsyncRateLimiter(client, timeout=5)
+
+        async def calls(key: str) -> list[Decision]:
+            return [await limiter.check(key, LIMIT) for _ in range(CALLS_PER_KEY)]
+
+        chosen = keys()
+        answers = dict(zip(chosen, await asyncio.gather(*(calls(key) for key in chosen)), strict=True))
+        assert limiter.backend == ("module" if cluster.nodes[0].module else "twin")
+        await client.aclose()
+        return answers
+
+    moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
+    answers = asyncio.run(run())
+    moved = cluster.error_counts().get("errorstat_MOVED", 0) - moved_before
+    print(f"\nasyncio cluster: {KEYS * CALLS_PER_KEY} calls on {KEYS} keys, MOVED: {moved}")
+    assert moved == 0
+    assert_exact(answers)
+
+
+def test_a_stopped_master_fails_only_its_own_keys() -> None:
+    """The outage state is per server: with one master down, its keys take
+    the failure policy and the other masters' keys are still decided in Redis."""
+    cluster = Cluster(module=True, extra=("--cluster-require-full-coverage", "no"))
+    try:
+        client = RedisCluster(host="127.0.0.1", port=cluster.port)
+        limiter = RateLimiter(client, timeout=0.5, retry_after_failure=30)
+        chosen = keys()[:30]
+        owners = {key: client.get_node_from_key(key).port for key in chosen}
+        down = cluster.nodes[0]
+        assert down.port in owners.values() and len(set(owners.values())) == 3
+        down.stop()
+        sources = {key: limiter.check(key, LIMIT).source for key in chosen}
+        for key, port in owners.items():
+            assert sources[key] == ("fail_closed" if port == down.port else "redis"), (key, port, sources[key])
+        client.close()
+    finally:
+        cluster.remove()

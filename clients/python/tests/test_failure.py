@@ -1,0 +1,131 @@
+"""Redis paused, stopped and restarted: the failure policy the user chose,
+within the timeout, every failure logged with its cause, and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from conftest import serve_asgi, serve_wsgi
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from servers import Server
+
+from redis_exact_ratelimit import AsyncRateLimiter, Fallback, Limit, RateLimiter
+
+TIMEOUT = 0.2
+# Slack for a loaded 2-core machine: the point is "no hang", not speed.
+SLACK = 1.5
+
+
+def failures_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_paused_redis_fails_closed_within_the_timeout(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    limiter = RateLimiter(own_server.client(), timeout=TIMEOUT, retry_after_failure=0.3)
+    assert limiter.check("k", Limit.per_minute(5)).source == "redis"
+    own_server.pause()
+    try:
+        started = time.monotonic()
+        decision = limiter.check("k", Limit.per_minute(5))
+        elapsed = time.monotonic() - started
+        assert (decision.allowed, decision.source) == (False, "fail_closed")
+        assert elapsed < TIMEOUT + SLACK and decision.retry_after_ms > 0
+        assert decision.error is not None and "no answer from Redis within 200 ms" in str(decision.error)
+        # Meanwhile Redis is left alone: no second wait.
+        started = time.monotonic()
+        assert limiter.check("k", Limit.per_minute(5)).source == "fail_closed"
+        assert time.monotonic() - started < TIMEOUT
+    finally:
+        own_server.resume()
+    logged = failures_logged(caplog)
+    assert len(logged) == 1 and "CallTimeout" in logged[0] and "failing closed" in logged[0]
+
+
+def test_stopped_redis_fails_open(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    limiter = RateLimiter(own_server.client(), timeout=TIMEOUT, fail_open=True, retry_after_failure=0)
+    own_server.stop()
+    for _ in range(3):
+        started = time.monotonic()
+        decision = limiter.check("k", Limit.per_minute(5))
+        assert (decision.allowed, decision.source, decision.remaining) == (True, "fail_open", 4)
+        assert time.monotonic() - started < TIMEOUT + SLACK
+    logged = failures_logged(caplog)
+    # retry_after_failure=0: every call tries Redis, and every failure is logged.
+    assert len(logged) == 3 and all("failing open" in line for line in logged)
+
+
+@pytest.mark.parametrize("own_server", ["module", "twin"], indirect=True)
+def test_fallback_holds_its_share_and_redis_recovers(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="redis_exact_ratelimit")
+    limiter = RateLimiter(
+        # Without redis-py's own retries: a call the limiter gave up on is
+        # otherwise retried in the background and may count after recovery.
+        own_server.client(socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)),
+        timeout=TIMEOUT,
+        fallback=Fallback(share=0.5),
+        retry_after_failure=0.3,
+    )
+    assert limiter.check("k", Limit.per_minute(10)).source == "redis"
+    own_server.stop()
+    answers = [limiter.check("k", Limit.per_minute(10)) for _ in range(20)]
+    assert {a.source for a in answers} == {"fallback"}
+    assert sum(a.allowed for a in answers) == 5
+    # A refund of a fallback decision goes to the fallback.
+    assert limiter.undo("k", decision=answers[0]) == 1
+    assert limiter.check("k", Limit.per_minute(10)).allowed
+    assert any("deciding in process (share 0.5" in line for line in failures_logged(caplog))
+
+    own_server.start()  # the same port, empty
+    time.sleep(0.35)
+    recovered = limiter.check("k", Limit.per_minute(10))
+    assert (recovered.source, recovered.allowed, recovered.remaining) == ("redis", True, 9)
+    assert any(f"Redis at 127.0.0.1:{own_server.port} answers again" in r.getMessage() for r in caplog.records)
+    assert limiter.fallback is not None and len(limiter.fallback) == 0
+
+
+def test_asyncio_fails_closed_within_the_timeout_and_recovers(own_server: Server) -> None:
+    async def run() -> None:
+        client = aioredis.Redis(host="127.0.0.1", port=own_server.port)
+        limiter = AsyncRateLimiter(client, timeout=TIMEOUT, retry_after_failure=0.2)
+        assert (await limiter.check("k", Limit.per_minute(5))).source == "redis"
+        own_server.pause()
+        try:
+            started = time.monotonic()
+            decision = await limiter.check("k", Limit.per_minute(5))
+            assert (decision.allowed, decision.source) == (False, "fail_closed")
+            assert time.monotonic() - started < TIMEOUT + SLACK
+        finally:
+            own_server.resume()
+        await asyncio.sleep(0.25)
+        # The timed-out command's connection was closed; a new one answers.
+        decision = await limiter.check("k", Limit.per_minute(5))
+        assert decision.source == "redis" and decision.allowed
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("serve", [serve_asgi, serve_wsgi], ids=["fastapi", "flask"])
+def test_http_while_redis_is_stopped(serve: object, own_server: Server) -> None:
+    target = "fastapi_full:app" if serve is serve_asgi else "flask_full:app"
+    closed = serve(target, own_server.port, LIMITER_TIMEOUT="0.2")  # type: ignore[operator]
+    shared = serve(target, own_server.port, LIMITER_TIMEOUT="0.2", FALLBACK_SHARE="0.5")  # type: ignore[operator]
+    try:
+        own_server.stop()
+        user = {"X-User": uuid.uuid4().hex}
+        refused = httpx.get(closed.url + "/mw/ok", headers=user, timeout=10)
+        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        with httpx.Client(base_url=shared.url, headers=user, timeout=10) as http:
+            statuses = [http.get("/mw/ok").status_code for _ in range(12)]
+        assert statuses == [200] * 5 + [429] * 7
+    finally:
+        closed.stop()
+        shared.stop()
+    assert "Redis unavailable" in closed.output() or "failing closed" in closed.output()

@@ -1,0 +1,90 @@
+"""The twin answers as the module does: one sequence of calls, made on a
+server with the module and on one without, call by call; and the same
+error texts for bad input sent raw (the client refuses it before Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from servers import Server
+
+from redis_exact_ratelimit import Decision, Limit, RateLimiter
+
+# The two calls of a pair are made a few ms apart: times may differ by that.
+TIME_SLACK_MS = 50
+
+SEQUENCE: list[tuple[str, dict[str, Any]]] = [
+    ("peek", {"limits": [Limit(1000, 3), Limit(60_000, 5)]}),
+    *[("check", {"limits": [Limit(1000, 3), Limit(60_000, 5)]})] * 4,
+    ("check", {"limits": Limit(60_000, 5), "cost": 2}),
+    ("undo", {"cost": 2}),
+    ("check", {"limits": Limit(60_000, 5), "cost": 3}),
+    ("peek", {"limits": Limit(60_000, 5)}),
+    ("undo", {"cost": 10}),
+    ("check", {"limits": [Limit(10_000, 100), Limit(3_600_000, 1000)], "cost": 40, "precision": 500}),
+    ("check", {"limits": [Limit(10_000, 100), Limit(3_600_000, 1000)], "cost": 61}),
+    ("peek", {"limits": Limit(120_000, 1000), "cost": 900}),
+    ("undo", {}),
+]
+
+
+def run(limiter: RateLimiter, key: str, operation: str, args: dict[str, Any]) -> Decision | int:
+    if operation == "undo":
+        return limiter.undo(key, args.get("cost", 1))
+    method = limiter.check if operation == "check" else limiter.peek
+    return method(key, args["limits"], cost=args.get("cost", 1), precision=args.get("precision"))
+
+
+def same(a: Decision | int, b: Decision | int) -> bool:
+    if isinstance(a, int) or isinstance(b, int):
+        return a == b
+    return (
+        (a.allowed, a.remaining) == (b.allowed, b.remaining)
+        and abs(a.retry_after_ms - b.retry_after_ms) <= TIME_SLACK_MS
+        and abs(a.reset_after_ms - b.reset_after_ms) <= TIME_SLACK_MS
+    )
+
+
+def test_same_answers_call_by_call(module_server: Server, twin_server: Server) -> None:
+    module = RateLimiter(module_server.client())
+    twin = RateLimiter(twin_server.client())
+    key = f"equal:{uuid.uuid4().hex}"
+    for operation, args in SEQUENCE:
+        from_module = run(module, key, operation, args)
+        from_twin = run(twin, key, operation, args)
+        assert same(from_module, from_twin), (operation, args, from_module, from_twin)
+    assert (module.backend, twin.backend) == ("module", "twin")
+
+
+BAD_CALLS = [
+    ["check", "0", "5"],
+    ["check", "1000", "0"],
+    ["check", "1000"],
+    ["check", "1000", "5", "1000", "6"],
+    ["check", *[str(n) for i in range(1, 10) for n in (i * 1000, 5)]],
+    ["check", "1000", "5", "COST", "0"],
+    ["check", "1000", "5", "COST", "6"],
+    ["check", "1000", "5", "PRECISION", "1001"],
+    ["check", "1000", "5", "COST"],
+    ["check", "1000", "5", "COST", "1", "COST", "1"],
+    ["check", "1000", "5", "X", "1"],
+    ["peek", "+1000", "5"],
+    ["undo", "COST", "-1"],
+]
+
+
+@pytest.mark.parametrize("call", BAD_CALLS, ids=[" ".join(c)[:40] for c in BAD_CALLS])
+def test_same_error_texts(module_server: Server, twin_server: Server, call: list[str]) -> None:
+    operation, *args = call
+    key = f"errors:{uuid.uuid4().hex}"
+    with pytest.raises(redis.ResponseError) as from_module:
+        module_server.client().execute_command(f"RATELIMIT.{operation.upper()}", key, *args)
+    script = RateLimiter(twin_server.client()).script
+    with pytest.raises(redis.ResponseError) as from_twin:
+        twin_server.client().eval(script.text, 1, key, operation, *args)
+    assert str(from_twin.value) == str(from_module.value)
+    # Bad input changes nothing.
+    assert twin_server.client().exists(key) == 0 and module_server.client().exists(key) == 0
