@@ -232,15 +232,43 @@ impl TimeLog {
                 };
                 let taken = newest.cost.min(units - removed);
                 if taken < newest.cost {
-                    entries.push_back(Entry {
-                        at: newest.at,
-                        cost: newest.cost - taken,
-                    });
+                    push_rest(
+                        entries,
+                        Entry {
+                            at: newest.at,
+                            cost: newest.cost - taken,
+                        },
+                    );
                 }
                 removed += taken;
             }
             removed
         })
+    }
+}
+
+/// Puts back what a refund left of the newest entry. Two entries share a
+/// millisecond only when their costs cannot share one entry (see
+/// `joins`); once a refund lets them, they become one, as recording them
+/// again would make them (the AOF rewrite does), and as the loader
+/// requires.
+fn push_rest(entries: &mut dyn EntryDeque, rest: Entry) {
+    let shares = |previous: &Entry| {
+        previous.at == rest.at
+            && previous
+                .cost
+                .checked_add(rest.cost)
+                .is_some_and(|c| c <= MAX_COST)
+    };
+    match entries.back().filter(shares) {
+        Some(previous) => {
+            entries.pop_back();
+            entries.push_back(Entry {
+                at: rest.at,
+                cost: previous.cost + rest.cost,
+            });
+        }
+        None => entries.push_back(rest),
     }
 }
 
@@ -312,6 +340,19 @@ pub(super) mod tests {
         assert_eq!(entries(&log), [(1, 1), (5_000, 1)]);
         record(&mut log, 10_001, 1_000, 1, 1);
         assert_eq!(entries(&log), [(5_000, 1), (10_001, 1)]);
+    }
+
+    /// Entries split at one millisecond because their costs overflowed
+    /// one entry become one again when a refund lets them.
+    #[test]
+    fn a_refund_rejoins_entries_split_at_one_millisecond() {
+        let mut log = TimeLog::default();
+        record(&mut log, 5, 100, MAX_COST - 1, 1);
+        record(&mut log, 5, 100, 2, 1);
+        assert_eq!(entries(&log), [(5, MAX_COST - 1), (5, 2)]);
+        assert_eq!(log.refund(1), 1);
+        assert_eq!(entries(&log), [(5, MAX_COST)]);
+        assert_eq!(TimeLog::decode(&log.encode()), Ok(log));
     }
 
     #[test]
