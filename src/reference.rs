@@ -65,6 +65,20 @@ impl Model {
                 self.entries.pop();
             }
         }
+        // What is left of the newest entry shares a millisecond with the
+        // one before only while their costs could not share an entry.
+        if let [.., previous, newest] = self.entries[..] {
+            let fits = previous
+                .cost
+                .checked_add(newest.cost)
+                .is_some_and(|c| c <= MAX_COST);
+            if previous.at == newest.at && fits {
+                self.entries.pop();
+                if let Some(last) = self.entries.last_mut() {
+                    last.cost += newest.cost;
+                }
+            }
+        }
         // An emptied log is a deleted key: it keeps no window.
         if self.entries.is_empty() {
             self.window = 0;

@@ -13,19 +13,19 @@ use std::path::Path;
 /// with CHECK is sent as CHECK, the others as PEEK.
 const CALLS: [(&str, &[&str], u64); 5] = [
     // A shorter window that is not full: every entry in it is read.
-    ("PEEK 30 min window, not full", &["1800000", "2000000"], 20),
+    ("PEEK 30 min window not full", &["1800000", "2000000"], 20),
     // A shorter window already full: reading stops at max.
-    ("PEEK 10 min window, full at 10", &["600000", "10"], 200),
+    ("PEEK 10 min window full at 10", &["600000", "10"], 200),
     // The log's own window, full: the wait is found after COST entries.
     (
-        "PEEK 1 h window, COST 500000, denied",
+        "PEEK 1 h window COST 500000 denied",
         &["3600000", "1000000", "COST", "500000"],
         20,
     ),
     // The log's own window with room: the cost sum answers, O(1).
-    ("PEEK 1 h window, room left", &["3600000", "2000000"], 200),
+    ("PEEK 1 h window with room", &["3600000", "2000000"], 200),
     (
-        "CHECK 10 min window, full at 10 (denied)",
+        "CHECK 10 min window full at 10 (denied)",
         &["600000", "10"],
         200,
     ),
@@ -60,7 +60,7 @@ pub fn run(bench: &Bench, size: u64) -> Vec<(String, f64)> {
         }
         let stats = measure::command_stats(&mut con);
         let usec = measure::usec_per(&stats, &[command.to_lowercase()], calls);
-        eprintln!("  {size} entries, {label}: {usec:.1} µs");
+        eprintln!("  {size} entries; {label}: {usec:.1} µs");
         rows.push((label.to_string(), usec));
     }
     rows

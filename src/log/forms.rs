@@ -542,3 +542,117 @@ impl EntryDeque for Large {
         self.len += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::tests::{entries, record};
+
+    #[test]
+    fn a_small_log_fits_its_block_and_a_busy_one_moves_out() {
+        let mut log = TimeLog::default();
+        let t = 1_700_000_000_000;
+        record(&mut log, t, 3_600_000, 10, 1);
+        assert!(matches!(log.0, Repr::Small { .. }));
+        assert_eq!(log.heap_size(), 0);
+        assert_eq!(entries(&log), [(t, 10)]);
+        for i in 1..100 {
+            record(&mut log, t + i, 3_600_000, 1, 1);
+        }
+        assert!(matches!(log.0, Repr::Large(_)));
+        assert_eq!(log.len(), 100);
+        assert_eq!(log.total(), 109);
+        assert_eq!(
+            log.newest(),
+            Some(Entry {
+                at: t + 99,
+                cost: 1
+            })
+        );
+    }
+
+    /// What the server's defragmenter does to a moved allocation: a fresh
+    /// copy, the old one freed.
+    fn copy_elsewhere(old: NonNull<u8>, layout: Layout) -> Option<NonNull<u8>> {
+        // SAFETY: `old` is a live allocation of `layout` (relocate's
+        // contract); the copy is of that size, and `old` is freed once.
+        unsafe {
+            let new = NonNull::new(std::alloc::alloc(layout))?;
+            ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), layout.size());
+            std::alloc::dealloc(old.as_ptr(), layout);
+            Some(new)
+        }
+    }
+
+    #[test]
+    fn every_form_survives_being_moved_and_keeps_working() {
+        let t = 1_700_000_000_000;
+        // Small, Medium, Large, and a Large deque that wraps its buffer.
+        let forms = [(1, 1, 0), (10, 3_000, 1), (500, 1, 2), (5_000, 1, 2)];
+        for (requests, gap, moves) in forms {
+            let mut log = TimeLog::default();
+            for i in 0..requests {
+                // Past 2,000 requests the oldest leave the front.
+                record(
+                    &mut log,
+                    t + i * gap,
+                    2_000 * gap as u64,
+                    1 + (i as u64 % 3),
+                    1,
+                );
+            }
+            if let Repr::Large(large) = &log.0 {
+                let wraps = !large.stream.bytes.as_slices().1.is_empty();
+                assert_eq!(wraps, requests > 2_000, "{requests} requests");
+            }
+            let before = log.clone();
+            // SAFETY: copy_elsewhere keeps relocate's contract.
+            let moved = unsafe { log.relocate(&mut copy_elsewhere) };
+            assert_eq!(moved, moves, "{requests} requests");
+            assert_eq!(log, before);
+            let later = t + requests * gap + 10;
+            let mut reference = before.clone();
+            record(&mut log, later, 2_000 * gap as u64, 2, 1);
+            record(&mut reference, later, 2_000 * gap as u64, 2, 1);
+            assert_eq!(log.refund(3), reference.refund(3));
+            assert_eq!(log, reference);
+        }
+    }
+
+    #[test]
+    fn nothing_moves_when_the_defragmenter_declines() {
+        let mut log = TimeLog::default();
+        for i in 0..500 {
+            record(&mut log, 1_700_000_000_000 + i, 600_000, 1, 1);
+        }
+        let before = log.clone();
+        // SAFETY: declining moves nothing.
+        assert_eq!(unsafe { log.relocate(&mut |_, _| None) }, 0);
+        assert_eq!(log, before);
+    }
+
+    #[test]
+    fn requests_seconds_apart_fit_the_medium_block() {
+        let mut log = TimeLog::default();
+        for i in 0..10 {
+            record(&mut log, 1_700_000_000_000 + i * 3_000, 600_000, 1, 1);
+        }
+        assert!(matches!(log.0, Repr::Medium(_)));
+        assert_eq!(log.heap_size(), 48);
+        assert_eq!(log.len(), 10);
+    }
+
+    #[test]
+    fn unit_costs_with_small_gaps_take_one_byte_and_any_cost_at_most_six() {
+        let mut log = TimeLog::default();
+        for i in 0..1000 {
+            record(&mut log, 1 + i * 50, 1 << 20, 1, 1);
+        }
+        assert_eq!(log.encode().entries.len(), 1000);
+        let mut costly = TimeLog::default();
+        for i in 0..1000 {
+            record(&mut costly, 1 + i * 50, 1 << 20, 1 << 32, 1);
+        }
+        assert_eq!(costly.encode().entries.len(), 6 * 1000);
+    }
+}

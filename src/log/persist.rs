@@ -210,3 +210,110 @@ fn read_entry(
         .ok_or(DecodeError::BadTime)?;
     Ok(Entry { at, cost })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::tests::entries;
+    use proptest::prelude::*;
+
+    #[test]
+    fn version_1_units_become_entries() {
+        // Units at 100, 100, 101 and 300: gaps 0, 1, 199 (two bytes).
+        let log = TimeLog::decode_units(100, 4, &[0, 1, 0xc7, 0x01]).unwrap();
+        assert_eq!(entries(&log), [(100, 2), (101, 1), (300, 1)]);
+        assert_eq!(log.window(), 201);
+        assert_eq!(
+            TimeLog::decode_units(0, 3, &[1]),
+            Err(DecodeError::WrongLength)
+        );
+        assert_eq!(
+            TimeLog::decode_units(0, 2, &[0x80]),
+            Err(DecodeError::BadEntry)
+        );
+    }
+
+    #[test]
+    fn decode_rejects_malformed_entries() {
+        let stored = |window, len, oldest, entries: &[u8]| Encoded {
+            window,
+            len,
+            oldest,
+            entries: entries.to_vec(),
+        };
+        let decode = |s: Encoded| TimeLog::decode(&s);
+        assert_eq!(
+            decode(stored(10, 1, 5, &[0x80])),
+            Err(DecodeError::BadEntry)
+        );
+        assert_eq!(decode(stored(10, 1, 5, &[1])), Err(DecodeError::BadEntry));
+        assert_eq!(
+            decode(stored(10, 1, 5, &[1, 2])),
+            Err(DecodeError::BadEntry)
+        );
+        assert_eq!(
+            decode(stored(10, 1, 5, &[1, 1])),
+            Err(DecodeError::BadEntry)
+        );
+        assert_eq!(
+            decode(stored(10, 2, 5, &[0])),
+            Err(DecodeError::WrongLength)
+        );
+        assert_eq!(decode(stored(0, 1, 5, &[0])), Err(DecodeError::BadWindow));
+        assert_eq!(decode(stored(10, 1, -1, &[0])), Err(DecodeError::BadTime));
+        let past_i64 = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(
+            decode(stored(10, 1, 5, &past_i64)),
+            Err(DecodeError::BadTime)
+        );
+        assert_eq!(
+            decode(stored(10, 1, 5, &[0, 3])),
+            Err(DecodeError::BadEntry)
+        );
+    }
+
+    /// What the module never writes is refused: issue 19, findings 2 and 3.
+    #[test]
+    fn decode_refuses_what_the_module_never_writes() {
+        let stored = |window, entries: &[(Millis, u64)]| {
+            let mut bytes = Vec::new();
+            let oldest = entries.first().map_or(0, |e| e.0);
+            let mut previous = oldest;
+            for &(at, cost) in entries {
+                push_entry(&mut bytes, previous, Entry { at, cost });
+                previous = at;
+            }
+            Encoded {
+                window,
+                len: entries.len() as u64,
+                oldest,
+                entries: bytes,
+            }
+        };
+        let decode = |window, e: &[(Millis, u64)]| TimeLog::decode(&stored(window, e));
+        let last = *TIMES.end();
+        assert_eq!(decode(10, &[(0, 1)]), Err(DecodeError::BadTime));
+        assert_eq!(decode(10, &[(last + 1, 1)]), Err(DecodeError::BadTime));
+        assert!(decode(10, &[(last - 1, 1), (last, 1)]).is_ok());
+        assert_eq!(
+            decode(10, &[(5, 1), (5, 2)]),
+            Err(DecodeError::SharedMillisecond)
+        );
+        let full = MAX_COST - 1;
+        let shared = decode(10, &[(5, full), (5, 2)]).expect("costs no entry can share");
+        assert_eq!(entries(&shared), [(5, full), (5, 2)]);
+        assert_eq!(decode(10, &[(5, 1), (15, 1)]), Err(DecodeError::Expired));
+        assert!(decode(10, &[(6, 1), (15, 1)]).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(window in 0u64..100, oldest in -2i64..1 << 50, len in 0u64..40, bytes in proptest::collection::vec(any::<u8>(), 0..60)) {
+            if let Ok(log) = TimeLog::decode(&Encoded { window, len, oldest, entries: bytes }) {
+                let view = log.view();
+                prop_assert_eq!(view.entries().count() as u64, len);
+                prop_assert_eq!(view.entries().rev().count() as u64, len);
+            }
+        }
+    }
+}
