@@ -2,7 +2,7 @@
 //! log, failover, and reads on replicas, on a real 6-node cluster (3
 //! masters, 3 replicas) started and stopped by the test.
 
-use harness::{check, digest, peek, run, wait_for_replica, Server};
+use harness::{check, digest, peek, run, wait_for_replica, Backend, Server};
 use redis::cluster::ClusterClient;
 use redis::Connection;
 use std::collections::HashMap;
@@ -25,13 +25,23 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Six nodes with the module.
     fn start() -> Cluster {
+        Cluster::start_nodes(Server::start)
+    }
+
+    /// Six nodes with nothing loaded, for the script twin.
+    fn start_without_module() -> Cluster {
+        Cluster::start_nodes(Server::start_without_module)
+    }
+
+    fn start_nodes(launch: fn(&[&str]) -> Server) -> Cluster {
         // The bus port would default to port + 10000, past 65535 for a
         // fifth of the ephemeral range, so each node gets a free one.
         let servers: Vec<Server> = (0..6)
             .map(|_| {
                 let bus = harness::free_port().to_string();
-                Server::start(&[
+                launch(&[
                     "--cluster-port",
                     &bus,
                     "--cluster-enabled",
@@ -580,4 +590,78 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
         [1, 4],
         "the promoted master limits on"
     );
+}
+
+/// The script twin on a cluster without the module: loaded on every
+/// master (replicas get it by replication), one key per call, so each
+/// call goes to the key's owner like the module's, in both forms; exact
+/// per key under concurrent clients; replicas hold the same bytes and
+/// answer PEEK.
+#[test]
+fn the_twin_runs_on_the_cluster_like_the_module() {
+    let cluster = Cluster::start_without_module();
+    let masters = cluster.masters();
+    let function = Backend::Function.prepare(&cluster.servers[0]);
+    let script = Backend::Script.prepare(&cluster.servers[0]);
+    // Functions replicate; the script cache is each node's own.
+    for master in &masters {
+        function.load_library(&mut cluster.connect(master.port));
+    }
+    for server in &cluster.servers {
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(harness::twin_script())
+            .query(&mut server.connect())
+            .expect("SCRIPT LOAD");
+        assert!(!sha.is_empty());
+    }
+    for (twin, prefix) in [(&function, "fcall"), (&script, "evalsha")] {
+        for (key, owner) in key_on_each_master(&cluster, &format!("twin:{prefix}")) {
+            let key = key.as_str();
+            let mut client = cluster.client();
+            let replies: Vec<Vec<i64>> = (0..8)
+                .map(|_| twin.check(&mut client, key, WINDOW, 5))
+                .collect();
+            let allowed: i64 = replies.iter().map(|r| r[0]).sum();
+            assert_eq!(allowed, 5, "{}: {key}: {replies:?}", twin.backend.name());
+            let mut on_owner = cluster.connect(owner.port);
+            let bytes: Vec<u8> = run(&mut on_owner, &["GET", key]);
+            assert!(
+                bytes.starts_with(b"rl\x01"),
+                "the twin's value on its owner"
+            );
+            let other = masters
+                .iter()
+                .find(|m| m.id != owner.id)
+                .expect("another master");
+            let moved = twin.error(
+                &mut cluster.connect(other.port),
+                &["RATELIMIT.CHECK", key, "600000", "5"],
+            );
+            assert!(moved.starts_with("MOVED"), "{moved}");
+            let replica = cluster.replica_of(&owner);
+            let mut on_replica = cluster.connect(replica.port);
+            wait_for_replica(&mut on_owner, &mut on_replica);
+            run::<()>(&mut on_replica, &["READONLY"]);
+            let replicated: Vec<u8> = run(&mut on_replica, &["GET", key]);
+            assert_eq!(replicated, bytes);
+            let peek: Vec<i64> = twin.run(&mut on_replica, &["RATELIMIT.PEEK", key, "600000", "5"]);
+            assert_eq!(peek[..2], [0, 0], "the replica answers PEEK");
+        }
+    }
+    // Concurrent clients on one key through the cluster client.
+    let key = "twin:concurrent";
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = cluster.client();
+            let twin = function.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|_| twin.check(&mut client, key, WINDOW, 60)[0])
+                    .sum::<i64>()
+            })
+        })
+        .collect();
+    let allowed: i64 = callers.into_iter().map(|c| c.join().expect("caller")).sum();
+    assert_eq!(allowed, 60, "exactly max admitted out of 200");
 }

@@ -505,24 +505,57 @@ local function cell(t, precision)
   return math.floor(t / precision)
 end
 
--- Stores the log's header, its entries from `from` on and its expiry.
-local function store(log, from, bytes, expires)
-  redis.call('SETRANGE', log.key, from, bytes)
+-- A log whose entries take at most this many bytes is written whole
+-- with SET, which allocates it exactly (SETRANGE would grow the string
+-- greedily, to twice its size) and costs one call instead of three.
+local SMALL = 512
+
+-- The live entries' bytes before `offset`, from what was read if it holds
+-- them.
+local function live_before(log, offset)
+  if offset <= log.head then
+    return ''
+  end
+  if log.lo <= log.head and offset <= log.hi then
+    return log.segment:sub(log.head - log.lo + 1, offset - log.lo)
+  end
+  return redis.call('GETRANGE', log.key, log.head, offset - 1)
+end
+
+-- Writes the entries `bytes` at `from` (the end of the live entries
+-- after them), the header and the expiry (`expires`, or nil to keep it):
+-- a small log, or one whose dead prefix outgrew its live entries (each
+-- pruned byte is then copied once at most), is written whole; a larger
+-- one has only its changed bytes and its header overwritten.
+local function write(log, from, bytes, expires)
+  local live = from - log.head
+  local dead = log.head - HEADER
+  if live + #bytes <= SMALL or (dead > CHUNK and dead > live) then
+    local entries = live_before(log, from) .. bytes
+    log.head, log.tail = HEADER, HEADER + #entries
+    local value = encode_header(log) .. entries
+    if expires then
+      redis.call('SET', log.key, value, 'PXAT', expires)
+    else
+      redis.call('SET', log.key, value, 'KEEPTTL')
+    end
+    return
+  end
+  log.tail = from + #bytes
+  if #bytes > 0 then
+    redis.call('SETRANGE', log.key, from, bytes)
+  end
   redis.call('SETRANGE', log.key, 0, encode_header(log))
-  redis.call('PEXPIREAT', log.key, expires)
+  if expires then
+    redis.call('PEXPIREAT', log.key, expires)
+  end
 end
 
--- A fresh value: header, then the live entries `bytes`.
-local function rewrite(log, bytes, expires)
-  log.head = HEADER
-  log.tail = HEADER + #bytes
-  redis.call('SET', log.key, encode_header(log) .. bytes, 'PXAT', expires)
-end
-
+-- A new key holding one entry.
 local function create(key, at, window, cost)
-  local bytes = encode_entry(0, cost)
-  local log = { key = key, window = window, head = HEADER, newest = at, oldest = at, total = cost }
-  rewrite(log, bytes, at + window)
+  local log = { key = key, window = window, head = HEADER, tail = HEADER, newest = at, oldest = at,
+    total = cost, lo = 0, hi = 0, segment = '' }
+  write(log, HEADER, encode_entry(0, cost), at + window)
 end
 
 -- Records an allowed request, as TimeLog::record: widen the window,
@@ -564,17 +597,7 @@ local function record(log, at, call)
     from, bytes = log.tail, encode_entry(at - newest.at, call.cost)
   end
   log.newest = at
-  local dead = log.head - HEADER
-  if dead > CHUNK and dead > log.tail - log.head then
-    local live = ''
-    if from > log.head then
-      live = redis.call('GETRANGE', log.key, log.head, from - 1)
-    end
-    rewrite(log, live .. bytes, expires)
-    return
-  end
-  log.tail = from + #bytes
-  store(log, from, bytes, expires)
+  write(log, from, bytes, expires)
 end
 
 -- Decision 1 of this round: a denied CHECK whose longest window is longer
@@ -594,11 +617,8 @@ local function refund(log, units)
     local taken = math.min(entry.cost, units - removed)
     removed = removed + taken
     if taken < entry.cost then
-      local bytes = encode_entry(entry.gap, entry.cost - taken)
-      log.tail = entry.start + #bytes
       log.total = log.total - removed
-      redis.call('SETRANGE', log.key, entry.start, bytes)
-      redis.call('SETRANGE', log.key, 0, encode_header(log))
+      write(log, entry.start, encode_entry(entry.gap, entry.cost - taken), nil)
       return removed
     end
     log.tail = entry.start
@@ -612,7 +632,7 @@ local function refund(log, units)
     return removed
   end
   log.total = log.total - removed
-  redis.call('SETRANGE', log.key, 0, encode_header(log))
+  write(log, log.tail, '', nil)
   return removed
 end
 

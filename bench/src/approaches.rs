@@ -1,5 +1,6 @@
-//! The rate limiters compared: this module, the classic atomic Lua
-//! sliding-log script, and the client-side pipeline many guides recommend.
+//! The rate limiters compared: this module, its script twin
+//! (twin/ratelimit.lua), the classic atomic Lua sliding-log script, and
+//! the client-side pipeline many guides recommend.
 
 use harness::Random;
 use redis::Connection;
@@ -28,6 +29,22 @@ pub fn load_script(con: &mut Connection) -> String {
     redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(LUA_SLIDING_LOG)
+        .query(con)
+        .expect("SCRIPT LOAD")
+}
+
+/// Loads the script twin both ways (the function library, and the EVAL
+/// form into the script cache); returns the script's SHA1.
+pub fn load_twin(con: &mut Connection) -> String {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(harness::twin_library())
+        .query::<String>(con)
+        .expect("FUNCTION LOAD");
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(harness::twin_script())
         .query(con)
         .expect("SCRIPT LOAD")
 }

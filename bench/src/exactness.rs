@@ -3,7 +3,9 @@
 //!
 //! N clients hammer one key. Admitted requests are taken from where each
 //! approach decides: for the module, the `RATELIMIT.RECORD` commands in
-//! the AOF (the master's exact timestamps); for the Lua script, the server
+//! the AOF (the master's exact timestamps); for the script twin, the
+//! header writes its allowed calls left in the AOF (each holds the newest
+//! entry's time the call recorded); for the Lua script, the server
 //! time it returns; for the guide's pipeline, its clients (it decides on
 //! the client, on the true clock even when its own is skewed). The report
 //! is the largest total admitted in any window.
@@ -35,6 +37,7 @@ impl Outcome {
 #[derive(Clone, Copy)]
 enum Approach {
     Module,
+    Twin,
     Lua,
     /// The guide's pipeline; with `skewed`, the clients' clocks are spread
     /// over ±250 ms, as app servers' clocks drift.
@@ -69,6 +72,7 @@ pub fn run(
         };
         for (approach, name) in [
             (Approach::Module, "RATELIMIT.CHECK"),
+            (Approach::Twin, "script twin (FCALL)"),
             (Approach::Lua, "Lua sliding log"),
             (Approach::Pipeline { skewed: false }, "client-side pipeline"),
             (
@@ -79,8 +83,10 @@ pub fn run(
             let key = format!("x:{name}:{window}");
             let (calls, mut admitted) =
                 hammer(bench, approach, sha, &key, window, max, clients, duration);
-            if let Approach::Module = approach {
-                admitted = recorded_in_aof(&bench.dir, &key);
+            match approach {
+                Approach::Module => admitted = recorded_in_aof(&bench.dir, &key),
+                Approach::Twin => admitted = twin_writes_in_aof(&bench.dir, &key),
+                _ => {}
             }
             let outcome = Outcome {
                 approach: name,
@@ -134,6 +140,19 @@ fn hammer(
                                 .arg(max)
                                 .query(&mut con)
                                 .expect("CHECK");
+                            if reply[0] == 1 {
+                                admitted.push((0, 1));
+                            }
+                        }
+                        Approach::Twin => {
+                            let reply: Vec<i64> = redis::cmd("FCALL")
+                                .arg("ratelimit_check")
+                                .arg(1)
+                                .arg(&key)
+                                .arg(window)
+                                .arg(max)
+                                .query(&mut con)
+                                .expect("FCALL");
                             if reply[0] == 1 {
                                 admitted.push((0, 1));
                             }
@@ -202,25 +221,62 @@ pub fn most_in_any_window(admitted: &mut [(i64, u64)], window: i64) -> u64 {
 
 /// `(at, cost)` of every `RATELIMIT.RECORD key at window cost` in the AOF.
 fn recorded_in_aof(dir: &Path, key: &str) -> Vec<(i64, u64)> {
-    let mut records = Vec::new();
-    let Ok(files) = std::fs::read_dir(dir.join("appendonlydir")) else {
-        return records;
-    };
-    for file in files.flatten() {
-        if !file.file_name().to_string_lossy().ends_with(".incr.aof") {
-            continue;
-        }
-        let bytes = std::fs::read(file.path()).unwrap_or_default();
-        for command in resp_commands(&bytes) {
-            if let [name, k, at, _window, cost] = &command[..] {
-                if name.eq_ignore_ascii_case(b"RATELIMIT.RECORD") && k == key.as_bytes() {
-                    let number = |b: &[u8]| String::from_utf8_lossy(b).parse::<i64>().unwrap_or(0);
-                    records.push((number(at), number(cost) as u64));
-                }
+    let number = |b: &[u8]| String::from_utf8_lossy(b).parse::<i64>().unwrap_or(0);
+    aof_commands(dir)
+        .into_iter()
+        .filter_map(|command| match &command[..] {
+            [name, k, at, _window, cost]
+                if name.eq_ignore_ascii_case(b"RATELIMIT.RECORD") && k == key.as_bytes() =>
+            {
+                Some((number(at), number(cost) as u64))
             }
-        }
-    }
-    records
+            _ => None,
+        })
+        .collect()
+}
+
+/// The twin's admissions of unit cost on `key`: each allowed call writes
+/// the value's header once, last (`SETRANGE key 0 <header>`, or `SET key
+/// <header><entries> PXAT t` for a new or compacted value), and a denied
+/// call under one window writes nothing. Its newest time (6 bytes,
+/// little-endian, at offset 16) is the time the call recorded.
+fn twin_writes_in_aof(dir: &Path, key: &str) -> Vec<(i64, u64)> {
+    let newest = |header: &[u8]| -> Option<(i64, u64)> {
+        let bytes = header.get(16..22)?;
+        let at = bytes
+            .iter()
+            .rev()
+            .fold(0i64, |n, &b| n * 256 + i64::from(b));
+        Some((at, 1))
+    };
+    aof_commands(dir)
+        .into_iter()
+        .filter_map(|command| match &command[..] {
+            [name, k, offset, header]
+                if name.eq_ignore_ascii_case(b"SETRANGE")
+                    && k == key.as_bytes()
+                    && offset == b"0" =>
+            {
+                newest(header)
+            }
+            [name, k, value, ..] if name.eq_ignore_ascii_case(b"SET") && k == key.as_bytes() => {
+                newest(value)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every command of the AOF's incremental files.
+fn aof_commands(dir: &Path) -> Vec<Vec<Vec<u8>>> {
+    let Ok(files) = std::fs::read_dir(dir.join("appendonlydir")) else {
+        return Vec::new();
+    };
+    files
+        .flatten()
+        .filter(|file| file.file_name().to_string_lossy().ends_with(".incr.aof"))
+        .flat_map(|file| resp_commands(&std::fs::read(file.path()).unwrap_or_default()))
+        .collect()
 }
 
 /// The commands of an AOF: RESP arrays of bulk strings.

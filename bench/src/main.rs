@@ -123,11 +123,13 @@ fn main() {
     let mut bench = Bench::start(&extra_args);
     bench.quick = options.quick;
     let sha = approaches::load_script(&mut bench.connect());
+    let twin_sha = approaches::load_twin(&mut bench.connect());
     let mut results = report::Results {
         machine: machine(),
         throughput: Vec::new(),
         scaling: Vec::new(),
         memory: Vec::new(),
+        twin_memory: Vec::new(),
         headline: None,
         burst: None,
         costs: Vec::new(),
@@ -136,7 +138,7 @@ fn main() {
     };
     if wants("throughput") {
         eprintln!("throughput:");
-        let scenarios = throughput::scenarios(&sha, options.extra_command.as_deref());
+        let scenarios = throughput::scenarios(&sha, &twin_sha, options.extra_command.as_deref());
         results.throughput = throughput::run(
             &bench,
             &scenarios,
@@ -161,6 +163,9 @@ fn main() {
                 memory::footprint(&bench, Store::Module, entries, keys),
                 memory::footprint(&bench, Store::SortedSet, entries, keys),
             ));
+            results
+                .twin_memory
+                .push(memory::footprint(&bench, Store::Twin, entries, keys));
         }
         let keys = if bench.quick { 100_000 } else { 1_000_000 };
         results.headline = Some((
@@ -197,6 +202,7 @@ fn main() {
         let aof = ["--appendonly", "yes", "--appendfsync", "no"].map(String::from);
         let bench = Bench::start(&aof);
         let sha = approaches::load_script(&mut bench.connect());
+        approaches::load_twin(&mut bench.connect());
         results.exactness = exactness::run(&bench, &sha, &[1_000, 10_000], 100, 8, options.quick);
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");

@@ -1,5 +1,6 @@
-//! Bytes per key and per recorded request: the module's log against the
-//! guide's sorted set with `req:<ms>:<random>` members.
+//! Bytes per key and per recorded request: the module's log and the
+//! script twin's string against the guide's sorted set with
+//! `req:<ms>:<random>` members.
 
 use crate::approaches;
 use crate::measure;
@@ -29,6 +30,8 @@ pub enum Store {
     ModuleBurst,
     /// The guide's pipeline: ZADD with its member format, EXPIRE.
     SortedSet,
+    /// The script twin (FCALL), requests at distinct moments as `Module`.
+    Twin,
 }
 
 /// Fills `keys` keys with `entries` requests each and measures the growth.
@@ -37,7 +40,7 @@ pub fn footprint(bench: &Bench, store: Store, entries: u64, keys: u64) -> Footpr
     measure::reset(&mut con);
     let before = measure::used_memory(&mut con);
     match store {
-        Store::Module => fill_spread(&mut con, entries, keys),
+        Store::Module | Store::Twin => fill_spread(&mut con, store, entries, keys),
         Store::ModuleBurst | Store::SortedSet => fill_by_key(&mut con, store, entries, keys),
     }
     let growth = (measure::used_memory(&mut con) - before) as f64;
@@ -60,12 +63,15 @@ pub fn footprint(bench: &Bench, store: Store, entries: u64, keys: u64) -> Footpr
 }
 
 /// `entries` passes over every key, pausing between passes.
-fn fill_spread(con: &mut Connection, entries: u64, keys: u64) {
+fn fill_spread(con: &mut Connection, store: Store, entries: u64, keys: u64) {
     for _ in 0..entries {
         let mut pipe = redis::pipe();
         for key in 0..keys {
-            pipe.cmd("RATELIMIT.CHECK")
-                .arg(format!("k:{key}"))
+            let call = match store {
+                Store::Twin => pipe.cmd("FCALL").arg("ratelimit_check").arg(1),
+                _ => pipe.cmd("RATELIMIT.CHECK"),
+            };
+            call.arg(format!("k:{key}"))
                 .arg(3_600_000)
                 .arg(entries)
                 .ignore();

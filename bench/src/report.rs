@@ -12,6 +12,8 @@ pub struct Results {
     pub throughput: Vec<Row>,
     pub scaling: Vec<(u64, f64, f64)>,
     pub memory: Vec<(Footprint, Footprint)>,
+    /// The script twin's footprint at the same sizes as `memory`.
+    pub twin_memory: Vec<Footprint>,
     pub headline: Option<(Footprint, Footprint)>,
     /// The headline's keys with each key's requests sent back to back.
     pub burst: Option<Footprint>,
@@ -94,7 +96,8 @@ fn memory_csv(results: &Results) -> String {
                 .burst
                 .iter()
                 .map(|f| ("module, requests back to back", f)),
-        );
+        )
+        .chain(results.twin_memory.iter().map(|f| ("script twin", f)));
     for (name, f) in rows {
         let _ = writeln!(
             out,
@@ -226,6 +229,23 @@ fn summary(results: &Results) -> String {
         }
         if let Some(b) = &results.burst {
             let _ = writeln!(md, "The same keys with each key's {} requests sent back to back (those in one millisecond share an entry): {:.0} MiB, {:.0} B/key.\n", b.entries_per_key, total(b), b.per_key);
+        }
+        if !results.twin_memory.is_empty() {
+            let _ = writeln!(md, "The script twin (FCALL), the same requests at distinct moments:\n\n| entries per key | keys | twin B/key | twin B/request | ×module | ÷sorted set | MEMORY USAGE |\n|---:|---:|---:|---:|---:|---:|---:|");
+            for (t, (m, z)) in results.twin_memory.iter().zip(&results.memory) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                    t.entries_per_key,
+                    t.keys,
+                    t.per_key,
+                    t.per_request,
+                    t.per_request / m.per_request,
+                    z.per_request / t.per_request,
+                    t.memory_usage
+                );
+            }
+            md.push('\n');
         }
     }
     if !results.costs.is_empty() {

@@ -58,7 +58,7 @@ fn names(commands: &[&str]) -> Vec<String> {
     commands.iter().map(|c| c.to_string()).collect()
 }
 
-pub fn scenarios(script_sha: &str, extra: Option<&[String]>) -> Vec<Scenario> {
+pub fn scenarios(script_sha: &str, twin_sha: &str, extra: Option<&[String]>) -> Vec<Scenario> {
     let rb = |words: &[&str]| Driver::RedisBenchmark(words.iter().map(|w| w.to_string()).collect());
     let mut list = vec![
         Scenario {
@@ -92,6 +92,49 @@ pub fn scenarios(script_sha: &str, extra: Option<&[String]>) -> Vec<Scenario> {
         Scenario {
             name: "Lua sliding log (EVALSHA)".into(),
             driver: rb(&["EVALSHA", script_sha, "1", "z:__rand_int__", "60000", "100"]),
+            commands: names(&["evalsha"]),
+            counted: "evalsha".into(),
+            baseline: "INCR",
+        },
+        Scenario {
+            name: "Twin (FCALL), mostly allowed".into(),
+            driver: rb(&[
+                "FCALL",
+                "ratelimit_check",
+                "1",
+                "t:__rand_int__",
+                "60000",
+                "100",
+            ]),
+            commands: names(&["fcall"]),
+            counted: "fcall".into(),
+            baseline: "INCR",
+        },
+        Scenario {
+            name: "Twin (FCALL), mostly denied".into(),
+            driver: rb(&[
+                "FCALL",
+                "ratelimit_check",
+                "1",
+                "u:__rand_int__",
+                "60000",
+                "1",
+            ]),
+            commands: names(&["fcall"]),
+            counted: "fcall".into(),
+            baseline: "INCR",
+        },
+        Scenario {
+            name: "Twin (EVALSHA), mostly allowed".into(),
+            driver: rb(&[
+                "EVALSHA",
+                twin_sha,
+                "1",
+                "e:__rand_int__",
+                "check",
+                "60000",
+                "100",
+            ]),
             commands: names(&["evalsha"]),
             counted: "evalsha".into(),
             baseline: "INCR",

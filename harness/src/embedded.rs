@@ -1,7 +1,7 @@
 //! The script twin run in-process: the unmodified twin/ratelimit.lua, in
 //! the EVAL form, in the Lua 5.1 that Redis and Valkey embed, over a
 //! small keyspace written in Lua that answers the few commands the twin
-//! sends (GETRANGE, SETRANGE, SET .. PXAT, PEXPIREAT, DEL, TIME) and
+//! sends (GETRANGE, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, DEL, TIME) and
 //! expires keys as Redis does. Its TIME reads a clock the test sets, so
 //! the timed fields can be held to a model: the twin itself never takes
 //! a clock from its caller.
@@ -44,8 +44,13 @@ function commands.SETRANGE(key, offset, bytes)
   return #store[key]
 end
 function commands.SET(key, value, option, at)
-  assert(option == 'PXAT', 'the twin sets an expiry with every value')
-  store[key], expires[key] = value, tonumber(at)
+  if option == 'KEEPTTL' then
+    assert(live(key), 'KEEPTTL on a live key')
+    store[key] = value
+  else
+    assert(option == 'PXAT', 'the twin sets an expiry with every new value')
+    store[key], expires[key] = value, tonumber(at)
+  end
   return { ok = 'OK' }
 end
 function commands.PEXPIREAT(key, at)
