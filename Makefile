@@ -27,7 +27,7 @@ TESTED := $(call matrix,"$(ONLY)" == "" || $$1 == "$(ONLY)",print $(BINARY))
 REDIS_SOURCE_VERSION := $(call matrix,$$2 == "debian-source",print $$3)
 REDIS_SOURCE_SERVER := $(CURDIR)/$(call matrix,$$2 == "debian-source",print $$4)
 
-.PHONY: all build run test lint deps servers examples-deps bench cluster cluster-stop memcheck soak fuzz clean
+.PHONY: all build run test packages lint deps servers examples-deps bench cluster cluster-stop memcheck soak fuzz clean
 
 all: build
 
@@ -103,6 +103,17 @@ test: build servers examples-deps
 	  echo "== integration tests on $${entry%%:*}: $$($$server --version)"; \
 	  RATELIMIT_SERVER=$$server cargo test --release --test '*' -- --show-output || exit 1; \
 	done
+	@$(MAKE) --no-print-directory packages
+
+# The client packages (clients/node, clients/python), each installed from
+# its packed tarball or built wheel into a scratch app as a user would,
+# against the last server tested (Valkey 9.1 by default), with the module
+# and without it (the script twin).
+PACKAGE_SERVER = $(lastword $(foreach entry,$(TESTED),$(word 2,$(subst :, ,$(entry)))))
+packages: build servers
+	@echo "== client packages on $$($(PACKAGE_SERVER) --version)"
+	$(MAKE) -C clients/node test RATELIMIT_MODULE=$(CURDIR)/$(MODULE) RATELIMIT_SERVER=$$(echo $(PACKAGE_SERVER))
+	$(MAKE) -C clients/python test RATELIMIT_MODULE=$(CURDIR)/$(MODULE) RATELIMIT_SERVER=$$(echo $(PACKAGE_SERVER))
 
 lint:
 	cargo fmt --all -- --check
