@@ -3,7 +3,10 @@
 //! invalid read or write, use of uninitialised memory, or block
 //! definitely lost by the module.
 
-use harness::{check, every_log_shape, run, version_1_payload, wait_for_background_saves, Server};
+use harness::{
+    check, every_log_shape, log_payload, restore, run, version_1_payload,
+    wait_for_background_saves, Server,
+};
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -34,6 +37,12 @@ fn every_path_is_clean_under_memcheck() {
     check(&mut con, "empty-me", 600_000, 10);
     run::<i64>(&mut con, &["RATELIMIT.UNDO", "empty-me", "COST", "5"]);
     check(&mut con, "short", 100, 10);
+    // A denied CHECK that registers a longer window (a WIDEN in the AOF),
+    // and a payload the loader refuses for what it holds (logged).
+    check(&mut con, "widened", 1000, 1);
+    check(&mut con, "widened", 600_000, 1);
+    let refused = log_payload(&mut con, 600_000, &[(0, 1), (5, 1)]);
+    assert!(restore(&mut con, "refused", &refused).is_err());
     run::<i64>(&mut con, &["COPY", "k1", "copy"]);
     let dump: Vec<u8> = redis::cmd("DUMP").arg("k2").query(&mut con).expect("DUMP");
     redis::cmd("RESTORE")

@@ -378,11 +378,18 @@ pub(super) mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let cost = prop_oneof![4 => Just(1u64), 2 => 1u64..100, 1 => Just(MAX_COST / 3)];
+        // Costs near MAX_COST split one millisecond into entries that a
+        // refund can join again.
+        let cost = prop_oneof![
+            4 => Just(1u64),
+            2 => 1u64..100,
+            1 => Just(MAX_COST / 3),
+            1 => Just(MAX_COST - 1),
+        ];
         prop_oneof![
-            6 => (0i64..300, prop_oneof![Just(0i64), Just(1 << 30)], 1u64..2_000, cost, prop_oneof![Just(1u64), 1u64..50])
+            6 => (prop_oneof![1 => Just(0i64), 4 => 0i64..300], prop_oneof![Just(0i64), Just(1 << 30)], 1u64..2_000, cost, prop_oneof![Just(1u64), 1u64..50])
                 .prop_map(|(tick, jump, window, cost, precision)| Op::Record { tick: tick + jump, window, cost, precision }),
-            1 => (1u64..300).prop_map(Op::Refund),
+            1 => prop_oneof![Just(1u64), 1u64..300].prop_map(Op::Refund),
         ]
     }
 
