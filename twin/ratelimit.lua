@@ -242,22 +242,6 @@ end
 
 -- Stored bytes --------------------------------------------------------------
 
--- `n` (below 2^56) in `width` bytes, low byte first.
-local function fixed(n, width)
-  local a = n % 256
-  n = (n - a) / 256
-  local b = n % 256
-  n = (n - b) / 256
-  local c = n % 256
-  n = (n - c) / 256
-  local d = n % 256
-  n = (n - d) / 256
-  local e = n % 256
-  n = (n - e) / 256
-  local f = n % 256
-  return string.char(a, b, c, d, e, f, (n - f) / 256):sub(1, width)
-end
-
 -- A flagged varint: 6 value bits and the flag in the first byte, then 7
 -- value bits a byte, low bits first; bit 7 says another byte follows.
 local function varint(n, flag)
@@ -282,10 +266,36 @@ local function encode_entry(gap, cost)
   return varint(gap, 1) .. varint(cost, 1)
 end
 
--- A log's header as stored.
+-- A log's header as stored: every field's bytes in one string.char.
 local function encode_header(log)
-  return MAGIC .. fixed(log.window, 5) .. fixed(log.head, 4) .. fixed(log.tail, 4)
-    .. fixed(log.newest, 6) .. fixed(log.newest - log.oldest, 5) .. fixed(log.total, 7)
+  local w, h, t, n, s, c = log.window, log.head, log.tail, log.newest, log.newest - log.oldest, log.total
+  local w1 = w % 256; w = (w - w1) / 256
+  local w2 = w % 256; w = (w - w2) / 256
+  local w3 = w % 256; w = (w - w3) / 256
+  local w4 = w % 256; w = (w - w4) / 256
+  local h1 = h % 256; h = (h - h1) / 256
+  local h2 = h % 256; h = (h - h2) / 256
+  local h3 = h % 256; h = (h - h3) / 256
+  local t1 = t % 256; t = (t - t1) / 256
+  local t2 = t % 256; t = (t - t2) / 256
+  local t3 = t % 256; t = (t - t3) / 256
+  local n1 = n % 256; n = (n - n1) / 256
+  local n2 = n % 256; n = (n - n2) / 256
+  local n3 = n % 256; n = (n - n3) / 256
+  local n4 = n % 256; n = (n - n4) / 256
+  local n5 = n % 256; n = (n - n5) / 256
+  local s1 = s % 256; s = (s - s1) / 256
+  local s2 = s % 256; s = (s - s2) / 256
+  local s3 = s % 256; s = (s - s3) / 256
+  local s4 = s % 256; s = (s - s4) / 256
+  local c1 = c % 256; c = (c - c1) / 256
+  local c2 = c % 256; c = (c - c2) / 256
+  local c3 = c % 256; c = (c - c3) / 256
+  local c4 = c % 256; c = (c - c4) / 256
+  local c5 = c % 256; c = (c - c5) / 256
+  local c6 = c % 256; c = (c - c6) / 256
+  return MAGIC .. string.char(w1, w2, w3, w4, w, h1, h2, h3, h, t1, t2, t3, t, n1, n2, n3, n4, n5, n,
+    s1, s2, s3, s4, s, c1, c2, c3, c4, c5, c6, c)
 end
 
 local function le(a, b, c, d, e, f, g)
