@@ -54,6 +54,7 @@ fn keys_of_the_module_and_of_the_twin_never_mix() {
     run::<()>(&mut con, &["SET", "text", "hello"]);
     // A string that starts like the twin's value but is not one.
     run::<()>(&mut con, &["SET", "lookalike", "rl\u{1}not a log at all"]);
+    run::<()>(&mut con, &["SET", "empty", ""]);
     let before: String = run(&mut con, &["DEBUG", "DIGEST"]);
     for (caller, key) in [
         (&twin, "module-key"),
@@ -61,6 +62,7 @@ fn keys_of_the_module_and_of_the_twin_never_mix() {
         (&module, "twin-key"),
         (&twin, "text"),
         (&twin, "lookalike"),
+        (&script, "empty"),
     ] {
         for words in [
             &["RATELIMIT.CHECK", key, "60000", "5"][..],

@@ -101,6 +101,9 @@ local function arity(name)
   fail("ERR wrong number of arguments for '" .. name .. "' command")
 end
 
+local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' } }
+local UNDO_OPTIONS = { { 'COST', 'n' } }
+
 -- Named options, each followed by its value, at most once, any case.
 local function parse_options(words, from, names)
   local values = {}
@@ -141,9 +144,29 @@ local function cost_digits(word)
   return digits
 end
 
+local function precision_error(shortest)
+  fail('ERR PRECISION must be an integer from 1 to ' .. string.format('%.0f', shortest)
+    .. ' (the shortest window)')
+end
+
+local function by_window(a, b)
+  return a.window < b.window
+end
+
 -- check|peek: limits sorted by window, cost, precision and the longest
 -- window, or the module's error for the first thing wrong.
 local function parse_limit_call(name, args)
+  -- The common call, one limit and no option, with numbers a double
+  -- holds exactly, read straight to what the general path would give.
+  if #args == 2 then
+    local window, max = args[1], args[2]
+    if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
+      local w = tonumber(window)
+      if w <= MAX_WINDOW then
+        return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
+      end
+    end
+  end
   if #args < 2 then
     arity(name)
   end
@@ -168,25 +191,21 @@ local function parse_limit_call(name, args)
     limits[#limits + 1] = { window = tonumber(window), max_digits = max }
     at = at + 2
   end
-  local options = parse_options(args, at, { { 'COST', 'n' }, { 'PRECISION', 'p' } })
+  local options = parse_options(args, at, LIMIT_OPTIONS)
   local cost = options[1] and cost_digits(options[1]) or '1'
   local shortest = MAX_WINDOW
   for _, limit in ipairs(limits) do
     shortest = math.min(shortest, limit.window)
   end
-  local function precision_error()
-    fail('ERR PRECISION must be an integer from 1 to ' .. string.format('%.0f', shortest)
-      .. ' (the shortest window)')
-  end
   local precision = 1
   if options[2] then
     local digits = positive_up_to(options[2], WINDOW_DIGITS)
     if not digits then
-      precision_error()
+      precision_error(shortest)
     end
     precision = tonumber(digits)
   end
-  table.sort(limits, function(a, b) return a.window < b.window end)
+  table.sort(limits, by_window)
   local smallest_max = limits[1].max_digits
   for i, limit in ipairs(limits) do
     if i > 1 and limits[i - 1].window == limit.window then
@@ -200,7 +219,7 @@ local function parse_limit_call(name, args)
     fail('ERR COST ' .. cost .. ' is above max ' .. smallest_max .. ': such a request could never be allowed')
   end
   if precision > shortest then
-    precision_error()
+    precision_error(shortest)
   end
   -- What the module accepts and Lua cannot count exactly (COST first: a
   -- COST above 2^53 comes with a max above it).
@@ -217,42 +236,27 @@ local function parse_limit_call(name, args)
 end
 
 local function parse_undo(args)
-  local options = parse_options(args, 1, { { 'COST', 'n' } })
+  local options = parse_options(args, 1, UNDO_OPTIONS)
   return options[1] and tonumber(cost_digits(options[1])) or 1
 end
 
 -- Stored bytes --------------------------------------------------------------
-
-local function fixed(n, width)
-  local bytes = {}
-  for i = 1, width do
-    local b = n % 256
-    bytes[i] = b
-    n = (n - b) / 256
-  end
-  return string.char(unpack(bytes))
-end
-
-local function read_fixed(s, from, width)
-  local n = 0
-  for i = from + width - 1, from, -1 do
-    n = n * 256 + s:byte(i)
-  end
-  return n
-end
 
 -- A flagged varint: 6 value bits and the flag in the first byte, then 7
 -- value bits a byte, low bits first; bit 7 says another byte follows.
 local function varint(n, flag)
   local low = n % 64
   n = (n - low) / 64
-  local bytes = { low * 2 + flag + (n > 0 and 128 or 0) }
-  while n > 0 do
-    local b = n % 128
-    n = (n - b) / 128
-    bytes[#bytes + 1] = b + (n > 0 and 128 or 0)
+  if n == 0 then
+    return string.char(low * 2 + flag)
   end
-  return string.char(unpack(bytes))
+  local text = string.char(low * 2 + flag + 128)
+  while n >= 128 do
+    local b = n % 128
+    text = text .. string.char(b + 128)
+    n = (n - b) / 128
+  end
+  return text .. string.char(n)
 end
 
 local function encode_entry(gap, cost)
@@ -262,10 +266,40 @@ local function encode_entry(gap, cost)
   return varint(gap, 1) .. varint(cost, 1)
 end
 
--- A log's header as stored.
+-- A log's header as stored: every field's bytes in one string.char.
 local function encode_header(log)
-  return MAGIC .. fixed(log.window, 5) .. fixed(log.head, 4) .. fixed(log.tail, 4)
-    .. fixed(log.newest, 6) .. fixed(log.newest - log.oldest, 5) .. fixed(log.total, 7)
+  local w, h, t, n, s, c = log.window, log.head, log.tail, log.newest, log.newest - log.oldest, log.total
+  local w1 = w % 256; w = (w - w1) / 256
+  local w2 = w % 256; w = (w - w2) / 256
+  local w3 = w % 256; w = (w - w3) / 256
+  local w4 = w % 256; w = (w - w4) / 256
+  local h1 = h % 256; h = (h - h1) / 256
+  local h2 = h % 256; h = (h - h2) / 256
+  local h3 = h % 256; h = (h - h3) / 256
+  local t1 = t % 256; t = (t - t1) / 256
+  local t2 = t % 256; t = (t - t2) / 256
+  local t3 = t % 256; t = (t - t3) / 256
+  local n1 = n % 256; n = (n - n1) / 256
+  local n2 = n % 256; n = (n - n2) / 256
+  local n3 = n % 256; n = (n - n3) / 256
+  local n4 = n % 256; n = (n - n4) / 256
+  local n5 = n % 256; n = (n - n5) / 256
+  local s1 = s % 256; s = (s - s1) / 256
+  local s2 = s % 256; s = (s - s2) / 256
+  local s3 = s % 256; s = (s - s3) / 256
+  local s4 = s % 256; s = (s - s4) / 256
+  local c1 = c % 256; c = (c - c1) / 256
+  local c2 = c % 256; c = (c - c2) / 256
+  local c3 = c % 256; c = (c - c3) / 256
+  local c4 = c % 256; c = (c - c4) / 256
+  local c5 = c % 256; c = (c - c5) / 256
+  local c6 = c % 256; c = (c - c6) / 256
+  return MAGIC .. string.char(w1, w2, w3, w4, w, h1, h2, h3, h, t1, t2, t3, t, n1, n2, n3, n4, n5, n,
+    s1, s2, s3, s4, s, c1, c2, c3, c4, c5, c6, c)
+end
+
+local function le(a, b, c, d, e, f, g)
+  return ((((((g or 0) * 256 + (f or 0)) * 256 + (e or 0)) * 256 + (d or 0)) * 256 + c) * 256 + b) * 256 + a
 end
 
 -- Lazily fetched bytes of the stored value: one contiguous segment
@@ -274,7 +308,7 @@ end
 -- around a byte far from it (a log's two ends are read, not its middle).
 local CHUNK = 64
 
-local function byte_at(log, offset)
+local function fetch_byte(log, offset)
   if offset < log.head or offset >= log.tail then
     fail(WRONGTYPE)
   end
@@ -296,6 +330,14 @@ local function byte_at(log, offset)
     fail(WRONGTYPE)
   end
   return log.segment:byte(offset - log.lo + 1)
+end
+
+local function byte_at(log, offset)
+  local lo = log.lo
+  if offset >= lo and offset < log.hi and offset >= log.head and offset < log.tail then
+    return log.segment:byte(offset - lo + 1)
+  end
+  return fetch_byte(log, offset)
 end
 
 -- The flagged varint that starts at `offset`: value, flag, next offset.
@@ -336,11 +378,18 @@ local function entry_at(log, offset, previous_at)
   return { at = at, cost = cost, gap = gap, start = offset, finish = after }
 end
 
+-- The oldest entry (read once per call: the log's front is only moved
+-- by recording, which reads no further).
 local function front(log)
   if log.head >= log.tail then
     return nil
   end
-  return entry_at(log, log.head, nil)
+  local first = log.first
+  if not first then
+    first = entry_at(log, log.head, nil)
+    log.first = first
+  end
+  return first
 end
 
 local function next_entry(log, entry)
@@ -366,8 +415,14 @@ local function entry_before(log, finish, at)
   return { at = at, cost = cost, gap = gap, start = start, finish = finish }
 end
 
+-- The newest entry (read once per call, like the oldest).
 local function back(log)
-  return entry_before(log, log.tail, log.newest)
+  local last = log.last
+  if not last then
+    last = entry_before(log, log.tail, log.newest)
+    log.last = last
+  end
+  return last
 end
 
 local function previous_entry(log, entry)
@@ -382,23 +437,31 @@ local function open(key)
     fail(reply.err)
   end
   if reply == '' then
+    -- Missing, or an empty string (which is not a limiter).
+    if redis.call('EXISTS', key) == 1 then
+      fail(WRONGTYPE)
+    end
     return nil
   end
   if #reply < HEADER or reply:sub(1, 3) ~= MAGIC then
     fail(WRONGTYPE)
   end
+  -- The header's fields, low byte first (see the top of this file).
+  local _, _, _, w1, w2, w3, w4, w5, h1, h2, h3, h4, t1, t2, t3, t4, n1, n2, n3, n4, n5, n6,
+    s1, s2, s3, s4, s5, c1, c2, c3, c4, c5, c6, c7 = reply:byte(1, HEADER)
+  local newest = le(n1, n2, n3, n4, n5, n6)
   local log = {
     key = key,
-    window = read_fixed(reply, 4, 5),
-    head = read_fixed(reply, 9, 4),
-    tail = read_fixed(reply, 13, 4),
-    newest = read_fixed(reply, 17, 6),
-    total = read_fixed(reply, 28, 7),
+    window = le(w1, w2, w3, w4, w5),
+    head = le(h1, h2, h3, h4),
+    tail = le(t1, t2, t3, t4),
+    newest = newest,
+    oldest = newest - le(s1, s2, s3, s4, s5),
+    total = le(c1, c2, c3, c4, c5, c6, c7),
     segment = reply,
     lo = 0,
     hi = #reply,
   }
-  log.oldest = log.newest - read_fixed(reply, 23, 5)
   if log.head < HEADER or log.tail <= log.head or log.total < 1 or log.total > EXACT then
     fail(WRONGTYPE)
   end
@@ -678,14 +741,16 @@ local OPERATIONS = {
   undo = { run = undo, name = 'ratelimit.undo' },
 }
 
+local function run_operation(operation, keys, args)
+  if #keys ~= 1 then
+    arity(operation.name)
+  end
+  return operation.run(keys[1], args)
+end
+
 -- Runs an operation on one key; thrown error texts become error replies.
 local function call(operation, keys, args)
-  local ok, result = pcall(function()
-    if #keys ~= 1 then
-      arity(operation.name)
-    end
-    return operation.run(keys[1], args)
-  end)
+  local ok, result = pcall(run_operation, operation, keys, args)
   if ok then
     return result
   end

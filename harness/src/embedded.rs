@@ -1,8 +1,8 @@
 //! The script twin run in-process: the unmodified twin/ratelimit.lua, in
 //! the EVAL form, in the Lua 5.1 that Redis and Valkey embed, over a
 //! small keyspace written in Lua that answers the few commands the twin
-//! sends (GETRANGE, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, DEL, TIME) and
-//! expires keys as Redis does. Its TIME reads a clock the test sets, so
+//! sends (GETRANGE, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, EXISTS, DEL,
+//! TIME) and expires keys as Redis does. Its TIME reads a clock the test sets, so
 //! the timed fields can be held to a model: the twin itself never takes
 //! a clock from its caller.
 
@@ -59,6 +59,9 @@ function commands.PEXPIREAT(key, at)
   end
   expires[key] = tonumber(at)
   return 1
+end
+function commands.EXISTS(key)
+  return live(key) and 1 or 0
 end
 function commands.DEL(key)
   local existed = live(key) and 1 or 0
