@@ -80,12 +80,18 @@ function isReplyError(error: unknown): boolean {
   return error instanceof Error && REPLY_ERROR_NAMES.has(error.name) && !OUTAGE_REPLY.test(error.message);
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+/** Runs `work` for at most `ms`; its signal aborts when the wait ends, so what it has not sent yet it never sends. */
+function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number): Promise<T> {
+  const controller = new AbortController();
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new TimeoutError(`no answer from Redis within ${ms} ms`)), ms);
+    timer = setTimeout(() => {
+      const error = new TimeoutError(`no answer from Redis within ${ms} ms`);
+      controller.abort(error);
+      reject(error);
+    }, ms);
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  return Promise.race([work(controller.signal), timeout]).finally(() => clearTimeout(timer));
 }
 
 export class RateLimiter {
@@ -163,7 +169,7 @@ export class RateLimiter {
   async delete(key: string): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
     this.memory.delete(fullKey);
-    const reply = await this.guarded("delete", fullKey, () => this.connection.send(fullKey, ["DEL", fullKey]));
+    const reply = await this.guarded("delete", fullKey, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
     return reply.ok && parseCount(reply.value) > 0;
   }
 
@@ -191,11 +197,11 @@ export class RateLimiter {
 
   /** One operation on the key's server, by the backend learned for it. */
   private call(operation: Operation, key: string, args: string[]): Promise<{ ok: true; value: unknown } | { ok: false }> {
-    return this.guarded(operation, key, async () => {
+    return this.guarded(operation, key, async (signal) => {
       const server = this.connection.serverFor(key);
       if (this.learned.get(server) !== "twin") {
         try {
-          const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args]);
+          const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args], signal);
           this.learn(server, "module");
           return value;
         } catch (error) {
@@ -203,18 +209,18 @@ export class RateLimiter {
           this.learn(server, "twin");
         }
       }
-      return this.twin(operation, key, args);
+      return this.twin(operation, key, args, signal);
     });
   }
 
   /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
-  private async twin(operation: Operation, key: string, args: string[]): Promise<unknown> {
+  private async twin(operation: Operation, key: string, args: string[], signal: AbortSignal): Promise<unknown> {
     const tail = ["1", key, operation, ...args];
     try {
-      return await this.connection.send(key, ["EVALSHA", TWIN_SHA1, ...tail]);
+      return await this.connection.send(key, ["EVALSHA", TWIN_SHA1, ...tail], signal);
     } catch (error) {
       if (!messageOf(error).startsWith("NOSCRIPT")) throw error;
-      return this.connection.send(key, ["EVAL", TWIN_SCRIPT, ...tail]);
+      return this.connection.send(key, ["EVAL", TWIN_SCRIPT, ...tail], signal);
     }
   }
 
@@ -234,12 +240,12 @@ export class RateLimiter {
   private async guarded(
     operation: string,
     key: string,
-    send: () => Promise<unknown>,
+    send: (signal: AbortSignal) => Promise<unknown>,
   ): Promise<{ ok: true; value: unknown } | { ok: false }> {
     const server = this.connection.serverFor(key);
     if (Date.now() < (this.downUntil.get(server) ?? 0)) return { ok: false };
     try {
-      const value = await withTimeout(send(), this.timeoutMs);
+      const value = await withTimeout(send, this.timeoutMs);
       this.recovered(server);
       return { ok: true, value };
     } catch (error) {

@@ -83,3 +83,49 @@ test("Redis stopped then back: closed, open and fallback policies over HTTP, the
   assert.equal(await status(closed, "back"), 200);
   assert.ok(log.lines.some((line) => line.level === "info" && /127\.0\.0\.1:\d+ answers again/.test(line.message)));
 });
+
+test("calls that time out while the client reconnects are never sent later (no charge for a refused request)", async (t) => {
+  const { createClient } = await import("redis");
+  let redis = await startServer();
+  const port = redis.port;
+  t.after(() => redis.stop());
+  // Each client with its default options: an offline queue that would send a queued command once reconnected.
+  const builds = {
+    ioredis: async () => {
+      const client = new Redis({ host: "127.0.0.1", port });
+      return { client, close: () => client.disconnect() };
+    },
+    "node-redis": async () => {
+      const client = createClient({ socket: { host: "127.0.0.1", port } });
+      client.on("error", () => undefined);
+      await client.connect();
+      return { client, close: () => client.destroy() };
+    },
+  };
+  const limiters = {};
+  for (const [name, build] of Object.entries(builds)) {
+    const { client, close } = await build();
+    t.after(close);
+    limiters[name] = new RateLimiter(client, { timeoutMs: 100, retryAfterFailureMs: 0, logger: recorder().logger });
+    assert.equal((await limiters[name].peek(name, LIMIT)).source, "redis");
+  }
+  await redis.stop();
+  // Once the clients saw the connection close (a command written just before is resent on reconnect by ioredis: README).
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  for (const [name, limiter] of Object.entries(limiters)) {
+    for (let i = 0; i < 3; i++) assert.equal((await limiter.check(name, LIMIT)).source, "failClosed", name);
+  }
+  redis = await startServer({ port });
+  const remaining = {};
+  for (const [name, limiter] of Object.entries(limiters)) {
+    let answer;
+    for (let i = 0; i < 100 && answer?.source !== "redis"; i++) {
+      answer = await limiter.peek(name, LIMIT);
+      if (answer.source !== "redis") await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(answer.source, "redis", name);
+    remaining[name] = answer.remaining;
+  }
+  // Nothing refused was charged once the clients reconnected.
+  assert.deepEqual(remaining, { ioredis: LIMIT.max, "node-redis": LIMIT.max });
+});
