@@ -76,8 +76,17 @@ class TimeoutError extends Error {
   override name = "TimeoutError";
 }
 
+/**
+ * ioredis names its error answers "ReplyError"; node-redis's classes
+ * (ErrorReply, SimpleError, BlobError) keep Error's name, so their class
+ * chain is read too.
+ */
 function isReplyError(error: unknown): boolean {
-  return error instanceof Error && REPLY_ERROR_NAMES.has(error.name) && !OUTAGE_REPLY.test(error.message);
+  if (!(error instanceof Error) || OUTAGE_REPLY.test(error.message)) return false;
+  for (let proto: unknown = error; proto instanceof Error; proto = Object.getPrototypeOf(proto)) {
+    if (REPLY_ERROR_NAMES.has(proto.name) || REPLY_ERROR_NAMES.has(proto.constructor.name)) return true;
+  }
+  return false;
 }
 
 /** Runs `work` for at most `ms`; its signal aborts when the wait ends, so what it has not sent yet it never sends. */

@@ -206,3 +206,23 @@ test("the in-process fallback answers 300 random calls as the module does", asyn
     await close();
   }
 });
+
+test("an error answer (WRONGTYPE, NOPERM) rejects on every client build: no failure policy, no twin, no outage", async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  await cli(server.port, "SET", "plain-string", "x");
+  await cli(server.port, "ACL", "SETUSER", "default", "-ratelimit.peek");
+  for (const [name, open] of Object.entries(factories)) {
+    const { client, close } = await open(server.port);
+    try {
+      const limiter = new RateLimiter(client, { logger: recorder().logger, failOpen: true, retryAfterFailureMs: 60_000 });
+      const refused = (pattern) => (error) => error instanceof RateLimitReplyError && pattern.test(error.message);
+      await assert.rejects(limiter.check("plain-string", { windowMs: 1000, max: 5 }), refused(/^WRONGTYPE/), name);
+      await assert.rejects(limiter.peek("denied", { windowMs: 1000, max: 5 }), refused(/^NOPERM/), name);
+      const after = await limiter.check(`fine:${name}`, { windowMs: 1000, max: 5 });
+      assert.deepEqual([after.source, limiter.backend], ["redis", "module"], name);
+    } finally {
+      await close();
+    }
+  }
+});
