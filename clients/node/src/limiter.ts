@@ -89,8 +89,12 @@ function isReplyError(error: unknown): boolean {
   return false;
 }
 
-/** Runs `work` for at most `ms`; its signal aborts when the wait ends, so what it has not sent yet it never sends. */
-function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number): Promise<T> {
+/**
+ * Runs `work` for at most `ms`; its signal aborts when the wait ends, so
+ * what it has not sent yet it never sends. What was sent may still be
+ * answered after that: `late` gets that answer.
+ */
+function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number, late?: (value: T) => void): Promise<T> {
   const controller = new AbortController();
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
@@ -100,7 +104,9 @@ function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number): 
       reject(error);
     }, ms);
   });
-  return Promise.race([work(controller.signal), timeout]).finally(() => clearTimeout(timer));
+  const running = work(controller.signal);
+  if (late) timeout.catch(() => running.then(late, () => undefined));
+  return Promise.race([running, timeout]).finally(() => clearTimeout(timer));
 }
 
 export class RateLimiter {
@@ -178,7 +184,7 @@ export class RateLimiter {
   async delete(key: string): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
     this.memory.delete(fullKey);
-    const reply = await this.guarded("delete", fullKey, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
+    const reply = await this.guarded("delete", fullKey, undefined, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
     return reply.ok && parseCount(reply.value) > 0;
   }
 
@@ -186,7 +192,8 @@ export class RateLimiter {
     const fullKey = this.prefix + validateKey(key);
     const list = validateLimits(limits);
     const cost = validateOptions(list, options);
-    const reply = await this.call(operation, fullKey, limitArgs(list, options));
+    const late = operation === "check" ? (value: unknown) => this.refundLate(fullKey, cost, value) : undefined;
+    const reply = await this.call(operation, fullKey, limitArgs(list, options), late);
     if (reply.ok) return { ...parseDecision(reply.value), source: "redis" };
     return this.whileUnavailable(operation, fullKey, list, { ...options, cost });
   }
@@ -204,22 +211,48 @@ export class RateLimiter {
     return { allowed: false, remaining: 0, retryAfterMs: Math.max(this.retryAfterFailureMs, 1), resetAfterMs: 0, source: "failClosed" };
   }
 
+  /**
+   * A check answered after its timeout ran on Redis and was recorded there,
+   * though the caller got the failure policy's answer: refund it.
+   */
+  private async refundLate(key: string, cost: number, value: unknown): Promise<void> {
+    try {
+      if (!parseDecision(value).allowed) return;
+      // Not through the failure policy: the server has just answered, though it is still marked down.
+      await withTimeout((signal) => this.send("undo", key, ["COST", String(cost)], signal), this.timeoutMs);
+      this.logger.warn(`redis-ratelimit: check on ${key} ran after its timeout; its charge was refunded`, { key, cost });
+    } catch (error) {
+      this.logger.error(`redis-ratelimit: check on ${key} ran after its timeout; its refund failed: ${messageOf(error)}`, {
+        key,
+        cause: error,
+      });
+    }
+  }
+
+  /** One operation on the key's server under the timeout and the failure policy. */
+  private call(
+    operation: Operation,
+    key: string,
+    args: string[],
+    late?: (value: unknown) => void,
+  ): Promise<{ ok: true; value: unknown } | { ok: false }> {
+    return this.guarded(operation, key, late, (signal) => this.send(operation, key, args, signal));
+  }
+
   /** One operation on the key's server, by the backend learned for it. */
-  private call(operation: Operation, key: string, args: string[]): Promise<{ ok: true; value: unknown } | { ok: false }> {
-    return this.guarded(operation, key, async (signal) => {
-      const server = this.connection.serverFor(key);
-      if (this.learned.get(server) !== "twin") {
-        try {
-          const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args], signal);
-          this.learn(server, "module");
-          return value;
-        } catch (error) {
-          if (!/unknown command/i.test(messageOf(error))) throw error;
-          this.learn(server, "twin");
-        }
+  private async send(operation: Operation, key: string, args: string[], signal: AbortSignal): Promise<unknown> {
+    const server = this.connection.serverFor(key);
+    if (this.learned.get(server) !== "twin") {
+      try {
+        const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args], signal);
+        this.learn(server, "module");
+        return value;
+      } catch (error) {
+        if (!/unknown command/i.test(messageOf(error))) throw error;
+        this.learn(server, "twin");
       }
-      return this.twin(operation, key, args, signal);
-    });
+    }
+    return this.twin(operation, key, args, signal);
   }
 
   /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
@@ -249,12 +282,13 @@ export class RateLimiter {
   private async guarded(
     operation: string,
     key: string,
+    late: ((value: unknown) => void) | undefined,
     send: (signal: AbortSignal) => Promise<unknown>,
   ): Promise<{ ok: true; value: unknown } | { ok: false }> {
     const server = this.connection.serverFor(key);
     if (Date.now() < (this.downUntil.get(server) ?? 0)) return { ok: false };
     try {
-      const value = await withTimeout(send, this.timeoutMs);
+      const value = await withTimeout(send, this.timeoutMs, late);
       this.recovered(server);
       return { ok: true, value };
     } catch (error) {

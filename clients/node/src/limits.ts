@@ -5,7 +5,7 @@
 export interface Limit {
   windowMs: number;
   max: number;
-  /** Policy name in the RateLimit-Policy header (default "default" for one limit, "w<seconds>" for several). */
+  /** Policy name in the RateLimit-Policy header (default: the middleware's name for one limit, "<name>-<seconds>s" for several). */
   name?: string;
 }
 

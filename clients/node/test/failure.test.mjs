@@ -129,3 +129,27 @@ test("calls that time out while the client reconnects are never sent later (no c
   // Nothing refused was charged once the clients reconnected.
   assert.deepEqual(remaining, { ioredis: LIMIT.max, "node-redis": LIMIT.max });
 });
+
+test("a check answered after its timeout (Redis hung, then back) is refunded: the caller was given the policy's answer", async (t) => {
+  const redis = await startServer();
+  t.after(() => {
+    process.kill(redis.pid, "SIGCONT");
+    return redis.stop();
+  });
+  const client = new Redis({ host: "127.0.0.1", port: redis.port });
+  t.after(() => client.disconnect());
+  const log = recorder();
+  const limiter = new RateLimiter(client, { timeoutMs: 100, logger: log.logger });
+  assert.equal((await limiter.check("late", LIMIT)).remaining, 9);
+  process.kill(redis.pid, "SIGSTOP");
+  assert.equal((await limiter.check("late", LIMIT)).source, "failClosed");
+  process.kill(redis.pid, "SIGCONT");
+  const refunded = () =>
+    log.lines.some((line) => line.level === "warn" && /check on late ran after its timeout; its charge was refunded/.test(line.message));
+  for (let i = 0; i < 100 && !refunded(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.ok(refunded(), "the late charge was refunded and logged");
+  // Past retryAfterFailureMs, Redis decides again: only the first check is counted.
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const after = await limiter.peek("late", LIMIT);
+  assert.deepEqual([after.source, after.remaining], ["redis", 9]);
+});
