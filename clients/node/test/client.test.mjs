@@ -226,3 +226,21 @@ test("an error answer (WRONGTYPE, NOPERM) rejects on every client build: no fail
     }
   }
 });
+
+test("a reply integer that a JS number cannot hold exactly is an error, never rounded", async () => {
+  // A Connection of one's own may answer bigints or strings (RESP3 big numbers, stringNumbers).
+  const answering = (reply) => new RateLimiter({ send: async () => reply, serverFor: () => "server" }, { logger: recorder().logger });
+  const limit = { windowMs: 1000, max: 5 };
+  assert.deepEqual(await answering([1n, 4n, 0n, 1000n]).check("k", limit), {
+    allowed: true,
+    remaining: 4,
+    retryAfterMs: 0,
+    resetAfterMs: 1000,
+    source: "redis",
+  });
+  assert.equal((await answering(["0", "0", "250", "1000"]).check("k", limit)).retryAfterMs, 250);
+  for (const huge of [2n ** 60n, "9007199254740993"]) {
+    await assert.rejects(answering([1, huge, 0, 0]).check("k", limit), /unexpected reply/);
+  }
+  await assert.rejects(answering(2n ** 60n).undo("k"), /unexpected reply/);
+});
