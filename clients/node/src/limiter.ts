@@ -63,8 +63,11 @@ const MODULE_COMMAND: Record<Operation, string> = {
   undo: "RATELIMIT.UNDO",
 };
 
-/** Replies that mean "this server is not well right now", not "your call is wrong". */
-const OUTAGE_REPLY = /^(LOADING|READONLY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|OOM|MOVED|ASK)\b/;
+/**
+ * Replies that mean "this server is not well right now", not "your call is
+ * wrong"; the twin's script gets them wrapped as "ERR OOM ... script: ...".
+ */
+const OUTAGE_REPLY = /^(ERR )?(LOADING|READONLY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|OOM|MOVED|ASK)\b/;
 const REPLY_ERROR_NAMES = new Set(["ReplyError", "ErrorReply", "SimpleError", "BlobError"]);
 
 /** An answer from Redis that is an error about the call itself (WRONGTYPE, a full log, ACL): thrown, never a policy. */

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import Redis from "ioredis";
 import { RateLimiter } from "redis-ratelimit";
 import { startApp } from "./app.mjs";
-import { recorder, startServer } from "./servers.mjs";
+import { cli, recorder, startServer } from "./servers.mjs";
 
 const LIMIT = { windowMs: 60_000, max: 10 };
 
@@ -152,4 +152,20 @@ test("a check answered after its timeout (Redis hung, then back) is refunded: th
   await new Promise((resolve) => setTimeout(resolve, 1000));
   const after = await limiter.peek("late", LIMIT);
   assert.deepEqual([after.source, after.remaining], ["redis", 9]);
+});
+
+test("a server out of memory (OOM, noeviction) takes the failure policy on the module and on the twin alike", async (t) => {
+  for (const module of [true, false]) {
+    const redis = await startServer({ module });
+    t.after(() => redis.stop());
+    const client = new Redis({ host: "127.0.0.1", port: redis.port });
+    t.after(() => client.disconnect());
+    const log = recorder();
+    const limiter = new RateLimiter(client, { logger: log.logger });
+    assert.equal((await limiter.check("oom", LIMIT)).source, "redis");
+    await cli(redis.port, "CONFIG", "SET", "maxmemory", "1");
+    // The twin's EVAL answers "ERR OOM ... script: ...", the module "OOM ...".
+    assert.equal((await limiter.check("oom", LIMIT)).source, "failClosed", module ? "module" : "twin");
+    assert.match(log.lines.at(-1).message, /unavailable for check on oom: .*OOM command not allowed/);
+  }
 });
