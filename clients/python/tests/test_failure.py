@@ -153,3 +153,15 @@ def test_a_check_that_lands_after_its_timeout_is_refunded(own_server: Server, ca
         time.sleep(0.1)
     assert (landed, remaining) == (3, 10)
     assert sum("refunded" in r.getMessage() for r in caplog.records) == 3
+
+
+@pytest.mark.parametrize("own_server", ["module", "twin"], indirect=True)
+def test_a_server_out_of_memory_takes_the_failure_policy(own_server: Server) -> None:
+    """OOM (maxmemory reached, noeviction) is an outage on both backends:
+    the module answers "OOM ...", the twin's script "ERR OOM ... script: ..."."""
+    limiter = RateLimiter(own_server.client())
+    assert limiter.check("oom", Limit.per_minute(5)).source == "redis"
+    own_server.client().config_set("maxmemory", 1)
+    decision = limiter.check("oom", Limit.per_minute(5))
+    assert decision.source == "fail_closed"
+    assert "command not allowed when used memory" in str(decision.error)
