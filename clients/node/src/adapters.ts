@@ -6,8 +6,12 @@ import { keySlot } from "./slot.js";
 
 /** What the limiter needs from a Redis client; pass your own for other clients. */
 export interface Connection {
-  /** Sends `args` (a whole command) to the server owning `key`; resolves with the reply or rejects with the error. */
-  send(key: string, args: readonly string[]): Promise<unknown>;
+  /**
+   * Sends `args` (a whole command) to the server owning `key`; resolves with
+   * the reply or rejects with the error. `signal` aborts when the limiter
+   * stops waiting: a command not yet sent by then must never be sent.
+   */
+  send(key: string, args: readonly string[], signal?: AbortSignal): Promise<unknown>;
   /** Names the server owning `key` ("host:port"); the backend is learned once per name. */
   serverFor(key: string): string;
 }
@@ -35,6 +39,53 @@ interface NodeRedisClusterLike {
 
 const STANDALONE = "server";
 
+/** The one event of a client that the adapters listen to. */
+interface ReadyEvents {
+  once(event: "ready", listener: () => void): unknown;
+  off(event: "ready", listener: () => void): unknown;
+}
+
+/**
+ * Resolves once the client is connected, so no command waits in its offline
+ * queue: a queued command is sent when the client reconnects, long after the
+ * limiter gave up on it, and a request already refused would then be
+ * charged. An abort of `signal` ends the wait, and nothing is sent.
+ */
+function whenReady(client: object, ready: boolean, signal: AbortSignal | undefined): Promise<void> {
+  if (ready) return Promise.resolve();
+  const events = client as ReadyEvents;
+  return new Promise((resolve, reject) => {
+    const onReady = () => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    };
+    const onAbort = () => {
+      events.off("ready", onReady);
+      reject(signal?.reason);
+    };
+    if (signal?.aborted) return onAbort();
+    events.once("ready", onReady);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * ioredis queues a command in every status but "ready" and "end" (which
+ * rejects at once); "wait" (lazyConnect) connects on the first command, so
+ * the adapter starts the connection itself before waiting for it.
+ */
+function ioredisReady(client: object, signal: AbortSignal | undefined): Promise<void> {
+  const status = field(client, "status");
+  if (typeof status !== "string") return Promise.resolve();
+  if (status === "wait") (field(client, "connect") as () => Promise<void>).call(client).catch(() => undefined);
+  return whenReady(client, status === "ready" || status === "end", signal);
+}
+
+/** node-redis queues while it reconnects (open but not ready); a closed client rejects at once. */
+function nodeRedisReady(client: object, signal: AbortSignal | undefined): Promise<void> {
+  return whenReady(client, field(client, "isReady") !== false || field(client, "isOpen") !== true, signal);
+}
+
 function isFunction(value: unknown): boolean {
   return typeof value === "function";
 }
@@ -49,7 +100,10 @@ function address(options: { host?: string; port?: number } | undefined): string 
 
 function ioredis(client: IoredisLike): Connection {
   return {
-    send: (_key, [command, ...args]) => client.call(command as string, ...args),
+    send: async (_key, [command, ...args], signal) => {
+      await ioredisReady(client, signal);
+      return client.call(command as string, ...args);
+    },
     serverFor: () => address(client.options),
   };
 }
@@ -64,9 +118,13 @@ function ioredisCluster(cluster: IoredisClusterLike): Connection {
   const ownerAddress = (key: string) => cluster.slots[keySlot(key)]?.[0];
   const owner = (key: string) => cluster.nodes("master").find((node) => address(node.options) === ownerAddress(key));
   return {
-    send: async (key, [command, ...args]) => {
+    send: async (key, [command, ...args], signal) => {
       const node = owner(key);
-      if (!node) return cluster.call(command as string, ...args);
+      if (!node) {
+        await ioredisReady(cluster, signal);
+        return cluster.call(command as string, ...args);
+      }
+      await ioredisReady(node, signal);
       try {
         return await node.call(command as string, ...args);
       } catch (error) {
@@ -80,7 +138,13 @@ function ioredisCluster(cluster: IoredisClusterLike): Connection {
 }
 
 function nodeRedis(client: NodeRedisLike): Connection {
-  return { send: (_key, args) => client.sendCommand([...args]), serverFor: () => STANDALONE };
+  return {
+    send: async (_key, args, signal) => {
+      await nodeRedisReady(client, signal);
+      return client.sendCommand([...args]);
+    },
+    serverFor: () => STANDALONE,
+  };
 }
 
 /** node-redis's cluster client routes by the key it is given: one round trip. */

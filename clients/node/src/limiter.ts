@@ -63,8 +63,11 @@ const MODULE_COMMAND: Record<Operation, string> = {
   undo: "RATELIMIT.UNDO",
 };
 
-/** Replies that mean "this server is not well right now", not "your call is wrong". */
-const OUTAGE_REPLY = /^(LOADING|READONLY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|OOM|MOVED|ASK)\b/;
+/**
+ * Replies that mean "this server is not well right now", not "your call is
+ * wrong"; the twin's script gets them wrapped as "ERR OOM ... script: ...".
+ */
+const OUTAGE_REPLY = /^(ERR )?(LOADING|READONLY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|OOM|MOVED|ASK)\b/;
 const REPLY_ERROR_NAMES = new Set(["ReplyError", "ErrorReply", "SimpleError", "BlobError"]);
 
 /** An answer from Redis that is an error about the call itself (WRONGTYPE, a full log, ACL): thrown, never a policy. */
@@ -76,16 +79,37 @@ class TimeoutError extends Error {
   override name = "TimeoutError";
 }
 
+/**
+ * ioredis names its error answers "ReplyError"; node-redis's classes
+ * (ErrorReply, SimpleError, BlobError) keep Error's name, so their class
+ * chain is read too.
+ */
 function isReplyError(error: unknown): boolean {
-  return error instanceof Error && REPLY_ERROR_NAMES.has(error.name) && !OUTAGE_REPLY.test(error.message);
+  if (!(error instanceof Error) || OUTAGE_REPLY.test(error.message)) return false;
+  for (let proto: unknown = error; proto instanceof Error; proto = Object.getPrototypeOf(proto)) {
+    if (REPLY_ERROR_NAMES.has(proto.name) || REPLY_ERROR_NAMES.has(proto.constructor.name)) return true;
+  }
+  return false;
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+/**
+ * Runs `work` for at most `ms`; its signal aborts when the wait ends, so
+ * what it has not sent yet it never sends. What was sent may still be
+ * answered after that: `late` gets that answer.
+ */
+function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number, late?: (value: T) => void): Promise<T> {
+  const controller = new AbortController();
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new TimeoutError(`no answer from Redis within ${ms} ms`)), ms);
+    timer = setTimeout(() => {
+      const error = new TimeoutError(`no answer from Redis within ${ms} ms`);
+      controller.abort(error);
+      reject(error);
+    }, ms);
   });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+  const running = work(controller.signal);
+  if (late) timeout.catch(() => running.then(late, () => undefined));
+  return Promise.race([running, timeout]).finally(() => clearTimeout(timer));
 }
 
 export class RateLimiter {
@@ -163,7 +187,7 @@ export class RateLimiter {
   async delete(key: string): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
     this.memory.delete(fullKey);
-    const reply = await this.guarded("delete", fullKey, () => this.connection.send(fullKey, ["DEL", fullKey]));
+    const reply = await this.guarded("delete", fullKey, undefined, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
     return reply.ok && parseCount(reply.value) > 0;
   }
 
@@ -171,7 +195,8 @@ export class RateLimiter {
     const fullKey = this.prefix + validateKey(key);
     const list = validateLimits(limits);
     const cost = validateOptions(list, options);
-    const reply = await this.call(operation, fullKey, limitArgs(list, options));
+    const late = operation === "check" ? (value: unknown) => this.refundLate(fullKey, cost, value) : undefined;
+    const reply = await this.call(operation, fullKey, limitArgs(list, options), late);
     if (reply.ok) return { ...parseDecision(reply.value), source: "redis" };
     return this.whileUnavailable(operation, fullKey, list, { ...options, cost });
   }
@@ -189,32 +214,58 @@ export class RateLimiter {
     return { allowed: false, remaining: 0, retryAfterMs: Math.max(this.retryAfterFailureMs, 1), resetAfterMs: 0, source: "failClosed" };
   }
 
+  /**
+   * A check answered after its timeout ran on Redis and was recorded there,
+   * though the caller got the failure policy's answer: refund it.
+   */
+  private async refundLate(key: string, cost: number, value: unknown): Promise<void> {
+    try {
+      if (!parseDecision(value).allowed) return;
+      // Not through the failure policy: the server has just answered, though it is still marked down.
+      await withTimeout((signal) => this.send("undo", key, ["COST", String(cost)], signal), this.timeoutMs);
+      this.logger.warn(`redis-ratelimit: check on ${key} ran after its timeout; its charge was refunded`, { key, cost });
+    } catch (error) {
+      this.logger.error(`redis-ratelimit: check on ${key} ran after its timeout; its refund failed: ${messageOf(error)}`, {
+        key,
+        cause: error,
+      });
+    }
+  }
+
+  /** One operation on the key's server under the timeout and the failure policy. */
+  private call(
+    operation: Operation,
+    key: string,
+    args: string[],
+    late?: (value: unknown) => void,
+  ): Promise<{ ok: true; value: unknown } | { ok: false }> {
+    return this.guarded(operation, key, late, (signal) => this.send(operation, key, args, signal));
+  }
+
   /** One operation on the key's server, by the backend learned for it. */
-  private call(operation: Operation, key: string, args: string[]): Promise<{ ok: true; value: unknown } | { ok: false }> {
-    return this.guarded(operation, key, async () => {
-      const server = this.connection.serverFor(key);
-      if (this.learned.get(server) !== "twin") {
-        try {
-          const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args]);
-          this.learn(server, "module");
-          return value;
-        } catch (error) {
-          if (!/unknown command/i.test(messageOf(error))) throw error;
-          this.learn(server, "twin");
-        }
+  private async send(operation: Operation, key: string, args: string[], signal: AbortSignal): Promise<unknown> {
+    const server = this.connection.serverFor(key);
+    if (this.learned.get(server) !== "twin") {
+      try {
+        const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args], signal);
+        this.learn(server, "module");
+        return value;
+      } catch (error) {
+        if (!/unknown command/i.test(messageOf(error))) throw error;
+        this.learn(server, "twin");
       }
-      return this.twin(operation, key, args);
-    });
+    }
+    return this.twin(operation, key, args, signal);
   }
 
   /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
-  private async twin(operation: Operation, key: string, args: string[]): Promise<unknown> {
+  private async twin(operation: Operation, key: string, args: string[], signal: AbortSignal): Promise<unknown> {
     const tail = ["1", key, operation, ...args];
     try {
-      return await this.connection.send(key, ["EVALSHA", TWIN_SHA1, ...tail]);
+      return await this.connection.send(key, ["EVALSHA", TWIN_SHA1, ...tail], signal);
     } catch (error) {
       if (!messageOf(error).startsWith("NOSCRIPT")) throw error;
-      return this.connection.send(key, ["EVAL", TWIN_SCRIPT, ...tail]);
+      return this.connection.send(key, ["EVAL", TWIN_SCRIPT, ...tail], signal);
     }
   }
 
@@ -234,12 +285,13 @@ export class RateLimiter {
   private async guarded(
     operation: string,
     key: string,
-    send: () => Promise<unknown>,
+    late: ((value: unknown) => void) | undefined,
+    send: (signal: AbortSignal) => Promise<unknown>,
   ): Promise<{ ok: true; value: unknown } | { ok: false }> {
     const server = this.connection.serverFor(key);
     if (Date.now() < (this.downUntil.get(server) ?? 0)) return { ok: false };
     try {
-      const value = await withTimeout(send(), this.timeoutMs);
+      const value = await withTimeout(send, this.timeoutMs, late);
       this.recovered(server);
       return { ok: true, value };
     } catch (error) {

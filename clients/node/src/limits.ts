@@ -5,7 +5,7 @@
 export interface Limit {
   windowMs: number;
   max: number;
-  /** Policy name in the RateLimit-Policy header (default "default" for one limit, "w<seconds>" for several). */
+  /** Policy name in the RateLimit-Policy header (default: the middleware's name for one limit, "<name>-<seconds>s" for several). */
   name?: string;
 }
 
@@ -93,11 +93,10 @@ export function limitArgs(limits: readonly Limit[], options: CallOptions): strin
   return args;
 }
 
+/** A reply integer (number, bigint or digits) as a number; undefined unless a number holds it exactly (up to 2^53 - 1). */
 function toInteger(value: unknown): number | undefined {
-  if (typeof value === "number" && Number.isSafeInteger(value)) return value;
-  if (typeof value === "bigint") return Number(value);
-  if (typeof value === "string" && /^-?\d+$/.test(value)) return Number(value);
-  return undefined;
+  const number = typeof value === "bigint" || (typeof value === "string" && /^-?\d+$/.test(value)) ? Number(value) : value;
+  return typeof number === "number" && Number.isSafeInteger(number) ? number : undefined;
 }
 
 /**

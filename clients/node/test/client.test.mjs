@@ -206,3 +206,41 @@ test("the in-process fallback answers 300 random calls as the module does", asyn
     await close();
   }
 });
+
+test("an error answer (WRONGTYPE, NOPERM) rejects on every client build: no failure policy, no twin, no outage", async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  await cli(server.port, "SET", "plain-string", "x");
+  await cli(server.port, "ACL", "SETUSER", "default", "-ratelimit.peek");
+  for (const [name, open] of Object.entries(factories)) {
+    const { client, close } = await open(server.port);
+    try {
+      const limiter = new RateLimiter(client, { logger: recorder().logger, failOpen: true, retryAfterFailureMs: 60_000 });
+      const refused = (pattern) => (error) => error instanceof RateLimitReplyError && pattern.test(error.message);
+      await assert.rejects(limiter.check("plain-string", { windowMs: 1000, max: 5 }), refused(/^WRONGTYPE/), name);
+      await assert.rejects(limiter.peek("denied", { windowMs: 1000, max: 5 }), refused(/^NOPERM/), name);
+      const after = await limiter.check(`fine:${name}`, { windowMs: 1000, max: 5 });
+      assert.deepEqual([after.source, limiter.backend], ["redis", "module"], name);
+    } finally {
+      await close();
+    }
+  }
+});
+
+test("a reply integer that a JS number cannot hold exactly is an error, never rounded", async () => {
+  // A Connection of one's own may answer bigints or strings (RESP3 big numbers, stringNumbers).
+  const answering = (reply) => new RateLimiter({ send: async () => reply, serverFor: () => "server" }, { logger: recorder().logger });
+  const limit = { windowMs: 1000, max: 5 };
+  assert.deepEqual(await answering([1n, 4n, 0n, 1000n]).check("k", limit), {
+    allowed: true,
+    remaining: 4,
+    retryAfterMs: 0,
+    resetAfterMs: 1000,
+    source: "redis",
+  });
+  assert.equal((await answering(["0", "0", "250", "1000"]).check("k", limit)).retryAfterMs, 250);
+  for (const huge of [2n ** 60n, "9007199254740993"]) {
+    await assert.rejects(answering([1, huge, 0, 0]).check("k", limit), /unexpected reply/);
+  }
+  await assert.rejects(answering(2n ** 60n).undo("k"), /unexpected reply/);
+});

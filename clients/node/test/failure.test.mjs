@@ -7,7 +7,7 @@ import { test } from "node:test";
 import Redis from "ioredis";
 import { RateLimiter } from "redis-ratelimit";
 import { startApp } from "./app.mjs";
-import { recorder, startServer } from "./servers.mjs";
+import { cli, recorder, startServer } from "./servers.mjs";
 
 const LIMIT = { windowMs: 60_000, max: 10 };
 
@@ -82,4 +82,90 @@ test("Redis stopped then back: closed, open and fallback policies over HTTP, the
   }
   assert.equal(await status(closed, "back"), 200);
   assert.ok(log.lines.some((line) => line.level === "info" && /127\.0\.0\.1:\d+ answers again/.test(line.message)));
+});
+
+test("calls that time out while the client reconnects are never sent later (no charge for a refused request)", async (t) => {
+  const { createClient } = await import("redis");
+  let redis = await startServer();
+  const port = redis.port;
+  t.after(() => redis.stop());
+  // Each client with its default options: an offline queue that would send a queued command once reconnected.
+  const builds = {
+    ioredis: async () => {
+      const client = new Redis({ host: "127.0.0.1", port });
+      return { client, close: () => client.disconnect() };
+    },
+    "node-redis": async () => {
+      const client = createClient({ socket: { host: "127.0.0.1", port } });
+      client.on("error", () => undefined);
+      await client.connect();
+      return { client, close: () => client.destroy() };
+    },
+  };
+  const limiters = {};
+  for (const [name, build] of Object.entries(builds)) {
+    const { client, close } = await build();
+    t.after(close);
+    limiters[name] = new RateLimiter(client, { timeoutMs: 100, retryAfterFailureMs: 0, logger: recorder().logger });
+    assert.equal((await limiters[name].peek(name, LIMIT)).source, "redis");
+  }
+  await redis.stop();
+  // Once the clients saw the connection close (a command written just before is resent on reconnect by ioredis: README).
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  for (const [name, limiter] of Object.entries(limiters)) {
+    for (let i = 0; i < 3; i++) assert.equal((await limiter.check(name, LIMIT)).source, "failClosed", name);
+  }
+  redis = await startServer({ port });
+  const remaining = {};
+  for (const [name, limiter] of Object.entries(limiters)) {
+    let answer;
+    for (let i = 0; i < 100 && answer?.source !== "redis"; i++) {
+      answer = await limiter.peek(name, LIMIT);
+      if (answer.source !== "redis") await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(answer.source, "redis", name);
+    remaining[name] = answer.remaining;
+  }
+  // Nothing refused was charged once the clients reconnected.
+  assert.deepEqual(remaining, { ioredis: LIMIT.max, "node-redis": LIMIT.max });
+});
+
+test("a check answered after its timeout (Redis hung, then back) is refunded: the caller was given the policy's answer", async (t) => {
+  const redis = await startServer();
+  t.after(() => {
+    process.kill(redis.pid, "SIGCONT");
+    return redis.stop();
+  });
+  const client = new Redis({ host: "127.0.0.1", port: redis.port });
+  t.after(() => client.disconnect());
+  const log = recorder();
+  const limiter = new RateLimiter(client, { timeoutMs: 100, logger: log.logger });
+  assert.equal((await limiter.check("late", LIMIT)).remaining, 9);
+  process.kill(redis.pid, "SIGSTOP");
+  assert.equal((await limiter.check("late", LIMIT)).source, "failClosed");
+  process.kill(redis.pid, "SIGCONT");
+  const refunded = () =>
+    log.lines.some((line) => line.level === "warn" && /check on late ran after its timeout; its charge was refunded/.test(line.message));
+  for (let i = 0; i < 100 && !refunded(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.ok(refunded(), "the late charge was refunded and logged");
+  // Past retryAfterFailureMs, Redis decides again: only the first check is counted.
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const after = await limiter.peek("late", LIMIT);
+  assert.deepEqual([after.source, after.remaining], ["redis", 9]);
+});
+
+test("a server out of memory (OOM, noeviction) takes the failure policy on the module and on the twin alike", async (t) => {
+  for (const module of [true, false]) {
+    const redis = await startServer({ module });
+    t.after(() => redis.stop());
+    const client = new Redis({ host: "127.0.0.1", port: redis.port });
+    t.after(() => client.disconnect());
+    const log = recorder();
+    const limiter = new RateLimiter(client, { logger: log.logger });
+    assert.equal((await limiter.check("oom", LIMIT)).source, "redis");
+    await cli(redis.port, "CONFIG", "SET", "maxmemory", "1");
+    // The twin's EVAL answers "ERR OOM ... script: ...", the module "OOM ...".
+    assert.equal((await limiter.check("oom", LIMIT)).source, "failClosed", module ? "module" : "twin");
+    assert.match(log.lines.at(-1).message, /unavailable for check on oom: .*OOM command not allowed/);
+  }
 });

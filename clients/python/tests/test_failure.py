@@ -129,3 +129,39 @@ def test_http_while_redis_is_stopped(serve: object, own_server: Server) -> None:
         closed.stop()
         shared.stop()
     assert "Redis unavailable" in closed.output() or "failing closed" in closed.output()
+
+
+def test_a_check_that_lands_after_its_timeout_is_refunded(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """The README's client (redis-py's default retries): a check given up on
+    while Redis is down is retried by redis-py in the background and runs
+    once Redis is back. The request was refused, so the charge is refunded."""
+    limiter = RateLimiter(own_server.client(), timeout=0.1, retry_after_failure=0)
+    limit = Limit.per_minute(10)
+    assert limiter.peek("late", limit).source == "redis"
+    own_server.stop()
+    assert [limiter.check("late", limit).source for _ in range(3)] == ["fail_closed"] * 3
+    own_server.start()
+    remaining = None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        # Each late check lands, then its refund: wait for both.
+        decision = limiter.peek("late", limit)
+        landed = own_server.client().info("commandstats").get("cmdstat_ratelimit.check", {}).get("calls", 0)
+        remaining = decision.remaining if decision.source == "redis" else None
+        if landed == 3 and remaining == 10:
+            break
+        time.sleep(0.1)
+    assert (landed, remaining) == (3, 10)
+    assert sum("refunded" in r.getMessage() for r in caplog.records) == 3
+
+
+@pytest.mark.parametrize("own_server", ["module", "twin"], indirect=True)
+def test_a_server_out_of_memory_takes_the_failure_policy(own_server: Server) -> None:
+    """OOM (maxmemory reached, noeviction) is an outage on both backends:
+    the module answers "OOM ...", the twin's script "ERR OOM ... script: ..."."""
+    limiter = RateLimiter(own_server.client())
+    assert limiter.check("oom", Limit.per_minute(5)).source == "redis"
+    own_server.client().config_set("maxmemory", 1)
+    decision = limiter.check("oom", Limit.per_minute(5))
+    assert decision.source == "fail_closed"
+    assert "command not allowed when used memory" in str(decision.error)

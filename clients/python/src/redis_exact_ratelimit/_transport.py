@@ -68,11 +68,16 @@ _OUTAGE_REPLIES = (
 )
 
 
+# The same answers without a class of their own: "BUSY Redis is busy
+# running a script", and any of them met inside the twin's script, which
+# Redis wraps as "ERR OOM ... script: ..." (redis-py strips the "ERR ").
+_OUTAGE_PREFIXES = ("BUSY ", "OOM ", "LOADING ", "READONLY ", "CLUSTERDOWN ", "TRYAGAIN ", "MASTERDOWN ")
+
+
 def is_call_error(error: BaseException) -> bool:
     if not isinstance(error, rx.ResponseError) or isinstance(error, _OUTAGE_REPLIES):
         return False
-    # "BUSY Redis is busy running a script" has no class of its own.
-    return not str(error).startswith("BUSY ")
+    return not str(error).startswith(_OUTAGE_PREFIXES)
 
 
 def standalone_name(kwargs: dict[str, Any]) -> str:

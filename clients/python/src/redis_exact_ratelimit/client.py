@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar, Union, cast
 
@@ -23,7 +23,7 @@ from ._core import (
     undo_args,
 )
 from ._fallback import Fallback
-from ._policy import Unavailable
+from ._policy import Unavailable, logger
 from ._transport import drive, plan, standalone_name
 
 T = TypeVar("T")
@@ -101,18 +101,26 @@ class RateLimiter(LimiterBase):
     def _decide(self, operation: Operation, key: str, limits: Limits, cost: int, precision: int | None) -> Decision:
         full = self._full_key(key)
         call = make_call(limits, cost, precision)
-        outcome = self._call(operation, full, call.args(), parse_decision)
+        late = self._refund_if_charged(full, call.cost) if operation == "check" else None
+        outcome = self._call(operation, full, call.args(), parse_decision, late)
         if isinstance(outcome, Unavailable):
             return self.policy.decide_without_redis(operation == "check", full, call, outcome)
         return outcome
 
-    def _call(self, operation: Operation, key: str, args: list[str], parse: Callable[[Any], T]) -> T | Unavailable:
+    def _call(
+        self,
+        operation: Operation,
+        key: str,
+        args: list[str],
+        parse: Callable[[Any], T],
+        late: Callable[[Future[Any]], None] | None = None,
+    ) -> T | Unavailable:
         server = self._server_name(key)
         skipped = self.policy.skip(server)
         if skipped is not None:
             return skipped
         try:
-            value = parse(self._within_timeout(lambda: self._round_trip(operation, key, args)))
+            value = parse(self._within_timeout(lambda: self._round_trip(operation, key, args), late))
         except Exception as error:
             return self._unavailable(server, operation, key, error)
         self.policy.succeeded(server)
@@ -129,7 +137,26 @@ class RateLimiter(LimiterBase):
             return str(node_of(key).name)
         return standalone_name(self.client.connection_pool.connection_kwargs)
 
-    def _within_timeout(self, work: Callable[[], T]) -> T:
+    def _refund_if_charged(self, key: str, cost: int) -> Callable[[Future[Any]], None]:
+        """For a check given up on: redis-py may still send it (its retries
+        go on in the worker thread) and Redis then records a request that
+        was answered by the failure policy. Such a charge is refunded."""
+
+        def late(future: Future[Any]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            try:
+                if not parse_decision(future.result()).allowed:
+                    return
+                self._round_trip("undo", key, undo_args(cost))
+            except Exception as error:
+                logger.error("rate-limit check on key %r ran after its timeout; its refund failed: %s", key, error)
+                return
+            logger.warning("rate-limit check on key %r ran after its timeout; its charge was refunded", key)
+
+        return late
+
+    def _within_timeout(self, work: Callable[[], T], late: Callable[[Future[Any]], None] | None = None) -> T:
         if self.timeout is None:
             return work()
         future = self._pool().submit(work)
@@ -137,8 +164,10 @@ class RateLimiter(LimiterBase):
             return future.result(self.timeout)
         except FutureTimeout:
             # The round trip goes on in its thread until the client's own
-            # timeouts end it; the caller does not wait for it.
-            future.cancel()
+            # timeouts end it; the caller does not wait for it, and `late`
+            # gets what it finally did.
+            if not future.cancel() and late is not None:
+                future.add_done_callback(late)
             raise CallTimeout(f"no answer from Redis within {self.timeout * 1000:g} ms") from None
 
     def _pool(self) -> ThreadPoolExecutor:
