@@ -83,7 +83,7 @@ impl Model {
         // window - now, or 0 when that window holds nothing.
         let horizon = now - longest as i64;
         let reset = self.newest().map_or(0, |t| (t - horizon).max(0));
-        [allowed as i64, remaining as i64, retry as i64, reset as i64]
+        [allowed as i64, remaining as i64, retry, reset]
     }
 
     fn request(
@@ -202,7 +202,7 @@ fn run(calls: &[Call]) -> Result<(), String> {
                 "call {index} {call:?} at {clock}: twin {got:?}, model {want:?}"
             ));
         }
-        if twin.exists("k") != !model.entries.is_empty() {
+        if twin.exists("k") == model.entries.is_empty() {
             return Err(format!("call {index} {call:?}: the key exists in one only"));
         }
     }
