@@ -197,6 +197,17 @@ pub fn parse_multi_undo<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiUndoCall<'_, 
     })
 }
 
+/// Where `numkeys key [key ...]` puts its keys in argv, as far as the
+/// words go (none if `numkeys` is not a count the command takes): what the
+/// server asks before running the command, whose errors come after.
+pub fn key_positions<A: AsRef<[u8]>>(args: &[A]) -> std::ops::Range<usize> {
+    let count = args
+        .get(1)
+        .and_then(|numkeys| positive_up_to(numkeys, MAX_KEYS as u64))
+        .map_or(0, |n| n.get() as usize);
+    2..(2 + count).min(args.len())
+}
+
 /// `numkeys key [key ...]` after the command's name: the keys, each at
 /// most once, and the words after them.
 fn parse_keys<A: AsRef<[u8]>>(args: &[A]) -> Result<(&[A], &[A]), ArgError> {
@@ -598,6 +609,9 @@ mod tests {
         let most = parse_multi_call(&most_words).unwrap();
         assert_eq!(most.calls.len(), 16);
         assert!(most.calls.iter().all(|c| c.request.limits().len() == 8));
+        assert_eq!(key_positions(&args("M 3 a b c 1 10 1")), 2..5);
+        assert_eq!(key_positions(&args("M 3 a")), 2..3);
+        assert!(key_positions(&args("M 17 a")).is_empty());
         let undo_words = args("U 2 a b COST 3");
         let undo = parse_multi_undo(&undo_words).unwrap();
         assert_eq!((undo.keys.len(), undo.units.get()), (2, 3));

@@ -82,6 +82,9 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 /// RECORDs and WIDENs of one call reach replicas and the AOF as one
 /// MULTI/EXEC, which the server wraps around what one command replicates.
 fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
     let call = args::parse_multi_call(args)?;
     let mut keys: Vec<WriteKey> = call
         .calls
@@ -133,6 +136,9 @@ fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 }
 
 fn mpeek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
     let call = args::parse_multi_call(args)?;
     let keys: Vec<ReadKey> = call
         .calls
@@ -149,6 +155,24 @@ fn mpeek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// A command with counted keys is asked where its keys are (the
+/// `getkeys-api` flag) before it runs, by cluster routing and its
+/// CROSSSLOT check, which read no key spec: answers with the positions
+/// `numkeys` names, and true, if this call is such a question.
+fn report_keys(ctx: &Context, args: &[Arg]) -> bool {
+    // SAFETY: plain calls on the live context; presence is checked when
+    // the module loads.
+    unsafe {
+        if (api().is_keys_position_request)(ctx.ctx) == 0 {
+            return false;
+        }
+        for position in args::key_positions(args) {
+            (api().key_at_pos)(ctx.ctx, position as c_int);
+        }
+    }
+    true
+}
+
 /// Each key's log (`None` for a key that does not exist) with its request.
 fn stored<'a>(
     calls: &'a [LimitCall<Arg>],
@@ -159,6 +183,9 @@ fn stored<'a>(
 
 /// MUNDO: every key is opened and its type checked before any refund.
 fn mundo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
     let call = args::parse_multi_undo(args)?;
     let mut keys: Vec<WriteKey> = call.keys.iter().map(|k| WriteKey::open(ctx, k)).collect();
     let logs: Vec<Option<&mut TimeLog>> = keys

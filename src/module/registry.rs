@@ -195,7 +195,7 @@ const SPECS: [CommandSpec; 8] = [
     CommandSpec {
         name: c"ratelimit.mcheck",
         handler: commands::mcheck_command,
-        flags: c"write deny-oom",
+        flags: c"write deny-oom getkeys-api",
         acl_categories: c"write",
         summary: c"Decides one request against several keys, each with its own limits, and records it once in every key if every key's every limit allows, else in none. Replies [allowed, remaining, retry_after_ms, reset_after_ms, denied].",
         complexity: c"RATELIMIT.CHECK's for each key.",
@@ -208,7 +208,7 @@ const SPECS: [CommandSpec; 8] = [
     CommandSpec {
         name: c"ratelimit.mpeek",
         handler: commands::mpeek_command,
-        flags: c"readonly",
+        flags: c"readonly getkeys-api",
         acl_categories: c"read",
         summary: c"Tells whether RATELIMIT.MCHECK would allow a request, without recording it. Same reply.",
         complexity: c"RATELIMIT.PEEK's for each key.",
@@ -221,7 +221,7 @@ const SPECS: [CommandSpec; 8] = [
     CommandSpec {
         name: c"ratelimit.mundo",
         handler: commands::mundo_command,
-        flags: c"write deny-oom",
+        flags: c"write deny-oom getkeys-api",
         acl_categories: c"write",
         summary: c"Refunds the n newest recorded units of cost (default 1) in each key, as RATELIMIT.UNDO on each. Replies with the number of units removed per key.",
         complexity: c"O(1) per entry refunded.",
