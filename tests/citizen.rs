@@ -73,7 +73,14 @@ fn readme_reference_matches_command_docs() {
     let server = Server::start(&[]);
     let mut con = server.connect();
     let readme = harness::readme();
-    for name in ["RATELIMIT.CHECK", "RATELIMIT.PEEK", "RATELIMIT.UNDO"] {
+    for name in [
+        "RATELIMIT.CHECK",
+        "RATELIMIT.PEEK",
+        "RATELIMIT.UNDO",
+        "RATELIMIT.MCHECK",
+        "RATELIMIT.MPEEK",
+        "RATELIMIT.MUNDO",
+    ] {
         let reply: Value = run(&mut con, &["COMMAND", "DOCS", name]);
         let all = fields(&reply);
         let docs = fields(&all[&name.to_lowercase()]);

@@ -494,3 +494,22 @@ fn replicas_and_the_aof_get_every_key_at_once() {
     let mut m = master.connect();
     assert_eq!(all_digests(&mut m), on_master, "and after a restart");
 }
+
+/// README.md's example of the native all-or-nothing call, word for word.
+#[test]
+fn the_readme_example_replies_as_shown() {
+    let readme = harness::readme();
+    let line = readme
+        .lines()
+        .find_map(|line| line.strip_prefix("redis-cli RATELIMIT.MCHECK "))
+        .expect("README.md shows an MCHECK");
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let mut words = vec!["RATELIMIT.MCHECK"];
+    words.extend(line.split(' '));
+    let reply: (i64, i64, i64, i64, Vec<i64>) = run(&mut con, &words);
+    assert_eq!(reply, (1, 99, 0, 60_000, vec![]));
+    assert!(readme.contains(
+        "1) (integer) 1\n2) (integer) 99\n3) (integer) 0\n4) (integer) 60000\n5) (empty array)"
+    ));
+}
