@@ -83,7 +83,11 @@ enum Reply {
 
 fn send(caller: &Caller, con: &mut Connection, words: &[&str]) -> Reply {
     match caller.command(words).query::<redis::Value>(con) {
-        Err(e) => Reply::Error(format!("{} {}", e.code().unwrap_or(""), e.detail().unwrap_or(""))),
+        Err(e) => Reply::Error(format!(
+            "{} {}",
+            e.code().unwrap_or(""),
+            e.detail().unwrap_or("")
+        )),
         Ok(redis::Value::Int(n)) => Reply::Refund(n),
         Ok(redis::Value::Array(values)) => {
             let numbers: Vec<i64> = values
