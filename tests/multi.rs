@@ -513,3 +513,62 @@ fn the_readme_example_replies_as_shown() {
         "1) (integer) 1\n2) (integer) 99\n3) (integer) 0\n4) (integer) 60000\n5) (empty array)"
     ));
 }
+
+/// A denied MCHECK that widens nothing changes nothing (a WATCHing client
+/// keeps its transaction, no event); an allowed one signals and publishes
+/// every key; MUNDO every key it refunds.
+#[test]
+fn watch_and_keyspace_events_see_every_key_and_only_changes() {
+    let server = Server::start(&["--notify-keyspace-events", "Kd$"]);
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut subscriber = client.get_connection().expect("subscriber");
+    subscriber
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.psubscribe("__keyspace@0__:*").expect("PSUBSCRIBE");
+    let (mut watcher, mut con) = (server.connect(), server.connect());
+    let transaction = |watcher: &mut Connection, con: &mut Connection| {
+        run::<()>(watcher, &["WATCH", KEYS[2]]);
+        mcheck(con);
+        run::<()>(watcher, &["MULTI"]);
+        run::<()>(watcher, &["SET", "marker", "1"]);
+        run::<Value>(watcher, &["EXEC"])
+    };
+    assert_eq!(
+        transaction(&mut watcher, &mut con),
+        Value::Nil,
+        "allowed: a write"
+    );
+    mcheck(&mut con);
+    assert_eq!(
+        transaction(&mut watcher, &mut con),
+        Value::Array(vec![Value::Okay]),
+        "denied, widening nothing: no write"
+    );
+    run::<Value>(&mut con, &["RATELIMIT.MUNDO", "2", KEYS[0], KEYS[2]]);
+    run::<()>(&mut con, &["SET", "done", "1"]);
+    let mut events = Vec::new();
+    loop {
+        let message = pubsub.get_message().expect("an event");
+        let channel = message.get_channel_name().to_string();
+        let event: String = message.get_payload().expect("text");
+        if channel.ends_with(":done") {
+            break;
+        }
+        if event.starts_with("ratelimit.") {
+            events.push(format!(
+                "{} {event}",
+                channel.trim_start_matches("__keyspace@0__:")
+            ));
+        }
+    }
+    let recorded: Vec<String> = KEYS
+        .iter()
+        .map(|k| format!("{k} ratelimit.recorded"))
+        .collect();
+    let mut expected = [recorded.clone(), recorded].concat();
+    expected.push(format!("{} ratelimit.refunded", KEYS[0]));
+    expected.push(format!("{} ratelimit.refunded", KEYS[2]));
+    assert_eq!(events, expected);
+}
