@@ -444,6 +444,20 @@ fn replicas_and_the_aof_get_every_key_at_once() {
     let on_master = all_digests(&mut m);
     assert_eq!(on_master.len(), 3);
     assert_eq!(all_digests(&mut r), on_master);
+    let peeked = mcheck_by(&mut r, "RATELIMIT.MPEEK", &[]);
+    assert_eq!(
+        peeked.1,
+        mcheck_by(&mut m, "RATELIMIT.MPEEK", &[]).1,
+        "MPEEK runs on a replica"
+    );
+    let refused = error(
+        &mut r,
+        &call("RATELIMIT.MCHECK", &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(refused.starts_with("READONLY"), "{refused}");
     let ttl: i64 = run(&mut r, &["PTTL", KEYS[1]]);
     assert!(
         ttl > 3_000_000,
