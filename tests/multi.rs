@@ -123,6 +123,22 @@ fn mpeek_answers_and_mundo_refunds_every_key() {
     );
 }
 
+/// MCHECK over two keys, 9 per minute each.
+fn two_keys<'a>(a: &'a str, b: &'a str) -> [&'a str; 10] {
+    [
+        "RATELIMIT.MCHECK",
+        "2",
+        a,
+        b,
+        "1",
+        "60000",
+        "9",
+        "1",
+        "60000",
+        "9",
+    ]
+}
+
 #[test]
 fn an_error_on_one_key_changes_no_key() {
     let server = Server::start_with_module_args(&["max-entries", "2"], &[]);
@@ -130,21 +146,7 @@ fn an_error_on_one_key_changes_no_key() {
     mcheck(&mut con);
     run::<()>(&mut con, &["SET", "plain", "x"]);
     let before = digests(&mut con);
-    let wrongtype = error(
-        &mut con,
-        &[
-            "RATELIMIT.MCHECK",
-            "2",
-            KEYS[0],
-            "plain",
-            "1",
-            "60000",
-            "9",
-            "1",
-            "60000",
-            "9",
-        ],
-    );
+    let wrongtype = error(&mut con, &two_keys(KEYS[0], "plain"));
     assert!(wrongtype.starts_with("WRONGTYPE"), "{wrongtype}");
     let undo_wrongtype = error(&mut con, &["RATELIMIT.MUNDO", "2", KEYS[0], "plain"]);
     assert!(undo_wrongtype.starts_with("WRONGTYPE"), "{undo_wrongtype}");
@@ -155,21 +157,7 @@ fn an_error_on_one_key_changes_no_key() {
     run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", KEYS[1], "60000", "9"]);
     let before = digests(&mut con);
     std::thread::sleep(std::time::Duration::from_millis(2));
-    let full = error(
-        &mut con,
-        &[
-            "RATELIMIT.MCHECK",
-            "2",
-            "fresh",
-            KEYS[1],
-            "1",
-            "60000",
-            "9",
-            "1",
-            "60000",
-            "9",
-        ],
-    );
+    let full = error(&mut con, &two_keys("fresh", KEYS[1]));
     assert!(full.contains("this key's log is full"), "{full}");
     assert_eq!(digests(&mut con), before);
     let exists: i64 = run(&mut con, &["EXISTS", "fresh"]);
@@ -534,11 +522,7 @@ fn the_readme_example_replies_as_shown() {
 #[test]
 fn watch_and_keyspace_events_see_every_key_and_only_changes() {
     let server = Server::start(&["--notify-keyspace-events", "Kd$"]);
-    let client = redis::Client::open(server.url()).expect("url");
-    let mut subscriber = client.get_connection().expect("subscriber");
-    subscriber
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .expect("timeout");
+    let mut subscriber = server.subscriber();
     let mut pubsub = subscriber.as_pubsub();
     pubsub.psubscribe("__keyspace@0__:*").expect("PSUBSCRIBE");
     let (mut watcher, mut con) = (server.connect(), server.connect());
