@@ -171,7 +171,7 @@ soak: build
 # nightly-only flags (-Zsanitizer=address); RUSTC_BOOTSTRAP lets this
 # machine's stable toolchain accept them.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := args decode differential
+FUZZ_TARGETS := args decode differential multi
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	@for target in $(FUZZ_TARGETS); do \

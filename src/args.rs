@@ -5,7 +5,7 @@
 //! parse returns the key and the typed call together, with the argument
 //! strings replication reuses, so no handler reads argv by position.
 
-use crate::limiter::{Limit, Record, Request, RequestError, MAX_LIMITS};
+use crate::limiter::{Limit, Record, Request, RequestError, MAX_KEYS, MAX_LIMITS};
 use crate::log::{MAX_COST, MAX_WINDOW, TIMES};
 use std::num::NonZeroU64;
 
@@ -77,35 +77,20 @@ pub fn parse_limit_call<A: AsRef<[u8]>>(args: &[A]) -> Result<LimitCall<'_, A>, 
     // The first pair is required; more follow while the next word is a
     // number rather than an option name.
     while at < rest.len() && (at == 0 || starts_like_a_number(&rest[at])) {
-        let window_arg = &rest[at];
-        let window = parse_window(window_arg)?;
-        let max = rest.get(at + 1).ok_or_else(|| {
-            invalid(format!(
-                "syntax error: window {} has no max",
-                String::from_utf8_lossy(window_arg.as_ref())
-            ))
-        })?;
-        let max = positive(max).ok_or_else(|| request_error(RequestError::MaxOutOfRange(0)))?;
-        if limits[..count].iter().all(|l| l.window < window) {
-            longest_window = window_arg;
+        let limit = parse_limit(&rest[at], rest.get(at + 1))?;
+        if limits[..count].iter().all(|l| l.window < limit.window) {
+            longest_window = &rest[at];
         }
         let slot = limits
             .get_mut(count)
             .ok_or_else(|| request_error(RequestError::TooManyLimits))?;
-        *slot = Limit { window, max };
+        *slot = limit;
         count += 1;
         at += 2;
     }
     let limits = &limits[..count];
     let [cost, precision] = parse_options(&rest[at..], [&COST, &PRECISION])?;
-    let cost_value = cost.map_or(Ok(NonZeroU64::MIN), |v| positive(v).ok_or_else(cost_error))?;
-    let precision_value = precision.map_or(Ok(NonZeroU64::MIN), |v| {
-        positive_up_to(v, MAX_WINDOW).ok_or_else(|| precision_error(limits))
-    })?;
-    let request = Request::new(limits, cost_value, precision_value).map_err(|e| match e {
-        RequestError::PrecisionAboveWindow { .. } => precision_error(limits),
-        other => request_error(other),
-    })?;
+    let request = build_request(limits, cost, precision)?;
     Ok(LimitCall {
         key,
         request,
@@ -113,6 +98,136 @@ pub fn parse_limit_call<A: AsRef<[u8]>>(args: &[A]) -> Result<LimitCall<'_, A>, 
         cost,
         precision,
     })
+}
+
+/// One `window max` pair; `max` is `None` when the words ran out.
+fn parse_limit<A: AsRef<[u8]>>(window_arg: &A, max: Option<&A>) -> Result<Limit, ArgError> {
+    let window = parse_window(window_arg)?;
+    let max = max.ok_or_else(|| {
+        invalid(format!(
+            "syntax error: window {} has no max",
+            String::from_utf8_lossy(window_arg.as_ref())
+        ))
+    })?;
+    let max = positive(max).ok_or_else(|| request_error(RequestError::MaxOutOfRange(0)))?;
+    Ok(Limit { window, max })
+}
+
+/// The request of `limits` with COST's and PRECISION's values, if given.
+fn build_request<A: AsRef<[u8]>>(
+    limits: &[Limit],
+    cost: Option<&A>,
+    precision: Option<&A>,
+) -> Result<Request, ArgError> {
+    let cost = cost.map_or(Ok(NonZeroU64::MIN), |v| positive(v).ok_or_else(cost_error))?;
+    let precision = precision.map_or(Ok(NonZeroU64::MIN), |v| {
+        positive_up_to(v, MAX_WINDOW).ok_or_else(|| precision_error(limits))
+    })?;
+    Request::new(limits, cost, precision).map_err(|e| match e {
+        RequestError::PrecisionAboveWindow { .. } => precision_error(limits),
+        other => request_error(other),
+    })
+}
+
+/// `RATELIMIT.MCHECK|MPEEK numkeys key [key ...] npairs window max [window
+/// max ...] [npairs window max ...] [COST n] [PRECISION p]`: each key's
+/// call, in key order, as CHECK on that key alone would parse it (COST
+/// and PRECISION apply to every key).
+#[derive(Debug)]
+pub struct MultiCall<'a, A> {
+    pub calls: Vec<LimitCall<'a, A>>,
+}
+
+/// `RATELIMIT.MUNDO numkeys key [key ...] [COST n]`.
+#[derive(Debug)]
+pub struct MultiUndoCall<'a, A> {
+    pub keys: &'a [A],
+    pub units: NonZeroU64,
+}
+
+pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, ArgError> {
+    let (keys, mut rest) = parse_keys(args)?;
+    let mut pairs = Vec::with_capacity(keys.len());
+    for (position, _) in keys.iter().enumerate() {
+        let [npairs, after @ ..] = rest else {
+            return Err(ArgError::WrongArity);
+        };
+        let npairs = positive_up_to(npairs, MAX_LIMITS as u64).ok_or_else(|| {
+            invalid(format!(
+                "npairs of key {} must be an integer from 1 to {MAX_LIMITS}",
+                position + 1
+            ))
+        })?;
+        let words = 2 * npairs.get() as usize;
+        let Some(words) = after.get(..words) else {
+            return Err(ArgError::WrongArity);
+        };
+        pairs.push(words);
+        rest = &after[words.len()..];
+    }
+    let [cost, precision] = parse_options(rest, [&COST, &PRECISION])?;
+    let mut calls = Vec::with_capacity(keys.len());
+    for (key, words) in keys.iter().zip(pairs) {
+        let mut limits = Vec::with_capacity(words.len() / 2);
+        let mut longest_window = &words[0];
+        for pair in words.chunks_exact(2) {
+            let limit = parse_limit(&pair[0], pair.get(1))?;
+            if limits.iter().all(|l: &Limit| l.window < limit.window) {
+                longest_window = &pair[0];
+            }
+            limits.push(limit);
+        }
+        calls.push(LimitCall {
+            key,
+            request: build_request(&limits, cost, precision)?,
+            longest_window,
+            cost,
+            precision,
+        });
+    }
+    Ok(MultiCall { calls })
+}
+
+pub fn parse_multi_undo<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiUndoCall<'_, A>, ArgError> {
+    let (keys, options) = parse_keys(args)?;
+    let [cost] = parse_options(options, [&COST])?;
+    Ok(MultiUndoCall {
+        keys,
+        units: cost.map_or(Ok(NonZeroU64::MIN), |v| positive(v).ok_or_else(cost_error))?,
+    })
+}
+
+/// Where `numkeys key [key ...]` puts its keys in argv, as far as the
+/// words go (none if `numkeys` is not a count the command takes): what the
+/// server asks before running the command, whose errors come after.
+pub fn key_positions<A: AsRef<[u8]>>(args: &[A]) -> std::ops::Range<usize> {
+    let count = args
+        .get(1)
+        .and_then(|numkeys| positive_up_to(numkeys, MAX_KEYS as u64))
+        .map_or(0, |n| n.get() as usize);
+    2..(2 + count).min(args.len())
+}
+
+/// `numkeys key [key ...]` after the command's name: the keys, each at
+/// most once, and the words after them.
+fn parse_keys<A: AsRef<[u8]>>(args: &[A]) -> Result<(&[A], &[A]), ArgError> {
+    let [_, numkeys, rest @ ..] = args else {
+        return Err(ArgError::WrongArity);
+    };
+    let numkeys = positive_up_to(numkeys, MAX_KEYS as u64)
+        .ok_or_else(|| invalid(format!("numkeys must be an integer from 1 to {MAX_KEYS}")))?;
+    let Some(keys) = rest.get(..numkeys.get() as usize) else {
+        return Err(ArgError::WrongArity);
+    };
+    for (position, key) in keys.iter().enumerate() {
+        if keys[..position].iter().any(|k| k.as_ref() == key.as_ref()) {
+            return Err(invalid(format!(
+                "key '{}' is given more than once",
+                String::from_utf8_lossy(key.as_ref())
+            )));
+        }
+    }
+    Ok((keys, &rest[keys.len()..]))
 }
 
 pub fn parse_undo<A: AsRef<[u8]>>(args: &[A]) -> Result<UndoCall<'_, A>, ArgError> {
@@ -456,5 +571,94 @@ mod tests {
         );
         assert_eq!(record("R k 1 2").map(|_| ()), Err(ArgError::WrongArity));
         assert!(record("R k -5 1000 2").is_err());
+    }
+
+    fn multi_error(line: &str) -> ArgError {
+        match parse_multi_call(&args(line)) {
+            Err(e) => e,
+            Ok(call) => panic!("{line}: expected an error, got {call:?}"),
+        }
+    }
+
+    #[test]
+    fn a_multi_key_call_is_each_key_s_call() {
+        let words =
+            args("M 3 user ip tenant 2 1000 5 60000 50 1 60000 100 1 1000 9 cost 2 PRECISION 10");
+        let call = parse_multi_call(&words).unwrap();
+        let keys: Vec<&[u8]> = call.calls.iter().map(|c| *c.key).collect();
+        assert_eq!(keys, [b"user".as_slice(), b"ip", b"tenant"]);
+        let longest: Vec<&[u8]> = call.calls.iter().map(|c| *c.longest_window).collect();
+        assert_eq!(longest, [b"60000".as_slice(), b"60000", b"1000"]);
+        assert_eq!(call.calls[0].request.limits().len(), 2);
+        for c in &call.calls {
+            assert_eq!(
+                (c.request.cost().get(), c.request.precision().get()),
+                (2, 10)
+            );
+            assert_eq!(c.cost, Some(&b"2".as_slice()));
+        }
+        let most = format!(
+            "M 16 {} {}",
+            (0..16)
+                .map(|k| format!("k{k}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            vec!["8 1 9 2 9 3 9 4 9 5 9 6 9 7 9 8 9"; 16].join(" ")
+        );
+        let most_words = args(&most);
+        let most = parse_multi_call(&most_words).unwrap();
+        assert_eq!(most.calls.len(), 16);
+        assert!(most.calls.iter().all(|c| c.request.limits().len() == 8));
+        assert_eq!(key_positions(&args("M 3 a b c 1 10 1")), 2..5);
+        assert_eq!(key_positions(&args("M 3 a")), 2..3);
+        assert!(key_positions(&args("M 17 a")).is_empty());
+        let undo_words = args("U 2 a b COST 3");
+        let undo = parse_multi_undo(&undo_words).unwrap();
+        assert_eq!((undo.keys.len(), undo.units.get()), (2, 3));
+    }
+
+    #[test]
+    fn each_bad_multi_key_argument_is_named() {
+        let invalid = |text: &str| ArgError::Invalid(text.into());
+        assert_eq!(multi_error("M"), ArgError::WrongArity);
+        assert_eq!(multi_error("M 2 a"), ArgError::WrongArity);
+        assert_eq!(multi_error("M 1 a 2 10 5"), ArgError::WrongArity);
+        assert_eq!(multi_error("M 2 a b 1 10 5"), ArgError::WrongArity);
+        for bad in ["0", "17", "x", "-1"] {
+            assert_eq!(
+                multi_error(&format!("M {bad} a 1 10 5")),
+                invalid("numkeys must be an integer from 1 to 16")
+            );
+        }
+        assert_eq!(
+            multi_error("M 2 a b 1 10 5 9 10 5"),
+            invalid("npairs of key 2 must be an integer from 1 to 8")
+        );
+        assert_eq!(
+            multi_error("M 2 a a 1 10 5 1 10 5"),
+            invalid("key 'a' is given more than once")
+        );
+        assert_eq!(
+            multi_error("M 2 a b 1 10 5 1 10 2 COST 3"),
+            invalid("COST 3 is above max 2: such a request could never be allowed")
+        );
+        assert_eq!(
+            multi_error("M 1 a 2 10 5 10 6"),
+            invalid("window 10 is given twice")
+        );
+        assert_eq!(
+            multi_error("M 2 a b 1 100 5 1 10 5 PRECISION 50"),
+            invalid("PRECISION must be an integer from 1 to 10 (the shortest window)")
+        );
+        assert_eq!(
+            multi_error("M 1 a 1 10 5 BLOCK 5"),
+            invalid("unknown option 'BLOCK' (the options are COST n and PRECISION p)")
+        );
+        assert_eq!(
+            parse_multi_undo(&args("U 1 a PRECISION 1")).map(|_| ()),
+            Err(invalid(
+                "unknown option 'PRECISION' (the options are COST n)"
+            ))
+        );
     }
 }

@@ -170,11 +170,9 @@ pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdic
     let seen = Standing::of(view.as_ref(), at, request);
     let longest = request.longest().window;
     if !seen.fits {
-        // Only a log that holds entries can deny, so `view` is there.
-        let widens = view.is_some_and(|log| log.window < longest.get());
         return Verdict {
             decision: seen.decision(),
-            write: widens.then_some(Write::Widen(longest)),
+            write: widening(view.as_ref(), request),
         };
     }
     Verdict {
@@ -184,13 +182,139 @@ pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdic
             retry_after_ms: 0,
             reset_after_ms: longest.get(),
         },
-        write: Some(Write::Record(Record {
-            at,
-            window: longest,
-            cost: request.cost,
-            precision: request.precision,
-        })),
+        write: Some(record_of(at, request)),
     }
+}
+
+/// The most keys one multi-key call may name.
+pub const MAX_KEYS: usize = 16;
+
+/// The decision on a multi-key call: its four fields over every key, and
+/// the keys that denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joint {
+    pub decision: Decision,
+    /// Positions (0-based, in call order) of the keys whose limits denied;
+    /// empty when allowed.
+    pub denied: Vec<usize>,
+}
+
+/// The verdict on a multi-key call, and what it changes in each key's log
+/// (in call order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JointVerdict {
+    pub joint: Joint,
+    pub writes: Vec<Option<Write>>,
+}
+
+/// MCHECK: one decision over several keys, each with its own request
+/// (`None` for a key that does not exist). Allowed only if every key's
+/// every limit allows; then each key records the request, at its own
+/// decision time (the clock, or its newest entry's time if later, as for
+/// CHECK). Denied: nothing is recorded anywhere, and each key's log keeps
+/// the key's longest window, as a denied CHECK's does. `remaining` is the
+/// least over every key, `retry_after_ms` the wait until every key fits
+/// (each key's wait only shortens as time passes, so the longest is
+/// exact), `reset_after_ms` the longest.
+pub fn decide_all(keys: &[(Option<&TimeLog>, &Request)], clock: Millis) -> JointVerdict {
+    let seen: Vec<(Option<View>, Millis, Standing)> = keys
+        .iter()
+        .map(|&(log, request)| {
+            let view = log.map(TimeLog::view);
+            let at = decision_time(view.as_ref(), clock);
+            let seen = Standing::of(view.as_ref(), at, request);
+            (view, at, seen)
+        })
+        .collect();
+    let joint = combine(keys, seen.iter().map(|(_, _, standing)| standing));
+    let writes = keys
+        .iter()
+        .zip(&seen)
+        .map(
+            |(&(_, request), (view, at, _))| match joint.decision.allowed {
+                true => Some(record_of(*at, request)),
+                false => widening(view.as_ref(), request),
+            },
+        )
+        .collect();
+    JointVerdict { joint, writes }
+}
+
+/// MPEEK: whether MCHECK would allow the call; every log stays as it is.
+pub fn peek_all(keys: &[(Option<&TimeLog>, &Request)], clock: Millis) -> Joint {
+    let seen: Vec<Standing> = keys
+        .iter()
+        .map(|&(log, request)| {
+            let view = log.map(TimeLog::view);
+            Standing::of(view.as_ref(), decision_time(view.as_ref(), clock), request)
+        })
+        .collect();
+    let mut joint = combine(keys, seen.iter());
+    if joint.decision.allowed {
+        // As PEEK: the windows as they stand, before the request.
+        joint.decision.remaining = seen.iter().map(|s| s.remaining).min().unwrap_or(0);
+        joint.decision.reset_after_ms = seen.iter().map(|s| s.reset_after_ms).max().unwrap_or(0);
+    }
+    joint
+}
+
+/// The joint decision from each key's standing: as CHECK would reply if
+/// allowed (room after the request, the longest window to reset), as PEEK
+/// would if denied.
+fn combine<'s>(
+    keys: &[(Option<&TimeLog>, &Request)],
+    seen: impl Iterator<Item = &'s Standing> + Clone,
+) -> Joint {
+    let denied: Vec<usize> = seen
+        .clone()
+        .enumerate()
+        .filter(|(_, s)| !s.fits)
+        .map(|(at, _)| at)
+        .collect();
+    let decision = if denied.is_empty() {
+        Decision {
+            allowed: true,
+            remaining: seen.map(|s| s.remaining_after).min().unwrap_or(0),
+            retry_after_ms: 0,
+            reset_after_ms: keys
+                .iter()
+                .map(|(_, request)| request.longest().window.get())
+                .max()
+                .unwrap_or(0),
+        }
+    } else {
+        let mut decision = Decision {
+            allowed: false,
+            remaining: u64::MAX,
+            retry_after_ms: 0,
+            reset_after_ms: 0,
+        };
+        for s in seen {
+            decision.remaining = decision.remaining.min(s.remaining);
+            decision.retry_after_ms = decision.retry_after_ms.max(s.retry_after_ms);
+            decision.reset_after_ms = decision.reset_after_ms.max(s.reset_after_ms);
+        }
+        decision
+    };
+    Joint { decision, denied }
+}
+
+/// What an allowed request records at `at`.
+fn record_of(at: Millis, request: &Request) -> Write {
+    Write::Record(Record {
+        at,
+        window: request.longest().window,
+        cost: request.cost,
+        precision: request.precision,
+    })
+}
+
+/// What a denied request changes: the log keeps the request's longest
+/// window if it kept a shorter one (a key without a log has none to keep).
+fn widening(log: Option<&View>, request: &Request) -> Option<Write> {
+    let longest = request.longest().window;
+    log.is_some_and(|log| log.window < longest.get())
+        .then_some(Write::Widen(longest))
 }
 
 /// PEEK: whether CHECK would allow the request, while the log stays as it
@@ -366,7 +490,7 @@ fn from_the_back(log: &View, horizon: Millis, limit: &Limit, cost: u64) -> Occup
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::{self, Call};
+    use crate::reference::{self, Call, MultiCall};
     use proptest::prelude::*;
 
     fn nz(n: u64) -> NonZeroU64 {
@@ -404,6 +528,29 @@ mod tests {
             ),
             1 => (1u64..6).prop_map(Call::Undo),
         ]
+    }
+
+    /// Several keys, each with its own limits, one cost and precision.
+    fn multi_call() -> impl Strategy<Value = MultiCall> {
+        let limits = proptest::collection::vec((1u64..40, 1u64..8), 1..3);
+        let keys = proptest::collection::vec((0usize..3, limits), 1..4);
+        let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
+        prop_oneof![
+            8 => (prop::bool::weighted(0.75), -10i64..30, keys, 1u64..5, precision).prop_map(
+                |(check, tick, keys, cost, precision)| MultiCall::Request { check, tick, keys, cost, precision }
+            ),
+            1 => (proptest::collection::vec(0usize..3, 1..4), 1u64..6)
+                .prop_map(|(keys, units)| MultiCall::Undo { keys, units }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #[test]
+        fn several_keys_match_the_reference_model(calls in proptest::collection::vec(multi_call(), 1..80)) {
+            let outcome = reference::compare_multi(3, &calls);
+            prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+        }
     }
 
     proptest! {
@@ -555,6 +702,59 @@ mod tests {
         assert_eq!(log.len(), 10);
         // Denied again under a window the log already keeps: no write.
         assert_eq!(decide(Some(&log), 2_300, &hourly).write, None);
+    }
+
+    #[test]
+    fn one_denying_key_charges_no_key() {
+        let (mut user, mut ip) = (TimeLog::default(), TimeLog::default());
+        let (per_user, per_ip, per_tenant) = (
+            request(&[(1000, 2)], 1),
+            request(&[(1000, 5), (60_000, 9)], 1),
+            request(&[(60_000, 100)], 1),
+        );
+        let call = |user: &TimeLog, ip: &TimeLog, now| {
+            let keys = [
+                (Some(user).filter(|l| !l.is_empty()), &per_user),
+                (Some(ip).filter(|l| !l.is_empty()), &per_ip),
+                (None, &per_tenant),
+            ];
+            decide_all(&keys, now)
+        };
+        for now in [10, 20] {
+            let verdict = call(&user, &ip, now);
+            assert_eq!(
+                verdict.joint,
+                Joint {
+                    decision: Decision {
+                        allowed: true,
+                        remaining: if now == 10 { 1 } else { 0 },
+                        retry_after_ms: 0,
+                        reset_after_ms: 60_000
+                    },
+                    denied: vec![]
+                }
+            );
+            for (log, write) in [&mut user, &mut ip].into_iter().zip(&verdict.writes) {
+                apply(log, &write.expect("every key records"));
+            }
+        }
+        let denied = call(&user, &ip, 30);
+        assert_eq!(denied.joint.denied, [0]);
+        assert_eq!(
+            denied.joint.decision,
+            Decision {
+                allowed: false,
+                remaining: 0,
+                retry_after_ms: 980,
+                reset_after_ms: 59_990
+            }
+        );
+        assert_eq!(
+            denied.writes,
+            [None, None, None],
+            "nothing recorded anywhere"
+        );
+        assert!(peek_all(&[(Some(&user), &per_user)], 1010).decision.allowed);
     }
 
     #[test]

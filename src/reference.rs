@@ -3,7 +3,7 @@
 //! and the real core. The one model behind the log's property test, the
 //! limiter's, and the differential fuzz target.
 
-use crate::limiter::{self, Decision, Limit, Request};
+use crate::limiter::{self, Decision, Joint, Limit, Request};
 use crate::log::{Entry, Millis, TimeLog, MAX_COST};
 use std::num::NonZeroU64;
 
@@ -168,6 +168,168 @@ impl Model {
             reset_after_ms: self.reset_after(now, Self::longest(call)),
         }
     }
+}
+
+impl Model {
+    /// A denied CHECK's window, on a log that holds entries (a key that
+    /// does not exist has no log to keep it).
+    fn register(&mut self, call: &Plain) {
+        if !self.entries.is_empty() {
+            self.window = self.window.max(Self::longest(call));
+        }
+    }
+}
+
+/// MCHECK (or MPEEK when `check` is false) over `models`, the obvious way:
+/// every key peeks; allowed only if every key allows, and then every key
+/// checks; denied, every key registers its window.
+fn joint(
+    models: &mut [&mut Model],
+    clock: Millis,
+    calls: &[Plain],
+    precision: u64,
+    check: bool,
+) -> Joint {
+    let peeks: Vec<Decision> = models
+        .iter()
+        .zip(calls)
+        .map(|(m, c)| m.peek(clock, c))
+        .collect();
+    let denied: Vec<usize> = (0..peeks.len()).filter(|&i| !peeks[i].allowed).collect();
+    let each = if denied.is_empty() && check {
+        models
+            .iter_mut()
+            .zip(calls)
+            .map(|(m, c)| m.check(clock, c, precision))
+            .collect()
+    } else {
+        if check {
+            models
+                .iter_mut()
+                .zip(calls)
+                .for_each(|(m, c)| m.register(c));
+        }
+        peeks
+    };
+    let remaining = each.iter().map(|d| d.remaining).min().unwrap_or(0);
+    let retry_after_ms = each.iter().map(|d| d.retry_after_ms).max().unwrap_or(0);
+    let reset_after_ms = each.iter().map(|d| d.reset_after_ms).max().unwrap_or(0);
+    Joint {
+        decision: Decision {
+            allowed: denied.is_empty(),
+            remaining,
+            retry_after_ms: if denied.is_empty() { 0 } else { retry_after_ms },
+            reset_after_ms,
+        },
+        denied,
+    }
+}
+
+/// One multi-key call over a few keys, named by index: each key's (window,
+/// max) pairs, one cost and precision for all.
+#[derive(Clone, Debug)]
+pub enum MultiCall {
+    Request {
+        check: bool,
+        tick: i64,
+        keys: Vec<(usize, Vec<(u64, u64)>)>,
+        cost: u64,
+        precision: u64,
+    },
+    /// MUNDO: `units` from each key named.
+    Undo { keys: Vec<usize>, units: u64 },
+}
+
+/// Runs multi-key `calls` over `count` keys against the core and the model
+/// and describes the first difference. Calls no command could pass (as
+/// for `compare`, or naming a key twice) are skipped.
+pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
+    let mut logs: Vec<TimeLog> = (0..count).map(|_| TimeLog::default()).collect();
+    let mut models: Vec<Model> = (0..count).map(|_| Model::default()).collect();
+    let mut clock: Millis = 1_000;
+    for (index, call) in calls.iter().enumerate() {
+        let fail = |what: String| Err(format!("call {index} {call:?}: {what}"));
+        match call {
+            MultiCall::Request {
+                check,
+                tick,
+                keys,
+                cost,
+                precision,
+            } => {
+                clock += tick;
+                let named: Vec<usize> = keys.iter().map(|(k, _)| *k).collect();
+                let requests: Option<Vec<Request>> = keys
+                    .iter()
+                    .map(|(_, limits)| request(limits, *cost, *precision))
+                    .collect();
+                let (Some(requests), false) = (requests, has_duplicates(&named)) else {
+                    continue;
+                };
+                let plain: Vec<Plain> = keys
+                    .iter()
+                    .map(|(_, limits)| Plain {
+                        limits,
+                        cost: *cost,
+                    })
+                    .collect();
+                let stored: Vec<(Option<&TimeLog>, &Request)> = named
+                    .iter()
+                    .zip(&requests)
+                    .map(|(&k, r)| (Some(&logs[k]).filter(|l| !l.is_empty()), r))
+                    .collect();
+                let core = if *check {
+                    let verdict = limiter::decide_all(&stored, clock);
+                    for (&k, write) in named.iter().zip(&verdict.writes) {
+                        if let Some(write) = write {
+                            limiter::apply(&mut logs[k], write);
+                        }
+                    }
+                    verdict.joint
+                } else {
+                    limiter::peek_all(&stored, clock)
+                };
+                let mut chosen = pick(&mut models, &named);
+                let expected = joint(&mut chosen, clock, &plain, *precision, *check);
+                if core != expected {
+                    return fail(format!("core {core:?}, model {expected:?}"));
+                }
+            }
+            MultiCall::Undo { keys, units } => {
+                let Some(units) = NonZeroU64::new(*units).filter(|_| !has_duplicates(keys)) else {
+                    continue;
+                };
+                for &k in keys {
+                    let (got, want) = (
+                        limiter::refund(&mut logs[k], units),
+                        models[k].refund(units.get()),
+                    );
+                    if got != want {
+                        return fail(format!("key {k} refunded {got}, model {want}"));
+                    }
+                }
+            }
+        }
+        for (k, (log, model)) in logs.iter().zip(&models).enumerate() {
+            if !log.view().entries().eq(model.entries.iter().copied()) {
+                return fail(format!("key {k}: logs differ"));
+            }
+            if !log.is_empty() && log.window() != model.window {
+                return fail(format!("key {k}: windows differ"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn has_duplicates(keys: &[usize]) -> bool {
+    keys.iter().enumerate().any(|(i, k)| keys[..i].contains(k))
+}
+
+/// The models named by `keys` (distinct), in that order.
+fn pick<'m>(models: &'m mut [Model], keys: &[usize]) -> Vec<&'m mut Model> {
+    let mut slots: Vec<Option<&'m mut Model>> = models.iter_mut().map(Some).collect();
+    keys.iter().filter_map(|&k| slots[k].take()).collect()
 }
 
 /// One call. A request (CHECK, or PEEK when `check` is false) first moves

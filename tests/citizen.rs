@@ -73,7 +73,14 @@ fn readme_reference_matches_command_docs() {
     let server = Server::start(&[]);
     let mut con = server.connect();
     let readme = harness::readme();
-    for name in ["RATELIMIT.CHECK", "RATELIMIT.PEEK", "RATELIMIT.UNDO"] {
+    for name in [
+        "RATELIMIT.CHECK",
+        "RATELIMIT.PEEK",
+        "RATELIMIT.UNDO",
+        "RATELIMIT.MCHECK",
+        "RATELIMIT.MPEEK",
+        "RATELIMIT.MUNDO",
+    ] {
         let reply: Value = run(&mut con, &["COMMAND", "DOCS", name]);
         let all = fields(&reply);
         let docs = fields(&all[&name.to_lowercase()]);
@@ -452,11 +459,7 @@ fn only_real_changes_touch_a_watched_key() {
 #[test]
 fn changes_are_published_as_keyspace_events() {
     let server = Server::start(&["--notify-keyspace-events", "Kd$"]);
-    let client = redis::Client::open(server.url()).expect("url");
-    let mut subscriber = client.get_connection().expect("subscriber");
-    subscriber
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .expect("timeout");
+    let mut subscriber = server.subscriber();
     let mut pubsub = subscriber.as_pubsub();
     pubsub.subscribe("__keyspace@0__:k").expect("SUBSCRIBE");
     let mut con = server.connect();

@@ -1,10 +1,10 @@
 //! The client code README.md shows, run against a real server: each
-//! client's example in each protocol it speaks, the HTTP example with real
-//! requests, and the all-or-nothing script. README.md quotes each example
+//! client's example in each protocol it speaks, and the HTTP example with
+//! real requests. README.md quotes each example
 //! word for word (between the `README:begin` and `README:end` markers).
 //! `make test` installs the Node and Python packages they need.
 
-use harness::{root, run, Server};
+use harness::{root, Server};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -62,55 +62,6 @@ fn the_http_example_limits_with_ratelimit_fields() {
     let server = Server::start(&[]);
     let port = ("RATELIMIT_PORT", server.port.to_string());
     succeeds("node", &["--test", "node/http.test.mjs"], &[port]);
-}
-
-/// A per-user, a per-IP and a per-tenant limit in one call: when any
-/// denies, none is charged.
-#[test]
-fn all_or_nothing_over_several_keys() {
-    let server = Server::start(&[]);
-    let mut con = server.connect();
-    let script =
-        std::fs::read_to_string(examples().join("lua/all_or_nothing.lua")).expect("script");
-    let sha: String = run(&mut con, &["SCRIPT", "LOAD", &script]);
-    let mut call = |user: &str| -> Vec<i64> {
-        run(
-            &mut con,
-            &[
-                "EVALSHA", &sha, "3", user, "{t}:ip", "{t}:all", "60000", "2", "60000", "10",
-                "60000", "3", "1",
-            ],
-        )
-    };
-    assert_eq!(call("{t}:user:1"), [1, 0, 0]);
-    assert_eq!(call("{t}:user:1"), [1, 0, 0]);
-    let user_denies = call("{t}:user:1");
-    assert_eq!(user_denies[..1], [0]);
-    assert_eq!(user_denies[2], 1, "the user's limit denied");
-    assert!(user_denies[1] > 59_000, "{user_denies:?}");
-    assert_eq!(call("{t}:user:2"), [1, 0, 0], "the tenant's third");
-    let tenant_denies = call("{t}:user:2");
-    assert_eq!(
-        (tenant_denies[0], tenant_denies[2]),
-        (0, 3),
-        "the tenant's limit denied"
-    );
-    let mut remaining = |key: &str, max: &str| -> i64 {
-        let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", key, "60000", max]);
-        peek[1]
-    };
-    assert_eq!(remaining("{t}:user:1", "2"), 0);
-    assert_eq!(
-        remaining("{t}:user:2", "2"),
-        1,
-        "not charged when the tenant denied"
-    );
-    assert_eq!(
-        remaining("{t}:ip", "10"),
-        7,
-        "charged only for the 3 allowed"
-    );
-    assert_eq!(remaining("{t}:all", "3"), 0);
 }
 
 /// The marked part of each example, as README.md must quote it.
@@ -173,10 +124,4 @@ fn readme_quotes_every_example() {
             );
         }
     }
-    let script =
-        std::fs::read_to_string(examples().join("lua/all_or_nothing.lua")).expect("script");
-    assert!(
-        readme.contains(script.trim_end()),
-        "README.md does not quote the all-or-nothing script"
-    );
 }

@@ -324,6 +324,29 @@ fn the_readme_error_table_is_what_the_server_sends() {
             vec!["RATELIMIT.CHECK", "k", "1000", "5", "X", "1"],
         ),
         (
+            "MCHECK, MPEEK, MUNDO: bad `numkeys`",
+            vec!["RATELIMIT.MCHECK", "0", "a", "1", "10", "1"],
+        ),
+        (
+            "a key given twice in one call",
+            vec!["RATELIMIT.MUNDO", "2", "a", "a"],
+        ),
+        (
+            "bad `npairs`",
+            vec![
+                "RATELIMIT.MPEEK",
+                "2",
+                "a",
+                "b",
+                "1",
+                "10",
+                "1",
+                "9",
+                "10",
+                "1",
+            ],
+        ),
+        (
             "key of another type (and other commands on a limiter key)",
             vec!["RATELIMIT.CHECK", "s", "1000", "5"],
         ),

@@ -2,12 +2,13 @@
 //! one run against one server. See README.md, "Performance".
 //!
 //! Usage: ratelimit-bench [--quick] [--extra-module PATH] [--extra-command "CMD ARGS"]
-//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst]   (all when none is named)
+//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi]   (all when none is named)
 
 mod approaches;
 mod exactness;
 mod measure;
 mod memory;
+mod multi;
 mod report;
 mod throughput;
 mod weighted;
@@ -194,6 +195,15 @@ fn main() {
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
         if let Err(e) = worst::write(&rows, size, &out) {
             eprintln!("cannot write worst.csv: {e}");
+        }
+    }
+    if wants("multi") {
+        eprintln!("several keys in one call:");
+        let requests = if bench.quick { 2_000 } else { 20_000 };
+        let rows = multi::run(&bench, requests);
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        if let Err(e) = multi::write(&rows, requests, &out) {
+            eprintln!("cannot write multi.csv: {e}");
         }
     }
     drop(bench);

@@ -19,6 +19,18 @@ fuzz_target!(|data: &[u8]| {
         assert!(limits.iter().all(|l| request.cost() <= l.max));
         assert!(request.precision() <= limits[0].window);
     }
+    if let Ok(call) = args::parse_multi_call(&words) {
+        assert!((1..=16).contains(&call.calls.len()));
+        assert!(call
+            .calls
+            .iter()
+            .all(|c| c.request.precision() <= c.request.limits()[0].window));
+    }
+    if let Ok(call) = args::parse_multi_undo(&words) {
+        assert!((1..=16).contains(&call.keys.len()));
+    }
+    let positions = args::key_positions(&words);
+    assert!(positions.start == 2 && positions.end <= words.len().max(2));
     let _ = args::parse_undo(&words);
     if let Ok(call) = args::parse_record(&words) {
         let record = call.record;

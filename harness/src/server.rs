@@ -228,6 +228,15 @@ impl Server {
         self.try_connect().expect("a connection to the test server")
     }
 
+    /// A connection for SUBSCRIBE whose reads give up after 5 s, so a
+    /// missing message fails the test instead of hanging it.
+    pub fn subscriber(&self) -> Connection {
+        let con = self.connect();
+        con.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        con
+    }
+
     /// Stops the server as Redis would on `SHUTDOWN` (saving if `save`),
     /// then starts it again on the same port and directory.
     pub fn restart(&mut self, save: bool) {

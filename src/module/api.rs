@@ -41,6 +41,8 @@ pub struct Api {
     pub digest_add_long_long: unsafe extern "C" fn(Digest, c_longlong),
     pub digest_add_string_buffer: unsafe extern "C" fn(Digest, *const c_char, usize),
     pub digest_end_sequence: unsafe extern "C" fn(Digest),
+    pub is_keys_position_request: unsafe extern "C" fn(Ctx) -> c_int,
+    pub key_at_pos: unsafe extern "C" fn(Ctx, c_int),
 }
 
 static API: OnceLock<Api> = OnceLock::new();
@@ -79,6 +81,8 @@ pub fn load() -> Result<(), String> {
         digest_add_long_long: RedisModule_DigestAddLongLong,
         digest_add_string_buffer: RedisModule_DigestAddStringBuffer,
         digest_end_sequence: RedisModule_DigestEndSequence,
+        is_keys_position_request: RedisModule_IsKeysPositionRequest,
+        key_at_pos: RedisModule_KeyAtPos,
     };
     // A second OnLoad in one process (MODULE LOAD after an UNLOAD) finds
     // the same server and the same functions.

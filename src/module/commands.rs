@@ -1,7 +1,8 @@
 //! The commands: parse, open the key, ask the core, reply, replicate.
 
 use crate::args;
-use crate::limiter::{self, Decision, Record, Write};
+use crate::args::LimitCall;
+use crate::limiter::{self, Decision, Joint, Record, Request, Write};
 use crate::log::{Millis, TimeLog};
 use crate::module::api::api;
 use crate::module::boundary::{run_command, Arg, CommandError, Handler};
@@ -36,6 +37,9 @@ raw_command!(peek_command, peek);
 raw_command!(undo_command, undo);
 raw_command!(record_command, record);
 raw_command!(widen_command, widen);
+raw_command!(mcheck_command, mcheck);
+raw_command!(mpeek_command, mpeek);
+raw_command!(mundo_command, mundo);
 
 /// The server's wall clock, read once per call.
 fn clock() -> Millis {
@@ -69,6 +73,154 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     }
     stats::CHECKS.add(1);
     reply_decision(ctx, &verdict.decision);
+    Ok(())
+}
+
+/// MCHECK: every key is opened and read, and every write checked (type,
+/// room in the log), before any key changes; then each key records (or
+/// keeps its longer window) as CHECK on it alone would. The replicated
+/// RECORDs and WIDENs of one call reach replicas and the AOF as one
+/// MULTI/EXEC, which the server wraps around what one command replicates.
+fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
+    let call = args::parse_multi_call(args)?;
+    let mut keys: Vec<WriteKey> = call
+        .calls
+        .iter()
+        .map(|c| WriteKey::open(ctx, c.key))
+        .collect();
+    let slots = keys
+        .iter_mut()
+        .map(WriteKey::slot)
+        .collect::<Result<Vec<Slot>, CommandError>>()?;
+    let verdict = limiter::decide_all(&stored(&call.calls, slots.iter().map(Slot::log)), clock());
+    for (slot, write) in slots.iter().zip(&verdict.writes) {
+        if let (Some(Write::Record(record)), Some(log)) = (write, slot.log()) {
+            ensure_room(log, record)?;
+        }
+    }
+    let expiries: Vec<Option<Millis>> = slots
+        .into_iter()
+        .zip(&verdict.writes)
+        .map(|(slot, write)| write.map(|write| limiter::apply(slot.or_create(), &write)))
+        .collect();
+    for ((key, c), (expires_at, write)) in keys
+        .iter()
+        .zip(&call.calls)
+        .zip(expiries.into_iter().zip(&verdict.writes))
+    {
+        let (Some(expires_at), Some(write)) = (expires_at, write) else {
+            continue;
+        };
+        key.expire_at(expires_at);
+        match write {
+            Write::Record(record) => {
+                events::changed(ctx.ctx, c.key, &[Change::Recorded]);
+                stats::UNITS_RECORDED.add(record.cost.get());
+                replication::replicate_record(ctx, c, record.at);
+            }
+            Write::Widen(_) => {
+                events::changed(ctx.ctx, c.key, &[Change::Widened]);
+                replication::replicate_widen(ctx, c);
+            }
+        }
+    }
+    stats::CHECKS.add(1);
+    if verdict.joint.decision.allowed {
+        stats::ALLOWED.add(1);
+    }
+    reply_joint(ctx, &verdict.joint);
+    Ok(())
+}
+
+fn mpeek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
+    let call = args::parse_multi_call(args)?;
+    let keys: Vec<ReadKey> = call
+        .calls
+        .iter()
+        .map(|c| ReadKey::open(ctx, c.key))
+        .collect();
+    let logs = keys
+        .iter()
+        .map(ReadKey::log)
+        .collect::<Result<Vec<_>, CommandError>>()?;
+    let joint = limiter::peek_all(&stored(&call.calls, logs.into_iter()), clock());
+    stats::PEEKS.add(1);
+    reply_joint(ctx, &joint);
+    Ok(())
+}
+
+/// A command with counted keys is asked where its keys are (the
+/// `getkeys-api` flag) before it runs, by cluster routing and its
+/// CROSSSLOT check, which read no key spec: answers with the positions
+/// `numkeys` names, and true, if this call is such a question.
+fn report_keys(ctx: &Context, args: &[Arg]) -> bool {
+    // SAFETY: plain calls on the live context; presence is checked when
+    // the module loads.
+    unsafe {
+        if (api().is_keys_position_request)(ctx.ctx) == 0 {
+            return false;
+        }
+        for position in args::key_positions(args) {
+            (api().key_at_pos)(ctx.ctx, position as c_int);
+        }
+    }
+    true
+}
+
+/// Each key's log (`None` for a key that does not exist) with its request.
+fn stored<'a>(
+    calls: &'a [LimitCall<Arg>],
+    logs: impl Iterator<Item = Option<&'a TimeLog>>,
+) -> Vec<(Option<&'a TimeLog>, &'a Request)> {
+    logs.zip(calls).map(|(log, c)| (log, &c.request)).collect()
+}
+
+/// MUNDO: every key is opened and its type checked before any refund.
+fn mundo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
+    let call = args::parse_multi_undo(args)?;
+    let mut keys: Vec<WriteKey> = call.keys.iter().map(|k| WriteKey::open(ctx, k)).collect();
+    let logs: Vec<Option<&mut TimeLog>> = keys
+        .iter_mut()
+        .map(|key| {
+            key.slot().map(|slot| match slot {
+                Slot::Occupied(log) => Some(log),
+                Slot::Vacant(_) => None,
+            })
+        })
+        .collect::<Result<_, CommandError>>()?;
+    let refunds: Vec<(u64, bool)> = logs
+        .into_iter()
+        .map(|log| match log {
+            Some(log) => (limiter::refund(log, call.units), log.is_empty()),
+            None => (0, false),
+        })
+        .collect();
+    for ((key, name), &(removed, emptied)) in keys.iter().zip(call.keys).zip(&refunds) {
+        if emptied {
+            key.delete();
+            events::changed(ctx.ctx, name, &[Change::Refunded, Change::Deleted]);
+        } else if removed > 0 {
+            events::changed(ctx.ctx, name, &[Change::Refunded]);
+        }
+        stats::UNITS_REFUNDED.add(removed);
+    }
+    stats::UNDOS.add(1);
+    if refunds.iter().any(|&(removed, _)| removed > 0) {
+        replication::replicate_as_called(ctx);
+    }
+    raw::reply_with_array(ctx.ctx, refunds.len() as i64);
+    for (removed, _) in refunds {
+        raw::reply_with_long_long(ctx.ctx, removed as i64);
+    }
     Ok(())
 }
 
@@ -174,6 +326,11 @@ fn widen(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 /// (a truthy `"allowed"` key), which would fail open. Built in place.
 fn reply_decision(ctx: &Context, decision: &Decision) {
     raw::reply_with_array(ctx.ctx, 4);
+    reply_fields(ctx, decision);
+}
+
+/// The four integers of a decision, in their order.
+fn reply_fields(ctx: &Context, decision: &Decision) {
     for value in [
         u64::from(decision.allowed),
         decision.remaining,
@@ -181,5 +338,17 @@ fn reply_decision(ctx: &Context, decision: &Decision) {
         decision.reset_after_ms,
     ] {
         raw::reply_with_long_long(ctx.ctx, value as i64);
+    }
+}
+
+/// MCHECK's and MPEEK's reply: CHECK's four integers, then the 1-based
+/// positions of the keys that denied (an empty array when allowed). An
+/// array in RESP2 and RESP3 alike, as CHECK's.
+fn reply_joint(ctx: &Context, joint: &Joint) {
+    raw::reply_with_array(ctx.ctx, 5);
+    reply_fields(ctx, &joint.decision);
+    raw::reply_with_array(ctx.ctx, joint.denied.len() as i64);
+    for &position in &joint.denied {
+        raw::reply_with_long_long(ctx.ctx, position as i64 + 1);
     }
 }

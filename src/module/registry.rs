@@ -26,8 +26,18 @@ struct CommandSpec {
     arity: c_int,
     key_flags: u32,
     args: &'static [ArgSpec],
+    keys: Keys,
     /// The release that added the command.
     since: &'static CStr,
+}
+
+/// Where a command's keys are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// One key, the first argument.
+    First,
+    /// `numkeys key [key ...]` from the first argument.
+    Counted,
 }
 
 struct ArgSpec {
@@ -70,12 +80,34 @@ const fn option(name: &OptionName) -> ArgSpec {
 /// `key window max [window max ...] [COST n] [PRECISION p]`.
 const LIMIT_ARGS: &[ArgSpec] = &[
     arg("key", KEY),
+    LIMIT,
+    option(&args::COST),
+    option(&args::PRECISION),
+];
+
+/// `window max [window max ...]`.
+const LIMIT: ArgSpec = ArgSpec {
+    name: "limit",
+    kind: BLOCK,
+    token: None,
+    flags: MULTIPLE,
+    subargs: &[arg("window", INTEGER), arg("max", INTEGER)],
+};
+
+/// `numkeys key [key ...] npairs window max [window max ...] [npairs window
+/// max [window max ...] ...] [COST n] [PRECISION p]`.
+const MULTI_LIMIT_ARGS: &[ArgSpec] = &[
+    arg("numkeys", INTEGER),
     ArgSpec {
-        name: "limit",
+        flags: MULTIPLE,
+        ..arg("key", KEY)
+    },
+    ArgSpec {
+        name: "limits",
         kind: BLOCK,
         token: None,
         flags: MULTIPLE,
-        subargs: &[arg("window", INTEGER), arg("max", INTEGER)],
+        subargs: &[arg("npairs", INTEGER), LIMIT],
     },
     option(&args::COST),
     option(&args::PRECISION),
@@ -84,7 +116,7 @@ const LIMIT_ARGS: &[ArgSpec] = &[
 /// The category module commands are also put in, where servers allow it.
 pub const ACL_CATEGORY: &CStr = c"ratelimit";
 
-const SPECS: [CommandSpec; 5] = [
+const SPECS: [CommandSpec; 8] = [
     CommandSpec {
         name: c"ratelimit.check",
         handler: commands::check_command,
@@ -96,6 +128,7 @@ const SPECS: [CommandSpec; 5] = [
         arity: -4,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: LIMIT_ARGS,
+        keys: Keys::First,
         since: c"0.1.0",
     },
     CommandSpec {
@@ -108,6 +141,7 @@ const SPECS: [CommandSpec; 5] = [
         arity: -4,
         key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
         args: LIMIT_ARGS,
+        keys: Keys::First,
         since: c"0.1.0",
     },
     CommandSpec {
@@ -120,6 +154,7 @@ const SPECS: [CommandSpec; 5] = [
         arity: -2,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
         args: &[arg("key", KEY), option(&args::COST)],
+        keys: Keys::First,
         since: c"0.1.0",
     },
     CommandSpec {
@@ -141,6 +176,7 @@ const SPECS: [CommandSpec; 5] = [
                 ..arg("precision", INTEGER)
             },
         ],
+        keys: Keys::First,
         since: c"0.1.0",
     },
     CommandSpec {
@@ -153,6 +189,53 @@ const SPECS: [CommandSpec; 5] = [
         arity: 3,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: &[arg("key", KEY), arg("window", INTEGER)],
+        keys: Keys::First,
+        since: c"0.2.0",
+    },
+    CommandSpec {
+        name: c"ratelimit.mcheck",
+        handler: commands::mcheck_command,
+        flags: c"write deny-oom getkeys-api",
+        acl_categories: c"write",
+        summary: c"Decides one request against several keys, each with its own limits, and records it once in every key if every key's every limit allows, else in none. Replies [allowed, remaining, retry_after_ms, reset_after_ms, denied].",
+        complexity: c"RATELIMIT.CHECK's for each key.",
+        arity: -6,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: MULTI_LIMIT_ARGS,
+        keys: Keys::Counted,
+        since: c"0.2.0",
+    },
+    CommandSpec {
+        name: c"ratelimit.mpeek",
+        handler: commands::mpeek_command,
+        flags: c"readonly getkeys-api",
+        acl_categories: c"read",
+        summary: c"Tells whether RATELIMIT.MCHECK would allow a request, without recording it. Same reply.",
+        complexity: c"RATELIMIT.PEEK's for each key.",
+        arity: -6,
+        key_flags: raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS,
+        args: MULTI_LIMIT_ARGS,
+        keys: Keys::Counted,
+        since: c"0.2.0",
+    },
+    CommandSpec {
+        name: c"ratelimit.mundo",
+        handler: commands::mundo_command,
+        flags: c"write deny-oom getkeys-api",
+        acl_categories: c"write",
+        summary: c"Refunds the n newest recorded units of cost (default 1) in each key, as RATELIMIT.UNDO on each. Replies with the number of units removed per key.",
+        complexity: c"O(1) per entry refunded.",
+        arity: -3,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE,
+        args: &[
+            arg("numkeys", INTEGER),
+            ArgSpec {
+                flags: MULTIPLE,
+                ..arg("key", KEY)
+            },
+            option(&args::COST),
+        ],
+        keys: Keys::Counted,
         since: c"0.2.0",
     },
 ];
@@ -208,16 +291,22 @@ pub fn register(ctx: &Context) -> Result<(), String> {
 }
 
 fn create(ctx: &Context, spec: &CommandSpec) -> Result<(), String> {
-    // SAFETY: static C strings and a valid callback; the key is argument 1.
+    // The key is argument 1; counted keys are found by the key spec
+    // (servers without key specs are older than the module supports).
+    let (first, last, step) = match spec.keys {
+        Keys::First => (1, 1, 1),
+        Keys::Counted => (0, 0, 0),
+    };
+    // SAFETY: static C strings and a valid callback.
     let created = unsafe {
         (api().create_command)(
             ctx.ctx,
             spec.name.as_ptr(),
             Some(spec.handler),
             spec.flags.as_ptr(),
-            1,
-            1,
-            1,
+            first,
+            last,
+            step,
         )
     };
     if created == raw::Status::Ok as c_int {
@@ -250,10 +339,22 @@ fn set_command_info(
     key_spec.flags = u64::from(spec.key_flags);
     key_spec.begin_search_type = raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
     key_spec.bs.index.pos = 1;
-    key_spec.find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
-    key_spec.fk.range.lastkey = 0;
-    key_spec.fk.range.keystep = 1;
-    key_spec.fk.range.limit = 0;
+    match spec.keys {
+        Keys::First => {
+            key_spec.find_keys_type =
+                raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+            key_spec.fk.range.lastkey = 0;
+            key_spec.fk.range.keystep = 1;
+            key_spec.fk.range.limit = 0;
+        }
+        Keys::Counted => {
+            key_spec.find_keys_type =
+                raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM;
+            key_spec.fk.keynum.keynumidx = 0;
+            key_spec.fk.keynum.firstkey = 1;
+            key_spec.fk.keynum.keystep = 1;
+        }
+    }
     let mut key_specs = [key_spec, zeroed_key_spec()];
     let mut arena = ArgArena::default();
     let args = arena.build(spec.args)?;

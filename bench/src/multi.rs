@@ -1,0 +1,75 @@
+//! One request against a user, an IP and a tenant limit: one
+//! RATELIMIT.MCHECK over the three keys against three RATELIMIT.CHECKs,
+//! same keys, same limits (loose enough that every request is allowed, so
+//! both record the same), same run. Server CPU per request from `INFO
+//! commandstats`, and wall time per request on one connection (the CHECKs
+//! take three round trips); written to bench/results/multi.csv.
+
+use crate::measure;
+use crate::Bench;
+use std::path::Path;
+use std::time::Instant;
+
+/// The keys of request `i`: 1,000 users, 100 IPs, one tenant.
+fn keys(i: u64) -> [String; 3] {
+    [
+        format!("{{t:7}}:user:{}", i % 1_000),
+        format!("{{t:7}}:ip:{}", i % 100),
+        "{t:7}:tenant".to_string(),
+    ]
+}
+
+/// Each key's (window, max).
+const LIMITS: [[&str; 2]; 3] = [
+    ["60000", "1000000"],
+    ["60000", "1000000"],
+    ["60000", "1000000000"],
+];
+
+/// (label, server µs per request, wall µs per request).
+pub fn run(bench: &Bench, requests: u64) -> Vec<(String, f64, f64)> {
+    let mut con = bench.connect();
+    let mut rows = Vec::new();
+    for label in ["MCHECK over 3 keys", "3 x CHECK"] {
+        measure::reset(&mut con);
+        let started = Instant::now();
+        for i in 0..requests {
+            let keys = keys(i);
+            if label.starts_with("MCHECK") {
+                let mut call = redis::cmd("RATELIMIT.MCHECK");
+                call.arg(3).arg(&keys);
+                for [window, max] in LIMITS {
+                    call.arg(1).arg(window).arg(max);
+                }
+                let (allowed, ..): (i64, i64, i64, i64, Vec<i64>) =
+                    call.query(&mut con).expect("MCHECK");
+                assert_eq!(allowed, 1, "every request is allowed");
+            } else {
+                for (key, [window, max]) in keys.iter().zip(LIMITS) {
+                    let reply: Vec<i64> = redis::cmd("RATELIMIT.CHECK")
+                        .arg(key)
+                        .arg(window)
+                        .arg(max)
+                        .query(&mut con)
+                        .expect("CHECK");
+                    assert_eq!(reply[0], 1, "every request is allowed");
+                }
+            }
+        }
+        let wall = started.elapsed().as_secs_f64() * 1e6 / requests as f64;
+        let stats = measure::command_stats(&mut con);
+        let server = measure::usec_per(&stats, &["ratelimit.mcheck", "ratelimit.check"], requests);
+        eprintln!("  {label}: {server:.2} µs server CPU, {wall:.1} µs wall per request");
+        rows.push((label.to_string(), server, wall));
+    }
+    rows
+}
+
+pub fn write(rows: &[(String, f64, f64)], requests: u64, dir: &Path) -> std::io::Result<()> {
+    let mut csv = String::from("requests,call,server_usec_per_request,wall_usec_per_request\n");
+    for (label, server, wall) in rows {
+        csv.push_str(&format!("{requests},{label},{server:.2},{wall:.1}\n"));
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("multi.csv"), csv)
+}

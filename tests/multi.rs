@@ -1,0 +1,572 @@
+//! RATELIMIT.MCHECK, MPEEK and MUNDO on a real server: one decision over
+//! several keys (a user, an IP, a tenant) that charges every key or none,
+//! whichever key denies and whatever goes wrong on one key; the same state
+//! on a replica, after an AOF replay and a restart; every key visible to
+//! the server (COMMAND GETKEYS, ACL key patterns, CROSSSLOT).
+
+use harness::{all_digests, digest, error, run, wait_for_replica, Server};
+use redis::{Connection, Value};
+
+const KEYS: [&str; 3] = ["{t:7}:user:42", "{t:7}:ip:10.0.0.1", "{t:7}:tenant"];
+
+/// MCHECK (or MPEEK) over KEYS: 2 per minute for the user, 5 per second
+/// and 3 per minute for the IP, 4 per minute for the tenant.
+fn call(name: &str, extra: &[&str]) -> Vec<String> {
+    let mut words: Vec<&str> = vec![name, "3"];
+    words.extend(KEYS);
+    words.extend([
+        "1", "60000", "2", "2", "1000", "5", "60000", "3", "1", "60000", "4",
+    ]);
+    words.extend(extra);
+    words.into_iter().map(str::to_string).collect()
+}
+
+/// `[allowed, remaining, retry_after_ms, reset_after_ms, [denied ...]]`.
+fn mcheck_by(con: &mut Connection, name: &str, extra: &[&str]) -> (Vec<i64>, Vec<i64>) {
+    let words = call(name, extra);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let (a, b, c, d, denied): (i64, i64, i64, i64, Vec<i64>) = run(con, &words);
+    (vec![a, b, c, d], denied)
+}
+
+fn mcheck(con: &mut Connection) -> (Vec<i64>, Vec<i64>) {
+    mcheck_by(con, "RATELIMIT.MCHECK", &[])
+}
+
+fn digests(con: &mut Connection) -> Vec<String> {
+    KEYS.iter()
+        .map(|key| {
+            let exists: i64 = run(con, &["EXISTS", key]);
+            match exists {
+                0 => String::new(),
+                _ => digest(con, key),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn any_one_denial_charges_no_key() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let (first, denied) = mcheck(&mut con);
+    assert_eq!((first, denied), (vec![1, 1, 0, 60_000], vec![]));
+    // The user's own limit (2 per minute) denies the third call.
+    assert_eq!(mcheck(&mut con).0[..2], [1, 0]);
+    let before = digests(&mut con);
+    let (decision, denied) = mcheck(&mut con);
+    assert_eq!(denied, [1], "{decision:?}");
+    assert_eq!(decision[..2], [0, 0]);
+    assert!((59_000..=60_000).contains(&decision[2]), "{decision:?}");
+    assert_eq!(digests(&mut con), before, "nothing recorded anywhere");
+
+    // The IP alone denies: a second user on it fills its minute.
+    run::<()>(&mut con, &["DEL", KEYS[0]]);
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", KEYS[1], "60000", "3"]);
+    let before = digests(&mut con);
+    let (decision, denied) = mcheck(&mut con);
+    assert_eq!((decision[0], denied), (0, vec![2]));
+    assert_eq!(digests(&mut con), before);
+
+    // The tenant alone denies, then two keys at once.
+    for key in KEYS {
+        run::<()>(&mut con, &["DEL", key]);
+    }
+    let tenant_full = ["RATELIMIT.CHECK", KEYS[2], "60000", "4", "COST", "4"];
+    run::<Vec<i64>>(&mut con, &tenant_full);
+    let (decision, denied) = mcheck(&mut con);
+    assert_eq!((decision[0], denied), (0, vec![3]));
+    let exists: i64 = run(&mut con, &["EXISTS", KEYS[0], KEYS[1]]);
+    assert_eq!(exists, 0, "a denied call creates no key");
+    let (decision, denied) = mcheck_by(&mut con, "RATELIMIT.MCHECK", &["COST", "2"]);
+    assert_eq!((decision[0], denied), (0, vec![3]));
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", KEYS[0], "60000", "2"]);
+    let (_, denied) = mcheck_by(&mut con, "RATELIMIT.MCHECK", &["COST", "2"]);
+    assert_eq!(denied, [1, 3]);
+}
+
+#[test]
+fn mpeek_answers_and_mundo_refunds_every_key() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    assert_eq!(
+        mcheck_by(&mut con, "RATELIMIT.MPEEK", &[]),
+        (vec![1, 2, 0, 0], vec![])
+    );
+    let exists: i64 = run(&mut con, &["EXISTS", KEYS[0], KEYS[1], KEYS[2]]);
+    assert_eq!(exists, 0, "MPEEK creates nothing");
+    mcheck(&mut con);
+    mcheck(&mut con);
+    let before = digests(&mut con);
+    let (peeked, denied) = mcheck_by(&mut con, "RATELIMIT.MPEEK", &[]);
+    assert_eq!((peeked[..2].to_vec(), denied), (vec![0, 0], vec![1]));
+    assert_eq!(digests(&mut con), before);
+    let refunded: Vec<i64> = run(
+        &mut con,
+        &[
+            "RATELIMIT.MUNDO",
+            "3",
+            KEYS[0],
+            KEYS[2],
+            "missing",
+            "COST",
+            "3",
+        ],
+    );
+    assert_eq!(refunded, [2, 2, 0]);
+    let exists: i64 = run(&mut con, &["EXISTS", KEYS[0], KEYS[2]]);
+    assert_eq!(exists, 0, "emptied logs are deleted");
+    assert_eq!(
+        mcheck(&mut con).0[..2],
+        [1, 0],
+        "the IP's minute is now full"
+    );
+}
+
+/// MCHECK over two keys, 9 per minute each.
+fn two_keys<'a>(a: &'a str, b: &'a str) -> [&'a str; 10] {
+    [
+        "RATELIMIT.MCHECK",
+        "2",
+        a,
+        b,
+        "1",
+        "60000",
+        "9",
+        "1",
+        "60000",
+        "9",
+    ]
+}
+
+#[test]
+fn an_error_on_one_key_changes_no_key() {
+    let server = Server::start_with_module_args(&["max-entries", "2"], &[]);
+    let mut con = server.connect();
+    mcheck(&mut con);
+    run::<()>(&mut con, &["SET", "plain", "x"]);
+    let before = digests(&mut con);
+    let wrongtype = error(&mut con, &two_keys(KEYS[0], "plain"));
+    assert!(wrongtype.starts_with("WRONGTYPE"), "{wrongtype}");
+    let undo_wrongtype = error(&mut con, &["RATELIMIT.MUNDO", "2", KEYS[0], "plain"]);
+    assert!(undo_wrongtype.starts_with("WRONGTYPE"), "{undo_wrongtype}");
+    assert_eq!(digests(&mut con), before);
+    // The IP's log holds two entries (max-entries 2): a third refuses the
+    // whole call, although the user's key alone had room.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", KEYS[1], "60000", "9"]);
+    let before = digests(&mut con);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let full = error(&mut con, &two_keys("fresh", KEYS[1]));
+    assert!(full.contains("this key's log is full"), "{full}");
+    assert_eq!(digests(&mut con), before);
+    let exists: i64 = run(&mut con, &["EXISTS", "fresh"]);
+    assert_eq!(exists, 0);
+    for (words, expected) in [
+        (
+            vec!["0", "a", "1", "10", "1"],
+            "ERR numkeys must be an integer from 1 to 16",
+        ),
+        (
+            vec!["2", "a", "a", "1", "10", "1", "1", "10", "1"],
+            "ERR key 'a' is given more than once",
+        ),
+        (
+            vec!["1", "a", "9", "10", "1"],
+            "ERR npairs of key 1 must be an integer from 1 to 8",
+        ),
+        (
+            vec!["1", "a", "1", "10", "1", "BLOCK", "5"],
+            "ERR unknown option 'BLOCK' (the options are COST n and PRECISION p)",
+        ),
+    ] {
+        let mut call = vec!["RATELIMIT.MCHECK"];
+        call.extend(words);
+        assert_eq!(error(&mut con, &call), expected);
+    }
+    let arity = error(&mut con, &["RATELIMIT.MCHECK", "2", "a", "b", "1", "10"]);
+    assert!(arity.contains("wrong number of arguments"), "{arity}");
+}
+
+#[test]
+fn sixteen_keys_with_eight_pairs_each() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let keys: Vec<String> = (0..16).map(|k| format!("k{k}")).collect();
+    let mut words = vec!["RATELIMIT.MCHECK".to_string(), "16".to_string()];
+    words.extend(keys.iter().cloned());
+    for k in 0..16 {
+        words.push("8".into());
+        for pair in 1..=8 {
+            words.push((pair * 1000).to_string());
+            // Key k0 allows 2 per second, every other key more.
+            words.push(if k == 0 && pair == 1 { 2 } else { 10 + pair }.to_string());
+        }
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    for expected_remaining in [1, 0] {
+        let (a, remaining, _, reset, denied): (i64, i64, i64, i64, Vec<i64>) =
+            run(&mut con, &words);
+        assert_eq!(
+            (a, remaining, reset, denied),
+            (1, expected_remaining, 8000, vec![])
+        );
+    }
+    let (a, _, retry, _, denied): (i64, i64, i64, i64, Vec<i64>) = run(&mut con, &words);
+    assert_eq!((a, denied), (0, vec![1]));
+    assert!((1..=1000).contains(&retry), "{retry}");
+    let mut undo = vec!["RATELIMIT.MUNDO", "16"];
+    undo.extend(&words[2..18]);
+    undo.extend(["COST", "5"]);
+    let refunded: Vec<i64> = run(&mut con, &undo);
+    assert_eq!(
+        refunded,
+        vec![2; 16],
+        "the two allowed calls, not the denied one"
+    );
+}
+
+#[test]
+fn resp2_and_resp3_get_the_same_reply() {
+    let server = Server::start(&[]);
+    let client = redis::Client::open(format!("{}?protocol=resp3", server.url())).expect("url");
+    let mut resp3 = client.get_connection().expect("RESP3 connection");
+    let mut resp2 = server.connect();
+    let ints = |values: &[i64]| Value::Array(values.iter().copied().map(Value::Int).collect());
+    for con in [&mut resp2, &mut resp3] {
+        run::<()>(con, &["DEL", KEYS[0], KEYS[1], KEYS[2]]);
+        let words = call("RATELIMIT.MCHECK", &["COST", "2"]);
+        let allowed: Value = redis::cmd(&words[0])
+            .arg(&words[1..])
+            .query(con)
+            .expect("MCHECK");
+        assert_eq!(
+            allowed,
+            Value::Array(vec![
+                Value::Int(1),
+                Value::Int(0),
+                Value::Int(0),
+                Value::Int(60_000),
+                ints(&[])
+            ])
+        );
+        let denied: Value = redis::cmd(&words[0])
+            .arg(&words[1..])
+            .query(con)
+            .expect("MCHECK");
+        let Value::Array(fields) = denied else {
+            panic!("not an array: {denied:?}");
+        };
+        assert_eq!(fields.len(), 5);
+        assert_eq!(fields[..2], [Value::Int(0), Value::Int(0)]);
+        assert_eq!(fields[4], ints(&[1, 2]), "the tenant had room");
+    }
+}
+
+#[test]
+fn every_key_is_visible_to_getkeys_and_acl() {
+    let server = Server::start(&[]);
+    let mut admin = server.connect();
+    let words = call("RATELIMIT.MCHECK", &[]);
+    let mut getkeys = vec!["COMMAND", "GETKEYS"];
+    getkeys.extend(words.iter().map(String::as_str));
+    let keys: Vec<String> = run(&mut admin, &getkeys);
+    assert_eq!(keys, KEYS);
+    let undo_keys: Vec<String> = run(
+        &mut admin,
+        &[
+            "COMMAND",
+            "GETKEYS",
+            "RATELIMIT.MUNDO",
+            "2",
+            "a",
+            "b",
+            "COST",
+            "2",
+        ],
+    );
+    assert_eq!(undo_keys, ["a", "b"]);
+    run::<()>(
+        &mut admin,
+        &[
+            "ACL",
+            "SETUSER",
+            "app",
+            "on",
+            ">pw",
+            "~{t:7}:user:*",
+            "~{t:7}:ip:*",
+            "+ratelimit.mcheck",
+            "+ratelimit.mpeek",
+            "+ratelimit.mundo",
+        ],
+    );
+    let mut app = redis::Client::open(format!("redis://app:pw@127.0.0.1:{}/", server.port))
+        .and_then(|client| client.get_connection())
+        .expect("a connection as app");
+    for name in ["RATELIMIT.MCHECK", "RATELIMIT.MPEEK"] {
+        let words = call(name, &[]);
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let refused = error(&mut app, &words);
+        assert!(refused.starts_with("NOPERM"), "{name}: {refused}");
+    }
+    let refused = error(&mut app, &["RATELIMIT.MUNDO", "2", KEYS[0], KEYS[2]]);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+    let allowed: (i64, i64, i64, i64, Vec<i64>) = run(
+        &mut app,
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            KEYS[0],
+            KEYS[1],
+            "1",
+            "1000",
+            "1",
+            "1",
+            "1000",
+            "1",
+        ],
+    );
+    assert_eq!(allowed.0, 1);
+    assert!(all_digests(&mut admin)
+        .iter()
+        .all(|(key, _)| key != KEYS[2]));
+}
+
+#[test]
+fn cluster_mode_refuses_keys_in_different_slots() {
+    let bus = harness::free_port().to_string();
+    let server = Server::start(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        &bus,
+        "--cluster-config-file",
+        "nodes.conf",
+    ]);
+    let mut con = server.connect();
+    run::<()>(&mut con, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+    for _ in 0..100 {
+        let state: String = run(&mut con, &["CLUSTER", "INFO"]);
+        if state.contains("cluster_state:ok") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (decision, _) = mcheck(&mut con);
+    assert_eq!(decision[0], 1, "hash-tagged keys share a slot");
+    for name in ["RATELIMIT.MCHECK", "RATELIMIT.MPEEK"] {
+        let refused = error(
+            &mut con,
+            &[
+                name, "2", "user:1", "ip:1", "1", "1000", "5", "1", "1000", "5",
+            ],
+        );
+        assert!(refused.starts_with("CROSSSLOT"), "{name}: {refused}");
+    }
+    let refused = error(&mut con, &["RATELIMIT.MUNDO", "2", "user:1", "ip:1"]);
+    assert!(refused.starts_with("CROSSSLOT"), "{refused}");
+}
+
+/// The commands of an AOF, each as its words.
+fn aof_commands(server: &Server) -> Vec<Vec<String>> {
+    let mut text = Vec::new();
+    let dir = server.dir.join("appendonlydir");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("an AOF directory")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .collect();
+    files.sort();
+    for file in files {
+        text.extend(std::fs::read(file).expect("an AOF file"));
+    }
+    let text = String::from_utf8_lossy(&text);
+    let mut lines = text.split("\r\n");
+    let mut commands = Vec::new();
+    while let Some(line) = lines.next() {
+        let Some(count) = line.strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
+        let words = (0..count)
+            .filter_map(|_| {
+                lines.next();
+                lines.next().map(str::to_string)
+            })
+            .collect();
+        commands.push(words);
+    }
+    commands
+}
+
+#[test]
+fn replicas_and_the_aof_get_every_key_at_once() {
+    let mut master = Server::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let replica = Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    let (mut m, mut r) = (master.connect(), replica.connect());
+    wait_for_replica(&mut m, &mut r);
+    mcheck(&mut m);
+    mcheck(&mut m);
+    // Denied: the user is full.
+    let (decision, denied) = mcheck_by(&mut m, "RATELIMIT.MCHECK", &[]);
+    assert_eq!((decision[0], denied), (0, vec![1]));
+    // Denied again, and the IP's log now keeps an hour.
+    run::<Value>(
+        &mut m,
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            KEYS[0],
+            KEYS[1],
+            "1",
+            "60000",
+            "2",
+            "1",
+            "3600000",
+            "5",
+        ],
+    );
+    run::<Vec<i64>>(&mut m, &["RATELIMIT.MUNDO", "2", KEYS[0], KEYS[2]]);
+    mcheck_by(&mut m, "RATELIMIT.MCHECK", &["PRECISION", "100"]);
+    wait_for_replica(&mut m, &mut r);
+    let on_master = all_digests(&mut m);
+    assert_eq!(on_master.len(), 3);
+    assert_eq!(all_digests(&mut r), on_master);
+    let peeked = mcheck_by(&mut r, "RATELIMIT.MPEEK", &[]);
+    assert_eq!(
+        peeked.1,
+        mcheck_by(&mut m, "RATELIMIT.MPEEK", &[]).1,
+        "MPEEK runs on a replica"
+    );
+    let refused = error(
+        &mut r,
+        &call("RATELIMIT.MCHECK", &[])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(refused.starts_with("READONLY"), "{refused}");
+    let ttl: i64 = run(&mut r, &["PTTL", KEYS[1]]);
+    assert!(
+        ttl > 3_000_000,
+        "the widened hour reached the replica: {ttl}"
+    );
+
+    // Servers put the SELECT of the first write inside or before MULTI.
+    let commands: Vec<Vec<String>> = aof_commands(&master)
+        .into_iter()
+        .filter(|c| !c[0].eq_ignore_ascii_case("select"))
+        .collect();
+    let names: Vec<String> = commands.iter().map(|c| c[0].to_lowercase()).collect();
+    let first = names
+        .iter()
+        .position(|n| n == "ratelimit.record")
+        .expect("RECORDs");
+    assert_eq!(
+        names[first - 1..first + 4],
+        [
+            "multi",
+            "ratelimit.record",
+            "ratelimit.record",
+            "ratelimit.record",
+            "exec"
+        ],
+        "{commands:?}"
+    );
+    let recorded: Vec<&str> = commands[first..first + 3]
+        .iter()
+        .map(|c| c[1].as_str())
+        .collect();
+    assert_eq!(recorded, KEYS);
+    assert!(names.iter().any(|n| n == "ratelimit.widen"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "ratelimit.mcheck"),
+        "decisions replicate as their writes: {names:?}"
+    );
+
+    master.kill();
+    master.relaunch();
+    let mut m = master.connect();
+    assert_eq!(
+        all_digests(&mut m),
+        on_master,
+        "the AOF replays to the same state"
+    );
+    master.restart(true);
+    let mut m = master.connect();
+    assert_eq!(all_digests(&mut m), on_master, "and after a restart");
+}
+
+/// README.md's example of the native all-or-nothing call, word for word.
+#[test]
+fn the_readme_example_replies_as_shown() {
+    let readme = harness::readme();
+    let line = readme
+        .lines()
+        .find_map(|line| line.strip_prefix("redis-cli RATELIMIT.MCHECK "))
+        .expect("README.md shows an MCHECK");
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let mut words = vec!["RATELIMIT.MCHECK"];
+    words.extend(line.split(' '));
+    let reply: (i64, i64, i64, i64, Vec<i64>) = run(&mut con, &words);
+    assert_eq!(reply, (1, 99, 0, 60_000, vec![]));
+    assert!(readme.contains(
+        "1) (integer) 1\n2) (integer) 99\n3) (integer) 0\n4) (integer) 60000\n5) (empty array)"
+    ));
+}
+
+/// A denied MCHECK that widens nothing changes nothing (a WATCHing client
+/// keeps its transaction, no event); an allowed one signals and publishes
+/// every key; MUNDO every key it refunds.
+#[test]
+fn watch_and_keyspace_events_see_every_key_and_only_changes() {
+    let server = Server::start(&["--notify-keyspace-events", "Kd$"]);
+    let mut subscriber = server.subscriber();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.psubscribe("__keyspace@0__:*").expect("PSUBSCRIBE");
+    let (mut watcher, mut con) = (server.connect(), server.connect());
+    let transaction = |watcher: &mut Connection, con: &mut Connection| {
+        run::<()>(watcher, &["WATCH", KEYS[2]]);
+        mcheck(con);
+        run::<()>(watcher, &["MULTI"]);
+        run::<()>(watcher, &["SET", "marker", "1"]);
+        run::<Value>(watcher, &["EXEC"])
+    };
+    assert_eq!(
+        transaction(&mut watcher, &mut con),
+        Value::Nil,
+        "allowed: a write"
+    );
+    mcheck(&mut con);
+    assert_eq!(
+        transaction(&mut watcher, &mut con),
+        Value::Array(vec![Value::Okay]),
+        "denied, widening nothing: no write"
+    );
+    run::<Value>(&mut con, &["RATELIMIT.MUNDO", "2", KEYS[0], KEYS[2]]);
+    run::<()>(&mut con, &["SET", "done", "1"]);
+    let mut events = Vec::new();
+    loop {
+        let message = pubsub.get_message().expect("an event");
+        let channel = message.get_channel_name().to_string();
+        let event: String = message.get_payload().expect("text");
+        if channel.ends_with(":done") {
+            break;
+        }
+        if event.starts_with("ratelimit.") {
+            events.push(format!(
+                "{} {event}",
+                channel.trim_start_matches("__keyspace@0__:")
+            ));
+        }
+    }
+    let recorded: Vec<String> = KEYS
+        .iter()
+        .map(|k| format!("{k} ratelimit.recorded"))
+        .collect();
+    let mut expected = [recorded.clone(), recorded].concat();
+    expected.push(format!("{} ratelimit.refunded", KEYS[0]));
+    expected.push(format!("{} ratelimit.refunded", KEYS[2]));
+    assert_eq!(events, expected);
+}
