@@ -11,7 +11,8 @@
 -- Script form:    this file without its first line, as EVAL/EVALSHA:
 --                 EVALSHA sha 1 key check|peek|undo <the same arguments>
 --
--- Only base Lua 5.1 (string, math, table, pcall) and redis.call/pcall:
+-- Only base Lua 5.1 (string, math, table, ipairs, tonumber, tostring,
+-- type, pcall, error) and redis.call/pcall:
 -- no cjson, cmsgpack, struct or bit, so it runs on every Redis 7.0+ and
 -- Valkey 8+.
 --
@@ -29,8 +30,10 @@
 --   means nothing (its time is newest - span).
 -- Entries leave at the front by moving head (compacted once the dead
 -- prefix outgrows the live part: amortised O(1) per pruned entry) and at
--- the back by moving tail; bytes are read with GETRANGE and written with
--- SETRANGE, so a call touches only the entries it prunes or reads.
+-- the back by moving tail. Bytes are read with GETRANGE; a small log is
+-- written whole with SET (exactly allocated, one call), a larger one has
+-- only its changed bytes and header overwritten with SETRANGE, so a call
+-- touches only the entries it prunes or reads.
 
 local MAGIC = 'rl\1'
 local HEADER = 34

@@ -141,7 +141,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// A caller that only builds commands (no connection of its own).
+    /// A caller that only builds commands, with no connection of its own:
+    /// the module's, or the function form's (the script form's SHA1
+    /// comes from `Backend::prepare`).
     pub fn of(backend: Backend) -> Caller {
         Caller {
             backend,
