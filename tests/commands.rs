@@ -393,32 +393,19 @@ fn a_denied_check_registers_a_longer_window(backend: Backend) {
 
 /// A test per backend for each contract test: `module::name`,
 /// `twin_fcall::name`, `twin_evalsha::name`, `twin_restricted::name`.
-/// Tests after `pending on the module:` wait for a change the module's
-/// branch has not merged yet: ignored for the module alone, with why.
 macro_rules! on_every_backend {
-    ($($name:ident),* ; pending on the module: $($pending:ident),*) => {
-        on_every_backend!(@backend module, Module, [$($name),*], [$($pending),*],
-            [ignore = "needs the hardening branch (decision 1: a denied CHECK registers a longer window)"]);
-        on_every_backend!(@backend twin_fcall, Function, [$($name),*], [$($pending),*],
-            [doc = "On the twin."]);
-        on_every_backend!(@backend twin_evalsha, Script, [$($name),*], [$($pending),*],
-            [doc = "On the twin."]);
-        on_every_backend!(@backend twin_restricted, Restricted, [$($name),*], [$($pending),*],
-            [doc = "On the twin."]);
+    ($($name:ident),* $(,)?) => {
+        on_every_backend!(@backend module, Module, [$($name),*]);
+        on_every_backend!(@backend twin_fcall, Function, [$($name),*]);
+        on_every_backend!(@backend twin_evalsha, Script, [$($name),*]);
+        on_every_backend!(@backend twin_restricted, Restricted, [$($name),*]);
     };
-    (@backend $module:ident, $backend:ident, [$($name:ident),*], [$($pending:ident),*], $why:tt) => {
+    (@backend $module:ident, $backend:ident, [$($name:ident),*]) => {
         mod $module {
             $(
                 #[test]
                 fn $name() {
                     super::$name(harness::Backend::$backend);
-                }
-            )*
-            $(
-                #[test]
-                #$why
-                fn $pending() {
-                    super::$pending(harness::Backend::$backend);
                 }
             )*
         }
@@ -438,6 +425,6 @@ on_every_backend!(
     undo_takes_part_of_a_request,
     precision_bounds_a_hot_key,
     copy_and_dump_restore_keep_the_log,
-    ten_thousand_requests_take_at_most_eight_bytes_each;
-    pending on the module: a_denied_check_registers_a_longer_window
+    ten_thousand_requests_take_at_most_eight_bytes_each,
+    a_denied_check_registers_a_longer_window,
 );
