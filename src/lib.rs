@@ -23,10 +23,9 @@ mod module;
 mod checked_profile {
     #[test]
     fn arithmetic_and_assertions_are_checked() {
-        assert!(
-            cfg!(debug_assertions),
-            "run the core's tests with `cargo test --profile checked --lib`"
-        );
+        if !cfg!(debug_assertions) {
+            panic!("run the core's tests with `cargo test --profile checked --lib`");
+        }
         let max = std::hint::black_box(u64::MAX);
         let wrapped = std::panic::catch_unwind(|| max + 1);
         assert!(wrapped.is_err(), "u64::MAX + 1 did not panic: {wrapped:?}");
