@@ -334,6 +334,52 @@ fn every_key_is_visible_to_getkeys_and_acl() {
         .all(|(key, _)| key != KEYS[2]));
 }
 
+/// A user who may only read the limiter keys (`%R~`) may MPEEK them but
+/// not MCHECK or MUNDO them: the key specs' flags (`RO access`, `RW
+/// update`, `RW delete`) are what ACL checks, and what GETKEYSANDFLAGS says.
+#[test]
+fn read_only_key_patterns_allow_mpeek_only() {
+    let server = Server::start(&[]);
+    let mut admin = server.connect();
+    let flags = |con: &mut Connection, name: &str| -> Vec<Vec<Value>> {
+        let mut words = vec!["COMMAND", "GETKEYSANDFLAGS"];
+        let call = call(name, &[]);
+        words.extend(call.iter().map(String::as_str));
+        run(con, &words)
+    };
+    let mpeek = flags(&mut admin, "RATELIMIT.MPEEK");
+    assert_eq!(mpeek.len(), 3);
+    for entry in mpeek {
+        let key_flags: Vec<String> = redis::from_redis_value(&entry[1]).expect("flags");
+        assert_eq!(key_flags, ["RO", "access"]);
+    }
+    run::<()>(
+        &mut admin,
+        &[
+            "ACL",
+            "SETUSER",
+            "reader",
+            "on",
+            ">pw",
+            "%R~{t:7}:*",
+            "+@all",
+        ],
+    );
+    let mut reader = redis::Client::open(format!("redis://reader:pw@127.0.0.1:{}/", server.port))
+        .and_then(|client| client.get_connection())
+        .expect("a connection as reader");
+    let (fields, denied) = mcheck_by(&mut reader, "RATELIMIT.MPEEK", &[]);
+    assert_eq!((fields[0], denied), (1, vec![]));
+    let words = call("RATELIMIT.MCHECK", &[]);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let refused = error(&mut reader, &words);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+    let refused = error(&mut reader, &["RATELIMIT.MUNDO", "2", KEYS[0], KEYS[1]]);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+    let written: i64 = run(&mut admin, &["DBSIZE"]);
+    assert_eq!(written, 0);
+}
+
 #[test]
 fn cluster_mode_refuses_keys_in_different_slots() {
     let bus = harness::free_port().to_string();
