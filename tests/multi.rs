@@ -264,6 +264,16 @@ fn resp2_and_resp3_get_the_same_reply() {
     }
 }
 
+/// A connection as a new ACL user with these rules.
+fn connect_as(server: &Server, user: &str, rules: &[&str]) -> Connection {
+    let mut words = vec!["ACL", "SETUSER", user, "on", ">pw"];
+    words.extend(rules);
+    run::<()>(&mut server.connect(), &words);
+    redis::Client::open(format!("redis://{user}:pw@127.0.0.1:{}/", server.port))
+        .and_then(|client| client.get_connection())
+        .unwrap_or_else(|e| panic!("a connection as {user}: {e}"))
+}
+
 #[test]
 fn every_key_is_visible_to_getkeys_and_acl() {
     let server = Server::start(&[]);
@@ -287,14 +297,10 @@ fn every_key_is_visible_to_getkeys_and_acl() {
         ],
     );
     assert_eq!(undo_keys, ["a", "b"]);
-    run::<()>(
-        &mut admin,
+    let mut app = connect_as(
+        &server,
+        "app",
         &[
-            "ACL",
-            "SETUSER",
-            "app",
-            "on",
-            ">pw",
             "~{t:7}:user:*",
             "~{t:7}:ip:*",
             "+ratelimit.mcheck",
@@ -302,9 +308,6 @@ fn every_key_is_visible_to_getkeys_and_acl() {
             "+ratelimit.mundo",
         ],
     );
-    let mut app = redis::Client::open(format!("redis://app:pw@127.0.0.1:{}/", server.port))
-        .and_then(|client| client.get_connection())
-        .expect("a connection as app");
     for name in ["RATELIMIT.MCHECK", "RATELIMIT.MPEEK"] {
         let words = call(name, &[]);
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -353,21 +356,7 @@ fn read_only_key_patterns_allow_mpeek_only() {
         let key_flags: Vec<String> = redis::from_redis_value(&entry[1]).expect("flags");
         assert_eq!(key_flags, ["RO", "access"]);
     }
-    run::<()>(
-        &mut admin,
-        &[
-            "ACL",
-            "SETUSER",
-            "reader",
-            "on",
-            ">pw",
-            "%R~{t:7}:*",
-            "+@all",
-        ],
-    );
-    let mut reader = redis::Client::open(format!("redis://reader:pw@127.0.0.1:{}/", server.port))
-        .and_then(|client| client.get_connection())
-        .expect("a connection as reader");
+    let mut reader = connect_as(&server, "reader", &["%R~{t:7}:*", "+@all"]);
     let (fields, denied) = mcheck_by(&mut reader, "RATELIMIT.MPEEK", &[]);
     assert_eq!((fields[0], denied), (1, vec![]));
     let words = call("RATELIMIT.MCHECK", &[]);
