@@ -177,6 +177,10 @@ fn an_error_on_one_key_changes_no_key() {
             "ERR npairs of key 1 must be an integer from 1 to 8",
         ),
         (
+            vec!["2", "a", "b", "1", "10", "5", "1", "10", "2", "COST", "3"],
+            "ERR key 'b': COST 3 is above max 2: such a request could never be allowed",
+        ),
+        (
             vec!["1", "a", "1", "10", "1", "BLOCK", "5"],
             "ERR unknown option 'BLOCK' (the options are COST n and PRECISION p)",
         ),

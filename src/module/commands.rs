@@ -244,14 +244,10 @@ fn ensure_room(log: &TimeLog, record: &Record) -> Result<(), CommandError> {
     )))
 }
 
-/// An error about one key of a multi-key call, saying which key: of 16
-/// keys, "this key's log is full" alone would leave the operator guessing.
+/// A full log's error in a multi-key call, saying which key's.
 fn naming(key: &Arg, error: CommandError) -> CommandError {
     match error {
-        CommandError::Invalid(text) => CommandError::Invalid(format!(
-            "key '{}': {text}",
-            String::from_utf8_lossy(key.as_ref())
-        )),
+        CommandError::Invalid(text) => CommandError::Invalid(args::about_key(key, &text)),
         other => other,
     }
 }
