@@ -168,24 +168,45 @@ pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, 
     let [cost, precision] = parse_options(rest, [&COST, &PRECISION])?;
     let mut calls = Vec::with_capacity(keys.len());
     for (key, words) in keys.iter().zip(pairs) {
-        let mut limits = Vec::with_capacity(words.len() / 2);
-        let mut longest_window = &words[0];
-        for pair in words.chunks_exact(2) {
-            let limit = parse_limit(&pair[0], pair.get(1))?;
-            if limits.iter().all(|l: &Limit| l.window < limit.window) {
-                longest_window = &pair[0];
-            }
-            limits.push(limit);
-        }
-        calls.push(LimitCall {
-            key,
-            request: build_request(&limits, cost, precision)?,
-            longest_window,
-            cost,
-            precision,
-        });
+        let call = key_call(key, words, cost, precision).map_err(|error| match error {
+            ArgError::Invalid(text) => invalid(about_key(key, &text)),
+            other => other,
+        })?;
+        calls.push(call);
     }
     Ok(MultiCall { calls })
+}
+
+/// One key's part of a multi-key call: its `window max` words, and the
+/// options every key shares.
+fn key_call<'a, A: AsRef<[u8]>>(
+    key: &'a A,
+    words: &'a [A],
+    cost: Option<&'a A>,
+    precision: Option<&'a A>,
+) -> Result<LimitCall<'a, A>, ArgError> {
+    let mut limits = Vec::with_capacity(words.len() / 2);
+    let mut longest_window = &words[0];
+    for pair in words.chunks_exact(2) {
+        let limit = parse_limit(&pair[0], pair.get(1))?;
+        if limits.iter().all(|l: &Limit| l.window < limit.window) {
+            longest_window = &pair[0];
+        }
+        limits.push(limit);
+    }
+    Ok(LimitCall {
+        key,
+        request: build_request(&limits, cost, precision)?,
+        longest_window,
+        cost,
+        precision,
+    })
+}
+
+/// An error about one key of a multi-key call, saying which: of up to 16
+/// keys, "COST 3 is above max 2" alone leaves the caller guessing.
+pub fn about_key<A: AsRef<[u8]>>(key: &A, text: &str) -> String {
+    format!("key '{}': {text}", String::from_utf8_lossy(key.as_ref()))
 }
 
 pub fn parse_multi_undo<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiUndoCall<'_, A>, ArgError> {
@@ -640,15 +661,15 @@ mod tests {
         );
         assert_eq!(
             multi_error("M 2 a b 1 10 5 1 10 2 COST 3"),
-            invalid("COST 3 is above max 2: such a request could never be allowed")
+            invalid("key 'b': COST 3 is above max 2: such a request could never be allowed")
         );
         assert_eq!(
             multi_error("M 1 a 2 10 5 10 6"),
-            invalid("window 10 is given twice")
+            invalid("key 'a': window 10 is given twice")
         );
         assert_eq!(
             multi_error("M 2 a b 1 100 5 1 10 5 PRECISION 50"),
-            invalid("PRECISION must be an integer from 1 to 10 (the shortest window)")
+            invalid("key 'b': PRECISION must be an integer from 1 to 10 (the shortest window)")
         );
         assert_eq!(
             multi_error("M 1 a 1 10 5 BLOCK 5"),

@@ -317,9 +317,26 @@ pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
             if !log.is_empty() && log.window() != model.window {
                 return fail(format!("key {k}: windows differ"));
             }
+            if let Err(error) = reloads_unchanged(log) {
+                return fail(format!("key {k}: {error}"));
+            }
         }
     }
     Ok(())
+}
+
+/// A log the core wrote (after any mix of records, widening denials,
+/// refunds, precision cells and clock steps) is one the loader accepts,
+/// and loads back as it was: an RDB, DUMP or replica always takes it.
+fn reloads_unchanged(log: &TimeLog) -> Result<(), String> {
+    if log.is_empty() {
+        return Ok(());
+    }
+    match TimeLog::decode(&log.encode()) {
+        Ok(loaded) if loaded == *log => Ok(()),
+        Ok(_) => Err("the log loads back changed".into()),
+        Err(error) => Err(format!("the loader refuses the log: {error:?}")),
+    }
 }
 
 fn has_duplicates(keys: &[usize]) -> bool {
@@ -408,6 +425,9 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
         }
         if !log.is_empty() && log.window() != model.window {
             return Err(format!("call {index} {call:?}: windows differ"));
+        }
+        if let Err(error) = reloads_unchanged(&log) {
+            return Err(format!("call {index} {call:?}: {error}"));
         }
     }
     Ok(())

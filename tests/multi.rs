@@ -158,7 +158,8 @@ fn an_error_on_one_key_changes_no_key() {
     let before = digests(&mut con);
     std::thread::sleep(std::time::Duration::from_millis(2));
     let full = error(&mut con, &two_keys("fresh", KEYS[1]));
-    assert!(full.contains("this key's log is full"), "{full}");
+    let named = format!("ERR key '{}': this key's log is full", KEYS[1]);
+    assert!(full.starts_with(&named), "{full}");
     assert_eq!(digests(&mut con), before);
     let exists: i64 = run(&mut con, &["EXISTS", "fresh"]);
     assert_eq!(exists, 0);
@@ -174,6 +175,10 @@ fn an_error_on_one_key_changes_no_key() {
         (
             vec!["1", "a", "9", "10", "1"],
             "ERR npairs of key 1 must be an integer from 1 to 8",
+        ),
+        (
+            vec!["2", "a", "b", "1", "10", "5", "1", "10", "2", "COST", "3"],
+            "ERR key 'b': COST 3 is above max 2: such a request could never be allowed",
         ),
         (
             vec!["1", "a", "1", "10", "1", "BLOCK", "5"],
@@ -263,6 +268,16 @@ fn resp2_and_resp3_get_the_same_reply() {
     }
 }
 
+/// A connection as a new ACL user with these rules.
+fn connect_as(server: &Server, user: &str, rules: &[&str]) -> Connection {
+    let mut words = vec!["ACL", "SETUSER", user, "on", ">pw"];
+    words.extend(rules);
+    run::<()>(&mut server.connect(), &words);
+    redis::Client::open(format!("redis://{user}:pw@127.0.0.1:{}/", server.port))
+        .and_then(|client| client.get_connection())
+        .unwrap_or_else(|e| panic!("a connection as {user}: {e}"))
+}
+
 #[test]
 fn every_key_is_visible_to_getkeys_and_acl() {
     let server = Server::start(&[]);
@@ -286,14 +301,10 @@ fn every_key_is_visible_to_getkeys_and_acl() {
         ],
     );
     assert_eq!(undo_keys, ["a", "b"]);
-    run::<()>(
-        &mut admin,
+    let mut app = connect_as(
+        &server,
+        "app",
         &[
-            "ACL",
-            "SETUSER",
-            "app",
-            "on",
-            ">pw",
             "~{t:7}:user:*",
             "~{t:7}:ip:*",
             "+ratelimit.mcheck",
@@ -301,9 +312,6 @@ fn every_key_is_visible_to_getkeys_and_acl() {
             "+ratelimit.mundo",
         ],
     );
-    let mut app = redis::Client::open(format!("redis://app:pw@127.0.0.1:{}/", server.port))
-        .and_then(|client| client.get_connection())
-        .expect("a connection as app");
     for name in ["RATELIMIT.MCHECK", "RATELIMIT.MPEEK"] {
         let words = call(name, &[]);
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -331,6 +339,38 @@ fn every_key_is_visible_to_getkeys_and_acl() {
     assert!(all_digests(&mut admin)
         .iter()
         .all(|(key, _)| key != KEYS[2]));
+}
+
+/// A user who may only read the limiter keys (`%R~`) may MPEEK them but
+/// not MCHECK or MUNDO them: the key specs' flags (`RO access`, `RW
+/// update`, `RW delete`) are what ACL checks, and what GETKEYSANDFLAGS says.
+#[test]
+fn read_only_key_patterns_allow_mpeek_only() {
+    let server = Server::start(&[]);
+    let mut admin = server.connect();
+    let flags = |con: &mut Connection, name: &str| -> Vec<Vec<Value>> {
+        let mut words = vec!["COMMAND", "GETKEYSANDFLAGS"];
+        let call = call(name, &[]);
+        words.extend(call.iter().map(String::as_str));
+        run(con, &words)
+    };
+    let mpeek = flags(&mut admin, "RATELIMIT.MPEEK");
+    assert_eq!(mpeek.len(), 3);
+    for entry in mpeek {
+        let key_flags: Vec<String> = redis::from_redis_value(&entry[1]).expect("flags");
+        assert_eq!(key_flags, ["RO", "access"]);
+    }
+    let mut reader = connect_as(&server, "reader", &["%R~{t:7}:*", "+@all"]);
+    let (fields, denied) = mcheck_by(&mut reader, "RATELIMIT.MPEEK", &[]);
+    assert_eq!((fields[0], denied), (1, vec![]));
+    let words = call("RATELIMIT.MCHECK", &[]);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let refused = error(&mut reader, &words);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+    let refused = error(&mut reader, &["RATELIMIT.MUNDO", "2", KEYS[0], KEYS[1]]);
+    assert!(refused.starts_with("NOPERM"), "{refused}");
+    let written: i64 = run(&mut admin, &["DBSIZE"]);
+    assert_eq!(written, 0);
 }
 
 #[test]

@@ -96,9 +96,9 @@ fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
         .map(WriteKey::slot)
         .collect::<Result<Vec<Slot>, CommandError>>()?;
     let verdict = limiter::decide_all(&stored(&call.calls, slots.iter().map(Slot::log)), clock());
-    for (slot, write) in slots.iter().zip(&verdict.writes) {
+    for ((slot, write), c) in slots.iter().zip(&verdict.writes).zip(&call.calls) {
         if let (Some(Write::Record(record)), Some(log)) = (write, slot.log()) {
-            ensure_room(log, record)?;
+            ensure_room(log, record).map_err(|error| naming(c.key, error))?;
         }
     }
     let expiries: Vec<Option<Millis>> = slots
@@ -242,6 +242,14 @@ fn ensure_room(log: &TimeLog, record: &Record) -> Result<(), CommandError> {
         "this key's log is full: it holds ratelimit.max-entries ({cap}) entries. \
          Nothing was recorded. Use PRECISION p to share entries, or raise ratelimit.max-entries"
     )))
+}
+
+/// A full log's error in a multi-key call, saying which key's.
+fn naming(key: &Arg, error: CommandError) -> CommandError {
+    match error {
+        CommandError::Invalid(text) => CommandError::Invalid(args::about_key(key, &text)),
+        other => other,
+    }
 }
 
 fn peek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
