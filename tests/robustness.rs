@@ -2,7 +2,7 @@
 //! the server up; corrupt payloads are refused; under maxmemory, writes
 //! are refused the standard way while reads go on.
 
-use harness::{check, digest, error, run, Server};
+use harness::{check, digest, error, restore, run, Server};
 
 const WINDOW: &str = "ERR window must be an integer from 1 to 31536000000 (milliseconds)";
 const MAX: &str = "ERR max must be an integer from 1 to 9223372036854775807";
@@ -155,15 +155,6 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
     let pong: String = run(&mut con, &["PING"]);
     assert_eq!(pong, "PONG");
     eprintln!("{} malformed calls refused", cases.len());
-}
-
-fn restore(con: &mut redis::Connection, key: &str, payload: &[u8]) -> redis::RedisResult<String> {
-    redis::cmd("RESTORE")
-        .arg(key)
-        .arg(0)
-        .arg(payload)
-        .arg("REPLACE")
-        .query(con)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use crate::approaches;
 use crate::measure::{self, Spread};
 use crate::Bench;
-use harness::Random;
+use harness::{log_payload, restore, Random};
 use redis::Connection;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -371,52 +371,14 @@ pub fn scaling(bench: &Bench, sizes: &[u64], script_sha: &str) -> Vec<(u64, f64,
 }
 
 /// A log of `size` unit entries 1 ms apart ending a second ago, under a
-/// one-hour window, made by RESTORE of a payload in the module's RDB
-/// encoding (version 2: window, count, oldest time, entries): CHECK adds at
-/// most one entry per millisecond, too slow to fill 100,000.
+/// one-hour window, made by RESTORE of a crafted payload
+/// (`harness::log_payload`): CHECK adds at most one entry per millisecond,
+/// too slow to fill 100,000.
 fn restore_log(con: &mut Connection, key: &str, size: u64) {
-    redis::cmd("RATELIMIT.CHECK")
-        .arg("template")
-        .arg(1000)
-        .arg(1)
-        .query::<()>(con)
-        .expect("template");
-    let template: Vec<u8> = redis::cmd("DUMP").arg("template").query(con).expect("DUMP");
-    // The value type and the module type's id, as this server wrote them.
-    let mut payload = template[..10].to_vec();
     let oldest = approaches::client_clock_ms() - size as i64 - 1000;
-    // Signed numbers are saved as unsigned ones of the same bits.
-    for value in [3_600_000, size, oldest as u64] {
-        payload.push(UINT);
-        push_rdb_length(&mut payload, value);
-    }
-    // Each entry is the gap to the one before, shifted left a bit: 1 ms.
-    let mut entries = vec![0u8];
-    entries.resize(size as usize, 2);
-    payload.push(STRING);
-    push_rdb_length(&mut payload, entries.len() as u64);
-    payload.extend(&entries);
-    payload.push(EOF);
-    // The RDB version from the template, and a checksum the server is told
-    // to skip.
-    payload.extend(&template[template.len() - 10..template.len() - 8]);
-    payload.extend([0; 8]);
-    let skip = |con: &mut Connection, on: u8| {
-        redis::cmd("DEBUG")
-            .arg("SET-SKIP-CHECKSUM-VALIDATION")
-            .arg(on)
-            .query::<()>(con)
-            .expect("DEBUG")
-    };
-    skip(con, 1);
-    redis::cmd("RESTORE")
-        .arg(key)
-        .arg(0)
-        .arg(payload)
-        .arg("REPLACE")
-        .query::<()>(con)
-        .expect("RESTORE of a crafted log");
-    skip(con, 0);
+    let entries: Vec<(i64, u64)> = (0..size as i64).map(|i| (oldest + i, 1)).collect();
+    let payload = log_payload(con, 3_600_000, &entries);
+    restore(con, key, &payload).expect("RESTORE of a crafted log");
     let units: Vec<i64> = redis::cmd("RATELIMIT.PEEK")
         .arg(key)
         .arg(3_600_000)
@@ -424,27 +386,6 @@ fn restore_log(con: &mut Connection, key: &str, size: u64) {
         .query(con)
         .expect("PEEK");
     assert_eq!(units[1], 0, "the restored log holds {size} units");
-}
-
-// Module value opcodes in an RDB payload.
-const EOF: u8 = 0;
-const UINT: u8 = 2;
-const STRING: u8 = 5;
-
-/// Redis's RDB length encoding.
-fn push_rdb_length(out: &mut Vec<u8>, value: u64) {
-    match value {
-        0..=63 => out.push(value as u8),
-        64..=16_383 => out.extend([0x40 | (value >> 8) as u8, value as u8]),
-        16_384..=0xffff_ffff => {
-            out.push(0x80);
-            out.extend((value as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(0x81);
-            out.extend(value.to_be_bytes());
-        }
-    }
 }
 
 /// A sorted set of `size` guide-style members at the current time.
