@@ -391,28 +391,7 @@ fn a_denied_check_registers_a_longer_window(backend: Backend) {
     assert_eq!(peek[..2], [1, 3], "the minute still counts both requests");
 }
 
-/// A test per backend for each contract test: `module::name`,
-/// `twin_fcall::name`, `twin_evalsha::name`, `twin_restricted::name`.
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        on_every_backend!(@backend module, Module, [$($name),*]);
-        on_every_backend!(@backend twin_fcall, Function, [$($name),*]);
-        on_every_backend!(@backend twin_evalsha, Script, [$($name),*]);
-        on_every_backend!(@backend twin_restricted, Restricted, [$($name),*]);
-    };
-    (@backend $module:ident, $backend:ident, [$($name:ident),*]) => {
-        mod $module {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(harness::Backend::$backend);
-                }
-            )*
-        }
-    };
-}
-
-on_every_backend!(
+harness::on_every_backend!(
     check_replies_allowed_remaining_retry_and_reset,
     a_denied_check_records_nothing,
     peek_answers_without_recording,

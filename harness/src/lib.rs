@@ -26,3 +26,26 @@ pub use payloads::*;
 pub use random::Random;
 pub use repository::*;
 pub use server::*;
+
+/// A test per backend for each contract test (one source for the module
+/// and the twin, in any test file): `module::name`,
+/// `twin_fcall::name`, `twin_evalsha::name`, `twin_restricted::name`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        $crate::on_every_backend!(@backend module, Module, [$($name),*]);
+        $crate::on_every_backend!(@backend twin_fcall, Function, [$($name),*]);
+        $crate::on_every_backend!(@backend twin_evalsha, Script, [$($name),*]);
+        $crate::on_every_backend!(@backend twin_restricted, Restricted, [$($name),*]);
+    };
+    (@backend $module:ident, $backend:ident, [$($name:ident),*]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Backend::$backend);
+                }
+            )*
+        }
+    };
+}
