@@ -249,6 +249,45 @@ fn the_readme_error_tables_are_what_the_twin_sends() {
             &["RATELIMIT.CHECK", "sum", "1", &exact, "COST", &exact],
         );
         assert_eq!(vec![got], *full);
+        // In MCHECK, as each error about one key, after the key's name;
+        // and the key that had room records nothing either.
+        let (one, two) = ("1", exact.as_str());
+        let multi = [
+            "RATELIMIT.MCHECK",
+            "2",
+            "room",
+            "sum",
+            one,
+            "1",
+            two,
+            one,
+            "1",
+            two,
+            "COST",
+            two,
+        ];
+        let named = full[0].replacen("ERR ", "ERR key 'sum': ", 1);
+        assert_eq!(twin.error(&mut con, &multi), named);
+        let above = (EXACT + 1).to_string();
+        let max_above = [
+            "RATELIMIT.MPEEK",
+            "2",
+            "room",
+            "sum",
+            one,
+            "1",
+            two,
+            one,
+            "1",
+            &above,
+        ];
+        let got = twin.error(&mut con, &max_above);
+        assert!(
+            got.starts_with("ERR key 'sum': max above 9007199254740992"),
+            "{got}"
+        );
+        let exists: i64 = run(&mut con, &["EXISTS", "room"]);
+        assert_eq!(exists, 0, "a refused call changes no key");
         drop(server);
     }
 }
