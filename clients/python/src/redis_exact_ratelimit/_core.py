@@ -189,9 +189,7 @@ def make_call(limits: Limits, cost: int = 1, precision: int | None = None, block
     _require_int(cost, "cost", 1, call.smallest_max)
     if precision is not None:
         _require_int(precision, "precision", 1, min(seen))
-    if block_ms is not None:
-        _require_int(block_ms, "block_ms", 1, MAX_BLOCK_MS)
-    return Call(listed, cost, precision, block_ms)
+    return Call(listed, cost, precision, validate_block_ms(block_ms))
 
 
 def make_multi_call(
@@ -228,6 +226,10 @@ def validate_keys(keys: Iterable[object]) -> tuple[str, ...]:
         twice = next(key for key in listed if listed.count(key) > 1)
         raise RateLimitInputError(f"key {twice!r} is given more than once")
     return listed
+
+
+def validate_block_ms(block_ms: object) -> int | None:
+    return None if block_ms is None else _require_int(block_ms, "block_ms", 1, MAX_BLOCK_MS)
 
 
 def validate_undo_cost(cost: object) -> int:
