@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server
 
-from redis_exact_ratelimit import AsyncRateLimiter, Fallback, Limit, RateLimiter
+from redis_exact_ratelimit import AsyncRateLimiter, Fallback, Limit, RateLimiter, RateLimitUnavailable
 
 TIMEOUT = 0.2
 # Slack for a loaded 2-core machine: the point is "no hang", not speed.
@@ -165,3 +165,39 @@ def test_a_server_out_of_memory_takes_the_failure_policy(own_server: Server) -> 
     decision = limiter.check("oom", Limit.per_minute(5))
     assert decision.source == "fail_closed"
     assert "command not allowed when used memory" in str(decision.error)
+
+
+@pytest.mark.parametrize("own_server", ["module", "twin"], indirect=True)
+def test_several_keys_take_the_same_failure_policy(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """check_all with Redis stopped: the fallback decides all or nothing
+    over the keys and refunds there; without one, the policy answers, and
+    an unblock, which no policy can answer, raises."""
+    keyed: dict[str, Limit] = {"{t}:user": Limit.per_minute(4), "{t}:ip": Limit.per_minute(10)}
+    client = own_server.client(socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    shared = RateLimiter(client, timeout=TIMEOUT, fallback=Fallback(share=0.5), retry_after_failure=30)
+    closed = RateLimiter(client, timeout=TIMEOUT, retry_after_failure=30)
+    opened = RateLimiter(client, timeout=TIMEOUT, fail_open=True, retry_after_failure=30)
+    assert shared.check_all(keyed).source == "redis"
+    own_server.stop()
+    answers = [shared.check_all(keyed) for _ in range(3)]
+    assert [(a.source, a.allowed, a.denied_keys) for a in answers] == [
+        ("fallback", True, ()),
+        ("fallback", True, ()),
+        ("fallback", False, ("{t}:user",)),
+    ]
+    # The denial charged the IP nothing in the fallback: 5 - 2 left.
+    assert shared.peek("{t}:ip", keyed["{t}:ip"]).remaining == 3
+    assert shared.undo_all(keyed, decision=answers[0]) == {"{t}:user": 1, "{t}:ip": 1}
+    refused = closed.check_all(keyed)
+    assert (refused.source, refused.allowed, refused.denied_keys, refused.keys) == (
+        "fail_closed",
+        False,
+        (),
+        tuple(keyed),
+    )
+    assert refused.error is not None
+    allowed = opened.check_all(keyed, cost=2)
+    assert (allowed.source, allowed.allowed, allowed.remaining) == ("fail_open", True, 2)
+    with pytest.raises(RateLimitUnavailable, match="was not lifted"):
+        closed.unblock("{t}:user")
+    assert any("rate-limit mcheck on keys ['{t}:user', '{t}:ip'] failed" in line for line in failures_logged(caplog))

@@ -1,5 +1,6 @@
 """A FastAPI app with every feature the tests drive: the middleware on
-/mw/*, the dependency on /dep/*, a failing route of each, and a hook."""
+/mw/*, the dependency on /dep/*, a failing route of each, a hook, and the
+middleware over several keys (user, IP, tenant) on /multi/*."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from settings import limiter_options, redis_options
 
-from redis_exact_ratelimit import AsyncRateLimiter, Limit, Verdict
+from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, Verdict
 from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
 from redis_exact_ratelimit.fastapi import RateLimit
 
@@ -28,6 +29,19 @@ def hooked_middleware_limits(scope: Scope) -> Limit | None:
 
 def slow_down_response(scope: Scope, verdict: Verdict) -> JSONResponse:
     return JSONResponse({"error": "slow down", "retry_after_ms": verdict.decision.retry_after_ms}, verdict.status)
+
+
+def user_ip_tenant(scope: Scope) -> dict[str, Limits] | None:
+    """Three keys on the tenant's hash tag, each with its own limit."""
+    if not str(scope["path"]).startswith("/multi/"):
+        return None
+    headers = {bytes(name).decode("latin-1"): bytes(value).decode("latin-1") for name, value in scope["headers"]}
+    tenant = "{" + headers["x-tenant"] + "}"
+    return {
+        f"{tenant}:user:{headers['x-user']}": Limit.per_minute(3, name="user"),
+        f"{tenant}:ip:{headers['x-ip']}": Limit.per_minute(5, name="ip"),
+        f"{tenant}:all": Limit.per_minute(100, name="tenant"),
+    }
 
 
 def user(request: Request) -> str | None:
@@ -48,6 +62,7 @@ app.add_middleware(
     name="mwhook",
     on_limited=slow_down_response,
 )
+app.add_middleware(RateLimitMiddleware, limiter=limiter, keys=user_ip_tenant, name="multi")
 per_user = RateLimit(limiter, TEN, key=user, name="dep")
 hooked = RateLimit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
 
@@ -80,6 +95,16 @@ async def dep_boom() -> dict[str, str]:
 @app.get("/hooked", dependencies=[Depends(hooked)])
 async def hooked_route() -> dict[str, str]:
     return {"ok": "hooked"}
+
+
+@app.get("/multi/ok")
+async def multi_ok() -> dict[str, str]:
+    return {"ok": "multi"}
+
+
+@app.get("/multi/boom")
+async def multi_boom() -> dict[str, str]:
+    raise RuntimeError("the handler failed")
 
 
 @app.get("/backend")
