@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server
 
-from redis_exact_ratelimit import AsyncRateLimiter, Fallback, Limit, RateLimiter, RateLimitUnavailable
+from redis_exact_ratelimit import AsyncRateLimiter, Decision, Fallback, Limit, RateLimiter, RateLimitUnavailable
 
 TIMEOUT = 0.2
 # Slack for a loaded 2-core machine: the point is "no hang", not speed.
@@ -131,22 +131,32 @@ def test_http_while_redis_is_stopped(serve: object, own_server: Server) -> None:
     assert "Redis unavailable" in closed.output() or "failing closed" in closed.output()
 
 
-def test_a_check_that_lands_after_its_timeout_is_refunded(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("several", [False, True], ids=["check", "check_all"])
+def test_a_check_that_lands_after_its_timeout_is_refunded(
+    own_server: Server, caplog: pytest.LogCaptureFixture, several: bool
+) -> None:
     """The README's client (redis-py's default retries): a check given up on
     while Redis is down is retried by redis-py in the background and runs
-    once Redis is back. The request was refused, so the charge is refunded."""
+    once Redis is back. The request was refused, so the charge is refunded
+    (with MUNDO in every key, for check_all)."""
     limiter = RateLimiter(own_server.client(), timeout=0.1, retry_after_failure=0)
     limit = Limit.per_minute(10)
-    assert limiter.peek("late", limit).source == "redis"
+    keyed = {"{late}:a": limit, "{late}:b": limit}
+
+    def check() -> Decision:
+        return limiter.check_all(keyed) if several else limiter.check("{late}:a", limit)
+
+    assert limiter.peek("{late}:a", limit).source == "redis"
     own_server.stop()
-    assert [limiter.check("late", limit).source for _ in range(3)] == ["fail_closed"] * 3
+    assert [check().source for _ in range(3)] == ["fail_closed"] * 3
     own_server.start()
+    command = "cmdstat_ratelimit.mcheck" if several else "cmdstat_ratelimit.check"
     remaining = None
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         # Each late check lands, then its refund: wait for both.
-        decision = limiter.peek("late", limit)
-        landed = own_server.client().info("commandstats").get("cmdstat_ratelimit.check", {}).get("calls", 0)
+        decision = limiter.peek_all(keyed)
+        landed = own_server.client().info("commandstats").get(command, {}).get("calls", 0)
         remaining = decision.remaining if decision.source == "redis" else None
         if landed == 3 and remaining == 10:
             break
