@@ -9,7 +9,7 @@ import os
 import redis.asyncio as redis
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from settings import limiter_options, redis_options
+from settings import limiter_options, redis_options, user_then_ip
 
 from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, Verdict
 from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
@@ -64,6 +64,14 @@ app.add_middleware(
 )
 app.add_middleware(RateLimitMiddleware, limiter=limiter, keys=user_ip_tenant, name="multi")
 per_user = RateLimit(limiter, TEN, key=user, name="dep")
+
+
+def user_and_ip_of(request: Request) -> dict[str, Limits]:
+    return user_then_ip(request.headers["x-user"], request.headers["x-ip"])
+
+
+user_and_ip = RateLimit(limiter, keys=user_and_ip_of, name="depmulti")
+locking = RateLimit(limiter, Limit.per_minute(2), key=user, name="lock", block_ms=3_600_000)
 hooked = RateLimit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
 
 
@@ -105,6 +113,16 @@ async def multi_ok() -> dict[str, str]:
 @app.get("/multi/boom")
 async def multi_boom() -> dict[str, str]:
     raise RuntimeError("the handler failed")
+
+
+@app.get("/depmulti", dependencies=[Depends(user_and_ip)])
+async def depmulti() -> dict[str, str]:
+    return {"ok": "depmulti"}
+
+
+@app.get("/lock", dependencies=[Depends(locking)])
+async def lock() -> dict[str, str]:
+    return {"ok": "lock"}
 
 
 @app.get("/backend")

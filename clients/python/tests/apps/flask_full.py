@@ -10,7 +10,7 @@ import os
 import redis
 from flask import Flask, Request, jsonify
 from flask.typing import ResponseReturnValue
-from settings import limiter_options, redis_options
+from settings import limiter_options, redis_options, user_then_ip
 from werkzeug.wrappers import Response
 
 from redis_exact_ratelimit import Limit, Limits, RateLimiter, Verdict
@@ -91,6 +91,22 @@ def multi_ok() -> ResponseReturnValue:
 @app.get("/multi/boom")
 def multi_boom() -> ResponseReturnValue:
     raise RuntimeError("the handler failed")
+
+
+def user_and_ip_of(request: Request) -> dict[str, Limits]:
+    return user_then_ip(request.headers["X-User"], request.headers["X-IP"])
+
+
+@app.get("/decmulti")
+@rate_limit(limiter, keys=user_and_ip_of, name="decmulti")
+def decmulti() -> ResponseReturnValue:
+    return {"ok": "decmulti"}
+
+
+@app.get("/lock")
+@rate_limit(limiter, Limit.per_minute(2), key=user, name="lock", block_ms=3_600_000)
+def lock() -> ResponseReturnValue:
+    return {"ok": "lock"}
 
 
 @app.get("/dec/ok")
