@@ -7,6 +7,7 @@ import random
 import uuid
 
 import pytest
+import redis
 from redis.exceptions import ResponseError
 from servers import Server
 
@@ -28,6 +29,7 @@ from redis_exact_ratelimit._core import (
 from redis_exact_ratelimit._http import multi_key_headers, rate_limit_headers, verdict_of
 from redis_exact_ratelimit._policy import Policy
 from redis_exact_ratelimit._transport import drive, plan
+from redis_exact_ratelimit.wsgi import RateLimitMiddleware
 
 
 def test_arguments_are_the_modules() -> None:
@@ -99,6 +101,22 @@ def test_ietf_headers_for_several_keys() -> None:
     assert headers == {"RateLimit-Policy": policies, "RateLimit": '"api-2";r=0;t=2', "Retry-After": "2"}
     allowed = MultiDecision(True, 7, 0, 60000, "redis", keys=("a", "b", "c"))
     assert multi_key_headers(limits, "api", allowed)["RateLimit"] == '"user";r=7;t=60'
+
+
+def test_a_route_takes_limits_or_keys() -> None:
+    limiter = RateLimiter(redis.Redis(port=1))  # never called
+
+    def several(environ: object) -> dict[str, Limit]:
+        return {"a": Limit.per_minute(1)}
+
+    with pytest.raises(ValueError, match="give limits"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter)
+    with pytest.raises(ValueError, match="keys= gives every key its own limits"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, limits=Limit.per_minute(1), keys=several)
+    with pytest.raises(ValueError, match="keys= gives every key its own limits"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, key=lambda environ: "k", keys=several)
+    with pytest.raises(RateLimitInputError, match="block_ms must be an integer"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, keys=several, block_ms=0)
 
 
 def test_an_older_module_is_not_taken_for_a_missing_one() -> None:
