@@ -299,3 +299,43 @@ def test_fallback_answers_as_the_module(module_server: Server) -> None:
         seen.add((operation, local.allowed))
     # Both operations met both answers.
     assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
+
+
+def test_fallback_answers_as_the_module_over_several_keys_and_blocks(module_server: Server) -> None:
+    """300 seeded random check_all/peek_all/undo/unblock calls, some with
+    BLOCK, over a few keys in groups of 1 to 3: the fallback (share 1)
+    answers as the module, which keys denied included."""
+    rng = random.Random(18)
+    limiter = RateLimiter(module_server.client())
+    fallback = Fallback()
+    run = uuid.uuid4().hex
+    names = [f"{{{run}}}:{i}" for i in range(4)]
+    seen: set[tuple[str, bool]] = set()
+    lifted = 0
+    for step in range(300):
+        operation = rng.choice(["check", "check", "check", "peek", "undo", "unblock"])
+        if operation == "undo":
+            key, cost = rng.choice(names), rng.randint(1, 4)
+            assert limiter.undo(key, cost) == fallback.undo(key, cost), step
+            continue
+        if operation == "unblock":
+            key = rng.choice(names)
+            unblocked = limiter.unblock(key)
+            assert unblocked == fallback.unblock(key), step
+            lifted += unblocked
+            continue
+        chosen = rng.sample(names, rng.randint(1, 3))
+        keyed = {key: Limit(rng.choice([60_000, 120_000]), rng.choice([4, 8])) for key in chosen}
+        block_ms = rng.choice([None, None, 90_000])
+        multi = make_multi_call(keyed, cost=rng.randint(1, 4), block_ms=block_ms)
+        method = limiter.check_all if operation == "check" else limiter.peek_all
+        from_module = method(keyed, cost=multi.calls[0].cost, block_ms=block_ms)
+        local, denied = fallback.decide(multi.keys, multi.calls, record=operation == "check")
+        assert (from_module.allowed, from_module.remaining) == (local.allowed, local.remaining), (step, keyed)
+        assert from_module.denied_positions == denied, (step, keyed)
+        assert abs(from_module.retry_after_ms - local.retry_after_ms) <= 100, (step, from_module, local)
+        assert abs(from_module.reset_after_ms - local.reset_after_ms) <= 100, (step, from_module, local)
+        seen.add((operation, local.allowed))
+    assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
+    # Blocks were started, and lifted.
+    assert lifted > 5, lifted
