@@ -9,11 +9,15 @@ from redis.crc import key_slot
 
 from ._core import (
     Backend,
+    Call,
     Decision,
+    Limits,
+    MultiCall,
     MultiDecision,
     RateLimitInputError,
     RateLimitReplyError,
     Script,
+    make_multi_call,
     validate_key,
     validate_undo_cost,
 )
@@ -96,6 +100,34 @@ class LimiterBase:
                     " such as '{tenant:7}:user:42' and '{tenant:7}:ip:10.0.0.1'"
                 )
         return full
+
+    def _multi_call(
+        self, keys: Mapping[str, Limits], cost: int, precision: int | None, block_ms: int | None
+    ) -> tuple[MultiCall, tuple[str, ...]]:
+        """A validated multi-key call and its keys as sent."""
+        multi = make_multi_call(keys, cost, precision, block_ms)
+        return multi, self._full_keys(multi.keys)
+
+    def _decided(self, record: bool, key: str, call: Call, outcome: Decision | Unavailable) -> Decision:
+        """Redis's answer, or the fallback's or the policy's without it."""
+        if isinstance(outcome, Unavailable):
+            return self.policy.decide_without_redis(record, [key], [call], outcome)[0]
+        return outcome
+
+    def _decided_all(
+        self, record: bool, keys: tuple[str, ...], multi: MultiCall, outcome: MultiDecision | Unavailable
+    ) -> MultiDecision:
+        if isinstance(outcome, Unavailable):
+            decision, denied = self.policy.decide_without_redis(record, keys, multi.calls, outcome)
+            return as_multi(decision, multi.keys, denied)
+        return outcome
+
+    def _undone_all(
+        self, given: tuple[str, ...], keys: tuple[str, ...], cost: int, outcome: dict[str, int] | Unavailable
+    ) -> dict[str, int]:
+        if isinstance(outcome, Unavailable):
+            return {key: self.policy.undo_without_redis(one, cost) for key, one in zip(given, keys, strict=True)}
+        return outcome
 
     def _undo_locally(self, keys: Sequence[str], cost: int, decision: Decision | None) -> list[int] | None:
         """The refund of a decision Redis never saw, or None to ask Redis."""

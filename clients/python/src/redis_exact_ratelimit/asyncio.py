@@ -9,14 +9,13 @@ from typing import Any, TypeVar, Union
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from ._base import LimiterBase, as_multi
+from ._base import LimiterBase
 from ._core import (
     Decision,
     Limits,
     MultiDecision,
     Operation,
     make_call,
-    make_multi_call,
     parse_count,
     parse_counts,
     parse_decision,
@@ -122,9 +121,7 @@ class AsyncRateLimiter(LimiterBase):
         if local is not None:
             return dict(zip(given, local, strict=True))
         outcome = await self._call("mundo", full, undo_args(cost), lambda reply: parse_counts(reply, given))
-        if isinstance(outcome, Unavailable):
-            return {key: self.policy.undo_without_redis(one, cost) for key, one in zip(given, full, strict=True)}
-        return outcome
+        return self._undone_all(given, full, cost, outcome)
 
     async def _decide(
         self,
@@ -138,9 +135,7 @@ class AsyncRateLimiter(LimiterBase):
         full = self._full_key(key)
         call = make_call(limits, cost, precision, block_ms)
         outcome = await self._call(operation, (full,), call.args(), parse_decision)
-        if isinstance(outcome, Unavailable):
-            return self.policy.decide_without_redis(operation == "check", [full], [call], outcome)[0]
-        return outcome
+        return self._decided(operation == "check", full, call, outcome)
 
     async def _decide_all(
         self,
@@ -150,13 +145,9 @@ class AsyncRateLimiter(LimiterBase):
         precision: int | None,
         block_ms: int | None,
     ) -> MultiDecision:
-        multi = make_multi_call(keys, cost, precision, block_ms)
-        full = self._full_keys(multi.keys)
+        multi, full = self._multi_call(keys, cost, precision, block_ms)
         outcome = await self._call(operation, full, multi.args(), lambda reply: parse_multi_decision(reply, multi.keys))
-        if isinstance(outcome, Unavailable):
-            decision, denied = self.policy.decide_without_redis(operation == "mcheck", full, multi.calls, outcome)
-            return as_multi(decision, multi.keys, denied)
-        return outcome
+        return self._decided_all(operation == "mcheck", full, multi, outcome)
 
     async def _call(
         self, operation: Operation, keys: Sequence[str], args: list[str], parse: Callable[[Any], T]

@@ -12,14 +12,13 @@ from typing import Any, TypeVar, Union, cast
 import redis
 from redis.cluster import RedisCluster
 
-from ._base import LimiterBase, as_multi
+from ._base import LimiterBase
 from ._core import (
     Decision,
     Limits,
     MultiDecision,
     Operation,
     make_call,
-    make_multi_call,
     parse_count,
     parse_counts,
     parse_decision,
@@ -150,9 +149,7 @@ class RateLimiter(LimiterBase):
         if local is not None:
             return dict(zip(given, local, strict=True))
         outcome = self._call("mundo", full, undo_args(cost), lambda reply: parse_counts(reply, given))
-        if isinstance(outcome, Unavailable):
-            return {key: self.policy.undo_without_redis(one, cost) for key, one in zip(given, full, strict=True)}
-        return outcome
+        return self._undone_all(given, full, cost, outcome)
 
     def close(self) -> None:
         """Stops the limiter's waiting threads (the Redis client stays open)."""
@@ -174,9 +171,7 @@ class RateLimiter(LimiterBase):
         call = make_call(limits, cost, precision, block_ms)
         late = self._refund_if_charged("undo", (full,), call.cost) if operation == "check" else None
         outcome = self._call(operation, (full,), call.args(), parse_decision, late)
-        if isinstance(outcome, Unavailable):
-            return self.policy.decide_without_redis(operation == "check", [full], [call], outcome)[0]
-        return outcome
+        return self._decided(operation == "check", full, call, outcome)
 
     def _decide_all(
         self,
@@ -186,14 +181,10 @@ class RateLimiter(LimiterBase):
         precision: int | None,
         block_ms: int | None,
     ) -> MultiDecision:
-        multi = make_multi_call(keys, cost, precision, block_ms)
-        full = self._full_keys(multi.keys)
+        multi, full = self._multi_call(keys, cost, precision, block_ms)
         late = self._refund_if_charged("mundo", full, cost) if operation == "mcheck" else None
         outcome = self._call(operation, full, multi.args(), lambda reply: parse_multi_decision(reply, multi.keys), late)
-        if isinstance(outcome, Unavailable):
-            decision, denied = self.policy.decide_without_redis(operation == "mcheck", full, multi.calls, outcome)
-            return as_multi(decision, multi.keys, denied)
-        return outcome
+        return self._decided_all(operation == "mcheck", full, multi, outcome)
 
     def _call(
         self,
