@@ -8,7 +8,8 @@
 //! says so.
 
 use harness::{
-    all_digests, error, run, wait_for_background_saves, wait_for_replica, Backend, Caller, Server,
+    all_digests_and_expiries, error, run, wait_for_background_saves, wait_for_replica, Backend,
+    Caller, Server,
 };
 use redis::{Connection, Value};
 
@@ -336,3 +337,193 @@ harness::on_every_backend!(
     errors_change_nothing,
     the_login_lockout_holds_through_restarts_and_a_failover,
 );
+
+// What only the module has: its internal command, its writes as a server
+// sees them (WATCH, keyspace events, replication, the AOF).
+
+/// BLOCKUNTIL could forge or lift blocks: clients are refused it, as
+/// RECORD and WIDEN. UNBLOCK is `write fast`, key spec `RW update`.
+#[test]
+fn module_block_until_is_refused_from_clients() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let lim = Caller::of(Backend::Module);
+    let refused = |con: &mut Connection, until: &str| {
+        assert_eq!(
+            error(con, &["RATELIMIT.BLOCKUNTIL", "k", until]),
+            "ERR ratelimit.blockuntil is internal: it only runs from the replication link or the AOF"
+        );
+    };
+    lim.check(&mut con, "k", 60_000, 5);
+    refused(&mut con, "99999999999999");
+    assert_eq!(lim.check(&mut con, "k", 60_000, 5)[0], 1, "not blocked");
+    let words = ["RATELIMIT.CHECK", "k", "60000", "1", "BLOCK", "3600000"];
+    assert_eq!(call(&lim, &mut con, &words), [0, 0, HOUR, HOUR]);
+    refused(&mut con, "0");
+    let peek = call(&lim, &mut con, &["RATELIMIT.PEEK", "k", "60000", "9"]);
+    assert_blocked(&peek, HOUR, "still blocked");
+    let info: Value = run(&mut con, &["COMMAND", "INFO", "RATELIMIT.UNBLOCK"]);
+    let text = format!("{info:?}");
+    for word in ["write", "fast", "RW", "update"] {
+        assert!(text.contains(word), "UNBLOCK lacks {word}: {text}");
+    }
+}
+
+/// A denial that starts a block is a write (WATCH fires, `ratelimit.blocked`);
+/// one denied by a block is not; UNBLOCK that lifts is (`ratelimit.unblocked`),
+/// one that lifts nothing is not.
+#[test]
+fn module_only_changes_fire_watch_and_events() {
+    let server = Server::start(&["--notify-keyspace-events", "Kd$"]);
+    let mut subscriber = server.subscriber();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.psubscribe("__keyspace@0__:*").expect("PSUBSCRIBE");
+    let (mut watcher, mut con) = (server.connect(), server.connect());
+    let block = ["RATELIMIT.CHECK", "k", "60000", "1", "BLOCK", "3600000"];
+    let unblock = ["RATELIMIT.UNBLOCK", "k"];
+    let transaction = |watcher: &mut Connection, con: &mut Connection, words: &[&str]| {
+        run::<()>(watcher, &["WATCH", "k"]);
+        run::<Value>(con, words);
+        run::<()>(watcher, &["MULTI"]);
+        run::<()>(watcher, &["SET", "marker", "1"]);
+        run::<Value>(watcher, &["EXEC"]) != Value::Nil
+    };
+    let kept = [
+        transaction(&mut watcher, &mut con, &block),
+        transaction(&mut watcher, &mut con, &block),
+        transaction(&mut watcher, &mut con, &block),
+        transaction(&mut watcher, &mut con, &unblock),
+        transaction(&mut watcher, &mut con, &unblock),
+    ];
+    assert_eq!(
+        kept,
+        [false, false, true, false, true],
+        "recorded, blocked: writes; denied by the block, nothing to lift: none"
+    );
+    run::<()>(&mut con, &["SET", "done", "1"]);
+    let mut events = Vec::new();
+    loop {
+        let message = pubsub.get_message().expect("an event");
+        let event: String = message.get_payload().expect("text");
+        if message.get_channel_name().ends_with(":done") {
+            break;
+        }
+        if event.starts_with("ratelimit.") {
+            events.push(event);
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            "ratelimit.recorded",
+            "ratelimit.blocked",
+            "ratelimit.unblocked"
+        ]
+    );
+}
+
+/// A replica and the AOF reach the master's exact blocks (digest and
+/// expiry), through BLOCKUNTIL with the master's end of the block, sent
+/// with the call's WIDEN in one MULTI/EXEC; UNBLOCK as BLOCKUNTIL 0, or as
+/// DEL for a key it deleted.
+#[test]
+fn module_replicas_and_the_aof_reach_the_masters_blocks() {
+    let mut master = Server::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let replica = Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    let (mut m, mut r) = (master.connect(), replica.connect());
+    wait_for_replica(&mut m, &mut r);
+    let lim = Caller::of(Backend::Module);
+    let check = |con: &mut Connection, key: &str, window: &str| {
+        call(
+            &lim,
+            con,
+            &["RATELIMIT.CHECK", key, window, "1", "BLOCK", "3600000"],
+        )
+    };
+    check(&mut m, "plain", "60000");
+    check(&mut m, "plain", "60000");
+    check(&mut m, "widened", "1000");
+    check(&mut m, "widened", "7200000");
+    check(&mut m, "lifted", "60000");
+    check(&mut m, "lifted", "60000");
+    run::<i64>(&mut m, &["RATELIMIT.UNBLOCK", "lifted"]);
+    check(&mut m, "deleted", "60000");
+    check(&mut m, "deleted", "60000");
+    run::<i64>(&mut m, &["RATELIMIT.UNDO", "deleted"]);
+    check(&mut m, "emptied", "60000");
+    check(&mut m, "emptied", "60000");
+    run::<i64>(&mut m, &["RATELIMIT.UNDO", "emptied"]);
+    run::<i64>(&mut m, &["RATELIMIT.UNBLOCK", "deleted"]);
+    mcall(
+        &lim,
+        &mut m,
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            "plain",
+            "multi",
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+            "BLOCK",
+            "60000",
+        ],
+    );
+    wait_for_replica(&mut m, &mut r);
+    let state = all_digests_and_expiries;
+    let on_master = state(&mut m);
+    let keys: Vec<&str> = on_master.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(keys, ["emptied", "lifted", "plain", "widened"]);
+    assert_eq!(state(&mut r), on_master, "the replica");
+
+    let commands: Vec<Vec<String>> = harness::aof_commands(&master)
+        .into_iter()
+        .filter(|c| !c[0].eq_ignore_ascii_case("select"))
+        .collect();
+    let names: Vec<String> = commands.iter().map(|c| c[0].to_lowercase()).collect();
+    let widened = names
+        .iter()
+        .position(|n| n == "ratelimit.widen")
+        .expect("a WIDEN");
+    assert_eq!(
+        names[widened - 1..widened + 3],
+        ["multi", "ratelimit.widen", "ratelimit.blockuntil", "exec"],
+        "{commands:?}"
+    );
+    let until: i64 = commands[widened + 1][2].parse().expect("a time");
+    let ends: i64 = run(&mut m, &["PEXPIRETIME", "widened"]);
+    assert!(
+        (HOUR - 1_000..=HOUR).contains(&(ends - until)),
+        "the two hours widened outlast the hour's block: {until} {ends}"
+    );
+    let lifts: Vec<&Vec<String>> = commands
+        .iter()
+        .filter(|c| c[0].eq_ignore_ascii_case("ratelimit.blockuntil") && c[2] == "0")
+        .collect();
+    assert_eq!(lifts.len(), 1, "{commands:?}");
+    assert_eq!(lifts[0][1], "lifted");
+    assert!(
+        commands
+            .iter()
+            .any(|c| c[0].eq_ignore_ascii_case("del") && c[1] == "deleted"),
+        "{commands:?}"
+    );
+    assert!(!names.iter().any(|n| n == "ratelimit.unblock"), "{names:?}");
+
+    master.kill();
+    master.relaunch();
+    let mut m = master.connect();
+    assert_eq!(
+        state(&mut m),
+        on_master,
+        "the AOF replays to the same state"
+    );
+    run::<String>(&mut m, &["BGREWRITEAOF"]);
+    wait_for_background_saves(&mut m);
+    master.restart(false);
+    let mut m = master.connect();
+    assert_eq!(state(&mut m), on_master, "and from the rewritten AOF");
+}

@@ -1,6 +1,8 @@
 //! Redis Cluster: routing, hash tags, per-key exactness, resharding a live
 //! log, failover, and reads on replicas, on a real 6-node cluster (3
-//! masters, 3 replicas) started and stopped by the test.
+//! masters, 3 replicas) started and stopped by the test. Blocks (`BLOCK
+//! ms`) move with their key through MIGRATE, atomic slot migration and a
+//! failover (module only).
 
 use harness::{check, digest, peek, run, wait_for_replica, Backend, Server};
 use redis::cluster::ClusterClient;
@@ -186,6 +188,32 @@ impl Cluster {
     }
 }
 
+/// The penalty every blocked key in these tests carries.
+const BLOCK: &str = "3600000";
+
+/// Blocks `key` (one allowed CHECK, then a denied one with BLOCK); returns
+/// when the block ends.
+fn block_a_key(con: &mut impl redis::ConnectionLike, key: &str) -> i64 {
+    for _ in 0..2 {
+        run::<Vec<i64>>(con, &["RATELIMIT.CHECK", key, "60000", "1", "BLOCK", BLOCK]);
+    }
+    run(con, &["PEXPIRETIME", key])
+}
+
+/// `key` on `con`'s node holds the digest `before` and is still blocked
+/// until `ends`, denying what its limits alone would allow.
+fn assert_still_blocked(con: &mut Connection, key: &str, before: &str, ends: i64, what: &str) {
+    assert_eq!(
+        digest(con, key),
+        before,
+        "{what}: {key} moved byte for byte"
+    );
+    let ends_now: i64 = run(con, &["PEXPIRETIME", key]);
+    assert_eq!(ends_now, ends, "{what}: the same block");
+    let reply: Vec<i64> = run(con, &["RATELIMIT.PEEK", key, "10", "100"]);
+    assert_eq!(reply[..2], [0, 0], "{what}: {key} still blocked: {reply:?}");
+}
+
 /// A key per master, so tests touch all three.
 fn key_on_each_master(cluster: &Cluster, prefix: &str) -> Vec<(String, Node)> {
     let mut found: HashMap<u16, (String, Node)> = HashMap::new();
@@ -272,6 +300,8 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
     for _ in 0..3 {
         assert_eq!(check(&mut client, key, WINDOW, 10)[0], 1);
     }
+    let blocked = "{asm}:login";
+    let ends = block_a_key(&mut client, blocked);
     let slot: i64 = run(
         &mut cluster.connect(owner_of(cluster, key).port),
         &["CLUSTER", "KEYSLOT", key],
@@ -284,6 +314,7 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
         .expect("another master");
     let before = digest(&mut cluster.connect(source.port), key);
     let peek_before = peek(&mut cluster.connect(source.port), key, WINDOW, 10);
+    let blocked_digest = digest(&mut cluster.connect(source.port), blocked);
     if !migrate_slot(cluster, slot, &source, &target, key) {
         eprintln!("skipped: this server has no atomic slot migration");
         return;
@@ -295,6 +326,13 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
         "the log moved byte for byte"
     );
     assert_eq!(peek(&mut on_target, key, WINDOW, 10)[..3], peek_before[..3]);
+    assert_still_blocked(
+        &mut on_target,
+        blocked,
+        &blocked_digest,
+        ends,
+        "atomic slot migration",
+    );
     // Back to the source while two clients keep calling CHECK under a
     // limit they cannot reach (the cluster client follows MOVED and ASK):
     // every call they saw allowed must be recorded exactly once.
@@ -465,6 +503,8 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
     for _ in 0..7 {
         check(&mut con, key, WINDOW, 10);
     }
+    let blocked = "{reshard:live}:login";
+    let ends = block_a_key(&mut con, blocked);
     let from = cluster.owner(key);
     let to = cluster
         .masters()
@@ -474,6 +514,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
     let slot = cluster.slot(key).to_string();
     let before_digest = digest(&mut cluster.connect(from.port), key);
     let before = peek(&mut cluster.connect(from.port), key, WINDOW, 10);
+    let blocked_digest = digest(&mut cluster.connect(from.port), blocked);
 
     let (mut source, mut target) = (cluster.connect(from.port), cluster.connect(to.port));
     run::<()>(
@@ -485,7 +526,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
         &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to.id],
     );
     let keys: Vec<String> = run(&mut source, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
-    assert!(keys.contains(&key.to_string()));
+    assert!(keys.contains(&key.to_string()) && keys.contains(&blocked.to_string()));
     let mut migrate = redis::cmd("MIGRATE");
     migrate
         .arg("127.0.0.1")
@@ -509,6 +550,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
         before_digest,
         "the log moved byte for byte"
     );
+    assert_still_blocked(&mut target, blocked, &blocked_digest, ends, "MIGRATE");
     let after = peek(&mut target, key, WINDOW, 10);
     assert_eq!(after[..2], before[..2], "allowed, remaining");
     assert!(
@@ -554,12 +596,15 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
                 .expect("UNDO");
         }
     }
+    let blocked = "{failover:live}:login";
+    let ends = block_a_key(&mut con, blocked);
     let master = cluster.owner(key);
     let mut old = cluster.connect(master.port);
     let replica = cluster.replica_of(&master);
     let mut promoted = cluster.connect(replica.port);
     wait_for_replica(&mut old, &mut promoted);
     let before_digest = digest(&mut old, key);
+    let blocked_digest = digest(&mut old, blocked);
     let before = peek(&mut old, key, WINDOW, 10);
     run::<()>(&mut promoted, &["CLUSTER", "FAILOVER"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -580,6 +625,7 @@ fn failover_continues_the_same_logs(cluster: &Cluster) {
         before_digest,
         "nothing reset or double-counted"
     );
+    assert_still_blocked(&mut promoted, blocked, &blocked_digest, ends, "failover");
     let after = peek(&mut promoted, key, WINDOW, 10);
     assert_eq!(after[..2], before[..2]);
     assert_eq!(after[..2], [1, 5]);

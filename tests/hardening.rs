@@ -2,11 +2,12 @@
 //! names a longer window registers it (and replicates so); stored values
 //! are held to the bounds RECORD accepts and to what the module writes;
 //! INFO counters saturate; max-entries refuses only a new entry; the
-//! reset_after_ms wording; PEEK and CHECK are not flagged `fast`.
+//! reset_after_ms wording; PEEK and CHECK are not flagged `fast`. And a
+//! stored block is held to its canonical form (module only).
 
 use harness::{
-    check, digest, error, info_text, log_payload, peek, readme, restore, run, server_clock_ms,
-    wait_for_background_saves, wait_for_replica, Server,
+    blocked_log_payload, check, digest, error, info_text, log_payload, peek, readme, restore, run,
+    server_clock_ms, wait_for_background_saves, wait_for_replica, Server,
 };
 use std::thread::sleep;
 use std::time::Duration;
@@ -143,6 +144,42 @@ fn non_canonical_payloads_are_refused_and_canonical_ones_survive() {
     for (index, (key, _)) in accepted.iter().enumerate() {
         let after = (digest(&mut con, key), peek(&mut con, key, HOUR, 100));
         assert_eq!(after.0, before[index].0, "{key} after the AOF rewrite");
+    }
+}
+
+/// A stored block ends after the newest entry, and a key holding no
+/// entry is blocked: anything else is refused, as the module never writes
+/// it. What loads dumps back as it loaded.
+#[test]
+fn non_canonical_blocks_are_refused() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    let now = server_clock_ms(&mut con);
+    type Case<'a> = (&'a str, &'a [(i64, u64)], i64);
+    let refused: [Case; 4] = [
+        ("BadBlock", &[(now, 1)], now),
+        ("BadBlock", &[(now, 1)], now - 5),
+        ("BadBlock", &[(now, 1)], -1),
+        ("WrongLength", &[], 0),
+    ];
+    for (reason, entries, until) in refused {
+        let window = if entries.is_empty() { 0 } else { HOUR };
+        let payload = blocked_log_payload(&mut con, window, entries, until);
+        assert!(
+            restore(&mut con, "bad", &payload).is_err(),
+            "{reason} {until}"
+        );
+        let logged = format!("ratelimit: refused a stored log ({reason})");
+        assert!(server.log().contains(&logged), "the log lacks {logged}");
+    }
+    let empty_with_window = blocked_log_payload(&mut con, HOUR, &[], now + 5);
+    assert!(restore(&mut con, "bad", &empty_with_window).is_err());
+    for (key, entries) in [("blocked", &[(now, 1)][..]), ("emptied", &[])] {
+        let window = if entries.is_empty() { 0 } else { HOUR };
+        let payload = blocked_log_payload(&mut con, window, entries, now + 1);
+        assert_eq!(restore(&mut con, key, &payload).expect(key), "OK");
+        let dumped: Vec<u8> = run(&mut con, &["DUMP", key]);
+        assert_eq!(dumped, payload, "{key} dumps as it loaded");
     }
 }
 

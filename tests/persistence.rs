@@ -3,8 +3,9 @@
 //! module's own data type: module only).
 
 use harness::{
-    all_digests, all_values, every_log_shape, every_log_shape_by, fixture_payload, run,
-    version_1_payload, wait_for_background_saves, Backend, Server, VERSION_1,
+    all_digests, all_digests_and_expiries, all_values, every_log_shape, every_log_shape_by,
+    fixture_payload, restore, run, version_1_payload, wait_for_background_saves, Backend, Server,
+    VERSION_1,
 };
 use redis::Connection;
 
@@ -145,13 +146,12 @@ fn version_1_dump_payloads_still_restore() {
     let server = Server::start(&[]);
     let mut con = server.connect();
     for key in ["one", "mixed", "long"] {
-        let restored: String = redis::cmd("RESTORE")
-            .arg(format!("restored:{key}"))
-            .arg(0)
-            .arg(version_1_payload(key))
-            .query(&mut con)
-            .expect("a version-1 payload restores");
-        assert_eq!(restored, "OK");
+        let restored = restore(
+            &mut con,
+            &format!("restored:{key}"),
+            &version_1_payload(key),
+        );
+        assert_eq!(restored.expect("a version-1 payload restores"), "OK");
     }
     assert_version_1_answers(&mut con, "restored:");
 }
@@ -164,14 +164,9 @@ fn version_2_dump_payloads_still_restore() {
     let mut con = server.connect();
     for key in ["one", "mixed", "long"] {
         let payload = fixture_payload("v2", key);
-        assert_eq!(payload[9] & 3, 2, "a version-2 payload");
-        let restored: String = redis::cmd("RESTORE")
-            .arg(format!("v2:{key}"))
-            .arg(0)
-            .arg(payload)
-            .query(&mut con)
-            .expect("a version-2 payload restores");
-        assert_eq!(restored, "OK");
+        assert_eq!(payload[9], 2, "a version-2 payload");
+        let restored = restore(&mut con, &format!("v2:{key}"), &payload);
+        assert_eq!(restored.expect("a version-2 payload restores"), "OK");
     }
     assert_version_1_answers(&mut con, "v2:");
 }
@@ -186,13 +181,8 @@ fn version_3_payloads_carry_the_block() {
     let mut con = server.connect();
     for key in ["blocked", "emptied"] {
         let payload = fixture_payload("v3", key);
-        let restored: String = redis::cmd("RESTORE")
-            .arg(key)
-            .arg(0)
-            .arg(&payload)
-            .query(&mut con)
-            .expect("a version-3 payload restores");
-        assert_eq!(restored, "OK");
+        let restored = restore(&mut con, key, &payload);
+        assert_eq!(restored.expect("a version-3 payload restores"), "OK");
         let dumped: Vec<u8> = run(&mut con, &["DUMP", key]);
         assert_eq!(dumped, payload, "{key} dumps as it loaded");
     }
@@ -251,15 +241,7 @@ fn blocks_survive_every_reload() {
         ],
     );
     run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "open", "60000", "5"]);
-    let state = |con: &mut Connection| -> Vec<(String, String, i64)> {
-        all_digests(con)
-            .into_iter()
-            .map(|(key, digest)| {
-                let expires_at: i64 = run(con, &["PEXPIRETIME", &key]);
-                (key, digest, expires_at)
-            })
-            .collect()
-    };
+    let state = all_digests_and_expiries;
     let before = state(&mut con);
     assert_eq!(before.len(), 4, "{before:?}");
     run::<String>(&mut con, &["DEBUG", "RELOAD"]);

@@ -1,12 +1,14 @@
 //! Bytes per key and per recorded request: the module's log and the
 //! script twin's string against the guide's sorted set with
-//! `req:<ms>:<random>` members.
+//! `req:<ms>:<random>` members; and what a block (`BLOCK ms`) adds to a
+//! key.
 
 use crate::approaches;
 use crate::measure;
 use crate::Bench;
 use harness::Random;
 use redis::Connection;
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Footprint {
@@ -32,6 +34,9 @@ pub enum Store {
     SortedSet,
     /// The script twin (FCALL), requests at distinct moments as `Module`.
     Twin,
+    /// As `Module`, then one denied CHECK with `BLOCK` per key: every key
+    /// blocked.
+    ModuleBlocked,
 }
 
 /// Fills `keys` keys with `entries` requests each and measures the growth.
@@ -41,6 +46,10 @@ pub fn footprint(bench: &Bench, store: Store, entries: u64, keys: u64) -> Footpr
     let before = measure::used_memory(&mut con);
     match store {
         Store::Module | Store::Twin => fill_spread(&mut con, store, entries, keys),
+        Store::ModuleBlocked => {
+            fill_spread(&mut con, Store::Module, entries, keys);
+            block_every_key(&mut con, entries, keys);
+        }
         Store::ModuleBurst | Store::SortedSet => fill_by_key(&mut con, store, entries, keys),
     }
     let growth = (measure::used_memory(&mut con) - before) as f64;
@@ -82,6 +91,66 @@ fn fill_spread(con: &mut Connection, store: Store, entries: u64, keys: u64) {
         flush(con, &mut pipe);
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+}
+
+/// One more CHECK per key under the limit `fill_spread` filled: denied,
+/// it blocks the key for an hour.
+fn block_every_key(con: &mut Connection, entries: u64, keys: u64) {
+    let blocks = |con: &mut Connection| {
+        harness::info_field(con, "ratelimit", "ratelimit_blocks_started")
+            .expect("blocks_started in INFO")
+    };
+    let before = blocks(con);
+    let mut pipe = redis::pipe();
+    for key in 0..keys {
+        pipe.cmd("RATELIMIT.CHECK")
+            .arg(format!("k:{key}"))
+            .arg(3_600_000)
+            .arg(entries)
+            .arg("BLOCK")
+            .arg(3_600_000)
+            .ignore();
+        if pipe.len() >= 10_000 {
+            flush(con, &mut pipe);
+        }
+    }
+    flush(con, &mut pipe);
+    assert_eq!((blocks(con) - before) as u64, keys, "every key is blocked");
+}
+
+/// A blocked key against the same key unblocked, with 1 and with 10
+/// entries: (open, blocked) footprints.
+pub fn blocked_against_open(bench: &Bench) -> Vec<(Footprint, Footprint)> {
+    let keys = if bench.quick { 10_000 } else { 100_000 };
+    [1, 10]
+        .into_iter()
+        .map(|entries| {
+            (
+                footprint(bench, Store::Module, entries, keys),
+                footprint(bench, Store::ModuleBlocked, entries, keys),
+            )
+        })
+        .collect()
+}
+
+/// bench/results/block.csv: what a block adds to a key.
+pub fn write_blocked(rows: &[(Footprint, Footprint)], dir: &Path) -> std::io::Result<()> {
+    let mut csv = String::from(
+        "entries_per_key,keys,open_bytes_per_key,blocked_bytes_per_key,open_memory_usage,blocked_memory_usage\n",
+    );
+    for (open, blocked) in rows {
+        csv.push_str(&format!(
+            "{},{},{:.1},{:.1},{},{}\n",
+            open.entries_per_key,
+            open.keys,
+            open.per_key,
+            blocked.per_key,
+            open.memory_usage,
+            blocked.memory_usage
+        ));
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("block.csv"), csv)
 }
 
 /// Every request of one key, then the next key's.

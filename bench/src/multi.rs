@@ -4,10 +4,13 @@
 //! three FCALL ratelimit_check), same keys, same limits (loose enough that every request is allowed, so
 //! both record the same), same run. Server CPU per request from `INFO
 //! commandstats`, and wall time per request on one connection (the CHECKs
-//! take three round trips); written to bench/results/multi.csv.
+//! take three round trips); written to bench/results/multi.csv. Then the
+//! other measure issue 18 asks for, the memory of a blocked key against
+//! an open one (bench/results/block.csv, see `memory.rs`).
 
 use crate::approaches;
 use crate::measure;
+use crate::memory;
 use crate::Bench;
 use std::path::Path;
 use std::time::Instant;
@@ -112,6 +115,12 @@ pub fn run(bench: &Bench, requests: u64) -> Vec<(String, f64, f64)> {
             row.label
         );
         rows.push((row.label.to_string(), server, wall));
+    }
+    eprintln!("  the memory of a blocked key:");
+    let blocked = memory::blocked_against_open(bench);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    if let Err(e) = memory::write_blocked(&blocked, &out) {
+        eprintln!("cannot write block.csv: {e}");
     }
     rows
 }

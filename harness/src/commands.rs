@@ -74,6 +74,18 @@ pub fn all_digests(con: &mut impl ConnectionLike) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Digests and absolute expiries of every key, sorted by key: a module's
+/// whole state, blocks included, to compare exactly.
+pub fn all_digests_and_expiries(con: &mut impl ConnectionLike) -> Vec<(String, String, i64)> {
+    all_digests(con)
+        .into_iter()
+        .map(|(key, digest)| {
+            let expires_at: i64 = run(con, &["PEXPIRETIME", &key]);
+            (key, digest, expires_at)
+        })
+        .collect()
+}
+
 /// Every key's bytes (GET: the twin's limiters are strings) and absolute
 /// expiry, sorted by key: the twin's whole state, to compare exactly.
 pub fn all_values(con: &mut impl ConnectionLike) -> Vec<(String, Vec<u8>, i64)> {

@@ -285,3 +285,35 @@ impl Drop for Server {
         }
     }
 }
+
+/// The commands of a server's incremental AOF files, each as its words,
+/// in order.
+pub fn aof_commands(server: &Server) -> Vec<Vec<String>> {
+    let mut text = Vec::new();
+    let dir = server.dir.join("appendonlydir");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("an AOF directory")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.to_string_lossy().ends_with(".incr.aof"))
+        .collect();
+    files.sort();
+    for file in files {
+        text.extend(std::fs::read(file).expect("an AOF file"));
+    }
+    let text = String::from_utf8_lossy(&text);
+    let mut lines = text.split("\r\n");
+    let mut commands = Vec::new();
+    while let Some(line) = lines.next() {
+        let Some(count) = line.strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else {
+            continue;
+        };
+        let words = (0..count)
+            .filter_map(|_| {
+                lines.next();
+                lines.next().map(str::to_string)
+            })
+            .collect();
+        commands.push(words);
+    }
+    commands
+}
