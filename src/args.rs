@@ -164,6 +164,8 @@ fn build_request<A: AsRef<[u8]>>(
 /// it (the options apply to every key).
 #[derive(Debug)]
 pub struct MultiCall<'a, A> {
+    /// `numkeys` as given, which the replicated MRECORD reuses.
+    pub numkeys: &'a A,
     pub calls: Vec<LimitCall<'a, A>>,
 }
 
@@ -176,6 +178,9 @@ pub struct MultiUndoCall<'a, A> {
 
 pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, ArgError> {
     let (keys, mut rest) = parse_keys(args)?;
+    let [_, numkeys, ..] = args else {
+        return Err(ArgError::WrongArity);
+    };
     let mut pairs = Vec::with_capacity(keys.len());
     for (position, _) in keys.iter().enumerate() {
         let [npairs, after @ ..] = rest else {
@@ -204,7 +209,7 @@ pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, 
         })?;
         calls.push(call);
     }
-    Ok(MultiCall { calls })
+    Ok(MultiCall { numkeys, calls })
 }
 
 /// One key's part of a multi-key call: its `window max` words, and the
@@ -357,24 +362,66 @@ pub fn parse_record<A: AsRef<[u8]>>(args: &[A]) -> Result<RecordCall<'_, A>, Arg
         [_, key, at, window, cost, precision] => (key, at, window, cost, Some(precision)),
         _ => return Err(ArgError::WrongArity),
     };
-    let at = parse_integer(at.as_ref())
-        .filter(|at| TIMES.contains(at))
-        .ok_or_else(|| invalid("at must be a positive time in unix milliseconds".into()))?;
-    let precision = precision.map_or(Ok(NonZeroU64::MIN), |p| {
-        positive_up_to(p, MAX_WINDOW).ok_or_else(|| {
-            invalid(format!(
-                "precision must be an integer from 1 to {MAX_WINDOW}"
-            ))
-        })
-    })?;
     Ok(RecordCall {
         key,
         record: Record {
-            at,
+            at: parse_at(at)?,
             window: parse_window(window)?,
             cost: positive(cost).ok_or_else(cost_error)?,
-            precision,
+            precision: precision.map_or(Ok(NonZeroU64::MIN), parse_precision)?,
         },
+    })
+}
+
+/// `RATELIMIT.MRECORD numkeys key [key ...] at cost precision window
+/// [window ...]`, the replicated form of an allowed MCHECK: one record per
+/// key, in key order, each under its own window (its call's longest), all
+/// at `at` (each key's own time is `at`, or its newest entry's if later,
+/// as for RECORD).
+#[derive(Debug)]
+pub struct MultiRecordCall<'a, A> {
+    pub keys: &'a [A],
+    pub records: Vec<Record>,
+}
+
+pub fn parse_multi_record<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiRecordCall<'_, A>, ArgError> {
+    let (keys, rest) = parse_keys(args)?;
+    let [at, cost, precision, windows @ ..] = rest else {
+        return Err(ArgError::WrongArity);
+    };
+    if windows.len() != keys.len() {
+        return Err(ArgError::WrongArity);
+    }
+    let (at, cost, precision) = (
+        parse_at(at)?,
+        positive(cost).ok_or_else(cost_error)?,
+        parse_precision(precision)?,
+    );
+    let records = windows
+        .iter()
+        .map(|window| {
+            Ok(Record {
+                at,
+                window: parse_window(window)?,
+                cost,
+                precision,
+            })
+        })
+        .collect::<Result<_, ArgError>>()?;
+    Ok(MultiRecordCall { keys, records })
+}
+
+fn parse_at<A: AsRef<[u8]>>(at: &A) -> Result<Millis, ArgError> {
+    parse_integer(at.as_ref())
+        .filter(|at| TIMES.contains(at))
+        .ok_or_else(|| invalid("at must be a positive time in unix milliseconds".into()))
+}
+
+fn parse_precision<A: AsRef<[u8]>>(precision: &A) -> Result<NonZeroU64, ArgError> {
+    positive_up_to(precision, MAX_WINDOW).ok_or_else(|| {
+        invalid(format!(
+            "precision must be an integer from 1 to {MAX_WINDOW}"
+        ))
     })
 }
 
@@ -720,6 +767,28 @@ mod tests {
             assert!(until(&format!("B k {bad}")).is_err(), "{bad}");
         }
         assert_eq!(until("B k"), Err(ArgError::WrongArity));
+    }
+
+    #[test]
+    fn a_multi_record_is_one_record_per_key() {
+        let words = args("MR 2 a b 1700000000000 3 10 1000 60000");
+        let call = parse_multi_record(&words).unwrap();
+        assert_eq!(call.keys.len(), 2);
+        let windows: Vec<u64> = call.records.iter().map(|r| r.window.get()).collect();
+        assert_eq!(windows, [1000, 60_000]);
+        assert!(call
+            .records
+            .iter()
+            .all(|r| (r.at, r.cost.get(), r.precision.get()) == (1_700_000_000_000, 3, 10)));
+        for bad in ["MR 2 a b 1 1 1 1000", "MR 1 a 1 1 1", "MR 1 a 1 1 1 5 6"] {
+            assert_eq!(
+                parse_multi_record(&args(bad)).map(|_| ()),
+                Err(ArgError::WrongArity),
+                "{bad}"
+            );
+        }
+        assert!(parse_multi_record(&args("MR 1 a 0 1 1 5")).is_err());
+        assert!(parse_multi_record(&args("MR 2 a a 1 1 1 5 5")).is_err());
     }
 
     fn multi_error(line: &str) -> ArgError {

@@ -249,19 +249,25 @@ local function make_exact(call)
   return call
 end
 
+-- The common call, one limit and no option, with numbers a double holds
+-- exactly, read straight to what the general path would give (nil for
+-- any other, which the general path reads).
+local function simple_call(window, max)
+  if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
+    local w = tonumber(window)
+    if w <= MAX_WINDOW then
+      return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
+    end
+  end
+  return nil
+end
+
 -- check|peek: limits sorted by window, cost, precision and the longest
 -- window, or the module's error for the first thing wrong.
 local function parse_limit_call(name, args)
-  -- The common call, one limit and no option, with numbers a double
-  -- holds exactly, read straight to what the general path would give.
-  if #args == 2 then
-    local window, max = args[1], args[2]
-    if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
-      local w = tonumber(window)
-      if w <= MAX_WINDOW then
-        return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
-      end
-    end
+  local simple = #args == 2 and simple_call(args[1], args[2])
+  if simple then
+    return simple
   end
   if #args < 2 then
     arity(name)
@@ -319,6 +325,10 @@ end
 
 -- One key's call of a multi-key call: its `npairs` pairs from `args[from]`.
 local function key_call(args, from, npairs, options)
+  local simple = npairs == 1 and not (options[1] or options[2]) and simple_call(args[from], args[from + 1])
+  if simple then
+    return simple
+  end
   local limits = {}
   for i = 1, npairs do
     local at = from + 2 * (i - 1)
@@ -355,7 +365,10 @@ local function parse_multi_call(name, keys, args)
     calls[position] = about_key(key, key_call, args, starts[position], counts[position], options)
   end
   for position, key in ipairs(keys) do
-    about_key(key, make_exact, calls[position]).block = block
+    if not calls[position].cost then
+      about_key(key, make_exact, calls[position])
+    end
+    calls[position].block = block
   end
   return calls
 end

@@ -43,6 +43,7 @@ raw_command!(mpeek_command, mpeek);
 raw_command!(mundo_command, mundo);
 raw_command!(unblock_command, unblock);
 raw_command!(block_until_command, block_until);
+raw_command!(multi_record_command, multi_record);
 
 /// The server's wall clock, read once per call.
 fn clock() -> Millis {
@@ -71,27 +72,38 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// What a CHECK's (or one key of an MCHECK's) applied write tells the
-/// server: the keyspace event, the counters, and what replicas and the
-/// AOF receive.
+/// What a CHECK's applied write tells the server: the keyspace event, the
+/// counters, and what replicas and the AOF receive.
 fn announce(ctx: &Context, call: &LimitCall<Arg>, write: &Write) {
+    notify(ctx, call.key, write);
+    replicate(ctx, call, write);
+}
+
+/// The keyspace event and the counters of an applied write.
+fn notify(ctx: &Context, key: &Arg, write: &Write) {
     match *write {
         Write::Record(record) => {
-            events::changed(ctx.ctx, call.key, &[Change::Recorded]);
+            events::changed(ctx.ctx, key, &[Change::Recorded]);
             stats::UNITS_RECORDED.add(record.cost.get());
-            replication::replicate_record(ctx, call, record.at);
         }
-        Write::Widen(_) => {
-            events::changed(ctx.ctx, call.key, &[Change::Widened]);
-            replication::replicate_widen(ctx, call);
-        }
-        Write::Block { until, widen } => {
+        Write::Widen(_) => events::changed(ctx.ctx, key, &[Change::Widened]),
+        Write::Block { widen, .. } => {
             let changes: &[Change] = match widen {
                 Some(_) => &[Change::Widened, Change::Blocked],
                 None => &[Change::Blocked],
             };
-            events::changed(ctx.ctx, call.key, changes);
+            events::changed(ctx.ctx, key, changes);
             stats::BLOCKS_STARTED.add(1);
+        }
+    }
+}
+
+/// What replicas and the AOF receive for one key's applied write.
+fn replicate(ctx: &Context, call: &LimitCall<Arg>, write: &Write) {
+    match *write {
+        Write::Record(record) => replication::replicate_record(ctx, call, record.at),
+        Write::Widen(_) => replication::replicate_widen(ctx, call),
+        Write::Block { until, widen } => {
             if widen.is_some() {
                 replication::replicate_widen(ctx, call);
             }
@@ -102,10 +114,10 @@ fn announce(ctx: &Context, call: &LimitCall<Arg>, write: &Write) {
 
 /// MCHECK: every key is opened and read, and every write checked (type,
 /// room in the log), before any key changes; then each key records (or
-/// keeps its longer window, or is blocked) as CHECK on it alone would. The
-/// replicated RECORDs, WIDENs and BLOCKUNTILs of one call reach replicas
-/// and the AOF as one MULTI/EXEC, which the server wraps around what one
-/// command replicates.
+/// keeps its longer window, or is blocked) as CHECK on it alone would. An
+/// allowed call reaches replicas and the AOF as one MRECORD over every
+/// key; a denied one's WIDENs and BLOCKUNTILs as one MULTI/EXEC, which the
+/// server wraps around what one command replicates.
 fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     if report_keys(ctx, args) {
         return Ok(());
@@ -140,7 +152,13 @@ fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
             continue;
         };
         key.expire_at(expires_at);
-        announce(ctx, c, write);
+        notify(ctx, c.key, write);
+        if !verdict.joint.decision.allowed {
+            replicate(ctx, c, write);
+        }
+    }
+    if let Some(at) = earliest_record(&verdict.writes) {
+        replication::replicate_multi_record(ctx, call.numkeys, &call.calls, at);
     }
     stats::CHECKS.add(1);
     if verdict.joint.decision.allowed {
@@ -186,6 +204,43 @@ fn report_keys(ctx: &Context, args: &[Arg]) -> bool {
         }
     }
     true
+}
+
+/// The earliest time an allowed MCHECK recorded a key at (see
+/// `replication`); `None` for a denied one.
+fn earliest_record(writes: &[Option<Write>]) -> Option<Millis> {
+    writes
+        .iter()
+        .filter_map(|write| match write {
+            Some(Write::Record(record)) => Some(record.at),
+            _ => None,
+        })
+        .min()
+}
+
+/// MRECORD, from the master or the AOF: every key's type is checked
+/// before any records, then each records as RECORD would.
+fn multi_record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
+    ensure_replayed(ctx, replication::MULTI_RECORD_COMMAND)?;
+    let call = args::parse_multi_record(args)?;
+    let mut keys: Vec<WriteKey> = call.keys.iter().map(|k| WriteKey::open(ctx, k)).collect();
+    let slots = keys
+        .iter_mut()
+        .map(WriteKey::slot)
+        .collect::<Result<Vec<Slot>, CommandError>>()?;
+    let expiries: Vec<Millis> = slots
+        .into_iter()
+        .zip(&call.records)
+        .map(|(slot, record)| limiter::apply(slot.or_create(), &Write::Record(*record)))
+        .collect();
+    for ((key, name), expires_at) in keys.iter().zip(call.keys).zip(expiries) {
+        key.expire_at(expires_at);
+        events::changed(ctx.ctx, name, &[Change::Recorded]);
+    }
+    reply_replayed(ctx)
 }
 
 /// Each key's state (`None` for a key that does not exist) with its

@@ -7,7 +7,9 @@
 use crate::args::{self, OptionName};
 use crate::module::api::api;
 use crate::module::commands::{self, RawCommand};
-use crate::module::replication::{BLOCK_UNTIL_COMMAND, RECORD_COMMAND, WIDEN_COMMAND};
+use crate::module::replication::{
+    BLOCK_UNTIL_COMMAND, MULTI_RECORD_COMMAND, RECORD_COMMAND, WIDEN_COMMAND,
+};
 use redis_module::raw;
 use redis_module::Context;
 use std::ffi::{CStr, CString};
@@ -118,7 +120,7 @@ const MULTI_LIMIT_ARGS: &[ArgSpec] = &[
 /// The category module commands are also put in, where servers allow it.
 pub const ACL_CATEGORY: &CStr = c"ratelimit";
 
-const SPECS: [CommandSpec; 10] = [
+const SPECS: [CommandSpec; 11] = [
     CommandSpec {
         name: c"ratelimit.check",
         handler: commands::check_command,
@@ -264,6 +266,32 @@ const SPECS: [CommandSpec; 10] = [
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: &[arg("key", KEY), arg("until", INTEGER)],
         keys: Keys::First,
+        since: c"0.2.0",
+    },
+    CommandSpec {
+        name: MULTI_RECORD_COMMAND,
+        handler: commands::multi_record_command,
+        flags: c"write getkeys-api",
+        acl_categories: c"write",
+        summary: c"Internal: how an allowed RATELIMIT.MCHECK reaches replicas and the AOF, every key's record in one command. Refused from clients.",
+        complexity: c"O(1) amortised per key.",
+        arity: -7,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: &[
+            arg("numkeys", INTEGER),
+            ArgSpec {
+                flags: MULTIPLE,
+                ..arg("key", KEY)
+            },
+            arg("at", INTEGER),
+            arg("cost", INTEGER),
+            arg("precision", INTEGER),
+            ArgSpec {
+                flags: MULTIPLE,
+                ..arg("window", INTEGER)
+            },
+        ],
+        keys: Keys::Counted,
         since: c"0.2.0",
     },
 ];

@@ -13,6 +13,14 @@
 //! propagate nothing. UNDO reads no clock and is propagated as it was
 //! called.
 //!
+//! An allowed MCHECK is propagated as one command for all its keys,
+//! `RATELIMIT.MRECORD numkeys key [key ...] at cost precision window
+//! [window ...]`: the replica applies every key's record in one command,
+//! and the master pays for one propagated command rather than a RECORD
+//! per key in a MULTI/EXEC. `at` is the earliest of the keys' times: each
+//! key's own is the later of the clock and its newest entry, which is
+//! what RECORD makes of any earlier `at` on a log equal to the master's.
+//!
 //! A denial that starts a block is propagated as `RATELIMIT.BLOCKUNTIL key
 //! until` with the master's absolute end of the block (after the call's
 //! WIDEN, if it made one: the server wraps what one command propagates in
@@ -37,6 +45,35 @@ use std::ptr;
 pub const RECORD_COMMAND: &CStr = c"ratelimit.record";
 pub const WIDEN_COMMAND: &CStr = c"ratelimit.widen";
 pub const BLOCK_UNTIL_COMMAND: &CStr = c"ratelimit.blockuntil";
+pub const MULTI_RECORD_COMMAND: &CStr = c"ratelimit.mrecord";
+
+/// `RATELIMIT.MRECORD numkeys key [key ...] at cost precision window
+/// [window ...]` for the allowed `calls` (every key's, in key order),
+/// from the caller's own argument strings (`numkeys` as called, the
+/// options every key shares) and the shared `at`.
+pub fn replicate_multi_record(ctx: &Context, numkeys: &Arg, calls: &[LimitCall<Arg>], at: Millis) {
+    let Some(first) = calls.first() else {
+        return;
+    };
+    let mut words = Vec::with_capacity(4 + 2 * calls.len());
+    words.push(numkeys.as_ptr());
+    words.extend(calls.iter().map(|c| c.key.as_ptr()));
+    words.push(SHARED.at(at));
+    words.push(first.cost.map_or_else(|| SHARED.one(), Arg::as_ptr));
+    words.push(first.precision.map_or_else(|| SHARED.one(), Arg::as_ptr));
+    words.extend(calls.iter().map(|c| c.longest_window.as_ptr()));
+    // SAFETY: the format names one vector of RedisModuleStrings, all
+    // alive, and its length; Redis takes its own reference to each.
+    unsafe {
+        (api().replicate)(
+            ctx.ctx,
+            MULTI_RECORD_COMMAND.as_ptr(),
+            c"v".as_ptr(),
+            words.as_ptr(),
+            words.len(),
+        )
+    };
+}
 
 /// `RATELIMIT.BLOCKUNTIL key until` (0: lift the block).
 pub fn replicate_block_until(ctx: &Context, key: &Arg, until: Millis) {
