@@ -17,10 +17,10 @@ export interface NodeResponse {
   once(event: "finish", listener: () => void): unknown;
 }
 
-export interface NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeResponse> extends MiddlewareOptions<Req> {
+export type NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeResponse> = MiddlewareOptions<Req> & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
   onLimited?: (req: Req, res: Res, info: LimitedInfo) => void | Promise<void>;
-}
+};
 
 /** The default key: Express's req.ip (which honours "trust proxy"), else the socket's address. */
 export function clientAddress(req: NodeRequest): string | undefined {
