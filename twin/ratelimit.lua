@@ -1,15 +1,20 @@
 #!lua name=ratelimit
--- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK and
--- UNDO for servers that cannot load the module (managed services). Same
--- arguments, same replies, same error texts; where Lua's numbers (doubles)
--- cannot be exact, a twin-only error instead (see twin/README.md).
+-- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK,
+-- UNDO, MCHECK, MPEEK and MUNDO for servers that cannot load the module
+-- (managed services). Same arguments, same replies, same error texts;
+-- where Lua's numbers (doubles) cannot be exact, a twin-only error instead
+-- (see twin/README.md).
 --
 -- Function form:  FUNCTION LOAD REPLACE <this file>
 --                 FCALL ratelimit_check 1 key window max [...] [COST n] [PRECISION p]
 --                 FCALL_RO ratelimit_peek 1 key window max [...]
 --                 FCALL ratelimit_undo 1 key [COST n]
+--                 FCALL ratelimit_mcheck numkeys key [key ...] npairs window max [...] [...]
+--                 FCALL_RO ratelimit_mpeek numkeys key [key ...] <as mcheck>
+--                 FCALL ratelimit_mundo numkeys key [key ...] [COST n]
 -- Script form:    this file without its first line, as EVAL/EVALSHA:
---                 EVALSHA sha 1 key check|peek|undo <the same arguments>
+--                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo
+--                 <the same arguments>
 --
 -- Only base Lua 5.1 (string, math, table, ipairs, tonumber, tostring,
 -- type, pcall, error) and redis.call/pcall:
@@ -156,45 +161,28 @@ local function by_window(a, b)
   return a.window < b.window
 end
 
--- check|peek: limits sorted by window, cost, precision and the longest
--- window, or the module's error for the first thing wrong.
-local function parse_limit_call(name, args)
-  -- The common call, one limit and no option, with numbers a double
-  -- holds exactly, read straight to what the general path would give.
-  if #args == 2 then
-    local window, max = args[1], args[2]
-    if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
-      local w = tonumber(window)
-      if w <= MAX_WINDOW then
-        return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
-      end
-    end
+-- One `window max` pair, or the module's error for what is wrong with it
+-- (`max_word` is nil when the words ran out).
+local function parse_pair(window_word, max_word)
+  local window = positive_up_to(window_word, WINDOW_DIGITS)
+  if not window then
+    window_range()
   end
-  if #args < 2 then
-    arity(name)
+  if not max_word then
+    fail('ERR syntax error: window ' .. window_word .. ' has no max')
   end
-  local limits = {}
-  local at = 1
-  while at <= #args and (at == 1 or args[at]:match('^[%d%-]')) do
-    local window_word = args[at]
-    local window = positive_up_to(window_word, WINDOW_DIGITS)
-    if not window then
-      window_range()
-    end
-    if at + 1 > #args then
-      fail('ERR syntax error: window ' .. window_word .. ' has no max')
-    end
-    local max = positive_digits(args[at + 1])
-    if not max then
-      fail('ERR max must be an integer from 1 to ' .. MAX_COST)
-    end
-    if #limits == MAX_LIMITS then
-      fail('ERR at most ' .. MAX_LIMITS .. ' window/max pairs')
-    end
-    limits[#limits + 1] = { window = tonumber(window), max_digits = max }
-    at = at + 2
+  local max = positive_digits(max_word)
+  if not max then
+    fail('ERR max must be an integer from 1 to ' .. MAX_COST)
   end
-  local options = parse_options(args, at, LIMIT_OPTIONS)
+  return { window = tonumber(window), max_digits = max }
+end
+
+-- The request of `limits` with the options' values (words, or nil), checked
+-- in the module's order: COST, PRECISION, a window twice, COST above a max,
+-- PRECISION above the shortest window. Limits sorted by window; the numbers
+-- Lua cannot hold exactly are refused later, by `make_exact`.
+local function build_call(limits, options)
   local cost = options[1] and cost_digits(options[1]) or '1'
   local shortest = MAX_WINDOW
   for _, limit in ipairs(limits) do
@@ -224,18 +212,124 @@ local function parse_limit_call(name, args)
   if precision > shortest then
     precision_error(shortest)
   end
-  -- What the module accepts and Lua cannot count exactly (COST first: a
-  -- COST above 2^53 comes with a max above it).
-  local exact_cost = exact_number(cost, 'COST')
-  for _, limit in ipairs(limits) do
+  return { limits = limits, cost_digits = cost, precision = precision, longest = limits[#limits].window }
+end
+
+-- What the module accepts and Lua cannot count exactly (COST first: a
+-- COST above 2^53 comes with a max above it), once the module's own
+-- checks have passed; the call's numbers as Lua numbers.
+local function make_exact(call)
+  call.cost = exact_number(call.cost_digits, 'COST')
+  for _, limit in ipairs(call.limits) do
     limit.max = exact_number(limit.max_digits, 'max')
   end
-  return {
-    limits = limits,
-    cost = exact_cost,
-    precision = precision,
-    longest = limits[#limits].window,
-  }
+  return call
+end
+
+-- check|peek: limits sorted by window, cost, precision and the longest
+-- window, or the module's error for the first thing wrong.
+local function parse_limit_call(name, args)
+  -- The common call, one limit and no option, with numbers a double
+  -- holds exactly, read straight to what the general path would give.
+  if #args == 2 then
+    local window, max = args[1], args[2]
+    if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
+      local w = tonumber(window)
+      if w <= MAX_WINDOW then
+        return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
+      end
+    end
+  end
+  if #args < 2 then
+    arity(name)
+  end
+  local limits = {}
+  local at = 1
+  -- The first pair is required; more follow while the next word is a
+  -- number rather than an option name.
+  while at <= #args and (at == 1 or args[at]:match('^[%d%-]')) do
+    local limit = parse_pair(args[at], args[at + 1])
+    if #limits == MAX_LIMITS then
+      fail('ERR at most ' .. MAX_LIMITS .. ' window/max pairs')
+    end
+    limits[#limits + 1] = limit
+    at = at + 2
+  end
+  return make_exact(build_call(limits, parse_options(args, at, LIMIT_OPTIONS)))
+end
+
+-- Several keys ----------------------------------------------------------------
+
+local MAX_KEYS = 16
+
+-- `numkeys key [key ...]` (FCALL's and EVAL's own keys): 1 to 16 keys,
+-- each at most once.
+local function check_keys(keys)
+  if #keys < 1 or #keys > MAX_KEYS then
+    fail('ERR numkeys must be an integer from 1 to ' .. MAX_KEYS)
+  end
+  local seen = {}
+  for _, key in ipairs(keys) do
+    if seen[key] then
+      fail("ERR key '" .. key .. "' is given more than once")
+    end
+    seen[key] = true
+  end
+end
+
+-- Runs `run(...)`; an error it raises names `key` first, as the module's
+-- errors about one key of a multi-key call do.
+local function about_key(key, run, ...)
+  local ok, result = pcall(run, ...)
+  if ok then
+    return result
+  end
+  if type(result) == 'table' and result.reply and result.reply:sub(1, 4) == 'ERR ' then
+    fail("ERR key '" .. key .. "': " .. result.reply:sub(5))
+  end
+  error(result, 0)
+end
+
+-- One key's call of a multi-key call: its `npairs` pairs from `args[from]`.
+local function key_call(args, from, npairs, options)
+  local limits = {}
+  for i = 1, npairs do
+    local at = from + 2 * (i - 1)
+    limits[i] = parse_pair(args[at], args[at + 1])
+  end
+  return build_call(limits, options)
+end
+
+-- mcheck|mpeek: each key's call, in key order, as CHECK on that key alone
+-- would parse it (COST and PRECISION apply to every key), or the module's
+-- error for the first thing wrong; the twin's own refusals after all of them.
+local function parse_multi_call(name, keys, args)
+  check_keys(keys)
+  local starts, counts = {}, {}
+  local at = 1
+  for position = 1, #keys do
+    if not args[at] then
+      arity(name)
+    end
+    local npairs = positive_up_to(args[at], tostring(MAX_LIMITS))
+    if not npairs then
+      fail('ERR npairs of key ' .. position .. ' must be an integer from 1 to ' .. MAX_LIMITS)
+    end
+    starts[position], counts[position] = at + 1, tonumber(npairs)
+    at = at + 1 + 2 * counts[position]
+    if at - 1 > #args then
+      arity(name)
+    end
+  end
+  local options = parse_options(args, at, LIMIT_OPTIONS)
+  local calls = {}
+  for position, key in ipairs(keys) do
+    calls[position] = about_key(key, key_call, args, starts[position], counts[position], options)
+  end
+  for position, key in ipairs(keys) do
+    about_key(key, make_exact, calls[position])
+  end
+  return calls
 end
 
 local function parse_undo(args)
@@ -550,12 +644,17 @@ local function standing(log, now, call)
   return { fits = fits, remaining = remaining, after = after, retry = retry, reset = reset }
 end
 
-local function decision_time(log)
-  local now = math.max(clock(), 0)
+-- The call's time on a key: the clock (read once per call), or the key's
+-- newest entry's time if later, so time never runs backwards for a key.
+local function decision_time(log, now)
   if log and log.newest > now then
     return log.newest
   end
   return now
+end
+
+local function read_clock()
+  return math.max(clock(), 0)
 end
 
 local function reply(seen)
@@ -624,10 +723,14 @@ local function create(key, at, window, cost)
   write(log, HEADER, encode_entry(0, cost), at + window)
 end
 
--- Records an allowed request, as TimeLog::record: widen the window,
--- prune what expired under it, join the newest entry if it lies in the
--- same precision cell, else append.
-local function record(log, at, call)
+-- What recording at `at` keeps of the log (as TimeLog::record: widen the
+-- window, prune what expired under it): the window, the oldest entry kept
+-- (nil if none) and the cost it holds. Refuses, before anything is
+-- written, a sum Lua could not count exactly.
+local function plan_record(log, at, call)
+  if not log then
+    return { window = call.longest }
+  end
   local window = math.max(log.window, call.longest)
   local horizon = at - window
   local entry = front(log)
@@ -641,13 +744,19 @@ local function record(log, at, call)
     fail('ERR this key would hold more than ' .. EXACT_DIGITS .. ' units of cost, which the script twin '
       .. 'cannot count exactly: nothing was recorded (load the module, or use smaller units)')
   end
-  local expires = at + window
-  log.window = window
+  return { window = window, entry = entry, total = total }
+end
+
+-- Records an allowed request as planned: join the newest entry if it lies
+-- in the same precision cell, else append.
+local function record(key, log, at, call, plan)
+  local entry = plan.entry
   if not entry then
-    create(log.key, at, window, call.cost)
+    create(key, at, plan.window, call.cost)
     return
   end
-  log.head, log.oldest, log.total = entry.start, entry.at, total + call.cost
+  log.window = plan.window
+  log.head, log.oldest, log.total = entry.start, entry.at, plan.total + call.cost
   local newest = back(log)
   local from, bytes
   if cell(newest.at, call.precision) == cell(at, call.precision) then
@@ -663,7 +772,7 @@ local function record(log, at, call)
     from, bytes = log.tail, encode_entry(at - newest.at, call.cost)
   end
   log.newest = at
-  write(log, from, bytes, expires)
+  write(log, from, bytes, at + plan.window)
 end
 
 -- Decision 1 of this round: a denied CHECK whose longest window is longer
@@ -702,12 +811,12 @@ local function refund(log, units)
   return removed
 end
 
--- The three operations ----------------------------------------------------------
+-- The operations ------------------------------------------------------------
 
 local function check(key, args)
   local call = parse_limit_call('ratelimit.check', args)
   local log = open(key)
-  local now = decision_time(log)
+  local now = decision_time(log, read_clock())
   local seen = standing(log, now, call)
   if not seen.fits then
     if log and call.longest > log.window then
@@ -715,18 +824,14 @@ local function check(key, args)
     end
     return reply(seen)
   end
-  if log then
-    record(log, now, call)
-  else
-    create(key, now, call.longest, call.cost)
-  end
+  record(key, log, now, call, plan_record(log, now, call))
   return { 1, seen.after, 0, call.longest }
 end
 
 local function peek(key, args)
   local call = parse_limit_call('ratelimit.peek', args)
   local log = open(key)
-  return reply(standing(log, decision_time(log), call))
+  return reply(standing(log, decision_time(log, read_clock()), call))
 end
 
 local function undo(key, args)
@@ -738,20 +843,109 @@ local function undo(key, args)
   return refund(log, units)
 end
 
+-- Every key of a multi-key call opened (WRONGTYPE for the first key of
+-- another type) and seen at its own decision time, one clock for all.
+local function survey(name, keys, args)
+  local calls = parse_multi_call(name, keys, args)
+  local clock_now = read_clock()
+  local keyed = {}
+  for i, key in ipairs(keys) do
+    local log = open(key)
+    local now = decision_time(log, clock_now)
+    keyed[i] = { key = key, log = log, call = calls[i], now = now, seen = standing(log, now, calls[i]) }
+  end
+  return keyed
+end
+
+-- MCHECK's and MPEEK's reply over every key: as CHECK would reply if
+-- allowed (as PEEK would with `as_peek`), as PEEK would if denied; then
+-- the 1-based positions of the keys that denied.
+local function joint(keyed, as_peek)
+  local denied = {}
+  for i, k in ipairs(keyed) do
+    if not k.seen.fits then
+      denied[#denied + 1] = i
+    end
+  end
+  local allowed = #denied == 0
+  local remaining, retry, reset = nil, 0, 0
+  for _, k in ipairs(keyed) do
+    local seen = k.seen
+    if allowed and not as_peek then
+      remaining = math.min(remaining or seen.after, seen.after)
+      reset = math.max(reset, k.call.longest)
+    else
+      remaining = math.min(remaining or seen.remaining, seen.remaining)
+      retry = math.max(retry, seen.retry)
+      reset = math.max(reset, seen.reset)
+    end
+  end
+  return { allowed and 1 or 0, remaining, retry, reset, denied }
+end
+
+-- MCHECK: every key is read and every write checked before any key
+-- changes; then every key records the request (allowed), or keeps its
+-- longest window as a denied CHECK's does (denied).
+local function mcheck(keys, args)
+  local keyed = survey('ratelimit.mcheck', keys, args)
+  local answer = joint(keyed, false)
+  if answer[1] == 0 then
+    for _, k in ipairs(keyed) do
+      if k.log and k.call.longest > k.log.window then
+        widen(k.log, k.call.longest)
+      end
+    end
+    return answer
+  end
+  for _, k in ipairs(keyed) do
+    k.plan = about_key(k.key, plan_record, k.log, k.now, k.call)
+  end
+  for _, k in ipairs(keyed) do
+    record(k.key, k.log, k.now, k.call, k.plan)
+  end
+  return answer
+end
+
+local function mpeek(keys, args)
+  return joint(survey('ratelimit.mpeek', keys, args), true)
+end
+
+-- MUNDO: every key's type is checked before any is refunded.
+local function mundo(keys, args)
+  check_keys(keys)
+  local units = parse_undo(args)
+  local logs = {}
+  for i, key in ipairs(keys) do
+    logs[i] = open(key) or false
+  end
+  local removed = {}
+  for i, log in ipairs(logs) do
+    removed[i] = log and refund(log, units) or 0
+  end
+  return removed
+end
+
+-- `one_key` operations take exactly one key (the module's argument 1).
 local OPERATIONS = {
-  check = { run = check, name = 'ratelimit.check' },
-  peek = { run = peek, name = 'ratelimit.peek' },
-  undo = { run = undo, name = 'ratelimit.undo' },
+  check = { run = check, name = 'ratelimit.check', one_key = true },
+  peek = { run = peek, name = 'ratelimit.peek', one_key = true },
+  undo = { run = undo, name = 'ratelimit.undo', one_key = true },
+  mcheck = { run = mcheck, name = 'ratelimit.mcheck' },
+  mpeek = { run = mpeek, name = 'ratelimit.mpeek' },
+  mundo = { run = mundo, name = 'ratelimit.mundo' },
 }
 
 local function run_operation(operation, keys, args)
+  if not operation.one_key then
+    return operation.run(keys, args)
+  end
   if #keys ~= 1 then
     arity(operation.name)
   end
   return operation.run(keys[1], args)
 end
 
--- Runs an operation on one key; thrown error texts become error replies.
+-- Runs an operation; thrown error texts become error replies.
 local function call(operation, keys, args)
   local ok, result = pcall(run_operation, operation, keys, args)
   if ok then
@@ -768,7 +962,7 @@ local function dispatch(keys, argv)
   local operation = OPERATIONS[argv[1] or '']
   if not operation then
     return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
-      .. "' (the script twin's operations are check, peek and undo)")
+      .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek and mundo)")
   end
   local args = {}
   for i = 2, #argv do
@@ -790,6 +984,19 @@ if redis.register_function then
   })
   redis.register_function('ratelimit_undo', function(keys, args)
     return call(OPERATIONS.undo, keys, args)
+  end)
+  redis.register_function('ratelimit_mcheck', function(keys, args)
+    return call(OPERATIONS.mcheck, keys, args)
+  end)
+  redis.register_function({
+    function_name = 'ratelimit_mpeek',
+    callback = function(keys, args)
+      return call(OPERATIONS.mpeek, keys, args)
+    end,
+    flags = { 'no-writes' },
+  })
+  redis.register_function('ratelimit_mundo', function(keys, args)
+    return call(OPERATIONS.mundo, keys, args)
   end)
 else
   return dispatch(KEYS, ARGV)
