@@ -84,6 +84,16 @@ for (const [name, open] of CLUSTER_CLIENTS) {
       const backends = [...limiter.backends.entries()].sort();
       const expected = mixed.nodes.map((node, i) => [`127.0.0.1:${node.port}`, i === 0 ? "module" : "twin"]).sort();
       assert.deepEqual(backends, expected);
+      // Several hash-tagged keys per call on every node: the module's MCHECK on one, the twin's mcheck on the others.
+      const tenants = Array.from({ length: 30 }, (_, i) => `{mixed-${name}-${i}}`);
+      for (const tenant of tenants) {
+        const request = [
+          { key: `${tenant}:user`, limits: { windowMs: 60_000, max: 1 } },
+          { key: `${tenant}:ip`, limits: { windowMs: 60_000, max: 5 } },
+        ];
+        assert.ok((await limiter.checkAll(request)).allowed, tenant);
+        assert.deepEqual((await limiter.checkAll(request)).denied, [{ key: `${tenant}:user`, index: 0 }], tenant);
+      }
     } finally {
       await close();
     }

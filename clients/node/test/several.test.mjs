@@ -1,16 +1,17 @@
 // Several keys in one atomic decision (checkAll / peekAll / undoAll) on
-// every client build, RESP2 and RESP3, on the module (MCHECK/MPEEK/MUNDO);
-// the in-process fallback answering as the module does; bad input refused
+// every client build, RESP2 and RESP3, on the module (MCHECK/MPEEK/MUNDO)
+// and on the twin (its mcheck/mpeek/mundo), which answer alike; the
+// in-process fallback answering as the module does; bad input refused
 // before anything is sent.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { MemoryLimiter, RateLimiter, RateLimitInputError } from "redis-ratelimit";
 import { clients, recorder, startServer } from "./servers.mjs";
 
-const BACKENDS = ["module"];
+const BACKENDS = ["module", "twin"];
 const servers = {};
 before(async () => {
-  servers.module = await startServer();
+  [servers.module, servers.twin] = await Promise.all([startServer(), startServer({ module: false })]);
 });
 after(() => Promise.all(Object.values(servers).map((server) => server.stop())));
 
@@ -261,4 +262,35 @@ test("while Redis is unreachable, several keys take the failure policy: closed, 
   );
   assert.deepEqual(await fallback.undoAll(keys, { decision: answers[0] }), [1, 1]);
   assert.ok((await fallback.checkAll(keys)).allowed, "refunded in the fallback");
+});
+
+test("the twin answers several-key calls as the module does", async () => {
+  const open = factories["node-redis 6 RESP2"];
+  const [module, twin] = await Promise.all([open(servers.module.port), open(servers.twin.port)]);
+  try {
+    const calls = randomCalls(0x68e31da4, 150);
+    const run = async (limiter) => {
+      const answers = [];
+      for (const [operation, ...rest] of calls) answers.push(await limiter[operation](...rest));
+      return answers;
+    };
+    const started = Date.now();
+    const expected = await run(new RateLimiter(module.client, { logger: recorder().logger, prefix: "same:" }));
+    const twinLimiter = new RateLimiter(twin.client, { logger: recorder().logger, prefix: "same:" });
+    const answers = await run(twinLimiter);
+    const slack = Date.now() - started + 5;
+    assert.equal(twinLimiter.backend, "twin");
+    for (const [i, answer] of answers.entries()) {
+      const want = expected[i];
+      if (Array.isArray(want)) {
+        assert.deepEqual(answer, want, `call ${i}`);
+        continue;
+      }
+      assert.deepEqual([answer.allowed, answer.remaining, answer.denied], [want.allowed, want.remaining, want.denied], `call ${i}`);
+      assert.ok(Math.abs(answer.retryAfterMs - want.retryAfterMs) <= slack, `retryAfterMs of call ${i}`);
+      assert.ok(Math.abs(answer.resetAfterMs - want.resetAfterMs) <= slack, `resetAfterMs of call ${i}`);
+    }
+  } finally {
+    await Promise.all([module.close(), twin.close()]);
+  }
 });
