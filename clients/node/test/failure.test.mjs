@@ -154,6 +154,36 @@ test("a check answered after its timeout (Redis hung, then back) is refunded: th
   assert.deepEqual([after.source, after.remaining], ["redis", 9]);
 });
 
+test("a checkAll answered after its timeout is refunded from every key (MUNDO)", async (t) => {
+  const redis = await startServer();
+  t.after(() => {
+    process.kill(redis.pid, "SIGCONT");
+    return redis.stop();
+  });
+  const client = new Redis({ host: "127.0.0.1", port: redis.port });
+  t.after(() => client.disconnect());
+  const log = recorder();
+  const limiter = new RateLimiter(client, { timeoutMs: 100, retryAfterFailureMs: 0, logger: log.logger });
+  const keys = [
+    { key: "{late}:user", limits: LIMIT },
+    { key: "{late}:ip", limits: LIMIT },
+  ];
+  assert.equal((await limiter.checkAll(keys)).remaining, 9);
+  process.kill(redis.pid, "SIGSTOP");
+  assert.equal((await limiter.checkAll(keys)).source, "failClosed");
+  process.kill(redis.pid, "SIGCONT");
+  const refunded = () =>
+    log.lines.some(
+      (line) =>
+        line.level === "warn" && /check on \{late\}:user, \{late\}:ip ran after its timeout; its charge was refunded/.test(line.message),
+    );
+  for (let i = 0; i < 100 && !refunded(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.ok(refunded(), "the late charge was refunded from both keys and logged");
+  const after = await limiter.peekAll(keys);
+  assert.deepEqual([after.source, after.remaining], ["redis", 9]);
+  assert.equal((await limiter.peek("{late}:ip", LIMIT)).remaining, 9);
+});
+
 test("a server out of memory (OOM, noeviction) takes the failure policy on the module and on the twin alike", async (t) => {
   for (const module of [true, false]) {
     const redis = await startServer({ module });
