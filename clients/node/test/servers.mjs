@@ -131,6 +131,17 @@ export async function clients() {
   };
 }
 
+/** xorshift32 from `seed`: next(bound) is in 0..bound-1, the same sequence on every run. */
+export function pseudoRandom(seed) {
+  let state = seed;
+  return (bound) => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % bound;
+  };
+}
+
 /** A logger that keeps what it is told. */
 export function recorder() {
   const lines = [];

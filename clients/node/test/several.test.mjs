@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { MemoryLimiter, RateLimiter, RateLimitInputError } from "redis-ratelimit";
-import { clients, recorder, startServer } from "./servers.mjs";
+import { clients, pseudoRandom, recorder, startServer } from "./servers.mjs";
 
 const BACKENDS = ["module", "twin"];
 const servers = {};
@@ -172,15 +172,9 @@ test("a several-key reply that is not MCHECK's is an error, never an allowed req
   await assert.rejects(answering([1, 2, 3]).undoAll(["a", "b"]), /unexpected reply to RATELIMIT.MUNDO/);
 });
 
-/** xorshift32: the same pseudo-random several-key calls on every run. */
+/** The same pseudo-random several-key calls on every run. */
 function randomCalls(seed, n) {
-  let state = seed;
-  const next = (bound) => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) % bound;
-  };
+  const next = pseudoRandom(seed);
   const windows = [3_600_000, 7_200_000, 86_400_000];
   const names = ["{r}:a", "{r}:b", "{r}:c", "{r}:d"];
   return Array.from({ length: n }, () => {
