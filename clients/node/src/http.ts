@@ -128,6 +128,9 @@ async function subjectsOf<Req>(
   fallbackKey: (req: Req) => string | undefined,
 ): Promise<Subject[] | undefined> {
   const name = options.name ?? "default";
+  if (options.keys && (options.limits || options.key)) {
+    throw new TypeError("redis-ratelimit: give the middleware `limits` (and `key`) or `keys`, not both");
+  }
   if (options.keys) {
     const given = (await options.keys(req)) ?? [];
     const subjects = given.flatMap((entry, i) =>

@@ -155,4 +155,6 @@ test("several keys per request (user + address): 429 names the key that refused,
     denied: [["user", 0]],
     keys: ["several-fetch:{t1}:user:e", "several-fetch:{t1}:ip:z"],
   });
+  const both = fetchRateLimit(shared.limiter, { limits: limits.user, key: () => "k", keys: () => [] }, () => new Response("ok"));
+  await assert.rejects(both(request()), /give the middleware `limits` \(and `key`\) or `keys`, not both/);
 });
