@@ -5,8 +5,9 @@
 //! parse returns the key and the typed call together, with the argument
 //! strings replication reuses, so no handler reads argv by position.
 
-use crate::limiter::{Limit, Record, Request, RequestError, MAX_KEYS, MAX_LIMITS};
-use crate::log::{MAX_COST, MAX_WINDOW, TIMES};
+use crate::limiter::{Limit, Record, Request, RequestError, MAX_BLOCK, MAX_KEYS, MAX_LIMITS};
+use crate::log::{Millis, MAX_COST, MAX_WINDOW, TIMES};
+use crate::state::LATEST_BLOCK_END;
 use std::num::NonZeroU64;
 
 /// A named option and what its value is called, as errors and COMMAND
@@ -24,6 +25,14 @@ pub const PRECISION: OptionName = OptionName {
     token: "PRECISION",
     value: "p",
 };
+pub const BLOCK: OptionName = OptionName {
+    token: "BLOCK",
+    value: "ms",
+};
+
+/// The options CHECK, PEEK, MCHECK and MPEEK take, in the order errors
+/// name them.
+const LIMIT_OPTIONS: [&OptionName; 3] = [&COST, &PRECISION, &BLOCK];
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ArgError {
@@ -33,7 +42,8 @@ pub enum ArgError {
     Invalid(String),
 }
 
-/// `RATELIMIT.CHECK|PEEK key window max [window max ...] [COST n] [PRECISION p]`.
+/// `RATELIMIT.CHECK|PEEK key window max [window max ...] [COST n]
+/// [PRECISION p] [BLOCK ms]` (PEEK validates BLOCK and ignores it).
 #[derive(Debug)]
 pub struct LimitCall<'a, A> {
     pub key: &'a A,
@@ -89,8 +99,8 @@ pub fn parse_limit_call<A: AsRef<[u8]>>(args: &[A]) -> Result<LimitCall<'_, A>, 
         at += 2;
     }
     let limits = &limits[..count];
-    let [cost, precision] = parse_options(&rest[at..], [&COST, &PRECISION])?;
-    let request = build_request(limits, cost, precision)?;
+    let [cost, precision, block] = parse_options(&rest[at..], LIMIT_OPTIONS)?;
+    let request = build_request(limits, cost, precision, parse_block(block)?)?;
     Ok(LimitCall {
         key,
         request,
@@ -113,26 +123,45 @@ fn parse_limit<A: AsRef<[u8]>>(window_arg: &A, max: Option<&A>) -> Result<Limit,
     Ok(Limit { window, max })
 }
 
-/// The request of `limits` with COST's and PRECISION's values, if given.
+/// BLOCK's value, if given.
+fn parse_block<A: AsRef<[u8]>>(block: Option<&A>) -> Result<Option<NonZeroU64>, ArgError> {
+    block
+        .map(|v| {
+            positive_up_to(v, MAX_BLOCK).ok_or_else(|| {
+                invalid(format!(
+                    "BLOCK must be an integer from 1 to {MAX_BLOCK} (milliseconds)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// The request of `limits` with COST's and PRECISION's values, if given,
+/// and BLOCK's checked value.
 fn build_request<A: AsRef<[u8]>>(
     limits: &[Limit],
     cost: Option<&A>,
     precision: Option<&A>,
+    block: Option<NonZeroU64>,
 ) -> Result<Request, ArgError> {
     let cost = cost.map_or(Ok(NonZeroU64::MIN), |v| positive(v).ok_or_else(cost_error))?;
     let precision = precision.map_or(Ok(NonZeroU64::MIN), |v| {
         positive_up_to(v, MAX_WINDOW).ok_or_else(|| precision_error(limits))
     })?;
-    Request::new(limits, cost, precision).map_err(|e| match e {
+    let request = Request::new(limits, cost, precision).map_err(|e| match e {
         RequestError::PrecisionAboveWindow { .. } => precision_error(limits),
         other => request_error(other),
-    })
+    })?;
+    match block {
+        Some(ms) => request.with_block(ms).map_err(request_error),
+        None => Ok(request),
+    }
 }
 
 /// `RATELIMIT.MCHECK|MPEEK numkeys key [key ...] npairs window max [window
-/// max ...] [npairs window max ...] [COST n] [PRECISION p]`: each key's
-/// call, in key order, as CHECK on that key alone would parse it (COST
-/// and PRECISION apply to every key).
+/// max ...] [npairs window max ...] [COST n] [PRECISION p] [BLOCK ms]`:
+/// each key's call, in key order, as CHECK on that key alone would parse
+/// it (the options apply to every key).
 #[derive(Debug)]
 pub struct MultiCall<'a, A> {
     pub calls: Vec<LimitCall<'a, A>>,
@@ -165,10 +194,11 @@ pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, 
         pairs.push(words);
         rest = &after[words.len()..];
     }
-    let [cost, precision] = parse_options(rest, [&COST, &PRECISION])?;
+    let [cost, precision, block] = parse_options(rest, LIMIT_OPTIONS)?;
+    let block = parse_block(block)?;
     let mut calls = Vec::with_capacity(keys.len());
     for (key, words) in keys.iter().zip(pairs) {
-        let call = key_call(key, words, cost, precision).map_err(|error| match error {
+        let call = key_call(key, words, cost, precision, block).map_err(|error| match error {
             ArgError::Invalid(text) => invalid(about_key(key, &text)),
             other => other,
         })?;
@@ -184,6 +214,7 @@ fn key_call<'a, A: AsRef<[u8]>>(
     words: &'a [A],
     cost: Option<&'a A>,
     precision: Option<&'a A>,
+    block: Option<NonZeroU64>,
 ) -> Result<LimitCall<'a, A>, ArgError> {
     let mut limits = Vec::with_capacity(words.len() / 2);
     let mut longest_window = &words[0];
@@ -196,7 +227,7 @@ fn key_call<'a, A: AsRef<[u8]>>(
     }
     Ok(LimitCall {
         key,
-        request: build_request(&limits, cost, precision)?,
+        request: build_request(&limits, cost, precision, block)?,
         longest_window,
         cost,
         precision,
@@ -280,6 +311,46 @@ pub fn parse_widen<A: AsRef<[u8]>>(args: &[A]) -> Result<WidenCall<'_, A>, ArgEr
     })
 }
 
+/// `RATELIMIT.UNBLOCK key`.
+#[derive(Debug)]
+pub struct UnblockCall<'a, A> {
+    pub key: &'a A,
+}
+
+pub fn parse_unblock<A: AsRef<[u8]>>(args: &[A]) -> Result<UnblockCall<'_, A>, ArgError> {
+    let [_, key] = args else {
+        return Err(ArgError::WrongArity);
+    };
+    Ok(UnblockCall { key })
+}
+
+/// `RATELIMIT.BLOCKUNTIL key until`, the replicated form of a denial that
+/// started a block (`until`: when it ends, on the master's clock) or of an
+/// UNBLOCK that lifted one (`until` 0).
+#[derive(Debug)]
+pub struct BlockUntilCall<'a, A> {
+    pub key: &'a A,
+    /// `None` lifts the block.
+    pub until: Option<Millis>,
+}
+
+pub fn parse_block_until<A: AsRef<[u8]>>(args: &[A]) -> Result<BlockUntilCall<'_, A>, ArgError> {
+    let [_, key, until] = args else {
+        return Err(ArgError::WrongArity);
+    };
+    let until = parse_integer(until.as_ref())
+        .filter(|until| (0..=LATEST_BLOCK_END).contains(until))
+        .ok_or_else(|| {
+            invalid(format!(
+                "until must be 0 or a time in unix milliseconds up to {LATEST_BLOCK_END}"
+            ))
+        })?;
+    Ok(BlockUntilCall {
+        key,
+        until: (until != 0).then_some(until),
+    })
+}
+
 pub fn parse_record<A: AsRef<[u8]>>(args: &[A]) -> Result<RecordCall<'_, A>, ArgError> {
     let (key, at, window, cost, precision) = match args {
         [_, key, at, window, cost] => (key, at, window, cost, None),
@@ -332,7 +403,7 @@ fn parse_options<'a, A: AsRef<[u8]>, const N: usize>(
             return Err(invalid(format!(
                 "unknown option '{}' (the options are {})",
                 String::from_utf8_lossy(word),
-                known.join(" and ")
+                in_words(&known)
             )));
         };
         let token = names[slot].token;
@@ -344,6 +415,15 @@ fn parse_options<'a, A: AsRef<[u8]>, const N: usize>(
         }
     }
     Ok(values)
+}
+
+/// "A", "A and B", "A, B and C".
+fn in_words(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => only.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 fn request_error(error: RequestError) -> ArgError {
@@ -358,6 +438,9 @@ fn request_error(error: RequestError) -> ArgError {
         }
         RequestError::PrecisionAboveWindow { precision, window } => {
             format!("PRECISION {precision} is above the shortest window {window}")
+        }
+        RequestError::BlockOutOfRange(_) => {
+            format!("BLOCK must be an integer from 1 to {MAX_BLOCK} (milliseconds)")
         }
     })
 }
@@ -538,7 +621,7 @@ mod tests {
         assert_eq!(error("C k 10 5 COST 1 COST 1"), "COST given more than once");
         assert_eq!(
             error("C k 10 5 WEIGHT 1"),
-            "unknown option 'WEIGHT' (the options are COST n and PRECISION p)"
+            "unknown option 'WEIGHT' (the options are COST n, PRECISION p and BLOCK ms)"
         );
         assert_eq!(error("C k 10 5 20"), "syntax error: window 20 has no max");
         assert_eq!(error("C k 10 5 10 6"), "window 10 is given twice");
@@ -555,6 +638,35 @@ mod tests {
         assert_eq!(error(&pairs(9)), "at most 8 window/max pairs");
         assert_eq!(check("C k 10"), Err(ArgError::WrongArity));
         assert_eq!(check("C k"), Err(ArgError::WrongArity));
+    }
+
+    #[test]
+    fn block_takes_a_duration_once() {
+        let blocked = check("C login:alice 900000 5 BLOCK 3600000").unwrap();
+        assert_eq!(blocked.block().map(NonZeroU64::get), Some(3_600_000));
+        assert_eq!(check("C k 10 5").unwrap().block(), None);
+        assert_eq!(
+            check("C k 10 5 block 31536000000 COST 2")
+                .unwrap()
+                .block()
+                .map(NonZeroU64::get),
+            Some(MAX_BLOCK)
+        );
+        let range = "BLOCK must be an integer from 1 to 31536000000 (milliseconds)";
+        for bad in ["0", "-1", "31536000001", "1.5", "x"] {
+            assert_eq!(error(&format!("C k 10 5 BLOCK {bad}")), range);
+        }
+        assert_eq!(error("C k 10 5 BLOCK"), "syntax error: BLOCK needs a value");
+        assert_eq!(
+            error("C k 10 5 BLOCK 1 BLOCK 1"),
+            "BLOCK given more than once"
+        );
+        assert_eq!(
+            parse_undo(&args("U k BLOCK 5")).map(|_| ()),
+            Err(invalid(
+                "unknown option 'BLOCK' (the options are COST n)".into()
+            ))
+        );
     }
 
     #[test]
@@ -592,6 +704,22 @@ mod tests {
         );
         assert_eq!(record("R k 1 2").map(|_| ()), Err(ArgError::WrongArity));
         assert!(record("R k -5 1000 2").is_err());
+    }
+
+    #[test]
+    fn unblock_and_block_until() {
+        assert!(parse_unblock(&args("UNBLOCK k")).is_ok());
+        assert_eq!(
+            parse_unblock(&args("UNBLOCK k x")).map(|_| ()),
+            Err(ArgError::WrongArity)
+        );
+        let until = |line: &str| parse_block_until(&args(line)).map(|call| call.until);
+        assert_eq!(until("B k 1700000000000"), Ok(Some(1_700_000_000_000)));
+        assert_eq!(until("B k 0"), Ok(None));
+        for bad in ["-1", "x", "9223372036854775807"] {
+            assert!(until(&format!("B k {bad}")).is_err(), "{bad}");
+        }
+        assert_eq!(until("B k"), Err(ArgError::WrongArity));
     }
 
     fn multi_error(line: &str) -> ArgError {
@@ -672,9 +800,19 @@ mod tests {
             invalid("key 'b': PRECISION must be an integer from 1 to 10 (the shortest window)")
         );
         assert_eq!(
-            multi_error("M 1 a 1 10 5 BLOCK 5"),
-            invalid("unknown option 'BLOCK' (the options are COST n and PRECISION p)")
+            multi_error("M 1 a 1 10 5 BLOCK 0"),
+            invalid("BLOCK must be an integer from 1 to 31536000000 (milliseconds)")
         );
+        assert_eq!(
+            multi_error("M 1 a 1 10 5 WAIT 5"),
+            invalid("unknown option 'WAIT' (the options are COST n, PRECISION p and BLOCK ms)")
+        );
+        let words = args("M 2 a b 1 10 5 1 20 5 BLOCK 60000");
+        let blocked = parse_multi_call(&words).unwrap();
+        assert!(blocked
+            .calls
+            .iter()
+            .all(|c| c.request.block().map(NonZeroU64::get) == Some(60_000)));
         assert_eq!(
             parse_multi_undo(&args("U 1 a PRECISION 1")).map(|_| ()),
             Err(invalid(

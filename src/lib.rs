@@ -1,6 +1,7 @@
 //! redis-ratelimit: exact sliding-window rate limiting as a Redis module.
 //!
-//! The pure core: `log` (how a key's timestamps are stored), `limiter`
+//! The pure core: `log` (how a key's timestamps are stored), `state` (the
+//! log and a key's block together), `limiter`
 //! (what is decided) and `args` (what a command's arguments mean). The
 //! Redis skin over it lives in `module`.
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -10,6 +11,7 @@ pub mod limiter;
 pub mod log;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod reference;
+pub mod state;
 
 // The skin needs Redis's allocator and API, which unit tests and the fuzz
 // targets do not have.

@@ -14,6 +14,12 @@
 //! write is what replicas and the AOF replay, so they reach the master's
 //! state without deciding anything themselves.
 //!
+//! A request may carry `BLOCK ms`: a CHECK it makes denied by the key's
+//! limits also blocks the key for `ms` (see [`crate::state`]). While a key
+//! is blocked every CHECK and PEEK on it is denied, records nothing, and
+//! neither extends nor restarts the block; its wait is at least the rest
+//! of the block.
+//!
 //! Which windows a key's log keeps: the longest any CHECK on it has named,
 //! allowed or denied (a read-only PEEK registers nothing). A limit counts
 //! the entries the log holds; before the first CHECK that names its window,
@@ -21,7 +27,8 @@
 //! pruned.
 
 pub use crate::log::Record;
-use crate::log::{Millis, TimeLog, View, MAX_COST, MAX_WINDOW, TIMES};
+use crate::log::{Millis, View, MAX_COST, MAX_WINDOW, TIMES};
+use crate::state::State;
 use std::num::NonZeroU64;
 
 /// The most limits one request may name.
@@ -44,7 +51,12 @@ pub struct Request {
     count: usize,
     cost: NonZeroU64,
     precision: NonZeroU64,
+    /// How long a denial by the limits blocks the key, if at all.
+    block: Option<NonZeroU64>,
 }
+
+/// The longest block: as long as the longest window.
+pub const MAX_BLOCK: u64 = MAX_WINDOW;
 
 /// Why a request cannot be built.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,6 +68,7 @@ pub enum RequestError {
     WindowTwice(u64),
     CostAboveMax { cost: u64, max: u64 },
     PrecisionAboveWindow { precision: u64, window: u64 },
+    BlockOutOfRange(u64),
 }
 
 impl Request {
@@ -107,6 +120,18 @@ impl Request {
             count: limits.len(),
             cost,
             precision,
+            block: None,
+        })
+    }
+
+    /// The same request, blocking the key for `ms` when its limits deny it.
+    pub fn with_block(self, ms: NonZeroU64) -> Result<Request, RequestError> {
+        if ms.get() > MAX_BLOCK {
+            return Err(RequestError::BlockOutOfRange(ms.get()));
+        }
+        Ok(Request {
+            block: Some(ms),
+            ..self
         })
     }
 
@@ -126,6 +151,10 @@ impl Request {
     pub fn precision(&self) -> NonZeroU64 {
         self.precision
     }
+
+    pub fn block(&self) -> Option<NonZeroU64> {
+        self.block
+    }
 }
 
 /// The four fields every CHECK and PEEK replies with.
@@ -142,7 +171,7 @@ pub struct Decision {
     pub reset_after_ms: u64,
 }
 
-/// What a CHECK changes in the log.
+/// What a CHECK changes in the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Write {
     /// An allowed request, recorded at the server clock, or at the newest
@@ -151,38 +180,106 @@ pub enum Write {
     Record(Record),
     /// A denied request whose longest window is longer than the log's:
     /// the log keeps entries for that window from now on (see
-    /// [`TimeLog::widen`]), so what the denial counted stays counted.
+    /// [`crate::log::TimeLog::widen`]), so what the denial counted stays
+    /// counted.
     Widen(NonZeroU64),
+    /// A request with `BLOCK ms` denied by the key's limits while the key
+    /// was not blocked: the key is blocked until `until` (the decision
+    /// time plus `ms`), and keeps the longer window if `widen` names one.
+    Block {
+        until: Millis,
+        widen: Option<NonZeroU64>,
+    },
 }
 
-/// The decision on a request, and what it changes in the log.
+/// The decision on a request, and what it changes in the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub decision: Decision,
     pub write: Option<Write>,
 }
 
-/// CHECK: the verdict on `request` against `log` (`None` for a key that
-/// does not exist) at clock reading `clock`.
-pub fn decide(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Verdict {
-    let view = log.map(TimeLog::view);
-    let at = decision_time(view.as_ref(), clock);
-    let seen = Standing::of(view.as_ref(), at, request);
-    let longest = request.longest().window;
-    if !seen.fits {
+/// One key as a request finds it: the decision time, what its windows
+/// hold, and the block in force then (if any).
+struct Seen<'a> {
+    view: Option<View<'a>>,
+    at: Millis,
+    standing: Standing,
+    block: Option<Millis>,
+}
+
+impl<'a> Seen<'a> {
+    fn of(state: Option<&'a State>, clock: Millis, request: &Request) -> Seen<'a> {
+        let view = state.map(|s| s.log().view());
+        let at = decision_time(view.as_ref(), clock);
+        Seen {
+            standing: Standing::of(view.as_ref(), at, request),
+            block: state.and_then(|s| s.block_at(at)),
+            view,
+            at,
+        }
+    }
+
+    /// Denied by a block in force or by the limits.
+    fn denies(&self) -> bool {
+        self.block.is_some() || !self.standing.fits
+    }
+
+    /// The block a CHECK with this request starts: only on a key its
+    /// limits deny and that is not blocked already.
+    fn starts_block(&self, request: &Request) -> Option<Millis> {
+        let ms = request
+            .block
+            .filter(|_| self.block.is_none() && !self.standing.fits)?;
+        Some(self.at.saturating_add_unsigned(ms.get()))
+    }
+
+    /// The key's answer to a denied call (as PEEK would give it), blocked
+    /// until `block` if given.
+    fn answer(&self, block: Option<Millis>) -> Decision {
+        let limits = self.standing.decision();
+        let Some(until) = block else {
+            return limits;
+        };
+        let rest = until.abs_diff(self.at);
+        Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: rest.max(limits.retry_after_ms),
+            reset_after_ms: rest.max(limits.reset_after_ms),
+        }
+    }
+
+    /// What a denied CHECK changes: a block it starts, and the longer
+    /// window it registers.
+    fn denial_write(&self, request: &Request, started: Option<Millis>) -> Option<Write> {
+        let widen = widening(self.view.as_ref(), request);
+        match started {
+            Some(until) => Some(Write::Block { until, widen }),
+            None => widen.map(Write::Widen),
+        }
+    }
+}
+
+/// CHECK: the verdict on `request` against the key's `state` (`None` for a
+/// key that does not exist) at clock reading `clock`.
+pub fn decide(state: Option<&State>, clock: Millis, request: &Request) -> Verdict {
+    let seen = Seen::of(state, clock, request);
+    if seen.denies() {
+        let started = seen.starts_block(request);
         return Verdict {
-            decision: seen.decision(),
-            write: widening(view.as_ref(), request),
+            decision: seen.answer(seen.block.or(started)),
+            write: seen.denial_write(request, started),
         };
     }
     Verdict {
         decision: Decision {
             allowed: true,
-            remaining: seen.remaining_after,
+            remaining: seen.standing.remaining_after,
             retry_after_ms: 0,
-            reset_after_ms: longest.get(),
+            reset_after_ms: request.longest().window.get(),
         },
-        write: Some(record_of(at, request)),
+        write: Some(record_of(seen.at, request)),
     }
 }
 
@@ -194,13 +291,13 @@ pub const MAX_KEYS: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Joint {
     pub decision: Decision,
-    /// Positions (0-based, in call order) of the keys whose limits denied;
-    /// empty when allowed.
+    /// Positions (0-based, in call order) of the keys that denied, by
+    /// their limits or by a block; empty when allowed.
     pub denied: Vec<usize>,
 }
 
-/// The verdict on a multi-key call, and what it changes in each key's log
-/// (in call order).
+/// The verdict on a multi-key call, and what it changes in each key (in
+/// call order).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JointVerdict {
     pub joint: Joint,
@@ -208,94 +305,115 @@ pub struct JointVerdict {
 }
 
 /// MCHECK: one decision over several keys, each with its own request
-/// (`None` for a key that does not exist). Allowed only if every key's
-/// every limit allows; then each key records the request, at its own
-/// decision time (the clock, or its newest entry's time if later, as for
-/// CHECK). Denied: nothing is recorded anywhere, and each key's log keeps
-/// the key's longest window, as a denied CHECK's does. `remaining` is the
-/// least over every key, `retry_after_ms` the wait until every key fits
-/// (each key's wait only shortens as time passes, so the longest is
-/// exact), `reset_after_ms` the longest.
-pub fn decide_all(keys: &[(Option<&TimeLog>, &Request)], clock: Millis) -> JointVerdict {
-    let seen: Vec<(Option<View>, Millis, Standing)> = keys
-        .iter()
-        .map(|&(log, request)| {
-            let view = log.map(TimeLog::view);
-            let at = decision_time(view.as_ref(), clock);
-            let seen = Standing::of(view.as_ref(), at, request);
-            (view, at, seen)
-        })
-        .collect();
-    let joint = combine(keys, seen.iter().map(|(_, _, standing)| standing));
-    let writes = keys
-        .iter()
-        .zip(&seen)
-        .map(
-            |(&(_, request), (view, at, _))| match joint.decision.allowed {
-                true => Some(record_of(*at, request)),
-                false => widening(view.as_ref(), request),
-            },
-        )
-        .collect();
-    JointVerdict { joint, writes }
-}
-
-/// MPEEK: whether MCHECK would allow the call; every log stays as it is.
-pub fn peek_all(keys: &[(Option<&TimeLog>, &Request)], clock: Millis) -> Joint {
-    let seen: Vec<Standing> = keys
-        .iter()
-        .map(|&(log, request)| {
-            let view = log.map(TimeLog::view);
-            Standing::of(view.as_ref(), decision_time(view.as_ref(), clock), request)
-        })
-        .collect();
-    let mut joint = combine(keys, seen.iter());
-    if joint.decision.allowed {
-        // As PEEK: the windows as they stand, before the request.
-        joint.decision.remaining = seen.iter().map(|s| s.remaining).min().unwrap_or(0);
-        joint.decision.reset_after_ms = seen.iter().map(|s| s.reset_after_ms).max().unwrap_or(0);
-    }
-    joint
-}
-
-/// The joint decision from each key's standing: as CHECK would reply if
-/// allowed (room after the request, the longest window to reset), as PEEK
-/// would if denied.
-fn combine<'s>(
-    keys: &[(Option<&TimeLog>, &Request)],
-    seen: impl Iterator<Item = &'s Standing> + Clone,
-) -> Joint {
-    let denied: Vec<usize> = seen
-        .clone()
-        .enumerate()
-        .filter(|(_, s)| !s.fits)
-        .map(|(at, _)| at)
-        .collect();
-    let decision = if denied.is_empty() {
-        Decision {
+/// (`None` for a key that does not exist). Allowed only if no key is
+/// blocked and every key's every limit allows; then each key records the
+/// request, at its own decision time (the clock, or its newest entry's
+/// time if later, as for CHECK). Denied: nothing is recorded anywhere,
+/// each key's log keeps the key's longest window, as a denied CHECK's
+/// does, and with `BLOCK ms` each key whose own limits denied and that was
+/// not blocked is blocked. `remaining` is the least over every key,
+/// `retry_after_ms` the wait until every key fits (each key's wait only
+/// shortens as time passes, so the longest is exact), `reset_after_ms`
+/// the longest.
+pub fn decide_all(keys: &[(Option<&State>, &Request)], clock: Millis) -> JointVerdict {
+    let seen = see_all(keys, clock);
+    if !seen.iter().any(Seen::denies) {
+        let decision = Decision {
             allowed: true,
-            remaining: seen.map(|s| s.remaining_after).min().unwrap_or(0),
+            remaining: seen
+                .iter()
+                .map(|s| s.standing.remaining_after)
+                .min()
+                .unwrap_or(0),
             retry_after_ms: 0,
             reset_after_ms: keys
                 .iter()
                 .map(|(_, request)| request.longest().window.get())
                 .max()
                 .unwrap_or(0),
-        }
-    } else {
-        let mut decision = Decision {
-            allowed: false,
-            remaining: u64::MAX,
-            retry_after_ms: 0,
-            reset_after_ms: 0,
         };
-        for s in seen {
-            decision.remaining = decision.remaining.min(s.remaining);
-            decision.retry_after_ms = decision.retry_after_ms.max(s.retry_after_ms);
-            decision.reset_after_ms = decision.reset_after_ms.max(s.reset_after_ms);
-        }
-        decision
+        let writes = keys
+            .iter()
+            .zip(&seen)
+            .map(|(&(_, request), s)| Some(record_of(s.at, request)))
+            .collect();
+        return JointVerdict {
+            joint: Joint {
+                decision,
+                denied: vec![],
+            },
+            writes,
+        };
+    }
+    let started: Vec<Option<Millis>> = keys
+        .iter()
+        .zip(&seen)
+        .map(|(&(_, request), s)| s.starts_block(request))
+        .collect();
+    let answers = seen
+        .iter()
+        .zip(&started)
+        .map(|(s, &new)| s.answer(s.block.or(new)));
+    let writes = keys
+        .iter()
+        .zip(&seen)
+        .zip(&started)
+        .map(|((&(_, request), s), &new)| s.denial_write(request, new))
+        .collect();
+    JointVerdict {
+        joint: denied_joint(&seen, answers),
+        writes,
+    }
+}
+
+/// MPEEK: whether MCHECK would allow the call; every key stays as it is.
+pub fn peek_all(keys: &[(Option<&State>, &Request)], clock: Millis) -> Joint {
+    let seen = see_all(keys, clock);
+    if seen.iter().any(Seen::denies) {
+        return denied_joint(&seen, seen.iter().map(|s| s.answer(s.block)));
+    }
+    // As PEEK: the windows as they stand, before the request.
+    Joint {
+        decision: Decision {
+            allowed: true,
+            remaining: seen.iter().map(|s| s.standing.remaining).min().unwrap_or(0),
+            retry_after_ms: 0,
+            reset_after_ms: seen
+                .iter()
+                .map(|s| s.standing.reset_after_ms)
+                .max()
+                .unwrap_or(0),
+        },
+        denied: vec![],
+    }
+}
+
+fn see_all<'a>(keys: &[(Option<&'a State>, &Request)], clock: Millis) -> Vec<Seen<'a>> {
+    keys.iter()
+        .map(|&(state, request)| Seen::of(state, clock, request))
+        .collect()
+}
+
+/// A denied multi-key call's decision from each key's answer: the least
+/// remaining, the longest waits, and the keys that denied.
+fn denied_joint(seen: &[Seen], answers: impl Iterator<Item = Decision>) -> Joint {
+    let mut decision = Decision {
+        allowed: false,
+        remaining: u64::MAX,
+        retry_after_ms: 0,
+        reset_after_ms: 0,
     };
+    for answer in answers {
+        decision.remaining = decision.remaining.min(answer.remaining);
+        decision.retry_after_ms = decision.retry_after_ms.max(answer.retry_after_ms);
+        decision.reset_after_ms = decision.reset_after_ms.max(answer.reset_after_ms);
+    }
+    let denied = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.denies())
+        .map(|(position, _)| position)
+        .collect();
     Joint { decision, denied }
 }
 
@@ -309,35 +427,54 @@ fn record_of(at: Millis, request: &Request) -> Write {
     })
 }
 
-/// What a denied request changes: the log keeps the request's longest
-/// window if it kept a shorter one (a key without a log has none to keep).
-fn widening(log: Option<&View>, request: &Request) -> Option<Write> {
+/// The longer window a denied request registers: the log keeps the
+/// request's longest window if it kept a shorter one (a key holding no
+/// entry has no log to keep it).
+fn widening(log: Option<&View>, request: &Request) -> Option<NonZeroU64> {
     let longest = request.longest().window;
-    log.is_some_and(|log| log.window < longest.get())
-        .then_some(Write::Widen(longest))
+    log.is_some_and(|log| !log.is_empty() && log.window < longest.get())
+        .then_some(longest)
 }
 
-/// PEEK: whether CHECK would allow the request, while the log stays as it
+/// PEEK: whether CHECK would allow the request, while the key stays as it
 /// is, so `remaining` and `reset_after_ms` describe the windows as they
-/// stand.
-pub fn peek(log: Option<&TimeLog>, clock: Millis, request: &Request) -> Decision {
-    let view = log.map(TimeLog::view);
-    Standing::of(view.as_ref(), decision_time(view.as_ref(), clock), request).decision()
+/// stand. A blocked key is denied, as CHECK would be; PEEK never starts a
+/// block.
+pub fn peek(state: Option<&State>, clock: Millis, request: &Request) -> Decision {
+    let seen = Seen::of(state, clock, request);
+    seen.answer(seen.block)
 }
 
 /// Applies what a CHECK (or its replicated form) changes; returns when the
 /// key expires.
-pub fn apply(log: &mut TimeLog, write: &Write) -> Millis {
-    match write {
-        Write::Record(record) => log.record(record),
-        Write::Widen(window) => log.widen(*window),
+pub fn apply(state: &mut State, write: &Write) -> Millis {
+    match *write {
+        Write::Record(record) => state.record(&record),
+        Write::Widen(window) => state.widen(window),
+        Write::Block { until, widen } => {
+            if let Some(window) = widen {
+                state.widen(window);
+            }
+            state.block(until)
+        }
     }
 }
 
 /// UNDO: takes back up to `units` of the newest recorded cost; returns how
-/// many went.
-pub fn refund(log: &mut TimeLog, units: NonZeroU64) -> u64 {
-    log.refund(units.get())
+/// many went. A block stays.
+pub fn refund(state: &mut State, units: NonZeroU64) -> u64 {
+    state.refund(units.get())
+}
+
+/// UNBLOCK: lifts a block in force at the key's decision time for
+/// `clock`; true if there was one. The entries stay and count as before.
+pub fn unblock(state: &mut State, clock: Millis) -> bool {
+    let at = decision_time(Some(&state.log().view()), clock);
+    let blocked = state.block_at(at).is_some();
+    if blocked {
+        state.unblock();
+    }
+    blocked
 }
 
 /// The clock (within the times a log holds), or the newest entry's time
@@ -508,7 +645,7 @@ mod tests {
         Request::new(&limits, nz(cost), NonZeroU64::MIN).expect("a valid request")
     }
 
-    fn check(log: &mut TimeLog, now: Millis, r: &Request) -> Decision {
+    fn check(log: &mut State, now: Millis, r: &Request) -> Decision {
         let verdict = decide(Some(&*log).filter(|l| !l.is_empty()), now, r);
         if let Some(write) = verdict.write {
             apply(log, &write);
@@ -523,24 +660,32 @@ mod tests {
         let tick = -20i64..30;
         let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
         prop_oneof![
-            8 => (prop::bool::weighted(0.75), tick, limits, 1u64..8, precision).prop_map(
-                |(check, tick, limits, cost, precision)| Call::Request { check, tick, limits, cost, precision }
+            8 => (prop::bool::weighted(0.75), tick, limits, 1u64..8, precision, block()).prop_map(
+                |(check, tick, limits, cost, precision, block)| Call::Request { check, tick, limits, cost, precision, block }
             ),
             1 => (1u64..6).prop_map(Call::Undo),
+            1 => Just(Call::Unblock),
         ]
     }
 
-    /// Several keys, each with its own limits, one cost and precision.
+    /// Mostly no block, else one a few calls long (the clock moves by up to
+    /// 30 ms a call) or longer than any window.
+    fn block() -> impl Strategy<Value = Option<u64>> {
+        prop_oneof![2 => Just(None), 1 => (1u64..120).prop_map(Some), 1 => Just(Some(500))]
+    }
+
+    /// Several keys, each with its own limits, one cost, precision and block.
     fn multi_call() -> impl Strategy<Value = MultiCall> {
         let limits = proptest::collection::vec((1u64..40, 1u64..8), 1..3);
         let keys = proptest::collection::vec((0usize..3, limits), 1..4);
         let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
         prop_oneof![
-            8 => (prop::bool::weighted(0.75), -10i64..30, keys, 1u64..5, precision).prop_map(
-                |(check, tick, keys, cost, precision)| MultiCall::Request { check, tick, keys, cost, precision }
+            8 => (prop::bool::weighted(0.75), -10i64..30, keys, 1u64..5, precision, block()).prop_map(
+                |(check, tick, keys, cost, precision, block)| MultiCall::Request { check, tick, keys, cost, precision, block }
             ),
             1 => (proptest::collection::vec(0usize..3, 1..4), 1u64..6)
                 .prop_map(|(keys, units)| MultiCall::Undo { keys, units }),
+            1 => (0usize..3).prop_map(MultiCall::Unblock),
         ]
     }
 
@@ -611,7 +756,7 @@ mod tests {
 
     #[test]
     fn a_full_window_denies_until_its_oldest_entry_expires() {
-        let mut log = TimeLog::default();
+        let mut log = State::default();
         let r = request(&[(1000, 2)], 1);
         assert!(check(&mut log, 100, &r).allowed);
         assert!(check(&mut log, 400, &r).allowed);
@@ -630,7 +775,7 @@ mod tests {
 
     #[test]
     fn burst_and_sustained_limits_are_decided_together() {
-        let mut log = TimeLog::default();
+        let mut log = State::default();
         let r = request(&[(1000, 2), (10_000, 3)], 1);
         assert!(check(&mut log, 1000, &r).allowed);
         assert!(check(&mut log, 1010, &r).allowed);
@@ -652,12 +797,12 @@ mod tests {
                 reset_after_ms: 9000
             }
         );
-        assert_eq!(log.total(), 3, "denied requests record nothing");
+        assert_eq!(log.log().total(), 3, "denied requests record nothing");
     }
 
     #[test]
     fn a_short_window_does_not_prune_what_a_long_limit_counts() {
-        let mut log = TimeLog::default();
+        let mut log = State::default();
         let hourly = request(&[(3_600_000, 5)], 1);
         let fast = request(&[(1000, 100)], 1);
         for t in 0..5 {
@@ -671,22 +816,22 @@ mod tests {
 
     #[test]
     fn a_weighted_request_costs_one_entry() {
-        let mut log = TimeLog::default();
+        let mut log = State::default();
         let tokens = request(&[(60_000, 10_000_000)], 2_500);
         for t in 0..4000 {
             assert!(check(&mut log, t * 3, &tokens).allowed);
         }
         let full = check(&mut log, 12_000, &tokens);
         assert_eq!((full.allowed, full.remaining), (false, 0));
-        assert_eq!(log.len(), 4000);
-        assert!(log.encode().entries.len() <= 4 * 4000);
+        assert_eq!(log.log().len(), 4000);
+        assert!(log.log().encode().entries.len() <= 4 * 4000);
     }
 
     /// Issue 19, finding 1: ten under a 1 s limit, then a 1 h limit denies
     /// them; a second later the hour must still count all ten.
     #[test]
     fn a_denied_longer_window_keeps_what_it_counted() {
-        let mut log = TimeLog::default();
+        let mut log = State::default();
         for t in 0..10 {
             assert!(check(&mut log, 1_000 + t, &request(&[(1000, 10)], 1)).allowed);
         }
@@ -699,20 +844,20 @@ mod tests {
         );
         assert_eq!(check(&mut log, 2_100, &hourly).remaining, 0);
         assert!(!check(&mut log, 2_200, &hourly).allowed);
-        assert_eq!(log.len(), 10);
+        assert_eq!(log.log().len(), 10);
         // Denied again under a window the log already keeps: no write.
         assert_eq!(decide(Some(&log), 2_300, &hourly).write, None);
     }
 
     #[test]
     fn one_denying_key_charges_no_key() {
-        let (mut user, mut ip) = (TimeLog::default(), TimeLog::default());
+        let (mut user, mut ip) = (State::default(), State::default());
         let (per_user, per_ip, per_tenant) = (
             request(&[(1000, 2)], 1),
             request(&[(1000, 5), (60_000, 9)], 1),
             request(&[(60_000, 100)], 1),
         );
-        let call = |user: &TimeLog, ip: &TimeLog, now| {
+        let call = |user: &State, ip: &State, now| {
             let keys = [
                 (Some(user).filter(|l| !l.is_empty()), &per_user),
                 (Some(ip).filter(|l| !l.is_empty()), &per_ip),
@@ -757,9 +902,80 @@ mod tests {
         assert!(peek_all(&[(Some(&user), &per_user)], 1010).decision.allowed);
     }
 
+    /// Issue 18: 5 failed logins in 15 minutes, then locked out for an hour.
+    #[test]
+    fn a_login_lockout_outlasts_its_window_and_unblock_keeps_the_history() {
+        let mut state = State::default();
+        let login = request(&[(900_000, 5)], 1)
+            .with_block(nz(3_600_000))
+            .expect("a valid block");
+        for t in 0..5 {
+            assert!(check(&mut state, 1_000 + t, &login).allowed);
+        }
+        let sixth = decide(Some(&state), 2_000, &login);
+        assert_eq!(
+            sixth.write,
+            Some(Write::Block {
+                until: 3_602_000,
+                widen: None
+            })
+        );
+        assert_eq!(
+            sixth.decision,
+            Decision {
+                allowed: false,
+                remaining: 0,
+                retry_after_ms: 3_600_000,
+                reset_after_ms: 3_600_000
+            }
+        );
+        assert_eq!(apply(&mut state, &sixth.write.unwrap()), 3_602_000);
+        // Blocked: denied long after the window emptied, not extended.
+        let later = decide(Some(&state), 1_000_000, &login);
+        assert_eq!(later.decision.retry_after_ms, 2_602_000);
+        assert_eq!(later.write, None, "a blocked denial writes nothing");
+        assert!(!peek(Some(&state), 1_000_000, &request(&[(10, 5)], 1)).allowed);
+        // Lifted: the history counts again.
+        assert!(unblock(&mut state, 3_000));
+        assert!(!unblock(&mut state, 3_000));
+        let after = decide(Some(&state), 3_000, &request(&[(900_000, 5)], 1));
+        assert_eq!((after.decision.allowed, after.write), (false, None));
+        assert_eq!(after.decision.retry_after_ms, 898_000);
+    }
+
+    #[test]
+    fn a_multi_key_block_falls_on_the_keys_whose_limits_denied() {
+        let (mut user, ip) = (State::default(), State::default());
+        let tight = request(&[(1000, 1)], 1);
+        assert!(check(&mut user, 10, &tight).allowed);
+        let blocking = |r: Request| r.with_block(nz(5_000)).expect("a valid block");
+        let (per_user, per_ip) = (blocking(tight), blocking(request(&[(1000, 9)], 1)));
+        let verdict = decide_all(&[(Some(&user), &per_user), (None, &per_ip)], 20);
+        assert_eq!(verdict.joint.denied, [0]);
+        assert_eq!(verdict.joint.decision.retry_after_ms, 5_000);
+        assert_eq!(
+            verdict.writes,
+            [
+                Some(Write::Block {
+                    until: 5_020,
+                    widen: None
+                }),
+                None
+            ]
+        );
+        apply(&mut user, &verdict.writes[0].unwrap());
+        // The user key is blocked now, and denies whatever its limits say.
+        let roomy = blocking(request(&[(10, 9)], 1));
+        let again = decide_all(&[(Some(&user), &roomy), (Some(&ip), &per_ip)], 3_000);
+        assert_eq!(again.joint.denied, [0]);
+        assert_eq!(again.writes, [None, None], "the block is not restarted");
+        assert!(ip.is_empty());
+        assert!(peek_all(&[(Some(&user), &roomy)], 5_020).decision.allowed);
+    }
+
     #[test]
     fn a_clock_stepping_back_frees_nothing() {
-        let mut log = TimeLog::default();
+        let mut log = State::default();
         let r = request(&[(100, 1)], 1);
         assert!(check(&mut log, 10_000, &r).allowed);
         let back = decide(Some(&log), 5_000, &r);

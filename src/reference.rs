@@ -4,7 +4,8 @@
 //! limiter's, and the differential fuzz target.
 
 use crate::limiter::{self, Decision, Joint, Limit, Request};
-use crate::log::{Entry, Millis, TimeLog, MAX_COST};
+use crate::log::{Entry, Millis, MAX_COST};
+use crate::state::State;
 use std::num::NonZeroU64;
 
 #[derive(Default)]
@@ -12,12 +13,16 @@ pub struct Model {
     entries: Vec<Entry>,
     /// The longest window any CHECK named (0 once the log is emptied).
     window: u64,
+    /// When the key's block ends (0: never blocked, or lifted).
+    blocked_until: Millis,
 }
 
-/// One call's limits as plain numbers: (window, max) pairs and a cost.
+/// One call's limits as plain numbers: (window, max) pairs, a cost, and
+/// the block a denial starts.
 struct Plain<'a> {
     limits: &'a [(u64, u64)],
     cost: u64,
+    block: Option<u64>,
 }
 
 impl Model {
@@ -79,11 +84,42 @@ impl Model {
                 }
             }
         }
-        // An emptied log is a deleted key: it keeps no window.
+        // An emptied log keeps no window (and, unblocked, is a deleted key).
         if self.entries.is_empty() {
             self.window = 0;
         }
         removed
+    }
+
+    /// True while the key exists: it holds an entry or a block (ended or
+    /// not: a key whose block ended expires, which the drivers leave out).
+    fn exists(&self) -> bool {
+        !self.entries.is_empty() || self.blocked_until != 0
+    }
+
+    fn blocked_at(&self, now: Millis) -> bool {
+        now < self.blocked_until
+    }
+
+    /// A denied key's answer while blocked until `until`.
+    fn blocked(&self, now: Millis, call: &Plain, until: Millis) -> Decision {
+        let limits = self.peek_limits(now, call);
+        let rest = (until - now) as u64;
+        Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: rest.max(limits.retry_after_ms),
+            reset_after_ms: rest.max(limits.reset_after_ms),
+        }
+    }
+
+    /// UNBLOCK: lifts a block in force now.
+    pub fn unblock(&mut self, clock: Millis) -> bool {
+        let blocked = self.blocked_at(self.now(clock));
+        if blocked {
+            self.blocked_until = 0;
+        }
+        blocked
     }
 
     fn now(&self, clock: Millis) -> Millis {
@@ -137,8 +173,17 @@ impl Model {
             .unwrap_or(0)
     }
 
+    /// PEEK: a blocked key is denied; else the limits decide.
     fn peek(&self, clock: Millis, call: &Plain) -> Decision {
         let now = self.now(clock);
+        match self.blocked_at(now) {
+            true => self.blocked(now, call, self.blocked_until),
+            false => self.peek_limits(now, call),
+        }
+    }
+
+    /// What the limits alone say at `now`.
+    fn peek_limits(&self, now: Millis, call: &Plain) -> Decision {
         let allowed = self.fits_at(now, call);
         Decision {
             allowed,
@@ -152,15 +197,26 @@ impl Model {
         }
     }
 
-    /// A denied CHECK registers its longest window; an allowed one records.
+    /// A denied CHECK registers its longest window, and with BLOCK blocks
+    /// a key its limits denied; an allowed one records (clearing a block
+    /// that ended).
     fn check(&mut self, clock: Millis, call: &Plain, precision: u64) -> Decision {
         let now = self.now(clock);
         let standing = self.peek(clock, call);
         if !standing.allowed {
-            self.window = self.window.max(Self::longest(call));
-            return standing;
+            self.register(call);
+            return match call.block {
+                Some(ms) if !self.blocked_at(now) => {
+                    self.blocked_until = now + ms as i64;
+                    self.blocked(now, call, self.blocked_until)
+                }
+                _ => standing,
+            };
         }
         self.record(now, Self::longest(call), call.cost, precision);
+        if self.blocked_until <= now {
+            self.blocked_until = 0;
+        }
         Decision {
             allowed: true,
             remaining: self.remaining(now, call),
@@ -196,19 +252,29 @@ fn joint(
         .map(|(m, c)| m.peek(clock, c))
         .collect();
     let denied: Vec<usize> = (0..peeks.len()).filter(|&i| !peeks[i].allowed).collect();
-    let each = if denied.is_empty() && check {
+    let each: Vec<Decision> = if denied.is_empty() && check {
         models
             .iter_mut()
             .zip(calls)
             .map(|(m, c)| m.check(clock, c, precision))
             .collect()
+    } else if check {
+        // Denied: every key registers its window and records nothing; a
+        // key that denied answers as CHECK on it alone would (blocked by
+        // BLOCK if its own limits denied), the others as PEEK.
+        models
+            .iter_mut()
+            .zip(calls)
+            .zip(peeks)
+            .map(|((m, c), peek)| match peek.allowed {
+                true => {
+                    m.register(c);
+                    peek
+                }
+                false => m.check(clock, c, precision),
+            })
+            .collect()
     } else {
-        if check {
-            models
-                .iter_mut()
-                .zip(calls)
-                .for_each(|(m, c)| m.register(c));
-        }
         peeks
     };
     let remaining = each.iter().map(|d| d.remaining).min().unwrap_or(0);
@@ -226,7 +292,7 @@ fn joint(
 }
 
 /// One multi-key call over a few keys, named by index: each key's (window,
-/// max) pairs, one cost and precision for all.
+/// max) pairs, one cost, precision and block for all.
 #[derive(Clone, Debug)]
 pub enum MultiCall {
     Request {
@@ -235,16 +301,19 @@ pub enum MultiCall {
         keys: Vec<(usize, Vec<(u64, u64)>)>,
         cost: u64,
         precision: u64,
+        block: Option<u64>,
     },
     /// MUNDO: `units` from each key named.
     Undo { keys: Vec<usize>, units: u64 },
+    /// UNBLOCK on one key.
+    Unblock(usize),
 }
 
 /// Runs multi-key `calls` over `count` keys against the core and the model
 /// and describes the first difference. Calls no command could pass (as
 /// for `compare`, or naming a key twice) are skipped.
 pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
-    let mut logs: Vec<TimeLog> = (0..count).map(|_| TimeLog::default()).collect();
+    let mut states: Vec<State> = (0..count).map(|_| State::default()).collect();
     let mut models: Vec<Model> = (0..count).map(|_| Model::default()).collect();
     let mut clock: Millis = 1_000;
     for (index, call) in calls.iter().enumerate() {
@@ -256,12 +325,13 @@ pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
                 keys,
                 cost,
                 precision,
+                block,
             } => {
                 clock += tick;
                 let named: Vec<usize> = keys.iter().map(|(k, _)| *k).collect();
                 let requests: Option<Vec<Request>> = keys
                     .iter()
-                    .map(|(_, limits)| request(limits, *cost, *precision))
+                    .map(|(_, limits)| request(limits, *cost, *precision, *block))
                     .collect();
                 let (Some(requests), false) = (requests, has_duplicates(&named)) else {
                     continue;
@@ -271,18 +341,19 @@ pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
                     .map(|(_, limits)| Plain {
                         limits,
                         cost: *cost,
+                        block: *block,
                     })
                     .collect();
-                let stored: Vec<(Option<&TimeLog>, &Request)> = named
+                let stored: Vec<(Option<&State>, &Request)> = named
                     .iter()
                     .zip(&requests)
-                    .map(|(&k, r)| (Some(&logs[k]).filter(|l| !l.is_empty()), r))
+                    .map(|(&k, r)| (existing(&states[k]), r))
                     .collect();
                 let core = if *check {
                     let verdict = limiter::decide_all(&stored, clock);
                     for (&k, write) in named.iter().zip(&verdict.writes) {
                         if let Some(write) = write {
-                            limiter::apply(&mut logs[k], write);
+                            limiter::apply(&mut states[k], write);
                         }
                     }
                     verdict.joint
@@ -301,7 +372,7 @@ pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
                 };
                 for &k in keys {
                     let (got, want) = (
-                        limiter::refund(&mut logs[k], units),
+                        limiter::refund(&mut states[k], units),
                         models[k].refund(units.get()),
                     );
                     if got != want {
@@ -309,15 +380,18 @@ pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
                     }
                 }
             }
+            MultiCall::Unblock(k) => {
+                let (got, want) = (
+                    limiter::unblock(&mut states[*k], clock),
+                    models[*k].unblock(clock),
+                );
+                if got != want {
+                    return fail(format!("key {k} unblocked {got}, model {want}"));
+                }
+            }
         }
-        for (k, (log, model)) in logs.iter().zip(&models).enumerate() {
-            if !log.view().entries().eq(model.entries.iter().copied()) {
-                return fail(format!("key {k}: logs differ"));
-            }
-            if !log.is_empty() && log.window() != model.window {
-                return fail(format!("key {k}: windows differ"));
-            }
-            if let Err(error) = reloads_unchanged(log) {
+        for (k, (state, model)) in states.iter().zip(&models).enumerate() {
+            if let Err(error) = same(state, model) {
                 return fail(format!("key {k}: {error}"));
             }
         }
@@ -325,17 +399,41 @@ pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
     Ok(())
 }
 
-/// A log the core wrote (after any mix of records, widening denials,
-/// refunds, precision cells and clock steps) is one the loader accepts,
-/// and loads back as it was: an RDB, DUMP or replica always takes it.
-fn reloads_unchanged(log: &TimeLog) -> Result<(), String> {
-    if log.is_empty() {
+/// The key's state as a command finds it: `None` when it holds nothing.
+fn existing(state: &State) -> Option<&State> {
+    Some(state).filter(|s| !s.is_empty())
+}
+
+/// Whether the core's state is the model's: entries, window, block; and
+/// whether it is one the loader accepts, and loads back as it was, after
+/// any mix of records, widening denials, blocks, refunds, precision cells
+/// and clock steps: an RDB, DUMP or replica always takes it.
+fn same(state: &State, model: &Model) -> Result<(), String> {
+    let log = state.log();
+    if !log.view().entries().eq(model.entries.iter().copied()) {
+        return Err("logs differ".into());
+    }
+    if !log.is_empty() && log.window() != model.window {
+        return Err("windows differ".into());
+    }
+    if state.blocked_until().unwrap_or(0) != model.blocked_until {
+        return Err(format!(
+            "blocked until {:?}, model {}",
+            state.blocked_until(),
+            model.blocked_until
+        ));
+    }
+    if state.is_empty() == model.exists() {
+        return Err("one key exists, the other does not".into());
+    }
+    if state.is_empty() {
         return Ok(());
     }
-    match TimeLog::decode(&log.encode()) {
-        Ok(loaded) if loaded == *log => Ok(()),
-        Ok(_) => Err("the log loads back changed".into()),
-        Err(error) => Err(format!("the loader refuses the log: {error:?}")),
+    let (stored, blocked_until) = state.encode();
+    match State::decode(&stored, blocked_until) {
+        Ok(loaded) if loaded == *state => Ok(()),
+        Ok(_) => Err("the state loads back changed".into()),
+        Err(error) => Err(format!("the loader refuses the state: {error:?}")),
     }
 }
 
@@ -360,8 +458,10 @@ pub enum Call {
         limits: Vec<(u64, u64)>,
         cost: u64,
         precision: u64,
+        block: Option<u64>,
     },
     Undo(u64),
+    Unblock,
 }
 
 /// Runs `calls` against the core and the model from the same start and
@@ -369,10 +469,11 @@ pub enum Call {
 /// pass (zero, a cost above a max, a repeated window, a precision above a
 /// window) are skipped.
 pub fn compare(calls: &[Call]) -> Result<(), String> {
-    let mut log = TimeLog::default();
+    let mut state = State::default();
     let mut model = Model::default();
     let mut clock: Millis = 1_000;
     for (index, call) in calls.iter().enumerate() {
+        let fail = |what: String| Err(format!("call {index} {call:?}: {what}"));
         match call {
             Call::Request {
                 check,
@@ -380,60 +481,62 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                 limits,
                 cost,
                 precision,
+                block,
             } => {
                 clock += tick;
-                let Some(request) = request(limits, *cost, *precision) else {
+                let Some(request) = request(limits, *cost, *precision, *block) else {
                     continue;
                 };
-                let stored = Some(&log).filter(|l| !l.is_empty());
                 let plain = Plain {
                     limits,
                     cost: *cost,
+                    block: *block,
                 };
                 let (core, expected) = if *check {
-                    let verdict = limiter::decide(stored, clock, &request);
+                    let verdict = limiter::decide(existing(&state), clock, &request);
                     if let Some(write) = verdict.write {
-                        limiter::apply(&mut log, &write);
+                        limiter::apply(&mut state, &write);
                     }
                     (verdict.decision, model.check(clock, &plain, *precision))
                 } else {
                     (
-                        limiter::peek(stored, clock, &request),
+                        limiter::peek(existing(&state), clock, &request),
                         model.peek(clock, &plain),
                     )
                 };
                 if core != expected {
-                    return Err(format!(
-                        "call {index} {call:?}: core {core:?}, model {expected:?}"
-                    ));
+                    return fail(format!("core {core:?}, model {expected:?}"));
                 }
             }
             Call::Undo(n) => {
                 let Some(n) = NonZeroU64::new(*n) else {
                     continue;
                 };
-                let (got, want) = (limiter::refund(&mut log, n), model.refund(n.get()));
+                let (got, want) = (limiter::refund(&mut state, n), model.refund(n.get()));
                 if got != want {
-                    return Err(format!(
-                        "call {index} {call:?}: refunded {got}, model {want}"
-                    ));
+                    return fail(format!("refunded {got}, model {want}"));
+                }
+            }
+            Call::Unblock => {
+                let (got, want) = (limiter::unblock(&mut state, clock), model.unblock(clock));
+                if got != want {
+                    return fail(format!("unblocked {got}, model {want}"));
                 }
             }
         }
-        if !log.view().entries().eq(model.entries.iter().copied()) {
-            return Err(format!("call {index} {call:?}: logs differ"));
-        }
-        if !log.is_empty() && log.window() != model.window {
-            return Err(format!("call {index} {call:?}: windows differ"));
-        }
-        if let Err(error) = reloads_unchanged(&log) {
-            return Err(format!("call {index} {call:?}: {error}"));
+        if let Err(error) = same(&state, &model) {
+            return fail(error);
         }
     }
     Ok(())
 }
 
-fn request(limits: &[(u64, u64)], cost: u64, precision: u64) -> Option<Request> {
+fn request(
+    limits: &[(u64, u64)],
+    cost: u64,
+    precision: u64,
+    block: Option<u64>,
+) -> Option<Request> {
     let limits = limits
         .iter()
         .map(|&(window, max)| {
@@ -443,5 +546,10 @@ fn request(limits: &[(u64, u64)], cost: u64, precision: u64) -> Option<Request> 
             })
         })
         .collect::<Option<Vec<Limit>>>()?;
-    Request::new(&limits, NonZeroU64::new(cost)?, NonZeroU64::new(precision)?).ok()
+    let request =
+        Request::new(&limits, NonZeroU64::new(cost)?, NonZeroU64::new(precision)?).ok()?;
+    match block {
+        None => Some(request),
+        Some(ms) => request.with_block(NonZeroU64::new(ms)?).ok(),
+    }
 }

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(limits.iter().all(|l| l.window.get() <= MAX_WINDOW));
         assert!(limits.iter().all(|l| request.cost() <= l.max));
         assert!(request.precision() <= limits[0].window);
+        assert!(request.block().is_none_or(|ms| ms.get() <= MAX_WINDOW));
     }
     if let Ok(call) = args::parse_multi_call(&words) {
         assert!((1..=16).contains(&call.calls.len()));

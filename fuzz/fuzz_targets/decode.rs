@@ -1,10 +1,12 @@
 //! Decoding a stored log (the RDB payload: window, entry count, oldest
-//! time, entry bytes; and version 1's unit gaps) from arbitrary bytes: an
-//! error or a log that behaves, never a panic or an out-of-bounds read.
+//! time, entry bytes; version 3's block beside them; and version 1's unit
+//! gaps) from arbitrary bytes: an error or a log that behaves, never a
+//! panic or an out-of-bounds read.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use redis_ratelimit::log::{Encoded, Entry, TimeLog, TIMES};
+use redis_ratelimit::state::State;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 12 {
@@ -22,6 +24,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(log) = TimeLog::decode(&stored) {
         assert_eq!(log.len(), len);
         exercise(log);
+    }
+    // The block's end: the last 8 bytes, read a second time.
+    let tail: [u8; 8] = data[data.len() - 8..].try_into().expect("8 bytes");
+    if let Ok(state) = State::decode(&stored, i64::from_le_bytes(tail)) {
+        let (saved, blocked_until) = state.encode();
+        assert_eq!(State::decode(&saved, blocked_until).as_ref(), Ok(&state));
+        let newest = state.log().newest().map_or(0, |e| e.at);
+        assert!(state.blocked_until().is_none_or(|until| until > newest));
+        assert!(!state.is_empty());
+        exercise(state.log().clone());
     }
     if let Ok(log) = TimeLog::decode_units(oldest, len, &data[12..]) {
         exercise(log);

@@ -1,5 +1,5 @@
 //! The core against the naive reference model, on call sequences drawn
-//! from arbitrary bytes (6 bytes a call): any difference is a crash.
+//! from arbitrary bytes (6 bytes a call), blocks and UNBLOCK included: any difference is a crash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 1
             };
+            // Blocks from 1 ms to a few calls' worth of clock.
+            let block = (c[0] & 0x80 != 0).then(|| u64::from(c[1] / 50) * 40 + 1);
             match c[0] % 8 {
+                7 if c[0] & 0x08 != 0 => Call::Unblock,
                 7 => Call::Undo(u64::from(c[1] % 6)),
                 kind => Call::Request {
                     check: kind < 5,
@@ -33,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
                     limits,
                     cost,
                     precision,
+                    block,
                 },
             }
         })

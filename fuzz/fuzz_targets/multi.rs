@@ -1,4 +1,5 @@
-//! The core's multi-key calls (MCHECK, MPEEK, MUNDO over three keys)
+//! The core's multi-key calls (MCHECK, MPEEK, MUNDO over three keys,
+//! with blocks, and UNBLOCK)
 //! against the naive reference model, on call sequences drawn from
 //! arbitrary bytes (8 bytes a call): any difference is a crash.
 #![no_main]
@@ -27,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 1
             };
+            // Blocks from 1 ms to a few calls' worth of clock.
+            let block = (c[0] & 0x20 != 0).then(|| u64::from(c[1] / 50) * 40 + 1);
             match c[7] % 8 {
+                7 if c[0] & 0x40 != 0 => MultiCall::Unblock(usize::from(c[2] % 3)),
                 7 => MultiCall::Undo {
                     keys: keys.iter().map(|(k, _)| *k).collect(),
                     units: u64::from(c[1] % 6),
@@ -38,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
                     keys,
                     cost,
                     precision,
+                    block,
                 },
             }
         })

@@ -413,7 +413,7 @@ impl ByteDeque for VecDeque<u8> {
 pub type Relocate<'a> = dyn FnMut(NonNull<u8>, Layout) -> Option<NonNull<u8>> + 'a;
 
 /// SAFETY: as for [`TimeLog::relocate`].
-pub(super) unsafe fn relocate_box<T>(boxed: &mut Box<T>, relocate: &mut Relocate) -> bool {
+pub(crate) unsafe fn relocate_box<T>(boxed: &mut Box<T>, relocate: &mut Relocate) -> bool {
     let old = NonNull::from(&mut **boxed).cast::<u8>();
     let Some(new) = relocate(old, Layout::new::<T>()) else {
         return false;

@@ -19,6 +19,7 @@ mod forms;
 mod persist;
 
 pub use codec::Entries;
+pub(crate) use forms::relocate_box;
 pub use forms::Relocate;
 pub use persist::{DecodeError, Encoded};
 
@@ -303,7 +304,7 @@ pub(super) mod tests {
         NonZeroU64::new(n).expect("test values are positive")
     }
 
-    pub(super) fn record(
+    pub(crate) fn record(
         log: &mut TimeLog,
         at: Millis,
         window: u64,

@@ -33,6 +33,9 @@ pub enum DecodeError {
     /// The oldest entry has expired under the log's window, relative to
     /// the newest: the module prunes such entries as it records.
     Expired,
+    /// A block ends at or before the newest entry's time, or out of range
+    /// (see `state.rs`).
+    BadBlock,
 }
 
 impl DecodeError {
@@ -47,6 +50,9 @@ impl DecodeError {
                 "two entries share a millisecond whose costs would share one entry"
             }
             DecodeError::Expired => "the oldest entry expired under the log's window",
+            DecodeError::BadBlock => {
+                "the block ends at or before the newest entry, or out of range"
+            }
         }
     }
 }

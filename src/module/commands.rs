@@ -11,6 +11,7 @@ use crate::module::events::{self, Change};
 use crate::module::key::{ReadKey, Slot, WriteKey};
 use crate::module::replication;
 use crate::module::stats;
+use crate::state::State;
 use redis_module::raw;
 use redis_module::Context;
 use std::ffi::CStr;
@@ -40,6 +41,8 @@ raw_command!(widen_command, widen);
 raw_command!(mcheck_command, mcheck);
 raw_command!(mpeek_command, mpeek);
 raw_command!(mundo_command, mundo);
+raw_command!(unblock_command, unblock);
+raw_command!(block_until_command, block_until);
 
 /// The server's wall clock, read once per call.
 fn clock() -> Millis {
@@ -51,36 +54,58 @@ fn check(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let call = args::parse_limit_call(args)?;
     let mut key = WriteKey::open(ctx, call.key);
     let slot = key.slot()?;
-    let verdict = limiter::decide(slot.log(), clock(), &call.request);
+    let verdict = limiter::decide(slot.state(), clock(), &call.request);
     if let Some(write) = verdict.write {
-        if let (Write::Record(record), Some(log)) = (&write, slot.log()) {
-            ensure_room(log, record)?;
+        if let (Write::Record(record), Some(state)) = (&write, slot.state()) {
+            ensure_room(state.log(), record)?;
         }
         let expires_at = limiter::apply(slot.or_create(), &write);
         key.expire_at(expires_at);
-        match write {
-            Write::Record(record) => {
-                events::changed(ctx.ctx, call.key, &[Change::Recorded]);
-                stats::ALLOWED.add(1);
-                stats::UNITS_RECORDED.add(record.cost.get());
-                replication::replicate_record(ctx, &call, record.at);
-            }
-            Write::Widen(_) => {
-                events::changed(ctx.ctx, call.key, &[Change::Widened]);
-                replication::replicate_widen(ctx, &call);
-            }
-        }
+        announce(ctx, &call, &write);
     }
     stats::CHECKS.add(1);
+    if verdict.decision.allowed {
+        stats::ALLOWED.add(1);
+    }
     reply_decision(ctx, &verdict.decision);
     Ok(())
 }
 
+/// What a CHECK's (or one key of an MCHECK's) applied write tells the
+/// server: the keyspace event, the counters, and what replicas and the
+/// AOF receive.
+fn announce(ctx: &Context, call: &LimitCall<Arg>, write: &Write) {
+    match *write {
+        Write::Record(record) => {
+            events::changed(ctx.ctx, call.key, &[Change::Recorded]);
+            stats::UNITS_RECORDED.add(record.cost.get());
+            replication::replicate_record(ctx, call, record.at);
+        }
+        Write::Widen(_) => {
+            events::changed(ctx.ctx, call.key, &[Change::Widened]);
+            replication::replicate_widen(ctx, call);
+        }
+        Write::Block { until, widen } => {
+            let changes: &[Change] = match widen {
+                Some(_) => &[Change::Widened, Change::Blocked],
+                None => &[Change::Blocked],
+            };
+            events::changed(ctx.ctx, call.key, changes);
+            stats::BLOCKS_STARTED.add(1);
+            if widen.is_some() {
+                replication::replicate_widen(ctx, call);
+            }
+            replication::replicate_block_until(ctx, call.key, until);
+        }
+    }
+}
+
 /// MCHECK: every key is opened and read, and every write checked (type,
 /// room in the log), before any key changes; then each key records (or
-/// keeps its longer window) as CHECK on it alone would. The replicated
-/// RECORDs and WIDENs of one call reach replicas and the AOF as one
-/// MULTI/EXEC, which the server wraps around what one command replicates.
+/// keeps its longer window, or is blocked) as CHECK on it alone would. The
+/// replicated RECORDs, WIDENs and BLOCKUNTILs of one call reach replicas
+/// and the AOF as one MULTI/EXEC, which the server wraps around what one
+/// command replicates.
 fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     if report_keys(ctx, args) {
         return Ok(());
@@ -95,10 +120,10 @@ fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
         .iter_mut()
         .map(WriteKey::slot)
         .collect::<Result<Vec<Slot>, CommandError>>()?;
-    let verdict = limiter::decide_all(&stored(&call.calls, slots.iter().map(Slot::log)), clock());
+    let verdict = limiter::decide_all(&stored(&call.calls, slots.iter().map(Slot::state)), clock());
     for ((slot, write), c) in slots.iter().zip(&verdict.writes).zip(&call.calls) {
-        if let (Some(Write::Record(record)), Some(log)) = (write, slot.log()) {
-            ensure_room(log, record).map_err(|error| naming(c.key, error))?;
+        if let (Some(Write::Record(record)), Some(state)) = (write, slot.state()) {
+            ensure_room(state.log(), record).map_err(|error| naming(c.key, error))?;
         }
     }
     let expiries: Vec<Option<Millis>> = slots
@@ -115,17 +140,7 @@ fn mcheck(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
             continue;
         };
         key.expire_at(expires_at);
-        match write {
-            Write::Record(record) => {
-                events::changed(ctx.ctx, c.key, &[Change::Recorded]);
-                stats::UNITS_RECORDED.add(record.cost.get());
-                replication::replicate_record(ctx, c, record.at);
-            }
-            Write::Widen(_) => {
-                events::changed(ctx.ctx, c.key, &[Change::Widened]);
-                replication::replicate_widen(ctx, c);
-            }
-        }
+        announce(ctx, c, write);
     }
     stats::CHECKS.add(1);
     if verdict.joint.decision.allowed {
@@ -145,11 +160,11 @@ fn mpeek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
         .iter()
         .map(|c| ReadKey::open(ctx, c.key))
         .collect();
-    let logs = keys
+    let states = keys
         .iter()
-        .map(ReadKey::log)
+        .map(ReadKey::state)
         .collect::<Result<Vec<_>, CommandError>>()?;
-    let joint = limiter::peek_all(&stored(&call.calls, logs.into_iter()), clock());
+    let joint = limiter::peek_all(&stored(&call.calls, states.into_iter()), clock());
     stats::PEEKS.add(1);
     reply_joint(ctx, &joint);
     Ok(())
@@ -173,34 +188,40 @@ fn report_keys(ctx: &Context, args: &[Arg]) -> bool {
     true
 }
 
-/// Each key's log (`None` for a key that does not exist) with its request.
+/// Each key's state (`None` for a key that does not exist) with its
+/// request.
 fn stored<'a>(
     calls: &'a [LimitCall<Arg>],
-    logs: impl Iterator<Item = Option<&'a TimeLog>>,
-) -> Vec<(Option<&'a TimeLog>, &'a Request)> {
-    logs.zip(calls).map(|(log, c)| (log, &c.request)).collect()
+    states: impl Iterator<Item = Option<&'a State>>,
+) -> Vec<(Option<&'a State>, &'a Request)> {
+    states
+        .zip(calls)
+        .map(|(state, c)| (state, &c.request))
+        .collect()
 }
 
 /// MUNDO: every key is opened and its type checked before any refund.
+/// A key left holding nothing (no entry, no block) is deleted; a blocked
+/// key stays, however much is refunded.
 fn mundo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     if report_keys(ctx, args) {
         return Ok(());
     }
     let call = args::parse_multi_undo(args)?;
     let mut keys: Vec<WriteKey> = call.keys.iter().map(|k| WriteKey::open(ctx, k)).collect();
-    let logs: Vec<Option<&mut TimeLog>> = keys
+    let states: Vec<Option<&mut State>> = keys
         .iter_mut()
         .map(|key| {
             key.slot().map(|slot| match slot {
-                Slot::Occupied(log) => Some(log),
+                Slot::Occupied(state) => Some(state),
                 Slot::Vacant(_) => None,
             })
         })
         .collect::<Result<_, CommandError>>()?;
-    let refunds: Vec<(u64, bool)> = logs
+    let refunds: Vec<(u64, bool)> = states
         .into_iter()
-        .map(|log| match log {
-            Some(log) => (limiter::refund(log, call.units), log.is_empty()),
+        .map(|state| match state {
+            Some(state) => (limiter::refund(state, call.units), state.is_empty()),
             None => (0, false),
         })
         .collect();
@@ -255,7 +276,7 @@ fn naming(key: &Arg, error: CommandError) -> CommandError {
 fn peek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let call = args::parse_limit_call(args)?;
     let key = ReadKey::open(ctx, call.key);
-    let decision = limiter::peek(key.log()?, clock(), &call.request);
+    let decision = limiter::peek(key.state()?, clock(), &call.request);
     stats::PEEKS.add(1);
     reply_decision(ctx, &decision);
     Ok(())
@@ -265,9 +286,9 @@ fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let call = args::parse_undo(args)?;
     let mut key = WriteKey::open(ctx, call.key);
     let removed = match key.slot()? {
-        Slot::Occupied(log) => {
-            let removed = limiter::refund(log, call.units);
-            if log.is_empty() {
+        Slot::Occupied(state) => {
+            let removed = limiter::refund(state, call.units);
+            if state.is_empty() {
                 key.delete();
                 events::changed(ctx.ctx, call.key, &[Change::Refunded, Change::Deleted]);
             } else if removed > 0 {
@@ -301,27 +322,99 @@ fn record(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     ensure_replayed(ctx, replication::RECORD_COMMAND)?;
     let call = args::parse_record(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let log = key.slot()?.or_create();
-    let expires_at = limiter::apply(log, &Write::Record(call.record));
+    let state = key.slot()?.or_create();
+    let expires_at = limiter::apply(state, &Write::Record(call.record));
     key.expire_at(expires_at);
     events::changed(ctx.ctx, call.key, &[Change::Recorded]);
-    stats::RECORDS_REPLAYED.add(1);
-    replication::replicate_as_called(ctx);
-    ctx.reply_simple_string("OK");
-    Ok(())
+    reply_replayed(ctx)
 }
 
-/// A key that holds no log has no window to widen (a master only sends
+/// A key that holds no entry has no window to widen (a master only sends
 /// this for a key whose log holds entries): nothing changes.
 fn widen(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     ensure_replayed(ctx, replication::WIDEN_COMMAND)?;
     let call = args::parse_widen(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    if let Slot::Occupied(log) = key.slot()? {
-        let expires_at = limiter::apply(log, &Write::Widen(call.window));
+    if let Slot::Occupied(state) = key.slot()? {
+        let expires_at = limiter::apply(state, &Write::Widen(call.window));
         key.expire_at(expires_at);
         events::changed(ctx.ctx, call.key, &[Change::Widened]);
     }
+    reply_replayed(ctx)
+}
+
+/// UNBLOCK: lifts a block in force now, keeping the history. The key's
+/// expiry returns to its log's own; a key whose log holds nothing live
+/// then is deleted. Replies 1 if it lifted a block, else 0 (and then
+/// changes and replicates nothing).
+fn unblock(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    let call = args::parse_unblock(args)?;
+    let mut key = WriteKey::open(ctx, call.key);
+    let now = clock();
+    let lifted = match key.slot()? {
+        Slot::Occupied(state) => limiter::unblock(state, now).then(|| state.expires_at()),
+        Slot::Vacant(_) => None,
+    };
+    if let Some(expires_at) = lifted {
+        stats::UNBLOCKS.add(1);
+        if expires_at <= now {
+            key.delete();
+            events::changed(ctx.ctx, call.key, &[Change::Unblocked, Change::Deleted]);
+            replication::replicate_delete(ctx, call.key);
+        } else {
+            key.expire_at(expires_at);
+            events::changed(ctx.ctx, call.key, &[Change::Unblocked]);
+            replication::replicate_block_until(ctx, call.key, 0);
+        }
+    }
+    raw::reply_with_long_long(ctx.ctx, i64::from(lifted.is_some()));
+    Ok(())
+}
+
+/// The master's block, applied as it was: blocked until `until` (a key
+/// holding nothing is created for it, as the AOF rewrite of a blocked key
+/// whose log a refund emptied needs), or lifted (0). A block that would
+/// end at or before the key's newest entry is refused, changing nothing.
+fn block_until(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    ensure_replayed(ctx, replication::BLOCK_UNTIL_COMMAND)?;
+    let call = args::parse_block_until(args)?;
+    let mut key = WriteKey::open(ctx, call.key);
+    let slot = key.slot()?;
+    match call.until {
+        Some(until) => {
+            if slot
+                .state()
+                .is_some_and(|state| !state.accepts_block(until))
+            {
+                return Err(CommandError::Invalid(
+                    "until must be later than the key's newest entry".into(),
+                ));
+            }
+            let expires_at = slot.or_create().block(until);
+            key.expire_at(expires_at);
+            events::changed(ctx.ctx, call.key, &[Change::Blocked]);
+        }
+        None => {
+            let Slot::Occupied(state) = slot else {
+                return reply_replayed(ctx);
+            };
+            state.unblock();
+            let (empty, expires_at) = (state.is_empty(), state.expires_at());
+            if empty {
+                key.delete();
+                events::changed(ctx.ctx, call.key, &[Change::Unblocked, Change::Deleted]);
+            } else {
+                key.expire_at(expires_at);
+                events::changed(ctx.ctx, call.key, &[Change::Unblocked]);
+            }
+        }
+    }
+    reply_replayed(ctx)
+}
+
+/// What a replicated form answers once applied (or found to change
+/// nothing): counted, passed on to this server's own replicas, OK.
+fn reply_replayed(ctx: &Context) -> Result<(), CommandError> {
     stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);
     ctx.reply_simple_string("OK");

@@ -1,15 +1,17 @@
-//! The `ratelimit` native type: how a key's log is saved, loaded, copied,
-//! digested, measured and freed by Redis.
+//! The `ratelimit` native type: how a key's state (its log and block) is
+//! saved, loaded, copied, digested, measured and freed by Redis.
 //!
-//! RDB encoding, version 2: unsigned window, unsigned entry count, signed
-//! oldest time, then the entries as one string (see `log.rs`). Version 1
-//! (release 0.1.0: unit count, oldest time, one varint gap per unit) still
-//! loads.
+//! RDB encoding, version 3: unsigned window, unsigned entry count, signed
+//! oldest time, the entries as one string (see `log/persist.rs`), then
+//! the block's end as a signed time (0: none). Version 2 (the same without
+//! the block) and version 1 (release 0.1.0: unit count, oldest time, one
+//! varint gap per unit) still load, unblocked.
 
 use crate::log::{DecodeError, Encoded, TimeLog};
 use crate::module::api::api;
 use crate::module::boundary::guard;
 use crate::module::{replication, stats};
+use crate::state::State;
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 use std::alloc::Layout;
@@ -17,7 +19,8 @@ use std::os::raw::{c_int, c_void};
 use std::ptr::{self, NonNull};
 
 /// Bumped whenever the RDB encoding changes; older encodings stay loadable.
-const ENCODING_VERSION: c_int = 2;
+const ENCODING_VERSION: c_int = 3;
+const UNBLOCKED_ENCODING: c_int = 2;
 const UNITS_ENCODING: c_int = 1;
 
 pub static RATELIMIT_TYPE: RedisType = RedisType::new(
@@ -47,25 +50,26 @@ pub static RATELIMIT_TYPE: RedisType = RedisType::new(
 );
 
 /// SAFETY (for every callback below): Redis only hands back values this
-/// module stored, which are `Box<TimeLog>` pointers.
-unsafe fn log_of<'a>(value: *const c_void) -> &'a TimeLog {
+/// module stored, which are `Box<State>` pointers.
+unsafe fn state_of<'a>(value: *const c_void) -> &'a State {
     // SAFETY: see above; Redis keeps it alive for the callback.
-    unsafe { &*value.cast::<TimeLog>() }
+    unsafe { &*value.cast::<State>() }
 }
 
-fn into_value(log: TimeLog) -> *mut c_void {
-    Box::into_raw(Box::new(log)).cast()
+fn into_value(state: State) -> *mut c_void {
+    Box::into_raw(Box::new(state)).cast()
 }
 
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
-    // SAFETY: a value of this type (see `log_of`).
-    let log = unsafe { log_of(value) };
+    // SAFETY: a value of this type (see `state_of`).
+    let state = unsafe { state_of(value) };
     guard((), || {
-        let stored = log.encode();
+        let (stored, blocked_until) = state.encode();
         raw::save_unsigned(rdb, stored.window);
         raw::save_unsigned(rdb, stored.len);
         raw::save_signed(rdb, stored.oldest);
         raw::save_slice(rdb, &stored.entries);
+        raw::save_signed(rdb, blocked_until);
     })
 }
 
@@ -74,26 +78,31 @@ unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) 
 /// the module could hold (see `log/persist.rs`), saying which in the log.
 unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *mut c_void {
     guard(ptr::null_mut(), || {
-        let log = match encver {
-            ENCODING_VERSION => load_entries(rdb),
-            UNITS_ENCODING => load_units(rdb),
+        let state = match encver {
+            ENCODING_VERSION => load_state(rdb),
+            UNBLOCKED_ENCODING => load_entries(rdb)
+                .and_then(|stored| refused_if_bad(TimeLog::decode(&stored)))
+                .and_then(unblocked),
+            UNITS_ENCODING => load_units(rdb).and_then(unblocked),
             _ => None,
         };
-        match log {
-            Some(log) if !log.is_empty() => into_value(log),
-            _ => ptr::null_mut(),
-        }
+        state.map_or(ptr::null_mut(), into_value)
     })
 }
 
-fn load_entries(rdb: *mut raw::RedisModuleIO) -> Option<TimeLog> {
-    let stored = Encoded {
+fn load_state(rdb: *mut raw::RedisModuleIO) -> Option<State> {
+    let stored = load_entries(rdb)?;
+    let blocked_until = raw::load_signed(rdb).ok()?;
+    refused_if_bad(State::decode(&stored, blocked_until))
+}
+
+fn load_entries(rdb: *mut raw::RedisModuleIO) -> Option<Encoded> {
+    Some(Encoded {
         window: raw::load_unsigned(rdb).ok()?,
         len: raw::load_unsigned(rdb).ok()?,
         oldest: raw::load_signed(rdb).ok()?,
         entries: raw::load_string_buffer(rdb).ok()?.as_ref().to_vec(),
-    };
-    refused_if_bad(TimeLog::decode(&stored))
+    })
 }
 
 fn load_units(rdb: *mut raw::RedisModuleIO) -> Option<TimeLog> {
@@ -103,9 +112,14 @@ fn load_units(rdb: *mut raw::RedisModuleIO) -> Option<TimeLog> {
     refused_if_bad(TimeLog::decode_units(oldest, units, gaps.as_ref()))
 }
 
+/// An older version's log, which had no block (refused if empty).
+fn unblocked(log: TimeLog) -> Option<State> {
+    refused_if_bad(State::with_block(log, 0))
+}
+
 /// Says in the server's log why a stored value was refused (Redis itself
 /// only reports that the module could not load it).
-fn refused_if_bad(decoded: Result<TimeLog, DecodeError>) -> Option<TimeLog> {
+fn refused_if_bad<T>(decoded: Result<T, DecodeError>) -> Option<T> {
     decoded
         .map_err(|error| {
             redis_module::logging::log_warning(format!(
@@ -121,23 +135,25 @@ unsafe extern "C" fn aof_rewrite(
     key: *mut raw::RedisModuleString,
     value: *mut c_void,
 ) {
-    // SAFETY: a value of this type (see `log_of`).
-    let log = unsafe { log_of(value) };
-    guard((), || replication::emit_log(aof, key, log))
+    // SAFETY: a value of this type (see `state_of`).
+    let state = unsafe { state_of(value) };
+    guard((), || replication::emit_state(aof, key, state))
 }
 
 unsafe extern "C" fn mem_usage(value: *const c_void) -> usize {
-    // SAFETY: a value of this type (see `log_of`).
-    let log = unsafe { log_of(value) };
-    std::mem::size_of::<TimeLog>() + log.heap_size()
+    // SAFETY: a value of this type (see `state_of`).
+    let state = unsafe { state_of(value) };
+    std::mem::size_of::<State>() + state.heap_size()
 }
 
-/// Over the persisted form, which does not depend on how the log is kept.
+/// Over the persisted form, which does not depend on how the log is kept;
+/// the block's end only when there is one, so an unblocked key digests as
+/// it did before blocks existed.
 unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
-    // SAFETY: a value of this type (see `log_of`).
-    let log = unsafe { log_of(value) };
+    // SAFETY: a value of this type (see `state_of`).
+    let state = unsafe { state_of(value) };
     guard((), || {
-        let stored = log.encode();
+        let (stored, blocked_until) = state.encode();
         let add_number = api().digest_add_long_long;
         // SAFETY: plain calls on the digest Redis handed us.
         unsafe {
@@ -149,6 +165,9 @@ unsafe extern "C" fn digest(md: *mut raw::RedisModuleDigest, value: *mut c_void)
                 stored.entries.as_ptr().cast(),
                 stored.entries.len(),
             );
+            if blocked_until != 0 {
+                add_number(md, blocked_until);
+            }
             (api().digest_end_sequence)(md);
         }
     })
@@ -159,14 +178,15 @@ unsafe extern "C" fn copy(
     _to: *mut raw::RedisModuleString,
     value: *const c_void,
 ) -> *mut c_void {
-    // SAFETY: a value of this type (see `log_of`).
-    let log = unsafe { log_of(value) };
-    guard(ptr::null_mut(), || into_value(log.clone()))
+    // SAFETY: a value of this type (see `state_of`).
+    let state = unsafe { state_of(value) };
+    guard(ptr::null_mut(), || into_value(state.clone()))
 }
 
 /// Active defragmentation (servers built with Redis's jemalloc): moves the
-/// block Redis points at and whatever the log holds beyond it. A log is
-/// one or two allocations, so it is done in one call (returns 0).
+/// block Redis points at and whatever the state holds beyond it (a block,
+/// the log's heap). A state is at most three allocations, so it is done
+/// in one call (returns 0).
 unsafe extern "C" fn defrag(
     ctx: *mut raw::RedisModuleDefragCtx,
     _key: *mut raw::RedisModuleString,
@@ -182,17 +202,17 @@ unsafe extern "C" fn defrag(
             NonNull::new(defrag_alloc(ctx, old.as_ptr().cast()).cast::<u8>())
         };
         let mut moved = 0;
-        // SAFETY: `*value` is our `Box<TimeLog>` block, moved as a whole
+        // SAFETY: `*value` is our `Box<State>` block, moved as a whole
         // by DefragAlloc (which frees the old one), then its own
         // allocations are offered the same way.
         unsafe {
             if let Some(block) =
-                NonNull::new((*value).cast()).and_then(|b| relocate(b, Layout::new::<TimeLog>()))
+                NonNull::new((*value).cast()).and_then(|b| relocate(b, Layout::new::<State>()))
             {
                 *value = block.as_ptr().cast();
                 moved += 1;
             }
-            moved += (*(*value).cast::<TimeLog>()).relocate(&mut relocate);
+            moved += (*(*value).cast::<State>()).relocate(&mut relocate);
         }
         stats::DEFRAG_MOVED.add(moved as u64);
         0
@@ -200,6 +220,6 @@ unsafe extern "C" fn defrag(
 }
 
 unsafe extern "C" fn free(value: *mut c_void) {
-    // SAFETY: Redis frees each value once, a `Box<TimeLog>` of ours.
-    drop(unsafe { Box::from_raw(value.cast::<TimeLog>()) });
+    // SAFETY: Redis frees each value once, a `Box<State>` of ours.
+    drop(unsafe { Box::from_raw(value.cast::<State>()) });
 }

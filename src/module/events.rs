@@ -23,6 +23,10 @@ pub enum Change {
     /// A denied CHECK that named a longer window than the log kept (or
     /// its WIDEN from the master or the AOF): the log now keeps it.
     Widened,
+    /// A denial with BLOCK that blocked the key (or its BLOCKUNTIL).
+    Blocked,
+    /// An UNBLOCK that lifted a block (or its BLOCKUNTIL 0).
+    Unblocked,
 }
 
 impl Change {
@@ -32,6 +36,8 @@ impl Change {
             Change::Refunded => c"ratelimit.refunded",
             Change::Deleted => c"ratelimit.deleted",
             Change::Widened => c"ratelimit.widened",
+            Change::Blocked => c"ratelimit.blocked",
+            Change::Unblocked => c"ratelimit.unblocked",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Opening a key that holds (or will hold) a log, for reading or for
+//! Opening a key that holds (or will hold) a log and its block, for reading or for
 //! writing: only a `WriteKey` can change the log, create it, delete it or
 //! set its expiry, so what needs a key opened for writing is a type. A
 //! `WriteKey` hands out its log as a [`Slot`], occupied or vacant, so a
@@ -8,10 +8,11 @@
 //! and AOF replay need to reach the master's exact expiry, so these are
 //! small RAII wrappers over the raw key handle.
 
-use crate::log::{Millis, TimeLog};
+use crate::log::Millis;
 use crate::module::api::api;
 use crate::module::boundary::{Arg, CommandError};
 use crate::module::datatype::RATELIMIT_TYPE;
+use crate::state::State;
 use redis_module::raw;
 use redis_module::Context;
 use std::os::raw::c_int;
@@ -24,14 +25,14 @@ impl Handle {
         Handle(raw::open_key(ctx.ctx, name.as_ptr(), mode))
     }
 
-    /// The stored log; `None` if the key does not exist; WRONGTYPE if it
-    /// holds anything but a log.
-    fn log(&self) -> Result<Option<*mut TimeLog>, CommandError> {
+    /// The stored state; `None` if the key does not exist; WRONGTYPE if it
+    /// holds anything but ours.
+    fn state(&self) -> Result<Option<*mut State>, CommandError> {
         if self.0.is_null() {
             return Ok(None);
         }
         // SAFETY: plain calls on a live key handle; values of our type
-        // are always Box<TimeLog>.
+        // are always Box<State>.
         unsafe {
             let kind = (api().key_type)(self.0);
             if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
@@ -43,7 +44,7 @@ impl Handle {
                 return Err(CommandError::WrongType);
             }
             let value = (api().module_type_get_value)(self.0);
-            Ok(Some(value.cast::<TimeLog>()))
+            Ok(Some(value.cast::<State>()))
         }
     }
 }
@@ -61,9 +62,9 @@ impl ReadKey {
         ReadKey(Handle::open(ctx, name, raw::KeyMode::READ))
     }
 
-    pub fn log(&self) -> Result<Option<&TimeLog>, CommandError> {
+    pub fn state(&self) -> Result<Option<&State>, CommandError> {
         // SAFETY: Redis keeps the value alive while the key is open.
-        Ok(self.0.log()?.map(|log| unsafe { &*log }))
+        Ok(self.0.state()?.map(|state| unsafe { &*state }))
     }
 }
 
@@ -78,12 +79,12 @@ impl WriteKey {
         ))
     }
 
-    /// The key's log, or the room for one.
+    /// The key's state, or the room for one.
     pub fn slot(&mut self) -> Result<Slot<'_>, CommandError> {
-        Ok(match self.0.log()? {
+        Ok(match self.0.state()? {
             // SAFETY: Redis keeps the value alive while the key is open,
             // and this handle's borrow is the only way to it.
-            Some(log) => Slot::Occupied(unsafe { &mut *log }),
+            Some(state) => Slot::Occupied(unsafe { &mut *state }),
             None => Slot::Vacant(Vacant(&self.0)),
         })
     }
@@ -100,9 +101,9 @@ impl WriteKey {
     }
 }
 
-/// A write key's log, or the room for one.
+/// A write key's state, or the room for one.
 pub enum Slot<'a> {
-    Occupied(&'a mut TimeLog),
+    Occupied(&'a mut State),
     Vacant(Vacant<'a>),
 }
 
@@ -110,19 +111,19 @@ pub enum Slot<'a> {
 pub struct Vacant<'a>(&'a Handle);
 
 impl<'a> Slot<'a> {
-    pub fn log(&self) -> Option<&TimeLog> {
+    pub fn state(&self) -> Option<&State> {
         match self {
-            Slot::Occupied(log) => Some(log),
+            Slot::Occupied(state) => Some(state),
             Slot::Vacant(_) => None,
         }
     }
 
-    /// The log, stored as a new empty one if the key held none.
-    pub fn or_create(self) -> &'a mut TimeLog {
+    /// The state, stored as a new empty one if the key held none.
+    pub fn or_create(self) -> &'a mut State {
         match self {
-            Slot::Occupied(log) => log,
+            Slot::Occupied(state) => state,
             Slot::Vacant(Vacant(handle)) => {
-                let value = Box::into_raw(Box::<TimeLog>::default());
+                let value = Box::into_raw(Box::<State>::default());
                 // SAFETY: the key is open for writing and empty; Redis owns
                 // the box from here on and frees it through the type's
                 // `free`, and keeps it alive while the key is open.

@@ -7,7 +7,7 @@
 use crate::args::{self, OptionName};
 use crate::module::api::api;
 use crate::module::commands::{self, RawCommand};
-use crate::module::replication::{RECORD_COMMAND, WIDEN_COMMAND};
+use crate::module::replication::{BLOCK_UNTIL_COMMAND, RECORD_COMMAND, WIDEN_COMMAND};
 use redis_module::raw;
 use redis_module::Context;
 use std::ffi::{CStr, CString};
@@ -77,12 +77,13 @@ const fn option(name: &OptionName) -> ArgSpec {
     }
 }
 
-/// `key window max [window max ...] [COST n] [PRECISION p]`.
+/// `key window max [window max ...] [COST n] [PRECISION p] [BLOCK ms]`.
 const LIMIT_ARGS: &[ArgSpec] = &[
     arg("key", KEY),
     LIMIT,
     option(&args::COST),
     option(&args::PRECISION),
+    option(&args::BLOCK),
 ];
 
 /// `window max [window max ...]`.
@@ -95,7 +96,7 @@ const LIMIT: ArgSpec = ArgSpec {
 };
 
 /// `numkeys key [key ...] npairs window max [window max ...] [npairs window
-/// max [window max ...] ...] [COST n] [PRECISION p]`.
+/// max [window max ...] ...] [COST n] [PRECISION p] [BLOCK ms]`.
 const MULTI_LIMIT_ARGS: &[ArgSpec] = &[
     arg("numkeys", INTEGER),
     ArgSpec {
@@ -111,12 +112,13 @@ const MULTI_LIMIT_ARGS: &[ArgSpec] = &[
     },
     option(&args::COST),
     option(&args::PRECISION),
+    option(&args::BLOCK),
 ];
 
 /// The category module commands are also put in, where servers allow it.
 pub const ACL_CATEGORY: &CStr = c"ratelimit";
 
-const SPECS: [CommandSpec; 8] = [
+const SPECS: [CommandSpec; 10] = [
     CommandSpec {
         name: c"ratelimit.check",
         handler: commands::check_command,
@@ -236,6 +238,32 @@ const SPECS: [CommandSpec; 8] = [
             option(&args::COST),
         ],
         keys: Keys::Counted,
+        since: c"0.2.0",
+    },
+    CommandSpec {
+        name: c"ratelimit.unblock",
+        handler: commands::unblock_command,
+        flags: c"write fast",
+        acl_categories: c"write fast",
+        summary: c"Lifts a key's block (set by a denial with BLOCK ms), keeping its history. Replies 1 if the key was blocked, else 0.",
+        complexity: c"O(1).",
+        arity: 2,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: &[arg("key", KEY)],
+        keys: Keys::First,
+        since: c"0.2.0",
+    },
+    CommandSpec {
+        name: BLOCK_UNTIL_COMMAND,
+        handler: commands::block_until_command,
+        flags: c"write fast",
+        acl_categories: c"write fast",
+        summary: c"Internal: how a denial that starts a block, or an UNBLOCK that lifts one (until 0), reaches replicas and the AOF. Refused from clients.",
+        complexity: c"O(1).",
+        arity: 3,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: &[arg("key", KEY), arg("until", INTEGER)],
+        keys: Keys::First,
         since: c"0.2.0",
     },
 ];

@@ -13,13 +13,22 @@
 //! propagate nothing. UNDO reads no clock and is propagated as it was
 //! called.
 //!
-//! RECORD and WIDEN could forge history if clients could send them, so
-//! they only run from the master's link or while loading the AOF.
+//! A denial that starts a block is propagated as `RATELIMIT.BLOCKUNTIL key
+//! until` with the master's absolute end of the block (after the call's
+//! WIDEN, if it made one: the server wraps what one command propagates in
+//! MULTI/EXEC). UNBLOCK decides on the master's clock, so what it lifted
+//! is propagated as `RATELIMIT.BLOCKUNTIL key 0`, or as `DEL key` when the
+//! key held nothing live and went.
+//!
+//! RECORD, WIDEN and BLOCKUNTIL could forge history if clients could send
+//! them, so they only run from the master's link or while loading the
+//! AOF.
 
 use crate::args::LimitCall;
-use crate::log::{Millis, TimeLog};
+use crate::log::Millis;
 use crate::module::api::api;
 use crate::module::boundary::Arg;
+use crate::state::State;
 use redis_module::{raw, Context, ContextFlags};
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -27,6 +36,27 @@ use std::ptr;
 
 pub const RECORD_COMMAND: &CStr = c"ratelimit.record";
 pub const WIDEN_COMMAND: &CStr = c"ratelimit.widen";
+pub const BLOCK_UNTIL_COMMAND: &CStr = c"ratelimit.blockuntil";
+
+/// `RATELIMIT.BLOCKUNTIL key until` (0: lift the block).
+pub fn replicate_block_until(ctx: &Context, key: &Arg, until: Millis) {
+    // SAFETY: the format names a RedisModuleString, alive, and a long long.
+    unsafe {
+        (api().replicate)(
+            ctx.ctx,
+            BLOCK_UNTIL_COMMAND.as_ptr(),
+            c"sl".as_ptr(),
+            key.as_ptr(),
+            until,
+        )
+    };
+}
+
+/// `DEL key`, for a key a command deleted on the master's clock.
+pub fn replicate_delete(ctx: &Context, key: &Arg) {
+    // SAFETY: the format names one RedisModuleString, alive.
+    unsafe { (api().replicate)(ctx.ctx, c"DEL".as_ptr(), c"s".as_ptr(), key.as_ptr()) };
+}
 
 /// `RATELIMIT.WIDEN key window`, with the call's longest window as given.
 pub fn replicate_widen(ctx: &Context, call: &LimitCall<Arg>) {
@@ -129,11 +159,12 @@ pub fn is_replayed(ctx: &Context) -> bool {
 }
 
 /// AOF rewrite: one RECORD per entry, with the log's window (under which
-/// none of its entries has expired, relative to the newer ones), then
-/// PERSIST. Redis follows a rewritten key with its PEXPIREAT if it has an
-/// expiry, so the PERSIST only matters for a key whose expiry was removed.
-pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, log: &TimeLog) {
-    let view = log.view();
+/// none of its entries has expired, relative to the newer ones), then the
+/// block's BLOCKUNTIL if the key has one, then PERSIST. Redis follows a
+/// rewritten key with its PEXPIREAT if it has an expiry, so the PERSIST
+/// only matters for a key whose expiry was removed.
+pub fn emit_state(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, state: &State) {
+    let view = state.log().view();
     let window = view.window as i64;
     for entry in view.entries() {
         // SAFETY: the format names a RedisModuleString and three long longs.
@@ -146,6 +177,18 @@ pub fn emit_log(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString, 
                 entry.at,
                 window,
                 entry.cost as i64,
+            );
+        }
+    }
+    if let Some(until) = state.blocked_until() {
+        // SAFETY: the format names a RedisModuleString and a long long.
+        unsafe {
+            (api().emit_aof)(
+                aof,
+                BLOCK_UNTIL_COMMAND.as_ptr(),
+                c"sl".as_ptr(),
+                key,
+                until,
             );
         }
     }

@@ -34,8 +34,10 @@ pub static UNITS_REFUNDED: Counter = Counter::new();
 pub static RECORDS_REPLAYED: Counter = Counter::new();
 pub static LOG_FULL: Counter = Counter::new();
 pub static DEFRAG_MOVED: Counter = Counter::new();
+pub static BLOCKS_STARTED: Counter = Counter::new();
+pub static UNBLOCKS: Counter = Counter::new();
 
-const FIELDS: [(&str, &Counter); 9] = [
+const FIELDS: [(&str, &Counter); 11] = [
     ("checks", &CHECKS),
     ("allowed", &ALLOWED),
     ("peeks", &PEEKS),
@@ -45,6 +47,8 @@ const FIELDS: [(&str, &Counter); 9] = [
     ("records_replayed", &RECORDS_REPLAYED),
     ("log_full", &LOG_FULL),
     ("defrag_moved", &DEFRAG_MOVED),
+    ("blocks_started", &BLOCKS_STARTED),
+    ("unblocks", &UNBLOCKS),
 ];
 
 /// The INFO callback: sections `ratelimit_stats` and `ratelimit_config`.
