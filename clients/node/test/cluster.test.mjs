@@ -136,3 +136,28 @@ for (const [name, open] of CLUSTER_CLIENTS) {
     }
   });
 }
+
+for (const [name, open] of CLUSTER_CLIENTS) {
+  test(`${name}: blocks on hash-tagged keys`, async () => {
+    const { client, close } = await open(cluster.nodes[0].port);
+    try {
+      const limiter = new RateLimiter(client, { logger: recorder().logger });
+      const tenants = Array.from({ length: 12 }, (_, i) => `{block-${name}-${i}}`);
+      for (const tenant of tenants) {
+        const request = [
+          { key: `${tenant}:user`, limits: { windowMs: 60_000, max: 1 } },
+          { key: `${tenant}:ip`, limits: { windowMs: 60_000, max: 5 } },
+        ];
+        assert.ok((await limiter.checkAll(request, { blockMs: 600_000 })).allowed, tenant);
+        const blocked = await limiter.checkAll(request, { blockMs: 600_000 });
+        assert.deepEqual(blocked.denied, [{ key: `${tenant}:user`, index: 0 }], tenant);
+        assert.ok(blocked.retryAfterMs > 599_000, tenant);
+        assert.ok((await limiter.peek(`${tenant}:user`, { windowMs: 1000, max: 100 })).retryAfterMs > 599_000, "held by the block");
+        assert.equal(await limiter.unblock(`${tenant}:user`), true, tenant);
+      }
+      assert.equal(limiter.backends.size, 3);
+    } finally {
+      await close();
+    }
+  });
+}
