@@ -6,7 +6,17 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import { after, before, describe, test } from "node:test";
 import express from "express";
-import { expressRateLimit, FlexibleLimiter, MemoryLimiter, RateLimiter, RateLimitInputError } from "redis-ratelimit";
+import Fastify from "fastify";
+import {
+  expressRateLimit,
+  FlexibleLimiter,
+  fastifyHooks,
+  fetchRateLimit,
+  MemoryLimiter,
+  RateLimiter,
+  RateLimitInputError,
+  withRateLimit,
+} from "redis-ratelimit";
 import { clients, pseudoRandom, recorder, startServer } from "./servers.mjs";
 
 const BACKENDS = ["module"];
@@ -147,6 +157,63 @@ test("a login lockout over HTTP: 429 with Retry-After for the hour, counting dow
   await limiter.delete("login:alice");
   assert.equal((await login("right")).status, 200, "delete forgets it all");
 });
+
+/** Serves `handler` (node:http's shape) on a free port until the test ends; resolves its URL. */
+async function listen(t, handler) {
+  const listening = http.createServer(handler).listen(0, "127.0.0.1");
+  await new Promise((resolve) => listening.once("listening", resolve));
+  t.after(() => {
+    listening.closeAllConnections();
+    listening.close();
+  });
+  return `http://127.0.0.1:${listening.address().port}`;
+}
+
+for (const backend of BACKENDS) {
+  test(`every middleware answers a blocked request 429 with the block's Retry-After, on the ${backend}`, async (t) => {
+    const { client, close } = await factories["node-redis 6 RESP2"](servers[backend].port);
+    t.after(close);
+    const limiter = new RateLimiter(client, { logger: recorder().logger });
+    const options = (name) => ({ name, limits: { windowMs: 60_000, max: 1 }, blockMs: 120_000, key: () => "k" });
+    const app = express();
+    app.use(expressRateLimit(limiter, options(`express-${backend}`)));
+    app.get("/", (_q, s) => s.send("ok"));
+    const fetchHandler = fetchRateLimit(limiter, options(`fetch-${backend}`), () => new Response("ok"));
+    const fastify = Fastify();
+    fastify.get("/", fastifyHooks(limiter, options(`fastify-${backend}`)), async () => "ok");
+    await fastify.listen({ port: 0, host: "127.0.0.1" });
+    t.after(() => fastify.close());
+    const urls = {
+      express: await listen(t, app),
+      "node:http": await listen(
+        t,
+        withRateLimit(limiter, options(`node-${backend}`), (_q, s) => s.end("ok")),
+      ),
+      fetch: await listen(t, async (req, res) => {
+        const response = await fetchHandler(new Request(`http://x${req.url}`));
+        res.writeHead(response.status, Object.fromEntries(response.headers)).end(await response.text());
+      }),
+      fastify: `http://127.0.0.1:${fastify.server.address().port}`,
+    };
+    for (const [framework, url] of Object.entries(urls)) {
+      const answers = [];
+      for (let i = 0; i < 3; i++) {
+        const response = await fetch(url);
+        await response.text();
+        answers.push([response.status, response.headers.get("retry-after")]);
+      }
+      assert.deepEqual(
+        answers,
+        [
+          [200, null],
+          [429, "120"],
+          [429, "120"],
+        ],
+        framework,
+      );
+    }
+  });
+}
 
 test("FlexibleLimiter's blockDuration: consume rejects for the block with msBeforeNext counting down; unblock keeps what was consumed", async () => {
   const redis = await startServer();
