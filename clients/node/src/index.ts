@@ -20,6 +20,7 @@ export {
   RateLimiter,
   type RateLimiterOptions,
   RateLimitReplyError,
+  type RefundOptions,
   type Result,
   type Source,
 } from "./limiter.js";

@@ -78,6 +78,13 @@ export interface RateLimiterOptions {
   logger?: Logger;
 }
 
+export interface RefundOptions {
+  /** Units to refund from each key (default 1). */
+  cost?: number;
+  /** The decision refunded, so one made by the fallback is refunded there. */
+  decision?: Result;
+}
+
 /** The module's RATELIMIT.<OPERATION> and the twin's operation of the same name. */
 type Operation = "check" | "peek" | "undo" | "mcheck" | "mpeek" | "mundo" | "unblock";
 
@@ -204,20 +211,23 @@ export class RateLimiter {
   }
 
   /**
+   * Refunds the `cost` newest units (default 1); resolves with the number
+   * removed. Give the decision being refunded so a fallback decision is
+   * refunded in the fallback. A block stays.
+   */
+  async undo(key: string, options: RefundOptions = {}): Promise<number> {
+    const [removed] = await this.refund("undo", [this.prefix + validateKey(key)], options);
+    return removed as number;
+  }
+
+  /**
    * Refunds the `cost` newest units (default 1) in each key, as undo on
    * each, in one call; takes the keys (or the array given to checkAll) and
    * resolves with the units removed per key.
    */
-  async undoAll(keys: readonly (string | { key: string })[], options: { cost?: number; decision?: Result } = {}): Promise<number[]> {
+  async undoAll(keys: readonly (string | { key: string })[], options: RefundOptions = {}): Promise<number[]> {
     const given = validateKeys(Array.isArray(keys) ? keys.map((item) => (typeof item === "string" ? item : item?.key)) : keys);
-    const fullKeys = this.keysOfOneCall(given);
-    const cost = validateCost(options.cost);
-    const source = options.decision?.source;
-    if (source === "fallback") return fullKeys.map((key) => this.memory.undo(key, cost));
-    if (source === "failOpen" || source === "failClosed") return fullKeys.map(() => 0);
-    const reply = await this.call("mundo", fullKeys, options.cost === undefined ? [] : ["COST", String(cost)]);
-    if (reply.ok) return parseCounts(reply.value, fullKeys.length);
-    return fullKeys.map((key) => (this.share === undefined ? 0 : this.memory.undo(key, cost)));
+    return this.refund("mundo", this.keysOfOneCall(given), options);
   }
 
   /**
@@ -232,29 +242,23 @@ export class RateLimiter {
     return reply.ok ? parseCount(reply.value, "RATELIMIT.UNBLOCK") === 1 : local;
   }
 
-  /**
-   * Refunds the `cost` newest units (default 1); resolves with the number
-   * removed. Give the decision being refunded so a fallback decision is
-   * refunded in the fallback.
-   */
-  async undo(key: string, options: { cost?: number; decision?: Result } = {}): Promise<number> {
-    const fullKey = this.prefix + validateKey(key);
-    const cost = validateCost(options.cost);
-    const source = options.decision?.source;
-    if (source === "fallback") return this.memory.undo(fullKey, cost);
-    if (source === "failOpen" || source === "failClosed") return 0;
-    const args = options.cost === undefined ? [] : ["COST", String(cost)];
-    const reply = await this.call("undo", [fullKey], args);
-    if (reply.ok) return parseCount(reply.value, "RATELIMIT.UNDO");
-    return this.share === undefined ? 0 : this.memory.undo(fullKey, cost);
-  }
-
   /** Deletes the key: its log and its block (both backends store one key per limiter). */
   async delete(key: string): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
     this.memory.delete(fullKey);
     const reply = await this.guarded("delete", [fullKey], undefined, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
     return reply.ok && parseCount(reply.value, "DEL") > 0;
+  }
+
+  /** UNDO or MUNDO where the refunded decision was made: Redis, the fallback, or nowhere (the policy's answers counted nothing). */
+  private async refund(operation: "undo" | "mundo", keys: readonly string[], options: RefundOptions): Promise<number[]> {
+    const cost = validateCost(options.cost);
+    const source = options.decision?.source;
+    if (source === "fallback") return keys.map((key) => this.memory.undo(key, cost));
+    if (source === "failOpen" || source === "failClosed") return keys.map(() => 0);
+    const reply = await this.call(operation, keys, options.cost === undefined ? [] : ["COST", String(cost)]);
+    if (reply.ok) return operation === "undo" ? [parseCount(reply.value, "RATELIMIT.UNDO")] : parseCounts(reply.value, keys.length);
+    return keys.map((key) => (this.share === undefined ? 0 : this.memory.undo(key, cost)));
   }
 
   private async decide(operation: "check" | "peek", key: string, limits: Limit | readonly Limit[], options: CallOptions): Promise<Result> {
