@@ -27,9 +27,18 @@ const WINDOWS: [u64; 5] = [
     31_536_000_000,
 ];
 const PRECISIONS: [u64; 4] = [1, 7, 1_000, 3_600_000];
+/// Blocks far longer than the test, or out of range.
+const BLOCKS: [u64; 5] = [
+    0,
+    1_000_000_000,
+    3_000_000_000,
+    31_536_000_000,
+    31_536_000_001,
+];
 const KEYS: usize = 3;
 
-/// One random call: the command's name, the keys it names (indices, in
+/// One random call (CHECK, PEEK, MCHECK and MPEEK now and then with
+/// `BLOCK ms`, UNBLOCK): the command's name, the keys it names (indices, in
 /// order; a multi-key call now and then names one twice, an error both
 /// must name alike) and its words after the keys.
 struct Call {
@@ -53,7 +62,15 @@ impl Call {
 }
 
 fn random_call(random: &mut Random) -> Call {
-    let pick = random.below(14);
+    let pick = random.below(15);
+    if pick == 14 {
+        let keys = vec![random.below(KEYS as u64)];
+        return Call {
+            name: "RATELIMIT.UNBLOCK",
+            keys,
+            args: vec![],
+        };
+    }
     let multi = pick >= 10;
     let mut keys = vec![random.below(KEYS as u64)];
     if multi {
@@ -97,6 +114,11 @@ fn random_call(random: &mut Random) -> Call {
     if random.below(3) == 0 {
         let precision = PRECISIONS[random.below(PRECISIONS.len() as u64) as usize];
         args.extend(["PRECISION".to_string(), precision.to_string()]);
+    }
+    if random.below(4) == 0 {
+        // Now and then out of range: refused alike.
+        let block = BLOCKS[random.below(BLOCKS.len() as u64) as usize];
+        args.extend(["BLOCK".to_string(), block.to_string()]);
     }
     Call { name, keys, args }
 }

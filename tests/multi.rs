@@ -263,7 +263,47 @@ fn an_error_on_one_key_changes_no_key(backend: Backend) {
         ),
         (
             vec!["RATELIMIT.MCHECK", "1", "a", "1", "10", "1", "X", "5"],
-            "ERR unknown option 'X' (the options are COST n and PRECISION p)",
+            "ERR unknown option 'X' (the options are COST n, PRECISION p and BLOCK ms)",
+        ),
+        (
+            vec!["RATELIMIT.MCHECK", "1", "a", "1", "10", "1", "BLOCK", "0"],
+            "ERR BLOCK must be an integer from 1 to 31536000000 (milliseconds)",
+        ),
+        (
+            vec![
+                "RATELIMIT.MPEEK",
+                "1",
+                "a",
+                "1",
+                "10",
+                "1",
+                "BLOCK",
+                "31536000001",
+            ],
+            "ERR BLOCK must be an integer from 1 to 31536000000 (milliseconds)",
+        ),
+        (
+            vec!["RATELIMIT.MCHECK", "1", "a", "1", "10", "1", "BLOCK"],
+            "ERR syntax error: BLOCK needs a value",
+        ),
+        (
+            vec![
+                "RATELIMIT.MCHECK",
+                "1",
+                "a",
+                "1",
+                "10",
+                "1",
+                "BLOCK",
+                "5",
+                "block",
+                "5",
+            ],
+            "ERR BLOCK given more than once",
+        ),
+        (
+            vec!["RATELIMIT.MUNDO", "1", "a", "BLOCK", "5"],
+            "ERR unknown option 'BLOCK' (the options are COST n)",
         ),
         (
             vec!["RATELIMIT.MUNDO", "1", "a", "PRECISION", "5"],

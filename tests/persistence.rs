@@ -1,9 +1,10 @@
 //! State survives DEBUG RELOAD, restarts from RDB and from AOF (with and
-//! without an RDB preamble), byte for byte by digest.
+//! without an RDB preamble), byte for byte by digest; blocks included (the
+//! module's own data type: module only).
 
 use harness::{
-    all_digests, all_values, every_log_shape, every_log_shape_by, run, version_1_payload,
-    wait_for_background_saves, Backend, Server, VERSION_1,
+    all_digests, all_values, every_log_shape, every_log_shape_by, fixture_payload, run,
+    version_1_payload, wait_for_background_saves, Backend, Server, VERSION_1,
 };
 use redis::Connection;
 
@@ -101,8 +102,8 @@ fn restore_refuses_a_future_encoding_version() {
     // low 10 bits, the encoding version) as 0x81 + 8 bytes big-endian.
     assert_eq!(dump[..2], [7, 0x81]);
     let id = u64::from_be_bytes(dump[2..10].try_into().expect("8 bytes"));
-    assert_eq!(id & 1023, 2, "this build writes encoding version 2");
-    dump[2..10].copy_from_slice(&((id & !1023) | 3).to_be_bytes());
+    assert_eq!(id & 1023, 3, "this build writes encoding version 3");
+    dump[2..10].copy_from_slice(&((id & !1023) | 4).to_be_bytes());
     run::<String>(&mut con, &["DEBUG", "SET-SKIP-CHECKSUM-VALIDATION", "1"]);
     let refused = redis::cmd("RESTORE")
         .arg("future")
@@ -155,8 +156,133 @@ fn version_1_dump_payloads_still_restore() {
     assert_version_1_answers(&mut con, "restored:");
 }
 
+/// Release 0.2.0's payloads (encoding version 2, before blocks) load
+/// unblocked and answer as the same logs did (see tests/fixtures/v2).
 #[test]
-fn a_version_1_rdb_file_still_loads_and_saves_as_version_2() {
+fn version_2_dump_payloads_still_restore() {
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for key in ["one", "mixed", "long"] {
+        let payload = fixture_payload("v2", key);
+        assert_eq!(payload[9] & 3, 2, "a version-2 payload");
+        let restored: String = redis::cmd("RESTORE")
+            .arg(format!("v2:{key}"))
+            .arg(0)
+            .arg(payload)
+            .query(&mut con)
+            .expect("a version-2 payload restores");
+        assert_eq!(restored, "OK");
+    }
+    assert_version_1_answers(&mut con, "v2:");
+}
+
+/// Encoding version 3 carries the block: a blocked key and a blocked key
+/// whose log a refund emptied restore blocked, and dump back byte for
+/// byte (see tests/fixtures/v3).
+#[test]
+fn version_3_payloads_carry_the_block() {
+    const T: i64 = 7_258_118_400_000;
+    let server = Server::start(&[]);
+    let mut con = server.connect();
+    for key in ["blocked", "emptied"] {
+        let payload = fixture_payload("v3", key);
+        let restored: String = redis::cmd("RESTORE")
+            .arg(key)
+            .arg(0)
+            .arg(&payload)
+            .query(&mut con)
+            .expect("a version-3 payload restores");
+        assert_eq!(restored, "OK");
+        let dumped: Vec<u8> = run(&mut con, &["DUMP", key]);
+        assert_eq!(dumped, payload, "{key} dumps as it loaded");
+    }
+    // The newest entry is at T + 3000000, later than today's clock, so
+    // the answer is taken then: an hour of block left.
+    let blocked: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "blocked", "60000", "100"]);
+    assert_eq!(blocked, [0, 0, 3_600_000, 3_600_000]);
+    let emptied: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "emptied", "60000", "100"]);
+    assert_eq!(emptied[..2], [0, 0]);
+    let now: i64 = harness::server_clock_ms(&mut con);
+    assert!(
+        (T + 3_600_000 - now - emptied[2]).abs() < 2_000,
+        "{emptied:?}"
+    );
+    let lifted: i64 = run(&mut con, &["RATELIMIT.UNBLOCK", "blocked"]);
+    assert_eq!(lifted, 1);
+    let unblocked: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "blocked", "60000", "100"]);
+    assert_eq!(unblocked[..3], [1, 99, 0]);
+}
+
+/// Blocked keys (with entries, emptied by a refund, widened by the denial
+/// that blocked them) survive DEBUG RELOAD, a restart from the RDB, from
+/// the AOF, and from a rewritten AOF, with the same digest and expiry.
+#[test]
+fn blocks_survive_every_reload() {
+    let mut server = Server::start(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--aof-use-rdb-preamble",
+        "no",
+    ]);
+    let mut con = server.connect();
+    let block = |con: &mut Connection, key: &str, window: &str| {
+        for _ in 0..2 {
+            run::<Vec<i64>>(
+                con,
+                &["RATELIMIT.CHECK", key, window, "1", "BLOCK", "3600000"],
+            );
+        }
+    };
+    block(&mut con, "blocked", "60000");
+    block(&mut con, "emptied", "60000");
+    run::<i64>(&mut con, &["RATELIMIT.UNDO", "emptied"]);
+    block(&mut con, "widened", "1000");
+    run::<Vec<i64>>(
+        &mut con,
+        &[
+            "RATELIMIT.CHECK",
+            "widened",
+            "7200000",
+            "1",
+            "BLOCK",
+            "3600000",
+        ],
+    );
+    run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "open", "60000", "5"]);
+    let state = |con: &mut Connection| -> Vec<(String, String, i64)> {
+        all_digests(con)
+            .into_iter()
+            .map(|(key, digest)| {
+                let expires_at: i64 = run(con, &["PEXPIRETIME", &key]);
+                (key, digest, expires_at)
+            })
+            .collect()
+    };
+    let before = state(&mut con);
+    assert_eq!(before.len(), 4, "{before:?}");
+    run::<String>(&mut con, &["DEBUG", "RELOAD"]);
+    assert_eq!(state(&mut con), before, "DEBUG RELOAD");
+    server.restart(true);
+    let mut con = server.connect();
+    assert_eq!(state(&mut con), before, "a restart from the RDB");
+    server.kill();
+    server.relaunch();
+    let mut con = server.connect();
+    assert_eq!(state(&mut con), before, "a restart from the AOF");
+    run::<String>(&mut con, &["BGREWRITEAOF"]);
+    wait_for_background_saves(&mut con);
+    server.kill();
+    server.relaunch();
+    let mut con = server.connect();
+    assert_eq!(state(&mut con), before, "a restart from a rewritten AOF");
+    let blocked: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "emptied", "10", "9"]);
+    assert_eq!(blocked[..2], [0, 0], "still blocked: {blocked:?}");
+}
+
+#[test]
+fn a_version_1_rdb_file_still_loads_and_saves_as_version_3() {
     let mut server = Server::start(&[]);
     server.kill();
     std::fs::copy(format!("{VERSION_1}/dump.rdb"), server.dir.join("dump.rdb")).expect("copy");
@@ -168,7 +294,7 @@ fn a_version_1_rdb_file_still_loads_and_saves_as_version_2() {
     assert_eq!(
         all_digests(&mut con),
         digests,
-        "saved again as version 2, unchanged"
+        "saved again as version 3, unchanged"
     );
     assert_version_1_answers(&mut con, "v1:");
 }

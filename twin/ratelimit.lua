@@ -1,6 +1,6 @@
 #!lua name=ratelimit
 -- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK,
--- UNDO, MCHECK, MPEEK and MUNDO for servers that cannot load the module
+-- UNDO, MCHECK, MPEEK, MUNDO and UNBLOCK (with BLOCK ms) for servers that cannot load the module
 -- (managed services). Same arguments, same replies, same error texts;
 -- where Lua's numbers (doubles) cannot be exact, a twin-only error instead
 -- (see twin/README.md).
@@ -12,8 +12,9 @@
 --                 FCALL ratelimit_mcheck numkeys key [key ...] npairs window max [...] [...]
 --                 FCALL_RO ratelimit_mpeek numkeys key [key ...] <as mcheck>
 --                 FCALL ratelimit_mundo numkeys key [key ...] [COST n]
+--                 FCALL ratelimit_unblock 1 key
 -- Script form:    this file without its first line, as EVAL/EVALSHA:
---                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo
+--                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo|unblock
 --                 <the same arguments>
 --
 -- Only base Lua 5.1 (string, math, table, ipairs, tonumber, tostring,
@@ -25,6 +26,11 @@
 --   header (HEADER bytes, fixed width, little-endian):
 --     magic "rl\1" (3) | window (5) | head (4) | tail (4) |
 --     newest time (6) | span = newest - oldest (5) | total cost (7)
+--   or, for a key blocked by `BLOCK ms` (BLOCKED_HEADER bytes), the same
+--   with magic "rl\2" and then the block's end, blocked_until (6): a key
+--   that is never blocked keeps the short header, and values written
+--   before blocks existed read as they are. A blocked key may hold no
+--   entry (head = tail, total 0) until its block ends.
 --   entries, oldest first, in bytes [head, tail): each is the gap to the
 --   previous entry's time and its cost, as "flagged varints": the first
 --   byte holds 6 value bits and a flag (bit 0), every byte a continuation
@@ -42,6 +48,8 @@
 
 local MAGIC = 'rl\1'
 local HEADER = 34
+local BLOCKED_MAGIC = 'rl\2'
+local BLOCKED_HEADER = 40
 local MAX_WINDOW = 31536000000
 local MAX_COST = '9223372036854775807'
 -- The largest integer a double holds exactly, with every integer below it.
@@ -109,7 +117,7 @@ local function arity(name)
   fail("ERR wrong number of arguments for '" .. name .. "' command")
 end
 
-local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' } }
+local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' }, { 'BLOCK', 'ms' } }
 local UNDO_OPTIONS = { { 'COST', 'n' } }
 
 -- Named options, each followed by its value, at most once, any case.
@@ -129,7 +137,10 @@ local function parse_options(words, from, names)
       for index, name in ipairs(names) do
         known[index] = name[1] .. ' ' .. name[2]
       end
-      fail("ERR unknown option '" .. word .. "' (the options are " .. table.concat(known, ' and ') .. ')')
+      -- "A", "A and B", "A, B and C".
+      local last = table.remove(known)
+      local listed = #known > 0 and table.concat(known, ', ') .. ' and ' .. last or last
+      fail("ERR unknown option '" .. word .. "' (the options are " .. listed .. ')')
     end
     local token = names[slot][1]
     if i + 1 > #words then
@@ -150,6 +161,18 @@ local function cost_digits(word)
     fail('ERR COST must be a positive integer')
   end
   return digits
+end
+
+-- BLOCK's value in ms, or nil if not given.
+local function parse_block(word)
+  if not word then
+    return nil
+  end
+  local digits = positive_up_to(word, WINDOW_DIGITS)
+  if not digits then
+    fail('ERR BLOCK must be an integer from 1 to ' .. WINDOW_DIGITS .. ' (milliseconds)')
+  end
+  return tonumber(digits)
 end
 
 local function precision_error(shortest)
@@ -255,7 +278,11 @@ local function parse_limit_call(name, args)
     limits[#limits + 1] = limit
     at = at + 2
   end
-  return make_exact(build_call(limits, parse_options(args, at, LIMIT_OPTIONS)))
+  local options = parse_options(args, at, LIMIT_OPTIONS)
+  local block = parse_block(options[3])
+  local call = make_exact(build_call(limits, options))
+  call.block = block
+  return call
 end
 
 -- Several keys ----------------------------------------------------------------
@@ -322,12 +349,13 @@ local function parse_multi_call(name, keys, args)
     end
   end
   local options = parse_options(args, at, LIMIT_OPTIONS)
+  local block = parse_block(options[3])
   local calls = {}
   for position, key in ipairs(keys) do
     calls[position] = about_key(key, key_call, args, starts[position], counts[position], options)
   end
   for position, key in ipairs(keys) do
-    about_key(key, make_exact, calls[position])
+    about_key(key, make_exact, calls[position]).block = block
   end
   return calls
 end
@@ -391,8 +419,23 @@ local function encode_header(log)
   local c4 = c % 256; c = (c - c4) / 256
   local c5 = c % 256; c = (c - c5) / 256
   local c6 = c % 256; c = (c - c6) / 256
-  return MAGIC .. string.char(w1, w2, w3, w4, w, h1, h2, h3, h, t1, t2, t3, t, n1, n2, n3, n4, n5, n,
+  local fields = string.char(w1, w2, w3, w4, w, h1, h2, h3, h, t1, t2, t3, t, n1, n2, n3, n4, n5, n,
     s1, s2, s3, s4, s, c1, c2, c3, c4, c5, c6, c)
+  if log.blocked == 0 then
+    return MAGIC .. fields
+  end
+  local b = log.blocked
+  local b1 = b % 256; b = (b - b1) / 256
+  local b2 = b % 256; b = (b - b2) / 256
+  local b3 = b % 256; b = (b - b3) / 256
+  local b4 = b % 256; b = (b - b4) / 256
+  local b5 = b % 256; b = (b - b5) / 256
+  return BLOCKED_MAGIC .. fields .. string.char(b1, b2, b3, b4, b5, b)
+end
+
+-- The header's size for the log as it is now (a block needs the long one).
+local function header_size(log)
+  return log.blocked == 0 and HEADER or BLOCKED_HEADER
 end
 
 local function le(a, b, c, d, e, f, g)
@@ -529,7 +572,7 @@ end
 -- The key's log, or nil if the key does not exist; WRONGTYPE for any
 -- other value, as the module answers.
 local function open(key)
-  local reply = redis.pcall('GETRANGE', key, 0, HEADER + CHUNK - 1)
+  local reply = redis.pcall('GETRANGE', key, 0, BLOCKED_HEADER + CHUNK - 1)
   if type(reply) == 'table' and reply.err then
     fail(reply.err)
   end
@@ -540,12 +583,14 @@ local function open(key)
     end
     return nil
   end
-  if #reply < HEADER or reply:sub(1, 3) ~= MAGIC then
+  local magic = reply:sub(1, 3)
+  local base = (magic == MAGIC and HEADER) or (magic == BLOCKED_MAGIC and BLOCKED_HEADER) or nil
+  if not base or #reply < base then
     fail(WRONGTYPE)
   end
   -- The header's fields, low byte first (see the top of this file).
   local _, _, _, w1, w2, w3, w4, w5, h1, h2, h3, h4, t1, t2, t3, t4, n1, n2, n3, n4, n5, n6,
-    s1, s2, s3, s4, s5, c1, c2, c3, c4, c5, c6, c7 = reply:byte(1, HEADER)
+    s1, s2, s3, s4, s5, c1, c2, c3, c4, c5, c6, c7, b1, b2, b3, b4, b5, b6 = reply:byte(1, base)
   local newest = le(n1, n2, n3, n4, n5, n6)
   local log = {
     key = key,
@@ -555,14 +600,30 @@ local function open(key)
     newest = newest,
     oldest = newest - le(s1, s2, s3, s4, s5),
     total = le(c1, c2, c3, c4, c5, c6, c7),
+    blocked = b1 and le(b1, b2, b3, b4, b5, b6) or 0,
+    base = base,
     segment = reply,
     lo = 0,
     hi = #reply,
   }
-  if log.head < HEADER or log.tail <= log.head or log.total < 1 or log.total > EXACT then
+  -- Entries with a positive cost sum, or none in a key that is blocked.
+  local entries = log.tail > log.head
+  if log.head < base or log.tail < log.head or log.total > EXACT or entries ~= (log.total > 0)
+    or (base == BLOCKED_HEADER) ~= (log.blocked > 0) or not (entries or log.blocked > 0) then
     fail(WRONGTYPE)
   end
   return log
+end
+
+local function has_entries(log)
+  return log.tail > log.head
+end
+
+-- When the key expires: when its newest entry leaves its window, or when
+-- its block ends, whichever is later.
+local function expiry_of(log)
+  local own = has_entries(log) and log.newest + log.window or 0
+  return math.max(own, log.blocked)
 end
 
 -- The server's clock in ms: the only clock the twin reads.
@@ -635,7 +696,7 @@ local function standing(log, now, call)
     retry = math.max(retry, wait)
   end
   local reset = 0
-  if log then
+  if log and has_entries(log) then
     local horizon = now - call.longest
     if log.newest > horizon then
       reset = log.newest - horizon
@@ -647,7 +708,7 @@ end
 -- The call's time on a key: the clock (read once per call), or the key's
 -- newest entry's time if later, so time never runs backwards for a key.
 local function decision_time(log, now)
-  if log and log.newest > now then
+  if log and has_entries(log) and log.newest > now then
     return log.newest
   end
   return now
@@ -655,6 +716,23 @@ end
 
 local function read_clock()
   return math.max(clock(), 0)
+end
+
+-- The block's end if the key is blocked at `now`.
+local function block_at(log, now)
+  if log and log.blocked > now then
+    return log.blocked
+  end
+  return nil
+end
+
+-- What a call on a key blocked for `rest` more ms sees: denied, no room,
+-- a wait and a reset of at least the rest of the block.
+local function under_block(seen, rest)
+  seen.fits, seen.remaining = false, 0
+  seen.retry = math.max(seen.retry, rest)
+  seen.reset = math.max(seen.reset, rest)
+  return seen
 end
 
 local function reply(seen)
@@ -694,10 +772,12 @@ end
 -- one has only its changed bytes and its header overwritten.
 local function write(log, from, bytes, expires)
   local live = from - log.head
-  local dead = log.head - HEADER
-  if live + #bytes <= SMALL or (dead > CHUNK and dead > live) then
+  local dead = log.head - log.base
+  local size = header_size(log)
+  -- A header that changes size (a block starts or ends) moves the entries.
+  if live + #bytes <= SMALL or (dead > CHUNK and dead > live) or size ~= log.base then
     local entries = live_before(log, from) .. bytes
-    log.head, log.tail = HEADER, HEADER + #entries
+    log.head, log.tail, log.base = size, size + #entries, size
     local value = encode_header(log) .. entries
     if expires then
       redis.call('SET', log.key, value, 'PXAT', expires)
@@ -719,7 +799,7 @@ end
 -- A new key holding one entry.
 local function create(key, at, window, cost)
   local log = { key = key, window = window, head = HEADER, tail = HEADER, newest = at, oldest = at,
-    total = cost, lo = 0, hi = 0, segment = '' }
+    total = cost, blocked = 0, base = HEADER, lo = 0, hi = 0, segment = '' }
   write(log, HEADER, encode_entry(0, cost), at + window)
 end
 
@@ -757,6 +837,8 @@ local function record(key, log, at, call, plan)
   end
   log.window = plan.window
   log.head, log.oldest, log.total = entry.start, entry.at, plan.total + call.cost
+  -- Allowed, so any block has ended by `at`: recording clears it.
+  log.blocked = 0
   local newest = back(log)
   local from, bytes
   if cell(newest.at, call.precision) == cell(at, call.precision) then
@@ -775,13 +857,22 @@ local function record(key, log, at, call, plan)
   write(log, from, bytes, at + plan.window)
 end
 
--- Decision 1 of this round: a denied CHECK whose longest window is longer
--- than the log's registers it; the key then lives until its newest entry
--- expires under it.
-local function widen(log, window)
-  log.window = window
+-- What a denial writes: a longest window longer than the log's is
+-- registered (decision 1 of an earlier round: the key then lives until its
+-- newest entry expires under it), and `block_until`, if given, starts a
+-- block. Nothing else is written: a denial that does neither is read-only.
+local function deny(log, window, block_until)
+  if not log or not (window > log.window or block_until) then
+    return
+  end
+  log.window = math.max(log.window, window)
+  log.blocked = block_until or log.blocked
+  if header_size(log) ~= log.base then
+    write(log, log.tail, '', expiry_of(log))
+    return
+  end
   redis.call('SETRANGE', log.key, 0, encode_header(log))
-  redis.call('PEXPIREAT', log.key, log.newest + window)
+  redis.call('PEXPIREAT', log.key, expiry_of(log))
 end
 
 -- UNDO: takes back up to `units` of the newest cost.
@@ -803,7 +894,13 @@ local function refund(log, units)
     end
   end
   if not entry then
-    redis.call('DEL', log.key)
+    log.total = 0
+    if log.blocked > read_clock() then
+      -- Kept until its block ends.
+      write(log, log.tail, '', log.blocked)
+    else
+      redis.call('DEL', log.key)
+    end
     return removed
   end
   log.total = log.total - removed
@@ -813,15 +910,28 @@ end
 
 -- The operations ------------------------------------------------------------
 
+-- A key's standing at `now`, under its block if it is blocked.
+local function seen_at(log, now, call)
+  local seen = standing(log, now, call)
+  local ends = block_at(log, now)
+  if ends then
+    return under_block(seen, ends - now), true
+  end
+  return seen, false
+end
+
 local function check(key, args)
   local call = parse_limit_call('ratelimit.check', args)
   local log = open(key)
   local now = decision_time(log, read_clock())
-  local seen = standing(log, now, call)
+  local seen, blocked = seen_at(log, now, call)
   if not seen.fits then
-    if log and call.longest > log.window then
-      widen(log, call.longest)
+    -- Denied by its limits, with BLOCK: the key is blocked from now on.
+    local block_until = not blocked and call.block and now + call.block or nil
+    if block_until then
+      under_block(seen, call.block)
     end
+    deny(log, call.longest, block_until)
     return reply(seen)
   end
   record(key, log, now, call, plan_record(log, now, call))
@@ -831,7 +941,7 @@ end
 local function peek(key, args)
   local call = parse_limit_call('ratelimit.peek', args)
   local log = open(key)
-  return reply(standing(log, decision_time(log, read_clock()), call))
+  return reply((seen_at(log, decision_time(log, read_clock()), call)))
 end
 
 local function undo(key, args)
@@ -843,8 +953,29 @@ local function undo(key, args)
   return refund(log, units)
 end
 
+-- UNBLOCK: lifts a block in force, keeping the history; 1 if it did.
+local function unblock(key, args)
+  if #args > 0 then
+    arity('ratelimit.unblock')
+  end
+  local log = open(key)
+  local now = decision_time(log, read_clock())
+  if not block_at(log, now) then
+    return 0
+  end
+  log.blocked = 0
+  if has_entries(log) and log.newest + log.window > now then
+    write(log, log.tail, '', log.newest + log.window)
+  else
+    -- Nothing live is left without the block.
+    redis.call('DEL', key)
+  end
+  return 1
+end
+
 -- Every key of a multi-key call opened (WRONGTYPE for the first key of
--- another type) and seen at its own decision time, one clock for all.
+-- another type) and seen at its own decision time, one clock for all,
+-- under its block if it is blocked.
 local function survey(name, keys, args)
   local calls = parse_multi_call(name, keys, args)
   local clock_now = read_clock()
@@ -852,14 +983,16 @@ local function survey(name, keys, args)
   for i, key in ipairs(keys) do
     local log = open(key)
     local now = decision_time(log, clock_now)
-    keyed[i] = { key = key, log = log, call = calls[i], now = now, seen = standing(log, now, calls[i]) }
+    local seen, blocked = seen_at(log, now, calls[i])
+    keyed[i] = { key = key, log = log, call = calls[i], now = now, seen = seen, blocked = blocked }
   end
   return keyed
 end
 
 -- MCHECK's and MPEEK's reply over every key: as CHECK would reply if
 -- allowed (as PEEK would with `as_peek`), as PEEK would if denied; then
--- the 1-based positions of the keys that denied.
+-- the 1-based positions of the keys that denied (by their limits or by a
+-- block).
 local function joint(keyed, as_peek)
   local denied = {}
   for i, k in ipairs(keyed) do
@@ -884,18 +1017,27 @@ local function joint(keyed, as_peek)
 end
 
 -- MCHECK: every key is read and every write checked before any key
--- changes; then every key records the request (allowed), or keeps its
--- longest window as a denied CHECK's does (denied).
+-- changes; then every key records the request (allowed), or (denied)
+-- keeps its longest window as a denied CHECK's does and, with BLOCK, is
+-- blocked if its own limits denied and it was not blocked already.
 local function mcheck(keys, args)
   local keyed = survey('ratelimit.mcheck', keys, args)
-  local answer = joint(keyed, false)
-  if answer[1] == 0 then
+  local allowed = true
+  for _, k in ipairs(keyed) do
+    allowed = allowed and k.seen.fits
+  end
+  if not allowed then
     for _, k in ipairs(keyed) do
-      if k.log and k.call.longest > k.log.window then
-        widen(k.log, k.call.longest)
+      local block = k.call.block
+      k.block_until = block and not k.seen.fits and not k.blocked and k.now + block or nil
+      if k.block_until then
+        under_block(k.seen, block)
       end
     end
-    return answer
+    for _, k in ipairs(keyed) do
+      deny(k.log, k.call.longest, k.block_until)
+    end
+    return joint(keyed, false)
   end
   for _, k in ipairs(keyed) do
     k.plan = about_key(k.key, plan_record, k.log, k.now, k.call)
@@ -903,7 +1045,7 @@ local function mcheck(keys, args)
   for _, k in ipairs(keyed) do
     record(k.key, k.log, k.now, k.call, k.plan)
   end
-  return answer
+  return joint(keyed, false)
 end
 
 local function mpeek(keys, args)
@@ -925,13 +1067,15 @@ local function mundo(keys, args)
   return removed
 end
 
--- `one_key` operations take exactly one key (the module's argument 1).
+-- `one_key` operations take exactly one key (the module's argument 1);
+-- `read_only` ones write nothing.
 local OPERATIONS = {
   check = { run = check, name = 'ratelimit.check', one_key = true },
-  peek = { run = peek, name = 'ratelimit.peek', one_key = true },
+  peek = { run = peek, name = 'ratelimit.peek', one_key = true, read_only = true },
   undo = { run = undo, name = 'ratelimit.undo', one_key = true },
+  unblock = { run = unblock, name = 'ratelimit.unblock', one_key = true },
   mcheck = { run = mcheck, name = 'ratelimit.mcheck' },
-  mpeek = { run = mpeek, name = 'ratelimit.mpeek' },
+  mpeek = { run = mpeek, name = 'ratelimit.mpeek', read_only = true },
   mundo = { run = mundo, name = 'ratelimit.mundo' },
 }
 
@@ -962,7 +1106,7 @@ local function dispatch(keys, argv)
   local operation = OPERATIONS[argv[1] or '']
   if not operation then
     return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
-      .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek and mundo)")
+      .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo and unblock)")
   end
   local args = {}
   for i = 2, #argv do
@@ -971,33 +1115,22 @@ local function dispatch(keys, argv)
   return call(operation, keys, args)
 end
 
+-- The functions, `ratelimit_<operation>`, in a fixed order. (The top level
+-- of a library may not touch globals such as `ipairs` on Redis 7.0.)
+local FUNCTIONS = { 'check', 'peek', 'undo', 'unblock', 'mcheck', 'mpeek', 'mundo' }
+
 if redis.register_function then
-  redis.register_function('ratelimit_check', function(keys, args)
-    return call(OPERATIONS.check, keys, args)
-  end)
-  redis.register_function({
-    function_name = 'ratelimit_peek',
-    callback = function(keys, args)
-      return call(OPERATIONS.peek, keys, args)
-    end,
-    flags = { 'no-writes' },
-  })
-  redis.register_function('ratelimit_undo', function(keys, args)
-    return call(OPERATIONS.undo, keys, args)
-  end)
-  redis.register_function('ratelimit_mcheck', function(keys, args)
-    return call(OPERATIONS.mcheck, keys, args)
-  end)
-  redis.register_function({
-    function_name = 'ratelimit_mpeek',
-    callback = function(keys, args)
-      return call(OPERATIONS.mpeek, keys, args)
-    end,
-    flags = { 'no-writes' },
-  })
-  redis.register_function('ratelimit_mundo', function(keys, args)
-    return call(OPERATIONS.mundo, keys, args)
-  end)
+  for i = 1, #FUNCTIONS do
+    local operation = OPERATIONS[FUNCTIONS[i]]
+    redis.register_function({
+      function_name = 'ratelimit_' .. FUNCTIONS[i],
+      callback = function(keys, args)
+        return call(operation, keys, args)
+      end,
+      -- Reads only: FCALL_RO, and so replicas, may run them.
+      flags = operation.read_only and { 'no-writes' } or nil,
+    })
+  end
 else
   return dispatch(KEYS, ARGV)
 end

@@ -1,5 +1,5 @@
 //! The two implementations of one contract: the module's RATELIMIT.CHECK,
-//! PEEK, UNDO, MCHECK, MPEEK and MUNDO, and the script twin
+//! PEEK, UNDO, UNBLOCK, MCHECK, MPEEK and MUNDO, and the script twin
 //! (twin/ratelimit.lua) in each way a user calls it. Tests write contract calls as the module's words
 //! (`["RATELIMIT.CHECK", key, ...]`); a [`Caller`] sends them in its
 //! backend's form, so one test source runs against every backend.
@@ -130,64 +130,31 @@ impl Backend {
     }
 }
 
-/// One of the contract's commands as the twin has it: the script form's
-/// operation, the function's name, whether it goes as FCALL_RO/EVALSHA_RO,
-/// and whether its key is argument 1 (else `numkeys key [key ...]`).
-struct TwinOperation {
-    name: &'static str,
-    function: &'static str,
-    read_only: bool,
-    one_key: bool,
-}
-
-const TWIN_OPERATIONS: [(&str, TwinOperation); 6] = [
-    (
-        "RATELIMIT.CHECK",
-        twin_op("check", "ratelimit_check", false, true),
-    ),
-    (
-        "RATELIMIT.PEEK",
-        twin_op("peek", "ratelimit_peek", true, true),
-    ),
-    (
-        "RATELIMIT.UNDO",
-        twin_op("undo", "ratelimit_undo", false, true),
-    ),
-    (
-        "RATELIMIT.MCHECK",
-        twin_op("mcheck", "ratelimit_mcheck", false, false),
-    ),
-    (
-        "RATELIMIT.MPEEK",
-        twin_op("mpeek", "ratelimit_mpeek", true, false),
-    ),
-    (
-        "RATELIMIT.MUNDO",
-        twin_op("mundo", "ratelimit_mundo", false, false),
-    ),
+/// The twin's operations: the module's command names after `RATELIMIT.`
+/// in lower case (the script form's operation; the function's name is
+/// `ratelimit_<operation>`), whether each goes as FCALL_RO/EVALSHA_RO, and
+/// whether its key is argument 1 (else `numkeys key [key ...]`).
+const TWIN_OPERATIONS: [(&str, bool, bool); 7] = [
+    ("check", false, true),
+    ("peek", true, true),
+    ("undo", false, true),
+    ("unblock", false, true),
+    ("mcheck", false, false),
+    ("mpeek", true, false),
+    ("mundo", false, false),
 ];
-
-const fn twin_op(
-    name: &'static str,
-    function: &'static str,
-    read_only: bool,
-    one_key: bool,
-) -> TwinOperation {
-    TwinOperation {
-        name,
-        function,
-        read_only,
-        one_key,
-    }
-}
 
 /// The twin's operation for a module command's name (any case), if the
 /// twin has it.
-fn twin_operation(command: &str) -> Option<&'static TwinOperation> {
+fn twin_operation(command: &str) -> Option<(&'static str, bool, bool)> {
+    let (prefix, name) = command.split_at_checked("RATELIMIT.".len())?;
+    if !prefix.eq_ignore_ascii_case("RATELIMIT.") {
+        return None;
+    }
     TWIN_OPERATIONS
         .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(command))
-        .map(|(_, operation)| operation)
+        .find(|(operation, _, _)| operation.eq_ignore_ascii_case(name))
+        .copied()
 }
 
 /// Sends contract calls in one backend's form, on connections made as
@@ -239,15 +206,16 @@ impl Caller {
     }
 
     /// `words` as this backend sends them: a contract call
-    /// (`RATELIMIT.CHECK|PEEK|UNDO key ...`, `RATELIMIT.MCHECK|MPEEK|MUNDO
+    /// (`RATELIMIT.CHECK|PEEK|UNDO|UNBLOCK key ...`, `RATELIMIT.MCHECK|MPEEK|MUNDO
     /// numkeys key ...`) in the backend's form, any other command as it is.
     /// The multi-key calls pass `numkeys` on as FCALL's and EVALSHA's own,
     /// with as many keys as the words hold.
     pub fn command(&self, words: &[&str]) -> redis::Cmd {
-        let Some(operation) = twin_operation(words[0]) else {
+        let Some((operation, read_only, one_key)) = twin_operation(words[0]) else {
             return command(words);
         };
-        let (numkeys, keys, args) = match (operation.one_key, words.get(1)) {
+        let function = format!("ratelimit_{operation}");
+        let (numkeys, keys, args) = match (one_key, words.get(1)) {
             (_, None) => ("0".to_string(), &words[1..1], &words[1..]),
             (true, Some(_)) => ("1".to_string(), &words[1..2], &words[2..]),
             (false, Some(numkeys)) => {
@@ -259,26 +227,18 @@ impl Caller {
         let mut form: Vec<&str> = match self.backend {
             Backend::Module => return command(words),
             Backend::Function | Backend::Restricted => {
-                let fcall = if operation.read_only {
-                    "FCALL_RO"
-                } else {
-                    "FCALL"
-                };
-                vec![fcall, operation.function]
+                let fcall = if read_only { "FCALL_RO" } else { "FCALL" };
+                vec![fcall, &function]
             }
             Backend::Script => {
-                let eval = if operation.read_only {
-                    "EVALSHA_RO"
-                } else {
-                    "EVALSHA"
-                };
+                let eval = if read_only { "EVALSHA_RO" } else { "EVALSHA" };
                 vec![eval, &self.sha]
             }
         };
         form.push(&numkeys);
         form.extend(keys);
         if self.backend == Backend::Script {
-            form.push(operation.name);
+            form.push(operation);
         }
         form.extend(args);
         command(&form)

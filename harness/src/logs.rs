@@ -92,7 +92,16 @@ pub const VERSION_1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtu
 
 /// The DUMP payload release 0.1.0 wrote for key `v1:<name>`.
 pub fn version_1_payload(name: &str) -> Vec<u8> {
-    let hex = std::fs::read_to_string(format!("{VERSION_1}/{name}.dump.hex")).expect("fixture");
+    fixture_payload("v1", name)
+}
+
+/// The DUMP payload `tests/fixtures/<version>/<name>.dump.hex` holds.
+pub fn fixture_payload(version: &str, name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../tests/fixtures/{version}/{name}.dump.hex",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let hex = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let hex = hex.trim();
     (0..hex.len())
         .step_by(2)

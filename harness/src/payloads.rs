@@ -1,7 +1,7 @@
-//! DUMP payloads of logs built entry by entry, in the module's RDB
-//! encoding (version 2: window, entry count, oldest time, entries) with a
-//! valid checksum: what a hostile or corrupt payload can hold, which the
-//! server's own checksum does not refuse.
+//! DUMP payloads of logs built entry by entry, in the RDB encoding the
+//! server's module writes (version 3: window, entry count, oldest time,
+//! entries, the block's end; version 2: no block) with a valid checksum: what a hostile or corrupt payload
+//! can hold, which the server's own checksum does not refuse.
 
 use crate::commands::run;
 use redis::Connection;
@@ -24,6 +24,16 @@ pub fn server_clock_ms(con: &mut Connection) -> i64 {
 /// A payload for a log with `window` and these `(time, cost)` entries, in
 /// order as given (gaps are taken as unsigned: times must not decrease).
 pub fn log_payload(con: &mut Connection, window: u64, entries: &[(i64, u64)]) -> Vec<u8> {
+    blocked_log_payload(con, window, entries, 0)
+}
+
+/// As [`log_payload`], for a key blocked until `blocked_until` (0: none).
+pub fn blocked_log_payload(
+    con: &mut Connection,
+    window: u64,
+    entries: &[(i64, u64)],
+    blocked_until: i64,
+) -> Vec<u8> {
     run::<Vec<i64>>(con, &["RATELIMIT.CHECK", "payload:template", "1000", "1"]);
     let template: Vec<u8> = run(con, &["DUMP", "payload:template"]);
     run::<i64>(con, &["DEL", "payload:template"]);
@@ -48,6 +58,15 @@ pub fn log_payload(con: &mut Connection, window: u64, entries: &[(i64, u64)]) ->
     payload.push(STRING);
     push_rdb_length(&mut payload, bytes.len() as u64);
     payload.extend(&bytes);
+    // The module type's id ends in its encoding version (10 bits); from
+    // version 3 the block follows the entries.
+    let version = u64::from_be_bytes(template[2..10].try_into().expect("8 bytes")) & 1023;
+    if version >= 3 {
+        payload.push(UINT);
+        push_rdb_length(&mut payload, blocked_until as u64);
+    } else {
+        assert_eq!(blocked_until, 0, "version {version} has no block");
+    }
     payload.push(EOF);
     // The RDB version from the template, then the checksum of it all.
     payload.extend(&template[template.len() - 10..template.len() - 8]);
