@@ -19,7 +19,7 @@ import {
 } from "redis-ratelimit";
 import { clients, pseudoRandom, recorder, startServer } from "./servers.mjs";
 
-const BACKENDS = ["module"];
+const BACKENDS = ["module", "twin"];
 const HOUR = 3_600_000;
 const LOGIN = { windowMs: 900_000, max: 5 };
 const servers = {};
@@ -384,7 +384,7 @@ async function run(target, calls) {
   return answers;
 }
 
-test("300 random calls with blocks: the in-process fallback answers as the module does", async () => {
+test("300 random calls with blocks: the twin and the in-process fallback answer as the module does", async () => {
   const open = factories["ioredis 6 RESP2"];
   const [module, twin] = await Promise.all([open(servers.module.port), open(servers.twin.port)]);
   try {
@@ -392,6 +392,7 @@ test("300 random calls with blocks: the in-process fallback answers as the modul
     const options = { logger: recorder().logger, prefix: "random:" };
     const started = Date.now();
     const expected = await run(new RateLimiter(module.client, options), calls);
+    const twinAnswers = await run(new RateLimiter(twin.client, options), calls);
     const memory = new MemoryLimiter();
     const inProcess = {
       check: async (key, limits, options) => memory.check(key, limits, options),
@@ -403,6 +404,7 @@ test("300 random calls with blocks: the in-process fallback answers as the modul
     };
     const memoryAnswers = await run(inProcess, calls);
     const slack = Date.now() - started + 5;
+    assertSameAnswers(twinAnswers, expected, slack);
     assertSameAnswers(memoryAnswers, expected, slack);
     assert.ok(
       expected.some((answer) => answer.retryAfterMs > 3_600_000),
