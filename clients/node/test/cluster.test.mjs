@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import Redis from "ioredis";
 import { createCluster } from "redis";
-import { RateLimiter, RateLimitInputError } from "redis-ratelimit";
+import { RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
 import { movedCount, recorder, startCluster } from "./servers.mjs";
 
 let cluster;
@@ -101,7 +101,7 @@ for (const [name, open] of CLUSTER_CLIENTS) {
 }
 
 for (const [name, open] of CLUSTER_CLIENTS) {
-  test(`${name}: several hash-tagged keys per call reach their master (0 MOVED); keys in different slots are refused before sending`, async () => {
+  test(`${name}: several hash-tagged keys per call reach their master (0 MOVED); keys in different slots are refused, before sending (or by CROSSSLOT over a Connection of one's own)`, async () => {
     const { client, close } = await open(cluster.nodes[0].port);
     try {
       const limiter = new RateLimiter(client, { logger: recorder().logger });
@@ -131,6 +131,17 @@ for (const [name, open] of CLUSTER_CLIENTS) {
           /must share a hash slot on a cluster: 'user:42' is in slot \d+, 'ip:10\.0\.0\.1' in slot \d+/.test(error.message),
       );
       await assert.rejects(limiter.undoAll(["user:42", "ip:10.0.0.1"]), RateLimitInputError);
+      // Over a Connection of one's own, which does not say it is a cluster, the server refuses them.
+      const node = new Redis({ host: "127.0.0.1", port: cluster.nodes[0].port });
+      try {
+        const own = new RateLimiter(
+          { send: (_key, [command, ...args]) => node.call(command, ...args), serverFor: () => "own" },
+          { logger: recorder().logger },
+        );
+        await assert.rejects(own.checkAll(spread), (error) => error instanceof RateLimitReplyError && /^CROSSSLOT/.test(error.message));
+      } finally {
+        node.disconnect();
+      }
     } finally {
       await close();
     }
