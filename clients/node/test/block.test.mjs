@@ -3,7 +3,6 @@
 // (RESP2 and RESP3) on the module and on the twin; the in-process fallback
 // blocking as the module does.
 import assert from "node:assert/strict";
-import http from "node:http";
 import { after, before, describe, test } from "node:test";
 import express from "express";
 import Fastify from "fastify";
@@ -17,7 +16,7 @@ import {
   RateLimitInputError,
   withRateLimit,
 } from "redis-ratelimit";
-import { clients, pseudoRandom, recorder, startServer } from "./servers.mjs";
+import { clients, listen, pseudoRandom, recorder, startServer } from "./servers.mjs";
 
 const BACKENDS = ["module", "twin"];
 const HOUR = 3_600_000;
@@ -124,14 +123,9 @@ test("a login lockout over HTTP: 429 with Retry-After for the hour, counting dow
     }),
     (req, res) => res.status(req.body.password === "right" ? 200 : 401).send("done"),
   );
-  const listening = http.createServer(app).listen(0, "127.0.0.1");
-  await new Promise((resolve) => listening.once("listening", resolve));
-  t.after(() => {
-    listening.closeAllConnections();
-    listening.close();
-  });
+  const url = await listen(t, app);
   const login = async (password) => {
-    const response = await fetch(`http://127.0.0.1:${listening.address().port}/login`, {
+    const response = await fetch(`${url}/login`, {
       method: "POST",
       body: new URLSearchParams({ username: "alice", password }),
     });
@@ -157,17 +151,6 @@ test("a login lockout over HTTP: 429 with Retry-After for the hour, counting dow
   await limiter.delete("login:alice");
   assert.equal((await login("right")).status, 200, "delete forgets it all");
 });
-
-/** Serves `handler` (node:http's shape) on a free port until the test ends; resolves its URL. */
-async function listen(t, handler) {
-  const listening = http.createServer(handler).listen(0, "127.0.0.1");
-  await new Promise((resolve) => listening.once("listening", resolve));
-  t.after(() => {
-    listening.closeAllConnections();
-    listening.close();
-  });
-  return `http://127.0.0.1:${listening.address().port}`;
-}
 
 for (const backend of BACKENDS) {
   test(`every middleware answers a blocked request 429 with the block's Retry-After, on the ${backend}`, async (t) => {

@@ -1,24 +1,13 @@
 // Limits per route, several limits on one route, and the hooks that answer
 // a refused request, for each framework.
 import assert from "node:assert/strict";
-import http from "node:http";
 import { test } from "node:test";
 import express from "express";
 import Fastify from "fastify";
 import { expressRateLimit, fastifyHooks, fetchRateLimit, withRateLimit } from "redis-ratelimit";
-import { sharedLimiter } from "./servers.mjs";
+import { listen, sharedLimiter } from "./servers.mjs";
 
 const shared = sharedLimiter();
-
-async function listen(t, handler) {
-  const listening = http.createServer(handler).listen(0, "127.0.0.1");
-  await new Promise((resolve) => listening.once("listening", resolve));
-  t.after(() => {
-    listening.closeAllConnections();
-    listening.close();
-  });
-  return `http://127.0.0.1:${listening.address().port}`;
-}
 
 async function statuses(url, n, headers = {}) {
   const out = [];
