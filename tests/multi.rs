@@ -11,7 +11,9 @@
 //! tested on the module alone and says so, and the twin's replication and
 //! AOF, which are its own (effects replication), have their own test.
 
-use harness::{all_digests, digest, error, run, wait_for_replica, Backend, Caller, Server};
+use harness::{
+    all_digests, aof_commands, digest, error, run, wait_for_replica, Backend, Caller, Server,
+};
 use redis::{Connection, Value};
 
 const KEYS: [&str; 3] = ["{t:7}:user:42", "{t:7}:ip:10.0.0.1", "{t:7}:tenant"];
@@ -566,37 +568,6 @@ fn cluster_mode_refuses_keys_in_different_slots(backend: Backend) {
     assert!(refused.starts_with("CROSSSLOT"), "{refused}");
 }
 
-/// The commands of an AOF, each as its words.
-fn aof_commands(server: &Server) -> Vec<Vec<String>> {
-    let mut text = Vec::new();
-    let dir = server.dir.join("appendonlydir");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("an AOF directory")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.to_string_lossy().ends_with(".incr.aof"))
-        .collect();
-    files.sort();
-    for file in files {
-        text.extend(std::fs::read(file).expect("an AOF file"));
-    }
-    let text = String::from_utf8_lossy(&text);
-    let mut lines = text.split("\r\n");
-    let mut commands = Vec::new();
-    while let Some(line) = lines.next() {
-        let Some(count) = line.strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) else {
-            continue;
-        };
-        let words = (0..count)
-            .filter_map(|_| {
-                lines.next();
-                lines.next().map(str::to_string)
-            })
-            .collect();
-        commands.push(words);
-    }
-    commands
-}
-
 /// README.md's example of the native all-or-nothing call, word for word.
 fn the_readme_example_replies_as_shown(backend: Backend) {
     let readme = harness::readme();
@@ -776,29 +747,23 @@ fn around_first(commands: &[Vec<String>], name: &str, count: usize) -> (Vec<Stri
     (names, keys)
 }
 
-/// The module's decisions replicate as their writes: one RECORD per key
-/// in one MULTI/EXEC, and WIDEN.
+/// The module's decisions replicate as their writes: an allowed MCHECK
+/// as one MRECORD over its keys, a widening denial as WIDEN.
 #[test]
 fn module_replicas_and_the_aof_get_every_key_at_once() {
     replicas_and_the_aof_get_every_key_at_once(Backend::Module, |commands| {
-        let (names, keys) = around_first(commands, "ratelimit.record", 3);
-        assert_eq!(
-            names,
-            [
-                "multi",
-                "ratelimit.record",
-                "ratelimit.record",
-                "ratelimit.record",
-                "exec"
-            ],
-            "{commands:?}"
-        );
-        assert_eq!(keys, KEYS);
         let names: Vec<String> = commands.iter().map(|c| c[0].to_lowercase()).collect();
+        let first = commands
+            .iter()
+            .find(|c| c[0].eq_ignore_ascii_case("ratelimit.mrecord"))
+            .unwrap_or_else(|| panic!("no MRECORD in {commands:?}"));
+        assert_eq!(first[1..5], ["3", KEYS[0], KEYS[1], KEYS[2]]);
         assert!(names.iter().any(|n| n == "ratelimit.widen"), "{names:?}");
         assert!(
-            !names.iter().any(|n| n == "ratelimit.mcheck"),
-            "decisions replicate as their writes: {names:?}"
+            !names
+                .iter()
+                .any(|n| n == "ratelimit.mcheck" || n == "ratelimit.record"),
+            "decisions replicate as their writes, every key in one: {names:?}"
         );
     });
 }

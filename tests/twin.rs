@@ -249,6 +249,26 @@ fn the_readme_error_tables_are_what_the_twin_sends() {
             &["RATELIMIT.CHECK", "sum", "1", &exact, "COST", &exact],
         );
         assert_eq!(vec![got], *full);
+        // In MCHECK, as each error about one key, after the key's name;
+        // and the key that had room records nothing either.
+        // 2^53 units a ms for a fresh key and for `sum`, whose max is given.
+        let over_two_keys = |name, sum_max| {
+            let exact = exact.as_str();
+            vec![name, "2", "room", "sum", "1", "1", exact, "1", "1", sum_max]
+        };
+        let mut multi = over_two_keys("RATELIMIT.MCHECK", &exact);
+        multi.extend(["COST", &exact]);
+        let named = full[0].replacen("ERR ", "ERR key 'sum': ", 1);
+        assert_eq!(twin.error(&mut con, &multi), named);
+        let above = (EXACT + 1).to_string();
+        let max_above = over_two_keys("RATELIMIT.MPEEK", &above);
+        let got = twin.error(&mut con, &max_above);
+        assert!(
+            got.starts_with("ERR key 'sum': max above 9007199254740992"),
+            "{got}"
+        );
+        let exists: i64 = run(&mut con, &["EXISTS", "room"]);
+        assert_eq!(exists, 0, "a refused call changes no key");
         drop(server);
     }
 }

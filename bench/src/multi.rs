@@ -1,8 +1,8 @@
 //! One request against a user, an IP and a tenant limit: one
 //! RATELIMIT.MCHECK over the three keys against three RATELIMIT.CHECKs,
 //! and the same two with the script twin (FCALL ratelimit_mcheck against
-//! three FCALL ratelimit_check), same keys, same limits (loose enough that every request is allowed, so
-//! both record the same), same run. Server CPU per request from `INFO
+//! three FCALL ratelimit_check), same keys, same limits (loose enough
+//! that every request is allowed, so both record the same), same run. Server CPU per request from `INFO
 //! commandstats`, and wall time per request on one connection (the CHECKs
 //! take three round trips); written to bench/results/multi.csv. Then the
 //! other measure issue 18 asks for, the memory of a blocked key against
