@@ -1,6 +1,7 @@
 //! The module and the script twin are two implementations of one
-//! contract: the same random call sequences, sent to both on one server
-//! (one clock), must get the same replies.
+//! contract: the same random call sequences (CHECK, PEEK, UNDO and the
+//! multi-key MCHECK, MPEEK, MUNDO), sent to both on one server (one
+//! clock), must get the same replies.
 //!
 //! Time is pinned the way a live server allows: every window is far
 //! longer than the test and no sequence waits, so nothing expires and
@@ -26,24 +27,104 @@ const WINDOWS: [u64; 5] = [
     31_536_000_000,
 ];
 const PRECISIONS: [u64; 4] = [1, 7, 1_000, 3_600_000];
+/// Blocks far longer than the test, or out of range.
+const BLOCKS: [u64; 5] = [
+    0,
+    1_000_000_000,
+    3_000_000_000,
+    31_536_000_000,
+    31_536_000_001,
+];
 const KEYS: usize = 3;
 
-/// One random call, as the module's words after the command name and key.
-fn random_call(random: &mut Random) -> (&'static str, Vec<String>) {
-    let pick = random.below(10);
-    if pick < 2 {
-        let mut words = vec![];
-        if random.below(3) > 0 {
-            words = vec!["COST".to_string(), (1 + random.below(6)).to_string()];
+/// One random call (CHECK, PEEK, MCHECK and MPEEK now and then with
+/// `BLOCK ms`, UNBLOCK): the command's name, the keys it names (indices, in
+/// order; a multi-key call now and then names one twice, an error both
+/// must name alike) and its words after the keys.
+struct Call {
+    name: &'static str,
+    keys: Vec<u64>,
+    args: Vec<String>,
+}
+
+impl Call {
+    /// The module's words, with the keys under `prefix`.
+    fn words(&self, prefix: &str) -> Vec<String> {
+        let keys = self.keys.iter().map(|k| format!("{prefix}:{k}"));
+        let mut words = vec![self.name.to_string()];
+        if self.name.starts_with("RATELIMIT.M") {
+            words.push(self.keys.len().to_string());
         }
-        return ("RATELIMIT.UNDO", words);
+        words.extend(keys);
+        words.extend(self.args.iter().cloned());
+        words
     }
-    let name = if pick < 8 {
-        "RATELIMIT.CHECK"
-    } else {
-        "RATELIMIT.PEEK"
+}
+
+fn random_call(random: &mut Random) -> Call {
+    let pick = random.below(15);
+    if pick == 14 {
+        let keys = vec![random.below(KEYS as u64)];
+        return Call {
+            name: "RATELIMIT.UNBLOCK",
+            keys,
+            args: vec![],
+        };
+    }
+    let multi = pick >= 10;
+    let mut keys = vec![random.below(KEYS as u64)];
+    if multi {
+        keys = (0..KEYS as u64).filter(|_| random.below(2) == 0).collect();
+        if keys.is_empty() || random.below(20) == 0 {
+            keys.push(random.below(KEYS as u64));
+        }
+    }
+    if pick < 2 || pick == 13 {
+        let mut args = vec![];
+        if random.below(3) > 0 {
+            args = vec!["COST".to_string(), (1 + random.below(6)).to_string()];
+        }
+        let name = if multi {
+            "RATELIMIT.MUNDO"
+        } else {
+            "RATELIMIT.UNDO"
+        };
+        return Call { name, keys, args };
+    }
+    let name = match pick {
+        0..8 => "RATELIMIT.CHECK",
+        8..10 => "RATELIMIT.PEEK",
+        10 | 11 => "RATELIMIT.MCHECK",
+        _ => "RATELIMIT.MPEEK",
     };
-    let mut words = vec![];
+    let mut args = vec![];
+    let mut smallest_max = u64::MAX;
+    for _ in 0..keys.len() {
+        let pairs = random_pairs(random, &mut smallest_max);
+        if multi {
+            args.push((pairs.len() / 2).to_string());
+        }
+        args.extend(pairs);
+    }
+    if random.below(3) == 0 {
+        // Sometimes above the smallest max: refused alike.
+        let cost = 1 + random.below(smallest_max + 1);
+        args.extend(["COST".to_string(), cost.to_string()]);
+    }
+    if random.below(3) == 0 {
+        let precision = PRECISIONS[random.below(PRECISIONS.len() as u64) as usize];
+        args.extend(["PRECISION".to_string(), precision.to_string()]);
+    }
+    if random.below(4) == 0 {
+        // Now and then out of range: refused alike.
+        let block = BLOCKS[random.below(BLOCKS.len() as u64) as usize];
+        args.extend(["BLOCK".to_string(), block.to_string()]);
+    }
+    Call { name, keys, args }
+}
+
+/// One key's `window max` words, 1 to 3 pairs; lowers `smallest_max`.
+fn random_pairs(random: &mut Random, smallest_max: &mut u64) -> Vec<String> {
     let pairs = 1 + random.below(3) as usize;
     let mut windows: Vec<u64> = vec![];
     while windows.len() < pairs {
@@ -53,32 +134,35 @@ fn random_call(random: &mut Random) -> (&'static str, Vec<String>) {
             windows.push(window);
         }
     }
-    let mut smallest_max = u64::MAX;
+    let mut words = vec![];
     for window in windows {
         let max = 1 + random.below(12);
-        smallest_max = smallest_max.min(max);
+        *smallest_max = (*smallest_max).min(max);
         words.push(window.to_string());
         words.push(max.to_string());
     }
-    if random.below(3) == 0 {
-        // Sometimes above the smallest max: refused alike.
-        let cost = 1 + random.below(smallest_max + 1);
-        words.extend(["COST".to_string(), cost.to_string()]);
-    }
-    if random.below(3) == 0 {
-        let precision = PRECISIONS[random.below(PRECISIONS.len() as u64) as usize];
-        words.extend(["PRECISION".to_string(), precision.to_string()]);
-    }
-    (name, words)
+    words
 }
 
-/// A reply as comparable text: an error's text, an integer, or the
-/// decision's 4 integers.
+/// A reply as comparable text: an error's text, an integer, the
+/// decision's 4 integers, MCHECK's 4 and its denied keys, MUNDO's refunds.
 #[derive(Debug)]
 enum Reply {
     Error(String),
     Refund(i64),
     Decision([i64; 4]),
+    Joint([i64; 4], Vec<i64>),
+    Refunds(Vec<i64>),
+}
+
+fn integers(words: &[&str], values: &[redis::Value]) -> Vec<i64> {
+    values
+        .iter()
+        .map(|v| match v {
+            redis::Value::Int(n) => *n,
+            other => panic!("{words:?}: not an integer: {other:?}"),
+        })
+        .collect()
 }
 
 fn send(caller: &Caller, con: &mut Connection, words: &[&str]) -> Reply {
@@ -89,32 +173,33 @@ fn send(caller: &Caller, con: &mut Connection, words: &[&str]) -> Reply {
             e.detail().unwrap_or("")
         )),
         Ok(redis::Value::Int(n)) => Reply::Refund(n),
-        Ok(redis::Value::Array(values)) => {
-            let numbers: Vec<i64> = values
-                .iter()
-                .map(|v| match v {
-                    redis::Value::Int(n) => *n,
-                    other => panic!("{words:?}: not an integer: {other:?}"),
-                })
-                .collect();
-            Reply::Decision(numbers.try_into().expect("4 integers"))
-        }
+        Ok(redis::Value::Array(values)) => match values.split_last() {
+            Some((redis::Value::Array(denied), fields)) => Reply::Joint(
+                integers(words, fields).try_into().expect("4 integers"),
+                integers(words, denied),
+            ),
+            _ if words[0] == "RATELIMIT.MUNDO" => Reply::Refunds(integers(words, &values)),
+            _ => Reply::Decision(integers(words, &values).try_into().expect("4 integers")),
+        },
         Ok(other) => panic!("{words:?}: unexpected reply {other:?}"),
     }
 }
 
 /// Equal, with timed fields equal in being zero and within `drift` ms.
 fn agree(module: &Reply, twin: &Reply, drift: i64) -> bool {
+    let fields = |a: &[i64; 4], b: &[i64; 4]| {
+        a[..2] == b[..2]
+            && a[2..]
+                .iter()
+                .zip(&b[2..])
+                .all(|(x, y)| (*x == 0) == (*y == 0) && (x - y).abs() <= drift)
+    };
     match (module, twin) {
         (Reply::Error(a), Reply::Error(b)) => a == b,
         (Reply::Refund(a), Reply::Refund(b)) => a == b,
-        (Reply::Decision(a), Reply::Decision(b)) => {
-            a[..2] == b[..2]
-                && a[2..]
-                    .iter()
-                    .zip(&b[2..])
-                    .all(|(x, y)| (*x == 0) == (*y == 0) && (x - y).abs() <= drift)
-        }
+        (Reply::Refunds(a), Reply::Refunds(b)) => a == b,
+        (Reply::Decision(a), Reply::Decision(b)) => fields(a, b),
+        (Reply::Joint(a, x), Reply::Joint(b, y)) => fields(a, b) && x == y,
         _ => false,
     }
 }
@@ -130,26 +215,24 @@ fn module_and_twin_answer_random_sequences_alike() {
     ];
     let mut con = server.connect();
     let started = Instant::now();
-    // Errors, refunds, denials and admissions compared.
-    let mut seen = [0; 4];
+    // Errors, refunds, denials and admissions of one key and of several
+    // compared.
+    let mut seen = [0; 6];
     for seed in 1..=24u64 {
         let mut random = Random::seeded(seed);
         let prefix = format!("seq{seed}");
         for step in 0..250 {
-            let key = random.below(KEYS as u64);
-            let (name, args) = random_call(&mut random);
+            let call = random_call(&mut random);
             let twin = &twins[random.below(2) as usize];
-            let module_key = format!("{prefix}:module:{key}");
-            let twin_key = format!("{prefix}:twin:{key}");
-            let words = |key: &str| -> Vec<String> {
-                let mut words = vec![name.to_string(), key.to_string()];
-                words.extend(args.iter().cloned());
-                words
-            };
-            let (module_words, twin_words) = (words(&module_key), words(&twin_key));
+            let module_words = call.words(&format!("{prefix}:module"));
+            let twin_words = call.words(&format!("{prefix}:twin"));
             let module_refs: Vec<&str> = module_words.iter().map(String::as_str).collect();
             let twin_refs: Vec<&str> = twin_words.iter().map(String::as_str).collect();
-            let expected = send(&module, &mut con, &module_refs);
+            // Errors that name a key name it under the module's prefix.
+            let expected = match send(&module, &mut con, &module_refs) {
+                Reply::Error(text) => Reply::Error(text.replace(":module:", ":twin:")),
+                reply => reply,
+            };
             let got = send(twin, &mut con, &twin_refs);
             let drift = started.elapsed().as_millis() as i64 + 2;
             assert!(
@@ -159,15 +242,17 @@ fn module_and_twin_answer_random_sequences_alike() {
             );
             let kind = match &got {
                 Reply::Error(_) => 0,
-                Reply::Refund(_) => 1,
+                Reply::Refund(_) | Reply::Refunds(_) => 1,
                 Reply::Decision([allowed, ..]) => 2 + *allowed as usize,
+                Reply::Joint([allowed, ..], _) => 4 + *allowed as usize,
             };
             seen[kind] += 1;
         }
     }
-    let [errors, refunds, denied, allowed] = seen;
+    let [errors, refunds, denied, allowed, joint_denied, joint_allowed] = seen;
     eprintln!(
-        "answered alike in {:?}: {allowed} allowed, {denied} denied, {refunds} refunds, {errors} errors",
+        "answered alike in {:?}: {allowed} allowed, {denied} denied, {refunds} refunds, \
+         {errors} errors; several keys: {joint_allowed} allowed, {joint_denied} denied",
         started.elapsed()
     );
     assert!(

@@ -54,6 +54,14 @@ fn keys_of_the_module_and_of_the_twin_never_mix() {
     run::<()>(&mut con, &["SET", "text", "hello"]);
     // A string that starts like the twin's value but is not one.
     run::<()>(&mut con, &["SET", "lookalike", "rl\u{1}not a log at all"]);
+    run::<()>(
+        &mut con,
+        &[
+            "SET",
+            "blocked-lookalike",
+            "rl\u{2}not a blocked log either",
+        ],
+    );
     run::<()>(&mut con, &["SET", "empty", ""]);
     let before: String = run(&mut con, &["DEBUG", "DIGEST"]);
     for (caller, key) in [
@@ -62,12 +70,14 @@ fn keys_of_the_module_and_of_the_twin_never_mix() {
         (&module, "twin-key"),
         (&twin, "text"),
         (&twin, "lookalike"),
+        (&script, "blocked-lookalike"),
         (&script, "empty"),
     ] {
         for words in [
             &["RATELIMIT.CHECK", key, "60000", "5"][..],
             &["RATELIMIT.PEEK", key, "60000", "5"],
             &["RATELIMIT.UNDO", key],
+            &["RATELIMIT.UNBLOCK", key],
         ] {
             assert_eq!(
                 caller.error(&mut con, words),
@@ -110,7 +120,7 @@ fn the_eval_form_runs_without_a_loaded_script() {
     assert_eq!(
         unknown.map_err(|e| e.detail().unwrap_or_default().to_string()),
         Err(
-            "unknown operation 'CHECK' (the script twin's operations are check, peek and undo)"
+            "unknown operation 'CHECK' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo and unblock)"
                 .into()
         )
     );
@@ -174,13 +184,14 @@ fn the_readme_error_tables_are_what_the_twin_sends() {
             check(&["60000", "5", "COST", "6"]),
         ),
         ("bad `PRECISION`", check(&["1000", "5", "PRECISION", "0"])),
+        ("bad `BLOCK`", check(&["1000", "5", "BLOCK", "0"])),
         (
             "an option without a value, twice, unknown",
-            check(&["1000", "5", "COST"]),
+            check(&["1000", "5", "BLOCK"]),
         ),
         (
             "an option without a value, twice, unknown",
-            check(&["1000", "5", "COST", "1", "COST", "1"]),
+            check(&["1000", "5", "BLOCK", "1", "BLOCK", "1"]),
         ),
         (
             "an option without a value, twice, unknown",
@@ -238,6 +249,26 @@ fn the_readme_error_tables_are_what_the_twin_sends() {
             &["RATELIMIT.CHECK", "sum", "1", &exact, "COST", &exact],
         );
         assert_eq!(vec![got], *full);
+        // In MCHECK, as each error about one key, after the key's name;
+        // and the key that had room records nothing either.
+        // 2^53 units a ms for a fresh key and for `sum`, whose max is given.
+        let over_two_keys = |name, sum_max| {
+            let exact = exact.as_str();
+            vec![name, "2", "room", "sum", "1", "1", exact, "1", "1", sum_max]
+        };
+        let mut multi = over_two_keys("RATELIMIT.MCHECK", &exact);
+        multi.extend(["COST", &exact]);
+        let named = full[0].replacen("ERR ", "ERR key 'sum': ", 1);
+        assert_eq!(twin.error(&mut con, &multi), named);
+        let above = (EXACT + 1).to_string();
+        let max_above = over_two_keys("RATELIMIT.MPEEK", &above);
+        let got = twin.error(&mut con, &max_above);
+        assert!(
+            got.starts_with("ERR key 'sum': max above 9007199254740992"),
+            "{got}"
+        );
+        let exists: i64 = run(&mut con, &["EXISTS", "room"]);
+        assert_eq!(exists, 0, "a refused call changes no key");
         drop(server);
     }
 }
@@ -290,5 +321,48 @@ fn the_twin_is_exact_up_to_2_53_and_refuses_beyond() {
         assert_eq!(after, value, "a refused call changes nothing");
         let refunded: i64 = twin.run(&mut con, &["RATELIMIT.UNDO", "k", "COST", &exact]);
         assert_eq!(refunded, (EXACT - 1) as i64);
+    }
+}
+
+/// A blocked key's value carries its block (magic `rl\2`, the block's end
+/// after the header); any other is the value the twin always wrote
+/// (`rl\1`), so values from before blocks existed read as they are, and
+/// lifting a block gives back the very bytes the key held before it.
+#[test]
+fn a_block_is_stored_in_the_value_and_lifted_from_it() {
+    for backend in TWINS {
+        let (_server, twin) = backend.start(&[]);
+        let mut con = twin.connect();
+        let get = |con: &mut redis::Connection| -> Vec<u8> {
+            redis::cmd("GET").arg("k").query(con).expect("GET")
+        };
+        for _ in 0..3 {
+            assert_eq!(twin.check(&mut con, "k", 60_000, 3)[0], 1);
+        }
+        let open = get(&mut con);
+        assert!(open.starts_with(b"rl\x01"), "{open:?}");
+        let denied: Vec<i64> = twin.run(
+            &mut con,
+            &["RATELIMIT.CHECK", "k", "60000", "3", "BLOCK", "3600000"],
+        );
+        assert_eq!(denied, [0, 0, 3_600_000, 3_600_000]);
+        let blocked = get(&mut con);
+        assert!(blocked.starts_with(b"rl\x02"), "{blocked:?}");
+        assert_eq!(blocked.len(), open.len() + 6, "6 bytes of block");
+        let pttl: i64 = run(&mut con, &["PTTL", "k"]);
+        assert!(
+            pttl > 3_590_000,
+            "the key lives as long as its block: {pttl}"
+        );
+        let lifted: i64 = twin.run(&mut con, &["RATELIMIT.UNBLOCK", "k"]);
+        assert_eq!(lifted, 1);
+        assert_eq!(get(&mut con), open, "the bytes from before the block");
+        let pttl: i64 = run(&mut con, &["PTTL", "k"]);
+        assert!((1..=60_000).contains(&pttl), "the log's own expiry: {pttl}");
+        for key in ["k", "missing"] {
+            let nothing: i64 = twin.run(&mut con, &["RATELIMIT.UNBLOCK", key]);
+            assert_eq!(nothing, 0, "{key}: no block to lift");
+        }
+        assert_eq!(twin.check(&mut con, "k", 60_000, 3)[..2], [0, 0]);
     }
 }

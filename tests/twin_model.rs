@@ -4,8 +4,14 @@
 //! `EmbeddedTwin`), so retry_after_ms and reset_after_ms, expiry, pruning
 //! and compaction are exact here, where a live server's clock would not
 //! let them be. The model is the contract written the slow, obvious way
-//! (as src/reference.rs is), with this round's decision 1: a denied CHECK
-//! whose longest window is longer than the log's registers it.
+//! (as src/reference.rs is), with decision 1 (a denied CHECK whose longest
+//! window is longer than the log's registers it) and issue 18's blocks: a
+//! CHECK with `BLOCK ms` denied by its limits blocks the key for `ms`, a
+//! call on a blocked key is denied with at least the rest of the block to
+//! wait, UNBLOCK lifts it, and the key lives until its block ends. MCHECK
+//! and MPEEK over up to three keys are held to one model per key: every
+//! key or none records, and a denial blocks only the keys whose own limits
+//! denied.
 
 use harness::{EmbeddedTwin, TwinReply};
 use proptest::prelude::*;
@@ -15,27 +21,72 @@ struct Model {
     /// (time, cost), oldest first.
     entries: Vec<(i64, u64)>,
     window: u64,
+    /// When the newest entry leaves the window (if there are entries).
     expires: i64,
+    /// When the key's block ends (0: none).
+    blocked_until: i64,
+}
+
+/// A CHECK (or PEEK) and its arguments.
+#[derive(Clone, Debug)]
+struct Request {
+    check: bool,
+    limits: Vec<(u64, u64)>,
+    cost: u64,
+    precision: u64,
+    block: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
 enum Call {
+    /// The clock moves by `tick` ms, then the request is sent.
     Request {
-        check: bool,
         tick: i64,
-        limits: Vec<(u64, u64)>,
-        cost: u64,
-        precision: u64,
+        request: Request,
+    },
+    /// The clock moves by `tick` ms, then MCHECK (or MPEEK) over the keys
+    /// at these positions of `NAMES`, each with its request (COST,
+    /// PRECISION and BLOCK shared).
+    Multi {
+        tick: i64,
+        keys: Vec<usize>,
+        requests: Vec<Request>,
     },
     Undo(u64),
+    Unblock,
 }
 
+/// The keys: single-key calls go to the first.
+const NAMES: [&str; 3] = ["k", "b", "c"];
+
 impl Model {
-    /// The key expires as Redis expires it: after its expiry time.
+    /// The key exists while it holds entries or a block.
+    fn exists(&self) -> bool {
+        !self.entries.is_empty() || self.blocked_until > 0
+    }
+
+    /// The key expires as Redis expires it: after its expiry time, the
+    /// later of its log's and its block's end.
     fn expire(&mut self, clock: i64) {
-        if !self.entries.is_empty() && clock > self.expires {
+        let log_expires = if self.entries.is_empty() {
+            0
+        } else {
+            self.expires
+        };
+        if self.exists() && clock > log_expires.max(self.blocked_until) {
             *self = Model::default();
         }
+    }
+
+    /// The key's time at this clock: never before its newest entry.
+    fn now(&self, clock: i64) -> i64 {
+        self.newest().map_or(clock, |t| t.max(clock))
+    }
+
+    /// A decision under a block of `rest` more ms: denied, no room, and
+    /// at least the rest of the block to wait and to reset.
+    fn under_block(seen: [i64; 4], rest: i64) -> [i64; 4] {
+        [0, 0, seen[2].max(rest), seen[3].max(rest)]
     }
 
     fn used_at(&self, now: i64, window: u64) -> u64 {
@@ -86,39 +137,65 @@ impl Model {
         [allowed as i64, remaining as i64, retry, reset]
     }
 
-    fn request(
-        &mut self,
-        clock: i64,
-        check: bool,
-        limits: &[(u64, u64)],
-        cost: u64,
-        precision: u64,
-    ) -> [i64; 4] {
+    /// What a call sees at `clock`: the key's time, whether the key is
+    /// blocked, and the decision (under the block if it is).
+    fn standing(&mut self, clock: i64, call: &Request) -> (i64, bool, [i64; 4]) {
         self.expire(clock);
-        let now = self.newest().map_or(clock, |t| t.max(clock));
-        let seen = self.decide(now, limits, cost);
-        let longest = Self::longest(limits);
-        if !check {
-            return seen;
+        let now = self.now(clock);
+        let blocked = now < self.blocked_until;
+        let mut seen = self.decide(now, &call.limits, call.cost);
+        if blocked {
+            seen = Self::under_block(seen, self.blocked_until - now);
         }
-        if seen[0] == 0 {
-            if let Some(newest) = self.newest().filter(|_| longest > self.window) {
-                self.window = longest;
-                self.expires = newest + longest as i64;
+        (now, blocked, seen)
+    }
+
+    /// A denied call's writes on this key: its longest window if longer
+    /// than the log's, and with BLOCK a block if the key's own limits
+    /// denied (`seen`) and it was not blocked. The key's answer after.
+    fn deny(&mut self, now: i64, blocked: bool, mut seen: [i64; 4], call: &Request) -> [i64; 4] {
+        let longest = Self::longest(&call.limits);
+        let wider = self.exists() && longest > self.window;
+        let starts_block = call.block.filter(|_| !blocked && seen[0] == 0);
+        if let Some(ms) = starts_block {
+            self.blocked_until = now + ms as i64;
+            seen = Self::under_block(seen, ms as i64);
+        }
+        // Either write sets the expiry afresh, from the log's own.
+        if wider || starts_block.is_some() {
+            self.window = self.window.max(longest);
+            if let Some(newest) = self.newest() {
+                self.expires = newest + self.window as i64;
             }
-            return seen;
         }
+        seen
+    }
+
+    /// Records an allowed request at `now`; CHECK's reply.
+    fn record(&mut self, now: i64, call: &Request) -> [i64; 4] {
+        let longest = Self::longest(&call.limits);
+        // Recording at or after a block's end clears it.
+        self.blocked_until = 0;
         self.window = self.window.max(longest);
         let horizon = now - self.window as i64;
         self.entries.retain(|&(t, _)| t > horizon);
-        let cell = |t: i64| t.div_euclid(precision as i64);
+        let cell = |t: i64| t.div_euclid(call.precision as i64);
         match self.entries.last_mut() {
-            Some(newest) if cell(newest.0) == cell(now) => *newest = (now, newest.1 + cost),
-            _ => self.entries.push((now, cost)),
+            Some(newest) if cell(newest.0) == cell(now) => *newest = (now, newest.1 + call.cost),
+            _ => self.entries.push((now, call.cost)),
         }
         self.expires = now + self.window as i64;
-        let after = self.decide(now, limits, 0)[1];
+        let after = self.decide(now, &call.limits, 0)[1];
         [1, after, 0, longest as i64]
+    }
+
+    fn request(&mut self, clock: i64, call: &Request) -> [i64; 4] {
+        let (now, blocked, seen) = self.standing(clock, call);
+        match (call.check, seen[0]) {
+            (false, _) => seen,
+            (true, 0) => self.deny(now, blocked, seen, call),
+            _ => self.record(now, call),
+        }
     }
 
     fn undo(&mut self, clock: i64, units: u64) -> u64 {
@@ -135,66 +212,166 @@ impl Model {
                 self.entries.pop();
             }
         }
-        if self.entries.is_empty() {
+        // An emptied log goes with its key, unless a block keeps the key.
+        if self.entries.is_empty() && self.blocked_until <= clock {
             *self = Model::default();
         }
         removed
     }
+
+    fn unblock(&mut self, clock: i64) -> i64 {
+        self.expire(clock);
+        let now = self.now(clock);
+        if now >= self.blocked_until {
+            return 0;
+        }
+        self.blocked_until = 0;
+        // The expiry returns to the log's own: when its newest entry
+        // leaves its window (which a refund may have made earlier).
+        match self.newest().map(|t| t + self.window as i64) {
+            Some(expires) if expires > now => self.expires = expires,
+            _ => *self = Model::default(),
+        }
+        1
+    }
+}
+
+/// MCHECK (`check`) or MPEEK over several keys, each with its model and
+/// its request: allowed iff every key allows; then every key records
+/// (MCHECK); else each key answers as a denied call on it alone (MCHECK
+/// writes its window and block). The 4 fields over every key's answer,
+/// and the 1-based positions of the keys that denied.
+fn joint(models: &mut [&mut Model], clock: i64, calls: &[Request], check: bool) -> TwinReply {
+    let seen: Vec<(i64, bool, [i64; 4])> = models
+        .iter_mut()
+        .zip(calls)
+        .map(|(model, call)| model.standing(clock, call))
+        .collect();
+    let allowed = seen.iter().all(|(_, _, s)| s[0] == 1);
+    let answers: Vec<[i64; 4]> = models
+        .iter_mut()
+        .zip(calls)
+        .zip(&seen)
+        .map(
+            |((model, call), &(now, blocked, seen))| match (check, allowed) {
+                (false, _) => seen,
+                (true, true) => model.record(now, call),
+                (true, false) => model.deny(now, blocked, seen, call),
+            },
+        )
+        .collect();
+    let denied: Vec<i64> = (1..)
+        .zip(&answers)
+        .filter(|(_, a)| a[0] == 0)
+        .map(|(position, _)| position)
+        .collect();
+    let least = |field: usize| answers.iter().map(|a| a[field]).min().unwrap_or(0);
+    let most = |field: usize| answers.iter().map(|a| a[field]).max().unwrap_or(0);
+    TwinReply::Joint([allowed as i64, least(1), most(2), most(3)], denied)
 }
 
 /// Whether the module would accept these numbers (the twin's argument
 /// errors are held to the module's by tests/differential.rs).
-fn valid(limits: &[(u64, u64)], cost: u64, precision: u64) -> bool {
-    let mut windows: Vec<u64> = limits.iter().map(|&(w, _)| w).collect();
+fn valid(request: &Request) -> bool {
+    let mut windows: Vec<u64> = request.limits.iter().map(|&(w, _)| w).collect();
     windows.sort_unstable();
     windows.dedup();
-    windows.len() == limits.len()
-        && limits.iter().all(|&(_, max)| cost <= max)
-        && windows.first().is_some_and(|&w| precision <= w)
+    windows.len() == request.limits.len()
+        && request.limits.iter().all(|&(_, max)| request.cost <= max)
+        && windows.first().is_some_and(|&w| request.precision <= w)
 }
 
-fn words(limits: &[(u64, u64)], cost: u64, precision: u64) -> Vec<String> {
-    let mut words: Vec<String> = limits
+fn words(request: &Request) -> Vec<String> {
+    let mut words: Vec<String> = request
+        .limits
         .iter()
         .flat_map(|&(w, m)| [w.to_string(), m.to_string()])
         .collect();
-    words.extend([
+    words.extend(words_of_options(request));
+    words
+}
+
+/// MCHECK's or MPEEK's words after the keys: each key's pairs, then the
+/// shared options.
+fn multi_words(requests: &[Request]) -> Vec<String> {
+    let mut words = vec![];
+    for request in requests {
+        words.push(request.limits.len().to_string());
+        words.extend(
+            request
+                .limits
+                .iter()
+                .flat_map(|&(w, m)| [w.to_string(), m.to_string()]),
+        );
+    }
+    let options = words_of_options(&requests[0]);
+    words.extend(options);
+    words
+}
+
+/// COST, PRECISION and BLOCK as words.
+fn words_of_options(request: &Request) -> Vec<String> {
+    let mut words = vec![
         "COST".into(),
-        cost.to_string(),
+        request.cost.to_string(),
         "PRECISION".into(),
-        precision.to_string(),
-    ]);
+        request.precision.to_string(),
+    ];
+    if let Some(ms) = request.block {
+        words.extend(["BLOCK".into(), ms.to_string()]);
+    }
     words
 }
 
 fn run(calls: &[Call]) -> Result<(), String> {
     let twin = EmbeddedTwin::new();
-    let mut model = Model::default();
+    let mut models: [Model; 3] = Default::default();
     // A realistic epoch time, so the stored times take their real width.
     let mut clock: i64 = 1_764_000_000_000;
     for (index, call) in calls.iter().enumerate() {
+        let model = &mut models[0];
         let (got, want) = match call {
-            Call::Request {
-                check,
-                tick,
-                limits,
-                cost,
-                precision,
-            } => {
+            Call::Request { tick, request } => {
                 clock += tick;
-                if !valid(limits, *cost, *precision) {
+                if !valid(request) {
                     continue;
                 }
                 twin.set_clock(clock);
-                let operation = if *check { "check" } else { "peek" };
-                let got = twin.call("k", operation, &words(limits, *cost, *precision));
-                let want = model.request(clock, *check, limits, *cost, *precision);
-                (got, TwinReply::Decision(want))
+                let operation = if request.check { "check" } else { "peek" };
+                let got = twin.call(NAMES[0], operation, &words(request));
+                (got, TwinReply::Decision(model.request(clock, request)))
+            }
+            Call::Multi {
+                tick,
+                keys,
+                requests,
+            } => {
+                clock += tick;
+                if !requests.iter().all(valid) {
+                    continue;
+                }
+                twin.set_clock(clock);
+                let check = requests[0].check;
+                let operation = if check { "mcheck" } else { "mpeek" };
+                let names: Vec<&str> = keys.iter().map(|&k| NAMES[k]).collect();
+                let got = twin.call_keys(&names, operation, &multi_words(requests));
+                // Each key's model, in the call's key order.
+                let mut slots: Vec<Option<&mut Model>> = models.iter_mut().map(Some).collect();
+                let mut ordered: Vec<&mut Model> = keys
+                    .iter()
+                    .map(|&k| slots[k].take().expect("each key once"))
+                    .collect();
+                (got, joint(&mut ordered, clock, requests, check))
             }
             Call::Undo(units) => {
                 twin.set_clock(clock);
-                let got = twin.call("k", "undo", &["COST".into(), units.to_string()]);
+                let got = twin.call(NAMES[0], "undo", &["COST".into(), units.to_string()]);
                 (got, TwinReply::Integer(model.undo(clock, *units) as i64))
+            }
+            Call::Unblock => {
+                twin.set_clock(clock);
+                let got = twin.call(NAMES[0], "unblock", &[]);
+                (got, TwinReply::Integer(model.unblock(clock)))
             }
         };
         if got != want {
@@ -202,8 +379,11 @@ fn run(calls: &[Call]) -> Result<(), String> {
                 "call {index} {call:?} at {clock}: twin {got:?}, model {want:?}"
             ));
         }
-        if twin.exists("k") == model.entries.is_empty() {
-            return Err(format!("call {index} {call:?}: the key exists in one only"));
+        for (name, model) in NAMES.iter().zip(models.iter_mut()) {
+            model.expire(clock);
+            if twin.exists(name) != model.exists() {
+                return Err(format!("call {index} {call:?}: {name} exists in one only"));
+            }
         }
     }
     Ok(())
@@ -212,17 +392,49 @@ fn run(calls: &[Call]) -> Result<(), String> {
 /// Calls with windows below `longest` (so the model's brute force stays
 /// cheap and entries expire often), maxes up to `max` and now and then
 /// 2^40, costs from 1 to 2^40 (multi-byte varints), a clock that mostly
-/// moves forward (by up to `step`) and sometimes steps back.
+/// moves forward (by up to `step`) and sometimes steps back; now and then
+/// `BLOCK` (up to `longest` ms) and UNBLOCK.
 fn call(longest: u64, max: u64, step: i64) -> impl Strategy<Value = Call> {
     let max = prop_oneof![6 => 1u64..max, 1 => Just(1u64 << 40)];
     let limits = proptest::collection::vec((1u64..longest, max), 1..4);
     let cost = prop_oneof![6 => 1u64..6, 1 => 1u64..(1 << 40)];
     let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
+    let block = prop_oneof![3 => Just(None), 1 => (1u64..longest).prop_map(Some)];
+    let request = (
+        prop::bool::weighted(0.8),
+        limits.clone(),
+        cost,
+        precision,
+        block,
+    )
+        .prop_map(|(check, limits, cost, precision, block)| Request {
+            check,
+            limits,
+            cost,
+            precision,
+            block,
+        });
+    // The same request's options, each key its own limits, the keys in
+    // any order.
+    let keys = proptest::sample::subsequence(vec![0usize, 1, 2], 1..=3).prop_shuffle();
+    let multi = (request.clone(), proptest::collection::vec(limits, 3), keys).prop_map(
+        |(request, limits, keys)| {
+            let requests = limits
+                .into_iter()
+                .take(keys.len())
+                .map(|limits| Request {
+                    limits,
+                    ..request.clone()
+                })
+                .collect();
+            (keys, requests)
+        },
+    );
     prop_oneof![
-        8 => (prop::bool::weighted(0.8), -step / 2..step * 2, limits, cost, precision).prop_map(
-            |(check, tick, limits, cost, precision)| Call::Request { check, tick, limits, cost, precision }
-        ),
-        1 => (1u64..6).prop_map(Call::Undo),
+        16 => (-step / 2..step * 2, request).prop_map(|(tick, request)| Call::Request { tick, request }),
+        6 => (-step / 2..step * 2, multi).prop_map(|(tick, (keys, requests))| Call::Multi { tick, keys, requests }),
+        2 => (1u64..6).prop_map(Call::Undo),
+        1 => Just(Call::Unblock),
     ]
 }
 
@@ -263,11 +475,14 @@ fn a_long_log_is_read_at_its_ends_and_compacted() {
             let cost = 1 + random.below(2);
             let pause = random.below(400) == 0;
             let request = |check, tick, limits: Vec<(u64, u64)>| Call::Request {
-                check,
                 tick,
-                limits,
-                cost,
-                precision: 1,
+                request: Request {
+                    check,
+                    limits,
+                    cost,
+                    precision: 1,
+                    block: None,
+                },
             };
             match i % 17 {
                 0 => Call::Undo(1 + cost),

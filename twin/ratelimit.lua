@@ -1,15 +1,21 @@
 #!lua name=ratelimit
--- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK and
--- UNDO for servers that cannot load the module (managed services). Same
--- arguments, same replies, same error texts; where Lua's numbers (doubles)
--- cannot be exact, a twin-only error instead (see twin/README.md).
+-- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK,
+-- UNDO, MCHECK, MPEEK, MUNDO and UNBLOCK (with BLOCK ms) for servers that cannot load the module
+-- (managed services). Same arguments, same replies, same error texts;
+-- where Lua's numbers (doubles) cannot be exact, a twin-only error instead
+-- (see twin/README.md).
 --
 -- Function form:  FUNCTION LOAD REPLACE <this file>
 --                 FCALL ratelimit_check 1 key window max [...] [COST n] [PRECISION p]
 --                 FCALL_RO ratelimit_peek 1 key window max [...]
 --                 FCALL ratelimit_undo 1 key [COST n]
+--                 FCALL ratelimit_mcheck numkeys key [key ...] npairs window max [...] [...]
+--                 FCALL_RO ratelimit_mpeek numkeys key [key ...] <as mcheck>
+--                 FCALL ratelimit_mundo numkeys key [key ...] [COST n]
+--                 FCALL ratelimit_unblock 1 key
 -- Script form:    this file without its first line, as EVAL/EVALSHA:
---                 EVALSHA sha 1 key check|peek|undo <the same arguments>
+--                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo|unblock
+--                 <the same arguments>
 --
 -- Only base Lua 5.1 (string, math, table, ipairs, tonumber, tostring,
 -- type, pcall, error) and redis.call/pcall:
@@ -20,6 +26,11 @@
 --   header (HEADER bytes, fixed width, little-endian):
 --     magic "rl\1" (3) | window (5) | head (4) | tail (4) |
 --     newest time (6) | span = newest - oldest (5) | total cost (7)
+--   or, for a key blocked by `BLOCK ms` (BLOCKED_HEADER bytes), the same
+--   with magic "rl\2" and then the block's end, blocked_until (6): a key
+--   that is never blocked keeps the short header, and values written
+--   before blocks existed read as they are. A blocked key may hold no
+--   entry (head = tail, total 0) until its block ends.
 --   entries, oldest first, in bytes [head, tail): each is the gap to the
 --   previous entry's time and its cost, as "flagged varints": the first
 --   byte holds 6 value bits and a flag (bit 0), every byte a continuation
@@ -37,6 +48,8 @@
 
 local MAGIC = 'rl\1'
 local HEADER = 34
+local BLOCKED_MAGIC = 'rl\2'
+local BLOCKED_HEADER = 40
 local MAX_WINDOW = 31536000000
 local MAX_COST = '9223372036854775807'
 -- The largest integer a double holds exactly, with every integer below it.
@@ -104,7 +117,7 @@ local function arity(name)
   fail("ERR wrong number of arguments for '" .. name .. "' command")
 end
 
-local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' } }
+local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' }, { 'BLOCK', 'ms' } }
 local UNDO_OPTIONS = { { 'COST', 'n' } }
 
 -- Named options, each followed by its value, at most once, any case.
@@ -124,7 +137,10 @@ local function parse_options(words, from, names)
       for index, name in ipairs(names) do
         known[index] = name[1] .. ' ' .. name[2]
       end
-      fail("ERR unknown option '" .. word .. "' (the options are " .. table.concat(known, ' and ') .. ')')
+      -- "A", "A and B", "A, B and C".
+      local last = table.remove(known)
+      local listed = #known > 0 and table.concat(known, ', ') .. ' and ' .. last or last
+      fail("ERR unknown option '" .. word .. "' (the options are " .. listed .. ')')
     end
     local token = names[slot][1]
     if i + 1 > #words then
@@ -147,6 +163,18 @@ local function cost_digits(word)
   return digits
 end
 
+-- BLOCK's value in ms, or nil if not given.
+local function parse_block(word)
+  if not word then
+    return nil
+  end
+  local digits = positive_up_to(word, WINDOW_DIGITS)
+  if not digits then
+    fail('ERR BLOCK must be an integer from 1 to ' .. WINDOW_DIGITS .. ' (milliseconds)')
+  end
+  return tonumber(digits)
+end
+
 local function precision_error(shortest)
   fail('ERR PRECISION must be an integer from 1 to ' .. string.format('%.0f', shortest)
     .. ' (the shortest window)')
@@ -156,45 +184,28 @@ local function by_window(a, b)
   return a.window < b.window
 end
 
--- check|peek: limits sorted by window, cost, precision and the longest
--- window, or the module's error for the first thing wrong.
-local function parse_limit_call(name, args)
-  -- The common call, one limit and no option, with numbers a double
-  -- holds exactly, read straight to what the general path would give.
-  if #args == 2 then
-    local window, max = args[1], args[2]
-    if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
-      local w = tonumber(window)
-      if w <= MAX_WINDOW then
-        return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
-      end
-    end
+-- One `window max` pair, or the module's error for what is wrong with it
+-- (`max_word` is nil when the words ran out).
+local function parse_pair(window_word, max_word)
+  local window = positive_up_to(window_word, WINDOW_DIGITS)
+  if not window then
+    window_range()
   end
-  if #args < 2 then
-    arity(name)
+  if not max_word then
+    fail('ERR syntax error: window ' .. window_word .. ' has no max')
   end
-  local limits = {}
-  local at = 1
-  while at <= #args and (at == 1 or args[at]:match('^[%d%-]')) do
-    local window_word = args[at]
-    local window = positive_up_to(window_word, WINDOW_DIGITS)
-    if not window then
-      window_range()
-    end
-    if at + 1 > #args then
-      fail('ERR syntax error: window ' .. window_word .. ' has no max')
-    end
-    local max = positive_digits(args[at + 1])
-    if not max then
-      fail('ERR max must be an integer from 1 to ' .. MAX_COST)
-    end
-    if #limits == MAX_LIMITS then
-      fail('ERR at most ' .. MAX_LIMITS .. ' window/max pairs')
-    end
-    limits[#limits + 1] = { window = tonumber(window), max_digits = max }
-    at = at + 2
+  local max = positive_digits(max_word)
+  if not max then
+    fail('ERR max must be an integer from 1 to ' .. MAX_COST)
   end
-  local options = parse_options(args, at, LIMIT_OPTIONS)
+  return { window = tonumber(window), max_digits = max }
+end
+
+-- The request of `limits` with the options' values (words, or nil), checked
+-- in the module's order: COST, PRECISION, a window twice, COST above a max,
+-- PRECISION above the shortest window. Limits sorted by window; the numbers
+-- Lua cannot hold exactly are refused later, by `make_exact`.
+local function build_call(limits, options)
   local cost = options[1] and cost_digits(options[1]) or '1'
   local shortest = MAX_WINDOW
   for _, limit in ipairs(limits) do
@@ -224,18 +235,142 @@ local function parse_limit_call(name, args)
   if precision > shortest then
     precision_error(shortest)
   end
-  -- What the module accepts and Lua cannot count exactly (COST first: a
-  -- COST above 2^53 comes with a max above it).
-  local exact_cost = exact_number(cost, 'COST')
-  for _, limit in ipairs(limits) do
+  return { limits = limits, cost_digits = cost, precision = precision, longest = limits[#limits].window }
+end
+
+-- What the module accepts and Lua cannot count exactly (COST first: a
+-- COST above 2^53 comes with a max above it), once the module's own
+-- checks have passed; the call's numbers as Lua numbers.
+local function make_exact(call)
+  call.cost = exact_number(call.cost_digits, 'COST')
+  for _, limit in ipairs(call.limits) do
     limit.max = exact_number(limit.max_digits, 'max')
   end
-  return {
-    limits = limits,
-    cost = exact_cost,
-    precision = precision,
-    longest = limits[#limits].window,
-  }
+  return call
+end
+
+-- The common call, one limit and no option, with numbers a double holds
+-- exactly, read straight to what the general path would give (nil for
+-- any other, which the general path reads).
+local function simple_call(window, max)
+  if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
+    local w = tonumber(window)
+    if w <= MAX_WINDOW then
+      return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
+    end
+  end
+  return nil
+end
+
+-- check|peek: limits sorted by window, cost, precision and the longest
+-- window, or the module's error for the first thing wrong.
+local function parse_limit_call(name, args)
+  local simple = #args == 2 and simple_call(args[1], args[2])
+  if simple then
+    return simple
+  end
+  if #args < 2 then
+    arity(name)
+  end
+  local limits = {}
+  local at = 1
+  -- The first pair is required; more follow while the next word is a
+  -- number rather than an option name.
+  while at <= #args and (at == 1 or args[at]:match('^[%d%-]')) do
+    local limit = parse_pair(args[at], args[at + 1])
+    if #limits == MAX_LIMITS then
+      fail('ERR at most ' .. MAX_LIMITS .. ' window/max pairs')
+    end
+    limits[#limits + 1] = limit
+    at = at + 2
+  end
+  local options = parse_options(args, at, LIMIT_OPTIONS)
+  local block = parse_block(options[3])
+  local call = make_exact(build_call(limits, options))
+  call.block = block
+  return call
+end
+
+-- Several keys ----------------------------------------------------------------
+
+local MAX_KEYS = 16
+
+-- `numkeys key [key ...]` (FCALL's and EVAL's own keys): 1 to 16 keys,
+-- each at most once.
+local function check_keys(keys)
+  if #keys < 1 or #keys > MAX_KEYS then
+    fail('ERR numkeys must be an integer from 1 to ' .. MAX_KEYS)
+  end
+  local seen = {}
+  for _, key in ipairs(keys) do
+    if seen[key] then
+      fail("ERR key '" .. key .. "' is given more than once")
+    end
+    seen[key] = true
+  end
+end
+
+-- Runs `run(...)`; an error it raises names `key` first, as the module's
+-- errors about one key of a multi-key call do.
+local function about_key(key, run, ...)
+  local ok, result = pcall(run, ...)
+  if ok then
+    return result
+  end
+  if type(result) == 'table' and result.reply and result.reply:sub(1, 4) == 'ERR ' then
+    fail("ERR key '" .. key .. "': " .. result.reply:sub(5))
+  end
+  error(result, 0)
+end
+
+-- One key's call of a multi-key call: its `npairs` pairs from `args[from]`.
+local function key_call(args, from, npairs, options)
+  local simple = npairs == 1 and not (options[1] or options[2]) and simple_call(args[from], args[from + 1])
+  if simple then
+    return simple
+  end
+  local limits = {}
+  for i = 1, npairs do
+    local at = from + 2 * (i - 1)
+    limits[i] = parse_pair(args[at], args[at + 1])
+  end
+  return build_call(limits, options)
+end
+
+-- mcheck|mpeek: each key's call, in key order, as CHECK on that key alone
+-- would parse it (COST and PRECISION apply to every key), or the module's
+-- error for the first thing wrong; the twin's own refusals after all of them.
+local function parse_multi_call(name, keys, args)
+  check_keys(keys)
+  local starts, counts = {}, {}
+  local at = 1
+  for position = 1, #keys do
+    if not args[at] then
+      arity(name)
+    end
+    local npairs = positive_up_to(args[at], tostring(MAX_LIMITS))
+    if not npairs then
+      fail('ERR npairs of key ' .. position .. ' must be an integer from 1 to ' .. MAX_LIMITS)
+    end
+    starts[position], counts[position] = at + 1, tonumber(npairs)
+    at = at + 1 + 2 * counts[position]
+    if at - 1 > #args then
+      arity(name)
+    end
+  end
+  local options = parse_options(args, at, LIMIT_OPTIONS)
+  local block = parse_block(options[3])
+  local calls = {}
+  for position, key in ipairs(keys) do
+    calls[position] = about_key(key, key_call, args, starts[position], counts[position], options)
+  end
+  for position, key in ipairs(keys) do
+    if not calls[position].cost then
+      about_key(key, make_exact, calls[position])
+    end
+    calls[position].block = block
+  end
+  return calls
 end
 
 local function parse_undo(args)
@@ -297,8 +432,23 @@ local function encode_header(log)
   local c4 = c % 256; c = (c - c4) / 256
   local c5 = c % 256; c = (c - c5) / 256
   local c6 = c % 256; c = (c - c6) / 256
-  return MAGIC .. string.char(w1, w2, w3, w4, w, h1, h2, h3, h, t1, t2, t3, t, n1, n2, n3, n4, n5, n,
+  local fields = string.char(w1, w2, w3, w4, w, h1, h2, h3, h, t1, t2, t3, t, n1, n2, n3, n4, n5, n,
     s1, s2, s3, s4, s, c1, c2, c3, c4, c5, c6, c)
+  if log.blocked == 0 then
+    return MAGIC .. fields
+  end
+  local b = log.blocked
+  local b1 = b % 256; b = (b - b1) / 256
+  local b2 = b % 256; b = (b - b2) / 256
+  local b3 = b % 256; b = (b - b3) / 256
+  local b4 = b % 256; b = (b - b4) / 256
+  local b5 = b % 256; b = (b - b5) / 256
+  return BLOCKED_MAGIC .. fields .. string.char(b1, b2, b3, b4, b5, b)
+end
+
+-- The header's size for the log as it is now (a block needs the long one).
+local function header_size(log)
+  return log.blocked == 0 and HEADER or BLOCKED_HEADER
 end
 
 local function le(a, b, c, d, e, f, g)
@@ -435,7 +585,7 @@ end
 -- The key's log, or nil if the key does not exist; WRONGTYPE for any
 -- other value, as the module answers.
 local function open(key)
-  local reply = redis.pcall('GETRANGE', key, 0, HEADER + CHUNK - 1)
+  local reply = redis.pcall('GETRANGE', key, 0, BLOCKED_HEADER + CHUNK - 1)
   if type(reply) == 'table' and reply.err then
     fail(reply.err)
   end
@@ -446,12 +596,14 @@ local function open(key)
     end
     return nil
   end
-  if #reply < HEADER or reply:sub(1, 3) ~= MAGIC then
+  local magic = reply:sub(1, 3)
+  local base = (magic == MAGIC and HEADER) or (magic == BLOCKED_MAGIC and BLOCKED_HEADER) or nil
+  if not base or #reply < base then
     fail(WRONGTYPE)
   end
   -- The header's fields, low byte first (see the top of this file).
   local _, _, _, w1, w2, w3, w4, w5, h1, h2, h3, h4, t1, t2, t3, t4, n1, n2, n3, n4, n5, n6,
-    s1, s2, s3, s4, s5, c1, c2, c3, c4, c5, c6, c7 = reply:byte(1, HEADER)
+    s1, s2, s3, s4, s5, c1, c2, c3, c4, c5, c6, c7, b1, b2, b3, b4, b5, b6 = reply:byte(1, base)
   local newest = le(n1, n2, n3, n4, n5, n6)
   local log = {
     key = key,
@@ -461,14 +613,30 @@ local function open(key)
     newest = newest,
     oldest = newest - le(s1, s2, s3, s4, s5),
     total = le(c1, c2, c3, c4, c5, c6, c7),
+    blocked = b1 and le(b1, b2, b3, b4, b5, b6) or 0,
+    base = base,
     segment = reply,
     lo = 0,
     hi = #reply,
   }
-  if log.head < HEADER or log.tail <= log.head or log.total < 1 or log.total > EXACT then
+  -- Entries with a positive cost sum, or none in a key that is blocked.
+  local entries = log.tail > log.head
+  if log.head < base or log.tail < log.head or log.total > EXACT or entries ~= (log.total > 0)
+    or (base == BLOCKED_HEADER) ~= (log.blocked > 0) or not (entries or log.blocked > 0) then
     fail(WRONGTYPE)
   end
   return log
+end
+
+local function has_entries(log)
+  return log.tail > log.head
+end
+
+-- When the key expires: when its newest entry leaves its window, or when
+-- its block ends, whichever is later.
+local function expiry_of(log)
+  local own = has_entries(log) and log.newest + log.window or 0
+  return math.max(own, log.blocked)
 end
 
 -- The server's clock in ms: the only clock the twin reads.
@@ -541,7 +709,7 @@ local function standing(log, now, call)
     retry = math.max(retry, wait)
   end
   local reset = 0
-  if log then
+  if log and has_entries(log) then
     local horizon = now - call.longest
     if log.newest > horizon then
       reset = log.newest - horizon
@@ -550,12 +718,34 @@ local function standing(log, now, call)
   return { fits = fits, remaining = remaining, after = after, retry = retry, reset = reset }
 end
 
-local function decision_time(log)
-  local now = math.max(clock(), 0)
-  if log and log.newest > now then
+-- The call's time on a key: the clock (read once per call), or the key's
+-- newest entry's time if later, so time never runs backwards for a key.
+local function decision_time(log, now)
+  if log and has_entries(log) and log.newest > now then
     return log.newest
   end
   return now
+end
+
+local function read_clock()
+  return math.max(clock(), 0)
+end
+
+-- The block's end if the key is blocked at `now`.
+local function block_at(log, now)
+  if log and log.blocked > now then
+    return log.blocked
+  end
+  return nil
+end
+
+-- What a call on a key blocked for `rest` more ms sees: denied, no room,
+-- a wait and a reset of at least the rest of the block.
+local function under_block(seen, rest)
+  seen.fits, seen.remaining = false, 0
+  seen.retry = math.max(seen.retry, rest)
+  seen.reset = math.max(seen.reset, rest)
+  return seen
 end
 
 local function reply(seen)
@@ -595,10 +785,12 @@ end
 -- one has only its changed bytes and its header overwritten.
 local function write(log, from, bytes, expires)
   local live = from - log.head
-  local dead = log.head - HEADER
-  if live + #bytes <= SMALL or (dead > CHUNK and dead > live) then
+  local dead = log.head - log.base
+  local size = header_size(log)
+  -- A header that changes size (a block starts or ends) moves the entries.
+  if live + #bytes <= SMALL or (dead > CHUNK and dead > live) or size ~= log.base then
     local entries = live_before(log, from) .. bytes
-    log.head, log.tail = HEADER, HEADER + #entries
+    log.head, log.tail, log.base = size, size + #entries, size
     local value = encode_header(log) .. entries
     if expires then
       redis.call('SET', log.key, value, 'PXAT', expires)
@@ -620,14 +812,18 @@ end
 -- A new key holding one entry.
 local function create(key, at, window, cost)
   local log = { key = key, window = window, head = HEADER, tail = HEADER, newest = at, oldest = at,
-    total = cost, lo = 0, hi = 0, segment = '' }
+    total = cost, blocked = 0, base = HEADER, lo = 0, hi = 0, segment = '' }
   write(log, HEADER, encode_entry(0, cost), at + window)
 end
 
--- Records an allowed request, as TimeLog::record: widen the window,
--- prune what expired under it, join the newest entry if it lies in the
--- same precision cell, else append.
-local function record(log, at, call)
+-- What recording at `at` keeps of the log (as TimeLog::record: widen the
+-- window, prune what expired under it): the window, the oldest entry kept
+-- (nil if none) and the cost it holds. Refuses, before anything is
+-- written, a sum Lua could not count exactly.
+local function plan_record(log, at, call)
+  if not log then
+    return { window = call.longest }
+  end
   local window = math.max(log.window, call.longest)
   local horizon = at - window
   local entry = front(log)
@@ -641,13 +837,21 @@ local function record(log, at, call)
     fail('ERR this key would hold more than ' .. EXACT_DIGITS .. ' units of cost, which the script twin '
       .. 'cannot count exactly: nothing was recorded (load the module, or use smaller units)')
   end
-  local expires = at + window
-  log.window = window
+  return { window = window, entry = entry, total = total }
+end
+
+-- Records an allowed request as planned: join the newest entry if it lies
+-- in the same precision cell, else append.
+local function record(key, log, at, call, plan)
+  local entry = plan.entry
   if not entry then
-    create(log.key, at, window, call.cost)
+    create(key, at, plan.window, call.cost)
     return
   end
-  log.head, log.oldest, log.total = entry.start, entry.at, total + call.cost
+  log.window = plan.window
+  log.head, log.oldest, log.total = entry.start, entry.at, plan.total + call.cost
+  -- Allowed, so any block has ended by `at`: recording clears it.
+  log.blocked = 0
   local newest = back(log)
   local from, bytes
   if cell(newest.at, call.precision) == cell(at, call.precision) then
@@ -663,16 +867,25 @@ local function record(log, at, call)
     from, bytes = log.tail, encode_entry(at - newest.at, call.cost)
   end
   log.newest = at
-  write(log, from, bytes, expires)
+  write(log, from, bytes, at + plan.window)
 end
 
--- Decision 1 of this round: a denied CHECK whose longest window is longer
--- than the log's registers it; the key then lives until its newest entry
--- expires under it.
-local function widen(log, window)
-  log.window = window
+-- What a denial writes: a longest window longer than the log's is
+-- registered (decision 1 of an earlier round: the key then lives until its
+-- newest entry expires under it), and `block_until`, if given, starts a
+-- block. Nothing else is written: a denial that does neither is read-only.
+local function deny(log, window, block_until)
+  if not log or not (window > log.window or block_until) then
+    return
+  end
+  log.window = math.max(log.window, window)
+  log.blocked = block_until or log.blocked
+  if header_size(log) ~= log.base then
+    write(log, log.tail, '', expiry_of(log))
+    return
+  end
   redis.call('SETRANGE', log.key, 0, encode_header(log))
-  redis.call('PEXPIREAT', log.key, log.newest + window)
+  redis.call('PEXPIREAT', log.key, expiry_of(log))
 end
 
 -- UNDO: takes back up to `units` of the newest cost.
@@ -694,7 +907,13 @@ local function refund(log, units)
     end
   end
   if not entry then
-    redis.call('DEL', log.key)
+    log.total = 0
+    if log.blocked > read_clock() then
+      -- Kept until its block ends.
+      write(log, log.tail, '', log.blocked)
+    else
+      redis.call('DEL', log.key)
+    end
     return removed
   end
   log.total = log.total - removed
@@ -702,31 +921,40 @@ local function refund(log, units)
   return removed
 end
 
--- The three operations ----------------------------------------------------------
+-- The operations ------------------------------------------------------------
+
+-- A key's standing at `now`, under its block if it is blocked.
+local function seen_at(log, now, call)
+  local seen = standing(log, now, call)
+  local ends = block_at(log, now)
+  if ends then
+    return under_block(seen, ends - now), true
+  end
+  return seen, false
+end
 
 local function check(key, args)
   local call = parse_limit_call('ratelimit.check', args)
   local log = open(key)
-  local now = decision_time(log)
-  local seen = standing(log, now, call)
+  local now = decision_time(log, read_clock())
+  local seen, blocked = seen_at(log, now, call)
   if not seen.fits then
-    if log and call.longest > log.window then
-      widen(log, call.longest)
+    -- Denied by its limits, with BLOCK: the key is blocked from now on.
+    local block_until = not blocked and call.block and now + call.block or nil
+    if block_until then
+      under_block(seen, call.block)
     end
+    deny(log, call.longest, block_until)
     return reply(seen)
   end
-  if log then
-    record(log, now, call)
-  else
-    create(key, now, call.longest, call.cost)
-  end
+  record(key, log, now, call, plan_record(log, now, call))
   return { 1, seen.after, 0, call.longest }
 end
 
 local function peek(key, args)
   local call = parse_limit_call('ratelimit.peek', args)
   local log = open(key)
-  return reply(standing(log, decision_time(log), call))
+  return reply((seen_at(log, decision_time(log, read_clock()), call)))
 end
 
 local function undo(key, args)
@@ -738,20 +966,143 @@ local function undo(key, args)
   return refund(log, units)
 end
 
+-- UNBLOCK: lifts a block in force, keeping the history; 1 if it did.
+local function unblock(key, args)
+  if #args > 0 then
+    arity('ratelimit.unblock')
+  end
+  local log = open(key)
+  local now = decision_time(log, read_clock())
+  if not block_at(log, now) then
+    return 0
+  end
+  log.blocked = 0
+  if has_entries(log) and log.newest + log.window > now then
+    write(log, log.tail, '', log.newest + log.window)
+  else
+    -- Nothing live is left without the block.
+    redis.call('DEL', key)
+  end
+  return 1
+end
+
+-- Every key of a multi-key call opened (WRONGTYPE for the first key of
+-- another type) and seen at its own decision time, one clock for all,
+-- under its block if it is blocked.
+local function survey(name, keys, args)
+  local calls = parse_multi_call(name, keys, args)
+  local clock_now = read_clock()
+  local keyed = {}
+  for i, key in ipairs(keys) do
+    local log = open(key)
+    local now = decision_time(log, clock_now)
+    local seen, blocked = seen_at(log, now, calls[i])
+    keyed[i] = { key = key, log = log, call = calls[i], now = now, seen = seen, blocked = blocked }
+  end
+  return keyed
+end
+
+-- MCHECK's and MPEEK's reply over every key: as CHECK would reply if
+-- allowed (as PEEK would with `as_peek`), as PEEK would if denied; then
+-- the 1-based positions of the keys that denied (by their limits or by a
+-- block).
+local function joint(keyed, as_peek)
+  local denied = {}
+  for i, k in ipairs(keyed) do
+    if not k.seen.fits then
+      denied[#denied + 1] = i
+    end
+  end
+  local allowed = #denied == 0
+  local remaining, retry, reset = nil, 0, 0
+  for _, k in ipairs(keyed) do
+    local seen = k.seen
+    if allowed and not as_peek then
+      remaining = math.min(remaining or seen.after, seen.after)
+      reset = math.max(reset, k.call.longest)
+    else
+      remaining = math.min(remaining or seen.remaining, seen.remaining)
+      retry = math.max(retry, seen.retry)
+      reset = math.max(reset, seen.reset)
+    end
+  end
+  return { allowed and 1 or 0, remaining, retry, reset, denied }
+end
+
+-- MCHECK: every key is read and every write checked before any key
+-- changes; then every key records the request (allowed), or (denied)
+-- keeps its longest window as a denied CHECK's does and, with BLOCK, is
+-- blocked if its own limits denied and it was not blocked already.
+local function mcheck(keys, args)
+  local keyed = survey('ratelimit.mcheck', keys, args)
+  local allowed = true
+  for _, k in ipairs(keyed) do
+    allowed = allowed and k.seen.fits
+  end
+  if not allowed then
+    for _, k in ipairs(keyed) do
+      local block = k.call.block
+      k.block_until = block and not k.seen.fits and not k.blocked and k.now + block or nil
+      if k.block_until then
+        under_block(k.seen, block)
+      end
+    end
+    for _, k in ipairs(keyed) do
+      deny(k.log, k.call.longest, k.block_until)
+    end
+    return joint(keyed, false)
+  end
+  for _, k in ipairs(keyed) do
+    k.plan = about_key(k.key, plan_record, k.log, k.now, k.call)
+  end
+  for _, k in ipairs(keyed) do
+    record(k.key, k.log, k.now, k.call, k.plan)
+  end
+  return joint(keyed, false)
+end
+
+local function mpeek(keys, args)
+  return joint(survey('ratelimit.mpeek', keys, args), true)
+end
+
+-- MUNDO: every key's type is checked before any is refunded.
+local function mundo(keys, args)
+  check_keys(keys)
+  local units = parse_undo(args)
+  local logs = {}
+  for i, key in ipairs(keys) do
+    logs[i] = open(key) or false
+  end
+  local removed = {}
+  for i, log in ipairs(logs) do
+    removed[i] = log and refund(log, units) or 0
+  end
+  return removed
+end
+
+-- `one_key` operations take exactly one key (the module's argument 1);
+-- `read_only` ones write nothing.
 local OPERATIONS = {
-  check = { run = check, name = 'ratelimit.check' },
-  peek = { run = peek, name = 'ratelimit.peek' },
-  undo = { run = undo, name = 'ratelimit.undo' },
+  check = { run = check, name = 'ratelimit.check', one_key = true },
+  peek = { run = peek, name = 'ratelimit.peek', one_key = true, read_only = true },
+  undo = { run = undo, name = 'ratelimit.undo', one_key = true },
+  unblock = { run = unblock, name = 'ratelimit.unblock', one_key = true },
+  mcheck = { run = mcheck, name = 'ratelimit.mcheck' },
+  mpeek = { run = mpeek, name = 'ratelimit.mpeek', read_only = true },
+  mundo = { run = mundo, name = 'ratelimit.mundo' },
 }
 
 local function run_operation(operation, keys, args)
+  if not operation.one_key then
+    return operation.run(keys, args)
+  end
   if #keys ~= 1 then
     arity(operation.name)
   end
   return operation.run(keys[1], args)
 end
 
--- Runs an operation on one key; thrown error texts become error replies.
+-- Runs an operation; thrown error texts become error replies.
 local function call(operation, keys, args)
   local ok, result = pcall(run_operation, operation, keys, args)
   if ok then
@@ -768,7 +1119,7 @@ local function dispatch(keys, argv)
   local operation = OPERATIONS[argv[1] or '']
   if not operation then
     return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
-      .. "' (the script twin's operations are check, peek and undo)")
+      .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo and unblock)")
   end
   local args = {}
   for i = 2, #argv do
@@ -777,20 +1128,22 @@ local function dispatch(keys, argv)
   return call(operation, keys, args)
 end
 
+-- The functions, `ratelimit_<operation>`, in a fixed order. (The top level
+-- of a library may not touch globals such as `ipairs` on Redis 7.0.)
+local FUNCTIONS = { 'check', 'peek', 'undo', 'unblock', 'mcheck', 'mpeek', 'mundo' }
+
 if redis.register_function then
-  redis.register_function('ratelimit_check', function(keys, args)
-    return call(OPERATIONS.check, keys, args)
-  end)
-  redis.register_function({
-    function_name = 'ratelimit_peek',
-    callback = function(keys, args)
-      return call(OPERATIONS.peek, keys, args)
-    end,
-    flags = { 'no-writes' },
-  })
-  redis.register_function('ratelimit_undo', function(keys, args)
-    return call(OPERATIONS.undo, keys, args)
-  end)
+  for i = 1, #FUNCTIONS do
+    local operation = OPERATIONS[FUNCTIONS[i]]
+    redis.register_function({
+      function_name = 'ratelimit_' .. FUNCTIONS[i],
+      callback = function(keys, args)
+        return call(operation, keys, args)
+      end,
+      -- Reads only: FCALL_RO, and so replicas, may run them.
+      flags = operation.read_only and { 'no-writes' } or nil,
+    })
+  end
 else
   return dispatch(KEYS, ARGV)
 end

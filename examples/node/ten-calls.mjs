@@ -16,3 +16,26 @@ export async function tenCallsAgainstThree(name, limit) {
   }
   console.log(`${name}: 3 of 10 allowed; denied ones wait ${denied[0].retryAfterMs} ms`);
 }
+
+// What every client's MCHECK example must show: with 2 a minute per user,
+// 3 per IP and 100 per tenant, a user's third call is denied by the user's
+// limit alone and charges neither the IP nor the tenant (a second user on
+// that IP still gets the IP's third call); the next user is denied by the
+// IP. `limitAll(tenant, user, ip)` returns { allowed, remaining,
+// retryAfterMs, denied: the names of the keys that denied }.
+export async function allOrNothing(name, limitAll) {
+  const tenant = `${name}-${process.pid}-${Date.now()}`;
+  const results = [];
+  for (const user of ["u1", "u1", "u1", "u2", "u3"]) {
+    results.push(await limitAll(tenant, user, "10.0.0.1"));
+  }
+  const seen = results.map((r) => `${r.allowed ? "allowed" : `denied by ${r.denied.join("+")}`}`);
+  const expected = ["allowed", "allowed", "denied by user", "allowed", "denied by ip"];
+  const waits = [results[2], results[4]].every((r) => r.retryAfterMs > 0);
+  if (seen.join() !== expected.join() || !waits || results[3].remaining !== 0) {
+    console.error(`${name}: expected ${expected}, got`, results);
+    process.exitCode = 1;
+    return;
+  }
+  console.log(`${name}: MCHECK ${seen.join(", ")}`);
+}

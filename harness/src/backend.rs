@@ -1,6 +1,6 @@
 //! The two implementations of one contract: the module's RATELIMIT.CHECK,
-//! PEEK and UNDO, and the script twin (twin/ratelimit.lua) in each way a
-//! user calls it. Tests write contract calls as the module's words
+//! PEEK, UNDO, UNBLOCK, MCHECK, MPEEK and MUNDO, and the script twin
+//! (twin/ratelimit.lua) in each way a user calls it. Tests write contract calls as the module's words
 //! (`["RATELIMIT.CHECK", key, ...]`); a [`Caller`] sends them in its
 //! backend's form, so one test source runs against every backend.
 
@@ -130,6 +130,33 @@ impl Backend {
     }
 }
 
+/// The twin's operations: the module's command names after `RATELIMIT.`
+/// in lower case (the script form's operation; the function's name is
+/// `ratelimit_<operation>`), whether each goes as FCALL_RO/EVALSHA_RO, and
+/// whether its key is argument 1 (else `numkeys key [key ...]`).
+const TWIN_OPERATIONS: [(&str, bool, bool); 7] = [
+    ("check", false, true),
+    ("peek", true, true),
+    ("undo", false, true),
+    ("unblock", false, true),
+    ("mcheck", false, false),
+    ("mpeek", true, false),
+    ("mundo", false, false),
+];
+
+/// The twin's operation for a module command's name (any case), if the
+/// twin has it.
+fn twin_operation(command: &str) -> Option<(&'static str, bool, bool)> {
+    let (prefix, name) = command.split_at_checked("RATELIMIT.".len())?;
+    if !prefix.eq_ignore_ascii_case("RATELIMIT.") {
+        return None;
+    }
+    TWIN_OPERATIONS
+        .iter()
+        .find(|(operation, _, _)| operation.eq_ignore_ascii_case(name))
+        .copied()
+}
+
 /// Sends contract calls in one backend's form, on connections made as
 /// that backend's user.
 #[derive(Clone, Debug)]
@@ -159,6 +186,14 @@ impl Caller {
             .unwrap_or_else(|e| panic!("{}: cannot connect: {e}", self.backend.name()))
     }
 
+    /// A connection as this backend's user that speaks RESP3.
+    pub fn connect_resp3(&self) -> Connection {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        redis::Client::open(format!("{}{separator}protocol=resp3", self.url))
+            .and_then(|client| client.get_connection())
+            .unwrap_or_else(|e| panic!("{}: cannot connect with RESP3: {e}", self.backend.name()))
+    }
+
     /// (Re)loads the function library on `con`'s server.
     pub fn load_library(&self, con: &mut impl ConnectionLike) {
         let name: String = redis::cmd("FUNCTION")
@@ -171,33 +206,32 @@ impl Caller {
     }
 
     /// `words` as this backend sends them: a contract call
-    /// (`RATELIMIT.CHECK|PEEK|UNDO key ...`) in the backend's form, any
-    /// other command as it is.
+    /// (`RATELIMIT.CHECK|PEEK|UNDO|UNBLOCK key ...`, `RATELIMIT.MCHECK|MPEEK|MUNDO
+    /// numkeys key ...`) in the backend's form, any other command as it is.
+    /// The multi-key calls pass `numkeys` on as FCALL's and EVALSHA's own,
+    /// with as many keys as the words hold.
     pub fn command(&self, words: &[&str]) -> redis::Cmd {
-        let operation = match words[0].to_ascii_uppercase().as_str() {
-            "RATELIMIT.CHECK" => "check",
-            "RATELIMIT.PEEK" => "peek",
-            "RATELIMIT.UNDO" => "undo",
-            _ => return command(words),
+        let Some((operation, read_only, one_key)) = twin_operation(words[0]) else {
+            return command(words);
         };
-        let (keys, args) = match words.get(1) {
-            Some(key) => (vec![*key], &words[2..]),
-            None => (vec![], &words[1..]),
+        let function = format!("ratelimit_{operation}");
+        let (numkeys, keys, args) = match (one_key, words.get(1)) {
+            (_, None) => ("0".to_string(), &words[1..1], &words[1..]),
+            (true, Some(_)) => ("1".to_string(), &words[1..2], &words[2..]),
+            (false, Some(numkeys)) => {
+                let count = numkeys.parse::<usize>().unwrap_or(0);
+                let end = (2 + count).min(words.len());
+                (numkeys.to_string(), &words[2..end], &words[end..])
+            }
         };
-        let numkeys = keys.len().to_string();
         let mut form: Vec<&str> = match self.backend {
             Backend::Module => return command(words),
-            Backend::Function | Backend::Restricted => match operation {
-                "peek" => vec!["FCALL_RO", "ratelimit_peek"],
-                "check" => vec!["FCALL", "ratelimit_check"],
-                _ => vec!["FCALL", "ratelimit_undo"],
-            },
+            Backend::Function | Backend::Restricted => {
+                let fcall = if read_only { "FCALL_RO" } else { "FCALL" };
+                vec![fcall, &function]
+            }
             Backend::Script => {
-                let eval = if operation == "peek" {
-                    "EVALSHA_RO"
-                } else {
-                    "EVALSHA"
-                };
+                let eval = if read_only { "EVALSHA_RO" } else { "EVALSHA" };
                 vec![eval, &self.sha]
             }
         };

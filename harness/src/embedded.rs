@@ -92,6 +92,8 @@ pub enum TwinReply {
     Error(String),
     Integer(i64),
     Decision([i64; 4]),
+    /// MCHECK's and MPEEK's: the 4 integers and the denying keys.
+    Joint([i64; 4], Vec<i64>),
 }
 
 pub struct EmbeddedTwin {
@@ -125,24 +127,38 @@ impl EmbeddedTwin {
 
     /// Runs `EVAL <twin> 1 key operation args...`.
     pub fn call(&self, key: &str, operation: &str, args: &[String]) -> TwinReply {
+        self.call_keys(&[key], operation, args)
+    }
+
+    /// Runs `EVAL <twin> numkeys key [key ...] operation args...`.
+    pub fn call_keys(&self, keys: &[&str], operation: &str, args: &[String]) -> TwinReply {
         let globals = self.lua.globals();
-        globals.set("KEYS", vec![key]).expect("KEYS");
+        globals.set("KEYS", keys.to_vec()).expect("KEYS");
         let mut argv = vec![operation.to_string()];
         argv.extend(args.iter().cloned());
         globals.set("ARGV", argv).expect("ARGV");
         let reply: Value = self.script.call(()).unwrap_or_else(|e| {
-            panic!("the twin raised an error on {key} {operation} {args:?}: {e}")
+            panic!("the twin raised an error on {keys:?} {operation} {args:?}: {e}")
         });
+        let integers = |table: &mlua::Table, count: usize| -> Vec<i64> {
+            (1..=count)
+                .map(|i| table.get::<f64>(i).expect("an integer field") as i64)
+                .collect()
+        };
         match reply {
             Value::Table(table) => {
                 if let Ok(text) = table.get::<String>("err") {
                     return TwinReply::Error(text);
                 }
-                let fields: Vec<i64> = (1..=4)
-                    .map(|i| table.get::<f64>(i).expect("an integer field") as i64)
-                    .collect();
-                assert_eq!(table.raw_len(), 4, "a decision has 4 fields");
-                TwinReply::Decision(fields.try_into().expect("4 fields"))
+                let fields = integers(&table, 4).try_into().expect("4 fields");
+                match table.raw_len() {
+                    4 => TwinReply::Decision(fields),
+                    5 => {
+                        let denied: mlua::Table = table.get(5).expect("the denying keys");
+                        TwinReply::Joint(fields, integers(&denied, denied.raw_len()))
+                    }
+                    other => panic!("a reply of {other} fields"),
+                }
             }
             Value::Number(n) => TwinReply::Integer(n as i64),
             Value::Integer(n) => TwinReply::Integer(n),

@@ -14,6 +14,12 @@ export interface Connection {
   send(key: string, args: readonly string[], signal?: AbortSignal): Promise<unknown>;
   /** Names the server owning `key` ("host:port"); the backend is learned once per name. */
   serverFor(key: string): string;
+  /**
+   * True when keys live on several Redis Cluster nodes: a call on several
+   * keys whose hash slots differ is then refused before it is sent (else
+   * the server answers CROSSSLOT).
+   */
+  readonly cluster?: boolean;
 }
 
 interface IoredisLike {
@@ -134,6 +140,7 @@ function ioredisCluster(cluster: IoredisClusterLike): Connection {
       }
     },
     serverFor: (key) => ownerAddress(key) ?? "cluster",
+    cluster: true,
   };
 }
 
@@ -155,6 +162,7 @@ function nodeRedisCluster(cluster: NodeRedisClusterLike): Connection {
       const master = cluster.slots[keySlot(key)]?.master;
       return master ? `${master.host}:${master.port}` : "cluster";
     },
+    cluster: true,
   };
 }
 

@@ -72,6 +72,16 @@ export interface FlexibleResult {
   isFirstInDuration: boolean;
 }
 
+/** rate-limiter-flexible's options that this package keeps. */
+export interface FlexibleOptions {
+  points: number;
+  /** Seconds. */
+  duration: number;
+  keyPrefix?: string;
+  /** Seconds a key is blocked once a consume is refused (sent as BLOCK; the block is stored with the key, atomically). */
+  blockDuration?: number;
+}
+
 /**
  * rate-limiter-flexible's API over an exact sliding window: `points` per
  * `duration` seconds. consume() resolves, or rejects with a FlexibleResult
@@ -80,17 +90,21 @@ export interface FlexibleResult {
 export class FlexibleLimiter {
   private readonly limit: Limit;
   private readonly keyPrefix: string;
+  private readonly blockMs: number | undefined;
 
   constructor(
     private readonly limiter: RateLimiter,
-    options: { points: number; duration: number; keyPrefix?: string },
+    options: FlexibleOptions,
   ) {
     this.limit = { windowMs: options.duration * 1000, max: options.points };
     this.keyPrefix = options.keyPrefix ?? "rlflx";
+    // rate-limiter-flexible's blockDuration 0 means no block.
+    this.blockMs = options.blockDuration ? options.blockDuration * 1000 : undefined;
   }
 
   async consume(key: string, points = 1): Promise<FlexibleResult> {
-    const result = await this.limiter.check(this.keyOf(key), this.limit, { cost: points });
+    const options = this.blockMs === undefined ? { cost: points } : { cost: points, blockMs: this.blockMs };
+    const result = await this.limiter.check(this.keyOf(key), this.limit, options);
     const answer = this.flexible(result, points);
     if (!result.allowed) throw answer;
     return answer;
@@ -107,6 +121,12 @@ export class FlexibleLimiter {
     return this.limiter.undo(this.keyOf(key), { cost: points });
   }
 
+  /** Lifts a block, keeping what was consumed; true if the key was blocked. */
+  async unblock(key: string): Promise<boolean> {
+    return this.limiter.unblock(this.keyOf(key));
+  }
+
+  /** Forgets the key: what was consumed and its block. */
   async delete(key: string): Promise<boolean> {
     return this.limiter.delete(this.keyOf(key));
   }

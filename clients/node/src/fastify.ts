@@ -17,10 +17,10 @@ export interface FastifyReplyLike {
   send(body?: unknown): unknown;
 }
 
-export interface FastifyOptions<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> extends MiddlewareOptions<Req> {
+export type FastifyOptions<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> = MiddlewareOptions<Req> & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
   onLimited?: (req: Req, reply: Reply, info: LimitedInfo) => unknown;
-}
+};
 
 export interface FastifyHooks<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> {
   onRequest: (req: Req, reply: Reply) => Promise<unknown>;

@@ -1,14 +1,18 @@
 // The Fetch API: `(Request) => Response | Promise<Response>`, as Hono,
 // Next.js route handlers, Deno and Supabase Edge Functions use.
-import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf } from "./http.js";
+import { bodyOf, judge, type LimitedInfo, type OneKeyOptions, type SeveralKeysOptions, statusOf } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
-export interface FetchOptions extends MiddlewareOptions<Request> {
-  /** Who is limited; required, since a Request carries no peer address. */
-  key: (req: Request) => string | undefined | Promise<string | undefined>;
+export type FetchOptions = (
+  | (OneKeyOptions<Request> & {
+      /** Who is limited; required, since a Request carries no peer address. */
+      key: (req: Request) => string | undefined | Promise<string | undefined>;
+    })
+  | SeveralKeysOptions<Request>
+) & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
   onLimited?: (req: Request, info: LimitedInfo) => Response | Promise<Response>;
-}
+};
 
 /** Adds header fields, copying the response when its headers are immutable (as fetch() results are). */
 function withHeaders(response: Response, headers: Record<string, string>): Response {

@@ -3,22 +3,50 @@
 // and the refund. The framework skins (express.ts, fastify.ts, node.ts,
 // fetch.ts) only read requests and write responses.
 
-import type { RateLimiter, Result } from "./limiter.js";
-import type { Limit } from "./limits.js";
+import type { DeniedKey, RateLimiter, Result } from "./limiter.js";
+import type { CallOptions, KeyLimits, Limit } from "./limits.js";
 
 export type Awaitable<T> = T | Promise<T>;
 
-export interface MiddlewareOptions<Req> {
+interface CommonOptions<Req> {
+  /** Namespaces the keys of this middleware (`<name>:<key>`) and names its policy (default "default"). */
+  name?: string;
+  /** Units a request costs (default 1). */
+  cost?: number | ((req: Req) => number);
+  /** A penalty: a request refused by a key's limits blocks that key for this many ms (README "Penalties"). */
+  blockMs?: number;
+  /** Refund the request when the response has this status (default: status >= 500). */
+  refundWhen?: (status: number) => boolean;
+}
+
+/** One key per request. */
+export interface OneKeyOptions<Req> extends CommonOptions<Req> {
   /** The limits of this route: fixed, or chosen per request (null or undefined: not limited). */
   limits: Limit | readonly Limit[] | ((req: Req) => Limit | readonly Limit[] | null | undefined);
   /** Who is limited: user id, API key, address. Undefined skips the request. */
   key?: (req: Req) => Awaitable<string | undefined>;
-  /** Namespaces the keys of this middleware and names its policy (default "default"). */
+  keys?: never;
+}
+
+/** One subject of a request (a user, an address, a tenant) with its own limits. */
+export interface RequestKey extends KeyLimits {
+  /** Names its policy in the headers and in LimitedInfo.denied (default "<middleware name>-<position from 1>"). */
   name?: string;
-  /** Units a request costs (default 1). */
-  cost?: number | ((req: Req) => number);
-  /** Refund the request when the response has this status (default: status >= 500). */
-  refundWhen?: (status: number) => boolean;
+}
+
+/** Several keys per request, decided at once: allowed only if every key allows, then charged to every key. */
+export interface SeveralKeysOptions<Req> extends CommonOptions<Req> {
+  /** The request's keys, each with its limits (null or undefined entries are left out; none left: not limited). */
+  keys: (req: Req) => Awaitable<readonly (RequestKey | null | undefined)[] | null | undefined>;
+  limits?: never;
+  key?: never;
+}
+
+export type MiddlewareOptions<Req> = OneKeyOptions<Req> | SeveralKeysOptions<Req>;
+
+/** A key that refused the request, with the name of its policy. */
+export interface LimitedKey extends DeniedKey {
+  name: string;
 }
 
 /** What a 429 (or 503) hook receives. */
@@ -26,7 +54,12 @@ export interface LimitedInfo {
   /** "limited": over the limit (429); "unavailable": Redis unreachable and failing closed (503). */
   reason: "limited" | "unavailable";
   result: Result;
+  /** The key decided (the first one when there are several). */
   key: string;
+  /** Every key decided, namespaced as stored. */
+  keys: string[];
+  /** The keys that refused the request, by their limits or by a block (empty when unavailable). */
+  denied: LimitedKey[];
   /** The header fields the default answer sets. */
   headers: Record<string, string>;
 }
@@ -47,26 +80,85 @@ function seconds(ms: number): number {
   return Math.ceil(ms / 1000);
 }
 
+/** The policy names of one key's limits: `name` for a single limit, `<name>-<seconds>s` each for several, unless a limit names itself. */
 function policyNames(limits: readonly Limit[], name: string): string[] {
   return limits.map((limit) => limit.name ?? (limits.length === 1 ? name : `${name}-${seconds(limit.windowMs)}s`));
 }
 
+/** One key of a request as the middleware decides it. */
+interface Subject {
+  /** Namespaced, as stored. */
+  key: string;
+  name: string;
+  limits: readonly Limit[];
+}
+
 /**
- * RateLimit-Policy lists every limit; RateLimit reports the least remaining
- * over them (what the module answers) under the first policy's name, with
- * t the seconds until capacity returns: all of it when allowed, enough for
- * this request when refused. Retry-After on refusals.
+ * RateLimit-Policy lists every limit of every key; RateLimit reports the
+ * least remaining over them (what the module answers) under the first
+ * policy's name (of the first key that refused, when refused), with t the
+ * seconds until capacity returns: all of it when allowed, enough for this
+ * request when refused (the rest of a block, while one runs). Retry-After on
+ * refusals.
  */
-export function rateLimitHeaders(limits: readonly Limit[], name: string, result: Result): Record<string, string> {
-  const names = policyNames(limits, name);
-  const policy = limits.map((limit, i) => `"${names[i]}";q=${limit.max};w=${seconds(limit.windowMs)}`).join(", ");
+function headersOf(subjects: readonly Subject[], denied: readonly DeniedKey[], result: Result): Record<string, string> {
+  const named = subjects.map((subject) => policyNames(subject.limits, subject.name));
+  const policy = subjects
+    .flatMap((subject, i) => subject.limits.map((limit, j) => `"${named[i]?.[j]}";q=${limit.max};w=${seconds(limit.windowMs)}`))
+    .join(", ");
+  const headline = named[denied[0]?.index ?? 0]?.[0];
   const waitMs = result.allowed ? result.resetAfterMs : result.retryAfterMs;
   const headers: Record<string, string> = {
     "RateLimit-Policy": policy,
-    RateLimit: `"${names[0]}";r=${result.remaining};t=${seconds(waitMs)}`,
+    RateLimit: `"${headline}";r=${result.remaining};t=${seconds(waitMs)}`,
   };
   if (!result.allowed) headers["Retry-After"] = String(Math.max(1, seconds(result.retryAfterMs)));
   return headers;
+}
+
+/** The header fields for one key's limits and its result (README "Middleware"). */
+export function rateLimitHeaders(limits: readonly Limit[], name: string, result: Result): Record<string, string> {
+  return headersOf([{ key: name, name, limits }], result.allowed ? [] : [{ key: name, index: 0 }], result);
+}
+
+/** The request's keys with their limits and policy names; undefined when it is not limited. */
+async function subjectsOf<Req>(
+  options: MiddlewareOptions<Req>,
+  req: Req,
+  fallbackKey: (req: Req) => string | undefined,
+): Promise<Subject[] | undefined> {
+  const name = options.name ?? "default";
+  if (options.keys && (options.limits || options.key)) {
+    throw new TypeError("redis-ratelimit: give the middleware `limits` (and `key`) or `keys`, not both");
+  }
+  if (options.keys) {
+    const given = (await options.keys(req)) ?? [];
+    const subjects = given.flatMap((entry, i) =>
+      entry ? [{ key: `${name}:${entry.key}`, name: entry.name ?? `${name}-${i + 1}`, limits: listOf(entry.limits) }] : [],
+    );
+    return subjects.length > 0 ? subjects : undefined;
+  }
+  const chosen = typeof options.limits === "function" ? options.limits(req) : options.limits;
+  if (!chosen) return undefined;
+  const id = options.key ? await options.key(req) : fallbackKey(req);
+  return id === undefined ? undefined : [{ key: `${name}:${id}`, name, limits: listOf(chosen) }];
+}
+
+/** One key: check and undo; several: checkAll and undoAll. */
+async function decide(
+  limiter: RateLimiter,
+  subjects: readonly Subject[],
+  options: CallOptions,
+): Promise<{ result: Result; denied: DeniedKey[]; undo: () => Promise<unknown> }> {
+  const cost = options.cost === undefined ? {} : { cost: options.cost };
+  const [only] = subjects;
+  if (subjects.length === 1 && only) {
+    const result = await limiter.check(only.key, only.limits, options);
+    const denied = result.allowed || result.source === "failClosed" ? [] : [{ key: only.key, index: 0 }];
+    return { result, denied, undo: () => limiter.undo(only.key, { ...cost, decision: result }) };
+  }
+  const result = await limiter.checkAll(subjects, options);
+  return { result, denied: result.denied, undo: () => limiter.undoAll(subjects, { ...cost, decision: result }) };
 }
 
 /** Decides one request; undefined when this request is not limited. */
@@ -76,34 +168,31 @@ export async function judge<Req>(
   req: Req,
   fallbackKey: (req: Req) => string | undefined,
 ): Promise<Verdict | undefined> {
-  const chosen = typeof options.limits === "function" ? options.limits(req) : options.limits;
-  if (!chosen) return undefined;
-  const id = options.key ? await options.key(req) : fallbackKey(req);
-  if (id === undefined) return undefined;
-  const limits = listOf(chosen);
-  const name = options.name ?? "default";
-  const key = `${name}:${id}`;
+  const subjects = await subjectsOf(options, req, fallbackKey);
+  if (!subjects) return undefined;
   const cost = typeof options.cost === "function" ? options.cost(req) : options.cost;
-  const result = await limiter.check(key, limits, cost === undefined ? {} : { cost });
+  const callOptions: CallOptions = {
+    ...(cost === undefined ? {} : { cost }),
+    ...(options.blockMs === undefined ? {} : { blockMs: options.blockMs }),
+  };
+  const { result, denied, undo } = await decide(limiter, subjects, callOptions);
   let refunded = false;
   const refund = async () => {
     if (refunded || !result.allowed) return;
     refunded = true;
     // A refund that fails is already reported to the logger; the response has gone.
-    await limiter.undo(key, cost === undefined ? { decision: result } : { cost, decision: result }).catch(() => undefined);
+    await undo().catch(() => undefined);
   };
+  const keys = subjects.map((subject) => subject.key);
+  const info = { result, key: keys[0] as string, keys, denied: denied.map((d) => ({ ...d, name: subjects[d.index]?.name ?? "" })) };
   if (result.source === "failClosed") {
-    return {
-      pass: false,
-      info: { reason: "unavailable", result, key, headers: { "Retry-After": String(Math.max(1, seconds(result.retryAfterMs))) } },
-      refund,
-      refundWhen: () => false,
-    };
+    const headers = { "Retry-After": String(Math.max(1, seconds(result.retryAfterMs))) };
+    return { pass: false, info: { reason: "unavailable", ...info, headers }, refund, refundWhen: () => false };
   }
   // Failing open serves without claiming a quota nobody counted.
-  const headers = result.source === "failOpen" ? {} : rateLimitHeaders(limits, name, result);
+  const headers = result.source === "failOpen" ? {} : headersOf(subjects, denied, result);
   const refundWhen = options.refundWhen ?? ((status: number) => status >= 500);
-  return { pass: result.allowed, info: { reason: "limited", result, key, headers }, refund, refundWhen };
+  return { pass: result.allowed, info: { reason: "limited", ...info, headers }, refund, refundWhen };
 }
 
 export function statusOf(info: LimitedInfo): number {

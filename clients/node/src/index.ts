@@ -1,18 +1,29 @@
 export type { Connection, RedisClient } from "./adapters.js";
-export { type ClientRateLimitInfo, FlexibleLimiter, type FlexibleResult, RateLimitStore } from "./compat.js";
+export { type ClientRateLimitInfo, FlexibleLimiter, type FlexibleOptions, type FlexibleResult, RateLimitStore } from "./compat.js";
 export { type FastifyHooks, type FastifyOptions, fastifyHooks, fastifyRateLimit } from "./fastify.js";
 export { type FetchOptions, fetchRateLimit } from "./fetch.js";
-export { type LimitedInfo, type MiddlewareOptions, rateLimitHeaders } from "./http.js";
+export {
+  type LimitedInfo,
+  type LimitedKey,
+  type MiddlewareOptions,
+  type OneKeyOptions,
+  type RequestKey,
+  rateLimitHeaders,
+  type SeveralKeysOptions,
+} from "./http.js";
 export {
   type Backend,
+  type DeniedKey,
   type FallbackOptions,
   type Logger,
+  type MultiResult,
   RateLimiter,
   type RateLimiterOptions,
   RateLimitReplyError,
+  type RefundOptions,
   type Result,
   type Source,
 } from "./limiter.js";
-export { type CallOptions, type Decision, type Limit, RateLimitInputError } from "./limits.js";
+export { type CallOptions, type Decision, type KeyLimits, type Limit, RateLimitInputError } from "./limits.js";
 export { MemoryLimiter } from "./memory.js";
 export { clientAddress, expressRateLimit, type NodeMiddlewareOptions, type NodeRequest, type NodeResponse, withRateLimit } from "./node.js";

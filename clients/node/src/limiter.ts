@@ -1,21 +1,29 @@
-// The client: check / peek / undo on the module where it is loaded and on
-// the script twin where it is not (learned per server from the answer to
-// the module's own command), under an explicit failure policy.
+// The client: check / peek / undo, on one key or several at once, and
+// unblock, on the module where it is loaded and on the script twin where it
+// is not (learned per server from the answer to the module's own command),
+// under an explicit failure policy.
 import { type Connection, connect, messageOf, type RedisClient } from "./adapters.js";
 import {
   type CallOptions,
   type Decision,
+  type KeyLimits,
   type Limit,
   limitArgs,
+  multiLimitArgs,
   parseCount,
+  parseCounts,
   parseDecision,
+  parseMultiDecision,
   RateLimitInputError,
   smallestMax,
   validateKey,
+  validateKeyLimits,
+  validateKeys,
   validateLimits,
   validateOptions,
 } from "./limits.js";
-import { MemoryLimiter } from "./memory.js";
+import { type KeyedLimits, MemoryLimiter, type MultiDecision } from "./memory.js";
+import { keySlot } from "./slot.js";
 import { TWIN_SCRIPT, TWIN_SHA1 } from "./twin.generated.js";
 
 /** What answers on a server: the module's RATELIMIT.* commands or the Lua twin. */
@@ -26,6 +34,21 @@ export type Source = "redis" | "fallback" | "failOpen" | "failClosed";
 
 export interface Result extends Decision {
   source: Source;
+}
+
+/** A key that denied a several-key call: as given (without the limiter's prefix), and its 0-based index in the call. */
+export interface DeniedKey {
+  key: string;
+  index: number;
+}
+
+/** A several-key answer: the single-key fields over every key, and which keys denied. */
+export interface MultiResult extends Result {
+  /**
+   * The keys that denied, by their limits or by a block, in the order given;
+   * empty when allowed, and when no key was asked (failOpen, failClosed).
+   */
+  denied: DeniedKey[];
 }
 
 /** console fits; so does a pino or winston logger wrapped as (message, details). */
@@ -55,13 +78,20 @@ export interface RateLimiterOptions {
   logger?: Logger;
 }
 
-type Operation = "check" | "peek" | "undo";
+export interface RefundOptions {
+  /** Units to refund from each key (default 1). */
+  cost?: number;
+  /** The decision refunded, so one made by the fallback is refunded there. */
+  decision?: Result;
+}
 
-const MODULE_COMMAND: Record<Operation, string> = {
-  check: "RATELIMIT.CHECK",
-  peek: "RATELIMIT.PEEK",
-  undo: "RATELIMIT.UNDO",
-};
+/** The module's RATELIMIT.<OPERATION> and the twin's operation of the same name. */
+type Operation = "check" | "peek" | "undo" | "mcheck" | "mpeek" | "mundo" | "unblock";
+
+/** Operations whose keys follow a numkeys in the module's command (the twin always takes one). */
+const SEVERAL_KEYS: ReadonlySet<Operation> = new Set(["mcheck", "mpeek", "mundo"]);
+
+type Reply = { ok: true; value: unknown } | { ok: false };
 
 /**
  * Replies that mean "this server is not well right now", not "your call is
@@ -166,88 +196,173 @@ export class RateLimiter {
   }
 
   /**
-   * Refunds the `cost` newest units (default 1); resolves with the number
-   * removed. Give the decision being refunded so a fallback decision is
-   * refunded in the fallback.
+   * Decides one request against several keys (1 to 16), each with its own
+   * limits, in one atomic call: allowed iff every key allows, then recorded
+   * in every key; if any key denies, recorded in none. On a cluster the keys
+   * must share a hash slot (one hash tag).
    */
-  async undo(key: string, options: { cost?: number; decision?: Result } = {}): Promise<number> {
-    const fullKey = this.prefix + validateKey(key);
-    const cost = options.cost ?? 1;
-    if (!Number.isSafeInteger(cost) || cost < 1) throw new RateLimitInputError(`cost must be a positive integer, got ${cost}`);
-    const source = options.decision?.source;
-    if (source === "fallback") return this.memory.undo(fullKey, cost);
-    if (source === "failOpen" || source === "failClosed") return 0;
-    const args = options.cost === undefined ? [] : ["COST", String(cost)];
-    const reply = await this.call("undo", fullKey, args);
-    if (reply.ok) return parseCount(reply.value);
-    return this.share === undefined ? 0 : this.memory.undo(fullKey, cost);
+  checkAll(keys: readonly KeyLimits[], options: CallOptions = {}): Promise<MultiResult> {
+    return this.decideAll("mcheck", keys, options);
   }
 
-  /** Deletes the key's log (both backends store one key per limiter). */
+  /** Would checkAll allow this request now? Records nothing. */
+  peekAll(keys: readonly KeyLimits[], options: CallOptions = {}): Promise<MultiResult> {
+    return this.decideAll("mpeek", keys, options);
+  }
+
+  /**
+   * Refunds the `cost` newest units (default 1); resolves with the number
+   * removed. Give the decision being refunded so a fallback decision is
+   * refunded in the fallback. A block stays.
+   */
+  async undo(key: string, options: RefundOptions = {}): Promise<number> {
+    const [removed] = await this.refund("undo", [this.prefix + validateKey(key)], options);
+    return removed as number;
+  }
+
+  /**
+   * Refunds the `cost` newest units (default 1) in each key, as undo on
+   * each, in one call; takes the keys (or the array given to checkAll) and
+   * resolves with the units removed per key.
+   */
+  async undoAll(keys: readonly (string | { key: string })[], options: RefundOptions = {}): Promise<number[]> {
+    const given = validateKeys(Array.isArray(keys) ? keys.map((item) => (typeof item === "string" ? item : item?.key)) : keys);
+    return this.refund("mundo", this.keysOfOneCall(given), options);
+  }
+
+  /**
+   * Lifts the key's block, keeping its history (what it recorded still
+   * counts); resolves true if it was blocked. While Redis is unreachable it
+   * lifts the fallback's block, and resolves what that one says.
+   */
+  async unblock(key: string): Promise<boolean> {
+    const fullKey = this.prefix + validateKey(key);
+    const local = this.memory.unblock(fullKey);
+    const reply = await this.call("unblock", [fullKey], []);
+    return reply.ok ? parseCount(reply.value, "RATELIMIT.UNBLOCK") === 1 : local;
+  }
+
+  /** Deletes the key: its log and its block (both backends store one key per limiter). */
   async delete(key: string): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
     this.memory.delete(fullKey);
-    const reply = await this.guarded("delete", fullKey, undefined, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
-    return reply.ok && parseCount(reply.value) > 0;
+    const reply = await this.guarded("delete", [fullKey], undefined, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
+    return reply.ok && parseCount(reply.value, "DEL") > 0;
+  }
+
+  /** UNDO or MUNDO where the refunded decision was made: Redis, the fallback, or nowhere (the policy's answers counted nothing). */
+  private async refund(operation: "undo" | "mundo", keys: readonly string[], options: RefundOptions): Promise<number[]> {
+    const cost = validateCost(options.cost);
+    const source = options.decision?.source;
+    if (source === "fallback") return keys.map((key) => this.memory.undo(key, cost));
+    if (source === "failOpen" || source === "failClosed") return keys.map(() => 0);
+    const reply = await this.call(operation, keys, options.cost === undefined ? [] : ["COST", String(cost)]);
+    if (reply.ok) return operation === "undo" ? [parseCount(reply.value, "RATELIMIT.UNDO")] : parseCounts(reply.value, keys.length);
+    return keys.map((key) => (this.share === undefined ? 0 : this.memory.undo(key, cost)));
   }
 
   private async decide(operation: "check" | "peek", key: string, limits: Limit | readonly Limit[], options: CallOptions): Promise<Result> {
     const fullKey = this.prefix + validateKey(key);
     const list = validateLimits(limits);
     const cost = validateOptions(list, options);
-    const late = operation === "check" ? (value: unknown) => this.refundLate(fullKey, cost, value) : undefined;
-    const reply = await this.call(operation, fullKey, limitArgs(list, options), late);
+    const late = operation === "check" ? this.lateRefund("undo", [fullKey], cost, (value) => parseDecision(value).allowed) : undefined;
+    const reply = await this.call(operation, [fullKey], limitArgs(list, options), late);
     if (reply.ok) return { ...parseDecision(reply.value), source: "redis" };
-    return this.whileUnavailable(operation, fullKey, list, { ...options, cost });
+    const { decision, source } = this.whileUnavailable(operation === "check", [{ key: fullKey, limits: list }], { ...options, cost });
+    return { ...decision, source };
   }
 
-  private whileUnavailable(operation: "check" | "peek", key: string, limits: readonly Limit[], options: CallOptions): Result {
-    if (this.share !== undefined) {
-      const share = this.share;
-      const local = limits.map((limit) => ({ ...limit, max: Math.max(1, Math.floor(limit.max * share)) }));
-      return { ...this.memory[operation](key, local, options), source: "fallback" };
-    }
-    const cost = options.cost ?? 1;
-    if (this.failOpen) {
-      return { allowed: true, remaining: smallestMax(limits) - cost, retryAfterMs: 0, resetAfterMs: 0, source: "failOpen" };
-    }
-    return { allowed: false, remaining: 0, retryAfterMs: Math.max(this.retryAfterFailureMs, 1), resetAfterMs: 0, source: "failClosed" };
+  private async decideAll(operation: "mcheck" | "mpeek", entries: readonly KeyLimits[], options: CallOptions): Promise<MultiResult> {
+    const { keys, limits } = validateKeyLimits(entries);
+    const fullKeys = this.keysOfOneCall(keys);
+    const cost = validateOptions(limits.flat(), options);
+    const allowed = (value: unknown) => parseMultiDecision(value, keys.length).decision.allowed;
+    const late = operation === "mcheck" ? this.lateRefund("mundo", fullKeys, cost, allowed) : undefined;
+    const reply = await this.call(operation, fullKeys, multiLimitArgs(limits, options), late);
+    const keyed = fullKeys.map((key, i) => ({ key, limits: limits[i] as readonly Limit[] }));
+    const { decision, denied, source } = reply.ok
+      ? { ...parseMultiDecision(reply.value, keys.length), source: "redis" as const }
+      : this.whileUnavailable(operation === "mcheck", keyed, { ...options, cost });
+    return { ...decision, source, denied: denied.map((index) => ({ key: keys[index] as string, index })) };
   }
 
   /**
-   * A check answered after its timeout ran on Redis and was recorded there,
-   * though the caller got the failure policy's answer: refund it.
+   * The prefixed keys of one several-key call. On a cluster they must share
+   * a hash slot; refused here, before anything is sent, rather than by the
+   * server's CROSSSLOT.
    */
-  private async refundLate(key: string, cost: number, value: unknown): Promise<void> {
-    try {
-      if (!parseDecision(value).allowed) return;
-      // Not through the failure policy: the server has just answered, though it is still marked down.
-      await withTimeout((signal) => this.send("undo", key, ["COST", String(cost)], signal), this.timeoutMs);
-      this.logger.warn(`redis-ratelimit: check on ${key} ran after its timeout; its charge was refunded`, { key, cost });
-    } catch (error) {
-      this.logger.error(`redis-ratelimit: check on ${key} ran after its timeout; its refund failed: ${messageOf(error)}`, {
-        key,
-        cause: error,
-      });
+  private keysOfOneCall(keys: readonly string[]): string[] {
+    const fullKeys = keys.map((key) => this.prefix + key);
+    if (!this.connection.cluster) return fullKeys;
+    const slots = fullKeys.map(keySlot);
+    const other = slots.findIndex((slot) => slot !== slots[0]);
+    if (other !== -1) {
+      throw new RateLimitInputError(
+        `the keys of one call must share a hash slot on a cluster: '${fullKeys[0]}' is in slot ${slots[0]}, '${fullKeys[other]}' in slot ${slots[other]}; give them one hash tag, as {tenant:7}:user:42 and {tenant:7}:ip:10.0.0.1`,
+      );
     }
+    return fullKeys;
   }
 
-  /** One operation on the key's server under the timeout and the failure policy. */
-  private call(
-    operation: Operation,
-    key: string,
-    args: string[],
-    late?: (value: unknown) => void,
-  ): Promise<{ ok: true; value: unknown } | { ok: false }> {
-    return this.guarded(operation, key, late, (signal) => this.send(operation, key, args, signal));
+  /** The failure policy's answer over the call's keys. */
+  private whileUnavailable(record: boolean, keys: readonly KeyedLimits[], options: CallOptions): MultiDecision & { source: Source } {
+    if (this.share !== undefined) {
+      const share = this.share;
+      const local = keys.map(({ key, limits }) => ({
+        key,
+        limits: limits.map((limit) => ({ ...limit, max: Math.max(1, Math.floor(limit.max * share)) })),
+      }));
+      return { ...(record ? this.memory.checkAll(local, options) : this.memory.peekAll(local, options)), source: "fallback" };
+    }
+    const cost = options.cost ?? 1;
+    if (this.failOpen) {
+      const remaining = Math.min(...keys.map(({ limits }) => smallestMax(limits))) - cost;
+      return { decision: { allowed: true, remaining, retryAfterMs: 0, resetAfterMs: 0 }, denied: [], source: "failOpen" };
+    }
+    const retryAfterMs = Math.max(this.retryAfterFailureMs, 1);
+    return { decision: { allowed: false, remaining: 0, retryAfterMs, resetAfterMs: 0 }, denied: [], source: "failClosed" };
   }
 
-  /** One operation on the key's server, by the backend learned for it. */
-  private async send(operation: Operation, key: string, args: string[], signal: AbortSignal): Promise<unknown> {
-    const server = this.connection.serverFor(key);
-    if (this.learned.get(server) !== "twin") {
+  /**
+   * For a check answered after its timeout: if it ran on Redis and was
+   * recorded there, though the caller got the failure policy's answer,
+   * refund it (UNDO, or MUNDO over every key of a checkAll).
+   */
+  private lateRefund(
+    undo: "undo" | "mundo",
+    keys: readonly string[],
+    cost: number,
+    allowed: (value: unknown) => boolean,
+  ): (value: unknown) => Promise<void> {
+    const label = keys.join(", ");
+    return async (value) => {
       try {
-        const value = await this.connection.send(key, [MODULE_COMMAND[operation], key, ...args], signal);
+        if (!allowed(value)) return;
+        // Not through the failure policy: the server has just answered, though it is still marked down.
+        await withTimeout((signal) => this.send(undo, keys, ["COST", String(cost)], signal), this.timeoutMs);
+        this.logger.warn(`redis-ratelimit: check on ${label} ran after its timeout; its charge was refunded`, { keys, cost });
+      } catch (error) {
+        this.logger.error(`redis-ratelimit: check on ${label} ran after its timeout; its refund failed: ${messageOf(error)}`, {
+          keys,
+          cause: error,
+        });
+      }
+    };
+  }
+
+  /** One operation on the server of the keys (the first key's) under the timeout and the failure policy. */
+  private call(operation: Operation, keys: readonly string[], args: string[], late?: (value: unknown) => void): Promise<Reply> {
+    return this.guarded(operation, keys, late, (signal) => this.send(operation, keys, args, signal));
+  }
+
+  /** One operation on the keys' server, by the backend learned for it. */
+  private async send(operation: Operation, keys: readonly string[], args: string[], signal: AbortSignal): Promise<unknown> {
+    const first = keys[0] as string;
+    const server = this.connection.serverFor(first);
+    if (this.learned.get(server) !== "twin") {
+      const named = SEVERAL_KEYS.has(operation) ? [String(keys.length), ...keys] : keys;
+      try {
+        const value = await this.connection.send(first, [`RATELIMIT.${operation.toUpperCase()}`, ...named, ...args], signal);
         this.learn(server, "module");
         return value;
       } catch (error) {
@@ -255,17 +370,18 @@ export class RateLimiter {
         this.learn(server, "twin");
       }
     }
-    return this.twin(operation, key, args, signal);
+    return this.twin(operation, keys, args, signal);
   }
 
   /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
-  private async twin(operation: Operation, key: string, args: string[], signal: AbortSignal): Promise<unknown> {
-    const tail = ["1", key, operation, ...args];
+  private async twin(operation: Operation, keys: readonly string[], args: string[], signal: AbortSignal): Promise<unknown> {
+    const first = keys[0] as string;
+    const tail = [String(keys.length), ...keys, operation, ...args];
     try {
-      return await this.connection.send(key, ["EVALSHA", TWIN_SHA1, ...tail], signal);
+      return await this.connection.send(first, ["EVALSHA", TWIN_SHA1, ...tail], signal);
     } catch (error) {
       if (!messageOf(error).startsWith("NOSCRIPT")) throw error;
-      return this.connection.send(key, ["EVAL", TWIN_SCRIPT, ...tail], signal);
+      return this.connection.send(first, ["EVAL", TWIN_SCRIPT, ...tail], signal);
     }
   }
 
@@ -284,11 +400,12 @@ export class RateLimiter {
    */
   private async guarded(
     operation: string,
-    key: string,
+    keys: readonly string[],
     late: ((value: unknown) => void) | undefined,
     send: (signal: AbortSignal) => Promise<unknown>,
-  ): Promise<{ ok: true; value: unknown } | { ok: false }> {
-    const server = this.connection.serverFor(key);
+  ): Promise<Reply> {
+    const server = this.connection.serverFor(keys[0] as string);
+    const key = keys.join(", ");
     if (Date.now() < (this.downUntil.get(server) ?? 0)) return { ok: false };
     try {
       const value = await withTimeout(send, this.timeoutMs, late);
@@ -296,7 +413,7 @@ export class RateLimiter {
       return { ok: true, value };
     } catch (error) {
       if (isReplyError(error)) {
-        this.logger.error(`redis-ratelimit: ${operation} on ${key} refused: ${messageOf(error)}`, { key, operation, cause: error });
+        this.logger.error(`redis-ratelimit: ${operation} on ${key} refused: ${messageOf(error)}`, { key, keys, operation, cause: error });
         throw new RateLimitReplyError(messageOf(error), { cause: error });
       }
       this.failed(server, operation, key, error);
@@ -320,4 +437,10 @@ export class RateLimiter {
     if (!this.downUntil.delete(server)) return;
     this.logger.info(`redis-ratelimit: ${server} answers again; its keys are decided by Redis again`, { server });
   }
+}
+
+function validateCost(cost: number | undefined): number {
+  if (cost === undefined) return 1;
+  if (!Number.isSafeInteger(cost) || cost < 1) throw new RateLimitInputError(`cost must be a positive integer, got ${cost}`);
+  return cost;
 }

@@ -1,5 +1,6 @@
-// Arguments of RATELIMIT.CHECK/PEEK/UNDO, validated before anything is sent
-// so bad input fails here with a clear message and never reaches Redis.
+// Arguments of RATELIMIT.CHECK/PEEK/UNDO and of their several-key forms
+// (MCHECK/MPEEK/MUNDO), validated before anything is sent so bad input
+// fails here with a clear message and never reaches Redis.
 
 /** "At most `max` units of cost in any `windowMs` milliseconds." */
 export interface Limit {
@@ -15,6 +16,19 @@ export interface CallOptions {
   cost?: number;
   /** Requests within the same `precision` ms share one entry (1 to the shortest window; default exact). */
   precision?: number;
+  /**
+   * A penalty: a check denied by a key's limits blocks that key for this
+   * many ms (1 to 365 days); while blocked every check and peek of it is
+   * denied, records nothing and does not extend the block. Peek accepts it
+   * and changes nothing, so peek can take check's options.
+   */
+  blockMs?: number;
+}
+
+/** One key of a several-key call, with its own limits. */
+export interface KeyLimits {
+  key: string;
+  limits: Limit | readonly Limit[];
 }
 
 /** The module's reply, named. */
@@ -30,6 +44,8 @@ export interface Decision {
 
 const MAX_WINDOW_MS = 31_536_000_000;
 const MAX_PAIRS = 8;
+/** The most keys one MCHECK/MPEEK/MUNDO takes. */
+const MAX_KEYS = 16;
 
 export class RateLimitInputError extends Error {
   override name = "RateLimitInputError";
@@ -70,12 +86,34 @@ export function longestWindow(limits: readonly Limit[]): number {
   return Math.max(...limits.map((limit) => limit.windowMs));
 }
 
-/** Validates cost and precision against the limits; returns the cost. */
+/** Validates cost, precision and blockMs against the limits (every key's, for several keys); returns the cost. */
 export function validateOptions(limits: readonly Limit[], options: CallOptions): number {
   const cost = options.cost ?? 1;
   requireInteger(cost, "cost", 1, smallestMax(limits));
   if (options.precision !== undefined) requireInteger(options.precision, "precision", 1, shortestWindow(limits));
+  if (options.blockMs !== undefined) requireInteger(options.blockMs, "blockMs", 1, MAX_WINDOW_MS);
   return cost;
+}
+
+/** A several-key call's keys as given: 1 to 16, each at most once. */
+export function validateKeys(keys: readonly unknown[]): readonly string[] {
+  if (!Array.isArray(keys) || keys.length === 0 || keys.length > MAX_KEYS) {
+    throw new RateLimitInputError(`give 1 to ${MAX_KEYS} keys, got ${Array.isArray(keys) ? keys.length : String(keys)}`);
+  }
+  const seen = new Set<string>();
+  for (const key of keys) {
+    validateKey(key);
+    if (seen.has(key as string)) throw new RateLimitInputError(`key '${key as string}' is given more than once`);
+    seen.add(key as string);
+  }
+  return keys as readonly string[];
+}
+
+/** A several-key call's keys and limits, each key's limits as one array. */
+export function validateKeyLimits(entries: readonly KeyLimits[]): { keys: readonly string[]; limits: readonly (readonly Limit[])[] } {
+  if (!Array.isArray(entries)) throw new RateLimitInputError(`give an array of { key, limits }, got ${String(entries)}`);
+  const keys = validateKeys(entries.map((entry: KeyLimits | undefined) => entry?.key));
+  return { keys, limits: entries.map((entry) => validateLimits(entry.limits)) };
 }
 
 export function validateKey(key: unknown): string {
@@ -85,12 +123,26 @@ export function validateKey(key: unknown): string {
   return key;
 }
 
-/** The module's arguments after the key: window max [...] [COST n] [PRECISION p]. */
-export function limitArgs(limits: readonly Limit[], options: CallOptions): string[] {
-  const args = limits.flatMap((limit) => [String(limit.windowMs), String(limit.max)]);
+function pairArgs(limits: readonly Limit[]): string[] {
+  return limits.flatMap((limit) => [String(limit.windowMs), String(limit.max)]);
+}
+
+function optionArgs(options: CallOptions): string[] {
+  const args: string[] = [];
   if (options.cost !== undefined) args.push("COST", String(options.cost));
   if (options.precision !== undefined) args.push("PRECISION", String(options.precision));
+  if (options.blockMs !== undefined) args.push("BLOCK", String(options.blockMs));
   return args;
+}
+
+/** The module's arguments after the key: window max [...] [COST n] [PRECISION p] [BLOCK ms]. */
+export function limitArgs(limits: readonly Limit[], options: CallOptions): string[] {
+  return [...pairArgs(limits), ...optionArgs(options)];
+}
+
+/** MCHECK's arguments after its keys: each key's npairs window max [...], then the options. */
+export function multiLimitArgs(limits: readonly (readonly Limit[])[], options: CallOptions): string[] {
+  return [...limits.flatMap((list) => [String(list.length), ...pairArgs(list)]), ...optionArgs(options)];
 }
 
 /** A reply integer (number, bigint or digits) as a number; undefined unless a number holds it exactly (up to 2^53 - 1). */
@@ -112,9 +164,36 @@ export function parseDecision(reply: unknown): Decision {
   return { allowed: allowed === 1, remaining, retryAfterMs, resetAfterMs };
 }
 
-export function parseCount(reply: unknown): number {
+/**
+ * Reads MCHECK/MPEEK's [allowed, remaining, retry_after_ms, reset_after_ms,
+ * denied]: the decision, and the 0-based indexes of the keys that denied
+ * (the reply's 1-based positions, each within the `keys` keys, ascending).
+ */
+export function parseMultiDecision(reply: unknown, keys: number): { decision: Decision; denied: number[] } {
+  const denied = Array.isArray(reply) && reply.length === 5 && Array.isArray(reply[4]) ? reply[4].map(toInteger) : undefined;
+  const valid = denied?.every(
+    (position, i) => position !== undefined && position >= 1 && position <= keys && position > (denied[i - 1] ?? 0),
+  );
+  const decision = valid && denied ? parseDecision((reply as unknown[]).slice(0, 4)) : undefined;
+  // A denial names at least one key and an allowed call none: anything else is not this reply.
+  if (!decision || !denied || decision.allowed !== (denied.length === 0)) {
+    throw new Error(`unexpected reply to a several-key rate-limit call: ${describe(reply)}`);
+  }
+  return { decision, denied: denied.map((position) => (position as number) - 1) };
+}
+
+/** MUNDO's reply: the units removed from each of the `keys` keys. */
+export function parseCounts(reply: unknown, keys: number): number[] {
+  const counts = Array.isArray(reply) && reply.length === keys ? reply.map(toInteger) : [];
+  if (counts.length !== keys || counts.some((count) => count === undefined)) {
+    throw new Error(`unexpected reply to RATELIMIT.MUNDO: ${describe(reply)}`);
+  }
+  return counts as number[];
+}
+
+export function parseCount(reply: unknown, command: string): number {
   const count = toInteger(reply);
-  if (count === undefined) throw new Error(`unexpected reply to RATELIMIT.UNDO: ${describe(reply)}`);
+  if (count === undefined) throw new Error(`unexpected reply to ${command}: ${describe(reply)}`);
   return count;
 }
 

@@ -1,6 +1,7 @@
 // The in-process limiter used while Redis is unreachable: the module's
-// contract (README "Commands", decisions of this round) over a Map, exact
-// within one process. Pure apart from the clock, which is injected.
+// contract (README "Commands": CHECK, PEEK, UNDO, their several-key forms,
+// BLOCK and UNBLOCK) over a Map, exact within one process. Pure apart from
+// the clock, which is injected.
 import { type CallOptions, type Decision, type Limit, longestWindow, smallestMax } from "./limits.js";
 
 interface Entry {
@@ -13,6 +14,32 @@ interface Log {
   windowMs: number;
   /** Oldest first. */
   entries: Entry[];
+  /** The key is blocked while the time is before this (0: never blocked). */
+  blockedUntil: number;
+}
+
+/** One key of a call with its limits, already validated. */
+export interface KeyedLimits {
+  key: string;
+  limits: readonly Limit[];
+}
+
+/** A several-key answer: the combined decision and the 0-based indexes of the keys that denied. */
+export interface MultiDecision {
+  decision: Decision;
+  denied: number[];
+}
+
+/** One key's state during a call, before the keys are combined. */
+interface Standing {
+  log: Log | undefined;
+  entries: Entry[];
+  limits: readonly Limit[];
+  /** The call's time for this key: the clock, never earlier than its newest entry. */
+  now: number;
+  used: number[];
+  /** Every limit of this key allows the request. */
+  fits: boolean;
 }
 
 /** Keys are swept for expiry once per this many calls, so idle keys do not pile up. */
@@ -30,14 +57,24 @@ export class MemoryLimiter {
   }
 
   check(key: string, limits: readonly Limit[], options: CallOptions = {}): Decision {
-    return this.decide(key, limits, options, true);
+    return this.decide([{ key, limits }], options, true).decision;
   }
 
   peek(key: string, limits: readonly Limit[], options: CallOptions = {}): Decision {
-    return this.decide(key, limits, options, false);
+    return this.decide([{ key, limits }], options, false).decision;
   }
 
-  /** Removes the `cost` newest units; returns how many were removed. */
+  /** All or nothing over several keys, as MCHECK. */
+  checkAll(keys: readonly KeyedLimits[], options: CallOptions = {}): MultiDecision {
+    return this.decide(keys, options, true);
+  }
+
+  /** As MPEEK: what checkAll would answer, recording nothing. */
+  peekAll(keys: readonly KeyedLimits[], options: CallOptions = {}): MultiDecision {
+    return this.decide(keys, options, false);
+  }
+
+  /** Removes the `cost` newest units; returns how many were removed. A block stays. */
   undo(key: string, cost = 1): number {
     const log = this.liveLog(key, this.now());
     if (!log) return 0;
@@ -49,45 +86,79 @@ export class MemoryLimiter {
       removed += take;
       if (newest.cost === 0) log.entries.pop();
     }
-    if (log.entries.length === 0) this.logs.delete(key);
+    this.forgetIfEmpty(key, log, this.now());
     return removed;
+  }
+
+  /** Lifts the key's block, keeping its history; true if it was blocked. */
+  unblock(key: string): boolean {
+    const clock = this.now();
+    const log = this.liveLog(key, clock);
+    if (!log || timeOf(log, clock) >= log.blockedUntil) return false;
+    log.blockedUntil = 0;
+    if (expired(log, timeOf(log, clock))) this.logs.delete(key);
+    return true;
   }
 
   delete(key: string): boolean {
     return this.logs.delete(key);
   }
 
-  private decide(key: string, limits: readonly Limit[], options: CallOptions, record: boolean): Decision {
+  private decide(keys: readonly KeyedLimits[], options: CallOptions, record: boolean): MultiDecision {
     this.sweepNowAndThen();
     const cost = options.cost ?? 1;
-    let now = this.now();
-    let log = this.liveLog(key, now);
-    const newest = log?.entries[log.entries.length - 1];
-    // Time never runs backwards for a key.
-    if (newest && newest.at > now) now = newest.at;
-    const callWindow = longestWindow(limits);
+    const clock = this.now();
+    const standings = keys.map(({ key, limits }) => this.standing(key, limits, cost, clock, record));
+    const blocked = (state: Standing) => state.now < (state.log?.blockedUntil ?? 0);
+    const allowed = standings.every((state) => state.fits && !blocked(state));
+    if (record && allowed) {
+      for (const state of standings) recordIn(state, cost, options.precision ?? 1);
+    }
+    if (record && !allowed && options.blockMs !== undefined) {
+      // A block starts on each key its own limits denied, unless one already runs there.
+      for (const state of standings) if (!state.fits && !blocked(state) && state.log) state.log.blockedUntil = state.now + options.blockMs;
+    }
+    const charged = record && allowed ? cost : 0;
+    const answers = standings.map((state) => answer(state, cost, charged, blocked(state)));
+    keys.forEach(({ key }, i) => {
+      const state = standings[i] as Standing;
+      if (state.log) this.forgetIfEmpty(key, state.log, state.now);
+    });
+    const denied = standings.flatMap((state, i) => (state.fits && !blocked(state) ? [] : [i]));
+    return {
+      decision: {
+        allowed,
+        remaining: Math.min(...answers.map((a) => a.remaining)),
+        retryAfterMs: allowed ? 0 : Math.max(...answers.map((a) => a.retryAfterMs)),
+        resetAfterMs: Math.max(...answers.map((a) => a.resetAfterMs)),
+      },
+      denied,
+    };
+  }
+
+  /** Reads one key for a call; a check (record) registers the call's longest window on it. */
+  private standing(key: string, limits: readonly Limit[], cost: number, clock: number, record: boolean): Standing {
+    let log = this.liveLog(key, clock);
+    const now = log ? timeOf(log, clock) : clock;
     if (record) {
-      log ??= { windowMs: callWindow, entries: [] };
-      log.windowMs = Math.max(log.windowMs, callWindow);
+      log ??= { windowMs: 0, entries: [], blockedUntil: 0 };
+      log.windowMs = Math.max(log.windowMs, longestWindow(limits));
       prune(log, now);
       this.logs.set(key, log);
     }
     const entries = log?.entries ?? [];
-    if (cost > smallestMax(limits)) {
-      // Only reachable with a reduced fallback share: such a request can never pass here.
-      return { allowed: false, remaining: 0, retryAfterMs: callWindow, resetAfterMs: resetAfter(entries, callWindow, now) };
-    }
     const used = limits.map((limit) => costWithin(entries, limit.windowMs, now));
-    const allowed = limits.every((limit, i) => (used[i] as number) + cost <= limit.max);
-    if (allowed && record) append(entries, now, cost, options.precision ?? 1);
-    const charged = allowed && record ? cost : 0;
-    const remaining = Math.max(0, Math.min(...limits.map((limit, i) => limit.max - (used[i] as number) - charged)));
-    const retryAfterMs = allowed ? 0 : Math.max(...limits.map((limit) => waitFor(entries, limit, cost, now)));
-    if (log && log.entries.length === 0) this.logs.delete(key);
-    return { allowed, remaining, retryAfterMs, resetAfterMs: resetAfter(entries, callWindow, now) };
+    // A cost above a reduced fallback limit can never pass here.
+    const fits = cost <= smallestMax(limits) && limits.every((limit, i) => (used[i] as number) + cost <= limit.max);
+    return { log, entries, limits, now, used, fits };
   }
 
-  /** The key's log, or undefined (and forgotten) once its newest entry expired. */
+  /** Forgets a key with nothing live and no running block. */
+  private forgetIfEmpty(key: string, log: Log, now: number): void {
+    if (log.entries.length === 0 && log.blockedUntil <= now) this.logs.delete(key);
+  }
+
+  /** The key's log, or undefined (and forgotten) once its newest entry and its block expired. */
   private liveLog(key: string, now: number): Log | undefined {
     const log = this.logs.get(key);
     if (log && expired(log, now)) {
@@ -105,9 +176,36 @@ export class MemoryLimiter {
   }
 }
 
+/** Time never runs backwards for a key. */
+function timeOf(log: Log, clock: number): number {
+  const newest = log.entries[log.entries.length - 1];
+  return newest && newest.at > clock ? newest.at : clock;
+}
+
+/** Records an allowed request; an entry at or after a block's end clears the block. */
+function recordIn(state: Standing, cost: number, precision: number): void {
+  append(state.entries, state.now, cost, precision);
+  if (state.log) state.log.blockedUntil = 0;
+}
+
+/** One key's four fields; a blocked key answers the rest of its block where that is longer. */
+function answer(state: Standing, cost: number, charged: number, blocked: boolean): Decision {
+  const { entries, limits, now, used } = state;
+  const callWindow = longestWindow(limits);
+  const wait = cost > smallestMax(limits) ? callWindow : Math.max(...limits.map((limit) => waitFor(entries, limit, cost, now)));
+  const reset = resetAfter(entries, callWindow, now);
+  if (blocked) {
+    const rest = (state.log?.blockedUntil ?? 0) - now;
+    return { allowed: false, remaining: 0, retryAfterMs: Math.max(rest, wait), resetAfterMs: Math.max(rest, reset) };
+  }
+  const remaining =
+    cost > smallestMax(limits) ? 0 : Math.max(0, Math.min(...limits.map((limit, i) => limit.max - (used[i] as number) - charged)));
+  return { allowed: state.fits, remaining, retryAfterMs: state.fits ? 0 : wait, resetAfterMs: reset };
+}
+
 function expired(log: Log, now: number): boolean {
   const newest = log.entries[log.entries.length - 1];
-  return !newest || newest.at + log.windowMs <= now;
+  return (!newest || newest.at + log.windowMs <= now) && log.blockedUntil <= now;
 }
 
 function prune(log: Log, now: number): void {

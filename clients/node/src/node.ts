@@ -17,10 +17,10 @@ export interface NodeResponse {
   once(event: "finish", listener: () => void): unknown;
 }
 
-export interface NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeResponse> extends MiddlewareOptions<Req> {
-  /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
-  onLimited?: (req: Req, res: Res, info: LimitedInfo) => void | Promise<void>;
-}
+export type NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeResponse> = MiddlewareOptions<Req> & {
+  /** Answers a refused request instead of the default 429 (or 503 while failing closed); what it returns is awaited and ignored (so `res.status(429).json(...)` fits). */
+  onLimited?: (req: Req, res: Res, info: LimitedInfo) => unknown;
+};
 
 /** The default key: Express's req.ip (which honours "trust proxy"), else the socket's address. */
 export function clientAddress(req: NodeRequest): string | undefined {
@@ -37,7 +37,10 @@ async function refuse<Req extends NodeRequest, Res extends NodeResponse>(
   res: Res,
   info: LimitedInfo,
 ): Promise<void> {
-  if (options.onLimited) return options.onLimited(req, res, info);
+  if (options.onLimited) {
+    await options.onLimited(req, res, info);
+    return;
+  }
   setHeaders(res, info.headers);
   res.statusCode = statusOf(info);
   res.setHeader("Content-Type", "text/plain; charset=utf-8");

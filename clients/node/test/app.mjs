@@ -90,6 +90,7 @@ export async function startApp(framework, redisPort, limiterOptions = {}) {
 }
 
 if (process.argv[1] === new URL(import.meta.url).pathname) {
-  const app = await startApp(process.argv[2], Number(process.argv[3]));
+  // The tests that run apps as processes count exact admissions; a long timeout keeps a loaded machine from turning some into 503s.
+  const app = await startApp(process.argv[2], Number(process.argv[3]), { timeoutMs: 5000 });
   process.stdout.write(`${app.url}\n`);
 }

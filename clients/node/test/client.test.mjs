@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { MemoryLimiter, RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
-import { cli, clients, recorder, startServer } from "./servers.mjs";
+import { cli, clients, pseudoRandom, recorder, startServer } from "./servers.mjs";
 
 let withModule;
 let withoutModule;
@@ -159,15 +159,9 @@ test("the in-process fallback answers as the module does", async () => {
   }
 });
 
-/** xorshift32: the same pseudo-random calls on every run. */
+/** The same pseudo-random calls on every run. */
 function randomCalls(seed, n) {
-  let state = seed;
-  const next = (bound) => {
-    state ^= state << 13;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    return (state >>> 0) % bound;
-  };
+  const next = pseudoRandom(seed);
   const windows = [3_600_000, 7_200_000, 86_400_000];
   return Array.from({ length: n }, () => {
     const key = `fuzz:${next(4)}`;

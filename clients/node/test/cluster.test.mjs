@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import Redis from "ioredis";
 import { createCluster } from "redis";
-import { RateLimiter } from "redis-ratelimit";
+import { RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
 import { movedCount, recorder, startCluster } from "./servers.mjs";
 
 let cluster;
@@ -55,7 +55,7 @@ test("node-redis cluster: 400 calls on 100 keys, 0 MOVED", async () => {
   }
 });
 
-for (const [name, open] of [
+const CLUSTER_CLIENTS = [
   [
     "ioredis",
     async (port) => {
@@ -71,7 +71,9 @@ for (const [name, open] of [
       return { client, close: () => client.close() };
     },
   ],
-]) {
+];
+
+for (const [name, open] of CLUSTER_CLIENTS) {
   test(`${name}: a cluster with the module on one node of three uses the twin on the others, 0 MOVED`, async () => {
     const { client, close } = await open(mixed.nodes[0].port);
     try {
@@ -82,6 +84,89 @@ for (const [name, open] of [
       const backends = [...limiter.backends.entries()].sort();
       const expected = mixed.nodes.map((node, i) => [`127.0.0.1:${node.port}`, i === 0 ? "module" : "twin"]).sort();
       assert.deepEqual(backends, expected);
+      // Several hash-tagged keys per call on every node: the module's MCHECK on one, the twin's mcheck on the others.
+      const tenants = Array.from({ length: 30 }, (_, i) => `{mixed-${name}-${i}}`);
+      for (const tenant of tenants) {
+        const request = [
+          { key: `${tenant}:user`, limits: { windowMs: 60_000, max: 1 } },
+          { key: `${tenant}:ip`, limits: { windowMs: 60_000, max: 5 } },
+        ];
+        assert.ok((await limiter.checkAll(request)).allowed, tenant);
+        assert.deepEqual((await limiter.checkAll(request)).denied, [{ key: `${tenant}:user`, index: 0 }], tenant);
+      }
+    } finally {
+      await close();
+    }
+  });
+}
+
+for (const [name, open] of CLUSTER_CLIENTS) {
+  test(`${name}: several hash-tagged keys per call reach their master (0 MOVED); keys in different slots are refused, before sending (or by CROSSSLOT over a Connection of one's own)`, async () => {
+    const { client, close } = await open(cluster.nodes[0].port);
+    try {
+      const limiter = new RateLimiter(client, { logger: recorder().logger });
+      const movedBefore = (await Promise.all(cluster.nodes.map((node) => movedCount(node.port)))).reduce((a, b) => a + b);
+      const request = (tenant, user) => [
+        { key: `{tenant:${tenant}}:user:${user}`, limits: { windowMs: 60_000, max: 2 } },
+        { key: `{tenant:${tenant}}:ip:10.0.0.1`, limits: { windowMs: 60_000, max: 100 } },
+        { key: `{tenant:${tenant}}:all`, limits: { windowMs: 60_000, max: 1000 } },
+      ];
+      let allowed = 0;
+      for (let tenant = 0; tenant < 30; tenant++) {
+        for (let call = 0; call < 3; call++) if ((await limiter.checkAll(request(`${name}-${tenant}`, "42"))).allowed) allowed += 1;
+        assert.deepEqual(await limiter.undoAll(request(`${name}-${tenant}`, "42")), [1, 1, 1]);
+      }
+      const movedAfter = (await Promise.all(cluster.nodes.map((node) => movedCount(node.port)))).reduce((a, b) => a + b);
+      assert.equal(allowed, 60);
+      assert.equal(movedAfter - movedBefore, 0);
+      assert.equal(limiter.backends.size, 3, "the tenants spread over every master");
+      const spread = [
+        { key: "user:42", limits: { windowMs: 60_000, max: 2 } },
+        { key: "ip:10.0.0.1", limits: { windowMs: 60_000, max: 2 } },
+      ];
+      await assert.rejects(
+        limiter.checkAll(spread),
+        (error) =>
+          error instanceof RateLimitInputError &&
+          /must share a hash slot on a cluster: 'user:42' is in slot \d+, 'ip:10\.0\.0\.1' in slot \d+/.test(error.message),
+      );
+      await assert.rejects(limiter.undoAll(["user:42", "ip:10.0.0.1"]), RateLimitInputError);
+      // Over a Connection of one's own, which does not say it is a cluster, the server refuses them.
+      const node = new Redis({ host: "127.0.0.1", port: cluster.nodes[0].port });
+      try {
+        const own = new RateLimiter(
+          { send: (_key, [command, ...args]) => node.call(command, ...args), serverFor: () => "own" },
+          { logger: recorder().logger },
+        );
+        await assert.rejects(own.checkAll(spread), (error) => error instanceof RateLimitReplyError && /^CROSSSLOT/.test(error.message));
+      } finally {
+        node.disconnect();
+      }
+    } finally {
+      await close();
+    }
+  });
+}
+
+for (const [name, open] of CLUSTER_CLIENTS) {
+  test(`${name}: blocks on hash-tagged keys, on the module's node and the twin's`, async () => {
+    const { client, close } = await open(mixed.nodes[0].port);
+    try {
+      const limiter = new RateLimiter(client, { logger: recorder().logger });
+      const tenants = Array.from({ length: 12 }, (_, i) => `{block-${name}-${i}}`);
+      for (const tenant of tenants) {
+        const request = [
+          { key: `${tenant}:user`, limits: { windowMs: 60_000, max: 1 } },
+          { key: `${tenant}:ip`, limits: { windowMs: 60_000, max: 5 } },
+        ];
+        assert.ok((await limiter.checkAll(request, { blockMs: 600_000 })).allowed, tenant);
+        const blocked = await limiter.checkAll(request, { blockMs: 600_000 });
+        assert.deepEqual(blocked.denied, [{ key: `${tenant}:user`, index: 0 }], tenant);
+        assert.ok(blocked.retryAfterMs > 599_000, tenant);
+        assert.ok((await limiter.peek(`${tenant}:user`, { windowMs: 1000, max: 100 })).retryAfterMs > 599_000, "held by the block");
+        assert.equal(await limiter.unblock(`${tenant}:user`), true, tenant);
+      }
+      assert.equal(limiter.backend, "mixed");
     } finally {
       await close();
     }

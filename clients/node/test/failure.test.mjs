@@ -130,7 +130,7 @@ test("calls that time out while the client reconnects are never sent later (no c
   assert.deepEqual(remaining, { ioredis: LIMIT.max, "node-redis": LIMIT.max });
 });
 
-test("a check answered after its timeout (Redis hung, then back) is refunded: the caller was given the policy's answer", async (t) => {
+test("a check or checkAll answered after its timeout (Redis hung, then back) is refunded from its keys: the caller was given the policy's answer", async (t) => {
   const redis = await startServer();
   t.after(() => {
     process.kill(redis.pid, "SIGCONT");
@@ -140,18 +140,30 @@ test("a check answered after its timeout (Redis hung, then back) is refunded: th
   t.after(() => client.disconnect());
   const log = recorder();
   const limiter = new RateLimiter(client, { timeoutMs: 100, logger: log.logger });
-  assert.equal((await limiter.check("late", LIMIT)).remaining, 9);
-  process.kill(redis.pid, "SIGSTOP");
-  assert.equal((await limiter.check("late", LIMIT)).source, "failClosed");
-  process.kill(redis.pid, "SIGCONT");
-  const refunded = () =>
-    log.lines.some((line) => line.level === "warn" && /check on late ran after its timeout; its charge was refunded/.test(line.message));
-  for (let i = 0; i < 100 && !refunded(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
-  assert.ok(refunded(), "the late charge was refunded and logged");
-  // Past retryAfterFailureMs, Redis decides again: only the first check is counted.
-  await new Promise((resolve) => setTimeout(resolve, 1000));
-  const after = await limiter.peek("late", LIMIT);
-  assert.deepEqual([after.source, after.remaining], ["redis", 9]);
+  const several = [
+    { key: "{late}:user", limits: LIMIT },
+    { key: "{late}:ip", limits: LIMIT },
+  ];
+  const calls = [
+    ["late", () => limiter.check("late", LIMIT), () => limiter.peek("late", LIMIT)],
+    ["{late}:user, {late}:ip", () => limiter.checkAll(several), () => limiter.peekAll(several)],
+  ];
+  for (const [keys, check, peek] of calls) {
+    assert.equal((await check()).remaining, 9);
+    process.kill(redis.pid, "SIGSTOP");
+    assert.equal((await check()).source, "failClosed");
+    process.kill(redis.pid, "SIGCONT");
+    const refunded = () =>
+      log.lines.some(
+        (line) => line.level === "warn" && line.message.includes(`check on ${keys} ran after its timeout; its charge was refunded`),
+      );
+    for (let i = 0; i < 100 && !refunded(); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok(refunded(), `the late charge on ${keys} was refunded and logged`);
+    // Past retryAfterFailureMs, Redis decides again: only the first check is counted (in every key: remaining is their least).
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const after = await peek();
+    assert.deepEqual([after.source, after.remaining], ["redis", 9], keys);
+  }
 });
 
 test("a server out of memory (OOM, noeviction) takes the failure policy on the module and on the twin alike", async (t) => {

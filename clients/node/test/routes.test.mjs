@@ -1,24 +1,13 @@
 // Limits per route, several limits on one route, and the hooks that answer
 // a refused request, for each framework.
 import assert from "node:assert/strict";
-import http from "node:http";
 import { test } from "node:test";
 import express from "express";
 import Fastify from "fastify";
 import { expressRateLimit, fastifyHooks, fetchRateLimit, withRateLimit } from "redis-ratelimit";
-import { sharedLimiter } from "./servers.mjs";
+import { listen, sharedLimiter } from "./servers.mjs";
 
 const shared = sharedLimiter();
-
-async function listen(t, handler) {
-  const listening = http.createServer(handler).listen(0, "127.0.0.1");
-  await new Promise((resolve) => listening.once("listening", resolve));
-  t.after(() => {
-    listening.closeAllConnections();
-    listening.close();
-  });
-  return `http://127.0.0.1:${listening.address().port}`;
-}
 
 async function statuses(url, n, headers = {}) {
   const out = [];
@@ -101,4 +90,60 @@ test("onLimited answers refused requests: express, node:http, fetch, and fastify
   assert.deepEqual(await statuses(fetchUrl, 2), [200, 418]);
   assert.deepEqual(await statuses(`${fastifyUrl}/limited`, 2), [200, 418]);
   assert.deepEqual(await statuses(`${fastifyUrl}/free`, 3), [200, 200, 200], "the hooks limit only their route");
+});
+
+test("several keys per request (user + address): 429 names the key that refused, failures are refunded from every key", async (t) => {
+  const limits = { user: { windowMs: 60_000, max: 2 }, ip: { windowMs: 60_000, max: 3 } };
+  const keys = (header) => (req) => [
+    { name: "user", key: `{t1}:user:${header(req, "x-user")}`, limits: limits.user },
+    header(req, "x-ip") ? { name: "ip", key: `{t1}:ip:${header(req, "x-ip")}`, limits: limits.ip } : undefined,
+  ];
+  const app = express();
+  app.use(expressRateLimit(shared.limiter, { name: "several", keys: keys((req, name) => req.get(name)) }));
+  app.get("/", (_q, s) => s.send("ok"));
+  app.get("/fail", (_q, s) => s.status(500).send("failed"));
+  const url = await listen(t, app);
+  const get = async (path, user, ip) => {
+    const response = await fetch(`${url}${path}`, { headers: ip ? { "x-user": user, "x-ip": ip } : { "x-user": user } });
+    await response.text();
+    return response;
+  };
+  assert.deepEqual([(await get("/", "a", "x")).status, (await get("/", "a", "x")).status], [200, 200]);
+  const byUser = await get("/", "a", "x");
+  assert.equal(byUser.status, 429);
+  assert.equal(byUser.headers.get("ratelimit-policy"), '"user";q=2;w=60, "ip";q=3;w=60');
+  assert.match(byUser.headers.get("ratelimit"), /^"user";r=0;t=\d+$/);
+  const retryAfter = Number(byUser.headers.get("retry-after"));
+  assert.ok(retryAfter >= 1 && retryAfter <= 60, `Retry-After ${retryAfter}`);
+  assert.equal((await get("/", "b", "x")).status, 200);
+  const byAddress = await get("/", "c", "x");
+  assert.equal(byAddress.status, 429);
+  assert.match(byAddress.headers.get("ratelimit"), /^"ip";r=0;t=\d+$/, "the headline is the key that refused");
+  assert.equal((await get("/", "c")).status, 200, "no address: the user's key alone decides, and c was not charged by the refusal");
+  assert.equal((await get("/fail", "d", "y")).status, 500);
+  const left = await shared.limiter.peekAll([
+    { key: "several:{t1}:user:d", limits: limits.user },
+    { key: "several:{t1}:ip:y", limits: limits.ip },
+  ]);
+  assert.equal(left.remaining, 2, "the failed request was refunded from both keys");
+  assert.equal((await shared.limiter.peek("several:{t1}:ip:y", limits.ip)).remaining, 3);
+
+  const fetchHandler = fetchRateLimit(
+    shared.limiter,
+    {
+      name: "several-fetch",
+      keys: keys((req, name) => req.headers.get(name)),
+      onLimited: (_req, info) => Response.json({ denied: info.denied.map((d) => [d.name, d.index]), keys: info.keys }, { status: 429 }),
+    },
+    () => new Response("ok"),
+  );
+  const request = () => new Request("http://x/", { headers: { "x-user": "e", "x-ip": "z" } });
+  for (let i = 0; i < 2; i++) assert.equal((await fetchHandler(request())).status, 200);
+  const refused = await fetchHandler(request());
+  assert.deepEqual(await refused.json(), {
+    denied: [["user", 0]],
+    keys: ["several-fetch:{t1}:user:e", "several-fetch:{t1}:ip:z"],
+  });
+  const both = fetchRateLimit(shared.limiter, { limits: limits.user, key: () => "k", keys: () => [] }, () => new Response("ok"));
+  await assert.rejects(both(request()), /give the middleware `limits` \(and `key`\) or `keys`, not both/);
 });

@@ -4,6 +4,7 @@
 // RATELIMIT_MODULE the module (loaded unless { module: false }).
 import { execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -129,6 +130,28 @@ export async function clients() {
     "node-redis 6 RESP2": nodeRedis(redis6, 2),
     "node-redis 5": nodeRedis(redis5),
   };
+}
+
+/** xorshift32 from `seed`: next(bound) is in 0..bound-1, the same sequence on every run. */
+export function pseudoRandom(seed) {
+  let state = seed;
+  return (bound) => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % bound;
+  };
+}
+
+/** Serves `handler` (node:http's shape) on a free 127.0.0.1 port until the test `t` ends; resolves its URL. */
+export async function listen(t, handler) {
+  const listening = http.createServer(handler).listen(0, "127.0.0.1");
+  await new Promise((resolve) => listening.once("listening", resolve));
+  t.after(() => {
+    listening.closeAllConnections();
+    listening.close();
+  });
+  return `http://127.0.0.1:${listening.address().port}`;
 }
 
 /** A logger that keeps what it is told. */

@@ -12,7 +12,9 @@ import {
   FlexibleLimiter,
   fastifyRateLimit,
   fetchRateLimit,
+  type KeyLimits,
   type Limit,
+  type MultiResult,
   RateLimiter,
   RateLimitStore,
   type Result,
@@ -29,8 +31,30 @@ async function decide(user: string): Promise<boolean> {
   return decision.allowed && refunded >= 0 && limiter.backend !== "mixed";
 }
 
+async function severalKeys(user: string, ip: string): Promise<string[]> {
+  const keys: KeyLimits[] = [
+    { key: `{t:7}:user:${user}`, limits: perMinute },
+    { key: `{t:7}:ip:${ip}`, limits: [perMinute, { windowMs: 3_600_000, max: 1000 }] },
+  ];
+  const result: MultiResult = await limiter.checkAll(keys, { cost: 1, blockMs: 60_000 });
+  const refunded: number[] = await limiter.undoAll(keys, { decision: result });
+  const unblocked: boolean = await limiter.unblock(`{t:7}:user:${user}`);
+  return unblocked && refunded.length > 0 ? [] : result.denied.map((denied) => `${denied.index}:${denied.key}`);
+}
+
 const app = express();
 app.use(expressRateLimit(limiter, { limits: perMinute, key: (req) => req.get("x-user") }));
+app.use(
+  expressRateLimit(limiter, {
+    name: "api",
+    blockMs: 3_600_000,
+    keys: (req) => [
+      { name: "user", key: `{t:7}:user:${req.get("x-user")}`, limits: perMinute },
+      req.ip ? { name: "ip", key: `{t:7}:ip:${req.ip}`, limits: perMinute } : undefined,
+    ],
+    onLimited: (_req, res, info) => res.status(429).json({ limitedBy: info.denied.map((denied) => denied.name) }),
+  }),
+);
 
 const nodeRedisLimiter = new RateLimiter(createClient());
 http.createServer(withRateLimit(nodeRedisLimiter, { limits: perMinute }, (_req, res) => res.end("ok")));
@@ -45,7 +69,9 @@ export const GET = fetchRateLimit(
 );
 
 const store = new RateLimitStore(limiter);
-const flexible = new FlexibleLimiter(limiter, { points: 5, duration: 60 });
+const flexible = new FlexibleLimiter(limiter, { points: 5, duration: 60, blockDuration: 3600 });
+void flexible.unblock("alice");
 void flexible.consume("alice").then((res) => res.remainingPoints + res.msBeforeNext);
 void store;
 void decide;
+void severalKeys;

@@ -1,5 +1,6 @@
-"""What the package adds to a raw RATELIMIT.CHECK, per call, on one server
-started here (module and twin): python bench/overhead.py [CALLS]."""
+"""What the package adds to a raw RATELIMIT.CHECK (and MCHECK), per call,
+on one server started here (module and twin), and a 3-key check_all
+against three checks: python bench/overhead.py [CALLS]."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from redis_exact_ratelimit import AsyncRateLimiter, Limit, RateLimiter
 
 CALLS = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 LIMIT = Limit(60_000, 10**12)
+THREE = {"{t}:user": LIMIT, "{t}:ip": LIMIT, "{t}:all": LIMIT}
 
 
 def per_call_us(run: Callable[[int], object]) -> float:
@@ -46,6 +48,18 @@ def measure(server: Server) -> dict[str, float]:
         lambda n: [bounded.check("k2", LIMIT) for _ in range(n)]
     )
 
+    if server.module:
+        raw_three = ["RATELIMIT.MCHECK", 3, "{r}:user", "{r}:ip", "{r}:all", *[1, 60000, 10**12] * 3]
+        rows["raw execute_command MCHECK, 3 keys"] = per_call_us(
+            lambda n: [client.execute_command(*raw_three) for _ in range(n)]
+        )
+    rows["RateLimiter.check_all, 3 keys, timeout=0.25"] = per_call_us(
+        lambda n: [bounded.check_all(THREE) for _ in range(n)]
+    )
+    rows["3 x RateLimiter.check, timeout=0.25"] = per_call_us(
+        lambda n: [bounded.check(key, LIMIT) for _ in range(n) for key in THREE]
+    )
+
     async def raw_async(n: int) -> None:
         connection = aioredis.Redis(port=server.port)
         for _ in range(n):
@@ -68,7 +82,7 @@ def main() -> None:
         server = Server(module=module)
         try:
             for name, us in measure(server).items():
-                print(f"{'module' if module else 'twin':6} | {name:42} | {us:7.1f} µs/call")
+                print(f"{'module' if module else 'twin':6} | {name:44} | {us:7.1f} µs/call")
         finally:
             server.remove()
 

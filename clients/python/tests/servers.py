@@ -194,6 +194,17 @@ class Cluster:
                     totals[name] = totals.get(name, 0) + int(stats["count"])
         return totals
 
+    def command_calls(self) -> dict[str, int]:
+        """INFO commandstats summed over the nodes: calls, refused ones
+        included (a CROSSSLOT is a rejected call)."""
+        totals: dict[str, int] = {}
+        for node in self.nodes:
+            with node.client() as client:
+                for name, stats in client.info("commandstats").items():
+                    calls = int(stats["calls"]) + int(stats.get("rejected_calls", 0))
+                    totals[name] = totals.get(name, 0) + calls
+        return totals
+
     def remove(self) -> None:
         for node in self.nodes:
             node.remove()

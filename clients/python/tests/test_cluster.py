@@ -14,7 +14,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 from servers import Cluster
 
-from redis_exact_ratelimit import AsyncRateLimiter, Decision, Limit, RateLimiter
+from redis_exact_ratelimit import AsyncRateLimiter, Decision, Limit, RateLimiter, RateLimitInputError
 
 KEYS = 100
 CALLS_PER_KEY = 4
@@ -100,3 +100,63 @@ def test_a_stopped_master_fails_only_its_own_keys() -> None:
         client.close()
     finally:
         cluster.remove()
+
+
+def tagged(count: int) -> list[dict[str, Limit]]:
+    """User, IP and tenant keys under one hash tag per tenant: tenants
+    spread over the masters, each call's keys on one."""
+    run = uuid.uuid4().hex[:8]
+    return [
+        {
+            f"{{tenant:{run}:{t}}}:user:42": Limit.per_minute(2),
+            f"{{tenant:{run}:{t}}}:ip:10.0.0.1": Limit.per_minute(5),
+            f"{{tenant:{run}:{t}}}:all": Limit.per_minute(100),
+        }
+        for t in range(count)
+    ]
+
+
+def limiter_calls(cluster: Cluster) -> dict[str, int]:
+    calls = cluster.command_calls()
+    return {name: count for name, count in calls.items() if name.startswith(("cmdstat_ratelimit", "cmdstat_eval"))}
+
+
+def test_several_keys_on_a_cluster(cluster: Cluster) -> None:
+    """Hash-tagged keys go to their master in one call (no MOVED); keys in
+    different slots are refused before anything is sent."""
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    limiter = RateLimiter(client, timeout=5)
+    tenants = tagged(12)
+    assert len({client.get_node_from_key(next(iter(keyed))).port for keyed in tenants}) == 3
+    moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
+    answers = [[limiter.check_all(keyed) for _ in range(3)] for keyed in tenants]
+    assert cluster.error_counts().get("errorstat_MOVED", 0) == moved_before
+    for keyed, per_tenant in zip(tenants, answers, strict=True):
+        assert [a.allowed for a in per_tenant] == [True, True, False]
+        assert per_tenant[2].denied_keys == (next(iter(keyed)),)
+        assert limiter.undo_all(keyed) == dict.fromkeys(keyed, 1)
+    assert limiter.backend == ("module" if cluster.nodes[0].module else "twin")
+    sent_before = limiter_calls(cluster)
+    apart = {"user:42": Limit.per_minute(2), "ip:10.0.0.1": Limit.per_minute(5)}
+    with pytest.raises(RateLimitInputError, match=r"must share a hash slot.*one hash tag"):
+        limiter.check_all(apart)
+    with pytest.raises(RateLimitInputError, match="must share a hash slot"):
+        limiter.undo_all(apart)
+    assert limiter_calls(cluster) == sent_before
+    client.close()
+
+
+def test_several_keys_on_a_cluster_with_asyncio(cluster: Cluster) -> None:
+    async def run() -> None:
+        client = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
+        limiter = AsyncRateLimiter(client, timeout=60)
+        tenants = tagged(12)
+        answers = await asyncio.gather(*(limiter.check_all(keyed) for keyed in tenants for _ in range(3)))
+        assert sum(a.allowed for a in answers) == 2 * len(tenants)
+        assert all(a.source == "redis" for a in answers)
+        assert (await limiter.peek_all(tenants[0])).denied_positions == (0,)
+        with pytest.raises(RateLimitInputError, match="must share a hash slot"):
+            await limiter.peek_all({"user:42": Limit.per_minute(2), "ip:10.0.0.1": Limit.per_minute(5)})
+        await client.aclose()
+
+    asyncio.run(run())

@@ -7,17 +7,143 @@ import random
 import uuid
 
 import pytest
+import redis
+from redis.exceptions import ResponseError
 from servers import Server
 
-from redis_exact_ratelimit import Decision, Fallback, Limit, RateLimiter, RateLimitInputError
-from redis_exact_ratelimit._core import Script, UnexpectedReply, make_call, parse_count, parse_decision
-from redis_exact_ratelimit._http import rate_limit_headers, verdict_of
+from redis_exact_ratelimit import Decision, Fallback, Limit, MultiDecision, RateLimiter, RateLimitInputError
+from redis_exact_ratelimit._core import (
+    Script,
+    UnexpectedReply,
+    make_call,
+    make_multi_call,
+    module_command,
+    parse_count,
+    parse_counts,
+    parse_decision,
+    parse_multi_decision,
+    parse_unblocked,
+    twin_arguments,
+    validate_keys,
+)
+from redis_exact_ratelimit._http import multi_key_headers, rate_limit_headers, verdict_of
+from redis_exact_ratelimit._policy import Policy
+from redis_exact_ratelimit._transport import drive, plan
+from redis_exact_ratelimit.wsgi import RateLimitMiddleware
 
 
 def test_arguments_are_the_modules() -> None:
     call = make_call([Limit(1000, 10), Limit(3_600_000, 1000)], cost=3, precision=100)
     assert call.args() == ["1000", "10", "3600000", "1000", "COST", "3", "PRECISION", "100"]
     assert make_call(Limit.per_minute(5)).args() == ["60000", "5"]
+
+
+def test_block_and_several_keys_in_the_modules_arguments() -> None:
+    assert make_call(Limit.per_minute(5), block_ms=3_600_000).args() == ["60000", "5", "BLOCK", "3600000"]
+    multi = make_multi_call(
+        {"a": Limit(1000, 10), "b": [Limit(1000, 5), Limit(60_000, 50)]}, cost=2, precision=10, block_ms=500
+    )
+    assert multi.keys == ("a", "b")
+    pairs = ["1", "1000", "10", "2", "1000", "5", "60000", "50"]
+    assert multi.args() == [*pairs, "COST", "2", "PRECISION", "10", "BLOCK", "500"]
+    assert module_command("mcheck", ("a", "b"), ["x"]) == ["RATELIMIT.MCHECK", "2", "a", "b", "x"]
+    assert module_command("check", ("a",), ["x"]) == ["RATELIMIT.CHECK", "a", "x"]
+    assert module_command("unblock", ("a",), []) == ["RATELIMIT.UNBLOCK", "a"]
+    assert twin_arguments("mundo", ("a", "b"), ["COST", "2"]) == ["2", "a", "b", "mundo", "COST", "2"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: make_call(Limit(1000, 5), block_ms=0), "block_ms must be an integer from 1 to 31536000000, got 0"),
+        (lambda: make_call(Limit(1000, 5), block_ms=31_536_000_001), "block_ms must be an integer from 1 to"),
+        (lambda: make_multi_call({}), "give 1 to 16 keys, got 0"),
+        (lambda: make_multi_call({str(i): Limit(1000, 1) for i in range(17)}), "give 1 to 16 keys, got 17"),
+        (lambda: make_multi_call({"a": Limit(1000, 5), "b": Limit(1000, 2)}, cost=3), "key 'b': cost must be"),
+        (lambda: make_multi_call({"a": [Limit(10, 5)]}, precision=11), "key 'a': precision must be an integer from 1"),
+        (lambda: make_multi_call({"a": []}), "key 'a': give 1 to 8 limits, got 0"),
+        (lambda: make_multi_call({"": Limit(1000, 5)}), "key must be a non-empty string"),
+        (lambda: make_multi_call([("a", Limit(1000, 5))]), "give the keys as a mapping of key to limits"),  # type: ignore[arg-type]
+        (lambda: validate_keys(["a", "b", "a"]), "key 'a' is given more than once"),
+        (lambda: validate_keys("ab"), "give several keys"),
+    ],
+)
+def test_bad_block_or_keys_are_refused_before_redis(make: object, message: str) -> None:
+    with pytest.raises(RateLimitInputError, match=message.replace("(", r"\(")):
+        make()  # type: ignore[operator]
+
+
+def test_multi_key_replies() -> None:
+    keys = ("u", "ip", "t")
+    denied = parse_multi_decision([0, 0, 1500, 60000, [2, 3]], keys)
+    assert (denied.allowed, denied.retry_after_ms, denied.denied_positions) == (False, 1500, (1, 2))
+    assert denied.denied_keys == ("ip", "t") and denied.keys == keys
+    allowed = parse_multi_decision([b"1", b"4", b"0", b"60000", []], keys)
+    assert allowed == MultiDecision(True, 4, 0, 60000, "redis", keys=keys)
+    # Inconsistent or foreign replies are never read as allowed.
+    for reply in ([1, 0, 0, 0, [1]], [0, 0, 1, 1, []], [0, 0, 1, 1, [4]], [0, 0, 1, 1, [0]], [1, 0, 0, 0], None):
+        with pytest.raises(UnexpectedReply):
+            parse_multi_decision(reply, keys)
+    assert parse_counts([1, b"0", 2], keys) == {"u": 1, "ip": 0, "t": 2}
+    for reply in ([1, 0], [1, 0, -1], 3):
+        with pytest.raises(UnexpectedReply):
+            parse_counts(reply, keys)
+    assert (parse_unblocked(1), parse_unblocked(b"0")) == (True, False)
+    with pytest.raises(UnexpectedReply):
+        parse_unblocked(2)
+
+
+def test_ietf_headers_for_several_keys() -> None:
+    limits = [[Limit.per_minute(100, name="user")], [Limit.per_minute(300)], [Limit(1000, 10), Limit(60_000, 50)]]
+    denied = MultiDecision(False, 0, 1500, 60000, "redis", keys=("a", "b", "c"), denied_positions=(1, 2))
+    headers = multi_key_headers(limits, "api", denied)
+    policies = '"user";q=100;w=60, "api-2";q=300;w=60, "api-3-1s";q=10;w=1, "api-3-60s";q=50;w=60'
+    assert headers == {"RateLimit-Policy": policies, "RateLimit": '"api-2";r=0;t=2', "Retry-After": "2"}
+    allowed = MultiDecision(True, 7, 0, 60000, "redis", keys=("a", "b", "c"))
+    assert multi_key_headers(limits, "api", allowed)["RateLimit"] == '"user";r=7;t=60'
+
+
+def test_a_route_takes_limits_or_keys() -> None:
+    limiter = RateLimiter(redis.Redis(port=1))  # never called
+
+    def several(environ: object) -> dict[str, Limit]:
+        return {"a": Limit.per_minute(1)}
+
+    with pytest.raises(ValueError, match="give limits"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter)
+    with pytest.raises(ValueError, match="keys= gives every key its own limits"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, limits=Limit.per_minute(1), keys=several)
+    with pytest.raises(ValueError, match="keys= gives every key its own limits"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, key=lambda environ: "k", keys=several)
+    with pytest.raises(RateLimitInputError, match="block_ms must be an integer"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, keys=several, block_ms=0)
+
+
+def test_an_older_module_is_not_taken_for_a_missing_one() -> None:
+    """MCHECK unknown but PEEK known: an older module. The call is refused
+    and the server is not switched to the twin, whose keys the module's
+    could not read."""
+    policy = Policy("closed", None, 1.0)
+    sent: list[str] = []
+
+    def older(command: list[str]) -> object:
+        sent.append(command[0])
+        if command[0] == "RATELIMIT.MCHECK":
+            raise ResponseError("unknown command 'RATELIMIT.MCHECK', with args beginning with: '1'")
+        return [1, 1, 0, 0]
+
+    with pytest.raises(ResponseError, match="RATELIMIT module is older than this call needs"):
+        drive(plan(policy, Script.load(), "s", "mcheck", ["a"], ["1", "1000", "1"]), older)
+    assert sent == ["RATELIMIT.MCHECK", "RATELIMIT.PEEK"] and policy.backend() is None
+
+    def without_module(command: list[str]) -> object:
+        if command[0].startswith("RATELIMIT."):
+            raise ResponseError(f"unknown command '{command[0]}'")
+        return "from the twin"
+
+    steps = plan(policy, Script.load(), "s", "mcheck", ["a"], ["1", "1000", "1"])
+    assert drive(steps, without_module) == "from the twin"
+    assert policy.backend_of("s") == "twin"
 
 
 @pytest.mark.parametrize(
@@ -73,9 +199,9 @@ def test_ietf_headers_for_several_limits() -> None:
 
 
 def test_verdicts_of_the_failure_policy() -> None:
-    closed = verdict_of(Decision(False, 0, 800, 0, "fail_closed"), [Limit(1000, 1)], "default", "k", 1)
+    closed = verdict_of(Decision(False, 0, 800, 0, "fail_closed"), {"k": [Limit(1000, 1)]}, "default", 1)
     assert (closed.passed, closed.status, closed.headers) == (False, 503, {"Retry-After": "1"})
-    opened = verdict_of(Decision(True, 0, 0, 0, "fail_open"), [Limit(1000, 1)], "default", "k", 1)
+    opened = verdict_of(Decision(True, 0, 0, 0, "fail_open"), {"k": [Limit(1000, 1)]}, "default", 1)
     assert opened.passed and opened.headers == {}
 
 
@@ -120,6 +246,27 @@ def test_fallback_several_limits_cost_undo_and_peek() -> None:
     assert fallback.undo("k", 100) == 3 and len(fallback) == 0
 
 
+def test_fallback_several_keys_all_or_nothing_and_blocks() -> None:
+    clock = Clock()
+    fallback = Fallback(clock=clock)
+    calls = [make_call(Limit(1000, 2), block_ms=5000), make_call(Limit(1000, 5), block_ms=5000)]
+    keys = ["user", "ip"]
+    assert [fallback.decide(keys, calls, record=True)[0].allowed for _ in range(2)] == [True, True]
+    denied, positions = fallback.decide(keys, calls, record=True)
+    assert (denied.allowed, positions, denied.remaining, denied.retry_after_ms) == (False, (0,), 0, 5000)
+    # The denial charged neither key, and blocked only the key whose limit denied.
+    assert fallback.peek("ip", calls[1]).remaining == 3
+    assert fallback.check("ip", calls[1]).allowed
+    clock.now += 2000
+    # The limit alone would allow again; the block holds, counting down.
+    held = fallback.check("user", calls[0])
+    assert (held.allowed, held.retry_after_ms, held.reset_after_ms) == (False, 3000, 3000)
+    _, positions = fallback.decide(keys, calls, record=False)
+    assert positions == (0,)
+    assert fallback.unblock("user") and not fallback.unblock("user")
+    assert fallback.check("user", calls[0]).allowed
+
+
 def test_fallback_share_is_validated() -> None:
     with pytest.raises(ValueError, match="share"):
         Fallback(share=0)
@@ -152,3 +299,43 @@ def test_fallback_answers_as_the_module(module_server: Server) -> None:
         seen.add((operation, local.allowed))
     # Both operations met both answers.
     assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
+
+
+def test_fallback_answers_as_the_module_over_several_keys_and_blocks(module_server: Server) -> None:
+    """300 seeded random check_all/peek_all/undo/unblock calls, some with
+    BLOCK, over a few keys in groups of 1 to 3: the fallback (share 1)
+    answers as the module, which keys denied included."""
+    rng = random.Random(18)
+    limiter = RateLimiter(module_server.client())
+    fallback = Fallback()
+    run = uuid.uuid4().hex
+    names = [f"{{{run}}}:{i}" for i in range(4)]
+    seen: set[tuple[str, bool]] = set()
+    lifted = 0
+    for step in range(300):
+        operation = rng.choice(["check", "check", "check", "peek", "undo", "unblock"])
+        if operation == "undo":
+            key, cost = rng.choice(names), rng.randint(1, 4)
+            assert limiter.undo(key, cost) == fallback.undo(key, cost), step
+            continue
+        if operation == "unblock":
+            key = rng.choice(names)
+            unblocked = limiter.unblock(key)
+            assert unblocked == fallback.unblock(key), step
+            lifted += unblocked
+            continue
+        chosen = rng.sample(names, rng.randint(1, 3))
+        keyed = {key: Limit(rng.choice([60_000, 120_000]), rng.choice([4, 8])) for key in chosen}
+        block_ms = rng.choice([None, None, 90_000])
+        multi = make_multi_call(keyed, cost=rng.randint(1, 4), block_ms=block_ms)
+        method = limiter.check_all if operation == "check" else limiter.peek_all
+        from_module = method(keyed, cost=multi.calls[0].cost, block_ms=block_ms)
+        local, denied = fallback.decide(multi.keys, multi.calls, record=operation == "check")
+        assert (from_module.allowed, from_module.remaining) == (local.allowed, local.remaining), (step, keyed)
+        assert from_module.denied_positions == denied, (step, keyed)
+        assert abs(from_module.retry_after_ms - local.retry_after_ms) <= 100, (step, from_module, local)
+        assert abs(from_module.reset_after_ms - local.reset_after_ms) <= 100, (step, from_module, local)
+        seen.add((operation, local.allowed))
+    assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
+    # Blocks were started, and lifted.
+    assert lifted > 5, lifted

@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server
 
-from redis_exact_ratelimit import AsyncRateLimiter, Fallback, Limit, RateLimiter
+from redis_exact_ratelimit import AsyncRateLimiter, Decision, Fallback, Limit, RateLimiter, RateLimitUnavailable
 
 TIMEOUT = 0.2
 # Slack for a loaded 2-core machine: the point is "no hang", not speed.
@@ -131,22 +131,32 @@ def test_http_while_redis_is_stopped(serve: object, own_server: Server) -> None:
     assert "Redis unavailable" in closed.output() or "failing closed" in closed.output()
 
 
-def test_a_check_that_lands_after_its_timeout_is_refunded(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("several", [False, True], ids=["check", "check_all"])
+def test_a_check_that_lands_after_its_timeout_is_refunded(
+    own_server: Server, caplog: pytest.LogCaptureFixture, several: bool
+) -> None:
     """The README's client (redis-py's default retries): a check given up on
     while Redis is down is retried by redis-py in the background and runs
-    once Redis is back. The request was refused, so the charge is refunded."""
+    once Redis is back. The request was refused, so the charge is refunded
+    (with MUNDO in every key, for check_all)."""
     limiter = RateLimiter(own_server.client(), timeout=0.1, retry_after_failure=0)
     limit = Limit.per_minute(10)
-    assert limiter.peek("late", limit).source == "redis"
+    keyed = {"{late}:a": limit, "{late}:b": limit}
+
+    def check() -> Decision:
+        return limiter.check_all(keyed) if several else limiter.check("{late}:a", limit)
+
+    assert limiter.peek("{late}:a", limit).source == "redis"
     own_server.stop()
-    assert [limiter.check("late", limit).source for _ in range(3)] == ["fail_closed"] * 3
+    assert [check().source for _ in range(3)] == ["fail_closed"] * 3
     own_server.start()
+    command = "cmdstat_ratelimit.mcheck" if several else "cmdstat_ratelimit.check"
     remaining = None
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         # Each late check lands, then its refund: wait for both.
-        decision = limiter.peek("late", limit)
-        landed = own_server.client().info("commandstats").get("cmdstat_ratelimit.check", {}).get("calls", 0)
+        decision = limiter.peek_all(keyed)
+        landed = own_server.client().info("commandstats").get(command, {}).get("calls", 0)
         remaining = decision.remaining if decision.source == "redis" else None
         if landed == 3 and remaining == 10:
             break
@@ -165,3 +175,39 @@ def test_a_server_out_of_memory_takes_the_failure_policy(own_server: Server) -> 
     decision = limiter.check("oom", Limit.per_minute(5))
     assert decision.source == "fail_closed"
     assert "command not allowed when used memory" in str(decision.error)
+
+
+@pytest.mark.parametrize("own_server", ["module", "twin"], indirect=True)
+def test_several_keys_take_the_same_failure_policy(own_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """check_all with Redis stopped: the fallback decides all or nothing
+    over the keys and refunds there; without one, the policy answers, and
+    an unblock, which no policy can answer, raises."""
+    keyed: dict[str, Limit] = {"{t}:user": Limit.per_minute(4), "{t}:ip": Limit.per_minute(10)}
+    client = own_server.client(socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    shared = RateLimiter(client, timeout=TIMEOUT, fallback=Fallback(share=0.5), retry_after_failure=30)
+    closed = RateLimiter(client, timeout=TIMEOUT, retry_after_failure=30)
+    opened = RateLimiter(client, timeout=TIMEOUT, fail_open=True, retry_after_failure=30)
+    assert shared.check_all(keyed).source == "redis"
+    own_server.stop()
+    answers = [shared.check_all(keyed) for _ in range(3)]
+    assert [(a.source, a.allowed, a.denied_keys) for a in answers] == [
+        ("fallback", True, ()),
+        ("fallback", True, ()),
+        ("fallback", False, ("{t}:user",)),
+    ]
+    # The denial charged the IP nothing in the fallback: 5 - 2 left.
+    assert shared.peek("{t}:ip", keyed["{t}:ip"]).remaining == 3
+    assert shared.undo_all(keyed, decision=answers[0]) == {"{t}:user": 1, "{t}:ip": 1}
+    refused = closed.check_all(keyed)
+    assert (refused.source, refused.allowed, refused.denied_keys, refused.keys) == (
+        "fail_closed",
+        False,
+        (),
+        tuple(keyed),
+    )
+    assert refused.error is not None
+    allowed = opened.check_all(keyed, cost=2)
+    assert (allowed.source, allowed.allowed, allowed.remaining) == ("fail_open", True, 2)
+    with pytest.raises(RateLimitUnavailable, match="was not lifted"):
+        closed.unblock("{t}:user")
+    assert any("rate-limit mcheck on keys ['{t}:user', '{t}:ip'] failed" in line for line in failures_logged(caplog))

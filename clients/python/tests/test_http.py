@@ -19,6 +19,7 @@ README_APPS = {"fastapi": "fastapi_app:app", "flask": "flask_app:app"}
 FULL_APPS = {"fastapi": "fastapi_full:app", "flask": "flask_full:app"}
 # The per-route form of each framework: FastAPI's dependency, Flask's decorator.
 PER_ROUTE = {"fastapi": "/dep", "flask": "/dec"}
+PER_ROUTE_SEVERAL_KEYS = {"fastapi": "/depmulti", "flask": "/decmulti"}
 
 RATELIMIT = re.compile(r'^"(?P<name>[^"]+)";r=(?P<r>\d+);t=(?P<t>\d+)$')
 
@@ -108,3 +109,54 @@ def test_django_behind_the_wsgi_middleware(server: Server) -> None:
             assert_thirty_at_ten([http.get("/ok") for _ in range(30)], "django")
     finally:
         app.stop()
+
+
+def test_middleware_over_several_keys(full_app: App) -> None:
+    """User (3 a minute), IP (5) and tenant (100) decided together: a
+    denial by one key charges none, names the key that denied in RateLimit,
+    and carries the combined Retry-After; a failed handler is refunded in
+    every key."""
+    tenant = uuid.uuid4().hex
+
+    def get(path: str, user: str, ip: str) -> httpx.Response:
+        headers = {"X-Tenant": tenant, "X-User": user, "X-IP": ip, "Connection": "close"}
+        return httpx.get(f"{full_app.url}{path}", headers=headers)
+
+    assert [get("/multi/boom", "alice", "10.0.0.1").status_code for _ in range(4)] == [500] * 4
+    alice = [get("/multi/ok", "alice", "10.0.0.1") for _ in range(4)]
+    assert [r.status_code for r in alice] == [200, 200, 200, 429]
+    policy = '"user";q=3;w=60, "ip";q=5;w=60, "tenant";q=100;w=60'
+    assert all(r.headers["RateLimit-Policy"] == policy for r in alice)
+    assert [r.headers["RateLimit"].split(";")[:2] for r in alice] == [
+        ['"user"', "r=2"],
+        ['"user"', "r=1"],
+        ['"user"', "r=0"],
+        ['"user"', "r=0"],
+    ]
+    assert 55 <= int(alice[3].headers["Retry-After"]) <= 60
+    # Bob shares Alice's address, which has 2 left: the denial names the IP
+    # and charges Bob nothing, as Alice's denial charged the IP nothing.
+    bob = [get("/multi/ok", "bob", "10.0.0.1") for _ in range(3)]
+    assert [r.status_code for r in bob] == [200, 200, 429]
+    assert bob[2].headers["RateLimit"].startswith('"ip";r=0;') and int(bob[2].headers["Retry-After"]) >= 55
+    assert [get("/multi/ok", "bob", "10.0.0.2").status_code for _ in range(2)] == [200, 429]
+
+
+def test_per_route_over_several_keys(framework: str, full_app: App) -> None:
+    """FastAPI's dependency and Flask's decorator with keys=: the user (2)
+    and the address (4); a denial names its key and charges no key."""
+    run = uuid.uuid4().hex
+    path = PER_ROUTE_SEVERAL_KEYS[framework]
+    with httpx.Client(base_url=full_app.url) as http:
+
+        def get(user: str) -> httpx.Response:
+            return http.get(path, headers={"X-User": f"{run}-{user}", "X-IP": run})
+
+        alice = [get("alice") for _ in range(3)]
+        others = [get(user) for user in ("bob", "carol", "dave")]
+    assert [r.status_code for r in alice + others] == [200, 200, 429, 200, 200, 429]
+    assert alice[2].headers["RateLimit"].startswith('"user";r=0;')
+    # Alice's refusal charged the address nothing: two more users pass.
+    assert others[2].headers["RateLimit"].startswith('"ip";r=0;')
+    assert alice[0].headers["RateLimit-Policy"] == '"user";q=2;w=60, "ip";q=4;w=60'
+    assert all(55 <= int(r.headers["Retry-After"]) <= 60 for r in (alice[2], others[2]))

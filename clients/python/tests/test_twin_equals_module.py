@@ -11,7 +11,7 @@ import pytest
 import redis
 from servers import Server
 
-from redis_exact_ratelimit import Decision, Limit, RateLimiter
+from redis_exact_ratelimit import Decision, Limit, Limits, RateLimiter
 
 # The two calls of a pair are made a few ms apart: times may differ by that.
 TIME_SLACK_MS = 50
@@ -88,3 +88,20 @@ def test_same_error_texts(module_server: Server, twin_server: Server, call: list
     assert str(from_twin.value) == str(from_module.value)
     # Bad input changes nothing.
     assert twin_server.client().exists(key) == 0 and module_server.client().exists(key) == 0
+
+
+def test_same_answers_over_several_keys(module_server: Server, twin_server: Server) -> None:
+    module = RateLimiter(module_server.client())
+    twin = RateLimiter(twin_server.client())
+    run = uuid.uuid4().hex
+    keyed: dict[str, Limits] = {
+        f"{{{run}}}:a": [Limit(1000, 3), Limit(60_000, 5)],
+        f"{{{run}}}:b": Limit(60_000, 4),
+        f"{{{run}}}:c": Limit(10_000, 100),
+    }
+    for cost in (1, 2, 1, 1, 3, 1):
+        pair = [limiter.check_all(keyed, cost=cost) for limiter in (module, twin)]
+        assert same(*pair) and pair[0].denied_positions == pair[1].denied_positions, pair
+        peeks = [limiter.peek_all(keyed) for limiter in (module, twin)]
+        assert same(*peeks) and peeks[0].denied_keys == peeks[1].denied_keys, peeks
+    assert module.undo_all(keyed, 2) == twin.undo_all(keyed, 2)

@@ -16,9 +16,12 @@ from redis_exact_ratelimit import (
     Decision,
     Fallback,
     Limit,
+    Limits,
+    MultiDecision,
     RateLimiter,
     RateLimitInputError,
     RateLimitReplyError,
+    RateLimitUnavailable,
     Source,
     Verdict,
 )
@@ -38,6 +41,38 @@ def sync_usage() -> tuple[bool, int, int, int]:
     peeked = limiter.peek("user:42", Limit.per_second(10))
     print(refunded, limiter.backend, dict(limiter.backends))
     return peeked.allowed, peeked.remaining, peeked.retry_after_ms, peeked.reset_after_ms
+
+
+def several_keys_usage(user_id: int, ip: str) -> tuple[str, ...]:
+    limiter = RateLimiter(redis.Redis())
+    subjects: dict[str, Limits] = {
+        f"{{tenant:7}}:user:{user_id}": Limit.per_minute(100),
+        f"{{tenant:7}}:ip:{ip}": [Limit.per_second(10), Limit.per_minute(300)],
+    }
+    decision: MultiDecision = limiter.check_all(subjects, cost=1, block_ms=60_000)
+    if decision.allowed:
+        refunded: dict[str, int] = limiter.undo_all(subjects, decision=decision)
+        print(refunded, limiter.peek_all(subjects).remaining)
+    return decision.denied_keys + tuple(str(p) for p in decision.denied_positions)
+
+
+def block_usage(username: str) -> bool:
+    limiter = RateLimiter(redis.Redis())
+    decision: Decision = limiter.check(f"login:{username}", Limit(15 * 60_000, 5), block_ms=3_600_000)
+    try:
+        lifted: bool = limiter.unblock(f"login:{username}")
+    except RateLimitUnavailable:
+        lifted = False
+    return decision.allowed or lifted
+
+
+async def async_several_keys_usage() -> bool:
+    limiter = AsyncRateLimiter(aioredis.Redis())
+    subjects = {"{t:7}:user:42": Limit.per_minute(100), "{t:7}:all": Limit.per_minute(5000)}
+    decision = await limiter.check_all(subjects, block_ms=1000)
+    await limiter.peek_all(subjects)
+    await limiter.undo_all(list(subjects), 1)
+    return decision.allowed and await limiter.unblock("{t:7}:user:42")
 
 
 def cluster_usage() -> bool:
@@ -69,6 +104,22 @@ def fastapi_usage() -> FastAPI:
     app.add_middleware(ASGIRateLimit, limiter=limiter, limits=per_path, key=header_key("x-api-key"))
     strict = RateLimit(limiter, Limit.per_minute(5), key=by_api_key, name="search")
 
+    def user_and_ip(request: Request) -> dict[str, Limits] | None:
+        user = request.headers.get("x-user")
+        if user is None or request.client is None:
+            return None
+        return {f"user:{user}": Limit.per_minute(100, name="user"), f"ip:{request.client.host}": Limit.per_minute(300)}
+
+    async def scope_keys(scope: Scope) -> dict[str, Limits]:
+        return {"{t}:a": Limit.per_minute(1), "{t}:b": Limit.per_minute(2)}
+
+    app.add_middleware(ASGIRateLimit, limiter=limiter, keys=scope_keys, name="multi", block_ms=60_000)
+    both = RateLimit(limiter, keys=user_and_ip, name="both", block_ms=60_000)
+
+    @app.get("/both", dependencies=[Depends(both)])
+    async def both_route() -> dict[str, str]:
+        return {}
+
     @app.get("/search", dependencies=[Depends(strict)])
     async def search() -> dict[str, str]:
         return {}
@@ -88,6 +139,16 @@ def flask_usage() -> Flask:
     @app.get("/search")
     @rate_limit(limiter, Limit.per_minute(5), on_limited=on_limited)
     def search() -> dict[str, str]:
+        return {}
+
+    @app.post("/login")
+    @rate_limit(limiter, Limit(15 * 60_000, 5), key=lambda r: r.form.get("user"), block_ms=3_600_000)
+    def login() -> dict[str, str]:
+        return {}
+
+    @app.get("/both")
+    @rate_limit(limiter, keys=lambda r: {f"user:{r.headers.get('X-User')}": Limit.per_minute(10)}, name="both")
+    def both() -> dict[str, str]:
         return {}
 
     return app

@@ -7,7 +7,16 @@ standalone and cluster; an explicit failure policy; ASGI and WSGI
 middleware in :mod:`redis_exact_ratelimit.asgi` and
 :mod:`redis_exact_ratelimit.wsgi`."""
 
-from ._core import Decision, Limit, Limits, RateLimitInputError, RateLimitReplyError, Source
+from ._core import (
+    Decision,
+    Limit,
+    Limits,
+    MultiDecision,
+    RateLimitInputError,
+    RateLimitReplyError,
+    RateLimitUnavailable,
+    Source,
+)
 from ._fallback import Fallback
 from ._http import Verdict
 from .asyncio import AsyncRateLimiter
@@ -20,8 +29,10 @@ __all__ = [
     "Fallback",
     "Limit",
     "Limits",
+    "MultiDecision",
     "RateLimitInputError",
     "RateLimitReplyError",
+    "RateLimitUnavailable",
     "RateLimiter",
     "Source",
     "Verdict",

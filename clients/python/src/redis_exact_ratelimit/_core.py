@@ -4,7 +4,7 @@ of the script twin, and the reading of replies. No I/O here."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
@@ -12,6 +12,8 @@ from typing import Literal
 MAX_WINDOW_MS = 31_536_000_000
 MAX_MAX = 2**63 - 1
 MAX_PAIRS = 8
+MAX_KEYS = 16
+MAX_BLOCK_MS = 31_536_000_000
 
 Backend = Literal["module", "twin"]
 """Where a decision was taken when Redis answered."""
@@ -20,7 +22,13 @@ Source = Literal["redis", "fallback", "fail_open", "fail_closed"]
 """Where a decision came from: Redis (through the module or the twin), the
 in-process fallback, or the failure policy without any limiter."""
 
-Operation = Literal["check", "peek", "undo"]
+Operation = Literal["check", "peek", "undo", "mcheck", "mpeek", "mundo", "unblock"]
+
+# The operations whose keys come as `numkeys key [key ...]` in the module.
+MULTI_KEY: frozenset[Operation] = frozenset(("mcheck", "mpeek", "mundo"))
+# The operations every version of the module has: an "unknown command"
+# answer to any other may come from an older module, not a missing one.
+FIRST_OPERATIONS: frozenset[Operation] = frozenset(("check", "peek", "undo"))
 
 
 class RateLimitInputError(ValueError):
@@ -86,12 +94,32 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class MultiDecision(Decision):
+    """The answer to a check over several keys: a :class:`Decision` over all
+    of them (``remaining`` the least, ``retry_after_ms`` the wait until
+    every key allows, ``reset_after_ms`` the longest), plus the keys as
+    given (``keys``, in order) and those that denied, by their limits or
+    by a block: ``denied_positions`` (0-based, into ``keys``) and
+    ``denied_keys``. Both are empty when allowed, and when no limiter
+    decided (``source`` ``"fail_open"`` or ``"fail_closed"``)."""
+
+    keys: tuple[str, ...] = ()
+    denied_positions: tuple[int, ...] = ()
+
+    @property
+    def denied_keys(self) -> tuple[str, ...]:
+        return tuple(self.keys[position] for position in self.denied_positions)
+
+
+@dataclass(frozen=True)
 class Call:
-    """A validated CHECK or PEEK: the limits in order, cost and precision."""
+    """A validated CHECK or PEEK: the limits in order, cost, precision and
+    the block a denial starts."""
 
     limits: tuple[Limit, ...]
     cost: int
     precision: int | None
+    block_ms: int | None = None
 
     @property
     def smallest_max(self) -> int:
@@ -103,14 +131,38 @@ class Call:
 
     def args(self) -> list[str]:
         """The module's arguments after the key (also the twin's)."""
-        args: list[str] = []
-        for limit in self.limits:
-            args += [str(limit.window_ms), str(limit.max)]
+        return [*self.pairs(), *self.options()]
+
+    def pairs(self) -> list[str]:
+        return [str(number) for limit in self.limits for number in (limit.window_ms, limit.max)]
+
+    def options(self) -> list[str]:
+        options: list[str] = []
         if self.cost != 1:
-            args += ["COST", str(self.cost)]
+            options += ["COST", str(self.cost)]
         if self.precision is not None:
-            args += ["PRECISION", str(self.precision)]
-        return args
+            options += ["PRECISION", str(self.precision)]
+        if self.block_ms is not None:
+            options += ["BLOCK", str(self.block_ms)]
+        return options
+
+
+@dataclass(frozen=True)
+class MultiCall:
+    """A validated MCHECK or MPEEK: the keys (as given, without the
+    limiter's prefix) and each key's call; cost, precision and block are
+    the same in every call."""
+
+    keys: tuple[str, ...]
+    calls: tuple[Call, ...]
+
+    def args(self) -> list[str]:
+        """The module's arguments after its keys (also the twin's): each
+        key's pair count and pairs, then the shared options."""
+        args: list[str] = []
+        for call in self.calls:
+            args += [str(len(call.limits)), *call.pairs()]
+        return args + self.calls[0].options()
 
 
 def _require_int(value: object, what: str, low: int, high: int) -> int:
@@ -120,7 +172,7 @@ def _require_int(value: object, what: str, low: int, high: int) -> int:
     return value
 
 
-def make_call(limits: Limits, cost: int = 1, precision: int | None = None) -> Call:
+def make_call(limits: Limits, cost: int = 1, precision: int | None = None, block_ms: int | None = None) -> Call:
     """Validates as the module does (README "Errors"), so bad input fails
     here with a clear message and never reaches Redis."""
     listed = (limits,) if isinstance(limits, Limit) else tuple(limits)
@@ -137,13 +189,47 @@ def make_call(limits: Limits, cost: int = 1, precision: int | None = None) -> Ca
     _require_int(cost, "cost", 1, call.smallest_max)
     if precision is not None:
         _require_int(precision, "precision", 1, min(seen))
-    return Call(listed, cost, precision)
+    return Call(listed, cost, precision, validate_block_ms(block_ms))
+
+
+def make_multi_call(
+    keyed: Mapping[str, Limits], cost: int = 1, precision: int | None = None, block_ms: int | None = None
+) -> MultiCall:
+    """Several keys, each with its own limits, in the mapping's order. An
+    error about one key's limits names the key, as the module's does."""
+    if not isinstance(keyed, Mapping):
+        raise RateLimitInputError(f"give the keys as a mapping of key to limits, got {keyed!r}")
+    keys = validate_keys(keyed)
+    calls: list[Call] = []
+    for key in keys:
+        try:
+            calls.append(make_call(keyed[key], cost, precision, block_ms))
+        except RateLimitInputError as error:
+            raise RateLimitInputError(f"key {key!r}: {error}") from None
+    return MultiCall(keys, tuple(calls))
 
 
 def validate_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise RateLimitInputError(f"key must be a non-empty string, got {key!r}")
     return key
+
+
+def validate_keys(keys: Iterable[object]) -> tuple[str, ...]:
+    """1 to 16 distinct keys, as the module's multi-key commands take."""
+    if isinstance(keys, (str, bytes)):
+        raise RateLimitInputError(f"give several keys (a mapping or a list), not one string: {keys!r}")
+    listed = tuple(validate_key(key) for key in keys)
+    if not 1 <= len(listed) <= MAX_KEYS:
+        raise RateLimitInputError(f"give 1 to {MAX_KEYS} keys, got {len(listed)}")
+    if len(set(listed)) != len(listed):
+        twice = next(key for key in listed if listed.count(key) > 1)
+        raise RateLimitInputError(f"key {twice!r} is given more than once")
+    return listed
+
+
+def validate_block_ms(block_ms: object) -> int | None:
+    return None if block_ms is None else _require_int(block_ms, "block_ms", 1, MAX_BLOCK_MS)
 
 
 def validate_undo_cost(cost: object) -> int:
@@ -163,8 +249,15 @@ def seconds_ceil(ms: int) -> int:
     return -(-max(ms, 0) // 1000)
 
 
-def module_command(operation: Operation) -> str:
-    return f"RATELIMIT.{operation.upper()}"
+def module_command(operation: Operation, keys: Sequence[str], args: Sequence[str]) -> list[str]:
+    """The module's command: the multi-key ones take `numkeys key [key ...]`."""
+    head = [str(len(keys)), *keys] if operation in MULTI_KEY else list(keys)
+    return [f"RATELIMIT.{operation.upper()}", *head, *args]
+
+
+def twin_arguments(operation: Operation, keys: Sequence[str], args: Sequence[str]) -> list[str]:
+    """EVALSHA's arguments after the sha: `numkeys key [key ...] op args`."""
+    return [str(len(keys)), *keys, operation, *args]
 
 
 def _as_int(value: object) -> int | None:
@@ -193,11 +286,47 @@ def parse_decision(reply: object) -> Decision:
     raise UnexpectedReply(f"unexpected reply to a rate-limit call: {reply!r}")
 
 
+def parse_multi_decision(reply: object, keys: tuple[str, ...]) -> MultiDecision:
+    """Reads [allowed, remaining, retry_after_ms, reset_after_ms, denied],
+    denied the 1-based positions of the keys that denied (empty iff
+    allowed); the positions become 0-based."""
+    if isinstance(reply, (list, tuple)) and len(reply) == 5 and isinstance(reply[4], (list, tuple)):
+        first = parse_decision(reply[:4])
+        positions = [p for p in map(_as_int, reply[4]) if p is not None and 1 <= p <= len(keys)]
+        if len(positions) == len(reply[4]) and first.allowed == (not positions):
+            return MultiDecision(
+                first.allowed,
+                first.remaining,
+                first.retry_after_ms,
+                first.reset_after_ms,
+                "redis",
+                keys=keys,
+                denied_positions=tuple(p - 1 for p in positions),
+            )
+    raise UnexpectedReply(f"unexpected reply to a multi-key rate-limit call: {reply!r}")
+
+
 def parse_count(reply: object) -> int:
     count = _as_int(reply)
     if count is None:
         raise UnexpectedReply(f"unexpected reply to an undo: {reply!r}")
     return count
+
+
+def parse_counts(reply: object, keys: tuple[str, ...]) -> dict[str, int]:
+    """MUNDO's units removed per key, in key order, keyed by the keys as given."""
+    if isinstance(reply, (list, tuple)):
+        counts = [count for count in map(_as_int, reply) if count is not None and count >= 0]
+        if len(counts) == len(reply) == len(keys):
+            return dict(zip(keys, counts, strict=True))
+    raise UnexpectedReply(f"unexpected reply to a multi-key undo: {reply!r}")
+
+
+def parse_unblocked(reply: object) -> bool:
+    lifted = _as_int(reply)
+    if lifted not in (0, 1):
+        raise UnexpectedReply(f"unexpected reply to an unblock: {reply!r}")
+    return lifted == 1
 
 
 def is_missing_module(error: BaseException) -> bool:
@@ -211,6 +340,11 @@ def is_missing_module(error: BaseException) -> bool:
 class RateLimitReplyError(Exception):
     """Redis answered that the call itself is wrong (WRONGTYPE, a full log,
     an ACL refusal): raised, never turned into a policy decision."""
+
+
+class RateLimitUnavailable(ConnectionError):
+    """Redis could not be asked (the cause is chained), for an operation no
+    failure policy can answer: lifting a block."""
 
 
 @dataclass(frozen=True)

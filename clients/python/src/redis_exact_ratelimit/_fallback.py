@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._core import Call, Decision, Limit
@@ -31,6 +31,8 @@ class _Entry:
 class _Log:
     window_ms: int
     entries: deque[_Entry] = field(default_factory=deque)
+    # As in the module: an absolute time on this clock, 0 for none.
+    blocked_until: int = 0
 
     def newest(self) -> int:
         return self.entries[-1].at if self.entries else 0
@@ -38,6 +40,36 @@ class _Log:
     def prune(self, now: int) -> None:
         while self.entries and self.entries[0].at <= now - self.window_ms:
             self.entries.popleft()
+
+    def idle(self, now: int) -> bool:
+        """Nothing counted and no block: the key can be forgotten."""
+        return self.newest() <= now - self.window_ms and self.blocked_until <= now
+
+
+@dataclass
+class _Standing:
+    """One key of a call as it stands before anything is recorded."""
+
+    key: str
+    call: Call
+    now: int
+    log: _Log | None
+    maxes: list[int]
+    used: list[int]
+    limits_allow: bool
+    limits_wait: int
+
+    @property
+    def blocked_until(self) -> int:
+        return self.log.blocked_until if self.log is not None else 0
+
+    @property
+    def blocked(self) -> bool:
+        return self.now < self.blocked_until
+
+    @property
+    def allows(self) -> bool:
+        return self.limits_allow and not self.blocked
 
 
 class Fallback:
@@ -47,7 +79,8 @@ class Fallback:
     processes, 1/N): a limit of ``max`` admits ``floor(max * share)`` units
     per window in this process, at least 1, so the processes together stay
     near the limit without talking to each other. Exact within the process;
-    what it admitted is not known to Redis once Redis is back."""
+    what it admitted (and any block it started) is not known to Redis once
+    Redis is back."""
 
     def __init__(self, share: float = 1.0, clock: Callable[[], int] = _monotonic_ms) -> None:
         if not 0.0 < share <= 1.0:
@@ -62,10 +95,31 @@ class Fallback:
         return max(1, int(limit.max * self.share))
 
     def check(self, key: str, call: Call) -> Decision:
-        return self._decide(key, call, record=True)
+        return self.decide([key], [call], record=True)[0]
 
     def peek(self, key: str, call: Call) -> Decision:
-        return self._decide(key, call, record=False)
+        return self.decide([key], [call], record=False)[0]
+
+    def decide(self, keys: Sequence[str], calls: Sequence[Call], record: bool) -> tuple[Decision, tuple[int, ...]]:
+        """One request against every key, all or nothing, as MCHECK (record)
+        or MPEEK; also the positions of the keys that denied."""
+        with self._lock:
+            self._sweep_now_and_then()
+            standings = [self._standing(key, call) for key, call in zip(keys, calls, strict=True)]
+            denied = tuple(i for i, standing in enumerate(standings) if not standing.allows)
+            allowed = not denied
+            if record:
+                for standing in standings:
+                    self._commit(standing, allowed)
+            answers = [_answer(standing, allowed) for standing in standings]
+        decision = Decision(
+            allowed,
+            min(answer.remaining for answer in answers),
+            max(answer.retry_after_ms for answer in answers),
+            max(answer.reset_after_ms for answer in answers),
+            "fallback",
+        )
+        return decision, denied
 
     def undo(self, key: str, cost: int) -> int:
         with self._lock:
@@ -78,9 +132,18 @@ class Fallback:
                 removed += take
                 if newest.cost == 0:
                     log.entries.pop()
-            if log is not None and not log.entries:
+            if log is not None and not log.entries and log.blocked_until <= self._clock():
                 del self._logs[key]
             return removed
+
+    def unblock(self, key: str) -> bool:
+        """Lifts the key's block, keeping what it counts; True if it was blocked."""
+        with self._lock:
+            log = self._logs.get(key)
+            if log is None or log.blocked_until <= max(self._clock(), log.newest()):
+                return False
+            log.blocked_until = 0
+            return True
 
     def clear(self) -> None:
         """Forgets everything (Redis is back and decides again)."""
@@ -90,33 +153,34 @@ class Fallback:
     def __len__(self) -> int:
         return len(self._logs)
 
-    def _decide(self, key: str, call: Call, record: bool) -> Decision:
-        with self._lock:
-            self._sweep_now_and_then()
-            log = self._logs.get(key)
-            # Time never runs backwards for a key, as in the module.
-            now = max(self._clock(), log.newest() if log else 0)
-            if log is not None:
-                log.prune(now)
-            entries = log.entries if log is not None else deque()
-            maxes = [self.scaled(limit) for limit in call.limits]
-            used = [_used(entries, now, limit.window_ms) for limit in call.limits]
-            if call.cost > min(maxes):
-                # This process's share can never hold the request.
-                return Decision(False, 0, call.longest_window, _reset(entries, now, call), "fallback")
-            allowed = all(u + call.cost <= m for u, m in zip(used, maxes, strict=True))
-            if record:
-                log = self._register(key, log, call.longest_window)
-                if allowed:
-                    _record(log, now, call.cost)
-                    used = [u + call.cost for u in used]
-            remaining = max(0, min(m - u for u, m in zip(used, maxes, strict=True)))
-            retry = 0 if allowed else _retry_after(entries, now, call, maxes)
-            entries = log.entries if log is not None else entries
-            return Decision(allowed, remaining, retry, _reset(entries, now, call), "fallback")
+    def _standing(self, key: str, call: Call) -> _Standing:
+        log = self._logs.get(key)
+        # Time never runs backwards for a key, as in the module.
+        now = max(self._clock(), log.newest() if log else 0)
+        if log is not None:
+            log.prune(now)
+        entries = log.entries if log is not None else deque()
+        maxes = [self.scaled(limit) for limit in call.limits]
+        used = [_used(entries, now, limit.window_ms) for limit in call.limits]
+        if call.cost > min(maxes):
+            # This process's share can never hold the request.
+            return _Standing(key, call, now, log, maxes, used, False, call.longest_window)
+        allows = all(u + call.cost <= m for u, m in zip(used, maxes, strict=True))
+        wait = 0 if allows else _retry_after(entries, now, call, maxes)
+        return _Standing(key, call, now, log, maxes, used, allows, wait)
+
+    def _commit(self, standing: _Standing, allowed: bool) -> None:
+        """A CHECK registers its longest window, allowed or denied; records
+        when allowed; starts a block on a key its own limits denied."""
+        log = standing.log = self._register(standing.key, standing.log, standing.call.longest_window)
+        if allowed:
+            _record(log, standing.now, standing.call.cost)
+            standing.used = [u + standing.call.cost for u in standing.used]
+            log.blocked_until = 0  # any earlier block has ended
+        elif standing.call.block_ms is not None and not standing.limits_allow and not standing.blocked:
+            log.blocked_until = standing.now + standing.call.block_ms
 
     def _register(self, key: str, log: _Log | None, window_ms: int) -> _Log:
-        """A CHECK registers its longest window, allowed or denied."""
         if log is None:
             log = self._logs[key] = _Log(window_ms)
         log.window_ms = max(log.window_ms, window_ms)
@@ -127,8 +191,19 @@ class Fallback:
         if self._calls % _SWEEP_EVERY:
             return
         now = self._clock()
-        for key in [k for k, log in self._logs.items() if log.newest() <= now - log.window_ms]:
+        for key in [k for k, log in self._logs.items() if log.idle(now)]:
             del self._logs[key]
+
+
+def _answer(standing: _Standing, allowed: bool) -> Decision:
+    """One key's part of the reply, after the commit."""
+    entries = standing.log.entries if standing.log is not None else deque()
+    reset = _reset(entries, standing.now, standing.call)
+    if standing.blocked:
+        rest = standing.blocked_until - standing.now
+        return Decision(False, 0, max(rest, standing.limits_wait), max(rest, reset), "fallback")
+    remaining = max(0, min(m - u for u, m in zip(standing.used, standing.maxes, strict=True)))
+    return Decision(allowed, remaining, 0 if allowed else standing.limits_wait, reset, "fallback")
 
 
 def _used(entries: deque[_Entry], now: int, window_ms: int) -> int:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from ._core import Backend, Call, Decision
+from ._core import Backend, Call, Decision, RateLimitUnavailable
 from ._fallback import Fallback
 
 logger = logging.getLogger("redis_exact_ratelimit")
@@ -111,14 +111,14 @@ class Policy:
             if none_down and self.fallback is not None:
                 self.fallback.clear()
 
-    def failed(self, server: str, operation: str, key: str, error: BaseException) -> Unavailable:
+    def failed(self, server: str, operation: str, subject: str, error: BaseException) -> Unavailable:
         with self._lock:
             first = server not in self._down_until
             self._down_until[server] = self._clock() + self.retry_interval
         logger.error(
-            "rate-limit %s on key %r failed at %s: %s: %s; %s%s",
+            "rate-limit %s on %s failed at %s: %s: %s; %s%s",
             operation,
-            key,
+            subject,
             server,
             type(error).__name__,
             error or "no answer",
@@ -134,20 +134,26 @@ class Policy:
 
     # -- decisions without Redis -------------------------------------------
 
-    def decide_without_redis(self, record: bool, key: str, call: Call, why: Unavailable) -> Decision:
+    def decide_without_redis(
+        self, record: bool, keys: Sequence[str], calls: Sequence[Call], why: Unavailable
+    ) -> tuple[Decision, tuple[int, ...]]:
+        """A CHECK (record) or PEEK over one or several keys, and the
+        positions of the keys that denied (none unless the fallback decided)."""
         if self.fallback is not None:
-            decision = self.fallback.check(key, call) if record else self.fallback.peek(key, call)
-            return Decision(
-                decision.allowed,
-                decision.remaining,
-                decision.retry_after_ms,
-                decision.reset_after_ms,
-                "fallback",
-                why.error,
-            )
+            decision, denied = self.fallback.decide(keys, calls, record)
+            return replace(decision, error=why.error), denied
         if self.failure == "open":
-            return Decision(True, call.smallest_max - call.cost, 0, 0, "fail_open", why.error)
-        return Decision(False, 0, max(why.retry_in_ms, 1), 0, "fail_closed", why.error)
+            remaining = min(call.smallest_max for call in calls) - calls[0].cost
+            return Decision(True, remaining, 0, 0, "fail_open", why.error), ()
+        return Decision(False, 0, max(why.retry_in_ms, 1), 0, "fail_closed", why.error), ()
 
     def undo_without_redis(self, key: str, cost: int) -> int:
         return self.fallback.undo(key, cost) if self.fallback is not None else 0
+
+    def unblock_without_redis(self, key: str, why: Unavailable) -> bool:
+        """Lifts the fallback's block, if any; Redis's stays, so the caller
+        is told: an unblock is an operator's action, not a decision."""
+        if self.fallback is not None:
+            self.fallback.unblock(key)
+        message = f"Redis is unavailable; the block on key {key!r} was not lifted there"
+        raise RateLimitUnavailable(message) from why.error

@@ -6,36 +6,53 @@ outage (the failure policy applies) and which are about the call itself."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from redis import exceptions as rx
 
-from ._core import Operation, Script, is_missing_module, module_command
+from ._core import FIRST_OPERATIONS, Operation, Script, is_missing_module, module_command, twin_arguments
 from ._policy import Policy
 
 Plan = Generator[list[str], Any, Any]
 
 
-def plan(policy: Policy, script: Script, server: str, operation: Operation, key: str, args: list[str]) -> Plan:
+def plan(
+    policy: Policy, script: Script, server: str, operation: Operation, keys: Sequence[str], args: list[str]
+) -> Plan:
     """The module where the server has it, the twin where it does not
     (learned from the server's "unknown command" answer), EVALSHA first and
     EVAL when the server answers NOSCRIPT (which also caches the script)."""
     if policy.backend_of(server) == "module":
         try:
-            reply = yield [module_command(operation), key, *args]
+            reply = yield module_command(operation, keys, args)
         except rx.RedisError as error:
             if not is_missing_module(error):
                 raise
+            if operation not in FIRST_OPERATIONS:
+                yield from _refuse_an_older_module(keys[0], error)
             policy.learned(server, "twin")
         else:
             policy.learned(server, "module")
             return reply
-    tail = ["1", key, operation, *args]
+    tail = twin_arguments(operation, keys, args)
     try:
         return (yield ["EVALSHA", script.sha1, *tail])
     except rx.NoScriptError:
         return (yield ["EVAL", script.text, *tail])
+
+
+def _refuse_an_older_module(key: str, unknown: rx.RedisError) -> Plan:
+    """A command added to the module later (MCHECK, UNBLOCK) is unknown to
+    an older module too: RATELIMIT.PEEK tells the two apart (it reads
+    nothing but the key's type). Taking an older module for none would send
+    the server's keys to the twin, which cannot read them."""
+    try:
+        yield ["RATELIMIT.PEEK", key, "1", "1"]
+    except rx.RedisError as error:
+        if is_missing_module(error):
+            return
+    raise rx.ResponseError(f"the server's RATELIMIT module is older than this call needs: {unknown}")
 
 
 def drive(steps: Plan, send: Callable[[list[str]], Any]) -> Any:

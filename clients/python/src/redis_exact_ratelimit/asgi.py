@@ -1,5 +1,5 @@
 """ASGI middleware (Starlette, FastAPI, any ASGI app): one CHECK per HTTP
-request, the IETF RateLimit fields, 429 with Retry-After (503 when Redis
+request (one MCHECK over several keys with ``keys=``), the IETF RateLimit fields, 429 with Retry-After (503 when Redis
 is unreachable and failing closed), a refund when the app raises or
 answers with a refunded status, and a hook for the refusal.
 
@@ -13,8 +13,8 @@ import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from ._core import Limits, RateLimitReplyError
-from ._http import Route, Verdict, server_error, verdict_of
+from ._core import Limits, MultiDecision, RateLimitReplyError
+from ._http import KeysResult, Route, Verdict, check_subjects, server_error, verdict_of
 from .asyncio import AsyncRateLimiter
 
 Scope = MutableMapping[str, Any]
@@ -27,6 +27,11 @@ R = TypeVar("R")
 
 KeyFunction = Callable[[Scope], str | Awaitable[str | None] | None]
 """Who is limited, from the request's ASGI scope; None skips the request."""
+
+KeysFunction = Callable[[Scope], KeysResult | Awaitable[KeysResult]]
+"""Several keys, each with its limits, from the request's ASGI scope
+(``{"{t:7}:user:42": Limit.per_minute(100), "{t:7}:ip:10.0.0.1": ...}``),
+decided together; None skips the request. May be async."""
 
 LimitedHook = Callable[[Scope, Verdict], ASGIApp | Awaitable[ASGIApp]]
 """Makes the refusal: returns an ASGI app (a Starlette Response is one).
@@ -60,17 +65,20 @@ class RateLimitMiddleware:
         app: ASGIApp,
         *,
         limiter: AsyncRateLimiter,
-        limits: Limits | Callable[[Scope], Limits | None],
-        key: KeyFunction = client_address,
+        limits: Limits | Callable[[Scope], Limits | None] | None = None,
+        key: KeyFunction | None = None,
+        keys: KeysFunction | None = None,
         name: str = "default",
         cost: int | Callable[[Scope], int] = 1,
         refund_when: Callable[[int], bool] = server_error,
+        block_ms: int | None = None,
         on_limited: LimitedHook | None = None,
     ) -> None:
+        check_subjects(limits, key, keys)
         self.app = app
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when)
-        self.key = key
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms)
+        self.key = key or client_address
         self.on_limited = on_limited
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,7 +101,15 @@ async def judge(
     request: R,
 ) -> Verdict | None:
     """Decides one request (an ASGI scope, or a framework's request object
-    that the key function reads); None when it is not limited."""
+    that the key functions read); None when it is not limited."""
+    if route.keys is not None:
+        keyed = await _maybe_await(route.keys(request))
+        if keyed is None:
+            return None
+        checked = route.keys_for(keyed)
+        cost = route.cost_for(request)
+        decision = await limiter.check_all(checked, cost=cost, block_ms=route.block_ms)
+        return verdict_of(decision, checked, route.name, cost)
     limits = route.limits_for(request)
     if limits is None:
         return None
@@ -102,8 +118,8 @@ async def judge(
         return None
     full = route.key_for(ident)
     cost = route.cost_for(request)
-    decision = await limiter.check(full, limits, cost=cost)
-    return verdict_of(decision, limits, route.name, full, cost)
+    one = await limiter.check(full, limits, cost=cost, block_ms=route.block_ms)
+    return verdict_of(one, {full: limits}, route.name, cost)
 
 
 async def refuse(verdict: Verdict, hook: LimitedHook | None, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,7 +160,10 @@ async def refund(limiter: AsyncRateLimiter, verdict: Verdict) -> None:
         # An error about the call is logged by the limiter; raising it here
         # would hide the response or the handler's own error.
         with contextlib.suppress(RateLimitReplyError):
-            await limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+            if isinstance(verdict.decision, MultiDecision):
+                await limiter.undo_all(verdict.keys, verdict.cost, decision=verdict.decision)
+            else:
+                await limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
 
 
 def _adding_headers(send: Send, headers: dict[str, str]) -> Send:

@@ -14,11 +14,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import HTTPException, Request, Response
 
 from ._core import Limits
-from ._http import Route, Verdict, server_error
+from ._http import KeysResult, Route, Verdict, check_subjects, server_error
 from .asgi import judge, refund
 from .asyncio import AsyncRateLimiter
 
 KeyFunction = Callable[[Request], str | Awaitable[str | None] | None]
+
+KeysFunction = Callable[[Request], KeysResult | Awaitable[KeysResult]]
+"""Several keys, each with its limits, decided together (see
+``redis_exact_ratelimit.asgi.KeysFunction``); None skips the request."""
 
 LimitedHook = Callable[[Request, Verdict], Exception]
 """Makes the exception raised for a refusal (default: HTTPException with
@@ -38,17 +42,20 @@ class RateLimit:
     def __init__(
         self,
         limiter: AsyncRateLimiter,
-        limits: Limits | Callable[[Request], Limits | None],
+        limits: Limits | Callable[[Request], Limits | None] | None = None,
         *,
-        key: KeyFunction = client_address,
+        key: KeyFunction | None = None,
+        keys: KeysFunction | None = None,
         name: str = "default",
         cost: int | Callable[[Request], int] = 1,
         refund_when: Callable[[int], bool] = server_error,
+        block_ms: int | None = None,
         on_limited: LimitedHook | None = None,
     ) -> None:
+        check_subjects(limits, key, keys)
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when)
-        self.key = key
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms)
+        self.key = key or client_address
         self.on_limited = on_limited
 
     async def __call__(self, request: Request, response: Response) -> AsyncIterator[Verdict | None]:

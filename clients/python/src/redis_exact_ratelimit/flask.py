@@ -20,13 +20,16 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from ._core import Limits
-from ._http import Route, Verdict, server_error
+from ._http import KeysResult, Route, Verdict, check_subjects, server_error
 from .client import RateLimiter
 from .wsgi import judge, refund
 
 View = TypeVar("View", bound=Callable[..., ResponseReturnValue])
 
 KeyFunction = Callable[[Request], "str | None"]
+
+KeysFunction = Callable[[Request], KeysResult]
+"""Several keys, each with its limits, decided together; None skips the request."""
 
 LimitedHook = Callable[[Verdict], ResponseReturnValue]
 """Makes the refusal (default: a plain-text 429 or 503); the verdict's
@@ -39,21 +42,25 @@ def client_address(req: Request) -> str | None:
 
 def rate_limit(
     limiter: RateLimiter,
-    limits: Limits | Callable[[Request], Limits | None],
+    limits: Limits | Callable[[Request], Limits | None] | None = None,
     *,
-    key: KeyFunction = client_address,
+    key: KeyFunction | None = None,
+    keys: KeysFunction | None = None,
     name: str = "default",
     cost: int | Callable[[Request], int] = 1,
     refund_when: Callable[[int], bool] = server_error,
+    block_ms: int | None = None,
     on_limited: LimitedHook | None = None,
 ) -> Callable[[View], View]:
-    route = Route(limits, name, cost, refund_when)
+    check_subjects(limits, key, keys)
+    route = Route(limits, name, cost, refund_when, keys, block_ms)
+    by_key = key or client_address
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
         def limited_view(*args: Any, **kwargs: Any) -> Response:
             current = cast(Request, request._get_current_object())  # type: ignore[attr-defined]
-            verdict = judge(limiter, route, key, current)
+            verdict = judge(limiter, route, by_key, current)
             if verdict is None:
                 return make_response(view(*args, **kwargs))
             if not verdict.passed:

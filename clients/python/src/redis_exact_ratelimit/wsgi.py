@@ -1,5 +1,5 @@
-"""WSGI middleware (Flask, Django, any WSGI app): one CHECK per request, the
-IETF RateLimit fields, 429 with Retry-After (503 when Redis is unreachable
+"""WSGI middleware (Flask, Django, any WSGI app): one CHECK per request (one
+MCHECK over several keys with ``keys=``), the IETF RateLimit fields, 429 with Retry-After (503 when Redis is unreachable
 and failing closed), a refund when the app raises or answers with a
 refunded status, and a hook for the refusal.
 
@@ -10,11 +10,11 @@ refunded status, and a hook for the refusal.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Limits, RateLimitReplyError
-from ._http import Route, Verdict, server_error, verdict_of
+from ._core import Limits, MultiDecision, RateLimitReplyError
+from ._http import KeysResult, Route, Verdict, check_subjects, server_error, verdict_of
 from .client import RateLimiter
 
 if TYPE_CHECKING:
@@ -28,6 +28,11 @@ R = TypeVar("R")
 
 KeyFunction = Callable[["WSGIEnvironment"], "str | None"]
 """Who is limited, from the request's WSGI environ; None skips the request."""
+
+KeysFunction = Callable[["WSGIEnvironment"], KeysResult]
+"""Several keys, each with its limits, from the request's WSGI environ
+(``{"{t:7}:user:42": Limit.per_minute(100), "{t:7}:ip:10.0.0.1": ...}``),
+decided together; None skips the request."""
 
 LimitedHook = Callable[["WSGIEnvironment", Verdict], "WSGIApplication"]
 """Makes the refusal: returns a WSGI app (a Flask or Werkzeug Response is
@@ -59,17 +64,20 @@ class RateLimitMiddleware:
         app: WSGIApplication,
         *,
         limiter: RateLimiter,
-        limits: Limits | Callable[[WSGIEnvironment], Limits | None],
-        key: KeyFunction = client_address,
+        limits: Limits | Callable[[WSGIEnvironment], Limits | None] | None = None,
+        key: KeyFunction | None = None,
+        keys: KeysFunction | None = None,
         name: str = "default",
         cost: int | Callable[[WSGIEnvironment], int] = 1,
         refund_when: Callable[[int], bool] = server_error,
+        block_ms: int | None = None,
         on_limited: LimitedHook | None = None,
     ) -> None:
+        check_subjects(limits, key, keys)
         self.app = app
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when)
-        self.key = key
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms)
+        self.key = key or client_address
         self.on_limited = on_limited
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -103,7 +111,17 @@ class RateLimitMiddleware:
 
 def judge(limiter: RateLimiter, route: Route, key: Callable[[R], str | None], request: R) -> Verdict | None:
     """Decides one request (a WSGI environ, or a framework's request object
-    that the key function reads); None when it is not limited."""
+    that the key functions read); None when it is not limited."""
+    if route.keys is not None:
+        keyed = route.keys(request)
+        if keyed is None:
+            return None
+        if not isinstance(keyed, Mapping):
+            raise TypeError(f"a keys function returns a mapping of key to limits (not async under WSGI), got {keyed!r}")
+        checked = route.keys_for(keyed)
+        cost = route.cost_for(request)
+        decision = limiter.check_all(checked, cost=cost, block_ms=route.block_ms)
+        return verdict_of(decision, checked, route.name, cost)
     limits = route.limits_for(request)
     if limits is None:
         return None
@@ -112,8 +130,8 @@ def judge(limiter: RateLimiter, route: Route, key: Callable[[R], str | None], re
         return None
     full = route.key_for(ident)
     cost = route.cost_for(request)
-    decision = limiter.check(full, limits, cost=cost)
-    return verdict_of(decision, limits, route.name, full, cost)
+    one = limiter.check(full, limits, cost=cost, block_ms=route.block_ms)
+    return verdict_of(one, {full: limits}, route.name, cost)
 
 
 def refund(limiter: RateLimiter, verdict: Verdict) -> None:
@@ -122,7 +140,10 @@ def refund(limiter: RateLimiter, verdict: Verdict) -> None:
         # An error about the call is logged by the limiter; raising it here
         # would hide the response or the handler's own error.
         with contextlib.suppress(RateLimitReplyError):
-            limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+            if isinstance(verdict.decision, MultiDecision):
+                limiter.undo_all(verdict.keys, verdict.cost, decision=verdict.decision)
+            else:
+                limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
 
 
 class _Refund:

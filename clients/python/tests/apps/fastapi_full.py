@@ -1,5 +1,6 @@
 """A FastAPI app with every feature the tests drive: the middleware on
-/mw/*, the dependency on /dep/*, a failing route of each, and a hook."""
+/mw/*, the dependency on /dep/*, a failing route of each, a hook, and the
+middleware over several keys (user, IP, tenant) on /multi/*."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import os
 import redis.asyncio as redis
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from settings import limiter_options, redis_options
+from settings import limiter_options, redis_options, user_then_ip
 
-from redis_exact_ratelimit import AsyncRateLimiter, Limit, Verdict
+from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, Verdict
 from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
 from redis_exact_ratelimit.fastapi import RateLimit
 
@@ -28,6 +29,19 @@ def hooked_middleware_limits(scope: Scope) -> Limit | None:
 
 def slow_down_response(scope: Scope, verdict: Verdict) -> JSONResponse:
     return JSONResponse({"error": "slow down", "retry_after_ms": verdict.decision.retry_after_ms}, verdict.status)
+
+
+def user_ip_tenant(scope: Scope) -> dict[str, Limits] | None:
+    """Three keys on the tenant's hash tag, each with its own limit."""
+    if not str(scope["path"]).startswith("/multi/"):
+        return None
+    headers = {bytes(name).decode("latin-1"): bytes(value).decode("latin-1") for name, value in scope["headers"]}
+    tenant = "{" + headers["x-tenant"] + "}"
+    return {
+        f"{tenant}:user:{headers['x-user']}": Limit.per_minute(3, name="user"),
+        f"{tenant}:ip:{headers['x-ip']}": Limit.per_minute(5, name="ip"),
+        f"{tenant}:all": Limit.per_minute(100, name="tenant"),
+    }
 
 
 def user(request: Request) -> str | None:
@@ -48,7 +62,16 @@ app.add_middleware(
     name="mwhook",
     on_limited=slow_down_response,
 )
+app.add_middleware(RateLimitMiddleware, limiter=limiter, keys=user_ip_tenant, name="multi")
 per_user = RateLimit(limiter, TEN, key=user, name="dep")
+
+
+def user_and_ip_of(request: Request) -> dict[str, Limits]:
+    return user_then_ip(request.headers["x-user"], request.headers["x-ip"])
+
+
+user_and_ip = RateLimit(limiter, keys=user_and_ip_of, name="depmulti")
+locking = RateLimit(limiter, Limit.per_minute(2), key=user, name="lock", block_ms=3_600_000)
 hooked = RateLimit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
 
 
@@ -80,6 +103,26 @@ async def dep_boom() -> dict[str, str]:
 @app.get("/hooked", dependencies=[Depends(hooked)])
 async def hooked_route() -> dict[str, str]:
     return {"ok": "hooked"}
+
+
+@app.get("/multi/ok")
+async def multi_ok() -> dict[str, str]:
+    return {"ok": "multi"}
+
+
+@app.get("/multi/boom")
+async def multi_boom() -> dict[str, str]:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/depmulti", dependencies=[Depends(user_and_ip)])
+async def depmulti() -> dict[str, str]:
+    return {"ok": "depmulti"}
+
+
+@app.get("/lock", dependencies=[Depends(locking)])
+async def lock() -> dict[str, str]:
+    return {"ok": "lock"}
 
 
 @app.get("/backend")

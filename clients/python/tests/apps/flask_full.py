@@ -1,5 +1,6 @@
 """A Flask app with every feature the tests drive: the WSGI middleware on
-/mw/*, the decorator on /dec/*, a failing route of each, and a hook."""
+/mw/*, the decorator on /dec/*, a failing route of each, a hook, and the
+middleware over several keys (user, IP, tenant) on /multi/*."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import os
 import redis
 from flask import Flask, Request, jsonify
 from flask.typing import ResponseReturnValue
-from settings import limiter_options, redis_options
+from settings import limiter_options, redis_options, user_then_ip
 from werkzeug.wrappers import Response
 
-from redis_exact_ratelimit import Limit, RateLimiter, Verdict
+from redis_exact_ratelimit import Limit, Limits, RateLimiter, Verdict
 from redis_exact_ratelimit.flask import rate_limit
 from redis_exact_ratelimit.wsgi import RateLimitMiddleware, WSGIEnvironment, header_key
 
@@ -33,6 +34,18 @@ def slow_down_response(environ: WSGIEnvironment, verdict: Verdict) -> Response:
     return Response(body, verdict.status, mimetype="application/json")
 
 
+def user_ip_tenant(environ: WSGIEnvironment) -> dict[str, Limits] | None:
+    """Three keys on the tenant's hash tag, each with its own limit."""
+    if not str(environ["PATH_INFO"]).startswith("/multi/"):
+        return None
+    tenant = "{" + environ["HTTP_X_TENANT"] + "}"
+    return {
+        f"{tenant}:user:{environ['HTTP_X_USER']}": Limit.per_minute(3, name="user"),
+        f"{tenant}:ip:{environ['HTTP_X_IP']}": Limit.per_minute(5, name="ip"),
+        f"{tenant}:all": Limit.per_minute(100, name="tenant"),
+    }
+
+
 def user(request: Request) -> str | None:
     return request.headers.get("X-User")
 
@@ -44,8 +57,7 @@ def slow_down(verdict: Verdict) -> ResponseReturnValue:
 app = Flask(__name__)
 by_user = header_key("X-User")
 app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=middleware_limits, key=by_user, name="mw")  # type: ignore[method-assign]
-
-
+app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, keys=user_ip_tenant, name="multi")  # type: ignore[method-assign]
 app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
     app.wsgi_app,
     limiter=limiter,
@@ -69,6 +81,32 @@ def mw_ok() -> ResponseReturnValue:
 @app.get("/mw/boom")
 def mw_boom() -> ResponseReturnValue:
     raise RuntimeError("the handler failed")
+
+
+@app.get("/multi/ok")
+def multi_ok() -> ResponseReturnValue:
+    return {"ok": "multi"}
+
+
+@app.get("/multi/boom")
+def multi_boom() -> ResponseReturnValue:
+    raise RuntimeError("the handler failed")
+
+
+def user_and_ip_of(request: Request) -> dict[str, Limits]:
+    return user_then_ip(request.headers["X-User"], request.headers["X-IP"])
+
+
+@app.get("/decmulti")
+@rate_limit(limiter, keys=user_and_ip_of, name="decmulti")
+def decmulti() -> ResponseReturnValue:
+    return {"ok": "decmulti"}
+
+
+@app.get("/lock")
+@rate_limit(limiter, Limit.per_minute(2), key=user, name="lock", block_ms=3_600_000)
+def lock() -> ResponseReturnValue:
+    return {"ok": "lock"}
 
 
 @app.get("/dec/ok")

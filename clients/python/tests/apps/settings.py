@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from redis_exact_ratelimit import Fallback
+from redis_exact_ratelimit import Fallback, Limit, Limits
 
 
 def limiter_options() -> dict[str, Any]:
@@ -26,3 +26,9 @@ def redis_options() -> dict[str, Any]:
     from redis.retry import Retry
 
     return {"socket_connect_timeout": 0.5, "socket_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
+
+
+def user_then_ip(user: str, ip: str) -> dict[str, Limits]:
+    """The per-route several-keys limit of both apps: the user (2 a minute)
+    and the address (4 a minute)."""
+    return {f"user:{user}": Limit.per_minute(2, name="user"), f"ip:{ip}": Limit.per_minute(4, name="ip")}
