@@ -181,7 +181,7 @@ impl State {
     pub fn with_block(log: TimeLog, blocked_until: Millis) -> Result<State, DecodeError> {
         let mut state = State(Form::Open(log));
         match blocked_until {
-            0 if state.is_empty() => Err(DecodeError::WrongLength),
+            0 if state.is_empty() => Err(DecodeError::Empty),
             0 => Ok(state),
             until if state.accepts_block(until) => {
                 state.block(until);
@@ -240,7 +240,7 @@ mod tests {
         let blocked = State::decode(&stored, 101).expect("a block after the entry");
         assert_eq!(blocked.encode().1, 101);
         let empty = TimeLog::default().encode();
-        assert!(State::decode(&empty, 0).is_err(), "a key holding nothing");
+        assert_eq!(State::decode(&empty, 0).err(), Some(DecodeError::Empty));
         assert_eq!(State::decode(&empty, 7).map(|s| s.expires_at()), Ok(7));
     }
 }

@@ -165,6 +165,23 @@ fn undo_keeps_the_block_and_the_key(backend: Backend) {
     assert!(ttl > HOUR - 2_000, "kept until the block ends: {ttl}");
 }
 
+/// Once a block has ended it keeps nothing alive: a refund that empties
+/// the log leaves no key (it expires at the block's end, already past).
+fn a_key_whose_block_ended_goes_with_its_last_entry(backend: Backend) {
+    let (server, lim) = backend.start(&[]);
+    let (mut con, mut admin) = (lim.connect(), server.connect());
+    let words = ["RATELIMIT.CHECK", "k", "60000", "1", "BLOCK", "200"];
+    call(&lim, &mut con, &words);
+    assert_eq!(call(&lim, &mut con, &words)[..2], [0, 0]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let exists: i64 = run(&mut admin, &["EXISTS", "k"]);
+    assert_eq!(exists, 1, "the log still counts its entry");
+    let undone: i64 = lim.run(&mut con, &["RATELIMIT.UNDO", "k"]);
+    assert_eq!(undone, 1);
+    let exists: i64 = run(&mut admin, &["EXISTS", "k"]);
+    assert_eq!(exists, 0, "nothing live is left");
+}
+
 fn unblock_lifts_the_block_and_keeps_the_history(backend: Backend) {
     let (server, lim) = backend.start(&[]);
     let (mut con, mut admin) = (lim.connect(), server.connect());
@@ -330,6 +347,7 @@ harness::on_every_backend!(
     a_call_without_block_starts_none,
     mcheck_blocks_only_the_keys_whose_limits_denied,
     undo_keeps_the_block_and_the_key,
+    a_key_whose_block_ended_goes_with_its_last_entry,
     unblock_lifts_the_block_and_keeps_the_history,
     unblock_deletes_a_key_that_holds_nothing_live,
     del_removes_the_history_and_the_block,

@@ -160,7 +160,7 @@ fn non_canonical_blocks_are_refused() {
         ("BadBlock", &[(now, 1)], now),
         ("BadBlock", &[(now, 1)], now - 5),
         ("BadBlock", &[(now, 1)], -1),
-        ("WrongLength", &[], 0),
+        ("Empty", &[], 0),
     ];
     for (reason, entries, until) in refused {
         let window = if entries.is_empty() { 0 } else { HOUR };

@@ -37,6 +37,17 @@ fuzz_target!(|data: &[u8]| {
         let record = call.record;
         assert!(TIMES.contains(&record.at) && record.window.get() <= MAX_WINDOW);
     }
+    if let Ok(call) = args::parse_multi_record(&words) {
+        assert_eq!(call.keys.len(), call.records.len());
+        assert!(call
+            .records
+            .iter()
+            .all(|r| TIMES.contains(&r.at) && r.window.get() <= MAX_WINDOW));
+    }
+    if let Ok(call) = args::parse_block_until(&words) {
+        assert!(call.until.is_none_or(|until| until > 0));
+    }
+    let _ = args::parse_unblock(&words);
     if let Ok(call) = args::parse_widen(&words) {
         assert!(call.window.get() <= MAX_WINDOW);
     }

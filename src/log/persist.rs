@@ -36,6 +36,8 @@ pub enum DecodeError {
     /// A block ends at or before the newest entry's time, or out of range
     /// (see `state.rs`).
     BadBlock,
+    /// The key holds no entry and no block: a key that does not exist.
+    Empty,
 }
 
 impl DecodeError {
@@ -53,6 +55,7 @@ impl DecodeError {
             DecodeError::BadBlock => {
                 "the block ends at or before the newest entry, or out of range"
             }
+            DecodeError::Empty => "the key holds no entry and no block",
         }
     }
 }

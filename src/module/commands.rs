@@ -273,21 +273,15 @@ fn mundo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
             })
         })
         .collect::<Result<_, CommandError>>()?;
-    let refunds: Vec<(u64, bool)> = states
+    let refunds: Vec<(u64, Leftover)> = states
         .into_iter()
         .map(|state| match state {
-            Some(state) => (limiter::refund(state, call.units), state.is_empty()),
-            None => (0, false),
+            Some(state) => (limiter::refund(state, call.units), Leftover::of(state)),
+            None => (0, Leftover::Log),
         })
         .collect();
-    for ((key, name), &(removed, emptied)) in keys.iter().zip(call.keys).zip(&refunds) {
-        if emptied {
-            key.delete();
-            events::changed(ctx.ctx, name, &[Change::Refunded, Change::Deleted]);
-        } else if removed > 0 {
-            events::changed(ctx.ctx, name, &[Change::Refunded]);
-        }
-        stats::UNITS_REFUNDED.add(removed);
+    for ((key, name), &(removed, leftover)) in keys.iter().zip(call.keys).zip(&refunds) {
+        settle_refund(ctx, key, name, removed, leftover);
     }
     stats::UNDOS.add(1);
     if refunds.iter().any(|&(removed, _)| removed > 0) {
@@ -340,26 +334,60 @@ fn peek(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 fn undo(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     let call = args::parse_undo(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let removed = match key.slot()? {
-        Slot::Occupied(state) => {
-            let removed = limiter::refund(state, call.units);
-            if state.is_empty() {
-                key.delete();
-                events::changed(ctx.ctx, call.key, &[Change::Refunded, Change::Deleted]);
-            } else if removed > 0 {
-                events::changed(ctx.ctx, call.key, &[Change::Refunded]);
-            }
-            removed
-        }
-        Slot::Vacant(_) => 0,
+    let (removed, leftover) = match key.slot()? {
+        Slot::Occupied(state) => (limiter::refund(state, call.units), Leftover::of(state)),
+        Slot::Vacant(_) => (0, Leftover::Log),
     };
+    settle_refund(ctx, &key, call.key, removed, leftover);
     stats::UNDOS.add(1);
-    stats::UNITS_REFUNDED.add(removed);
     if removed > 0 {
         replication::replicate_as_called(ctx);
     }
     raw::reply_with_long_long(ctx.ctx, removed as i64);
     Ok(())
+}
+
+/// What a refund leaves in a key.
+#[derive(Clone, Copy)]
+enum Leftover {
+    /// Entries (or a key that did not exist): the expiry stays as it was.
+    Log,
+    /// No entry, but a block, which keeps the key until it ends.
+    Block { ends: Millis },
+    /// Nothing: the key goes.
+    Nothing,
+}
+
+impl Leftover {
+    fn of(state: &State) -> Leftover {
+        match state.blocked_until() {
+            _ if !state.log().is_empty() => Leftover::Log,
+            Some(ends) => Leftover::Block { ends },
+            None => Leftover::Nothing,
+        }
+    }
+}
+
+/// After UNDO (or one key of MUNDO) took `removed` units: a key left with
+/// nothing is deleted, a blocked key whose log it emptied expires when
+/// its block ends (which needs no clock, so replicas replaying the UNDO
+/// agree), and each change is announced and counted.
+fn settle_refund(ctx: &Context, key: &WriteKey, name: &Arg, removed: u64, leftover: Leftover) {
+    stats::UNITS_REFUNDED.add(removed);
+    if removed == 0 {
+        return;
+    }
+    match leftover {
+        Leftover::Nothing => {
+            key.delete();
+            events::changed(ctx.ctx, name, &[Change::Refunded, Change::Deleted]);
+        }
+        Leftover::Block { ends } => {
+            key.expire_at(ends);
+            events::changed(ctx.ctx, name, &[Change::Refunded]);
+        }
+        Leftover::Log => events::changed(ctx.ctx, name, &[Change::Refunded]),
+    }
 }
 
 /// Refuses a replicated form sent by a client: it could forge history.
