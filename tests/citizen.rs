@@ -80,6 +80,7 @@ fn readme_reference_matches_command_docs() {
         "RATELIMIT.MCHECK",
         "RATELIMIT.MPEEK",
         "RATELIMIT.MUNDO",
+        "RATELIMIT.UNBLOCK",
     ] {
         let reply: Value = run(&mut con, &["COMMAND", "DOCS", name]);
         let all = fields(&reply);

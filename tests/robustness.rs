@@ -30,7 +30,7 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
         format!("ERR COST {cost} is above max {max}: such a request could never be allowed")
     };
     let unknown = |name: &str| {
-        format!("ERR unknown option '{name}' (the options are COST n and PRECISION p)")
+        format!("ERR unknown option '{name}' (the options are COST n, PRECISION p and BLOCK ms)")
     };
     let mut cases: Vec<(Vec<&str>, String)> = Vec::new();
     for command in ["RATELIMIT.CHECK", "RATELIMIT.PEEK"] {
@@ -292,6 +292,10 @@ fn the_readme_error_table_is_what_the_server_sends() {
         (
             "bad `PRECISION`",
             vec!["RATELIMIT.CHECK", "k", "1000", "5", "PRECISION", "0"],
+        ),
+        (
+            "bad `BLOCK`",
+            vec!["RATELIMIT.CHECK", "k", "1000", "5", "BLOCK", "0"],
         ),
         (
             "an option without a value, twice, unknown",

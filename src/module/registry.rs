@@ -253,7 +253,7 @@ const SPECS: [CommandSpec; 11] = [
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: &[arg("key", KEY)],
         keys: Keys::First,
-        since: c"0.2.0",
+        since: c"0.3.0",
     },
     CommandSpec {
         name: BLOCK_UNTIL_COMMAND,
@@ -266,7 +266,7 @@ const SPECS: [CommandSpec; 11] = [
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
         args: &[arg("key", KEY), arg("until", INTEGER)],
         keys: Keys::First,
-        since: c"0.2.0",
+        since: c"0.3.0",
     },
     CommandSpec {
         name: MULTI_RECORD_COMMAND,
@@ -292,7 +292,7 @@ const SPECS: [CommandSpec; 11] = [
             },
         ],
         keys: Keys::Counted,
-        since: c"0.2.0",
+        since: c"0.3.0",
     },
 ];
 
