@@ -1,8 +1,10 @@
 //! One request against a user, an IP and a tenant limit: one
-//! RATELIMIT.MCHECK over the three keys against three RATELIMIT.CHECKs,
-//! and the same two with the script twin (FCALL ratelimit_mcheck against
-//! three FCALL ratelimit_check), same keys, same limits (loose enough
-//! that every request is allowed, so both record the same), same run. Server CPU per request from `INFO
+//! RATELIMIT.MCHECK over the three keys against three RATELIMIT.CHECKs and
+//! against the all-or-nothing Lua recipe MCHECK replaced
+//! (`bench/lua/all_or_nothing.lua`: three PEEKs, then three CHECKs, in one
+//! EVALSHA), and the same two with the script twin (FCALL ratelimit_mcheck
+//! against three FCALL ratelimit_check), same keys, same limits (loose
+//! enough that every request is allowed, so all record the same), same run. Server CPU per request from `INFO
 //! commandstats`, and wall time per request on one connection (the CHECKs
 //! take three round trips); written to bench/results/multi.csv. Then the
 //! other measure issue 18 asks for, the memory of a blocked key against
@@ -31,45 +33,77 @@ const LIMITS: [[&str; 2]; 3] = [
     ["60000", "1000000000"],
 ];
 
-/// How a row sends one request: one multi-key call or a CHECK per key,
-/// to the module or to the script twin's function library.
-struct Row {
-    label: &'static str,
-    multi: bool,
-    twin: bool,
+/// How a row sends one request.
+#[derive(Clone, Copy, PartialEq)]
+enum Call {
+    /// One RATELIMIT.MCHECK.
+    Multi,
+    /// A RATELIMIT.CHECK per key.
+    Each,
+    /// The Lua recipe, by EVALSHA.
+    Recipe,
+    /// One FCALL ratelimit_mcheck.
+    TwinMulti,
+    /// An FCALL ratelimit_check per key.
+    TwinEach,
 }
 
-const ROWS: [Row; 4] = [
-    Row {
-        label: "MCHECK over 3 keys",
-        multi: true,
-        twin: false,
-    },
-    Row {
-        label: "3 x CHECK",
-        multi: false,
-        twin: false,
-    },
-    Row {
-        label: "twin MCHECK over 3 keys (FCALL)",
-        multi: true,
-        twin: true,
-    },
-    Row {
-        label: "3 x twin CHECK (FCALL)",
-        multi: false,
-        twin: true,
-    },
+const ROWS: [(&str, Call); 5] = [
+    ("MCHECK over 3 keys", Call::Multi),
+    ("3 x CHECK", Call::Each),
+    ("Lua recipe over 3 keys (3 PEEK + 3 CHECK)", Call::Recipe),
+    ("twin MCHECK over 3 keys (FCALL)", Call::TwinMulti),
+    ("3 x twin CHECK (FCALL)", Call::TwinEach),
 ];
 
-/// The command a row's call starts with: the module's, or FCALL of the
-/// twin's function with FCALL's `numkeys` (the module's own for MCHECK).
-fn command(row: &Row) -> redis::Cmd {
-    match (row.twin, row.multi) {
-        (false, true) => redis::cmd("RATELIMIT.MCHECK"),
-        (false, false) => redis::cmd("RATELIMIT.CHECK"),
-        (true, true) => redis::cmd("FCALL").arg("ratelimit_mcheck").clone(),
-        (true, false) => redis::cmd("FCALL").arg("ratelimit_check").arg(1).clone(),
+/// The recipe MCHECK replaced, kept here as the comparison point.
+const RECIPE: &str = include_str!("../lua/all_or_nothing.lua");
+
+/// The commands whose server time is a row's: a script's time includes
+/// the commands it calls, which commandstats also count on their own.
+fn counted(call: Call) -> &'static [&'static str] {
+    match call {
+        Call::Multi => &["ratelimit.mcheck"],
+        Call::Each => &["ratelimit.check"],
+        Call::Recipe => &["evalsha"],
+        Call::TwinMulti | Call::TwinEach => &["fcall"],
+    }
+}
+
+/// One request over `keys` as `call` sends it (`sha`: the recipe's).
+fn send(con: &mut redis::Connection, call: Call, keys: &[String; 3], sha: &str) {
+    match call {
+        Call::Multi | Call::TwinMulti => {
+            let mut cmd = match call {
+                Call::Multi => redis::cmd("RATELIMIT.MCHECK"),
+                _ => redis::cmd("FCALL").arg("ratelimit_mcheck").clone(),
+            };
+            cmd.arg(3).arg(keys);
+            for [window, max] in LIMITS {
+                cmd.arg(1).arg(window).arg(max);
+            }
+            let (allowed, ..): (i64, i64, i64, i64, Vec<i64>) = cmd.query(con).expect("MCHECK");
+            assert_eq!(allowed, 1, "every request is allowed");
+        }
+        Call::Each | Call::TwinEach => {
+            for (key, [window, max]) in keys.iter().zip(LIMITS) {
+                let mut cmd = match call {
+                    Call::Each => redis::cmd("RATELIMIT.CHECK"),
+                    _ => redis::cmd("FCALL").arg("ratelimit_check").arg(1).clone(),
+                };
+                let reply: Vec<i64> = cmd.arg(key).arg(window).arg(max).query(con).expect("CHECK");
+                assert_eq!(reply[0], 1, "every request is allowed");
+            }
+        }
+        Call::Recipe => {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha).arg(3).arg(keys);
+            for [window, max] in LIMITS {
+                cmd.arg(window).arg(max);
+            }
+            let reply: Vec<i64> = cmd.arg(1).query(con).expect("the Lua recipe");
+            assert_eq!(reply[0], 1, "every request is allowed");
+        }
     }
 }
 
@@ -77,44 +111,25 @@ fn command(row: &Row) -> redis::Cmd {
 pub fn run(bench: &Bench, requests: u64) -> Vec<(String, f64, f64)> {
     let mut con = bench.connect();
     let mut rows = Vec::new();
-    for row in &ROWS {
+    for &(label, call) in &ROWS {
         measure::reset(&mut con);
-        if row.twin {
-            approaches::load_twin(&mut con);
-        }
+        let sha: String = match call {
+            Call::TwinMulti | Call::TwinEach => approaches::load_twin(&mut con),
+            _ => redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(RECIPE)
+                .query(&mut con)
+                .expect("SCRIPT LOAD"),
+        };
         let started = Instant::now();
         for i in 0..requests {
-            let keys = keys(i);
-            if row.multi {
-                let mut call = command(row);
-                call.arg(3).arg(&keys);
-                for [window, max] in LIMITS {
-                    call.arg(1).arg(window).arg(max);
-                }
-                let (allowed, ..): (i64, i64, i64, i64, Vec<i64>) =
-                    call.query(&mut con).expect("MCHECK");
-                assert_eq!(allowed, 1, "every request is allowed");
-            } else {
-                for (key, [window, max]) in keys.iter().zip(LIMITS) {
-                    let reply: Vec<i64> = command(row)
-                        .arg(key)
-                        .arg(window)
-                        .arg(max)
-                        .query(&mut con)
-                        .expect("CHECK");
-                    assert_eq!(reply[0], 1, "every request is allowed");
-                }
-            }
+            send(&mut con, call, &keys(i), &sha);
         }
         let wall = started.elapsed().as_secs_f64() * 1e6 / requests as f64;
         let stats = measure::command_stats(&mut con);
-        let counted = ["ratelimit.mcheck", "ratelimit.check", "fcall"];
-        let server = measure::usec_per(&stats, &counted, requests);
-        eprintln!(
-            "  {}: {server:.2} µs server CPU, {wall:.1} µs wall per request",
-            row.label
-        );
-        rows.push((row.label.to_string(), server, wall));
+        let server = measure::usec_per(&stats, counted(call), requests);
+        eprintln!("  {label}: {server:.2} µs server CPU, {wall:.1} µs wall per request");
+        rows.push((label.to_string(), server, wall));
     }
     eprintln!("  the memory of a blocked key:");
     let blocked = memory::blocked_against_open(bench);
