@@ -221,6 +221,35 @@ fn unblock_deletes_a_key_that_holds_nothing_live(backend: Backend) {
     assert_eq!(exists, 0);
 }
 
+/// A blocked key whose log a refund emptied holds no window: a refund of
+/// nothing and a denial by the block (naming a longer window) write
+/// nothing (WATCH holds), and once the block has ended (the key kept by
+/// PERSIST) the next entry lives under its own window only.
+fn an_emptied_blocked_key_keeps_no_window(backend: Backend) {
+    let (server, lim) = backend.start(&[]);
+    let (mut con, mut admin) = (lim.connect(), server.connect());
+    let words = ["RATELIMIT.CHECK", "k", "60000", "1", "BLOCK", "300"];
+    call(&lim, &mut con, &words);
+    call(&lim, &mut con, &words);
+    assert_eq!(lim.run::<i64>(&mut con, &["RATELIMIT.UNDO", "k"]), 1);
+    run::<()>(&mut admin, &["WATCH", "k"]);
+    assert_eq!(lim.run::<i64>(&mut con, &["RATELIMIT.UNDO", "k"]), 0);
+    let longer = ["RATELIMIT.CHECK", "k", "7200000", "1", "BLOCK", "300"];
+    assert_eq!(call(&lim, &mut con, &longer)[..2], [0, 0]);
+    run::<()>(&mut admin, &["MULTI"]);
+    run::<()>(&mut admin, &["PING"]);
+    let exec: Value = run(&mut admin, &["EXEC"]);
+    assert_ne!(exec, Value::Nil, "nothing was written to the key");
+    assert_eq!(run::<i64>(&mut admin, &["PERSIST", "k"]), 1);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(
+        call(&lim, &mut con, &["RATELIMIT.CHECK", "k", "1000", "5"])[0],
+        1
+    );
+    let ttl: i64 = run(&mut admin, &["PTTL", "k"]);
+    assert!((1..=1_000).contains(&ttl), "the entry's own window: {ttl}");
+}
+
 fn del_removes_the_history_and_the_block(backend: Backend) {
     let (server, lim) = backend.start(&[]);
     let (mut con, mut admin) = (lim.connect(), server.connect());
@@ -350,6 +379,7 @@ harness::on_every_backend!(
     a_key_whose_block_ended_goes_with_its_last_entry,
     unblock_lifts_the_block_and_keeps_the_history,
     unblock_deletes_a_key_that_holds_nothing_live,
+    an_emptied_blocked_key_keeps_no_window,
     del_removes_the_history_and_the_block,
     a_blocked_key_outlives_its_window,
     errors_change_nothing,
