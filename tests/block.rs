@@ -102,8 +102,8 @@ fn a_call_without_block_starts_none(backend: Backend) {
 }
 
 fn mcheck_blocks_only_the_keys_whose_limits_denied(backend: Backend) {
-    let (_server, lim) = backend.start(&[]);
-    let mut con = lim.connect();
+    let (server, lim) = backend.start(&[]);
+    let (mut con, mut admin) = (lim.connect(), server.connect());
     lim.check(&mut con, "{t}:user", 60_000, 1);
     let both = |user_max: &str, ip_max: &str, block: &[&str]| {
         let mut words = vec![
@@ -134,12 +134,20 @@ fn mcheck_blocks_only_the_keys_whose_limits_denied(backend: Backend) {
     // The IP allowed, so it was not blocked, and nothing was charged.
     assert_eq!(lim.check(&mut con, "{t}:ip", 60_000, 1), [1, 0, 0, 60_000]);
     // Both deny now: the IP by its limit (and is blocked), the user by
-    // its block, which stays as it was.
+    // its block, which stays as it was (its end is its expiry).
+    let user_ends = |admin: &mut Connection| run::<i64>(admin, &["PEXPIRETIME", "{t}:user"]);
+    let ends = user_ends(&mut admin);
+    std::thread::sleep(std::time::Duration::from_millis(5));
     let full = both("1", "1", &["BLOCK", "3600000"]);
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
     let (decision, denied) = mcall(&lim, &mut con, &full);
     assert_blocked(&decision, HOUR, "both keys");
     assert_eq!(denied, [1, 2]);
+    assert_eq!(
+        user_ends(&mut admin),
+        ends,
+        "the user's block is not restarted"
+    );
     let ip = call(&lim, &mut con, &["RATELIMIT.PEEK", "{t}:ip", "10", "100"]);
     assert_blocked(&ip, HOUR, "the IP is blocked now");
     let mpeek = roomy
