@@ -102,8 +102,8 @@ fn a_call_without_block_starts_none(backend: Backend) {
 }
 
 fn mcheck_blocks_only_the_keys_whose_limits_denied(backend: Backend) {
-    let (_server, lim) = backend.start(&[]);
-    let mut con = lim.connect();
+    let (server, lim) = backend.start(&[]);
+    let (mut con, mut admin) = (lim.connect(), server.connect());
     lim.check(&mut con, "{t}:user", 60_000, 1);
     let both = |user_max: &str, ip_max: &str, block: &[&str]| {
         let mut words = vec![
@@ -134,12 +134,20 @@ fn mcheck_blocks_only_the_keys_whose_limits_denied(backend: Backend) {
     // The IP allowed, so it was not blocked, and nothing was charged.
     assert_eq!(lim.check(&mut con, "{t}:ip", 60_000, 1), [1, 0, 0, 60_000]);
     // Both deny now: the IP by its limit (and is blocked), the user by
-    // its block, which stays as it was.
+    // its block, which stays as it was (its end is its expiry).
+    let user_ends = |admin: &mut Connection| run::<i64>(admin, &["PEXPIRETIME", "{t}:user"]);
+    let ends = user_ends(&mut admin);
+    std::thread::sleep(std::time::Duration::from_millis(5));
     let full = both("1", "1", &["BLOCK", "3600000"]);
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
     let (decision, denied) = mcall(&lim, &mut con, &full);
     assert_blocked(&decision, HOUR, "both keys");
     assert_eq!(denied, [1, 2]);
+    assert_eq!(
+        user_ends(&mut admin),
+        ends,
+        "the user's block is not restarted"
+    );
     let ip = call(&lim, &mut con, &["RATELIMIT.PEEK", "{t}:ip", "10", "100"]);
     assert_blocked(&ip, HOUR, "the IP is blocked now");
     let mpeek = roomy
@@ -219,6 +227,35 @@ fn unblock_deletes_a_key_that_holds_nothing_live(backend: Backend) {
     assert_eq!(lifted, 1);
     let exists: i64 = run(&mut admin, &["EXISTS", "k"]);
     assert_eq!(exists, 0);
+}
+
+/// A blocked key whose log a refund emptied holds no window: a refund of
+/// nothing and a denial by the block (naming a longer window) write
+/// nothing (WATCH holds), and once the block has ended (the key kept by
+/// PERSIST) the next entry lives under its own window only.
+fn an_emptied_blocked_key_keeps_no_window(backend: Backend) {
+    let (server, lim) = backend.start(&[]);
+    let (mut con, mut admin) = (lim.connect(), server.connect());
+    let words = ["RATELIMIT.CHECK", "k", "60000", "1", "BLOCK", "300"];
+    call(&lim, &mut con, &words);
+    call(&lim, &mut con, &words);
+    assert_eq!(lim.run::<i64>(&mut con, &["RATELIMIT.UNDO", "k"]), 1);
+    run::<()>(&mut admin, &["WATCH", "k"]);
+    assert_eq!(lim.run::<i64>(&mut con, &["RATELIMIT.UNDO", "k"]), 0);
+    let longer = ["RATELIMIT.CHECK", "k", "7200000", "1", "BLOCK", "300"];
+    assert_eq!(call(&lim, &mut con, &longer)[..2], [0, 0]);
+    run::<()>(&mut admin, &["MULTI"]);
+    run::<()>(&mut admin, &["PING"]);
+    let exec: Value = run(&mut admin, &["EXEC"]);
+    assert_ne!(exec, Value::Nil, "nothing was written to the key");
+    assert_eq!(run::<i64>(&mut admin, &["PERSIST", "k"]), 1);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(
+        call(&lim, &mut con, &["RATELIMIT.CHECK", "k", "1000", "5"])[0],
+        1
+    );
+    let ttl: i64 = run(&mut admin, &["PTTL", "k"]);
+    assert!((1..=1_000).contains(&ttl), "the entry's own window: {ttl}");
 }
 
 fn del_removes_the_history_and_the_block(backend: Backend) {
@@ -350,6 +387,7 @@ harness::on_every_backend!(
     a_key_whose_block_ended_goes_with_its_last_entry,
     unblock_lifts_the_block_and_keeps_the_history,
     unblock_deletes_a_key_that_holds_nothing_live,
+    an_emptied_blocked_key_keeps_no_window,
     del_removes_the_history_and_the_block,
     a_blocked_key_outlives_its_window,
     errors_change_nothing,

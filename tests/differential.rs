@@ -185,6 +185,59 @@ fn send(caller: &Caller, con: &mut Connection, words: &[&str]) -> Reply {
     }
 }
 
+/// Which of the module's keys under `prefix` are blocked: a PEEK that any
+/// log here leaves room for (a second's window, far more than the test
+/// records) is denied only by a block; blocks outlast the test.
+fn blocked(module: &Caller, con: &mut Connection, prefix: &str) -> [bool; KEYS] {
+    std::array::from_fn(|k| {
+        let key = format!("{prefix}:{k}");
+        let words = ["RATELIMIT.PEEK", key.as_str(), "1000", "1000000"];
+        module.run::<Vec<i64>>(con, &words)[0] == 0
+    })
+}
+
+/// How often the sequences reach the states a block makes.
+#[derive(Debug, Default)]
+struct BlockCounts {
+    /// CHECK or MCHECK that blocked a key not blocked before.
+    started: u32,
+    /// CHECK or PEEK on a blocked key.
+    single_on_blocked: u32,
+    /// MCHECK or MPEEK naming a blocked key.
+    multi_on_blocked: u32,
+    /// MCHECK denied by a blocked key and by another key's own limits.
+    multi_blocked_and_limited: u32,
+    /// UNBLOCK that lifted a block in force.
+    lifted: u32,
+}
+
+impl BlockCounts {
+    fn count(&mut self, call: &Call, before: &[bool; KEYS], after: &[bool; KEYS], reply: &Reply) {
+        let named = |blocked: &[bool; KEYS]| call.keys.iter().any(|&k| blocked[k as usize]);
+        let started = call
+            .keys
+            .iter()
+            .any(|&k| after[k as usize] && !before[k as usize]);
+        match (call.name, reply) {
+            (_, Reply::Error(_)) => {}
+            ("RATELIMIT.UNBLOCK", Reply::Refund(1)) => self.lifted += 1,
+            ("RATELIMIT.CHECK" | "RATELIMIT.PEEK", _) if named(before) => {
+                self.single_on_blocked += 1
+            }
+            ("RATELIMIT.MCHECK", Reply::Joint(_, denied)) if named(before) => {
+                self.multi_on_blocked += 1;
+                let by_limits = denied
+                    .iter()
+                    .any(|&position| !before[call.keys[position as usize - 1] as usize]);
+                self.multi_blocked_and_limited += u32::from(by_limits);
+            }
+            ("RATELIMIT.MPEEK", _) if named(before) => self.multi_on_blocked += 1,
+            _ => {}
+        }
+        self.started += u32::from(started);
+    }
+}
+
 /// Equal, with timed fields equal in being zero and within `drift` ms.
 fn agree(module: &Reply, twin: &Reply, drift: i64) -> bool {
     let fields = |a: &[i64; 4], b: &[i64; 4]| {
@@ -218,11 +271,13 @@ fn module_and_twin_answer_random_sequences_alike() {
     // Errors, refunds, denials and admissions of one key and of several
     // compared.
     let mut seen = [0; 6];
+    let mut blocks = BlockCounts::default();
     for seed in 1..=24u64 {
         let mut random = Random::seeded(seed);
         let prefix = format!("seq{seed}");
         for step in 0..250 {
             let call = random_call(&mut random);
+            let before = blocked(&module, &mut con, &format!("{prefix}:module"));
             let twin = &twins[random.below(2) as usize];
             let module_words = call.words(&format!("{prefix}:module"));
             let twin_words = call.words(&format!("{prefix}:twin"));
@@ -247,8 +302,25 @@ fn module_and_twin_answer_random_sequences_alike() {
                 Reply::Joint([allowed, ..], _) => 4 + *allowed as usize,
             };
             seen[kind] += 1;
+            let after = blocked(&module, &mut con, &format!("{prefix}:module"));
+            blocks.count(&call, &before, &after, &got);
         }
     }
+    eprintln!("blocks: {blocks:?}");
+    let BlockCounts {
+        started: blocks_started,
+        single_on_blocked,
+        multi_on_blocked,
+        multi_blocked_and_limited,
+        lifted,
+    } = blocks;
+    assert!(
+        [blocks_started, single_on_blocked, multi_on_blocked, lifted]
+            .iter()
+            .all(|&n| n > 50)
+            && multi_blocked_and_limited > 10,
+        "blocks are started, met by every call, and lifted: {blocks:?}"
+    );
     let [errors, refunds, denied, allowed, joint_denied, joint_allowed] = seen;
     eprintln!(
         "answered alike in {:?}: {allowed} allowed, {denied} denied, {refunds} refunds, \

@@ -821,7 +821,8 @@ end
 -- (nil if none) and the cost it holds. Refuses, before anything is
 -- written, a sum Lua could not count exactly.
 local function plan_record(log, at, call)
-  if not log then
+  -- A log with no entry (a blocked key a refund emptied) keeps no window.
+  if not log or not has_entries(log) then
     return { window = call.longest }
   end
   local window = math.max(log.window, call.longest)
@@ -874,11 +875,16 @@ end
 -- registered (decision 1 of an earlier round: the key then lives until its
 -- newest entry expires under it), and `block_until`, if given, starts a
 -- block. Nothing else is written: a denial that does neither is read-only.
+-- A log with no entry has no window to keep.
 local function deny(log, window, block_until)
-  if not log or not (window > log.window or block_until) then
+  if not log then
     return
   end
-  log.window = math.max(log.window, window)
+  local widens = has_entries(log) and window > log.window
+  if not (widens or block_until) then
+    return
+  end
+  log.window = widens and window or log.window
   log.blocked = block_until or log.blocked
   if header_size(log) ~= log.base then
     write(log, log.tail, '', expiry_of(log))
@@ -888,8 +894,12 @@ local function deny(log, window, block_until)
   redis.call('PEXPIREAT', log.key, expiry_of(log))
 end
 
--- UNDO: takes back up to `units` of the newest cost.
+-- UNDO: takes back up to `units` of the newest cost; a log with no entry
+-- (a blocked key a refund emptied) has none, and nothing is written.
 local function refund(log, units)
+  if not has_entries(log) then
+    return 0
+  end
   local removed = 0
   local entry = back(log)
   while entry and removed < units do
