@@ -2,9 +2,11 @@
 //! log, failover, and reads on replicas, on a real 6-node cluster (3
 //! masters, 3 replicas) started and stopped by the test. Blocks (`BLOCK
 //! ms`) move with their key through MIGRATE, atomic slot migration and a
-//! failover (module only).
+//! failover (module only). One MCHECK over hash-tagged keys charges every
+//! key or none on their master and its replica, with the module and the
+//! twin; keys of different slots get CROSSSLOT.
 
-use harness::{check, digest, peek, run, wait_for_replica, Backend, Server};
+use harness::{check, digest, peek, run, wait_for_replica, Backend, Caller, Server};
 use redis::cluster::ClusterClient;
 use redis::Connection;
 use std::collections::HashMap;
@@ -243,7 +245,73 @@ fn the_cluster_keeps_every_promise() {
     replicas_answer_peek_like_their_master(&cluster);
     node_clients_reach_the_owner_in_one_trip(&cluster);
     atomic_slot_migration_moves_a_live_log(&cluster);
+    several_keys_in_one_slot(&cluster, &Backend::Module.prepare(&cluster.servers[0]), "m");
     failover_continues_the_same_logs(&cluster);
+}
+
+/// One MCHECK over a user, an IP and a tenant that share a hash tag, on
+/// their master: a denial by one key charges no key, the replica holds
+/// every key's value as the master does, and keys of different slots get
+/// CROSSSLOT. `caller` is the module or a form of the twin.
+fn several_keys_in_one_slot(cluster: &Cluster, caller: &Caller, tag: &str) {
+    let name = caller.backend.name();
+    let keys = [
+        format!("{{{tag}:t7}}:user:42"),
+        format!("{{{tag}:t7}}:ip:10.0.0.1"),
+        format!("{{{tag}:t7}}:all"),
+    ];
+    let mut words = vec!["RATELIMIT.MCHECK", "3"];
+    words.extend(keys.iter().map(String::as_str));
+    // 2 a minute per user, 3 per IP, 100 for the tenant.
+    words.extend(["1", "60000", "2", "1", "60000", "3", "1", "60000", "100"]);
+    let owner = cluster.owner(&keys[0]);
+    let mut con = cluster.connect(owner.port);
+    for _ in 0..2 {
+        let (allowed, ..): (i64, i64, i64, i64, Vec<i64>) = caller.run(&mut con, &words);
+        assert_eq!(allowed, 1, "{name}: under every limit");
+    }
+    let others = |con: &mut Connection| [digest(con, &keys[1]), digest(con, &keys[2])];
+    let before = others(&mut con);
+    let (allowed, remaining, retry, _, denied): (i64, i64, i64, i64, Vec<i64>) =
+        caller.run(&mut con, &words);
+    assert_eq!(
+        (allowed, remaining, denied),
+        (0, 0, vec![1]),
+        "{name}: the user's third call is denied by the user alone"
+    );
+    assert!(retry > 0, "{name}: a denial says how long to wait");
+    assert_eq!(
+        others(&mut con),
+        before,
+        "{name}: the IP and tenant were not charged"
+    );
+    let mut replica = cluster.connect(cluster.replica_of(&owner).port);
+    wait_for_replica(&mut con, &mut replica);
+    for key in &keys {
+        assert_eq!(
+            digest(&mut replica, key),
+            digest(&mut con, key),
+            "{name}: {key} on the replica"
+        );
+    }
+    let (a, b) = (format!("{{{tag}:a}}:x"), format!("{{{tag}:b}}:x"));
+    assert_ne!(cluster.slot(&a), cluster.slot(&b));
+    let refused = caller.error(
+        &mut con,
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            &a,
+            &b,
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+        ],
+    );
+    assert!(refused.starts_with("CROSSSLOT"), "{name}: {refused}");
 }
 
 /// The master that serves `key` (the others answer MOVED).
@@ -716,4 +784,6 @@ fn the_twin_runs_on_the_cluster_like_the_module() {
         .collect();
     let allowed: i64 = callers.into_iter().map(|c| c.join().expect("caller")).sum();
     assert_eq!(allowed, 60, "exactly max admitted out of 200");
+    several_keys_in_one_slot(&cluster, &function, "f");
+    several_keys_in_one_slot(&cluster, &script, "s");
 }
