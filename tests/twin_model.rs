@@ -155,7 +155,9 @@ impl Model {
     /// denied (`seen`) and it was not blocked. The key's answer after.
     fn deny(&mut self, now: i64, blocked: bool, mut seen: [i64; 4], call: &Request) -> [i64; 4] {
         let longest = Self::longest(&call.limits);
-        let wider = self.exists() && longest > self.window;
+        // A log with no entry (a blocked key a refund emptied) keeps no
+        // window, so a denial by its block widens nothing.
+        let wider = !self.entries.is_empty() && longest > self.window;
         let starts_block = call.block.filter(|_| !blocked && seen[0] == 0);
         if let Some(ms) = starts_block {
             self.blocked_until = now + ms as i64;
@@ -200,6 +202,11 @@ impl Model {
 
     fn undo(&mut self, clock: i64, units: u64) -> u64 {
         self.expire(clock);
+        // A refund of nothing changes nothing (the key, if a block keeps
+        // it, expires when the block ends).
+        if self.entries.is_empty() {
+            return 0;
+        }
         let mut removed = 0;
         while removed < units {
             let Some(newest) = self.entries.last_mut() else {
@@ -212,9 +219,13 @@ impl Model {
                 self.entries.pop();
             }
         }
-        // An emptied log goes with its key, unless a block keeps the key.
-        if self.entries.is_empty() && self.blocked_until <= clock {
-            *self = Model::default();
+        // An emptied log goes with its key, unless a block keeps the key;
+        // then it keeps no window (its next entry lives under its own).
+        if self.entries.is_empty() {
+            match self.blocked_until <= clock {
+                true => *self = Model::default(),
+                false => self.window = 0,
+            }
         }
         removed
     }
