@@ -335,7 +335,44 @@ fn words_of_options(request: &Request) -> Vec<String> {
 }
 
 fn run(calls: &[Call]) -> Result<(), String> {
-    let twin = EmbeddedTwin::new();
+    run_on(&EmbeddedTwin::new(), calls, &mut Reach::default())
+}
+
+/// What the paged form's stored values reached over a run (read from the
+/// first key's value after each call).
+#[derive(Default, Debug)]
+struct Reach {
+    /// Calls after which the value was paged.
+    paged: usize,
+    /// The most runs of slots, and of sealed pages, seen at once.
+    runs: usize,
+    sealed: usize,
+    /// Times a paged value went back to the small form.
+    unpaged: usize,
+}
+
+impl Reach {
+    fn see(&mut self, value: Option<Vec<u8>>, was_paged: &mut bool) {
+        let paged = value.as_ref().is_some_and(|v| v.get(2) == Some(&3));
+        if *was_paged && !paged {
+            self.unpaged += 1;
+        }
+        *was_paged = paged;
+        let Some(v) = value.filter(|_| paged) else {
+            return;
+        };
+        self.paged += 1;
+        // The three runs: 2-byte start and count each, from byte 73.
+        let counts: Vec<usize> = (0..3)
+            .map(|i| usize::from(v[75 + 4 * i]) + 256 * usize::from(v[76 + 4 * i]))
+            .collect();
+        self.runs = self.runs.max(counts.iter().filter(|&&c| c > 0).count());
+        self.sealed = self.sealed.max(counts.iter().sum());
+    }
+}
+
+fn run_on(twin: &EmbeddedTwin, calls: &[Call], reach: &mut Reach) -> Result<(), String> {
+    let mut was_paged = false;
     let mut models: [Model; 3] = Default::default();
     // A realistic epoch time, so the stored times take their real width.
     let mut clock: i64 = 1_764_000_000_000;
@@ -390,6 +427,7 @@ fn run(calls: &[Call]) -> Result<(), String> {
                 "call {index} {call:?} at {clock}: twin {got:?}, model {want:?}"
             ));
         }
+        reach.see(twin.value(NAMES[0]), &mut was_paged);
         for (name, model) in NAMES.iter().zip(models.iter_mut()) {
             model.expire(clock);
             if twin.exists(name) != model.exists() {
@@ -505,4 +543,60 @@ fn a_long_log_is_read_at_its_ends_and_compacted() {
         })
         .collect();
     run(&calls).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The long log again with pages of 24 bytes: dozens of sealed pages, a
+/// ring that wraps, runs into its first run and grows in a run of its own,
+/// refunds that pull a sealed page back, and pauses that leave a page or
+/// less (the small form again).
+#[test]
+fn small_pages_reach_every_shape_of_the_paged_form() {
+    let mut random = harness::Random::seeded(16);
+    let calls: Vec<Call> = (0..6_000)
+        .map(|i| {
+            let cost = 1 + random.below(3);
+            let phase = (i / 700) % 3;
+            let request = |check, tick, limits: Vec<(u64, u64)>| Call::Request {
+                tick,
+                request: Request {
+                    check,
+                    limits,
+                    cost,
+                    precision: 1,
+                    block: None,
+                },
+            };
+            match i % 23 {
+                0 => Call::Undo(1 + random.below(40)),
+                5 => request(false, 0, vec![(20, 5), (1_500, 1_000_000)]),
+                9 => request(true, 1, vec![(300, 200), (1_500, 1_000_000)]),
+                // Growing, steady, and thinning traffic in turn.
+                _ if phase == 2 && random.below(3) > 0 => request(true, 9, vec![(1_500, 1_000_000)]),
+                _ if random.below(600) == 0 => request(true, 1_400, vec![(1_500, 1_000_000)]),
+                _ => request(true, 1 + phase as i64, vec![(1_500, 1_000_000)]),
+            }
+        })
+        .collect();
+    let mut reach = Reach::default();
+    run_on(&EmbeddedTwin::with_page(24, 65536), &calls, &mut reach).unwrap_or_else(|e| panic!("{e}"));
+    assert!(reach.paged > 1_000, "{reach:?}");
+    assert!(reach.sealed > 20, "{reach:?}");
+    assert_eq!(reach.runs, 3, "{reach:?}");
+    assert!(reach.unpaged > 0, "{reach:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Random calls over pages of 16 bytes: every rule of the model across
+    /// page boundaries, with several windows, costs, precisions and blocks.
+    #[test]
+    fn random_calls_on_small_pages_match_the_model(
+        calls in proptest::collection::vec(call(400, 300, 4), 100..400)
+    ) {
+        let outcome = run_on(&EmbeddedTwin::with_page(16, 65536), &calls, &mut Reach::default());
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+        // Values past the size written whole: new slots by SETRANGE.
+        let outcome = run_on(&EmbeddedTwin::with_page(16, 0), &calls, &mut Reach::default());
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
 }

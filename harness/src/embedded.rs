@@ -109,10 +109,31 @@ impl Default for EmbeddedTwin {
 
 impl EmbeddedTwin {
     pub fn new() -> EmbeddedTwin {
+        Self::from_source(&twin_script())
+    }
+
+    /// The twin with pages of `bytes` bytes of entries instead of its own
+    /// size, so that short tests reach what long logs reach: many sealed
+    /// pages, a ring that wraps and grows, refunds across pages.
+    /// With `rewrite` 0, every new slot extends the value by SETRANGE, as
+    /// only values past 64 KB do otherwise.
+    pub fn with_page(bytes: usize, rewrite: usize) -> EmbeddedTwin {
+        let mut script = twin_script();
+        for (constant, value) in [
+            ("local PAGE, PAGE_HEAD = 256, 17", format!("local PAGE, PAGE_HEAD = {bytes}, 17")),
+            ("local REWRITE = 65536", format!("local REWRITE = {rewrite}")),
+        ] {
+            assert!(script.contains(constant), "twin/ratelimit.lua says {constant:?}");
+            script = script.replace(constant, &value);
+        }
+        Self::from_source(&script)
+    }
+
+    fn from_source(source: &str) -> EmbeddedTwin {
         let lua = Lua::new();
         lua.load(MOCK).exec().expect("the mock keyspace");
         let script = lua
-            .load(twin_script())
+            .load(source)
             .set_name("twin/ratelimit.lua")
             .into_function()
             .expect("twin/ratelimit.lua compiles as Lua 5.1");
