@@ -65,68 +65,6 @@
 -- page's first entry's gap is not read (its time is the page's first, or
 -- the log's oldest); every other gap is at least 1 ms.
 
-local SMALL, BLOCKED_SMALL, RING = 1, 2, 3
-local SMALL_HEADER, BLOCKED_HEADER, RING_HEADER = 34, 40, 85
-local PAGE, PAGE_HEAD = 256, 17
-local SLOT = PAGE_HEAD + PAGE
--- The first read: a whole small value, or a paged one's header and tail.
-local FIRST_READ = RING_HEADER + PAGE
--- A 0.3 value past PAGE bytes is read whole, up to this many bytes of entries.
-local LEGACY = 16384
--- A paged value up to this size grows by a rewrite (allocated exactly);
--- a larger one by SETRANGE past its end.
-local REWRITE = 65536
-local MAX_ENTRIES = 1000000
-local MAX_SLOTS = 65535
-local MAX_WINDOW = 31536000000
-local MAX_LIMITS, MAX_KEYS = 8, 16
--- The largest integer a double holds exactly, with every integer below it:
--- the most cost a key may hold, and the modulus of cost sums.
-local EXACT = 9007199254740992
-local COUNTS = 4294967296
--- Stored times are ms since the epoch, below 2^47 (year 6429).
-local LATEST = 140737488355328
-local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
-
--- Errors travel as tables thrown with error() and are turned into error
--- replies at the top, so every text is exactly the module's.
-local function fail(text)
-  error({ reply = text }, 0)
-end
-
--- Numbers and bytes ----------------------------------------------------------
-
--- The little-endian integer of bytes b[i .. i + width - 1].
-local function le(b, i, width)
-  local n = 0
-  for j = i + width - 1, i, -1 do
-    n = n * 256 + b[j]
-  end
-  return n
-end
-
--- Appends the `width` little-endian bytes of n to the byte list `out`.
-local function put(out, n, width)
-  local at = #out
-  for j = 1, width do
-    local low = n % 256
-    out[at + j] = low
-    n = (n - low) / 256
-  end
-end
-
--- (a + b) and (a - b) modulo 2^53, for a below it and b at most it: exact
--- in doubles, whose integers stop being exact above 2^53.
-local function add_cost(a, b)
-  local sum = a - (EXACT - b)
-  return sum >= 0 and sum or a + b
-end
-
-local function sub_cost(a, b)
-  local difference = a - b
-  return difference < 0 and difference + EXACT or difference
-end
-
 -- A flagged varint: 6 value bits and the flag in the first byte, then 7
 -- value bits a byte, low bits first; bit 7 says another byte follows.
 local function varint(n, flag)
@@ -145,61 +83,347 @@ local function varint(n, flag)
   return string.char(unpack(bytes))
 end
 
-local function entry(gap, cost)
-  if cost == 1 then
-    return varint(gap, 0)
-  end
-  return varint(gap, 1) .. varint(cost, 1)
-end
-
--- The entries in bytes [from, limit) of `src` (0-based offsets): the first
--- at time `first`, each next `gap` ms after the one before, with the cost
--- before each counted from `base`; with `padded`, a zero byte where an
--- entry would start ends them. A page: arrays at, cost, before, start (the
--- entry's offset), n entries, `finish` the offset after the last. Nil if
--- the bytes are not entries the twin writes (a varint past 8 bytes or
--- with a needless last byte, a flagged cost below 2, a gap of 0).
-local function decode(src, from, limit, first, base, padded)
-  local b = { src:byte(from + 1, math.min(limit, from + 4096)) }
-  for chunk = from + 4097, limit, 4096 do
-    local more = { src:byte(chunk, math.min(limit, chunk + 4095)) }
-    for j = 1, #more do
-      b[#b + 1] = more[j]
-    end
-  end
-  if #b ~= limit - from then
+-- The fast path -------------------------------------------------------------------
+--
+-- CHECK and PEEK with one `window max` pair and no option, on a key that
+-- does not exist or holds a small unblocked value: most calls. It answers
+-- exactly as the general code does, or returns nil before it has written
+-- anything and the general code answers (a denial that widens the log's
+-- window, a log that outgrows the small form, a clock behind the log, a
+-- 0.3 value, every error). It is one function with its constants written
+-- out because the script form builds every function the file defines, and
+-- every name it closes over, again on each call (measured in Redis: about
+-- 800 instructions a function and 500 a name, where a Lua operation costs
+-- 50 to 100 and a table 1,500), so the common call builds three.
+-- Its constants: the small header is 14 bytes (magic "rl\4", window,
+-- oldest time), a small value holds at most 256 bytes of entries (PAGE),
+-- windows are at most 31536000000 ms, a key's cost at most 2^53 =
+-- 9007199254740992, times below 2^47 = 140737488355328.
+local function fast(key, window_word, max_word, peek)
+  if #window_word > 11 or #max_word > 15 or not window_word:find('^[1-9]%d*$')
+    or not max_word:find('^[1-9]%d*$') then
     return nil
   end
-  local at, cost, before, start = {}, {}, {}, {}
-  local n, i, length, t, sum = 0, 1, #b, first, base
-  while i <= length do
-    local x = b[i]
-    if x == 0 and padded and n > 0 then
-      break
+  local window, max = tonumber(window_word), tonumber(max_word)
+  if window > 31536000000 then
+    return nil
+  end
+  local size = redis.pcall('STRLEN', key)
+  if type(size) ~= 'number' or size > 270 then
+    return nil
+  end
+  local v = redis.call('GET', key)
+  if v == '' then
+    return nil
+  end
+  local time = redis.pcall('TIME')
+  if time.err then
+    return nil
+  end
+  local us = time[2] / 1000
+  local now = time[1] * 1000 + us - us % 1
+  local room = max - 1
+  if not v then
+    if peek then
+      return { 1, max, 0, 0 }
     end
-    local flag = x % 2
-    local gap = (x % 128 - flag) / 2
-    local j = i + 1
-    if x >= 128 then
-      local scale = 64
-      repeat
-        x = b[j]
-        if not x or scale > 281474976710656 then
+    v = '\0'
+    size = 0
+  end
+  local r, l, magic, w1, w2, w3, w4, w5, o1, o2, o3, o4, o5, o6 = v:byte(1, 14)
+  local old_window, oldest = 0, now
+  if size > 0 then
+    if r ~= 114 or l ~= 108 or magic ~= 4 or size == 14 then
+      return nil
+    end
+    old_window = (((w5 * 256 + w4) * 256 + w3) * 256 + w2) * 256 + w1
+    oldest = ((((o6 * 256 + o5) * 256 + o4) * 256 + o3) * 256 + o2) * 256 + o1
+    if old_window < 1 or old_window > 31536000000 or oldest > now then
+      return nil
+    end
+  end
+  local horizon = now - window
+  local log_window = old_window >= window and old_window or window
+  -- Entries at or before `prune` leave when the request is recorded.
+  local prune = now - log_window
+  -- A pass over the entries, each decoded and checked: the cost before the
+  -- first in the window (so the cost in it), where the entries the record
+  -- keeps start, and the newest entry; then, only if the request does not
+  -- fit, a second pass from the first entry in the window to the one at
+  -- which enough has left. An entry of one byte (an even byte below 128:
+  -- a gap below 64 ms and a cost of 1) or two (a gap below 8192 ms) is
+  -- most entries, read without the general decoding.
+  local b = { v:byte(15, size) }
+  local i, t, sum, length = 1, oldest, 0, #b
+  local used_from, kept_from, kept_sum, kept_time, newest_at, newest_cost, before_newest, first_in, before_first
+  local target, leaves_at, used, newest
+  while true do
+    while i <= length do
+      local x = b[i]
+      local gap, cost, j
+      if x % 2 == 0 then
+        if x < 128 then
+          gap, cost, j = x / 2, 1, i + 1
+        else
+          local y = b[i + 1]
+          if y and y < 128 and y > 0 then
+            gap, cost, j = (x - 128) / 2 + y * 64, 1, i + 2
+          end
+        end
+      end
+      if not gap then
+        local flag = x % 2
+        gap, j = (x % 128 - flag) / 2, i + 1
+        if x >= 128 then
+          local scale = 64
+          repeat
+            x = b[j]
+            if not x or scale > 281474976710656 then
+              return nil
+            end
+            gap, scale, j = gap + x % 128 * scale, scale * 128, j + 1
+          until x < 128
+          if x == 0 then
+            return nil
+          end
+        end
+        cost = 1
+        if flag == 1 then
+          x = b[j]
+          if not x or x % 2 == 0 then
+            return nil
+          end
+          cost, j = (x % 128 - 1) / 2, j + 1
+          if x >= 128 then
+            local scale = 64
+            repeat
+              x = b[j]
+              if not x or scale > 281474976710656 then
+                return nil
+              end
+              cost, scale, j = cost + x % 128 * scale, scale * 128, j + 1
+            until x < 128
+            if x == 0 then
+              return nil
+            end
+          end
+          if cost < 2 then
+            return nil
+          end
+        end
+      end
+      if i > 1 then
+        if gap < 1 then
           return nil
         end
-        gap, scale, j = gap + x % 128 * scale, scale * 128, j + 1
-      until x < 128
-      if x == 0 then
-        return nil
+        before_newest, t = t, t + gap
+      end
+      if target then
+        sum = sum + cost
+        if sum >= target then
+          leaves_at = t
+          break
+        end
+      else
+        if not used_from then
+          if not kept_from and t > prune then
+            kept_from, kept_sum, kept_time = i, sum, t
+          end
+          if t > horizon then
+            used_from, first_in, before_first = sum, i, before_newest
+          end
+        end
+        sum, newest_at, newest_cost = sum + cost, i, cost
+      end
+      i = j
+    end
+    if target then
+      break
+    end
+    -- The whole log read: its newest time and cost sum, checked.
+    if size > 0 and (t > now or t - oldest >= old_window or sum > 9007199254740992) then
+      return nil
+    end
+    newest, used = t, used_from and sum - used_from or 0
+    if used <= room then
+      break
+    end
+    -- Denied: the wait, from the first entry in the window.
+    target, i, t, sum = sum - room, first_in, first_in > 1 and before_first or oldest, used_from
+  end
+  if leaves_at then
+    -- A CHECK naming a window longer than the log's registers it: a
+    -- write, which the general code makes.
+    if not peek and window > old_window then
+      return nil
+    end
+    return { 0, used < max and max - used or 0, leaves_at - horizon, newest > horizon and newest - horizon or 0 }
+  end
+  if peek then
+    return { 1, max - used, 0, newest > horizon and newest - horizon or 0 }
+  end
+  -- The recorded value: its header, the entries kept (from `kept_from`
+  -- to `kept_to`, bytes of `v`), and the request, appended, or joined to
+  -- the newest entry in its millisecond (which then takes the request's
+  -- time, as the log's record does).
+  local kept_to, last
+  if not kept_from then
+    -- Every entry expired, or a new key.
+    kept_from, kept_to, last, sum, kept_sum = 1, 0, '\0', 0, 0
+  elseif newest < now then
+    local gap = now - newest
+    kept_to = size
+    if gap < 64 then
+      last = string.char(gap * 2)
+    elseif gap < 8192 then
+      last = string.char(128 + gap % 64 * 2, (gap - gap % 64) / 64)
+    else
+      last = varint(gap, 0)
+    end
+  else
+    kept_to = 13 + newest_at
+    last = varint(newest_at == kept_from and 0 or now - before_newest, 1) .. varint(newest_cost + 1, 1)
+    if newest_at == kept_from then
+      kept_time = now
+    end
+  end
+  if sum - kept_sum + 1 > 9007199254740992 or kept_to - 13 - kept_from + #last > 256 then
+    return nil
+  end
+  local value
+  if size > 0 and kept_from == 1 and kept_time == oldest and log_window == old_window then
+    -- The header as it is.
+    value = v:sub(1, kept_to) .. last
+  else
+    -- The small header: magic, window, oldest.
+    if log_window ~= old_window then
+      local w = log_window
+      w1 = w % 256; w = (w - w1) / 256
+      w2 = w % 256; w = (w - w2) / 256
+      w3 = w % 256; w = (w - w3) / 256
+      w4 = w % 256; w5 = (w - w4) / 256
+    end
+    local o = kept_time or now
+    o1 = o % 256; o = (o - o1) / 256
+    o2 = o % 256; o = (o - o2) / 256
+    o3 = o % 256; o = (o - o3) / 256
+    o4 = o % 256; o = (o - o4) / 256
+    o5 = o % 256; o = (o - o5) / 256
+    value = string.char(114, 108, 4, w1, w2, w3, w4, w5, o1, o2, o3, o4, o5, o) .. v:sub(14 + kept_from, kept_to)
+      .. last
+  end
+  redis.call('SET', key, value, 'PXAT', now + log_window)
+  return { 1, room - used, 0, window }
+end
+
+-- Everything but the fast path: built once by the function form, and by
+-- the script form only for a call the fast path leaves to it.
+local function general()
+  -- The forms' magic bytes (after "rl"): release 0.3's small value, and
+  -- blocked; paged; small, and blocked.
+  local OLD_SMALL, OLD_BLOCKED, RING, SMALL, BLOCKED = 1, 2, 3, 4, 5
+  local OLD_HEADER, OLD_BLOCKED_HEADER, RING_HEADER = 34, 40, 85
+  local SMALL_HEADER, BLOCKED_HEADER = 14, 20
+  -- A small value holds at most SMALL_LIMIT bytes of entries (the fast
+  -- path's 256); a paged one's pages, PAGE bytes each.
+  local SMALL_LIMIT = 256
+  local PAGE, PAGE_HEAD = 256, 17
+  local SLOT = PAGE_HEAD + PAGE
+  -- The first read: a whole small value, or a paged one's header and tail.
+  -- Where a paged value's slots start.
+  local SLOTS_AT = RING_HEADER + PAGE
+  local FIRST_READ = SLOTS_AT > BLOCKED_HEADER + SMALL_LIMIT and SLOTS_AT or BLOCKED_HEADER + SMALL_LIMIT
+  -- A 0.3 value larger than a small value is read whole, up to this many bytes of entries.
+  local LEGACY = 16384
+  -- A paged value up to this size grows by a rewrite (allocated exactly);
+  -- a larger one by SETRANGE past its end.
+  local REWRITE = 65536
+  local MAX_ENTRIES = 1000000
+  local MAX_SLOTS = 65535
+  local MAX_WINDOW = 31536000000
+  local MAX_LIMITS, MAX_KEYS = 8, 16
+  -- The largest integer a double holds exactly, with every integer below it:
+  -- the most cost a key may hold, and the modulus of cost sums.
+  local EXACT = 9007199254740992
+  local COUNTS = 4294967296
+  -- Stored times are ms since the epoch, below 2^47 (year 6429).
+  local LATEST = 140737488355328
+  local WRONGTYPE = 'WRONGTYPE Operation against a key holding the wrong kind of value'
+
+  -- Errors travel as tables thrown with error() and are turned into error
+  -- replies at the top, so every text is exactly the module's.
+  local function fail(text)
+    error({ reply = text }, 0)
+  end
+
+  -- Numbers and bytes ----------------------------------------------------------
+
+  -- The little-endian integer of bytes b[i .. i + width - 1].
+  local function le(b, i, width)
+    local n = 0
+    for j = i + width - 1, i, -1 do
+      n = n * 256 + b[j]
+    end
+    return n
+  end
+
+  -- Appends the `width` little-endian bytes of n to the byte list `out`.
+  local function put(out, n, width)
+    local at = #out
+    for j = 1, width do
+      local low = n % 256
+      out[at + j] = low
+      n = (n - low) / 256
+    end
+  end
+
+  -- (a + b) and (a - b) modulo 2^53, for a below it and b at most it: exact
+  -- in doubles, whose integers stop being exact above 2^53.
+  local function add_cost(a, b)
+    local sum = a - (EXACT - b)
+    return sum >= 0 and sum or a + b
+  end
+
+  local function sub_cost(a, b)
+    local difference = a - b
+    return difference < 0 and difference + EXACT or difference
+  end
+
+  local function entry(gap, cost)
+    if cost == 1 then
+      return varint(gap, 0)
+    end
+    return varint(gap, 1) .. varint(cost, 1)
+  end
+
+  -- The entries in bytes [from, limit) of `src` (0-based offsets): the first
+  -- at time `first`, each next `gap` ms after the one before, with the cost
+  -- before each counted from `base`; with `padded`, a zero byte where an
+  -- entry would start ends them. A page: arrays at, cost, before, start (the
+  -- entry's offset), n entries, `finish` the offset after the last. Nil if
+  -- the bytes are not entries the twin writes (a varint past 8 bytes or
+  -- with a needless last byte, a flagged cost below 2, a gap of 0).
+  local function decode(src, from, limit, first, base, padded)
+    local b = { src:byte(from + 1, math.min(limit, from + 4096)) }
+    for chunk = from + 4097, limit, 4096 do
+      local more = { src:byte(chunk, math.min(limit, chunk + 4095)) }
+      for j = 1, #more do
+        b[#b + 1] = more[j]
       end
     end
-    local c = 1
-    if flag == 1 then
-      x = b[j]
-      if not x or x % 2 == 0 then
-        return nil
+    if #b ~= limit - from then
+      return nil
+    end
+    local at, cost, before, start = {}, {}, {}, {}
+    local n, i, length, t, sum = 0, 1, #b, first, base
+    while i <= length do
+      local x = b[i]
+      if x == 0 and padded and n > 0 then
+        break
       end
-      c, j = (x % 128 - 1) / 2, j + 1
+      local flag = x % 2
+      local gap = (x % 128 - flag) / 2
+      local j = i + 1
       if x >= 128 then
         local scale = 64
         repeat
@@ -207,1473 +431,1528 @@ local function decode(src, from, limit, first, base, padded)
           if not x or scale > 281474976710656 then
             return nil
           end
-          c, scale, j = c + x % 128 * scale, scale * 128, j + 1
+          gap, scale, j = gap + x % 128 * scale, scale * 128, j + 1
         until x < 128
         if x == 0 then
           return nil
         end
       end
-      if c < 2 then
-        return nil
+      local c = 1
+      if flag == 1 then
+        x = b[j]
+        if not x or x % 2 == 0 then
+          return nil
+        end
+        c, j = (x % 128 - 1) / 2, j + 1
+        if x >= 128 then
+          local scale = 64
+          repeat
+            x = b[j]
+            if not x or scale > 281474976710656 then
+              return nil
+            end
+            c, scale, j = c + x % 128 * scale, scale * 128, j + 1
+          until x < 128
+          if x == 0 then
+            return nil
+          end
+        end
+        if c < 2 then
+          return nil
+        end
+      end
+      if n > 0 then
+        if gap < 1 then
+          return nil
+        end
+        t = t + gap
+      end
+      n = n + 1
+      at[n], cost[n], before[n], start[n] = t, c, sum, from + i - 1
+      sum, i = sum + c, j
+    end
+    return { at = at, cost = cost, before = before, start = start, n = n, finish = from + i - 1, src = src,
+      live = 1, count_before = 0, sum = sum - base }
+  end
+
+  -- Searches --------------------------------------------------------------------
+
+  -- The first entry of `page`, from index page.live, whose time is after t
+  -- (nil if none), by bisection.
+  local function first_after(page, t)
+    local at, low, high = page.at, page.live, page.n + 1
+    while low < high do
+      local middle = (low + high - (low + high) % 2) / 2
+      if at[middle] > t then
+        high = middle
+      else
+        low = middle + 1
       end
     end
-    if n > 0 then
-      if gap < 1 then
-        return nil
+    return low <= page.n and low or nil
+  end
+
+  -- The first entry of `page`, from index page.live, whose cost sum with
+  -- everything before it reaches `target` (nil if none).
+  local function first_reaching(page, target)
+    local before, cost, low, high = page.before, page.cost, page.live, page.n + 1
+    while low < high do
+      local middle = (low + high - (low + high) % 2) / 2
+      if before[middle] + cost[middle] >= target then
+        high = middle
+      else
+        low = middle + 1
       end
-      t = t + gap
     end
-    n = n + 1
-    at[n], cost[n], before[n], start[n] = t, c, sum, from + i - 1
-    sum, i = sum + c, j
+    return low <= page.n and low or nil
   end
-  return { at = at, cost = cost, before = before, start = start, n = n, finish = from + i - 1, src = src,
-    live = 1, count_before = 0, sum = sum - base }
-end
 
--- Searches --------------------------------------------------------------------
-
--- The first entry of `page`, from index page.live, whose time is after t
--- (nil if none), by bisection.
-local function first_after(page, t)
-  local at, low, high = page.at, page.live, page.n + 1
-  while low < high do
-    local middle = (low + high - (low + high) % 2) / 2
-    if at[middle] > t then
-      high = middle
-    else
-      low = middle + 1
+  -- What is built only when a call needs it: in the script form every call
+  -- runs this file from the top, so code that most calls do not need waits
+  -- in a builder (the function form keeps what it built).
+  local built = {}
+  local builders = {}
+  local function need(name)
+    local module = built[name]
+    if not module then
+      module = builders[name]()
+      built[name] = module
     end
+    return module
   end
-  return low <= page.n and low or nil
-end
 
--- The first entry of `page`, from index page.live, whose cost sum with
--- everything before it reaches `target` (nil if none).
-local function first_reaching(page, target)
-  local before, cost, low, high = page.before, page.cost, page.live, page.n + 1
-  while low < high do
-    local middle = (low + high - (low + high) % 2) / 2
-    if before[middle] + cost[middle] >= target then
-      high = middle
-    else
-      low = middle + 1
+  -- Where the first entry after t is, in a log that holds some: its page
+  -- and index (nil if none is).
+  local function seek_time(log, t)
+    if log.sealed > 0 then
+      return need('paged').seek_time(log, t)
     end
+    local k = first_after(log.tail, t)
+    return k and { page = log.tail, k = k }
   end
-  return low <= page.n and low or nil
-end
 
--- What is built only when a call needs it: in the script form every call
--- runs this file from the top, so code that most calls do not need waits
--- in a builder (the function form keeps what it built).
-local built = {}
-local builders = {}
-local function need(name)
-  local module = built[name]
-  if not module then
-    module = builders[name]()
-    built[name] = module
+  -- The entry at which the cost counted from the first live entry reaches
+  -- `target` (at most the log's total).
+  local function seek_cost(log, target)
+    if log.sealed > 0 then
+      return need('paged').seek_cost(log, target)
+    end
+    return { page = log.tail, k = first_reaching(log.tail, target) }
   end
-  return module
-end
 
--- Where the first entry after t is, in a log that holds some: its page
--- and index (nil if none is).
-local function seek_time(log, t)
-  if log.sealed > 0 then
-    return need('paged').seek_time(log, t)
-  end
-  local k = first_after(log.tail, t)
-  return k and { page = log.tail, k = k }
-end
+  -- Opening a key ---------------------------------------------------------------
 
--- The entry at which the cost counted from the first live entry reaches
--- `target` (at most the log's total).
-local function seek_cost(log, target)
-  if log.sealed > 0 then
-    return need('paged').seek_cost(log, target)
+  local function corrupt()
+    fail(WRONGTYPE)
   end
-  return { page = log.tail, k = first_reaching(log.tail, target) }
-end
 
--- Opening a key ---------------------------------------------------------------
-
-local function corrupt()
-  fail(WRONGTYPE)
-end
-
--- A small value's log, from its first bytes `v` (WRONGTYPE for a value the
--- twin could not have written). Its one page is the tail.
-local function open_small(key, v, magic)
-  local base = magic == BLOCKED_SMALL and BLOCKED_HEADER or SMALL_HEADER
-  if #v < base then
-    corrupt()
-  end
-  local b = { v:byte(1, base) }
-  local window, head, tail, newest = le(b, 4, 5), le(b, 9, 4), le(b, 13, 4), le(b, 17, 6)
-  local span, total = le(b, 23, 5), le(b, 28, 7)
-  local blocked = base == BLOCKED_HEADER and le(b, 35, 6) or 0
-  local entries = tail > head
-  if window < 1 or window > MAX_WINDOW or head < base or tail < head or newest > LATEST or span > newest
-    or total > EXACT or entries ~= (total > 0) or (base == BLOCKED_HEADER) ~= (blocked > 0)
-    or blocked > LATEST or not (entries or blocked > 0) or (entries and span >= window) then
-    corrupt()
-  end
-  if tail - head > LEGACY then
-    fail('ERR this key was written by the script twin 0.3 and holds more than ' .. LEGACY
-      .. ' bytes of entries, more than this version reads in one call: DEL it, or let it expire')
-  end
-  if tail > #v then
-    -- A 0.3 value larger than one read (bounded by LEGACY).
-    v = v .. redis.call('GETRANGE', key, #v, tail - 1)
-  end
-  local oldest = newest - span
-  local page = decode(v, head, tail, oldest, 0, false)
-  if not page or page.n > 0 and (page.at[page.n] ~= newest or page.sum ~= total) then
-    corrupt()
-  end
-  page.first = oldest
-  return { key = key, form = SMALL, window = window, newest = newest, oldest = oldest, total = total,
-    count = page.n, blocked = blocked, sealed = 0, tail = page }
-end
-
--- The key's log, or nil if the key does not exist.
-local function open(key)
-  local v = redis.pcall('GETRANGE', key, 0, FIRST_READ - 1)
-  if type(v) == 'table' then
-    fail(v.err)
-  end
-  if v == '' then
-    -- Missing, or an empty string (which is not a limiter).
-    if redis.call('EXISTS', key) == 1 then
+  -- A small log from its entries [head, tail) of `v`, checked: the first at
+  -- `oldest`, each next after the one before, their cost sum at most 2^53
+  -- (WRONGTYPE for anything else). Its one page is the tail.
+  local function small_log(key, v, head, tail, window, oldest, blocked)
+    local page = decode(v, head, tail, oldest, 0, false)
+    if not page or window < 1 or window > MAX_WINDOW or oldest > LATEST or blocked > LATEST
+      or page.n == 0 and blocked == 0 or page.n > 0 and (page.at[page.n] - oldest >= window or page.sum > EXACT) then
       corrupt()
     end
-    return nil
+    page.first = oldest
+    return { key = key, window = window, newest = page.n > 0 and page.at[page.n] or oldest, oldest = oldest,
+      total = page.sum, count = page.n, blocked = blocked, sealed = 0, tail = page }
   end
-  local r, l, magic = v:byte(1, 3)
-  if r ~= 114 or l ~= 108 or not magic then
-    corrupt()
-  end
-  if magic == RING then
-    return need('paged').open(key, v)
-  end
-  if magic ~= SMALL and magic ~= BLOCKED_SMALL then
-    corrupt()
-  end
-  return open_small(key, v, magic)
-end
 
--- The server's clock in ms: the only clock the twin reads. A user whose
--- ACL lacks TIME is told what to grant.
-local function clock()
-  local time = redis.pcall('TIME')
-  if time.err then
-    if time.err:find("can't run this command", 1, true) or time.err:find('NOPERM', 1, true) then
-      fail("NOPERM this user may not run TIME, which the script twin needs to read the server's clock: "
-        .. 'grant it with ACL SETUSER <user> +time')
-    end
-    fail(time.err)
-  end
-  return math.max(tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000), 0)
-end
-
--- The call's time on a key: the clock, or the key's newest entry's time if
--- later, so time never runs backwards for a key.
-local function decision_time(log, now)
-  if log and log.count > 0 and log.newest > now then
-    return log.newest
-  end
-  return now
-end
-
--- The decision, as src/limiter.rs makes it -----------------------------------
-
--- [fits, remaining before, remaining after, retry, reset] at `now`: each
--- limit's cost in its window from the first entry in it, and, where the
--- request does not fit, the wait until enough has left.
-local function standing(log, now, call)
-  local fits, remaining, after, retry = true, nil, nil, 0
-  local cost = call.cost
-  for _, limit in ipairs(call.limits) do
-    local used, wait = 0, 0
-    if log and log.count > 0 then
-      local horizon = now - limit.window
-      local first = seek_time(log, horizon)
-      if first then
-        used = log.total - first.page.before[first.k]
-        local room = limit.max - cost
-        if used > room then
-          local leaving = seek_cost(log, first.page.before[first.k] + used - room)
-          wait = leaving.page.at[leaving.k] - horizon
-        end
+  -- A small value's log, from its first bytes `v`: this version's (magic
+  -- "rl\4", or "rl\5" and the block's end), or release 0.3's ("rl\1" or
+  -- "rl\2" and more fields, read as they are and written this way from
+  -- their next change on).
+  local function open_small(key, v, magic)
+    if magic == SMALL or magic == BLOCKED then
+      local base = magic == BLOCKED and BLOCKED_HEADER or SMALL_HEADER
+      if #v < base or #v > base + SMALL_LIMIT then
+        corrupt()
       end
+      local b = { v:byte(1, base) }
+      local blocked = magic == BLOCKED and le(b, 15, 6) or 0
+      if magic == BLOCKED and blocked == 0 then
+        corrupt()
+      end
+      return small_log(key, v, base, #v, le(b, 4, 5), le(b, 9, 6), blocked)
     end
-    local room = used < limit.max and limit.max - used or 0
-    fits = fits and used <= limit.max - cost
-    remaining = math.min(remaining or room, room)
-    local left = room > cost and room - cost or 0
-    after = math.min(after or left, left)
-    retry = math.max(retry, wait)
-  end
-  local reset = 0
-  if log and log.count > 0 and log.newest > now - call.longest then
-    reset = log.newest - (now - call.longest)
-  end
-  return { fits = fits, remaining = remaining, after = after, retry = retry, reset = reset }
-end
-
--- What a call on a key blocked for `rest` more ms sees: denied, no room,
--- a wait and a reset of at least the rest of the block.
-local function under_block(seen, rest)
-  seen.fits, seen.remaining = false, 0
-  seen.retry = math.max(seen.retry, rest)
-  seen.reset = math.max(seen.reset, rest)
-  return seen
-end
-
--- A key's standing at `now`, under its block if it is blocked.
-local function seen_at(log, now, call)
-  local seen = standing(log, now, call)
-  if log and log.blocked > now then
-    return under_block(seen, log.blocked - now), true
-  end
-  return seen, false
-end
-
-local function reply(seen)
-  if seen.fits then
-    return { 1, seen.remaining, 0, seen.reset }
-  end
-  return { 0, seen.remaining, seen.retry, seen.reset }
-end
-
--- Writing ---------------------------------------------------------------------
-
--- A call writes in two steps: every key is read and checked and its writes
--- planned (a list of commands), then the commands run. A script that fails
--- halfway keeps what it wrote, so nothing that can fail comes second.
-local function commit(writes)
-  for _, words in ipairs(writes) do
-    redis.call(unpack(words))
-  end
-end
-
--- SET of a small value holding `body` (entries), with its expiry (`nil`:
--- keep the key's).
-local function store_small(log, body, expires)
-  local bytes = {}
-  local base = log.blocked > 0 and BLOCKED_HEADER or SMALL_HEADER
-  bytes[1], bytes[2], bytes[3] = 114, 108, log.blocked > 0 and BLOCKED_SMALL or SMALL
-  put(bytes, log.window, 5)
-  put(bytes, base, 4)
-  put(bytes, base + #body, 4)
-  put(bytes, log.newest, 6)
-  put(bytes, log.newest - log.oldest, 5)
-  put(bytes, log.total, 7)
-  if log.blocked > 0 then
-    put(bytes, log.blocked, 6)
-  end
-  local value = string.char(unpack(bytes)) .. body
-  if expires then
-    return { { 'SET', log.key, value, 'PXAT', expires } }
-  end
-  return { { 'SET', log.key, value, 'KEEPTTL' } }
-end
-
--- A log written out in whichever form its entries (times `at`, costs
--- `cost`, oldest first) need: small if they fit in a page.
-local function rebuild(log, at, cost, expires)
-  local parts = {}
-  for i = 1, #at do
-    parts[i] = entry(i > 1 and at[i] - at[i - 1] or 0, cost[i])
-  end
-  local body = table.concat(parts)
-  if #body <= PAGE then
-    return store_small(log, body, expires)
-  end
-  return need('paged').build(log, at, cost, parts, expires)
-end
-
-local function cell(t, precision)
-  return math.floor(t / precision)
-end
-
--- The bytes of a small log's entries from index k, the newest replaced by
--- `newest` (bytes) if given, `extra` appended.
-local function small_body(page, k, newest, extra)
-  local src = page.src
-  if newest then
-    return src:sub(page.start[k] + 1, page.start[page.n]) .. newest .. extra
-  end
-  return src:sub(page.start[k] + 1, page.finish) .. extra
-end
-
--- The writes of an allowed request recorded at `at` (as TimeLog::record:
--- widen the window, prune what expired under it, join the newest entry if
--- it lies in the same precision cell, else append), after every check.
-local function plan_record(key, log, at, call)
-  local window = call.longest
-  local first
-  -- A log with no entry (a blocked key a refund emptied) keeps no window.
-  if log and log.count > 0 then
-    window = math.max(log.window, window)
-    first = seek_time(log, at - window)
-  end
-  if not first then
-    local fresh = { key = key, window = window, newest = at, oldest = at, total = call.cost, blocked = 0 }
-    return store_small(fresh, entry(0, call.cost), at + window)
-  end
-  local page, k = first.page, first.k
-  local kept = log.total - page.before[k]
-  if kept > EXACT - call.cost then
-    fail('ERR this key would hold more than ' .. EXACT .. ' units of cost, which the script twin '
-      .. 'cannot count exactly: nothing was recorded (load the module, or use smaller units)')
-  end
-  local merge = cell(log.newest, call.precision) == cell(at, call.precision)
-  local count = log.count - (page.count_before + k - 1) + (merge and 0 or 1)
-  if count > MAX_ENTRIES then
-    fail("ERR this key's log is full: it holds " .. MAX_ENTRIES .. ' entries. Nothing was recorded. '
-      .. 'Use PRECISION p to share entries (with the module, or raise ratelimit.max-entries)')
-  end
-  local change = { window = window, at = at, cost = call.cost, merge = merge, total = kept + call.cost,
-    count = count, first = first }
-  if log.sealed > 0 then
-    return need('paged').plan_record(log, change)
-  end
-  local tail, n = log.tail, log.tail.n
-  local body
-  if merge then
-    local gap = k == n and 0 or at - tail.at[n - 1]
-    body = small_body(tail, k, entry(gap, tail.cost[n] + call.cost), '')
-  else
-    body = small_body(tail, k, nil, entry(at - log.newest, call.cost))
-  end
-  local updated = { key = key, window = window, newest = at, oldest = k == n and merge and at or tail.at[k],
-    total = kept + call.cost, blocked = 0 }
-  if #body <= PAGE then
-    return store_small(updated, body, at + window)
-  end
-  -- Past a page: the kept entries and the new one, paged.
-  local times, costs = {}, {}
-  for i = k, n do
-    times[#times + 1], costs[#costs + 1] = tail.at[i], tail.cost[i]
-  end
-  if merge then
-    times[#times], costs[#costs] = at, costs[#costs] + call.cost
-  else
-    times[#times + 1], costs[#costs + 1] = at, call.cost
-  end
-  return rebuild(updated, times, costs, at + window)
-end
-
--- When the key expires: when its newest entry leaves its window, or when
--- its block ends, whichever is later.
-local function expiry_of(log)
-  local own = log.count > 0 and log.newest + log.window or 0
-  return math.max(own, log.blocked)
-end
-
--- A small log's entries as they are, for a header that changed.
-local function restore_small(log, expires)
-  local tail = log.tail
-  if log.count == 0 or tail.finish - tail.start[1] <= PAGE then
-    return store_small(log, log.count > 0 and small_body(tail, 1, nil, '') or '', expires)
-  end
-  -- A 0.3 value past a page: written paged from now on.
-  local times, costs = {}, {}
-  for i = 1, tail.n do
-    times[i], costs[i] = tail.at[i], tail.cost[i]
-  end
-  return rebuild(log, times, costs, expires)
-end
-
--- What a denial writes: a longest window longer than the log's is
--- registered (decision 1 of an earlier round: the key then lives until its
--- newest entry expires under it), and `block_until`, if given, starts a
--- block. Nothing else is written: a denial that does neither is read-only.
--- A log with no entry has no window to keep.
-local function plan_deny(log, window, block_until)
-  if not log then
-    return {}
-  end
-  local widens = log.count > 0 and window > log.window
-  if not (widens or block_until) then
-    return {}
-  end
-  log.window = widens and window or log.window
-  log.blocked = block_until or log.blocked
-  if log.sealed > 0 then
-    return need('paged').plan_header(log, expiry_of(log))
-  end
-  return restore_small(log, expiry_of(log))
-end
-
--- The operations ----------------------------------------------------------------
-
-local function arity(name)
-  fail("ERR wrong number of arguments for '" .. name .. "' command")
-end
-
--- The common call, one limit and no option, with numbers a double holds
--- exactly, read straight (nil for any other, which the general parser reads).
-local function simple_call(window, max)
-  if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
-    local w = tonumber(window)
-    if w <= MAX_WINDOW then
-      return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
+    local base = magic == OLD_BLOCKED and OLD_BLOCKED_HEADER or OLD_HEADER
+    if #v < base then
+      corrupt()
     end
-  end
-  return nil
-end
-
--- check|peek's call: limits sorted by window, cost, precision, the longest
--- window and the block, or the module's error for the first thing wrong.
-local function limit_call(name, args)
-  local call = #args == 2 and simple_call(args[1], args[2])
-  if call then
-    return call
-  end
-  if #args < 2 then
-    arity(name)
-  end
-  return need('parse').limit_call(args)
-end
-
-local function check(key, args)
-  local call = limit_call('ratelimit.check', args)
-  local log = open(key)
-  local now = decision_time(log, clock())
-  local seen, blocked = seen_at(log, now, call)
-  if not seen.fits then
-    -- Denied by its limits, with BLOCK: the key is blocked from now on.
-    local block_until = not blocked and call.block and now + call.block or nil
-    if block_until then
-      under_block(seen, call.block)
+    local b = { v:byte(1, base) }
+    local window, head, tail, newest = le(b, 4, 5), le(b, 9, 4), le(b, 13, 4), le(b, 17, 6)
+    local span, total = le(b, 23, 5), le(b, 28, 7)
+    local blocked = base == OLD_BLOCKED_HEADER and le(b, 35, 6) or 0
+    if head < base or tail < head or span > newest or (base == OLD_BLOCKED_HEADER) ~= (blocked > 0) then
+      corrupt()
     end
-    commit(plan_deny(log, call.longest, block_until))
-    return reply(seen)
+    if tail - head > LEGACY then
+      fail('ERR this key was written by the script twin 0.3 and holds more than ' .. LEGACY
+        .. ' bytes of entries, more than this version reads in one call: DEL it, or let it expire')
+    end
+    if tail > #v then
+      -- A 0.3 value larger than one read (bounded by LEGACY).
+      v = v .. redis.call('GETRANGE', key, #v, tail - 1)
+    end
+    local log = small_log(key, v, head, tail, window, newest - span, blocked)
+    if log.total ~= total or log.count > 0 and log.newest ~= newest then
+      corrupt()
+    end
+    return log
   end
-  commit(plan_record(key, log, now, call))
-  return { 1, seen.after, 0, call.longest }
-end
 
-local function peek(key, args)
-  local call = limit_call('ratelimit.peek', args)
-  local log = open(key)
-  return reply((seen_at(log, decision_time(log, clock()), call)))
-end
-
--- The operations by name. `one_key`: exactly one key (the module's
--- argument 1); `read_only`: writes nothing; `arity`: the module command's
--- (negative: at least), which the server checks before the module reads
--- a word.
-local OPERATIONS = {
-  check = { run = check, name = 'ratelimit.check', one_key = true, arity = -4 },
-  peek = { run = peek, name = 'ratelimit.peek', one_key = true, read_only = true, arity = -4 },
-  undo = { module = 'rare', name = 'ratelimit.undo', one_key = true, arity = -2 },
-  unblock = { module = 'rare', name = 'ratelimit.unblock', one_key = true, arity = 2 },
-  mcheck = { module = 'multi', name = 'ratelimit.mcheck', arity = -6 },
-  mpeek = { module = 'multi', name = 'ratelimit.mpeek', read_only = true, arity = -6 },
-  mundo = { module = 'multi', name = 'ratelimit.mundo', arity = -3 },
-}
-
-local function run_operation(operation, keys, args)
-  -- The module command's words: its name, its keys (with numkeys for
-  -- several), its arguments.
-  local words = 1 + #keys + #args + (operation.one_key and 0 or 1)
-  if operation.arity > 0 and words ~= operation.arity or words < -operation.arity then
-    arity(operation.name)
-  end
-  local run = operation.run or need(operation.module)[operation.name]
-  if not operation.one_key then
-    return run(keys, args)
-  end
-  if #keys ~= 1 then
-    arity(operation.name)
-  end
-  return run(keys[1], args)
-end
-
--- Runs an operation; thrown error texts become error replies.
-local function call(operation, keys, args)
-  local ok, result = pcall(run_operation, operation, keys, args)
-  if ok then
-    return result
-  end
-  if type(result) == 'table' and result.reply then
-    return redis.error_reply(result.reply)
-  end
-  error(result, 0)
-end
-
--- Arguments: the general form ---------------------------------------------------
-
-builders.parse = function()
-  local MAX_COST = '9223372036854775807'
-  local EXACT_DIGITS = '9007199254740992'
-  local WINDOW_DIGITS = '31536000000'
-  local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' }, { 'BLOCK', 'ms' } }
-  local UNDO_OPTIONS = { { 'COST', 'n' } }
-
-  -- A decimal integer the way Redis writes one (digits, no leading zero,
-  -- no '+', within 64 bits), positive: its digits, else nil.
-  local function positive_digits(word)
-    if not word:match('^[1-9]%d*$') then
+  -- The key's log, or nil if the key does not exist.
+  local function open(key)
+    local v = redis.pcall('GETRANGE', key, 0, FIRST_READ - 1)
+    if type(v) == 'table' then
+      fail(v.err)
+    end
+    if v == '' then
+      -- Missing, or an empty string (which is not a limiter).
+      if redis.call('EXISTS', key) == 1 then
+        corrupt()
+      end
       return nil
     end
-    if #word > #MAX_COST or (#word == #MAX_COST and word > MAX_COST) then
-      return nil
+    local r, l, magic = v:byte(1, 3)
+    if r ~= 114 or l ~= 108 or not magic then
+      corrupt()
     end
-    return word
-  end
-
-  -- Compares two canonical positive digit strings: a < b.
-  local function below(a, b)
-    return #a < #b or (#a == #b and a < b)
-  end
-
-  -- A positive integer at most `high` (digits), or nil.
-  local function positive_up_to(word, high)
-    local digits = positive_digits(word)
-    if digits and not below(high, digits) then
-      return digits
+    if magic == RING then
+      return need('paged').open(key, v)
     end
-    return nil
-  end
-
-  local function exact_number(digits, what)
-    if below(EXACT_DIGITS, digits) then
-      fail('ERR ' .. what .. ' above ' .. EXACT_DIGITS .. ' cannot be counted exactly by the script twin '
-        .. '(Lua numbers are doubles): load the module for larger values')
+    if magic < OLD_SMALL or magic > BLOCKED then
+      corrupt()
     end
-    return tonumber(digits)
+    return open_small(key, v, magic)
   end
 
-  -- A word as the module shows it in an error: up to a NUL byte, which
-  -- an error reply cannot carry, as the server cuts the module's.
-  local function shown(word)
-    return (word:gsub('%z.*', ''))
-  end
-
-  -- Named options, each followed by its value, at most once, any case.
-  local function parse_options(words, from, names)
-    local values = {}
-    local i = from
-    while i <= #words do
-      local word = words[i]
-      local slot
-      for index, name in ipairs(names) do
-        if word:upper() == name[1] then
-          slot = index
-        end
+  -- The server's clock in ms: the only clock the twin reads. A user whose
+  -- ACL lacks TIME is told what to grant.
+  local function clock()
+    local time = redis.pcall('TIME')
+    if time.err then
+      if time.err:find("can't run this command", 1, true) or time.err:find('NOPERM', 1, true) then
+        fail("NOPERM this user may not run TIME, which the script twin needs to read the server's clock: "
+          .. 'grant it with ACL SETUSER <user> +time')
       end
-      if not slot then
-        local known = {}
-        for index, name in ipairs(names) do
-          known[index] = name[1] .. ' ' .. name[2]
-        end
-        -- "A", "A and B", "A, B and C".
-        local last = table.remove(known)
-        local listed = #known > 0 and table.concat(known, ', ') .. ' and ' .. last or last
-        fail("ERR unknown option '" .. shown(word) .. "' (the options are " .. listed .. ')')
-      end
-      local token = names[slot][1]
-      if i + 1 > #words then
-        fail('ERR syntax error: ' .. token .. ' needs a value')
-      end
-      if values[slot] then
-        fail('ERR ' .. token .. ' given more than once')
-      end
-      values[slot] = words[i + 1]
-      i = i + 2
+      fail(time.err)
     end
-    return values
+    return math.max(tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000), 0)
   end
 
-  local function cost_digits(word)
-    local digits = positive_digits(word)
-    if not digits then
-      fail('ERR COST must be a positive integer')
+  -- The call's time on a key: the clock, or the key's newest entry's time if
+  -- later, so time never runs backwards for a key.
+  local function decision_time(log, now)
+    if log and log.count > 0 and log.newest > now then
+      return log.newest
     end
-    return digits
+    return now
   end
 
-  -- BLOCK's value in ms, or nil if not given.
-  local function parse_block(word)
-    if not word then
-      return nil
-    end
-    local digits = positive_up_to(word, WINDOW_DIGITS)
-    if not digits then
-      fail('ERR BLOCK must be an integer from 1 to ' .. WINDOW_DIGITS .. ' (milliseconds)')
-    end
-    return tonumber(digits)
-  end
+  -- The decision, as src/limiter.rs makes it -----------------------------------
 
-  local function precision_error(shortest)
-    fail('ERR PRECISION must be an integer from 1 to ' .. string.format('%.0f', shortest)
-      .. ' (the shortest window)')
-  end
-
-  local function by_window(a, b)
-    return a.window < b.window
-  end
-
-  -- One `window max` pair, or the module's error for what is wrong with it
-  -- (`max_word` is nil when the words ran out).
-  local function parse_pair(window_word, max_word)
-    local window = positive_up_to(window_word, WINDOW_DIGITS)
-    if not window then
-      fail('ERR window must be an integer from 1 to ' .. WINDOW_DIGITS .. ' (milliseconds)')
-    end
-    if not max_word then
-      fail('ERR syntax error: window ' .. shown(window_word) .. ' has no max')
-    end
-    local max = positive_digits(max_word)
-    if not max then
-      fail('ERR max must be an integer from 1 to ' .. MAX_COST)
-    end
-    return { window = tonumber(window), max_digits = max }
-  end
-
-  -- The request of `limits` with the options' values (words, or nil),
-  -- checked in the module's order: COST, PRECISION, a window twice, COST
-  -- above a max, PRECISION above the shortest window. Limits sorted by
-  -- window; the numbers Lua cannot hold exactly are refused later, by
-  -- `make_exact`.
-  local function build_call(limits, options)
-    local cost = options[1] and cost_digits(options[1]) or '1'
-    local shortest = MAX_WINDOW
-    for _, limit in ipairs(limits) do
-      shortest = math.min(shortest, limit.window)
-    end
-    local precision = 1
-    if options[2] then
-      local digits = positive_up_to(options[2], WINDOW_DIGITS)
-      if not digits then
-        precision_error(shortest)
-      end
-      precision = tonumber(digits)
-    end
-    table.sort(limits, by_window)
-    local smallest_max = limits[1].max_digits
-    for i, limit in ipairs(limits) do
-      if i > 1 and limits[i - 1].window == limit.window then
-        fail('ERR window ' .. string.format('%.0f', limit.window) .. ' is given twice')
-      end
-      if below(limit.max_digits, smallest_max) then
-        smallest_max = limit.max_digits
-      end
-    end
-    if below(smallest_max, cost) then
-      fail('ERR COST ' .. cost .. ' is above max ' .. smallest_max .. ': such a request could never be allowed')
-    end
-    if precision > shortest then
-      precision_error(shortest)
-    end
-    return { limits = limits, cost_digits = cost, precision = precision, longest = limits[#limits].window }
-  end
-
-  -- What the module accepts and Lua cannot count exactly (COST first: a
-  -- COST above 2^53 comes with a max above it), once the module's own
-  -- checks have passed; the call's numbers as Lua numbers.
-  local function make_exact(call)
-    call.cost = exact_number(call.cost_digits, 'COST')
+  -- [fits, remaining before, remaining after, retry, reset] at `now`: each
+  -- limit's cost in its window from the first entry in it, and, where the
+  -- request does not fit, the wait until enough has left.
+  local function standing(log, now, call)
+    local fits, remaining, after, retry = true, nil, nil, 0
+    local cost = call.cost
     for _, limit in ipairs(call.limits) do
-      limit.max = exact_number(limit.max_digits, 'max')
-    end
-    return call
-  end
-
-  local parse = { positive_up_to = positive_up_to, parse_options = parse_options, parse_pair = parse_pair,
-    build_call = build_call, make_exact = make_exact, parse_block = parse_block, LIMIT_OPTIONS = LIMIT_OPTIONS }
-
-  -- check|peek with any words.
-  function parse.limit_call(args)
-    local limits = {}
-    local at = 1
-    -- The first pair is required; more follow while the next word is a
-    -- number rather than an option name.
-    while at <= #args and (at == 1 or args[at]:match('^[%d%-]')) do
-      local limit = parse_pair(args[at], args[at + 1])
-      if #limits == MAX_LIMITS then
-        fail('ERR at most ' .. MAX_LIMITS .. ' window/max pairs')
+      local used, wait = 0, 0
+      if log and log.count > 0 then
+        local horizon = now - limit.window
+        local first = seek_time(log, horizon)
+        if first then
+          used = log.total - first.page.before[first.k]
+          local room = limit.max - cost
+          if used > room then
+            local leaving = seek_cost(log, first.page.before[first.k] + used - room)
+            wait = leaving.page.at[leaving.k] - horizon
+          end
+        end
       end
-      limits[#limits + 1] = limit
-      at = at + 2
+      local room = used < limit.max and limit.max - used or 0
+      fits = fits and used <= limit.max - cost
+      remaining = math.min(remaining or room, room)
+      local left = room > cost and room - cost or 0
+      after = math.min(after or left, left)
+      retry = math.max(retry, wait)
     end
-    local options = parse_options(args, at, LIMIT_OPTIONS)
-    local block = parse_block(options[3])
-    local call = make_exact(build_call(limits, options))
-    call.block = block
-    return call
+    local reset = 0
+    if log and log.count > 0 and log.newest > now - call.longest then
+      reset = log.newest - (now - call.longest)
+    end
+    return { fits = fits, remaining = remaining, after = after, retry = retry, reset = reset }
   end
 
-  -- undo|mundo: the units to refund.
-  function parse.units(args)
-    local options = parse_options(args, 1, UNDO_OPTIONS)
-    return options[1] and tonumber(cost_digits(options[1])) or 1
+  -- What a call on a key blocked for `rest` more ms sees: denied, no room,
+  -- a wait and a reset of at least the rest of the block.
+  local function under_block(seen, rest)
+    seen.fits, seen.remaining = false, 0
+    seen.retry = math.max(seen.retry, rest)
+    seen.reset = math.max(seen.reset, rest)
+    return seen
   end
 
-  return parse
-end
-
--- UNDO and UNBLOCK --------------------------------------------------------------
-
-builders.rare = function()
-  local rare = {}
-
-  -- UNDO's writes: the newest `units` of cost leave, from the newest entry
-  -- back; a log with no entry (a blocked key a refund emptied) has none,
-  -- and nothing is written. Returns the writes and the units removed.
-  function rare.plan_refund(log, units)
-    if not log or log.count == 0 then
-      return {}, 0
+  -- A key's standing at `now`, under its block if it is blocked.
+  local function seen_at(log, now, call)
+    local seen = standing(log, now, call)
+    if log and log.blocked > now then
+      return under_block(seen, log.blocked - now), true
     end
-    local removed = math.min(units, log.total)
-    if removed == log.total then
-      if log.blocked > clock() then
-        -- Kept, with no entry, until its block ends.
-        log.count, log.total = 0, 0
-        return store_small(log, '', log.blocked), removed
-      end
-      return { { 'DEL', log.key } }, removed
+    return seen, false
+  end
+
+  local function reply(seen)
+    if seen.fits then
+      return { 1, seen.remaining, 0, seen.reset }
     end
-    -- The entry where the cost that stays ends: it keeps part of its cost.
-    local keep = log.total - removed
-    local last = seek_cost(log, keep)
+    return { 0, seen.remaining, seen.retry, seen.reset }
+  end
+
+  -- Writing ---------------------------------------------------------------------
+
+  -- A call writes in two steps: every key is read and checked and its writes
+  -- planned (a list of commands), then the commands run. A script that fails
+  -- halfway keeps what it wrote, so nothing that can fail comes second.
+  local function commit(writes)
+    for _, words in ipairs(writes) do
+      redis.call(unpack(words))
+    end
+  end
+
+  -- SET of a small value holding `body` (entries), with its expiry (`nil`:
+  -- keep the key's).
+  local function store_small(log, body, expires)
+    local bytes = { 114, 108, log.blocked > 0 and BLOCKED or SMALL }
+    put(bytes, log.window, 5)
+    put(bytes, body == '' and 0 or log.oldest, 6)
+    if log.blocked > 0 then
+      put(bytes, log.blocked, 6)
+    end
+    local value = string.char(unpack(bytes)) .. body
+    if expires then
+      return { { 'SET', log.key, value, 'PXAT', expires } }
+    end
+    return { { 'SET', log.key, value, 'KEEPTTL' } }
+  end
+
+  -- A log written out in whichever form its entries (times `at`, costs
+  -- `cost`, oldest first) need: small if they fit in a page.
+  local function rebuild(log, at, cost, expires)
+    local parts = {}
+    for i = 1, #at do
+      parts[i] = entry(i > 1 and at[i] - at[i - 1] or 0, cost[i])
+    end
+    local body = table.concat(parts)
+    if #body <= SMALL_LIMIT then
+      return store_small(log, body, expires)
+    end
+    return need('paged').build(log, at, cost, parts, expires)
+  end
+
+  local function cell(t, precision)
+    return math.floor(t / precision)
+  end
+
+  -- The bytes of a small log's entries from index k, the newest replaced by
+  -- `newest` (bytes) if given, `extra` appended.
+  local function small_body(page, k, newest, extra)
+    local src = page.src
+    if newest then
+      return src:sub(page.start[k] + 1, page.start[page.n]) .. newest .. extra
+    end
+    return src:sub(page.start[k] + 1, page.finish) .. extra
+  end
+
+  -- The writes of an allowed request recorded at `at` (as TimeLog::record:
+  -- widen the window, prune what expired under it, join the newest entry if
+  -- it lies in the same precision cell, else append), after every check.
+  local function plan_record(key, log, at, call)
+    local window = call.longest
+    local first
+    -- A log with no entry (a blocked key a refund emptied) keeps no window.
+    if log and log.count > 0 then
+      window = math.max(log.window, window)
+      first = seek_time(log, at - window)
+    end
+    if not first then
+      local fresh = { key = key, window = window, newest = at, oldest = at, total = call.cost, blocked = 0 }
+      return store_small(fresh, entry(0, call.cost), at + window)
+    end
+    local page, k = first.page, first.k
+    local kept = log.total - page.before[k]
+    if kept > EXACT - call.cost then
+      fail('ERR this key would hold more than 9007199254740992 units of cost, which the script twin '
+        .. 'cannot count exactly: nothing was recorded (load the module, or use smaller units)')
+    end
+    local merge = cell(log.newest, call.precision) == cell(at, call.precision)
+    local count = log.count - (page.count_before + k - 1) + (merge and 0 or 1)
+    if count > MAX_ENTRIES then
+      fail("ERR this key's log is full: it holds " .. MAX_ENTRIES .. ' entries. Nothing was recorded. '
+        .. 'Use PRECISION p to share entries (with the module, or raise ratelimit.max-entries)')
+    end
+    local change = { window = window, at = at, cost = call.cost, merge = merge, total = kept + call.cost,
+      count = count, first = first }
     if log.sealed > 0 then
-      return need('paged').plan_truncate(log, last, keep), removed
+      return need('paged').plan_record(log, change)
     end
-    local page, k = last.page, last.k
+    local tail, n = log.tail, log.tail.n
+    local body
+    if merge then
+      local gap = k == n and 0 or at - tail.at[n - 1]
+      body = small_body(tail, k, entry(gap, tail.cost[n] + call.cost), '')
+    else
+      body = small_body(tail, k, nil, entry(at - log.newest, call.cost))
+    end
+    local updated = { key = key, window = window, newest = at, oldest = k == n and merge and at or tail.at[k],
+      total = kept + call.cost, blocked = 0 }
+    if #body <= SMALL_LIMIT then
+      return store_small(updated, body, at + window)
+    end
+    -- Past a page: the kept entries and the new one, paged.
     local times, costs = {}, {}
-    for i = 1, k do
-      times[i], costs[i] = page.at[i], page.cost[i]
+    for i = k, n do
+      times[#times + 1], costs[#costs + 1] = tail.at[i], tail.cost[i]
     end
-    costs[k] = keep - page.before[k]
-    log.total, log.newest = keep, page.at[k]
-    return rebuild(log, times, costs, nil), removed
+    if merge then
+      times[#times], costs[#costs] = at, costs[#costs] + call.cost
+    else
+      times[#times + 1], costs[#costs + 1] = at, call.cost
+    end
+    return rebuild(updated, times, costs, at + window)
   end
 
-  rare['ratelimit.undo'] = function(key, args)
-    local units = need('parse').units(args)
-    local writes, removed = rare.plan_refund(open(key), units)
-    commit(writes)
-    return removed
+  -- When the key expires: when its newest entry leaves its window, or when
+  -- its block ends, whichever is later.
+  local function expiry_of(log)
+    local own = log.count > 0 and log.newest + log.window or 0
+    return math.max(own, log.blocked)
   end
 
-  -- UNBLOCK: lifts a block in force, keeping the history; 1 if it did.
-  rare['ratelimit.unblock'] = function(key)
+  -- A small log's entries as they are, for a header that changed.
+  local function restore_small(log, expires)
+    local tail = log.tail
+    if log.count == 0 or tail.finish - tail.start[1] <= SMALL_LIMIT then
+      return store_small(log, log.count > 0 and small_body(tail, 1, nil, '') or '', expires)
+    end
+    -- A 0.3 value past a page: written paged from now on.
+    local times, costs = {}, {}
+    for i = 1, tail.n do
+      times[i], costs[i] = tail.at[i], tail.cost[i]
+    end
+    return rebuild(log, times, costs, expires)
+  end
+
+  -- What a denial writes: a longest window longer than the log's is
+  -- registered (decision 1 of an earlier round: the key then lives until its
+  -- newest entry expires under it), and `block_until`, if given, starts a
+  -- block. Nothing else is written: a denial that does neither is read-only.
+  -- A log with no entry has no window to keep.
+  local function plan_deny(log, window, block_until)
+    if not log then
+      return {}
+    end
+    local widens = log.count > 0 and window > log.window
+    if not (widens or block_until) then
+      return {}
+    end
+    log.window = widens and window or log.window
+    log.blocked = block_until or log.blocked
+    if log.sealed > 0 then
+      return need('paged').plan_header(log, expiry_of(log))
+    end
+    return restore_small(log, expiry_of(log))
+  end
+
+  -- The operations ----------------------------------------------------------------
+
+  local function arity(name)
+    fail("ERR wrong number of arguments for '" .. name .. "' command")
+  end
+
+  -- The common call, one limit and no option, with numbers a double holds
+  -- exactly, read straight (nil for any other, which the general parser reads).
+  local function simple_call(window, max)
+    if #window <= 11 and #max <= 15 and window:find('^[1-9]%d*$') and max:find('^[1-9]%d*$') then
+      local w = tonumber(window)
+      if w <= MAX_WINDOW then
+        return { limits = { { window = w, max = tonumber(max) } }, cost = 1, precision = 1, longest = w }
+      end
+    end
+    return nil
+  end
+
+  -- check|peek's call: limits sorted by window, cost, precision, the longest
+  -- window and the block, or the module's error for the first thing wrong.
+  local function limit_call(name, args)
+    local call = #args == 2 and simple_call(args[1], args[2])
+    if call then
+      return call
+    end
+    if #args < 2 then
+      arity(name)
+    end
+    return need('parse').limit_call(args)
+  end
+
+  local function check(key, args)
+    local call = limit_call('ratelimit.check', args)
     local log = open(key)
     local now = decision_time(log, clock())
-    if not (log and log.blocked > now) then
-      return 0
-    end
-    log.blocked = 0
-    if log.count > 0 and log.newest + log.window > now then
-      if log.sealed > 0 then
-        commit(need('paged').plan_header(log, log.newest + log.window))
-      else
-        commit(restore_small(log, log.newest + log.window))
+    local seen, blocked = seen_at(log, now, call)
+    if not seen.fits then
+      -- Denied by its limits, with BLOCK: the key is blocked from now on.
+      local block_until = not blocked and call.block and now + call.block or nil
+      if block_until then
+        under_block(seen, call.block)
       end
-    else
-      -- Nothing live is left without the block.
-      redis.call('DEL', key)
+      commit(plan_deny(log, call.longest, block_until))
+      return reply(seen)
     end
-    return 1
+    commit(plan_record(key, log, now, call))
+    return { 1, seen.after, 0, call.longest }
   end
 
-  return rare
-end
-
--- Several keys ----------------------------------------------------------------
-
-builders.multi = function()
-  local parse = need('parse')
-  local multi = {}
-
-  -- `numkeys key [key ...]` (FCALL's and EVAL's own keys): 1 to 16 keys,
-  -- each at most once.
-  local function check_keys(keys)
-    if #keys < 1 or #keys > MAX_KEYS then
-      fail('ERR numkeys must be an integer from 1 to ' .. MAX_KEYS)
-    end
-    local seen = {}
-    for _, key in ipairs(keys) do
-      if seen[key] then
-        fail("ERR key '" .. key .. "' is given more than once")
-      end
-      seen[key] = true
-    end
+  local function peek(key, args)
+    local call = limit_call('ratelimit.peek', args)
+    local log = open(key)
+    return reply((seen_at(log, decision_time(log, clock()), call)))
   end
 
-  -- Runs `run(...)`; an error it raises names `key` first, as the module's
-  -- errors about one key of a multi-key call do.
-  local function about_key(key, run, ...)
-    local ok, result = pcall(run, ...)
+  -- The operations by name. `one_key`: exactly one key (the module's
+  -- argument 1); `read_only`: writes nothing; `arity`: the module command's
+  -- (negative: at least), which the server checks before the module reads
+  -- a word.
+  local OPERATIONS = {
+    check = { run = check, name = 'ratelimit.check', one_key = true, arity = -4 },
+    peek = { run = peek, name = 'ratelimit.peek', one_key = true, read_only = true, arity = -4 },
+    undo = { module = 'rare', name = 'ratelimit.undo', one_key = true, arity = -2 },
+    unblock = { module = 'rare', name = 'ratelimit.unblock', one_key = true, arity = 2 },
+    mcheck = { module = 'multi', name = 'ratelimit.mcheck', arity = -6 },
+    mpeek = { module = 'multi', name = 'ratelimit.mpeek', read_only = true, arity = -6 },
+    mundo = { module = 'multi', name = 'ratelimit.mundo', arity = -3 },
+  }
+
+  local function run_operation(operation, keys, args)
+    -- The module command's words: its name, its keys (with numkeys for
+    -- several), its arguments.
+    local words = 1 + #keys + #args + (operation.one_key and 0 or 1)
+    if operation.arity > 0 and words ~= operation.arity or words < -operation.arity then
+      arity(operation.name)
+    end
+    local run = operation.run or need(operation.module)[operation.name]
+    if not operation.one_key then
+      return run(keys, args)
+    end
+    if #keys ~= 1 then
+      arity(operation.name)
+    end
+    return run(keys[1], args)
+  end
+
+  -- Runs an operation; thrown error texts become error replies.
+  local function call(operation, keys, args)
+    local ok, result = pcall(run_operation, operation, keys, args)
     if ok then
       return result
     end
-    if type(result) == 'table' and result.reply and result.reply:sub(1, 4) == 'ERR ' then
-      fail("ERR key '" .. key .. "': " .. result.reply:sub(5))
+    if type(result) == 'table' and result.reply then
+      return redis.error_reply(result.reply)
     end
     error(result, 0)
   end
 
-  -- One key's call of a multi-key call: its `npairs` pairs from `args[from]`.
-  local function key_call(args, from, npairs, options)
-    local simple = npairs == 1 and not (options[1] or options[2]) and simple_call(args[from], args[from + 1])
-    if simple then
-      return simple
-    end
-    local limits = {}
-    for i = 1, npairs do
-      local at = from + 2 * (i - 1)
-      limits[i] = parse.parse_pair(args[at], args[at + 1])
-    end
-    return parse.build_call(limits, options)
-  end
+  -- Arguments: the general form ---------------------------------------------------
 
-  -- mcheck|mpeek: each key's call, in key order, as CHECK on that key alone
-  -- would parse it (COST and PRECISION apply to every key), or the module's
-  -- error for the first thing wrong; the twin's own refusals after all.
-  local function parse_multi_call(name, keys, args)
-    check_keys(keys)
-    local starts, counts = {}, {}
-    local at = 1
-    for position = 1, #keys do
-      if not args[at] then
-        arity(name)
+  builders.parse = function()
+    local MAX_COST = '9223372036854775807'
+    local EXACT_DIGITS = '9007199254740992'
+    local WINDOW_DIGITS = '31536000000'
+    local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' }, { 'BLOCK', 'ms' } }
+    local UNDO_OPTIONS = { { 'COST', 'n' } }
+
+    -- A decimal integer the way Redis writes one (digits, no leading zero,
+    -- no '+', within 64 bits), positive: its digits, else nil.
+    local function positive_digits(word)
+      if not word:match('^[1-9]%d*$') then
+        return nil
       end
-      local npairs = parse.positive_up_to(args[at], tostring(MAX_LIMITS))
-      if not npairs then
-        fail('ERR npairs of key ' .. position .. ' must be an integer from 1 to ' .. MAX_LIMITS)
+      if #word > #MAX_COST or (#word == #MAX_COST and word > MAX_COST) then
+        return nil
       end
-      starts[position], counts[position] = at + 1, tonumber(npairs)
-      at = at + 1 + 2 * counts[position]
-      if at - 1 > #args then
-        arity(name)
+      return word
+    end
+
+    -- Compares two canonical positive digit strings: a < b.
+    local function below(a, b)
+      return #a < #b or (#a == #b and a < b)
+    end
+
+    -- A positive integer at most `high` (digits), or nil.
+    local function positive_up_to(word, high)
+      local digits = positive_digits(word)
+      if digits and not below(high, digits) then
+        return digits
       end
-    end
-    local options = parse.parse_options(args, at, parse.LIMIT_OPTIONS)
-    local block = parse.parse_block(options[3])
-    local calls = {}
-    for position, key in ipairs(keys) do
-      calls[position] = about_key(key, key_call, args, starts[position], counts[position], options)
-    end
-    for position, key in ipairs(keys) do
-      if not calls[position].cost then
-        about_key(key, parse.make_exact, calls[position])
-      end
-      calls[position].block = block
-    end
-    return calls
-  end
-
-  -- Every key of a multi-key call opened (WRONGTYPE for the first key of
-  -- another type) and seen at its own decision time, one clock for all,
-  -- under its block if it is blocked.
-  local function survey(name, keys, args)
-    local calls = parse_multi_call(name, keys, args)
-    local clock_now = clock()
-    local keyed = {}
-    for i, key in ipairs(keys) do
-      local log = open(key)
-      local now = decision_time(log, clock_now)
-      local seen, blocked = seen_at(log, now, calls[i])
-      keyed[i] = { key = key, log = log, call = calls[i], now = now, seen = seen, blocked = blocked }
-    end
-    return keyed
-  end
-
-  -- MCHECK's and MPEEK's reply over every key: as CHECK would reply if
-  -- allowed (as PEEK would with `as_peek`), as PEEK would if denied; then
-  -- the 1-based positions of the keys that denied (by their limits or by a
-  -- block).
-  local function joint(keyed, as_peek)
-    local denied = {}
-    for i, k in ipairs(keyed) do
-      if not k.seen.fits then
-        denied[#denied + 1] = i
-      end
-    end
-    local allowed = #denied == 0
-    local remaining, retry, reset = nil, 0, 0
-    for _, k in ipairs(keyed) do
-      local seen = k.seen
-      if allowed and not as_peek then
-        remaining = math.min(remaining or seen.after, seen.after)
-        reset = math.max(reset, k.call.longest)
-      else
-        remaining = math.min(remaining or seen.remaining, seen.remaining)
-        retry = math.max(retry, seen.retry)
-        reset = math.max(reset, seen.reset)
-      end
-    end
-    return { allowed and 1 or 0, remaining, retry, reset, denied }
-  end
-
-  -- MCHECK: every key is read and every write planned before any key
-  -- changes; then every key records the request (allowed), or (denied)
-  -- keeps its longest window as a denied CHECK's does and, with BLOCK, is
-  -- blocked if its own limits denied and it was not blocked already.
-  multi['ratelimit.mcheck'] = function(keys, args)
-    local keyed = survey('ratelimit.mcheck', keys, args)
-    local allowed = true
-    for _, k in ipairs(keyed) do
-      allowed = allowed and k.seen.fits
-    end
-    local plans = {}
-    for i, k in ipairs(keyed) do
-      if allowed then
-        plans[i] = about_key(k.key, plan_record, k.key, k.log, k.now, k.call)
-      else
-        local block = k.call.block
-        local block_until = block and not k.seen.fits and not k.blocked and k.now + block or nil
-        if block_until then
-          under_block(k.seen, block)
-        end
-        plans[i] = plan_deny(k.log, k.call.longest, block_until)
-      end
-    end
-    for _, writes in ipairs(plans) do
-      commit(writes)
-    end
-    return joint(keyed, false)
-  end
-
-  multi['ratelimit.mpeek'] = function(keys, args)
-    return joint(survey('ratelimit.mpeek', keys, args), true)
-  end
-
-  -- MUNDO: every key read and its refund planned before any is refunded.
-  multi['ratelimit.mundo'] = function(keys, args)
-    check_keys(keys)
-    local units = parse.units(args)
-    local rare = need('rare')
-    local logs, plans, removed = {}, {}, {}
-    for i, key in ipairs(keys) do
-      logs[i] = open(key) or false
-    end
-    for i, log in ipairs(logs) do
-      plans[i], removed[i] = rare.plan_refund(log or nil, units)
-    end
-    for _, writes in ipairs(plans) do
-      commit(writes)
-    end
-    return removed
-  end
-
-  return multi
-end
-
--- The paged form ------------------------------------------------------------------
-
-builders.paged = function()
-  local paged = {}
-
-  -- The paged header's fields, in order, with their widths.
-  local FIELDS = { { 'window', 5 }, { 'newest', 6 }, { 'oldest', 6 }, { 'total', 7 }, { 'count', 4 },
-    { 'blocked', 6 }, { 'head', 2 }, { 'used', 2 }, { 'last', 2 }, { 'tail_first', 6 }, { 'tail_cost', 7 },
-    { 'tail_count', 4 }, { 'end_cost', 7 }, { 'end_count', 4 }, { 'slots', 2 } }
-
-  local function header(log)
-    local bytes = { 114, 108, RING }
-    for _, field in ipairs(FIELDS) do
-      put(bytes, log[field[1]], field[2])
-    end
-    for i = 1, 3 do
-      local run = log.runs[i]
-      put(bytes, run and run.start or 0, 2)
-      put(bytes, run and run.count or 0, 2)
-    end
-    return string.char(unpack(bytes))
-  end
-
-  local function slot_offset(slot)
-    return FIRST_READ + slot * SLOT
-  end
-
-  -- The slot of sealed page i (1 the oldest).
-  local function slot_of(log, i)
-    for _, run in ipairs(log.runs) do
-      if i <= run.count then
-        return run.start + i - 1
-      end
-      i = i - run.count
-    end
-  end
-
-  -- The runs are one to three disjoint ranges of slots, holding the
-  -- sealed pages between them.
-  local function valid_runs(log)
-    local runs, sealed = log.runs, 0
-    if #runs < 1 then
-      return false
-    end
-    for i, run in ipairs(runs) do
-      if run.count < 1 or run.start + run.count > log.slots then
-        return false
-      end
-      for j = 1, i - 1 do
-        local other = runs[j]
-        if run.start < other.start + other.count and other.start < run.start + run.count then
-          return false
-        end
-      end
-      sealed = sealed + run.count
-    end
-    log.sealed = sealed
-    return true
-  end
-
-  function paged.open(key, v)
-    if #v ~= FIRST_READ then
-      corrupt()
-    end
-    local b = { v:byte(1, RING_HEADER) }
-    local log = { key = key, form = RING, runs = {} }
-    local at = 4
-    for _, field in ipairs(FIELDS) do
-      log[field[1]] = le(b, at, field[2])
-      at = at + field[2]
-    end
-    for i = 1, 3 do
-      local start, count = le(b, at, 2), le(b, at + 2, 2)
-      if count > 0 then
-        log.runs[#log.runs + 1] = { start = start, count = count }
-      end
-      at = at + 4
-    end
-    -- The cost and entries before the first live one.
-    log.cost_head = sub_cost(log.end_cost, log.total)
-    log.count_head = (log.end_count - log.count) % COUNTS
-    local tail_rel = sub_cost(log.tail_cost, log.cost_head)
-    local tail_entries = (log.end_count - log.tail_count) % COUNTS
-    if log.window < 1 or log.window > MAX_WINDOW or log.newest > LATEST or log.oldest > log.newest
-      or log.newest - log.oldest >= log.window or log.total < 2 or log.total > EXACT or log.count < 2
-      or log.count > MAX_ENTRIES or log.blocked > LATEST or log.head >= PAGE or log.used < 1
-      or log.used > PAGE or log.last >= log.used or log.tail_first <= log.oldest or log.tail_first > log.newest
-      or log.end_cost >= EXACT or log.tail_cost >= EXACT or log.slots > MAX_SLOTS or not valid_runs(log)
-      or tail_rel < 1 or tail_rel >= log.total or tail_entries < 1 or tail_entries >= log.count then
-      corrupt()
-    end
-    local tail = decode(v, RING_HEADER, RING_HEADER + log.used, log.tail_first, tail_rel, false)
-    if not tail or tail.n ~= tail_entries or tail.sum ~= log.total - tail_rel or tail.at[tail.n] ~= log.newest
-      or tail.start[tail.n] ~= RING_HEADER + log.last then
-      corrupt()
-    end
-    tail.first, tail.index, tail.count_before = log.tail_first, log.sealed + 1, log.count - tail_entries
-    log.tail, log.heads, log.pages = tail, {}, {}
-    return log
-  end
-
-  -- Sealed page i's header (read once per call): its first entry's time,
-  -- the cost and the entries before it, relative to the first live entry.
-  -- Checked against what the log's header says of the pages around it.
-  local function page_head(log, i)
-    local head = log.heads[i]
-    if head then
-      return head
-    end
-    local bytes = redis.call('GETRANGE', log.key, slot_offset(slot_of(log, i)), slot_offset(slot_of(log, i))
-      + PAGE_HEAD - 1)
-    local b = { bytes:byte(1, PAGE_HEAD) }
-    if #b ~= PAGE_HEAD then
-      corrupt()
-    end
-    head = { first = le(b, 1, 6), cost = le(b, 7, 7), count = le(b, 14, 4) }
-    head.rel = sub_cost(head.cost, log.cost_head)
-    head.count_before = (head.count - log.count_head) % COUNTS
-    if head.cost >= EXACT or head.first >= log.tail_first or i == 1 and head.first > log.oldest
-      or i > 1 and (head.first <= log.oldest or head.rel < 1 or head.rel >= log.tail.before[1]
-        or head.count_before < 1 or head.count_before >= log.tail.count_before) then
-      corrupt()
-    end
-    log.heads[i] = head
-    return head
-  end
-
-  -- Page i decoded (sealed pages 1 .. sealed, the tail sealed + 1): times,
-  -- costs and the cost before each entry relative to the first live one.
-  -- The first page's live entries start at `head`.
-  local function page(log, i)
-    if i > log.sealed then
-      return log.tail
-    end
-    local decoded = log.pages[i]
-    if decoded then
-      return decoded
-    end
-    local head = page_head(log, i)
-    local offset = slot_offset(slot_of(log, i)) + PAGE_HEAD
-    local src = redis.call('GETRANGE', log.key, offset, offset + PAGE - 1)
-    local base = head.rel
-    if i == 1 then
-      -- Before the first live entry: the cost pruned from this page.
-      base = -sub_cost(log.cost_head, head.cost)
-    end
-    decoded = decode(src, 0, PAGE, head.first, base, true)
-    if not decoded or decoded.at[decoded.n] >= log.tail_first then
-      corrupt()
-    end
-    decoded.first, decoded.index, decoded.count_before = head.first, i, head.count_before
-    if i == 1 then
-      -- The live part starts at `head`, at the log's oldest time, with no
-      -- cost before it.
-      local live
-      for k = 1, decoded.n do
-        if decoded.start[k] == log.head then
-          live = k
-        end
-      end
-      if not live or decoded.at[live] ~= log.oldest or decoded.before[live] ~= 0 then
-        corrupt()
-      end
-      decoded.live, decoded.count_before = live, 1 - live
-    end
-    log.pages[i] = decoded
-    return decoded
-  end
-
-  -- The last page in [1, sealed + 1] whose key (`key_of(page index)`) is at
-  -- most x (below x with `strict`): the first page's is known to be, so
-  -- the search gallops from the end nearer x, then bisects.
-  local function last_page(log, key_of, x, strict, from_back)
-    local function fits(i)
-      local key = key_of(i)
-      return key < x or not strict and key == x
-    end
-    local tail = log.sealed + 1
-    if fits(tail) then
-      return tail
-    end
-    local low, high, step = 1, tail, 1
-    if from_back then
-      while true do
-        local i = high - step
-        if i <= low then
-          break
-        end
-        if fits(i) then
-          low = i
-          break
-        end
-        high, step = i, step * 2
-      end
-    else
-      while true do
-        local i = low + step
-        if i >= high then
-          break
-        end
-        if not fits(i) then
-          high = i
-          break
-        end
-        low, step = i, step * 2
-      end
-    end
-    while high - low > 1 do
-      local middle = (low + high - (low + high) % 2) / 2
-      if fits(middle) then
-        low = middle
-      else
-        high = middle
-      end
-    end
-    return low
-  end
-
-  function paged.seek_time(log, t)
-    if t >= log.newest then
       return nil
     end
-    if t < log.oldest then
-      return { page = page(log, 1), k = page(log, 1).live }
-    end
-    local function first_time(i)
-      if i == 1 then
-        return log.oldest
+
+    local function exact_number(digits, what)
+      if below(EXACT_DIGITS, digits) then
+        fail('ERR ' .. what .. ' above ' .. EXACT_DIGITS .. ' cannot be counted exactly by the script twin '
+          .. '(Lua numbers are doubles): load the module for larger values')
       end
-      return i > log.sealed and log.tail_first or page_head(log, i).first
+      return tonumber(digits)
     end
-    local i = last_page(log, first_time, t, false, t - log.oldest > log.tail_first - t)
-    local found = page(log, i)
-    local k = first_after(found, t)
-    if k then
-      return { page = found, k = k }
+
+    -- A word as the module shows it in an error: up to a NUL byte, which
+    -- an error reply cannot carry, as the server cuts the module's.
+    local function shown(word)
+      return (word:gsub('%z.*', ''))
     end
-    return { page = page(log, i + 1), k = 1 }
+
+    -- Named options, each followed by its value, at most once, any case.
+    local function parse_options(words, from, names)
+      local values = {}
+      local i = from
+      while i <= #words do
+        local word = words[i]
+        local slot
+        for index, name in ipairs(names) do
+          if word:upper() == name[1] then
+            slot = index
+          end
+        end
+        if not slot then
+          local known = {}
+          for index, name in ipairs(names) do
+            known[index] = name[1] .. ' ' .. name[2]
+          end
+          -- "A", "A and B", "A, B and C".
+          local last = table.remove(known)
+          local listed = #known > 0 and table.concat(known, ', ') .. ' and ' .. last or last
+          fail("ERR unknown option '" .. shown(word) .. "' (the options are " .. listed .. ')')
+        end
+        local token = names[slot][1]
+        if i + 1 > #words then
+          fail('ERR syntax error: ' .. token .. ' needs a value')
+        end
+        if values[slot] then
+          fail('ERR ' .. token .. ' given more than once')
+        end
+        values[slot] = words[i + 1]
+        i = i + 2
+      end
+      return values
+    end
+
+    local function cost_digits(word)
+      local digits = positive_digits(word)
+      if not digits then
+        fail('ERR COST must be a positive integer')
+      end
+      return digits
+    end
+
+    -- BLOCK's value in ms, or nil if not given.
+    local function parse_block(word)
+      if not word then
+        return nil
+      end
+      local digits = positive_up_to(word, WINDOW_DIGITS)
+      if not digits then
+        fail('ERR BLOCK must be an integer from 1 to ' .. WINDOW_DIGITS .. ' (milliseconds)')
+      end
+      return tonumber(digits)
+    end
+
+    local function precision_error(shortest)
+      fail('ERR PRECISION must be an integer from 1 to ' .. string.format('%.0f', shortest)
+        .. ' (the shortest window)')
+    end
+
+    local function by_window(a, b)
+      return a.window < b.window
+    end
+
+    -- One `window max` pair, or the module's error for what is wrong with it
+    -- (`max_word` is nil when the words ran out).
+    local function parse_pair(window_word, max_word)
+      local window = positive_up_to(window_word, WINDOW_DIGITS)
+      if not window then
+        fail('ERR window must be an integer from 1 to ' .. WINDOW_DIGITS .. ' (milliseconds)')
+      end
+      if not max_word then
+        fail('ERR syntax error: window ' .. shown(window_word) .. ' has no max')
+      end
+      local max = positive_digits(max_word)
+      if not max then
+        fail('ERR max must be an integer from 1 to ' .. MAX_COST)
+      end
+      return { window = tonumber(window), max_digits = max }
+    end
+
+    -- The request of `limits` with the options' values (words, or nil),
+    -- checked in the module's order: COST, PRECISION, a window twice, COST
+    -- above a max, PRECISION above the shortest window. Limits sorted by
+    -- window; the numbers Lua cannot hold exactly are refused later, by
+    -- `make_exact`.
+    local function build_call(limits, options)
+      local cost = options[1] and cost_digits(options[1]) or '1'
+      local shortest = MAX_WINDOW
+      for _, limit in ipairs(limits) do
+        shortest = math.min(shortest, limit.window)
+      end
+      local precision = 1
+      if options[2] then
+        local digits = positive_up_to(options[2], WINDOW_DIGITS)
+        if not digits then
+          precision_error(shortest)
+        end
+        precision = tonumber(digits)
+      end
+      table.sort(limits, by_window)
+      local smallest_max = limits[1].max_digits
+      for i, limit in ipairs(limits) do
+        if i > 1 and limits[i - 1].window == limit.window then
+          fail('ERR window ' .. string.format('%.0f', limit.window) .. ' is given twice')
+        end
+        if below(limit.max_digits, smallest_max) then
+          smallest_max = limit.max_digits
+        end
+      end
+      if below(smallest_max, cost) then
+        fail('ERR COST ' .. cost .. ' is above max ' .. smallest_max .. ': such a request could never be allowed')
+      end
+      if precision > shortest then
+        precision_error(shortest)
+      end
+      return { limits = limits, cost_digits = cost, precision = precision, longest = limits[#limits].window }
+    end
+
+    -- What the module accepts and Lua cannot count exactly (COST first: a
+    -- COST above 2^53 comes with a max above it), once the module's own
+    -- checks have passed; the call's numbers as Lua numbers.
+    local function make_exact(call)
+      call.cost = exact_number(call.cost_digits, 'COST')
+      for _, limit in ipairs(call.limits) do
+        limit.max = exact_number(limit.max_digits, 'max')
+      end
+      return call
+    end
+
+    local parse = { positive_up_to = positive_up_to, parse_options = parse_options, parse_pair = parse_pair,
+      build_call = build_call, make_exact = make_exact, parse_block = parse_block, LIMIT_OPTIONS = LIMIT_OPTIONS }
+
+    -- check|peek with any words.
+    function parse.limit_call(args)
+      local limits = {}
+      local at = 1
+      -- The first pair is required; more follow while the next word is a
+      -- number rather than an option name.
+      while at <= #args and (at == 1 or args[at]:match('^[%d%-]')) do
+        local limit = parse_pair(args[at], args[at + 1])
+        if #limits == MAX_LIMITS then
+          fail('ERR at most ' .. MAX_LIMITS .. ' window/max pairs')
+        end
+        limits[#limits + 1] = limit
+        at = at + 2
+      end
+      local options = parse_options(args, at, LIMIT_OPTIONS)
+      local block = parse_block(options[3])
+      local call = make_exact(build_call(limits, options))
+      call.block = block
+      return call
+    end
+
+    -- undo|mundo: the units to refund.
+    function parse.units(args)
+      local options = parse_options(args, 1, UNDO_OPTIONS)
+      return options[1] and tonumber(cost_digits(options[1])) or 1
+    end
+
+    return parse
   end
 
-  function paged.seek_cost(log, target)
-    local function cost_before(i)
-      if i == 1 then
+  -- UNDO and UNBLOCK --------------------------------------------------------------
+
+  builders.rare = function()
+    local rare = {}
+
+    -- UNDO's writes: the newest `units` of cost leave, from the newest entry
+    -- back; a log with no entry (a blocked key a refund emptied) has none,
+    -- and nothing is written. Returns the writes and the units removed.
+    function rare.plan_refund(log, units)
+      if not log or log.count == 0 then
+        return {}, 0
+      end
+      local removed = math.min(units, log.total)
+      if removed == log.total then
+        if log.blocked > clock() then
+          -- Kept, with no entry, until its block ends.
+          log.count, log.total = 0, 0
+          return store_small(log, '', log.blocked), removed
+        end
+        return { { 'DEL', log.key } }, removed
+      end
+      -- The entry where the cost that stays ends: it keeps part of its cost.
+      local keep = log.total - removed
+      local last = seek_cost(log, keep)
+      if log.sealed > 0 then
+        return need('paged').plan_truncate(log, last, keep), removed
+      end
+      local page, k = last.page, last.k
+      local times, costs = {}, {}
+      for i = 1, k do
+        times[i], costs[i] = page.at[i], page.cost[i]
+      end
+      costs[k] = keep - page.before[k]
+      log.total, log.newest = keep, page.at[k]
+      return rebuild(log, times, costs, nil), removed
+    end
+
+    rare['ratelimit.undo'] = function(key, args)
+      local units = need('parse').units(args)
+      local writes, removed = rare.plan_refund(open(key), units)
+      commit(writes)
+      return removed
+    end
+
+    -- UNBLOCK: lifts a block in force, keeping the history; 1 if it did.
+    rare['ratelimit.unblock'] = function(key)
+      local log = open(key)
+      local now = decision_time(log, clock())
+      if not (log and log.blocked > now) then
         return 0
       end
-      return i > log.sealed and log.tail.before[1] or page_head(log, i).rel
-    end
-    local i = last_page(log, cost_before, target, true, target > log.total / 2)
-    local found = page(log, i)
-    return { page = found, k = first_reaching(found, target) }
-  end
-
-  -- Adds a slot at the back of the runs for a new sealed page: the next
-  -- slot after the last run if free; slot 0 once the only run has left it;
-  -- else a new slot at the end of the value (in a run of its own when the
-  -- last run ran into the first: at most three runs).
-  local function push_slot(log)
-    local runs = log.runs
-    local last = runs[#runs]
-    local next_slot = last.start + last.count
-    if next_slot < log.slots then
-      local taken = false
-      for _, run in ipairs(runs) do
-        taken = taken or (run.start <= next_slot and next_slot < run.start + run.count)
-      end
-      if not taken then
-        last.count = last.count + 1
-        return next_slot
-      end
-      runs[#runs + 1] = { start = log.slots, count = 1 }
-    elseif #runs == 1 and last.start > 0 then
-      runs[2] = { start = 0, count = 1 }
-      return 0
-    else
-      last.count = last.count + 1
-    end
-    log.slots = log.slots + 1
-    return log.slots - 1
-  end
-
-  local function drop_front(log, pages)
-    local runs = log.runs
-    while pages > 0 do
-      local run = runs[1]
-      local taken = math.min(pages, run.count)
-      run.start, run.count, pages = run.start + taken, run.count - taken, pages - taken
-      if run.count == 0 then
-        table.remove(runs, 1)
-      end
-    end
-  end
-
-  local function drop_back(log, pages)
-    local runs = log.runs
-    while pages > 0 do
-      local run = runs[#runs]
-      local taken = math.min(pages, run.count)
-      run.count, pages = run.count - taken, pages - taken
-      if run.count == 0 then
-        runs[#runs] = nil
-      end
-    end
-  end
-
-  -- A sealed page's slot: its header and entries, padded.
-  local function slot_bytes(first, cost, count, entries)
-    local bytes = {}
-    put(bytes, first, 6)
-    put(bytes, cost, 7)
-    put(bytes, count, 4)
-    return string.char(unpack(bytes)) .. entries .. string.rep('\0', PAGE - #entries)
-  end
-
-  -- The whole value of a paged log whose slots hold `slots` (bytes).
-  local function whole(log, slots)
-    return header(log) .. log.tail_bytes .. string.rep('\0', PAGE - #log.tail_bytes) .. slots
-  end
-
-  -- A paged value for entries (times, costs, and their bytes `parts`, each
-  -- encoded with its gap to the one before) that are more than a page.
-  function paged.build(log, at, cost, parts, expires)
-    local pages, current, firsts, starts = {}, {}, {}, {}
-    local size, sum, cum_before, counts = 0, 0, {}, {}
-    for i = 1, #at do
-      local bytes = parts[i]
-      if #current == 0 or size + #bytes > PAGE then
-        pages[#pages + 1], current, size = current, {}, 0
-        firsts[#pages + 1], cum_before[#pages + 1], counts[#pages + 1] = at[i], sum, i - 1
-        bytes = entry(0, cost[i])
-      end
-      starts[i] = size
-      current[#current + 1] = bytes
-      size, sum = size + #bytes, sum + cost[i]
-    end
-    pages[#pages + 1] = current
-    -- pages[1] is the empty list before the first; pages[2 ..] hold entries.
-    local sealed = #pages - 2
-    local slots = {}
-    for p = 2, #pages - 1 do
-      slots[#slots + 1] = slot_bytes(firsts[p], cum_before[p] % EXACT, counts[p], table.concat(pages[p]))
-    end
-    local tail = #pages
-    log.tail_bytes = table.concat(pages[tail])
-    log.form, log.head, log.used, log.last = RING, 0, #log.tail_bytes, starts[#at]
-    log.tail_first, log.tail_cost, log.tail_count = firsts[tail], cum_before[tail] % EXACT, counts[tail]
-    log.end_cost, log.end_count, log.count, log.oldest = sum % EXACT, #at, #at, at[1]
-    log.slots, log.runs = sealed, { { start = 0, count = sealed } }
-    if expires then
-      return { { 'SET', log.key, whole(log, table.concat(slots)), 'PXAT', expires } }
-    end
-    return { { 'SET', log.key, whole(log, table.concat(slots)), 'KEEPTTL' } }
-  end
-
-  -- The header and tail page, as they stand, in one SETRANGE, with the
-  -- expiry if given.
-  local function header_write(log, writes, expires)
-    writes[#writes + 1] = { 'SETRANGE', log.key, 0, header(log) .. log.tail_bytes }
-    if expires then
-      writes[#writes + 1] = { 'PEXPIREAT', log.key, expires }
-    end
-    return writes
-  end
-
-  function paged.plan_header(log, expires)
-    log.tail_bytes = log.tail.src:sub(RING_HEADER + 1, RING_HEADER + log.used)
-    return header_write(log, {}, expires)
-  end
-
-  -- An allowed request's writes on a paged log (the shared checks done):
-  -- pages the prune passed leave the runs, the request joins the newest
-  -- entry or is appended to the tail page, a full tail page is sealed into
-  -- a slot.
-  function paged.plan_record(log, change)
-    local first, at, cost = change.first, change.at, change.cost
-    local tail, n = log.tail, log.tail.n
-    log.window, log.total, log.count, log.blocked = change.window, change.total, change.count, 0
-    local newest_cost = change.merge and tail.cost[n] + cost or cost
-    if first.page.index > log.sealed then
-      -- Every sealed page expired: what is left of the tail, and the request.
-      local times, costs = {}, {}
-      for i = first.k, n do
-        times[#times + 1], costs[#costs + 1] = tail.at[i], tail.cost[i]
-      end
-      if change.merge then
-        times[#times], costs[#costs] = at, newest_cost
+      log.blocked = 0
+      if log.count > 0 and log.newest + log.window > now then
+        if log.sealed > 0 then
+          commit(need('paged').plan_header(log, log.newest + log.window))
+        else
+          commit(restore_small(log, log.newest + log.window))
+        end
       else
-        times[#times + 1], costs[#costs + 1] = at, cost
+        -- Nothing live is left without the block.
+        redis.call('DEL', key)
       end
-      log.oldest, log.newest = times[1], at
-      return rebuild(log, times, costs, at + change.window)
+      return 1
     end
-    local dropped = first.page.index - 1
-    drop_front(log, dropped)
-    log.sealed = log.sealed - dropped
-    log.head, log.oldest = first.page.start[first.k], first.page.at[first.k]
-    local src = tail.src:sub(RING_HEADER + 1, RING_HEADER + log.used)
-    local kept, new_entry, gap
-    if change.merge then
-      kept = src:sub(1, log.last)
-      gap = n == 1 and 0 or at - tail.at[n - 1]
-    else
-      kept, gap = src, at - log.newest
-    end
-    new_entry = entry(gap, newest_cost)
-    local writes = {}
-    if #kept + #new_entry <= PAGE then
-      log.tail_bytes, log.last = kept .. new_entry, #kept
-      if change.merge and n == 1 then
-        log.tail_first = at
+
+    return rare
+  end
+
+  -- Several keys ----------------------------------------------------------------
+
+  builders.multi = function()
+    local parse = need('parse')
+    local multi = {}
+
+    -- `numkeys key [key ...]` (FCALL's and EVAL's own keys): 1 to 16 keys,
+    -- each at most once.
+    local function check_keys(keys)
+      if #keys < 1 or #keys > MAX_KEYS then
+        fail('ERR numkeys must be an integer from 1 to ' .. MAX_KEYS)
       end
-    else
-      -- The tail page is full: sealed into a slot, the request starts the next.
-      local before_newest = change.merge and sub_cost(log.end_cost, tail.cost[n]) or log.end_cost
-      local count_before = change.merge and (log.end_count - 1) % COUNTS or log.end_count
-      local grows = log.slots
-      local slot = push_slot(log)
-      local bytes = slot_bytes(log.tail_first, log.tail_cost, log.tail_count, kept)
-      log.tail_first, log.tail_cost, log.tail_count = at, before_newest, count_before
-      log.tail_bytes, log.last = entry(0, newest_cost), 0
-      log.sealed = log.sealed + 1
-      if log.slots > grows and FIRST_READ + log.slots * SLOT <= REWRITE then
-        -- A new slot at the end: the value written anew, allocated exactly.
-        local slots = redis.call('GETRANGE', log.key, FIRST_READ, FIRST_READ + grows * SLOT - 1)
-        if #slots ~= grows * SLOT then
+      local seen = {}
+      for _, key in ipairs(keys) do
+        if seen[key] then
+          fail("ERR key '" .. key .. "' is given more than once")
+        end
+        seen[key] = true
+      end
+    end
+
+    -- Runs `run(...)`; an error it raises names `key` first, as the module's
+    -- errors about one key of a multi-key call do.
+    local function about_key(key, run, ...)
+      local ok, result = pcall(run, ...)
+      if ok then
+        return result
+      end
+      if type(result) == 'table' and result.reply and result.reply:sub(1, 4) == 'ERR ' then
+        fail("ERR key '" .. key .. "': " .. result.reply:sub(5))
+      end
+      error(result, 0)
+    end
+
+    -- One key's call of a multi-key call: its `npairs` pairs from `args[from]`.
+    local function key_call(args, from, npairs, options)
+      local simple = npairs == 1 and not (options[1] or options[2]) and simple_call(args[from], args[from + 1])
+      if simple then
+        return simple
+      end
+      local limits = {}
+      for i = 1, npairs do
+        local at = from + 2 * (i - 1)
+        limits[i] = parse.parse_pair(args[at], args[at + 1])
+      end
+      return parse.build_call(limits, options)
+    end
+
+    -- mcheck|mpeek: each key's call, in key order, as CHECK on that key alone
+    -- would parse it (COST and PRECISION apply to every key), or the module's
+    -- error for the first thing wrong; the twin's own refusals after all.
+    local function parse_multi_call(name, keys, args)
+      check_keys(keys)
+      local starts, counts = {}, {}
+      local at = 1
+      for position = 1, #keys do
+        if not args[at] then
+          arity(name)
+        end
+        local npairs = parse.positive_up_to(args[at], tostring(MAX_LIMITS))
+        if not npairs then
+          fail('ERR npairs of key ' .. position .. ' must be an integer from 1 to ' .. MAX_LIMITS)
+        end
+        starts[position], counts[position] = at + 1, tonumber(npairs)
+        at = at + 1 + 2 * counts[position]
+        if at - 1 > #args then
+          arity(name)
+        end
+      end
+      local options = parse.parse_options(args, at, parse.LIMIT_OPTIONS)
+      local block = parse.parse_block(options[3])
+      local calls = {}
+      for position, key in ipairs(keys) do
+        calls[position] = about_key(key, key_call, args, starts[position], counts[position], options)
+      end
+      for position, key in ipairs(keys) do
+        if not calls[position].cost then
+          about_key(key, parse.make_exact, calls[position])
+        end
+        calls[position].block = block
+      end
+      return calls
+    end
+
+    -- Every key of a multi-key call opened (WRONGTYPE for the first key of
+    -- another type) and seen at its own decision time, one clock for all,
+    -- under its block if it is blocked.
+    local function survey(name, keys, args)
+      local calls = parse_multi_call(name, keys, args)
+      local clock_now = clock()
+      local keyed = {}
+      for i, key in ipairs(keys) do
+        local log = open(key)
+        local now = decision_time(log, clock_now)
+        local seen, blocked = seen_at(log, now, calls[i])
+        keyed[i] = { key = key, log = log, call = calls[i], now = now, seen = seen, blocked = blocked }
+      end
+      return keyed
+    end
+
+    -- MCHECK's and MPEEK's reply over every key: as CHECK would reply if
+    -- allowed (as PEEK would with `as_peek`), as PEEK would if denied; then
+    -- the 1-based positions of the keys that denied (by their limits or by a
+    -- block).
+    local function joint(keyed, as_peek)
+      local denied = {}
+      for i, k in ipairs(keyed) do
+        if not k.seen.fits then
+          denied[#denied + 1] = i
+        end
+      end
+      local allowed = #denied == 0
+      local remaining, retry, reset = nil, 0, 0
+      for _, k in ipairs(keyed) do
+        local seen = k.seen
+        if allowed and not as_peek then
+          remaining = math.min(remaining or seen.after, seen.after)
+          reset = math.max(reset, k.call.longest)
+        else
+          remaining = math.min(remaining or seen.remaining, seen.remaining)
+          retry = math.max(retry, seen.retry)
+          reset = math.max(reset, seen.reset)
+        end
+      end
+      return { allowed and 1 or 0, remaining, retry, reset, denied }
+    end
+
+    -- MCHECK: every key is read and every write planned before any key
+    -- changes; then every key records the request (allowed), or (denied)
+    -- keeps its longest window as a denied CHECK's does and, with BLOCK, is
+    -- blocked if its own limits denied and it was not blocked already.
+    multi['ratelimit.mcheck'] = function(keys, args)
+      local keyed = survey('ratelimit.mcheck', keys, args)
+      local allowed = true
+      for _, k in ipairs(keyed) do
+        allowed = allowed and k.seen.fits
+      end
+      local plans = {}
+      for i, k in ipairs(keyed) do
+        if allowed then
+          plans[i] = about_key(k.key, plan_record, k.key, k.log, k.now, k.call)
+        else
+          local block = k.call.block
+          local block_until = block and not k.seen.fits and not k.blocked and k.now + block or nil
+          if block_until then
+            under_block(k.seen, block)
+          end
+          plans[i] = plan_deny(k.log, k.call.longest, block_until)
+        end
+      end
+      for _, writes in ipairs(plans) do
+        commit(writes)
+      end
+      return joint(keyed, false)
+    end
+
+    multi['ratelimit.mpeek'] = function(keys, args)
+      return joint(survey('ratelimit.mpeek', keys, args), true)
+    end
+
+    -- MUNDO: every key read and its refund planned before any is refunded.
+    multi['ratelimit.mundo'] = function(keys, args)
+      check_keys(keys)
+      local units = parse.units(args)
+      local rare = need('rare')
+      local logs, plans, removed = {}, {}, {}
+      for i, key in ipairs(keys) do
+        logs[i] = open(key) or false
+      end
+      for i, log in ipairs(logs) do
+        plans[i], removed[i] = rare.plan_refund(log or nil, units)
+      end
+      for _, writes in ipairs(plans) do
+        commit(writes)
+      end
+      return removed
+    end
+
+    return multi
+  end
+
+  -- The paged form ------------------------------------------------------------------
+
+  builders.paged = function()
+    local paged = {}
+
+    -- The paged header's fields, in order, with their widths.
+    local FIELDS = { { 'window', 5 }, { 'newest', 6 }, { 'oldest', 6 }, { 'total', 7 }, { 'count', 4 },
+      { 'blocked', 6 }, { 'head', 2 }, { 'used', 2 }, { 'last', 2 }, { 'tail_first', 6 }, { 'tail_cost', 7 },
+      { 'tail_count', 4 }, { 'end_cost', 7 }, { 'end_count', 4 }, { 'slots', 2 } }
+
+    local function header(log)
+      local bytes = { 114, 108, RING }
+      for _, field in ipairs(FIELDS) do
+        put(bytes, log[field[1]], field[2])
+      end
+      for i = 1, 3 do
+        local run = log.runs[i]
+        put(bytes, run and run.start or 0, 2)
+        put(bytes, run and run.count or 0, 2)
+      end
+      return string.char(unpack(bytes))
+    end
+
+    local function slot_offset(slot)
+      return SLOTS_AT + slot * SLOT
+    end
+
+    -- The slot of sealed page i (1 the oldest).
+    local function slot_of(log, i)
+      for _, run in ipairs(log.runs) do
+        if i <= run.count then
+          return run.start + i - 1
+        end
+        i = i - run.count
+      end
+    end
+
+    -- The runs are one to three disjoint ranges of slots, holding the
+    -- sealed pages between them.
+    local function valid_runs(log)
+      local runs, sealed = log.runs, 0
+      if #runs < 1 then
+        return false
+      end
+      for i, run in ipairs(runs) do
+        if run.count < 1 or run.start + run.count > log.slots then
+          return false
+        end
+        for j = 1, i - 1 do
+          local other = runs[j]
+          if run.start < other.start + other.count and other.start < run.start + run.count then
+            return false
+          end
+        end
+        sealed = sealed + run.count
+      end
+      log.sealed = sealed
+      return true
+    end
+
+    function paged.open(key, v)
+      if #v < SLOTS_AT then
+        corrupt()
+      end
+      local b = { v:byte(1, RING_HEADER) }
+      local log = { key = key, runs = {} }
+      local at = 4
+      for _, field in ipairs(FIELDS) do
+        log[field[1]] = le(b, at, field[2])
+        at = at + field[2]
+      end
+      for i = 1, 3 do
+        local start, count = le(b, at, 2), le(b, at + 2, 2)
+        if count > 0 then
+          log.runs[#log.runs + 1] = { start = start, count = count }
+        end
+        at = at + 4
+      end
+      -- The cost and entries before the first live one.
+      log.cost_head = sub_cost(log.end_cost, log.total)
+      log.count_head = (log.end_count - log.count) % COUNTS
+      local tail_rel = sub_cost(log.tail_cost, log.cost_head)
+      local tail_entries = (log.end_count - log.tail_count) % COUNTS
+      if log.window < 1 or log.window > MAX_WINDOW or log.newest > LATEST or log.oldest > log.newest
+        or log.newest - log.oldest >= log.window or log.total < 2 or log.total > EXACT or log.count < 2
+        or log.count > MAX_ENTRIES or log.blocked > LATEST or log.head >= PAGE or log.used < 1
+        or log.used > PAGE or log.last >= log.used or log.tail_first <= log.oldest or log.tail_first > log.newest
+        or log.end_cost >= EXACT or log.tail_cost >= EXACT or log.slots > MAX_SLOTS or not valid_runs(log)
+        or tail_rel < 1 or tail_rel >= log.total or tail_entries < 1 or tail_entries >= log.count then
+        corrupt()
+      end
+      local tail = decode(v, RING_HEADER, RING_HEADER + log.used, log.tail_first, tail_rel, false)
+      if not tail or tail.n ~= tail_entries or tail.sum ~= log.total - tail_rel or tail.at[tail.n] ~= log.newest
+        or tail.start[tail.n] ~= RING_HEADER + log.last then
+        corrupt()
+      end
+      tail.first, tail.index, tail.count_before = log.tail_first, log.sealed + 1, log.count - tail_entries
+      log.tail, log.heads, log.pages = tail, {}, {}
+      return log
+    end
+
+    -- Sealed page i's header (read once per call): its first entry's time,
+    -- the cost and the entries before it, relative to the first live entry.
+    -- Checked against what the log's header says of the pages around it.
+    local function page_head(log, i)
+      local head = log.heads[i]
+      if head then
+        return head
+      end
+      local bytes = redis.call('GETRANGE', log.key, slot_offset(slot_of(log, i)), slot_offset(slot_of(log, i))
+        + PAGE_HEAD - 1)
+      local b = { bytes:byte(1, PAGE_HEAD) }
+      if #b ~= PAGE_HEAD then
+        corrupt()
+      end
+      head = { first = le(b, 1, 6), cost = le(b, 7, 7), count = le(b, 14, 4) }
+      head.rel = sub_cost(head.cost, log.cost_head)
+      head.count_before = (head.count - log.count_head) % COUNTS
+      if head.cost >= EXACT or head.first >= log.tail_first or i == 1 and head.first > log.oldest
+        or i > 1 and (head.first <= log.oldest or head.rel < 1 or head.rel >= log.tail.before[1]
+          or head.count_before < 1 or head.count_before >= log.tail.count_before) then
+        corrupt()
+      end
+      log.heads[i] = head
+      return head
+    end
+
+    -- Page i decoded (sealed pages 1 .. sealed, the tail sealed + 1): times,
+    -- costs and the cost before each entry relative to the first live one.
+    -- The first page's live entries start at `head`.
+    local function page(log, i)
+      if i > log.sealed then
+        return log.tail
+      end
+      local decoded = log.pages[i]
+      if decoded then
+        return decoded
+      end
+      local head = page_head(log, i)
+      local offset = slot_offset(slot_of(log, i)) + PAGE_HEAD
+      local src = redis.call('GETRANGE', log.key, offset, offset + PAGE - 1)
+      local base = head.rel
+      if i == 1 then
+        -- Before the first live entry: the cost pruned from this page.
+        base = -sub_cost(log.cost_head, head.cost)
+      end
+      decoded = decode(src, 0, PAGE, head.first, base, true)
+      if not decoded or decoded.at[decoded.n] >= log.tail_first then
+        corrupt()
+      end
+      decoded.first, decoded.index, decoded.count_before = head.first, i, head.count_before
+      if i == 1 then
+        -- The live part starts at `head`, at the log's oldest time, with no
+        -- cost before it.
+        local live
+        for k = 1, decoded.n do
+          if decoded.start[k] == log.head then
+            live = k
+          end
+        end
+        if not live or decoded.at[live] ~= log.oldest or decoded.before[live] ~= 0 then
           corrupt()
         end
-        log.end_cost = add_cost(log.end_cost, cost)
-        log.end_count = (log.end_count + (change.merge and 0 or 1)) % COUNTS
-        log.newest, log.used = at, #log.tail_bytes
-        writes[1] = { 'SET', log.key, whole(log, slots .. bytes), 'PXAT', at + change.window }
-        return writes
+        decoded.live, decoded.count_before = live, 1 - live
       end
-      writes[1] = { 'SETRANGE', log.key, slot_offset(slot), bytes }
+      log.pages[i] = decoded
+      return decoded
     end
-    log.end_cost = add_cost(log.end_cost, cost)
-    log.end_count = (log.end_count + (change.merge and 0 or 1)) % COUNTS
-    log.newest, log.used = at, #log.tail_bytes
-    return header_write(log, writes, at + change.window)
-  end
 
-  -- UNDO's writes on a paged log when `keep` of its cost stays: the entry
-  -- `last` keeps part of its cost and becomes the newest; pages after it
-  -- leave the runs, and the page it is in becomes the tail page.
-  function paged.plan_truncate(log, last, keep)
-    local found, k = last.page, last.k
-    local kept_cost = keep - found.before[k]
-    local gap = k == found.live and 0 or found.at[k] - found.at[k - 1]
-    log.total, log.newest = keep, found.at[k]
-    log.count = found.count_before + k
-    if found.index == 1 then
-      -- Only the first sealed page is left: small again.
-      local times, costs = {}, {}
-      for i = found.live, k do
-        times[#times + 1], costs[#costs + 1] = found.at[i], found.cost[i]
+    -- The last page in [1, sealed + 1] whose key (`key_of(page index)`) is at
+    -- most x (below x with `strict`): the first page's is known to be, so
+    -- the search gallops from the end nearer x, then bisects.
+    local function last_page(log, key_of, x, strict, from_back)
+      local function fits(i)
+        local key = key_of(i)
+        return key < x or not strict and key == x
       end
-      costs[#costs] = kept_cost
-      log.oldest, log.sealed = found.at[found.live], 0
-      return rebuild(log, times, costs, nil)
+      local tail = log.sealed + 1
+      if fits(tail) then
+        return tail
+      end
+      local low, high, step = 1, tail, 1
+      if from_back then
+        while true do
+          local i = high - step
+          if i <= low then
+            break
+          end
+          if fits(i) then
+            low = i
+            break
+          end
+          high, step = i, step * 2
+        end
+      else
+        while true do
+          local i = low + step
+          if i >= high then
+            break
+          end
+          if not fits(i) then
+            high = i
+            break
+          end
+          low, step = i, step * 2
+        end
+      end
+      while high - low > 1 do
+        local middle = (low + high - (low + high) % 2) / 2
+        if fits(middle) then
+          low = middle
+        else
+          high = middle
+        end
+      end
+      return low
     end
-    local src = found.index > log.sealed and found.src:sub(RING_HEADER + 1, RING_HEADER + log.used) or found.src
-    local origin = found.index > log.sealed and RING_HEADER or 0
-    local bytes = src:sub(1, found.start[k] - origin) .. entry(gap, kept_cost)
-    if found.index <= log.sealed then
-      local head = page_head(log, found.index)
-      drop_back(log, log.sealed - found.index + 1)
-      log.sealed = found.index - 1
-      log.tail_first, log.tail_cost, log.tail_count = head.first, head.cost, head.count
+
+    function paged.seek_time(log, t)
+      if t >= log.newest then
+        return nil
+      end
+      if t < log.oldest then
+        return { page = page(log, 1), k = page(log, 1).live }
+      end
+      local function first_time(i)
+        if i == 1 then
+          return log.oldest
+        end
+        return i > log.sealed and log.tail_first or page_head(log, i).first
+      end
+      local i = last_page(log, first_time, t, false, t - log.oldest > log.tail_first - t)
+      local found = page(log, i)
+      local k = first_after(found, t)
+      if k then
+        return { page = found, k = k }
+      end
+      return { page = page(log, i + 1), k = 1 }
     end
-    log.tail_bytes, log.used, log.last = bytes, #bytes, found.start[k] - origin
-    log.end_cost = add_cost(log.cost_head, keep % EXACT)
-    log.end_count = (log.count_head + log.count) % COUNTS
-    return header_write(log, {}, nil)
+
+    function paged.seek_cost(log, target)
+      local function cost_before(i)
+        if i == 1 then
+          return 0
+        end
+        return i > log.sealed and log.tail.before[1] or page_head(log, i).rel
+      end
+      local i = last_page(log, cost_before, target, true, target > log.total / 2)
+      local found = page(log, i)
+      return { page = found, k = first_reaching(found, target) }
+    end
+
+    -- Adds a slot at the back of the runs for a new sealed page: the next
+    -- slot after the last run if free; slot 0 once the only run has left it;
+    -- else a new slot at the end of the value (in a run of its own when the
+    -- last run ran into the first: at most three runs).
+    local function push_slot(log)
+      local runs = log.runs
+      local last = runs[#runs]
+      local next_slot = last.start + last.count
+      if next_slot < log.slots then
+        local taken = false
+        for _, run in ipairs(runs) do
+          taken = taken or (run.start <= next_slot and next_slot < run.start + run.count)
+        end
+        if not taken then
+          last.count = last.count + 1
+          return next_slot
+        end
+        runs[#runs + 1] = { start = log.slots, count = 1 }
+      elseif #runs == 1 and last.start > 0 then
+        runs[2] = { start = 0, count = 1 }
+        return 0
+      else
+        last.count = last.count + 1
+      end
+      log.slots = log.slots + 1
+      return log.slots - 1
+    end
+
+    local function drop_front(log, pages)
+      local runs = log.runs
+      while pages > 0 do
+        local run = runs[1]
+        local taken = math.min(pages, run.count)
+        run.start, run.count, pages = run.start + taken, run.count - taken, pages - taken
+        if run.count == 0 then
+          table.remove(runs, 1)
+        end
+      end
+    end
+
+    local function drop_back(log, pages)
+      local runs = log.runs
+      while pages > 0 do
+        local run = runs[#runs]
+        local taken = math.min(pages, run.count)
+        run.count, pages = run.count - taken, pages - taken
+        if run.count == 0 then
+          runs[#runs] = nil
+        end
+      end
+    end
+
+    -- A sealed page's slot: its header and entries, padded.
+    local function slot_bytes(first, cost, count, entries)
+      local bytes = {}
+      put(bytes, first, 6)
+      put(bytes, cost, 7)
+      put(bytes, count, 4)
+      return string.char(unpack(bytes)) .. entries .. string.rep('\0', PAGE - #entries)
+    end
+
+    -- The whole value of a paged log whose slots hold `slots` (bytes).
+    local function whole(log, slots)
+      return header(log) .. log.tail_bytes .. string.rep('\0', PAGE - #log.tail_bytes) .. slots
+    end
+
+    -- A paged value for entries (times, costs, and their bytes `parts`, each
+    -- encoded with its gap to the one before) that are more than a page.
+    function paged.build(log, at, cost, parts, expires)
+      local pages, current, firsts, starts = {}, {}, {}, {}
+      local size, sum, cum_before, counts = 0, 0, {}, {}
+      for i = 1, #at do
+        local bytes = parts[i]
+        if #current == 0 or size + #bytes > PAGE then
+          pages[#pages + 1], current, size = current, {}, 0
+          firsts[#pages + 1], cum_before[#pages + 1], counts[#pages + 1] = at[i], sum, i - 1
+          bytes = entry(0, cost[i])
+        end
+        starts[i] = size
+        current[#current + 1] = bytes
+        size, sum = size + #bytes, sum + cost[i]
+      end
+      pages[#pages + 1] = current
+      -- pages[1] is the empty list before the first; pages[2 ..] hold entries.
+      local sealed = #pages - 2
+      local slots = {}
+      for p = 2, #pages - 1 do
+        slots[#slots + 1] = slot_bytes(firsts[p], cum_before[p] % EXACT, counts[p], table.concat(pages[p]))
+      end
+      local tail = #pages
+      log.tail_bytes = table.concat(pages[tail])
+      log.head, log.used, log.last = 0, #log.tail_bytes, starts[#at]
+      log.tail_first, log.tail_cost, log.tail_count = firsts[tail], cum_before[tail] % EXACT, counts[tail]
+      log.end_cost, log.end_count, log.count, log.oldest = sum % EXACT, #at, #at, at[1]
+      log.slots, log.runs = sealed, { { start = 0, count = sealed } }
+      if expires then
+        return { { 'SET', log.key, whole(log, table.concat(slots)), 'PXAT', expires } }
+      end
+      return { { 'SET', log.key, whole(log, table.concat(slots)), 'KEEPTTL' } }
+    end
+
+    -- The header and tail page, as they stand, in one SETRANGE, with the
+    -- expiry if given.
+    local function header_write(log, writes, expires)
+      writes[#writes + 1] = { 'SETRANGE', log.key, 0, header(log) .. log.tail_bytes }
+      if expires then
+        writes[#writes + 1] = { 'PEXPIREAT', log.key, expires }
+      end
+      return writes
+    end
+
+    function paged.plan_header(log, expires)
+      log.tail_bytes = log.tail.src:sub(RING_HEADER + 1, RING_HEADER + log.used)
+      return header_write(log, {}, expires)
+    end
+
+    -- An allowed request's writes on a paged log (the shared checks done):
+    -- pages the prune passed leave the runs, the request joins the newest
+    -- entry or is appended to the tail page, a full tail page is sealed into
+    -- a slot.
+    function paged.plan_record(log, change)
+      local first, at, cost = change.first, change.at, change.cost
+      local tail, n = log.tail, log.tail.n
+      log.window, log.total, log.count, log.blocked = change.window, change.total, change.count, 0
+      local newest_cost = change.merge and tail.cost[n] + cost or cost
+      if first.page.index > log.sealed then
+        -- Every sealed page expired: what is left of the tail, and the request.
+        local times, costs = {}, {}
+        for i = first.k, n do
+          times[#times + 1], costs[#costs + 1] = tail.at[i], tail.cost[i]
+        end
+        if change.merge then
+          times[#times], costs[#costs] = at, newest_cost
+        else
+          times[#times + 1], costs[#costs + 1] = at, cost
+        end
+        log.oldest, log.newest = times[1], at
+        return rebuild(log, times, costs, at + change.window)
+      end
+      local dropped = first.page.index - 1
+      drop_front(log, dropped)
+      log.sealed = log.sealed - dropped
+      log.head, log.oldest = first.page.start[first.k], first.page.at[first.k]
+      local src = tail.src:sub(RING_HEADER + 1, RING_HEADER + log.used)
+      local kept, new_entry, gap
+      if change.merge then
+        kept = src:sub(1, log.last)
+        gap = n == 1 and 0 or at - tail.at[n - 1]
+      else
+        kept, gap = src, at - log.newest
+      end
+      new_entry = entry(gap, newest_cost)
+      local writes = {}
+      if #kept + #new_entry <= PAGE then
+        log.tail_bytes, log.last = kept .. new_entry, #kept
+        if change.merge and n == 1 then
+          log.tail_first = at
+        end
+      else
+        -- The tail page is full: sealed into a slot, the request starts the next.
+        local before_newest = change.merge and sub_cost(log.end_cost, tail.cost[n]) or log.end_cost
+        local count_before = change.merge and (log.end_count - 1) % COUNTS or log.end_count
+        local grows = log.slots
+        local slot = push_slot(log)
+        local bytes = slot_bytes(log.tail_first, log.tail_cost, log.tail_count, kept)
+        log.tail_first, log.tail_cost, log.tail_count = at, before_newest, count_before
+        log.tail_bytes, log.last = entry(0, newest_cost), 0
+        log.sealed = log.sealed + 1
+        if log.slots > grows and SLOTS_AT + log.slots * SLOT <= REWRITE then
+          -- A new slot at the end: the value written anew, allocated exactly.
+          local slots = redis.call('GETRANGE', log.key, SLOTS_AT, SLOTS_AT + grows * SLOT - 1)
+          if #slots ~= grows * SLOT then
+            corrupt()
+          end
+          log.end_cost = add_cost(log.end_cost, cost)
+          log.end_count = (log.end_count + (change.merge and 0 or 1)) % COUNTS
+          log.newest, log.used = at, #log.tail_bytes
+          writes[1] = { 'SET', log.key, whole(log, slots .. bytes), 'PXAT', at + change.window }
+          return writes
+        end
+        writes[1] = { 'SETRANGE', log.key, slot_offset(slot), bytes }
+      end
+      log.end_cost = add_cost(log.end_cost, cost)
+      log.end_count = (log.end_count + (change.merge and 0 or 1)) % COUNTS
+      log.newest, log.used = at, #log.tail_bytes
+      return header_write(log, writes, at + change.window)
+    end
+
+    -- UNDO's writes on a paged log when `keep` of its cost stays: the entry
+    -- `last` keeps part of its cost and becomes the newest; pages after it
+    -- leave the runs, and the page it is in becomes the tail page.
+    function paged.plan_truncate(log, last, keep)
+      local found, k = last.page, last.k
+      local kept_cost = keep - found.before[k]
+      local gap = k == found.live and 0 or found.at[k] - found.at[k - 1]
+      log.total, log.newest = keep, found.at[k]
+      log.count = found.count_before + k
+      if found.index == 1 then
+        -- Only the first sealed page is left: small again.
+        local times, costs = {}, {}
+        for i = found.live, k do
+          times[#times + 1], costs[#costs + 1] = found.at[i], found.cost[i]
+        end
+        costs[#costs] = kept_cost
+        log.oldest, log.sealed = found.at[found.live], 0
+        return rebuild(log, times, costs, nil)
+      end
+      local src = found.index > log.sealed and found.src:sub(RING_HEADER + 1, RING_HEADER + log.used) or found.src
+      local origin = found.index > log.sealed and RING_HEADER or 0
+      local bytes = src:sub(1, found.start[k] - origin) .. entry(gap, kept_cost)
+      if found.index <= log.sealed then
+        local head = page_head(log, found.index)
+        drop_back(log, log.sealed - found.index + 1)
+        log.sealed = found.index - 1
+        log.tail_first, log.tail_cost, log.tail_count = head.first, head.cost, head.count
+      end
+      log.tail_bytes, log.used, log.last = bytes, #bytes, found.start[k] - origin
+      log.end_cost = add_cost(log.cost_head, keep % EXACT)
+      log.end_count = (log.count_head + log.count) % COUNTS
+      return header_write(log, {}, nil)
+    end
+
+    return paged
   end
 
-  return paged
+  -- The script form: ARGV[1] names the operation.
+  local function dispatch(keys, argv)
+    local operation = OPERATIONS[argv[1] or '']
+    if not operation then
+      return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
+        .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo and unblock)")
+    end
+    local args = {}
+    for i = 2, #argv do
+      args[i - 1] = argv[i]
+    end
+    return call(operation, keys, args)
+  end
+
+  return { call = call, dispatch = dispatch, OPERATIONS = OPERATIONS }
 end
-
--- The script form: ARGV[1] names the operation.
-local function dispatch(keys, argv)
-  local operation = OPERATIONS[argv[1] or '']
-  if not operation then
-    return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
-      .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo and unblock)")
-  end
-  local args = {}
-  for i = 2, #argv do
-    args[i - 1] = argv[i]
-  end
-  return call(operation, keys, args)
-end
-
--- The functions, `ratelimit_<operation>`, in a fixed order. (The top level
--- of a library may not touch globals such as `ipairs` on Redis 7.0.)
-local FUNCTIONS = { 'check', 'peek', 'undo', 'unblock', 'mcheck', 'mpeek', 'mundo' }
 
 if redis.register_function then
+  -- The functions, `ratelimit_<operation>`, in a fixed order. (The top
+  -- level of a library may not touch globals such as `ipairs` on Redis 7.0.)
+  local FUNCTIONS = { 'check', 'peek', 'undo', 'unblock', 'mcheck', 'mpeek', 'mundo' }
+  local rest = general()
   for i = 1, #FUNCTIONS do
-    local operation = OPERATIONS[FUNCTIONS[i]]
+    local name = FUNCTIONS[i]
+    local operation = rest.OPERATIONS[name]
+    local tries_fast, peek = name == 'check' or name == 'peek', name == 'peek'
     redis.register_function({
-      function_name = 'ratelimit_' .. FUNCTIONS[i],
+      function_name = 'ratelimit_' .. name,
       callback = function(keys, args)
-        return call(operation, keys, args)
+        if tries_fast and #keys == 1 and #args == 2 then
+          local answer = fast(keys[1], args[1], args[2], peek)
+          if answer then
+            return answer
+          end
+        end
+        return rest.call(operation, keys, args)
       end,
       -- Reads only: FCALL_RO, and so replicas, may run them.
       flags = operation.read_only and { 'no-writes' } or nil,
     })
   end
 else
-  return dispatch(KEYS, ARGV)
+  -- The script form: ARGV[1] names the operation.
+  local operation = ARGV[1]
+  if (operation == 'check' or operation == 'peek') and #KEYS == 1 and #ARGV == 3 then
+    local answer = fast(KEYS[1], ARGV[2], ARGV[3], operation == 'peek')
+    if answer then
+      return answer
+    end
+  end
+  return general().dispatch(KEYS, ARGV)
 end

@@ -1,7 +1,7 @@
 //! The script twin run in-process: the unmodified twin/ratelimit.lua, in
 //! the EVAL form, in the Lua 5.1 that Redis and Valkey embed, over a
 //! small keyspace written in Lua that answers the few commands the twin
-//! sends (GETRANGE, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, EXISTS, DEL,
+//! sends (GET, GETRANGE, STRLEN, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, EXISTS, DEL,
 //! TIME) and expires keys as Redis does. Its TIME reads a clock the test sets, so
 //! the timed fields can be held to a model: the twin itself never takes
 //! a clock from its caller.
@@ -33,6 +33,12 @@ function commands.GETRANGE(key, from, to)
     return ''
   end
   return value:sub(from + 1, to + 1)
+end
+function commands.STRLEN(key)
+  return #(live(key) or '')
+end
+function commands.GET(key)
+  return live(key) or false
 end
 function commands.SETRANGE(key, offset, bytes)
   local value = live(key) or ''
