@@ -324,10 +324,9 @@ fn the_twin_is_exact_up_to_2_53_and_refuses_beyond() {
     }
 }
 
-/// A blocked key's value carries its block (magic `rl\2`, the block's end
-/// after the header); any other is the value the twin always wrote
-/// (`rl\1`), so values from before blocks existed read as they are, and
-/// lifting a block gives back the very bytes the key held before it.
+/// A blocked key's value carries its block (magic `rl\5`, the block's end
+/// after the header); an open one has magic `rl\4`, and lifting a block
+/// gives back the very bytes the key held before it.
 #[test]
 fn a_block_is_stored_in_the_value_and_lifted_from_it() {
     for backend in TWINS {
@@ -340,14 +339,14 @@ fn a_block_is_stored_in_the_value_and_lifted_from_it() {
             assert_eq!(twin.check(&mut con, "k", 60_000, 3)[0], 1);
         }
         let open = get(&mut con);
-        assert!(open.starts_with(b"rl\x01"), "{open:?}");
+        assert!(open.starts_with(b"rl\x04"), "{open:?}");
         let denied: Vec<i64> = twin.run(
             &mut con,
             &["RATELIMIT.CHECK", "k", "60000", "3", "BLOCK", "3600000"],
         );
         assert_eq!(denied, [0, 0, 3_600_000, 3_600_000]);
         let blocked = get(&mut con);
-        assert!(blocked.starts_with(b"rl\x02"), "{blocked:?}");
+        assert!(blocked.starts_with(b"rl\x05"), "{blocked:?}");
         assert_eq!(blocked.len(), open.len() + 6, "6 bytes of block");
         let pttl: i64 = run(&mut con, &["PTTL", "k"]);
         assert!(

@@ -65,24 +65,6 @@
 -- page's first entry's gap is not read (its time is the page's first, or
 -- the log's oldest); every other gap is at least 1 ms.
 
--- A flagged varint: 6 value bits and the flag in the first byte, then 7
--- value bits a byte, low bits first; bit 7 says another byte follows.
-local function varint(n, flag)
-  local low = n % 64
-  n = (n - low) / 64
-  if n == 0 then
-    return string.char(low * 2 + flag)
-  end
-  local bytes = { low * 2 + flag + 128 }
-  while n >= 128 do
-    local b = n % 128
-    bytes[#bytes + 1] = b + 128
-    n = (n - b) / 128
-  end
-  bytes[#bytes + 1] = n
-  return string.char(unpack(bytes))
-end
-
 -- The fast path -------------------------------------------------------------------
 --
 -- CHECK and PEEK with one `window max` pair and no option, on a key that
@@ -94,7 +76,7 @@ end
 -- out because the script form builds every function the file defines, and
 -- every name it closes over, again on each call (measured in Redis: about
 -- 800 instructions a function and 500 a name, where a Lua operation costs
--- 50 to 100 and a table 1,500), so the common call builds three.
+-- 50 to 100 and a table 1,500), so the common call builds two.
 -- Its constants: the small header is 14 bytes (magic "rl\4", window,
 -- oldest time), a small value holds at most 256 bytes of entries (PAGE),
 -- windows are at most 31536000000 ms, a key's cost at most 2^53 =
@@ -161,7 +143,7 @@ local function fast(key, window_word, max_word, peek)
     while i <= length do
       local x = b[i]
       local gap, cost, j
-      if x % 2 == 0 then
+      if x % 2 == 0 and x > 0 then
         if x < 128 then
           gap, cost, j = x / 2, 1, i + 1
         else
@@ -211,11 +193,11 @@ local function fast(key, window_word, max_word, peek)
             return nil
           end
         end
-      end
-      if i > 1 then
-        if gap < 1 then
+        if gap < 1 and i > 1 then
           return nil
         end
+      end
+      if i > 1 then
         before_newest, t = t, t + gap
       end
       if target then
@@ -266,23 +248,37 @@ local function fast(key, window_word, max_word, peek)
   -- to `kept_to`, bytes of `v`), and the request, appended, or joined to
   -- the newest entry in its millisecond (which then takes the request's
   -- time, as the log's record does).
+  -- Its last entry's bytes are written here for gaps below 2^20 ms (17
+  -- minutes) and a joined entry's gap and cost below 8192; the general code
+  -- writes larger ones.
   local kept_to, last
   if not kept_from then
     -- Every entry expired, or a new key.
     kept_from, kept_to, last, sum, kept_sum = 1, 0, '\0', 0, 0
   elseif newest < now then
     local gap = now - newest
+    local low = gap % 64
     kept_to = size
     if gap < 64 then
       last = string.char(gap * 2)
     elseif gap < 8192 then
-      last = string.char(128 + gap % 64 * 2, (gap - gap % 64) / 64)
+      last = string.char(128 + low * 2, (gap - low) / 64)
+    elseif gap < 1048576 then
+      local middle = (gap - low) / 64 % 128
+      last = string.char(128 + low * 2, 128 + middle, (gap - low - middle * 64) / 8192)
     else
-      last = varint(gap, 0)
+      return nil
     end
   else
+    -- The joined entry: flagged gap, then cost, each one or two bytes.
+    local gap, cost = newest_at == kept_from and 0 or now - before_newest, newest_cost + 1
+    if gap >= 8192 or cost >= 8192 then
+      return nil
+    end
+    local g, c = gap % 64, cost % 64
+    last = (gap < 64 and string.char(gap * 2 + 1) or string.char(129 + g * 2, (gap - g) / 64))
+      .. (cost < 64 and string.char(cost * 2 + 1) or string.char(129 + c * 2, (cost - c) / 64))
     kept_to = 13 + newest_at
-    last = varint(newest_at == kept_from and 0 or now - before_newest, 1) .. varint(newest_cost + 1, 1)
     if newest_at == kept_from then
       kept_time = now
     end
@@ -293,7 +289,7 @@ local function fast(key, window_word, max_word, peek)
   local value
   if size > 0 and kept_from == 1 and kept_time == oldest and log_window == old_window then
     -- The header as it is.
-    value = v:sub(1, kept_to) .. last
+    value = (kept_to == size and v or v:sub(1, kept_to)) .. last
   else
     -- The small header: magic, window, oldest.
     if log_window ~= old_window then
@@ -314,6 +310,14 @@ local function fast(key, window_word, max_word, peek)
   end
   redis.call('SET', key, value, 'PXAT', now + log_window)
   return { 1, room - used, 0, window }
+end
+
+-- The script form tries the fast path before it defines anything else.
+if not redis.register_function and (ARGV[1] == 'check' or ARGV[1] == 'peek') and #KEYS == 1 and #ARGV == 3 then
+  local answer = fast(KEYS[1], ARGV[2], ARGV[3], ARGV[1] == 'peek')
+  if answer then
+    return answer
+  end
 end
 
 -- Everything but the fast path: built once by the function form, and by
@@ -357,6 +361,25 @@ local function general()
   end
 
   -- Numbers and bytes ----------------------------------------------------------
+
+  -- A flagged varint: 6 value bits and the flag in the first byte, then 7
+  -- value bits a byte, low bits first; bit 7 says another byte follows.
+  local function varint(n, flag)
+    local low = n % 64
+    n = (n - low) / 64
+    if n == 0 then
+      return string.char(low * 2 + flag)
+    end
+    local bytes = { low * 2 + flag + 128 }
+    while n >= 128 do
+      local b = n % 128
+      bytes[#bytes + 1] = b + 128
+      n = (n - b) / 128
+    end
+    bytes[#bytes + 1] = n
+    return string.char(unpack(bytes))
+  end
+
 
   -- The little-endian integer of bytes b[i .. i + width - 1].
   local function le(b, i, width)
@@ -1947,12 +1970,5 @@ if redis.register_function then
   end
 else
   -- The script form: ARGV[1] names the operation.
-  local operation = ARGV[1]
-  if (operation == 'check' or operation == 'peek') and #KEYS == 1 and #ARGV == 3 then
-    local answer = fast(KEYS[1], ARGV[2], ARGV[3], operation == 'peek')
-    if answer then
-      return answer
-    end
-  end
   return general().dispatch(KEYS, ARGV)
 end
