@@ -13,7 +13,7 @@
 //! key or none records, and a denial blocks only the keys whose own limits
 //! denied.
 
-use harness::{EmbeddedTwin, TwinReply};
+use harness::{twin_format, EmbeddedTwin, TwinReply};
 use proptest::prelude::*;
 
 #[derive(Default)]
@@ -434,6 +434,25 @@ fn run_on(twin: &EmbeddedTwin, calls: &[Call], reach: &mut Reach) -> Result<(), 
         reach.see(twin.value(NAMES[0]), &mut was_paged);
         for (name, model) in NAMES.iter().zip(models.iter_mut()) {
             model.expire(clock);
+            // What the stored bytes mean, read by the Rust reader: the
+            // model's entries, block and (while it holds entries) window.
+            if let Some(value) = twin.value(name).filter(|_| model.exists()) {
+                let log = twin_format::decode_paged_by(&value, twin.page)
+                    .map_err(|e| format!("call {index} {call:?}: {name}'s value: {e}"))?;
+                let window = if model.entries.is_empty() {
+                    log.window
+                } else {
+                    model.window
+                };
+                if (&log.entries, log.blocked_until, log.window)
+                    != (&model.entries, model.blocked_until, window)
+                {
+                    return Err(format!(
+                        "call {index} {call:?}: {name} holds {log:?}, the model {:?} {} {}",
+                        model.entries, model.window, model.blocked_until
+                    ));
+                }
+            }
             if twin.exists(name) != model.exists() {
                 return Err(format!("call {index} {call:?}: {name} exists in one only"));
             }
@@ -584,14 +603,17 @@ fn small_pages_reach_every_shape_of_the_paged_form() {
                 0 => Call::Undo(1 + random.below(40)),
                 5 => request(false, 0, vec![(20, 5), (1_500, 1_000_000)]),
                 9 => request(true, 1, vec![(300, 200), (1_500, 1_000_000)]),
-                _ if phase == 3 && random.below(3) > 0 => request(true, 9, vec![(1_500, 1_000_000)]),
+                _ if phase == 3 && random.below(3) > 0 => {
+                    request(true, 9, vec![(1_500, 1_000_000)])
+                }
                 _ if random.below(600) == 0 => request(true, 1_400, vec![(1_500, 1_000_000)]),
                 _ => request(true, phase, vec![(1_500, 1_000_000)]),
             }
         })
         .collect();
     let mut reach = Reach::default();
-    run_on(&EmbeddedTwin::with_page(24, 65536), &calls, &mut reach).unwrap_or_else(|e| panic!("{e}"));
+    run_on(&EmbeddedTwin::with_page(24, 65536), &calls, &mut reach)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(reach.paged > 1_000, "{reach:?}");
     assert!(reach.sealed > 20, "{reach:?}");
     assert_eq!(reach.runs, 3, "{reach:?}");

@@ -105,6 +105,8 @@ pub enum TwinReply {
 pub struct EmbeddedTwin {
     lua: Lua,
     script: Function,
+    /// The bytes of entries a page of its paged form holds.
+    pub page: usize,
 }
 
 impl Default for EmbeddedTwin {
@@ -126,13 +128,25 @@ impl EmbeddedTwin {
     pub fn with_page(bytes: usize, rewrite: usize) -> EmbeddedTwin {
         let mut script = twin_script();
         for (constant, value) in [
-            ("local PAGE, PAGE_HEAD = 256, 17", format!("local PAGE, PAGE_HEAD = {bytes}, 17")),
-            ("local REWRITE = 65536", format!("local REWRITE = {rewrite}")),
+            (
+                "local PAGE, PAGE_HEAD = 256, 17",
+                format!("local PAGE, PAGE_HEAD = {bytes}, 17"),
+            ),
+            (
+                "local REWRITE = 65536",
+                format!("local REWRITE = {rewrite}"),
+            ),
         ] {
-            assert!(script.contains(constant), "twin/ratelimit.lua says {constant:?}");
+            assert!(
+                script.contains(constant),
+                "twin/ratelimit.lua says {constant:?}"
+            );
             script = script.replace(constant, &value);
         }
-        Self::from_source(&script)
+        EmbeddedTwin {
+            page: bytes,
+            ..Self::from_source(&script)
+        }
     }
 
     fn from_source(source: &str) -> EmbeddedTwin {
@@ -143,7 +157,11 @@ impl EmbeddedTwin {
             .set_name("twin/ratelimit.lua")
             .into_function()
             .expect("twin/ratelimit.lua compiles as Lua 5.1");
-        EmbeddedTwin { lua, script }
+        EmbeddedTwin {
+            lua,
+            script,
+            page: crate::twin_format::PAGE,
+        }
     }
 
     /// Sets the clock TIME reads, in ms since the epoch.
