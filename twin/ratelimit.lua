@@ -115,7 +115,7 @@ local function fast(key, window_word, max_word, peek)
   local r, l, magic, w1, w2, w3, w4, w5, o1, o2, o3, o4, o5, o6 = v:byte(1, 14)
   local old_window, oldest = 0, now
   if size > 0 then
-    if r ~= 114 or l ~= 108 or magic ~= 4 or size == 14 then
+    if r ~= 114 or l ~= 108 or magic ~= 4 or size <= 14 then
       return nil
     end
     old_window = (((w5 * 256 + w4) * 256 + w3) * 256 + w2) * 256 + w1
@@ -611,12 +611,16 @@ local function general()
     if head < base or tail < head or span > newest or (base == OLD_BLOCKED_HEADER) ~= (blocked > 0) then
       corrupt()
     end
-    if tail - head > LEGACY then
-      fail('ERR this key was written by the script twin 0.3 and holds more than ' .. LEGACY
-        .. ' bytes of entries, more than this version reads in one call: DEL it, or let it expire')
-    end
     if tail > #v then
-      -- A 0.3 value larger than one read (bounded by LEGACY).
+      -- A 0.3 value larger than one read: read on if its entries are no more
+      -- than LEGACY bytes (and really there).
+      if #v < FIRST_READ or redis.call('STRLEN', key) < tail then
+        corrupt()
+      end
+      if tail - head > LEGACY then
+        fail('ERR this key was written by the script twin 0.3 and holds more than ' .. LEGACY
+          .. ' bytes of entries, more than this version reads in one call: DEL it, or let it expire')
+      end
       v = v .. redis.call('GETRANGE', key, #v, tail - 1)
     end
     local log = small_log(key, v, head, tail, window, newest - span, blocked)
@@ -1597,7 +1601,18 @@ local function general()
         base = -sub_cost(log.cost_head, head.cost)
       end
       decoded = decode(src, 0, PAGE, head.first, base, true)
-      if not decoded or decoded.at[decoded.n] >= log.tail_first then
+      -- The page ends where the next begins: the cost and the entries
+      -- before the next page are this page's and its own, the next's
+      -- first time after this one's last.
+      local next_first, next_rel, next_count
+      if i < log.sealed then
+        local following = page_head(log, i + 1)
+        next_first, next_rel, next_count = following.first, following.rel, following.count_before
+      else
+        next_first, next_rel, next_count = log.tail_first, log.tail.before[1], log.tail.count_before
+      end
+      if not decoded or decoded.at[decoded.n] >= next_first
+        or decoded.before[decoded.n] + decoded.cost[decoded.n] ~= next_rel then
         corrupt()
       end
       decoded.first, decoded.index, decoded.count_before = head.first, i, head.count_before
@@ -1615,6 +1630,9 @@ local function general()
         end
         decoded.live, decoded.count_before = live, 1 - live
       end
+      if decoded.count_before + decoded.n ~= next_count then
+        corrupt()
+      end
       log.pages[i] = decoded
       return decoded
     end
@@ -1623,8 +1641,20 @@ local function general()
     -- most x (below x with `strict`): the first page's is known to be, so
     -- the search gallops from the end nearer x, then bisects.
     local function last_page(log, key_of, x, strict, from_back)
+      -- Every key probed lies strictly between those of the pages around
+      -- it already probed (page headers out of order: WRONGTYPE).
+      local keys = { [1] = key_of(1), [log.sealed + 1] = key_of(log.sealed + 1) }
       local function fits(i)
-        local key = key_of(i)
+        local key = keys[i]
+        if not key then
+          key = key_of(i)
+          keys[i] = key
+          for j, other in pairs(keys) do
+            if (j < i and other >= key) or (j > i and other <= key) then
+              corrupt()
+            end
+          end
+        end
         return key < x or not strict and key == x
       end
       local tail = log.sealed + 1
