@@ -353,6 +353,10 @@ struct Reach {
     sealed: usize,
     /// Times a paged value went back to the small form.
     unpaged: usize,
+    /// Times a paged value was written anew in fewer slots.
+    compacted: usize,
+    /// The paged value's slots after the last call (0: not paged).
+    slots: usize,
 }
 
 impl Reach {
@@ -363,9 +367,15 @@ impl Reach {
         }
         *was_paged = paged;
         let Some(v) = value.filter(|_| paged) else {
+            self.slots = 0;
             return;
         };
         self.paged += 1;
+        let slots = usize::from(v[71]) + 256 * usize::from(v[72]);
+        if slots < self.slots {
+            self.compacted += 1;
+        }
+        self.slots = slots;
         // The three runs: 2-byte start and count each, from byte 73.
         let counts: Vec<usize> = (0..3)
             .map(|i| usize::from(v[75 + 4 * i]) + 256 * usize::from(v[76 + 4 * i]))
@@ -618,6 +628,7 @@ fn small_pages_reach_every_shape_of_the_paged_form() {
     assert!(reach.sealed > 20, "{reach:?}");
     assert_eq!(reach.runs, 3, "{reach:?}");
     assert!(reach.unpaged > 0, "{reach:?}");
+    assert!(reach.compacted > 0, "{reach:?}");
 }
 
 proptest! {

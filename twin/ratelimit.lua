@@ -661,7 +661,9 @@ local function general()
   local function clock()
     local time = redis.pcall('TIME')
     if time.err then
-      if time.err:find("can't run this command", 1, true) or time.err:find('NOPERM', 1, true) then
+      -- Redis says "can't run this command", Valkey "no permissions".
+      if time.err:find("can't run", 1, true) or time.err:find('permission', 1, true)
+        or time.err:find('NOPERM', 1, true) then
         fail("NOPERM this user may not run TIME, which the script twin needs to read the server's clock: "
           .. 'grant it with ACL SETUSER <user> +time')
       end
@@ -897,6 +899,12 @@ local function general()
 
   -- The operations ----------------------------------------------------------------
 
+  -- A word as the module shows it in an error: an error reply cannot carry
+  -- a NUL, CR or LF byte, and the module's shows a space for each.
+  local function shown(word)
+    return (word:gsub('[%z\r\n]', ' '))
+  end
+
   local function arity(name)
     fail("ERR wrong number of arguments for '" .. name .. "' command")
   end
@@ -1036,11 +1044,6 @@ local function general()
       return tonumber(digits)
     end
 
-    -- A word as the module shows it in an error: up to a NUL byte, which
-    -- an error reply cannot carry, as the server cuts the module's.
-    local function shown(word)
-      return (word:gsub('%z.*', ''))
-    end
 
     -- Named options, each followed by its value, at most once, any case.
     local function parse_options(words, from, names)
@@ -1288,7 +1291,7 @@ local function general()
       local seen = {}
       for _, key in ipairs(keys) do
         if seen[key] then
-          fail("ERR key '" .. key .. "' is given more than once")
+          fail("ERR key '" .. shown(key) .. "' is given more than once")
         end
         seen[key] = true
       end
@@ -1302,7 +1305,7 @@ local function general()
         return result
       end
       if type(result) == 'table' and result.reply and result.reply:sub(1, 4) == 'ERR ' then
-        fail("ERR key '" .. key .. "': " .. result.reply:sub(5))
+        fail("ERR key '" .. shown(key) .. "': " .. result.reply:sub(5))
       end
       error(result, 0)
     end
@@ -1793,6 +1796,15 @@ local function general()
       return string.char(unpack(bytes)) .. entries .. string.rep('\0', PAGE - #entries)
     end
 
+    -- A slot's bytes as stored.
+    local function read_slot(log, slot)
+      local bytes = redis.call('GETRANGE', log.key, slot_offset(slot), slot_offset(slot) + SLOT - 1)
+      if #bytes ~= SLOT then
+        corrupt()
+      end
+      return bytes
+    end
+
     -- The whole value of a paged log whose slots hold `slots` (bytes).
     local function whole(log, slots)
       return header(log) .. log.tail_bytes .. string.rep('\0', PAGE - #log.tail_bytes) .. slots
@@ -1884,7 +1896,7 @@ local function general()
         kept, gap = src, at - log.newest
       end
       new_entry = entry(gap, newest_cost)
-      local writes = {}
+      local grows, slot, sealed = log.slots, nil, nil
       if #kept + #new_entry <= PAGE then
         log.tail_bytes, log.last = kept .. new_entry, #kept
         if change.merge and n == 1 then
@@ -1894,30 +1906,40 @@ local function general()
         -- The tail page is full: sealed into a slot, the request starts the next.
         local before_newest = change.merge and sub_cost(log.end_cost, tail.cost[n]) or log.end_cost
         local count_before = change.merge and (log.end_count - 1) % COUNTS or log.end_count
-        local grows = log.slots
-        local slot = push_slot(log)
-        local bytes = slot_bytes(log.tail_first, log.tail_cost, log.tail_count, kept)
+        slot = push_slot(log)
+        sealed = slot_bytes(log.tail_first, log.tail_cost, log.tail_count, kept)
         log.tail_first, log.tail_cost, log.tail_count = at, before_newest, count_before
         log.tail_bytes, log.last = entry(0, newest_cost), 0
         log.sealed = log.sealed + 1
-        if log.slots > grows and SLOTS_AT + log.slots * SLOT <= REWRITE then
-          -- A new slot at the end: the value written anew, allocated exactly.
-          local slots = redis.call('GETRANGE', log.key, SLOTS_AT, SLOTS_AT + grows * SLOT - 1)
-          if #slots ~= grows * SLOT then
-            corrupt()
-          end
-          log.end_cost = add_cost(log.end_cost, cost)
-          log.end_count = (log.end_count + (change.merge and 0 or 1)) % COUNTS
-          log.newest, log.used = at, #log.tail_bytes
-          writes[1] = { 'SET', log.key, whole(log, slots .. bytes), 'PXAT', at + change.window }
-          return writes
-        end
-        writes[1] = { 'SETRANGE', log.key, slot_offset(slot), bytes }
       end
       log.end_cost = add_cost(log.end_cost, cost)
       log.end_count = (log.end_count + (change.merge and 0 or 1)) % COUNTS
       log.newest, log.used = at, #log.tail_bytes
-      return header_write(log, writes, at + change.window)
+      local expires = at + change.window
+      if log.sealed <= 8 and log.slots > 2 * log.sealed + 8 then
+        -- A few pages live in many slots (a burst has passed): the value
+        -- written anew with just them (at most 8 slots read).
+        local pages = {}
+        for i = 1, log.sealed do
+          local at_slot = slot_of(log, i)
+          pages[i] = at_slot == slot and sealed or read_slot(log, at_slot)
+        end
+        log.slots, log.runs = log.sealed, { { start = 0, count = log.sealed } }
+        return { { 'SET', log.key, whole(log, table.concat(pages)), 'PXAT', expires } }
+      end
+      if log.slots > grows and SLOTS_AT + log.slots * SLOT <= REWRITE then
+        -- A new slot at the end: the value written anew, allocated exactly.
+        local slots = grows > 0 and redis.call('GETRANGE', log.key, SLOTS_AT, SLOTS_AT + grows * SLOT - 1) or ''
+        if #slots ~= grows * SLOT then
+          corrupt()
+        end
+        return { { 'SET', log.key, whole(log, slots .. sealed), 'PXAT', expires } }
+      end
+      local writes = {}
+      if sealed then
+        writes[1] = { 'SETRANGE', log.key, slot_offset(slot), sealed }
+      end
+      return header_write(log, writes, expires)
     end
 
     -- UNDO's writes on a paged log when `keep` of its cost stays: the entry
