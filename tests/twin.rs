@@ -488,3 +488,64 @@ fn a_block_is_stored_in_the_value_and_lifted_from_it() {
         assert_eq!(twin.check(&mut con, "k", 60_000, 3)[..2], [0, 0]);
     }
 }
+
+/// Words the module's own parser never sees as the twin does (the server
+/// checks a command's arity first; an error reply cannot carry a NUL, CR
+/// or LF byte): the twin answers each as the module does.
+#[test]
+fn odd_words_get_the_modules_answer() {
+    let server = Server::start(&[]);
+    let module = Backend::Module.prepare(&server);
+    let twins = [
+        Backend::Function.prepare(&server),
+        Backend::Script.prepare(&server),
+    ];
+    let mut con = server.connect();
+    let calls: &[&[&str]] = &[
+        &["RATELIMIT.MCHECK", "1", "k", "01"],
+        &["RATELIMIT.MCHECK", "1", "k", "1", "1000"],
+        &["RATELIMIT.MPEEK", "2", "a", "b", "1"],
+        &["RATELIMIT.CHECK", "k", "1000"],
+        &["RATELIMIT.UNBLOCK", "k", "extra"],
+        &["RATELIMIT.CHECK", "k", "1000", "5", "X\0Y", "1"],
+        &["RATELIMIT.CHECK", "k", "1000", "5", "X\r\nY", "1"],
+        &["RATELIMIT.CHECK", "k", "10\000", "5"],
+        &["RATELIMIT.CHECK", "k", "1000", "5", "2\0", "x"],
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            "a\0b",
+            "a\0b",
+            "1",
+            "1000",
+            "5",
+            "1",
+            "1000",
+            "5",
+        ],
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            "a\0b",
+            "c",
+            "1",
+            "1000",
+            "5",
+            "1",
+            "1000",
+            "0",
+        ],
+        &["RATELIMIT.UNDO", "k", "COST", "0"],
+    ];
+    for words in calls {
+        let expected = module.error(&mut con, words);
+        for twin in &twins {
+            assert_eq!(
+                twin.error(&mut con, words),
+                expected,
+                "{}: {words:?}",
+                twin.backend.name()
+            );
+        }
+    }
+}

@@ -331,7 +331,7 @@ local function general()
   -- A small value holds at most SMALL_LIMIT bytes of entries (the fast
   -- path's 256); a paged one's pages, PAGE bytes each.
   local SMALL_LIMIT = 256
-  local PAGE, PAGE_HEAD = 256, 17
+  local PAGE, PAGE_HEAD = 128, 17
   local SLOT = PAGE_HEAD + PAGE
   -- The first read: a whole small value, or a paged one's header and tail.
   -- Where a paged value's slots start.
@@ -342,6 +342,7 @@ local function general()
   -- A paged value up to this size grows by a rewrite (allocated exactly);
   -- a larger one by SETRANGE past its end.
   local REWRITE = 65536
+  -- The module's default ratelimit.max-entries (its error names it).
   local MAX_ENTRIES = 1000000
   local MAX_SLOTS = 65535
   local MAX_WINDOW = 31536000000
@@ -821,8 +822,9 @@ local function general()
     local merge = cell(log.newest, call.precision) == cell(at, call.precision)
     local count = log.count - (page.count_before + k - 1) + (merge and 0 or 1)
     if count > MAX_ENTRIES then
-      fail("ERR this key's log is full: it holds " .. MAX_ENTRIES .. ' entries. Nothing was recorded. '
-        .. 'Use PRECISION p to share entries (with the module, or raise ratelimit.max-entries)')
+      -- The module's text: the twin's cap is the module's default, fixed.
+      fail("ERR this key's log is full: it holds ratelimit.max-entries (1000000) entries. Nothing was recorded. "
+        .. 'Use PRECISION p to share entries, or raise ratelimit.max-entries')
     end
     local change = { window = window, at = at, cost = call.cost, merge = merge, total = kept + call.cost,
       count = count, first = first }
@@ -1643,7 +1645,13 @@ local function general()
     -- The last page in [1, sealed + 1] whose key (`key_of(page index)`) is at
     -- most x (below x with `strict`): the first page's is known to be, so
     -- the search gallops from the end nearer x, then bisects.
-    local function last_page(log, key_of, x, strict, from_back)
+    -- The last page in [1, sealed + 1] whose key (`key_of(page index)`) is
+    -- at most x (below x with `strict`); the first page's is known to be.
+    -- Page keys (first times, cost sums) grow about evenly with traffic,
+    -- so the search guesses the page from the keys around it (two or
+    -- three header reads for most logs), and bisects after three guesses
+    -- (at most a header read per halving, whatever the log holds).
+    local function last_page(log, key_of, x, strict)
       -- Every key probed lies strictly between those of the pages around
       -- it already probed (page headers out of order: WRONGTYPE).
       local keys = { [1] = key_of(1), [log.sealed + 1] = key_of(log.sealed + 1) }
@@ -1660,38 +1668,20 @@ local function general()
         end
         return key < x or not strict and key == x
       end
-      local tail = log.sealed + 1
-      if fits(tail) then
-        return tail
+      local low, high = 1, log.sealed + 1
+      if fits(high) then
+        return high
       end
-      local low, high, step = 1, tail, 1
-      if from_back then
-        while true do
-          local i = high - step
-          if i <= low then
-            break
-          end
-          if fits(i) then
-            low = i
-            break
-          end
-          high, step = i, step * 2
-        end
-      else
-        while true do
-          local i = low + step
-          if i >= high then
-            break
-          end
-          if not fits(i) then
-            high = i
-            break
-          end
-          low, step = i, step * 2
-        end
-      end
+      local guesses = 0
       while high - low > 1 do
-        local middle = (low + high - (low + high) % 2) / 2
+        local middle
+        if guesses < 3 then
+          local guess = low + (x - keys[low]) / (keys[high] - keys[low]) * (high - low)
+          middle = math.min(math.max(guess - guess % 1, low + 1), high - 1)
+          guesses = guesses + 1
+        else
+          middle = (low + high - (low + high) % 2) / 2
+        end
         if fits(middle) then
           low = middle
         else
@@ -1714,7 +1704,7 @@ local function general()
         end
         return i > log.sealed and log.tail_first or page_head(log, i).first
       end
-      local i = last_page(log, first_time, t, false, t - log.oldest > log.tail_first - t)
+      local i = last_page(log, first_time, t, false)
       local found = page(log, i)
       local k = first_after(found, t)
       if k then
@@ -1730,7 +1720,7 @@ local function general()
         end
         return i > log.sealed and log.tail.before[1] or page_head(log, i).rel
       end
-      local i = last_page(log, cost_before, target, true, target > log.total / 2)
+      local i = last_page(log, cost_before, target, true)
       local found = page(log, i)
       return { page = found, k = first_reaching(found, target) }
     end

@@ -191,7 +191,7 @@ fn main() {
     if wants("worst") {
         eprintln!("worst case of one call:");
         let size = if bench.quick { 100_000 } else { 1_000_000 };
-        let rows = worst::run(&bench, size);
+        let rows = worst::run(&bench, size, &twin_sha);
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
         if let Err(e) = worst::write(&rows, size, &out) {
             eprintln!("cannot write worst.csv: {e}");
