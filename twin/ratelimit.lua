@@ -313,10 +313,14 @@ local function fast(key, window_word, max_word, peek)
 end
 
 -- The script form tries the fast path before it defines anything else.
-if not redis.register_function and (ARGV[1] == 'check' or ARGV[1] == 'peek') and #KEYS == 1 and #ARGV == 3 then
-  local answer = fast(KEYS[1], ARGV[2], ARGV[3], ARGV[1] == 'peek')
-  if answer then
-    return answer
+if not redis.register_function then
+  local argv, keys = ARGV, KEYS
+  local operation = argv[1]
+  if (operation == 'check' or operation == 'peek') and #keys == 1 and #argv == 3 then
+    local answer = fast(keys[1], argv[2], argv[3], operation == 'peek')
+    if answer then
+      return answer
+    end
   end
 end
 
@@ -331,7 +335,7 @@ local function general()
   -- A small value holds at most SMALL_LIMIT bytes of entries (the fast
   -- path's 256); a paged one's pages, PAGE bytes each.
   local SMALL_LIMIT = 256
-  local PAGE, PAGE_HEAD = 128, 17
+  local PAGE, PAGE_HEAD = 256, 17
   local SLOT = PAGE_HEAD + PAGE
   -- The first read: a whole small value, or a paged one's header and tail.
   -- Where a paged value's slots start.
@@ -427,7 +431,8 @@ local function general()
   -- entry's offset), n entries, `finish` the offset after the last. Nil if
   -- the bytes are not entries the twin writes (a varint past 8 bytes or
   -- with a needless last byte, a flagged cost below 2, a gap of 0).
-  local function decode(src, from, limit, first, base, padded)
+  local general_entry
+  local function decode(src, from, limit, first, base, padded, mark)
     local b = { src:byte(from + 1, math.min(limit, from + 4096)) }
     for chunk = from + 4097, limit, 4096 do
       local more = { src:byte(chunk, math.min(limit, chunk + 4095)) }
@@ -438,16 +443,105 @@ local function general()
     if #b ~= limit - from then
       return nil
     end
-    local at, cost, before, start = {}, {}, {}, {}
-    local n, i, length, t, sum = 0, 1, #b, first, base
+    local at, before = {}, {}
+    local n, i, length, t, sum, marked, last_start = 0, 1, #b, first, base, nil, nil
     while i <= length do
       local x = b[i]
       if x == 0 and padded and n > 0 then
         break
       end
+      -- An entry of one byte (a gap below 64 ms and a cost of 1) or two (a
+      -- gap below 8192 ms) is most entries: read without the general
+      -- decoding (which checks the same, slower).
+      local gap, c, j
+      if x % 2 == 0 and x > 0 then
+        if x < 128 then
+          gap, c, j = x / 2, 1, i + 1
+        else
+          local y = b[i + 1]
+          if y and y < 128 and y > 0 then
+            gap, c, j = (x - 128) / 2 + y * 64, 1, i + 2
+          end
+        end
+      end
+      last_start = i
+      if i == mark then
+        marked = n + 1
+      end
+      if gap then
+        if n > 0 then
+          t = t + gap
+        end
+        n = n + 1
+        at[n], before[n] = t, sum
+        sum, i = sum + 1, j
+      else
+        i, n, t, sum = general_entry(b, i, n, t, sum, at, before)
+        if not i then
+          return nil
+        end
+      end
+    end
+    -- An entry's cost is the sum before the next less its own before.
+    before[n + 1] = sum
+    -- Offsets are 0-based in `src`; `b` holds its bytes from `from`.
+    return { at = at, before = before, n = n, finish = from + i - 1, src = src, b = b, from = from,
+      last_start = last_start and from + last_start - 1, marked = marked, live = 1, count_before = 0,
+      sum = sum - base }
+  end
+
+  -- The offset in page.src of the page's entry k (entries are walked from
+  -- the page's first byte: only a few are asked for in a call).
+  local function start_of(page, k)
+    local b, i = page.b, 1
+    for _ = 2, k do
+      local x = b[i]
       local flag = x % 2
-      local gap = (x % 128 - flag) / 2
-      local j = i + 1
+      while x >= 128 do
+        i = i + 1
+        x = b[i]
+      end
+      i = i + 1
+      if flag == 1 then
+        x = b[i]
+        while x >= 128 do
+          i = i + 1
+          x = b[i]
+        end
+        i = i + 1
+      end
+    end
+    return page.from + i - 1
+  end
+
+  -- decode's general case: the entry at b[i] in any encoding the twin
+  -- writes, appended to the arrays; the state after it, or nil if the
+  -- bytes are not such an entry.
+  function general_entry(b, i, n, t, sum, at, before)
+    local x = b[i]
+    local flag = x % 2
+    local gap = (x % 128 - flag) / 2
+    local j = i + 1
+    if x >= 128 then
+      local scale = 64
+      repeat
+        x = b[j]
+        if not x or scale > 281474976710656 then
+          return nil
+        end
+        gap, scale, j = gap + x % 128 * scale, scale * 128, j + 1
+      until x < 128
+      if x == 0 then
+        return nil
+      end
+    end
+    local c = 1
+    if flag == 1 then
+      x = b[j]
+      if not x or x % 2 == 0 then
+        return nil
+      end
+      c, j = (x % 128 - 1) / 2, j + 1
       if x >= 128 then
         local scale = 64
         repeat
@@ -455,48 +549,30 @@ local function general()
           if not x or scale > 281474976710656 then
             return nil
           end
-          gap, scale, j = gap + x % 128 * scale, scale * 128, j + 1
+          c, scale, j = c + x % 128 * scale, scale * 128, j + 1
         until x < 128
         if x == 0 then
           return nil
         end
       end
-      local c = 1
-      if flag == 1 then
-        x = b[j]
-        if not x or x % 2 == 0 then
-          return nil
-        end
-        c, j = (x % 128 - 1) / 2, j + 1
-        if x >= 128 then
-          local scale = 64
-          repeat
-            x = b[j]
-            if not x or scale > 281474976710656 then
-              return nil
-            end
-            c, scale, j = c + x % 128 * scale, scale * 128, j + 1
-          until x < 128
-          if x == 0 then
-            return nil
-          end
-        end
-        if c < 2 then
-          return nil
-        end
+      if c < 2 then
+        return nil
       end
-      if n > 0 then
-        if gap < 1 then
-          return nil
-        end
-        t = t + gap
-      end
-      n = n + 1
-      at[n], cost[n], before[n], start[n] = t, c, sum, from + i - 1
-      sum, i = sum + c, j
     end
-    return { at = at, cost = cost, before = before, start = start, n = n, finish = from + i - 1, src = src,
-      live = 1, count_before = 0, sum = sum - base }
+    if n > 0 then
+      if gap < 1 then
+        return nil
+      end
+      t = t + gap
+    end
+    n = n + 1
+    at[n], before[n] = t, sum
+    return j, n, t, sum + c
+  end
+
+  -- The cost of entry k of a decoded page.
+  local function cost_of(page, k)
+    return page.before[k + 1] - page.before[k]
   end
 
   -- Searches --------------------------------------------------------------------
@@ -519,10 +595,10 @@ local function general()
   -- The first entry of `page`, from index page.live, whose cost sum with
   -- everything before it reaches `target` (nil if none).
   local function first_reaching(page, target)
-    local before, cost, low, high = page.before, page.cost, page.live, page.n + 1
+    local before, low, high = page.before, page.live, page.n + 1
     while low < high do
       local middle = (low + high - (low + high) % 2) / 2
-      if before[middle] + cost[middle] >= target then
+      if before[middle + 1] >= target then
         high = middle
       else
         low = middle + 1
@@ -793,9 +869,9 @@ local function general()
   local function small_body(page, k, newest, extra)
     local src = page.src
     if newest then
-      return src:sub(page.start[k] + 1, page.start[page.n]) .. newest .. extra
+      return src:sub(start_of(page, k) + 1, page.last_start) .. newest .. extra
     end
-    return src:sub(page.start[k] + 1, page.finish) .. extra
+    return src:sub(start_of(page, k) + 1, page.finish) .. extra
   end
 
   -- The writes of an allowed request recorded at `at` (as TimeLog::record:
@@ -835,7 +911,7 @@ local function general()
     local body
     if merge then
       local gap = k == n and 0 or at - tail.at[n - 1]
-      body = small_body(tail, k, entry(gap, tail.cost[n] + call.cost), '')
+      body = small_body(tail, k, entry(gap, cost_of(tail, n) + call.cost), '')
     else
       body = small_body(tail, k, nil, entry(at - log.newest, call.cost))
     end
@@ -847,7 +923,7 @@ local function general()
     -- Past a page: the kept entries and the new one, paged.
     local times, costs = {}, {}
     for i = k, n do
-      times[#times + 1], costs[#costs + 1] = tail.at[i], tail.cost[i]
+      times[#times + 1], costs[#costs + 1] = tail.at[i], cost_of(tail, i)
     end
     if merge then
       times[#times], costs[#costs] = at, costs[#costs] + call.cost
@@ -867,13 +943,13 @@ local function general()
   -- A small log's entries as they are, for a header that changed.
   local function restore_small(log, expires)
     local tail = log.tail
-    if log.count == 0 or tail.finish - tail.start[1] <= SMALL_LIMIT then
+    if log.count == 0 or tail.finish - tail.from <= SMALL_LIMIT then
       return store_small(log, log.count > 0 and small_body(tail, 1, nil, '') or '', expires)
     end
     -- A 0.3 value past a page: written paged from now on.
     local times, costs = {}, {}
     for i = 1, tail.n do
-      times[i], costs[i] = tail.at[i], tail.cost[i]
+      times[i], costs[i] = tail.at[i], cost_of(tail, i)
     end
     return rebuild(log, times, costs, expires)
   end
@@ -1240,7 +1316,7 @@ local function general()
       local page, k = last.page, last.k
       local times, costs = {}, {}
       for i = 1, k do
-        times[i], costs[i] = page.at[i], page.cost[i]
+        times[i], costs[i] = page.at[i], cost_of(page, i)
       end
       costs[k] = keep - page.before[k]
       log.total, log.newest = keep, page.at[k]
@@ -1552,7 +1628,7 @@ local function general()
       end
       local tail = decode(v, RING_HEADER, RING_HEADER + log.used, log.tail_first, tail_rel, false)
       if not tail or tail.n ~= tail_entries or tail.sum ~= log.total - tail_rel or tail.at[tail.n] ~= log.newest
-        or tail.start[tail.n] ~= RING_HEADER + log.last then
+        or tail.last_start ~= RING_HEADER + log.last then
         corrupt()
       end
       tail.first, tail.index, tail.count_before = log.tail_first, log.sealed + 1, log.count - tail_entries
@@ -1605,7 +1681,8 @@ local function general()
         -- Before the first live entry: the cost pruned from this page.
         base = -sub_cost(log.cost_head, head.cost)
       end
-      decoded = decode(src, 0, PAGE, head.first, base, true)
+      -- The first page's live entries start at `head` (byte head + 1 of it).
+      decoded = decode(src, 0, PAGE, head.first, base, true, i == 1 and log.head + 1 or nil)
       -- The page ends where the next begins: the cost and the entries
       -- before the next page are this page's and its own, the next's
       -- first time after this one's last.
@@ -1617,19 +1694,14 @@ local function general()
         next_first, next_rel, next_count = log.tail_first, log.tail.before[1], log.tail.count_before
       end
       if not decoded or decoded.at[decoded.n] >= next_first
-        or decoded.before[decoded.n] + decoded.cost[decoded.n] ~= next_rel then
+        or decoded.before[decoded.n + 1] ~= next_rel then
         corrupt()
       end
       decoded.first, decoded.index, decoded.count_before = head.first, i, head.count_before
       if i == 1 then
         -- The live part starts at `head`, at the log's oldest time, with no
         -- cost before it.
-        local live
-        for k = 1, decoded.n do
-          if decoded.start[k] == log.head then
-            live = k
-          end
-        end
+        local live = decoded.marked
         if not live or decoded.at[live] ~= log.oldest or decoded.before[live] ~= 0 then
           corrupt()
         end
@@ -1858,12 +1930,12 @@ local function general()
       local first, at, cost = change.first, change.at, change.cost
       local tail, n = log.tail, log.tail.n
       log.window, log.total, log.count, log.blocked = change.window, change.total, change.count, 0
-      local newest_cost = change.merge and tail.cost[n] + cost or cost
+      local newest_cost = change.merge and cost_of(tail, n) + cost or cost
       if first.page.index > log.sealed then
         -- Every sealed page expired: what is left of the tail, and the request.
         local times, costs = {}, {}
         for i = first.k, n do
-          times[#times + 1], costs[#costs + 1] = tail.at[i], tail.cost[i]
+          times[#times + 1], costs[#costs + 1] = tail.at[i], cost_of(tail, i)
         end
         if change.merge then
           times[#times], costs[#costs] = at, newest_cost
@@ -1876,7 +1948,7 @@ local function general()
       local dropped = first.page.index - 1
       drop_front(log, dropped)
       log.sealed = log.sealed - dropped
-      log.head, log.oldest = first.page.start[first.k], first.page.at[first.k]
+      log.head, log.oldest = start_of(first.page, first.k), first.page.at[first.k]
       local src = tail.src:sub(RING_HEADER + 1, RING_HEADER + log.used)
       local kept, new_entry, gap
       if change.merge then
@@ -1894,7 +1966,7 @@ local function general()
         end
       else
         -- The tail page is full: sealed into a slot, the request starts the next.
-        local before_newest = change.merge and sub_cost(log.end_cost, tail.cost[n]) or log.end_cost
+        local before_newest = change.merge and sub_cost(log.end_cost, cost_of(tail, n)) or log.end_cost
         local count_before = change.merge and (log.end_count - 1) % COUNTS or log.end_count
         slot = push_slot(log)
         sealed = slot_bytes(log.tail_first, log.tail_cost, log.tail_count, kept)
@@ -1945,7 +2017,7 @@ local function general()
         -- Only the first sealed page is left: small again.
         local times, costs = {}, {}
         for i = found.live, k do
-          times[#times + 1], costs[#costs + 1] = found.at[i], found.cost[i]
+          times[#times + 1], costs[#costs + 1] = found.at[i], cost_of(found, i)
         end
         costs[#costs] = kept_cost
         log.oldest, log.sealed = found.at[found.live], 0
@@ -1953,14 +2025,15 @@ local function general()
       end
       local src = found.index > log.sealed and found.src:sub(RING_HEADER + 1, RING_HEADER + log.used) or found.src
       local origin = found.index > log.sealed and RING_HEADER or 0
-      local bytes = src:sub(1, found.start[k] - origin) .. entry(gap, kept_cost)
+      local at_k = start_of(found, k)
+      local bytes = src:sub(1, at_k - origin) .. entry(gap, kept_cost)
       if found.index <= log.sealed then
         local head = page_head(log, found.index)
         drop_back(log, log.sealed - found.index + 1)
         log.sealed = found.index - 1
         log.tail_first, log.tail_cost, log.tail_count = head.first, head.cost, head.count
       end
-      log.tail_bytes, log.used, log.last = bytes, #bytes, found.start[k] - origin
+      log.tail_bytes, log.used, log.last = bytes, #bytes, at_k - origin
       log.end_cost = add_cost(log.cost_head, keep % EXACT)
       log.end_count = (log.count_head + log.count) % COUNTS
       return header_write(log, {}, nil)

@@ -2,9 +2,10 @@
 //! one run against one server. See README.md, "Performance".
 //!
 //! Usage: ratelimit-bench [--quick] [--extra-module PATH] [--extra-command "CMD ARGS"]
-//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi]   (all when none is named)
+//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi] [cpu]   (all when none is named)
 
 mod approaches;
+mod cpu;
 mod exactness;
 mod measure;
 mod memory;
@@ -207,6 +208,14 @@ fn main() {
         }
     }
     drop(bench);
+    if wants("cpu") {
+        eprintln!("instructions per call (callgrind, AOF on):");
+        let rows = cpu::run();
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        if let Err(e) = cpu::write(&rows, &out) {
+            eprintln!("cannot write cpu.csv: {e}");
+        }
+    }
     if wants("exactness") {
         eprintln!("exactness:");
         let aof = ["--appendonly", "yes", "--appendfsync", "no"].map(String::from);

@@ -307,6 +307,10 @@ fn several_keys(
             .arg("RESET")
             .query::<()>(con)
             .expect("SLOWLOG RESET");
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query::<()>(con)
+            .expect("RESETSTAT");
         for _ in 0..CALLS {
             let reply: redis::Value = caller.command(&words).query(con).expect("MPEEK");
             assert!(
@@ -323,6 +327,12 @@ fn several_keys(
         let mut usec = slowlog(con, &name);
         usec.sort_by(f64::total_cmp);
         *result = (usec[usec.len() / 2], usec[usec.len() - 1]);
+        let reads = crate::measure::calls(&crate::measure::command_stats(con), "getrange");
+        eprintln!(
+            "    {}: {} GETRANGEs a call",
+            caller.backend.name(),
+            reads / CALLS as u64
+        );
     }
     let label = "MPEEK over 16 keys, 8 windows each";
     eprintln!(

@@ -97,6 +97,9 @@ pub struct Server {
     args: Vec<String>,
     config_file: Option<PathBuf>,
     child: Option<Child>,
+    /// The command the server runs under, if any (`RATELIMIT_WRAPPER`'s
+    /// words unless `start_under` gave its own).
+    wrapper: Option<Vec<String>>,
 }
 
 impl Server {
@@ -114,6 +117,18 @@ impl Server {
         Server::launch_new(None, plain_args(extra))
     }
 
+    /// A server with the module run under `wrapper` (such as valgrind's
+    /// callgrind, for a benchmark's instruction counts).
+    pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Server {
+        let wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+        Server::launch(None, server_args(&[], extra), Some(wrapper))
+    }
+
+    /// The server's process id (the wrapper's, under one).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// A server started from a config file holding `config` (so that
     /// CONFIG REWRITE has a file to write), plus the usual options.
     pub fn start_with_config(config: &str) -> Server {
@@ -121,6 +136,10 @@ impl Server {
     }
 
     fn launch_new(config: Option<String>, args: Vec<String>) -> Server {
+        Server::launch(config, args, wrapper())
+    }
+
+    fn launch(config: Option<String>, args: Vec<String>, wrapper: Option<Vec<String>>) -> Server {
         let dir = fresh_dir();
         let config_file = config.map(|text| {
             let file = dir.join("redis.conf");
@@ -133,25 +152,26 @@ impl Server {
             args,
             config_file,
             child: None,
+            wrapper,
         };
         // A free port can be taken by another test's server between our
         // look and its bind; then try another.
         for _ in 0..4 {
-            if server.launch().is_ok() {
+            if server.spawn().is_ok() {
                 return server;
             }
             server.port = free_port();
         }
         server
-            .launch()
+            .spawn()
             .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
         server
     }
 
     /// Starts the server on its port, or returns its log if it exited.
-    fn launch(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
-        let mut command = match wrapper() {
+        let mut command = match &self.wrapper {
             Some(words) => {
                 let mut command = Command::new(&words[0]);
                 command.args(&words[1..]).arg(server_binary());
@@ -183,7 +203,7 @@ impl Server {
     /// port first) answers PING, which it does once its data is loaded.
     fn wait_until_ready(&mut self) -> Result<(), String> {
         let pid = self.child.as_ref().map_or(0, Child::id);
-        let patience = if wrapper().is_some() { 120 } else { 20 };
+        let patience = if self.wrapper.is_some() { 120 } else { 20 };
         let deadline = Instant::now() + Duration::from_secs(patience);
         loop {
             if let Ok(mut con) = self.try_connect() {
@@ -270,7 +290,7 @@ impl Server {
 
     /// Starts the server again on the same port and directory.
     pub fn relaunch(&mut self) {
-        self.launch()
+        self.spawn()
             .unwrap_or_else(|log| panic!("server did not restart:\n{log}"));
     }
 }
