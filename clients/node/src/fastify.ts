@@ -4,9 +4,12 @@
 import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
-/** The parts of a FastifyRequest the hooks read. */
+/** The parts of a FastifyRequest the hooks and their callbacks read. */
 export interface FastifyRequestLike {
   ip?: string;
+  headers: Record<string, string | string[] | undefined>;
+  url?: string;
+  method?: string;
 }
 
 /** The parts of a FastifyReply the hooks use. */
@@ -28,7 +31,7 @@ export interface FastifyHooks<Req extends FastifyRequestLike, Reply extends Fast
 }
 
 /** `fastify.route({ ..., ...fastifyHooks(limiter, options) })` limits one route. */
-export function fastifyHooks<Req extends FastifyRequestLike, Reply extends FastifyReplyLike>(
+export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike, Reply extends FastifyReplyLike = FastifyReplyLike>(
   limiter: RateLimiter,
   options: FastifyOptions<Req, Reply>,
 ): FastifyHooks<Req, Reply> {
