@@ -250,6 +250,8 @@ export class RateLimiter {
   readonly metrics: Metrics | undefined;
   private readonly memory: MemoryLimiter;
   private readonly learned = new Map<string, Backend>();
+  /** The backend each server was last logged with. */
+  private readonly announced = new Map<string, Backend>();
   /** The servers that failed their last call: until when calls skip each, and why. */
   private readonly down = new Map<string, { retryAt: number; cause: string }>();
 
@@ -556,7 +558,9 @@ export class RateLimiter {
     const backend = this.learned.get(this.connection.serverFor(key));
     if (steps.length > 1 && backend && this.connection.transaction) {
       try {
-        return await this.inTransaction(backend, key, steps, signal);
+        const replies = await this.inTransaction(backend, key, steps, signal);
+        this.learn(this.connection.serverFor(key), backend);
+        return replies;
       } catch (error) {
         // The server discarded the transaction: an older module tells itself apart one step at a time.
         if (!isUnknownCommand(error)) throw error;
@@ -589,20 +593,27 @@ export class RateLimiter {
   private async sendStep(step: Step, signal: AbortSignal): Promise<unknown> {
     const key = step.keys[0] as string;
     const server = this.connection.serverFor(key);
-    if (step.operation === "delete" || this.learned.get(server) === "twin") return this.sendTwin(step, signal);
-    try {
-      const value = await this.connection.send(key, commandOf(step, "module", "EVALSHA"), signal);
-      this.learn(server, "module");
-      return value;
-    } catch (error) {
-      if (!isUnknownCommand(error)) throw error;
-      if (!FIRST_OPERATIONS.has(step.operation) && (await this.hasModule(key, signal))) {
+    if (step.operation === "delete") return this.connection.send(key, commandOf(step, "module"), signal);
+    if (this.learned.get(server) !== "twin") {
+      try {
+        const value = await this.connection.send(key, commandOf(step, "module"), signal);
         this.learn(server, "module");
-        throw new RateLimitReplyError(`the server's RATELIMIT module is older than this call needs: ${messageOf(error)}`, { cause: error });
+        return value;
+      } catch (error) {
+        if (!isUnknownCommand(error)) throw error;
+        if (!FIRST_OPERATIONS.has(step.operation) && (await this.hasModule(key, signal))) {
+          this.learn(server, "module");
+          throw new RateLimitReplyError(`the server's RATELIMIT module is older than this call needs: ${messageOf(error)}`, {
+            cause: error,
+          });
+        }
+        // Logged once the twin answers: a server that refuses it too (a user without TIME) has no backend at work yet.
+        this.learned.set(server, "twin");
       }
-      this.learn(server, "twin");
-      return this.sendTwin(step, signal);
     }
+    const value = await this.sendTwin(step, signal);
+    this.learn(server, "twin");
+    return value;
   }
 
   /**
@@ -621,20 +632,22 @@ export class RateLimiter {
     }
   }
 
-  /** The script form of the twin (a DEL as it is): EVALSHA, and EVAL once the server answers NOSCRIPT. */
+  /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
   private async sendTwin(step: Step, signal: AbortSignal): Promise<unknown> {
     const key = step.keys[0] as string;
     try {
-      return await this.connection.send(key, commandOf(step, "twin", "EVALSHA"), signal);
+      return await this.connection.send(key, commandOf(step, "twin"), signal);
     } catch (error) {
       if (!messageOf(error).startsWith("NOSCRIPT")) throw error;
       return this.connection.send(key, commandOf(step, "twin", "EVAL"), signal);
     }
   }
 
+  /** Holds the server's backend, logged the first time it answers there. */
   private learn(server: string, backend: Backend): void {
-    if (this.learned.get(server) === backend) return;
     this.learned.set(server, backend);
+    if (this.announced.get(server) === backend) return;
+    this.announced.set(server, backend);
     if (backend === "module") this.logger.info(`redis-ratelimit: ${server} has the RATELIMIT module; using it`, { server, backend });
     else this.logger.warn(`redis-ratelimit: ${server} has no RATELIMIT module; using the Lua script twin`, { server, backend });
   }
@@ -665,7 +678,7 @@ export class RateLimiter {
 }
 
 /** A step as a command for the backend: the module's RATELIMIT.*, or the twin by EVALSHA or EVAL. */
-function commandOf(step: Step, backend: Backend, form: "EVAL" | "EVALSHA"): string[] {
+function commandOf(step: Step, backend: Backend, form: "EVAL" | "EVALSHA" = "EVALSHA"): string[] {
   if (step.operation === "delete") return ["DEL", ...step.keys];
   if (backend === "module") {
     const named = SEVERAL_KEYS.has(step.operation) ? [String(step.keys.length), ...step.keys] : step.keys;
