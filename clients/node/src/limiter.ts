@@ -200,11 +200,12 @@ function isUnknownCommand(error: unknown): boolean {
 
 /**
  * An outage reply's text as logged: the server's own, without the "ERR "
- * and the " script: <sha>, on @user_script:<line>." that Redis wraps
- * around an error met inside a script. Undefined for a call error.
+ * (twice, from a script's error on Redis 7.0) and the " script: <sha>, on
+ * @user_script:<line>." that Redis wraps around an error met inside a
+ * script. Undefined for a call error.
  */
 function outageOf(message: string): Failure | undefined {
-  const text = (message.replace(/^ERR /, "").split(" script: ")[0] as string).trim();
+  const text = (message.replace(/^(ERR )+/, "").split(" script: ")[0] as string).trim();
   const kind = text.startsWith(SCRIPT_NOPERM) ? "noperm" : OUTAGE_REPLIES.get(text.split(" ")[0] as string);
   return kind && { kind, text };
 }
