@@ -4,6 +4,7 @@
 // and node-redis; shadow mode decides and records but never refuses,
 // logging and counting what it would have refused.
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { after, before, describe, test } from "node:test";
 import express from "express";
 import { expressRateLimit, RateLimiter } from "redis-ratelimit";
@@ -111,25 +112,27 @@ test("the decisions counted while Redis is unreachable: fail_closed, fail_open, 
   const { client, close } = await factories["ioredis 6 (RESP3 default)"](gone.port);
   client.on("error", () => {});
   t.after(close);
-  await gone.stop();
-  const decided = async (options) => {
+  /** An app limited under `options`, made while Redis answers (as an app starts). */
+  const app = async (options) => {
     const { seen, metrics } = counted();
     const limiter = new RateLimiter(client, { logger: recorder().logger, metrics, timeoutMs: 100, ...options });
-    const app = express();
-    app.use(expressRateLimit(limiter, { name: "down", limits: { windowMs: 60_000, max: 1 }, key: () => "k" }));
-    app.get("/", (_req, res) => res.send("ok"));
-    const url = await listen(t, app);
-    const statuses = [];
-    for (let i = 0; i < 2; i++) statuses.push((await get(url, "x")).status);
-    return { statuses, ...seen };
+    const served = express();
+    served.use(expressRateLimit(limiter, { name: "down", limits: { windowMs: 60_000, max: 1 }, key: () => "k" }));
+    served.get("/", (_req, res) => res.send("ok"));
+    const url = await listen(t, served);
+    const statuses = async () => [(await get(url, "x")).status, (await get(url, "x")).status];
+    return { seen, statuses };
   };
-  const closed = await decided({});
-  assert.deepEqual(closed.statuses, [503, 503]);
-  assert.deepEqual(closed.decisions, ["down fail_closed", "down fail_closed"]);
+  const [closed, open, fallback] = await Promise.all([app({}), app({ failOpen: true }), app({ fallback: { share: 1 } })]);
+  await gone.stop();
+  // Once the client has met the stopped server (else a call races its noticing the close).
+  await once(client, "error");
+  assert.deepEqual(await closed.statuses(), [503, 503]);
+  assert.deepEqual(closed.seen.decisions, ["down fail_closed", "down fail_closed"]);
   // One round trip tried, then skipped while Redis is marked down.
-  assert.deepEqual(closed.errors, ["connection"]);
-  assert.deepEqual((await decided({ failOpen: true })).decisions, ["down fail_open", "down fail_open"]);
-  const fallback = await decided({ fallback: { share: 1 } });
-  assert.deepEqual(fallback.statuses, [200, 429]);
-  assert.deepEqual(fallback.decisions, ["down fallback_allowed", "down fallback_denied"]);
+  assert.deepEqual(closed.seen.errors, ["connection"]);
+  assert.deepEqual(await open.statuses(), [200, 200]);
+  assert.deepEqual(open.seen.decisions, ["down fail_open", "down fail_open"]);
+  assert.deepEqual(await fallback.statuses(), [200, 429]);
+  assert.deepEqual(fallback.seen.decisions, ["down fallback_allowed", "down fallback_denied"]);
 });
