@@ -162,6 +162,36 @@ test("the in-process fallback answers as the module does", async () => {
   }
 });
 
+test("the fallback holds at most maxKeys keys (default 10,000), dropping the least recently used", async () => {
+  const limit = [{ windowMs: 60_000, max: 2 }];
+  const memory = new MemoryLimiter(Date.now, 3);
+  for (const key of ["a", "b", "c"]) memory.check(key, limit);
+  memory.check("a", limit);
+  memory.check("d", limit);
+  assert.equal(memory.size, 3);
+  assert.equal(memory.peek("b", limit).remaining, 2, "b, the least recently used, was dropped");
+  assert.equal(memory.peek("a", limit).remaining, 0, "a, used again, was kept");
+  const bounded = new MemoryLimiter();
+  for (let i = 0; i <= 10_000; i++) bounded.check(`k${i}`, limit);
+  assert.equal(bounded.size, 10_000);
+  assert.equal(bounded.peek("k0", limit).remaining, 2, "the first key was dropped");
+  assert.equal(bounded.peek("k10000", limit).remaining, 1);
+  assert.throws(() => new MemoryLimiter(Date.now, 0), RateLimitInputError);
+
+  // The limiter's fallback takes the cap as fallback.maxKeys.
+  const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED" });
+  const down = {
+    send: async () => {
+      throw refused;
+    },
+    serverFor: () => "server",
+  };
+  const limiter = new RateLimiter(down, { logger: recorder().logger, fallback: { share: 1, maxKeys: 2 }, retryAfterFailureMs: 0 });
+  for (const key of ["a", "a", "b", "c"]) assert.equal((await limiter.check(key, limit)).source, "fallback");
+  assert.equal((await limiter.peek("a", limit)).remaining, 2, "a dropped when c came");
+  assert.equal((await limiter.peek("c", limit)).remaining, 1);
+});
+
 /** The same pseudo-random calls on every run. */
 function randomCalls(seed, n) {
   const next = pseudoRandom(seed);
