@@ -11,7 +11,7 @@ const redis = new Redis(process.env.REDIS_URL ?? "redis://localhost:6379");
 redis.on("error", () => {}); // the limiter logs an outage once, with its cause
 const limiter = new RateLimiter(redis);
 
-// Yours checks a password hash from your user store.
+/** Yours checks a password hash from your user store. @type {(username: string, password: string) => boolean} */
 const passwordIsRight = (username, password) => username === "alice" && password === "correct horse";
 
 const app = express();
@@ -23,7 +23,7 @@ app.post(
     limits: { windowMs: 15 * 60_000, max: 5 },
     blockMs: 60 * 60_000,
     key: (req) => req.body.username,
-    refundWhen: (status) => status < 400,
+    refundWhen: (status) => status < 400, // only failed logins count
   }),
   (req, res) => {
     const right = passwordIsRight(req.body.username, req.body.password);

@@ -1,7 +1,9 @@
-// The package as TypeScript and CommonJS users see it.
+// The package as TypeScript and CommonJS users see it: every documented
+// form (test/usage.ts) and the examples the README shows compile under
+// `tsc --strict`, with Express 5's types and with Express 4's.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -9,25 +11,73 @@ import { promisify } from "node:util";
 
 const run = promisify(execFile);
 const app = new URL("..", import.meta.url).pathname;
+const tsc = join(app, "node_modules/typescript/bin/tsc");
 
-test("tsc --strict compiles typed usage files (ESM and CommonJS) against the installed package", async () => {
-  const tsc = new URL("../node_modules/typescript/bin/tsc", import.meta.url).pathname;
-  const args = [
-    "--strict",
-    "--noEmit",
-    "--module",
-    "nodenext",
-    "--moduleResolution",
-    "nodenext",
-    "--target",
-    "es2022",
-    "--skipLibCheck",
-    "false",
-  ];
-  const { stdout } = await run(process.execPath, [tsc, ...args, "test/usage.ts", "test/usage-cjs.cts"], { cwd: app }).catch((error) => {
-    assert.fail(`tsc failed:\n${error.stdout}${error.stderr}`);
+/** Runs tsc --strict over `files` (relative to the app), `express` naming the types "express" resolves to. */
+async function typeCheck(files, express) {
+  const dir = await mkdtemp(join(app, "types-"));
+  try {
+    const config = {
+      compilerOptions: {
+        strict: true,
+        noEmit: true,
+        module: "nodenext",
+        moduleResolution: "nodenext",
+        target: "es2022",
+        skipLibCheck: false,
+        allowJs: true,
+        checkJs: true,
+        types: ["node"],
+        paths: { express: [join(app, "node_modules", express, "index.d.ts")] },
+      },
+      files: files.map((file) => join(app, file)),
+    };
+    await writeFile(join(dir, "tsconfig.json"), JSON.stringify(config));
+    const { stdout } = await run(process.execPath, [tsc, "-p", dir], { cwd: app }).catch((error) => {
+      assert.fail(`tsc failed against ${express}:\n${error.stdout}${error.stderr}`);
+    });
+    assert.equal(stdout, "");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const examples = (await readdir(join(app, "examples"))).map((file) => `examples/${file}`);
+
+for (const express of ["@types/express", "@types/express4"]) {
+  test(`tsc --strict compiles every documented form and the examples against ${express} (${express.endsWith("4") ? "Express 4" : "Express 5"})`, async () => {
+    assert.ok(examples.length >= 3, examples.join(", "));
+    await typeCheck(["test/usage.ts", "test/usage-cjs.cts", ...examples], express);
   });
-  assert.equal(stdout, "");
+}
+
+test("the check fails where it should: a route's callback reading what Express's req lacks", async () => {
+  const dir = await mkdtemp(join(app, "wrong-"));
+  try {
+    await writeFile(
+      join(dir, "wrong.mts"),
+      [
+        'import express from "express";',
+        'import { Redis } from "ioredis";',
+        'import { expressRateLimit, RateLimiter } from "redis-ratelimit";',
+        "const limiter = new RateLimiter(new Redis());",
+        'express().get("/x", expressRateLimit(limiter, { limits: { windowMs: 1000, max: 1 }, key: (req) => req.noSuchField }), (_req, res) => { res.send("ok"); });',
+      ].join("\n"),
+    );
+    const failed = await run(
+      process.execPath,
+      [tsc, "--strict", "--noEmit", "--module", "nodenext", "--moduleResolution", "nodenext", join(dir, "wrong.mts")],
+      {
+        cwd: app,
+      },
+    ).then(
+      () => undefined,
+      (error) => error.stdout,
+    );
+    assert.match(failed ?? "", /Property 'noSuchField' does not exist on type 'ExpressRequest'/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test("require() and import give the same API", async () => {
@@ -35,32 +85,4 @@ test("require() and import give the same API", async () => {
   const imported = await import("redis-ratelimit");
   assert.equal(typeof required.RateLimiter, "function");
   assert.deepEqual(Object.keys(required).sort(), Object.keys(imported).sort());
-});
-
-// The quick start of the README that ships in the tarball, compiled as a
-// user would paste it: the Express block as it stands, then the Fetch line
-// with the handler it names.
-test("the README's quick start compiles under tsc --strict", async () => {
-  const readme = await readFile(new URL("../node_modules/redis-ratelimit/README.md", import.meta.url), "utf8");
-  const quickStart = readme.slice(readme.indexOf("## Quick start"), readme.indexOf("## Reference"));
-  const blocks = [...quickStart.matchAll(/```js\n([\s\S]*?)```/g)].map((match) => match[1]);
-  assert.equal(blocks.length, 2, "an Express block and a Fetch block");
-  const [expressBlock, fetchBlock] = blocks;
-  const source = [
-    expressBlock,
-    'import { fetchRateLimit } from "redis-ratelimit";',
-    "declare const handler: (request: Request) => Promise<Response>;",
-    fetchBlock,
-  ].join("\n");
-  const dir = await mkdtemp(join(app, "readme-"));
-  try {
-    await writeFile(join(dir, "quick-start.mts"), source);
-    const tsc = new URL("../node_modules/typescript/bin/tsc", import.meta.url).pathname;
-    const args = ["--strict", "--noEmit", "--module", "nodenext", "--moduleResolution", "nodenext", "--target", "es2022"];
-    await run(process.execPath, [tsc, ...args, join(dir, "quick-start.mts")], { cwd: app }).catch((error) => {
-      assert.fail(`the README's quick start does not compile:\n${error.stdout}${error.stderr}\n${source}`);
-    });
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
 });
