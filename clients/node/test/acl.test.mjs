@@ -16,18 +16,19 @@ const PASSWORD = "s3cret";
 const LIMIT = { windowMs: 60_000, max: 5 };
 const servers = {};
 
-/** The README's ACL SETUSER, as its words for redis-cli. */
+/** The README's ACL SETUSER lines, as words for redis-cli: for every server, then for one with the module. */
 async function recipe() {
   const readme = await readFile(`${app}/node_modules/redis-ratelimit/README.md`, "utf8");
-  const line = readme.split("\n").find((text) => text.startsWith("ACL SETUSER ratelimiter "));
-  assert.ok(line, "the README has an ACL SETUSER ratelimiter line");
-  return line.replace("PASSWORD", PASSWORD).split(" ");
+  const lines = readme.split("\n").filter((text) => text.startsWith("ACL SETUSER ratelimiter "));
+  assert.equal(lines.length, 2, "the README has two ACL SETUSER ratelimiter lines");
+  return lines.map((line) => line.replace("PASSWORD", PASSWORD).split(" "));
 }
 
 before(async () => {
   [servers.module, servers.twin] = await Promise.all([startServer(), startServer({ module: false })]);
-  const words = await recipe();
-  for (const server of Object.values(servers)) assert.equal((await cli(server.port, ...words)).trim(), "OK");
+  const [everywhere, withModule] = await recipe();
+  for (const server of Object.values(servers)) assert.equal((await cli(server.port, ...everywhere)).trim(), "OK");
+  assert.equal((await cli(servers.module.port, ...withModule)).trim(), "OK");
 });
 after(() => Promise.all(Object.values(servers).map((server) => server.stop())));
 

@@ -13,8 +13,12 @@ const run = promisify(execFile);
 const app = new URL("..", import.meta.url).pathname;
 const tsc = join(app, "node_modules/typescript/bin/tsc");
 
-/** Runs tsc --strict over `files` (relative to the app), `express` naming the types "express" resolves to. */
-async function typeCheck(files, express) {
+/**
+ * Runs tsc --strict over `files` (relative to the app), `express` naming
+ * the types "express" resolves to; `libraries` also checks every .d.ts
+ * (the package's own among them: once is enough, they name no Express).
+ */
+async function typeCheck(files, express, libraries) {
   const dir = await mkdtemp(join(app, "types-"));
   try {
     const config = {
@@ -24,7 +28,7 @@ async function typeCheck(files, express) {
         module: "nodenext",
         moduleResolution: "nodenext",
         target: "es2022",
-        skipLibCheck: false,
+        skipLibCheck: !libraries,
         allowJs: true,
         checkJs: true,
         types: ["node"],
@@ -44,41 +48,15 @@ async function typeCheck(files, express) {
 
 const examples = (await readdir(join(app, "examples"))).map((file) => `examples/${file}`);
 
-for (const express of ["@types/express", "@types/express4"]) {
-  test(`tsc --strict compiles every documented form and the examples against ${express} (${express.endsWith("4") ? "Express 4" : "Express 5"})`, async () => {
+for (const [express, major] of [
+  ["@types/express", 5],
+  ["@types/express4", 4],
+]) {
+  test(`tsc --strict compiles every documented form and the examples against ${express} (Express ${major})`, async () => {
     assert.ok(examples.length >= 3, examples.join(", "));
-    await typeCheck(["test/usage.ts", "test/usage-cjs.cts", ...examples], express);
+    await typeCheck(["test/usage.ts", "test/usage-cjs.cts", ...examples], express, major === 5);
   });
 }
-
-test("the check fails where it should: a route's callback reading what Express's req lacks", async () => {
-  const dir = await mkdtemp(join(app, "wrong-"));
-  try {
-    await writeFile(
-      join(dir, "wrong.mts"),
-      [
-        'import express from "express";',
-        'import { Redis } from "ioredis";',
-        'import { expressRateLimit, RateLimiter } from "redis-ratelimit";',
-        "const limiter = new RateLimiter(new Redis());",
-        'express().get("/x", expressRateLimit(limiter, { limits: { windowMs: 1000, max: 1 }, key: (req) => req.noSuchField }), (_req, res) => { res.send("ok"); });',
-      ].join("\n"),
-    );
-    const failed = await run(
-      process.execPath,
-      [tsc, "--strict", "--noEmit", "--module", "nodenext", "--moduleResolution", "nodenext", join(dir, "wrong.mts")],
-      {
-        cwd: app,
-      },
-    ).then(
-      () => undefined,
-      (error) => error.stdout,
-    );
-    assert.match(failed ?? "", /Property 'noSuchField' does not exist on type 'ExpressRequest'/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
 
 test("require() and import give the same API", async () => {
   const required = createRequire(import.meta.url)("redis-ratelimit");

@@ -106,6 +106,15 @@ app.get(
     res.send("found");
   },
 );
+// The callbacks' req is typed, not any: what Express's req lacks does not compile.
+app.get(
+  "/typed",
+  // @ts-expect-error Property 'noSuchField' does not exist on type 'ExpressRequest'.
+  expressRateLimit(limiter, { limits: perMinute, key: (req) => req.noSuchField }),
+  (_req, res) => {
+    res.send("ok");
+  },
+);
 const router = express.Router();
 router.get("/y", expressRateLimit(limiter, { limits: perMinute, key: (req) => req.get("x-api-key") }), (_req, res) => {
   res.send("ok");
