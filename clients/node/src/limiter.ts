@@ -162,8 +162,14 @@ const OUTAGE_REPLIES = new Map<string, ErrorCause>([
   ["ASK", "cluster"],
 ]);
 
-/** How Redis 7.0 answers a script whose user may not run a command it calls (TIME): a NOPERM in all but name. */
-const SCRIPT_NOPERM = "The user executing the script can't run";
+/**
+ * How a server answers a script whose user may not run a command it calls
+ * (TIME): a NOPERM in all but name (Redis 7.0; Redis 7.2+ and Valkey).
+ */
+const SCRIPT_NOPERM = /^(The user executing the script can't run|ACL failure in script: )/;
+
+/** What Redis appends to an error met inside a script: " script: <sha>, on @user_script:<line>." (Valkey: no sha). */
+const SCRIPT_SUFFIX = / script: (?:[0-9a-f]{40}, )?on @user_(?:script|function):\d+\.?$/;
 
 const REPLY_ERROR_NAMES = new Set(["ReplyError", "ErrorReply", "SimpleError", "BlobError"]);
 
@@ -205,8 +211,11 @@ function isUnknownCommand(error: unknown): boolean {
  * script. Undefined for a call error.
  */
 function outageOf(message: string): Failure | undefined {
-  const text = (message.replace(/^(ERR )+/, "").split(" script: ")[0] as string).trim();
-  const kind = text.startsWith(SCRIPT_NOPERM) ? "noperm" : OUTAGE_REPLIES.get(text.split(" ")[0] as string);
+  const text = message
+    .replace(/^(ERR )+/, "")
+    .replace(SCRIPT_SUFFIX, "")
+    .trim();
+  const kind = SCRIPT_NOPERM.test(text) ? "noperm" : OUTAGE_REPLIES.get(text.split(" ")[0] as string);
   return kind && { kind, text };
 }
 
