@@ -167,7 +167,11 @@ for (const [name, open] of CLUSTER_CLIENTS) {
         assert.ok(blocked.retryAfterMs > 599_000, tenant);
         assert.ok((await limiter.peek(`${tenant}:user`, { windowMs: 1000, max: 100 })).retryAfterMs > 599_000, "held by the block");
         assert.equal(await limiter.unblock(`${tenant}:user`, { reset: true }), true, tenant);
-        assert.equal((await limiter.peek(`${tenant}:user`, { windowMs: 60_000, max: 1 })).remaining, 1, `${tenant}: reset forgets the count`);
+        assert.equal(
+          (await limiter.peek(`${tenant}:user`, { windowMs: 60_000, max: 1 })).remaining,
+          1,
+          `${tenant}: reset forgets the count`,
+        );
       }
       assert.equal(limiter.backend, "mixed");
     } finally {
