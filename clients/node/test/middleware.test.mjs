@@ -78,6 +78,25 @@ for (const build of BUILDS) {
         assert.ok(seen.roundTrips.every((operation) => operation === "mcheck"));
         assert.equal(limiter.backend, backend);
       });
+
+      test("an outage met inside the MULTI/EXEC (OOM) takes the failure policy, named by the server's own text", async (t) => {
+        const { client, close } = await factories[build](servers[backend].port);
+        t.after(close);
+        const log = recorder();
+        const limiter = new RateLimiter(client, { logger: log.logger, prefix: `oom:${build}:` });
+        const keys = [
+          { key: "{o}:user", limits: { windowMs: 60_000, max: 5 } },
+          { key: "{o}:tenant", limits: { windowMs: 60_000, max: 5 } },
+        ];
+        assert.equal((await limiter.checkAll(keys, { perKeyRemaining: true })).source, "redis");
+        await cli(servers[backend].port, "CONFIG", "SET", "maxmemory", "1");
+        t.after(() => cli(servers[backend].port, "CONFIG", "SET", "maxmemory", "0"));
+        assert.equal((await limiter.checkAll(keys, { perKeyRemaining: true })).source, "failClosed");
+        assert.match(
+          log.lines.at(-1).message,
+          /is unavailable \(OOM command not allowed when used memory > 'maxmemory'\.\); failing closed/,
+        );
+      });
     });
   }
 }
