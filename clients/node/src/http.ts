@@ -190,6 +190,12 @@ async function decide(
   return { result, denied: result.denied, binding, undo: () => limiter.undoAll(subjects, { ...cost, decision: result }) };
 }
 
+function logShadowDenial(limiter: RateLimiter, policy: string, result: Result): void {
+  limiter.logger.warn(`redis-ratelimit: shadow mode: ${policy} would have denied this request (retry after ${result.retryAfterMs} ms)`, {
+    policy,
+  });
+}
+
 /** Decides one request; undefined when this request is not limited. */
 export async function judge<Req>(
   limiter: RateLimiter,
@@ -206,7 +212,8 @@ export async function judge<Req>(
   };
   const { result, denied, binding, undo } = await decide(limiter, subjects, callOptions);
   const shadow = options.shadow === true;
-  const policy = policyNames((subjects[binding] as Subject).limits, (subjects[binding] as Subject).name)[0] as string;
+  const bound = subjects[binding] as Subject;
+  const policy = policyNames(bound.limits, bound.name)[0] as string;
   limiter.metrics?.decision(policy, outcomeOf(result, shadow));
   let refunded = false;
   const refund = async () => {
@@ -219,14 +226,8 @@ export async function judge<Req>(
   const info = { result, key: keys[0] as string, keys, denied: denied.map((d) => ({ ...d, name: subjects[d.index]?.name ?? "" })) };
   const refundWhen = options.refundWhen ?? ((status: number) => status >= 500);
   if (shadow) {
-    if (!result.allowed && result.source !== "failClosed") {
-      limiter.logger.warn(
-        `redis-ratelimit: shadow mode: ${policy} would have denied this request (retry after ${result.retryAfterMs} ms)`,
-        {
-          policy,
-        },
-      );
-    }
+    // Not in force for clients: no refusal and no headers; an outage is the policy's to count, not a would-be refusal.
+    if (!result.allowed && result.source !== "failClosed") logShadowDenial(limiter, policy, result);
     return { pass: true, info: { reason: "limited", ...info, headers: {} }, refund, refundWhen };
   }
   if (result.source === "failClosed") {
