@@ -183,3 +183,52 @@ test("a check or checkAll answered after its timeout (Redis hung, then back) is 
     assert.deepEqual([after.source, after.remaining], ["redis", 9], keys);
   }
 });
+
+/** A connection that fails as a refused connection does. */
+function refusedError() {
+  return Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED" });
+}
+
+test("down is logged once as the server goes down, whatever the causes that follow while it is down", async () => {
+  const failures = [refusedError(), Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" }), refusedError()];
+  const connection = {
+    send: async () => {
+      throw failures.shift();
+    },
+    serverFor: () => "stub:1",
+  };
+  const log = recorder();
+  const limiter = new RateLimiter(connection, { logger: log.logger, retryAfterFailureMs: 0 });
+  for (let i = 0; i < 3; i++) assert.equal((await limiter.check("k", LIMIT)).source, "failClosed");
+  assert.deepEqual(
+    log.lines.map((line) => [line.level, line.message]),
+    [["error", "redis-ratelimit: Redis at stub:1 is unavailable (ECONNREFUSED); failing closed (denying every request) until it answers"]],
+  );
+});
+
+test("a late answer whose refund fails is logged, with the refund's cause", async () => {
+  let answer;
+  const connection = {
+    send: async (_key, [command]) => {
+      if (command === "RATELIMIT.CHECK") return new Promise((resolve) => (answer = () => resolve([1, 9, 0, 60_000])));
+      throw refusedError();
+    },
+    serverFor: () => "stub:1",
+  };
+  const log = recorder();
+  const limiter = new RateLimiter(connection, { logger: log.logger, timeoutMs: 50 });
+  assert.equal((await limiter.check("k", LIMIT)).source, "failClosed");
+  answer();
+  for (let i = 0; i < 100 && log.lines.length < 3; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(
+    log.lines.map((line) => [line.level, line.message]),
+    [
+      [
+        "error",
+        "redis-ratelimit: Redis at stub:1 is unavailable (timeout: no answer within 50 ms); failing closed (denying every request) until it answers",
+      ],
+      ["info", "redis-ratelimit: stub:1 has the RATELIMIT module; using it"],
+      ["error", "redis-ratelimit: a check on k was answered after its timeout; its refund failed (ECONNREFUSED)"],
+    ],
+  );
+});
