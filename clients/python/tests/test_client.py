@@ -111,23 +111,23 @@ def test_the_two_backends_refuse_each_others_keys(module_server: Server, key: st
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
-def test_noperm_is_raised_and_never_taken_for_a_missing_module(protocol: int, key: str) -> None:
+def test_noperm_takes_the_failure_policy_and_is_never_taken_for_a_missing_module(protocol: int, key: str) -> None:
     """Only "unknown command" means no module: an ACL refusal of RATELIMIT.*
-    raises, and neither switches to the twin nor counts as an outage."""
+    is an outage for this user (the policy answers, logged once), and never
+    switches the server to the twin."""
     server = Server(module=True)
     try:
         server.client().acl_setuser("default", enabled=True, nopass=True, commands=["-ratelimit.peek"])
-        sync = RateLimiter(server.client(protocol=protocol), fail_open=True)
-        with pytest.raises(RateLimitReplyError, match="no permissions"):  # NOPERM, whose prefix redis-py strips
-            sync.peek(key, Limit.per_minute(2))
+        sync = RateLimiter(server.client(protocol=protocol), fail_open=True, retry_after_failure=0)
+        refused = sync.peek(key, Limit.per_minute(2))
+        assert refused.source == "fail_open" and "no permissions" in str(refused.error)
         assert sync.check(key, Limit.per_minute(2)).source == "redis"
         assert sync.backend == "module"
 
         async def run() -> None:
             client = aioredis.Redis(host="127.0.0.1", port=server.port, protocol=protocol)
-            limiter = AsyncRateLimiter(client, fail_open=True)
-            with pytest.raises(RateLimitReplyError, match="no permissions"):  # NOPERM, whose prefix redis-py strips
-                await limiter.peek(key, Limit.per_minute(2))
+            limiter = AsyncRateLimiter(client, fail_open=True, retry_after_failure=0)
+            assert (await limiter.peek(key, Limit.per_minute(2))).source == "fail_open"
             assert (await limiter.check(key, Limit.per_minute(2))).source == "redis"
             assert limiter.backend == "module"
             await client.aclose()
