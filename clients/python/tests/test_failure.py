@@ -86,7 +86,9 @@ def test_fallback_holds_its_share_and_redis_recovers(own_server: Server, caplog:
     # A refund of a fallback decision goes to the fallback.
     assert limiter.undo("k", decision=answers[0]) == 1
     assert limiter.check("k", Limit.per_minute(10)).allowed
-    assert any("deciding in this process (fallback, share 0.5) until it answers" in line for line in failures_logged(caplog))
+    assert any(
+        "deciding in this process (fallback, share 0.5) until it answers" in line for line in failures_logged(caplog)
+    )
 
     own_server.start()  # the same port, empty
     time.sleep(0.35)

@@ -76,6 +76,7 @@ class Policy:
         self._clock = clock
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
+        self._announced: dict[str, Backend] = {}
         self._outages: dict[str, _Outage] = {}
 
     # -- backend per server ------------------------------------------------
@@ -94,11 +95,19 @@ class Policy:
         return kinds.pop() if kinds else None
 
     def learned(self, server: str, backend: Backend) -> None:
-        """Records what a server answered with; logs the first time only."""
+        """Records which backend a server has (the module, until it answers
+        "unknown command")."""
         with self._lock:
-            if self._backends.get(server) == backend:
-                return
             self._backends[server] = backend
+
+    def answered(self, server: str) -> None:
+        """The server's backend gave an answer: logged the first time (so a
+        twin that the server refuses to run is never announced as in use)."""
+        with self._lock:
+            backend = self._backends[server]
+            if self._announced.get(server) == backend:
+                return
+            self._announced[server] = backend
         if backend == "twin":
             logger.warning(_TWIN, server)
         else:

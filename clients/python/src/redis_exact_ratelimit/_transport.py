@@ -57,7 +57,14 @@ def plan(policy: Policy, script: Script, server: str, steps: Sequence[Op | Delet
             policy.learned(server, "twin")
         else:
             policy.learned(server, "module")
+            policy.answered(server)
             return replies
+    replies = yield from _on_the_twin(script, steps)
+    policy.answered(server)
+    return replies
+
+
+def _on_the_twin(script: Script, steps: Sequence[Op | Delete]) -> Plan:
     if any(isinstance(step, Delete) for step in steps):
         # In a MULTI/EXEC, NOSCRIPT comes after the DEL has run: EVAL, which
         # needs no cache, keeps the first reply ("was it blocked") true.
@@ -97,6 +104,7 @@ def _refuse_an_older_module(policy: Policy, server: str, key: str, unknown: rx.R
         if is_missing_module(error):
             return []
     policy.learned(server, "module")
+    policy.answered(server)
     raise rx.ResponseError(f"the server's RATELIMIT module is older than this call needs: {server_text(unknown)}")
 
 

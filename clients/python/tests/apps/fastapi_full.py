@@ -15,7 +15,9 @@ from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, Verdict
 from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
 from redis_exact_ratelimit.fastapi import RateLimit
 
-limiter = AsyncRateLimiter(redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options()), **limiter_options())
+limiter = AsyncRateLimiter(
+    redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options(asyncio=True)), **limiter_options()
+)
 TEN = Limit.per_minute(10)
 
 

@@ -19,13 +19,16 @@ def limiter_options() -> dict[str, Any]:
     }
 
 
-def redis_options() -> dict[str, Any]:
+def redis_options(*, asyncio: bool = False) -> dict[str, Any]:
     """A client that fails fast while Redis is away (the limiter's timeout
-    bounds each call anyway)."""
+    bounds each call anyway): one immediate retry, which opens again a
+    connection the server closed."""
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return {"socket_connect_timeout": 0.5, "socket_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
+    retry = AsyncRetry(NoBackoff(), 1) if asyncio else Retry(NoBackoff(), 1)
+    return {"socket_connect_timeout": 0.5, "socket_timeout": 1.0, "retry": retry}
 
 
 def user_then_ip(user: str, ip: str) -> dict[str, Limits]:
