@@ -165,3 +165,47 @@ def test_per_route_block_in_both_frameworks(framework: str, server: Server) -> N
     assert 3599 <= int(first[2].headers["Retry-After"]) <= 3600
     assert int(later.headers["Retry-After"]) < int(first[2].headers["Retry-After"])
     assert later.headers["RateLimit"] == f'"lock";r=0;t={later.headers["Retry-After"]}'
+
+
+def exec_calls(server: Server) -> int:
+    return int(server.client().info("commandstats").get("cmdstat_exec", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_unblock_with_reset_lifts_the_lockout_and_forgets_the_failures(server: Server, key: str, protocol: int) -> None:
+    """The admin call: one MULTI/EXEC of UNBLOCK and DEL. The answer is
+    still "was it blocked"; the key is gone, so the next login starts over."""
+    limiter = RateLimiter(server.client(protocol=protocol))
+    assert [limiter.check(key, LOGIN, block_ms=HOUR).allowed for _ in range(6)] == [True] * 5 + [False]
+    before = exec_calls(server)
+    assert limiter.unblock(key, reset=True) is True
+    assert exec_calls(server) == before + 1
+    assert server.client().exists(key) == 0
+    assert limiter.check(key, LOGIN, block_ms=HOUR).remaining == 4
+    # Not blocked: False, and the history goes all the same.
+    assert limiter.unblock(key, reset=True) is False
+    assert server.client().exists(key) == 0
+
+
+def test_unblock_with_reset_on_the_twin_after_script_flush(twin_server: Server, key: str) -> None:
+    """The DEL runs in the same MULTI/EXEC whatever the script cache says,
+    so the twin's reset is sent with EVAL: the answer stays true."""
+    limiter = RateLimiter(twin_server.client())
+    assert [limiter.check(key, Limit.per_minute(1), block_ms=HOUR).allowed for _ in range(2)] == [True, False]
+    twin_server.client().script_flush()
+    assert limiter.unblock(key, reset=True) is True
+    assert twin_server.client().exists(key) == 0
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_asyncio_unblock_with_reset(server: Server, key: str, protocol: int) -> None:
+    async def run() -> None:
+        client = aioredis.Redis(host="127.0.0.1", port=server.port, protocol=protocol)
+        limiter = AsyncRateLimiter(client)
+        assert [(await limiter.check(key, LOGIN, block_ms=HOUR)).allowed for _ in range(6)] == [True] * 5 + [False]
+        assert await limiter.unblock(key, reset=True) is True
+        assert await client.exists(key) == 0
+        assert (await limiter.check(key, LOGIN)).remaining == 4
+        await client.aclose()
+
+    asyncio.run(run())

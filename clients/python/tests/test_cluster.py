@@ -19,6 +19,7 @@ from redis_exact_ratelimit import AsyncRateLimiter, Decision, Limit, RateLimiter
 KEYS = 100
 CALLS_PER_KEY = 4
 LIMIT = Limit.per_minute(3)
+HOUR = 3_600_000
 
 
 def keys() -> list[str]:
@@ -160,3 +161,30 @@ def test_several_keys_on_a_cluster_with_asyncio(cluster: Cluster) -> None:
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_one_multi_exec_per_call_on_a_cluster(cluster: Cluster) -> None:
+    """What goes in one MULTI/EXEC (check_all with each key's remaining;
+    unblock with reset) goes to the keys' master, sync and asyncio."""
+    tenants = tagged(6)
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    limiter = RateLimiter(client, timeout=5)
+    moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
+    for keyed in tenants:
+        assert limiter.check_all(keyed, per_key_remaining=True).per_key_remaining == (1, 4, 99)
+        user = next(iter(keyed))
+        assert [limiter.check(user, Limit.per_minute(2), block_ms=HOUR).allowed for _ in range(2)] == [True, False]
+        assert limiter.unblock(user, reset=True) is True
+        assert client.exists(user) == 0
+    client.close()
+
+    async def run() -> None:
+        aclient = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
+        alimiter = AsyncRateLimiter(aclient, timeout=60)
+        for keyed in tenants:
+            assert (await alimiter.check_all(keyed, per_key_remaining=True)).per_key_remaining == (1, 3, 98)
+            assert await alimiter.unblock(next(iter(keyed)), reset=True) is False
+        await aclient.aclose()
+
+    asyncio.run(run())
+    assert cluster.error_counts().get("errorstat_MOVED", 0) == moved_before

@@ -4,9 +4,11 @@ within the timeout, every failure logged with its cause, and recovery."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -224,3 +226,52 @@ def test_several_keys_take_the_same_failure_policy(own_server: Server, caplog: p
         "failing closed (denying every request) until it answers",
         "failing open (allowing every request) until it answers",
     ]
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["check", "check_all"])
+@pytest.mark.parametrize("mode", ["sync", "asyncio"])
+def test_a_check_a_hung_server_answers_late_is_refunded(
+    own_server: Server, caplog: pytest.LogCaptureFixture, mode: str, several: bool
+) -> None:
+    """A hung server (SIGSTOP) has received the check when the limiter
+    gives up on it and answers by its policy; resumed, the server records
+    it. The limiter refunds it (UNDO, or MUNDO in every key) and says so
+    once, in the sync and the asyncio client alike."""
+    limit = Limit.per_minute(10)
+    keyed = {"{hung}:a": limit, "{hung}:b": limit}
+    stats = own_server.client()
+    command = "cmdstat_ratelimit.mcheck" if several else "cmdstat_ratelimit.check"
+
+    def settled() -> bool:
+        landed = stats.info("commandstats").get(command, {}).get("calls", 0)
+        return bool(landed == 1 and any("refunded" in r.getMessage() for r in caplog.records))
+
+    async def run() -> None:
+        sync = RateLimiter(own_server.client(), timeout=TIMEOUT, retry_after_failure=0)
+        client = aioredis.Redis(host="127.0.0.1", port=own_server.port)
+        limiter = sync if mode == "sync" else AsyncRateLimiter(client, timeout=TIMEOUT, retry_after_failure=0)
+
+        async def call(value: Any) -> Any:
+            return await value if inspect.isawaitable(value) else value
+
+        assert (await call(limiter.peek_all(keyed))).source == "redis"
+        own_server.pause()
+        try:
+            decision = await call(limiter.check_all(keyed) if several else limiter.check("{hung}:a", limit))
+            assert decision.source == "fail_closed"
+        finally:
+            own_server.resume()
+        deadline = time.monotonic() + 15
+        while not settled() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        after = await call(limiter.peek_all(keyed))
+        assert (after.source, after.remaining) == ("redis", 10)
+        await client.aclose()
+
+    asyncio.run(run())
+    keys = "{hung}:a, {hung}:b" if several else "{hung}:a"
+    refunds = [(r.levelname, r.getMessage()) for r in caplog.records if "after its timeout" in r.getMessage()]
+    assert refunds == [
+        ("WARNING", f"redis-ratelimit: a check on {keys} was answered after its timeout; its charge was refunded")
+    ]
+    assert stats.info("commandstats").get(command, {}).get("calls", 0) == 1

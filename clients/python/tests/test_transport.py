@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +125,7 @@ def _run_forever(client: redis.Redis) -> None:
         client.eval("while true do end", 0)
 
 
-def stage(name: str, request: pytest.FixtureRequest) -> Iterator[Stage]:
+def stage(name: str, request: pytest.FixtureRequest) -> Generator[Stage, None, None]:
     """Sets up one scenario (contract "setup"), and undoes it."""
     if name == "module":
         yield Stage(request.getfixturevalue("module_server").port)
@@ -327,7 +327,10 @@ async def run_scenario(scenario: dict[str, Any], stage: Stage, policy: str, mode
             assert_outcome(outcome, await settled(limiter.check("k", LIMIT)), stage)
         await after(scenario, stage, limiter)
     finally:
-        await settled(limiter.client.aclose() if mode == "asyncio" else limiter.client.close())
+        if isinstance(limiter, AsyncRateLimiter):
+            await limiter.client.aclose()
+        else:
+            limiter.client.close()
 
 
 async def reconnect(scenario: dict[str, Any], stage: Stage, policy: str, limiter: Any) -> None:

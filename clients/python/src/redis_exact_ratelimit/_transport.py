@@ -29,9 +29,11 @@ from ._policy import Policy
 
 @dataclass(frozen=True)
 class Transaction:
-    """Commands sent in one MULTI/EXEC; the reply is the list of theirs."""
+    """Commands sent in one MULTI/EXEC to the server of ``key``; the reply
+    is the list of theirs."""
 
     commands: tuple[list[str], ...]
+    key: str
 
 
 Command = list[str] | Transaction
@@ -48,7 +50,7 @@ def plan(policy: Policy, script: Script, server: str, steps: Sequence[Op | Delet
     assert isinstance(first, Op)
     if policy.backend_of(server) == "module":
         try:
-            replies = yield from _send([_module(step) for step in steps])
+            replies = yield from _send([_module(step) for step in steps], first.keys[0])
         except rx.RedisError as error:
             if not is_missing_module(error):
                 raise
@@ -59,22 +61,22 @@ def plan(policy: Policy, script: Script, server: str, steps: Sequence[Op | Delet
             policy.learned(server, "module")
             policy.answered(server)
             return replies
-    replies = yield from _on_the_twin(script, steps)
+    replies = yield from _on_the_twin(script, steps, first.keys[0])
     policy.answered(server)
     return replies
 
 
-def _on_the_twin(script: Script, steps: Sequence[Op | Delete]) -> Plan:
+def _on_the_twin(script: Script, steps: Sequence[Op | Delete], key: str) -> Plan:
     if any(isinstance(step, Delete) for step in steps):
         # In a MULTI/EXEC, NOSCRIPT comes after the DEL has run: EVAL, which
         # needs no cache, keeps the first reply ("was it blocked") true.
-        return (yield from _send([_twin(script, step, cached=False) for step in steps]))
+        return (yield from _send([_twin(script, step, cached=False) for step in steps], key))
     try:
-        return (yield from _send([_twin(script, step, cached=True) for step in steps]))
+        return (yield from _send([_twin(script, step, cached=True) for step in steps], key))
     except rx.NoScriptError:
         # EVAL caches the script again: the rest of a MULTI/EXEC, run after
         # it, finds it there.
-        return (yield from _send([_twin(script, step, cached=i > 0) for i, step in enumerate(steps)]))
+        return (yield from _send([_twin(script, step, cached=i > 0) for i, step in enumerate(steps)], key))
 
 
 def _module(step: Op | Delete) -> list[str]:
@@ -87,10 +89,10 @@ def _twin(script: Script, step: Op | Delete, *, cached: bool) -> list[str]:
     return ["EVALSHA", script.sha1, *twin_arguments(step)] if cached else ["EVAL", script.text, *twin_arguments(step)]
 
 
-def _send(commands: list[list[str]]) -> Plan:
+def _send(commands: list[list[str]], key: str) -> Plan:
     if len(commands) == 1:
         return [(yield commands[0])]
-    return list((yield Transaction(tuple(commands))))
+    return list((yield Transaction(tuple(commands), key)))
 
 
 def _refuse_an_older_module(policy: Policy, server: str, key: str, unknown: rx.RedisError) -> Plan:

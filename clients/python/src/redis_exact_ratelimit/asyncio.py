@@ -9,6 +9,7 @@ from typing import Any, TypeVar, Union
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from ._base import LimiterBase, RoundTrip, Steps
 from ._core import Decision, Limits, MultiDecision
@@ -135,6 +136,8 @@ class AsyncRateLimiter(LimiterBase):
     async def _send(self, command: Command) -> Any:
         if not isinstance(command, Transaction):
             return await self.client.execute_command(*command)
+        if isinstance(self.client, RedisCluster):
+            return await _on_one_node(self.client, command)
         pipe = self.client.pipeline(transaction=True)
         for one in command.commands:
             pipe.execute_command(*one)
@@ -203,3 +206,40 @@ async def _drive(steps: Plan, send: Callable[[Command], Any]) -> list[Any]:
     except StopIteration as stop:
         replies: list[Any] = stop.value
         return replies
+
+
+async def _on_one_node(client: RedisCluster, transaction: Transaction) -> list[Any]:
+    """MULTI/EXEC on the master of the transaction's key, over one of its
+    connections. (redis-py's asyncio cluster pipeline queues a transaction's
+    commands from another event loop, which the connections refuse.)"""
+    node = client.get_node_from_key(transaction.key)
+    if node is None:
+        raise ConnectionError(f"the cluster has no node for key {transaction.key!r} yet")
+    connection = node.acquire_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands([["MULTI"], *transaction.commands, ["EXEC"]]))
+        # MULTI's OK and each command's QUEUED, or the error that aborts it.
+        queued = [await _read(connection) for _ in range(len(transaction.commands) + 1)]
+        replies = await _read(connection)
+    except BaseException:
+        # Replies may be left unread: the connection is not reused.
+        await connection.disconnect()
+        raise
+    finally:
+        node.release(connection)
+    # As redis-py's own transactions: the first error, a queued command's
+    # (unknown command) before EXEC's EXECABORT or a command's in EXEC.
+    answered = [replies] if isinstance(replies, Exception) else list(replies)
+    errors = [reply for reply in [*queued, *answered] if isinstance(reply, Exception)]
+    if errors:
+        raise errors[0]
+    return answered
+
+
+async def _read(connection: Any) -> Any:
+    """One reply; an error reply is returned, not raised, so every reply of
+    the transaction is read."""
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error
