@@ -12,7 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from servers import Cluster, Server, free_port, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -92,6 +94,16 @@ class App:
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+def scrape(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The app's /metrics, as {(sample name, labels): value}."""
+    text = httpx.get(f"{app.url}/metrics", follow_redirects=True).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def app_env(redis_port: int, **settings: str) -> dict[str, str]:

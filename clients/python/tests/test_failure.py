@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import serve_asgi, serve_wsgi
+from conftest import scrape, serve_asgi, serve_wsgi
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server
@@ -135,10 +135,17 @@ def test_http_while_redis_is_stopped(serve: object, own_server: Server) -> None:
         with httpx.Client(base_url=shared.url, headers=user, timeout=10) as http:
             statuses = [http.get("/mw/ok").status_code for _ in range(12)]
         assert statuses == [200] * 5 + [429] * 7
+        # Counted by outcome, and the refused connections by cause.
+        closed_metrics, shared_metrics = scrape(closed), scrape(shared)
     finally:
         closed.stop()
         shared.stop()
-    assert "Redis unavailable" in closed.output() or "failing closed" in closed.output()
+    assert "failing closed (denying every request) until it answers" in closed.output()
+    decisions = "ratelimit_decisions_total"
+    assert closed_metrics[(decisions, (("outcome", "fail_closed"), ("policy", "mw")))] == 1
+    assert shared_metrics[(decisions, (("outcome", "fallback_allowed"), ("policy", "mw")))] == 5
+    assert shared_metrics[(decisions, (("outcome", "fallback_denied"), ("policy", "mw")))] == 7
+    assert closed_metrics[("ratelimit_errors_total", (("cause", "connection"),))] >= 1
 
 
 @pytest.mark.parametrize("several", [False, True], ids=["check", "check_all"])
