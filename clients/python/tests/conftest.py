@@ -62,7 +62,7 @@ def key() -> str:
 class App:
     """An app served by a real HTTP server in its own process group."""
 
-    def __init__(self, command: list[str], port: int, env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], port: int, env: dict[str, str], wait: float = 20) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = Path(f"/tmp/ratelimit-py-app-{port}.log")
@@ -71,13 +71,13 @@ class App:
                 command, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
-            self._wait_until_up()
+            self._wait_until_up(wait)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + 20
+    def _wait_until_up(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the app exited: {self.log.read_text()[-3000:]}")
@@ -93,7 +93,8 @@ class App:
         return self.log.read_text()
 
     def stop(self) -> None:
-        stop_process(self.process)
+        """Stops the app's own session (a shell's children with it)."""
+        stop_process(self.process, group=True)
 
 
 def scrape(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -57,14 +57,23 @@ def free_port() -> int:
         return port
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to exactly this PID, SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.terminate()
+def stop_process(process: subprocess.Popen[bytes], *, group: bool = False) -> None:
+    """SIGTERM to exactly this PID (or, with ``group``, to the process group
+    it leads, started with start_new_session), SIGKILL if it lingers."""
+
+    def signal_it(number: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(process.pid, number)
+            else:
+                process.send_signal(number)
+
+    if process.poll() is None or group:
+        signal_it(signal.SIGTERM)
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            signal_it(signal.SIGKILL)
             process.wait()
 
 

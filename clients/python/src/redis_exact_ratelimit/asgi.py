@@ -45,7 +45,7 @@ def client_address(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
-def header_key(name: str) -> KeyFunction:
+def header_key(name: str) -> Callable[[Scope], str | None]:
     """A key function reading one request header (e.g. ``x-api-key``);
     requests without it are not limited."""
     wanted = name.lower().encode("latin-1")
