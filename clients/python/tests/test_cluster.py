@@ -50,7 +50,7 @@ def test_sync_cluster_client(cluster: Cluster, caplog: pytest.LogCaptureFixture)
     said = [r for r in caplog.records if "RATELIMIT module" in r.getMessage()]
     assert len(said) == 3
     # The count can fail: a call sent to a node that does not own the key is counted.
-    owner = client.get_node_from_key("control")
+    owner = client.get_node_from_key("control")  # type: ignore[no-untyped-call]
     other = next(node for node in cluster.nodes if node.port != owner.port)
     with other.client() as wrong, pytest.raises(ResponseError):  # MOVED
         wrong.execute_command("EVALSHA", limiter.script.sha1, 1, "control", "peek", "1000", "1")
@@ -91,7 +91,7 @@ def test_a_stopped_master_fails_only_its_own_keys() -> None:
         client = RedisCluster(host="127.0.0.1", port=cluster.port)
         limiter = RateLimiter(client, timeout=0.5, retry_after_failure=30)
         chosen = keys()[:30]
-        owners = {key: client.get_node_from_key(key).port for key in chosen}
+        owners = {key: client.get_node_from_key(key).port for key in chosen}  # type: ignore[no-untyped-call]
         down = cluster.nodes[0]
         assert down.port in owners.values() and len(set(owners.values())) == 3
         down.stop()
@@ -128,7 +128,7 @@ def test_several_keys_on_a_cluster(cluster: Cluster) -> None:
     client = RedisCluster(host="127.0.0.1", port=cluster.port)
     limiter = RateLimiter(client, timeout=5)
     tenants = tagged(12)
-    assert len({client.get_node_from_key(next(iter(keyed))).port for keyed in tenants}) == 3
+    assert len({client.get_node_from_key(next(iter(keyed))).port for keyed in tenants}) == 3  # type: ignore[no-untyped-call]
     moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
     answers = [[limiter.check_all(keyed) for _ in range(3)] for keyed in tenants]
     assert cluster.error_counts().get("errorstat_MOVED", 0) == moved_before

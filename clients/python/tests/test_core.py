@@ -30,7 +30,7 @@ from redis_exact_ratelimit._core import (
 from redis_exact_ratelimit._http import Route, named_policies, rate_limit_headers
 from redis_exact_ratelimit._metrics import NoMetrics
 from redis_exact_ratelimit._policy import Policy
-from redis_exact_ratelimit._transport import drive, plan
+from redis_exact_ratelimit._transport import Command, drive, plan
 from redis_exact_ratelimit.wsgi import RateLimitMiddleware
 
 
@@ -87,9 +87,9 @@ def test_multi_key_replies() -> None:
         with pytest.raises(UnexpectedReply):
             parse_multi_decision(reply, keys)
     assert parse_counts([1, b"0", 2], keys) == {"u": 1, "ip": 0, "t": 2}
-    for reply in ([1, 0], [1, 0, -1], 3):
+    for counts in ([1, 0], [1, 0, -1], 3):
         with pytest.raises(UnexpectedReply):
-            parse_counts(reply, keys)
+            parse_counts(counts, keys)
     assert (parse_unblocked(1), parse_unblocked(b"0")) == (True, False)
     with pytest.raises(UnexpectedReply):
         parse_unblocked(2)
@@ -132,7 +132,8 @@ def test_an_older_module_is_not_taken_for_a_missing_one() -> None:
     policy = Policy("closed", None, 1.0)
     sent: list[str] = []
 
-    def older(command: list[str]) -> object:
+    def older(command: Command) -> object:
+        assert isinstance(command, list)
         sent.append(command[0])
         if command[0] == "RATELIMIT.MCHECK":
             raise ResponseError("unknown command 'RATELIMIT.MCHECK', with args beginning with: '1'")
@@ -144,7 +145,8 @@ def test_an_older_module_is_not_taken_for_a_missing_one() -> None:
     assert sent == ["RATELIMIT.MCHECK", "RATELIMIT.PEEK"] and policy.backend() == "module"
     policy = Policy("closed", None, 1.0)
 
-    def without_module(command: list[str]) -> object:
+    def without_module(command: Command) -> object:
+        assert isinstance(command, list)
         if command[0].startswith("RATELIMIT."):
             raise ResponseError(f"unknown command '{command[0]}'")
         return "from the twin"

@@ -81,7 +81,7 @@ def test_same_error_texts(module_server: Server, twin_server: Server, call: list
     operation, *args = call
     key = f"errors:{uuid.uuid4().hex}"
     with pytest.raises(redis.ResponseError) as from_module:
-        module_server.client().execute_command(f"RATELIMIT.{operation.upper()}", key, *args)
+        module_server.client().execute_command(f"RATELIMIT.{operation.upper()}", key, *args)  # type: ignore[no-untyped-call]
     script = RateLimiter(twin_server.client()).script
     with pytest.raises(redis.ResponseError) as from_twin:
         twin_server.client().eval(script.text, 1, key, operation, *args)
