@@ -89,6 +89,8 @@ def test_install_and_quick_start_as_written(tmp_path: Path, twin_server: Server)
     (its dependencies, then uvicorn serving the example), on a server
     without the module, as managed Redis is. Only the Redis URL and the
     HTTP port are the test's own."""
+    # The example limits by client address: this test's requests only.
+    twin_server.client().delete("default:127.0.0.1")
     root = copy_of_the_repository(tmp_path / "clone")
     (install,) = blocks("sh", section("Install"))
     (quick_start,) = blocks("sh", section("Quick start: FastAPI"))
