@@ -45,6 +45,13 @@ def test_the_readme_quotes_the_examples(name: str) -> None:
     assert quoted(name) in blocks("python")
 
 
+def test_the_quick_start_app_is_at_most_ten_lines_of_code() -> None:
+    (app,) = blocks("python", section("Quick start: FastAPI"))
+    assert app == quoted("fastapi_app.py")
+    code = [line for line in app.splitlines() if line.strip() and not line.startswith(("import ", "from "))]
+    assert len(code) <= 10, code
+
+
 def test_every_python_block_passes_mypy_strict(tmp_path: Path) -> None:
     """Each block is a program of its own: it imports and defines all it uses."""
     snippets = blocks("python")
