@@ -259,8 +259,9 @@ def judging(
 
 def refunding(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict) -> Judging[None]:
     """Refunds an allowed request in every key it was charged to. An error
-    about the call is not raised: it would hide the response or the
-    handler's own error (a failed refund is logged by the limiter)."""
+    about the call (its check met none, so it is all but impossible here)
+    is not raised: it would hide the response or the handler's own error;
+    an outage is logged by the limiter."""
     if not verdict.decision.allowed:
         return
     try:
