@@ -8,10 +8,19 @@ import uuid
 
 import pytest
 import redis
+from redis import exceptions as rx
 from redis.exceptions import ResponseError
 from servers import Server
 
-from redis_exact_ratelimit import Decision, Fallback, Limit, MultiDecision, RateLimiter, RateLimitInputError
+from redis_exact_ratelimit import (
+    CallTimeout,
+    Decision,
+    Fallback,
+    Limit,
+    MultiDecision,
+    RateLimiter,
+    RateLimitInputError,
+)
 from redis_exact_ratelimit._core import (
     Op,
     Script,
@@ -30,7 +39,7 @@ from redis_exact_ratelimit._core import (
 from redis_exact_ratelimit._http import Route, named_policies, rate_limit_headers
 from redis_exact_ratelimit._metrics import NoMetrics
 from redis_exact_ratelimit._policy import Policy
-from redis_exact_ratelimit._transport import Command, drive, plan
+from redis_exact_ratelimit._transport import Command, cause_of, drive, is_call_error, plan, server_text
 from redis_exact_ratelimit.wsgi import RateLimitMiddleware
 
 
@@ -397,3 +406,34 @@ def test_fallback_answers_as_the_module_over_several_keys_and_blocks(module_serv
     assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
     # Blocks were started, and lifted.
     assert lifted > 5, lifted
+
+
+def test_causes_are_named_as_the_server_words_them() -> None:
+    """The cause logged and counted: the server's own reply (its code put
+    back where redis-py strips it, a script's wrapping taken off), the
+    failed connection's errno name, or the timeout."""
+    refused = rx.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    refused.__context__ = ConnectionRefusedError(111, "Connection refused")
+    script = " script: d4a064b4de38ff5dd6141bd1edb5022b3e77faae, on @user_script:1123."
+    busy = "BUSY Redis is busy running a script. You can only call SCRIPT KILL or FUNCTION KILL."
+    oom = "OOM command not allowed when used memory > 'maxmemory'."
+    no_time_70 = "ERR The user executing the script can't run this command or subcommand"
+    no_time = "ERR ACL failure in script: User u has no permissions to run the 'time' command"
+    cases: list[tuple[BaseException, str, str]] = [
+        (CallTimeout(0.25), "timeout", "timeout: no answer within 250 ms"),
+        (refused, "connection", "ECONNREFUSED"),
+        (rx.NoPermissionError("User u has no permissions to run the 'evalsha' command"), "noperm", ""),
+        (rx.ResponseError(oom + script), "oom", oom),
+        (rx.ResponseError(busy), "busy", busy),
+        (rx.ResponseError(no_time_70 + script), "noperm", no_time_70),
+        (rx.ResponseError(no_time + script), "noperm", no_time),
+        (rx.ReadOnlyError("You can't write against a read only replica."), "readonly", ""),
+        (rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), "reply", ""),
+        (ValueError("odd"), "other", "ValueError: odd"),
+    ]
+    for error, kind, text in cases:
+        cause = cause_of(error)
+        assert cause.kind == kind and is_call_error(error) == (kind == "reply"), error
+        assert cause.text == (text or server_text(error)), cause
+    assert cause_of(cases[2][0]).text == "NOPERM User u has no permissions to run the 'evalsha' command"
+    assert cause_of(cases[7][0]).text == "READONLY You can't write against a read only replica."

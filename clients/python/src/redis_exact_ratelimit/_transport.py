@@ -8,6 +8,7 @@ and the cause of each, as logged and counted."""
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -161,9 +162,13 @@ _OUTAGES: dict[str, ErrorCause] = {
     "ASK": "cluster",
 }
 
-# How Redis 7.0 answers a script whose user may not run a command it calls
-# (TIME, or a key outside the user's patterns): a NOPERM in all but name.
-_SCRIPT_NOPERM = "The user executing the script can't run"
+# How servers answer a script whose user may not run a command it calls
+# (TIME, or a key outside the user's patterns), with a doubled "ERR ": a
+# NOPERM in all but name (Redis 7.0, then Redis 7.2+ and Valkey).
+_SCRIPT_NOPERM = ("ERR The user executing the script can't run", "ERR ACL failure in script:")
+
+# What Redis appends to an error met inside a script (Valkey names no sha).
+_SCRIPT_SUFFIX = re.compile(r" script: (?:[0-9a-f]{40}, )?on @user_script:\d+\.$")
 
 
 @dataclass(frozen=True)
@@ -180,13 +185,13 @@ def server_text(error: BaseException) -> str:
     """An error reply as the server sent it. redis-py strips the code of
     the replies it has a class for (NOPERM, OOM ...) and prefixes an error
     met in a MULTI/EXEC with the command; Redis wraps an error met inside a
-    script as "<error> script: <sha>, on @user_script:<line>." (and an
-    "ERR " that redis-py strips)."""
+    script as "ERR <error> script: <sha>, on @user_script:<line>." (and
+    redis-py strips that "ERR ")."""
     text = str(error).rpartition(" of pipeline caused error: ")[2]
     code = next((code for kind, code in _CODES if isinstance(error, kind)), None)
     if code is not None and not text.startswith(code + " "):
         text = f"{code} {text}"
-    return text.split(" script: ", 1)[0]
+    return _SCRIPT_SUFFIX.sub("", text)
 
 
 def cause_of(error: BaseException) -> Cause:
