@@ -17,31 +17,33 @@
 --                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo|unblock
 --                 <the same arguments>
 --
--- Only base Lua 5.1 (string, math, table, ipairs, tonumber, tostring, type,
+-- Only base Lua 5.1 (string, math, table, ipairs, pairs, tonumber, type,
 -- pcall, error, unpack) and redis.call/pcall/error_reply: no cjson,
 -- cmsgpack, struct or bit, so it runs on every Redis 7.0+ and Valkey 8+.
 --
 -- Bounded work. Whatever a key holds, a call reads at most a fixed number
--- of bytes per key and limit: the first GETRANGE is FIRST_READ bytes; a
--- log larger than a page keeps cost sums per page, so a window's count,
--- a wait and a refund are each found by bisecting page headers (17 bytes
--- each) and decoding one page of at most PAGE bytes; a key holds at most
--- MAX_ENTRIES entries (the module's default cap); expired entries leave
--- by moving an offset, never by walking them. Every value read is checked
--- before it is trusted: a value the twin could not have written answers
--- WRONGTYPE, and a call over several keys reads and checks them all
--- before it writes any.
+-- of bytes per key and limit: a small value whole (at most 276 bytes), or
+-- a paged value's header and tail page; then, in a paged value, a window's
+-- count, a wait and a refund are each found from page headers (17 bytes
+-- each: the page is guessed from the pages around it, then bisected) and
+-- one page of at most PAGE bytes. A key holds at most MAX_ENTRIES entries
+-- (the module's default cap); expired entries leave by moving an offset,
+-- never by being walked. Every value read is checked before it is
+-- trusted: a value the twin could not have written answers WRONGTYPE, and
+-- a call over several keys reads and plans every key before it writes any.
 --
 -- Storage: one string key per limiter, in one of two forms.
 --
--- Small (at most PAGE bytes of entries; the form of release 0.3, which
--- reads as it is): a header, little-endian fixed-width fields,
---   magic "rl\1" (3) | window (5) | head (4) | tail (4) | newest (6) |
---   span = newest - oldest (5) | total cost (7)
--- then, for a key blocked by BLOCK ms, magic "rl\2" and the block's end
--- (6) after those fields; then the entries in bytes [head, tail).
+-- Small (at most SMALL_LIMIT = 256 bytes of entries): magic "rl\4" (3) |
+-- window (5) | the oldest entry's time (6), little-endian; for a key
+-- blocked by BLOCK ms, magic "rl\5" and the block's end (6) after those;
+-- then the entries, up to the end of the value. Written whole with SET.
+-- Release 0.3's small form still reads (and is written this way from its
+-- next change on): magic "rl\1" | window (5) | head (4) | tail (4) |
+-- newest (6) | span = newest - oldest (5) | total cost (7), or "rl\2" with
+-- the block's end (6) after those, then the entries in bytes [head, tail).
 --
--- Paged (more than PAGE bytes of entries): magic "rl\3" and
+-- Paged (more than SMALL_LIMIT bytes of entries): magic "rl\3" and
 --   window (5) | newest (6) | oldest (6) | total cost (7) | count (4) |
 --   blocked until (6, 0: not blocked) | head (2) | used (2) | last (2) |
 --   tail first time (6) | cost before the tail (7) | entries before the
@@ -335,7 +337,7 @@ local function general()
   -- A small value holds at most SMALL_LIMIT bytes of entries (the fast
   -- path's 256); a paged one's pages, PAGE bytes each.
   local SMALL_LIMIT = 256
-  local PAGE, PAGE_HEAD = 256, 17
+  local PAGE, PAGE_HEAD = 128, 17
   local SLOT = PAGE_HEAD + PAGE
   -- The first read: a whole small value, or a paged one's header and tail.
   -- Where a paged value's slots start.

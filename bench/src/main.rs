@@ -225,7 +225,7 @@ fn main() {
         results.exactness = exactness::run(&bench, &sha, &[1_000, 10_000], 100, 8, options.quick);
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-    match report::write(&results, &out) {
+    match report::write(&results, &out, options.sections.is_empty()) {
         Ok(summary) => println!("{summary}\nwritten to {}", out.display()),
         Err(e) => {
             eprintln!("cannot write results to {}: {e}", out.display());

@@ -129,7 +129,7 @@ impl EmbeddedTwin {
         let mut script = twin_script();
         for (constant, value) in [
             (
-                "local PAGE, PAGE_HEAD = 256, 17",
+                "local PAGE, PAGE_HEAD = 128, 17",
                 format!("local PAGE, PAGE_HEAD = {bytes}, 17"),
             ),
             (

@@ -20,7 +20,7 @@ const LATEST: i64 = 1 << 47;
 /// The most bytes of entries a small value holds.
 pub const SMALL_LIMIT: usize = 256;
 /// A paged value's page: bytes of entries, and the header before them.
-pub const PAGE: usize = 256;
+pub const PAGE: usize = 128;
 const PAGE_HEAD: usize = 17;
 const RING_HEADER: usize = 85;
 /// How many bytes of entries of a 0.3 value the twin still reads.
