@@ -34,6 +34,25 @@ pub const BLOCK: OptionName = OptionName {
 /// name them.
 const LIMIT_OPTIONS: [&OptionName; 3] = [&COST, &PRECISION, &BLOCK];
 
+/// Each client command's arity in the server's command table (negative:
+/// at least that many words, the name included): the server refuses a call
+/// of the wrong arity before the module reads a word.
+pub const CHECK_ARITY: i32 = -4;
+pub const PEEK_ARITY: i32 = -4;
+pub const UNDO_ARITY: i32 = -2;
+pub const MCHECK_ARITY: i32 = -6;
+pub const MPEEK_ARITY: i32 = -6;
+pub const MUNDO_ARITY: i32 = -3;
+pub const UNBLOCK_ARITY: i32 = 2;
+
+/// Whether `words` (the name included) meet `arity`, as the server checks.
+pub fn meets_arity(words: usize, arity: i32) -> bool {
+    match arity {
+        0.. => words == arity as usize,
+        _ => words >= arity.unsigned_abs() as usize,
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum ArgError {
     /// Answered with Redis's standard wrong-arity error.

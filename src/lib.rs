@@ -7,9 +7,10 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
+#[cfg(test)]
+mod contract;
 pub mod limiter;
 pub mod log;
-#[cfg(any(test, feature = "fuzzing"))]
 pub mod reference;
 pub mod state;
 

@@ -8,7 +8,7 @@ use crate::log::{Entry, Millis, MAX_COST};
 use crate::state::State;
 use std::num::NonZeroU64;
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Model {
     entries: Vec<Entry>,
     /// The longest window any CHECK named (0 once the log is emptied).
@@ -152,15 +152,34 @@ impl Model {
             .unwrap_or(0)
     }
 
-    /// The smallest wait after which the request fits, trying each ms.
+    /// The moments after `now` at which something leaves a window: an
+    /// entry's time plus one of `windows`; what a window holds changes
+    /// only then, so the waits below need look at no other.
+    fn leaving(&self, now: Millis, windows: impl Iterator<Item = u64> + Clone) -> Vec<u64> {
+        let mut moments: Vec<u64> = self
+            .entries
+            .iter()
+            .flat_map(|e| windows.clone().map(move |w| e.at + w as Millis - now))
+            .filter(|&d| d > 0)
+            .map(|d| d as u64)
+            .collect();
+        moments.push(0);
+        moments.sort_unstable();
+        moments
+    }
+
+    /// The smallest wait after which the request fits.
     fn retry_after(&self, now: Millis, call: &Plain) -> u64 {
-        (0..=Self::longest(call))
+        self.leaving(now, call.limits.iter().map(|&(w, _)| w))
+            .into_iter()
             .find(|&d| self.fits_at(now + d as i64, call))
             .unwrap_or(u64::MAX)
     }
 
+    /// The smallest wait after which `window` holds nothing.
     fn reset_after(&self, now: Millis, window: u64) -> u64 {
-        (0..=window)
+        self.leaving(now, std::iter::once(window))
+            .into_iter()
             .find(|&d| self.used_at(now + d as i64, window) == 0)
             .unwrap_or(u64::MAX)
     }
@@ -552,4 +571,236 @@ fn request(
         None => Some(request),
         Some(ms) => request.with_block(NonZeroU64::new(ms)?).ok(),
     }
+}
+
+/// What the contract answers to one command: a decision (CHECK, PEEK), a
+/// joint decision (MCHECK, MPEEK), an integer (UNDO, UNBLOCK), integers
+/// (MUNDO), or an error reply's text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Decision(Decision),
+    Joint(Joint),
+    Integer(i64),
+    Integers(Vec<i64>),
+    Error(String),
+}
+
+/// A key as the contract leaves it: its model, and when it expires (the
+/// server drops it once its clock passes that).
+#[derive(Clone, Default)]
+struct Key {
+    model: Model,
+    expires: Millis,
+}
+
+impl Key {
+    /// The expiry a write sets: the log's own (its newest entry's time plus
+    /// its window) or the block's end, whichever is later.
+    fn own_expiry(&self) -> Millis {
+        let log = self.model.entries.last().map_or(0, |e| e.at + self.model.window as Millis);
+        log.max(self.model.blocked_until)
+    }
+
+    fn snapshot(&self) -> (Vec<Entry>, u64, Millis) {
+        (self.model.entries.clone(), self.model.window, self.model.blocked_until)
+    }
+}
+
+/// A key's state as the contract observes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyState {
+    /// (time, cost), oldest first.
+    pub entries: Vec<(Millis, u64)>,
+    /// The longest window the log keeps (meaningless while it holds no
+    /// entry).
+    pub window: u64,
+    /// When its block ends (0: none).
+    pub blocked_until: Millis,
+    /// When the key expires.
+    pub expires: Millis,
+}
+
+/// The contract's command layer over the model: a command's words in (as
+/// a client sends them), the module's answer out, every key's state and
+/// expiry kept as a server keeps them. Arguments are read by the core's
+/// own parser (`args`): its errors are the contract's. What it leaves out:
+/// `ratelimit.max-entries` (no corpus holds a million entries) and other
+/// types of keys.
+#[derive(Clone, Default)]
+pub struct Keyspace {
+    keys: std::collections::BTreeMap<Vec<u8>, Key>,
+}
+
+impl Keyspace {
+    /// The answer to `words` at `clock` (ms), and what it changes.
+    pub fn call(&mut self, clock: Millis, words: &[Vec<u8>]) -> Answer {
+        self.expire(clock);
+        let name = words.first().map(|w| String::from_utf8_lossy(w).to_ascii_lowercase());
+        let arity = match name.as_deref() {
+            Some("ratelimit.check") => crate::args::CHECK_ARITY,
+            Some("ratelimit.peek") => crate::args::PEEK_ARITY,
+            Some("ratelimit.undo") => crate::args::UNDO_ARITY,
+            Some("ratelimit.unblock") => crate::args::UNBLOCK_ARITY,
+            Some("ratelimit.mcheck") => crate::args::MCHECK_ARITY,
+            Some("ratelimit.mpeek") => crate::args::MPEEK_ARITY,
+            _ => crate::args::MUNDO_ARITY,
+        };
+        if !crate::args::meets_arity(words.len(), arity) {
+            return Answer::Error(error_text(name.as_deref().unwrap_or(""), crate::args::ArgError::WrongArity));
+        }
+        let result = match name.as_deref() {
+            Some("ratelimit.check") => self.limit_call(clock, words, true),
+            Some("ratelimit.peek") => self.limit_call(clock, words, false),
+            Some("ratelimit.undo") => self.undo(clock, words),
+            Some("ratelimit.unblock") => self.unblock(clock, words),
+            Some("ratelimit.mcheck") => self.multi_call(clock, words, true),
+            Some("ratelimit.mpeek") => self.multi_call(clock, words, false),
+            Some("ratelimit.mundo") => self.multi_undo(clock, words),
+            _ => Err(crate::args::ArgError::Invalid("unknown command".into())),
+        };
+        result.unwrap_or_else(|error| Answer::Error(error_text(name.as_deref().unwrap_or(""), error)))
+    }
+
+    /// A key's state, if it exists at `clock`.
+    pub fn key(&self, clock: Millis, name: &[u8]) -> Option<KeyState> {
+        let key = self.keys.get(name).filter(|k| clock <= k.expires)?;
+        Some(KeyState {
+            entries: key.model.entries.iter().map(|e| (e.at, e.cost)).collect(),
+            window: key.model.window,
+            blocked_until: key.model.blocked_until,
+            expires: key.expires,
+        })
+    }
+
+    /// The keys that exist at `clock`, in order.
+    pub fn names(&self, clock: Millis) -> Vec<Vec<u8>> {
+        self.keys.iter().filter(|(_, k)| clock <= k.expires).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Drops the keys whose expiry `clock` has passed, as a server does.
+    fn expire(&mut self, clock: Millis) {
+        self.keys.retain(|_, key| clock <= key.expires);
+    }
+
+    /// Runs `change` on the key named (a new one if it does not exist), then
+    /// keeps it with the expiry a write sets if it changed, or drops it if
+    /// it holds nothing.
+    fn change<T>(&mut self, name: &[u8], change: impl FnOnce(&mut Key) -> T) -> T {
+        let mut key = self.keys.remove(name).unwrap_or_default();
+        let before = key.snapshot();
+        let result = change(&mut key);
+        if key.snapshot() != before {
+            key.expires = key.own_expiry();
+        }
+        if key.model.exists() {
+            self.keys.insert(name.to_vec(), key);
+        }
+        result
+    }
+
+    fn limit_call(&mut self, clock: Millis, words: &[Vec<u8>], check: bool) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_limit_call(words)?;
+        let (limits, plain_cost, block, precision) = plain_parts(&call.request);
+        let plain = Plain { limits: &limits, cost: plain_cost, block };
+        let decision = self.change(call.key, |key| match check {
+            true => key.model.check(clock, &plain, precision),
+            false => key.model.peek(clock, &plain),
+        });
+        Ok(Answer::Decision(decision))
+    }
+
+    fn multi_call(&mut self, clock: Millis, words: &[Vec<u8>], check: bool) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_multi_call(words)?;
+        let names: Vec<Vec<u8>> = call.calls.iter().map(|c| c.key.clone()).collect();
+        let parts: Vec<_> = call.calls.iter().map(|c| plain_parts(&c.request)).collect();
+        let plain: Vec<Plain> = parts
+            .iter()
+            .map(|(limits, cost, block, _)| Plain { limits, cost: *cost, block: *block })
+            .collect();
+        let precision = parts.first().map_or(1, |p| p.3);
+        let mut keys: Vec<Key> = names.iter().map(|n| self.keys.remove(n).unwrap_or_default()).collect();
+        let before: Vec<_> = keys.iter().map(Key::snapshot).collect();
+        let joint = {
+            let mut models: Vec<&mut Model> = keys.iter_mut().map(|k| &mut k.model).collect();
+            joint(&mut models, clock, &plain, precision, check)
+        };
+        for ((name, mut key), before) in names.into_iter().zip(keys).zip(before) {
+            if key.snapshot() != before {
+                key.expires = key.own_expiry();
+            }
+            if key.model.exists() {
+                self.keys.insert(name, key);
+            }
+        }
+        // Positions are 1-based in the reply.
+        Ok(Answer::Joint(joint))
+    }
+
+    fn undo(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_undo(words)?;
+        Ok(Answer::Integer(self.refund(clock, call.key, call.units.get())))
+    }
+
+    fn multi_undo(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_multi_undo(words)?;
+        let units = call.units.get();
+        let removed = call.keys.iter().map(|key| self.refund(clock, key, units)).collect();
+        Ok(Answer::Integers(removed))
+    }
+
+    /// A refund keeps the key's expiry; a key left with no entry goes,
+    /// unless a block in force keeps it until the block's end.
+    fn refund(&mut self, clock: Millis, name: &[u8], units: u64) -> i64 {
+        let Some(mut key) = self.keys.remove(name) else {
+            return 0;
+        };
+        let removed = key.model.refund(units);
+        let now = key.model.now(clock);
+        let kept = !key.model.entries.is_empty() || key.model.blocked_at(now);
+        if key.model.entries.is_empty() && kept && removed > 0 {
+            key.expires = key.model.blocked_until;
+        }
+        if kept {
+            self.keys.insert(name.to_vec(), key);
+        }
+        removed as i64
+    }
+
+    /// UNBLOCK: a lifted key keeps its log and expires when its newest
+    /// entry leaves its window; a key with nothing live left goes.
+    fn unblock(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_unblock(words)?;
+        let Some(mut key) = self.keys.remove(call.key.as_slice()) else {
+            return Ok(Answer::Integer(0));
+        };
+        let now = key.model.now(clock);
+        let lifted = key.model.unblock(clock);
+        if !lifted {
+            self.keys.insert(call.key.clone(), key);
+            return Ok(Answer::Integer(0));
+        }
+        let expires = key.own_expiry();
+        if !key.model.entries.is_empty() && expires > now {
+            key.expires = expires;
+            self.keys.insert(call.key.clone(), key);
+        }
+        Ok(Answer::Integer(1))
+    }
+}
+
+/// A parsed request as the model takes it: (window, max) pairs, cost,
+/// block, precision.
+fn plain_parts(request: &Request) -> (Vec<(u64, u64)>, u64, Option<u64>, u64) {
+    let limits = request.limits().iter().map(|l| (l.window.get(), l.max.get())).collect();
+    (limits, request.cost().get(), request.block().map(NonZeroU64::get), request.precision().get())
+}
+
+/// An error reply as the module sends it: the server's arity text, or
+/// `ERR` and the text, a NUL, CR or LF byte shown as a space.
+fn error_text(command: &str, error: crate::args::ArgError) -> String {
+    let text = match error {
+        crate::args::ArgError::WrongArity => format!("wrong number of arguments for '{command}' command"),
+        crate::args::ArgError::Invalid(text) => text,
+    };
+    format!("ERR {text}").replace(['\0', '\r', '\n'], " ")
 }

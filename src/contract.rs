@@ -1,0 +1,716 @@
+//! The contract as data (issue 24): `make corpus` writes
+//! `contract/corpus.jsonl` from the one model (`reference::Keyspace`: the
+//! core's argument parser and the brute-force model), and every engine
+//! replays it: the core here, the module and the twin on real servers and
+//! the twin under a controlled clock (`tests/corpus.rs`), the client
+//! packages' fallbacks and validators in their own suites. A test fails
+//! when the checked-in corpus is not what the model says.
+//!
+//! A case is a sequence of calls on keys that start empty, each at its
+//! time (ms), with the module's answer (a reply or an error's text), the
+//! twin's where its own rules differ (Lua's doubles: numbers and sums above
+//! 2^53), and the state of the keys it names afterwards. The format is
+//! described in contract/README.md.
+
+use crate::log::Millis;
+use crate::reference::{Answer, KeyState, Keyspace};
+use serde_json::{json, Value};
+
+/// The cases' clock starts here (a realistic epoch time, so stored times
+/// take their real width).
+const EPOCH: Millis = 1_764_000_000_000;
+const EXACT: u64 = 1 << 53;
+const EXACT_TEXT: &str = "9007199254740992";
+
+/// A case: its name, what it shows, and its calls (ms after EPOCH, words).
+struct Case {
+    name: String,
+    about: String,
+    steps: Vec<(Millis, Vec<String>)>,
+}
+
+fn case(name: &str, about: &str, steps: &[(Millis, &str)]) -> Case {
+    Case {
+        name: name.into(),
+        about: about.into(),
+        steps: steps
+            .iter()
+            .map(|&(at, line)| (at, line.split(' ').map(String::from).collect()))
+            .collect(),
+    }
+}
+
+/// A case whose words are given one by one (for words with spaces or odd
+/// bytes).
+fn case_words(name: &str, about: &str, steps: Vec<(Millis, Vec<String>)>) -> Case {
+    Case {
+        name: name.into(),
+        about: about.into(),
+        steps,
+    }
+}
+
+/// The hand-written cases: every command and option, the bounds, every
+/// error of README.md's tables (but a full log and WRONGTYPE, which no
+/// engine without a server's keyspace can show).
+fn written() -> Vec<Case> {
+    let max_cost = "9223372036854775807";
+    let over_cost = "9223372036854775808";
+    let exact = EXACT_TEXT;
+    let above_exact = "9007199254740993";
+    let year = "31536000000";
+    vec![
+        case("check-one-limit", "five of five allowed, the sixth denied until the first leaves", &[
+            (0, "RATELIMIT.CHECK k 60000 5"), (0, "RATELIMIT.CHECK k 60000 5"), (0, "RATELIMIT.CHECK k 60000 5"),
+            (0, "RATELIMIT.CHECK k 60000 5"), (0, "RATELIMIT.CHECK k 60000 5"), (0, "RATELIMIT.CHECK k 60000 5"),
+        ]),
+        case("check-spread", "requests apart: the wait is until the oldest in the window leaves", &[
+            (0, "RATELIMIT.CHECK k 1000 3"), (100, "RATELIMIT.CHECK k 1000 3"), (200, "RATELIMIT.CHECK k 1000 3"),
+            (300, "RATELIMIT.CHECK k 1000 3"), (1000, "RATELIMIT.CHECK k 1000 3"), (1001, "RATELIMIT.PEEK k 1000 3"),
+        ]),
+        case("two-windows", "10 per second and 1,000 per hour: the tighter one decides", &[
+            (0, "RATELIMIT.CHECK k 1000 2 3600000 3"), (1, "RATELIMIT.CHECK k 1000 2 3600000 3"),
+            (2, "RATELIMIT.CHECK k 1000 2 3600000 3"), (1500, "RATELIMIT.CHECK k 1000 2 3600000 3"),
+            (1600, "RATELIMIT.CHECK k 1000 2 3600000 3"),
+        ]),
+        case("eight-windows", "the most windows a call names, in any order", &[
+            (0, "RATELIMIT.CHECK k 8 1 7 2 6 3 5 4 4 5 3 6 2 7 1 8"),
+            (3, "RATELIMIT.CHECK k 8 1 7 2 6 3 5 4 4 5 3 6 2 7 1 8"),
+            (9, "RATELIMIT.PEEK k 1 8 2 7 3 6 4 5 5 4 6 3 7 2 8 1"),
+        ]),
+        case("cost", "COST weighs a request; a request that does not fit records nothing", &[
+            (0, "RATELIMIT.CHECK k 60000 10 COST 4"), (0, "RATELIMIT.CHECK k 60000 10 COST 4"),
+            (0, "RATELIMIT.CHECK k 60000 10 COST 4"), (0, "RATELIMIT.CHECK k 60000 10 COST 2"),
+            (0, "RATELIMIT.PEEK k 60000 10 cost 1"),
+        ]),
+        case("precision", "PRECISION p: requests in one p-ms cell share an entry, which takes the latest time", &[
+            (10000, "RATELIMIT.CHECK k 1000 2 PRECISION 1000"), (10999, "RATELIMIT.CHECK k 1000 2 PRECISION 1000"),
+            (11000, "RATELIMIT.CHECK k 1000 2 PRECISION 1000"), (11999, "RATELIMIT.CHECK k 1000 2 PRECISION 1000"),
+            (12000, "RATELIMIT.CHECK k 1000 2 PRECISION 1000"),
+        ]),
+        case("peek", "PEEK answers as CHECK would and records nothing", &[
+            (0, "RATELIMIT.PEEK k 60000 2"), (0, "RATELIMIT.CHECK k 60000 2"), (5, "RATELIMIT.PEEK k 60000 2"),
+            (5, "RATELIMIT.PEEK k 60000 2 COST 2"), (6, "RATELIMIT.PEEK k 60000 2 BLOCK 1000"),
+        ]),
+        case("undo", "UNDO takes back the newest units; a key emptied goes", &[
+            (0, "RATELIMIT.CHECK k 60000 10 COST 3"), (10, "RATELIMIT.CHECK k 60000 10 COST 2"),
+            (20, "RATELIMIT.UNDO k"), (20, "RATELIMIT.UNDO k COST 2"), (20, "RATELIMIT.UNDO k COST 100"),
+            (20, "RATELIMIT.UNDO k"), (20, "RATELIMIT.UNDO missing COST 5"),
+        ]),
+        case("window-widens", "a denial naming a longer window than the log's keeps it: the key lives longer", &[
+            (0, "RATELIMIT.CHECK k 1000 1"), (10, "RATELIMIT.CHECK k 5000 1"), (2000, "RATELIMIT.PEEK k 5000 1"),
+            (4000, "RATELIMIT.CHECK k 5000 1"),
+        ]),
+        case("expiry", "a key goes when its newest entry leaves its window", &[
+            (0, "RATELIMIT.CHECK k 1000 5"), (500, "RATELIMIT.CHECK k 1000 5"), (1500, "RATELIMIT.PEEK k 1000 5"),
+            (1501, "RATELIMIT.PEEK k 1000 5"),
+        ]),
+        case("clock-steps-back", "time never runs backwards for a key: a clock behind its newest entry reads as it", &[
+            (1000, "RATELIMIT.CHECK k 1000 2"), (500, "RATELIMIT.CHECK k 1000 2"), (400, "RATELIMIT.CHECK k 1000 2"),
+            (1999, "RATELIMIT.CHECK k 1000 2"),
+        ]),
+        case("block", "a denial with BLOCK blocks the key; calls on it are denied; the block neither grows nor restarts", &[
+            (0, "RATELIMIT.CHECK k 60000 2 BLOCK 10000"), (0, "RATELIMIT.CHECK k 60000 2 BLOCK 10000"),
+            (0, "RATELIMIT.CHECK k 60000 2 BLOCK 10000"), (100, "RATELIMIT.CHECK k 60000 2 BLOCK 10000"),
+            (200, "RATELIMIT.PEEK k 60000 100"), (10000, "RATELIMIT.PEEK k 60000 100"),
+            (10000, "RATELIMIT.CHECK k 60000 100"),
+        ]),
+        case("block-outlives-window", "a block longer than the window keeps the key until it ends", &[
+            (0, "RATELIMIT.CHECK k 1000 1"), (1, "RATELIMIT.CHECK k 1000 1 BLOCK 5000"), (3000, "RATELIMIT.PEEK k 1000 1"),
+            (5001, "RATELIMIT.PEEK k 1000 1"), (5002, "RATELIMIT.CHECK k 1000 1"),
+        ]),
+        case("unblock", "UNBLOCK lifts a block and keeps the history; a second UNBLOCK has nothing to lift", &[
+            (0, "RATELIMIT.CHECK k 60000 1"), (1, "RATELIMIT.CHECK k 60000 1 BLOCK 3600000"),
+            (2, "RATELIMIT.UNBLOCK k"), (3, "RATELIMIT.CHECK k 60000 1"), (4, "RATELIMIT.UNBLOCK k"),
+            (5, "RATELIMIT.UNBLOCK missing"),
+        ]),
+        case("unblock-nothing-live", "UNBLOCK of a key whose entries all expired deletes it", &[
+            (0, "RATELIMIT.CHECK k 1000 1"), (1, "RATELIMIT.CHECK k 1000 1 BLOCK 60000"), (2000, "RATELIMIT.UNBLOCK k"),
+            (2001, "RATELIMIT.PEEK k 1000 1"),
+        ]),
+        case("refund-while-blocked", "a refund keeps the block; a refund that empties a blocked key keeps it, with no window", &[
+            (0, "RATELIMIT.CHECK k 60000 2"), (0, "RATELIMIT.CHECK k 60000 2"), (1, "RATELIMIT.CHECK k 60000 2 BLOCK 5000"),
+            (2, "RATELIMIT.UNDO k"), (3, "RATELIMIT.UNDO k"), (4, "RATELIMIT.UNDO k"), (5, "RATELIMIT.PEEK k 1000 5"),
+            (5001, "RATELIMIT.PEEK k 1000 5"),
+        ]),
+        case("mcheck", "several keys at once: all or nothing; a denial names the keys that denied", &[
+            (0, "RATELIMIT.MCHECK 3 user ip tenant 1 60000 2 1 60000 5 1 60000 100"),
+            (1, "RATELIMIT.MCHECK 3 user ip tenant 1 60000 2 1 60000 5 1 60000 100"),
+            (2, "RATELIMIT.MCHECK 3 user ip tenant 1 60000 2 1 60000 5 1 60000 100"),
+            (3, "RATELIMIT.MPEEK 2 ip tenant 1 60000 5 1 60000 100"),
+            (4, "RATELIMIT.MCHECK 2 ip tenant 1 60000 5 2 1000 1 60000 100 COST 2"),
+        ]),
+        case("mcheck-block", "an MCHECK denied with BLOCK blocks only the keys whose own limits denied", &[
+            (0, "RATELIMIT.MCHECK 2 a b 1 60000 1 1 60000 10"), (1, "RATELIMIT.MCHECK 2 a b 1 60000 1 1 60000 10 BLOCK 30000"),
+            (2, "RATELIMIT.MPEEK 2 a b 1 60000 5 1 60000 10"), (3, "RATELIMIT.MCHECK 2 b a 1 60000 10 1 60000 5"),
+        ]),
+        case("mundo", "MUNDO refunds each key", &[
+            (0, "RATELIMIT.MCHECK 2 a b 1 60000 10 1 60000 10 COST 3"), (1, "RATELIMIT.MUNDO 2 a b COST 2"),
+            (2, "RATELIMIT.MUNDO 3 a b c"), (3, "RATELIMIT.MUNDO 2 a b COST 5"),
+        ]),
+        case("bounds-windows", "windows of 1 ms and of 365 days", &[
+            (0, "RATELIMIT.CHECK k 1 1"), (0, "RATELIMIT.CHECK k 1 1"), (1, "RATELIMIT.CHECK k 1 1"),
+            (2, &format!("RATELIMIT.CHECK y {year} 2")), (3, &format!("RATELIMIT.CHECK y {year} 2")),
+            (4, &format!("RATELIMIT.CHECK y {year} 2")),
+        ]),
+        case("bounds-exact", "max and COST at 2^53, the twin's largest", &[
+            (0, &format!("RATELIMIT.CHECK k 60000 {exact} COST {exact}")), (1, &format!("RATELIMIT.PEEK k 60000 {exact}")),
+            (2, "RATELIMIT.UNDO k COST 1"), (3, &format!("RATELIMIT.CHECK k 60000 {exact}")),
+        ]),
+        case("bounds-above-exact", "max or COST above 2^53: the module counts them, the twin refuses", &[
+            (0, &format!("RATELIMIT.CHECK k 60000 {above_exact}")), (1, &format!("RATELIMIT.CHECK k 60000 {max_cost} COST {above_exact}")),
+            (2, &format!("RATELIMIT.MCHECK 2 a b 1 60000 5 1 60000 {above_exact}")), (3, &format!("RATELIMIT.PEEK k 60000 {max_cost}")),
+        ]),
+        case("bounds-sum-above-exact", "a key's recorded cost past 2^53 (a unit its minute keeps, then 2^53 a 1 ms window allows): the module records it, the twin refuses", &[
+            (0, "RATELIMIT.CHECK k 60000 10"), (3, &format!("RATELIMIT.CHECK k 1 {exact} COST {exact}")),
+            (4, &format!("RATELIMIT.MCHECK 2 room k 1 1 {exact} 1 1 {exact} COST {exact}")),
+        ]),
+        case("bounds-63", "max and COST at 2^63 - 1, the module's largest; one more refused", &[
+            (0, &format!("RATELIMIT.CHECK k 60000 {max_cost} COST {max_cost}")), (1, &format!("RATELIMIT.CHECK k 60000 {over_cost}")),
+            (2, &format!("RATELIMIT.CHECK k 60000 5 COST {over_cost}")), (3, &format!("RATELIMIT.UNDO k COST {max_cost}")),
+        ]),
+        case("errors-arity", "the server's arity check", &[
+            (0, "RATELIMIT.CHECK k"), (0, "RATELIMIT.CHECK k 1000"), (0, "RATELIMIT.PEEK k"), (0, "RATELIMIT.UNDO"),
+            (0, "RATELIMIT.UNBLOCK"), (0, "RATELIMIT.UNBLOCK k extra"), (0, "RATELIMIT.MCHECK 1 k"),
+            (0, "RATELIMIT.MCHECK 1 k 01"), (0, "RATELIMIT.MCHECK 2 a b 1 1000 5"), (0, "RATELIMIT.MPEEK 1 k 2 1000 5"),
+        ]),
+        case("errors-numbers", "numbers as Redis writes them: no sign, no leading zero, no space, in range", &[
+            (0, "RATELIMIT.CHECK k 0 5"), (0, "RATELIMIT.CHECK k -1 5"), (0, "RATELIMIT.CHECK k +1000 5"),
+            (0, "RATELIMIT.CHECK k 01000 5"), (0, "RATELIMIT.CHECK k 1e3 5"), (0, &format!("RATELIMIT.CHECK k 3{year} 5")),
+            (0, "RATELIMIT.CHECK k 1000 0"), (0, "RATELIMIT.CHECK k 1000 five"), (0, "RATELIMIT.CHECK k 1000 -5"),
+            (0, "RATELIMIT.CHECK k 1000 5 COST 0"), (0, "RATELIMIT.CHECK k 1000 5 COST -2"), (0, "RATELIMIT.CHECK k 1000 5 COST x"),
+            (0, "RATELIMIT.CHECK k 1000 5 PRECISION 0"), (0, "RATELIMIT.CHECK k 1000 5 PRECISION 1001"),
+            (0, "RATELIMIT.CHECK k 1000 5 3600000 9 PRECISION 2000"), (0, "RATELIMIT.CHECK k 1000 5 BLOCK 0"),
+            (0, &format!("RATELIMIT.CHECK k 1000 5 BLOCK 3{year}")), (0, "RATELIMIT.UNDO k COST 0"),
+        ]),
+        case("errors-shape", "what a call's words must look like", &[
+            (0, "RATELIMIT.CHECK k 1000 5 2000"), (0, "RATELIMIT.CHECK k 1000 5 1000 9"),
+            (0, "RATELIMIT.CHECK k 1 1 2 2 3 3 4 4 5 5 6 6 7 7 8 8 9 9"), (0, "RATELIMIT.CHECK k 1000 5 COST 6"),
+            (0, "RATELIMIT.CHECK k 1000 5 3600000 3 COST 4"), (0, "RATELIMIT.CHECK k 1000 5 COST"),
+            (0, "RATELIMIT.CHECK k 1000 5 COST 1 COST 1"), (0, "RATELIMIT.CHECK k 1000 5 WEIGHT 2"),
+            (0, "RATELIMIT.CHECK k 1000 5 BLOCK"), (0, "RATELIMIT.CHECK k 1000 5 BLOCK 5 block 6"),
+            (0, "RATELIMIT.UNDO k PRECISION 5"), (0, "RATELIMIT.UNDO k COST"), (0, "RATELIMIT.MUNDO 1 k BLOCK 5"),
+        ]),
+        case("errors-several-keys", "the several-key calls' own errors, each naming its key", &[
+            (0, "RATELIMIT.MCHECK 0 1 1000 5"), (0, "RATELIMIT.MCHECK 17 a b c d e f g h i j k l m n o p q 1 1000 5"),
+            (0, "RATELIMIT.MCHECK x a 1 1000 5"), (0, "RATELIMIT.MCHECK 2 a a 1 1000 5 1 1000 5"),
+            (0, "RATELIMIT.MCHECK 2 a b 1 1000 5 9 1000 5"), (0, "RATELIMIT.MCHECK 2 a b 1 1000 5 1 1000 0"),
+            (0, "RATELIMIT.MCHECK 2 a b 1 1000 5 1 1000 3 COST 4"), (0, "RATELIMIT.MPEEK 1 a 0 1000 5"),
+            (0, "RATELIMIT.MUNDO 0"), (0, "RATELIMIT.MUNDO 2 a a"),
+        ]),
+        case_words("errors-odd-bytes", "a NUL, CR or LF byte in a word an error shows is a space", vec![
+            (0, words(&["RATELIMIT.CHECK", "k", "1000", "5", "X\0Y", "1"])),
+            (0, words(&["RATELIMIT.CHECK", "k", "1000", "5", "X\r\nY", "1"])),
+            (0, words(&["RATELIMIT.CHECK", "k", "10\u{0}00", "5"])),
+            (0, words(&["RATELIMIT.MCHECK", "2", "a\0b", "a\0b", "1", "1000", "5", "1", "1000", "5"])),
+        ]),
+    ]
+}
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|w| w.to_string()).collect()
+}
+
+/// A small xorshift: the random cases are the same on every run.
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// One random call's words: mostly well-formed CHECKs and PEEKs on a few
+/// keys, with several limits, COST, PRECISION and BLOCK, and UNDO,
+/// UNBLOCK and the several-key calls; now and then a malformed one.
+fn random_call(random: &mut Random) -> Vec<String> {
+    let key = |random: &mut Random| random.pick(&["a", "b", "c"]).to_string();
+    let limits = |random: &mut Random| -> Vec<String> {
+        let mut windows = vec![];
+        for _ in 0..1 + random.below(3) {
+            let window = random.pick(&["20", "100", "250", "1000", "60000"]);
+            if !windows.contains(&window) {
+                windows.push(window);
+            }
+        }
+        windows
+            .into_iter()
+            .flat_map(|w| [w.to_string(), random.pick(&["1", "2", "3", "5", "8", "13", "9007199254740992"]).to_string()])
+            .collect()
+    };
+    let options = |random: &mut Random, limits: &[String]| -> Vec<String> {
+        let mut options = vec![];
+        let smallest_max: u64 = limits.iter().skip(1).step_by(2).filter_map(|m| m.parse().ok()).min().unwrap_or(1);
+        if random.below(3) == 0 {
+            options.extend(["COST".into(), (1 + random.below(smallest_max.min(4))).to_string()]);
+        }
+        let shortest: u64 = limits.iter().step_by(2).filter_map(|w| w.parse().ok()).min().unwrap_or(1);
+        if random.below(4) == 0 {
+            options.extend(["PRECISION".into(), (1 + random.below(shortest.min(50))).to_string()]);
+        }
+        if random.below(5) == 0 {
+            options.extend(["BLOCK".into(), random.pick(&["50", "500", "5000"]).to_string()]);
+        }
+        options
+    };
+    let mut call = match random.below(20) {
+        0..=8 => {
+            let limits = limits(random);
+            let options = options(random, &limits);
+            [vec!["RATELIMIT.CHECK".to_string(), key(random)], limits, options].concat()
+        }
+        9..=11 => {
+            let limits = limits(random);
+            let options = options(random, &limits);
+            [vec!["RATELIMIT.PEEK".to_string(), key(random)], limits, options].concat()
+        }
+        12 | 13 => {
+            let cost = random.pick(&["1", "2", "5"]);
+            vec!["RATELIMIT.UNDO".into(), key(random), "COST".into(), cost.into()]
+        }
+        14 => vec!["RATELIMIT.UNBLOCK".into(), key(random)],
+        15..=17 => {
+            let command = if random.below(4) == 0 { "RATELIMIT.MPEEK" } else { "RATELIMIT.MCHECK" };
+            let keys: Vec<&str> = match random.below(3) {
+                0 => vec!["a", "b"],
+                1 => vec!["c", "a"],
+                _ => vec!["b", "c", "a"],
+            };
+            let mut call: Vec<String> = vec![command.into(), keys.len().to_string()];
+            call.extend(keys.iter().map(|k| k.to_string()));
+            let mut all = vec![];
+            for _ in &keys {
+                let limits = limits(random);
+                call.push((limits.len() / 2).to_string());
+                call.extend(limits.iter().cloned());
+                all.extend(limits);
+            }
+            call.extend(options(random, &all));
+            call
+        }
+        18 => vec!["RATELIMIT.MUNDO".into(), "2".into(), "b".into(), "a".into()],
+        _ => vec![
+            "RATELIMIT.CHECK".into(),
+            key(random),
+            random.pick(&["1000", "0", "x"]).into(),
+            random.pick(&["5", "0", "-1"]).into(),
+        ],
+    };
+    // Now and then a word changed into one the parser refuses.
+    if random.below(40) == 0 {
+        let at = 2 + random.below(call.len().saturating_sub(2).max(1) as u64) as usize;
+        if at < call.len() {
+            call[at] = random.pick(&["0", "-1", "abc", "07", ""]).into();
+        }
+    }
+    call
+}
+
+/// Random sequences: `count` cases of `length` calls, the clock moving by
+/// up to `step` ms (and now and then back).
+fn random_cases(count: usize, length: usize, step: u64, seed: u64) -> Vec<Case> {
+    let mut random = Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    (0..count)
+        .map(|i| {
+            let mut at: Millis = 0;
+            let steps = (0..length)
+                .map(|_| {
+                    at += random.below(step) as Millis;
+                    if random.below(30) == 0 {
+                        at -= random.below(step) as Millis;
+                    }
+                    (at, random_call(&mut random))
+                })
+                .collect();
+            Case {
+                name: format!("random-{seed}-{i}"),
+                about: "random calls on three keys".into(),
+                steps,
+            }
+        })
+        .collect()
+}
+
+fn all_cases() -> Vec<Case> {
+    let mut cases = written();
+    cases.extend(random_cases(60, 30, 120, 1));
+    cases.extend(random_cases(12, 150, 20, 2));
+    cases
+}
+
+/// The twin's own refusal of `words` on `space`, if any: its arguments
+/// parsed as the module parses them, then, the module's checks passed,
+/// COST or a max above 2^53 (COST first; several keys in order, each error
+/// naming its key), or an allowed request that would leave a key holding
+/// more than 2^53 units.
+fn twin_refusal(space: &Keyspace, clock: Millis, words: &[Vec<u8>]) -> Option<String> {
+    let name = String::from_utf8_lossy(words.first()?).to_ascii_lowercase();
+    let calls: Vec<(&Vec<u8>, crate::limiter::Request)> = match name.as_str() {
+        "ratelimit.check" | "ratelimit.peek" => {
+            let call = crate::args::parse_limit_call(words).ok()?;
+            vec![(call.key, call.request)]
+        }
+        "ratelimit.mcheck" | "ratelimit.mpeek" => crate::args::parse_multi_call(words)
+            .ok()?
+            .calls
+            .into_iter()
+            .map(|c| (c.key, c.request))
+            .collect(),
+        _ => return None,
+    };
+    let several = name.starts_with("ratelimit.m");
+    let about = |key: &Vec<u8>, text: String| -> String {
+        match several {
+            true => format!("ERR key '{}': {text}", String::from_utf8_lossy(key)),
+            false => format!("ERR {text}"),
+        }
+    };
+    for (key, request) in &calls {
+        let inexact = |what: &str| format!("{what} above {EXACT_TEXT} cannot be counted exactly by the script twin (Lua numbers are doubles): load the module for larger values");
+        if request.cost().get() > EXACT {
+            return Some(about(key, inexact("COST")));
+        }
+        if request.limits().iter().any(|l| l.max.get() > EXACT) {
+            return Some(about(key, inexact("max")));
+        }
+    }
+    if !name.contains("check") {
+        return None;
+    }
+    // An allowed request: the cost each key would keep after recording it.
+    let mut trial = space.clone();
+    let allowed = match trial.call(clock, words) {
+        Answer::Decision(d) => d.allowed,
+        Answer::Joint(j) => j.decision.allowed,
+        _ => false,
+    };
+    if !allowed {
+        return None;
+    }
+    for (key, request) in &calls {
+        let Some(state) = space.key(clock, key) else {
+            continue;
+        };
+        let Some(&(newest, _)) = state.entries.last() else {
+            continue;
+        };
+        let now = newest.max(clock.max(1));
+        let window = state.window.max(request.longest().window.get());
+        let kept: u64 = state.entries.iter().filter(|e| e.0 > now - window as Millis).map(|e| e.1).sum();
+        if kept > EXACT - request.cost().get() {
+            return Some(about(key, format!(
+                "this key would hold more than {EXACT_TEXT} units of cost, which the script twin cannot count exactly: nothing was recorded (load the module, or use smaller units)"
+            )));
+        }
+    }
+    None
+}
+
+/// The keys a call names.
+fn named_keys(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let name = words.first().map(|w| String::from_utf8_lossy(w).to_ascii_lowercase()).unwrap_or_default();
+    if name.starts_with("ratelimit.m") {
+        let count: usize = words.get(1).and_then(|n| String::from_utf8_lossy(n).parse().ok()).unwrap_or(0);
+        return words.iter().skip(2).take(count.min(16)).cloned().collect();
+    }
+    words.get(1).into_iter().cloned().collect()
+}
+
+fn answer_json(answer: &Answer) -> (&'static str, Value) {
+    let decision = |d: &crate::limiter::Decision| {
+        vec![json!(d.allowed as i64), json!(d.remaining), json!(d.retry_after_ms), json!(d.reset_after_ms)]
+    };
+    match answer {
+        Answer::Decision(d) => ("reply", Value::Array(decision(d))),
+        Answer::Joint(j) => {
+            let mut fields = decision(&j.decision);
+            fields.push(json!(j.denied.iter().map(|i| i + 1).collect::<Vec<_>>()));
+            ("reply", Value::Array(fields))
+        }
+        Answer::Integer(n) => ("reply", json!(n)),
+        Answer::Integers(n) => ("reply", json!(n)),
+        Answer::Error(text) => ("error", json!(text)),
+    }
+}
+
+fn state_json(state: Option<KeyState>) -> Value {
+    match state {
+        None => Value::Null,
+        Some(s) => json!({
+            "entries": s.entries.iter().map(|&(at, cost)| (at - EPOCH, cost)).collect::<Vec<_>>(),
+            "window": if s.entries.is_empty() { 0 } else { s.window },
+            "blocked_until": if s.blocked_until == 0 { 0 } else { s.blocked_until - EPOCH },
+            "expires": s.expires - EPOCH,
+        }),
+    }
+}
+
+/// A case a real server can replay on its own clock: its calls within
+/// 10 ms of each other, every window and block they name at least a
+/// second, so nothing a call sees depends on the few milliseconds between
+/// the server's calls (but the waits and resets, which move by them).
+fn pinnable(case: &Case) -> bool {
+    let first = case.steps.first().map_or(0, |s| s.0);
+    case.steps.iter().all(|(at, words)| {
+        let bytes: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        let requests: Vec<crate::limiter::Request> = match words[0].to_ascii_lowercase().as_str() {
+            "ratelimit.check" | "ratelimit.peek" => {
+                crate::args::parse_limit_call(&bytes).map(|c| vec![c.request]).unwrap_or_default()
+            }
+            "ratelimit.mcheck" | "ratelimit.mpeek" => crate::args::parse_multi_call(&bytes)
+                .map(|c| c.calls.into_iter().map(|c| c.request).collect())
+                .unwrap_or_default(),
+            _ => vec![],
+        };
+        (at - first).abs() <= 10
+            && requests.iter().all(|r| {
+                r.limits().iter().all(|l| l.window.get() >= 1000) && r.block().is_none_or(|b| b.get() >= 1000)
+            })
+    })
+}
+
+/// One case as JSON: every step with the module's answer, the twin's where
+/// it differs, and the named keys' states (the twin's where they differ).
+fn render(case: &Case) -> Value {
+    let mut module = Keyspace::default();
+    let mut twin = Keyspace::default();
+    let pinned = pinnable(case);
+    let steps: Vec<Value> = case
+        .steps
+        .iter()
+        .map(|(at, words)| {
+            let clock = EPOCH + at;
+            let bytes: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+            let answer = module.call(clock, &bytes);
+            let twin_answer = match twin_refusal(&twin, clock, &bytes) {
+                Some(text) => Answer::Error(text),
+                None => twin.call(clock, &bytes),
+            };
+            let mut step = serde_json::Map::new();
+            step.insert("at".into(), json!(at));
+            step.insert("call".into(), json!(words));
+            let (kind, value) = answer_json(&answer);
+            step.insert(kind.into(), value);
+            if twin_answer != answer {
+                let (kind, value) = answer_json(&twin_answer);
+                step.insert(format!("twin_{kind}"), value);
+            }
+            let mut state = serde_json::Map::new();
+            let mut twin_state = serde_json::Map::new();
+            for key in named_keys(&bytes) {
+                let name = String::from_utf8_lossy(&key).to_string();
+                state.insert(name.clone(), state_json(module.key(clock, &key)));
+                twin_state.insert(name, state_json(twin.key(clock, &key)));
+            }
+            if twin_state != state {
+                step.insert("twin_state".into(), Value::Object(twin_state));
+            }
+            step.insert("state".into(), Value::Object(state));
+            Value::Object(step)
+        })
+        .collect();
+    json!({ "name": case.name, "about": case.about, "pinned": pinned, "epoch": EPOCH, "steps": steps })
+}
+
+/// The corpus, one case a line.
+pub fn corpus() -> String {
+    all_cases().iter().map(|c| render(c).to_string() + "\n").collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    fn checked_in() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contract/corpus.jsonl")
+    }
+
+    /// `make corpus` writes the corpus (RATELIMIT_WRITE_CORPUS=1); `make
+    /// test` fails when the checked-in one is not what the model says.
+    #[test]
+    fn the_checked_in_corpus_is_what_the_model_says() {
+        let generated = corpus();
+        if std::env::var_os("RATELIMIT_WRITE_CORPUS").is_some() {
+            std::fs::write(checked_in(), &generated).expect("write contract/corpus.jsonl");
+        }
+        let stored = std::fs::read_to_string(checked_in()).unwrap_or_default();
+        let differs = stored.lines().zip(generated.lines()).position(|(a, b)| a != b);
+        assert!(
+            stored == generated,
+            "contract/corpus.jsonl is not what the model says (first different line: {differs:?}, lines {} and {}): run `make corpus` and review the diff",
+            stored.lines().count(),
+            generated.lines().count()
+        );
+    }
+
+    /// The core (the module's logic without Redis: the argument parser,
+    /// `limiter` and `state`) answers every case as the corpus says, and
+    /// leaves each key as the corpus says.
+    #[test]
+    fn the_core_answers_the_corpus() {
+        let corpus = std::fs::read_to_string(checked_in()).expect("contract/corpus.jsonl");
+        for line in corpus.lines() {
+            let case: Value = serde_json::from_str(line).expect("a JSON case");
+            let mut core = Core::default();
+            for (index, step) in case["steps"].as_array().expect("steps").iter().enumerate() {
+                let clock = EPOCH + step["at"].as_i64().expect("at");
+                let words: Vec<Vec<u8>> = step["call"]
+                    .as_array()
+                    .expect("call")
+                    .iter()
+                    .map(|w| w.as_str().expect("a word").as_bytes().to_vec())
+                    .collect();
+                let (kind, got) = answer_json(&core.call(clock, &words));
+                assert_eq!(step[kind], got, "{} step {index}: {:?}", case["name"], step["call"]);
+                for (name, expected) in step["state"].as_object().expect("state") {
+                    let state = core.state(clock, name.as_bytes());
+                    assert_eq!(&state, expected, "{} step {index}: key {name}", case["name"]);
+                }
+            }
+        }
+    }
+
+    /// The module's command layer over the core's own types, without Redis:
+    /// what src/module/commands.rs does with a key's `State`.
+    #[derive(Default)]
+    struct Core {
+        keys: BTreeMap<Vec<u8>, (State, Millis)>,
+    }
+
+    impl Core {
+        fn state(&self, clock: Millis, key: &[u8]) -> Value {
+            let Some((state, expires)) = self.keys.get(key).filter(|k| clock <= k.1) else {
+                return Value::Null;
+            };
+            let entries: Vec<(Millis, u64)> =
+                state.log().view().entries().map(|e| (e.at - EPOCH, e.cost)).collect();
+            json!({
+                "entries": entries,
+                "window": if entries.is_empty() { 0 } else { state.log().window() },
+                "blocked_until": state.blocked_until().map_or(0, |b| b - EPOCH),
+                "expires": expires - EPOCH,
+            })
+        }
+
+        fn call(&mut self, clock: Millis, words: &[Vec<u8>]) -> Answer {
+            self.keys.retain(|_, k| clock <= k.1);
+            // The model's command layer reads the arguments: the core's
+            // part is what it decides and stores.
+            let mut expected = Keyspace::default();
+            let answer = expected.call(clock, words);
+            if let Answer::Error(_) = answer {
+                return answer;
+            }
+            let name = String::from_utf8_lossy(&words[0]).to_ascii_lowercase();
+            match name.as_str() {
+                "ratelimit.check" | "ratelimit.peek" => {
+                    let call = crate::args::parse_limit_call(words).expect("parsed");
+                    Answer::Decision(self.decide(clock, call.key, &call.request, name.ends_with("check")))
+                }
+                "ratelimit.mcheck" | "ratelimit.mpeek" => {
+                    let call = crate::args::parse_multi_call(words).expect("parsed");
+                    Answer::Joint(self.decide_all(clock, &call, name.ends_with("check")))
+                }
+                "ratelimit.undo" => {
+                    let call = crate::args::parse_undo(words).expect("parsed");
+                    Answer::Integer(self.refund(clock, call.key, call.units))
+                }
+                "ratelimit.mundo" => {
+                    let call = crate::args::parse_multi_undo(words).expect("parsed");
+                    Answer::Integers(call.keys.iter().map(|k| self.refund(clock, k, call.units)).collect())
+                }
+                _ => {
+                    let call = crate::args::parse_unblock(words).expect("parsed");
+                    Answer::Integer(self.unblock(clock, call.key))
+                }
+            }
+        }
+
+        fn existing(&self, key: &[u8]) -> Option<&State> {
+            self.keys.get(key).map(|k| &k.0).filter(|s| !s.is_empty())
+        }
+
+        fn write(&mut self, key: &[u8], write: &crate::limiter::Write) {
+            let mut entry = self.keys.remove(key).unwrap_or_default();
+            crate::limiter::apply(&mut entry.0, write);
+            entry.1 = expiry(&entry.0);
+            self.keys.insert(key.to_vec(), entry);
+        }
+
+        fn decide(&mut self, clock: Millis, key: &[u8], request: &crate::limiter::Request, check: bool) -> crate::limiter::Decision {
+            if !check {
+                return crate::limiter::peek(self.existing(key), clock, request);
+            }
+            let verdict = crate::limiter::decide(self.existing(key), clock, request);
+            if let Some(write) = &verdict.write {
+                self.write(key, write);
+            }
+            verdict.decision
+        }
+
+        fn decide_all(&mut self, clock: Millis, call: &crate::args::MultiCall<'_, Vec<u8>>, check: bool) -> crate::limiter::Joint {
+            let keys: Vec<(Option<&State>, &crate::limiter::Request)> =
+                call.calls.iter().map(|c| (self.existing(c.key), &c.request)).collect();
+            if !check {
+                return crate::limiter::peek_all(&keys, clock);
+            }
+            let verdict = crate::limiter::decide_all(&keys, clock);
+            for (c, write) in call.calls.iter().zip(&verdict.writes) {
+                if let Some(write) = write {
+                    self.write(c.key, write);
+                }
+            }
+            verdict.joint
+        }
+
+        fn refund(&mut self, clock: Millis, key: &[u8], units: std::num::NonZeroU64) -> i64 {
+            let Some(mut entry) = self.keys.remove(key) else {
+                return 0;
+            };
+            let removed = crate::limiter::refund(&mut entry.0, units);
+            let blocked = entry.0.blocked_until().is_some_and(|b| b > clock);
+            if entry.0.log().is_empty() && removed > 0 {
+                if !blocked {
+                    return removed as i64;
+                }
+                entry.1 = entry.0.blocked_until().unwrap_or(0);
+            }
+            self.keys.insert(key.to_vec(), entry);
+            removed as i64
+        }
+
+        fn unblock(&mut self, clock: Millis, key: &[u8]) -> i64 {
+            let Some(mut entry) = self.keys.remove(key) else {
+                return 0;
+            };
+            if !crate::limiter::unblock(&mut entry.0, clock) {
+                self.keys.insert(key.to_vec(), entry);
+                return 0;
+            }
+            let own = expiry(&entry.0);
+            if !entry.0.log().is_empty() && own > clock {
+                entry.1 = own;
+                self.keys.insert(key.to_vec(), entry);
+            }
+            1
+        }
+    }
+
+    /// When a key expires after a write: its newest entry leaves its window,
+    /// or its block ends.
+    fn expiry(state: &State) -> Millis {
+        let log = state.log();
+        let own = log.view().entries().last().map_or(0, |e| e.at + log.window() as Millis);
+        own.max(state.blocked_until().unwrap_or(0))
+    }
+}
