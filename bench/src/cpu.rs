@@ -28,12 +28,11 @@ fn load_scripts(con: &mut Connection) -> (String, String) {
     (load(con, approaches::LUA_SLIDING_LOG), load(con, counter))
 }
 
-/// Each approach's name and its call on key number `i`.
-fn approaches(
-    twin_sha: &str,
-    log_sha: &str,
-    counter_sha: &str,
-) -> Vec<(&'static str, Box<dyn Fn(usize) -> redis::Cmd>)> {
+/// An approach's call on key number `i`.
+type Call = Box<dyn Fn(usize) -> redis::Cmd>;
+
+/// Each approach's name and its call.
+fn approaches(twin_sha: &str, log_sha: &str, counter_sha: &str) -> Vec<(&'static str, Call)> {
     let (twin_sha, log_sha, counter_sha) = (
         twin_sha.to_string(),
         log_sha.to_string(),
