@@ -261,6 +261,22 @@ pub struct Decision {
     pub reset_after: Wait,
 }
 
+impl Decision {
+    /// redis-cell's reply, `[limited, max_burst + 1, remaining,
+    /// retry_after (-1 if allowed or never), reset_after]`, its waits in
+    /// `units`.
+    pub fn reply(&self, units: Units) -> [i64; 5] {
+        // Every number is at most MAX_EXACT, well within i64.
+        [
+            i64::from(self.limited),
+            self.burst as i64,
+            self.remaining as i64,
+            self.retry_after.map_or(-1, |w| w.in_units(units) as i64),
+            self.reset_after.in_units(units) as i64,
+        ]
+    }
+}
+
 /// What an allowed request stores: the bucket, and when the key expires
 /// (when the bucket is empty again, at this charge's rate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,17 +381,7 @@ mod tests {
         if let Some(charge) = verdict.charge {
             *key = Some(charge.bucket);
         }
-        reply(&verdict.decision, Units::CellSeconds)
-    }
-
-    fn reply(d: &Decision, units: Units) -> [i64; 5] {
-        [
-            i64::from(d.limited),
-            d.burst as i64,
-            d.remaining as i64,
-            d.retry_after.map_or(-1, |w| w.in_units(units) as i64),
-            d.reset_after.in_units(units) as i64,
-        ]
+        verdict.decision.reply(Units::CellSeconds)
     }
 
     /// The example: `CL.THROTTLE user123 15 30 60` twenty times
@@ -410,15 +416,15 @@ mod tests {
         let d = decide(key.as_ref(), T0 + 1, &per_minute, 1).decision;
         let retry = d.retry_after.expect("limited");
         assert_eq!((retry.floor_ms(), retry.ceil_ms()), (1999, 1999));
-        assert_eq!(reply(&d, Units::Milliseconds), [1, 16, 0, 1999, 31_999]);
-        assert_eq!(reply(&d, Units::Seconds), [1, 16, 0, 2, 32]);
+        assert_eq!(d.reply(Units::Milliseconds), [1, 16, 0, 1999, 31_999]);
+        assert_eq!(d.reply(Units::Seconds), [1, 16, 0, 2, 32]);
         // 3 per second: a third of a second is 333.33 ms.
         let thirds = limit(0, 3, 1000);
         let mut key = None;
         call(&mut key, T0, &thirds, 1);
         let d = decide(key.as_ref(), T0, &thirds, 1).decision;
-        assert_eq!(reply(&d, Units::Milliseconds), [1, 1, 0, 334, 334]);
-        assert_eq!(reply(&d, Units::CellSeconds), [1, 1, 0, 1, 1]);
+        assert_eq!(d.reply(Units::Milliseconds), [1, 1, 0, 334, 334]);
+        assert_eq!(d.reply(Units::CellSeconds), [1, 1, 0, 1, 1]);
         // Under a millisecond left: redis-cell's rule rounds it away.
         let wait = Wait {
             units: 2_000_999,
@@ -434,14 +440,14 @@ mod tests {
     fn zero_tokens_peek_and_store_nothing() {
         let per_second = limit(5, 1, 1000);
         let fresh = decide(None, T0, &per_second, 0);
-        assert_eq!(reply(&fresh.decision, Units::CellSeconds), [0, 6, 6, -1, 0]);
+        assert_eq!(fresh.decision.reply(Units::CellSeconds), [0, 6, 6, -1, 0]);
         assert_eq!(fresh.charge, None);
         let mut key = None;
         call(&mut key, T0, &per_second, 2);
         let peek = decide(key.as_ref(), T0 + 500, &per_second, 0);
         assert_eq!(peek.charge, None);
         assert_eq!(
-            reply(&peek.decision, Units::Milliseconds),
+            peek.decision.reply(Units::Milliseconds),
             [0, 6, 4, -1, 1500]
         );
     }
@@ -450,7 +456,7 @@ mod tests {
     fn more_than_a_full_bucket_never_fits() {
         let small = limit(2, 1, 1000);
         let d = decide(None, T0, &small, 4);
-        assert_eq!(reply(&d.decision, Units::CellSeconds), [1, 3, 3, -1, 0]);
+        assert_eq!(d.decision.reply(Units::CellSeconds), [1, 3, 3, -1, 0]);
         assert_eq!(d.charge, None);
         assert!(
             decide(None, T0, &small, 3).charge.is_some(),
@@ -512,11 +518,11 @@ mod tests {
         // at 3000 per minute take 80 ms to drain, not 70.
         let per_minute = limit(15, 3000, 60_000);
         let d = decide(key.as_ref(), T0 + 30, &per_minute, 0).decision;
-        assert_eq!(reply(&d, Units::Milliseconds), [0, 16, 12, -1, 80]);
+        assert_eq!(d.reply(Units::Milliseconds), [0, 16, 12, -1, 80]);
         // A smaller burst leaves the key full, not over full.
         let tight = limit(1, 10, 20_000);
         let d = decide(key.as_ref(), T0 + 30, &tight, 1).decision;
-        assert_eq!(reply(&d, Units::Milliseconds), [1, 2, 0, 2000, 4000]);
+        assert_eq!(d.reply(Units::Milliseconds), [1, 2, 0, 2000, 4000]);
     }
 
     #[test]
@@ -526,7 +532,7 @@ mod tests {
         call(&mut key, T0, &per_second, 1);
         let back = decide(key.as_ref(), T0 - 5000, &per_second, 1);
         assert_eq!(
-            reply(&back.decision, Units::Milliseconds),
+            back.decision.reply(Units::Milliseconds),
             [1, 1, 0, 1000, 1000]
         );
     }

@@ -164,6 +164,53 @@ fn parse_period(bytes: &[u8]) -> Option<u64> {
     (1..=MAX_PERIOD).contains(&period).then_some(period)
 }
 
+/// A drop-in name for the token bucket, registered when the module is
+/// loaded with `aliases` naming it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alias {
+    /// redis-cell's `CL.THROTTLE`.
+    CellThrottle,
+    /// Redis's held-out `GCRA`.
+    Gcra,
+}
+
+impl Alias {
+    pub const ALL: [Alias; 2] = [Alias::CellThrottle, Alias::Gcra];
+
+    /// The command's name, in lower case as Redis names commands.
+    pub fn name(self) -> &'static str {
+        match self {
+            Alias::CellThrottle => "cl.throttle",
+            Alias::Gcra => "gcra",
+        }
+    }
+
+    pub fn syntax(self) -> GcraSyntax {
+        match self {
+            Alias::CellThrottle => GcraSyntax::Cell,
+            Alias::Gcra => GcraSyntax::Redis,
+        }
+    }
+}
+
+/// The `aliases` setting: names separated by commas or spaces, in any
+/// case, each at most once in the result; empty for none.
+pub fn parse_aliases(text: &str) -> Result<Vec<Alias>, String> {
+    let mut aliases = Vec::new();
+    for word in text.split([',', ' ']).filter(|w| !w.is_empty()) {
+        let alias = Alias::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(word))
+            .ok_or_else(|| {
+                format!("unknown alias '{word}' in aliases (the aliases are CL.THROTTLE and GCRA)")
+            })?;
+        if !aliases.contains(&alias) {
+            aliases.push(alias);
+        }
+    }
+    Ok(aliases)
+}
+
 /// `RATELIMIT.GCRASET key at period level expires_at`, the replicated form
 /// of an allowed GCRA call: the master's bucket as stored (`at`, `period`
 /// and `level` as [`Bucket`] keeps them) and the key's absolute expiry (0
@@ -324,6 +371,24 @@ mod tests {
         assert_eq!(
             error("GCRA k 1 1 1 MS", Redis),
             "unknown option 'MS' (the options are TOKENS n)"
+        );
+    }
+
+    #[test]
+    fn aliases_are_named_in_any_case_and_separator() {
+        use Alias::*;
+        assert_eq!(parse_aliases(""), Ok(vec![]));
+        assert_eq!(parse_aliases("CL.THROTTLE"), Ok(vec![CellThrottle]));
+        assert_eq!(
+            parse_aliases("gcra,cl.throttle"),
+            Ok(vec![Gcra, CellThrottle])
+        );
+        assert_eq!(parse_aliases(" GCRA  gcra "), Ok(vec![Gcra]));
+        assert_eq!(
+            parse_aliases("gcra,throttle"),
+            Err(
+                "unknown alias 'throttle' in aliases (the aliases are CL.THROTTLE and GCRA)".into()
+            )
         );
     }
 

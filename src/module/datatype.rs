@@ -56,8 +56,9 @@ unsafe fn state_of<'a>(value: *const c_void) -> &'a State {
     unsafe { &*value.cast::<State>() }
 }
 
-fn into_value(state: State) -> *mut c_void {
-    Box::into_raw(Box::new(state)).cast()
+/// A value for Redis to own: freed by the type's `free`.
+pub fn into_value<T>(value: T) -> *mut c_void {
+    Box::into_raw(Box::new(value)).cast()
 }
 
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
@@ -193,30 +194,53 @@ unsafe extern "C" fn defrag(
     value: *mut *mut c_void,
 ) -> c_int {
     guard(0, || {
-        let Some(defrag_alloc) = raw::RedisModule_DefragAlloc else {
-            return 0;
-        };
-        // SAFETY: DefragAlloc moves an allocation of ours (null: it stays)
-        // and frees the old one, as `TimeLog::relocate` requires.
-        let mut relocate = |old: NonNull<u8>, _| unsafe {
-            NonNull::new(defrag_alloc(ctx, old.as_ptr().cast()).cast::<u8>())
-        };
-        let mut moved = 0;
         // SAFETY: `*value` is our `Box<State>` block, moved as a whole
-        // by DefragAlloc (which frees the old one), then its own
-        // allocations are offered the same way.
-        unsafe {
-            if let Some(block) =
-                NonNull::new((*value).cast()).and_then(|b| relocate(b, Layout::new::<State>()))
-            {
-                *value = block.as_ptr().cast();
-                moved += 1;
-            }
-            moved += (*(*value).cast::<State>()).relocate(&mut relocate);
-        }
+        // (the old one freed), then its own allocations are offered the
+        // same way.
+        let moved = unsafe {
+            usize::from(relocate_value::<State>(ctx, value))
+                + (*(*value).cast::<State>()).relocate(&mut defragmenter(ctx))
+        };
         stats::DEFRAG_MOVED.add(moved as u64);
         0
     })
+}
+
+/// The defragmenter's move of one allocation of ours: a new one holding
+/// the same bytes, the old one freed (`None`: it stays where it is).
+fn defragmenter(
+    ctx: *mut raw::RedisModuleDefragCtx,
+) -> impl FnMut(NonNull<u8>, Layout) -> Option<NonNull<u8>> {
+    // SAFETY: a copy of a function pointer Redis filled in at load.
+    let defrag_alloc = unsafe { raw::RedisModule_DefragAlloc };
+    move |old: NonNull<u8>, _| {
+        let defrag_alloc = defrag_alloc?;
+        // SAFETY: DefragAlloc moves an allocation of ours (null: it stays)
+        // and frees the old one, as `TimeLog::relocate` requires.
+        NonNull::new(unsafe { defrag_alloc(ctx, old.as_ptr().cast()) }.cast::<u8>())
+    }
+}
+
+/// Moves the block Redis points at, a `Box<T>`, where the defragmenter
+/// wants it; true if it moved.
+///
+/// # Safety
+///
+/// `*value` is a `Box<T>` of ours that Redis holds.
+pub unsafe fn relocate_value<T>(
+    ctx: *mut raw::RedisModuleDefragCtx,
+    value: *mut *mut c_void,
+) -> bool {
+    // SAFETY: the caller promises `*value` is our block.
+    let block = unsafe { NonNull::new((*value).cast()) };
+    match block.and_then(|b| defragmenter(ctx)(b, Layout::new::<T>())) {
+        Some(moved) => {
+            // SAFETY: as above; Redis reads the new pointer from here on.
+            unsafe { *value = moved.as_ptr().cast() };
+            true
+        }
+        None => false,
+    }
 }
 
 unsafe extern "C" fn free(value: *mut c_void) {

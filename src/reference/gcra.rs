@@ -234,15 +234,7 @@ pub fn compare(calls: &[GcraCall]) -> Result<(), String> {
         let verdict = gcra::decide(key.as_ref().map(|(b, _)| b), clock, &limit, c.tokens);
         let d = verdict.decision;
         let core = Answer {
-            replies: UNITS.map(|units| {
-                [
-                    i64::from(d.limited),
-                    d.burst as i64,
-                    d.remaining as i64,
-                    d.retry_after.map_or(-1, |w| w.in_units(units) as i64),
-                    d.reset_after.in_units(units) as i64,
-                ]
-            }),
+            replies: UNITS.map(|units| d.reply(units)),
             stored: verdict.charge.is_some(),
         };
         let expected = model.call(clock, c);
