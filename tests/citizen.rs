@@ -1,72 +1,11 @@
 //! Behaving like a built-in command: COMMAND DOCS and key specs (checked
 //! against README.md), INFO, CONFIG, RESP3, ACL, MODULE LIST.
 
-use harness::{error, info_field, info_text, run, Server};
+use harness::{
+    command_docs, error, fields, info_field, info_text, items, run, synopsis, text, Server,
+};
 use redis::Value;
 use std::collections::HashMap;
-
-/// A RESP2 flat [k1, v1, k2, v2...] or a RESP3 map, as a map by name.
-fn fields(value: &Value) -> HashMap<String, Value> {
-    match value {
-        Value::Array(items) => items
-            .chunks(2)
-            .map(|pair| (text(&pair[0]), pair[1].clone()))
-            .collect(),
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| (text(k), v.clone())).collect(),
-        other => panic!("not a map: {other:?}"),
-    }
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::VerbatimString { text, .. } => text.clone(),
-        Value::Int(n) => n.to_string(),
-        other => panic!("not text: {other:?}"),
-    }
-}
-
-fn items(value: &Value) -> Vec<Value> {
-    match value {
-        Value::Array(items) | Value::Set(items) => items.clone(),
-        other => panic!("not an array: {other:?}"),
-    }
-}
-
-/// `RATELIMIT.CHECK key window max [window max ...] [COST n]`, from
-/// COMMAND DOCS, written the way Redis's own documentation writes it.
-fn synopsis(name: &str, docs: &HashMap<String, Value>) -> String {
-    format!("{name} {}", arguments(&docs["arguments"]))
-}
-
-fn arguments(list: &Value) -> String {
-    let words: Vec<String> = items(list)
-        .iter()
-        .map(|arg| {
-            let arg = fields(arg);
-            let mut word = match arg.get("arguments") {
-                Some(block) => arguments(block),
-                None => text(&arg["name"]),
-            };
-            if let Some(token) = arg.get("token") {
-                word = format!("{} {word}", text(token));
-            }
-            let flag = |name: &str| {
-                arg.get("flags")
-                    .is_some_and(|flags| items(flags).iter().any(|f| text(f) == name))
-            };
-            if flag("multiple") {
-                word = format!("{word} [{word} ...]");
-            }
-            if flag("optional") {
-                word = format!("[{word}]");
-            }
-            word
-        })
-        .collect();
-    words.join(" ")
-}
 
 #[test]
 fn readme_reference_matches_command_docs() {
@@ -82,9 +21,7 @@ fn readme_reference_matches_command_docs() {
         "RATELIMIT.MUNDO",
         "RATELIMIT.UNBLOCK",
     ] {
-        let reply: Value = run(&mut con, &["COMMAND", "DOCS", name]);
-        let all = fields(&reply);
-        let docs = fields(&all[&name.to_lowercase()]);
+        let docs = command_docs(&mut con, name);
         let heading = format!("### `{}`", synopsis(name, &docs));
         assert!(readme.contains(&heading), "README.md lacks {heading}");
         let summary = format!("> {}", text(&docs["summary"]));

@@ -6,8 +6,8 @@
 //! stored block is held to its canonical form (module only).
 
 use harness::{
-    blocked_log_payload, check, digest, error, info_text, log_payload, peek, readme, restore, run,
-    server_clock_ms, wait_for_background_saves, wait_for_replica, Server,
+    aof_text, blocked_log_payload, check, digest, error, info_text, log_payload, peek, readme,
+    restore, run, server_clock_ms, wait_for_background_saves, wait_for_replica, Server,
 };
 use std::thread::sleep;
 use std::time::Duration;
@@ -260,17 +260,6 @@ fn only_undo_is_flagged_fast() {
 }
 
 /// `commands` as an AOF holds them (RESP arrays of bulk strings).
-fn aof_text(commands: &[Vec<String>]) -> String {
-    let mut text = String::new();
-    for words in commands {
-        text += &format!("*{}\r\n", words.len());
-        for word in words {
-            text += &format!("${}\r\n{word}\r\n", word.len());
-        }
-    }
-    text
-}
-
 /// An AOF as a master writes it, at every bound: a WIDEN for a key that
 /// does not exist (it creates nothing), a WIDEN that lengthens a key's
 /// life, two costs of 2^63-1 in one millisecond, a 365-day window with a

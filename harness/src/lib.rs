@@ -3,12 +3,14 @@
 //! the module and its script twin as backends of one contract
 //! (`backend.rs`), the twin run in-process under a test's clock
 //! (`embedded.rs`), commands
-//! sent to it (`commands.rs`), what it says about itself (`info.rs`),
+//! sent to it (`commands.rs`), what it says about itself (`info.rs`,
+//! and `docs.rs` for COMMAND DOCS),
 //! logs of every shape (`logs.rs`), cheap randomness (`random.rs`) and
 //! the repository's files the tests read (`repository.rs`).
 
 mod backend;
 mod commands;
+mod docs;
 mod embedded;
 mod info;
 mod logs;
@@ -19,6 +21,7 @@ mod server;
 
 pub use backend::*;
 pub use commands::*;
+pub use docs::*;
 pub use embedded::*;
 pub use info::*;
 pub use logs::*;

@@ -109,6 +109,26 @@ impl Server {
         Server::launch_new(None, server_args(module_args, extra))
     }
 
+    /// The log of a server with the module and `module_args` that must
+    /// refuse to start (it fails the test if it starts).
+    pub fn refused_start(module_args: &[&str]) -> String {
+        let mut server = Server {
+            port: free_port(),
+            dir: fresh_dir(),
+            args: server_args(module_args, &[]),
+            config_file: None,
+            child: None,
+        };
+        loop {
+            match server.launch() {
+                Ok(()) => panic!("the server started with {module_args:?}"),
+                // Another test's server took the port first: try another.
+                Err(log) if log.contains("already in use") => server.port = free_port(),
+                Err(log) => return log,
+            }
+        }
+    }
+
     /// A server with nothing loaded (the script twin's kind of server).
     pub fn start_without_module(extra: &[&str]) -> Server {
         Server::launch_new(None, plain_args(extra))
@@ -316,4 +336,16 @@ pub fn aof_commands(server: &Server) -> Vec<Vec<String>> {
         commands.push(words);
     }
     commands
+}
+
+/// An AOF file's text for these commands, as a server writes them.
+pub fn aof_text(commands: &[Vec<String>]) -> String {
+    let mut text = String::new();
+    for words in commands {
+        text += &format!("*{}\r\n", words.len());
+        for word in words {
+            text += &format!("${}\r\n{word}\r\n", word.len());
+        }
+    }
+    text
 }

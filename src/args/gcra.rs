@@ -99,12 +99,14 @@ fn parse_limit<A: AsRef<[u8]>>(
     period: &A,
     syntax: GcraSyntax,
 ) -> Result<Limit, ArgError> {
-    let max_burst = up_to_exact(max_burst, 0).ok_or_else(|| {
-        invalid(format!(
-            "max_burst must be an integer from 0 to {}",
-            MAX_EXACT - 1
-        ))
-    })?;
+    let max_burst = up_to_exact(max_burst, 0)
+        .filter(|&b| b < MAX_EXACT)
+        .ok_or_else(|| {
+            invalid(format!(
+                "max_burst must be an integer from 0 to {}",
+                MAX_EXACT - 1
+            ))
+        })?;
     let count_error = || {
         invalid(format!(
             "{} must be an integer from 1 to {MAX_EXACT}",
