@@ -710,3 +710,52 @@ fn info_and_keyspace_events() {
         );
     }
 }
+
+/// Where the server defragments memory actively (both Redis 8 builds),
+/// fragmented buckets move (INFO counts them) and keep their bytes, and
+/// go on answering.
+#[test]
+fn active_defragmentation_moves_buckets_and_changes_nothing() {
+    let server = Server::start(&["--hz", "100"]);
+    let mut con = server.connect();
+    if let Err(skipped) = harness::can_defragment(&mut con) {
+        eprintln!("skipped: {skipped}");
+        return;
+    }
+    let keys: Vec<String> = (0..60_000).map(|i| format!("bucket:{i}")).collect();
+    for chunk in keys.chunks(10_000) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.add_command(harness::command(&[
+                "RATELIMIT.GCRA",
+                key,
+                "15",
+                "1",
+                "3600",
+            ]))
+            .ignore();
+        }
+        pipe.query::<()>(&mut con).expect("fill");
+    }
+    let kept = harness::fragment(&mut con, keys);
+    let before = all_dumps_and_expiries(&mut con);
+    let moved = harness::defragment(&mut con);
+    assert_eq!(all_dumps_and_expiries(&mut con), before);
+    let mut pipe = redis::pipe();
+    for key in &kept {
+        pipe.add_command(harness::command(&[
+            "RATELIMIT.GCRA",
+            key,
+            "15",
+            "1",
+            "3600",
+        ]));
+    }
+    let replies: Vec<Vec<i64>> = pipe.query(&mut con).expect("GCRA");
+    assert!(
+        replies.iter().all(|r| r[..3] == [0, 16, 14]),
+        "{:?}",
+        &replies[..3]
+    );
+    eprintln!("defrag moved {moved} buckets");
+}
