@@ -166,12 +166,13 @@ SOAK_SECONDS ?= 60
 soak: build
 	SOAK_SECONDS=$(SOAK_SECONDS) cargo test --release --test soak -- --nocapture
 
-# libFuzzer on argument parsing, log decoding (the RDB payload) and the
-# core against the reference model, FUZZ_SECONDS each. cargo fuzz passes
+# libFuzzer on argument parsing, log decoding (the RDB payload), the core
+# against the reference model and the token bucket against its own,
+# FUZZ_SECONDS each. cargo fuzz passes
 # nightly-only flags (-Zsanitizer=address); RUSTC_BOOTSTRAP lets this
 # machine's stable toolchain accept them.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := args decode differential multi
+FUZZ_TARGETS := args decode differential multi gcra
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	@for target in $(FUZZ_TARGETS); do \
