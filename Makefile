@@ -125,6 +125,9 @@ clean:
 # Benchmarks and the exactness harness (about 9 minutes); results and
 # charts go to bench/results/. Compare with another module command:
 #   make bench EXTRA_MODULE=/path/libredis_cell.so EXTRA_COMMAND="CL.THROTTLE k:__rand_int__ 15 30 60"
+# (with redis-cell, built from its own source, the token bucket's rows in
+# bench/results/gcra.csv include it; without, they say it was skipped).
+# One section: make bench BENCH_ARGS=gcra
 bench: build
 	cargo build --release -p ratelimit-bench
 	./target/release/ratelimit-bench --extra-module "$(EXTRA_MODULE)" --extra-command "$(EXTRA_COMMAND)" $(BENCH_ARGS)

@@ -2,10 +2,11 @@
 //! one run against one server. See README.md, "Performance".
 //!
 //! Usage: ratelimit-bench [--quick] [--extra-module PATH] [--extra-command "CMD ARGS"]
-//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi]   (all when none is named)
+//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi] [gcra]   (all when none is named)
 
 mod approaches;
 mod exactness;
+mod gcra;
 mod measure;
 mod memory;
 mod multi;
@@ -207,6 +208,17 @@ fn main() {
         }
     }
     drop(bench);
+    if wants("gcra") {
+        eprintln!("token bucket, instructions per call under callgrind:");
+        let (rows, note) = gcra::run_all(options.extra_module.as_deref());
+        if let Some(note) = &note {
+            eprintln!("  {note}");
+        }
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        if let Err(e) = gcra::write(&rows, note.as_deref(), &out) {
+            eprintln!("cannot write gcra.csv: {e}");
+        }
+    }
     if wants("exactness") {
         eprintln!("exactness:");
         let aof = ["--appendonly", "yes", "--appendfsync", "no"].map(String::from);

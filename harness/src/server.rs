@@ -96,6 +96,8 @@ pub struct Server {
     pub dir: PathBuf,
     args: Vec<String>,
     config_file: Option<PathBuf>,
+    /// What runs the server, such as valgrind (see `wrapper`).
+    wrapper: Option<Vec<String>>,
     child: Option<Child>,
 }
 
@@ -109,18 +111,19 @@ impl Server {
         Server::launch_new(None, server_args(module_args, extra))
     }
 
+    /// A server with the module, run by `wrapper` (a valgrind tool's
+    /// command line, say) whatever `RATELIMIT_WRAPPER` says.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
+        let wrapper = wrapper.iter().map(|w| w.to_string()).collect();
+        Server::launch(Server::new(None, server_args(&[], extra)).with_wrapper(Some(wrapper)))
+    }
+
     /// The log of a server with the module and `module_args` that must
     /// refuse to start (it fails the test if it starts).
     pub fn refused_start(module_args: &[&str]) -> String {
-        let mut server = Server {
-            port: free_port(),
-            dir: fresh_dir(),
-            args: server_args(module_args, &[]),
-            config_file: None,
-            child: None,
-        };
+        let mut server = Server::new(None, server_args(module_args, &[]));
         loop {
-            match server.launch() {
+            match server.start_process() {
                 Ok(()) => panic!("the server started with {module_args:?}"),
                 // Another test's server took the port first: try another.
                 Err(log) if log.contains("already in use") => server.port = free_port(),
@@ -141,37 +144,52 @@ impl Server {
     }
 
     fn launch_new(config: Option<String>, args: Vec<String>) -> Server {
+        Server::launch(Server::new(config, args))
+    }
+
+    /// A server not yet started, in a fresh directory, run by the
+    /// environment's wrapper if any.
+    fn new(config: Option<String>, args: Vec<String>) -> Server {
         let dir = fresh_dir();
         let config_file = config.map(|text| {
             let file = dir.join("redis.conf");
             std::fs::write(&file, text).expect("a config file");
             file
         });
-        let mut server = Server {
+        Server {
             port: free_port(),
             dir,
             args,
             config_file,
+            wrapper: wrapper(),
             child: None,
-        };
+        }
+    }
+
+    fn with_wrapper(mut self, wrapper: Option<Vec<String>>) -> Server {
+        self.wrapper = wrapper;
+        self
+    }
+
+    fn launch(mut server: Server) -> Server {
         // A free port can be taken by another test's server between our
         // look and its bind; then try another.
         for _ in 0..4 {
-            if server.launch().is_ok() {
+            if server.start_process().is_ok() {
                 return server;
             }
             server.port = free_port();
         }
         server
-            .launch()
+            .start_process()
             .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
         server
     }
 
     /// Starts the server on its port, or returns its log if it exited.
-    fn launch(&mut self) -> Result<(), String> {
+    fn start_process(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
-        let mut command = match wrapper() {
+        let mut command = match &self.wrapper {
             Some(words) => {
                 let mut command = Command::new(&words[0]);
                 command.args(&words[1..]).arg(server_binary());
@@ -203,7 +221,7 @@ impl Server {
     /// port first) answers PING, which it does once its data is loaded.
     fn wait_until_ready(&mut self) -> Result<(), String> {
         let pid = self.child.as_ref().map_or(0, Child::id);
-        let patience = if wrapper().is_some() { 120 } else { 20 };
+        let patience = if self.wrapper.is_some() { 120 } else { 20 };
         let deadline = Instant::now() + Duration::from_secs(patience);
         loop {
             if let Ok(mut con) = self.try_connect() {
@@ -230,6 +248,11 @@ impl Server {
             );
             sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id (a wrapper's, which runs it in place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {
@@ -290,7 +313,7 @@ impl Server {
 
     /// Starts the server again on the same port and directory.
     pub fn relaunch(&mut self) {
-        self.launch()
+        self.start_process()
             .unwrap_or_else(|log| panic!("server did not restart:\n{log}"));
     }
 }
