@@ -299,9 +299,28 @@ fn replicas_and_the_aof_hold_the_masters_buckets() {
     wait_for_replica(&mut m, &mut r);
     every_bucket_shape(&mut m);
     run::<Vec<i64>>(&mut m, &["RATELIMIT.GCRA", "b:full", "2", "1", "3600"]);
+    // In a transaction and from a script, as single calls.
+    let (first, second): (Vec<i64>, Vec<i64>) = redis::pipe()
+        .atomic()
+        .add_command(harness::command(&[
+            "RATELIMIT.GCRA",
+            "b:multi",
+            "5",
+            "1",
+            "60",
+        ]))
+        .add_command(harness::command(&[
+            "GCRA", "b:multi", "5", "1", "60", "TOKENS", "2",
+        ]))
+        .query(&mut m)
+        .expect("MULTI/EXEC");
+    assert_eq!((first[2], second[2]), (5, 3));
+    let script = "return redis.call('RATELIMIT.GCRA', KEYS[1], 5, 1, 60, 'TOKENS', 3)";
+    let scripted: Vec<i64> = run(&mut m, &["EVAL", script, "1", "b:script"]);
+    assert_eq!(scripted[..3], [0, 6, 3]);
     wait_for_replica(&mut m, &mut r);
     let on_master = all_dumps_and_expiries(&mut m);
-    assert_eq!(on_master.len(), 7, "{on_master:?}");
+    assert_eq!(on_master.len(), 9, "{on_master:?}");
     assert_eq!(all_dumps_and_expiries(&mut r), on_master, "the replica");
     assert_eq!(
         info_field(&mut r, "ratelimit", "ratelimit_gcra_checks"),
@@ -309,7 +328,7 @@ fn replicas_and_the_aof_hold_the_masters_buckets() {
     );
     assert_eq!(
         info_field(&mut r, "ratelimit", "ratelimit_records_replayed"),
-        Some(9)
+        Some(12)
     );
     let refused = error(&mut r, &["RATELIMIT.GCRA", "b:minute", "15", "30", "60"]);
     assert!(refused.starts_with("READONLY"), "{refused}");
@@ -320,10 +339,12 @@ fn replicas_and_the_aof_hold_the_masters_buckets() {
         .filter(|name| name != "select")
         .collect();
     let sets = names.iter().filter(|n| *n == "ratelimit.gcraset").count();
-    assert_eq!(sets, 9, "one GCRASET per charge: {names:?}");
-    assert!(names
-        .iter()
-        .all(|n| ["ratelimit.gcraset", "persist"].contains(&n.as_str())));
+    assert_eq!(sets, 12, "one GCRASET per charge: {names:?}");
+    let written = ["ratelimit.gcraset", "persist", "multi", "exec"];
+    assert!(
+        names.iter().all(|n| written.contains(&n.as_str())),
+        "{names:?}"
+    );
     master.kill();
     master.relaunch();
     let mut m = master.connect();

@@ -259,7 +259,6 @@ fn only_undo_is_flagged_fast() {
     }
 }
 
-/// `commands` as an AOF holds them (RESP arrays of bulk strings).
 /// An AOF as a master writes it, at every bound: a WIDEN for a key that
 /// does not exist (it creates nothing), a WIDEN that lengthens a key's
 /// life, two costs of 2^63-1 in one millisecond, a 365-day window with a

@@ -361,7 +361,7 @@ pub fn aof_commands(server: &Server) -> Vec<Vec<String>> {
     commands
 }
 
-/// An AOF file's text for these commands, as a server writes them.
+/// `commands` as an AOF holds them (RESP arrays of bulk strings).
 pub fn aof_text(commands: &[Vec<String>]) -> String {
     let mut text = String::new();
     for words in commands {
