@@ -2,6 +2,8 @@
 //! binary in `RATELIMIT_SERVER`) on a free loopback port and a fresh
 //! directory, stopped when dropped, even if a test fails.
 
+use crate::commands::run;
+use crate::info::wait_for_background_saves;
 use redis::{Connection, Value};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -371,4 +373,42 @@ pub fn aof_text(commands: &[Vec<String>]) -> String {
         }
     }
     text
+}
+
+/// Reloads `server` every way it persists, asserting after each that
+/// `state` reads as before: DEBUG RELOAD, a restart from its RDB, one from
+/// its AOF, and one from a rewritten AOF (so the server runs with
+/// `appendfsync always`; with no RDB preamble, the rewrite goes through
+/// the module's AOF callbacks). Returns what `state` read.
+pub fn assert_survives_every_reload<T: PartialEq + std::fmt::Debug>(
+    server: &mut Server,
+    state: impl Fn(&mut Connection) -> T,
+) -> T {
+    let before = state(&mut server.connect());
+    run::<String>(&mut server.connect(), &["DEBUG", "RELOAD"]);
+    assert_eq!(state(&mut server.connect()), before, "DEBUG RELOAD");
+    server.restart(true);
+    assert_eq!(
+        state(&mut server.connect()),
+        before,
+        "a restart from the RDB"
+    );
+    server.kill();
+    server.relaunch();
+    assert_eq!(
+        state(&mut server.connect()),
+        before,
+        "a restart from the AOF"
+    );
+    let mut con = server.connect();
+    run::<String>(&mut con, &["BGREWRITEAOF"]);
+    wait_for_background_saves(&mut con);
+    server.kill();
+    server.relaunch();
+    assert_eq!(
+        state(&mut server.connect()),
+        before,
+        "a restart from a rewritten AOF"
+    );
+    before
 }

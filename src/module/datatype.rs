@@ -7,6 +7,7 @@
 //! the block) and version 1 (release 0.1.0: unit count, oldest time, one
 //! varint gap per unit) still load, unblocked.
 
+use crate::gcra::BucketError;
 use crate::log::{DecodeError, Encoded, TimeLog};
 use crate::module::api::api;
 use crate::module::boundary::guard;
@@ -26,28 +27,55 @@ const UNITS_ENCODING: c_int = 1;
 pub static RATELIMIT_TYPE: RedisType = RedisType::new(
     "ratelimit",
     ENCODING_VERSION,
-    raw::RedisModuleTypeMethods {
-        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+    type_methods(Callbacks {
         rdb_load: Some(rdb_load),
         rdb_save: Some(rdb_save),
         aof_rewrite: Some(aof_rewrite),
         mem_usage: Some(mem_usage),
         digest: Some(digest),
         free: Some(free),
+        copy: Some(copy),
+        defrag: Some(defrag),
+    }),
+);
+
+/// The callbacks each of the module's types gives Redis (the others stay
+/// unset).
+pub struct Callbacks {
+    pub rdb_load: raw::RedisModuleTypeLoadFunc,
+    pub rdb_save: raw::RedisModuleTypeSaveFunc,
+    pub aof_rewrite: raw::RedisModuleTypeRewriteFunc,
+    pub mem_usage: raw::RedisModuleTypeMemUsageFunc,
+    pub digest: raw::RedisModuleTypeDigestFunc,
+    pub free: raw::RedisModuleTypeFreeFunc,
+    pub copy: raw::RedisModuleTypeCopyFunc,
+    pub defrag: raw::RedisModuleTypeDefragFunc,
+}
+
+/// The struct Redis reads a type's callbacks from.
+pub const fn type_methods(callbacks: Callbacks) -> raw::RedisModuleTypeMethods {
+    raw::RedisModuleTypeMethods {
+        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+        rdb_load: callbacks.rdb_load,
+        rdb_save: callbacks.rdb_save,
+        aof_rewrite: callbacks.aof_rewrite,
+        mem_usage: callbacks.mem_usage,
+        digest: callbacks.digest,
+        free: callbacks.free,
         aux_load: None,
         aux_save: None,
         aux_save2: None,
         aux_save_triggers: 0,
         free_effort: None,
         unlink: None,
-        copy: Some(copy),
-        defrag: Some(defrag),
+        copy: callbacks.copy,
+        defrag: callbacks.defrag,
         copy2: None,
         free_effort2: None,
         mem_usage2: None,
         unlink2: None,
-    },
-);
+    }
+}
 
 /// SAFETY (for every callback below): Redis only hands back values this
 /// module stored, which are `Box<State>` pointers.
@@ -118,13 +146,35 @@ fn unblocked(log: TimeLog) -> Option<State> {
     refused_if_bad(State::with_block(log, 0))
 }
 
+/// Why stored bytes do not form a value, as the server's log says it.
+pub trait Refusal: std::fmt::Debug {
+    /// What was refused: "log", "bucket".
+    const WHAT: &'static str;
+    fn describe(&self) -> &'static str;
+}
+
+impl Refusal for DecodeError {
+    const WHAT: &'static str = "log";
+    fn describe(&self) -> &'static str {
+        DecodeError::describe(self)
+    }
+}
+
+impl Refusal for BucketError {
+    const WHAT: &'static str = "bucket";
+    fn describe(&self) -> &'static str {
+        BucketError::describe(self)
+    }
+}
+
 /// Says in the server's log why a stored value was refused (Redis itself
 /// only reports that the module could not load it).
-fn refused_if_bad<T>(decoded: Result<T, DecodeError>) -> Option<T> {
+pub fn refused_if_bad<T, E: Refusal>(decoded: Result<T, E>) -> Option<T> {
     decoded
         .map_err(|error| {
             redis_module::logging::log_warning(format!(
-                "ratelimit: refused a stored log ({error:?}): {}",
+                "ratelimit: refused a stored {} ({error:?}): {}",
+                E::WHAT,
                 error.describe()
             ));
         })

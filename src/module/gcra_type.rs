@@ -7,10 +7,12 @@
 //! RDB encoding, version 1: the time of the last charge (signed), its
 //! period and the level (unsigned), as [`Bucket`] keeps them.
 
-use crate::gcra::{Bucket, BucketError};
+use crate::gcra::Bucket;
 use crate::module::api::api;
 use crate::module::boundary::guard;
-use crate::module::datatype::{into_value, relocate_value};
+use crate::module::datatype::{
+    into_value, refused_if_bad, relocate_value, type_methods, Callbacks,
+};
 use crate::module::{replication, stats};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
@@ -23,27 +25,16 @@ const ENCODING_VERSION: c_int = 1;
 pub static GCRA_TYPE: RedisType = RedisType::new(
     "gcralimit",
     ENCODING_VERSION,
-    raw::RedisModuleTypeMethods {
-        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+    type_methods(Callbacks {
         rdb_load: Some(rdb_load),
         rdb_save: Some(rdb_save),
         aof_rewrite: Some(aof_rewrite),
         mem_usage: Some(mem_usage),
         digest: Some(digest),
         free: Some(free),
-        aux_load: None,
-        aux_save: None,
-        aux_save2: None,
-        aux_save_triggers: 0,
-        free_effort: None,
-        unlink: None,
         copy: Some(copy),
         defrag: Some(defrag),
-        copy2: None,
-        free_effort2: None,
-        mem_usage2: None,
-        unlink2: None,
-    },
+    }),
 );
 
 /// SAFETY (for every callback below): Redis only hands back values this
@@ -80,17 +71,6 @@ unsafe extern "C" fn rdb_load(rdb: *mut raw::RedisModuleIO, encver: c_int) -> *m
             .and_then(|(at, period, level)| refused_if_bad(Bucket::new(at, period, level)))
             .map_or(ptr::null_mut(), into_value)
     })
-}
-
-fn refused_if_bad(bucket: Result<Bucket, BucketError>) -> Option<Bucket> {
-    bucket
-        .map_err(|error| {
-            redis_module::logging::log_warning(format!(
-                "ratelimit: refused a stored bucket ({error:?}): {}",
-                error.describe()
-            ));
-        })
-        .ok()
 }
 
 unsafe extern "C" fn aof_rewrite(
