@@ -15,22 +15,22 @@ use redis_module::raw;
 use redis_module::Context;
 use std::os::raw::c_int;
 
-raw_command!(gcra_command, |ctx, args| throttle(
-    ctx,
-    args,
-    GcraSyntax::Module
-));
-raw_command!(cell_throttle_command, |ctx, args| throttle(
-    ctx,
-    args,
-    GcraSyntax::Cell
-));
-raw_command!(redis_gcra_command, |ctx, args| throttle(
-    ctx,
-    args,
-    GcraSyntax::Redis
-));
+raw_command!(gcra_command, gcra);
+raw_command!(cell_throttle_command, cell_throttle);
+raw_command!(redis_gcra_command, redis_gcra);
 raw_command!(gcra_set_command, gcra_set);
+
+fn gcra(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    throttle(ctx, args, GcraSyntax::Module)
+}
+
+fn cell_throttle(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    throttle(ctx, args, GcraSyntax::Cell)
+}
+
+fn redis_gcra(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    throttle(ctx, args, GcraSyntax::Redis)
+}
 
 /// One GCRA call in any spelling: an allowed request of at least one token
 /// stores its bucket and the key's expiry (when the bucket is empty),
