@@ -782,7 +782,7 @@ fn the_twin_runs_on_the_cluster_like_the_module() {
             let mut on_owner = cluster.connect(owner.port);
             let bytes: Vec<u8> = run(&mut on_owner, &["GET", key]);
             assert!(
-                bytes.starts_with(b"rl\x01"),
+                bytes.starts_with(b"rl\x04"),
                 "the twin's value on its owner"
             );
             let other = masters

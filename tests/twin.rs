@@ -3,7 +3,7 @@
 //! of keys never mix, the EVAL form, README's error tables and the
 //! refusals where Lua's doubles cannot be exact.
 
-use harness::{error, run, twin_library, twin_script, Backend, Server, TWINS};
+use harness::{error, run, twin_library, twin_script, Backend, Caller, Server, TWINS};
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
@@ -22,24 +22,147 @@ fn a_server_without_the_module_says_so_and_the_twin_answers() {
     assert_eq!(twin.check(&mut con, "k", 1000, 5)[..3], [1, 4, 0]);
 }
 
+/// README.md's least-privilege user (harness `USER_RULES`, and
+/// `MODULE_RULES` where the module is loaded), on a server with the module
+/// and the twin's library (loaded by an administrator):
+/// it runs every call of both, in both of the twin's forms, and can load
+/// the script form into the cache; it can neither load, replace, delete
+/// or flush a function library, nor empty the script cache, nor run
+/// anything administrative.
 #[test]
-fn a_user_without_admin_rights_loads_and_calls_the_twin() {
-    let (server, twin) = Backend::Restricted.start(&[]);
+fn the_least_privilege_user_runs_everything_and_replaces_nothing() {
+    let server = Server::start(&[]);
+    let module = Backend::Module.prepare(&server);
+    let twin = Backend::Restricted.prepare(&server);
+    let mut words = vec!["ACL", "SETUSER", harness::USER];
+    words.extend(harness::MODULE_RULES);
+    let _: () = run(&mut server.connect(), &words);
     let mut con = twin.connect();
+    let script = Caller::of(Backend::Script);
+    let sha: String = run(&mut con, &["SCRIPT", "LOAD", &twin_script()]);
+    let script = script.with_sha(&sha);
+    let calls: &[&[&str]] = &[
+        &["RATELIMIT.CHECK", "k", "60000", "5"],
+        &["RATELIMIT.PEEK", "k", "60000", "5"],
+        &["RATELIMIT.UNDO", "k"],
+        &["RATELIMIT.CHECK", "k", "60000", "5", "BLOCK", "1000"],
+        &["RATELIMIT.UNBLOCK", "k"],
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            "a",
+            "b",
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+        ],
+        &[
+            "RATELIMIT.MPEEK",
+            "2",
+            "a",
+            "b",
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+        ],
+        &["RATELIMIT.MUNDO", "2", "a", "b"],
+    ];
+    for caller in [&module, &twin, &script] {
+        for words in calls {
+            // Each form on its own keys (the module's and the twin's never mix).
+            let name = caller.backend.name().replace(' ', "-");
+            let words: Vec<String> = words
+                .iter()
+                .map(|w| {
+                    if ["k", "a", "b"].contains(w) {
+                        format!("{name}:{w}")
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect();
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            let reply = caller.command(&words).query::<redis::Value>(&mut con);
+            assert!(
+                reply.is_ok(),
+                "{}: {words:?}: {reply:?}",
+                caller.backend.name()
+            );
+        }
+    }
+    let library = twin_library();
     for words in [
-        &["MODULE", "LIST"][..],
+        &["FUNCTION", "LOAD", "REPLACE", library.as_str()][..],
+        &["FUNCTION", "DELETE", "ratelimit"],
+        &["FUNCTION", "FLUSH"],
+        &["SCRIPT", "FLUSH"],
+        &["MODULE", "LIST"],
         &["CONFIG", "GET", "maxmemory"],
         &["DEBUG", "DIGEST-VALUE", "k"],
+        &["FLUSHALL"],
     ] {
         let refused = error(&mut con, words);
-        assert!(refused.starts_with("NOPERM"), "{words:?}: {refused}");
+        assert!(
+            refused.starts_with("NOPERM"),
+            "{:?}: {refused}",
+            &words[..2]
+        );
     }
-    // The user replaces the library itself, as on a managed service.
-    twin.load_library(&mut con);
-    assert_eq!(twin.check(&mut con, "k", 1000, 5)[..3], [1, 4, 0]);
-    let peek: Vec<i64> = twin.run(&mut con, &["RATELIMIT.PEEK", "k", "1000", "5"]);
-    assert_eq!(peek[..3], [1, 4, 0]);
-    drop(server);
+    // What a user did not replace answers still, for everyone.
+    let mut admin = server.connect();
+    assert_eq!(twin.check(&mut admin, "after", 1000, 5)[..3], [1, 4, 0]);
+    let readme = std::fs::read_to_string(harness::root().join("README.md")).expect("README.md");
+    for rules in [harness::USER_RULES, harness::MODULE_RULES] {
+        let recipe =
+            format!("ACL SETUSER {} {}", harness::USER, rules.join(" ")).replace("~*", "~rl:*");
+        assert!(
+            readme.contains(&recipe),
+            "README.md gives the recipe the tests use: {recipe}"
+        );
+    }
+}
+
+/// A user whose ACL lacks TIME is told, in one error, what to grant.
+#[test]
+fn a_user_without_time_is_told_to_grant_it() {
+    let server = Server::start_without_module(&[]);
+    let twin = Backend::Function.prepare(&server);
+    let mut admin = server.connect();
+    let mut words = vec!["ACL", "SETUSER", "notime"];
+    words.extend(
+        harness::USER_RULES
+            .iter()
+            .map(|r| if *r == ">app-secret" { ">x" } else { r }),
+    );
+    words.push("-time");
+    let _: () = run(&mut admin, &words);
+    let sha: String = run(&mut admin, &["SCRIPT", "LOAD", &twin_script()]);
+    let mut con = redis::Client::open(format!("redis://notime:x@127.0.0.1:{}/", server.port))
+        .and_then(|c| c.get_connection())
+        .expect("a connection as notime");
+    let expected = "NOPERM this user may not run TIME, which the script twin needs to read the server's clock: \
+                    grant it with ACL SETUSER <user> +time";
+    for caller in [twin.clone(), Caller::of(Backend::Script).with_sha(&sha)] {
+        for words in [
+            &["RATELIMIT.CHECK", "k", "1000", "5"][..],
+            &["RATELIMIT.CHECK", "k", "1000", "5", "1", "10"],
+            &["RATELIMIT.PEEK", "k", "1000", "5"],
+            &["RATELIMIT.MCHECK", "1", "k", "1", "1000", "5"],
+        ] {
+            assert_eq!(
+                caller.error(&mut con, words),
+                expected,
+                "{}: {words:?}",
+                caller.backend.name()
+            );
+        }
+    }
 }
 
 #[test]
@@ -324,10 +447,9 @@ fn the_twin_is_exact_up_to_2_53_and_refuses_beyond() {
     }
 }
 
-/// A blocked key's value carries its block (magic `rl\2`, the block's end
-/// after the header); any other is the value the twin always wrote
-/// (`rl\1`), so values from before blocks existed read as they are, and
-/// lifting a block gives back the very bytes the key held before it.
+/// A blocked key's value carries its block (magic `rl\5`, the block's end
+/// after the header); an open one has magic `rl\4`, and lifting a block
+/// gives back the very bytes the key held before it.
 #[test]
 fn a_block_is_stored_in_the_value_and_lifted_from_it() {
     for backend in TWINS {
@@ -340,14 +462,14 @@ fn a_block_is_stored_in_the_value_and_lifted_from_it() {
             assert_eq!(twin.check(&mut con, "k", 60_000, 3)[0], 1);
         }
         let open = get(&mut con);
-        assert!(open.starts_with(b"rl\x01"), "{open:?}");
+        assert!(open.starts_with(b"rl\x04"), "{open:?}");
         let denied: Vec<i64> = twin.run(
             &mut con,
             &["RATELIMIT.CHECK", "k", "60000", "3", "BLOCK", "3600000"],
         );
         assert_eq!(denied, [0, 0, 3_600_000, 3_600_000]);
         let blocked = get(&mut con);
-        assert!(blocked.starts_with(b"rl\x02"), "{blocked:?}");
+        assert!(blocked.starts_with(b"rl\x05"), "{blocked:?}");
         assert_eq!(blocked.len(), open.len() + 6, "6 bytes of block");
         let pttl: i64 = run(&mut con, &["PTTL", "k"]);
         assert!(
@@ -364,5 +486,66 @@ fn a_block_is_stored_in_the_value_and_lifted_from_it() {
             assert_eq!(nothing, 0, "{key}: no block to lift");
         }
         assert_eq!(twin.check(&mut con, "k", 60_000, 3)[..2], [0, 0]);
+    }
+}
+
+/// Words the module's own parser never sees as the twin does (the server
+/// checks a command's arity first; an error reply cannot carry a NUL, CR
+/// or LF byte): the twin answers each as the module does.
+#[test]
+fn odd_words_get_the_modules_answer() {
+    let server = Server::start(&[]);
+    let module = Backend::Module.prepare(&server);
+    let twins = [
+        Backend::Function.prepare(&server),
+        Backend::Script.prepare(&server),
+    ];
+    let mut con = server.connect();
+    let calls: &[&[&str]] = &[
+        &["RATELIMIT.MCHECK", "1", "k", "01"],
+        &["RATELIMIT.MCHECK", "1", "k", "1", "1000"],
+        &["RATELIMIT.MPEEK", "2", "a", "b", "1"],
+        &["RATELIMIT.CHECK", "k", "1000"],
+        &["RATELIMIT.UNBLOCK", "k", "extra"],
+        &["RATELIMIT.CHECK", "k", "1000", "5", "X\0Y", "1"],
+        &["RATELIMIT.CHECK", "k", "1000", "5", "X\r\nY", "1"],
+        &["RATELIMIT.CHECK", "k", "10\u{0}00", "5"],
+        &["RATELIMIT.CHECK", "k", "1000", "5", "2\0", "x"],
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            "a\0b",
+            "a\0b",
+            "1",
+            "1000",
+            "5",
+            "1",
+            "1000",
+            "5",
+        ],
+        &[
+            "RATELIMIT.MCHECK",
+            "2",
+            "a\0b",
+            "c",
+            "1",
+            "1000",
+            "5",
+            "1",
+            "1000",
+            "0",
+        ],
+        &["RATELIMIT.UNDO", "k", "COST", "0"],
+    ];
+    for words in calls {
+        let expected = module.error(&mut con, words);
+        for twin in &twins {
+            assert_eq!(
+                twin.error(&mut con, words),
+                expected,
+                "{}: {words:?}",
+                twin.backend.name()
+            );
+        }
     }
 }

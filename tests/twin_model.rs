@@ -13,7 +13,7 @@
 //! key or none records, and a denial blocks only the keys whose own limits
 //! denied.
 
-use harness::{EmbeddedTwin, TwinReply};
+use harness::{twin_format, EmbeddedTwin, TwinReply};
 use proptest::prelude::*;
 
 #[derive(Default)]
@@ -35,6 +35,9 @@ struct Request {
     cost: u64,
     precision: u64,
     block: Option<u64>,
+    /// COST and PRECISION sent even when 1 (else left out, as most calls
+    /// leave them: the twin's fast path).
+    spelled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -322,12 +325,13 @@ fn multi_words(requests: &[Request]) -> Vec<String> {
 
 /// COST, PRECISION and BLOCK as words.
 fn words_of_options(request: &Request) -> Vec<String> {
-    let mut words = vec![
-        "COST".into(),
-        request.cost.to_string(),
-        "PRECISION".into(),
-        request.precision.to_string(),
-    ];
+    let mut words = vec![];
+    if request.spelled || request.cost != 1 {
+        words.extend(["COST".into(), request.cost.to_string()]);
+    }
+    if request.spelled || request.precision != 1 {
+        words.extend(["PRECISION".into(), request.precision.to_string()]);
+    }
     if let Some(ms) = request.block {
         words.extend(["BLOCK".into(), ms.to_string()]);
     }
@@ -335,7 +339,54 @@ fn words_of_options(request: &Request) -> Vec<String> {
 }
 
 fn run(calls: &[Call]) -> Result<(), String> {
-    let twin = EmbeddedTwin::new();
+    run_on(&EmbeddedTwin::new(), calls, &mut Reach::default())
+}
+
+/// What the paged form's stored values reached over a run (read from the
+/// first key's value after each call).
+#[derive(Default, Debug)]
+struct Reach {
+    /// Calls after which the value was paged.
+    paged: usize,
+    /// The most runs of slots, and of sealed pages, seen at once.
+    runs: usize,
+    sealed: usize,
+    /// Times a paged value went back to the small form.
+    unpaged: usize,
+    /// Times a paged value was written anew in fewer slots.
+    compacted: usize,
+    /// The paged value's slots after the last call (0: not paged).
+    slots: usize,
+}
+
+impl Reach {
+    fn see(&mut self, value: Option<Vec<u8>>, was_paged: &mut bool) {
+        let paged = value.as_ref().is_some_and(|v| v.get(2) == Some(&3));
+        if *was_paged && !paged {
+            self.unpaged += 1;
+        }
+        *was_paged = paged;
+        let Some(v) = value.filter(|_| paged) else {
+            self.slots = 0;
+            return;
+        };
+        self.paged += 1;
+        let slots = usize::from(v[71]) + 256 * usize::from(v[72]);
+        if slots < self.slots {
+            self.compacted += 1;
+        }
+        self.slots = slots;
+        // The three runs: 2-byte start and count each, from byte 73.
+        let counts: Vec<usize> = (0..3)
+            .map(|i| usize::from(v[75 + 4 * i]) + 256 * usize::from(v[76 + 4 * i]))
+            .collect();
+        self.runs = self.runs.max(counts.iter().filter(|&&c| c > 0).count());
+        self.sealed = self.sealed.max(counts.iter().sum());
+    }
+}
+
+fn run_on(twin: &EmbeddedTwin, calls: &[Call], reach: &mut Reach) -> Result<(), String> {
+    let mut was_paged = false;
     let mut models: [Model; 3] = Default::default();
     // A realistic epoch time, so the stored times take their real width.
     let mut clock: i64 = 1_764_000_000_000;
@@ -390,8 +441,28 @@ fn run(calls: &[Call]) -> Result<(), String> {
                 "call {index} {call:?} at {clock}: twin {got:?}, model {want:?}"
             ));
         }
+        reach.see(twin.value(NAMES[0]), &mut was_paged);
         for (name, model) in NAMES.iter().zip(models.iter_mut()) {
             model.expire(clock);
+            // What the stored bytes mean, read by the Rust reader: the
+            // model's entries, block and (while it holds entries) window.
+            if let Some(value) = twin.value(name).filter(|_| model.exists()) {
+                let log = twin_format::decode_paged_by(&value, twin.page)
+                    .map_err(|e| format!("call {index} {call:?}: {name}'s value: {e}"))?;
+                let window = if model.entries.is_empty() {
+                    log.window
+                } else {
+                    model.window
+                };
+                if (&log.entries, log.blocked_until, log.window)
+                    != (&model.entries, model.blocked_until, window)
+                {
+                    return Err(format!(
+                        "call {index} {call:?}: {name} holds {log:?}, the model {:?} {} {}",
+                        model.entries, model.window, model.blocked_until
+                    ));
+                }
+            }
             if twin.exists(name) != model.exists() {
                 return Err(format!("call {index} {call:?}: {name} exists in one only"));
             }
@@ -407,23 +478,30 @@ fn run(calls: &[Call]) -> Result<(), String> {
 /// `BLOCK` (up to `longest` ms) and UNBLOCK.
 fn call(longest: u64, max: u64, step: i64) -> impl Strategy<Value = Call> {
     let max = prop_oneof![6 => 1u64..max, 1 => Just(1u64 << 40)];
-    let limits = proptest::collection::vec((1u64..longest, max), 1..4);
-    let cost = prop_oneof![6 => 1u64..6, 1 => 1u64..(1 << 40)];
-    let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
-    let block = prop_oneof![3 => Just(None), 1 => (1u64..longest).prop_map(Some)];
+    let limits = proptest::collection::vec((1u64..longest, max.clone()), 1..4);
+    let cost = prop_oneof![6 => Just(1u64), 6 => 1u64..6, 1 => 1u64..(1 << 40)];
+    let precision = prop_oneof![6 => Just(1u64), 1 => 1u64..12];
+    let block = prop_oneof![4 => Just(None), 1 => (1u64..longest).prop_map(Some)];
+    // One limit more often than not, as most calls.
+    let limits = prop_oneof![
+        1 => proptest::collection::vec((1u64..longest, max.clone()), 1..2),
+        1 => limits.clone(),
+    ];
     let request = (
         prop::bool::weighted(0.8),
         limits.clone(),
         cost,
         precision,
         block,
+        prop::bool::weighted(0.3),
     )
-        .prop_map(|(check, limits, cost, precision, block)| Request {
+        .prop_map(|(check, limits, cost, precision, block, spelled)| Request {
             check,
             limits,
             cost,
             precision,
             block,
+            spelled,
         });
     // The same request's options, each key its own limits, the keys in
     // any order.
@@ -493,6 +571,7 @@ fn a_long_log_is_read_at_its_ends_and_compacted() {
                     cost,
                     precision: 1,
                     block: None,
+                    spelled: false,
                 },
             };
             match i % 17 {
@@ -505,4 +584,65 @@ fn a_long_log_is_read_at_its_ends_and_compacted() {
         })
         .collect();
     run(&calls).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The long log again with pages of 24 bytes: dozens of sealed pages, a
+/// ring that wraps, runs into its first run and grows in a run of its own,
+/// refunds that pull a sealed page back, and pauses that leave a page or
+/// less (the small form again).
+#[test]
+fn small_pages_reach_every_shape_of_the_paged_form() {
+    let mut random = harness::Random::seeded(16);
+    let calls: Vec<Call> = (0..6_000)
+        .map(|i| {
+            let cost = 1 + random.below(3);
+            // Steady, then growing, then thinning traffic, in turn.
+            let phase = [2, 1, 3][(i / 900) % 3];
+            let request = |check, tick, limits: Vec<(u64, u64)>| Call::Request {
+                tick,
+                request: Request {
+                    check,
+                    limits,
+                    cost,
+                    precision: 1,
+                    block: None,
+                    spelled: false,
+                },
+            };
+            match i % 23 {
+                0 => Call::Undo(1 + random.below(40)),
+                5 => request(false, 0, vec![(20, 5), (1_500, 1_000_000)]),
+                9 => request(true, 1, vec![(300, 200), (1_500, 1_000_000)]),
+                _ if phase == 3 && random.below(3) > 0 => {
+                    request(true, 9, vec![(1_500, 1_000_000)])
+                }
+                _ if random.below(600) == 0 => request(true, 1_400, vec![(1_500, 1_000_000)]),
+                _ => request(true, phase, vec![(1_500, 1_000_000)]),
+            }
+        })
+        .collect();
+    let mut reach = Reach::default();
+    run_on(&EmbeddedTwin::with_page(24, 65536), &calls, &mut reach)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(reach.paged > 1_000, "{reach:?}");
+    assert!(reach.sealed > 20, "{reach:?}");
+    assert_eq!(reach.runs, 3, "{reach:?}");
+    assert!(reach.unpaged > 0, "{reach:?}");
+    assert!(reach.compacted > 0, "{reach:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Random calls over pages of 16 bytes: every rule of the model across
+    /// page boundaries, with several windows, costs, precisions and blocks.
+    #[test]
+    fn random_calls_on_small_pages_match_the_model(
+        calls in proptest::collection::vec(call(400, 300, 4), 100..400)
+    ) {
+        let outcome = run_on(&EmbeddedTwin::with_page(16, 65536), &calls, &mut Reach::default());
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+        // Values past the size written whole: new slots by SETRANGE.
+        let outcome = run_on(&EmbeddedTwin::with_page(16, 0), &calls, &mut Reach::default());
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
 }

@@ -2,11 +2,11 @@
 //! one run against one server. See README.md, "Performance".
 //!
 //! Usage: ratelimit-bench [--quick] [--extra-module PATH] [--extra-command "CMD ARGS"]
-//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi] [gcra]   (all when none is named)
+//!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi] [cpu]   (all when none is named)
 
 mod approaches;
+mod cpu;
 mod exactness;
-mod gcra;
 mod measure;
 mod memory;
 mod multi;
@@ -192,7 +192,7 @@ fn main() {
     if wants("worst") {
         eprintln!("worst case of one call:");
         let size = if bench.quick { 100_000 } else { 1_000_000 };
-        let rows = worst::run(&bench, size);
+        let rows = worst::run(&bench, size, &twin_sha);
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
         if let Err(e) = worst::write(&rows, size, &out) {
             eprintln!("cannot write worst.csv: {e}");
@@ -208,15 +208,15 @@ fn main() {
         }
     }
     drop(bench);
-    if wants("gcra") {
-        eprintln!("token bucket, instructions per call under callgrind:");
-        let (rows, note) = gcra::run_all(options.extra_module.as_deref());
-        if let Some(note) = &note {
+    if wants("cpu") {
+        eprintln!("instructions per call (callgrind, AOF on):");
+        let (rows, note) = cpu::run(options.extra_module.as_deref());
+        if let Some(note) = note {
             eprintln!("  {note}");
         }
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-        if let Err(e) = gcra::write(&rows, note.as_deref(), &out) {
-            eprintln!("cannot write gcra.csv: {e}");
+        if let Err(e) = cpu::write(&rows, note, &out) {
+            eprintln!("cannot write cpu.csv: {e}");
         }
     }
     if wants("exactness") {
@@ -228,7 +228,7 @@ fn main() {
         results.exactness = exactness::run(&bench, &sha, &[1_000, 10_000], 100, 8, options.quick);
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-    match report::write(&results, &out) {
+    match report::write(&results, &out, options.sections.is_empty()) {
         Ok(summary) => println!("{summary}\nwritten to {}", out.display()),
         Err(e) => {
             eprintln!("cannot write results to {}: {e}", out.display());

@@ -24,7 +24,9 @@ pub struct Results {
 
 /// Writes the files of the sections that ran, leaving the others' files
 /// from earlier runs as they were; summary.md describes this run.
-pub fn write(results: &Results, dir: &Path) -> std::io::Result<String> {
+/// Writes each section's files; `summary.md` only when `complete` (every
+/// section ran), so a run of some sections leaves the others' summary.
+pub fn write(results: &Results, dir: &Path, complete: bool) -> std::io::Result<String> {
     std::fs::create_dir_all(dir)?;
     if !results.throughput.is_empty() || !results.scaling.is_empty() {
         std::fs::write(dir.join("throughput.csv"), throughput_csv(results))?;
@@ -41,7 +43,9 @@ pub fn write(results: &Results, dir: &Path) -> std::io::Result<String> {
         std::fs::write(dir.join("exactness.csv"), exactness_csv(results))?;
     }
     let summary = summary(results);
-    std::fs::write(dir.join("summary.md"), &summary)?;
+    if complete {
+        std::fs::write(dir.join("summary.md"), &summary)?;
+    }
     Ok(summary)
 }
 

@@ -19,9 +19,9 @@ pub enum Backend {
     /// The twin as a plain script, called with EVALSHA (EVALSHA_RO for
     /// PEEK), on a server without the module.
     Script,
-    /// The function form loaded and called by an ACL user that has only
-    /// data and scripting commands (no MODULE, CONFIG or DEBUG), as on a
-    /// managed service.
+    /// The function form, loaded by an administrator, called by the
+    /// least-privilege user of README.md (`USER_RULES`), as on a managed
+    /// service.
     Restricted,
 }
 
@@ -36,24 +36,51 @@ pub const BACKENDS: [Backend; 4] = [
 /// The twin's backends.
 pub const TWINS: [Backend; 3] = [Backend::Function, Backend::Script, Backend::Restricted];
 
-/// The restricted backend's user: data and scripting commands only.
-const USER: &str = "app";
-const PASSWORD: &str = "app-secret";
-const USER_RULES: &[&str] = &[
+/// The restricted backend's user, as README.md's least-privilege recipe
+/// makes it: data commands (the module's among them), connection and
+/// transaction commands, the commands that run scripts and functions,
+/// SCRIPT LOAD and EXISTS, and TIME, which the twin reads; nothing
+/// dangerous or administrative, and nothing that loads, replaces or
+/// deletes a function library or empties the script cache.
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "app-secret";
+pub const USER_RULES: &[&str] = &[
     "on",
     ">app-secret",
+    "resetkeys",
     "~*",
-    "&*",
+    "resetchannels",
     "-@all",
     "+@read",
     "+@write",
-    "+@scripting",
     "+@connection",
     "+@transaction",
-    // The server's clock, which the twin reads (TIME is in no data category).
-    "+time",
-    "-@admin",
     "-@dangerous",
+    "-@admin",
+    "-@scripting",
+    "+eval",
+    "+evalsha",
+    "+eval_ro",
+    "+evalsha_ro",
+    "+fcall",
+    "+fcall_ro",
+    "+script|load",
+    "+script|exists",
+    "+time",
+];
+
+/// What the same user needs more where the module is loaded: its commands
+/// by name (Redis 7.0 gives module commands no ACL category, so `+@write`
+/// does not reach them there; a server without the module refuses these
+/// names).
+pub const MODULE_RULES: &[&str] = &[
+    "+ratelimit.check",
+    "+ratelimit.peek",
+    "+ratelimit.undo",
+    "+ratelimit.mcheck",
+    "+ratelimit.mpeek",
+    "+ratelimit.mundo",
+    "+ratelimit.unblock",
 ];
 
 /// twin/ratelimit.lua as FUNCTION LOAD takes it.
@@ -117,7 +144,8 @@ impl Backend {
         let mut con = caller.connect();
         match self {
             Backend::Module => {}
-            Backend::Function | Backend::Restricted => caller.load_library(&mut con),
+            // An administrator loads the library, once; users call it.
+            Backend::Function | Backend::Restricted => caller.load_library(&mut admin),
             Backend::Script => {
                 caller.sha = redis::cmd("SCRIPT")
                     .arg("LOAD")
@@ -177,6 +205,12 @@ impl Caller {
             url: String::new(),
             sha: String::new(),
         }
+    }
+
+    /// The script form's caller for a script loaded as `sha`.
+    pub fn with_sha(mut self, sha: &str) -> Caller {
+        self.sha = sha.to_string();
+        self
     }
 
     /// A connection as this backend's user.

@@ -1,7 +1,7 @@
 //! The script twin run in-process: the unmodified twin/ratelimit.lua, in
 //! the EVAL form, in the Lua 5.1 that Redis and Valkey embed, over a
 //! small keyspace written in Lua that answers the few commands the twin
-//! sends (GETRANGE, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, EXISTS, DEL,
+//! sends (GET, GETRANGE, STRLEN, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, EXISTS, DEL,
 //! TIME) and expires keys as Redis does. Its TIME reads a clock the test sets, so
 //! the timed fields can be held to a model: the twin itself never takes
 //! a clock from its caller.
@@ -33,6 +33,12 @@ function commands.GETRANGE(key, from, to)
     return ''
   end
   return value:sub(from + 1, to + 1)
+end
+function commands.STRLEN(key)
+  return #(live(key) or '')
+end
+function commands.GET(key)
+  return live(key) or false
 end
 function commands.SETRANGE(key, offset, bytes)
   local value = live(key) or ''
@@ -99,6 +105,8 @@ pub enum TwinReply {
 pub struct EmbeddedTwin {
     lua: Lua,
     script: Function,
+    /// The bytes of entries a page of its paged form holds.
+    pub page: usize,
 }
 
 impl Default for EmbeddedTwin {
@@ -109,14 +117,51 @@ impl Default for EmbeddedTwin {
 
 impl EmbeddedTwin {
     pub fn new() -> EmbeddedTwin {
+        Self::from_source(&twin_script())
+    }
+
+    /// The twin with pages of `bytes` bytes of entries instead of its own
+    /// size, so that short tests reach what long logs reach: many sealed
+    /// pages, a ring that wraps and grows, refunds across pages.
+    /// With `rewrite` 0, every new slot extends the value by SETRANGE, as
+    /// only values past 64 KB do otherwise.
+    pub fn with_page(bytes: usize, rewrite: usize) -> EmbeddedTwin {
+        let mut script = twin_script();
+        for (constant, value) in [
+            (
+                "local PAGE, PAGE_HEAD = 128, 17",
+                format!("local PAGE, PAGE_HEAD = {bytes}, 17"),
+            ),
+            (
+                "local REWRITE = 65536",
+                format!("local REWRITE = {rewrite}"),
+            ),
+        ] {
+            assert!(
+                script.contains(constant),
+                "twin/ratelimit.lua says {constant:?}"
+            );
+            script = script.replace(constant, &value);
+        }
+        EmbeddedTwin {
+            page: bytes,
+            ..Self::from_source(&script)
+        }
+    }
+
+    fn from_source(source: &str) -> EmbeddedTwin {
         let lua = Lua::new();
         lua.load(MOCK).exec().expect("the mock keyspace");
         let script = lua
-            .load(twin_script())
+            .load(source)
             .set_name("twin/ratelimit.lua")
             .into_function()
             .expect("twin/ratelimit.lua compiles as Lua 5.1");
-        EmbeddedTwin { lua, script }
+        EmbeddedTwin {
+            lua,
+            script,
+            page: crate::twin_format::PAGE,
+        }
     }
 
     /// Sets the clock TIME reads, in ms since the epoch.

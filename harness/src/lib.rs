@@ -4,9 +4,10 @@
 //! (`backend.rs`), the twin run in-process under a test's clock
 //! (`embedded.rs`), commands
 //! sent to it (`commands.rs`), what it says about itself (`info.rs`,
-//! and `docs.rs` for COMMAND DOCS),
-//! logs of every shape (`logs.rs`), cheap randomness (`random.rs`) and
-//! the repository's files the tests read (`repository.rs`).
+//! and `docs.rs` for COMMAND DOCS), logs of every shape (`logs.rs`),
+//! cheap randomness (`random.rs`), the repository's files the tests read
+//! (`repository.rs`), and the twin's stored values read and written in
+//! Rust (`twin_format.rs`).
 
 mod backend;
 mod commands;
@@ -18,6 +19,7 @@ mod payloads;
 mod random;
 mod repository;
 mod server;
+pub mod twin_format;
 
 pub use backend::*;
 pub use commands::*;

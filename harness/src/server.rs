@@ -98,9 +98,10 @@ pub struct Server {
     pub dir: PathBuf,
     args: Vec<String>,
     config_file: Option<PathBuf>,
-    /// What runs the server, such as valgrind (see `wrapper`).
-    wrapper: Option<Vec<String>>,
     child: Option<Child>,
+    /// The command the server runs under, if any (`RATELIMIT_WRAPPER`'s
+    /// words unless `start_under` gave its own).
+    wrapper: Option<Vec<String>>,
 }
 
 impl Server {
@@ -113,19 +114,24 @@ impl Server {
         Server::launch_new(None, server_args(module_args, extra))
     }
 
-    /// A server with the module, run by `wrapper` (a valgrind tool's
-    /// command line, say) whatever `RATELIMIT_WRAPPER` says.
-    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Server {
+    /// A server with nothing loaded (the script twin's kind of server).
+    pub fn start_without_module(extra: &[&str]) -> Server {
+        Server::launch_new(None, plain_args(extra))
+    }
+
+    /// A server with the module run under `wrapper` (such as valgrind's
+    /// callgrind, for a benchmark's instruction counts).
+    pub fn start_under(wrapper: &[&str], extra: &[&str]) -> Server {
         let wrapper = wrapper.iter().map(|w| w.to_string()).collect();
-        Server::launch(Server::new(None, server_args(&[], extra)).with_wrapper(Some(wrapper)))
+        Server::launch(None, server_args(&[], extra), Some(wrapper))
     }
 
     /// The log of a server with the module and `module_args` that must
     /// refuse to start (it fails the test if it starts).
     pub fn refused_start(module_args: &[&str]) -> String {
-        let mut server = Server::new(None, server_args(module_args, &[]));
+        let mut server = Server::new(None, server_args(module_args, &[]), wrapper());
         loop {
-            match server.start_process() {
+            match server.spawn() {
                 Ok(()) => panic!("the server started with {module_args:?}"),
                 // Another test's server took the port first: try another.
                 Err(log) if log.contains("already in use") => server.port = free_port(),
@@ -134,9 +140,9 @@ impl Server {
         }
     }
 
-    /// A server with nothing loaded (the script twin's kind of server).
-    pub fn start_without_module(extra: &[&str]) -> Server {
-        Server::launch_new(None, plain_args(extra))
+    /// The server's process id (the wrapper's, under one).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// A server started from a config file holding `config` (so that
@@ -146,12 +152,27 @@ impl Server {
     }
 
     fn launch_new(config: Option<String>, args: Vec<String>) -> Server {
-        Server::launch(Server::new(config, args))
+        Server::launch(config, args, wrapper())
     }
 
-    /// A server not yet started, in a fresh directory, run by the
-    /// environment's wrapper if any.
-    fn new(config: Option<String>, args: Vec<String>) -> Server {
+    fn launch(config: Option<String>, args: Vec<String>, wrapper: Option<Vec<String>>) -> Server {
+        let mut server = Server::new(config, args, wrapper);
+        // A free port can be taken by another test's server between our
+        // look and its bind; then try another.
+        for _ in 0..4 {
+            if server.spawn().is_ok() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        server
+            .spawn()
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
+        server
+    }
+
+    /// A server not yet started, in a fresh directory.
+    fn new(config: Option<String>, args: Vec<String>, wrapper: Option<Vec<String>>) -> Server {
         let dir = fresh_dir();
         let config_file = config.map(|text| {
             let file = dir.join("redis.conf");
@@ -163,33 +184,13 @@ impl Server {
             dir,
             args,
             config_file,
-            wrapper: wrapper(),
             child: None,
+            wrapper,
         }
-    }
-
-    fn with_wrapper(mut self, wrapper: Option<Vec<String>>) -> Server {
-        self.wrapper = wrapper;
-        self
-    }
-
-    fn launch(mut server: Server) -> Server {
-        // A free port can be taken by another test's server between our
-        // look and its bind; then try another.
-        for _ in 0..4 {
-            if server.start_process().is_ok() {
-                return server;
-            }
-            server.port = free_port();
-        }
-        server
-            .start_process()
-            .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
-        server
     }
 
     /// Starts the server on its port, or returns its log if it exited.
-    fn start_process(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join("server.log")).expect("a log file");
         let mut command = match &self.wrapper {
             Some(words) => {
@@ -252,11 +253,6 @@ impl Server {
         }
     }
 
-    /// The server's process id (a wrapper's, which runs it in place).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
@@ -315,7 +311,7 @@ impl Server {
 
     /// Starts the server again on the same port and directory.
     pub fn relaunch(&mut self) {
-        self.start_process()
+        self.spawn()
             .unwrap_or_else(|log| panic!("server did not restart:\n{log}"));
     }
 }

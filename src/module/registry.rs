@@ -101,7 +101,7 @@ const fn gcra_limit_args(count: &'static str) -> [ArgSpec; 4] {
 const GCRA_FLAGS: &CStr = c"write deny-oom fast";
 const GCRA_COMPLEXITY: &CStr = c"O(1).";
 const GCRA_KEY_FLAGS: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
-const GCRA_SINCE: &CStr = c"0.4.0";
+const GCRA_SINCE: &CStr = c"0.5.0";
 
 /// `RATELIMIT.GCRA key max_burst count period [TOKENS n] [MS]`.
 const GCRA_ARGS: &[ArgSpec] = &{

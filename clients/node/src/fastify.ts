@@ -4,9 +4,12 @@
 import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
-/** The parts of a FastifyRequest the hooks read. */
+/** The parts of a FastifyRequest the hooks and their callbacks read. */
 export interface FastifyRequestLike {
   ip?: string;
+  headers: Record<string, string | string[] | undefined>;
+  url?: string;
+  method?: string;
 }
 
 /** The parts of a FastifyReply the hooks use. */
@@ -27,11 +30,19 @@ export interface FastifyHooks<Req extends FastifyRequestLike, Reply extends Fast
   onResponse: (req: Req, reply: Reply) => Promise<void>;
 }
 
+/**
+ * `T`, but not a place TypeScript infers `T` from (TypeScript 5.4's
+ * NoInfer, for older compilers too): the hooks' types come from the
+ * options alone, since Fastify's route options, as a contextual type,
+ * would infer `never`.
+ */
+type Deferred<T> = [T][T extends unknown ? 0 : never];
+
 /** `fastify.route({ ..., ...fastifyHooks(limiter, options) })` limits one route. */
-export function fastifyHooks<Req extends FastifyRequestLike, Reply extends FastifyReplyLike>(
+export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike, Reply extends FastifyReplyLike = FastifyReplyLike>(
   limiter: RateLimiter,
   options: FastifyOptions<Req, Reply>,
-): FastifyHooks<Req, Reply> {
+): FastifyHooks<Deferred<Req>, Deferred<Reply>> {
   const verdicts = new WeakMap<Req, Verdict>();
   return {
     onRequest: async (req, reply) => {

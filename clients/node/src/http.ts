@@ -5,6 +5,7 @@
 
 import type { DeniedKey, RateLimiter, Result } from "./limiter.js";
 import type { CallOptions, KeyLimits, Limit } from "./limits.js";
+import type { Outcome } from "./metrics.js";
 
 export type Awaitable<T> = T | Promise<T>;
 
@@ -17,6 +18,13 @@ interface CommonOptions<Req> {
   blockMs?: number;
   /** Refund the request when the response has this status (default: status >= 500). */
   refundWhen?: (status: number) => boolean;
+  /**
+   * Rolls a limit out without enforcing it: every request is decided and
+   * recorded as usual, but never refused and given no rate-limit headers;
+   * one that would have been refused is logged (warning) and counted
+   * (outcome "shadow_denied").
+   */
+  shadow?: boolean;
 }
 
 /** One key per request. */
@@ -94,23 +102,31 @@ interface Subject {
 }
 
 /**
- * RateLimit-Policy lists every limit of every key; RateLimit reports the
- * least remaining over them (what the module answers) under the first
- * policy's name (of the first key that refused, when refused), with t the
- * seconds until capacity returns: all of it when allowed, enough for this
- * request when refused (the rest of a block, while one runs). Retry-After on
- * refusals.
+ * The key that binds: the one with the least remaining (the first of
+ * them on a tie), where each key's own remaining is known; else the first
+ * key that refused, or the first key.
  */
-function headersOf(subjects: readonly Subject[], denied: readonly DeniedKey[], result: Result): Record<string, string> {
+function bindingOf(denied: readonly DeniedKey[], perKeyRemaining: readonly number[]): number {
+  if (perKeyRemaining.length === 0) return denied[0]?.index ?? 0;
+  return perKeyRemaining.indexOf(Math.min(...perKeyRemaining));
+}
+
+/**
+ * RateLimit-Policy lists every limit of every key; RateLimit reports the
+ * least remaining over them (what the module answers) under the binding
+ * key's policy (its first limit's name), with t the seconds until capacity
+ * returns: all of it when allowed, enough for this request when refused
+ * (the rest of a block, while one runs). Retry-After on refusals.
+ */
+function headersOf(subjects: readonly Subject[], binding: number, result: Result): Record<string, string> {
   const named = subjects.map((subject) => policyNames(subject.limits, subject.name));
   const policy = subjects
     .flatMap((subject, i) => subject.limits.map((limit, j) => `"${named[i]?.[j]}";q=${limit.max};w=${seconds(limit.windowMs)}`))
     .join(", ");
-  const headline = named[denied[0]?.index ?? 0]?.[0];
   const waitMs = result.allowed ? result.resetAfterMs : result.retryAfterMs;
   const headers: Record<string, string> = {
     "RateLimit-Policy": policy,
-    RateLimit: `"${headline}";r=${result.remaining};t=${seconds(waitMs)}`,
+    RateLimit: `"${named[binding]?.[0]}";r=${result.remaining};t=${seconds(waitMs)}`,
   };
   if (!result.allowed) headers["Retry-After"] = String(Math.max(1, seconds(result.retryAfterMs)));
   return headers;
@@ -118,7 +134,16 @@ function headersOf(subjects: readonly Subject[], denied: readonly DeniedKey[], r
 
 /** The header fields for one key's limits and its result (README "Middleware"). */
 export function rateLimitHeaders(limits: readonly Limit[], name: string, result: Result): Record<string, string> {
-  return headersOf([{ key: name, name, limits }], result.allowed ? [] : [{ key: name, index: 0 }], result);
+  return headersOf([{ key: name, name, limits }], 0, result);
+}
+
+/** How a request was decided, as counted (ratelimit_decisions_total{outcome}). */
+function outcomeOf(result: Result, shadow: boolean): Outcome {
+  if (result.source === "failOpen") return "fail_open";
+  if (result.source === "failClosed") return "fail_closed";
+  if (!result.allowed && shadow) return "shadow_denied";
+  if (result.source === "fallback") return result.allowed ? "fallback_allowed" : "fallback_denied";
+  return result.allowed ? "allowed" : "denied";
 }
 
 /** The request's keys with their limits and policy names; undefined when it is not limited. */
@@ -144,21 +169,31 @@ async function subjectsOf<Req>(
   return id === undefined ? undefined : [{ key: `${name}:${id}`, name, limits: listOf(chosen) }];
 }
 
-/** One key: check and undo; several: checkAll and undoAll. */
+/**
+ * One key: check and undo; several: checkAll (with each key's own
+ * remaining, to name the binding one) and undoAll.
+ */
 async function decide(
   limiter: RateLimiter,
   subjects: readonly Subject[],
   options: CallOptions,
-): Promise<{ result: Result; denied: DeniedKey[]; undo: () => Promise<unknown> }> {
+): Promise<{ result: Result; denied: DeniedKey[]; binding: number; undo: () => Promise<unknown> }> {
   const cost = options.cost === undefined ? {} : { cost: options.cost };
   const [only] = subjects;
   if (subjects.length === 1 && only) {
     const result = await limiter.check(only.key, only.limits, options);
     const denied = result.allowed || result.source === "failClosed" ? [] : [{ key: only.key, index: 0 }];
-    return { result, denied, undo: () => limiter.undo(only.key, { ...cost, decision: result }) };
+    return { result, denied, binding: 0, undo: () => limiter.undo(only.key, { ...cost, decision: result }) };
   }
-  const result = await limiter.checkAll(subjects, options);
-  return { result, denied: result.denied, undo: () => limiter.undoAll(subjects, { ...cost, decision: result }) };
+  const result = await limiter.checkAll(subjects, { ...options, perKeyRemaining: true });
+  const binding = bindingOf(result.denied, result.perKeyRemaining);
+  return { result, denied: result.denied, binding, undo: () => limiter.undoAll(subjects, { ...cost, decision: result }) };
+}
+
+function logShadowDenial(limiter: RateLimiter, policy: string, result: Result): void {
+  limiter.logger.warn(`redis-ratelimit: shadow mode: ${policy} would have denied this request (retry after ${result.retryAfterMs} ms)`, {
+    policy,
+  });
 }
 
 /** Decides one request; undefined when this request is not limited. */
@@ -175,7 +210,11 @@ export async function judge<Req>(
     ...(cost === undefined ? {} : { cost }),
     ...(options.blockMs === undefined ? {} : { blockMs: options.blockMs }),
   };
-  const { result, denied, undo } = await decide(limiter, subjects, callOptions);
+  const { result, denied, binding, undo } = await decide(limiter, subjects, callOptions);
+  const shadow = options.shadow === true;
+  const bound = subjects[binding] as Subject;
+  const policy = policyNames(bound.limits, bound.name)[0] as string;
+  limiter.metrics?.decision(policy, outcomeOf(result, shadow));
   let refunded = false;
   const refund = async () => {
     if (refunded || !result.allowed) return;
@@ -185,13 +224,18 @@ export async function judge<Req>(
   };
   const keys = subjects.map((subject) => subject.key);
   const info = { result, key: keys[0] as string, keys, denied: denied.map((d) => ({ ...d, name: subjects[d.index]?.name ?? "" })) };
+  const refundWhen = options.refundWhen ?? ((status: number) => status >= 500);
+  if (shadow) {
+    // Not in force for clients: no refusal and no headers; an outage is the policy's to count, not a would-be refusal.
+    if (!result.allowed && result.source !== "failClosed") logShadowDenial(limiter, policy, result);
+    return { pass: true, info: { reason: "limited", ...info, headers: {} }, refund, refundWhen };
+  }
   if (result.source === "failClosed") {
     const headers = { "Retry-After": String(Math.max(1, seconds(result.retryAfterMs))) };
     return { pass: false, info: { reason: "unavailable", ...info, headers }, refund, refundWhen: () => false };
   }
   // Failing open serves without claiming a quota nobody counted.
-  const headers = result.source === "failOpen" ? {} : headersOf(subjects, denied, result);
-  const refundWhen = options.refundWhen ?? ((status: number) => status >= 500);
+  const headers = result.source === "failOpen" ? {} : headersOf(subjects, binding, result);
   return { pass: result.allowed, info: { reason: "limited", ...info, headers }, refund, refundWhen };
 }
 

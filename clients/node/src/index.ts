@@ -1,6 +1,6 @@
 export type { Connection, RedisClient } from "./adapters.js";
 export { type ClientRateLimitInfo, FlexibleLimiter, type FlexibleOptions, type FlexibleResult, RateLimitStore } from "./compat.js";
-export { type FastifyHooks, type FastifyOptions, fastifyHooks, fastifyRateLimit } from "./fastify.js";
+export { type FastifyHooks, type FastifyOptions, type FastifyRequestLike, fastifyHooks, fastifyRateLimit } from "./fastify.js";
 export { type FetchOptions, fetchRateLimit } from "./fetch.js";
 export {
   type LimitedInfo,
@@ -16,14 +16,28 @@ export {
   type DeniedKey,
   type FallbackOptions,
   type Logger,
+  type MultiCallOptions,
   type MultiResult,
   RateLimiter,
   type RateLimiterOptions,
   RateLimitReplyError,
+  RateLimitUnavailableError,
   type RefundOptions,
   type Result,
   type Source,
+  type UnblockOptions,
 } from "./limiter.js";
 export { type CallOptions, type Decision, type KeyLimits, type Limit, RateLimitInputError } from "./limits.js";
 export { MemoryLimiter } from "./memory.js";
-export { clientAddress, expressRateLimit, type NodeMiddlewareOptions, type NodeRequest, type NodeResponse, withRateLimit } from "./node.js";
+export { type ErrorCause, type MetricOperation, type Metrics, type Outcome, prometheusMetrics } from "./metrics.js";
+export {
+  clientAddress,
+  type ExpressRequest,
+  type ExpressResponse,
+  expressRateLimit,
+  type HeaderFields,
+  type NodeMiddlewareOptions,
+  type NodeRequest,
+  type NodeResponse,
+  withRateLimit,
+} from "./node.js";

@@ -1,7 +1,8 @@
 // The client: check / peek / undo, on one key or several at once, and
 // unblock, on the module where it is loaded and on the script twin where it
 // is not (learned per server from the answer to the module's own command),
-// under an explicit failure policy.
+// under an explicit failure policy. What it logs and how it names an
+// outage's cause are contract/transport.json's.
 import { type Connection, connect, messageOf, type RedisClient } from "./adapters.js";
 import {
   type CallOptions,
@@ -16,13 +17,15 @@ import {
   parseMultiDecision,
   RateLimitInputError,
   smallestMax,
+  UnexpectedReplyError,
   validateKey,
   validateKeyLimits,
   validateKeys,
   validateLimits,
   validateOptions,
 } from "./limits.js";
-import { type KeyedLimits, MemoryLimiter, type MultiDecision } from "./memory.js";
+import { DEFAULT_MAX_KEYS, type KeyedLimits, MemoryLimiter, type MultiDecision } from "./memory.js";
+import type { ErrorCause, MetricOperation, Metrics } from "./metrics.js";
 import { keySlot } from "./slot.js";
 import { TWIN_SCRIPT, TWIN_SHA1 } from "./twin.generated.js";
 
@@ -49,18 +52,39 @@ export interface MultiResult extends Result {
    * empty when allowed, and when no key was asked (failOpen, failClosed).
    */
   denied: DeniedKey[];
+  /**
+   * With `perKeyRemaining`: each key's own remaining after the call, in the
+   * order given (from Redis or the fallback); else, and when no key was
+   * asked, empty.
+   */
+  perKeyRemaining: number[];
 }
 
-/** console fits; so does a pino or winston logger wrapped as (message, details). */
+/** Options of a several-key call. */
+export interface MultiCallOptions extends CallOptions {
+  /**
+   * Also read each key's own remaining after the call (a PEEK of each key
+   * in the same MULTI/EXEC), as the middleware does to name the binding key.
+   */
+  perKeyRemaining?: boolean;
+}
+
+/**
+ * console fits; so does a pino or winston logger wrapped as (message,
+ * details). Details hold strings only (never an error object, so never a
+ * stack).
+ */
 export interface Logger {
-  info(message: string, details?: Record<string, unknown>): void;
-  warn(message: string, details?: Record<string, unknown>): void;
-  error(message: string, details?: Record<string, unknown>): void;
+  info(message: string, details?: Record<string, string>): void;
+  warn(message: string, details?: Record<string, string>): void;
+  error(message: string, details?: Record<string, string>): void;
 }
 
 export interface FallbackOptions {
   /** This process's share of each limit while Redis is unreachable (0 < share <= 1): max becomes max(1, floor(max * share)). */
   share: number;
+  /** The most keys the fallback holds (default 10,000); past it the least recently used key is dropped. */
+  maxKeys?: number;
 }
 
 export interface RateLimiterOptions {
@@ -74,8 +98,10 @@ export interface RateLimiterOptions {
   fallback?: FallbackOptions;
   /** After a failure, calls skip Redis for this long before trying it again (default 1000 ms; 0 tries every call). */
   retryAfterFailureMs?: number;
-  /** Receives backend detection, every failure with its cause, and recovery (default console). */
+  /** Receives one line per change: backend learned, Redis down (with its cause), Redis back (default console). */
   logger?: Logger;
+  /** Receives decisions, errors and round-trip times (see prometheusMetrics); none by default. */
+  metrics?: Metrics;
 }
 
 export interface RefundOptions {
@@ -85,24 +111,76 @@ export interface RefundOptions {
   decision?: Result;
 }
 
+export interface UnblockOptions {
+  /**
+   * Also forget what the key counted (its log): the user starts afresh. The
+   * key is deleted in the same MULTI/EXEC as the unblock.
+   */
+  reset?: boolean;
+}
+
 /** The module's RATELIMIT.<OPERATION> and the twin's operation of the same name. */
-type Operation = "check" | "peek" | "undo" | "mcheck" | "mpeek" | "mundo" | "unblock";
+type Operation = MetricOperation;
+
+/** One command of a round trip: an operation on its keys, or the DEL of a reset. */
+interface Step {
+  operation: Operation | "delete";
+  keys: readonly string[];
+  args: readonly string[];
+}
 
 /** Operations whose keys follow a numkeys in the module's command (the twin always takes one). */
-const SEVERAL_KEYS: ReadonlySet<Operation> = new Set(["mcheck", "mpeek", "mundo"]);
+const SEVERAL_KEYS: ReadonlySet<Step["operation"]> = new Set(["mcheck", "mpeek", "mundo"]);
 
-type Reply = { ok: true; value: unknown } | { ok: false };
+/** The operations every version of the module has: an "unknown command" to any other may come from an older module. */
+const FIRST_OPERATIONS: ReadonlySet<Step["operation"]> = new Set(["check", "peek", "undo"]);
+
+type Reply<T> = { ok: true; value: T } | { ok: false; cause: string };
+
+/** What an error on a Redis call is: its kind (for metrics) and its text (for logs and errors). */
+interface Failure {
+  kind: ErrorCause;
+  text: string;
+}
 
 /**
- * Replies that mean "this server is not well right now", not "your call is
- * wrong"; the twin's script gets them wrapped as "ERR OOM ... script: ...".
+ * Error replies that say the server is not well right now, or will not let
+ * this user run what the package needs: the failure policy applies. Any
+ * other error reply (WRONGTYPE, a full log, a script error) is about the
+ * call and is raised to the caller.
  */
-const OUTAGE_REPLY = /^(ERR )?(LOADING|READONLY|CLUSTERDOWN|TRYAGAIN|MASTERDOWN|BUSY|OOM|MOVED|ASK)\b/;
+const OUTAGE_REPLIES = new Map<string, ErrorCause>([
+  ["BUSY", "busy"],
+  ["NOPERM", "noperm"],
+  ["OOM", "oom"],
+  ["LOADING", "loading"],
+  ["READONLY", "readonly"],
+  ["CLUSTERDOWN", "cluster"],
+  ["TRYAGAIN", "cluster"],
+  ["MASTERDOWN", "cluster"],
+  ["MOVED", "cluster"],
+  ["ASK", "cluster"],
+]);
+
+/**
+ * How a server answers a script whose user may not run a command it calls
+ * (TIME): a NOPERM in all but name (Redis 7.0; Redis 7.2+ and Valkey).
+ */
+const SCRIPT_NOPERM = /^(The user executing the script can't run|ACL failure in script: )/;
+
+/** What Redis appends to an error met inside a script: " script: <sha>, on @user_script:<line>." (Valkey: no sha). */
+const SCRIPT_SUFFIX = / script: (?:[0-9a-f]{40}, )?on @user_(?:script|function):\d+\.?$/;
+
 const REPLY_ERROR_NAMES = new Set(["ReplyError", "ErrorReply", "SimpleError", "BlobError"]);
 
-/** An answer from Redis that is an error about the call itself (WRONGTYPE, a full log, ACL): thrown, never a policy. */
+/** An answer from Redis that is an error about the call itself (WRONGTYPE, a full log, an older module): thrown, never a policy. */
 export class RateLimitReplyError extends Error {
   override name = "RateLimitReplyError";
+}
+
+/** Redis could not be asked (unblock while it is unreachable); the message names the cause. */
+export class RateLimitUnavailableError extends Error {
+  override name = "RateLimitUnavailableError";
 }
 
 class TimeoutError extends Error {
@@ -115,11 +193,38 @@ class TimeoutError extends Error {
  * chain is read too.
  */
 function isReplyError(error: unknown): boolean {
-  if (!(error instanceof Error) || OUTAGE_REPLY.test(error.message)) return false;
   for (let proto: unknown = error; proto instanceof Error; proto = Object.getPrototypeOf(proto)) {
     if (REPLY_ERROR_NAMES.has(proto.name) || REPLY_ERROR_NAMES.has(proto.constructor.name)) return true;
   }
   return false;
+}
+
+/** The server's answer that RATELIMIT.* does not exist (Redis and Valkey say "unknown command"). */
+function isUnknownCommand(error: unknown): boolean {
+  return isReplyError(error) && /unknown command/i.test(messageOf(error));
+}
+
+/**
+ * An outage reply's text as logged: the server's own, without the "ERR "
+ * (twice, from a script's error on Redis 7.0) and the " script: <sha>, on
+ * @user_script:<line>." that Redis wraps around an error met inside a
+ * script. Undefined for a call error.
+ */
+function outageOf(message: string): Failure | undefined {
+  const text = message
+    .replace(/^(ERR )+/, "")
+    .replace(SCRIPT_SUFFIX, "")
+    .trim();
+  const kind = SCRIPT_NOPERM.test(text) ? "noperm" : OUTAGE_REPLIES.get(text.split(" ")[0] as string);
+  return kind && { kind, text };
+}
+
+/** A failed connection: its errno name (ECONNREFUSED) where it has one, else its message. */
+function connectionFailure(error: unknown): Failure {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  if (typeof code === "string" && /^E[A-Z0-9_]+$/.test(code)) return { kind: "connection", text: code };
+  const text = messageOf(error);
+  return { kind: /clos|connect|socket|stream|offline/i.test(text) ? "connection" : "other", text };
 }
 
 /**
@@ -132,7 +237,7 @@ function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number, l
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
-      const error = new TimeoutError(`no answer from Redis within ${ms} ms`);
+      const error = new TimeoutError(`timeout: no answer within ${ms} ms`);
       controller.abort(error);
       reject(error);
     }, ms);
@@ -149,12 +254,16 @@ export class RateLimiter {
   private readonly failOpen: boolean;
   private readonly share: number | undefined;
   private readonly retryAfterFailureMs: number;
-  /** Where failures and backend changes are reported. */
+  /** Where backend changes and outages are reported. */
   readonly logger: Logger;
-  private readonly memory = new MemoryLimiter();
+  /** Where decisions, errors and round trips are counted, if anywhere. */
+  readonly metrics: Metrics | undefined;
+  private readonly memory: MemoryLimiter;
   private readonly learned = new Map<string, Backend>();
-  /** Per server: until when calls skip it after a failure. */
-  private readonly downUntil = new Map<string, number>();
+  /** The backend each server was last logged with. */
+  private readonly announced = new Map<string, Backend>();
+  /** The servers that failed their last call: until when calls skip each, and why. */
+  private readonly down = new Map<string, { retryAt: number; cause: string }>();
 
   constructor(client: RedisClient, options: RateLimiterOptions = {}) {
     this.connection = connect(client);
@@ -163,11 +272,13 @@ export class RateLimiter {
     this.failOpen = options.failOpen ?? false;
     this.retryAfterFailureMs = options.retryAfterFailureMs ?? 1000;
     this.logger = options.logger ?? console;
+    this.metrics = options.metrics;
     const share = options.fallback?.share;
     if (share !== undefined && !(share > 0 && share <= 1)) {
       throw new RateLimitInputError(`fallback.share must be above 0 and at most 1, got ${share}`);
     }
     this.share = share;
+    this.memory = new MemoryLimiter(Date.now, options.fallback?.maxKeys ?? DEFAULT_MAX_KEYS);
   }
 
   /**
@@ -201,12 +312,12 @@ export class RateLimiter {
    * in every key; if any key denies, recorded in none. On a cluster the keys
    * must share a hash slot (one hash tag).
    */
-  checkAll(keys: readonly KeyLimits[], options: CallOptions = {}): Promise<MultiResult> {
+  checkAll(keys: readonly KeyLimits[], options: MultiCallOptions = {}): Promise<MultiResult> {
     return this.decideAll("mcheck", keys, options);
   }
 
   /** Would checkAll allow this request now? Records nothing. */
-  peekAll(keys: readonly KeyLimits[], options: CallOptions = {}): Promise<MultiResult> {
+  peekAll(keys: readonly KeyLimits[], options: MultiCallOptions = {}): Promise<MultiResult> {
     return this.decideAll("mpeek", keys, options);
   }
 
@@ -231,23 +342,31 @@ export class RateLimiter {
   }
 
   /**
-   * Lifts the key's block, keeping its history (what it recorded still
-   * counts); resolves true if it was blocked. While Redis is unreachable it
-   * lifts the fallback's block, and resolves what that one says.
+   * Lifts the key's block; resolves true if it was blocked. Without
+   * `reset` it keeps the history (what it recorded still counts); with
+   * `reset: true` it also deletes the key, so its count starts afresh (a
+   * lockout's failures are forgotten). The fallback's own block (and, on
+   * reset, its count) is lifted too. Rejects with RateLimitUnavailableError
+   * while Redis is unreachable, under every failure policy: an
+   * administrator must know the lift did not reach Redis.
    */
-  async unblock(key: string): Promise<boolean> {
+  async unblock(key: string, options: UnblockOptions = {}): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
-    const local = this.memory.unblock(fullKey);
-    const reply = await this.call("unblock", [fullKey], []);
-    return reply.ok ? parseCount(reply.value, "RATELIMIT.UNBLOCK") === 1 : local;
+    this.memory.unblock(fullKey);
+    if (options.reset) this.memory.delete(fullKey);
+    const steps: Step[] = [{ operation: "unblock", keys: [fullKey], args: [] }];
+    if (options.reset) steps.push({ operation: "delete", keys: [fullKey], args: [] });
+    const reply = await this.call(steps, (replies) => parseCount(replies[0], "RATELIMIT.UNBLOCK") === 1);
+    if (!reply.ok) throw new RateLimitUnavailableError(`Redis at ${this.connection.serverFor(fullKey)} is unavailable (${reply.cause})`);
+    return reply.value;
   }
 
   /** Deletes the key: its log and its block (both backends store one key per limiter). */
   async delete(key: string): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
     this.memory.delete(fullKey);
-    const reply = await this.guarded("delete", [fullKey], undefined, (signal) => this.connection.send(fullKey, ["DEL", fullKey], signal));
-    return reply.ok && parseCount(reply.value, "DEL") > 0;
+    const reply = await this.call([{ operation: "delete", keys: [fullKey], args: [] }], (replies) => parseCount(replies[0], "DEL") > 0);
+    return reply.ok && reply.value;
   }
 
   /** UNDO or MUNDO where the refunded decision was made: Redis, the fallback, or nowhere (the policy's answers counted nothing). */
@@ -256,8 +375,11 @@ export class RateLimiter {
     const source = options.decision?.source;
     if (source === "fallback") return keys.map((key) => this.memory.undo(key, cost));
     if (source === "failOpen" || source === "failClosed") return keys.map(() => 0);
-    const reply = await this.call(operation, keys, options.cost === undefined ? [] : ["COST", String(cost)]);
-    if (reply.ok) return operation === "undo" ? [parseCount(reply.value, "RATELIMIT.UNDO")] : parseCounts(reply.value, keys.length);
+    const args = options.cost === undefined ? [] : ["COST", String(cost)];
+    const reply = await this.call([{ operation, keys, args }], ([value]) =>
+      operation === "undo" ? [parseCount(value, "RATELIMIT.UNDO")] : parseCounts(value, keys.length),
+    );
+    if (reply.ok) return reply.value;
     return keys.map((key) => (this.share === undefined ? 0 : this.memory.undo(key, cost)));
   }
 
@@ -266,24 +388,47 @@ export class RateLimiter {
     const list = validateLimits(limits);
     const cost = validateOptions(list, options);
     const late = operation === "check" ? this.lateRefund("undo", [fullKey], cost, (value) => parseDecision(value).allowed) : undefined;
-    const reply = await this.call(operation, [fullKey], limitArgs(list, options), late);
-    if (reply.ok) return { ...parseDecision(reply.value), source: "redis" };
-    const { decision, source } = this.whileUnavailable(operation === "check", [{ key: fullKey, limits: list }], { ...options, cost });
+    const reply = await this.call(
+      [{ operation, keys: [fullKey], args: limitArgs(list, options) }],
+      ([value]) => parseDecision(value),
+      late,
+    );
+    if (reply.ok) return { ...reply.value, source: "redis" };
+    const { decision, source } = this.whileUnavailable(
+      operation === "check",
+      [{ key: fullKey, limits: list }],
+      { ...options, cost },
+      false,
+    );
     return { ...decision, source };
   }
 
-  private async decideAll(operation: "mcheck" | "mpeek", entries: readonly KeyLimits[], options: CallOptions): Promise<MultiResult> {
+  private async decideAll(operation: "mcheck" | "mpeek", entries: readonly KeyLimits[], options: MultiCallOptions): Promise<MultiResult> {
     const { keys, limits } = validateKeyLimits(entries);
     const fullKeys = this.keysOfOneCall(keys);
     const cost = validateOptions(limits.flat(), options);
     const allowed = (value: unknown) => parseMultiDecision(value, keys.length).decision.allowed;
     const late = operation === "mcheck" ? this.lateRefund("mundo", fullKeys, cost, allowed) : undefined;
-    const reply = await this.call(operation, fullKeys, multiLimitArgs(limits, options), late);
+    const steps: Step[] = [{ operation, keys: fullKeys, args: multiLimitArgs(limits, options) }];
+    // Each key's own remaining as it stands right after the call: a PEEK of its own limits in the same transaction.
+    if (options.perKeyRemaining) {
+      steps.push(
+        ...fullKeys.map((key, i) => ({ operation: "peek" as const, keys: [key], args: limitArgs(limits[i] as readonly Limit[], {}) })),
+      );
+    }
+    const reply = await this.call(
+      steps,
+      ([value, ...peeks]) => ({
+        ...parseMultiDecision(value, keys.length),
+        perKeyRemaining: peeks.map((peeked) => parseDecision(peeked).remaining),
+      }),
+      late,
+    );
     const keyed = fullKeys.map((key, i) => ({ key, limits: limits[i] as readonly Limit[] }));
-    const { decision, denied, source } = reply.ok
-      ? { ...parseMultiDecision(reply.value, keys.length), source: "redis" as const }
-      : this.whileUnavailable(operation === "mcheck", keyed, { ...options, cost });
-    return { ...decision, source, denied: denied.map((index) => ({ key: keys[index] as string, index })) };
+    const { decision, denied, perKeyRemaining, source } = reply.ok
+      ? { ...reply.value, source: "redis" as const }
+      : this.whileUnavailable(operation === "mcheck", keyed, { ...options, cost }, options.perKeyRemaining === true);
+    return { ...decision, source, perKeyRemaining, denied: denied.map((index) => ({ key: keys[index] as string, index })) };
   }
 
   /**
@@ -304,23 +449,40 @@ export class RateLimiter {
     return fullKeys;
   }
 
-  /** The failure policy's answer over the call's keys. */
-  private whileUnavailable(record: boolean, keys: readonly KeyedLimits[], options: CallOptions): MultiDecision & { source: Source } {
+  /** The failure policy's answer over the call's keys (and, when asked, each key's remaining in the fallback). */
+  private whileUnavailable(
+    record: boolean,
+    keys: readonly KeyedLimits[],
+    options: CallOptions,
+    perKeyRemaining: boolean,
+  ): MultiDecision & { perKeyRemaining: number[]; source: Source } {
     if (this.share !== undefined) {
       const share = this.share;
       const local = keys.map(({ key, limits }) => ({
         key,
         limits: limits.map((limit) => ({ ...limit, max: Math.max(1, Math.floor(limit.max * share)) })),
       }));
-      return { ...(record ? this.memory.checkAll(local, options) : this.memory.peekAll(local, options)), source: "fallback" };
+      const answer = record ? this.memory.checkAll(local, options) : this.memory.peekAll(local, options);
+      const remaining = perKeyRemaining ? local.map(({ key, limits }) => this.memory.peek(key, limits).remaining) : [];
+      return { ...answer, perKeyRemaining: remaining, source: "fallback" };
     }
     const cost = options.cost ?? 1;
     if (this.failOpen) {
       const remaining = Math.min(...keys.map(({ limits }) => smallestMax(limits))) - cost;
-      return { decision: { allowed: true, remaining, retryAfterMs: 0, resetAfterMs: 0 }, denied: [], source: "failOpen" };
+      return {
+        decision: { allowed: true, remaining, retryAfterMs: 0, resetAfterMs: 0 },
+        denied: [],
+        perKeyRemaining: [],
+        source: "failOpen",
+      };
     }
     const retryAfterMs = Math.max(this.retryAfterFailureMs, 1);
-    return { decision: { allowed: false, remaining: 0, retryAfterMs, resetAfterMs: 0 }, denied: [], source: "failClosed" };
+    return {
+      decision: { allowed: false, remaining: 0, retryAfterMs, resetAfterMs: 0 },
+      denied: [],
+      perKeyRemaining: [],
+      source: "failClosed",
+    };
   }
 
   /**
@@ -333,110 +495,206 @@ export class RateLimiter {
     keys: readonly string[],
     cost: number,
     allowed: (value: unknown) => boolean,
-  ): (value: unknown) => Promise<void> {
+  ): (replies: unknown[]) => Promise<void> {
     const label = keys.join(", ");
-    return async (value) => {
+    return async ([value]) => {
       try {
         if (!allowed(value)) return;
         // Not through the failure policy: the server has just answered, though it is still marked down.
-        await withTimeout((signal) => this.send(undo, keys, ["COST", String(cost)], signal), this.timeoutMs);
-        this.logger.warn(`redis-ratelimit: check on ${label} ran after its timeout; its charge was refunded`, { keys, cost });
+        await withTimeout((signal) => this.send([{ operation: undo, keys, args: ["COST", String(cost)] }], signal), this.timeoutMs);
+        this.logger.warn(`redis-ratelimit: a check on ${label} was answered after its timeout; its charge was refunded`, { keys: label });
       } catch (error) {
-        this.logger.error(`redis-ratelimit: check on ${label} ran after its timeout; its refund failed: ${messageOf(error)}`, {
-          keys,
-          cause: error,
+        const cause = this.failureOf(error, keys[0] as string).text;
+        this.logger.error(`redis-ratelimit: a check on ${label} was answered after its timeout; its refund failed (${cause})`, {
+          keys: label,
+          cause,
         });
       }
     };
   }
 
-  /** One operation on the server of the keys (the first key's) under the timeout and the failure policy. */
-  private call(operation: Operation, keys: readonly string[], args: string[], late?: (value: unknown) => void): Promise<Reply> {
-    return this.guarded(operation, keys, late, (signal) => this.send(operation, keys, args, signal));
-  }
-
-  /** One operation on the keys' server, by the backend learned for it. */
-  private async send(operation: Operation, keys: readonly string[], args: string[], signal: AbortSignal): Promise<unknown> {
-    const first = keys[0] as string;
-    const server = this.connection.serverFor(first);
-    if (this.learned.get(server) !== "twin") {
-      const named = SEVERAL_KEYS.has(operation) ? [String(keys.length), ...keys] : keys;
-      try {
-        const value = await this.connection.send(first, [`RATELIMIT.${operation.toUpperCase()}`, ...named, ...args], signal);
-        this.learn(server, "module");
-        return value;
-      } catch (error) {
-        if (!/unknown command/i.test(messageOf(error))) throw error;
-        this.learn(server, "twin");
-      }
-    }
-    return this.twin(operation, keys, args, signal);
-  }
-
-  /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
-  private async twin(operation: Operation, keys: readonly string[], args: string[], signal: AbortSignal): Promise<unknown> {
-    const first = keys[0] as string;
-    const tail = [String(keys.length), ...keys, operation, ...args];
+  /**
+   * One round trip to the server of the first step's keys, under the
+   * timeout and the failure policy: resolves { ok: false } when Redis is
+   * unreachable (logged once, as the server goes down), rejects when Redis
+   * answered that the call itself is wrong or its reply cannot be read.
+   */
+  private async call<T>(steps: readonly Step[], parse: (replies: unknown[]) => T, late?: (replies: unknown[]) => void): Promise<Reply<T>> {
+    const [first] = steps as [Step];
+    const key = first.keys[0] as string;
+    const server = this.connection.serverFor(key);
+    const down = this.down.get(server);
+    if (down && Date.now() < down.retryAt) return { ok: false, cause: down.cause };
+    const started = performance.now();
     try {
-      return await this.connection.send(first, ["EVALSHA", TWIN_SHA1, ...tail], signal);
+      const replies = await withTimeout((signal) => this.send(steps, signal), this.timeoutMs, late);
+      this.answered(server);
+      return { ok: true, value: parse(replies) };
     } catch (error) {
-      if (!messageOf(error).startsWith("NOSCRIPT")) throw error;
-      return this.connection.send(first, ["EVAL", TWIN_SCRIPT, ...tail], signal);
+      const failure = this.failureOf(error, key);
+      this.metrics?.error(failure.kind);
+      if (failure.kind === "reply") {
+        this.answered(server);
+        throw error instanceof RateLimitReplyError || error instanceof UnexpectedReplyError
+          ? error
+          : new RateLimitReplyError(failure.text, { cause: error });
+      }
+      this.unavailable(server, failure.text);
+      return { ok: false, cause: failure.text };
+    } finally {
+      if (first.operation !== "delete") this.metrics?.roundTrip(first.operation, (performance.now() - started) / 1000);
     }
   }
 
-  private learn(server: string, backend: Backend): void {
-    const before = this.learned.get(server);
-    if (before === backend) return;
-    this.learned.set(server, backend);
-    const how = backend === "module" ? "the redis-ratelimit module" : "the Lua script twin (the module is not loaded there)";
-    this.logger.info(`redis-ratelimit: ${server} answers with ${how}`, { server, backend });
+  /** What an error on a call to `key`'s server is: a call error ("reply"), or an outage with its cause. */
+  private failureOf(error: unknown, key: string): Failure {
+    if (error instanceof RateLimitReplyError || error instanceof UnexpectedReplyError) return { kind: "reply", text: error.message };
+    if (error instanceof TimeoutError) {
+      // Still waiting for a client that cannot connect: its own error says why.
+      const connection = this.connection.connectionError?.(key);
+      return connection ? connectionFailure(connection) : { kind: "timeout", text: error.message };
+    }
+    if (isReplyError(error)) return outageOf(messageOf(error)) ?? { kind: "reply", text: messageOf(error) };
+    return connectionFailure(error);
   }
 
   /**
-   * Runs one Redis round trip under the timeout and the failure policy:
-   * resolves { ok: false } when Redis is unreachable (logged with its
-   * cause), rejects when Redis answered that the call itself is wrong.
+   * Sends the steps to the server of their keys. Several are sent in one
+   * MULTI/EXEC once the server's backend is known and the client can; else
+   * one after another (the first call to a server learns its backend).
    */
-  private async guarded(
-    operation: string,
-    keys: readonly string[],
-    late: ((value: unknown) => void) | undefined,
-    send: (signal: AbortSignal) => Promise<unknown>,
-  ): Promise<Reply> {
-    const server = this.connection.serverFor(keys[0] as string);
-    const key = keys.join(", ");
-    if (Date.now() < (this.downUntil.get(server) ?? 0)) return { ok: false };
-    try {
-      const value = await withTimeout(send, this.timeoutMs, late);
-      this.recovered(server);
-      return { ok: true, value };
-    } catch (error) {
-      if (isReplyError(error)) {
-        this.logger.error(`redis-ratelimit: ${operation} on ${key} refused: ${messageOf(error)}`, { key, keys, operation, cause: error });
-        throw new RateLimitReplyError(messageOf(error), { cause: error });
+  private async send(steps: readonly Step[], signal: AbortSignal): Promise<unknown[]> {
+    const key = (steps[0] as Step).keys[0] as string;
+    const backend = this.learned.get(this.connection.serverFor(key));
+    if (steps.length > 1 && backend && this.connection.transaction) {
+      try {
+        const replies = await this.inTransaction(backend, key, steps, signal);
+        this.learn(this.connection.serverFor(key), backend);
+        return replies;
+      } catch (error) {
+        // The server discarded the transaction: an older module tells itself apart one step at a time.
+        if (!isUnknownCommand(error)) throw error;
       }
-      this.failed(server, operation, key, error);
-      return { ok: false };
+    }
+    const replies: unknown[] = [];
+    for (const step of steps) replies.push(await this.sendStep(step, signal));
+    return replies;
+  }
+
+  /**
+   * The steps in one MULTI/EXEC. The twin goes by EVALSHA, then EVAL after
+   * a NOSCRIPT (nothing ran then, so the retry charges nothing twice);
+   * with a DEL beside it, by EVAL at once, as a NOSCRIPT would leave the
+   * DEL done and the unblock's answer lost.
+   */
+  private async inTransaction(backend: Backend, key: string, steps: readonly Step[], signal: AbortSignal): Promise<unknown[]> {
+    const transaction = (commands: string[][]) => this.connection.transaction?.(key, commands, signal) as Promise<unknown[]>;
+    const form = steps.some((step) => step.operation === "delete") ? "EVAL" : "EVALSHA";
+    try {
+      return await transaction(steps.map((step) => commandOf(step, backend, form)));
+    } catch (error) {
+      if (backend === "module" || form === "EVAL" || !messageOf(error).startsWith("NOSCRIPT")) throw error;
+      // EVAL caches the script for the EVALSHAs after it in the same transaction.
+      return transaction(steps.map((step, i) => commandOf(step, backend, i === 0 ? "EVAL" : "EVALSHA")));
     }
   }
 
-  private failed(server: string, operation: string, key: string, cause: unknown): void {
-    this.downUntil.set(server, Date.now() + this.retryAfterFailureMs);
-    const policy = this.share !== undefined ? `in-process fallback (share ${this.share})` : this.failOpen ? "fail open" : "fail closed";
-    this.logger.error(`redis-ratelimit: Redis (${server}) unavailable for ${operation} on ${key}: ${messageOf(cause)}; ${policy}`, {
+  /** One step on its keys' server, by the backend learned for it (learning it on the first). */
+  private async sendStep(step: Step, signal: AbortSignal): Promise<unknown> {
+    const key = step.keys[0] as string;
+    const server = this.connection.serverFor(key);
+    if (step.operation === "delete") return this.connection.send(key, commandOf(step, "module"), signal);
+    if (this.learned.get(server) !== "twin") {
+      try {
+        const value = await this.connection.send(key, commandOf(step, "module"), signal);
+        this.learn(server, "module");
+        return value;
+      } catch (error) {
+        if (!isUnknownCommand(error)) throw error;
+        if (!FIRST_OPERATIONS.has(step.operation) && (await this.hasModule(key, signal))) {
+          this.learn(server, "module");
+          throw new RateLimitReplyError(`the server's RATELIMIT module is older than this call needs: ${messageOf(error)}`, {
+            cause: error,
+          });
+        }
+        // Logged once the twin answers: a server that refuses it too (a user without TIME) has no backend at work yet.
+        this.learned.set(server, "twin");
+      }
+    }
+    const value = await this.sendTwin(step, signal);
+    this.learn(server, "twin");
+    return value;
+  }
+
+  /**
+   * A command added to the module later (MCHECK, UNBLOCK) is unknown to an
+   * older module too: RATELIMIT.PEEK, which every version has, tells the two
+   * apart. Taking an older module for none would send the server's keys to
+   * the twin, which cannot read them.
+   */
+  private async hasModule(key: string, signal: AbortSignal): Promise<boolean> {
+    try {
+      await this.connection.send(key, ["RATELIMIT.PEEK", key, "1", "1"], signal);
+      return true;
+    } catch (error) {
+      if (!isReplyError(error)) throw error;
+      return !isUnknownCommand(error);
+    }
+  }
+
+  /** The script form of the twin: EVALSHA, and EVAL once the server answers NOSCRIPT. */
+  private async sendTwin(step: Step, signal: AbortSignal): Promise<unknown> {
+    const key = step.keys[0] as string;
+    try {
+      return await this.connection.send(key, commandOf(step, "twin"), signal);
+    } catch (error) {
+      if (!messageOf(error).startsWith("NOSCRIPT")) throw error;
+      return this.connection.send(key, commandOf(step, "twin", "EVAL"), signal);
+    }
+  }
+
+  /** Holds the server's backend, logged the first time it answers there. */
+  private learn(server: string, backend: Backend): void {
+    this.learned.set(server, backend);
+    if (this.announced.get(server) === backend) return;
+    this.announced.set(server, backend);
+    if (backend === "module") this.logger.info(`redis-ratelimit: ${server} has the RATELIMIT module; using it`, { server, backend });
+    else this.logger.warn(`redis-ratelimit: ${server} has no RATELIMIT module; using the Lua script twin`, { server, backend });
+  }
+
+  /** The failure policy, as the logs name it. */
+  private policyText(): string {
+    if (this.share !== undefined) return `deciding in this process (fallback, share ${this.share})`;
+    return this.failOpen ? "failing open (allowing every request)" : "failing closed (denying every request)";
+  }
+
+  /** Marks the server down until the retry interval ends; logged once, as it goes down. */
+  private unavailable(server: string, cause: string): void {
+    const wasDown = this.down.has(server);
+    this.down.set(server, { retryAt: Date.now() + this.retryAfterFailureMs, cause });
+    if (wasDown) return;
+    const policy = this.policyText();
+    this.logger.error(`redis-ratelimit: Redis at ${server} is unavailable (${cause}); ${policy} until it answers`, {
       server,
-      key,
-      operation,
-      policy,
       cause,
+      policy,
     });
   }
 
-  private recovered(server: string): void {
-    if (!this.downUntil.delete(server)) return;
-    this.logger.info(`redis-ratelimit: ${server} answers again; its keys are decided by Redis again`, { server });
+  private answered(server: string): void {
+    if (!this.down.delete(server)) return;
+    this.logger.warn(`redis-ratelimit: Redis at ${server} answers again; decisions are made there again`, { server });
   }
+}
+
+/** A step as a command for the backend: the module's RATELIMIT.*, or the twin by EVALSHA or EVAL. */
+function commandOf(step: Step, backend: Backend, form: "EVAL" | "EVALSHA" = "EVALSHA"): string[] {
+  if (step.operation === "delete") return ["DEL", ...step.keys];
+  if (backend === "module") {
+    const named = SEVERAL_KEYS.has(step.operation) ? [String(step.keys.length), ...step.keys] : step.keys;
+    return [`RATELIMIT.${step.operation.toUpperCase()}`, ...named, ...step.args];
+  }
+  return [form, form === "EVAL" ? TWIN_SCRIPT : TWIN_SHA1, String(step.keys.length), ...step.keys, step.operation, ...step.args];
 }
 
 function validateCost(cost: number | undefined): number {

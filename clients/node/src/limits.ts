@@ -51,6 +51,11 @@ export class RateLimitInputError extends Error {
   override name = "RateLimitInputError";
 }
 
+/** A reply that is not what the call's command answers: never read as a decision. */
+export class UnexpectedReplyError extends Error {
+  override name = "UnexpectedReplyError";
+}
+
 function requireInteger(value: unknown, what: string, low: number, high: number): number {
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value < low || value > high) {
     throw new RateLimitInputError(`${what} must be an integer from ${low} to ${high}, got ${String(value)}`);
@@ -159,7 +164,7 @@ export function parseDecision(reply: unknown): Decision {
   const fields = Array.isArray(reply) && reply.length === 4 ? reply.map(toInteger) : [];
   const [allowed, remaining, retryAfterMs, resetAfterMs] = fields;
   if (allowed === undefined || remaining === undefined || retryAfterMs === undefined || resetAfterMs === undefined) {
-    throw new Error(`unexpected reply to a rate-limit call: ${describe(reply)}`);
+    throw new UnexpectedReplyError(`unexpected reply to a rate-limit call: ${describe(reply)}`);
   }
   return { allowed: allowed === 1, remaining, retryAfterMs, resetAfterMs };
 }
@@ -177,7 +182,7 @@ export function parseMultiDecision(reply: unknown, keys: number): { decision: De
   const decision = valid && denied ? parseDecision((reply as unknown[]).slice(0, 4)) : undefined;
   // A denial names at least one key and an allowed call none: anything else is not this reply.
   if (!decision || !denied || decision.allowed !== (denied.length === 0)) {
-    throw new Error(`unexpected reply to a several-key rate-limit call: ${describe(reply)}`);
+    throw new UnexpectedReplyError(`unexpected reply to a several-key rate-limit call: ${describe(reply)}`);
   }
   return { decision, denied: denied.map((position) => (position as number) - 1) };
 }
@@ -186,14 +191,14 @@ export function parseMultiDecision(reply: unknown, keys: number): { decision: De
 export function parseCounts(reply: unknown, keys: number): number[] {
   const counts = Array.isArray(reply) && reply.length === keys ? reply.map(toInteger) : [];
   if (counts.length !== keys || counts.some((count) => count === undefined)) {
-    throw new Error(`unexpected reply to RATELIMIT.MUNDO: ${describe(reply)}`);
+    throw new UnexpectedReplyError(`unexpected reply to RATELIMIT.MUNDO: ${describe(reply)}`);
   }
   return counts as number[];
 }
 
 export function parseCount(reply: unknown, command: string): number {
   const count = toInteger(reply);
-  if (count === undefined) throw new Error(`unexpected reply to ${command}: ${describe(reply)}`);
+  if (count === undefined) throw new UnexpectedReplyError(`unexpected reply to ${command}: ${describe(reply)}`);
   return count;
 }
 

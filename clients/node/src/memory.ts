@@ -2,7 +2,7 @@
 // contract (README "Commands": CHECK, PEEK, UNDO, their several-key forms,
 // BLOCK and UNBLOCK) over a Map, exact within one process. Pure apart from
 // the clock, which is injected.
-import { type CallOptions, type Decision, type Limit, longestWindow, smallestMax } from "./limits.js";
+import { type CallOptions, type Decision, type Limit, longestWindow, RateLimitInputError, smallestMax } from "./limits.js";
 
 interface Entry {
   at: number;
@@ -45,11 +45,25 @@ interface Standing {
 /** Keys are swept for expiry once per this many calls, so idle keys do not pile up. */
 const SWEEP_EVERY = 1024;
 
+/** The most keys held by default; past it the least recently used key is dropped. */
+export const DEFAULT_MAX_KEYS = 10_000;
+
 export class MemoryLimiter {
+  /** In order of use, least recent first (a key is moved to the end when used). */
   private readonly logs = new Map<string, Log>();
   private calls = 0;
 
-  constructor(private readonly now: () => number = Date.now) {}
+  /**
+   * `maxKeys` bounds the memory held however many keys an outage brings:
+   * past it the least recently used key is dropped, forgetting what it
+   * counted (and its block).
+   */
+  constructor(
+    private readonly now: () => number = Date.now,
+    private readonly maxKeys: number = DEFAULT_MAX_KEYS,
+  ) {
+    if (!Number.isSafeInteger(maxKeys) || maxKeys < 1) throw new RateLimitInputError(`maxKeys must be a positive integer, got ${maxKeys}`);
+  }
 
   /** Number of keys held (for tests and metrics). */
   get size(): number {
@@ -125,6 +139,7 @@ export class MemoryLimiter {
       if (state.log) this.forgetIfEmpty(key, state.log, state.now);
     });
     const denied = standings.flatMap((state, i) => (state.fits && !blocked(state) ? [] : [i]));
+    this.dropLeastRecentlyUsed();
     return {
       decision: {
         allowed,
@@ -144,7 +159,7 @@ export class MemoryLimiter {
       log ??= { windowMs: 0, entries: [], blockedUntil: 0 };
       log.windowMs = Math.max(log.windowMs, longestWindow(limits));
       prune(log, now);
-      this.logs.set(key, log);
+      this.use(key, log);
     }
     const entries = log?.entries ?? [];
     const used = limits.map((limit) => costWithin(entries, limit.windowMs, now));
@@ -158,14 +173,28 @@ export class MemoryLimiter {
     if (log.entries.length === 0 && log.blockedUntil <= now) this.logs.delete(key);
   }
 
-  /** The key's log, or undefined (and forgotten) once its newest entry and its block expired. */
+  /** The key's log, or undefined (and forgotten) once its newest entry and its block expired; a live one counts as used. */
   private liveLog(key: string, now: number): Log | undefined {
     const log = this.logs.get(key);
     if (log && expired(log, now)) {
       this.logs.delete(key);
       return undefined;
     }
+    if (log) this.use(key, log);
     return log;
+  }
+
+  /** Holds the key's log as the most recently used (a Map keeps its keys in insertion order). */
+  private use(key: string, log: Log): void {
+    this.logs.delete(key);
+    this.logs.set(key, log);
+  }
+
+  private dropLeastRecentlyUsed(): void {
+    for (const key of this.logs.keys()) {
+      if (this.logs.size <= this.maxKeys) return;
+      this.logs.delete(key);
+    }
   }
 
   private sweepNowAndThen(): void {

@@ -1,9 +1,17 @@
 // node:http and Express/Connect: the same request and response objects.
+
+import { messageOf } from "./adapters.js";
 import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
-/** The parts of an IncomingMessage the middleware reads (Express's req has `ip` too). */
+/** Request header fields, as node:http gives them. */
+export type HeaderFields = Record<string, string | string[] | undefined>;
+
+/** The parts of an IncomingMessage the middleware and its callbacks read (Express's req has `ip` too). */
 export interface NodeRequest {
+  headers: HeaderFields;
+  url?: string | undefined;
+  method?: string | undefined;
   ip?: string | undefined;
   socket?: { remoteAddress?: string | undefined } | null;
 }
@@ -17,6 +25,31 @@ export interface NodeResponse {
   once(event: "finish", listener: () => void): unknown;
 }
 
+/**
+ * Express's req (4 and 5), as the callbacks see it where TypeScript cannot
+ * infer the app's own type: in a route's own middleware
+ * (`app.get(path, expressRateLimit(...), handler)`). Under `app.use` the
+ * callbacks get the app's own Request type.
+ */
+export interface ExpressRequest extends NodeRequest {
+  get(name: string): string | undefined;
+  header(name: string): string | undefined;
+  params: Record<string, string | string[]>;
+  query: unknown;
+  // biome-ignore lint/suspicious/noExplicitAny: Express types the parsed body as any; so does this, so `req.body.username` reads as it does in a handler.
+  body: any;
+  path: string;
+  originalUrl: string;
+}
+
+/** Express's res (4 and 5), as an onLimited hook uses it. */
+export interface ExpressResponse extends NodeResponse {
+  status(code: number): this;
+  json(body: unknown): this;
+  send(body?: unknown): this;
+  set(field: string, value: string): this;
+}
+
 export type NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeResponse> = MiddlewareOptions<Req> & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed); what it returns is awaited and ignored (so `res.status(429).json(...)` fits). */
   onLimited?: (req: Req, res: Res, info: LimitedInfo) => unknown;
@@ -25,6 +58,10 @@ export type NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeRespo
 /** The default key: Express's req.ip (which honours "trust proxy"), else the socket's address. */
 export function clientAddress(req: NodeRequest): string | undefined {
   return req.ip ?? req.socket?.remoteAddress;
+}
+
+function stackOf(error: unknown): string {
+  return error instanceof Error && error.stack ? error.stack : "";
 }
 
 function setHeaders(res: NodeResponse, headers: Record<string, string>): void {
@@ -54,8 +91,12 @@ function refundOnFailure(verdict: Verdict, res: NodeResponse): void {
   });
 }
 
-/** Express / Connect middleware: `app.use(expressRateLimit(limiter, { limits: { windowMs: 60_000, max: 10 } }))`. */
-export function expressRateLimit<Req extends NodeRequest, Res extends NodeResponse>(
+/**
+ * Express / Connect middleware: `app.use(expressRateLimit(limiter, { limits:
+ * { windowMs: 60_000, max: 10 } }))`, or a route's own:
+ * `app.post("/login", expressRateLimit(limiter, options), handler)`.
+ */
+export function expressRateLimit<Req extends NodeRequest = ExpressRequest, Res extends NodeResponse = ExpressResponse>(
   limiter: RateLimiter,
   options: NodeMiddlewareOptions<Req, Res>,
 ): (req: Req, res: Res, next: (error?: unknown) => void) => Promise<void> {
@@ -97,7 +138,8 @@ export function withRateLimit<Req extends NodeRequest, Res extends NodeResponse>
       await handler(req, res);
     } catch (error) {
       await verdict?.refund();
-      limiter.logger.error("redis-ratelimit: the request failed", { cause: error });
+      // The app's own failure, so its stack (as text) goes with it.
+      limiter.logger.error("redis-ratelimit: the request handler failed; answered 500", { cause: messageOf(error), stack: stackOf(error) });
       if (!res.headersSent) {
         res.statusCode = 500;
         res.end("Internal Server Error\n");

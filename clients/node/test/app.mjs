@@ -73,6 +73,7 @@ export const FRAMEWORKS = Object.keys(apps);
 /** An app for `framework` on a limiter over its own ioredis client; close() stops both. */
 export async function startApp(framework, redisPort, limiterOptions = {}) {
   const redis = new Redis({ host: "127.0.0.1", port: redisPort, maxRetriesPerRequest: 0, enableOfflineQueue: false });
+  redis.on("error", () => {}); // as the README's examples: the limiter logs an outage once, with its cause
   // Without an offline queue, calls before the connection is up fail (and take the failure policy).
   await once(redis, "ready");
   const limiter = new RateLimiter(redis, { logger: { info() {}, warn() {}, error() {} }, ...limiterOptions });

@@ -16,7 +16,7 @@ import {
   RateLimitInputError,
   withRateLimit,
 } from "redis-ratelimit";
-import { clients, listen, pseudoRandom, recorder, startServer } from "./servers.mjs";
+import { cli, clients, listen, pseudoRandom, recorder, startServer } from "./servers.mjs";
 
 const BACKENDS = ["module", "twin"];
 const HOUR = 3_600_000;
@@ -28,6 +28,12 @@ before(async () => {
 after(() => Promise.all(Object.values(servers).map((server) => server.stop())));
 
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** EXECs the server has run (INFO commandstats). */
+async function execCount(port) {
+  const match = (await cli(port, "INFO", "commandstats")).match(/cmdstat_exec:calls=(\d+)/);
+  return match ? Number(match[1]) : 0;
+}
 
 const factories = await clients();
 for (const [name, open] of Object.entries(factories)) {
@@ -71,6 +77,15 @@ for (const [name, open] of Object.entries(factories)) {
           assert.ok(byLimits.retryAfterMs <= LOGIN.windowMs, "a refusal without blockMs starts no block");
           assert.equal(await limiter.delete(key), true);
           assert.equal((await limiter.peek(key, LOGIN)).remaining, 5, "delete forgets the history and the block");
+          // Locked out again, and lifted with reset: the block and the failures it counted go; the answer is still "was it blocked".
+          for (let i = 0; i < 6; i++) await limiter.check(key, LOGIN, penalty);
+          assert.ok((await limiter.peek(key, LOGIN)).retryAfterMs > HOUR - 1000, "blocked");
+          const execs = await execCount(servers[backend].port);
+          assert.equal(await limiter.unblock(key, { reset: true }), true);
+          assert.equal(await execCount(servers[backend].port), execs + 1, "UNBLOCK and DEL in one MULTI/EXEC");
+          const fresh = await limiter.peek(key, LOGIN);
+          assert.deepEqual([fresh.allowed, fresh.remaining], [true, 5], "reset forgets the failures");
+          assert.equal(await limiter.unblock(key, { reset: true }), false, "nothing was blocked");
         } finally {
           await close();
         }
@@ -259,6 +274,21 @@ test("blockMs is sent as BLOCK on check, peek, checkAll and peekAll, never on un
     );
   }
   assert.equal(sent.length, 5);
+});
+
+test("unblock with reset over a Connection without transaction(): UNBLOCK, then DEL; the answer is the UNBLOCK's", async () => {
+  const sent = [];
+  const connection = {
+    send: async (_key, args) => {
+      sent.push(args.join(" "));
+      return 1;
+    },
+    serverFor: () => "server",
+  };
+  const limiter = new RateLimiter(connection, { logger: recorder().logger, prefix: "p:" });
+  assert.equal(await limiter.unblock("login:alice", { reset: true }), true);
+  assert.equal(await limiter.unblock("login:bob"), true);
+  assert.deepEqual(sent, ["RATELIMIT.UNBLOCK p:login:alice", "DEL p:login:alice", "RATELIMIT.UNBLOCK p:login:bob"]);
 });
 
 test("the in-process fallback blocks as the contract says: holds, counts down, ends, and unblock keeps the history", () => {

@@ -92,7 +92,9 @@ for (const [name, open] of CLUSTER_CLIENTS) {
           { key: `${tenant}:ip`, limits: { windowMs: 60_000, max: 5 } },
         ];
         assert.ok((await limiter.checkAll(request)).allowed, tenant);
-        assert.deepEqual((await limiter.checkAll(request)).denied, [{ key: `${tenant}:user`, index: 0 }], tenant);
+        // With each key's own remaining: the PEEKs in the MCHECK's MULTI/EXEC on the key's master (ioredis), after it (node-redis).
+        const refused = await limiter.checkAll(request, { perKeyRemaining: true });
+        assert.deepEqual([refused.denied, refused.perKeyRemaining], [[{ key: `${tenant}:user`, index: 0 }], [0, 4]], tenant);
       }
     } finally {
       await close();
@@ -164,7 +166,12 @@ for (const [name, open] of CLUSTER_CLIENTS) {
         assert.deepEqual(blocked.denied, [{ key: `${tenant}:user`, index: 0 }], tenant);
         assert.ok(blocked.retryAfterMs > 599_000, tenant);
         assert.ok((await limiter.peek(`${tenant}:user`, { windowMs: 1000, max: 100 })).retryAfterMs > 599_000, "held by the block");
-        assert.equal(await limiter.unblock(`${tenant}:user`), true, tenant);
+        assert.equal(await limiter.unblock(`${tenant}:user`, { reset: true }), true, tenant);
+        assert.equal(
+          (await limiter.peek(`${tenant}:user`, { windowMs: 60_000, max: 1 })).remaining,
+          1,
+          `${tenant}: reset forgets the count`,
+        );
       }
       assert.equal(limiter.backend, "mixed");
     } finally {

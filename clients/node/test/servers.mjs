@@ -31,6 +31,17 @@ export async function freePort() {
   return port;
 }
 
+function listening(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    socket.once("error", () => resolve(false));
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+  });
+}
+
 async function answersPing(port) {
   return new Promise((resolve) => {
     const socket = net.connect(port, "127.0.0.1");
@@ -174,4 +185,34 @@ export function sharedLimiter() {
     await shared.server?.stop();
   });
   return shared;
+}
+
+/**
+ * Runs an app as a program (`node file`, in `cwd`) with PORT set to a free
+ * port and `env`, until the test `t` ends (stopped by PID); resolves its URL
+ * once it accepts connections (no request is sent: none is counted), and
+ * what it has printed so far, on demand.
+ */
+export async function runApp(t, file, { cwd, env = {} } = {}) {
+  const port = await freePort();
+  const child = spawn(process.execPath, [file], {
+    cwd,
+    env: { ...process.env, ...env, PORT: String(port) },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(child);
+  let printed = "";
+  for (const stream of [child.stdout, child.stderr]) stream.on("data", (data) => (printed += data));
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  t.after(async () => {
+    if (child.exitCode === null) child.kill("SIGKILL");
+    await exited;
+    running.delete(child);
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 400 && child.exitCode === null; i++) {
+    if (await listening(port)) return { url, printed: () => printed };
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  throw new Error(`${file} did not answer on port ${port} (exit ${child.exitCode}):\n${printed}`);
 }

@@ -1,27 +1,35 @@
-// A typed usage file: `tsc --strict` must compile it against the installed
-// package (test/types.test.mjs), as a TypeScript user would write it.
+// Every documented form, typed as a TypeScript user would write it:
+// `tsc --strict` must compile this file against the installed package, with
+// Express 5's types and with Express 4's (test/types.test.mjs).
 
 import http from "node:http";
 import express from "express";
 import Fastify from "fastify";
 import { Redis } from "ioredis";
+import { register } from "prom-client";
 import { createClient } from "redis";
 import {
   type Decision,
   expressRateLimit,
   FlexibleLimiter,
+  fastifyHooks,
   fastifyRateLimit,
   fetchRateLimit,
   type KeyLimits,
   type Limit,
+  type Metrics,
   type MultiResult,
+  prometheusMetrics,
   RateLimiter,
   RateLimitStore,
+  RateLimitUnavailableError,
   type Result,
   withRateLimit,
 } from "redis-ratelimit";
 
-const limiter = new RateLimiter(new Redis(), { timeoutMs: 100, fallback: { share: 0.5 } });
+const redis = new Redis();
+redis.on("error", () => {});
+const limiter = new RateLimiter(redis, { timeoutMs: 100, fallback: { share: 0.5, maxKeys: 50_000 } });
 const perMinute: Limit = { windowMs: 60_000, max: 10 };
 
 async function decide(user: string): Promise<boolean> {
@@ -36,37 +44,122 @@ async function severalKeys(user: string, ip: string): Promise<string[]> {
     { key: `{t:7}:user:${user}`, limits: perMinute },
     { key: `{t:7}:ip:${ip}`, limits: [perMinute, { windowMs: 3_600_000, max: 1000 }] },
   ];
-  const result: MultiResult = await limiter.checkAll(keys, { cost: 1, blockMs: 60_000 });
+  const result: MultiResult = await limiter.checkAll(keys, { cost: 1, blockMs: 60_000, perKeyRemaining: true });
+  const each: number[] = result.perKeyRemaining;
   const refunded: number[] = await limiter.undoAll(keys, { decision: result });
-  const unblocked: boolean = await limiter.unblock(`{t:7}:user:${user}`);
-  return unblocked && refunded.length > 0 ? [] : result.denied.map((denied) => `${denied.index}:${denied.key}`);
+  return refunded.length > 0 && each.length >= 0 ? [] : result.denied.map((denied) => `${denied.index}:${denied.key}`);
+}
+
+async function lift(user: string): Promise<boolean> {
+  try {
+    return await limiter.unblock(`login:${user}`, { reset: true });
+  } catch (error) {
+    if (error instanceof RateLimitUnavailableError) return false;
+    throw error;
+  }
 }
 
 const app = express();
-app.use(expressRateLimit(limiter, { limits: perMinute, key: (req) => req.get("x-user") }));
+// For every route.
+app.use(expressRateLimit(limiter, { limits: perMinute, key: (req) => req.get("x-user-id") ?? req.ip }));
 app.use(
   expressRateLimit(limiter, {
     name: "api",
     blockMs: 3_600_000,
     keys: (req) => [
-      { name: "user", key: `{t:7}:user:${req.get("x-user")}`, limits: perMinute },
+      { name: "user", key: `{t:7}:user:${req.get("x-user-id")}`, limits: perMinute },
       req.ip ? { name: "ip", key: `{t:7}:ip:${req.ip}`, limits: perMinute } : undefined,
     ],
     onLimited: (_req, res, info) => res.status(429).json({ limitedBy: info.denied.map((denied) => denied.name) }),
   }),
 );
+// A route's own: the callbacks' req is Express's.
+app.get("/x", expressRateLimit(limiter, { limits: perMinute, key: (req) => req.get("x-user-id") ?? "anon" }), (_req, res) => {
+  res.send("ok");
+});
+app.post(
+  "/login",
+  express.urlencoded({ extended: false }),
+  expressRateLimit(limiter, {
+    name: "login",
+    limits: { windowMs: 900_000, max: 5 },
+    blockMs: 3_600_000,
+    key: (req) => req.body.username,
+    refundWhen: (status) => status < 400,
+    onLimited: (_req, res, info) => res.status(429).set("x-limited-by", info.key).send("locked out"),
+  }),
+  (_req, res) => {
+    res.send("in");
+  },
+);
+app.get(
+  "/search",
+  expressRateLimit(limiter, {
+    name: "search",
+    keys: (req) => [
+      { name: "user", key: `{s}:user:${req.get("x-user-id") ?? "anon"}`, limits: perMinute },
+      { name: "tenant", key: `{s}:tenant:${req.params.tenant ?? "none"}`, limits: { windowMs: 60_000, max: 1000 } },
+    ],
+    shadow: true,
+  }),
+  (_req, res) => {
+    res.send("found");
+  },
+);
+// The callbacks' req is typed, not any: what Express's req lacks does not compile.
+app.get(
+  "/typed",
+  // @ts-expect-error Property 'noSuchField' does not exist on type 'ExpressRequest'.
+  expressRateLimit(limiter, { limits: perMinute, key: (req) => req.noSuchField }),
+  (_req, res) => {
+    res.send("ok");
+  },
+);
+const router = express.Router();
+router.get("/y", expressRateLimit(limiter, { limits: perMinute, key: (req) => req.get("x-api-key") }), (_req, res) => {
+  res.send("ok");
+});
+app.use("/v1", router);
 
-const nodeRedisLimiter = new RateLimiter(createClient());
-http.createServer(withRateLimit(nodeRedisLimiter, { limits: perMinute }, (_req, res) => res.end("ok")));
+// node:http
+const nodeRedis = createClient();
+nodeRedis.on("error", () => {});
+const nodeRedisLimiter = new RateLimiter(nodeRedis);
+http.createServer(
+  withRateLimit(
+    nodeRedisLimiter,
+    { limits: perMinute, key: (req) => String(req.headers["x-user-id"] ?? req.socket?.remoteAddress) },
+    (_req, res) => res.end("ok"),
+  ),
+);
 
+// Fastify: the plugin for every route, the hooks for one.
 const fastify = Fastify();
-void fastify.register(fastifyRateLimit, { limiter, limits: perMinute });
+void fastify.register(fastifyRateLimit, { limiter, limits: perMinute, key: (req) => String(req.headers["x-user-id"] ?? req.ip) });
+fastify.get(
+  "/z",
+  { ...fastifyHooks(limiter, { limits: perMinute, key: (req) => req.headers["x-api-key"]?.toString() }) },
+  async () => "ok",
+);
 
+// Fetch
 export const GET = fetchRateLimit(
   limiter,
   { limits: perMinute, key: (req) => req.headers.get("x-api-key") ?? undefined },
   () => new Response("ok"),
 );
+export const POST = fetchRateLimit(
+  limiter,
+  { keys: (req) => [{ key: `user:${req.headers.get("x-user-id")}`, limits: perMinute }], shadow: true },
+  async (req: Request) => new Response(await req.text()),
+);
+
+// Metrics: prom-client, or any sink of the three reports.
+async function withMetrics(): Promise<RateLimiter> {
+  return new RateLimiter(redis, { metrics: await prometheusMetrics(register) });
+}
+const sink: Metrics = { decision: () => {}, error: () => {}, roundTrip: () => {} };
+void new RateLimiter(redis, { metrics: sink });
 
 const store = new RateLimitStore(limiter);
 const flexible = new FlexibleLimiter(limiter, { points: 5, duration: 60, blockDuration: 3600 });
@@ -75,3 +168,5 @@ void flexible.consume("alice").then((res) => res.remainingPoints + res.msBeforeN
 void store;
 void decide;
 void severalKeys;
+void lift;
+void withMetrics;

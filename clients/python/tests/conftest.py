@@ -12,7 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from servers import Cluster, Server, free_port, stop_process
 
 HERE = Path(__file__).resolve().parent
@@ -60,7 +62,7 @@ def key() -> str:
 class App:
     """An app served by a real HTTP server in its own process group."""
 
-    def __init__(self, command: list[str], port: int, env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], port: int, env: dict[str, str], wait: float = 20) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = Path(f"/tmp/ratelimit-py-app-{port}.log")
@@ -69,13 +71,13 @@ class App:
                 command, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
-            self._wait_until_up()
+            self._wait_until_up(wait)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_until_up(self) -> None:
-        deadline = time.monotonic() + 20
+    def _wait_until_up(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the app exited: {self.log.read_text()[-3000:]}")
@@ -91,7 +93,18 @@ class App:
         return self.log.read_text()
 
     def stop(self) -> None:
-        stop_process(self.process)
+        """Stops the app's own session (a shell's children with it)."""
+        stop_process(self.process, group=True)
+
+
+def scrape(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The app's /metrics, as {(sample name, labels): value}."""
+    text = httpx.get(f"{app.url}/metrics", follow_redirects=True).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def app_env(redis_port: int, **settings: str) -> dict[str, str]:

@@ -8,14 +8,18 @@ or target/release/libredis_ratelimit.so of the repository)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import redis
 
@@ -53,14 +57,23 @@ def free_port() -> int:
         return port
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to exactly this PID, SIGKILL if it lingers."""
-    if process.poll() is None:
-        process.terminate()
+def stop_process(process: subprocess.Popen[bytes], *, group: bool = False) -> None:
+    """SIGTERM to exactly this PID (or, with ``group``, to the process group
+    it leads, started with start_new_session), SIGKILL if it lingers."""
+
+    def signal_it(number: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(process.pid, number)
+            else:
+                process.send_signal(number)
+
+    if process.poll() is None or group:
+        signal_it(signal.SIGTERM)
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            signal_it(signal.SIGKILL)
             process.wait()
 
 
@@ -208,3 +221,81 @@ class Cluster:
     def remove(self) -> None:
         for node in self.nodes:
             node.remove()
+
+
+Answer = Callable[[list[str]], "bytes | None"]
+"""A stub's answer to one command (RESP bytes), or None never to answer."""
+
+
+class Stub:
+    """A RESP2 server in a thread, for what a real server cannot be made to
+    answer (an older module, a twin's reply that has not landed yet) and for
+    a server that reads and never answers. Records every command; closes
+    every connection on ``close``, which ends any call still waiting."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.received: list[list[str]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._connections: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._connections.append(connection)
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        stream = connection.makefile("rb")
+        try:
+            while True:
+                command = _read_command(stream)
+                if command is None:
+                    return
+                self.received.append(command)
+                reply = b"+OK\r\n" if command[0].upper() == "CLIENT" else self.answer(command)
+                if reply is not None:
+                    connection.sendall(reply)
+        except OSError:
+            return
+
+    def close(self) -> None:
+        # shutdown, not close alone, wakes the thread blocked in accept().
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for connection in self._connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+def _read_command(stream: BinaryIO) -> list[str] | None:
+    """One RESP array of bulk strings, as clients send commands."""
+    header = stream.readline()
+    if not header:
+        return None
+    command = []
+    for _ in range(int(header[1:])):
+        length = int(stream.readline()[1:])
+        command.append(stream.read(length + 2)[:-2].decode())
+    return command
+
+
+def resp(value: int | str | list[Any]) -> bytes:
+    """A RESP2 reply: an integer, an error (a str, e.g. "ERR ...") or an array."""
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, str):
+        return f"-{value}\r\n".encode()
+    return b"*%d\r\n" % len(value) + b"".join(resp(item) for item in value)

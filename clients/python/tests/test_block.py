@@ -6,13 +6,15 @@ asyncio, RESP2 and RESP3."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import serve_asgi, serve_wsgi
+from conftest import EXAMPLES, app_env, serve_asgi, serve_wsgi
 from servers import Server
 
 from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, RateLimiter
@@ -116,12 +118,19 @@ def test_asyncio_block_and_unblock(server: Server, key: str, protocol: int) -> N
 
 
 def test_readme_login_lockout(server: Server) -> None:
-    """5 failed logins, then locked out for an hour: the 6th attempt and any
-    after it get 429 with Retry-After counting down, the right password
-    too. unblock lifts the lockout and keeps the failures (so the next
-    attempt is locked out again); refunding them lets the user in."""
+    """The README's complete program, over HTTP: 5 failed logins, then
+    locked out for an hour: the 6th attempt and any after it get 429 with
+    Retry-After, the right password too. Its admin command lifts the
+    lockout and forgets the failures, so the right password gets in."""
     server.client().delete("login:alice")
     app = serve_wsgi("login_lockout:app", server.port)
+
+    def unlock() -> str:
+        command = [sys.executable, "-m", "flask", "--app", "login_lockout", "unlock", "alice"]
+        done = subprocess.run(command, cwd=EXAMPLES, env=app_env(server.port), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     try:
         with httpx.Client(base_url=app.url) as http:
 
@@ -131,19 +140,15 @@ def test_readme_login_lockout(server: Server) -> None:
             failures = [login("wrong") for _ in range(5)]
             assert [r.status_code for r in failures] == [401] * 5
             assert [r.headers["RateLimit"].split(";")[1] for r in failures] == ["r=4", "r=3", "r=2", "r=1", "r=0"]
-            locked = login("wrong")
-            assert locked.status_code == 429 and 3599 <= int(locked.headers["Retry-After"]) <= 3600
-            time.sleep(1.1)
-            later = login("wonderland")
-            assert later.status_code == 429 and int(later.headers["Retry-After"]) < int(locked.headers["Retry-After"])
-            assert later.headers["RateLimit"] == f'"login";r=0;t={later.headers["Retry-After"]}'
-            limiter = RateLimiter(server.client())
-            assert limiter.unblock("login:alice") is True
-            assert login("wonderland").status_code == 429  # the five failures still count
-            assert limiter.unblock("login:alice") is True
-            assert limiter.undo("login:alice", 5) == 5
+            locked = [login("wrong"), login("wonderland")]
+            assert [r.status_code for r in locked] == [429, 429]
+            assert all(3599 <= int(r.headers["Retry-After"]) <= 3600 for r in locked)
+            assert locked[1].headers["RateLimit"] == f'"login";r=0;t={locked[1].headers["Retry-After"]}'
+            assert unlock() == "alice: lockout lifted; failures forgotten\n"
             # Only failures count: successes are refunded.
             assert [login("wonderland").status_code for _ in range(7)] == [200] * 7
+            assert login("wrong").headers["RateLimit"].split(";")[1] == "r=4"
+            assert unlock() == "alice: was not locked out; failures forgotten\n"
     finally:
         app.stop()
 
@@ -165,3 +170,47 @@ def test_per_route_block_in_both_frameworks(framework: str, server: Server) -> N
     assert 3599 <= int(first[2].headers["Retry-After"]) <= 3600
     assert int(later.headers["Retry-After"]) < int(first[2].headers["Retry-After"])
     assert later.headers["RateLimit"] == f'"lock";r=0;t={later.headers["Retry-After"]}'
+
+
+def exec_calls(server: Server) -> int:
+    return int(server.client().info("commandstats").get("cmdstat_exec", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_unblock_with_reset_lifts_the_lockout_and_forgets_the_failures(server: Server, key: str, protocol: int) -> None:
+    """The admin call: one MULTI/EXEC of UNBLOCK and DEL. The answer is
+    still "was it blocked"; the key is gone, so the next login starts over."""
+    limiter = RateLimiter(server.client(protocol=protocol))
+    assert [limiter.check(key, LOGIN, block_ms=HOUR).allowed for _ in range(6)] == [True] * 5 + [False]
+    before = exec_calls(server)
+    assert limiter.unblock(key, reset=True) is True
+    assert exec_calls(server) == before + 1
+    assert server.client().exists(key) == 0
+    assert limiter.check(key, LOGIN, block_ms=HOUR).remaining == 4
+    # Not blocked: False, and the history goes all the same.
+    assert limiter.unblock(key, reset=True) is False
+    assert server.client().exists(key) == 0
+
+
+def test_unblock_with_reset_on_the_twin_after_script_flush(twin_server: Server, key: str) -> None:
+    """The DEL runs in the same MULTI/EXEC whatever the script cache says,
+    so the twin's reset is sent with EVAL: the answer stays true."""
+    limiter = RateLimiter(twin_server.client())
+    assert [limiter.check(key, Limit.per_minute(1), block_ms=HOUR).allowed for _ in range(2)] == [True, False]
+    twin_server.client().script_flush()
+    assert limiter.unblock(key, reset=True) is True
+    assert twin_server.client().exists(key) == 0
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_asyncio_unblock_with_reset(server: Server, key: str, protocol: int) -> None:
+    async def run() -> None:
+        client = aioredis.Redis(host="127.0.0.1", port=server.port, protocol=protocol)
+        limiter = AsyncRateLimiter(client)
+        assert [(await limiter.check(key, LOGIN, block_ms=HOUR)).allowed for _ in range(6)] == [True] * 5 + [False]
+        assert await limiter.unblock(key, reset=True) is True
+        assert await client.exists(key) == 0
+        assert (await limiter.check(key, LOGIN)).remaining == 4
+        await client.aclose()
+
+    asyncio.run(run())

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from servers import Server
 
-from redis_exact_ratelimit import AsyncRateLimiter, Limit, RateLimiter, RateLimitReplyError
+from redis_exact_ratelimit import AsyncRateLimiter, Decision, Limit, RateLimiter, RateLimitReplyError
+from redis_exact_ratelimit._transport import server_text
 
 EXPECTED_BACKEND = {True: "module", False: "twin"}
 
@@ -111,23 +114,23 @@ def test_the_two_backends_refuse_each_others_keys(module_server: Server, key: st
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
-def test_noperm_is_raised_and_never_taken_for_a_missing_module(protocol: int, key: str) -> None:
+def test_noperm_takes_the_failure_policy_and_is_never_taken_for_a_missing_module(protocol: int, key: str) -> None:
     """Only "unknown command" means no module: an ACL refusal of RATELIMIT.*
-    raises, and neither switches to the twin nor counts as an outage."""
+    is an outage for this user (the policy answers, logged once), and never
+    switches the server to the twin."""
     server = Server(module=True)
     try:
         server.client().acl_setuser("default", enabled=True, nopass=True, commands=["-ratelimit.peek"])
-        sync = RateLimiter(server.client(protocol=protocol), fail_open=True)
-        with pytest.raises(RateLimitReplyError, match="no permissions"):  # NOPERM, whose prefix redis-py strips
-            sync.peek(key, Limit.per_minute(2))
+        sync = RateLimiter(server.client(protocol=protocol), fail_open=True, retry_after_failure=0)
+        refused = sync.peek(key, Limit.per_minute(2))
+        assert refused.source == "fail_open" and "no permissions" in str(refused.error)
         assert sync.check(key, Limit.per_minute(2)).source == "redis"
         assert sync.backend == "module"
 
         async def run() -> None:
             client = aioredis.Redis(host="127.0.0.1", port=server.port, protocol=protocol)
-            limiter = AsyncRateLimiter(client, fail_open=True)
-            with pytest.raises(RateLimitReplyError, match="no permissions"):  # NOPERM, whose prefix redis-py strips
-                await limiter.peek(key, Limit.per_minute(2))
+            limiter = AsyncRateLimiter(client, fail_open=True, retry_after_failure=0)
+            assert (await limiter.peek(key, Limit.per_minute(2))).source == "fail_open"
             assert (await limiter.check(key, Limit.per_minute(2))).source == "redis"
             assert limiter.backend == "module"
             await client.aclose()
@@ -135,3 +138,42 @@ def test_noperm_is_raised_and_never_taken_for_a_missing_module(protocol: int, ke
         asyncio.run(run())
     finally:
         server.remove()
+
+
+@pytest.mark.parametrize("mode", ["sync", "asyncio"])
+def test_a_user_without_time_takes_the_policy_with_one_line(
+    twin_server: Server, key: str, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    """The twin reads the server's clock: a user without TIME gets the
+    failure policy and one log line with the server's refusal (the twin's
+    own NOPERM naming TIME and the ACL fix, once twin/ratelimit.lua gives
+    it; the server's ACL error until then), never an error per request."""
+    user = f"notime-{uuid.uuid4().hex[:8]}"
+    with twin_server.client() as admin:
+        admin.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "&*", "+@all", "-time")
+        admin.script_load(RateLimiter(admin).script.text)
+    options = {"host": "127.0.0.1", "port": twin_server.port, "username": user, "password": "secret"}
+    with redis.Redis(**options) as probe, pytest.raises(redis.ResponseError) as refused:  # type: ignore[arg-type]
+        probe.evalsha(RateLimiter(probe).script.sha1, 1, key, "check", "60000", "5")
+    refusal = server_text(refused.value)
+
+    async def run() -> list[Decision]:
+        if mode == "sync":
+            sync = RateLimiter(redis.Redis(**options), fail_open=True, retry_after_failure=0)  # type: ignore[arg-type]
+            return [sync.check(key, Limit.per_minute(5)) for _ in range(3)]
+        client = aioredis.Redis(**options)  # type: ignore[arg-type]
+        limiter = AsyncRateLimiter(client, fail_open=True, retry_after_failure=0)
+        answers = [await limiter.check(key, Limit.per_minute(5)) for _ in range(3)]
+        await client.aclose()
+        return answers
+
+    assert [a.source for a in asyncio.run(run())] == ["fail_open"] * 3
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "ERROR",
+            f"redis-ratelimit: Redis at 127.0.0.1:{twin_server.port} is unavailable ({refusal});"
+            " failing open (allowing every request) until it answers",
+        )
+    ]
+    if refusal.startswith("NOPERM"):
+        assert "TIME" in refusal and "+time" in refusal

@@ -19,6 +19,7 @@ from redis_exact_ratelimit import AsyncRateLimiter, Decision, Limit, RateLimiter
 KEYS = 100
 CALLS_PER_KEY = 4
 LIMIT = Limit.per_minute(3)
+HOUR = 3_600_000
 
 
 def keys() -> list[str]:
@@ -49,7 +50,7 @@ def test_sync_cluster_client(cluster: Cluster, caplog: pytest.LogCaptureFixture)
     said = [r for r in caplog.records if "RATELIMIT module" in r.getMessage()]
     assert len(said) == 3
     # The count can fail: a call sent to a node that does not own the key is counted.
-    owner = client.get_node_from_key("control")
+    owner = client.get_node_from_key("control")  # type: ignore[no-untyped-call]
     other = next(node for node in cluster.nodes if node.port != owner.port)
     with other.client() as wrong, pytest.raises(ResponseError):  # MOVED
         wrong.execute_command("EVALSHA", limiter.script.sha1, 1, "control", "peek", "1000", "1")
@@ -90,7 +91,7 @@ def test_a_stopped_master_fails_only_its_own_keys() -> None:
         client = RedisCluster(host="127.0.0.1", port=cluster.port)
         limiter = RateLimiter(client, timeout=0.5, retry_after_failure=30)
         chosen = keys()[:30]
-        owners = {key: client.get_node_from_key(key).port for key in chosen}
+        owners = {key: client.get_node_from_key(key).port for key in chosen}  # type: ignore[no-untyped-call]
         down = cluster.nodes[0]
         assert down.port in owners.values() and len(set(owners.values())) == 3
         down.stop()
@@ -127,7 +128,7 @@ def test_several_keys_on_a_cluster(cluster: Cluster) -> None:
     client = RedisCluster(host="127.0.0.1", port=cluster.port)
     limiter = RateLimiter(client, timeout=5)
     tenants = tagged(12)
-    assert len({client.get_node_from_key(next(iter(keyed))).port for keyed in tenants}) == 3
+    assert len({client.get_node_from_key(next(iter(keyed))).port for keyed in tenants}) == 3  # type: ignore[no-untyped-call]
     moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
     answers = [[limiter.check_all(keyed) for _ in range(3)] for keyed in tenants]
     assert cluster.error_counts().get("errorstat_MOVED", 0) == moved_before
@@ -160,3 +161,30 @@ def test_several_keys_on_a_cluster_with_asyncio(cluster: Cluster) -> None:
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_one_multi_exec_per_call_on_a_cluster(cluster: Cluster) -> None:
+    """What goes in one MULTI/EXEC (check_all with each key's remaining;
+    unblock with reset) goes to the keys' master, sync and asyncio."""
+    tenants = tagged(6)
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    limiter = RateLimiter(client, timeout=5)
+    moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
+    for keyed in tenants:
+        assert limiter.check_all(keyed, per_key_remaining=True).per_key_remaining == (1, 4, 99)
+        user = next(iter(keyed))
+        assert [limiter.check(user, Limit.per_minute(2), block_ms=HOUR).allowed for _ in range(2)] == [True, False]
+        assert limiter.unblock(user, reset=True) is True
+        assert client.exists(user) == 0
+    client.close()
+
+    async def run() -> None:
+        aclient = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
+        alimiter = AsyncRateLimiter(aclient, timeout=60)
+        for keyed in tenants:
+            assert (await alimiter.check_all(keyed, per_key_remaining=True)).per_key_remaining == (1, 3, 98)
+            assert await alimiter.unblock(next(iter(keyed)), reset=True) is False
+        await aclient.aclose()
+
+    asyncio.run(run())
+    assert cluster.error_counts().get("errorstat_MOVED", 0) == moved_before

@@ -8,11 +8,21 @@ import uuid
 
 import pytest
 import redis
+from redis import exceptions as rx
 from redis.exceptions import ResponseError
 from servers import Server
 
-from redis_exact_ratelimit import Decision, Fallback, Limit, MultiDecision, RateLimiter, RateLimitInputError
+from redis_exact_ratelimit import (
+    CallTimeout,
+    Decision,
+    Fallback,
+    Limit,
+    MultiDecision,
+    RateLimiter,
+    RateLimitInputError,
+)
 from redis_exact_ratelimit._core import (
+    Op,
     Script,
     UnexpectedReply,
     make_call,
@@ -26,9 +36,10 @@ from redis_exact_ratelimit._core import (
     twin_arguments,
     validate_keys,
 )
-from redis_exact_ratelimit._http import multi_key_headers, rate_limit_headers, verdict_of
+from redis_exact_ratelimit._http import Route, named_policies, rate_limit_headers
+from redis_exact_ratelimit._metrics import NoMetrics
 from redis_exact_ratelimit._policy import Policy
-from redis_exact_ratelimit._transport import drive, plan
+from redis_exact_ratelimit._transport import Command, cause_of, drive, is_call_error, plan, server_text
 from redis_exact_ratelimit.wsgi import RateLimitMiddleware
 
 
@@ -46,10 +57,10 @@ def test_block_and_several_keys_in_the_modules_arguments() -> None:
     assert multi.keys == ("a", "b")
     pairs = ["1", "1000", "10", "2", "1000", "5", "60000", "50"]
     assert multi.args() == [*pairs, "COST", "2", "PRECISION", "10", "BLOCK", "500"]
-    assert module_command("mcheck", ("a", "b"), ["x"]) == ["RATELIMIT.MCHECK", "2", "a", "b", "x"]
-    assert module_command("check", ("a",), ["x"]) == ["RATELIMIT.CHECK", "a", "x"]
-    assert module_command("unblock", ("a",), []) == ["RATELIMIT.UNBLOCK", "a"]
-    assert twin_arguments("mundo", ("a", "b"), ["COST", "2"]) == ["2", "a", "b", "mundo", "COST", "2"]
+    assert module_command(Op("mcheck", ("a", "b"), ("x",))) == ["RATELIMIT.MCHECK", "2", "a", "b", "x"]
+    assert module_command(Op("check", ("a",), ("x",))) == ["RATELIMIT.CHECK", "a", "x"]
+    assert module_command(Op("unblock", ("a",))) == ["RATELIMIT.UNBLOCK", "a"]
+    assert twin_arguments(Op("mundo", ("a", "b"), ("COST", "2"))) == ["2", "a", "b", "mundo", "COST", "2"]
 
 
 @pytest.mark.parametrize(
@@ -85,22 +96,26 @@ def test_multi_key_replies() -> None:
         with pytest.raises(UnexpectedReply):
             parse_multi_decision(reply, keys)
     assert parse_counts([1, b"0", 2], keys) == {"u": 1, "ip": 0, "t": 2}
-    for reply in ([1, 0], [1, 0, -1], 3):
+    for counts in ([1, 0], [1, 0, -1], 3):
         with pytest.raises(UnexpectedReply):
-            parse_counts(reply, keys)
+            parse_counts(counts, keys)
     assert (parse_unblocked(1), parse_unblocked(b"0")) == (True, False)
     with pytest.raises(UnexpectedReply):
         parse_unblocked(2)
 
 
-def test_ietf_headers_for_several_keys() -> None:
+def test_ietf_headers_for_several_keys_name_the_policy_that_binds() -> None:
     limits = [[Limit.per_minute(100, name="user")], [Limit.per_minute(300)], [Limit(1000, 10), Limit(60_000, 50)]]
+    named = named_policies(limits, "api")
     denied = MultiDecision(False, 0, 1500, 60000, "redis", keys=("a", "b", "c"), denied_positions=(1, 2))
-    headers = multi_key_headers(limits, "api", denied)
+    headers = rate_limit_headers(named, denied)
     policies = '"user";q=100;w=60, "api-2";q=300;w=60, "api-3-1s";q=10;w=1, "api-3-60s";q=50;w=60'
     assert headers == {"RateLimit-Policy": policies, "RateLimit": '"api-2";r=0;t=2', "Retry-After": "2"}
-    allowed = MultiDecision(True, 7, 0, 60000, "redis", keys=("a", "b", "c"))
-    assert multi_key_headers(limits, "api", allowed)["RateLimit"] == '"user";r=7;t=60'
+    # Allowed: the key with the least remaining binds (ties: the first).
+    allowed = MultiDecision(True, 0, 0, 60000, "redis", keys=("a", "b", "c"), per_key_remaining=(2, 0, 0))
+    assert rate_limit_headers(named, allowed)["RateLimit"] == '"api-2";r=0;t=60'
+    unknown = MultiDecision(True, 7, 0, 60000, "redis", keys=("a", "b", "c"))
+    assert rate_limit_headers(named, unknown)["RateLimit"] == '"user";r=7;t=60'
 
 
 def test_a_route_takes_limits_or_keys() -> None:
@@ -126,23 +141,26 @@ def test_an_older_module_is_not_taken_for_a_missing_one() -> None:
     policy = Policy("closed", None, 1.0)
     sent: list[str] = []
 
-    def older(command: list[str]) -> object:
+    def older(command: Command) -> object:
+        assert isinstance(command, list)
         sent.append(command[0])
         if command[0] == "RATELIMIT.MCHECK":
             raise ResponseError("unknown command 'RATELIMIT.MCHECK', with args beginning with: '1'")
         return [1, 1, 0, 0]
 
+    mcheck = [Op("mcheck", ("a",), ("1", "1000", "1"))]
     with pytest.raises(ResponseError, match="RATELIMIT module is older than this call needs"):
-        drive(plan(policy, Script.load(), "s", "mcheck", ["a"], ["1", "1000", "1"]), older)
-    assert sent == ["RATELIMIT.MCHECK", "RATELIMIT.PEEK"] and policy.backend() is None
+        drive(plan(policy, Script.load(), "s", mcheck), older)
+    assert sent == ["RATELIMIT.MCHECK", "RATELIMIT.PEEK"] and policy.backend() == "module"
+    policy = Policy("closed", None, 1.0)
 
-    def without_module(command: list[str]) -> object:
+    def without_module(command: Command) -> object:
+        assert isinstance(command, list)
         if command[0].startswith("RATELIMIT."):
             raise ResponseError(f"unknown command '{command[0]}'")
         return "from the twin"
 
-    steps = plan(policy, Script.load(), "s", "mcheck", ["a"], ["1", "1000", "1"])
-    assert drive(steps, without_module) == "from the twin"
+    assert drive(plan(policy, Script.load(), "s", mcheck), without_module) == ["from the twin"]
     assert policy.backend_of("s") == "twin"
 
 
@@ -181,28 +199,36 @@ def test_the_script_is_the_file_without_its_first_line() -> None:
 
 
 def test_ietf_headers_for_one_limit() -> None:
+    named = named_policies([[Limit.per_minute(10)]], "default")
     allowed = Decision(True, 9, 0, 60000, "redis")
-    assert rate_limit_headers([Limit.per_minute(10)], "default", allowed) == {
+    assert rate_limit_headers(named, allowed) == {
         "RateLimit-Policy": '"default";q=10;w=60',
         "RateLimit": '"default";r=9;t=60',
     }
-    denied = Decision(False, 0, 1500, 59000, "redis")
-    headers = rate_limit_headers([Limit.per_minute(10)], "default", denied)
+    headers = rate_limit_headers(named, Decision(False, 0, 1500, 59000, "redis"))
     assert headers["RateLimit"] == '"default";r=0;t=2' and headers["Retry-After"] == "2"
 
 
 def test_ietf_headers_for_several_limits() -> None:
-    limits = [Limit(1000, 10), Limit(3_600_000, 1000, name="hourly")]
-    headers = rate_limit_headers(limits, "api", Decision(True, 9, 0, 3_600_000, "redis"))
+    named = named_policies([[Limit(1000, 10), Limit(3_600_000, 1000, name="hourly")]], "api")
+    headers = rate_limit_headers(named, Decision(True, 9, 0, 3_600_000, "redis"))
     assert headers["RateLimit-Policy"] == '"api-1s";q=10;w=1, "hourly";q=1000;w=3600'
     assert headers["RateLimit"] == '"api-1s";r=9;t=3600'
 
 
 def test_verdicts_of_the_failure_policy() -> None:
-    closed = verdict_of(Decision(False, 0, 800, 0, "fail_closed"), {"k": [Limit(1000, 1)]}, "default", 1)
+    route, one = Route(Limit(1000, 1)), {"k": [Limit(1000, 1)]}
+    closed = route.verdict(Decision(False, 0, 800, 0, "fail_closed"), one, 1, NoMetrics())
     assert (closed.passed, closed.status, closed.headers) == (False, 503, {"Retry-After": "1"})
-    opened = verdict_of(Decision(True, 0, 0, 0, "fail_open"), {"k": [Limit(1000, 1)]}, "default", 1)
+    opened = route.verdict(Decision(True, 0, 0, 0, "fail_open"), one, 1, NoMetrics())
     assert opened.passed and opened.headers == {}
+
+
+def test_shadow_verdicts_never_deny_and_send_no_fields() -> None:
+    route, one = Route(Limit(1000, 1), shadow=True), {"k": [Limit(1000, 1)]}
+    for decision in (Decision(False, 0, 800, 900, "redis"), Decision(False, 0, 800, 0, "fail_closed")):
+        verdict = route.verdict(decision, one, 1, NoMetrics())
+        assert (verdict.passed, verdict.headers, verdict.policy) == (True, {}, "default")
 
 
 class Clock:
@@ -251,9 +277,11 @@ def test_fallback_several_keys_all_or_nothing_and_blocks() -> None:
     fallback = Fallback(clock=clock)
     calls = [make_call(Limit(1000, 2), block_ms=5000), make_call(Limit(1000, 5), block_ms=5000)]
     keys = ["user", "ip"]
-    assert [fallback.decide(keys, calls, record=True)[0].allowed for _ in range(2)] == [True, True]
-    denied, positions = fallback.decide(keys, calls, record=True)
+    assert [fallback.decide(keys, calls, record=True).decision.allowed for _ in range(2)] == [True, True]
+    answer = fallback.decide(keys, calls, record=True)
+    denied, positions = answer.decision, answer.denied
     assert (denied.allowed, positions, denied.remaining, denied.retry_after_ms) == (False, (0,), 0, 5000)
+    assert answer.per_key_remaining == (0, 3)
     # The denial charged neither key, and blocked only the key whose limit denied.
     assert fallback.peek("ip", calls[1]).remaining == 3
     assert fallback.check("ip", calls[1]).allowed
@@ -261,20 +289,56 @@ def test_fallback_several_keys_all_or_nothing_and_blocks() -> None:
     # The limit alone would allow again; the block holds, counting down.
     held = fallback.check("user", calls[0])
     assert (held.allowed, held.retry_after_ms, held.reset_after_ms) == (False, 3000, 3000)
-    _, positions = fallback.decide(keys, calls, record=False)
-    assert positions == (0,)
+    assert fallback.decide(keys, calls, record=False).denied == (0,)
     assert fallback.unblock("user") and not fallback.unblock("user")
     assert fallback.check("user", calls[0]).allowed
+    # A reset forgets the key: its block and what it counts.
+    assert [fallback.check("user", calls[0]).allowed for _ in range(2)] == [True, False]
+    assert fallback.unblock("user", reset=True) and len(fallback) == 1
+    assert fallback.peek("user", calls[0]).remaining == 2
 
 
-def test_fallback_share_is_validated() -> None:
+def test_fallback_share_and_cap_are_validated() -> None:
     with pytest.raises(ValueError, match="share"):
         Fallback(share=0)
+    with pytest.raises(ValueError, match="max_keys must be an integer of at least 1"):
+        Fallback(max_keys=0)
+
+
+def test_fallback_keeps_precision_cells_as_the_module() -> None:
+    """Limit(1000, 2) with precision 1000, calls at t = 10000, 10999, 11000:
+    the second joins the first's cell and moves it to 10999, so at 11000
+    both still count and the third is denied (the module, the twin and
+    Node's fallback agree; without precision it is allowed)."""
+    for precision, third in ((1000, False), (None, True)):
+        clock = Clock()
+        fallback = Fallback(clock=clock)
+        call = make_call(Limit(1000, 2), precision=precision)
+        answers = []
+        for at in (10_000, 10_999, 11_000):
+            clock.now = at
+            answers.append(fallback.check("k", call).allowed)
+        assert answers == [True, True, third], precision
+
+
+def test_fallback_forgets_the_least_recently_used_key_past_its_cap() -> None:
+    clock = Clock()
+    fallback = Fallback(max_keys=3, clock=clock)
+    call = make_call(Limit.per_minute(1))
+    for key in ("a", "b", "c"):
+        assert fallback.check(key, call).allowed
+    assert not fallback.peek("a", call).allowed  # "a" is now the most recently used
+    assert fallback.check("d", call).allowed
+    assert len(fallback) == 3
+    # "b" was dropped (its request forgotten): allowed again; "a" was kept.
+    assert fallback.peek("b", call).allowed and not fallback.peek("a", call).allowed
+    several = fallback.decide(["e", "f", "g", "h"], [call] * 4, record=True)
+    assert several.decision.allowed and len(fallback) == 3
 
 
 def test_fallback_answers_as_the_module(module_server: Server) -> None:
-    """300 seeded random CHECK/PEEK/UNDO calls (several limits, COST) on a
-    few keys: the fallback (share 1) answers as the module. Windows are long,
+    """300 seeded random CHECK/PEEK/UNDO calls (several limits, COST,
+    PRECISION) on a few keys: the fallback (share 1) answers as the module. Windows are long,
     so the few ms between the two answers change nothing but the waits."""
     rng = random.Random(17)
     limiter = RateLimiter(module_server.client())
@@ -290,12 +354,16 @@ def test_fallback_answers_as_the_module(module_server: Server) -> None:
             assert limiter.undo(key, cost) == fallback.undo(key, cost), step
             continue
         chosen = rng.sample(windows, rng.randint(1, 2))
-        call = make_call([Limit(w, rng.choice(maxes)) for w in chosen], cost=rng.randint(1, 5))
-        from_module = (limiter.check if operation == "check" else limiter.peek)(key, call.limits, cost=call.cost)
+        precision = rng.choice([None, None, 10, 50])
+        call = make_call([Limit(w, rng.choice(maxes)) for w in chosen], cost=rng.randint(1, 5), precision=precision)
+        method = limiter.check if operation == "check" else limiter.peek
+        from_module = method(key, call.limits, cost=call.cost, precision=precision)
         local = (fallback.check if operation == "check" else fallback.peek)(key, call)
         assert (from_module.allowed, from_module.remaining) == (local.allowed, local.remaining), (step, call)
-        assert abs(from_module.retry_after_ms - local.retry_after_ms) <= 100, (step, from_module, local)
-        assert abs(from_module.reset_after_ms - local.reset_after_ms) <= 100, (step, from_module, local)
+        # A precision cell moves an entry by less than its width.
+        slack = 100 + (precision or 0)
+        assert abs(from_module.retry_after_ms - local.retry_after_ms) <= slack, (step, from_module, local)
+        assert abs(from_module.reset_after_ms - local.reset_after_ms) <= slack, (step, from_module, local)
         seen.add((operation, local.allowed))
     # Both operations met both answers.
     assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
@@ -329,13 +397,47 @@ def test_fallback_answers_as_the_module_over_several_keys_and_blocks(module_serv
         block_ms = rng.choice([None, None, 90_000])
         multi = make_multi_call(keyed, cost=rng.randint(1, 4), block_ms=block_ms)
         method = limiter.check_all if operation == "check" else limiter.peek_all
-        from_module = method(keyed, cost=multi.calls[0].cost, block_ms=block_ms)
-        local, denied = fallback.decide(multi.keys, multi.calls, record=operation == "check")
+        from_module = method(keyed, cost=multi.calls[0].cost, block_ms=block_ms, per_key_remaining=True)
+        answer = fallback.decide(multi.keys, multi.calls, record=operation == "check")
+        local, denied = answer.decision, answer.denied
         assert (from_module.allowed, from_module.remaining) == (local.allowed, local.remaining), (step, keyed)
         assert from_module.denied_positions == denied, (step, keyed)
+        if local.allowed or operation == "peek":
+            assert from_module.per_key_remaining == answer.per_key_remaining, (step, keyed)
         assert abs(from_module.retry_after_ms - local.retry_after_ms) <= 100, (step, from_module, local)
         assert abs(from_module.reset_after_ms - local.reset_after_ms) <= 100, (step, from_module, local)
         seen.add((operation, local.allowed))
     assert seen == {("check", True), ("check", False), ("peek", True), ("peek", False)}
     # Blocks were started, and lifted.
     assert lifted > 5, lifted
+
+
+def test_causes_are_named_as_the_server_words_them() -> None:
+    """The cause logged and counted: the server's own reply (its code put
+    back where redis-py strips it, a script's wrapping taken off), the
+    failed connection's errno name, or the timeout."""
+    refused = rx.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    refused.__context__ = ConnectionRefusedError(111, "Connection refused")
+    script = " script: d4a064b4de38ff5dd6141bd1edb5022b3e77faae, on @user_script:1123."
+    busy = "BUSY Redis is busy running a script. You can only call SCRIPT KILL or FUNCTION KILL."
+    oom = "OOM command not allowed when used memory > 'maxmemory'."
+    no_time_70 = "ERR The user executing the script can't run this command or subcommand"
+    no_time = "ERR ACL failure in script: User u has no permissions to run the 'time' command"
+    cases: list[tuple[BaseException, str, str]] = [
+        (CallTimeout(0.25), "timeout", "timeout: no answer within 250 ms"),
+        (refused, "connection", "ECONNREFUSED"),
+        (rx.NoPermissionError("User u has no permissions to run the 'evalsha' command"), "noperm", ""),
+        (rx.ResponseError(oom + script), "oom", oom),
+        (rx.ResponseError(busy), "busy", busy),
+        (rx.ResponseError(no_time_70 + script), "noperm", no_time_70),
+        (rx.ResponseError(no_time + script), "noperm", no_time),
+        (rx.ReadOnlyError("You can't write against a read only replica."), "readonly", ""),
+        (rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), "reply", ""),
+        (ValueError("odd"), "other", "ValueError: odd"),
+    ]
+    for error, kind, text in cases:
+        cause = cause_of(error)
+        assert cause.kind == kind and is_call_error(error) == (kind == "reply"), error
+        assert cause.text == (text or server_text(error)), cause
+    assert cause_of(cases[2][0]).text == "NOPERM User u has no permissions to run the 'evalsha' command"
+    assert cause_of(cases[7][0]).text == "READONLY You can't write against a read only replica."

@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import App, serve_asgi, serve_wsgi
+from conftest import App, scrape, serve_asgi, serve_wsgi
 from servers import Server
+
+from redis_exact_ratelimit import Limit, RateLimiter
 
 Serve = Callable[..., App]
 SERVERS: dict[str, Serve] = {"fastapi": serve_asgi, "flask": serve_wsgi}
@@ -101,16 +103,6 @@ def test_backend_is_visible(full_app: App, server: Server) -> None:
     assert twin_said == (0 if server.module else 1)
 
 
-def test_django_behind_the_wsgi_middleware(server: Server) -> None:
-    app = serve_wsgi("django_app:application", server.port)
-    try:
-        with httpx.Client(base_url=app.url, headers={"X-User": uuid.uuid4().hex}) as http:
-            assert [http.get("/boom").status_code for _ in range(5)] == [500] * 5
-            assert_thirty_at_ten([http.get("/ok") for _ in range(30)], "django")
-    finally:
-        app.stop()
-
-
 def test_middleware_over_several_keys(full_app: App) -> None:
     """User (3 a minute), IP (5) and tenant (100) decided together: a
     denial by one key charges none, names the key that denied in RateLimit,
@@ -160,3 +152,75 @@ def test_per_route_over_several_keys(framework: str, full_app: App) -> None:
     assert others[2].headers["RateLimit"].startswith('"ip";r=0;')
     assert alice[0].headers["RateLimit-Policy"] == '"user";q=2;w=60, "ip";q=4;w=60'
     assert all(55 <= int(r.headers["Retry-After"]) <= 60 for r in (alice[2], others[2]))
+
+
+def bind_sequence(app: App) -> list[httpx.Response]:
+    """Alice twice, Bob once, Alice again, one tenant of 3 a minute, each
+    user 3 a minute (apps' /bind/*)."""
+    tenant = uuid.uuid4().hex
+
+    def get(user: str) -> httpx.Response:
+        return httpx.get(f"{app.url}/bind/ok", headers={"X-User": user, "X-Tenant": tenant})
+
+    return [get("alice"), get("alice"), get("bob"), get("alice")]
+
+
+def test_several_keys_name_the_policy_that_binds(full_app: App) -> None:
+    """RateLimit names the key with the least remaining (ties: the first
+    given), or the first that denied: Bob is allowed with the tenant at 0
+    and his own quota at 2, and is told about the tenant."""
+    responses = bind_sequence(full_app)
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    assert [r.headers["RateLimit"].split(";")[:2] for r in responses] == [
+        ['"user"', "r=2"],  # user 2, tenant 2: a tie, the first given
+        ['"user"', "r=1"],
+        ['"tenant"', "r=0"],  # Bob: user 2, tenant 0
+        ['"tenant"', "r=0"],  # Alice: user 1, denied by the tenant
+    ]
+    assert all(r.headers["RateLimit-Policy"] == '"user";q=3;w=60, "tenant";q=3;w=60' for r in responses)
+
+
+SHADOW_LINE = re.compile(
+    r"^redis-ratelimit: shadow mode: shadow would have denied this request \(retry after \d+ ms\)$"
+)
+
+
+def shadow_sequence(app: App) -> tuple[str, list[httpx.Response]]:
+    user = uuid.uuid4().hex
+    with httpx.Client(base_url=app.url, headers={"X-User": user}) as http:
+        return user, [http.get("/shadow/ok") for _ in range(5)]
+
+
+def test_shadow_mode_records_but_never_denies(full_app: App, server: Server) -> None:
+    """2 a minute in shadow mode: every request passes, none carries a
+    RateLimit field or Retry-After; the 3 that would have been denied are
+    logged, once each; the 2 allowed are recorded in Redis as usual."""
+    user, responses = shadow_sequence(full_app)
+    assert [r.status_code for r in responses] == [200] * 5
+    fields = {"ratelimit", "ratelimit-policy", "retry-after"}
+    assert not any(fields & {name.lower() for name in r.headers} for r in responses)
+    lines = [line for line in full_app.output().splitlines() if "shadow mode" in line]
+    assert len(lines) == 3 and all(SHADOW_LINE.match(line) for line in lines), lines
+    assert not RateLimiter(server.client()).peek(f"shadow:{user}", Limit.per_minute(2)).allowed
+
+
+def test_metrics_are_scraped_over_http(full_app: App) -> None:
+    """Decisions by binding policy and outcome, errors by cause (none
+    here, each shown at 0), the Redis round trips by operation; no key in
+    any label."""
+    bind_sequence(full_app)
+    _, _ = shadow_sequence(full_app)
+    metrics = scrape(full_app)
+
+    def decisions(policy: str, outcome: str) -> float:
+        return metrics.get(("ratelimit_decisions_total", (("outcome", outcome), ("policy", policy))), 0)
+
+    assert (decisions("user", "allowed"), decisions("tenant", "allowed"), decisions("tenant", "denied")) == (2, 1, 1)
+    assert (decisions("shadow", "allowed"), decisions("shadow", "shadow_denied")) == (2, 3)
+    errors = {labels: value for (name, labels), value in metrics.items() if name == "ratelimit_errors_total"}
+    assert len(errors) == 10 and set(errors.values()) == {0}
+    count = "ratelimit_redis_duration_seconds_count"
+    assert metrics[(count, (("operation", "mcheck"),))] == 4
+    assert metrics[(count, (("operation", "check"),))] == 5
+    labels = {value for (_, pairs), _ in metrics.items() for _, value in pairs}
+    assert not any("alice" in value or "bob" in value for value in labels)

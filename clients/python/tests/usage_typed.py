@@ -3,10 +3,14 @@ wheel (make lint): every public name used as the README shows it. Not run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 import redis.asyncio as aioredis
+from django.http import HttpRequest, HttpResponse
 from fastapi import Depends, FastAPI, Request
 from flask import Flask
+from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -27,8 +31,10 @@ from redis_exact_ratelimit import (
 )
 from redis_exact_ratelimit.asgi import RateLimitMiddleware as ASGIRateLimit
 from redis_exact_ratelimit.asgi import Scope, header_key
+from redis_exact_ratelimit.django import RateLimitMiddleware as DjangoRateLimit
 from redis_exact_ratelimit.fastapi import RateLimit
 from redis_exact_ratelimit.flask import rate_limit
+from redis_exact_ratelimit.prometheus import PrometheusMetrics
 from redis_exact_ratelimit.wsgi import RateLimitMiddleware as WSGIRateLimit
 
 
@@ -152,3 +158,51 @@ def flask_usage() -> Flask:
         return {}
 
     return app
+
+
+def lockout_usage(username: str) -> bool:
+    limiter = RateLimiter(redis.Redis(), fallback=Fallback(share=0.5, max_keys=1000))
+    return limiter.unblock(f"login:{username}", reset=True)
+
+
+async def async_lockout_usage(username: str) -> bool:
+    limiter = AsyncRateLimiter(aioredis.Redis())
+    return await limiter.unblock(f"login:{username}", reset=True)
+
+
+def per_key_usage() -> tuple[int, ...]:
+    limiter = RateLimiter(redis.Redis())
+    subjects: dict[str, Limits] = {"{t:7}:user:42": Limit.per_minute(100), "{t:7}:all": Limit.per_minute(5000)}
+    return limiter.check_all(subjects, per_key_remaining=True).per_key_remaining
+
+
+def shadow_and_metrics_usage() -> FastAPI:
+    registry = CollectorRegistry()
+    limiter = AsyncRateLimiter(aioredis.Redis(), metrics=PrometheusMetrics(registry))
+    app = FastAPI()
+    app.add_middleware(ASGIRateLimit, limiter=limiter, limits=Limit.per_minute(10), name="api", shadow=True)
+    strict = RateLimit(limiter, Limit.per_minute(5), name="search", shadow=True)
+
+    @app.get("/search", dependencies=[Depends(strict)])
+    async def search() -> dict[str, str]:
+        return {}
+
+    return app
+
+
+def flask_shadow_usage() -> Flask:
+    limiter = RateLimiter(redis.Redis(), metrics=PrometheusMetrics(CollectorRegistry()))
+    app = Flask(__name__)
+    app.wsgi_app = WSGIRateLimit(app.wsgi_app, limiter=limiter, limits=Limit.per_minute(100), shadow=True)  # type: ignore[method-assign]
+
+    @app.get("/search")
+    @rate_limit(limiter, Limit.per_minute(5), shadow=True)
+    def search() -> dict[str, str]:
+        return {}
+
+    return app
+
+
+def django_usage(get_response: Callable[[HttpRequest], HttpResponse]) -> HttpResponse:
+    middleware = DjangoRateLimit(get_response)  # configured by settings.REDIS_RATELIMIT
+    return middleware(HttpRequest())

@@ -1,11 +1,14 @@
 """Exact sliding-window rate limiting on Redis and Valkey.
 
 Decides in Redis with the redis-ratelimit module (RATELIMIT.CHECK, PEEK,
-UNDO) where a server has it, and with its Lua twin where it does not,
-learned per server from the server's own answer. Sync and asyncio,
-standalone and cluster; an explicit failure policy; ASGI and WSGI
-middleware in :mod:`redis_exact_ratelimit.asgi` and
-:mod:`redis_exact_ratelimit.wsgi`."""
+UNDO, MCHECK ...) where a server has it, and with its Lua twin where it
+does not, learned per server from the server's own answer. Sync and
+asyncio, standalone and cluster; an explicit failure policy; middleware in
+:mod:`redis_exact_ratelimit.asgi` (FastAPI: also
+:mod:`redis_exact_ratelimit.fastapi`), :mod:`redis_exact_ratelimit.wsgi`
+(Flask: also :mod:`redis_exact_ratelimit.flask`) and
+:mod:`redis_exact_ratelimit.django`; Prometheus metrics in
+:mod:`redis_exact_ratelimit.prometheus`."""
 
 from ._core import (
     Decision,

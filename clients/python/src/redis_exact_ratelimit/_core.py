@@ -101,10 +101,15 @@ class MultiDecision(Decision):
     given (``keys``, in order) and those that denied, by their limits or
     by a block: ``denied_positions`` (0-based, into ``keys``) and
     ``denied_keys``. Both are empty when allowed, and when no limiter
-    decided (``source`` ``"fail_open"`` or ``"fail_closed"``)."""
+    decided (``source`` ``"fail_open"`` or ``"fail_closed"``).
+
+    ``per_key_remaining`` is each key's own remaining, in key order, when
+    the call asked for it (``check_all(..., per_key_remaining=True)``, as
+    the middleware does for its headers); empty otherwise."""
 
     keys: tuple[str, ...] = ()
     denied_positions: tuple[int, ...] = ()
+    per_key_remaining: tuple[int, ...] = ()
 
     @property
     def denied_keys(self) -> tuple[str, ...]:
@@ -249,15 +254,32 @@ def seconds_ceil(ms: int) -> int:
     return -(-max(ms, 0) // 1000)
 
 
-def module_command(operation: Operation, keys: Sequence[str], args: Sequence[str]) -> list[str]:
+@dataclass(frozen=True)
+class Op:
+    """One RATELIMIT operation on its keys (as sent, prefixed), with its
+    arguments after the keys (the same for the module and the twin)."""
+
+    operation: Operation
+    keys: tuple[str, ...]
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delete:
+    """DEL of a key: sent as it is to the module and to the twin."""
+
+    key: str
+
+
+def module_command(op: Op) -> list[str]:
     """The module's command: the multi-key ones take `numkeys key [key ...]`."""
-    head = [str(len(keys)), *keys] if operation in MULTI_KEY else list(keys)
-    return [f"RATELIMIT.{operation.upper()}", *head, *args]
+    head = [str(len(op.keys)), *op.keys] if op.operation in MULTI_KEY else list(op.keys)
+    return [f"RATELIMIT.{op.operation.upper()}", *head, *op.args]
 
 
-def twin_arguments(operation: Operation, keys: Sequence[str], args: Sequence[str]) -> list[str]:
+def twin_arguments(op: Op) -> list[str]:
     """EVALSHA's arguments after the sha: `numkeys key [key ...] op args`."""
-    return [str(len(keys)), *keys, operation, *args]
+    return [str(len(op.keys)), *op.keys, op.operation, *op.args]
 
 
 def _as_int(value: object) -> int | None:
@@ -304,6 +326,11 @@ def parse_multi_decision(reply: object, keys: tuple[str, ...]) -> MultiDecision:
                 denied_positions=tuple(p - 1 for p in positions),
             )
     raise UnexpectedReply(f"unexpected reply to a multi-key rate-limit call: {reply!r}")
+
+
+def parse_remaining(reply: object) -> int:
+    """A PEEK's remaining: the key's own, as it stands."""
+    return parse_decision(reply).remaining
 
 
 def parse_count(reply: object) -> int:
@@ -364,5 +391,5 @@ class Script:
         return cls(rest, hashlib.sha1(rest.encode("utf-8")).hexdigest())
 
 
-def undo_args(cost: int) -> list[str]:
-    return [] if cost == 1 else ["COST", str(cost)]
+def undo_args(cost: int) -> tuple[str, ...]:
+    return () if cost == 1 else ("COST", str(cost))

@@ -1,13 +1,14 @@
 """The in-process limiter used while Redis is unreachable: the module's rules
 (README "Commands" and this round's decisions) over a dict, exact within
-one process, each limit scaled to this process's share. Pure apart from
-the clock, which is injected."""
+one process, each limit scaled to this process's share, holding at most
+``max_keys`` keys (the least recently used goes). Pure apart from the
+clock, which is injected."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from ._core import Call, Decision, Limit
 
 # Expired keys are swept once per this many calls, so idle keys do not pile up.
 _SWEEP_EVERY = 1024
+
+DEFAULT_MAX_KEYS = 10_000
 
 
 def _monotonic_ms() -> int:
@@ -44,6 +47,16 @@ class _Log:
     def idle(self, now: int) -> bool:
         """Nothing counted and no block: the key can be forgotten."""
         return self.newest() <= now - self.window_ms and self.blocked_until <= now
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The fallback's answer over one or several keys: the decision, the
+    positions of the keys that denied, and each key's own remaining."""
+
+    decision: Decision
+    denied: tuple[int, ...]
+    per_key_remaining: tuple[int, ...]
 
 
 @dataclass
@@ -80,14 +93,22 @@ class Fallback:
     per window in this process, at least 1, so the processes together stay
     near the limit without talking to each other. Exact within the process;
     what it admitted (and any block it started) is not known to Redis once
-    Redis is back."""
+    Redis is back.
 
-    def __init__(self, share: float = 1.0, clock: Callable[[], int] = _monotonic_ms) -> None:
+    ``max_keys`` bounds its memory: past that many keys, the least recently
+    used key is forgotten (its count and its block)."""
+
+    def __init__(
+        self, share: float = 1.0, *, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], int] = _monotonic_ms
+    ) -> None:
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share must be above 0 and at most 1, got {share!r}")
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys must be an integer of at least 1, got {max_keys!r}")
         self.share = share
+        self.max_keys = max_keys
         self._clock = clock
-        self._logs: dict[str, _Log] = {}
+        self._logs: OrderedDict[str, _Log] = OrderedDict()
         self._lock = threading.Lock()
         self._calls = 0
 
@@ -95,14 +116,14 @@ class Fallback:
         return max(1, int(limit.max * self.share))
 
     def check(self, key: str, call: Call) -> Decision:
-        return self.decide([key], [call], record=True)[0]
+        return self.decide([key], [call], record=True).decision
 
     def peek(self, key: str, call: Call) -> Decision:
-        return self.decide([key], [call], record=False)[0]
+        return self.decide([key], [call], record=False).decision
 
-    def decide(self, keys: Sequence[str], calls: Sequence[Call], record: bool) -> tuple[Decision, tuple[int, ...]]:
+    def decide(self, keys: Sequence[str], calls: Sequence[Call], record: bool) -> Answer:
         """One request against every key, all or nothing, as MCHECK (record)
-        or MPEEK; also the positions of the keys that denied."""
+        or MPEEK."""
         with self._lock:
             self._sweep_now_and_then()
             standings = [self._standing(key, call) for key, call in zip(keys, calls, strict=True)]
@@ -111,6 +132,7 @@ class Fallback:
             if record:
                 for standing in standings:
                     self._commit(standing, allowed)
+            self._forget_beyond_the_cap()
             answers = [_answer(standing, allowed) for standing in standings]
         decision = Decision(
             allowed,
@@ -119,7 +141,7 @@ class Fallback:
             max(answer.reset_after_ms for answer in answers),
             "fallback",
         )
-        return decision, denied
+        return Answer(decision, denied, tuple(answer.remaining for answer in answers))
 
     def undo(self, key: str, cost: int) -> int:
         with self._lock:
@@ -136,10 +158,11 @@ class Fallback:
                 del self._logs[key]
             return removed
 
-    def unblock(self, key: str) -> bool:
-        """Lifts the key's block, keeping what it counts; True if it was blocked."""
+    def unblock(self, key: str, *, reset: bool = False) -> bool:
+        """Lifts the key's block, keeping what it counts unless ``reset``
+        (then the key is forgotten); True if it was blocked."""
         with self._lock:
-            log = self._logs.get(key)
+            log = self._logs.pop(key, None) if reset else self._logs.get(key)
             if log is None or log.blocked_until <= max(self._clock(), log.newest()):
                 return False
             log.blocked_until = 0
@@ -155,6 +178,8 @@ class Fallback:
 
     def _standing(self, key: str, call: Call) -> _Standing:
         log = self._logs.get(key)
+        if log is not None:
+            self._logs.move_to_end(key)  # the most recently used
         # Time never runs backwards for a key, as in the module.
         now = max(self._clock(), log.newest() if log else 0)
         if log is not None:
@@ -174,7 +199,7 @@ class Fallback:
         when allowed; starts a block on a key its own limits denied."""
         log = standing.log = self._register(standing.key, standing.log, standing.call.longest_window)
         if allowed:
-            _record(log, standing.now, standing.call.cost)
+            _record(log, standing.now, standing.call.cost, standing.call.precision or 1)
             standing.used = [u + standing.call.cost for u in standing.used]
             log.blocked_until = 0  # any earlier block has ended
         elif standing.call.block_ms is not None and not standing.limits_allow and not standing.blocked:
@@ -185,6 +210,12 @@ class Fallback:
             log = self._logs[key] = _Log(window_ms)
         log.window_ms = max(log.window_ms, window_ms)
         return log
+
+    def _forget_beyond_the_cap(self) -> None:
+        # After the call's commits, so a call over several keys never loses
+        # one of its own keys midway.
+        while len(self._logs) > self.max_keys:
+            self._logs.popitem(last=False)
 
     def _sweep_now_and_then(self) -> None:
         self._calls += 1
@@ -215,9 +246,14 @@ def _used(entries: deque[_Entry], now: int, window_ms: int) -> int:
     return total
 
 
-def _record(log: _Log, now: int, cost: int) -> None:
-    if log.entries and log.entries[-1].at == now:
-        log.entries[-1].cost += cost
+def _record(log: _Log, now: int, cost: int, precision: int) -> None:
+    """As the module: the units join the newest entry when it lies in the
+    same precision cell (moving it to now, so they count at most p - 1 ms
+    longer, never shorter), else become a new entry."""
+    newest = log.entries[-1] if log.entries else None
+    if newest is not None and newest.at // precision == now // precision:
+        newest.at = now
+        newest.cost += cost
     else:
         log.entries.append(_Entry(now, cost))
 

@@ -1,26 +1,41 @@
-"""What every middleware shares: the verdict on one request, the IETF fields
-of draft-ietf-httpapi-ratelimit-headers-11, and the default answers. The
-framework skins (asgi, wsgi, fastapi, flask) only read requests and write
-responses."""
+"""What every middleware shares: the verdict on one request (decided once,
+for the sync and the async skins alike), the IETF fields of
+draft-ietf-httpapi-ratelimit-headers-11, shadow mode, the decisions'
+metrics, the refund, and the default answers. The framework skins (asgi,
+wsgi, fastapi, flask, django) only read requests and write responses."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._core import (
     Decision,
     Limit,
     Limits,
     MultiDecision,
+    RateLimitReplyError,
     make_call,
     policy_names,
     seconds_ceil,
     validate_block_ms,
 )
+from ._metrics import Metrics, Outcome
+from ._policy import logger
+
+if TYPE_CHECKING:
+    from .asyncio import AsyncRateLimiter
+    from .client import RateLimiter
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 Reason = Literal["limited", "unavailable"]
+
+# The same text in the Node package (docs: "Shadow mode").
+_SHADOW_DENIED = "redis-ratelimit: shadow mode: %s would have denied this request (retry after %d ms)"
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,9 @@ class Verdict:
     ``"unavailable"`` (Redis unreachable and failing closed: 503);
     ``headers`` are the fields the default answer sets; ``keys`` the keys
     checked (one, or several with a ``keys`` function: then ``decision``
-    is a :class:`MultiDecision` that names the keys that denied)."""
+    is a :class:`MultiDecision` that names the keys that denied);
+    ``policy`` the name of the policy that binds (the one ``RateLimit``
+    names)."""
 
     passed: bool
     reason: Reason
@@ -40,6 +57,7 @@ class Verdict:
     keys: tuple[str, ...]
     cost: int
     headers: dict[str, str] = field(default_factory=dict)
+    policy: str = "default"
 
     @property
     def key(self) -> str:
@@ -60,33 +78,46 @@ def as_list(limits: Limits) -> list[Limit]:
     return [limits] if isinstance(limits, Limit) else list(limits)
 
 
-def rate_limit_headers(limits: Sequence[Limit], name: str, decision: Decision) -> dict[str, str]:
-    """RateLimit-Policy lists every limit; RateLimit reports the least
-    remaining over them (what the module answers) under the first policy's
-    name, with t the seconds until capacity returns: all of it when allowed,
-    enough for this request when refused. Retry-After on refusals."""
-    names = policy_names(limits, name)
-    return _headers(list(zip(names, limits, strict=True)), names[0], decision)
+Named = list[list[tuple[str, Limit]]]
+"""Each key's limits (in key order), each with its policy name."""
 
 
-def multi_key_headers(limits: Sequence[Sequence[Limit]], name: str, decision: Decision) -> dict[str, str]:
-    """The fields for several keys (each with its limits, in key order):
-    RateLimit-Policy lists every key's limits, named ``<name>-<position>``
-    (1-based; ``-<seconds>s`` added when a key has several) unless a limit
-    has a name; RateLimit reports the combined remaining under the name of
-    the first key that denied (so a client sees which limit it hit), else
-    of the first policy."""
-    named: list[list[tuple[str, Limit]]] = []
+def named_policies(limits: Sequence[Sequence[Limit]], name: str) -> Named:
+    """The policy names of RateLimit-Policy. One key: its limit is
+    ``name`` (several: ``<name>-<seconds>s``). Several keys: each key's
+    ``<name>-<position>`` (1-based; ``-<seconds>s`` added when a key has
+    several limits). A limit's own ``name`` wins."""
+    if len(limits) == 1:
+        return [list(zip(policy_names(limits[0], name), limits[0], strict=True))]
+    named: Named = []
     for position, own in enumerate(limits, start=1):
         names = [f"{name}-{position}"] if len(own) == 1 else policy_names(own, f"{name}-{position}")
         named.append([(limit.name or names[i], limit) for i, limit in enumerate(own)])
-    denied = decision.denied_positions if isinstance(decision, MultiDecision) else ()
-    shown = named[denied[0] if denied else 0][0][0]
-    return _headers([pair for own in named for pair in own], shown, decision)
+    return named
 
 
-def _headers(named: Sequence[tuple[str, Limit]], shown: str, decision: Decision) -> dict[str, str]:
-    policy = ", ".join(f'"{name}";q={limit.max};w={seconds_ceil(limit.window_ms)}' for name, limit in named)
+def binding_position(decision: Decision) -> int:
+    """The key whose policy binds: the first that denied; when allowed,
+    the one with the least remaining (ties: the first given), when the
+    decision tells each key's."""
+    if not isinstance(decision, MultiDecision):
+        return 0
+    if decision.denied_positions:
+        return decision.denied_positions[0]
+    remaining = decision.per_key_remaining
+    return remaining.index(min(remaining)) if remaining else 0
+
+
+def rate_limit_headers(named: Named, decision: Decision) -> dict[str, str]:
+    """RateLimit-Policy lists every limit of every key; RateLimit reports
+    the least remaining (what the module answers) under the binding
+    policy's name, with t the seconds until capacity returns: all of it
+    when allowed, enough for this request when refused. Retry-After on
+    refusals."""
+    policy = ", ".join(
+        f'"{name}";q={limit.max};w={seconds_ceil(limit.window_ms)}' for own in named for name, limit in own
+    )
+    shown = named[binding_position(decision)][0][0]
     wait_ms = decision.reset_after_ms if decision.allowed else decision.retry_after_ms
     headers = {
         "RateLimit-Policy": policy,
@@ -97,21 +128,14 @@ def _headers(named: Sequence[tuple[str, Limit]], shown: str, decision: Decision)
     return headers
 
 
-def verdict_of(decision: Decision, checked: Mapping[str, Sequence[Limit]], name: str, cost: int) -> Verdict:
-    """The verdict on the keys ``checked`` (each with its limits): one key
-    gets rate_limit_headers, several multi_key_headers."""
-    keys = tuple(checked)
-    if decision.source == "fail_closed":
-        retry = str(max(1, seconds_ceil(decision.retry_after_ms)))
-        return Verdict(False, "unavailable", decision, keys, cost, {"Retry-After": retry})
-    # Failing open serves without claiming a quota nobody counted.
-    if decision.source == "fail_open":
-        headers = {}
-    elif isinstance(decision, MultiDecision):
-        headers = multi_key_headers(list(checked.values()), name, decision)
-    else:
-        headers = rate_limit_headers(checked[keys[0]], name, decision)
-    return Verdict(decision.allowed, "limited", decision, keys, cost, headers)
+def outcome_of(decision: Decision, shadow: bool) -> Outcome:
+    if decision.source in ("fail_open", "fail_closed"):
+        return decision.source
+    if not decision.allowed and shadow:
+        return "shadow_denied"
+    if decision.source == "fallback":
+        return "fallback_allowed" if decision.allowed else "fallback_denied"
+    return "allowed" if decision.allowed else "denied"
 
 
 def server_error(status: int) -> bool:
@@ -143,7 +167,9 @@ class Route:
     ``<name>:<key>``, and names the policy), ``cost`` (units per request),
     ``refund_when`` (refund when the response has this status; default:
     status >= 500; a handler that raises is refunded too), ``block_ms``
-    (a denial blocks the keys whose limits denied, for that long)."""
+    (a denial blocks the keys whose limits denied, for that long),
+    ``shadow`` (decide and record as usual, never deny: no 429, no
+    RateLimit fields; what would have been denied is logged and counted)."""
 
     limits: Limits | Callable[..., Limits | None] | None
     name: str = "default"
@@ -151,6 +177,7 @@ class Route:
     refund_when: Callable[[int], bool] = server_error
     keys: Callable[..., KeysResult | Awaitable[KeysResult]] | None = None
     block_ms: int | None = None
+    shadow: bool = False
 
     def __post_init__(self) -> None:
         # Fails at start-up, not on the first request.
@@ -171,3 +198,107 @@ class Route:
     def keys_for(self, keyed: Mapping[str, Limits]) -> dict[str, list[Limit]]:
         """The keys a ``keys`` function returned, namespaced, with their limits."""
         return {self.key_for(ident): as_list(limits) for ident, limits in keyed.items()}
+
+    def verdict(
+        self, decision: Decision, checked: Mapping[str, Sequence[Limit]], cost: int, metrics: Metrics
+    ) -> Verdict:
+        """The verdict on the keys ``checked`` (each with its limits),
+        counted under its binding policy."""
+        keys = tuple(checked)
+        named = named_policies(list(checked.values()), self.name)
+        policy = named[binding_position(decision)][0][0]
+        outcome = outcome_of(decision, self.shadow)
+        metrics.decision(policy, outcome)
+        if self.shadow:
+            if outcome == "shadow_denied":
+                logger.warning(_SHADOW_DENIED, policy, decision.retry_after_ms)
+            return Verdict(True, "limited", decision, keys, cost, {}, policy)
+        if decision.source == "fail_closed":
+            retry = str(max(1, seconds_ceil(decision.retry_after_ms)))
+            return Verdict(False, "unavailable", decision, keys, cost, {"Retry-After": retry}, policy)
+        # Failing open serves without claiming a quota nobody counted.
+        headers = {} if decision.source == "fail_open" else rate_limit_headers(named, decision)
+        return Verdict(decision.allowed, "limited", decision, keys, cost, headers, policy)
+
+
+Judging = Generator[Any, Any, T]
+"""Middleware work written once for the sync and the async skins: it
+yields what a function of the request or the limiter returned (a value,
+or under ASGI perhaps an awaitable) and receives it settled."""
+
+
+def judging(
+    limiter: RateLimiter | AsyncRateLimiter, route: Route, key: Callable[[R], Any], request: R
+) -> Judging[Verdict | None]:
+    """Decides one request (an ASGI scope, a WSGI environ, or a framework's
+    request object that the key functions read); None when it is not
+    limited. Several keys ask for each key's remaining, so the headers and
+    the metrics can name the policy that binds."""
+    if route.keys is not None:
+        keyed = yield route.keys(request)
+        if keyed is None:
+            return None
+        if not isinstance(keyed, Mapping):
+            raise TypeError(f"a keys function returns a mapping of key to limits, got {keyed!r}")
+        checked = route.keys_for(keyed)
+        cost = route.cost_for(request)
+        several = len(checked) > 1
+        decision = yield limiter.check_all(checked, cost=cost, block_ms=route.block_ms, per_key_remaining=several)
+        return route.verdict(decision, checked, cost, limiter.metrics)
+    limits = route.limits_for(request)
+    if limits is None:
+        return None
+    ident = yield key(request)
+    if ident is None:
+        return None
+    full = route.key_for(ident)
+    cost = route.cost_for(request)
+    one = yield limiter.check(full, limits, cost=cost, block_ms=route.block_ms)
+    return route.verdict(one, {full: limits}, cost, limiter.metrics)
+
+
+def refunding(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict) -> Judging[None]:
+    """Refunds an allowed request in every key it was charged to. An error
+    about the call (its check met none, so it is all but impossible here)
+    is not raised: it would hide the response or the handler's own error;
+    an outage is logged by the limiter."""
+    if not verdict.decision.allowed:
+        return
+    try:
+        if isinstance(verdict.decision, MultiDecision):
+            yield limiter.undo_all(verdict.keys, verdict.cost, decision=verdict.decision)
+        else:
+            yield limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+    except RateLimitReplyError:
+        pass
+
+
+def settle(work: Judging[T]) -> T:
+    """Runs middleware work where nothing may be awaited (WSGI, Django)."""
+    try:
+        value = next(work)
+        while True:
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()
+                raise TypeError("an async function of the request needs the ASGI middleware or FastAPI's dependency")
+            value = work.send(value)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+async def settle_async(work: Judging[T]) -> T:
+    """Runs middleware work under ASGI: awaits what needs it."""
+    try:
+        value = next(work)
+        while True:
+            try:
+                settled = await value if inspect.isawaitable(value) else value
+            except Exception as error:
+                value = work.throw(error)
+            else:
+                value = work.send(settled)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result

@@ -1,20 +1,20 @@
 """ASGI middleware (Starlette, FastAPI, any ASGI app): one CHECK per HTTP
-request (one MCHECK over several keys with ``keys=``), the IETF RateLimit fields, 429 with Retry-After (503 when Redis
-is unreachable and failing closed), a refund when the app raises or
-answers with a refunded status, and a hook for the refusal.
+request (one MCHECK over several keys with ``keys=``), the IETF RateLimit
+fields, 429 with Retry-After (503 when Redis is unreachable and failing
+closed), a refund when the app raises or answers with a refunded status, a
+hook for the refusal, and shadow mode.
 
     app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=Limit.per_minute(10))
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from ._core import Limits, MultiDecision, RateLimitReplyError
-from ._http import KeysResult, Route, Verdict, check_subjects, server_error, verdict_of
+from ._core import Limits
+from ._http import KeysResult, Route, Verdict, check_subjects, judging, refunding, server_error, settle_async
 from .asyncio import AsyncRateLimiter
 
 Scope = MutableMapping[str, Any]
@@ -45,7 +45,7 @@ def client_address(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
-def header_key(name: str) -> KeyFunction:
+def header_key(name: str) -> Callable[[Scope], str | None]:
     """A key function reading one request header (e.g. ``x-api-key``);
     requests without it are not limited."""
     wanted = name.lower().encode("latin-1")
@@ -72,12 +72,13 @@ class RateLimitMiddleware:
         cost: int | Callable[[Scope], int] = 1,
         refund_when: Callable[[int], bool] = server_error,
         block_ms: int | None = None,
+        shadow: bool = False,
         on_limited: LimitedHook | None = None,
     ) -> None:
         check_subjects(limits, key, keys)
         self.app = app
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when, keys, block_ms)
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow)
         self.key = key or client_address
         self.on_limited = on_limited
 
@@ -102,24 +103,7 @@ async def judge(
 ) -> Verdict | None:
     """Decides one request (an ASGI scope, or a framework's request object
     that the key functions read); None when it is not limited."""
-    if route.keys is not None:
-        keyed = await _maybe_await(route.keys(request))
-        if keyed is None:
-            return None
-        checked = route.keys_for(keyed)
-        cost = route.cost_for(request)
-        decision = await limiter.check_all(checked, cost=cost, block_ms=route.block_ms)
-        return verdict_of(decision, checked, route.name, cost)
-    limits = route.limits_for(request)
-    if limits is None:
-        return None
-    ident = await _maybe_await(key(request))
-    if ident is None:
-        return None
-    full = route.key_for(ident)
-    cost = route.cost_for(request)
-    one = await limiter.check(full, limits, cost=cost, block_ms=route.block_ms)
-    return verdict_of(one, {full: limits}, route.name, cost)
+    return await settle_async(judging(limiter, route, key, request))
 
 
 async def refuse(verdict: Verdict, hook: LimitedHook | None, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,15 +139,7 @@ async def serve(
 
 
 async def refund(limiter: AsyncRateLimiter, verdict: Verdict) -> None:
-    """A failed refund is logged by the limiter; the response has gone."""
-    if verdict.decision.allowed:
-        # An error about the call is logged by the limiter; raising it here
-        # would hide the response or the handler's own error.
-        with contextlib.suppress(RateLimitReplyError):
-            if isinstance(verdict.decision, MultiDecision):
-                await limiter.undo_all(verdict.keys, verdict.cost, decision=verdict.decision)
-            else:
-                await limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+    await settle_async(refunding(limiter, verdict))
 
 
 def _adding_headers(send: Send, headers: dict[str, str]) -> Send:

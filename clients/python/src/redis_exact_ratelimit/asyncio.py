@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, Union
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
-from ._base import LimiterBase
-from ._core import (
-    Decision,
-    Limits,
-    MultiDecision,
-    Operation,
-    make_call,
-    parse_count,
-    parse_counts,
-    parse_decision,
-    parse_multi_decision,
-    parse_unblocked,
-    undo_args,
-    validate_keys,
-)
+from ._base import LimiterBase, RoundTrip, Steps
+from ._core import Decision, Limits, MultiDecision
 from ._fallback import Fallback
+from ._metrics import Metrics
 from ._policy import Unavailable
-from ._transport import Plan, plan, standalone_name
+from ._transport import Command, Plan, Transaction, plan, standalone_name
 from .client import CallTimeout
 
 T = TypeVar("T")
@@ -47,6 +37,7 @@ class AsyncRateLimiter(LimiterBase):
         fail_open: bool = False,
         fallback: Fallback | None = None,
         retry_after_failure: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -54,42 +45,35 @@ class AsyncRateLimiter(LimiterBase):
             fail_open=fail_open,
             fallback=fallback,
             retry_after_failure=retry_after_failure,
+            metrics=metrics,
             cluster=isinstance(client, RedisCluster),
         )
         self.client = client
+        # Late refunds under way: the event loop keeps only weak references.
+        self._refunds: set[asyncio.Task[None]] = set()
 
     async def check(
         self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None, block_ms: int | None = None
     ) -> Decision:
         """Decides a request and records it if every limit allows it (see
         :meth:`RateLimiter.check`)."""
-        return await self._decide("check", key, limits, cost, precision, block_ms)
+        return await self._run(self._deciding("check", key, limits, cost, precision, block_ms))
 
     async def peek(
         self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None, block_ms: int | None = None
     ) -> Decision:
         """Would ``check`` allow this request now? Records nothing."""
-        return await self._decide("peek", key, limits, cost, precision, block_ms)
+        return await self._run(self._deciding("peek", key, limits, cost, precision, block_ms))
 
     async def undo(self, key: str, cost: int = 1, *, decision: Decision | None = None) -> int:
         """Refunds the ``cost`` newest units of the key; returns how many
         were removed (see :meth:`RateLimiter.undo`)."""
-        full = self._full_key(key)
-        local = self._undo_locally([full], cost, decision)
-        if local is not None:
-            return local[0]
-        outcome = await self._call("undo", (full,), undo_args(cost), parse_count)
-        if isinstance(outcome, Unavailable):
-            return self.policy.undo_without_redis(full, cost)
-        return outcome
+        return await self._run(self._undoing(key, cost, decision))
 
-    async def unblock(self, key: str) -> bool:
-        """Lifts the key's block, keeping its history (see :meth:`RateLimiter.unblock`)."""
-        full = self._full_key(key)
-        outcome = await self._call("unblock", (full,), [], parse_unblocked)
-        if isinstance(outcome, Unavailable):
-            return self.policy.unblock_without_redis(full, outcome)
-        return outcome
+    async def unblock(self, key: str, *, reset: bool = False) -> bool:
+        """Lifts the key's block; with ``reset`` also deletes the key (see
+        :meth:`RateLimiter.unblock`)."""
+        return await self._run(self._unblocking(key, reset))
 
     async def check_all(
         self,
@@ -98,9 +82,10 @@ class AsyncRateLimiter(LimiterBase):
         cost: int = 1,
         precision: int | None = None,
         block_ms: int | None = None,
+        per_key_remaining: bool = False,
     ) -> MultiDecision:
         """One request against several keys, all or nothing (see :meth:`RateLimiter.check_all`)."""
-        return await self._decide_all("mcheck", keys, cost, precision, block_ms)
+        return await self._run(self._deciding_all("mcheck", keys, cost, precision, block_ms, per_key_remaining))
 
     async def peek_all(
         self,
@@ -109,67 +94,54 @@ class AsyncRateLimiter(LimiterBase):
         cost: int = 1,
         precision: int | None = None,
         block_ms: int | None = None,
+        per_key_remaining: bool = False,
     ) -> MultiDecision:
         """Would ``check_all`` allow this request now? Records nothing."""
-        return await self._decide_all("mpeek", keys, cost, precision, block_ms)
+        return await self._run(self._deciding_all("mpeek", keys, cost, precision, block_ms, per_key_remaining))
 
     async def undo_all(self, keys: Iterable[str], cost: int = 1, *, decision: Decision | None = None) -> dict[str, int]:
         """Refunds ``cost`` units in every key (see :meth:`RateLimiter.undo_all`)."""
-        given = validate_keys(keys)
-        full = self._full_keys(given)
-        local = self._undo_locally(full, cost, decision)
-        if local is not None:
-            return dict(zip(given, local, strict=True))
-        outcome = await self._call("mundo", full, undo_args(cost), lambda reply: parse_counts(reply, given))
-        return self._undone_all(given, full, cost, outcome)
+        return await self._run(self._undoing_all(keys, cost, decision))
 
-    async def _decide(
-        self,
-        operation: Operation,
-        key: str,
-        limits: Limits,
-        cost: int,
-        precision: int | None,
-        block_ms: int | None,
-    ) -> Decision:
-        full = self._full_key(key)
-        call = make_call(limits, cost, precision, block_ms)
-        outcome = await self._call(operation, (full,), call.args(), parse_decision)
-        return self._decided(operation == "check", full, call, outcome)
+    async def _run(self, steps: Steps[T]) -> T:
+        """Runs an operation (see _base.run) with an awaited round trip."""
+        try:
+            trip = next(steps)
+            while True:
+                trip = steps.send(await self._call(trip))
+        except StopIteration as stop:
+            answer: T = stop.value
+            return answer
 
-    async def _decide_all(
-        self,
-        operation: Operation,
-        keys: Mapping[str, Limits],
-        cost: int,
-        precision: int | None,
-        block_ms: int | None,
-    ) -> MultiDecision:
-        multi, full = self._multi_call(keys, cost, precision, block_ms)
-        outcome = await self._call(operation, full, multi.args(), lambda reply: parse_multi_decision(reply, multi.keys))
-        return self._decided_all(operation == "mcheck", full, multi, outcome)
-
-    async def _call(
-        self, operation: Operation, keys: Sequence[str], args: list[str], parse: Callable[[Any], T]
-    ) -> T | Unavailable:
-        server = self._server_name(keys[0])
+    async def _call(self, trip: RoundTrip[T]) -> T | Unavailable:
+        server = self._server_name(trip.op.keys[0])
         skipped = self.policy.skip(server)
         if skipped is not None:
             return skipped
+        started = time.perf_counter()
         try:
-            value = parse(await self._within_timeout(self._round_trip(operation, keys, args)))
+            replies = await self._within_timeout(trip)
         except Exception as error:
-            return self._unavailable(server, operation, keys, error)
-        self.policy.succeeded(server)
-        return value
+            return self._failed(server, trip, started, error)
+        return self._answered(server, trip, started, replies)
 
-    async def _round_trip(self, operation: Operation, keys: Sequence[str], args: list[str]) -> Any:
+    async def _round_trip(self, trip: RoundTrip[Any]) -> list[Any]:
         if isinstance(self.client, RedisCluster):
             # Learns the slot map on first use (a no-op after), so the
             # key's server can be named before the command is sent.
             await self.client.initialize()
-        steps = plan(self.policy, self.script, self._server_for(keys[0]), operation, keys, args)
-        return await _drive(steps, self.client.execute_command)
+        steps = plan(self.policy, self.script, self._server_for(trip.op.keys[0]), trip.steps)
+        return await _drive(steps, self._send)
+
+    async def _send(self, command: Command) -> Any:
+        if not isinstance(command, Transaction):
+            return await self.client.execute_command(*command)
+        if isinstance(self.client, RedisCluster):
+            return await _on_one_node(self.client, command)
+        pipe = self.client.pipeline(transaction=True)
+        for one in command.commands:
+            pipe.execute_command(*one)
+        return await pipe.execute()
 
     def _server_for(self, key: str) -> str:
         if isinstance(self.client, RedisCluster):
@@ -179,27 +151,95 @@ class AsyncRateLimiter(LimiterBase):
             return str(node.name)
         return standalone_name(self.client.connection_pool.connection_kwargs)
 
-    async def _within_timeout(self, work: Any) -> Any:
+    async def _within_timeout(self, trip: RoundTrip[Any]) -> list[Any]:
         if self.timeout is None:
-            return await work
+            return await self._round_trip(trip)
+        work = asyncio.ensure_future(self._round_trip(trip))
         try:
+            done, _ = await asyncio.wait({work}, timeout=self.timeout)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        if work in done:
+            return work.result()
+        if trip.refund is None:
             # Cancelling a redis.asyncio command closes its connection, so
             # a late reply cannot be read as the next command's.
-            return await asyncio.wait_for(work, self.timeout)
-        except asyncio.TimeoutError:
-            raise CallTimeout(f"no answer from Redis within {self.timeout * 1000:g} ms") from None
+            work.cancel()
+        else:
+            # A check may count in Redis even so (a hung server answers it
+            # once it resumes): it is awaited, and refunded if it did.
+            refund = asyncio.ensure_future(self._refund_when_answered(work, trip, self.timeout))
+            self._refunds.add(refund)
+            refund.add_done_callback(self._refunds.discard)
+        raise CallTimeout(self.timeout)
+
+    async def _refund_when_answered(
+        self, work: asyncio.Future[list[Any]], trip: RoundTrip[Any], timeout: float
+    ) -> None:
+        try:
+            replies = await work
+        except Exception:
+            return
+        refund = self._late_refund(trip, replies)
+        if refund is None:
+            return
+        try:
+            await asyncio.wait_for(self._round_trip(refund), timeout)
+        except Exception as error:
+            self._late_refunded(trip, CallTimeout(timeout) if isinstance(error, asyncio.TimeoutError) else error)
+        else:
+            self._late_refunded(trip, None)
 
 
-async def _drive(steps: Plan, send: Callable[..., Any]) -> Any:
+async def _drive(steps: Plan, send: Callable[[Command], Any]) -> list[Any]:
     """Runs a plan (see _transport.plan) with an awaitable send."""
     try:
         command = next(steps)
         while True:
             try:
-                reply = await send(*command)
+                reply = await send(command)
             except Exception as error:
                 command = steps.throw(error)
             else:
                 command = steps.send(reply)
     except StopIteration as stop:
-        return stop.value
+        replies: list[Any] = stop.value
+        return replies
+
+
+async def _on_one_node(client: RedisCluster, transaction: Transaction) -> list[Any]:
+    """MULTI/EXEC on the master of the transaction's key, over one of its
+    connections. (redis-py's asyncio cluster pipeline queues a transaction's
+    commands from another event loop, which the connections refuse.)"""
+    node = client.get_node_from_key(transaction.key)
+    if node is None:
+        raise ConnectionError(f"the cluster has no node for key {transaction.key!r} yet")
+    connection = node.acquire_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands([["MULTI"], *transaction.commands, ["EXEC"]]))
+        # MULTI's OK and each command's QUEUED, or the error that aborts it.
+        queued = [await _read(connection) for _ in range(len(transaction.commands) + 1)]
+        replies = await _read(connection)
+    except BaseException:
+        # Replies may be left unread: the connection is not reused.
+        await connection.disconnect()
+        raise
+    finally:
+        node.release(connection)
+    # As redis-py's own transactions: the first error, a queued command's
+    # (unknown command) before EXEC's EXECABORT or a command's in EXEC.
+    answered = [replies] if isinstance(replies, Exception) else list(replies)
+    errors = [reply for reply in [*queued, *answered] if isinstance(reply, Exception)]
+    if errors:
+        raise errors[0]
+    return answered
+
+
+async def _read(connection: Any) -> Any:
+    """One reply; an error reply is returned, not raised, so every reply of
+    the transaction is read."""
+    try:
+        return await connection.read_response()
+    except ResponseError as error:
+        return error

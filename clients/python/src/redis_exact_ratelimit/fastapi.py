@@ -50,11 +50,12 @@ class RateLimit:
         cost: int | Callable[[Request], int] = 1,
         refund_when: Callable[[int], bool] = server_error,
         block_ms: int | None = None,
+        shadow: bool = False,
         on_limited: LimitedHook | None = None,
     ) -> None:
         check_subjects(limits, key, keys)
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when, keys, block_ms)
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow)
         self.key = key or client_address
         self.on_limited = on_limited
 

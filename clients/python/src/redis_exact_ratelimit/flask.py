@@ -50,10 +50,11 @@ def rate_limit(
     cost: int | Callable[[Request], int] = 1,
     refund_when: Callable[[int], bool] = server_error,
     block_ms: int | None = None,
+    shadow: bool = False,
     on_limited: LimitedHook | None = None,
 ) -> Callable[[View], View]:
     check_subjects(limits, key, keys)
-    route = Route(limits, name, cost, refund_when, keys, block_ms)
+    route = Route(limits, name, cost, refund_when, keys, block_ms, shadow)
     by_key = key or client_address
 
     def decorate(view: View) -> View:

@@ -1,20 +1,20 @@
-"""WSGI middleware (Flask, Django, any WSGI app): one CHECK per request (one
-MCHECK over several keys with ``keys=``), the IETF RateLimit fields, 429 with Retry-After (503 when Redis is unreachable
-and failing closed), a refund when the app raises or answers with a
-refunded status, and a hook for the refusal.
+"""WSGI middleware (Flask, any WSGI app): one CHECK per request (one MCHECK
+over several keys with ``keys=``), the IETF RateLimit fields, 429 with
+Retry-After (503 when Redis is unreachable and failing closed), a refund
+when the app raises or answers with a refunded status, a hook for the
+refusal, and shadow mode. (Django has its own middleware:
+:mod:`redis_exact_ratelimit.django`.)
 
-    app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=Limit.per_minute(10))   # Flask
-    application = RateLimitMiddleware(get_wsgi_application(), limiter=limiter, limits=...)           # Django
+    app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=Limit.per_minute(10))
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Limits, MultiDecision, RateLimitReplyError
-from ._http import KeysResult, Route, Verdict, check_subjects, server_error, verdict_of
+from ._core import Limits
+from ._http import KeysResult, Route, Verdict, check_subjects, judging, refunding, server_error, settle
 from .client import RateLimiter
 
 if TYPE_CHECKING:
@@ -71,12 +71,13 @@ class RateLimitMiddleware:
         cost: int | Callable[[WSGIEnvironment], int] = 1,
         refund_when: Callable[[int], bool] = server_error,
         block_ms: int | None = None,
+        shadow: bool = False,
         on_limited: LimitedHook | None = None,
     ) -> None:
         check_subjects(limits, key, keys)
         self.app = app
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when, keys, block_ms)
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow)
         self.key = key or client_address
         self.on_limited = on_limited
 
@@ -112,38 +113,11 @@ class RateLimitMiddleware:
 def judge(limiter: RateLimiter, route: Route, key: Callable[[R], str | None], request: R) -> Verdict | None:
     """Decides one request (a WSGI environ, or a framework's request object
     that the key functions read); None when it is not limited."""
-    if route.keys is not None:
-        keyed = route.keys(request)
-        if keyed is None:
-            return None
-        if not isinstance(keyed, Mapping):
-            raise TypeError(f"a keys function returns a mapping of key to limits (not async under WSGI), got {keyed!r}")
-        checked = route.keys_for(keyed)
-        cost = route.cost_for(request)
-        decision = limiter.check_all(checked, cost=cost, block_ms=route.block_ms)
-        return verdict_of(decision, checked, route.name, cost)
-    limits = route.limits_for(request)
-    if limits is None:
-        return None
-    ident = key(request)
-    if ident is None:
-        return None
-    full = route.key_for(ident)
-    cost = route.cost_for(request)
-    one = limiter.check(full, limits, cost=cost, block_ms=route.block_ms)
-    return verdict_of(one, {full: limits}, route.name, cost)
+    return settle(judging(limiter, route, key, request))
 
 
 def refund(limiter: RateLimiter, verdict: Verdict) -> None:
-    """A failed refund is logged by the limiter; the response has gone."""
-    if verdict.decision.allowed:
-        # An error about the call is logged by the limiter; raising it here
-        # would hide the response or the handler's own error.
-        with contextlib.suppress(RateLimitReplyError):
-            if isinstance(verdict.decision, MultiDecision):
-                limiter.undo_all(verdict.keys, verdict.cost, decision=verdict.decision)
-            else:
-                limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
+    settle(refunding(limiter, verdict))
 
 
 class _Refund:

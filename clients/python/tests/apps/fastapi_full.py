@@ -1,6 +1,7 @@
 """A FastAPI app with every feature the tests drive: the middleware on
-/mw/*, the dependency on /dep/*, a failing route of each, a hook, and the
-middleware over several keys (user, IP, tenant) on /multi/*."""
+/mw/*, the dependency on /dep/*, a failing route of each, a hook, the
+middleware over several keys (user, IP, tenant) on /multi/* and (user,
+tenant) on /bind/*, shadow mode on /shadow/*, and metrics on /metrics."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import os
 import redis.asyncio as redis
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from settings import limiter_options, redis_options, user_then_ip
+from prometheus_client import make_asgi_app
+from settings import REGISTRY, limiter_options, redis_options, user_and_tenant, user_then_ip
 
 from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, Verdict
 from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
 from redis_exact_ratelimit.fastapi import RateLimit
 
-limiter = AsyncRateLimiter(redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options()), **limiter_options())
+limiter = AsyncRateLimiter(
+    redis.Redis.from_url(os.environ["REDIS_URL"], **redis_options(asyncio=True)), **limiter_options()
+)
 TEN = Limit.per_minute(10)
 
 
@@ -52,8 +56,24 @@ def slow_down(request: Request, verdict: Verdict) -> Exception:
     return HTTPException(verdict.status, {"error": "slow down", "retry_after_ms": verdict.decision.retry_after_ms})
 
 
+def bound_keys(scope: Scope) -> dict[str, Limits] | None:
+    if not str(scope["path"]).startswith("/bind/"):
+        return None
+    headers = {bytes(name).decode("latin-1"): bytes(value).decode("latin-1") for name, value in scope["headers"]}
+    return user_and_tenant(headers["x-user"], headers["x-tenant"])
+
+
+def shadow_limits(scope: Scope) -> Limit | None:
+    return Limit.per_minute(2) if str(scope["path"]).startswith("/shadow/") else None
+
+
 app = FastAPI()
+app.mount("/metrics", make_asgi_app(REGISTRY))
 app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=middleware_limits, key=header_key("x-user"), name="mw")
+app.add_middleware(RateLimitMiddleware, limiter=limiter, keys=bound_keys, name="bind")
+app.add_middleware(
+    RateLimitMiddleware, limiter=limiter, limits=shadow_limits, key=header_key("x-user"), name="shadow", shadow=True
+)
 app.add_middleware(
     RateLimitMiddleware,
     limiter=limiter,
@@ -123,6 +143,16 @@ async def depmulti() -> dict[str, str]:
 @app.get("/lock", dependencies=[Depends(locking)])
 async def lock() -> dict[str, str]:
     return {"ok": "lock"}
+
+
+@app.get("/bind/ok")
+async def bind_ok() -> dict[str, str]:
+    return {"ok": "bind"}
+
+
+@app.get("/shadow/ok")
+async def shadow_ok() -> dict[str, str]:
+    return {"ok": "shadow"}
 
 
 @app.get("/backend")

@@ -1,6 +1,7 @@
 """A Flask app with every feature the tests drive: the WSGI middleware on
-/mw/*, the decorator on /dec/*, a failing route of each, a hook, and the
-middleware over several keys (user, IP, tenant) on /multi/*."""
+/mw/*, the decorator on /dec/*, a failing route of each, a hook, the
+middleware over several keys (user, IP, tenant) on /multi/* and (user,
+tenant) on /bind/*, shadow mode on /shadow/*, and metrics on /metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import os
 import redis
 from flask import Flask, Request, jsonify
 from flask.typing import ResponseReturnValue
-from settings import limiter_options, redis_options, user_then_ip
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from settings import REGISTRY, limiter_options, redis_options, user_and_tenant, user_then_ip
 from werkzeug.wrappers import Response
 
 from redis_exact_ratelimit import Limit, Limits, RateLimiter, Verdict
@@ -54,8 +56,22 @@ def slow_down(verdict: Verdict) -> ResponseReturnValue:
     return jsonify(error="slow down", retry_after_ms=verdict.decision.retry_after_ms), verdict.status
 
 
+def bound_keys(environ: WSGIEnvironment) -> dict[str, Limits] | None:
+    if not str(environ["PATH_INFO"]).startswith("/bind/"):
+        return None
+    return user_and_tenant(environ["HTTP_X_USER"], environ["HTTP_X_TENANT"])
+
+
+def shadow_limits(environ: WSGIEnvironment) -> Limit | None:
+    return Limit.per_minute(2) if str(environ["PATH_INFO"]).startswith("/shadow/") else None
+
+
 app = Flask(__name__)
 by_user = header_key("X-User")
+app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, keys=bound_keys, name="bind")  # type: ignore[method-assign]
+app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
+    app.wsgi_app, limiter=limiter, limits=shadow_limits, key=by_user, name="shadow", shadow=True
+)
 app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=middleware_limits, key=by_user, name="mw")  # type: ignore[method-assign]
 app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, keys=user_ip_tenant, name="multi")  # type: ignore[method-assign]
 app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
@@ -125,6 +141,21 @@ def dec_boom() -> ResponseReturnValue:
 @rate_limit(limiter, Limit.per_minute(2), key=user, name="hooked", on_limited=slow_down)
 def hooked() -> ResponseReturnValue:
     return {"ok": "hooked"}
+
+
+@app.get("/bind/ok")
+def bind_ok() -> ResponseReturnValue:
+    return {"ok": "bind"}
+
+
+@app.get("/shadow/ok")
+def shadow_ok() -> ResponseReturnValue:
+    return {"ok": "shadow"}
+
+
+@app.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    return generate_latest(REGISTRY), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 
 @app.get("/backend")

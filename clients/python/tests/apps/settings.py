@@ -6,7 +6,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from redis_exact_ratelimit import Fallback, Limit, Limits
+from redis_exact_ratelimit.prometheus import PrometheusMetrics
+
+# The app's metrics, served at /metrics.
+REGISTRY = CollectorRegistry()
 
 
 def limiter_options() -> dict[str, Any]:
@@ -16,19 +22,33 @@ def limiter_options() -> dict[str, Any]:
         "fail_open": os.environ.get("FAIL_OPEN") == "1",
         "fallback": Fallback(float(share)) if share else None,
         "retry_after_failure": float(os.environ.get("RETRY_AFTER_FAILURE", "0.5")),
+        "metrics": PrometheusMetrics(REGISTRY),
     }
 
 
-def redis_options() -> dict[str, Any]:
+def redis_options(*, asyncio: bool = False) -> dict[str, Any]:
     """A client that fails fast while Redis is away (the limiter's timeout
-    bounds each call anyway)."""
+    bounds each call anyway): one immediate retry, which opens again a
+    connection the server closed."""
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return {"socket_connect_timeout": 0.5, "socket_timeout": 1.0, "retry": Retry(NoBackoff(), 0)}
+    retry = AsyncRetry(NoBackoff(), 1) if asyncio else Retry(NoBackoff(), 1)
+    return {"socket_connect_timeout": 0.5, "socket_timeout": 1.0, "retry": retry}
 
 
 def user_then_ip(user: str, ip: str) -> dict[str, Limits]:
     """The per-route several-keys limit of both apps: the user (2 a minute)
     and the address (4 a minute)."""
     return {f"user:{user}": Limit.per_minute(2, name="user"), f"ip:{ip}": Limit.per_minute(4, name="ip")}
+
+
+def user_and_tenant(user: str, tenant: str) -> dict[str, Limits]:
+    """The several-keys limit whose binding policy the headers name: each
+    user 3 a minute, the tenant 3 a minute."""
+    tag = "{" + tenant + "}"
+    return {
+        f"{tag}:user:{user}": Limit.per_minute(3, name="user"),
+        f"{tag}:tenant": Limit.per_minute(3, name="tenant"),
+    }

@@ -1,0 +1,116 @@
+// The examples the README shows (examples/*.mjs), word for word, each run
+// as a program against real servers and driven over real HTTP: the Express
+// quick start, the login lockout an administrator lifts (module and twin),
+// and Prometheus metrics scraped from /metrics with a limit in shadow mode.
+import assert from "node:assert/strict";
+import { readdir, readFile } from "node:fs/promises";
+import { after, before, test } from "node:test";
+import { runApp, startServer } from "./servers.mjs";
+
+const app = new URL("..", import.meta.url).pathname;
+const servers = {};
+before(async () => {
+  [servers.module, servers.twin] = await Promise.all([startServer(), startServer({ module: false })]);
+});
+after(() => Promise.all(Object.values(servers).map((server) => server.stop())));
+
+const redisUrl = (server) => `redis://127.0.0.1:${server.port}`;
+
+async function request(url, init = {}) {
+  const response = await fetch(url, init);
+  const body = await response.text();
+  return { status: response.status, body, headers: response.headers };
+}
+
+test("the README shows every example as it is in examples/", async () => {
+  const readme = await readFile(`${app}/node_modules/redis-ratelimit/README.md`, "utf8");
+  const files = await readdir(`${app}/examples`);
+  assert.deepEqual(files.sort(), ["login-lockout.mjs", "metrics.mjs", "quickstart.mjs"]);
+  for (const file of files) {
+    const text = await readFile(`${app}/examples/${file}`, "utf8");
+    assert.ok(readme.includes(`\`\`\`js\n${text}\`\`\``), `the README shows examples/${file} as it is`);
+  }
+  const quickStart = await readFile(`${app}/examples/quickstart.mjs`, "utf8");
+  const lines = quickStart.split("\n").filter((line) => line.trim() !== "");
+  assert.ok(lines.length <= 10, `the quick start is ${lines.length} lines of app code`);
+});
+
+test("the Express quick start: 10 requests a minute per user, the 11th refused with Retry-After", async (t) => {
+  const { url } = await runApp(t, "examples/quickstart.mjs", { cwd: app, env: { REDIS_URL: redisUrl(servers.module) } });
+  const answers = [];
+  for (let i = 0; i < 11; i++) answers.push(await request(`${url}/`, { headers: { "x-user-id": "newcomer" } }));
+  assert.deepEqual(
+    answers.map((answer) => answer.status),
+    [...Array(10).fill(200), 429],
+  );
+  assert.equal(answers[0].body, "hello\n");
+  assert.equal(answers[9].headers.get("ratelimit"), '"default";r=0;t=60');
+  assert.ok(Number(answers[10].headers.get("retry-after")) >= 59);
+  assert.equal((await request(`${url}/`, { headers: { "x-user-id": "someone-else" } })).status, 200);
+});
+
+for (const backend of ["module", "twin"]) {
+  test(`the login lockout on the ${backend}: locked after 5 failures for an hour, lifted by an administrator with the failures forgotten`, async (t) => {
+    const { url } = await runApp(t, "examples/login-lockout.mjs", { cwd: app, env: { REDIS_URL: redisUrl(servers[backend]) } });
+    const user = `alice`;
+    const login = (password) => request(`${url}/login`, { method: "POST", body: new URLSearchParams({ username: user, password }) });
+    const unlock = async () => JSON.parse((await request(`${url}/admin/unlock/${user}`, { method: "POST" })).body);
+    assert.equal((await login("correct horse")).status, 200, "a successful login does not count");
+    const failures = [];
+    for (let i = 0; i < 5; i++) failures.push((await login("wrong")).status);
+    assert.deepEqual(failures, Array(5).fill(401));
+    const locked = await login("correct horse");
+    assert.deepEqual(
+      [locked.status, locked.headers.get("retry-after"), locked.headers.get("ratelimit")],
+      [429, "3600", '"login";r=0;t=3600'],
+    );
+    assert.deepEqual(await unlock(), { wasLocked: true });
+    assert.equal((await login("correct horse")).status, 200, "let in at once: the failures are forgotten");
+    assert.deepEqual(await unlock(), { wasLocked: false });
+    const again = [];
+    for (let i = 0; i < 6; i++) again.push((await login("wrong")).status);
+    assert.deepEqual(again, [...Array(5).fill(401), 429], "5 fresh failures before the next lockout");
+  });
+}
+
+/** The samples of a Prometheus text exposition, keyed as `name{label="value",...}` with the labels sorted. */
+function samples(text) {
+  const parsed = new Map();
+  for (const line of text.split("\n")) {
+    const match = line.match(/^(\w+)(?:\{(.*)\})? (\S+)$/);
+    if (!match) continue;
+    const labels = [...(match[2] ?? "").matchAll(/(\w+)="([^"]*)"/g)].map(([, name, value]) => `${name}="${value}"`).sort();
+    parsed.set(`${match[1]}{${labels.join(",")}}`, Number(match[3]));
+  }
+  return parsed;
+}
+
+test("metrics: decisions by policy and outcome (shadow mode included), errors by cause and Redis round trips, scraped over HTTP", async (t) => {
+  const redis = await startServer();
+  t.after(() => redis.stop());
+  const { url, printed } = await runApp(t, "examples/metrics.mjs", { cwd: app, env: { REDIS_URL: redisUrl(redis) } });
+  const statuses = [];
+  for (let i = 0; i < 12; i++) statuses.push((await request(`${url}/`, { headers: { "x-user-id": "m" } })).status);
+  assert.deepEqual(statuses, [...Array(10).fill(200), 429, 429], "api-next, in shadow mode, refuses nothing");
+  let scraped = samples((await request(`${url}/metrics`)).body);
+  const decisions = (policy, outcome) => scraped.get(`ratelimit_decisions_total{outcome="${outcome}",policy="${policy}"}`);
+  assert.deepEqual(
+    [decisions("api", "allowed"), decisions("api", "denied"), decisions("api-next", "allowed"), decisions("api-next", "shadow_denied")],
+    [10, 2, 5, 5],
+  );
+  assert.equal(scraped.get('ratelimit_redis_duration_seconds_count{operation="check"}'), 22);
+  for (const cause of ["timeout", "connection", "noperm", "busy", "oom", "loading", "readonly", "cluster", "reply", "other"]) {
+    assert.equal(scraped.get(`ratelimit_errors_total{cause="${cause}"}`), 0, cause);
+  }
+  const shadowLines = printed()
+    .split("\n")
+    .filter((line) => line.startsWith("redis-ratelimit: shadow mode: api-next would have denied"));
+  assert.equal(shadowLines.length, 5);
+
+  await redis.stop();
+  assert.equal((await request(`${url}/`, { headers: { "x-user-id": "n" } })).status, 503);
+  scraped = samples((await request(`${url}/metrics`)).body);
+  assert.equal(decisions("api", "fail_closed"), 1);
+  assert.equal(scraped.get('ratelimit_errors_total{cause="connection"}'), 1);
+  assert.ok(!/ratelimit_\w+\{[^}]*"m"/.test((await request(`${url}/metrics`)).body), "no label holds a key");
+});
