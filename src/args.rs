@@ -10,8 +10,11 @@ use crate::log::{Millis, MAX_COST, MAX_WINDOW, TIMES};
 use crate::state::LATEST_BLOCK_END;
 use std::num::NonZeroU64;
 
+mod gcra;
+pub use gcra::*;
+
 /// A named option and what its value is called, as errors and COMMAND
-/// DOCS both show it.
+/// DOCS both show it (empty for a flag, which takes none).
 pub struct OptionName {
     pub token: &'static str,
     pub value: &'static str,
@@ -448,23 +451,28 @@ fn starts_like_a_number<A: AsRef<[u8]>>(arg: &A) -> bool {
     matches!(arg.as_ref().first(), Some(b'0'..=b'9' | b'-'))
 }
 
-/// Named options, each followed by its value and given at most once, in
-/// any order and any case; their values in the order of `names`.
+/// Named options, each followed by its value (a flag, whose `value` is
+/// empty, by none) and given at most once, in any order and any case;
+/// their values (a flag's own word) in the order of `names`.
 fn parse_options<'a, A: AsRef<[u8]>, const N: usize>(
     words: &'a [A],
     names: [&OptionName; N],
 ) -> Result<[Option<&'a A>; N], ArgError> {
     let mut values = [None; N];
     let mut words = words.iter();
-    while let Some(word) = words.next() {
-        let word = word.as_ref();
+    while let Some(word_arg) = words.next() {
+        let word = word_arg.as_ref();
         let Some(slot) = names
             .iter()
             .position(|name| word.eq_ignore_ascii_case(name.token.as_bytes()))
         else {
             let known: Vec<String> = names
                 .iter()
-                .map(|name| format!("{} {}", name.token, name.value))
+                .map(|name| {
+                    format!("{} {}", name.token, name.value)
+                        .trim_end()
+                        .to_string()
+                })
                 .collect();
             return Err(invalid(format!(
                 "unknown option '{}' (the options are {})",
@@ -473,9 +481,12 @@ fn parse_options<'a, A: AsRef<[u8]>, const N: usize>(
             )));
         };
         let token = names[slot].token;
-        let value = words
-            .next()
-            .ok_or_else(|| invalid(format!("syntax error: {token} needs a value")))?;
+        // A flag (no value) stands for itself.
+        let value = match names[slot].value {
+            "" => Some(word_arg),
+            _ => words.next(),
+        }
+        .ok_or_else(|| invalid(format!("syntax error: {token} needs a value")))?;
         if values[slot].replace(value).is_some() {
             return Err(invalid(format!("{token} given more than once")));
         }

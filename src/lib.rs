@@ -2,13 +2,14 @@
 //!
 //! The pure core: `log` (how a key's timestamps are stored), `state` (the
 //! log and a key's block together), `limiter`
-//! (what is decided) and `args` (what a command's arguments mean). The
-//! Redis skin over it lives in `module`.
+//! (what is decided), `gcra` (the token bucket beside it) and `args` (what
+//! a command's arguments mean). The Redis skin over it lives in `module`.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod args;
 #[cfg(test)]
 mod contract;
+pub mod gcra;
 pub mod limiter;
 pub mod log;
 pub mod reference;

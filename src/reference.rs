@@ -1,7 +1,10 @@
 //! The log's and the limiter's rules written the slow, obvious way over a
 //! plain list of entries, and a driver that runs the same calls against it
 //! and the real core. The one model behind the log's property test, the
-//! limiter's, and the differential fuzz target.
+//! limiter's, and the differential fuzz target. The token bucket's model
+//! is in `gcra`.
+
+pub mod gcra;
 
 use crate::limiter::{self, Decision, Joint, Limit, Request};
 use crate::log::{Entry, Millis, MAX_COST};

@@ -1,72 +1,9 @@
 //! Behaving like a built-in command: COMMAND DOCS and key specs (checked
 //! against README.md), INFO, CONFIG, RESP3, ACL, MODULE LIST.
 
-use harness::{error, info_field, info_text, run, Server};
+use harness::{command_docs, error, fields, info_text, items, run, synopsis, text, Server};
 use redis::Value;
 use std::collections::HashMap;
-
-/// A RESP2 flat [k1, v1, k2, v2...] or a RESP3 map, as a map by name.
-fn fields(value: &Value) -> HashMap<String, Value> {
-    match value {
-        Value::Array(items) => items
-            .chunks(2)
-            .map(|pair| (text(&pair[0]), pair[1].clone()))
-            .collect(),
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| (text(k), v.clone())).collect(),
-        other => panic!("not a map: {other:?}"),
-    }
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(s) => s.clone(),
-        Value::VerbatimString { text, .. } => text.clone(),
-        Value::Int(n) => n.to_string(),
-        other => panic!("not text: {other:?}"),
-    }
-}
-
-fn items(value: &Value) -> Vec<Value> {
-    match value {
-        Value::Array(items) | Value::Set(items) => items.clone(),
-        other => panic!("not an array: {other:?}"),
-    }
-}
-
-/// `RATELIMIT.CHECK key window max [window max ...] [COST n]`, from
-/// COMMAND DOCS, written the way Redis's own documentation writes it.
-fn synopsis(name: &str, docs: &HashMap<String, Value>) -> String {
-    format!("{name} {}", arguments(&docs["arguments"]))
-}
-
-fn arguments(list: &Value) -> String {
-    let words: Vec<String> = items(list)
-        .iter()
-        .map(|arg| {
-            let arg = fields(arg);
-            let mut word = match arg.get("arguments") {
-                Some(block) => arguments(block),
-                None => text(&arg["name"]),
-            };
-            if let Some(token) = arg.get("token") {
-                word = format!("{} {word}", text(token));
-            }
-            let flag = |name: &str| {
-                arg.get("flags")
-                    .is_some_and(|flags| items(flags).iter().any(|f| text(f) == name))
-            };
-            if flag("multiple") {
-                word = format!("{word} [{word} ...]");
-            }
-            if flag("optional") {
-                word = format!("[{word}]");
-            }
-            word
-        })
-        .collect();
-    words.join(" ")
-}
 
 #[test]
 fn readme_reference_matches_command_docs() {
@@ -82,9 +19,7 @@ fn readme_reference_matches_command_docs() {
         "RATELIMIT.MUNDO",
         "RATELIMIT.UNBLOCK",
     ] {
-        let reply: Value = run(&mut con, &["COMMAND", "DOCS", name]);
-        let all = fields(&reply);
-        let docs = fields(&all[&name.to_lowercase()]);
+        let docs = command_docs(&mut con, name);
         let heading = format!("### `{}`", synopsis(name, &docs));
         assert!(readme.contains(&heading), "README.md lacks {heading}");
         let summary = format!("> {}", text(&docs["summary"]));
@@ -504,58 +439,14 @@ fn changes_are_published_as_keyspace_events() {
 fn active_defragmentation_moves_logs_and_changes_nothing() {
     let server = Server::start(&["--hz", "100"]);
     let mut con = server.connect();
-    let refused = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("activedefrag")
-        .arg("no")
-        .query::<()>(&mut con)
-        .and_then(|()| {
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("activedefrag")
-                .arg("yes")
-                .query::<()>(&mut con)
-        });
-    if let Err(e) = refused {
-        assert!(e.to_string().contains("Jemalloc"), "{e}");
-        eprintln!(
-            "skipped: this server ({}) has no active defragmentation: {e}",
-            harness::server_binary()
-        );
+    if let Err(skipped) = harness::can_defragment(&mut con) {
+        eprintln!("skipped: {skipped}");
         return;
     }
-    run::<()>(&mut con, &["CONFIG", "SET", "activedefrag", "no"]);
     let keys = fill_logs_of_every_form(&mut con, 60_000);
-    // Two keys in three go, leaving holes on every page.
-    let (kept, doomed): (Vec<(usize, String)>, _) =
-        keys.into_iter().enumerate().partition(|(i, _)| i % 3 == 0);
-    for chunk in doomed.chunks(1000) {
-        let names: Vec<&String> = chunk.iter().map(|(_, key)| key).collect();
-        redis::cmd("DEL")
-            .arg(names)
-            .query::<()>(&mut con)
-            .expect("DEL");
-    }
-    let kept: Vec<String> = kept.into_iter().map(|(_, key)| key).collect();
+    let kept = harness::fragment(&mut con, keys);
     let before = answers(&mut con, &kept);
-    for (name, value) in [
-        ("active-defrag-ignore-bytes", "1"),
-        ("active-defrag-threshold-lower", "1"),
-        ("active-defrag-cycle-min", "50"),
-        ("active-defrag-cycle-max", "90"),
-        ("activedefrag", "yes"),
-    ] {
-        run::<()>(&mut con, &["CONFIG", "SET", name, value]);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let moved = |con: &mut redis::Connection| {
-        info_field(con, "ratelimit", "ratelimit_defrag_moved").expect("defrag_moved in INFO")
-    };
-    while moved(&mut con) == 0 {
-        assert!(std::time::Instant::now() < deadline, "nothing moved");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    run::<()>(&mut con, &["CONFIG", "SET", "activedefrag", "no"]);
+    let moved = harness::defragment(&mut con);
     assert_eq!(answers(&mut con, &kept), before);
     // And the moved logs keep counting.
     let mut pipe = redis::pipe();
@@ -569,7 +460,7 @@ fn active_defragmentation_moves_logs_and_changes_nothing() {
     for (check, (_, _, remaining)) in checks.iter().zip(&before) {
         assert_eq!(check[..2], [1, remaining - 1]);
     }
-    eprintln!("defrag moved {} log allocations", moved(&mut con));
+    eprintln!("defrag moved {moved} log allocations");
 }
 
 /// `count` keys, each with a log of one of the three forms: one request

@@ -2,7 +2,8 @@
 //! log, failover, and reads on replicas, on a real 6-node cluster (3
 //! masters, 3 replicas) started and stopped by the test. Blocks (`BLOCK
 //! ms`) move with their key through MIGRATE, atomic slot migration and a
-//! failover (module only). One MCHECK over hash-tagged keys charges every
+//! failover, and token buckets through MIGRATE and atomic slot migration
+//! (module only). One MCHECK over hash-tagged keys charges every
 //! key or none on their master and its replica, with the module and the
 //! twin; keys of different slots get CROSSSLOT.
 
@@ -222,6 +223,32 @@ fn assert_still_blocked(con: &mut Connection, key: &str, before: &str, ends: i64
     assert_eq!(reply[..2], [0, 0], "{what}: {key} still blocked: {reply:?}");
 }
 
+/// Charges a token bucket (its own type); returns its DUMP payload and
+/// expiry.
+fn charge_a_bucket(con: &mut impl redis::ConnectionLike, key: &str) -> (Vec<u8>, i64) {
+    run::<Vec<i64>>(
+        con,
+        &["RATELIMIT.GCRA", key, "15", "30", "60", "TOKENS", "3"],
+    );
+    (run(con, &["DUMP", key]), run(con, &["PEXPIRETIME", key]))
+}
+
+/// `key` on `con`'s node holds the bucket `before` byte for byte, and
+/// expires when it did (up to the ms a relative TTL loses on the way).
+fn assert_bucket_moved(con: &mut Connection, key: &str, before: &(Vec<u8>, i64), what: &str) {
+    let dump: Vec<u8> = run(con, &["DUMP", key]);
+    assert_eq!(
+        dump, before.0,
+        "{what}: the bucket {key} moved byte for byte"
+    );
+    let expires: i64 = run(con, &["PEXPIRETIME", key]);
+    assert!(
+        (expires - before.1).abs() < 1_000,
+        "{what}: {expires} {}",
+        before.1
+    );
+}
+
 /// A key per master, so tests touch all three.
 fn key_on_each_master(cluster: &Cluster, prefix: &str) -> Vec<(String, Node)> {
     let mut found: HashMap<u16, (String, Node)> = HashMap::new();
@@ -376,6 +403,8 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
     }
     let blocked = "{asm}:login";
     let ends = block_a_key(&mut client, blocked);
+    let bucket = "{asm}:bucket";
+    let charged = charge_a_bucket(&mut client, bucket);
     let slot: i64 = run(
         &mut cluster.connect(owner_of(cluster, key).port),
         &["CLUSTER", "KEYSLOT", key],
@@ -407,6 +436,7 @@ fn atomic_slot_migration_moves_a_live_log(cluster: &Cluster) {
         ends,
         "atomic slot migration",
     );
+    assert_bucket_moved(&mut on_target, bucket, &charged, "atomic slot migration");
     // Back to the source while two clients keep calling CHECK under a
     // limit they cannot reach (the cluster client follows MOVED and ASK):
     // every call they saw allowed must be recorded exactly once.
@@ -579,6 +609,8 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
     }
     let blocked = "{reshard:live}:login";
     let ends = block_a_key(&mut con, blocked);
+    let bucket = "{reshard:live}:bucket";
+    let charged = charge_a_bucket(&mut con, bucket);
     let from = cluster.owner(key);
     let to = cluster
         .masters()
@@ -600,7 +632,9 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
         &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to.id],
     );
     let keys: Vec<String> = run(&mut source, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
-    assert!(keys.contains(&key.to_string()) && keys.contains(&blocked.to_string()));
+    assert!([key, blocked, bucket]
+        .iter()
+        .all(|k| keys.contains(&k.to_string())));
     let mut migrate = redis::cmd("MIGRATE");
     migrate
         .arg("127.0.0.1")
@@ -625,6 +659,7 @@ fn resharding_moves_a_live_log(cluster: &Cluster) {
         "the log moved byte for byte"
     );
     assert_still_blocked(&mut target, blocked, &blocked_digest, ends, "MIGRATE");
+    assert_bucket_moved(&mut target, bucket, &charged, "MIGRATE");
     let after = peek(&mut target, key, WINDOW, 10);
     assert_eq!(after[..2], before[..2], "allowed, remaining");
     assert!(

@@ -6,8 +6,8 @@
 //! stored block is held to its canonical form (module only).
 
 use harness::{
-    blocked_log_payload, check, digest, error, info_text, log_payload, peek, readme, restore, run,
-    server_clock_ms, wait_for_background_saves, wait_for_replica, Server,
+    aof_text, blocked_log_payload, check, digest, error, info_text, log_payload, peek, readme,
+    restore, run, server_clock_ms, wait_for_background_saves, wait_for_replica, Server,
 };
 use std::thread::sleep;
 use std::time::Duration;
@@ -257,18 +257,6 @@ fn only_undo_is_flagged_fast() {
         let flags: Vec<String> = redis::from_redis_value(&reply[0][2]).expect("flags");
         assert_eq!(flags.iter().any(|f| f == "fast"), fast, "{name}: {flags:?}");
     }
-}
-
-/// `commands` as an AOF holds them (RESP arrays of bulk strings).
-fn aof_text(commands: &[Vec<String>]) -> String {
-    let mut text = String::new();
-    for words in commands {
-        text += &format!("*{}\r\n", words.len());
-        for word in words {
-            text += &format!("${}\r\n{word}\r\n", word.len());
-        }
-    }
-    text
 }
 
 /// An AOF as a master writes it, at every bound: a WIDEN for a key that

@@ -1,10 +1,11 @@
-//! Every command and persistence path under valgrind's memcheck: run by
+//! Every command and persistence path under valgrind's memcheck (the
+//! token bucket's and its drop-in names included): run by
 //! `make memcheck`, which sets RATELIMIT_WRAPPER to valgrind. Fails on any
 //! invalid read or write, use of uninitialised memory, or block
 //! definitely lost by the module.
 
 use harness::{
-    check, every_log_shape, log_payload, restore, run, version_1_payload,
+    bucket_payload, check, every_log_shape, log_payload, restore, run, version_1_payload,
     wait_for_background_saves, Server,
 };
 use std::thread::sleep;
@@ -13,7 +14,10 @@ use std::time::Duration;
 #[test]
 #[ignore = "slow: run by `make memcheck`, under valgrind"]
 fn every_path_is_clean_under_memcheck() {
-    let mut server = Server::start(&["--appendonly", "yes", "--aof-use-rdb-preamble", "no"]);
+    let mut server = Server::start_with_module_args(
+        &["aliases", "cl.throttle,gcra"],
+        &["--appendonly", "yes", "--aof-use-rdb-preamble", "no"],
+    );
     let mut con = server.connect();
     for i in 0..300 {
         let key = format!("k{}", i % 20);
@@ -61,6 +65,7 @@ fn every_path_is_clean_under_memcheck() {
             .arg("REPLACE")
             .query::<()>(&mut con);
     }
+    token_buckets(&mut con);
     run::<()>(&mut con, &["SET", "s", "1"]);
     let _ = redis::cmd("RATELIMIT.CHECK")
         .arg("s")
@@ -111,6 +116,32 @@ fn every_path_is_clean_under_memcheck() {
         problems.join("\n---\n")
     );
     eprintln!("memcheck: {logs} valgrind log(s), no invalid access, nothing definitely lost by the module");
+}
+
+/// Token buckets in every spelling, allowed, limited and asked, copied,
+/// restored, and a payload the loader refuses.
+fn token_buckets(con: &mut redis::Connection) {
+    for i in 0..40 {
+        let key = format!("b{}", i % 5);
+        for words in [
+            &["RATELIMIT.GCRA", &key, "3", "30", "60", "TOKENS", "2", "MS"][..],
+            &["CL.THROTTLE", &key, "3", "30", "60"],
+            &["GCRA", &key, "3", "30", "0.5", "TOKENS", "0"],
+        ] {
+            run::<Vec<i64>>(con, words);
+        }
+    }
+    run::<i64>(con, &["COPY", "b1", "b-copy"]);
+    let dump: Vec<u8> = redis::cmd("DUMP").arg("b2").query(con).expect("DUMP");
+    assert_eq!(restore(con, "b-restored", &dump).expect("RESTORE"), "OK");
+    let refused = bucket_payload(con, 0, 60_000, 1);
+    assert!(restore(con, "b-refused", &refused).is_err());
+    let _ = redis::cmd("RATELIMIT.GCRA")
+        .arg("k1")
+        .arg(1)
+        .arg(1)
+        .arg(1)
+        .query::<redis::Value>(con);
 }
 
 /// Valgrind's reports of invalid accesses anywhere, and of blocks

@@ -3,9 +3,9 @@
 //! module's own data type: module only).
 
 use harness::{
-    all_digests, all_digests_and_expiries, all_values, every_log_shape, every_log_shape_by,
-    fixture_payload, restore, run, version_1_payload, wait_for_background_saves, Backend, Server,
-    VERSION_1,
+    all_digests, all_digests_and_expiries, all_values, assert_survives_every_reload,
+    every_log_shape, every_log_shape_by, fixture_payload, restore, run, version_1_payload,
+    wait_for_background_saves, Backend, Server, VERSION_1,
 };
 use redis::Connection;
 
@@ -244,24 +244,9 @@ fn blocks_survive_every_reload() {
         ],
     );
     run::<Vec<i64>>(&mut con, &["RATELIMIT.CHECK", "open", "60000", "5"]);
-    let state = all_digests_and_expiries;
-    let before = state(&mut con);
+    let before = assert_survives_every_reload(&mut server, all_digests_and_expiries);
     assert_eq!(before.len(), 4, "{before:?}");
-    run::<String>(&mut con, &["DEBUG", "RELOAD"]);
-    assert_eq!(state(&mut con), before, "DEBUG RELOAD");
-    server.restart(true);
     let mut con = server.connect();
-    assert_eq!(state(&mut con), before, "a restart from the RDB");
-    server.kill();
-    server.relaunch();
-    let mut con = server.connect();
-    assert_eq!(state(&mut con), before, "a restart from the AOF");
-    run::<String>(&mut con, &["BGREWRITEAOF"]);
-    wait_for_background_saves(&mut con);
-    server.kill();
-    server.relaunch();
-    let mut con = server.connect();
-    assert_eq!(state(&mut con), before, "a restart from a rewritten AOF");
     let blocked: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "emptied", "10", "9"]);
     assert_eq!(blocked[..2], [0, 0], "still blocked: {blocked:?}");
 }

@@ -509,7 +509,7 @@ fn odd_words_get_the_modules_answer() {
         &["RATELIMIT.UNBLOCK", "k", "extra"],
         &["RATELIMIT.CHECK", "k", "1000", "5", "X\0Y", "1"],
         &["RATELIMIT.CHECK", "k", "1000", "5", "X\r\nY", "1"],
-        &["RATELIMIT.CHECK", "k", "10\000", "5"],
+        &["RATELIMIT.CHECK", "k", "10\u{0}00", "5"],
         &["RATELIMIT.CHECK", "k", "1000", "5", "2\0", "x"],
         &[
             "RATELIMIT.MCHECK",

@@ -1,8 +1,18 @@
-//! Instructions per allowed call, whole server, AOF on (issue 23's CPU
-//! aim): redis-server under valgrind's callgrind, each approach on its own
-//! 1,000 keys, 9 calls a key to warm them, then the 10th call of each key
-//! counted between `callgrind_control --zero` and `--dump`, on one
-//! connection. Instruction counts are steady where timings on this shared
+//! Instructions per call, whole server, AOF on (issue 23's CPU aim, and
+//! issue 26's for the token bucket): redis-server under valgrind's
+//! callgrind, each approach on its own 1,000 keys, 9 calls a key to warm
+//! them, then the 10th call of each key counted between `callgrind_control
+//! --zero` and `--dump`, on one connection; every call allowed, but for
+//! the token buckets' "limited" rows, whose burst of 4 the warm-up spent.
+//! The token bucket (RATELIMIT.GCRA) stands beside a GCRA script written
+//! the way go-redis/redis_rate documents its algorithm
+//! (`bench/lua/gcra_float.lua`) and redis-cell's CL.THROTTLE when its
+//! module is given (`make bench EXTRA_MODULE=.../libredis_cell.so
+//! EXTRA_COMMAND="CL.THROTTLE k:__rand_int__ 15 30 60"`, built from its
+//! own source, which this repository does not hold; its rows are left
+//! out, with a note, without it). And each approach's MEMORY USAGE of one
+//! key (the token buckets' keys named alike, `gcra:0`, `rate:0`,
+//! `cell:0`). Instruction counts are steady where timings on this shared
 //! machine are not. Written to bench/results/cpu.csv.
 
 use crate::approaches::{self, client_clock_ms};
@@ -14,10 +24,9 @@ use std::process::Command;
 const KEYS: usize = 1_000;
 const WARM: usize = 9;
 
-/// The sorted-set script and the sliding-window counter, loaded; their
-/// SHA1s.
-fn load_scripts(con: &mut Connection) -> (String, String) {
-    let counter = include_str!("../lua/sliding_window_counter.lua");
+/// The sorted-set script, the sliding-window counter and the GCRA
+/// script, loaded; their SHA1s.
+fn load_scripts(con: &mut Connection) -> Scripts {
     let load = |con: &mut Connection, script: &str| -> String {
         redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -25,19 +34,95 @@ fn load_scripts(con: &mut Connection) -> (String, String) {
             .query(con)
             .expect("SCRIPT LOAD")
     };
-    (load(con, approaches::LUA_SLIDING_LOG), load(con, counter))
+    Scripts {
+        log: load(con, approaches::LUA_SLIDING_LOG),
+        counter: load(con, include_str!("../lua/sliding_window_counter.lua")),
+        gcra: load(con, include_str!("../lua/gcra_float.lua")),
+    }
+}
+
+struct Scripts {
+    log: String,
+    counter: String,
+    gcra: String,
+}
+
+/// A token bucket's limit in redis-cell's words (`max_burst count
+/// period`): 30 per minute, bursts of 16 (the warm-up's 9 calls and the
+/// counted one fit), or of 4 (they do not: "limited").
+const ROOMY: [&str; 3] = ["15", "30", "60"];
+const TIGHT: [&str; 3] = ["3", "30", "60"];
+
+/// A token bucket approach's call on key `i`: `words` then the limit.
+fn bucket_call(words: &[&str], key: String, limit: [&str; 3]) -> redis::Cmd {
+    let mut cmd = redis::cmd(words[0]);
+    cmd.arg(&words[1..]).arg(key).arg(&limit[..]);
+    cmd
+}
+
+/// The GCRA script's call: redis_rate's Limit{Rate: 30, Burst: max_burst +
+/// 1, Period: 60 s}, cost 1.
+fn script_call(sha: &str, key: String, limit: [&str; 3]) -> redis::Cmd {
+    let burst = limit[0].parse::<u64>().map_or(1, |b| b + 1);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(1)
+        .arg(key)
+        .arg(burst)
+        .arg(limit[1])
+        .arg(limit[2])
+        .arg(1);
+    cmd
+}
+
+/// An approach's call on key number `i`.
+type Call = Box<dyn Fn(usize) -> redis::Cmd>;
+
+/// The token buckets' rows: the module's, the GCRA script's and, when
+/// loaded, redis-cell's, each allowed and limited.
+fn bucket_approaches(gcra_sha: &str, with_cell: bool) -> Vec<(&'static str, Call)> {
+    let sha = gcra_sha.to_string();
+    let script = move |prefix: &'static str, limit| -> Call {
+        let sha = sha.clone();
+        Box::new(move |i| script_call(&sha, format!("{prefix}:{i}"), limit))
+    };
+    let command = |name: &'static str, prefix: &'static str, limit| -> Call {
+        Box::new(move |i| bucket_call(&[name], format!("{prefix}:{i}"), limit))
+    };
+    let mut rows = vec![
+        ("RATELIMIT.GCRA", command("RATELIMIT.GCRA", "gcra", ROOMY)),
+        (
+            "RATELIMIT.GCRA, limited",
+            command("RATELIMIT.GCRA", "gcrl", TIGHT),
+        ),
+        (
+            "GCRA script (redis_rate's algorithm, EVALSHA)",
+            script("rate", ROOMY),
+        ),
+        (
+            "GCRA script (redis_rate's algorithm, EVALSHA), limited",
+            script("ratl", TIGHT),
+        ),
+    ];
+    if with_cell {
+        rows.push((
+            "redis-cell CL.THROTTLE",
+            command("CL.THROTTLE", "cell", ROOMY),
+        ));
+        rows.push((
+            "redis-cell CL.THROTTLE, limited",
+            command("CL.THROTTLE", "celk", TIGHT),
+        ));
+    }
+    rows
 }
 
 /// Each approach's name and its call on key number `i`.
-fn approaches(
-    twin_sha: &str,
-    log_sha: &str,
-    counter_sha: &str,
-) -> Vec<(&'static str, Box<dyn Fn(usize) -> redis::Cmd>)> {
+fn approaches(twin_sha: &str, scripts: &Scripts) -> Vec<(&'static str, Call)> {
     let (twin_sha, log_sha, counter_sha) = (
         twin_sha.to_string(),
-        log_sha.to_string(),
-        counter_sha.to_string(),
+        scripts.log.clone(),
+        scripts.counter.clone(),
     );
     let window = 60_000u64;
     vec![
@@ -149,15 +234,34 @@ fn newest_dump_total(dir: &Path) -> u64 {
         .expect("a summary line")
 }
 
-/// Instructions per call of each approach, in one server run.
-pub fn run() -> Vec<(String, f64)> {
+/// One approach's instructions per call, and the MEMORY USAGE of its key
+/// 0.
+pub struct Row {
+    name: String,
+    per_call: f64,
+    memory_usage: i64,
+}
+
+/// What the redis-cell rows need when its module is not given.
+const CELL_NOTE: &str = "redis-cell rows left out: give its module (built from \
+    github.com/brandur/redis-cell, `cargo build --release`): make bench \
+    EXTRA_MODULE=/path/libredis_cell.so EXTRA_COMMAND=\"CL.THROTTLE k:__rand_int__ 15 30 60\"";
+
+/// Instructions per call of each approach, in one server run, with
+/// `extra_module` (redis-cell) loaded if given; and a note when the
+/// redis-cell rows are left out.
+pub fn run(extra_module: Option<&str>) -> (Vec<Row>, Option<&'static str>) {
+    let mut extra = vec!["--appendonly", "yes", "--appendfsync", "everysec"];
+    if let Some(path) = extra_module {
+        extra.extend(["--loadmodule", path]);
+    }
     let server = Server::start_under(
         &[
             "valgrind",
             "--tool=callgrind",
             "--callgrind-out-file=callgrind.out.%p",
         ],
-        &["--appendonly", "yes", "--appendfsync", "everysec"],
+        &extra,
     );
     let mut con = server.connect();
     redis::cmd("FUNCTION")
@@ -171,9 +275,16 @@ pub fn run() -> Vec<(String, f64)> {
         .arg(twin_script())
         .query(&mut con)
         .expect("SCRIPT LOAD");
-    let (log_sha, counter_sha) = load_scripts(&mut con);
+    let scripts = load_scripts(&mut con);
+    let with_cell = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg("CL.THROTTLE")
+        .query::<Vec<Option<redis::Value>>>(&mut con)
+        .is_ok_and(|info| info.first().is_some_and(Option::is_some));
+    let mut all = approaches(&twin_sha, &scripts);
+    all.extend(bucket_approaches(&scripts.gcra, with_cell));
     let mut rows = vec![];
-    for (name, call) in approaches(&twin_sha, &log_sha, &counter_sha) {
+    for (name, call) in all {
         for _ in 0..WARM {
             pipeline(&mut con, &call);
         }
@@ -181,17 +292,52 @@ pub fn run() -> Vec<(String, f64)> {
         pipeline(&mut con, &call);
         callgrind_control(server.pid(), "--dump");
         let per_call = newest_dump_total(&server.dir) as f64 / KEYS as f64;
-        eprintln!("  {name}: {per_call:.0} instructions per call");
-        rows.push((name.to_string(), per_call));
+        let memory_usage = memory_usage(&mut con, &call(0));
+        eprintln!("  {name}: {per_call:.0} instructions per call, MEMORY USAGE {memory_usage}");
+        rows.push(Row {
+            name: name.to_string(),
+            per_call,
+            memory_usage,
+        });
     }
-    rows
+    (rows, (!with_cell).then_some(CELL_NOTE))
 }
 
-pub fn write(rows: &[(String, f64)], dir: &Path) -> std::io::Result<()> {
-    let incr = rows.first().map_or(1.0, |r| r.1);
-    let mut csv = String::from("approach,instructions_per_call,times_incr\n");
-    for (name, per_call) in rows {
-        csv.push_str(&format!("{name},{per_call:.0},{:.2}\n", per_call / incr));
+/// MEMORY USAGE of the (first) key `call` names: its first argument, or
+/// a script's or a function's first key, after `numkeys`.
+fn memory_usage(con: &mut Connection, call: &redis::Cmd) -> i64 {
+    let words: Vec<String> = call
+        .args_iter()
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            redis::Arg::Cursor => String::new(),
+        })
+        .collect();
+    let at = match words[0].to_uppercase().as_str() {
+        "EVALSHA" | "FCALL" => 3,
+        _ => 1,
+    };
+    redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&words[at])
+        .query(con)
+        .expect("MEMORY USAGE of a key just written")
+}
+
+pub fn write(rows: &[Row], note: Option<&str>, dir: &Path) -> std::io::Result<()> {
+    let incr = rows.first().map_or(1.0, |r| r.per_call);
+    let mut csv = String::from("approach,instructions_per_call,times_incr,memory_usage_of_a_key\n");
+    for row in rows {
+        csv.push_str(&format!(
+            "{},{:.0},{:.2},{}\n",
+            row.name,
+            row.per_call,
+            row.per_call / incr,
+            row.memory_usage
+        ));
+    }
+    if let Some(note) = note {
+        csv.push_str(&format!("# {note}\n"));
     }
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("cpu.csv"), csv)

@@ -210,9 +210,12 @@ fn main() {
     drop(bench);
     if wants("cpu") {
         eprintln!("instructions per call (callgrind, AOF on):");
-        let rows = cpu::run();
+        let (rows, note) = cpu::run(options.extra_module.as_deref());
+        if let Some(note) = note {
+            eprintln!("  {note}");
+        }
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-        if let Err(e) = cpu::write(&rows, &out) {
+        if let Err(e) = cpu::write(&rows, note, &out) {
             eprintln!("cannot write cpu.csv: {e}");
         }
     }

@@ -280,12 +280,12 @@ fn several_keys(
     let keys: Vec<String> = (0..KEYS).map(|i| format!("many:{i}")).collect();
     let mut words: Vec<&str> = vec!["RATELIMIT.MPEEK", "16"];
     words.extend(keys.iter().map(String::as_str));
+    // Each key: 8 windows, each with a max its log passes, so every
+    // window's wait is looked for.
+    let pairs = windows.iter().flat_map(|window| [*window, "5"]);
+    let per_key: Vec<&str> = std::iter::once("8").chain(pairs).collect();
     for _ in 0..KEYS {
-        words.push("8");
-        for window in windows {
-            // A max each window passes: every wait is looked for.
-            words.extend([window, "5"]);
-        }
+        words.extend(&per_key);
     }
     let mut results = [(0.0, 0.0); 3];
     for (caller, result) in callers.into_iter().zip(&mut results) {

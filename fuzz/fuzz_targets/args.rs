@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::args;
+use redis_ratelimit::args::{self, GcraSyntax};
+use redis_ratelimit::gcra::{MAX_EXACT, MAX_PERIOD};
 use redis_ratelimit::log::{MAX_WINDOW, TIMES};
 
 fuzz_target!(|data: &[u8]| {
@@ -50,5 +51,21 @@ fuzz_target!(|data: &[u8]| {
     let _ = args::parse_unblock(&words);
     if let Ok(call) = args::parse_widen(&words) {
         assert!(call.window.get() <= MAX_WINDOW);
+    }
+    for syntax in [GcraSyntax::Module, GcraSyntax::Cell, GcraSyntax::Redis] {
+        if let Ok(call) = args::parse_gcra(&words, syntax) {
+            let limit = call.limit;
+            assert!((1..=MAX_PERIOD).contains(&limit.period()));
+            assert!((1..=MAX_EXACT).contains(&limit.count()));
+            assert!(limit.burst() >= 1 && limit.burst() <= MAX_EXACT / limit.period());
+            assert!(call.tokens <= MAX_EXACT);
+        }
+    }
+    if let Ok(call) = args::parse_gcra_set(&words) {
+        assert!(call.bucket.level() >= 1);
+        assert!(call.expires_at.is_none_or(|t| t > call.bucket.at()));
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = args::parse_aliases(text);
     }
 });

@@ -89,11 +89,23 @@ pub fn all_digests_and_expiries(con: &mut impl ConnectionLike) -> Vec<(String, S
 /// Every key's bytes (GET: the twin's limiters are strings) and absolute
 /// expiry, sorted by key: the twin's whole state, to compare exactly.
 pub fn all_values(con: &mut impl ConnectionLike) -> Vec<(String, Vec<u8>, i64)> {
+    all_read_by(con, "GET")
+}
+
+/// Every key's DUMP payload and absolute expiry, sorted by key: a module
+/// value's exact bytes, to compare a master, its replica and a reload.
+pub fn all_dumps_and_expiries(con: &mut impl ConnectionLike) -> Vec<(String, Vec<u8>, i64)> {
+    all_read_by(con, "DUMP")
+}
+
+/// Every key's bytes as `read` (GET or DUMP) gives them, and its absolute
+/// expiry, sorted by key.
+fn all_read_by(con: &mut impl ConnectionLike, read: &str) -> Vec<(String, Vec<u8>, i64)> {
     let mut keys: Vec<String> = run(con, &["KEYS", "*"]);
     keys.sort();
     keys.into_iter()
         .map(|key| {
-            let bytes: Vec<u8> = run(con, &["GET", &key]);
+            let bytes: Vec<u8> = run(con, &[read, &key]);
             let expires_at: i64 = run(con, &["PEXPIRETIME", &key]);
             (key, bytes, expires_at)
         })

@@ -64,3 +64,61 @@ pub fn wait_for_background_saves(con: &mut Connection) {
         },
     );
 }
+
+/// Ok if this server defragments memory actively (built with Redis's own
+/// jemalloc); else why not, for a test to say it skipped. Leaves it off.
+pub fn can_defragment(con: &mut Connection) -> Result<(), String> {
+    let set = |con: &mut Connection, value: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("activedefrag")
+            .arg(value)
+            .query::<()>(con)
+    };
+    match set(con, "yes").and_then(|()| set(con, "no")) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            assert!(e.to_string().contains("Jemalloc"), "{e}");
+            Err(format!(
+                "this server ({}) has no active defragmentation: {e}",
+                crate::server_binary()
+            ))
+        }
+    }
+}
+
+/// Deletes two keys in three, leaving holes on every page of their
+/// allocations; returns the keys kept.
+pub fn fragment(con: &mut Connection, keys: Vec<String>) -> Vec<String> {
+    let (kept, doomed): (Vec<(usize, String)>, _) =
+        keys.into_iter().enumerate().partition(|(i, _)| i % 3 == 0);
+    for chunk in doomed.chunks(1000) {
+        let names: Vec<&String> = chunk.iter().map(|(_, key)| key).collect();
+        redis::cmd("DEL").arg(names).query::<()>(con).expect("DEL");
+    }
+    kept.into_iter().map(|(_, key)| key).collect()
+}
+
+/// Runs active defragmentation, as eagerly as the server allows, until the
+/// module has moved something (`ratelimit_defrag_moved` in INFO), then
+/// turns it off; returns how many allocations it moved.
+pub fn defragment(con: &mut Connection) -> i64 {
+    let moved = |con: &mut Connection| {
+        info_field(con, "ratelimit", "ratelimit_defrag_moved").expect("defrag_moved in INFO")
+    };
+    let before = moved(con);
+    for (name, value) in [
+        ("active-defrag-ignore-bytes", "1"),
+        ("active-defrag-threshold-lower", "1"),
+        ("active-defrag-cycle-min", "50"),
+        ("active-defrag-cycle-max", "90"),
+        ("activedefrag", "yes"),
+    ] {
+        run::<()>(con, &["CONFIG", "SET", name, value]);
+    }
+    wait_until(Duration::from_secs(60), "nothing moved", || {
+        moved(con) > before
+    });
+    run::<()>(con, &["CONFIG", "SET", "activedefrag", "no"]);
+    moved(con) - before
+}

@@ -3,13 +3,15 @@
 //! the module and its script twin as backends of one contract
 //! (`backend.rs`), the twin run in-process under a test's clock
 //! (`embedded.rs`), commands
-//! sent to it (`commands.rs`), what it says about itself (`info.rs`),
-//! logs of every shape (`logs.rs`), cheap randomness (`random.rs`), the
-//! repository's files the tests read (`repository.rs`), and the twin's
-//! stored values read and written in Rust (`twin_format.rs`).
+//! sent to it (`commands.rs`), what it says about itself (`info.rs`,
+//! and `docs.rs` for COMMAND DOCS), logs of every shape (`logs.rs`),
+//! cheap randomness (`random.rs`), the repository's files the tests read
+//! (`repository.rs`), and the twin's stored values read and written in
+//! Rust (`twin_format.rs`).
 
 mod backend;
 mod commands;
+mod docs;
 mod embedded;
 mod info;
 mod logs;
@@ -21,6 +23,7 @@ pub mod twin_format;
 
 pub use backend::*;
 pub use commands::*;
+pub use docs::*;
 pub use embedded::*;
 pub use info::*;
 pub use logs::*;

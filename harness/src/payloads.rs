@@ -1,7 +1,8 @@
 //! DUMP payloads of logs built entry by entry, in the RDB encoding the
 //! server's module writes (version 3: window, entry count, oldest time,
-//! entries, the block's end; version 2: no block) with a valid checksum: what a hostile or corrupt payload
-//! can hold, which the server's own checksum does not refuse.
+//! entries, the block's end; version 2: no block), and of token buckets,
+//! with a valid checksum: what a hostile or corrupt payload can hold,
+//! which the server's own checksum does not refuse.
 
 use crate::commands::run;
 use redis::Connection;
@@ -34,39 +35,66 @@ pub fn blocked_log_payload(
     entries: &[(i64, u64)],
     blocked_until: i64,
 ) -> Vec<u8> {
-    run::<Vec<i64>>(con, &["RATELIMIT.CHECK", "payload:template", "1000", "1"]);
+    let template = ["RATELIMIT.CHECK", "payload:template", "1000", "1"];
+    payload_like(con, &template, |payload, version| {
+        let oldest = entries.first().map_or(0, |e| e.0);
+        // Signed numbers are saved as unsigned ones of the same bits.
+        for value in [window, entries.len() as u64, oldest as u64] {
+            payload.push(UINT);
+            push_rdb_length(payload, value);
+        }
+        let mut bytes = Vec::new();
+        let mut previous = oldest;
+        for &(at, cost) in entries {
+            let gap = at.abs_diff(previous);
+            push_varint(&mut bytes, gap << 1 | u64::from(cost != 1));
+            if cost != 1 {
+                push_varint(&mut bytes, cost << 1 | 1);
+            }
+            previous = at;
+        }
+        payload.push(STRING);
+        push_rdb_length(payload, bytes.len() as u64);
+        payload.extend(&bytes);
+        // From version 3 the block follows the entries.
+        if version >= 3 {
+            payload.push(UINT);
+            push_rdb_length(payload, blocked_until as u64);
+        } else {
+            assert_eq!(blocked_until, 0, "version {version} has no block");
+        }
+    })
+}
+
+/// A payload for a token bucket (`gcralimit`, encoding version 1): the
+/// time of its last charge, its period and its level, whatever they are.
+pub fn bucket_payload(con: &mut Connection, at: i64, period: u64, level: u64) -> Vec<u8> {
+    let template = ["RATELIMIT.GCRA", "payload:template", "0", "1", "1"];
+    payload_like(con, &template, |payload, _| {
+        for value in [at as u64, period, level] {
+            payload.push(UINT);
+            push_rdb_length(payload, value);
+        }
+    })
+}
+
+/// A payload of the module type that `template` (a command on key
+/// `payload:template`) creates, holding what `value` writes (given the
+/// type's encoding version), with this server's RDB version and a valid
+/// checksum.
+fn payload_like(
+    con: &mut Connection,
+    template: &[&str],
+    value: impl FnOnce(&mut Vec<u8>, u64),
+) -> Vec<u8> {
+    run::<redis::Value>(con, template);
     let template: Vec<u8> = run(con, &["DUMP", "payload:template"]);
     run::<i64>(con, &["DEL", "payload:template"]);
-    // The value type and the module type's id, as this server wrote them.
+    // The value type and the module type's id, as this server wrote them;
+    // the id ends in the type's encoding version (10 bits).
     let mut payload = template[..10].to_vec();
-    let oldest = entries.first().map_or(0, |e| e.0);
-    // Signed numbers are saved as unsigned ones of the same bits.
-    for value in [window, entries.len() as u64, oldest as u64] {
-        payload.push(UINT);
-        push_rdb_length(&mut payload, value);
-    }
-    let mut bytes = Vec::new();
-    let mut previous = oldest;
-    for &(at, cost) in entries {
-        let gap = at.abs_diff(previous);
-        push_varint(&mut bytes, gap << 1 | u64::from(cost != 1));
-        if cost != 1 {
-            push_varint(&mut bytes, cost << 1 | 1);
-        }
-        previous = at;
-    }
-    payload.push(STRING);
-    push_rdb_length(&mut payload, bytes.len() as u64);
-    payload.extend(&bytes);
-    // The module type's id ends in its encoding version (10 bits); from
-    // version 3 the block follows the entries.
     let version = u64::from_be_bytes(template[2..10].try_into().expect("8 bytes")) & 1023;
-    if version >= 3 {
-        payload.push(UINT);
-        push_rdb_length(&mut payload, blocked_until as u64);
-    } else {
-        assert_eq!(blocked_until, 0, "version {version} has no block");
-    }
+    value(&mut payload, version);
     payload.push(EOF);
     // The RDB version from the template, then the checksum of it all.
     payload.extend(&template[template.len() - 10..template.len() - 8]);

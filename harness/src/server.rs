@@ -2,6 +2,8 @@
 //! binary in `RATELIMIT_SERVER`) on a free loopback port and a fresh
 //! directory, stopped when dropped, even if a test fails.
 
+use crate::commands::run;
+use crate::info::wait_for_background_saves;
 use redis::{Connection, Value};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -124,6 +126,20 @@ impl Server {
         Server::launch(None, server_args(&[], extra), Some(wrapper))
     }
 
+    /// The log of a server with the module and `module_args` that must
+    /// refuse to start (it fails the test if it starts).
+    pub fn refused_start(module_args: &[&str]) -> String {
+        let mut server = Server::new(None, server_args(module_args, &[]), wrapper());
+        loop {
+            match server.spawn() {
+                Ok(()) => panic!("the server started with {module_args:?}"),
+                // Another test's server took the port first: try another.
+                Err(log) if log.contains("already in use") => server.port = free_port(),
+                Err(log) => return log,
+            }
+        }
+    }
+
     /// The server's process id (the wrapper's, under one).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
@@ -140,20 +156,7 @@ impl Server {
     }
 
     fn launch(config: Option<String>, args: Vec<String>, wrapper: Option<Vec<String>>) -> Server {
-        let dir = fresh_dir();
-        let config_file = config.map(|text| {
-            let file = dir.join("redis.conf");
-            std::fs::write(&file, text).expect("a config file");
-            file
-        });
-        let mut server = Server {
-            port: free_port(),
-            dir,
-            args,
-            config_file,
-            child: None,
-            wrapper,
-        };
+        let mut server = Server::new(config, args, wrapper);
         // A free port can be taken by another test's server between our
         // look and its bind; then try another.
         for _ in 0..4 {
@@ -166,6 +169,24 @@ impl Server {
             .spawn()
             .unwrap_or_else(|log| panic!("server did not start:\n{log}"));
         server
+    }
+
+    /// A server not yet started, in a fresh directory.
+    fn new(config: Option<String>, args: Vec<String>, wrapper: Option<Vec<String>>) -> Server {
+        let dir = fresh_dir();
+        let config_file = config.map(|text| {
+            let file = dir.join("redis.conf");
+            std::fs::write(&file, text).expect("a config file");
+            file
+        });
+        Server {
+            port: free_port(),
+            dir,
+            args,
+            config_file,
+            child: None,
+            wrapper,
+        }
     }
 
     /// Starts the server on its port, or returns its log if it exited.
@@ -336,4 +357,54 @@ pub fn aof_commands(server: &Server) -> Vec<Vec<String>> {
         commands.push(words);
     }
     commands
+}
+
+/// `commands` as an AOF holds them (RESP arrays of bulk strings).
+pub fn aof_text(commands: &[Vec<String>]) -> String {
+    let mut text = String::new();
+    for words in commands {
+        text += &format!("*{}\r\n", words.len());
+        for word in words {
+            text += &format!("${}\r\n{word}\r\n", word.len());
+        }
+    }
+    text
+}
+
+/// Reloads `server` every way it persists, asserting after each that
+/// `state` reads as before: DEBUG RELOAD, a restart from its RDB, one from
+/// its AOF, and one from a rewritten AOF (so the server runs with
+/// `appendfsync always`; with no RDB preamble, the rewrite goes through
+/// the module's AOF callbacks). Returns what `state` read.
+pub fn assert_survives_every_reload<T: PartialEq + std::fmt::Debug>(
+    server: &mut Server,
+    state: impl Fn(&mut Connection) -> T,
+) -> T {
+    let before = state(&mut server.connect());
+    run::<String>(&mut server.connect(), &["DEBUG", "RELOAD"]);
+    assert_eq!(state(&mut server.connect()), before, "DEBUG RELOAD");
+    server.restart(true);
+    assert_eq!(
+        state(&mut server.connect()),
+        before,
+        "a restart from the RDB"
+    );
+    server.kill();
+    server.relaunch();
+    assert_eq!(
+        state(&mut server.connect()),
+        before,
+        "a restart from the AOF"
+    );
+    let mut con = server.connect();
+    run::<String>(&mut con, &["BGREWRITEAOF"]);
+    wait_for_background_saves(&mut con);
+    server.kill();
+    server.relaunch();
+    assert_eq!(
+        state(&mut server.connect()),
+        before,
+        "a restart from a rewritten AOF"
+    );
+    before
 }

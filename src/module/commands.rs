@@ -33,6 +33,9 @@ macro_rules! raw_command {
     };
 }
 
+// For the other command files of the skin.
+pub(crate) use raw_command;
+
 raw_command!(check_command, check);
 raw_command!(peek_command, peek);
 raw_command!(undo_command, undo);
@@ -46,7 +49,7 @@ raw_command!(block_until_command, block_until);
 raw_command!(multi_record_command, multi_record);
 
 /// The server's wall clock, read once per call.
-fn clock() -> Millis {
+pub fn clock() -> Millis {
     // SAFETY: presence is checked when the module loads.
     unsafe { (api().milliseconds)() }
 }
@@ -391,7 +394,7 @@ fn settle_refund(ctx: &Context, key: &WriteKey, name: &Arg, removed: u64, leftov
 }
 
 /// Refuses a replicated form sent by a client: it could forge history.
-fn ensure_replayed(ctx: &Context, name: &CStr) -> Result<(), CommandError> {
+pub fn ensure_replayed(ctx: &Context, name: &CStr) -> Result<(), CommandError> {
     if replication::is_replayed(ctx) {
         return Ok(());
     }
@@ -462,7 +465,7 @@ fn block_until(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
     ensure_replayed(ctx, replication::BLOCK_UNTIL_COMMAND)?;
     let call = args::parse_block_until(args)?;
     let mut key = WriteKey::open(ctx, call.key);
-    let slot = key.slot()?;
+    let slot = key.slot::<State>()?;
     match call.until {
         Some(until) => {
             if slot
@@ -497,7 +500,7 @@ fn block_until(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
 
 /// What a replicated form answers once applied (or found to change
 /// nothing): counted, passed on to this server's own replicas, OK.
-fn reply_replayed(ctx: &Context) -> Result<(), CommandError> {
+pub fn reply_replayed(ctx: &Context) -> Result<(), CommandError> {
     stats::RECORDS_REPLAYED.add(1);
     replication::replicate_as_called(ctx);
     ctx.reply_simple_string("OK");

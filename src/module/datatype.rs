@@ -7,6 +7,7 @@
 //! the block) and version 1 (release 0.1.0: unit count, oldest time, one
 //! varint gap per unit) still load, unblocked.
 
+use crate::gcra::BucketError;
 use crate::log::{DecodeError, Encoded, TimeLog};
 use crate::module::api::api;
 use crate::module::boundary::guard;
@@ -26,28 +27,55 @@ const UNITS_ENCODING: c_int = 1;
 pub static RATELIMIT_TYPE: RedisType = RedisType::new(
     "ratelimit",
     ENCODING_VERSION,
-    raw::RedisModuleTypeMethods {
-        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+    type_methods(Callbacks {
         rdb_load: Some(rdb_load),
         rdb_save: Some(rdb_save),
         aof_rewrite: Some(aof_rewrite),
         mem_usage: Some(mem_usage),
         digest: Some(digest),
         free: Some(free),
+        copy: Some(copy),
+        defrag: Some(defrag),
+    }),
+);
+
+/// The callbacks each of the module's types gives Redis (the others stay
+/// unset).
+pub struct Callbacks {
+    pub rdb_load: raw::RedisModuleTypeLoadFunc,
+    pub rdb_save: raw::RedisModuleTypeSaveFunc,
+    pub aof_rewrite: raw::RedisModuleTypeRewriteFunc,
+    pub mem_usage: raw::RedisModuleTypeMemUsageFunc,
+    pub digest: raw::RedisModuleTypeDigestFunc,
+    pub free: raw::RedisModuleTypeFreeFunc,
+    pub copy: raw::RedisModuleTypeCopyFunc,
+    pub defrag: raw::RedisModuleTypeDefragFunc,
+}
+
+/// The struct Redis reads a type's callbacks from.
+pub const fn type_methods(callbacks: Callbacks) -> raw::RedisModuleTypeMethods {
+    raw::RedisModuleTypeMethods {
+        version: raw::REDISMODULE_TYPE_METHOD_VERSION as u64,
+        rdb_load: callbacks.rdb_load,
+        rdb_save: callbacks.rdb_save,
+        aof_rewrite: callbacks.aof_rewrite,
+        mem_usage: callbacks.mem_usage,
+        digest: callbacks.digest,
+        free: callbacks.free,
         aux_load: None,
         aux_save: None,
         aux_save2: None,
         aux_save_triggers: 0,
         free_effort: None,
         unlink: None,
-        copy: Some(copy),
-        defrag: Some(defrag),
+        copy: callbacks.copy,
+        defrag: callbacks.defrag,
         copy2: None,
         free_effort2: None,
         mem_usage2: None,
         unlink2: None,
-    },
-);
+    }
+}
 
 /// SAFETY (for every callback below): Redis only hands back values this
 /// module stored, which are `Box<State>` pointers.
@@ -56,8 +84,9 @@ unsafe fn state_of<'a>(value: *const c_void) -> &'a State {
     unsafe { &*value.cast::<State>() }
 }
 
-fn into_value(state: State) -> *mut c_void {
-    Box::into_raw(Box::new(state)).cast()
+/// A value for Redis to own: freed by the type's `free`.
+pub fn into_value<T>(value: T) -> *mut c_void {
+    Box::into_raw(Box::new(value)).cast()
 }
 
 unsafe extern "C" fn rdb_save(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
@@ -117,13 +146,35 @@ fn unblocked(log: TimeLog) -> Option<State> {
     refused_if_bad(State::with_block(log, 0))
 }
 
+/// Why stored bytes do not form a value, as the server's log says it.
+pub trait Refusal: std::fmt::Debug {
+    /// What was refused: "log", "bucket".
+    const WHAT: &'static str;
+    fn describe(&self) -> &'static str;
+}
+
+impl Refusal for DecodeError {
+    const WHAT: &'static str = "log";
+    fn describe(&self) -> &'static str {
+        DecodeError::describe(self)
+    }
+}
+
+impl Refusal for BucketError {
+    const WHAT: &'static str = "bucket";
+    fn describe(&self) -> &'static str {
+        BucketError::describe(self)
+    }
+}
+
 /// Says in the server's log why a stored value was refused (Redis itself
 /// only reports that the module could not load it).
-fn refused_if_bad<T>(decoded: Result<T, DecodeError>) -> Option<T> {
+pub fn refused_if_bad<T, E: Refusal>(decoded: Result<T, E>) -> Option<T> {
     decoded
         .map_err(|error| {
             redis_module::logging::log_warning(format!(
-                "ratelimit: refused a stored log ({error:?}): {}",
+                "ratelimit: refused a stored {} ({error:?}): {}",
+                E::WHAT,
                 error.describe()
             ));
         })
@@ -193,30 +244,53 @@ unsafe extern "C" fn defrag(
     value: *mut *mut c_void,
 ) -> c_int {
     guard(0, || {
-        let Some(defrag_alloc) = raw::RedisModule_DefragAlloc else {
-            return 0;
-        };
-        // SAFETY: DefragAlloc moves an allocation of ours (null: it stays)
-        // and frees the old one, as `TimeLog::relocate` requires.
-        let mut relocate = |old: NonNull<u8>, _| unsafe {
-            NonNull::new(defrag_alloc(ctx, old.as_ptr().cast()).cast::<u8>())
-        };
-        let mut moved = 0;
         // SAFETY: `*value` is our `Box<State>` block, moved as a whole
-        // by DefragAlloc (which frees the old one), then its own
-        // allocations are offered the same way.
-        unsafe {
-            if let Some(block) =
-                NonNull::new((*value).cast()).and_then(|b| relocate(b, Layout::new::<State>()))
-            {
-                *value = block.as_ptr().cast();
-                moved += 1;
-            }
-            moved += (*(*value).cast::<State>()).relocate(&mut relocate);
-        }
+        // (the old one freed), then its own allocations are offered the
+        // same way.
+        let moved = unsafe {
+            usize::from(relocate_value::<State>(ctx, value))
+                + (*(*value).cast::<State>()).relocate(&mut defragmenter(ctx))
+        };
         stats::DEFRAG_MOVED.add(moved as u64);
         0
     })
+}
+
+/// The defragmenter's move of one allocation of ours: a new one holding
+/// the same bytes, the old one freed (`None`: it stays where it is).
+fn defragmenter(
+    ctx: *mut raw::RedisModuleDefragCtx,
+) -> impl FnMut(NonNull<u8>, Layout) -> Option<NonNull<u8>> {
+    // SAFETY: a copy of a function pointer Redis filled in at load.
+    let defrag_alloc = unsafe { raw::RedisModule_DefragAlloc };
+    move |old: NonNull<u8>, _| {
+        let defrag_alloc = defrag_alloc?;
+        // SAFETY: DefragAlloc moves an allocation of ours (null: it stays)
+        // and frees the old one, as `TimeLog::relocate` requires.
+        NonNull::new(unsafe { defrag_alloc(ctx, old.as_ptr().cast()) }.cast::<u8>())
+    }
+}
+
+/// Moves the block Redis points at, a `Box<T>`, where the defragmenter
+/// wants it; true if it moved.
+///
+/// # Safety
+///
+/// `*value` is a `Box<T>` of ours that Redis holds.
+pub unsafe fn relocate_value<T>(
+    ctx: *mut raw::RedisModuleDefragCtx,
+    value: *mut *mut c_void,
+) -> bool {
+    // SAFETY: the caller promises `*value` is our block.
+    let block = unsafe { NonNull::new((*value).cast()) };
+    match block.and_then(|b| defragmenter(ctx)(b, Layout::new::<T>())) {
+        Some(moved) => {
+            // SAFETY: as above; Redis reads the new pointer from here on.
+            unsafe { *value = moved.as_ptr().cast() };
+            true
+        }
+        None => false,
+    }
 }
 
 unsafe extern "C" fn free(value: *mut c_void) {

@@ -6,12 +6,15 @@ mod commands;
 mod config;
 mod datatype;
 mod events;
+mod gcra_commands;
+mod gcra_type;
 mod key;
 mod registry;
 mod replication;
 mod stats;
 
 use datatype::RATELIMIT_TYPE;
+use gcra_type::GCRA_TYPE;
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::{raw, Context, ModuleOptions, Status};
 use std::os::raw::c_int;
@@ -44,7 +47,14 @@ fn init(ctx: &Context, _args: &[redis_module::RedisString]) -> Status {
     std::panic::set_hook(Box::new(|panic| {
         redis_module::logging::log_warning(format!("ratelimit: internal error: {panic}"));
     }));
-    if let Err(reason) = registry::register(ctx) {
+    let aliases = match crate::args::parse_aliases(&config::aliases()) {
+        Ok(aliases) => aliases,
+        Err(reason) => {
+            ctx.log_warning(&format!("ratelimit: {reason}"));
+            return Status::Err;
+        }
+    };
+    if let Err(reason) = registry::register(ctx, &aliases) {
         ctx.log_warning(&format!("ratelimit: {reason}"));
         return Status::Err;
     }
@@ -103,14 +113,16 @@ redis_module::redis_module! {
     name: "ratelimit",
     version: MODULE_VERSION,
     allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
-    data_types: [RATELIMIT_TYPE],
+    data_types: [RATELIMIT_TYPE, GCRA_TYPE],
     init: init,
     configurations: [
+        // The macro needs every kind listed to read module arguments.
         i64: [
             ["max-entries", &config::MAX_ENTRIES, config::DEFAULT_MAX_ENTRIES, 1, config::MAX_MAX_ENTRIES, ConfigurationFlags::DEFAULT, None],
         ],
-        // The macro needs every kind listed to read module arguments.
-        string: [],
+        string: [
+            ["aliases", &config::ALIASES, "", ConfigurationFlags::IMMUTABLE, None],
+        ],
         bool: [],
         enum: [],
         module_args_as_configuration: true,

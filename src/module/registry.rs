@@ -4,11 +4,13 @@
 //! and ACL categories. README.md's command reference is tested against
 //! the COMMAND DOCS this produces (`tests/citizen.rs`).
 
-use crate::args::{self, OptionName};
+use crate::args::{self, Alias, OptionName};
 use crate::module::api::api;
 use crate::module::commands::{self, RawCommand};
+use crate::module::config;
+use crate::module::gcra_commands;
 use crate::module::replication::{
-    BLOCK_UNTIL_COMMAND, MULTI_RECORD_COMMAND, RECORD_COMMAND, WIDEN_COMMAND,
+    BLOCK_UNTIL_COMMAND, GCRA_SET_COMMAND, MULTI_RECORD_COMMAND, RECORD_COMMAND, WIDEN_COMMAND,
 };
 use redis_module::raw;
 use redis_module::Context;
@@ -56,6 +58,10 @@ const INTEGER: raw::RedisModuleCommandArgType =
     raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER;
 const BLOCK: raw::RedisModuleCommandArgType =
     raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_BLOCK;
+const DOUBLE: raw::RedisModuleCommandArgType =
+    raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_DOUBLE;
+const PURE_TOKEN: raw::RedisModuleCommandArgType =
+    raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN;
 const OPTIONAL: u32 = raw::REDISMODULE_CMD_ARG_OPTIONAL;
 const MULTIPLE: u32 = raw::REDISMODULE_CMD_ARG_MULTIPLE;
 
@@ -69,15 +75,46 @@ const fn arg(name: &'static str, kind: raw::RedisModuleCommandArgType) -> ArgSpe
     }
 }
 
+/// An optional `TOKEN value`, or a flag (a token with no value).
 const fn option(name: &OptionName) -> ArgSpec {
+    let flag = name.value.is_empty();
     ArgSpec {
-        name: name.value,
-        kind: INTEGER,
+        name: if flag { name.token } else { name.value },
+        kind: if flag { PURE_TOKEN } else { INTEGER },
         token: Some(name.token),
         flags: OPTIONAL,
         subargs: &[],
     }
 }
+
+/// `key max_burst <count> period`, a GCRA call's limit, the count named
+/// as each spelling names it.
+const fn gcra_limit_args(count: &'static str) -> [ArgSpec; 4] {
+    [
+        arg("key", KEY),
+        arg("max_burst", INTEGER),
+        arg(count, INTEGER),
+        arg("period", DOUBLE),
+    ]
+}
+
+const GCRA_FLAGS: &CStr = c"write deny-oom fast";
+const GCRA_COMPLEXITY: &CStr = c"O(1).";
+const GCRA_KEY_FLAGS: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
+const GCRA_SINCE: &CStr = c"0.5.0";
+
+/// `RATELIMIT.GCRA key max_burst count period [TOKENS n] [MS]`.
+const GCRA_ARGS: &[ArgSpec] = &{
+    let [key, max_burst, count, period] = gcra_limit_args("count");
+    [
+        key,
+        max_burst,
+        count,
+        period,
+        option(&args::TOKENS),
+        option(&args::MS),
+    ]
+};
 
 /// `key window max [window max ...] [COST n] [PRECISION p] [BLOCK ms]`.
 const LIMIT_ARGS: &[ArgSpec] = &[
@@ -120,7 +157,7 @@ const MULTI_LIMIT_ARGS: &[ArgSpec] = &[
 /// The category module commands are also put in, where servers allow it.
 pub const ACL_CATEGORY: &CStr = c"ratelimit";
 
-const SPECS: [CommandSpec; 11] = [
+const SPECS: [CommandSpec; 13] = [
     CommandSpec {
         name: c"ratelimit.check",
         handler: commands::check_command,
@@ -294,53 +331,170 @@ const SPECS: [CommandSpec; 11] = [
         keys: Keys::Counted,
         since: c"0.3.0",
     },
+    CommandSpec {
+        name: c"ratelimit.gcra",
+        handler: gcra_commands::gcra_command,
+        flags: GCRA_FLAGS,
+        acl_categories: c"write fast",
+        summary: c"Decides a request of TOKENS n (default 1; 0 asks without charging) against a token bucket (GCRA) of count per period seconds in bursts of max_burst + 1, and charges it if allowed. Replies as redis-cell's CL.THROTTLE: [limited, max_burst + 1, remaining, retry_after (-1 if allowed), reset_after], in seconds, or in milliseconds with MS.",
+        complexity: GCRA_COMPLEXITY,
+        arity: -5,
+        key_flags: GCRA_KEY_FLAGS,
+        args: GCRA_ARGS,
+        keys: Keys::First,
+        since: GCRA_SINCE,
+    },
+    CommandSpec {
+        name: GCRA_SET_COMMAND,
+        handler: gcra_commands::gcra_set_command,
+        flags: c"write fast",
+        acl_categories: c"write fast",
+        summary: c"Internal: how an allowed RATELIMIT.GCRA (or CL.THROTTLE, GCRA) reaches replicas and the AOF: the bucket it stored and the key's expiry. Refused from clients.",
+        complexity: GCRA_COMPLEXITY,
+        arity: 6,
+        key_flags: GCRA_KEY_FLAGS,
+        args: &[
+            arg("key", KEY),
+            arg("at", INTEGER),
+            arg("period", INTEGER),
+            arg("level", INTEGER),
+            arg("expires_at", INTEGER),
+        ],
+        keys: Keys::First,
+        since: GCRA_SINCE,
+    },
 ];
 
-/// Creates every command. Docs, key specs and categories are set where the
-/// server has the API for them (docs from 7.0, categories from 7.2).
-pub fn register(ctx: &Context) -> Result<(), String> {
+/// The drop-in names, registered only when asked for (`aliases` at load).
+fn alias_spec(alias: Alias) -> CommandSpec {
+    match alias {
+        Alias::CellThrottle => CommandSpec {
+            name: c"cl.throttle",
+            handler: gcra_commands::cell_throttle_command,
+            flags: GCRA_FLAGS,
+            acl_categories: c"write fast",
+            summary: c"redis-cell's command, on this module's token bucket (loaded with aliases cl.throttle): RATELIMIT.GCRA with the request's tokens as quantity (default 1; 0 asks without charging).",
+            complexity: GCRA_COMPLEXITY,
+            arity: -5,
+            key_flags: GCRA_KEY_FLAGS,
+            args: CELL_THROTTLE_ARGS,
+            keys: Keys::First,
+            since: GCRA_SINCE,
+        },
+        Alias::Gcra => CommandSpec {
+            name: c"gcra",
+            handler: gcra_commands::redis_gcra_command,
+            flags: GCRA_FLAGS,
+            acl_categories: c"write fast",
+            summary: c"Redis's held-out GCRA command, on this module's token bucket (loaded with aliases gcra): RATELIMIT.GCRA, its waits in seconds rounded up.",
+            complexity: GCRA_COMPLEXITY,
+            arity: -5,
+            key_flags: GCRA_KEY_FLAGS,
+            args: REDIS_GCRA_ARGS,
+            keys: Keys::First,
+            since: GCRA_SINCE,
+        },
+    }
+}
+
+/// `CL.THROTTLE key max_burst count period [quantity]`.
+const CELL_THROTTLE_ARGS: &[ArgSpec] = &{
+    let [key, max_burst, count, period] = gcra_limit_args("count");
+    [
+        key,
+        max_burst,
+        count,
+        period,
+        ArgSpec {
+            flags: OPTIONAL,
+            ..arg("quantity", INTEGER)
+        },
+    ]
+};
+
+/// `GCRA key max_burst tokens_per_period period [TOKENS n]`.
+const REDIS_GCRA_ARGS: &[ArgSpec] = &{
+    let [key, max_burst, count, period] = gcra_limit_args("tokens_per_period");
+    [key, max_burst, count, period, option(&args::TOKENS)]
+};
+
+/// Creates every command, and the drop-in names in `aliases` that the
+/// server does not already have (one it has is left out, saying so in the
+/// server's log; INFO lists those registered). Docs, key specs and
+/// categories are set where the server has the API for them (docs from
+/// 7.0, categories from 7.2).
+pub fn register(ctx: &Context, aliases: &[Alias]) -> Result<(), String> {
+    let with_own_category = add_own_category(ctx);
+    for spec in &SPECS {
+        create(ctx, spec)?;
+        describe(ctx, spec, with_own_category)?;
+    }
+    let mut registered = Vec::new();
+    for &alias in aliases {
+        let spec = alias_spec(alias);
+        if create(ctx, &spec).is_err() {
+            ctx.log_warning(&format!(
+                "ratelimit: not registering {}: the server already has a command of that name",
+                alias.name().to_uppercase()
+            ));
+            continue;
+        }
+        describe(ctx, &spec, with_own_category)?;
+        registered.push(alias.name());
+    }
+    if let Ok(mut list) = config::REGISTERED_ALIASES.lock() {
+        *list = registered;
+    }
+    Ok(())
+}
+
+/// Adds the `@ratelimit` ACL category where the server lets modules add
+/// one (Redis 7.2+, Valkey 8); true if it did.
+fn add_own_category(ctx: &Context) -> bool {
+    // SAFETY: a copy of a function pointer Redis filled in at load.
+    let add_category = unsafe { raw::RedisModule_AddACLCategory };
+    match add_category {
+        // SAFETY: a static C string, during OnLoad.
+        Some(add) => (unsafe { add(ctx.ctx, ACL_CATEGORY.as_ptr()) }) == raw::Status::Ok as c_int,
+        None => false,
+    }
+}
+
+/// Sets a created command's docs, key specs and ACL categories.
+fn describe(ctx: &Context, spec: &CommandSpec, with_own_category: bool) -> Result<(), String> {
     // SAFETY: copies of function pointers Redis filled in at load.
-    let (get_command, set_info, set_categories, add_category) = unsafe {
+    let (get_command, set_info, set_categories) = unsafe {
         (
             raw::RedisModule_GetCommand,
             raw::RedisModule_SetCommandInfo,
             raw::RedisModule_SetCommandACLCategories,
-            raw::RedisModule_AddACLCategory,
         )
     };
-    let with_own_category = match add_category {
-        // SAFETY: a static C string, during OnLoad.
-        Some(add) => (unsafe { add(ctx.ctx, ACL_CATEGORY.as_ptr()) }) == raw::Status::Ok as c_int,
-        None => false,
+    let Some(get_command) = get_command else {
+        return Ok(());
     };
-    for spec in &SPECS {
-        create(ctx, spec)?;
-        let Some(get_command) = get_command else {
-            continue;
+    // SAFETY: the command was just created under this name.
+    let command = unsafe { get_command(ctx.ctx, spec.name.as_ptr()) };
+    if command.is_null() {
+        return Err(format!("cannot find {:?} after creating it", spec.name));
+    }
+    if let Some(set_info) = set_info {
+        set_command_info(spec, command, set_info)?;
+    }
+    if let Some(set_categories) = set_categories {
+        let categories = if with_own_category {
+            format!(
+                "{} {}",
+                spec.acl_categories.to_string_lossy(),
+                ACL_CATEGORY.to_string_lossy()
+            )
+        } else {
+            spec.acl_categories.to_string_lossy().into_owned()
         };
-        // SAFETY: the command was just created under this name.
-        let command = unsafe { get_command(ctx.ctx, spec.name.as_ptr()) };
-        if command.is_null() {
-            return Err(format!("cannot find {:?} after creating it", spec.name));
-        }
-        if let Some(set_info) = set_info {
-            set_command_info(spec, command, set_info)?;
-        }
-        if let Some(set_categories) = set_categories {
-            let categories = if with_own_category {
-                format!(
-                    "{} {}",
-                    spec.acl_categories.to_string_lossy(),
-                    ACL_CATEGORY.to_string_lossy()
-                )
-            } else {
-                spec.acl_categories.to_string_lossy().into_owned()
-            };
-            let categories = std::ffi::CString::new(categories).map_err(|e| e.to_string())?;
-            // SAFETY: a live command and a C string Redis copies.
-            if unsafe { set_categories(command, categories.as_ptr()) } != raw::Status::Ok as c_int {
-                return Err(format!("cannot set ACL categories of {:?}", spec.name));
-            }
+        let categories = std::ffi::CString::new(categories).map_err(|e| e.to_string())?;
+        // SAFETY: a live command and a C string Redis copies.
+        if unsafe { set_categories(command, categories.as_ptr()) } != raw::Status::Ok as c_int {
+            return Err(format!("cannot set ACL categories of {:?}", spec.name));
         }
     }
     Ok(())

@@ -28,11 +28,17 @@
 //! is propagated as `RATELIMIT.BLOCKUNTIL key 0`, or as `DEL key` when the
 //! key held nothing live and went.
 //!
-//! RECORD, WIDEN and BLOCKUNTIL could forge history if clients could send
-//! them, so they only run from the master's link or while loading the
-//! AOF.
+//! An allowed GCRA call (a token bucket, `RATELIMIT.GCRA` or an alias) is
+//! propagated as what it stored, `RATELIMIT.GCRASET key at period level
+//! expires_at`: the master's bucket and the key's absolute expiry. A
+//! limited call, and one of 0 tokens, store nothing and propagate nothing.
+//!
+//! RECORD, WIDEN, BLOCKUNTIL and GCRASET could forge history if clients
+//! could send them, so they only run from the master's link or while
+//! loading the AOF.
 
 use crate::args::LimitCall;
+use crate::gcra::{Bucket, Charge};
 use crate::log::Millis;
 use crate::module::api::api;
 use crate::module::boundary::Arg;
@@ -46,6 +52,27 @@ pub const RECORD_COMMAND: &CStr = c"ratelimit.record";
 pub const WIDEN_COMMAND: &CStr = c"ratelimit.widen";
 pub const BLOCK_UNTIL_COMMAND: &CStr = c"ratelimit.blockuntil";
 pub const MULTI_RECORD_COMMAND: &CStr = c"ratelimit.mrecord";
+pub const GCRA_SET_COMMAND: &CStr = c"ratelimit.gcraset";
+
+/// `RATELIMIT.GCRASET key at period level expires_at`: what an allowed
+/// GCRA call stored (`at` shared by every call in the same millisecond).
+pub fn replicate_charge(ctx: &Context, key: &Arg, charge: &Charge) {
+    let bucket = charge.bucket;
+    // SAFETY: the format names two RedisModuleStrings, alive, and three
+    // long longs.
+    unsafe {
+        (api().replicate)(
+            ctx.ctx,
+            GCRA_SET_COMMAND.as_ptr(),
+            c"sslll".as_ptr(),
+            key.as_ptr(),
+            SHARED.at(bucket.at()),
+            bucket.period() as i64,
+            bucket.level() as i64,
+            charge.expires_at,
+        )
+    };
+}
 
 /// `RATELIMIT.MRECORD numkeys key [key ...] at cost precision window
 /// [window ...]` for the allowed `calls` (every key's, in key order),
@@ -232,5 +259,27 @@ pub fn emit_state(aof: *mut raw::RedisModuleIO, key: *mut raw::RedisModuleString
     // SAFETY: the format names one RedisModuleString.
     unsafe {
         (api().emit_aof)(aof, c"PERSIST".as_ptr(), c"s".as_ptr(), key);
+    }
+}
+
+/// AOF rewrite of a bucket: its GCRASET without an expiry (Redis follows
+/// a rewritten key with its PEXPIREAT if it has one).
+pub fn emit_bucket(
+    aof: *mut raw::RedisModuleIO,
+    key: *mut raw::RedisModuleString,
+    bucket: &Bucket,
+) {
+    // SAFETY: the format names a RedisModuleString and four long longs.
+    unsafe {
+        (api().emit_aof)(
+            aof,
+            GCRA_SET_COMMAND.as_ptr(),
+            c"sllll".as_ptr(),
+            key,
+            bucket.at(),
+            bucket.period() as i64,
+            bucket.level() as i64,
+            0 as std::os::raw::c_longlong,
+        );
     }
 }

@@ -36,8 +36,12 @@ pub static LOG_FULL: Counter = Counter::new();
 pub static DEFRAG_MOVED: Counter = Counter::new();
 pub static BLOCKS_STARTED: Counter = Counter::new();
 pub static UNBLOCKS: Counter = Counter::new();
+pub static GCRA_CHECKS: Counter = Counter::new();
+pub static GCRA_ALLOWED: Counter = Counter::new();
+pub static GCRA_PEEKS: Counter = Counter::new();
+pub static GCRA_TOKENS: Counter = Counter::new();
 
-const FIELDS: [(&str, &Counter); 11] = [
+const FIELDS: [(&str, &Counter); 15] = [
     ("checks", &CHECKS),
     ("allowed", &ALLOWED),
     ("peeks", &PEEKS),
@@ -49,6 +53,10 @@ const FIELDS: [(&str, &Counter); 11] = [
     ("defrag_moved", &DEFRAG_MOVED),
     ("blocks_started", &BLOCKS_STARTED),
     ("unblocks", &UNBLOCKS),
+    ("gcra_checks", &GCRA_CHECKS),
+    ("gcra_allowed", &GCRA_ALLOWED),
+    ("gcra_peeks", &GCRA_PEEKS),
+    ("gcra_tokens", &GCRA_TOKENS),
 ];
 
 /// The INFO callback: sections `ratelimit_stats` and `ratelimit_config`.
@@ -59,7 +67,13 @@ pub extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: i32
     }
     // Both saturate; once `checks` has, `denied` is no longer exact.
     raw::add_info_field_long_long(ctx, "denied", CHECKS.get().saturating_sub(ALLOWED.get()));
+    raw::add_info_field_long_long(
+        ctx,
+        "gcra_limited",
+        GCRA_CHECKS.get().saturating_sub(GCRA_ALLOWED.get()),
+    );
     raw::add_info_section(ctx, Some("config"));
     raw::add_info_field_str(ctx, "version", env!("CARGO_PKG_VERSION"));
     raw::add_info_field_long_long(ctx, "max_entries", config::max_entries() as i64);
+    raw::add_info_field_str(ctx, "aliases", &config::registered_aliases());
 }
