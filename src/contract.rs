@@ -227,15 +227,39 @@ impl Random {
     }
 }
 
+/// What random calls name: their windows, their blocks, and whether they
+/// use PRECISION.
+struct Shape {
+    windows: &'static [&'static str],
+    blocks: &'static [&'static str],
+    precision: bool,
+}
+
+/// Windows from 20 ms to a minute, blocks from 50 ms: the clock's moves
+/// decide.
+const BRISK: Shape = Shape {
+    windows: &["20", "100", "250", "1000", "60000"],
+    blocks: &["50", "500", "5000"],
+    precision: true,
+};
+
+/// Windows and blocks of a second or more and no PRECISION, with every
+/// call at once: a case a real server can replay (`pinnable`).
+const STILL: Shape = Shape {
+    windows: &["1000", "5000", "60000", "3600000"],
+    blocks: &["1000", "60000"],
+    precision: false,
+};
+
 /// One random call's words: mostly well-formed CHECKs and PEEKs on a few
 /// keys, with several limits, COST, PRECISION and BLOCK, and UNDO,
 /// UNBLOCK and the several-key calls; now and then a malformed one.
-fn random_call(random: &mut Random) -> Vec<String> {
+fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
     let key = |random: &mut Random| random.pick(&["a", "b", "c"]).to_string();
     let limits = |random: &mut Random| -> Vec<String> {
         let mut windows = vec![];
         for _ in 0..1 + random.below(3) {
-            let window = random.pick(&["20", "100", "250", "1000", "60000"]);
+            let window = random.pick(shape.windows);
             if !windows.contains(&window) {
                 windows.push(window);
             }
@@ -252,11 +276,11 @@ fn random_call(random: &mut Random) -> Vec<String> {
             options.extend(["COST".into(), (1 + random.below(smallest_max.min(4))).to_string()]);
         }
         let shortest: u64 = limits.iter().step_by(2).filter_map(|w| w.parse().ok()).min().unwrap_or(1);
-        if random.below(4) == 0 {
+        if shape.precision && random.below(4) == 0 {
             options.extend(["PRECISION".into(), (1 + random.below(shortest.min(50))).to_string()]);
         }
         if random.below(5) == 0 {
-            options.extend(["BLOCK".into(), random.pick(&["50", "500", "5000"]).to_string()]);
+            options.extend(["BLOCK".into(), random.pick(shape.blocks).to_string()]);
         }
         options
     };
@@ -314,8 +338,8 @@ fn random_call(random: &mut Random) -> Vec<String> {
 }
 
 /// Random sequences: `count` cases of `length` calls, the clock moving by
-/// up to `step` ms (and now and then back).
-fn random_cases(count: usize, length: usize, step: u64, seed: u64) -> Vec<Case> {
+/// up to `step - 1` ms (and now and then back).
+fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape) -> Vec<Case> {
     let mut random = Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     (0..count)
         .map(|i| {
@@ -326,7 +350,7 @@ fn random_cases(count: usize, length: usize, step: u64, seed: u64) -> Vec<Case> 
                     if random.below(30) == 0 {
                         at -= random.below(step) as Millis;
                     }
-                    (at, random_call(&mut random))
+                    (at, random_call(&mut random, shape))
                 })
                 .collect();
             Case {
@@ -340,8 +364,9 @@ fn random_cases(count: usize, length: usize, step: u64, seed: u64) -> Vec<Case> 
 
 fn all_cases() -> Vec<Case> {
     let mut cases = written();
-    cases.extend(random_cases(60, 30, 120, 1));
-    cases.extend(random_cases(12, 150, 20, 2));
+    cases.extend(random_cases(60, 30, 120, 1, &BRISK));
+    cases.extend(random_cases(12, 150, 20, 2, &BRISK));
+    cases.extend(random_cases(24, 40, 1, 3, &STILL));
     cases
 }
 
@@ -454,8 +479,9 @@ fn state_json(state: Option<KeyState>) -> Value {
 
 /// A case a real server can replay on its own clock: its calls within
 /// 10 ms of each other, every window and block they name at least a
-/// second, so nothing a call sees depends on the few milliseconds between
-/// the server's calls (but the waits and resets, which move by them).
+/// second, and no PRECISION (whose cells a server's calls may straddle),
+/// so nothing a call sees depends on the few milliseconds between the
+/// server's calls (but the waits, resets and expiries, which move by them).
 fn pinnable(case: &Case) -> bool {
     let first = case.steps.first().map_or(0, |s| s.0);
     case.steps.iter().all(|(at, words)| {
@@ -471,7 +497,9 @@ fn pinnable(case: &Case) -> bool {
         };
         (at - first).abs() <= 10
             && requests.iter().all(|r| {
-                r.limits().iter().all(|l| l.window.get() >= 1000) && r.block().is_none_or(|b| b.get() >= 1000)
+                r.limits().iter().all(|l| l.window.get() >= 1000)
+                    && r.block().is_none_or(|b| b.get() >= 1000)
+                    && r.precision().get() == 1
             })
     })
 }
