@@ -266,18 +266,42 @@ fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
         }
         windows
             .into_iter()
-            .flat_map(|w| [w.to_string(), random.pick(&["1", "2", "3", "5", "8", "13", "9007199254740992"]).to_string()])
+            .flat_map(|w| {
+                [
+                    w.to_string(),
+                    random
+                        .pick(&["1", "2", "3", "5", "8", "13", "9007199254740992"])
+                        .to_string(),
+                ]
+            })
             .collect()
     };
     let options = |random: &mut Random, limits: &[String]| -> Vec<String> {
         let mut options = vec![];
-        let smallest_max: u64 = limits.iter().skip(1).step_by(2).filter_map(|m| m.parse().ok()).min().unwrap_or(1);
+        let smallest_max: u64 = limits
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .filter_map(|m| m.parse().ok())
+            .min()
+            .unwrap_or(1);
         if random.below(3) == 0 {
-            options.extend(["COST".into(), (1 + random.below(smallest_max.min(4))).to_string()]);
+            options.extend([
+                "COST".into(),
+                (1 + random.below(smallest_max.min(4))).to_string(),
+            ]);
         }
-        let shortest: u64 = limits.iter().step_by(2).filter_map(|w| w.parse().ok()).min().unwrap_or(1);
+        let shortest: u64 = limits
+            .iter()
+            .step_by(2)
+            .filter_map(|w| w.parse().ok())
+            .min()
+            .unwrap_or(1);
         if shape.precision && random.below(4) == 0 {
-            options.extend(["PRECISION".into(), (1 + random.below(shortest.min(50))).to_string()]);
+            options.extend([
+                "PRECISION".into(),
+                (1 + random.below(shortest.min(50))).to_string(),
+            ]);
         }
         if random.below(5) == 0 {
             options.extend(["BLOCK".into(), random.pick(shape.blocks).to_string()]);
@@ -288,20 +312,39 @@ fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
         0..=8 => {
             let limits = limits(random);
             let options = options(random, &limits);
-            [vec!["RATELIMIT.CHECK".to_string(), key(random)], limits, options].concat()
+            [
+                vec!["RATELIMIT.CHECK".to_string(), key(random)],
+                limits,
+                options,
+            ]
+            .concat()
         }
         9..=11 => {
             let limits = limits(random);
             let options = options(random, &limits);
-            [vec!["RATELIMIT.PEEK".to_string(), key(random)], limits, options].concat()
+            [
+                vec!["RATELIMIT.PEEK".to_string(), key(random)],
+                limits,
+                options,
+            ]
+            .concat()
         }
         12 | 13 => {
             let cost = random.pick(&["1", "2", "5"]);
-            vec!["RATELIMIT.UNDO".into(), key(random), "COST".into(), cost.into()]
+            vec![
+                "RATELIMIT.UNDO".into(),
+                key(random),
+                "COST".into(),
+                cost.into(),
+            ]
         }
         14 => vec!["RATELIMIT.UNBLOCK".into(), key(random)],
         15..=17 => {
-            let command = if random.below(4) == 0 { "RATELIMIT.MPEEK" } else { "RATELIMIT.MCHECK" };
+            let command = if random.below(4) == 0 {
+                "RATELIMIT.MPEEK"
+            } else {
+                "RATELIMIT.MCHECK"
+            };
             let keys: Vec<&str> = match random.below(3) {
                 0 => vec!["a", "b"],
                 1 => vec!["c", "a"],
@@ -398,7 +441,9 @@ fn twin_refusal(space: &Keyspace, clock: Millis, words: &[Vec<u8>]) -> Option<St
         }
     };
     for (key, request) in &calls {
-        let inexact = |what: &str| format!("{what} above {EXACT_TEXT} cannot be counted exactly by the script twin (Lua numbers are doubles): load the module for larger values");
+        let inexact = |what: &str| {
+            format!("{what} above {EXACT_TEXT} cannot be counted exactly by the script twin (Lua numbers are doubles): load the module for larger values")
+        };
         if request.cost().get() > EXACT {
             return Some(about(key, inexact("COST")));
         }
@@ -428,7 +473,12 @@ fn twin_refusal(space: &Keyspace, clock: Millis, words: &[Vec<u8>]) -> Option<St
         };
         let now = newest.max(clock.max(1));
         let window = state.window.max(request.longest().window.get());
-        let kept: u64 = state.entries.iter().filter(|e| e.0 > now - window as Millis).map(|e| e.1).sum();
+        let kept: u64 = state
+            .entries
+            .iter()
+            .filter(|e| e.0 > now - window as Millis)
+            .map(|e| e.1)
+            .sum();
         if kept > EXACT - request.cost().get() {
             return Some(about(key, format!(
                 "this key would hold more than {EXACT_TEXT} units of cost, which the script twin cannot count exactly: nothing was recorded (load the module, or use smaller units)"
@@ -440,9 +490,15 @@ fn twin_refusal(space: &Keyspace, clock: Millis, words: &[Vec<u8>]) -> Option<St
 
 /// The keys a call names.
 fn named_keys(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let name = words.first().map(|w| String::from_utf8_lossy(w).to_ascii_lowercase()).unwrap_or_default();
+    let name = words
+        .first()
+        .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase())
+        .unwrap_or_default();
     if name.starts_with("ratelimit.m") {
-        let count: usize = words.get(1).and_then(|n| String::from_utf8_lossy(n).parse().ok()).unwrap_or(0);
+        let count: usize = words
+            .get(1)
+            .and_then(|n| String::from_utf8_lossy(n).parse().ok())
+            .unwrap_or(0);
         return words.iter().skip(2).take(count.min(16)).cloned().collect();
     }
     words.get(1).into_iter().cloned().collect()
@@ -450,7 +506,12 @@ fn named_keys(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
 
 fn answer_json(answer: &Answer) -> (&'static str, Value) {
     let decision = |d: &crate::limiter::Decision| {
-        vec![json!(d.allowed as i64), json!(d.remaining), json!(d.retry_after_ms), json!(d.reset_after_ms)]
+        vec![
+            json!(d.allowed as i64),
+            json!(d.remaining),
+            json!(d.retry_after_ms),
+            json!(d.reset_after_ms),
+        ]
     };
     match answer {
         Answer::Decision(d) => ("reply", Value::Array(decision(d))),
@@ -487,9 +548,9 @@ fn pinnable(case: &Case) -> bool {
     case.steps.iter().all(|(at, words)| {
         let bytes: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
         let requests: Vec<crate::limiter::Request> = match words[0].to_ascii_lowercase().as_str() {
-            "ratelimit.check" | "ratelimit.peek" => {
-                crate::args::parse_limit_call(&bytes).map(|c| vec![c.request]).unwrap_or_default()
-            }
+            "ratelimit.check" | "ratelimit.peek" => crate::args::parse_limit_call(&bytes)
+                .map(|c| vec![c.request])
+                .unwrap_or_default(),
             "ratelimit.mcheck" | "ratelimit.mpeek" => crate::args::parse_multi_call(&bytes)
                 .map(|c| c.calls.into_iter().map(|c| c.request).collect())
                 .unwrap_or_default(),
@@ -549,7 +610,10 @@ fn render(case: &Case) -> Value {
 
 /// The corpus, one case a line.
 pub fn corpus() -> String {
-    all_cases().iter().map(|c| render(c).to_string() + "\n").collect()
+    all_cases()
+        .iter()
+        .map(|c| render(c).to_string() + "\n")
+        .collect()
 }
 
 #[cfg(test)]
@@ -572,7 +636,10 @@ mod tests {
             std::fs::write(checked_in(), &generated).expect("write contract/corpus.jsonl");
         }
         let stored = std::fs::read_to_string(checked_in()).unwrap_or_default();
-        let differs = stored.lines().zip(generated.lines()).position(|(a, b)| a != b);
+        let differs = stored
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b);
         assert!(
             stored == generated,
             "contract/corpus.jsonl is not what the model says (first different line: {differs:?}, lines {} and {}): run `make corpus` and review the diff",
@@ -599,10 +666,18 @@ mod tests {
                     .map(|w| w.as_str().expect("a word").as_bytes().to_vec())
                     .collect();
                 let (kind, got) = answer_json(&core.call(clock, &words));
-                assert_eq!(step[kind], got, "{} step {index}: {:?}", case["name"], step["call"]);
+                assert_eq!(
+                    step[kind], got,
+                    "{} step {index}: {:?}",
+                    case["name"], step["call"]
+                );
                 for (name, expected) in step["state"].as_object().expect("state") {
                     let state = core.state(clock, name.as_bytes());
-                    assert_eq!(&state, expected, "{} step {index}: key {name}", case["name"]);
+                    assert_eq!(
+                        &state, expected,
+                        "{} step {index}: key {name}",
+                        case["name"]
+                    );
                 }
             }
         }
@@ -620,8 +695,12 @@ mod tests {
             let Some((state, expires)) = self.keys.get(key).filter(|k| clock <= k.1) else {
                 return Value::Null;
             };
-            let entries: Vec<(Millis, u64)> =
-                state.log().view().entries().map(|e| (e.at - EPOCH, e.cost)).collect();
+            let entries: Vec<(Millis, u64)> = state
+                .log()
+                .view()
+                .entries()
+                .map(|e| (e.at - EPOCH, e.cost))
+                .collect();
             json!({
                 "entries": entries,
                 "window": if entries.is_empty() { 0 } else { state.log().window() },
@@ -643,7 +722,12 @@ mod tests {
             match name.as_str() {
                 "ratelimit.check" | "ratelimit.peek" => {
                     let call = crate::args::parse_limit_call(words).expect("parsed");
-                    Answer::Decision(self.decide(clock, call.key, &call.request, name.ends_with("check")))
+                    Answer::Decision(self.decide(
+                        clock,
+                        call.key,
+                        &call.request,
+                        name.ends_with("check"),
+                    ))
                 }
                 "ratelimit.mcheck" | "ratelimit.mpeek" => {
                     let call = crate::args::parse_multi_call(words).expect("parsed");
@@ -655,7 +739,12 @@ mod tests {
                 }
                 "ratelimit.mundo" => {
                     let call = crate::args::parse_multi_undo(words).expect("parsed");
-                    Answer::Integers(call.keys.iter().map(|k| self.refund(clock, k, call.units)).collect())
+                    Answer::Integers(
+                        call.keys
+                            .iter()
+                            .map(|k| self.refund(clock, k, call.units))
+                            .collect(),
+                    )
                 }
                 _ => {
                     let call = crate::args::parse_unblock(words).expect("parsed");
@@ -675,7 +764,13 @@ mod tests {
             self.keys.insert(key.to_vec(), entry);
         }
 
-        fn decide(&mut self, clock: Millis, key: &[u8], request: &crate::limiter::Request, check: bool) -> crate::limiter::Decision {
+        fn decide(
+            &mut self,
+            clock: Millis,
+            key: &[u8],
+            request: &crate::limiter::Request,
+            check: bool,
+        ) -> crate::limiter::Decision {
             if !check {
                 return crate::limiter::peek(self.existing(key), clock, request);
             }
@@ -686,9 +781,17 @@ mod tests {
             verdict.decision
         }
 
-        fn decide_all(&mut self, clock: Millis, call: &crate::args::MultiCall<'_, Vec<u8>>, check: bool) -> crate::limiter::Joint {
-            let keys: Vec<(Option<&State>, &crate::limiter::Request)> =
-                call.calls.iter().map(|c| (self.existing(c.key), &c.request)).collect();
+        fn decide_all(
+            &mut self,
+            clock: Millis,
+            call: &crate::args::MultiCall<'_, Vec<u8>>,
+            check: bool,
+        ) -> crate::limiter::Joint {
+            let keys: Vec<(Option<&State>, &crate::limiter::Request)> = call
+                .calls
+                .iter()
+                .map(|c| (self.existing(c.key), &c.request))
+                .collect();
             if !check {
                 return crate::limiter::peek_all(&keys, clock);
             }
@@ -738,7 +841,11 @@ mod tests {
     /// or its block ends.
     fn expiry(state: &State) -> Millis {
         let log = state.log();
-        let own = log.view().entries().last().map_or(0, |e| e.at + log.window() as Millis);
+        let own = log
+            .view()
+            .entries()
+            .next_back()
+            .map_or(0, |e| e.at + log.window() as Millis);
         own.max(state.blocked_until().unwrap_or(0))
     }
 }

@@ -600,12 +600,20 @@ impl Key {
     /// The expiry a write sets: the log's own (its newest entry's time plus
     /// its window) or the block's end, whichever is later.
     fn own_expiry(&self) -> Millis {
-        let log = self.model.entries.last().map_or(0, |e| e.at + self.model.window as Millis);
+        let log = self
+            .model
+            .entries
+            .last()
+            .map_or(0, |e| e.at + self.model.window as Millis);
         log.max(self.model.blocked_until)
     }
 
     fn snapshot(&self) -> (Vec<Entry>, u64, Millis) {
-        (self.model.entries.clone(), self.model.window, self.model.blocked_until)
+        (
+            self.model.entries.clone(),
+            self.model.window,
+            self.model.blocked_until,
+        )
     }
 }
 
@@ -638,7 +646,9 @@ impl Keyspace {
     /// The answer to `words` at `clock` (ms), and what it changes.
     pub fn call(&mut self, clock: Millis, words: &[Vec<u8>]) -> Answer {
         self.expire(clock);
-        let name = words.first().map(|w| String::from_utf8_lossy(w).to_ascii_lowercase());
+        let name = words
+            .first()
+            .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase());
         let arity = match name.as_deref() {
             Some("ratelimit.check") => crate::args::CHECK_ARITY,
             Some("ratelimit.peek") => crate::args::PEEK_ARITY,
@@ -649,7 +659,10 @@ impl Keyspace {
             _ => crate::args::MUNDO_ARITY,
         };
         if !crate::args::meets_arity(words.len(), arity) {
-            return Answer::Error(error_text(name.as_deref().unwrap_or(""), crate::args::ArgError::WrongArity));
+            return Answer::Error(error_text(
+                name.as_deref().unwrap_or(""),
+                crate::args::ArgError::WrongArity,
+            ));
         }
         let result = match name.as_deref() {
             Some("ratelimit.check") => self.limit_call(clock, words, true),
@@ -661,7 +674,8 @@ impl Keyspace {
             Some("ratelimit.mundo") => self.multi_undo(clock, words),
             _ => Err(crate::args::ArgError::Invalid("unknown command".into())),
         };
-        result.unwrap_or_else(|error| Answer::Error(error_text(name.as_deref().unwrap_or(""), error)))
+        result
+            .unwrap_or_else(|error| Answer::Error(error_text(name.as_deref().unwrap_or(""), error)))
     }
 
     /// A key's state, if it exists at `clock`.
@@ -677,7 +691,11 @@ impl Keyspace {
 
     /// The keys that exist at `clock`, in order.
     pub fn names(&self, clock: Millis) -> Vec<Vec<u8>> {
-        self.keys.iter().filter(|(_, k)| clock <= k.expires).map(|(n, _)| n.clone()).collect()
+        self.keys
+            .iter()
+            .filter(|(_, k)| clock <= k.expires)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Drops the keys whose expiry `clock` has passed, as a server does.
@@ -701,10 +719,19 @@ impl Keyspace {
         result
     }
 
-    fn limit_call(&mut self, clock: Millis, words: &[Vec<u8>], check: bool) -> Result<Answer, crate::args::ArgError> {
+    fn limit_call(
+        &mut self,
+        clock: Millis,
+        words: &[Vec<u8>],
+        check: bool,
+    ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_limit_call(words)?;
         let (limits, plain_cost, block, precision) = plain_parts(&call.request);
-        let plain = Plain { limits: &limits, cost: plain_cost, block };
+        let plain = Plain {
+            limits: &limits,
+            cost: plain_cost,
+            block,
+        };
         let decision = self.change(call.key, |key| match check {
             true => key.model.check(clock, &plain, precision),
             false => key.model.peek(clock, &plain),
@@ -712,16 +739,28 @@ impl Keyspace {
         Ok(Answer::Decision(decision))
     }
 
-    fn multi_call(&mut self, clock: Millis, words: &[Vec<u8>], check: bool) -> Result<Answer, crate::args::ArgError> {
+    fn multi_call(
+        &mut self,
+        clock: Millis,
+        words: &[Vec<u8>],
+        check: bool,
+    ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_multi_call(words)?;
         let names: Vec<Vec<u8>> = call.calls.iter().map(|c| c.key.clone()).collect();
         let parts: Vec<_> = call.calls.iter().map(|c| plain_parts(&c.request)).collect();
         let plain: Vec<Plain> = parts
             .iter()
-            .map(|(limits, cost, block, _)| Plain { limits, cost: *cost, block: *block })
+            .map(|(limits, cost, block, _)| Plain {
+                limits,
+                cost: *cost,
+                block: *block,
+            })
             .collect();
         let precision = parts.first().map_or(1, |p| p.3);
-        let mut keys: Vec<Key> = names.iter().map(|n| self.keys.remove(n).unwrap_or_default()).collect();
+        let mut keys: Vec<Key> = names
+            .iter()
+            .map(|n| self.keys.remove(n).unwrap_or_default())
+            .collect();
         let before: Vec<_> = keys.iter().map(Key::snapshot).collect();
         let joint = {
             let mut models: Vec<&mut Model> = keys.iter_mut().map(|k| &mut k.model).collect();
@@ -741,13 +780,25 @@ impl Keyspace {
 
     fn undo(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_undo(words)?;
-        Ok(Answer::Integer(self.refund(clock, call.key, call.units.get())))
+        Ok(Answer::Integer(self.refund(
+            clock,
+            call.key,
+            call.units.get(),
+        )))
     }
 
-    fn multi_undo(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+    fn multi_undo(
+        &mut self,
+        clock: Millis,
+        words: &[Vec<u8>],
+    ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_multi_undo(words)?;
         let units = call.units.get();
-        let removed = call.keys.iter().map(|key| self.refund(clock, key, units)).collect();
+        let removed = call
+            .keys
+            .iter()
+            .map(|key| self.refund(clock, key, units))
+            .collect();
         Ok(Answer::Integers(removed))
     }
 
@@ -771,7 +822,11 @@ impl Keyspace {
 
     /// UNBLOCK: a lifted key keeps its log and expires when its newest
     /// entry leaves its window; a key with nothing live left goes.
-    fn unblock(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+    fn unblock(
+        &mut self,
+        clock: Millis,
+        words: &[Vec<u8>],
+    ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_unblock(words)?;
         let Some(mut key) = self.keys.remove(call.key.as_slice()) else {
             return Ok(Answer::Integer(0));
@@ -794,15 +849,26 @@ impl Keyspace {
 /// A parsed request as the model takes it: (window, max) pairs, cost,
 /// block, precision.
 fn plain_parts(request: &Request) -> (Vec<(u64, u64)>, u64, Option<u64>, u64) {
-    let limits = request.limits().iter().map(|l| (l.window.get(), l.max.get())).collect();
-    (limits, request.cost().get(), request.block().map(NonZeroU64::get), request.precision().get())
+    let limits = request
+        .limits()
+        .iter()
+        .map(|l| (l.window.get(), l.max.get()))
+        .collect();
+    (
+        limits,
+        request.cost().get(),
+        request.block().map(NonZeroU64::get),
+        request.precision().get(),
+    )
 }
 
 /// An error reply as the module sends it: the server's arity text, or
 /// `ERR` and the text, a NUL, CR or LF byte shown as a space.
 fn error_text(command: &str, error: crate::args::ArgError) -> String {
     let text = match error {
-        crate::args::ArgError::WrongArity => format!("wrong number of arguments for '{command}' command"),
+        crate::args::ArgError::WrongArity => {
+            format!("wrong number of arguments for '{command}' command")
+        }
         crate::args::ArgError::Invalid(text) => text,
     };
     format!("ERR {text}").replace(['\0', '\r', '\n'], " ")
