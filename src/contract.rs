@@ -710,7 +710,12 @@ mod tests {
         }
 
         fn call(&mut self, clock: Millis, words: &[Vec<u8>]) -> Answer {
-            self.keys.retain(|_, k| clock <= k.1);
+            // A server expires a key when a call names it.
+            for key in named_keys(words) {
+                if self.keys.get(&key).is_some_and(|k| clock > k.1) {
+                    self.keys.remove(&key);
+                }
+            }
             // The model's command layer reads the arguments: the core's
             // part is what it decides and stores.
             let mut expected = Keyspace::default();

@@ -645,7 +645,6 @@ pub struct Keyspace {
 impl Keyspace {
     /// The answer to `words` at `clock` (ms), and what it changes.
     pub fn call(&mut self, clock: Millis, words: &[Vec<u8>]) -> Answer {
-        self.expire(clock);
         let name = words
             .first()
             .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase());
@@ -698,16 +697,19 @@ impl Keyspace {
             .collect()
     }
 
-    /// Drops the keys whose expiry `clock` has passed, as a server does.
-    fn expire(&mut self, clock: Millis) {
-        self.keys.retain(|_, key| clock <= key.expires);
+    /// Takes the key out to change it, if it exists at `clock`. A key past
+    /// its expiry is gone when a call names it, as a server expires a key on
+    /// access; if the clock steps back first, it is there again (what a
+    /// server's own sweep took by then cannot be pinned).
+    fn take(&mut self, clock: Millis, name: &[u8]) -> Option<Key> {
+        self.keys.remove(name).filter(|key| clock <= key.expires)
     }
 
     /// Runs `change` on the key named (a new one if it does not exist), then
     /// keeps it with the expiry a write sets if it changed, or drops it if
     /// it holds nothing.
-    fn change<T>(&mut self, name: &[u8], change: impl FnOnce(&mut Key) -> T) -> T {
-        let mut key = self.keys.remove(name).unwrap_or_default();
+    fn change<T>(&mut self, clock: Millis, name: &[u8], change: impl FnOnce(&mut Key) -> T) -> T {
+        let mut key = self.take(clock, name).unwrap_or_default();
         let before = key.snapshot();
         let result = change(&mut key);
         if key.snapshot() != before {
@@ -732,7 +734,7 @@ impl Keyspace {
             cost: plain_cost,
             block,
         };
-        let decision = self.change(call.key, |key| match check {
+        let decision = self.change(clock, call.key, |key| match check {
             true => key.model.check(clock, &plain, precision),
             false => key.model.peek(clock, &plain),
         });
@@ -759,7 +761,7 @@ impl Keyspace {
         let precision = parts.first().map_or(1, |p| p.3);
         let mut keys: Vec<Key> = names
             .iter()
-            .map(|n| self.keys.remove(n).unwrap_or_default())
+            .map(|n| self.take(clock, n).unwrap_or_default())
             .collect();
         let before: Vec<_> = keys.iter().map(Key::snapshot).collect();
         let joint = {
@@ -805,7 +807,7 @@ impl Keyspace {
     /// A refund keeps the key's expiry; a key left with no entry goes,
     /// unless a block in force keeps it until the block's end.
     fn refund(&mut self, clock: Millis, name: &[u8], units: u64) -> i64 {
-        let Some(mut key) = self.keys.remove(name) else {
+        let Some(mut key) = self.take(clock, name) else {
             return 0;
         };
         let removed = key.model.refund(units);
@@ -828,7 +830,7 @@ impl Keyspace {
         words: &[Vec<u8>],
     ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_unblock(words)?;
-        let Some(mut key) = self.keys.remove(call.key.as_slice()) else {
+        let Some(mut key) = self.take(clock, call.key) else {
             return Ok(Answer::Integer(0));
         };
         let now = key.model.now(clock);

@@ -13,7 +13,7 @@
 //! key or none records, and a denial blocks only the keys whose own limits
 //! denied.
 
-use harness::{twin_format, EmbeddedTwin, TwinReply};
+use harness::{twin_format, EmbeddedTwin, Reply};
 use proptest::prelude::*;
 
 #[derive(Default)]
@@ -255,7 +255,7 @@ impl Model {
 /// (MCHECK); else each key answers as a denied call on it alone (MCHECK
 /// writes its window and block). The 4 fields over every key's answer,
 /// and the 1-based positions of the keys that denied.
-fn joint(models: &mut [&mut Model], clock: i64, calls: &[Request], check: bool) -> TwinReply {
+fn joint(models: &mut [&mut Model], clock: i64, calls: &[Request], check: bool) -> Reply {
     let seen: Vec<(i64, bool, [i64; 4])> = models
         .iter_mut()
         .zip(calls)
@@ -281,7 +281,7 @@ fn joint(models: &mut [&mut Model], clock: i64, calls: &[Request], check: bool) 
         .collect();
     let least = |field: usize| answers.iter().map(|a| a[field]).min().unwrap_or(0);
     let most = |field: usize| answers.iter().map(|a| a[field]).max().unwrap_or(0);
-    TwinReply::Joint([allowed as i64, least(1), most(2), most(3)], denied)
+    Reply::Joint([allowed as i64, least(1), most(2), most(3)], denied)
 }
 
 /// Whether the module would accept these numbers (the twin's argument
@@ -401,7 +401,7 @@ fn run_on(twin: &EmbeddedTwin, calls: &[Call], reach: &mut Reach) -> Result<(), 
                 twin.set_clock(clock);
                 let operation = if request.check { "check" } else { "peek" };
                 let got = twin.call(NAMES[0], operation, &words(request));
-                (got, TwinReply::Decision(model.request(clock, request)))
+                (got, Reply::Decision(model.request(clock, request)))
             }
             Call::Multi {
                 tick,
@@ -428,12 +428,12 @@ fn run_on(twin: &EmbeddedTwin, calls: &[Call], reach: &mut Reach) -> Result<(), 
             Call::Undo(units) => {
                 twin.set_clock(clock);
                 let got = twin.call(NAMES[0], "undo", &["COST".into(), units.to_string()]);
-                (got, TwinReply::Integer(model.undo(clock, *units) as i64))
+                (got, Reply::Integer(model.undo(clock, *units) as i64))
             }
             Call::Unblock => {
                 twin.set_clock(clock);
                 let got = twin.call(NAMES[0], "unblock", &[]);
-                (got, TwinReply::Integer(model.unblock(clock)))
+                (got, Reply::Integer(model.unblock(clock)))
             }
         };
         if got != want {

@@ -7,6 +7,8 @@
 //! a clock from its caller.
 
 use crate::backend::twin_script;
+use crate::corpus::{KeyState, Reply};
+use crate::twin_format;
 use mlua::{Function, Lua, Value};
 
 /// The keyspace and `redis` table the twin sees.
@@ -84,23 +86,25 @@ redis.pcall = redis.call
 function redis.error_reply(text)
   return { err = text }
 end
+-- The test's own look at a key: what a call would see, without the
+-- expiry on access a call does.
+local function seen(key)
+  local at = expires[key]
+  if at and clock.ms > at then
+    return nil
+  end
+  return store[key]
+end
 function exists(key)
-  return live(key) ~= nil
+  return seen(key) ~= nil
 end
 function value(key)
-  return live(key)
+  return seen(key)
+end
+function expiry(key)
+  return seen(key) and expires[key]
 end
 "#;
-
-/// What the twin answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TwinReply {
-    Error(String),
-    Integer(i64),
-    Decision([i64; 4]),
-    /// MCHECK's and MPEEK's: the 4 integers and the denying keys.
-    Joint([i64; 4], Vec<i64>),
-}
 
 pub struct EmbeddedTwin {
     lua: Lua,
@@ -171,12 +175,12 @@ impl EmbeddedTwin {
     }
 
     /// Runs `EVAL <twin> 1 key operation args...`.
-    pub fn call(&self, key: &str, operation: &str, args: &[String]) -> TwinReply {
+    pub fn call(&self, key: &str, operation: &str, args: &[String]) -> Reply {
         self.call_keys(&[key], operation, args)
     }
 
     /// Runs `EVAL <twin> numkeys key [key ...] operation args...`.
-    pub fn call_keys(&self, keys: &[&str], operation: &str, args: &[String]) -> TwinReply {
+    pub fn call_keys(&self, keys: &[&str], operation: &str, args: &[String]) -> Reply {
         let globals = self.lua.globals();
         globals.set("KEYS", keys.to_vec()).expect("KEYS");
         let mut argv = vec![operation.to_string()];
@@ -193,22 +197,56 @@ impl EmbeddedTwin {
         match reply {
             Value::Table(table) => {
                 if let Ok(text) = table.get::<String>("err") {
-                    return TwinReply::Error(text);
+                    return Reply::Error(text);
+                }
+                if operation == "mundo" {
+                    return Reply::Integers(integers(&table, table.raw_len()));
                 }
                 let fields = integers(&table, 4).try_into().expect("4 fields");
                 match table.raw_len() {
-                    4 => TwinReply::Decision(fields),
+                    4 => Reply::Decision(fields),
                     5 => {
                         let denied: mlua::Table = table.get(5).expect("the denying keys");
-                        TwinReply::Joint(fields, integers(&denied, denied.raw_len()))
+                        Reply::Joint(fields, integers(&denied, denied.raw_len()))
                     }
                     other => panic!("a reply of {other} fields"),
                 }
             }
-            Value::Number(n) => TwinReply::Integer(n as i64),
-            Value::Integer(n) => TwinReply::Integer(n),
+            Value::Number(n) => Reply::Integer(n as i64),
+            Value::Integer(n) => Reply::Integer(n),
             other => panic!("unexpected reply {other:?}"),
         }
+    }
+
+    /// Sends a contract call, written as the module's words, in the
+    /// twin's form (`twin_form`); None if it has none.
+    pub fn send(&self, call: &[String]) -> Option<Reply> {
+        let (keys, operation, args) = twin_form(call)?;
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        Some(self.call_keys(&keys, &operation, &args))
+    }
+
+    /// The key as the corpus writes a state (times less `epoch`): its
+    /// stored value decoded, and its expiry.
+    pub fn state(&self, key: &str, epoch: i64) -> Result<Option<KeyState>, String> {
+        let Some(value) = self.value(key) else {
+            return Ok(None);
+        };
+        let log = twin_format::decode_paged_by(&value, self.page).map_err(|e| format!("{e}"))?;
+        let expires = self.expires(key).ok_or("a key without an expiry")?;
+        Ok(Some(KeyState {
+            window: if log.entries.is_empty() {
+                0
+            } else {
+                log.window
+            },
+            entries: log.entries.iter().map(|&(at, c)| (at - epoch, c)).collect(),
+            blocked_until: match log.blocked_until {
+                0 => 0,
+                at => at - epoch,
+            },
+            expires: expires - epoch,
+        }))
     }
 
     /// Whether the key exists at the clock's time.
@@ -217,10 +255,52 @@ impl EmbeddedTwin {
         exists.call(key).expect("exists")
     }
 
+    /// The last moment the key exists (its PXAT), if it has an expiry.
+    pub fn expires(&self, key: &str) -> Option<i64> {
+        let expires: Function = self.lua.globals().get("expiry").expect("expiry");
+        expires.call(key).expect("expiry")
+    }
+
     /// The key's stored bytes.
     pub fn value(&self, key: &str) -> Option<Vec<u8>> {
         let value: Function = self.lua.globals().get("value").expect("value");
         let bytes: Option<mlua::String> = value.call(key).expect("value");
         bytes.map(|b| b.as_bytes().to_vec())
     }
+}
+
+/// The twin's operation for a contract call, if it has one: the module's
+/// command name after `RATELIMIT.`, in lower case.
+pub fn twin_operation(call: &[String]) -> Option<String> {
+    let name = call.first()?.to_ascii_lowercase();
+    let operation = name.strip_prefix("ratelimit.")?;
+    [
+        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo",
+    ]
+    .contains(&operation)
+    .then(|| operation.to_string())
+}
+
+/// A contract call as the twin is sent it: its keys, its operation and
+/// the words after the keys; None where FCALL itself would refuse the
+/// call's numkeys (not a number as the server writes it, or more keys
+/// than words).
+pub fn twin_form(call: &[String]) -> Option<(Vec<String>, String, Vec<String>)> {
+    let operation = twin_operation(call)?;
+    let several = operation.starts_with('m');
+    let count = match several {
+        false => call.len().min(2) - 1,
+        true => {
+            let numkeys = call.get(1)?;
+            let canonical = numkeys == "0" || !numkeys.starts_with('0');
+            let count: usize = numkeys.parse().ok().filter(|_| canonical)?;
+            if count > call.len() - 2 {
+                return None;
+            }
+            count
+        }
+    };
+    let first = if several { 2 } else { 1 };
+    let keys = call[first..first + count].to_vec();
+    Some((keys, operation, call[first + count..].to_vec()))
 }

@@ -1,7 +1,7 @@
 //! The harness redis-ratelimit's integration tests and benchmarks share:
 //! a real server with the freshly built module or without it (`server.rs`),
 //! the module and its script twin as backends of one contract
-//! (`backend.rs`), the twin run in-process under a test's clock
+//! (`backend.rs`), the contract's corpus (`corpus.rs`), the twin run in-process under a test's clock
 //! (`embedded.rs`), commands
 //! sent to it (`commands.rs`), what it says about itself (`info.rs`,
 //! and `docs.rs` for COMMAND DOCS), logs of every shape (`logs.rs`),
@@ -11,6 +11,7 @@
 
 mod backend;
 mod commands;
+pub mod corpus;
 mod docs;
 mod embedded;
 mod info;
@@ -23,6 +24,7 @@ pub mod twin_format;
 
 pub use backend::*;
 pub use commands::*;
+pub use corpus::Reply;
 pub use docs::*;
 pub use embedded::*;
 pub use info::*;
