@@ -97,7 +97,7 @@ examples-deps: servers
 # (--show-output: a test that cannot run on a server says why).
 test: build servers examples-deps
 	@[ -n "$(TESTED)" ] || { echo "no server named $(ONLY) in $(MATRIX)"; exit 1; }
-	cargo test --profile checked --lib
+	cargo test --profile checked -p ratelimit-core
 	@for entry in $(TESTED); do \
 	  server=$$(echo $${entry#*:}); \
 	  echo "== integration tests on $${entry%%:*}: $$($$server --version)"; \
@@ -118,7 +118,7 @@ packages: build servers
 # The contract's corpus (contract/corpus.jsonl) written again from the
 # reference model; `make test` fails while the checked-in one differs.
 corpus:
-	RATELIMIT_WRITE_CORPUS=1 cargo test --profile checked --lib contract::tests::the_checked_in_corpus_is_what_the_model_says
+	RATELIMIT_WRITE_CORPUS=1 cargo test --profile checked -p ratelimit-core contract::tests::the_checked_in_corpus_is_what_the_model_says
 
 lint:
 	cargo fmt --all -- --check

@@ -1,33 +1,22 @@
-//! The script twin's timed fields, against a model, with the clock under
-//! the test's control: the unmodified twin/ratelimit.lua runs in an
-//! embedded Lua 5.1 whose TIME reads the test's clock (harness
-//! `EmbeddedTwin`), so retry_after_ms and reset_after_ms, expiry, pruning
-//! and compaction are exact here, where a live server's clock would not
-//! let them be. The model is the contract written the slow, obvious way
-//! (as src/reference.rs is), with decision 1 (a denied CHECK whose longest
-//! window is longer than the log's registers it) and issue 18's blocks: a
-//! CHECK with `BLOCK ms` denied by its limits blocks the key for `ms`, a
-//! call on a blocked key is denied with at least the rest of the block to
-//! wait, UNBLOCK lifts it, and the key lives until its block ends. MCHECK
-//! and MPEEK over up to three keys are held to one model per key: every
-//! key or none records, and a denial blocks only the keys whose own limits
-//! denied.
+//! The script twin against the reference model, with the clock under the
+//! test's control: the unmodified twin/ratelimit.lua runs in an embedded
+//! Lua 5.1 whose TIME reads the test's clock (harness `EmbeddedTwin`), so
+//! retry_after_ms and reset_after_ms, expiry, pruning, paging and
+//! compaction are exact here, where a live server's clock would not let
+//! them be. The model is the contract's one (`reference::Keyspace`, which
+//! also writes contract/corpus.jsonl): random calls on three keys, CHECK
+//! and PEEK with several limits, COST, PRECISION and BLOCK, MCHECK and
+//! MPEEK over up to three keys, UNDO and UNBLOCK, each answered by both,
+//! and every key's stored value decoded after each call and held to the
+//! model's entries, window, block and expiry. Where the corpus holds the
+//! contract's chosen cases, this reaches what long random runs reach: the
+//! paged form's every shape.
 
-use harness::{twin_format, EmbeddedTwin, Reply};
+use harness::corpus::KeyState;
+use harness::{EmbeddedTwin, Reply};
 use proptest::prelude::*;
+use ratelimit_core::reference::{Answer, Keyspace};
 
-#[derive(Default)]
-struct Model {
-    /// (time, cost), oldest first.
-    entries: Vec<(i64, u64)>,
-    window: u64,
-    /// When the newest entry leaves the window (if there are entries).
-    expires: i64,
-    /// When the key's block ends (0: none).
-    blocked_until: i64,
-}
-
-/// A CHECK (or PEEK) and its arguments.
 #[derive(Clone, Debug)]
 struct Request {
     check: bool,
@@ -61,239 +50,6 @@ enum Call {
 
 /// The keys: single-key calls go to the first.
 const NAMES: [&str; 3] = ["k", "b", "c"];
-
-impl Model {
-    /// The key exists while it holds entries or a block.
-    fn exists(&self) -> bool {
-        !self.entries.is_empty() || self.blocked_until > 0
-    }
-
-    /// The key expires as Redis expires it: after its expiry time, the
-    /// later of its log's and its block's end.
-    fn expire(&mut self, clock: i64) {
-        let log_expires = if self.entries.is_empty() {
-            0
-        } else {
-            self.expires
-        };
-        if self.exists() && clock > log_expires.max(self.blocked_until) {
-            *self = Model::default();
-        }
-    }
-
-    /// The key's time at this clock: never before its newest entry.
-    fn now(&self, clock: i64) -> i64 {
-        self.newest().map_or(clock, |t| t.max(clock))
-    }
-
-    /// A decision under a block of `rest` more ms: denied, no room, and
-    /// at least the rest of the block to wait and to reset.
-    fn under_block(seen: [i64; 4], rest: i64) -> [i64; 4] {
-        [0, 0, seen[2].max(rest), seen[3].max(rest)]
-    }
-
-    fn used_at(&self, now: i64, window: u64) -> u64 {
-        let live = |&&(t, _): &&(i64, u64)| now - (window as i64) < t && t <= now;
-        self.entries.iter().filter(live).map(|&(_, c)| c).sum()
-    }
-
-    fn fits_at(&self, now: i64, limits: &[(u64, u64)], cost: u64) -> bool {
-        limits
-            .iter()
-            .all(|&(window, max)| self.used_at(now, window) + cost <= max)
-    }
-
-    fn longest(limits: &[(u64, u64)]) -> u64 {
-        limits.iter().map(|&(w, _)| w).max().unwrap_or(0)
-    }
-
-    fn newest(&self) -> Option<i64> {
-        self.entries.last().map(|&(t, _)| t)
-    }
-
-    fn decide(&self, now: i64, limits: &[(u64, u64)], cost: u64) -> [i64; 4] {
-        let allowed = self.fits_at(now, limits, cost);
-        let longest = Self::longest(limits);
-        let room = |&(window, max): &(u64, u64)| max.saturating_sub(self.used_at(now, window));
-        let remaining = limits.iter().map(room).min().unwrap_or(0);
-        // Room only comes back when an entry leaves a window: the first
-        // such moment at which the request fits.
-        let mut moments: Vec<i64> = self
-            .entries
-            .iter()
-            .flat_map(|&(t, _)| limits.iter().map(move |&(w, _)| t + w as i64 - now))
-            .filter(|&d| d > 0)
-            .collect();
-        moments.sort_unstable();
-        let retry = if allowed {
-            0
-        } else {
-            moments
-                .into_iter()
-                .find(|&d| self.fits_at(now + d, limits, cost))
-                .expect("fits once the longest window has passed")
-        };
-        // Decision 2's wording: the newest entry + the call's longest
-        // window - now, or 0 when that window holds nothing.
-        let horizon = now - longest as i64;
-        let reset = self.newest().map_or(0, |t| (t - horizon).max(0));
-        [allowed as i64, remaining as i64, retry, reset]
-    }
-
-    /// What a call sees at `clock`: the key's time, whether the key is
-    /// blocked, and the decision (under the block if it is).
-    fn standing(&mut self, clock: i64, call: &Request) -> (i64, bool, [i64; 4]) {
-        self.expire(clock);
-        let now = self.now(clock);
-        let blocked = now < self.blocked_until;
-        let mut seen = self.decide(now, &call.limits, call.cost);
-        if blocked {
-            seen = Self::under_block(seen, self.blocked_until - now);
-        }
-        (now, blocked, seen)
-    }
-
-    /// A denied call's writes on this key: its longest window if longer
-    /// than the log's, and with BLOCK a block if the key's own limits
-    /// denied (`seen`) and it was not blocked. The key's answer after.
-    fn deny(&mut self, now: i64, blocked: bool, mut seen: [i64; 4], call: &Request) -> [i64; 4] {
-        let longest = Self::longest(&call.limits);
-        // A log with no entry (a blocked key a refund emptied) keeps no
-        // window, so a denial by its block widens nothing.
-        let wider = !self.entries.is_empty() && longest > self.window;
-        let starts_block = call.block.filter(|_| !blocked && seen[0] == 0);
-        if let Some(ms) = starts_block {
-            self.blocked_until = now + ms as i64;
-            seen = Self::under_block(seen, ms as i64);
-        }
-        // Either write sets the expiry afresh, from the log's own.
-        if wider || starts_block.is_some() {
-            self.window = self.window.max(longest);
-            if let Some(newest) = self.newest() {
-                self.expires = newest + self.window as i64;
-            }
-        }
-        seen
-    }
-
-    /// Records an allowed request at `now`; CHECK's reply.
-    fn record(&mut self, now: i64, call: &Request) -> [i64; 4] {
-        let longest = Self::longest(&call.limits);
-        // Recording at or after a block's end clears it.
-        self.blocked_until = 0;
-        self.window = self.window.max(longest);
-        let horizon = now - self.window as i64;
-        self.entries.retain(|&(t, _)| t > horizon);
-        let cell = |t: i64| t.div_euclid(call.precision as i64);
-        match self.entries.last_mut() {
-            Some(newest) if cell(newest.0) == cell(now) => *newest = (now, newest.1 + call.cost),
-            _ => self.entries.push((now, call.cost)),
-        }
-        self.expires = now + self.window as i64;
-        let after = self.decide(now, &call.limits, 0)[1];
-        [1, after, 0, longest as i64]
-    }
-
-    fn request(&mut self, clock: i64, call: &Request) -> [i64; 4] {
-        let (now, blocked, seen) = self.standing(clock, call);
-        match (call.check, seen[0]) {
-            (false, _) => seen,
-            (true, 0) => self.deny(now, blocked, seen, call),
-            _ => self.record(now, call),
-        }
-    }
-
-    fn undo(&mut self, clock: i64, units: u64) -> u64 {
-        self.expire(clock);
-        // A refund of nothing changes nothing (the key, if a block keeps
-        // it, expires when the block ends).
-        if self.entries.is_empty() {
-            return 0;
-        }
-        let mut removed = 0;
-        while removed < units {
-            let Some(newest) = self.entries.last_mut() else {
-                break;
-            };
-            let taken = newest.1.min(units - removed);
-            newest.1 -= taken;
-            removed += taken;
-            if newest.1 == 0 {
-                self.entries.pop();
-            }
-        }
-        // An emptied log goes with its key, unless a block keeps the key;
-        // then it keeps no window (its next entry lives under its own).
-        if self.entries.is_empty() {
-            match self.blocked_until <= clock {
-                true => *self = Model::default(),
-                false => self.window = 0,
-            }
-        }
-        removed
-    }
-
-    fn unblock(&mut self, clock: i64) -> i64 {
-        self.expire(clock);
-        let now = self.now(clock);
-        if now >= self.blocked_until {
-            return 0;
-        }
-        self.blocked_until = 0;
-        // The expiry returns to the log's own: when its newest entry
-        // leaves its window (which a refund may have made earlier).
-        match self.newest().map(|t| t + self.window as i64) {
-            Some(expires) if expires > now => self.expires = expires,
-            _ => *self = Model::default(),
-        }
-        1
-    }
-}
-
-/// MCHECK (`check`) or MPEEK over several keys, each with its model and
-/// its request: allowed iff every key allows; then every key records
-/// (MCHECK); else each key answers as a denied call on it alone (MCHECK
-/// writes its window and block). The 4 fields over every key's answer,
-/// and the 1-based positions of the keys that denied.
-fn joint(models: &mut [&mut Model], clock: i64, calls: &[Request], check: bool) -> Reply {
-    let seen: Vec<(i64, bool, [i64; 4])> = models
-        .iter_mut()
-        .zip(calls)
-        .map(|(model, call)| model.standing(clock, call))
-        .collect();
-    let allowed = seen.iter().all(|(_, _, s)| s[0] == 1);
-    let answers: Vec<[i64; 4]> = models
-        .iter_mut()
-        .zip(calls)
-        .zip(&seen)
-        .map(
-            |((model, call), &(now, blocked, seen))| match (check, allowed) {
-                (false, _) => seen,
-                (true, true) => model.record(now, call),
-                (true, false) => model.deny(now, blocked, seen, call),
-            },
-        )
-        .collect();
-    let denied: Vec<i64> = (1..)
-        .zip(&answers)
-        .filter(|(_, a)| a[0] == 0)
-        .map(|(position, _)| position)
-        .collect();
-    let least = |field: usize| answers.iter().map(|a| a[field]).min().unwrap_or(0);
-    let most = |field: usize| answers.iter().map(|a| a[field]).max().unwrap_or(0);
-    Reply::Joint([allowed as i64, least(1), most(2), most(3)], denied)
-}
-
-/// Whether the module would accept these numbers (the twin's argument
-/// errors are held to the module's by tests/differential.rs).
-fn valid(request: &Request) -> bool {
-    let mut windows: Vec<u64> = request.limits.iter().map(|&(w, _)| w).collect();
-    windows.sort_unstable();
-    windows.dedup();
-    windows.len() == request.limits.len()
-        && request.limits.iter().all(|&(_, max)| request.cost <= max)
-        && windows.first().is_some_and(|&w| request.precision <= w)
-}
 
 fn words(request: &Request) -> Vec<String> {
     let mut words: Vec<String> = request
@@ -385,86 +141,101 @@ impl Reach {
     }
 }
 
+/// A call as the module's words, and the ms the clock moves first.
+fn module_call(call: &Call) -> (i64, Vec<String>) {
+    let strings = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    match call {
+        Call::Request { tick, request } => {
+            let name = if request.check {
+                "RATELIMIT.CHECK"
+            } else {
+                "RATELIMIT.PEEK"
+            };
+            (*tick, [strings(&[name, NAMES[0]]), words(request)].concat())
+        }
+        Call::Multi {
+            tick,
+            keys,
+            requests,
+        } => {
+            let name = if requests[0].check {
+                "RATELIMIT.MCHECK"
+            } else {
+                "RATELIMIT.MPEEK"
+            };
+            let mut words = strings(&[name, &keys.len().to_string()]);
+            words.extend(keys.iter().map(|&k| NAMES[k].to_string()));
+            words.extend(multi_words(requests));
+            (*tick, words)
+        }
+        Call::Undo(units) => (
+            0,
+            strings(&["RATELIMIT.UNDO", NAMES[0], "COST", &units.to_string()]),
+        ),
+        Call::Unblock => (0, strings(&["RATELIMIT.UNBLOCK", NAMES[0]])),
+    }
+}
+
+/// The model's answer as the twin's reply.
+fn reply(answer: Answer) -> Reply {
+    let fields = |d: &ratelimit_core::limiter::Decision| {
+        let wait = |ms: u64| ms as i64;
+        [
+            d.allowed as i64,
+            d.remaining as i64,
+            wait(d.retry_after_ms),
+            wait(d.reset_after_ms),
+        ]
+    };
+    match answer {
+        Answer::Decision(d) => Reply::Decision(fields(&d)),
+        Answer::Joint(j) => Reply::Joint(
+            fields(&j.decision),
+            j.denied.iter().map(|&i| i as i64 + 1).collect(),
+        ),
+        Answer::Integer(n) => Reply::Integer(n),
+        Answer::Integers(n) => Reply::Integers(n),
+        Answer::Error(text) => Reply::Error(text),
+    }
+}
+
+/// The model's state of a key, as the twin's is read.
+fn model_state(space: &Keyspace, clock: i64, name: &str) -> Option<KeyState> {
+    space.key(clock, name.as_bytes()).map(|s| KeyState {
+        window: if s.entries.is_empty() { 0 } else { s.window },
+        entries: s.entries,
+        blocked_until: s.blocked_until,
+        expires: s.expires,
+    })
+}
+
 fn run_on(twin: &EmbeddedTwin, calls: &[Call], reach: &mut Reach) -> Result<(), String> {
     let mut was_paged = false;
-    let mut models: [Model; 3] = Default::default();
+    let mut space = Keyspace::default();
     // A realistic epoch time, so the stored times take their real width.
     let mut clock: i64 = 1_764_000_000_000;
     for (index, call) in calls.iter().enumerate() {
-        let model = &mut models[0];
-        let (got, want) = match call {
-            Call::Request { tick, request } => {
-                clock += tick;
-                if !valid(request) {
-                    continue;
-                }
-                twin.set_clock(clock);
-                let operation = if request.check { "check" } else { "peek" };
-                let got = twin.call(NAMES[0], operation, &words(request));
-                (got, Reply::Decision(model.request(clock, request)))
-            }
-            Call::Multi {
-                tick,
-                keys,
-                requests,
-            } => {
-                clock += tick;
-                if !requests.iter().all(valid) {
-                    continue;
-                }
-                twin.set_clock(clock);
-                let check = requests[0].check;
-                let operation = if check { "mcheck" } else { "mpeek" };
-                let names: Vec<&str> = keys.iter().map(|&k| NAMES[k]).collect();
-                let got = twin.call_keys(&names, operation, &multi_words(requests));
-                // Each key's model, in the call's key order.
-                let mut slots: Vec<Option<&mut Model>> = models.iter_mut().map(Some).collect();
-                let mut ordered: Vec<&mut Model> = keys
-                    .iter()
-                    .map(|&k| slots[k].take().expect("each key once"))
-                    .collect();
-                (got, joint(&mut ordered, clock, requests, check))
-            }
-            Call::Undo(units) => {
-                twin.set_clock(clock);
-                let got = twin.call(NAMES[0], "undo", &["COST".into(), units.to_string()]);
-                (got, Reply::Integer(model.undo(clock, *units) as i64))
-            }
-            Call::Unblock => {
-                twin.set_clock(clock);
-                let got = twin.call(NAMES[0], "unblock", &[]);
-                (got, Reply::Integer(model.unblock(clock)))
-            }
-        };
+        let (tick, words) = module_call(call);
+        clock += tick;
+        twin.set_clock(clock);
+        let got = twin.send(&words).expect("a call in the twin's form");
+        let bytes: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        let want = reply(space.call(clock, &bytes));
         if got != want {
             return Err(format!(
-                "call {index} {call:?} at {clock}: twin {got:?}, model {want:?}"
+                "call {index} {words:?} at {clock}: twin {got:?}, model {want:?}"
             ));
         }
         reach.see(twin.value(NAMES[0]), &mut was_paged);
-        for (name, model) in NAMES.iter().zip(models.iter_mut()) {
-            model.expire(clock);
-            // What the stored bytes mean, read by the Rust reader: the
-            // model's entries, block and (while it holds entries) window.
-            if let Some(value) = twin.value(name).filter(|_| model.exists()) {
-                let log = twin_format::decode_paged_by(&value, twin.page)
-                    .map_err(|e| format!("call {index} {call:?}: {name}'s value: {e}"))?;
-                let window = if model.entries.is_empty() {
-                    log.window
-                } else {
-                    model.window
-                };
-                if (&log.entries, log.blocked_until, log.window)
-                    != (&model.entries, model.blocked_until, window)
-                {
-                    return Err(format!(
-                        "call {index} {call:?}: {name} holds {log:?}, the model {:?} {} {}",
-                        model.entries, model.window, model.blocked_until
-                    ));
-                }
-            }
-            if twin.exists(name) != model.exists() {
-                return Err(format!("call {index} {call:?}: {name} exists in one only"));
+        for name in NAMES {
+            let held = twin
+                .state(name, 0)
+                .map_err(|e| format!("call {index} {words:?}: {name}'s value: {e}"))?;
+            let owed = model_state(&space, clock, name);
+            if held != owed {
+                return Err(format!(
+                    "call {index} {words:?} at {clock}: {name} holds {held:?}, the model {owed:?}"
+                ));
             }
         }
     }

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::args::{self, GcraSyntax};
-use redis_ratelimit::gcra::{MAX_EXACT, MAX_PERIOD};
-use redis_ratelimit::log::{MAX_WINDOW, TIMES};
+use ratelimit_core::args::{self, GcraSyntax};
+use ratelimit_core::gcra::{MAX_EXACT, MAX_PERIOD};
+use ratelimit_core::log::{MAX_WINDOW, TIMES};
 
 fuzz_target!(|data: &[u8]| {
     let words: Vec<&[u8]> = data.split(|&b| b == 0).collect();

@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::log::{Encoded, Entry, TimeLog, TIMES};
-use redis_ratelimit::state::State;
+use ratelimit_core::log::{Encoded, Entry, TimeLog, TIMES};
+use ratelimit_core::state::State;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 12 {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::reference::{self, Call};
+use ratelimit_core::reference::{self, Call};
 
 fuzz_target!(|data: &[u8]| {
     let calls: Vec<Call> = data

@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::gcra::Bucket;
-use redis_ratelimit::reference::gcra::{self, GcraCall};
+use ratelimit_core::gcra::Bucket;
+use ratelimit_core::reference::gcra::{self, GcraCall};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(stored) = data.get(..24) {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redis_ratelimit::reference::{self, MultiCall};
+use ratelimit_core::reference::{self, MultiCall};
 
 fuzz_target!(|data: &[u8]| {
     let calls: Vec<MultiCall> = data

@@ -232,7 +232,7 @@ impl EmbeddedTwin {
         let Some(value) = self.value(key) else {
             return Ok(None);
         };
-        let log = twin_format::decode_paged_by(&value, self.page).map_err(|e| format!("{e}"))?;
+        let log = twin_format::decode_paged_by(&value, self.page).map_err(|e| e.to_string())?;
         let expires = self.expires(key).ok_or("a key without an expiry")?;
         Ok(Some(KeyState {
             window: if log.entries.is_empty() {

@@ -624,7 +624,7 @@ mod tests {
     use std::path::Path;
 
     fn checked_in() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("contract/corpus.jsonl")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contract/corpus.jsonl")
     }
 
     /// `make corpus` writes the corpus (RATELIMIT_WRITE_CORPUS=1); `make
