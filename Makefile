@@ -116,9 +116,11 @@ packages: build servers
 	$(MAKE) -C clients/python test RATELIMIT_MODULE=$(CURDIR)/$(MODULE) RATELIMIT_SERVER=$$(echo $(PACKAGE_SERVER))
 
 # The contract's corpus (contract/corpus.jsonl) written again from the
-# reference model; `make test` fails while the checked-in one differs.
+# reference model, and the documentation's examples of its cases (after
+# each `<!-- corpus: NAME -->`); `make test` fails while either differs.
 corpus:
 	RATELIMIT_WRITE_CORPUS=1 cargo test --profile checked -p ratelimit-core contract::tests::the_checked_in_corpus_is_what_the_model_says
+	RATELIMIT_WRITE_CORPUS=1 cargo test --profile checked -p ratelimit-core contract::tests::the_documented_examples_are_corpus_cases
 
 lint:
 	cargo fmt --all -- --check

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 fn readme_reference_matches_command_docs() {
     let server = Server::start(&[]);
     let mut con = server.connect();
-    let readme = harness::readme();
+    let readme = harness::documentation();
     for name in [
         "RATELIMIT.CHECK",
         "RATELIMIT.PEEK",
@@ -20,12 +20,15 @@ fn readme_reference_matches_command_docs() {
         "RATELIMIT.UNBLOCK",
     ] {
         let docs = command_docs(&mut con, name);
-        let heading = format!("### `{}`", synopsis(name, &docs));
-        assert!(readme.contains(&heading), "README.md lacks {heading}");
+        let heading = format!("## `{}`", synopsis(name, &docs));
+        assert!(
+            readme.contains(&heading),
+            "the documentation lacks {heading}"
+        );
         let summary = format!("> {}", text(&docs["summary"]));
         assert!(
             readme.contains(&summary),
-            "README.md lacks the summary of {name}: {summary}"
+            "the documentation lacks the summary of {name}: {summary}"
         );
         assert!(docs.contains_key("complexity"));
     }
@@ -299,11 +302,11 @@ fn the_repository_redis_conf_loads_the_module() {
     );
 }
 
-/// The limits README.md's opening shows, pasted as a user would, each
+/// The limits the documentation's opening shows, pasted as a user would, each
 /// doing what its comment says.
 #[test]
 fn readme_opening_examples_behave_as_documented() {
-    let readme = harness::readme();
+    let readme = harness::documentation();
     let examples: Vec<Vec<&str>> = readme
         .lines()
         .take_while(|line| !line.starts_with("## "))
@@ -507,7 +510,7 @@ fn answers(con: &mut redis::Connection, keys: &[String]) -> Vec<(String, i64, i6
         .collect()
 }
 
-/// README.md's support table lists the server this test runs on, by
+/// the documentation's support table lists the server this test runs on, by
 /// product and exact version: a server added to harness/servers.txt needs
 /// its row.
 #[test]
@@ -522,7 +525,7 @@ fn the_readme_support_table_lists_this_server() {
     };
     let row = format!("| {product} | {version} |");
     assert!(
-        harness::readme().contains(&row),
-        "README.md's support table has no row {row}"
+        harness::documentation().contains(&row),
+        "the documentation's support table has no row {row}"
     );
 }

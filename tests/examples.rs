@@ -1,4 +1,4 @@
-//! The client code README.md shows, run against a real server: each
+//! The client code the documentation shows, run against a real server: each
 //! client's example in each protocol it speaks, and the HTTP example with
 //! real requests. README.md quotes each example
 //! word for word (between the `README:begin` and `README:end` markers).
@@ -105,7 +105,7 @@ fn dedent(lines: &[&str]) -> String {
 
 #[test]
 fn readme_quotes_every_example() {
-    let readme = harness::readme();
+    let readme = harness::documentation();
     let files = [
         "node/ioredis.mjs",
         "node/node-redis.mjs",
@@ -116,11 +116,14 @@ fn readme_quotes_every_example() {
     ];
     for file in files {
         let parts = quoted_parts(&examples().join(file));
-        assert!(!parts.is_empty(), "{file} marks nothing for README.md");
+        assert!(
+            !parts.is_empty(),
+            "{file} marks nothing for the documentation"
+        );
         for part in parts {
             assert!(
                 readme.contains(&part),
-                "README.md does not quote {file}:\n{part}"
+                "the documentation does not quote {file}:\n{part}"
             );
         }
     }

@@ -6,8 +6,8 @@
 //! stored block is held to its canonical form (module only).
 
 use harness::{
-    aof_text, blocked_log_payload, check, digest, error, info_text, log_payload, peek, readme,
-    restore, run, server_clock_ms, wait_for_background_saves, wait_for_replica, Server,
+    aof_text, blocked_log_payload, check, digest, documentation, error, info_text, log_payload,
+    peek, restore, run, server_clock_ms, wait_for_background_saves, wait_for_replica, Server,
 };
 use std::thread::sleep;
 use std::time::Duration;
@@ -231,7 +231,10 @@ fn max_entries_refuses_only_a_new_entry() {
 #[test]
 fn reset_after_is_about_the_calls_longest_window() {
     let wording = "wait until the call's longest window holds nothing of this key";
-    assert!(readme().contains(wording), "README.md lacks: {wording}");
+    assert!(
+        documentation().contains(wording),
+        "the documentation lacks: {wording}"
+    );
     let server = Server::start(&[]);
     let mut con = server.connect();
     assert_eq!(check(&mut con, "k", HOUR, 100)[0], 1);

@@ -568,13 +568,13 @@ fn cluster_mode_refuses_keys_in_different_slots(backend: Backend) {
     assert!(refused.starts_with("CROSSSLOT"), "{refused}");
 }
 
-/// README.md's example of the native all-or-nothing call, word for word.
+/// the documentation's example of the native all-or-nothing call, word for word.
 fn the_readme_example_replies_as_shown(backend: Backend) {
-    let readme = harness::readme();
+    let readme = harness::documentation();
     let line = readme
         .lines()
         .find_map(|line| line.strip_prefix("redis-cli RATELIMIT.MCHECK "))
-        .expect("README.md shows an MCHECK");
+        .expect("the documentation shows an MCHECK");
     let (_server, lim) = backend.start(&[]);
     let mut con = lim.connect();
     let mut words = vec!["RATELIMIT.MCHECK"];

@@ -241,17 +241,17 @@ fn at_maxmemory_check_and_undo_are_refused_and_peek_answers() {
     assert_eq!(check(&mut con, "k", 60_000, 5)[..2], [1, 3]);
 }
 
-/// Every row of README.md's error table, against what the server sends:
+/// Every row of the documentation's error table, against what the server sends:
 /// a call for each row, whose reply must be one of the row's replies,
 /// word for word.
 #[test]
 fn the_readme_error_table_is_what_the_server_sends() {
-    let readme = harness::readme();
+    let readme = harness::documentation();
     let table = readme
         .split("### Errors")
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
-        .expect("README.md has an error table");
+        .expect("the documentation has an error table");
     let rows: Vec<(&str, Vec<&str>)> = table
         .lines()
         .filter(|line| line.starts_with("| ") && !line.starts_with("| input"))
@@ -350,7 +350,7 @@ fn the_readme_error_table_is_what_the_server_sends() {
         let (_, replies) = rows
             .iter()
             .find(|(row, _)| row == input)
-            .unwrap_or_else(|| panic!("README.md's error table has no row {input:?}"));
+            .unwrap_or_else(|| panic!("the documentation's error table has no row {input:?}"));
         let got = error(&mut con, words);
         assert!(
             replies.contains(&got.as_str()),
@@ -362,7 +362,7 @@ fn the_readme_error_table_is_what_the_server_sends() {
     let (_, full) = rows
         .iter()
         .find(|(row, _)| row.starts_with("the key's log already holds"))
-        .expect("README.md's error table has the full-log row");
+        .expect("the documentation's error table has the full-log row");
     run::<()>(&mut con, &["CONFIG", "SET", "ratelimit.max-entries", "1"]);
     check(&mut con, "full", 60_000, 100);
     std::thread::sleep(std::time::Duration::from_millis(2));
@@ -372,7 +372,7 @@ fn the_readme_error_table_is_what_the_server_sends() {
     for (row, _) in &rows {
         assert!(
             covered.contains(row) || row.starts_with("the key's log already holds"),
-            "README.md's error row {row:?} has no call here"
+            "the documentation's error row {row:?} has no call here"
         );
     }
 }

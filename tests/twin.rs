@@ -22,7 +22,7 @@ fn a_server_without_the_module_says_so_and_the_twin_answers() {
     assert_eq!(twin.check(&mut con, "k", 1000, 5)[..3], [1, 4, 0]);
 }
 
-/// README.md's least-privilege user (harness `USER_RULES`, and
+/// the documentation's least-privilege user (harness `USER_RULES`, and
 /// `MODULE_RULES` where the module is loaded), on a server with the module
 /// and the twin's library (loaded by an administrator):
 /// it runs every call of both, in both of the twin's forms, and can load
@@ -117,13 +117,13 @@ fn the_least_privilege_user_runs_everything_and_replaces_nothing() {
     // What a user did not replace answers still, for everyone.
     let mut admin = server.connect();
     assert_eq!(twin.check(&mut admin, "after", 1000, 5)[..3], [1, 4, 0]);
-    let readme = std::fs::read_to_string(harness::root().join("README.md")).expect("README.md");
+    let readme = harness::documentation();
     for rules in [harness::USER_RULES, harness::MODULE_RULES] {
         let recipe =
             format!("ACL SETUSER {} {}", harness::USER, rules.join(" ")).replace("~*", "~rl:*");
         assert!(
             readme.contains(&recipe),
-            "README.md gives the recipe the tests use: {recipe}"
+            "the documentation gives the recipe the tests use: {recipe}"
         );
     }
 }
@@ -268,11 +268,11 @@ fn table_rows(section: &str) -> Vec<(String, Vec<String>)> {
 }
 
 fn readme_section(start: &str) -> String {
-    let readme = harness::readme();
+    let readme = harness::documentation();
     let rest = readme
         .split(start)
         .nth(1)
-        .unwrap_or_else(|| panic!("README.md has {start}"));
+        .unwrap_or_else(|| panic!("the documentation has {start}"));
     rest.split("\n## ").next().unwrap_or_default().to_string()
 }
 
@@ -343,7 +343,9 @@ fn the_readme_error_tables_are_what_the_twin_sends() {
                 .iter()
                 .chain(&own)
                 .find(|(row, _)| row == input)
-                .unwrap_or_else(|| panic!("README.md's error tables have no row {input:?}"));
+                .unwrap_or_else(|| {
+                    panic!("the documentation's error tables have no row {input:?}")
+                });
             let got = if *input == "an operation the script does not know (script form)" {
                 if backend != Backend::Script {
                     continue;

@@ -608,6 +608,65 @@ fn render(case: &Case) -> Value {
     json!({ "name": case.name, "about": case.about, "pinned": pinned, "epoch": EPOCH, "steps": steps })
 }
 
+/// A word as a transcript shows it: as it is, or quoted (JSON's escapes)
+/// if it is empty or holds a space, a quote or a control byte.
+fn shown_word(word: &str) -> String {
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_graphic() && c != '"');
+    match plain {
+        true => word.to_string(),
+        false => Value::String(word.into()).to_string(),
+    }
+}
+
+/// An answer as a transcript shows it: the reply's integers (a several-key
+/// call's denied keys in brackets), or the error.
+fn shown_answer(kind: &str, value: &Value) -> String {
+    let shown = |v: &Value| match v {
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        other => other.to_string(),
+    };
+    match (kind, value) {
+        ("error", Value::String(text)) => format!("(error) {text}"),
+        (_, Value::Array(items)) => items.iter().map(shown).collect::<Vec<_>>().join(" "),
+        (_, other) => other.to_string(),
+    }
+}
+
+/// A case as the documentation shows it: its `about`, then each call at
+/// its time with the module's answer (and the twin's where it differs).
+fn transcript(case: &Case) -> String {
+    let rendered = render(case);
+    let mut text = format!("# {}\n", case.about);
+    for step in rendered["steps"].as_array().into_iter().flatten() {
+        let words: Vec<String> = step["call"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| shown_word(w.as_str().unwrap_or_default()))
+            .collect();
+        let answer = |prefix: &str| {
+            ["reply", "error"].iter().find_map(|kind| {
+                let value = step.get(format!("{prefix}{kind}"))?;
+                Some(shown_answer(kind, value))
+            })
+        };
+        let at = format!("t={}", step["at"]);
+        text += &format!("{at:<7} {}\n", words.join(" "));
+        text += &format!("{:<7} -> {}\n", "", answer("").unwrap_or_default());
+        if let Some(twin) = answer("twin_") {
+            text += &format!("{:<7} -> {twin}   (the script twin)\n", "");
+        }
+    }
+    text
+}
+
 /// The corpus, one case a line.
 pub fn corpus() -> String {
     all_cases()
@@ -646,6 +705,71 @@ mod tests {
             stored.lines().count(),
             generated.lines().count()
         );
+    }
+
+    /// The documentation's examples: each `<!-- corpus: NAME -->` line in
+    /// README.md or docs/*.md is followed by a text block that is case
+    /// NAME's transcript (`make corpus` writes them).
+    #[test]
+    fn the_documented_examples_are_corpus_cases() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut pages = vec![root.join("README.md")];
+        let docs = std::fs::read_dir(root.join("docs")).expect("docs/");
+        pages.extend(
+            docs.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "md")),
+        );
+        let cases = all_cases();
+        let mut shown = 0;
+        for page in pages {
+            let text = std::fs::read_to_string(&page).expect("a page");
+            let (written, count) = with_transcripts(&text, &cases)
+                .unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+            shown += count;
+            if std::env::var_os("RATELIMIT_WRITE_CORPUS").is_some() {
+                std::fs::write(&page, &written).expect("write a page");
+                continue;
+            }
+            assert!(
+                written == text,
+                "{}: an example is not its corpus case's transcript: run `make corpus` and review the diff",
+                page.display()
+            );
+        }
+        assert!(shown >= 5, "the documentation shows {shown} corpus cases");
+    }
+
+    /// `text` with the block after each corpus marker replaced by the
+    /// case's transcript, and how many it holds.
+    fn with_transcripts(text: &str, cases: &[Case]) -> Result<(String, usize), String> {
+        let mut out = String::new();
+        let mut lines = text.split_inclusive('\n');
+        let mut count = 0;
+        while let Some(line) = lines.next() {
+            out += line;
+            let Some(name) = line
+                .trim()
+                .strip_prefix("<!-- corpus: ")
+                .and_then(|l| l.strip_suffix(" -->"))
+            else {
+                continue;
+            };
+            let case = cases
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or(format!("no corpus case {name}"))?;
+            if lines.next().map(str::trim_end) != Some("```text") {
+                return Err(format!("corpus: {name} is not followed by a ```text block"));
+            }
+            lines
+                .by_ref()
+                .find(|l| l.trim_end() == "```")
+                .ok_or(format!("corpus: {name}'s block does not end"))?;
+            out += &format!("```text\n{}```\n", transcript(case));
+            count += 1;
+        }
+        Ok((out, count))
     }
 
     /// The core (the module's logic without Redis: the argument parser,
