@@ -28,7 +28,7 @@ export {
   type UnblockOptions,
 } from "./limiter.js";
 export { type CallOptions, type Decision, type KeyLimits, type Limit, RateLimitInputError } from "./limits.js";
-export { MemoryLimiter } from "./memory.js";
+export { type MemoryKeyState, MemoryLimiter } from "./memory.js";
 export { type ErrorCause, type MetricOperation, type Metrics, type Outcome, prometheusMetrics } from "./metrics.js";
 export {
   clientAddress,

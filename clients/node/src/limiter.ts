@@ -7,6 +7,7 @@ import { type Connection, connect, messageOf, type RedisClient } from "./adapter
 import {
   type CallOptions,
   type Decision,
+  digits,
   type KeyLimits,
   type Limit,
   limitArgs,
@@ -23,8 +24,9 @@ import {
   validateKeys,
   validateLimits,
   validateOptions,
+  validateRefundCost,
 } from "./limits.js";
-import { DEFAULT_MAX_KEYS, type KeyedLimits, MemoryLimiter, type MultiDecision } from "./memory.js";
+import { DEFAULT_MAX_KEYS, type KeyedLimits, Keyspace, type MultiDecision } from "./memory.js";
 import type { ErrorCause, MetricOperation, Metrics } from "./metrics.js";
 import { keySlot } from "./slot.js";
 import { TWIN_SCRIPT, TWIN_SHA1 } from "./twin.generated.js";
@@ -258,7 +260,8 @@ export class RateLimiter {
   readonly logger: Logger;
   /** Where decisions, errors and round trips are counted, if anywhere. */
   readonly metrics: Metrics | undefined;
-  private readonly memory: MemoryLimiter;
+  /** The fallback's keys (MemoryLimiter's engine), with the limits reduced by the share. */
+  private readonly memory: Keyspace;
   private readonly learned = new Map<string, Backend>();
   /** The backend each server was last logged with. */
   private readonly announced = new Map<string, Backend>();
@@ -278,7 +281,7 @@ export class RateLimiter {
       throw new RateLimitInputError(`fallback.share must be above 0 and at most 1, got ${share}`);
     }
     this.share = share;
-    this.memory = new MemoryLimiter(Date.now, options.fallback?.maxKeys ?? DEFAULT_MAX_KEYS);
+    this.memory = new Keyspace(Date.now, options.fallback?.maxKeys ?? DEFAULT_MAX_KEYS);
   }
 
   /**
@@ -371,11 +374,11 @@ export class RateLimiter {
 
   /** UNDO or MUNDO where the refunded decision was made: Redis, the fallback, or nowhere (the policy's answers counted nothing). */
   private async refund(operation: "undo" | "mundo", keys: readonly string[], options: RefundOptions): Promise<number[]> {
-    const cost = validateCost(options.cost);
+    const cost = validateRefundCost(options.cost);
     const source = options.decision?.source;
     if (source === "fallback") return keys.map((key) => this.memory.undo(key, cost));
     if (source === "failOpen" || source === "failClosed") return keys.map(() => 0);
-    const args = options.cost === undefined ? [] : ["COST", String(cost)];
+    const args = options.cost === undefined ? [] : ["COST", digits(cost)];
     const reply = await this.call([{ operation, keys, args }], ([value]) =>
       operation === "undo" ? [parseCount(value, "RATELIMIT.UNDO")] : parseCounts(value, keys.length),
     );
@@ -462,8 +465,8 @@ export class RateLimiter {
         key,
         limits: limits.map((limit) => ({ ...limit, max: Math.max(1, Math.floor(limit.max * share)) })),
       }));
-      const answer = record ? this.memory.checkAll(local, options) : this.memory.peekAll(local, options);
-      const remaining = perKeyRemaining ? local.map(({ key, limits }) => this.memory.peek(key, limits).remaining) : [];
+      const answer = this.memory.decide(local, options, record);
+      const remaining = perKeyRemaining ? local.map((key) => this.memory.decide([key], {}, false).decision.remaining) : [];
       return { ...answer, perKeyRemaining: remaining, source: "fallback" };
     }
     const cost = options.cost ?? 1;
@@ -501,7 +504,7 @@ export class RateLimiter {
       try {
         if (!allowed(value)) return;
         // Not through the failure policy: the server has just answered, though it is still marked down.
-        await withTimeout((signal) => this.send([{ operation: undo, keys, args: ["COST", String(cost)] }], signal), this.timeoutMs);
+        await withTimeout((signal) => this.send([{ operation: undo, keys, args: ["COST", digits(cost)] }], signal), this.timeoutMs);
         this.logger.warn(`redis-ratelimit: a check on ${label} was answered after its timeout; its charge was refunded`, { keys: label });
       } catch (error) {
         const cause = this.failureOf(error, keys[0] as string).text;
@@ -695,10 +698,4 @@ function commandOf(step: Step, backend: Backend, form: "EVAL" | "EVALSHA" = "EVA
     return [`RATELIMIT.${step.operation.toUpperCase()}`, ...named, ...step.args];
   }
   return [form, form === "EVAL" ? TWIN_SCRIPT : TWIN_SHA1, String(step.keys.length), ...step.keys, step.operation, ...step.args];
-}
-
-function validateCost(cost: number | undefined): number {
-  if (cost === undefined) return 1;
-  if (!Number.isSafeInteger(cost) || cost < 1) throw new RateLimitInputError(`cost must be a positive integer, got ${cost}`);
-  return cost;
 }

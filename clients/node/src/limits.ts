@@ -56,9 +56,20 @@ export class UnexpectedReplyError extends Error {
   override name = "UnexpectedReplyError";
 }
 
-function requireInteger(value: unknown, what: string, low: number, high: number): number {
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < low || value > high) {
-    throw new RateLimitInputError(`${what} must be an integer from ${low} to ${high}, got ${String(value)}`);
+/**
+ * 2^53: the largest max or cost this package takes, as the script twin
+ * does (Lua's numbers are doubles, exact for every integer up to it). The
+ * module takes up to 2^63 - 1, which a JS number cannot count exactly.
+ */
+export const EXACT = 2 ** 53;
+
+/** The module's largest integer, 2^63 - 1: the most a refund may ask for (no double lies between 2^63 - 1024 and 2^63). */
+const MAX_INT64 = 2 ** 63 - 1024;
+
+/** An integer from `low` to `high` (at most 2^53, so every integer between them is a double). */
+function requireInteger(value: unknown, what: string, low: number, high: number, shown = String(high)): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < low || value > high) {
+    throw new RateLimitInputError(`${what} must be an integer from ${low} to ${shown}, got ${String(value)}`);
   }
   return value;
 }
@@ -72,7 +83,7 @@ export function validateLimits(limits: Limit | readonly Limit[]): readonly Limit
   const seen = new Set<number>();
   for (const limit of list) {
     requireInteger(limit?.windowMs, "windowMs", 1, MAX_WINDOW_MS);
-    requireInteger(limit.max, "max", 1, Number.MAX_SAFE_INTEGER);
+    requireInteger(limit.max, "max", 1, EXACT, "9007199254740992 (2^53)");
     if (seen.has(limit.windowMs)) throw new RateLimitInputError(`window ${limit.windowMs} is given twice`);
     seen.add(limit.windowMs);
   }
@@ -100,6 +111,19 @@ export function validateOptions(limits: readonly Limit[], options: CallOptions):
   return cost;
 }
 
+/**
+ * A refund's units (default 1): a positive integer up to the module's
+ * 2^63 - 1 (the script twin takes as many; a refund removes at most what
+ * the key holds).
+ */
+export function validateRefundCost(cost: unknown): number {
+  if (cost === undefined) return 1;
+  if (typeof cost !== "number" || !Number.isInteger(cost) || cost < 1 || cost > MAX_INT64) {
+    throw new RateLimitInputError(`cost must be an integer from 1 to 9223372036854775807, got ${String(cost)}`);
+  }
+  return cost;
+}
+
 /** A several-key call's keys as given: 1 to 16, each at most once. */
 export function validateKeys(keys: readonly unknown[]): readonly string[] {
   if (!Array.isArray(keys) || keys.length === 0 || keys.length > MAX_KEYS) {
@@ -121,22 +145,28 @@ export function validateKeyLimits(entries: readonly KeyLimits[]): { keys: readon
   return { keys, limits: entries.map((entry) => validateLimits(entry.limits)) };
 }
 
+/** A key is any string, as a Redis key name is (the empty one included, as the module takes it). */
 export function validateKey(key: unknown): string {
-  if (typeof key !== "string" || key.length === 0) {
-    throw new RateLimitInputError(`key must be a non-empty string, got ${JSON.stringify(key)}`);
+  if (typeof key !== "string") {
+    throw new RateLimitInputError(`key must be a string, got ${JSON.stringify(key) ?? String(key)}`);
   }
   return key;
 }
 
+/** An integer's exact decimal digits (String() abbreviates those above 2^53: 2 ** 60 prints as 1152921504606847000). */
+export function digits(value: number): string {
+  return Number.isSafeInteger(value) ? String(value) : BigInt(value).toString();
+}
+
 function pairArgs(limits: readonly Limit[]): string[] {
-  return limits.flatMap((limit) => [String(limit.windowMs), String(limit.max)]);
+  return limits.flatMap((limit) => [digits(limit.windowMs), digits(limit.max)]);
 }
 
 function optionArgs(options: CallOptions): string[] {
   const args: string[] = [];
-  if (options.cost !== undefined) args.push("COST", String(options.cost));
-  if (options.precision !== undefined) args.push("PRECISION", String(options.precision));
-  if (options.blockMs !== undefined) args.push("BLOCK", String(options.blockMs));
+  if (options.cost !== undefined) args.push("COST", digits(options.cost));
+  if (options.precision !== undefined) args.push("PRECISION", digits(options.precision));
+  if (options.blockMs !== undefined) args.push("BLOCK", digits(options.blockMs));
   return args;
 }
 
@@ -150,10 +180,17 @@ export function multiLimitArgs(limits: readonly (readonly Limit[])[], options: C
   return [...limits.flatMap((list) => [String(list.length), ...pairArgs(list)]), ...optionArgs(options)];
 }
 
-/** A reply integer (number, bigint or digits) as a number; undefined unless a number holds it exactly (up to 2^53 - 1). */
+/**
+ * A reply integer (number, bigint or digits) as a number; undefined unless
+ * it is at most 2^53 in size, where every integer is a double (a max or
+ * cost of 2^53 answers a remaining of 2^53).
+ */
 function toInteger(value: unknown): number | undefined {
-  const number = typeof value === "bigint" || (typeof value === "string" && /^-?\d+$/.test(value)) ? Number(value) : value;
-  return typeof number === "number" && Number.isSafeInteger(number) ? number : undefined;
+  if (typeof value === "bigint" || (typeof value === "string" && /^-?\d+$/.test(value))) {
+    const exact = BigInt(value);
+    return exact >= -BigInt(EXACT) && exact <= BigInt(EXACT) ? Number(exact) : undefined;
+  }
+  return typeof value === "number" && Number.isInteger(value) && Math.abs(value) <= EXACT ? value : undefined;
 }
 
 /**

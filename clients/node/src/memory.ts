@@ -1,21 +1,55 @@
 // The in-process limiter used while Redis is unreachable: the module's
 // contract (README "Commands": CHECK, PEEK, UNDO, their several-key forms,
-// BLOCK and UNBLOCK) over a Map, exact within one process. Pure apart from
-// the clock, which is injected.
-import { type CallOptions, type Decision, type Limit, longestWindow, RateLimitInputError, smallestMax } from "./limits.js";
+// BLOCK and UNBLOCK) over a Map, exact within one process, as the
+// reference model (src/reference.rs) states it and contract/corpus.jsonl
+// shows it (test/corpus.test.mjs). Pure apart from the clock, which is
+// injected. It counts in doubles, as the script twin does, and refuses
+// what the twin refuses: a max or cost above 2^53 (the validators), and a
+// check that would leave a key holding more than 2^53 units.
+import {
+  type CallOptions,
+  type Decision,
+  EXACT,
+  type KeyLimits,
+  type Limit,
+  longestWindow,
+  RateLimitInputError,
+  smallestMax,
+  validateKey,
+  validateKeyLimits,
+  validateKeys,
+  validateLimits,
+  validateOptions,
+  validateRefundCost,
+} from "./limits.js";
 
 interface Entry {
   at: number;
   cost: number;
 }
 
-interface Log {
-  /** The longest window any CHECK on this key has named. */
-  windowMs: number;
-  /** Oldest first. */
+/** One key, as a server holds it. */
+interface Key {
+  /** Oldest first; times never decrease. */
   entries: Entry[];
-  /** The key is blocked while the time is before this (0: never blocked). */
+  /** The longest window any CHECK on this key has named (0 once a refund empties the log). */
+  windowMs: number;
+  /** The key is blocked while the time is before this (0: no block). */
   blockedUntil: number;
+  /** The key exists while the clock is at most this; set by a write as a server sets a key's expiry. */
+  expiresAt: number;
+}
+
+/** What the fallback holds for a key (MemoryLimiter.state). Times are the clock's (Unix ms for Date.now). */
+export interface MemoryKeyState {
+  /** The log's entries, oldest first, as stored: each request's (or precision cell's) time and cost. */
+  entries: { at: number; cost: number }[];
+  /** The longest window the log keeps (0 while it holds no entry). */
+  windowMs: number;
+  /** When the key's block ends (0: none). */
+  blockedUntil: number;
+  /** The last time at which the key still exists (as a server's key expiry). */
+  expiresAt: number;
 }
 
 /** One key of a call with its limits, already validated. */
@@ -30,16 +64,22 @@ export interface MultiDecision {
   denied: number[];
 }
 
-/** One key's state during a call, before the keys are combined. */
+/** One key during a call. */
 interface Standing {
-  log: Log | undefined;
-  entries: Entry[];
+  name: string;
+  key: Key;
+  /** The key existed before the call. */
+  existed: boolean;
+  /** The key's log, block or window changed: its expiry is set anew. */
+  changed: boolean;
   limits: readonly Limit[];
   /** The call's time for this key: the clock, never earlier than its newest entry. */
   now: number;
   used: number[];
   /** Every limit of this key allows the request. */
   fits: boolean;
+  /** Blocked at the call's time, before it. */
+  blocked: boolean;
 }
 
 /** Keys are swept for expiry once per this many calls, so idle keys do not pile up. */
@@ -48,97 +88,106 @@ const SWEEP_EVERY = 1024;
 /** The most keys held by default; past it the least recently used key is dropped. */
 export const DEFAULT_MAX_KEYS = 10_000;
 
-export class MemoryLimiter {
+/**
+ * The keys and the contract's rules, without argument checks: the
+ * RateLimiter's fallback (whose limits are reduced by its share, so a
+ * request may cost more than a reduced max: it is then refused) and the
+ * engine behind MemoryLimiter.
+ */
+export class Keyspace {
   /** In order of use, least recent first (a key is moved to the end when used). */
-  private readonly logs = new Map<string, Log>();
+  private readonly keys = new Map<string, Key>();
   private calls = 0;
+  /** The previous call's clock. */
+  private previous: number | undefined;
 
-  /**
-   * `maxKeys` bounds the memory held however many keys an outage brings:
-   * past it the least recently used key is dropped, forgetting what it
-   * counted (and its block).
-   */
   constructor(
-    private readonly now: () => number = Date.now,
-    private readonly maxKeys: number = DEFAULT_MAX_KEYS,
+    private readonly clock: () => number,
+    private readonly maxKeys: number,
   ) {
     if (!Number.isSafeInteger(maxKeys) || maxKeys < 1) throw new RateLimitInputError(`maxKeys must be a positive integer, got ${maxKeys}`);
   }
 
-  /** Number of keys held (for tests and metrics). */
   get size(): number {
-    return this.logs.size;
+    return this.keys.size;
   }
 
-  check(key: string, limits: readonly Limit[], options: CallOptions = {}): Decision {
-    return this.decide([{ key, limits }], options, true).decision;
+  /**
+   * The clock for one call (read once, before its arguments are checked,
+   * as a server reads it for every command). A server drops a key once its
+   * clock passes the key's expiry, whatever the clock reads later: a clock
+   * behind the previous call's first drops what that call's time expired.
+   */
+  tick(): number {
+    const now = this.clock();
+    this.calls += 1;
+    if (this.previous !== undefined && now < this.previous) this.sweep(this.previous);
+    else if (this.calls % SWEEP_EVERY === 0) this.sweep(now);
+    this.previous = now;
+    return now;
   }
 
-  peek(key: string, limits: readonly Limit[], options: CallOptions = {}): Decision {
-    return this.decide([{ key, limits }], options, false).decision;
+  private sweep(at: number): void {
+    for (const [name, key] of this.keys) if (at > key.expiresAt) this.keys.delete(name);
   }
 
-  /** All or nothing over several keys, as MCHECK. */
-  checkAll(keys: readonly KeyedLimits[], options: CallOptions = {}): MultiDecision {
-    return this.decide(keys, options, true);
-  }
-
-  /** As MPEEK: what checkAll would answer, recording nothing. */
-  peekAll(keys: readonly KeyedLimits[], options: CallOptions = {}): MultiDecision {
-    return this.decide(keys, options, false);
-  }
-
-  /** Removes the `cost` newest units; returns how many were removed. A block stays. */
-  undo(key: string, cost = 1): number {
-    const log = this.liveLog(key, this.now());
-    if (!log) return 0;
-    let removed = 0;
-    while (removed < cost && log.entries.length > 0) {
-      const newest = log.entries[log.entries.length - 1] as Entry;
-      const take = Math.min(newest.cost, cost - removed);
-      newest.cost -= take;
-      removed += take;
-      if (newest.cost === 0) log.entries.pop();
+  /** The key if it exists at `clock` (an expired one is dropped). */
+  private live(name: string, clock: number): Key | undefined {
+    const key = this.keys.get(name);
+    if (key && clock > key.expiresAt) {
+      this.keys.delete(name);
+      return undefined;
     }
-    this.forgetIfEmpty(key, log, this.now());
-    return removed;
+    return key;
   }
 
-  /** Lifts the key's block, keeping its history; true if it was blocked. */
-  unblock(key: string): boolean {
-    const clock = this.now();
-    const log = this.liveLog(key, clock);
-    if (!log || timeOf(log, clock) >= log.blockedUntil) return false;
-    log.blockedUntil = 0;
-    if (expired(log, timeOf(log, clock))) this.logs.delete(key);
-    return true;
+  /** Keeps the key as the most recently used if it holds anything (an entry or a block), else forgets it. */
+  private keep(name: string, key: Key): void {
+    this.keys.delete(name);
+    if (key.entries.length > 0 || key.blockedUntil !== 0) this.keys.set(name, key);
   }
 
-  delete(key: string): boolean {
-    return this.logs.delete(key);
+  private dropLeastRecentlyUsed(): void {
+    for (const name of this.keys.keys()) {
+      if (this.keys.size <= this.maxKeys) return;
+      this.keys.delete(name);
+    }
   }
 
-  private decide(keys: readonly KeyedLimits[], options: CallOptions, record: boolean): MultiDecision {
-    this.sweepNowAndThen();
+  state(name: string): MemoryKeyState | undefined {
+    const key = this.keys.get(name);
+    if (!key || this.clock() > key.expiresAt) return undefined;
+    return {
+      entries: key.entries.map(({ at, cost }) => ({ at, cost })),
+      windowMs: key.windowMs,
+      blockedUntil: key.blockedUntil,
+      expiresAt: key.expiresAt,
+    };
+  }
+
+  /**
+   * CHECK (record) or PEEK over one key or several (MCHECK, MPEEK): every
+   * key decided as CHECK on it alone would decide it; allowed iff every key
+   * allows, and then recorded in every key; denied, nothing is recorded,
+   * each key registers the call's longest window, and with blockMs each key
+   * whose own limits denied (and that was not blocked) is blocked.
+   */
+  decide(keys: readonly KeyedLimits[], options: CallOptions, record: boolean, clock = this.tick()): MultiDecision {
     const cost = options.cost ?? 1;
-    const clock = this.now();
-    const standings = keys.map(({ key, limits }) => this.standing(key, limits, cost, clock, record));
-    const blocked = (state: Standing) => state.now < (state.log?.blockedUntil ?? 0);
-    const allowed = standings.every((state) => state.fits && !blocked(state));
-    if (record && allowed) {
-      for (const state of standings) recordIn(state, cost, options.precision ?? 1);
-    }
-    if (record && !allowed && options.blockMs !== undefined) {
-      // A block starts on each key its own limits denied, unless one already runs there.
-      for (const state of standings) if (!state.fits && !blocked(state) && state.log) state.log.blockedUntil = state.now + options.blockMs;
-    }
-    const charged = record && allowed ? cost : 0;
-    const answers = standings.map((state) => answer(state, cost, charged, blocked(state)));
-    keys.forEach(({ key }, i) => {
-      const state = standings[i] as Standing;
-      if (state.log) this.forgetIfEmpty(key, state.log, state.now);
+    const standings = keys.map(({ key: name, limits }) => standing(name, this.live(name, clock), limits, cost, clock));
+    const allowed = standings.every((state) => state.fits && !state.blocked);
+    if (record && allowed) holdsTooMuch(standings, cost, keys.length > 1);
+    const answers = standings.map((state) => {
+      if (!record) return answer(state, cost);
+      if (allowed) return recordIn(state, cost, options.precision ?? 1);
+      register(state);
+      if (options.blockMs !== undefined && !state.fits && !state.blocked) setBlock(state, state.now + options.blockMs);
+      return answer(state, cost);
     });
-    const denied = standings.flatMap((state, i) => (state.fits && !blocked(state) ? [] : [i]));
+    for (const state of standings) {
+      if (state.changed) state.key.expiresAt = ownExpiry(state.key);
+      if (state.existed || state.changed) this.keep(state.name, state.key);
+    }
     this.dropLeastRecentlyUsed();
     return {
       decision: {
@@ -147,101 +196,174 @@ export class MemoryLimiter {
         retryAfterMs: allowed ? 0 : Math.max(...answers.map((a) => a.retryAfterMs)),
         resetAfterMs: Math.max(...answers.map((a) => a.resetAfterMs)),
       },
-      denied,
+      denied: standings.flatMap((state, i) => (state.fits && !state.blocked ? [] : [i])),
     };
   }
 
-  /** Reads one key for a call; a check (record) registers the call's longest window on it. */
-  private standing(key: string, limits: readonly Limit[], cost: number, clock: number, record: boolean): Standing {
-    let log = this.liveLog(key, clock);
-    const now = log ? timeOf(log, clock) : clock;
-    if (record) {
-      log ??= { windowMs: 0, entries: [], blockedUntil: 0 };
-      log.windowMs = Math.max(log.windowMs, longestWindow(limits));
-      prune(log, now);
-      this.use(key, log);
-    }
-    const entries = log?.entries ?? [];
-    const used = limits.map((limit) => costWithin(entries, limit.windowMs, now));
-    // A cost above a reduced fallback limit can never pass here.
-    const fits = cost <= smallestMax(limits) && limits.every((limit, i) => (used[i] as number) + cost <= limit.max);
-    return { log, entries, limits, now, used, fits };
+  /**
+   * UNDO: removes the `units` newest units; returns how many were removed.
+   * A block stays; the key keeps its expiry, or, emptied while blocked,
+   * expires with its block; emptied and not blocked, it goes.
+   */
+  undo(name: string, units: number, clock = this.tick()): number {
+    const key = this.live(name, clock);
+    if (!key) return 0;
+    const removed = refund(key, units);
+    const kept = key.entries.length > 0 || timeOf(key, clock) < key.blockedUntil;
+    if (key.entries.length === 0 && kept && removed > 0) key.expiresAt = key.blockedUntil;
+    if (kept) this.keep(name, key);
+    else this.keys.delete(name);
+    return removed;
   }
 
-  /** Forgets a key with nothing live and no running block. */
-  private forgetIfEmpty(key: string, log: Log, now: number): void {
-    if (log.entries.length === 0 && log.blockedUntil <= now) this.logs.delete(key);
+  /** UNBLOCK: lifts a block in force, keeping the history; true if it lifted one. A key with nothing live left goes. */
+  unblock(name: string, clock = this.tick()): boolean {
+    const key = this.live(name, clock);
+    if (!key) return false;
+    const now = timeOf(key, clock);
+    this.keep(name, key);
+    if (now >= key.blockedUntil) return false;
+    key.blockedUntil = 0;
+    const expiresAt = ownExpiry(key);
+    if (key.entries.length > 0 && expiresAt > now) key.expiresAt = expiresAt;
+    else this.keys.delete(name);
+    return true;
   }
 
-  /** The key's log, or undefined (and forgotten) once its newest entry and its block expired; a live one counts as used. */
-  private liveLog(key: string, now: number): Log | undefined {
-    const log = this.logs.get(key);
-    if (log && expired(log, now)) {
-      this.logs.delete(key);
-      return undefined;
-    }
-    if (log) this.use(key, log);
-    return log;
-  }
-
-  /** Holds the key's log as the most recently used (a Map keeps its keys in insertion order). */
-  private use(key: string, log: Log): void {
-    this.logs.delete(key);
-    this.logs.set(key, log);
-  }
-
-  private dropLeastRecentlyUsed(): void {
-    for (const key of this.logs.keys()) {
-      if (this.logs.size <= this.maxKeys) return;
-      this.logs.delete(key);
-    }
-  }
-
-  private sweepNowAndThen(): void {
-    this.calls += 1;
-    if (this.calls % SWEEP_EVERY !== 0) return;
-    const now = this.now();
-    for (const [key, log] of this.logs) if (expired(log, now)) this.logs.delete(key);
+  delete(name: string): boolean {
+    return this.keys.delete(name);
   }
 }
 
-/** Time never runs backwards for a key. */
-function timeOf(log: Log, clock: number): number {
-  const newest = log.entries[log.entries.length - 1];
+/** Reads one key for a call (a new, empty one if it does not exist). */
+function standing(name: string, found: Key | undefined, limits: readonly Limit[], cost: number, clock: number): Standing {
+  const key = found ?? { entries: [], windowMs: 0, blockedUntil: 0, expiresAt: 0 };
+  const now = timeOf(key, clock);
+  const used = limits.map((limit) => costWithin(key.entries, limit.windowMs, now));
+  // `cost <= max - used`: no sum above 2^53, where doubles stop being exact. A
+  // cost above a reduced fallback limit can never pass.
+  const fits = cost <= smallestMax(limits) && limits.every((limit, i) => cost <= limit.max - (used[i] as number));
+  return { name, key, existed: found !== undefined, changed: false, limits, now, used, fits, blocked: now < key.blockedUntil };
+}
+
+/**
+ * The script twin's refusal, before anything is recorded: an allowed check
+ * that would leave a key holding more than 2^53 units (what it keeps under
+ * its longest window, and this cost), which doubles cannot count exactly.
+ */
+function holdsTooMuch(standings: readonly Standing[], cost: number, several: boolean): void {
+  for (const { name, key, now, limits } of standings) {
+    const window = Math.max(key.windowMs, longestWindow(limits));
+    if (costWithin(key.entries, window, now) > EXACT - cost) {
+      const about = several ? `key '${name}': ` : "";
+      throw new RateLimitInputError(
+        `${about}this key would hold more than 9007199254740992 units of cost, which cannot be counted exactly in doubles: nothing was recorded (use smaller units)`,
+      );
+    }
+  }
+}
+
+/** Time never runs backwards for a key: the clock, or its newest entry's time if later. */
+function timeOf(key: Key, clock: number): number {
+  const newest = key.entries[key.entries.length - 1];
   return newest && newest.at > clock ? newest.at : clock;
 }
 
-/** Records an allowed request; an entry at or after a block's end clears the block. */
-function recordIn(state: Standing, cost: number, precision: number): void {
-  append(state.entries, state.now, cost, precision);
-  if (state.log) state.log.blockedUntil = 0;
+/** The expiry a write sets: the log's own (its newest entry's time plus its window) or the block's end, whichever is later. */
+function ownExpiry(key: Key): number {
+  const newest = key.entries[key.entries.length - 1];
+  return Math.max(newest ? newest.at + key.windowMs : 0, key.blockedUntil);
 }
 
-/** One key's four fields; a blocked key answers the rest of its block where that is longer. */
-function answer(state: Standing, cost: number, charged: number, blocked: boolean): Decision {
-  const { entries, limits, now, used } = state;
+/** A denied CHECK registers its longest window on a log that holds entries. */
+function register(state: Standing): void {
+  const window = longestWindow(state.limits);
+  if (state.key.entries.length > 0 && window > state.key.windowMs) {
+    state.key.windowMs = window;
+    state.changed = true;
+  }
+}
+
+function setBlock(state: Standing, until: number): void {
+  if (state.key.blockedUntil === until) return;
+  state.key.blockedUntil = until;
+  state.blocked = true;
+  state.changed = true;
+}
+
+/**
+ * Records an allowed request at the call's time: the window grows, what
+ * expired under it goes, and the cost joins the newest entry if it lies in
+ * the same precision cell (which takes this time), else is a new entry. A
+ * block that ended is cleared. Returns the key's answer after it.
+ */
+function recordIn(state: Standing, cost: number, precision: number): Decision {
+  const { key, now, limits } = state;
+  key.windowMs = Math.max(key.windowMs, longestWindow(limits));
+  const firstLive = key.entries.findIndex((entry) => entry.at > now - key.windowMs);
+  key.entries.splice(0, firstLive === -1 ? key.entries.length : firstLive);
+  const newest = key.entries[key.entries.length - 1];
+  if (newest && Math.floor(newest.at / precision) === Math.floor(now / precision)) {
+    newest.at = now;
+    newest.cost += cost;
+  } else {
+    key.entries.push({ at: now, cost });
+  }
+  key.blockedUntil = 0;
+  state.changed = true;
+  // Each limit now holds its cost more: what the prune took lay outside the key's window (so outside every
+  // window of the call), and an entry the cost joined lies within p ms of now, so within every window of the call.
+  return {
+    allowed: true,
+    remaining: Math.min(...limits.map((limit, i) => limit.max - (state.used[i] as number) - cost)),
+    retryAfterMs: 0,
+    resetAfterMs: longestWindow(limits),
+  };
+}
+
+/** One key's four fields as it stands; a blocked key answers the rest of its block where that is longer. */
+function answer(state: Standing, cost: number): Decision {
+  const { key, limits, now, used, fits } = state;
   const callWindow = longestWindow(limits);
-  const wait = cost > smallestMax(limits) ? callWindow : Math.max(...limits.map((limit) => waitFor(entries, limit, cost, now)));
-  const reset = resetAfter(entries, callWindow, now);
-  if (blocked) {
-    const rest = (state.log?.blockedUntil ?? 0) - now;
+  const wait = fits
+    ? 0
+    : cost > smallestMax(limits)
+      ? callWindow
+      : Math.max(...limits.map((limit) => waitFor(key.entries, limit, cost, now)));
+  const reset = resetAfter(key.entries, callWindow, now);
+  if (now < key.blockedUntil) {
+    const rest = key.blockedUntil - now;
     return { allowed: false, remaining: 0, retryAfterMs: Math.max(rest, wait), resetAfterMs: Math.max(rest, reset) };
   }
-  const remaining =
-    cost > smallestMax(limits) ? 0 : Math.max(0, Math.min(...limits.map((limit, i) => limit.max - (used[i] as number) - charged)));
-  return { allowed: state.fits, remaining, retryAfterMs: state.fits ? 0 : wait, resetAfterMs: reset };
+  const remaining = Math.min(...limits.map((limit, i) => Math.max(0, limit.max - (used[i] as number))));
+  return { allowed: fits, remaining, retryAfterMs: wait, resetAfterMs: reset };
 }
 
-function expired(log: Log, now: number): boolean {
-  const newest = log.entries[log.entries.length - 1];
-  return (!newest || newest.at + log.windowMs <= now) && log.blockedUntil <= now;
+/**
+ * Removes `units` from the newest entries back. An emptied log keeps no
+ * window. What is left of the newest entry joins the one before when they
+ * share a millisecond (only a cost sum too large for one entry parts them).
+ */
+function refund(key: Key, units: number): number {
+  let removed = 0;
+  while (removed < units && key.entries.length > 0) {
+    const newest = key.entries[key.entries.length - 1] as Entry;
+    // `removed + cost` is at most what the key holds (2^53); `units` may be up to 2^63.
+    const take = removed + newest.cost <= units ? newest.cost : units - removed;
+    newest.cost -= take;
+    removed += take;
+    if (newest.cost === 0) key.entries.pop();
+  }
+  const [previous, newest] = key.entries.slice(-2);
+  if (previous && newest && previous.at === newest.at) {
+    key.entries.pop();
+    previous.cost += newest.cost;
+  }
+  if (key.entries.length === 0) key.windowMs = 0;
+  return removed;
 }
 
-function prune(log: Log, now: number): void {
-  const firstLive = log.entries.findIndex((entry) => entry.at > now - log.windowMs);
-  log.entries.splice(0, firstLive === -1 ? log.entries.length : firstLive);
-}
-
+/** The cost of the entries in `(now - windowMs, now]` (every entry is at most `now`). */
 function costWithin(entries: readonly Entry[], windowMs: number, now: number): number {
   let total = 0;
   for (let i = entries.length - 1; i >= 0 && (entries[i] as Entry).at > now - windowMs; i--) {
@@ -250,20 +372,10 @@ function costWithin(entries: readonly Entry[], windowMs: number, now: number): n
   return total;
 }
 
-/** Joins the newest entry if it lies in the same precision cell, as the module does. */
-function append(entries: Entry[], now: number, cost: number, precision: number): void {
-  const newest = entries[entries.length - 1];
-  if (newest && Math.floor(newest.at / precision) === Math.floor(now / precision)) {
-    newest.at = now;
-    newest.cost += cost;
-  } else {
-    entries.push({ at: now, cost });
-  }
-}
-
-/** The wait until enough of the oldest entries in the window leave it for `cost` to fit. */
+/** The wait until enough of the oldest entries in the limit's window leave it for `cost` to fit (cost at most max). */
 function waitFor(entries: readonly Entry[], limit: Limit, cost: number, now: number): number {
-  let excess = costWithin(entries, limit.windowMs, now) + cost - limit.max;
+  // used + cost - max, without a sum above 2^53.
+  let excess = costWithin(entries, limit.windowMs, now) - (limit.max - cost);
   if (excess <= 0) return 0;
   for (const entry of entries) {
     if (entry.at <= now - limit.windowMs) continue;
@@ -273,7 +385,96 @@ function waitFor(entries: readonly Entry[], limit: Limit, cost: number, now: num
   return limit.windowMs;
 }
 
+/** The wait until the call's longest window holds nothing of this key. */
 function resetAfter(entries: readonly Entry[], callWindow: number, now: number): number {
   const newest = entries[entries.length - 1];
   return newest && newest.at > now - callWindow ? newest.at + callWindow - now : 0;
+}
+
+/**
+ * The fallback's engine on its own, as the module's contract with the
+ * script twin's bounds: every call's arguments are checked as RateLimiter
+ * checks them (RateLimitInputError), and a check that would leave a key
+ * holding more than 2^53 units is refused, recording nothing.
+ */
+export class MemoryLimiter {
+  private readonly keys: Keyspace;
+
+  /**
+   * `now` is the clock (Unix ms by default). `maxKeys` bounds the memory
+   * held however many keys an outage brings: past it the least recently
+   * used key is dropped, forgetting what it counted (and its block).
+   */
+  constructor(now: () => number = Date.now, maxKeys: number = DEFAULT_MAX_KEYS) {
+    this.keys = new Keyspace(now, maxKeys);
+  }
+
+  /** Number of keys held (for tests and metrics; expired ones until they are swept). */
+  get size(): number {
+    return this.keys.size;
+  }
+
+  check(key: string, limits: Limit | readonly Limit[], options: CallOptions = {}): Decision {
+    const clock = this.keys.tick();
+    return this.keys.decide([oneKey(key, limits, options)], options, true, clock).decision;
+  }
+
+  peek(key: string, limits: Limit | readonly Limit[], options: CallOptions = {}): Decision {
+    const clock = this.keys.tick();
+    return this.keys.decide([oneKey(key, limits, options)], options, false, clock).decision;
+  }
+
+  /** All or nothing over several keys (1 to 16, each at most once), as MCHECK. */
+  checkAll(keys: readonly KeyLimits[], options: CallOptions = {}): MultiDecision {
+    const clock = this.keys.tick();
+    return this.keys.decide(severalKeys(keys, options), options, true, clock);
+  }
+
+  /** As MPEEK: what checkAll would answer, recording nothing. */
+  peekAll(keys: readonly KeyLimits[], options: CallOptions = {}): MultiDecision {
+    const clock = this.keys.tick();
+    return this.keys.decide(severalKeys(keys, options), options, false, clock);
+  }
+
+  /** Removes the `cost` newest units (default 1); returns how many were removed. A block stays. */
+  undo(key: string, cost?: number): number {
+    const clock = this.keys.tick();
+    return this.keys.undo(validateKey(key), validateRefundCost(cost), clock);
+  }
+
+  /** As MUNDO: undo on each key (1 to 16, each at most once), at one time; the units removed per key. */
+  undoAll(keys: readonly string[], cost?: number): number[] {
+    const clock = this.keys.tick();
+    const names = validateKeys(keys);
+    const units = validateRefundCost(cost);
+    return names.map((name) => this.keys.undo(name, units, clock));
+  }
+
+  /** Lifts the key's block, keeping its history; true if it was blocked. */
+  unblock(key: string): boolean {
+    const clock = this.keys.tick();
+    return this.keys.unblock(validateKey(key), clock);
+  }
+
+  /** Forgets the key: its log and its block. */
+  delete(key: string): boolean {
+    return this.keys.delete(validateKey(key));
+  }
+
+  /** What is held for the key now (undefined when nothing is: never seen, forgotten, or expired). For tests and diagnostics. */
+  state(key: string): MemoryKeyState | undefined {
+    return this.keys.state(validateKey(key));
+  }
+}
+
+function oneKey(key: string, limits: Limit | readonly Limit[], options: CallOptions): KeyedLimits {
+  const list = validateLimits(limits);
+  validateOptions(list, options);
+  return { key: validateKey(key), limits: list };
+}
+
+function severalKeys(entries: readonly KeyLimits[], options: CallOptions): KeyedLimits[] {
+  const { keys, limits } = validateKeyLimits(entries);
+  validateOptions(limits.flat(), options);
+  return keys.map((key, i) => ({ key, limits: limits[i] as readonly Limit[] }));
 }

@@ -1,7 +1,8 @@
 // Penalties: BLOCK ms as blockMs (check, checkAll, the middleware) and
 // FlexibleLimiter's blockDuration, and unblock, on every client build
 // (RESP2 and RESP3) on the module and on the twin; the in-process fallback
-// blocking as the module does.
+// against the module on random calls with blocks (the fallback's block
+// rules, case by case, are the corpus's: corpus.test.mjs).
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import express from "express";
@@ -289,59 +290,6 @@ test("unblock with reset over a Connection without transaction(): UNBLOCK, then 
   assert.equal(await limiter.unblock("login:alice", { reset: true }), true);
   assert.equal(await limiter.unblock("login:bob"), true);
   assert.deepEqual(sent, ["RATELIMIT.UNBLOCK p:login:alice", "DEL p:login:alice", "RATELIMIT.UNBLOCK p:login:bob"]);
-});
-
-test("the in-process fallback blocks as the contract says: holds, counts down, ends, and unblock keeps the history", () => {
-  let now = 1_000_000;
-  const memory = new MemoryLimiter(() => now);
-  const limit = [{ windowMs: 10_000, max: 2 }];
-  assert.ok(memory.check("k", limit, { blockMs: 60_000 }).allowed);
-  assert.ok(memory.check("k", limit, { blockMs: 60_000 }).allowed);
-  assert.deepEqual(memory.check("k", limit, { blockMs: 60_000 }), {
-    allowed: false,
-    remaining: 0,
-    retryAfterMs: 60_000,
-    resetAfterMs: 60_000,
-  });
-  now += 20_000;
-  assert.deepEqual(memory.check("k", limit, { blockMs: 60_000 }), {
-    allowed: false,
-    remaining: 0,
-    retryAfterMs: 40_000,
-    resetAfterMs: 40_000,
-  });
-  assert.deepEqual(memory.peek("k", limit), { allowed: false, remaining: 0, retryAfterMs: 40_000, resetAfterMs: 40_000 });
-  assert.equal(memory.size, 1, "a blocked key outlives its log");
-  now += 40_000;
-  assert.deepEqual(memory.check("k", limit), { allowed: true, remaining: 1, retryAfterMs: 0, resetAfterMs: 10_000 }, "the block ended");
-  assert.ok(memory.check("k", limit).allowed);
-  assert.equal(memory.check("k", limit, { blockMs: 5_000 }).retryAfterMs, 10_000, "the limits' wait when longer than the block");
-  assert.equal(memory.unblock("k"), true);
-  assert.deepEqual(memory.peek("k", limit), { allowed: false, remaining: 0, retryAfterMs: 10_000, resetAfterMs: 10_000 }, "history kept");
-  assert.equal(memory.unblock("k"), false);
-  assert.equal(memory.check("k", limit, { blockMs: 30_000 }).retryAfterMs, 30_000);
-  assert.equal(memory.undo("k", 2), 2);
-  assert.equal(memory.size, 1, "an emptied log keeps its block");
-  now += 30_000;
-  assert.equal(memory.peek("k", limit).allowed, true);
-  assert.equal(memory.size, 0, "an empty key whose block ended is forgotten");
-  const all = memory.checkAll(
-    [
-      { key: "a", limits: [{ windowMs: 10_000, max: 1 }] },
-      { key: "b", limits: [{ windowMs: 10_000, max: 5 }] },
-    ],
-    { blockMs: 1000 },
-  );
-  assert.ok(all.decision.allowed);
-  const refused = memory.checkAll(
-    [
-      { key: "a", limits: [{ windowMs: 10_000, max: 1 }] },
-      { key: "b", limits: [{ windowMs: 10_000, max: 5 }] },
-    ],
-    { blockMs: 60_000 },
-  );
-  assert.deepEqual(refused, { decision: { allowed: false, remaining: 0, retryAfterMs: 60_000, resetAfterMs: 60_000 }, denied: [0] });
-  assert.equal(memory.peek("b", [{ windowMs: 10_000, max: 5 }]).allowed, true, "the key that allowed was not blocked");
 });
 
 /** The same pseudo-random calls with and without blocks, on one to three keys, on every run. */

@@ -134,7 +134,7 @@ test("bad several-key input is refused before anything is sent", async () => {
       ],
       /key 'a' is given more than once/,
     ],
-    [[{ key: "", limits: limit }], /key must be a non-empty string/],
+    [[{ key: 42, limits: limit }], /key must be a string/],
     [[{ key: "a", limits: [] }], /give 1 to 8 limits, got 0/],
     [[{ key: "a" }], /windowMs must be an integer/],
   ];
@@ -147,7 +147,7 @@ test("bad several-key input is refused before anything is sent", async () => {
   await assert.rejects(limiter.checkAll(two, { cost: 3 }), /cost must be an integer from 1 to 2/);
   await assert.rejects(limiter.peekAll(two, { precision: 101 }), /precision must be an integer from 1 to 100/);
   await assert.rejects(limiter.undoAll(["a", "a"]), /key 'a' is given more than once/);
-  await assert.rejects(limiter.undoAll(["a"], { cost: 0 }), /cost must be a positive integer/);
+  await assert.rejects(limiter.undoAll(["a"], { cost: 0 }), /cost must be an integer from 1 to 9223372036854775807/);
   assert.deepEqual(sent, []);
 });
 
