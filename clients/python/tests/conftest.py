@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,29 @@ EXAMPLES = HERE.parent / "examples"
 APPS = HERE / "apps"
 
 BACKENDS = ["module", "twin"]
+
+# What test_corpus.py ran of contract/corpus.jsonl, printed after the run.
+CORPUS_TALLY = pytest.StashKey[Counter[str]]()
+
+
+@pytest.fixture(scope="session")
+def corpus_tally(request: pytest.FixtureRequest) -> Counter[str]:
+    return request.config.stash.setdefault(CORPUS_TALLY, Counter())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    tally = config.stash.get(CORPUS_TALLY, None)
+    if not tally:
+        return
+    write = terminalreporter.write_line
+    write(
+        f"contract corpus: {tally['cases']} cases run, {tally['steps']} steps: {tally['answered']} answered"
+        f" by the fallback, {tally['refused by the validators']} refused by the validators,"
+        f" {tally['not expressible']} not expressible in the API (the server's parsing; each an error in the corpus)"
+    )
+    for reason, count in sorted(tally.items()):
+        if reason.startswith("not expressible: "):
+            write(f"  {count:4} {reason}")
 
 
 @pytest.fixture(scope="session")

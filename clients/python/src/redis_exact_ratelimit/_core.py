@@ -215,8 +215,11 @@ def make_multi_call(
 
 
 def validate_key(key: object) -> str:
-    if not isinstance(key, str) or not key:
-        raise RateLimitInputError(f"key must be a non-empty string, got {key!r}")
+    """Any string, the empty one included: every string is a Redis key, and
+    the module takes each (contract/corpus.jsonl calls MCHECK and MUNDO on
+    the key "")."""
+    if not isinstance(key, str):
+        raise RateLimitInputError(f"key must be a string, got {key!r}")
     return key
 
 

@@ -1,21 +1,36 @@
 """The in-process limiter used while Redis is unreachable: the module's rules
-(README "Commands" and this round's decisions) over a dict, exact within
-one process, each limit scaled to this process's share, holding at most
-``max_keys`` keys (the least recently used goes). Pure apart from the
-clock, which is injected."""
+over a dict, exact within one process, each limit scaled to this process's
+share, holding at most ``max_keys`` keys (the least recently used goes).
+Pure apart from the clock, which is injected.
+
+The rules are the reference model's (the repository's src/reference.rs: a
+key's log, its window, its block, and when the key expires), step for
+step, and tests/test_corpus.py holds them to contract/corpus.jsonl:
+
+- A key's time never runs backwards: a call reads ``now`` as the clock, or
+  the key's newest entry's time if later.
+- Its log keeps the longest window any CHECK on it named (allowed, or
+  denied while it holds entries), and drops what that window no longer
+  counts only when it records (so a limit with a longer window, named
+  later, still counts what the log kept; PEEK and a denial change no
+  entry).
+- A key expires, as in Redis, once the clock passes the expiry its last
+  write set: its newest entry's time plus its window, or its block's end
+  if later. A refund keeps the expiry (a blocked key it empties lives
+  until its block ends; an unblocked one goes at once), and UNBLOCK sets
+  the log's own (a key with nothing live left goes).
+"""
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ._core import Call, Decision, Limit
-
-# Expired keys are swept once per this many calls, so idle keys do not pile up.
-_SWEEP_EVERY = 1024
+from ._core import MAX_MAX, Call, Decision, Limit
 
 DEFAULT_MAX_KEYS = 10_000
 
@@ -32,21 +47,28 @@ class _Entry:
 
 @dataclass
 class _Log:
-    window_ms: int
+    """One key: its entries (oldest first), the longest window its log
+    keeps (0 while it holds no entry), when its block ends (0 for none) and
+    when it expires (the key exists while the clock is at most that), all
+    absolute times on the fallback's clock."""
+
     entries: deque[_Entry] = field(default_factory=deque)
-    # As in the module: an absolute time on this clock, 0 for none.
+    window_ms: int = 0
     blocked_until: int = 0
+    expires: int = 0
 
-    def newest(self) -> int:
-        return self.entries[-1].at if self.entries else 0
+    def now(self, clock: int) -> int:
+        """The key's time: never earlier than its newest entry."""
+        return max(clock, self.entries[-1].at) if self.entries else clock
 
-    def prune(self, now: int) -> None:
-        while self.entries and self.entries[0].at <= now - self.window_ms:
-            self.entries.popleft()
+    def exists(self) -> bool:
+        return bool(self.entries) or self.blocked_until != 0
 
-    def idle(self, now: int) -> bool:
-        """Nothing counted and no block: the key can be forgotten."""
-        return self.newest() <= now - self.window_ms and self.blocked_until <= now
+    def own_expiry(self) -> int:
+        """What a write sets: the newest entry's time plus the window, or the
+        block's end, whichever is later."""
+        log_end = self.entries[-1].at + self.window_ms if self.entries else 0
+        return max(log_end, self.blocked_until)
 
 
 @dataclass(frozen=True)
@@ -59,30 +81,28 @@ class Answer:
     per_key_remaining: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class _Held:
+    """What the fallback holds for a key (for the contract's test):
+    entries as (time, cost), oldest first, and the log's window, block end
+    and expiry, as absolute times on its clock."""
+
+    entries: tuple[tuple[int, int], ...]
+    window: int
+    blocked_until: int
+    expires: int
+
+
 @dataclass
-class _Standing:
-    """One key of a call as it stands before anything is recorded."""
+class _Key:
+    """One key of a call: its log (a new one, not held yet, for a key the
+    fallback does not hold), whether the call changed it, and its answer."""
 
-    key: str
+    name: str
     call: Call
-    now: int
-    log: _Log | None
+    log: _Log
     maxes: list[int]
-    used: list[int]
-    limits_allow: bool
-    limits_wait: int
-
-    @property
-    def blocked_until(self) -> int:
-        return self.log.blocked_until if self.log is not None else 0
-
-    @property
-    def blocked(self) -> bool:
-        return self.now < self.blocked_until
-
-    @property
-    def allows(self) -> bool:
-        return self.limits_allow and not self.blocked
+    changed: bool = False
 
 
 class Fallback:
@@ -106,14 +126,22 @@ class Fallback:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
             raise ValueError(f"max_keys must be an integer of at least 1, got {max_keys!r}")
         self.share = share
+        # The share as an exact fraction: max * share is computed in
+        # integers, exact for every max up to 2^63 - 1 (a float product is
+        # not above 2^53).
+        self._share_ratio = share.as_integer_ratio()
         self.max_keys = max_keys
         self._clock = clock
         self._logs: OrderedDict[str, _Log] = OrderedDict()
+        # (expires, key) of every write, soonest first: a key is dropped once
+        # the clock passes its expiry (an entry whose key has since moved on
+        # is skipped).
+        self._expiries: list[tuple[int, str]] = []
         self._lock = threading.Lock()
-        self._calls = 0
 
     def scaled(self, limit: Limit) -> int:
-        return max(1, int(limit.max * self.share))
+        numerator, denominator = self._share_ratio
+        return max(1, limit.max * numerator // denominator)
 
     def check(self, key: str, call: Call) -> Decision:
         return self.decide([key], [call], record=True).decision
@@ -123,118 +151,192 @@ class Fallback:
 
     def decide(self, keys: Sequence[str], calls: Sequence[Call], record: bool) -> Answer:
         """One request against every key, all or nothing, as MCHECK (record)
-        or MPEEK."""
+        or MPEEK: every key is peeked; if every key allows and ``record``,
+        every key records it; if any denies and ``record``, every key
+        registers its longest window, and a key whose own limits denied is
+        blocked for ``block_ms`` (if not blocked already)."""
         with self._lock:
-            self._sweep_now_and_then()
-            standings = [self._standing(key, call) for key, call in zip(keys, calls, strict=True)]
-            denied = tuple(i for i, standing in enumerate(standings) if not standing.allows)
-            allowed = not denied
+            clock = self._clock()
+            self._expire(clock)
+            standing = [self._key(key, call) for key, call in zip(keys, calls, strict=True)]
+            peeks = [self._peek(one, clock) for one in standing]
+            denied = tuple(i for i, peek in enumerate(peeks) if not peek.allowed)
+            answers = peeks
             if record:
-                for standing in standings:
-                    self._commit(standing, allowed)
-            self._forget_beyond_the_cap()
-            answers = [_answer(standing, allowed) for standing in standings]
+                answers = [
+                    self._check(one, clock) if not denied or not peek.allowed else self._register(one, peek)
+                    for one, peek in zip(standing, peeks, strict=True)
+                ]
+                for one in standing:
+                    self._store(one)
+                self._forget_beyond_the_cap()
         decision = Decision(
-            allowed,
+            not denied,
             min(answer.remaining for answer in answers),
-            max(answer.retry_after_ms for answer in answers),
+            max(answer.retry_after_ms for answer in answers) if denied else 0,
             max(answer.reset_after_ms for answer in answers),
             "fallback",
         )
         return Answer(decision, denied, tuple(answer.remaining for answer in answers))
 
     def undo(self, key: str, cost: int) -> int:
+        """Refunds the ``cost`` newest units (fewer if the key holds fewer);
+        the block stays, and so does the key's expiry, but a key left with
+        no entry goes unless a block in force keeps it until it ends."""
         with self._lock:
+            clock = self._clock()
+            self._expire(clock)
             log = self._logs.get(key)
-            removed = 0
-            while log is not None and log.entries and removed < cost:
-                newest = log.entries[-1]
-                take = min(newest.cost, cost - removed)
-                newest.cost -= take
-                removed += take
-                if newest.cost == 0:
-                    log.entries.pop()
-            if log is not None and not log.entries and log.blocked_until <= self._clock():
+            if log is None:
+                return 0
+            removed = _refund(log, cost)
+            kept = bool(log.entries) or log.now(clock) < log.blocked_until
+            if not kept:
                 del self._logs[key]
+            elif not log.entries and removed > 0:
+                self._expire_at(key, log, log.blocked_until)
             return removed
 
     def unblock(self, key: str, *, reset: bool = False) -> bool:
         """Lifts the key's block, keeping what it counts unless ``reset``
-        (then the key is forgotten); True if it was blocked."""
+        (then the key is forgotten); True if it was blocked. A key lifted
+        expires with its log, at once if nothing in it is live."""
         with self._lock:
+            clock = self._clock()
+            self._expire(clock)
             log = self._logs.pop(key, None) if reset else self._logs.get(key)
-            if log is None or log.blocked_until <= max(self._clock(), log.newest()):
+            if log is None:
                 return False
+            now = log.now(clock)
+            if not now < log.blocked_until:
+                return False
+            if reset:
+                return True
             log.blocked_until = 0
+            expires = log.own_expiry()
+            if log.entries and expires > now:
+                self._expire_at(key, log, expires)
+            else:
+                del self._logs[key]
             return True
 
     def clear(self) -> None:
         """Forgets everything (Redis is back and decides again)."""
         with self._lock:
             self._logs.clear()
+            self._expiries.clear()
 
     def __len__(self) -> int:
         return len(self._logs)
 
-    def _standing(self, key: str, call: Call) -> _Standing:
-        log = self._logs.get(key)
-        if log is not None:
-            self._logs.move_to_end(key)  # the most recently used
-        # Time never runs backwards for a key, as in the module.
-        now = max(self._clock(), log.newest() if log else 0)
-        if log is not None:
-            log.prune(now)
-        entries = log.entries if log is not None else deque()
-        maxes = [self.scaled(limit) for limit in call.limits]
-        used = [_used(entries, now, limit.window_ms) for limit in call.limits]
-        if call.cost > min(maxes):
-            # This process's share can never hold the request.
-            return _Standing(key, call, now, log, maxes, used, False, call.longest_window)
-        allows = all(u + call.cost <= m for u, m in zip(used, maxes, strict=True))
-        wait = 0 if allows else _retry_after(entries, now, call, maxes)
-        return _Standing(key, call, now, log, maxes, used, allows, wait)
+    def _held(self, key: str) -> _Held | None:
+        """What the fallback holds for ``key`` at its clock's reading: None
+        when it holds nothing, or only a key past its expiry (which its next
+        call forgets)."""
+        with self._lock:
+            log = self._logs.get(key)
+            if log is None or self._clock() > log.expires:
+                return None
+            entries = tuple((entry.at, entry.cost) for entry in log.entries)
+            return _Held(entries, log.window_ms if entries else 0, log.blocked_until, log.expires)
 
-    def _commit(self, standing: _Standing, allowed: bool) -> None:
-        """A CHECK registers its longest window, allowed or denied; records
-        when allowed; starts a block on a key its own limits denied."""
-        log = standing.log = self._register(standing.key, standing.log, standing.call.longest_window)
-        if allowed:
-            _record(log, standing.now, standing.call.cost, standing.call.precision or 1)
-            standing.used = [u + standing.call.cost for u in standing.used]
-            log.blocked_until = 0  # any earlier block has ended
-        elif standing.call.block_ms is not None and not standing.limits_allow and not standing.blocked:
-            log.blocked_until = standing.now + standing.call.block_ms
+    # -- one key of a call ----------------------------------------------------
 
-    def _register(self, key: str, log: _Log | None, window_ms: int) -> _Log:
-        if log is None:
-            log = self._logs[key] = _Log(window_ms)
-        log.window_ms = max(log.window_ms, window_ms)
-        return log
+    def _key(self, name: str, call: Call) -> _Key:
+        log = self._logs.get(name)
+        if log is not None:
+            self._logs.move_to_end(name)  # the most recently used
+        return _Key(name, call, log if log is not None else _Log(), [self.scaled(limit) for limit in call.limits])
+
+    def _peek(self, key: _Key, clock: int) -> Decision:
+        """PEEK: a blocked key is denied; otherwise its limits decide."""
+        now = key.log.now(clock)
+        if now < key.log.blocked_until:
+            return _blocked(key, now)
+        return _limits(key, now)
+
+    def _check(self, key: _Key, clock: int) -> Decision:
+        """CHECK: a denial registers the longest window and, with
+        ``block_ms``, blocks a key that is not blocked yet; an allowed call
+        records (and a block that has ended is cleared)."""
+        log, now = key.log, key.log.now(clock)
+        standing = self._peek(key, clock)
+        if not standing.allowed:
+            self._register(key, standing)
+            if key.call.block_ms is not None and not now < log.blocked_until:
+                log.blocked_until = now + key.call.block_ms
+                key.changed = True
+                return _blocked(key, now)
+            return standing
+        _record(log, now, key.call.longest_window, key.call.cost, key.call.precision or 1)
+        log.blocked_until = 0  # allowed: not blocked, so any block has ended
+        key.changed = True
+        allowed = _limits(key, now)
+        return Decision(True, allowed.remaining, 0, allowed.reset_after_ms, "fallback")
+
+    def _register(self, key: _Key, answer: Decision) -> Decision:
+        """A denied call's longest window, kept by a log that holds entries
+        (a key with none has no log to keep it)."""
+        log = key.log
+        if log.entries and key.call.longest_window > log.window_ms:
+            log.window_ms = key.call.longest_window
+            key.changed = True
+        return answer
+
+    def _store(self, key: _Key) -> None:
+        """Keeps a key the call changed, with the expiry its write sets; a key
+        that holds nothing is not kept."""
+        if not key.changed:
+            return
+        if key.log.exists():
+            self._logs[key.name] = key.log
+            self._expire_at(key.name, key.log, key.log.own_expiry())
+        else:
+            self._logs.pop(key.name, None)
+
+    # -- expiry and the cap ---------------------------------------------------
+
+    def _expire_at(self, name: str, log: _Log, expires: int) -> None:
+        log.expires = expires
+        heapq.heappush(self._expiries, (expires, name))
+        # Entries of keys since rewritten or gone pile up: rebuilt from the
+        # keys held when they outnumber them.
+        if len(self._expiries) > 2 * len(self._logs) + 64:
+            self._expiries = [(held.expires, key) for key, held in self._logs.items()]
+            heapq.heapify(self._expiries)
+
+    def _expire(self, clock: int) -> None:
+        """Drops every key whose expiry the clock has passed, as a server does
+        (so a clock stepping back later does not bring it back)."""
+        while self._expiries and self._expiries[0][0] < clock:
+            _, name = heapq.heappop(self._expiries)
+            log = self._logs.get(name)
+            if log is not None and log.expires < clock:
+                del self._logs[name]
 
     def _forget_beyond_the_cap(self) -> None:
-        # After the call's commits, so a call over several keys never loses
+        # After the call's writes, so a call over several keys never loses
         # one of its own keys midway.
         while len(self._logs) > self.max_keys:
             self._logs.popitem(last=False)
 
-    def _sweep_now_and_then(self) -> None:
-        self._calls += 1
-        if self._calls % _SWEEP_EVERY:
-            return
-        now = self._clock()
-        for key in [k for k, log in self._logs.items() if log.idle(now)]:
-            del self._logs[key]
+
+def _limits(key: _Key, now: int) -> Decision:
+    """What the key's limits alone say at ``now``."""
+    entries, call = key.log.entries, key.call
+    used = [_used(entries, now, limit.window_ms) for limit in call.limits]
+    allowed = all(u + call.cost <= m for u, m in zip(used, key.maxes, strict=True))
+    remaining = max(0, min(m - u for u, m in zip(used, key.maxes, strict=True)))
+    wait = 0 if allowed else _retry_after(entries, now, call, key.maxes)
+    return Decision(allowed, remaining, wait, _reset(entries, now, call.longest_window), "fallback")
 
 
-def _answer(standing: _Standing, allowed: bool) -> Decision:
-    """One key's part of the reply, after the commit."""
-    entries = standing.log.entries if standing.log is not None else deque()
-    reset = _reset(entries, standing.now, standing.call)
-    if standing.blocked:
-        rest = standing.blocked_until - standing.now
-        return Decision(False, 0, max(rest, standing.limits_wait), max(rest, reset), "fallback")
-    remaining = max(0, min(m - u for u, m in zip(standing.used, standing.maxes, strict=True)))
-    return Decision(allowed, remaining, 0 if allowed else standing.limits_wait, reset, "fallback")
+def _blocked(key: _Key, now: int) -> Decision:
+    """A blocked key's answer: denied, nothing remaining, waits at least
+    until the block ends."""
+    limits = _limits(key, now)
+    rest = key.log.blocked_until - now
+    return Decision(False, 0, max(rest, limits.retry_after_ms), max(rest, limits.reset_after_ms), "fallback")
 
 
 def _used(entries: deque[_Entry], now: int, window_ms: int) -> int:
@@ -246,21 +348,51 @@ def _used(entries: deque[_Entry], now: int, window_ms: int) -> int:
     return total
 
 
-def _record(log: _Log, now: int, cost: int, precision: int) -> None:
-    """As the module: the units join the newest entry when it lies in the
-    same precision cell (moving it to now, so they count at most p - 1 ms
-    longer, never shorter), else become a new entry."""
+def _record(log: _Log, now: int, window_ms: int, cost: int, precision: int) -> None:
+    """As the module's log: the window grows, what expired under it goes, and
+    the units join the newest entry when it lies in the same precision cell
+    (moving it to now, so they count at most p - 1 ms longer, never
+    shorter) and the sum fits in 2^63 - 1, else become a new entry."""
+    log.window_ms = max(log.window_ms, window_ms)
+    while log.entries and log.entries[0].at <= now - log.window_ms:
+        log.entries.popleft()
     newest = log.entries[-1] if log.entries else None
-    if newest is not None and newest.at // precision == now // precision:
+    if newest is not None and newest.at // precision == now // precision and newest.cost + cost <= MAX_MAX:
         newest.at = now
         newest.cost += cost
     else:
         log.entries.append(_Entry(now, cost))
 
 
+def _refund(log: _Log, units: int) -> int:
+    """The module's refund: units leave from the newest entries."""
+    removed = 0
+    while log.entries and removed < units:
+        newest = log.entries[-1]
+        take = min(newest.cost, units - removed)
+        newest.cost -= take
+        removed += take
+        if newest.cost == 0:
+            log.entries.pop()
+    # What is left of the newest entry shares a millisecond with the one
+    # before only while their costs could not share an entry.
+    if len(log.entries) >= 2:
+        previous, newest = log.entries[-2], log.entries[-1]
+        if previous.at == newest.at and previous.cost + newest.cost <= MAX_MAX:
+            log.entries.pop()
+            previous.cost += newest.cost
+    if not log.entries:
+        log.window_ms = 0  # an emptied log keeps no window
+    return removed
+
+
 def _retry_after(entries: deque[_Entry], now: int, call: Call, maxes: list[int]) -> int:
     """The exact wait after which this request passes every limit: for each
     limit, the moment enough of its oldest entries have left its window."""
+    if call.cost > min(maxes):
+        # This process's share can never hold the request: the longest wait
+        # a limit names.
+        return call.longest_window
     wait = 0
     for limit, most in zip(call.limits, maxes, strict=True):
         inside = [e for e in entries if e.at > now - limit.window_ms]
@@ -273,7 +405,8 @@ def _retry_after(entries: deque[_Entry], now: int, call: Call, maxes: list[int])
     return wait
 
 
-def _reset(entries: deque[_Entry], now: int, call: Call) -> int:
+def _reset(entries: deque[_Entry], now: int, longest_window: int) -> int:
+    """The wait until the call's longest window holds nothing of this key."""
     if not entries:
         return 0
-    return max(0, entries[-1].at + call.longest_window - now)
+    return max(0, entries[-1].at + longest_window - now)
