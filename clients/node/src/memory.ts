@@ -1,7 +1,7 @@
 // The in-process limiter used while Redis is unreachable: the module's
 // contract (README "Commands": CHECK, PEEK, UNDO, their several-key forms,
 // BLOCK and UNBLOCK) over a Map, exact within one process, as the
-// reference model (src/reference.rs) states it and contract/corpus.jsonl
+// reference model (core/src/reference.rs) states it and contract/corpus.jsonl
 // shows it (test/corpus.test.mjs). Pure apart from the clock, which is
 // injected. It counts in doubles, as the script twin does, and refuses
 // what the twin refuses: a max or cost above 2^53 (the validators), and a
@@ -98,8 +98,6 @@ export class Keyspace {
   /** In order of use, least recent first (a key is moved to the end when used). */
   private readonly keys = new Map<string, Key>();
   private calls = 0;
-  /** The previous call's clock. */
-  private previous: number | undefined;
 
   constructor(
     private readonly clock: () => number,
@@ -114,16 +112,14 @@ export class Keyspace {
 
   /**
    * The clock for one call (read once, before its arguments are checked,
-   * as a server reads it for every command). A server drops a key once its
-   * clock passes the key's expiry, whatever the clock reads later: a clock
-   * behind the previous call's first drops what that call's time expired.
+   * as a server reads it for every command). A key past its expiry is
+   * dropped when a call names it (as a server expires a key on access), and
+   * idle keys are swept now and then so they do not pile up.
    */
   tick(): number {
     const now = this.clock();
     this.calls += 1;
-    if (this.previous !== undefined && now < this.previous) this.sweep(this.previous);
-    else if (this.calls % SWEEP_EVERY === 0) this.sweep(now);
-    this.previous = now;
+    if (this.calls % SWEEP_EVERY === 0) this.sweep(now);
     return now;
   }
 

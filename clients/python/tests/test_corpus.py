@@ -1,7 +1,7 @@
 """The contract's corpus, run against this package's own engine.
 
 ``contract/corpus.jsonl`` is written from the reference model (the
-repository's ``src/reference.rs`` and ``src/contract.rs``, ``make corpus``;
+repository's ``core/src/reference.rs`` and ``core/src/contract.rs``, ``make corpus``;
 its format is ``contract/README.md``). Every engine replays it in its own
 test runner; here the engine is the package's in-process fallback
 (``Fallback``, share 1) and its argument validators (``Limit``,
@@ -95,7 +95,7 @@ def load_cases() -> list[dict[str, Any]]:
 
 CASES = load_cases()
 
-# The server's arity check (the module's command table, src/args.rs):
+# The server's arity check (the module's command table, core/src/args.rs):
 # negative, at least that many words with the name; otherwise exactly.
 ARITY = {
     "ratelimit.check": -4,

@@ -3,7 +3,7 @@ over a dict, exact within one process, each limit scaled to this process's
 share, holding at most ``max_keys`` keys (the least recently used goes).
 Pure apart from the clock, which is injected.
 
-The rules are the reference model's (the repository's src/reference.rs: a
+The rules are the reference model's (the repository's core/src/reference.rs: a
 key's log, its window, its block, and when the key expires), step for
 step, and tests/test_corpus.py holds them to contract/corpus.jsonl:
 
@@ -31,6 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._core import MAX_MAX, Call, Decision, Limit
+
+# Expired keys are swept once per this many calls (a call drops the expired
+# keys it names itself).
+_SWEEP_EVERY = 1024
 
 DEFAULT_MAX_KEYS = 10_000
 
@@ -137,6 +141,7 @@ class Fallback:
         # the clock passes its expiry (an entry whose key has since moved on
         # is skipped).
         self._expiries: list[tuple[int, str]] = []
+        self._calls = 0
         self._lock = threading.Lock()
 
     def scaled(self, limit: Limit) -> int:
@@ -156,9 +161,8 @@ class Fallback:
         registers its longest window, and a key whose own limits denied is
         blocked for ``block_ms`` (if not blocked already)."""
         with self._lock:
-            clock = self._clock()
-            self._expire(clock)
-            standing = [self._key(key, call) for key, call in zip(keys, calls, strict=True)]
+            clock = self._tick()
+            standing = [self._key(key, call, clock) for key, call in zip(keys, calls, strict=True)]
             peeks = [self._peek(one, clock) for one in standing]
             denied = tuple(i for i, peek in enumerate(peeks) if not peek.allowed)
             answers = peeks
@@ -184,9 +188,8 @@ class Fallback:
         the block stays, and so does the key's expiry, but a key left with
         no entry goes unless a block in force keeps it until it ends."""
         with self._lock:
-            clock = self._clock()
-            self._expire(clock)
-            log = self._logs.get(key)
+            clock = self._tick()
+            log = self._live(key, clock)
             if log is None:
                 return 0
             removed = _refund(log, cost)
@@ -202,9 +205,10 @@ class Fallback:
         (then the key is forgotten); True if it was blocked. A key lifted
         expires with its log, at once if nothing in it is live."""
         with self._lock:
-            clock = self._clock()
-            self._expire(clock)
-            log = self._logs.pop(key, None) if reset else self._logs.get(key)
+            clock = self._tick()
+            log = self._live(key, clock)
+            if log is not None and reset:
+                del self._logs[key]
             if log is None:
                 return False
             now = log.now(clock)
@@ -242,8 +246,8 @@ class Fallback:
 
     # -- one key of a call ----------------------------------------------------
 
-    def _key(self, name: str, call: Call) -> _Key:
-        log = self._logs.get(name)
+    def _key(self, name: str, call: Call, clock: int) -> _Key:
+        log = self._live(name, clock)
         if log is not None:
             self._logs.move_to_end(name)  # the most recently used
         return _Key(name, call, log if log is not None else _Log(), [self.scaled(limit) for limit in call.limits])
@@ -305,9 +309,28 @@ class Fallback:
             self._expiries = [(held.expires, key) for key, held in self._logs.items()]
             heapq.heapify(self._expiries)
 
+    def _tick(self) -> int:
+        """The clock for one call; now and then, the keys it finds expired are
+        swept, so idle keys do not pile up."""
+        clock = self._clock()
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY == 0:
+            self._expire(clock)
+        return clock
+
+    def _live(self, name: str, clock: int) -> _Log | None:
+        """The key's log if the key exists at ``clock``: one past its expiry
+        is dropped when a call names it, as a server expires a key on access
+        (the model's rule: if the clock steps back before that, it is there
+        again; the fallback's monotonic clock never does)."""
+        log = self._logs.get(name)
+        if log is not None and clock > log.expires:
+            del self._logs[name]
+            return None
+        return log
+
     def _expire(self, clock: int) -> None:
-        """Drops every key whose expiry the clock has passed, as a server does
-        (so a clock stepping back later does not bring it back)."""
+        """Drops every key whose expiry the clock has passed."""
         while self._expiries and self._expiries[0][0] < clock:
             _, name = heapq.heappop(self._expiries)
             log = self._logs.get(name)
