@@ -6,6 +6,10 @@
 SHELL := /bin/bash
 PORT ?= 6379
 MODULE := target/release/libredis_ratelimit.so
+# One version for the contract: the module's, which the core, the twin
+# and both packages must carry (`make dist` refuses a mismatch).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+DIST ?= dist
 APT_PACKAGES := redis-server redis-tools libclang-dev
 
 VENV := .venv
@@ -27,7 +31,7 @@ TESTED := $(call matrix,"$(ONLY)" == "" || $$1 == "$(ONLY)",print $(BINARY))
 REDIS_SOURCE_VERSION := $(call matrix,$$2 == "debian-source",print $$3)
 REDIS_SOURCE_SERVER := $(CURDIR)/$(call matrix,$$2 == "debian-source",print $$4)
 
-.PHONY: all build run test packages lint deps servers examples-deps bench cluster cluster-stop memcheck soak fuzz clean corpus
+.PHONY: all build run test packages lint deps servers examples-deps bench cluster cluster-stop memcheck soak fuzz clean corpus dist
 
 all: build
 
@@ -104,6 +108,7 @@ test: build servers examples-deps
 	  RATELIMIT_SERVER=$$server cargo test --release --test '*' -- --show-output || exit 1; \
 	done
 	@$(MAKE) --no-print-directory packages
+	@$(MAKE) --no-print-directory dist
 
 # The client packages (clients/node, clients/python), each installed from
 # its packed tarball or built wheel into a scratch app as a user would,
@@ -114,6 +119,22 @@ packages: build servers
 	@echo "== client packages on $$($(PACKAGE_SERVER) --version)"
 	$(MAKE) -C clients/node test RATELIMIT_MODULE=$(CURDIR)/$(MODULE) RATELIMIT_SERVER=$$(echo $(PACKAGE_SERVER))
 	$(MAKE) -C clients/python test RATELIMIT_MODULE=$(CURDIR)/$(MODULE) RATELIMIT_SERVER=$$(echo $(PACKAGE_SERVER))
+
+# What a release ships, in $(DIST)/ with SHA256SUMS: the module (.so, for
+# this machine's platform), the script twin (.lua), the Node package's
+# tarball and the Python wheel, all of one version.
+dist: build
+	@for file in core/Cargo.toml clients/node/package.json clients/python/pyproject.toml; do \
+	  grep -Eq '^\s*"?version"?\s*[=:]\s*"$(VERSION)"' $$file || { echo "$$file is not at version $(VERSION)"; exit 1; }; \
+	done
+	@grep -q "^## $(VERSION)$$" CHANGELOG.md || { echo "CHANGELOG.md has no section ## $(VERSION)"; exit 1; }
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	cp $(MODULE) $(DIST)/redis-ratelimit-$(VERSION)-$$(uname -s | tr A-Z a-z)-$$(uname -m).so
+	cp twin/ratelimit.lua $(DIST)/redis-ratelimit-$(VERSION).lua
+	$(MAKE) --no-print-directory -C clients/node pack
+	cp clients/node/build/redis-ratelimit-$(VERSION).tgz $(DIST)/
+	python3 -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir $(DIST) ./clients/python
+	cd $(DIST) && sha256sum * > SHA256SUMS && sha256sum --quiet -c SHA256SUMS && cat SHA256SUMS
 
 # The contract's corpus (contract/corpus.jsonl) written again from the
 # reference model, and the documentation's examples of its cases (after
