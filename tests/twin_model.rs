@@ -195,6 +195,7 @@ fn reply(answer: Answer) -> Reply {
         ),
         Answer::Integer(n) => Reply::Integer(n),
         Answer::Integers(n) => Reply::Integers(n),
+        Answer::Bucket(fields) => Reply::Bucket(fields),
         Answer::Error(text) => Reply::Error(text),
     }
 }
