@@ -248,7 +248,7 @@ fn at_maxmemory_check_and_undo_are_refused_and_peek_answers() {
 fn the_readme_error_table_is_what_the_server_sends() {
     let readme = harness::documentation();
     let table = readme
-        .split("### Errors")
+        .split("\n## Errors")
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
         .expect("the documentation has an error table");

@@ -281,7 +281,7 @@ fn readme_section(start: &str) -> String {
 /// each of the twin's forms.
 #[test]
 fn the_readme_error_tables_are_what_the_twin_sends() {
-    let errors = readme_section("### Errors");
+    let errors = readme_section("\n## Errors");
     let shared = table_rows(errors.split("\n#").next().unwrap_or_default());
     let own = table_rows(&readme_section("### Refusals of the script twin alone"));
     assert!(!own.is_empty(), "the twin's own table has rows");

@@ -1,5 +1,5 @@
 //! `make bench`: what the module costs and what it saves, side by side in
-//! one run against one server. See README.md, "Performance".
+//! one run against one server. See docs/performance.md.
 //!
 //! Usage: ratelimit-bench [--quick] [--extra-module PATH] [--extra-command "CMD ARGS"]
 //!   [throughput] [scaling] [memory] [weighted] [exactness] [worst] [multi] [cpu]   (all when none is named)

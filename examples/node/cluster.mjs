@@ -1,4 +1,4 @@
-// README.md's cluster snippets, run by `make test` (tests/cluster.rs) on a
+// docs/cluster.md's snippets, run by `make test` (tests/cluster.rs) on a
 // real cluster: each client reaches the key's master in one round trip.
 //   node cluster.mjs SEED_PORT ioredis|node-redis|ioredis-plain
 // (ioredis-plain: `cluster.call` as is, which the test shows is redirected)

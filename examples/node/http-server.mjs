@@ -1,4 +1,4 @@
-// An HTTP service limited per client with RATELIMIT.CHECK, as README.md
+// An HTTP service limited per client with RATELIMIT.CHECK, as docs/clients.md
 // shows it; `http.test.mjs` drives it with real requests (`make test`).
 // Run it by hand: node http-server.mjs REDIS_PORT HTTP_PORT
 import http from "node:http";

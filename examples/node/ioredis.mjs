@@ -1,4 +1,4 @@
-// README.md's ioredis snippet, run by `make test` (tests/examples.rs):
+// docs/clients.md's ioredis snippet, run by `make test` (tests/examples.rs):
 //   node ioredis.mjs PORT [2|3]   (RESP version; ioredis 6 speaks 3 by default)
 import Redis from "ioredis";
 import { allOrNothing, tenCallsAgainstThree } from "./ten-calls.mjs";

@@ -1,4 +1,4 @@
-// README.md's node-redis snippet, run by `make test` (tests/examples.rs):
+// docs/clients.md's node-redis snippet, run by `make test` (tests/examples.rs):
 //   node node-redis.mjs PORT [2|3]   (RESP version; node-redis 6 speaks 3 by default)
 import { createClient } from "redis";
 import { allOrNothing, tenCallsAgainstThree } from "./ten-calls.mjs";

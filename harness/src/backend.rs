@@ -20,7 +20,7 @@ pub enum Backend {
     /// PEEK), on a server without the module.
     Script,
     /// The function form, loaded by an administrator, called by the
-    /// least-privilege user of README.md (`USER_RULES`), as on a managed
+    /// least-privilege user of docs/twin.md (`USER_RULES`), as on a managed
     /// service.
     Restricted,
 }
@@ -36,7 +36,7 @@ pub const BACKENDS: [Backend; 4] = [
 /// The twin's backends.
 pub const TWINS: [Backend; 3] = [Backend::Function, Backend::Script, Backend::Restricted];
 
-/// The restricted backend's user, as README.md's least-privilege recipe
+/// The restricted backend's user, as docs/twin.md's least-privilege recipe
 /// makes it: data commands (the module's among them), connection and
 /// transaction commands, the commands that run scripts and functions,
 /// SCRIPT LOAD and EXISTS, and TIME, which the twin reads; nothing

@@ -1,7 +1,7 @@
 //! Every command the module registers, with what Redis shows of it (names
 //! in lower case, as Redis names its own commands in errors and replies):
 //! flags, COMMAND DOCS (summary, complexity, arity, arguments), key specs
-//! and ACL categories. README.md's command reference is tested against
+//! and ACL categories. docs/commands.md is tested against
 //! the COMMAND DOCS this produces (`tests/citizen.rs`).
 
 use crate::args::{self, Alias, OptionName};

@@ -242,7 +242,7 @@ function ioredis(client: IoredisLike): Connection {
  * ioredis's cluster client does not know where a module command's key is
  * and would send it to any master and follow the MOVED: send it to the
  * key's master instead, and fall back to the cluster client when the slot
- * map is stale (README "Running on Redis Cluster").
+ * map is stale (docs/cluster.md).
  */
 function ioredisCluster(cluster: IoredisClusterLike): Connection {
   const ownerAddress = (key: string) => cluster.slots[keySlot(key)]?.[0];

@@ -74,7 +74,7 @@ function requireInteger(value: unknown, what: string, low: number, high: number,
   return value;
 }
 
-/** Checks limits as the module does (README "Errors") and returns them as one array. */
+/** Checks limits as the module does (docs/commands.md, "Errors") and returns them as one array. */
 export function validateLimits(limits: Limit | readonly Limit[]): readonly Limit[] {
   const list = Array.isArray(limits) ? (limits as readonly Limit[]) : [limits as Limit];
   if (list.length === 0 || list.length > MAX_PAIRS) {

@@ -1,5 +1,5 @@
 // The in-process limiter used while Redis is unreachable: the module's
-// contract (README "Commands": CHECK, PEEK, UNDO, their several-key forms,
+// contract (docs/commands.md: CHECK, PEEK, UNDO, their several-key forms,
 // BLOCK and UNBLOCK) over a Map, exact within one process, as the
 // reference model (core/src/reference.rs) states it and contract/corpus.jsonl
 // shows it (test/corpus.test.mjs). Pure apart from the clock, which is

@@ -178,7 +178,7 @@ def _require_int(value: object, what: str, low: int, high: int) -> int:
 
 
 def make_call(limits: Limits, cost: int = 1, precision: int | None = None, block_ms: int | None = None) -> Call:
-    """Validates as the module does (README "Errors"), so bad input fails
+    """Validates as the module does (docs/commands.md, "Errors"), so bad input fails
     here with a clear message and never reaches Redis."""
     listed = (limits,) if isinstance(limits, Limit) else tuple(limits)
     if not 1 <= len(listed) <= MAX_PAIRS:
