@@ -5,7 +5,9 @@
 //! parse returns the key and the typed call together, with the argument
 //! strings replication reuses, so no handler reads argv by position.
 
-use crate::limiter::{Limit, Record, Request, RequestError, MAX_BLOCK, MAX_KEYS, MAX_LIMITS};
+use crate::limiter::{
+    Charge, Limit, Record, Request, RequestError, MAX_BLOCK, MAX_KEYS, MAX_LIMITS,
+};
 use crate::log::{Millis, MAX_COST, MAX_WINDOW, TIMES};
 use crate::state::LATEST_BLOCK_END;
 use std::num::NonZeroU64;
@@ -37,6 +39,10 @@ pub const BLOCK: OptionName = OptionName {
 /// name them.
 const LIMIT_OPTIONS: [&OptionName; 3] = [&COST, &PRECISION, &BLOCK];
 
+/// The options CHARGE and MCHARGE take: a settlement is never denied, so
+/// it has no BLOCK.
+const CHARGE_OPTIONS: [&OptionName; 2] = [&COST, &PRECISION];
+
 /// Each client command's arity in the server's command table (negative:
 /// at least that many words, the name included): the server refuses a call
 /// of the wrong arity before the module reads a word.
@@ -48,6 +54,8 @@ pub const MPEEK_ARITY: i32 = -6;
 pub const MUNDO_ARITY: i32 = -3;
 pub const UNBLOCK_ARITY: i32 = 2;
 pub const GCRA_ARITY: i32 = -5;
+pub const CHARGE_ARITY: i32 = -4;
+pub const MCHARGE_ARITY: i32 = -6;
 
 /// Whether `words` (the name included) meet `arity`, as the server checks.
 pub fn meets_arity(words: usize, arity: i32) -> bool {
@@ -66,11 +74,13 @@ pub enum ArgError {
 }
 
 /// `RATELIMIT.CHECK|PEEK key window max [window max ...] [COST n]
-/// [PRECISION p] [BLOCK ms]` (PEEK validates BLOCK and ignores it).
+/// [PRECISION p] [BLOCK ms]` (PEEK validates BLOCK and ignores it), or,
+/// with a [`Charge`] for its request, `RATELIMIT.CHARGE key window max
+/// [window max ...] [COST n] [PRECISION p]`.
 #[derive(Debug)]
-pub struct LimitCall<'a, A> {
+pub struct LimitCall<'a, A, R = Request> {
     pub key: &'a A,
-    pub request: Request,
+    pub request: R,
     /// The longest window's argument, and COST's and PRECISION's values
     /// where given: what the replicated RECORD is built from.
     pub longest_window: &'a A,
@@ -94,6 +104,56 @@ pub struct RecordCall<'a, A> {
 }
 
 pub fn parse_limit_call<A: AsRef<[u8]>>(args: &[A]) -> Result<LimitCall<'_, A>, ArgError> {
+    let (key, limits, longest_window, options) = parse_pairs(args)?;
+    let [cost, precision, block] = parse_options(options, LIMIT_OPTIONS)?;
+    let request = build_request(limits.as_slice(), cost, precision, parse_block(block)?)?;
+    Ok(LimitCall {
+        key,
+        request,
+        longest_window,
+        cost,
+        precision,
+    })
+}
+
+/// CHARGE's and MCHARGE's refusal of a charge that would make a count the
+/// key holds exceed 2^63 - 1 (MCHARGE names the key first).
+pub const OVERFLOW: &str = "this key would hold more than 9223372036854775807 units of cost (2^63 - 1, the most a count can be): nothing was recorded";
+
+/// A CHARGE: recorded whatever its limits say.
+pub type ChargeCall<'a, A> = LimitCall<'a, A, Charge>;
+
+/// `RATELIMIT.CHARGE key window max [window max ...] [COST n] [PRECISION
+/// p]`: CHECK's words, but COST may be above any max (up to 2^63 - 1) and
+/// there is no BLOCK.
+pub fn parse_charge<A: AsRef<[u8]>>(args: &[A]) -> Result<ChargeCall<'_, A>, ArgError> {
+    let (key, limits, longest_window, options) = parse_pairs(args)?;
+    let [cost, precision] = parse_options(options, CHARGE_OPTIONS)?;
+    Ok(LimitCall {
+        key,
+        request: build_charge(limits.as_slice(), cost, precision)?,
+        longest_window,
+        cost,
+        precision,
+    })
+}
+
+/// Up to [`MAX_LIMITS`] limits, as a call gives them.
+struct Limits {
+    limits: [Limit; MAX_LIMITS],
+    count: usize,
+}
+
+impl Limits {
+    fn as_slice(&self) -> &[Limit] {
+        &self.limits[..self.count]
+    }
+}
+
+/// `key window max [window max ...]` and what follows (the options): the
+/// key, the limits, the longest window's word and the option words.
+#[allow(clippy::type_complexity)]
+fn parse_pairs<A: AsRef<[u8]>>(args: &[A]) -> Result<(&A, Limits, &A, &[A]), ArgError> {
     let [_, key, rest @ ..] = args else {
         return Err(ArgError::WrongArity);
     };
@@ -121,16 +181,7 @@ pub fn parse_limit_call<A: AsRef<[u8]>>(args: &[A]) -> Result<LimitCall<'_, A>, 
         count += 1;
         at += 2;
     }
-    let limits = &limits[..count];
-    let [cost, precision, block] = parse_options(&rest[at..], LIMIT_OPTIONS)?;
-    let request = build_request(limits, cost, precision, parse_block(block)?)?;
-    Ok(LimitCall {
-        key,
-        request,
-        longest_window,
-        cost,
-        precision,
-    })
+    Ok((key, Limits { limits, count }, longest_window, &rest[at..]))
 }
 
 /// One `window max` pair; `max` is `None` when the words ran out.
@@ -181,16 +232,36 @@ fn build_request<A: AsRef<[u8]>>(
     }
 }
 
+/// The charge of `limits` with COST's and PRECISION's values, if given.
+fn build_charge<A: AsRef<[u8]>>(
+    limits: &[Limit],
+    cost: Option<&A>,
+    precision: Option<&A>,
+) -> Result<Charge, ArgError> {
+    let cost = cost.map_or(Ok(NonZeroU64::MIN), |v| positive(v).ok_or_else(cost_error))?;
+    let precision = precision.map_or(Ok(NonZeroU64::MIN), |v| {
+        positive_up_to(v, MAX_WINDOW).ok_or_else(|| precision_error(limits))
+    })?;
+    Charge::new(limits, cost, precision).map_err(|e| match e {
+        RequestError::PrecisionAboveWindow { .. } => precision_error(limits),
+        other => request_error(other),
+    })
+}
+
 /// `RATELIMIT.MCHECK|MPEEK numkeys key [key ...] npairs window max [window
 /// max ...] [npairs window max ...] [COST n] [PRECISION p] [BLOCK ms]`:
 /// each key's call, in key order, as CHECK on that key alone would parse
-/// it (the options apply to every key).
+/// it (the options apply to every key). With a [`Charge`] for each key's
+/// request: `RATELIMIT.MCHARGE`, as CHARGE on each key.
 #[derive(Debug)]
-pub struct MultiCall<'a, A> {
+pub struct MultiCall<'a, A, R = Request> {
     /// `numkeys` as given, which the replicated MRECORD reuses.
     pub numkeys: &'a A,
-    pub calls: Vec<LimitCall<'a, A>>,
+    pub calls: Vec<LimitCall<'a, A, R>>,
 }
+
+/// An MCHARGE: CHARGE on every key.
+pub type MultiChargeCall<'a, A> = MultiCall<'a, A, Charge>;
 
 /// `RATELIMIT.MUNDO numkeys key [key ...] [COST n]`.
 #[derive(Debug)]
@@ -200,6 +271,36 @@ pub struct MultiUndoCall<'a, A> {
 }
 
 pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, ArgError> {
+    parse_multi(args, |words| {
+        let [cost, precision, block] = parse_options(words, LIMIT_OPTIONS)?;
+        let block = parse_block(block)?;
+        Ok((cost, precision, move |limits: &[Limit], cost, precision| {
+            build_request(limits, cost, precision, block)
+        }))
+    })
+}
+
+/// `RATELIMIT.MCHARGE numkeys key [key ...] npairs window max [window max
+/// ...] [npairs window max ...] [COST n] [PRECISION p]`: CHARGE on each
+/// key, in key order (the options apply to every key).
+pub fn parse_multi_charge<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiChargeCall<'_, A>, ArgError> {
+    parse_multi(args, |words| {
+        let [cost, precision] = parse_options(words, CHARGE_OPTIONS)?;
+        Ok((cost, precision, build_charge::<A>))
+    })
+}
+
+/// A multi-key call's words: the keys, each key's `npairs` and pairs, then
+/// the options, which `options` reads into COST's and PRECISION's words and
+/// what builds one key's request from its limits and them.
+#[allow(clippy::type_complexity)]
+fn parse_multi<'a, A: AsRef<[u8]>, R, B>(
+    args: &'a [A],
+    options: impl FnOnce(&'a [A]) -> Result<(Option<&'a A>, Option<&'a A>, B), ArgError>,
+) -> Result<MultiCall<'a, A, R>, ArgError>
+where
+    B: Fn(&[Limit], Option<&'a A>, Option<&'a A>) -> Result<R, ArgError>,
+{
     let (keys, mut rest) = parse_keys(args)?;
     let [_, numkeys, ..] = args else {
         return Err(ArgError::WrongArity);
@@ -222,11 +323,10 @@ pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, 
         pairs.push(words);
         rest = &after[words.len()..];
     }
-    let [cost, precision, block] = parse_options(rest, LIMIT_OPTIONS)?;
-    let block = parse_block(block)?;
+    let (cost, precision, build) = options(rest)?;
     let mut calls = Vec::with_capacity(keys.len());
     for (key, words) in keys.iter().zip(pairs) {
-        let call = key_call(key, words, cost, precision, block).map_err(|error| match error {
+        let call = key_call(key, words, cost, precision, &build).map_err(|error| match error {
             ArgError::Invalid(text) => invalid(about_key(key, &text)),
             other => other,
         })?;
@@ -237,13 +337,13 @@ pub fn parse_multi_call<A: AsRef<[u8]>>(args: &[A]) -> Result<MultiCall<'_, A>, 
 
 /// One key's part of a multi-key call: its `window max` words, and the
 /// options every key shares.
-fn key_call<'a, A: AsRef<[u8]>>(
+fn key_call<'a, A: AsRef<[u8]>, R>(
     key: &'a A,
     words: &'a [A],
     cost: Option<&'a A>,
     precision: Option<&'a A>,
-    block: Option<NonZeroU64>,
-) -> Result<LimitCall<'a, A>, ArgError> {
+    build: impl Fn(&[Limit], Option<&'a A>, Option<&'a A>) -> Result<R, ArgError>,
+) -> Result<LimitCall<'a, A, R>, ArgError> {
     let mut limits = Vec::with_capacity(words.len() / 2);
     let mut longest_window = &words[0];
     for pair in words.chunks_exact(2) {
@@ -255,7 +355,7 @@ fn key_call<'a, A: AsRef<[u8]>>(
     }
     Ok(LimitCall {
         key,
-        request: build_request(&limits, cost, precision, block)?,
+        request: build(&limits, cost, precision)?,
         longest_window,
         cost,
         precision,
@@ -514,6 +614,7 @@ fn request_error(error: RequestError) -> ArgError {
         RequestError::CostAboveMax { cost, max } => {
             format!("COST {cost} is above max {max}: such a request could never be allowed")
         }
+        RequestError::CostOutOfRange(_) => "COST must be a positive integer".into(),
         RequestError::PrecisionAboveWindow { precision, window } => {
             format!("PRECISION {precision} is above the shortest window {window}")
         }

@@ -204,6 +204,65 @@ fn written() -> Vec<Case> {
             (0, words(&["RATELIMIT.CHECK", "k", "10\u{0}00", "5"])),
             (0, words(&["RATELIMIT.MCHECK", "2", "a\0b", "a\0b", "1", "1000", "5", "1", "1000", "5"])),
         ]),
+        case("charge-settle", "reserve an estimate with CHECK, then settle the actual cost: UNDO what was not used, CHARGE what was, recorded even past the limit", &[
+            (0, "RATELIMIT.CHECK k 60000 10000 COST 4000"), (1, "RATELIMIT.UNDO k COST 1000"),
+            (2, "RATELIMIT.CHECK k 60000 10000 COST 4000"), (3, "RATELIMIT.CHARGE k 60000 10000 COST 5000"),
+            (4, "RATELIMIT.CHECK k 60000 10000"), (5, "RATELIMIT.PEEK k 60000 10000 COST 1"),
+        ]),
+        case("charge-drains", "over by a settlement: denied until the window drains enough, then the rest counts", &[
+            (0, "RATELIMIT.CHECK k 1000 10 COST 8"), (100, "RATELIMIT.CHARGE k 1000 10 COST 5"),
+            (200, "RATELIMIT.CHECK k 1000 10"), (999, "RATELIMIT.CHECK k 1000 10"), (1000, "RATELIMIT.CHECK k 1000 10"),
+            (1001, "RATELIMIT.CHARGE k 1000 10"), (1100, "RATELIMIT.PEEK k 1000 10"),
+        ]),
+        case("charge-windows", "several windows: over is the most any is over, the wait until a request of 1 fits them all; the key keeps the longest window", &[
+            (0, "RATELIMIT.CHARGE k 1000 5 60000 8 COST 7"), (1, "RATELIMIT.CHARGE k 60000 8"),
+            (2, "RATELIMIT.CHECK k 1000 5 60000 8"), (3, "RATELIMIT.CHARGE k 1000 100"),
+            (4, "RATELIMIT.PEEK k 60000 8"),
+        ]),
+        case("charge-precision", "PRECISION p: a charge joins its cell's entry, as a CHECK's units do", &[
+            (10000, "RATELIMIT.CHARGE k 1000 2 COST 3 PRECISION 1000"), (10500, "RATELIMIT.CHARGE k 1000 2 PRECISION 1000"),
+            (11000, "RATELIMIT.CHECK k 1000 2 PRECISION 1000"), (11500, "RATELIMIT.CHECK k 1000 2 PRECISION 1000"),
+        ]),
+        case("charge-blocked", "a charge is recorded on a blocked key, which stays blocked; it never starts a block", &[
+            (0, "RATELIMIT.CHECK k 60000 1"), (1, "RATELIMIT.CHECK k 60000 1 BLOCK 10000"),
+            (2, "RATELIMIT.CHARGE k 60000 1 COST 2"), (3, "RATELIMIT.PEEK k 60000 5"),
+            (4, "RATELIMIT.CHARGE j 60000 1 COST 5"), (5, "RATELIMIT.PEEK j 60000 5"),
+        ]),
+        case("mcharge", "MCHARGE: CHARGE on every key, each with its own limits; the positions of the keys now over", &[
+            (0, "RATELIMIT.MCHECK 2 user tenant 1 60000 5 1 60000 100 COST 3"),
+            (1, "RATELIMIT.MCHARGE 2 user tenant 1 60000 5 1 60000 100 COST 4"),
+            (2, "RATELIMIT.MCHARGE 3 user ip tenant 1 60000 5 1 1000 3 1 60000 100"),
+            (3, "RATELIMIT.MCHECK 2 tenant user 1 60000 100 1 60000 5"),
+            (4, "RATELIMIT.MCHARGE 1 ip 2 1000 3 60000 50 COST 2"),
+        ]),
+        case("charge-types", "CHARGE and MCHARGE on a token bucket's key: WRONGTYPE, and no key changes", &[
+            (0, "RATELIMIT.GCRA g 1 1 60"), (1, "RATELIMIT.CHARGE g 60000 5"),
+            (2, "RATELIMIT.MCHARGE 2 w g 1 60000 5 1 60000 5"), (3, "RATELIMIT.CHARGE w 60000 5"),
+        ]),
+        case("charge-bounds-63", "a charge that would make a key hold more than 2^63 - 1 is refused whole; COST at 2^63 - 1 is not", &[
+            (0, &format!("RATELIMIT.CHARGE k 60000 5 COST {max_cost}")), (1, "RATELIMIT.CHARGE k 60000 5"),
+            (2, "RATELIMIT.CHARGE k 1000 5"), (3, "RATELIMIT.MCHARGE 2 a k 1 60000 5 1 60000 5"),
+            (4, "RATELIMIT.UNDO k COST 1"), (5, "RATELIMIT.CHARGE k 60000 5"),
+            (6, &format!("RATELIMIT.CHARGE a 60000 5 COST {over_cost}")),
+        ]),
+        case("charge-above-exact", "a charge past 2^53 (its COST, or what the key would hold): the module records it, the twin refuses", &[
+            (0, &format!("RATELIMIT.CHARGE k 60000 10 COST {above_exact}")), (1, &format!("RATELIMIT.CHARGE j 60000 10 COST {exact}")),
+            (2, "RATELIMIT.CHARGE j 60000 10"), (3, "RATELIMIT.MCHARGE 2 a j 1 60000 10 1 60000 10"),
+            (4, &format!("RATELIMIT.CHARGE a 60000 {above_exact}")),
+        ]),
+        case("errors-charge", "CHARGE's and MCHARGE's errors: CHECK's, but COST may be above max, and BLOCK is no option", &[
+            (0, "RATELIMIT.CHARGE k"), (0, "RATELIMIT.CHARGE k 1000"), (0, "RATELIMIT.MCHARGE 1 k"),
+            (0, "RATELIMIT.MCHARGE 0 1 1000 5"), (0, "RATELIMIT.CHARGE k 0 5"), (0, "RATELIMIT.CHARGE k 1000 0"),
+            (0, "RATELIMIT.CHARGE k 1000 5 COST 0"), (0, "RATELIMIT.CHARGE k 1000 5 COST -1"),
+            (0, "RATELIMIT.CHARGE k 1000 5 COST"), (0, "RATELIMIT.CHARGE k 1000 5 COST 1 cost 2"),
+            (0, "RATELIMIT.CHARGE k 1000 5 BLOCK 1000"), (0, "RATELIMIT.CHARGE k 1000 5 PRECISION 2000"),
+            (0, "RATELIMIT.CHARGE k 1000 5 1000 6"), (0, "RATELIMIT.CHARGE k 1000 5 2000"),
+            (0, "RATELIMIT.CHARGE k 1 1 2 2 3 3 4 4 5 5 6 6 7 7 8 8 9 9"),
+            (0, "RATELIMIT.MCHARGE 2 a a 1 1000 5 1 1000 5"), (0, "RATELIMIT.MCHARGE 2 a b 1 1000 5 9 1000 5"),
+            (0, "RATELIMIT.MCHARGE 2 a b 1 1000 5 1 1000 0"), (0, "RATELIMIT.MCHARGE 1 a 1 1000 5 BLOCK 5"),
+            (0, "RATELIMIT.MCHARGE 2 a b 1 1000 5 1 100 5 PRECISION 500"),
+            (0, "RATELIMIT.CHARGE k 1000 5 COST 6"),
+        ]),
         gcra_case("gcra-burst", "30 per minute in bursts of 16: 16 at once, then one every 2 s", &[
             (0, "15 30 60"), (0, "15 30 60"), (0, "15 30 60"), (0, "15 30 60"), (0, "15 30 60 TOKENS 12"),
             (0, "15 30 60"), (1999, "15 30 60"), (2000, "15 30 60"), (2000, "15 30 60 MS"), (5000, "15 30 60 TOKENS 0 MS"),
@@ -383,7 +442,27 @@ fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
         }
         options
     };
-    let mut call = match random.below(20) {
+    // CHARGE's options: COST (any, up to 20) and PRECISION, never BLOCK.
+    let charge_options = |random: &mut Random, limits: &[String]| -> Vec<String> {
+        let mut options = vec![];
+        if random.below(4) != 0 {
+            options.extend(["COST".into(), (1 + random.below(20)).to_string()]);
+        }
+        let shortest: u64 = limits
+            .iter()
+            .step_by(2)
+            .filter_map(|w| w.parse().ok())
+            .min()
+            .unwrap_or(1);
+        if shape.precision && random.below(4) == 0 {
+            options.extend([
+                "PRECISION".into(),
+                (1 + random.below(shortest.min(50))).to_string(),
+            ]);
+        }
+        options
+    };
+    let mut call = match random.below(22) {
         0..=8 => {
             let limits = limits(random);
             let options = options(random, &limits);
@@ -438,6 +517,33 @@ fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
             call
         }
         18 => vec!["RATELIMIT.MUNDO".into(), "2".into(), "b".into(), "a".into()],
+        // Settlements: a cost from 1 to past most maxes.
+        20 => {
+            let limits = limits(random);
+            [
+                vec!["RATELIMIT.CHARGE".to_string(), key(random)],
+                limits.clone(),
+                charge_options(random, &limits),
+            ]
+            .concat()
+        }
+        21 => {
+            let keys: Vec<&str> = match random.below(2) {
+                0 => vec!["a", "c"],
+                _ => vec!["c", "b", "a"],
+            };
+            let mut call: Vec<String> = vec!["RATELIMIT.MCHARGE".into(), keys.len().to_string()];
+            call.extend(keys.iter().map(|k| k.to_string()));
+            let mut all = vec![];
+            for _ in &keys {
+                let limits = limits(random);
+                call.push((limits.len() / 2).to_string());
+                call.extend(limits.iter().cloned());
+                all.extend(limits);
+            }
+            call.extend(charge_options(random, &all));
+            call
+        }
         _ => vec![
             "RATELIMIT.CHECK".into(),
             key(random),
@@ -560,20 +666,43 @@ fn all_cases() -> Vec<Case> {
 /// The twin's own refusal of `words` on `space`, if any: its arguments
 /// parsed as the module parses them, then, the module's checks passed,
 /// COST or a max above 2^53 (COST first; several keys in order, each error
-/// naming its key), or an allowed request that would leave a key holding
-/// more than 2^53 units.
+/// naming its key), or an allowed request (CHECK, MCHECK) or a charge
+/// (CHARGE, MCHARGE) that would leave a key holding more than 2^53 units.
 fn twin_refusal(space: &Keyspace, clock: Millis, words: &[Vec<u8>]) -> Option<String> {
     let name = String::from_utf8_lossy(words.first()?).to_ascii_lowercase();
-    let calls: Vec<(&Vec<u8>, crate::limiter::Request)> = match name.as_str() {
+    // Each key's call: its key, cost, maxes and longest window.
+    let request = |key, r: crate::limiter::Request| TwinCall {
+        key,
+        cost: r.cost().get(),
+        maxes: r.limits().iter().map(|l| l.max.get()).collect(),
+        longest: r.longest().window.get(),
+    };
+    let charge = |key, c: crate::limiter::Charge| TwinCall {
+        key,
+        cost: c.cost().get(),
+        maxes: c.limits().iter().map(|l| l.max.get()).collect(),
+        longest: c.longest().window.get(),
+    };
+    let calls: Vec<TwinCall> = match name.as_str() {
         "ratelimit.check" | "ratelimit.peek" => {
             let call = crate::args::parse_limit_call(words).ok()?;
-            vec![(call.key, call.request)]
+            vec![request(call.key, call.request)]
         }
         "ratelimit.mcheck" | "ratelimit.mpeek" => crate::args::parse_multi_call(words)
             .ok()?
             .calls
             .into_iter()
-            .map(|c| (c.key, c.request))
+            .map(|c| request(c.key, c.request))
+            .collect(),
+        "ratelimit.charge" => {
+            let call = crate::args::parse_charge(words).ok()?;
+            vec![charge(call.key, call.request)]
+        }
+        "ratelimit.mcharge" => crate::args::parse_multi_charge(words)
+            .ok()?
+            .calls
+            .into_iter()
+            .map(|c| charge(c.key, c.request))
             .collect(),
         _ => return None,
     };
@@ -584,52 +713,60 @@ fn twin_refusal(space: &Keyspace, clock: Millis, words: &[Vec<u8>]) -> Option<St
             false => format!("ERR {text}"),
         }
     };
-    for (key, request) in &calls {
+    for call in &calls {
         let inexact = |what: &str| {
             format!("{what} above {EXACT_TEXT} cannot be counted exactly by the script twin (Lua numbers are doubles): load the module for larger values")
         };
-        if request.cost().get() > EXACT {
-            return Some(about(key, inexact("COST")));
+        if call.cost > EXACT {
+            return Some(about(call.key, inexact("COST")));
         }
-        if request.limits().iter().any(|l| l.max.get() > EXACT) {
-            return Some(about(key, inexact("max")));
+        if call.maxes.iter().any(|&max| max > EXACT) {
+            return Some(about(call.key, inexact("max")));
         }
     }
-    if !name.contains("check") {
-        return None;
-    }
-    // An allowed request: the cost each key would keep after recording it.
+    // What records: an allowed CHECK or MCHECK, and any CHARGE or MCHARGE
+    // the module takes (not one it refuses, for a key of another type).
     let mut trial = space.clone();
-    let allowed = match trial.call(clock, words) {
-        Answer::Decision(d) => d.allowed,
-        Answer::Joint(j) => j.decision.allowed,
+    let records = match trial.call(clock, words) {
+        Answer::Decision(d) => name.contains("check") && d.allowed,
+        Answer::Joint(j) => name.contains("check") && j.decision.allowed,
+        Answer::Settlement(_) | Answer::JointSettlement(_) => true,
         _ => false,
     };
-    if !allowed {
+    if !records {
         return None;
     }
-    for (key, request) in &calls {
-        let Some(state) = space.key(clock, key) else {
+    // The cost each key would keep after recording.
+    for call in &calls {
+        let Some(state) = space.key(clock, call.key) else {
             continue;
         };
         let Some(&(newest, _)) = state.entries.last() else {
             continue;
         };
         let now = newest.max(clock.max(1));
-        let window = state.window.max(request.longest().window.get());
+        let window = state.window.max(call.longest);
         let kept: u64 = state
             .entries
             .iter()
             .filter(|e| e.0 > now - window as Millis)
             .map(|e| e.1)
             .sum();
-        if kept > EXACT - request.cost().get() {
-            return Some(about(key, format!(
+        if kept > EXACT - call.cost {
+            return Some(about(call.key, format!(
                 "this key would hold more than {EXACT_TEXT} units of cost, which the script twin cannot count exactly: nothing was recorded (load the module, or use smaller units)"
             )));
         }
     }
     None
+}
+
+/// One key's part of a call, as the twin's refusals read it.
+struct TwinCall<'a> {
+    key: &'a Vec<u8>,
+    cost: u64,
+    maxes: Vec<u64>,
+    longest: u64,
 }
 
 /// The keys a call names.
@@ -648,6 +785,16 @@ fn named_keys(words: &[Vec<u8>]) -> Vec<Vec<u8>> {
     words.get(1).into_iter().cloned().collect()
 }
 
+/// CHARGE's four integers.
+fn settlement(s: &crate::limiter::Settlement) -> Vec<Value> {
+    vec![
+        json!(s.over),
+        json!(s.remaining),
+        json!(s.retry_after_ms),
+        json!(s.reset_after_ms),
+    ]
+}
+
 fn answer_json(answer: &Answer) -> (&'static str, Value) {
     let decision = |d: &crate::limiter::Decision| {
         vec![
@@ -662,6 +809,12 @@ fn answer_json(answer: &Answer) -> (&'static str, Value) {
         Answer::Joint(j) => {
             let mut fields = decision(&j.decision);
             fields.push(json!(j.denied.iter().map(|i| i + 1).collect::<Vec<_>>()));
+            ("reply", Value::Array(fields))
+        }
+        Answer::Settlement(s) => ("reply", json!(settlement(s))),
+        Answer::JointSettlement(j) => {
+            let mut fields = settlement(&j.settlement);
+            fields.push(json!(j.over.iter().map(|i| i + 1).collect::<Vec<_>>()));
             ("reply", Value::Array(fields))
         }
         Answer::Integer(n) => ("reply", json!(n)),
@@ -710,20 +863,35 @@ fn pinnable(case: &Case) -> bool {
         if fast_bucket {
             return false;
         }
-        let requests: Vec<crate::limiter::Request> = match words[0].to_ascii_lowercase().as_str() {
+        // Each key's call: its windows, its block and its precision.
+        let request = |r: crate::limiter::Request| {
+            let windows: Vec<u64> = r.limits().iter().map(|l| l.window.get()).collect();
+            (windows, r.block().map(|b| b.get()), r.precision().get())
+        };
+        let charge = |c: crate::limiter::Charge| {
+            let windows: Vec<u64> = c.limits().iter().map(|l| l.window.get()).collect();
+            (windows, None, c.precision().get())
+        };
+        let requests: Vec<(Vec<u64>, Option<u64>, u64)> = match words[0].to_ascii_lowercase().as_str() {
             "ratelimit.check" | "ratelimit.peek" => crate::args::parse_limit_call(&bytes)
-                .map(|c| vec![c.request])
+                .map(|c| vec![request(c.request)])
                 .unwrap_or_default(),
             "ratelimit.mcheck" | "ratelimit.mpeek" => crate::args::parse_multi_call(&bytes)
-                .map(|c| c.calls.into_iter().map(|c| c.request).collect())
+                .map(|c| c.calls.into_iter().map(|c| request(c.request)).collect())
+                .unwrap_or_default(),
+            "ratelimit.charge" => crate::args::parse_charge(&bytes)
+                .map(|c| vec![charge(c.request)])
+                .unwrap_or_default(),
+            "ratelimit.mcharge" => crate::args::parse_multi_charge(&bytes)
+                .map(|c| c.calls.into_iter().map(|c| charge(c.request)).collect())
                 .unwrap_or_default(),
             _ => vec![],
         };
         (at - first).abs() <= 10
-            && requests.iter().all(|r| {
-                r.limits().iter().all(|l| l.window.get() >= 1000)
-                    && r.block().is_none_or(|b| b.get() >= 1000)
-                    && r.precision().get() == 1
+            && requests.iter().all(|(windows, block, precision)| {
+                windows.iter().all(|&w| w >= 1000)
+                    && block.is_none_or(|b| b >= 1000)
+                    && *precision == 1
             })
     })
 }
@@ -1057,6 +1225,14 @@ mod tests {
                     let call = crate::args::parse_multi_call(words).expect("parsed");
                     Answer::Joint(self.decide_all(clock, &call, name.ends_with("check")))
                 }
+                "ratelimit.charge" => {
+                    let call = crate::args::parse_charge(words).expect("parsed");
+                    self.charge(clock, call.key, &call.request)
+                }
+                "ratelimit.mcharge" => {
+                    let call = crate::args::parse_multi_charge(words).expect("parsed");
+                    self.charge_all(clock, &call)
+                }
                 "ratelimit.undo" => {
                     let call = crate::args::parse_undo(words).expect("parsed");
                     Answer::Integer(self.refund(clock, call.key, call.units))
@@ -1126,6 +1302,48 @@ mod tests {
                 }
             }
             verdict.joint
+        }
+
+        /// CHARGE: the record written (refused whole if it would
+        /// overflow), then the answer read from the key as it stands.
+        fn charge(&mut self, clock: Millis, key: &[u8], charge: &crate::limiter::Charge) -> Answer {
+            let Ok(record) = crate::limiter::charge(self.existing(key), clock, charge) else {
+                return Answer::Error(format!("ERR {}", crate::args::OVERFLOW));
+            };
+            self.write(key, &crate::limiter::Write::Record(record));
+            Answer::Settlement(crate::limiter::settled(&self.keys[key].0, clock, charge))
+        }
+
+        /// MCHARGE: every key's record checked before any is written.
+        fn charge_all(
+            &mut self,
+            clock: Millis,
+            call: &crate::args::MultiChargeCall<'_, Vec<u8>>,
+        ) -> Answer {
+            let keys: Vec<(Option<&State>, &crate::limiter::Charge)> = call
+                .calls
+                .iter()
+                .map(|c| (self.existing(c.key), &c.request))
+                .collect();
+            let records = match crate::limiter::charge_all(&keys, clock) {
+                Ok(records) => records,
+                Err((position, _)) => {
+                    let key = call.calls[position].key;
+                    return Answer::Error(format!(
+                        "ERR {}",
+                        crate::args::about_key(key, crate::args::OVERFLOW)
+                    ));
+                }
+            };
+            for (c, record) in call.calls.iter().zip(records) {
+                self.write(c.key, &crate::limiter::Write::Record(record));
+            }
+            let after: Vec<(&State, &crate::limiter::Charge)> = call
+                .calls
+                .iter()
+                .map(|c| (&self.keys[c.key].0, &c.request))
+                .collect();
+            Answer::JointSettlement(crate::limiter::settled_all(&after, clock))
         }
 
         fn refund(&mut self, clock: Millis, key: &[u8], units: std::num::NonZeroU64) -> i64 {

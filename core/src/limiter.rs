@@ -58,6 +58,98 @@ pub struct Request {
 /// The longest block: as long as the longest window.
 pub const MAX_BLOCK: u64 = MAX_WINDOW;
 
+/// A settlement (CHARGE): `cost` units recorded at the server's clock
+/// whatever the limits say, and measured against them. Built as a
+/// [`Request`] is (the same limits, windows and precision), but its cost
+/// may be above any `max` (up to [`MAX_COST`]), and it never blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge {
+    /// Shortest window first; only the first `count` are used.
+    limits: [Limit; MAX_LIMITS],
+    count: usize,
+    cost: NonZeroU64,
+    precision: NonZeroU64,
+}
+
+impl Charge {
+    pub fn new(
+        limits: &[Limit],
+        cost: NonZeroU64,
+        precision: NonZeroU64,
+    ) -> Result<Charge, RequestError> {
+        let (sorted, count) = sorted_limits(limits)?;
+        if cost.get() > MAX_COST {
+            return Err(RequestError::CostOutOfRange(cost.get()));
+        }
+        check_precision(&sorted[..count], precision)?;
+        Ok(Charge {
+            limits: sorted,
+            count,
+            cost,
+            precision,
+        })
+    }
+
+    /// The limits, shortest window first.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits[..self.count]
+    }
+
+    pub fn longest(&self) -> Limit {
+        self.limits[self.count - 1]
+    }
+
+    pub fn cost(&self) -> NonZeroU64 {
+        self.cost
+    }
+
+    pub fn precision(&self) -> NonZeroU64 {
+        self.precision
+    }
+}
+
+/// A call's limits, checked (at least one, at most [`MAX_LIMITS`], each
+/// within range, no window twice) and sorted shortest window first.
+fn sorted_limits(limits: &[Limit]) -> Result<([Limit; MAX_LIMITS], usize), RequestError> {
+    if limits.is_empty() {
+        return Err(RequestError::NoLimit);
+    }
+    if limits.len() > MAX_LIMITS {
+        return Err(RequestError::TooManyLimits);
+    }
+    let mut sorted = [limits[0]; MAX_LIMITS];
+    sorted[..limits.len()].copy_from_slice(limits);
+    let sorted_limits = &mut sorted[..limits.len()];
+    sorted_limits.sort_by_key(|limit| limit.window);
+    for limit in sorted_limits.iter() {
+        if limit.window.get() > MAX_WINDOW {
+            return Err(RequestError::WindowOutOfRange(limit.window.get()));
+        }
+        if limit.max.get() > MAX_COST {
+            return Err(RequestError::MaxOutOfRange(limit.max.get()));
+        }
+    }
+    if let Some(pair) = sorted_limits
+        .windows(2)
+        .find(|p| p[0].window == p[1].window)
+    {
+        return Err(RequestError::WindowTwice(pair[0].window.get()));
+    }
+    Ok((sorted, limits.len()))
+}
+
+/// A precision is at most the shortest window (`sorted`'s first).
+fn check_precision(sorted: &[Limit], precision: NonZeroU64) -> Result<(), RequestError> {
+    let shortest = sorted[0].window;
+    if precision > shortest {
+        return Err(RequestError::PrecisionAboveWindow {
+            precision: precision.get(),
+            window: shortest.get(),
+        });
+    }
+    Ok(())
+}
+
 /// Why a request cannot be built.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RequestError {
@@ -67,6 +159,8 @@ pub enum RequestError {
     MaxOutOfRange(u64),
     WindowTwice(u64),
     CostAboveMax { cost: u64, max: u64 },
+    /// A charge's cost above [`MAX_COST`].
+    CostOutOfRange(u64),
     PrecisionAboveWindow { precision: u64, window: u64 },
     BlockOutOfRange(u64),
 }
@@ -77,47 +171,22 @@ impl Request {
         cost: NonZeroU64,
         precision: NonZeroU64,
     ) -> Result<Request, RequestError> {
-        if limits.is_empty() {
-            return Err(RequestError::NoLimit);
-        }
-        if limits.len() > MAX_LIMITS {
-            return Err(RequestError::TooManyLimits);
-        }
-        let mut sorted = [limits[0]; MAX_LIMITS];
-        sorted[..limits.len()].copy_from_slice(limits);
-        let sorted_limits = &mut sorted[..limits.len()];
-        sorted_limits.sort_by_key(|limit| limit.window);
-        for limit in sorted_limits.iter() {
-            if limit.window.get() > MAX_WINDOW {
-                return Err(RequestError::WindowOutOfRange(limit.window.get()));
-            }
-            if limit.max.get() > MAX_COST {
-                return Err(RequestError::MaxOutOfRange(limit.max.get()));
-            }
-        }
-        if let Some(pair) = sorted_limits
-            .windows(2)
-            .find(|p| p[0].window == p[1].window)
-        {
-            return Err(RequestError::WindowTwice(pair[0].window.get()));
-        }
-        let smallest_max = sorted_limits.iter().map(|l| l.max).min().unwrap_or(cost);
+        let (sorted, count) = sorted_limits(limits)?;
+        let smallest_max = sorted[..count]
+            .iter()
+            .map(|l| l.max)
+            .min()
+            .unwrap_or(cost);
         if cost > smallest_max {
             return Err(RequestError::CostAboveMax {
                 cost: cost.get(),
                 max: smallest_max.get(),
             });
         }
-        let shortest = sorted_limits[0].window;
-        if precision > shortest {
-            return Err(RequestError::PrecisionAboveWindow {
-                precision: precision.get(),
-                window: shortest.get(),
-            });
-        }
+        check_precision(&sorted[..count], precision)?;
         Ok(Request {
             limits: sorted,
-            count: limits.len(),
+            count,
             cost,
             precision,
             block: None,
@@ -477,6 +546,151 @@ pub fn unblock(state: &mut State, clock: Millis) -> bool {
     blocked
 }
 
+/// What CHARGE replies: how far the key is over its limits after the
+/// charge, the room left, when a request of cost 1 would fit again, and
+/// when the charge's longest window holds nothing of the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    /// The most, over the limits, of the cost in the window after this
+    /// charge less `max`; 0 when no limit is over.
+    pub over: u64,
+    /// As an allowed CHECK's: the least, over the limits, of `max` less
+    /// the cost in the window after this charge; 0 when over.
+    pub remaining: u64,
+    /// The wait until a request of cost 1 would fit every limit ("when it
+    /// is back under"); 0 if it would now.
+    pub retry_after_ms: u64,
+    /// As CHECK's: the wait until the charge's longest window holds
+    /// nothing of this key.
+    pub reset_after_ms: u64,
+}
+
+/// What MCHARGE replies: CHARGE's fields over every key (the most over,
+/// the least remaining, the longest waits) and the keys now over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JointSettlement {
+    pub settlement: Settlement,
+    /// Positions (0-based, in call order) of the keys whose limits the
+    /// cost in their windows now exceeds; empty when none does.
+    pub over: Vec<usize>,
+}
+
+/// A charge refused because a count the key would hold (an entry's cost,
+/// or the cost its log keeps, which bounds every window's) would exceed
+/// [`MAX_COST`], which a reply's signed 64-bit integer carries: nothing
+/// is recorded, rather than a count wrapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+/// CHARGE: the record a settlement writes into the key's `state` (`None`
+/// for a key that does not exist) at clock reading `clock`, whatever its
+/// limits say and whether or not the key is blocked: `cost` units at the
+/// key's decision time (the clock, or its newest entry's time if later),
+/// under the charge's longest window. Refused if the cost the key's log
+/// would keep then (every entry within the longer of its window and the
+/// charge's, this charge included) exceeds [`MAX_COST`]: an entry never
+/// holds more than its log, nor a window more than the log keeps.
+pub fn charge(state: Option<&State>, clock: Millis, charge: &Charge) -> Result<Record, Overflow> {
+    let view = state.map(|s| s.log().view());
+    let at = decision_time(view.as_ref(), clock);
+    let longest = charge.longest().window;
+    let kept = view.map_or(0, |view| {
+        window_sum(&view, at, view.window.max(longest.get()))
+    });
+    if kept + u128::from(charge.cost.get()) > u128::from(MAX_COST) {
+        return Err(Overflow);
+    }
+    Ok(Record {
+        at,
+        window: longest,
+        cost: charge.cost,
+        precision: charge.precision,
+    })
+}
+
+/// MCHARGE: each key's record (in call order), as CHARGE on it alone would
+/// write it; or the position of the first key that would overflow, and
+/// then none is written.
+pub fn charge_all(
+    keys: &[(Option<&State>, &Charge)],
+    clock: Millis,
+) -> Result<Vec<Record>, (usize, Overflow)> {
+    keys.iter()
+        .enumerate()
+        .map(|(position, &(state, c))| charge(state, clock, c).map_err(|o| (position, o)))
+        .collect()
+}
+
+/// What CHARGE answers, read from the key's `state` once its record is
+/// applied, at the same clock reading.
+pub fn settled(state: &State, clock: Millis, charge: &Charge) -> Settlement {
+    let view = state.log().view();
+    let at = decision_time(Some(&view), clock);
+    let mut settlement = Settlement {
+        over: 0,
+        remaining: u64::MAX,
+        retry_after_ms: 0,
+        reset_after_ms: 0,
+    };
+    for limit in charge.limits() {
+        let used = window_sum(&view, at, limit.window.get());
+        let max = u128::from(limit.max.get());
+        let over = u64::try_from(used.saturating_sub(max)).unwrap_or(u64::MAX);
+        settlement.over = settlement.over.max(over);
+        settlement.remaining = settlement.remaining.min(max.saturating_sub(used) as u64);
+        // When a request of cost 1 fits this limit again.
+        let wait = occupancy(&view, at, limit, 1).retry_after_ms;
+        settlement.retry_after_ms = settlement.retry_after_ms.max(wait);
+    }
+    let horizon = at.saturating_sub_unsigned(charge.longest().window.get());
+    settlement.reset_after_ms = view
+        .newest()
+        .filter(|newest| newest.at > horizon)
+        .map_or(0, |newest| newest.at.abs_diff(horizon));
+    settlement
+}
+
+/// What MCHARGE answers, from every key's state once its record is
+/// applied: the most over, the least remaining, the longest waits (each
+/// key's wait only shortens as time passes, so the longest is when every
+/// key is back under), and the keys now over.
+pub fn settled_all(keys: &[(&State, &Charge)], clock: Millis) -> JointSettlement {
+    let each: Vec<Settlement> = keys
+        .iter()
+        .map(|&(state, c)| settled(state, clock, c))
+        .collect();
+    let mut settlement = Settlement {
+        over: 0,
+        remaining: u64::MAX,
+        retry_after_ms: 0,
+        reset_after_ms: 0,
+    };
+    for s in &each {
+        settlement.over = settlement.over.max(s.over);
+        settlement.remaining = settlement.remaining.min(s.remaining);
+        settlement.retry_after_ms = settlement.retry_after_ms.max(s.retry_after_ms);
+        settlement.reset_after_ms = settlement.reset_after_ms.max(s.reset_after_ms);
+    }
+    JointSettlement {
+        settlement,
+        over: (0..each.len()).filter(|&i| each[i].over > 0).collect(),
+    }
+}
+
+/// The cost recorded in `(now - window, now]`, exactly: for a window as
+/// long as the log's or longer, its cost sum less what expired (read from
+/// the front); for a shorter one, its entries (read from the back).
+fn window_sum(log: &View, now: Millis, window: u64) -> u128 {
+    let horizon = now.saturating_sub_unsigned(window);
+    let cost = |e: crate::log::Entry| u128::from(e.cost);
+    if log.window <= window {
+        let expired: u128 = log.entries().take_while(|e| e.at <= horizon).map(cost).sum();
+        log.total - expired
+    } else {
+        log.entries().rev().take_while(|e| e.at > horizon).map(cost).sum()
+    }
+}
+
 /// The clock (within the times a log holds), or the newest entry's time
 /// if the clock reads earlier.
 fn decision_time(log: Option<&View>, clock: Millis) -> Millis {
@@ -660,11 +874,15 @@ mod tests {
         let tick = -20i64..30;
         let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
         prop_oneof![
-            8 => (prop::bool::weighted(0.75), tick, limits, 1u64..8, precision, block()).prop_map(
+            8 => (prop::bool::weighted(0.75), tick.clone(), limits.clone(), 1u64..8, precision.clone(), block()).prop_map(
                 |(check, tick, limits, cost, precision, block)| Call::Request { check, tick, limits, cost, precision, block }
             ),
             1 => (1u64..6).prop_map(Call::Undo),
             1 => Just(Call::Unblock),
+            // Settlements, whose cost may be above any max.
+            2 => (tick, limits, 1u64..12, precision).prop_map(
+                |(tick, limits, cost, precision)| Call::Charge { tick, limits, cost, precision }
+            ),
         ]
     }
 
@@ -680,12 +898,15 @@ mod tests {
         let keys = proptest::collection::vec((0usize..3, limits), 1..4);
         let precision = prop_oneof![3 => Just(1u64), 1 => 1u64..12];
         prop_oneof![
-            8 => (prop::bool::weighted(0.75), -10i64..30, keys, 1u64..5, precision, block()).prop_map(
+            8 => (prop::bool::weighted(0.75), -10i64..30, keys.clone(), 1u64..5, precision.clone(), block()).prop_map(
                 |(check, tick, keys, cost, precision, block)| MultiCall::Request { check, tick, keys, cost, precision, block }
             ),
             1 => (proptest::collection::vec(0usize..3, 1..4), 1u64..6)
                 .prop_map(|(keys, units)| MultiCall::Undo { keys, units }),
             1 => (0usize..3).prop_map(MultiCall::Unblock),
+            2 => (-10i64..30, keys, 1u64..9, precision).prop_map(
+                |(tick, keys, cost, precision)| MultiCall::Charge { tick, keys, cost, precision }
+            ),
         ]
     }
 
@@ -971,6 +1192,124 @@ mod tests {
         assert_eq!(again.writes, [None, None], "the block is not restarted");
         assert!(ip.is_empty());
         assert!(peek_all(&[(Some(&user), &roomy)], 5_020).decision.allowed);
+    }
+
+    fn charge_of(limits: &[(u64, u64)], cost: u64) -> Charge {
+        let limits: Vec<Limit> = limits
+            .iter()
+            .map(|&(window, max)| Limit {
+                window: nz(window),
+                max: nz(max),
+            })
+            .collect();
+        Charge::new(&limits, nz(cost), NonZeroU64::MIN).expect("a valid charge")
+    }
+
+    fn settle(state: &mut State, now: Millis, c: &Charge) -> Result<Settlement, Overflow> {
+        let record = charge(Some(&*state).filter(|s| !s.is_empty()), now, c)?;
+        apply(state, &Write::Record(record));
+        Ok(settled(state, now, c))
+    }
+
+    /// Issue 27: a 10,000-token-a-minute budget; a request reserves its
+    /// estimate, and settles the actual cost after the response. A
+    /// settlement past the estimate is recorded even over the limit, and
+    /// the next requests are denied until the window drains.
+    #[test]
+    fn a_settlement_is_recorded_over_the_limit_and_denies_until_it_drains() {
+        let mut state = State::default();
+        let budget = [(60_000, 10_000)];
+        let reserve = request(&budget, 4_000);
+        assert!(check(&mut state, 1_000, &reserve).allowed);
+        assert!(check(&mut state, 2_000, &reserve).allowed);
+        // The first response cost 7,000: 3,000 more than reserved.
+        let settled = settle(&mut state, 3_000, &charge_of(&budget, 3_000)).unwrap();
+        assert_eq!(
+            settled,
+            Settlement {
+                over: 1_000,
+                remaining: 0,
+                retry_after_ms: 58_000,
+                reset_after_ms: 60_000
+            }
+        );
+        assert_eq!(log_total(&state), 11_000);
+        let denied = check(&mut state, 4_000, &request(&budget, 1));
+        assert_eq!((denied.allowed, denied.retry_after_ms), (false, 57_000));
+        // Once the first reservation leaves the window, 4,000 of 11,000 go.
+        assert!(check(&mut state, 61_000, &request(&budget, 1)).allowed);
+        // A settlement below the estimate refunds with UNDO instead.
+        assert_eq!(refund(&mut state, nz(1)), 1);
+        assert_eq!(log_total(&state), 7_000);
+    }
+
+    fn log_total(state: &State) -> u128 {
+        state.log().total()
+    }
+
+    #[test]
+    fn a_charge_ignores_a_block_and_keeps_it() {
+        let mut state = State::default();
+        let login = request(&[(1000, 1)], 1)
+            .with_block(nz(10_000))
+            .expect("a valid block");
+        assert!(check(&mut state, 100, &login).allowed);
+        assert!(!check(&mut state, 200, &login).allowed);
+        assert_eq!(state.blocked_until(), Some(10_200));
+        let settled = settle(&mut state, 300, &charge_of(&[(1000, 1)], 2)).unwrap();
+        assert_eq!((settled.over, settled.retry_after_ms), (2, 1000));
+        assert_eq!(state.blocked_until(), Some(10_200), "the block stays");
+        assert_eq!(log_total(&state), 3);
+    }
+
+    #[test]
+    fn a_charge_that_would_hold_more_than_a_reply_counts_is_refused() {
+        let mut state = State::default();
+        let minute = [(60_000, MAX_COST)];
+        assert!(settle(&mut state, 1, &charge_of(&minute, MAX_COST - 1)).is_ok());
+        let before = state.clone();
+        assert_eq!(settle(&mut state, 2, &charge_of(&minute, 2)), Err(Overflow));
+        assert_eq!(state, before, "nothing recorded");
+        // A short window does not hide what the log keeps.
+        assert_eq!(
+            settle(&mut state, 5_000, &charge_of(&[(10, 5)], 2)),
+            Err(Overflow)
+        );
+        let full = settle(&mut state, 2, &charge_of(&minute, 1)).unwrap();
+        assert_eq!((full.over, full.remaining), (0, 0));
+        // Once the minute has left, the key counts from nothing.
+        assert!(settle(&mut state, 60_002, &charge_of(&minute, MAX_COST)).is_ok());
+        // Several keys: the first that would overflow, and nothing written.
+        let keys = [(Some(&state), &charge_of(&minute, 1)), (None, &charge_of(&minute, 1))];
+        assert_eq!(charge_all(&keys, 60_003), Err((0, Overflow)));
+    }
+
+    #[test]
+    fn a_charge_answers_for_every_window_and_a_request_of_one() {
+        let mut state = State::default();
+        let limits = [(1000, 5), (10_000, 8)];
+        assert_eq!(
+            settle(&mut state, 1_000, &charge_of(&limits, 4)).unwrap(),
+            Settlement {
+                over: 0,
+                remaining: 1,
+                retry_after_ms: 0,
+                reset_after_ms: 10_000
+            }
+        );
+        // 9 in the second (4 over its 5), 9 in ten seconds (1 over 8): a
+        // request of 1 fits the second once the 5 leave (at 2,500), and
+        // ten seconds once the 4 do (at 11,000).
+        let over = settle(&mut state, 1_500, &charge_of(&limits, 5)).unwrap();
+        assert_eq!(
+            over,
+            Settlement {
+                over: 4,
+                remaining: 0,
+                retry_after_ms: 9_500,
+                reset_after_ms: 10_000
+            }
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 pub mod gcra;
 
-use crate::limiter::{self, Decision, Joint, Limit, Request};
+use crate::limiter::{self, Charge, Decision, Joint, JointSettlement, Limit, Request, Settlement};
 use crate::log::{Entry, Millis, MAX_COST};
 use crate::state::State;
 use std::num::NonZeroU64;
@@ -249,6 +249,86 @@ impl Model {
 }
 
 impl Model {
+    /// CHARGE's refusal, the obvious way: the cost the log would keep
+    /// after recording `call.cost` at `now` (every entry inside the longer
+    /// of its window and the call's longest, and the charge) above
+    /// [`MAX_COST`].
+    fn overflows(&self, clock: Millis, call: &Plain) -> bool {
+        let now = self.now(clock);
+        let window = self.window.max(Self::longest(call));
+        let kept: u128 = self
+            .entries
+            .iter()
+            .filter(|e| e.at > now - window as Millis)
+            .map(|e| u128::from(e.cost))
+            .sum();
+        kept + u128::from(call.cost) > u128::from(MAX_COST)
+    }
+
+    /// CHARGE: records the cost whatever the limits and any block say
+    /// (an ended block goes, as any record clears it), then measures the
+    /// windows: how far over, the room left, when a request of cost 1
+    /// fits again, when the longest window empties. `None`, changing
+    /// nothing, if it would overflow.
+    fn charge(&mut self, clock: Millis, call: &Plain, precision: u64) -> Option<Settlement> {
+        if self.overflows(clock, call) {
+            return None;
+        }
+        let now = self.now(clock);
+        self.record(now, Self::longest(call), call.cost, precision);
+        if self.blocked_until <= now {
+            self.blocked_until = 0;
+        }
+        let over = call
+            .limits
+            .iter()
+            .map(|&(window, max)| self.used_at(now, window).saturating_sub(u128::from(max)) as u64)
+            .max()
+            .unwrap_or(0);
+        let one = Plain {
+            limits: call.limits,
+            cost: 1,
+            block: None,
+        };
+        Some(Settlement {
+            over,
+            remaining: self.remaining(now, call),
+            retry_after_ms: self.retry_after(now, &one),
+            reset_after_ms: self.reset_after(now, Self::longest(call)),
+        })
+    }
+}
+
+/// MCHARGE over `models`, the obvious way: refused (the first key that
+/// would overflow, nothing changed) if any key would overflow; else CHARGE
+/// on every key, and the most over, the least remaining, the longest
+/// waits and the keys over.
+fn joint_charge(
+    models: &mut [&mut Model],
+    clock: Millis,
+    calls: &[Plain],
+    precision: u64,
+) -> Result<JointSettlement, usize> {
+    if let Some(first) = (0..models.len()).find(|&i| models[i].overflows(clock, &calls[i])) {
+        return Err(first);
+    }
+    let each: Vec<Settlement> = models
+        .iter_mut()
+        .zip(calls)
+        .map(|(m, c)| m.charge(clock, c, precision).expect("checked"))
+        .collect();
+    Ok(JointSettlement {
+        settlement: Settlement {
+            over: each.iter().map(|s| s.over).max().unwrap_or(0),
+            remaining: each.iter().map(|s| s.remaining).min().unwrap_or(0),
+            retry_after_ms: each.iter().map(|s| s.retry_after_ms).max().unwrap_or(0),
+            reset_after_ms: each.iter().map(|s| s.reset_after_ms).max().unwrap_or(0),
+        },
+        over: (0..each.len()).filter(|&i| each[i].over > 0).collect(),
+    })
+}
+
+impl Model {
     /// A denied CHECK's window, on a log that holds entries (a key that
     /// does not exist has no log to keep it).
     fn register(&mut self, call: &Plain) {
@@ -325,6 +405,13 @@ pub enum MultiCall {
         precision: u64,
         block: Option<u64>,
     },
+    /// MCHARGE: each key's (window, max) pairs, one cost and precision.
+    Charge {
+        tick: i64,
+        keys: Vec<(usize, Vec<(u64, u64)>)>,
+        cost: u64,
+        precision: u64,
+    },
     /// MUNDO: `units` from each key named.
     Undo { keys: Vec<usize>, units: u64 },
     /// UNBLOCK on one key.
@@ -385,6 +472,48 @@ pub fn compare_multi(count: usize, calls: &[MultiCall]) -> Result<(), String> {
                 let mut chosen = pick(&mut models, &named);
                 let expected = joint(&mut chosen, clock, &plain, *precision, *check);
                 if core != expected {
+                    return fail(format!("core {core:?}, model {expected:?}"));
+                }
+            }
+            MultiCall::Charge {
+                tick,
+                keys,
+                cost,
+                precision,
+            } => {
+                clock += tick;
+                let named: Vec<usize> = keys.iter().map(|(k, _)| *k).collect();
+                let charges: Option<Vec<Charge>> = keys
+                    .iter()
+                    .map(|(_, limits)| charge_of(limits, *cost, *precision))
+                    .collect();
+                let (Some(charges), false) = (charges, has_duplicates(&named)) else {
+                    continue;
+                };
+                let stored: Vec<(Option<&State>, &Charge)> = named
+                    .iter()
+                    .zip(&charges)
+                    .map(|(&k, c)| (existing(&states[k]), c))
+                    .collect();
+                let core = limiter::charge_all(&stored, clock).map(|records| {
+                    for (&k, record) in named.iter().zip(&records) {
+                        limiter::apply(&mut states[k], &limiter::Write::Record(*record));
+                    }
+                    let after: Vec<(&State, &Charge)> =
+                        named.iter().map(|&k| &states[k]).zip(&charges).collect();
+                    limiter::settled_all(&after, clock)
+                });
+                let plain: Vec<Plain> = keys
+                    .iter()
+                    .map(|(_, limits)| Plain {
+                        limits,
+                        cost: *cost,
+                        block: None,
+                    })
+                    .collect();
+                let mut chosen = pick(&mut models, &named);
+                let expected = joint_charge(&mut chosen, clock, &plain, *precision);
+                if core.as_ref().map_err(|e| e.0) != expected.as_ref().map_err(|&e| e) {
                     return fail(format!("core {core:?}, model {expected:?}"));
                 }
             }
@@ -482,6 +611,14 @@ pub enum Call {
         precision: u64,
         block: Option<u64>,
     },
+    /// CHARGE: moves the clock by `tick`, then records `cost` whatever the
+    /// limits say.
+    Charge {
+        tick: i64,
+        limits: Vec<(u64, u64)>,
+        cost: u64,
+        precision: u64,
+    },
     Undo(u64),
     Unblock,
 }
@@ -527,6 +664,30 @@ pub fn compare(calls: &[Call]) -> Result<(), String> {
                     )
                 };
                 if core != expected {
+                    return fail(format!("core {core:?}, model {expected:?}"));
+                }
+            }
+            Call::Charge {
+                tick,
+                limits,
+                cost,
+                precision,
+            } => {
+                clock += tick;
+                let Some(charge) = charge_of(limits, *cost, *precision) else {
+                    continue;
+                };
+                let core = limiter::charge(existing(&state), clock, &charge).map(|record| {
+                    limiter::apply(&mut state, &limiter::Write::Record(record));
+                    limiter::settled(&state, clock, &charge)
+                });
+                let plain = Plain {
+                    limits,
+                    cost: *cost,
+                    block: None,
+                };
+                let expected = model.charge(clock, &plain, *precision);
+                if core.ok() != expected {
                     return fail(format!("core {core:?}, model {expected:?}"));
                 }
             }
@@ -576,13 +737,32 @@ fn request(
     }
 }
 
+/// A charge of plain numbers, if a command could pass them.
+fn charge_of(limits: &[(u64, u64)], cost: u64, precision: u64) -> Option<Charge> {
+    let limits = limits
+        .iter()
+        .map(|&(window, max)| {
+            Some(Limit {
+                window: NonZeroU64::new(window)?,
+                max: NonZeroU64::new(max)?,
+            })
+        })
+        .collect::<Option<Vec<Limit>>>()?;
+    Charge::new(&limits, NonZeroU64::new(cost)?, NonZeroU64::new(precision)?).ok()
+}
+
 /// What the contract answers to one command: a decision (CHECK, PEEK), a
-/// joint decision (MCHECK, MPEEK), an integer (UNDO, UNBLOCK), integers
+/// joint decision (MCHECK, MPEEK), a settlement (CHARGE, MCHARGE), an
+/// integer (UNDO, UNBLOCK), integers
 /// (MUNDO), or an error reply's text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     Decision(Decision),
     Joint(Joint),
+    /// CHARGE's: over, remaining, retry_after_ms, reset_after_ms.
+    Settlement(Settlement),
+    /// MCHARGE's: CHARGE's four over every key, and the keys over.
+    JointSettlement(JointSettlement),
     Integer(i64),
     Integers(Vec<i64>),
     /// GCRA's: redis-cell's five integers.
@@ -675,6 +855,8 @@ impl Keyspace {
             Some("ratelimit.mcheck") => crate::args::MCHECK_ARITY,
             Some("ratelimit.mpeek") => crate::args::MPEEK_ARITY,
             Some("ratelimit.gcra") => crate::args::GCRA_ARITY,
+            Some("ratelimit.charge") => crate::args::CHARGE_ARITY,
+            Some("ratelimit.mcharge") => crate::args::MCHARGE_ARITY,
             _ => crate::args::MUNDO_ARITY,
         };
         if !crate::args::meets_arity(words.len(), arity) {
@@ -692,6 +874,8 @@ impl Keyspace {
             Some("ratelimit.mpeek") => self.multi_call(clock, words, false),
             Some("ratelimit.mundo") => self.multi_undo(clock, words),
             Some("ratelimit.gcra") => self.gcra(clock, words),
+            Some("ratelimit.charge") => self.charge(clock, words),
+            Some("ratelimit.mcharge") => self.multi_charge(clock, words),
             _ => Err(crate::args::ArgError::Invalid("unknown command".into())),
         };
         result
@@ -849,6 +1033,74 @@ impl Keyspace {
         Ok(Answer::Joint(joint))
     }
 
+    /// CHARGE: recorded whatever the limits and a block say; refused,
+    /// changing nothing, if the key would hold more than [`MAX_COST`].
+    fn charge(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_charge(words)?;
+        if let Some(refused) = self.logs_only(clock, [call.key.as_slice()]) {
+            return Ok(refused);
+        }
+        let (limits, cost, precision) = charge_parts(&call.request);
+        let plain = Plain {
+            limits: &limits,
+            cost,
+            block: None,
+        };
+        let settled = self.change(clock, call.key, |key| key.model.charge(clock, &plain, precision));
+        Ok(settled.map_or_else(
+            || Answer::Error(format!("ERR {}", crate::args::OVERFLOW)),
+            Answer::Settlement,
+        ))
+    }
+
+    /// MCHARGE: every key's type, then every key's overflow, checked before
+    /// any is charged; an overflow names its key.
+    fn multi_charge(
+        &mut self,
+        clock: Millis,
+        words: &[Vec<u8>],
+    ) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_multi_charge(words)?;
+        if let Some(refused) = self.logs_only(clock, call.calls.iter().map(|c| c.key.as_slice())) {
+            return Ok(refused);
+        }
+        let names: Vec<Vec<u8>> = call.calls.iter().map(|c| c.key.clone()).collect();
+        let parts: Vec<_> = call.calls.iter().map(|c| charge_parts(&c.request)).collect();
+        let plain: Vec<Plain> = parts
+            .iter()
+            .map(|(limits, cost, _)| Plain {
+                limits,
+                cost: *cost,
+                block: None,
+            })
+            .collect();
+        let precision = parts.first().map_or(1, |p| p.2);
+        let mut keys: Vec<Key> = names
+            .iter()
+            .map(|n| self.take(clock, n).unwrap_or_default())
+            .collect();
+        let before: Vec<_> = keys.iter().map(Key::snapshot).collect();
+        let settled = {
+            let mut models: Vec<&mut Model> = keys.iter_mut().map(|k| &mut k.model).collect();
+            joint_charge(&mut models, clock, &plain, precision)
+        };
+        for ((name, mut key), before) in names.iter().zip(keys).zip(before) {
+            if key.snapshot() != before {
+                key.expires = key.own_expiry();
+            }
+            if key.model.exists() {
+                self.keys.insert(name.clone(), key);
+            }
+        }
+        Ok(match settled {
+            Ok(joint) => Answer::JointSettlement(joint),
+            Err(position) => Answer::Error(format!(
+                "ERR {}",
+                crate::args::about_key(&names[position], crate::args::OVERFLOW)
+            )),
+        })
+    }
+
     fn undo(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_undo(words)?;
         if let Some(refused) = self.logs_only(clock, [call.key.as_slice()]) {
@@ -940,6 +1192,17 @@ fn plain_parts(request: &Request) -> (Vec<(u64, u64)>, u64, Option<u64>, u64) {
         request.block().map(NonZeroU64::get),
         request.precision().get(),
     )
+}
+
+/// A parsed charge as the model takes it: (window, max) pairs, cost,
+/// precision.
+fn charge_parts(charge: &Charge) -> (Vec<(u64, u64)>, u64, u64) {
+    let limits = charge
+        .limits()
+        .iter()
+        .map(|l| (l.window.get(), l.max.get()))
+        .collect();
+    (limits, charge.cost().get(), charge.precision().get())
 }
 
 /// An error reply as the module sends it: the server's arity text, or
