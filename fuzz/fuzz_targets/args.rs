@@ -28,6 +28,23 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .all(|c| c.request.precision() <= c.request.limits()[0].window));
     }
+    if let Ok(call) = args::parse_charge(&words) {
+        let charge = call.request;
+        let limits = charge.limits();
+        assert!(limits
+            .windows(2)
+            .all(|pair| pair[0].window < pair[1].window));
+        assert!(limits.iter().all(|l| l.window.get() <= MAX_WINDOW));
+        assert!(charge.cost().get() <= i64::MAX as u64);
+        assert!(charge.precision() <= limits[0].window);
+    }
+    if let Ok(call) = args::parse_multi_charge(&words) {
+        assert!((1..=16).contains(&call.calls.len()));
+        assert!(call
+            .calls
+            .iter()
+            .all(|c| c.request.precision() <= c.request.limits()[0].window));
+    }
     if let Ok(call) = args::parse_multi_undo(&words) {
         assert!((1..=16).contains(&call.keys.len()));
     }

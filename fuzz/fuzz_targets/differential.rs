@@ -1,5 +1,6 @@
 //! The core against the naive reference model, on call sequences drawn
-//! from arbitrary bytes (6 bytes a call), blocks and UNBLOCK included: any difference is a crash.
+//! from arbitrary bytes (6 bytes a call), blocks, UNBLOCK and CHARGE
+//! included: any difference is a crash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +29,13 @@ fuzz_target!(|data: &[u8]| {
             // Blocks from 1 ms to a few calls' worth of clock.
             let block = (c[0] & 0x80 != 0).then(|| u64::from(c[1] / 50) * 40 + 1);
             match c[0] % 8 {
+                // A settlement: its cost may be above any max.
+                6 if c[0] & 0x08 != 0 => Call::Charge {
+                    tick,
+                    limits,
+                    cost: u64::from(c[5] % 24) + 1,
+                    precision,
+                },
                 7 if c[0] & 0x08 != 0 => Call::Unblock,
                 7 => Call::Undo(u64::from(c[1] % 6)),
                 kind => Call::Request {

@@ -1,5 +1,5 @@
-//! The core's multi-key calls (MCHECK, MPEEK, MUNDO over three keys,
-//! with blocks, and UNBLOCK)
+//! The core's multi-key calls (MCHECK, MPEEK, MCHARGE, MUNDO over three
+//! keys, with blocks, and UNBLOCK)
 //! against the naive reference model, on call sequences drawn from
 //! arbitrary bytes (8 bytes a call): any difference is a crash.
 #![no_main]
@@ -31,6 +31,12 @@ fuzz_target!(|data: &[u8]| {
             // Blocks from 1 ms to a few calls' worth of clock.
             let block = (c[0] & 0x20 != 0).then(|| u64::from(c[1] / 50) * 40 + 1);
             match c[7] % 8 {
+                6 if c[0] & 0x40 != 0 => MultiCall::Charge {
+                    tick: i64::from(c[1] % 50) - 20,
+                    keys,
+                    cost: u64::from(c[6] % 24) + 1,
+                    precision,
+                },
                 7 if c[0] & 0x40 != 0 => MultiCall::Unblock(usize::from(c[2] % 3)),
                 7 => MultiCall::Undo {
                     keys: keys.iter().map(|(k, _)| *k).collect(),
@@ -46,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
                 },
             }
         })
-        .filter(|call| !matches!(call, MultiCall::Request { keys, .. } if keys.is_empty()))
+        .filter(|call| {
+            !matches!(call, MultiCall::Request { keys, .. } | MultiCall::Charge { keys, .. } if keys.is_empty())
+        })
         .collect();
     if let Err(difference) = reference::compare_multi(3, &calls) {
         panic!("{difference}");
