@@ -367,6 +367,8 @@ struct Shape {
     windows: &'static [&'static str],
     blocks: &'static [&'static str],
     precision: bool,
+    /// Whether CHARGE and MCHARGE are among the calls (a few in 22).
+    charges: bool,
 }
 
 /// Windows from 20 ms to a minute, blocks from 50 ms: the clock's moves
@@ -375,6 +377,13 @@ const BRISK: Shape = Shape {
     windows: &["20", "100", "250", "1000", "60000"],
     blocks: &["50", "500", "5000"],
     precision: true,
+    charges: false,
+};
+
+/// BRISK, with settlements (CHARGE, MCHARGE) among the calls.
+const BRISK_CHARGING: Shape = Shape {
+    charges: true,
+    ..BRISK
 };
 
 /// Windows and blocks of a second or more and no PRECISION, with every
@@ -383,11 +392,19 @@ const STILL: Shape = Shape {
     windows: &["1000", "5000", "60000", "3600000"],
     blocks: &["1000", "60000"],
     precision: false,
+    charges: false,
+};
+
+/// STILL, with settlements among the calls.
+const STILL_CHARGING: Shape = Shape {
+    charges: true,
+    ..STILL
 };
 
 /// One random call's words: mostly well-formed CHECKs and PEEKs on a few
 /// keys, with several limits, COST, PRECISION and BLOCK, and UNDO,
-/// UNBLOCK and the several-key calls; now and then a malformed one.
+/// UNBLOCK and the several-key calls, and in a shape with `charges`
+/// CHARGE and MCHARGE; now and then a malformed one.
 fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
     let key = |random: &mut Random| random.pick(&["a", "b", "c"]).to_string();
     let limits = |random: &mut Random| -> Vec<String> {
@@ -462,7 +479,7 @@ fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
         }
         options
     };
-    let mut call = match random.below(22) {
+    let mut call = match random.below(if shape.charges { 22 } else { 20 }) {
         0..=8 => {
             let limits = limits(random);
             let options = options(random, &limits);
@@ -647,6 +664,10 @@ fn all_cases() -> Vec<Case> {
     cases.extend(random_cases(60, 30, 120, 1, &BRISK));
     cases.extend(random_cases(12, 150, 20, 2, &BRISK));
     cases.extend(random_cases(24, 40, 1, 3, &STILL));
+    // The same with settlements (issue 27), in cases of their own.
+    cases.extend(random_cases(30, 30, 120, 6, &BRISK_CHARGING));
+    cases.extend(random_cases(6, 150, 20, 7, &BRISK_CHARGING));
+    cases.extend(random_cases(12, 40, 1, 8, &STILL_CHARGING));
     let counts: &[&str] = &["1", "3", "10", "30"];
     let periods: &[&str] = &["0.001", "0.5", "1", "2", "60"];
     cases.extend(random_gcra_cases(20, 40, 400, 4, [periods, counts]));
@@ -872,21 +893,22 @@ fn pinnable(case: &Case) -> bool {
             let windows: Vec<u64> = c.limits().iter().map(|l| l.window.get()).collect();
             (windows, None, c.precision().get())
         };
-        let requests: Vec<(Vec<u64>, Option<u64>, u64)> = match words[0].to_ascii_lowercase().as_str() {
-            "ratelimit.check" | "ratelimit.peek" => crate::args::parse_limit_call(&bytes)
-                .map(|c| vec![request(c.request)])
-                .unwrap_or_default(),
-            "ratelimit.mcheck" | "ratelimit.mpeek" => crate::args::parse_multi_call(&bytes)
-                .map(|c| c.calls.into_iter().map(|c| request(c.request)).collect())
-                .unwrap_or_default(),
-            "ratelimit.charge" => crate::args::parse_charge(&bytes)
-                .map(|c| vec![charge(c.request)])
-                .unwrap_or_default(),
-            "ratelimit.mcharge" => crate::args::parse_multi_charge(&bytes)
-                .map(|c| c.calls.into_iter().map(|c| charge(c.request)).collect())
-                .unwrap_or_default(),
-            _ => vec![],
-        };
+        let requests: Vec<(Vec<u64>, Option<u64>, u64)> =
+            match words[0].to_ascii_lowercase().as_str() {
+                "ratelimit.check" | "ratelimit.peek" => crate::args::parse_limit_call(&bytes)
+                    .map(|c| vec![request(c.request)])
+                    .unwrap_or_default(),
+                "ratelimit.mcheck" | "ratelimit.mpeek" => crate::args::parse_multi_call(&bytes)
+                    .map(|c| c.calls.into_iter().map(|c| request(c.request)).collect())
+                    .unwrap_or_default(),
+                "ratelimit.charge" => crate::args::parse_charge(&bytes)
+                    .map(|c| vec![charge(c.request)])
+                    .unwrap_or_default(),
+                "ratelimit.mcharge" => crate::args::parse_multi_charge(&bytes)
+                    .map(|c| c.calls.into_iter().map(|c| charge(c.request)).collect())
+                    .unwrap_or_default(),
+                _ => vec![],
+            };
         (at - first).abs() <= 10
             && requests.iter().all(|(windows, block, precision)| {
                 windows.iter().all(|&w| w >= 1000)

@@ -158,10 +158,16 @@ pub enum RequestError {
     WindowOutOfRange(u64),
     MaxOutOfRange(u64),
     WindowTwice(u64),
-    CostAboveMax { cost: u64, max: u64 },
+    CostAboveMax {
+        cost: u64,
+        max: u64,
+    },
     /// A charge's cost above [`MAX_COST`].
     CostOutOfRange(u64),
-    PrecisionAboveWindow { precision: u64, window: u64 },
+    PrecisionAboveWindow {
+        precision: u64,
+        window: u64,
+    },
     BlockOutOfRange(u64),
 }
 
@@ -172,11 +178,7 @@ impl Request {
         precision: NonZeroU64,
     ) -> Result<Request, RequestError> {
         let (sorted, count) = sorted_limits(limits)?;
-        let smallest_max = sorted[..count]
-            .iter()
-            .map(|l| l.max)
-            .min()
-            .unwrap_or(cost);
+        let smallest_max = sorted[..count].iter().map(|l| l.max).min().unwrap_or(cost);
         if cost > smallest_max {
             return Err(RequestError::CostAboveMax {
                 cost: cost.get(),
@@ -684,10 +686,18 @@ fn window_sum(log: &View, now: Millis, window: u64) -> u128 {
     let horizon = now.saturating_sub_unsigned(window);
     let cost = |e: crate::log::Entry| u128::from(e.cost);
     if log.window <= window {
-        let expired: u128 = log.entries().take_while(|e| e.at <= horizon).map(cost).sum();
+        let expired: u128 = log
+            .entries()
+            .take_while(|e| e.at <= horizon)
+            .map(cost)
+            .sum();
         log.total - expired
     } else {
-        log.entries().rev().take_while(|e| e.at > horizon).map(cost).sum()
+        log.entries()
+            .rev()
+            .take_while(|e| e.at > horizon)
+            .map(cost)
+            .sum()
     }
 }
 
@@ -1280,7 +1290,10 @@ mod tests {
         // Once the minute has left, the key counts from nothing.
         assert!(settle(&mut state, 60_002, &charge_of(&minute, MAX_COST)).is_ok());
         // Several keys: the first that would overflow, and nothing written.
-        let keys = [(Some(&state), &charge_of(&minute, 1)), (None, &charge_of(&minute, 1))];
+        let keys = [
+            (Some(&state), &charge_of(&minute, 1)),
+            (None, &charge_of(&minute, 1)),
+        ];
         assert_eq!(charge_all(&keys, 60_003), Err((0, Overflow)));
     }
 

@@ -1035,7 +1035,11 @@ impl Keyspace {
 
     /// CHARGE: recorded whatever the limits and a block say; refused,
     /// changing nothing, if the key would hold more than [`MAX_COST`].
-    fn charge(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+    fn charge(
+        &mut self,
+        clock: Millis,
+        words: &[Vec<u8>],
+    ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_charge(words)?;
         if let Some(refused) = self.logs_only(clock, [call.key.as_slice()]) {
             return Ok(refused);
@@ -1046,7 +1050,9 @@ impl Keyspace {
             cost,
             block: None,
         };
-        let settled = self.change(clock, call.key, |key| key.model.charge(clock, &plain, precision));
+        let settled = self.change(clock, call.key, |key| {
+            key.model.charge(clock, &plain, precision)
+        });
         Ok(settled.map_or_else(
             || Answer::Error(format!("ERR {}", crate::args::OVERFLOW)),
             Answer::Settlement,
@@ -1065,7 +1071,11 @@ impl Keyspace {
             return Ok(refused);
         }
         let names: Vec<Vec<u8>> = call.calls.iter().map(|c| c.key.clone()).collect();
-        let parts: Vec<_> = call.calls.iter().map(|c| charge_parts(&c.request)).collect();
+        let parts: Vec<_> = call
+            .calls
+            .iter()
+            .map(|c| charge_parts(&c.request))
+            .collect();
         let plain: Vec<Plain> = parts
             .iter()
             .map(|(limits, cost, _)| Plain {
