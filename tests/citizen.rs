@@ -18,6 +18,8 @@ fn readme_reference_matches_command_docs() {
         "RATELIMIT.MPEEK",
         "RATELIMIT.MUNDO",
         "RATELIMIT.UNBLOCK",
+        "RATELIMIT.CHARGE",
+        "RATELIMIT.MCHARGE",
     ] {
         let docs = command_docs(&mut con, name);
         let heading = format!("## `{}`", synopsis(name, &docs));
@@ -42,6 +44,7 @@ fn key_specs_and_getkeys() {
         ("RATELIMIT.CHECK", ["RW", "update"]),
         ("RATELIMIT.PEEK", ["RO", "access"]),
         ("RATELIMIT.UNDO", ["RW", "delete"]),
+        ("RATELIMIT.CHARGE", ["RW", "update"]),
     ] {
         let reply: Value = run(&mut con, &["COMMAND", "INFO", name]);
         let info = items(&items(&reply)[0]);

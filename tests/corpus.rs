@@ -13,7 +13,9 @@
 //!
 //! A call the twin cannot be sent in its own form (a several-key call
 //! whose numkeys FCALL itself refuses) is an error in the corpus, and is
-//! counted, not run.
+//! counted, not run. So, until the twin has them, are the calls of
+//! `NOT_IN_THE_TWIN_YET` (CHARGE and MCHARGE, issue 27) and the rest of
+//! their cases, which depend on what they recorded.
 
 use harness::corpus::{corpus, Case, Held, Step};
 use harness::{
@@ -22,6 +24,18 @@ use harness::{
 use redis::Value;
 use std::collections::BTreeMap;
 use std::time::Instant;
+
+/// Operations the script twin does not have yet (issue 27's CHARGE and
+/// MCHARGE, which the module has): on the twin's runs, a case is played up
+/// to its first call of one, and that call and the rest of the case
+/// (which depends on what it recorded) are counted as not sendable. Empty
+/// this list when the twin has them.
+const NOT_IN_THE_TWIN_YET: &[&str] = &["ratelimit.charge", "ratelimit.mcharge"];
+
+/// Whether the twin lacks the call's operation for now.
+fn not_in_the_twin_yet(call: &[String]) -> bool {
+    NOT_IN_THE_TWIN_YET.contains(&call[0].to_ascii_lowercase().as_str())
+}
 
 /// The call's answer shape for a real server's reply.
 fn reply_of(call: &[String], reply: redis::RedisResult<Value>) -> Reply {
@@ -46,7 +60,13 @@ fn reply_of(call: &[String], reply: redis::RedisResult<Value>) -> Reply {
             .try_into()
             .expect("a decision's 4 integers")
     };
-    match (twin_operation(call).as_deref(), &reply) {
+    // CHARGE's reply has CHECK's shape, MCHARGE's MCHECK's.
+    let operation = match call[0].to_ascii_lowercase().as_str() {
+        "ratelimit.charge" => Some("check".to_string()),
+        "ratelimit.mcharge" => Some("mcheck".to_string()),
+        _ => twin_operation(call),
+    };
+    match (operation.as_deref(), &reply) {
         (Some("check" | "peek"), _) => Reply::Decision(four(&reply)),
         (Some("mcheck" | "mpeek"), Value::Array(items)) if items.len() == 5 => {
             let fields: [i64; 4] = integers(&Value::Array(items[..4].to_vec()))
@@ -87,6 +107,12 @@ fn run_embedded(twin: &EmbeddedTwin, case: &Case, tally: &mut Tally) -> Result<(
     tally.cases += 1;
     for (index, step) in case.steps.iter().enumerate() {
         tally.steps += 1;
+        if not_in_the_twin_yet(&step.call) {
+            let rest = case.steps.len() - index;
+            tally.steps += rest - 1;
+            tally.unsendable += rest;
+            break;
+        }
         let at = |what: String| format!("{} step {index} {:?}: {what}", case.name, step.call);
         twin.set_clock(case.epoch + step.at);
         let Some(got) = twin.send(&step.call) else {
@@ -216,6 +242,12 @@ fn run_on_server(
             Backend::Module => (&step.reply, &step.state),
             _ => (&step.twin_reply, &step.twin_state),
         };
+        if caller.backend.is_twin() && not_in_the_twin_yet(&step.call) {
+            let rest = case.steps.len() - index;
+            tally.steps += rest - 1;
+            tally.unsendable += rest;
+            break;
+        }
         if caller.backend.is_twin() && twin_form(&step.call).is_none() {
             tally.unsendable += 1;
             continue;
@@ -279,15 +311,16 @@ fn the_twin_by_evalsha_answers_the_pinned_cases() {
 fn the_corpus_covers_every_command_and_the_servers_get_a_share() {
     let cases = corpus();
     let steps: Vec<&Step> = cases.iter().flat_map(|c| &c.steps).collect();
+    let operation_of = |call: &[String]| call[0].to_ascii_lowercase().replace("ratelimit.", "");
     for operation in [
-        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo",
+        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo", "charge", "mcharge",
     ] {
         let calls = |pinned: bool| {
             cases
                 .iter()
                 .filter(|c| !pinned || c.pinned)
                 .flat_map(|c| &c.steps)
-                .filter(|s| twin_operation(&s.call).as_deref() == Some(operation))
+                .filter(|s| operation_of(&s.call) == operation)
                 .filter(|s| !matches!(s.reply, Reply::Error(_)))
                 .count()
         };

@@ -32,6 +32,7 @@ fn every_path_is_clean_under_memcheck() {
         }
     }
     every_log_shape(&mut con);
+    charges(&mut con);
     redis::cmd("RESTORE")
         .arg("v1")
         .arg(0)
@@ -116,6 +117,88 @@ fn every_path_is_clean_under_memcheck() {
         problems.join("\n---\n")
     );
     eprintln!("memcheck: {logs} valgrind log(s), no invalid access, nothing definitely lost by the module");
+}
+
+/// Settlements (CHARGE, MCHARGE): over the limit, on a blocked key, with
+/// PRECISION, refused for an overflow, a key of another type and a full
+/// log (the setting put back after).
+fn charges(con: &mut redis::Connection) {
+    for i in 0..60 {
+        let key = format!("c{}", i % 6);
+        run::<Vec<i64>>(
+            con,
+            &[
+                "RATELIMIT.CHARGE",
+                &key,
+                "600000",
+                "10",
+                "1000",
+                "3",
+                "COST",
+                "4",
+            ],
+        );
+        run::<redis::Value>(
+            con,
+            &[
+                "RATELIMIT.MCHARGE",
+                "2",
+                &key,
+                "c-all",
+                "1",
+                "600000",
+                "10",
+                "1",
+                "600000",
+                "500",
+                "PRECISION",
+                "50",
+            ],
+        );
+    }
+    check(con, "c-blocked", 600_000, 1);
+    run::<Vec<i64>>(
+        con,
+        &[
+            "RATELIMIT.CHECK",
+            "c-blocked",
+            "600000",
+            "1",
+            "BLOCK",
+            "600000",
+        ],
+    );
+    run::<Vec<i64>>(con, &["RATELIMIT.CHARGE", "c-blocked", "600000", "1"]);
+    let max = "9223372036854775807";
+    run::<Vec<i64>>(
+        con,
+        &["RATELIMIT.CHARGE", "c-big", "600000", "1", "COST", max],
+    );
+    for words in [
+        &["RATELIMIT.CHARGE", "c-big", "600000", "1"][..],
+        &[
+            "RATELIMIT.MCHARGE",
+            "2",
+            "c0",
+            "c-big",
+            "1",
+            "1000",
+            "1",
+            "1",
+            "1000",
+            "1",
+        ],
+        &["RATELIMIT.CHARGE", "c0", "1000", "1", "BLOCK", "5"],
+    ] {
+        let _ = redis::cmd(words[0])
+            .arg(&words[1..])
+            .query::<redis::Value>(con);
+    }
+    run::<()>(con, &["CONFIG", "SET", "ratelimit.max-entries", "1"]);
+    let _ = redis::cmd("RATELIMIT.MCHARGE")
+        .arg(&["2", "c-all", "c1", "1", "600000", "9", "1", "600000", "9"])
+        .query::<redis::Value>(con);
+    run::<()>(con, &["CONFIG", "SET", "ratelimit.max-entries", "1000000"]);
 }
 
 /// Token buckets in every spelling, allowed, limited and asked, copied,

@@ -3,9 +3,10 @@
 //! module's own data type: module only).
 
 use harness::{
-    all_digests, all_digests_and_expiries, all_values, assert_survives_every_reload,
-    every_log_shape, every_log_shape_by, fixture_payload, restore, run, version_1_payload,
-    wait_for_background_saves, Backend, Server, VERSION_1,
+    all_digests, all_digests_and_expiries, all_dumps_and_expiries, all_values,
+    assert_survives_every_reload, every_charge_shape, every_log_shape, every_log_shape_by,
+    fixture_payload, restore, run, version_1_payload, wait_for_background_saves, Backend, Server,
+    VERSION_1,
 };
 use redis::Connection;
 
@@ -291,4 +292,23 @@ fn the_twin_state_survives_an_aof_reload_and_a_restart() {
     server.restart(true);
     let mut con = server.connect();
     assert_eq!(all_values(&mut con), values, "loaded from the RDB");
+}
+
+/// Settled keys (CHARGE, MCHARGE: over their limits, blocked, ahead of the
+/// clock) replay from the AOF as the RECORDs and MRECORDs the master wrote,
+/// and survive every other reload, byte for byte (DUMP) with their
+/// absolute expiries.
+#[test]
+fn charged_keys_survive_every_reload_byte_for_byte() {
+    let mut server = Server::start(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--aof-use-rdb-preamble",
+        "no",
+    ]);
+    let keys = every_charge_shape(&mut server.connect());
+    let before = assert_survives_every_reload(&mut server, all_dumps_and_expiries);
+    assert_eq!(before.len(), keys.len(), "{before:?}");
 }

@@ -1,10 +1,11 @@
 //! A replica reaches the master's exact state (equal digests) through the
-//! replicated RECORD commands, and answers PEEK itself; with the script
+//! replicated RECORD commands (of CHECKs and of CHARGEs), and answers PEEK
+//! itself; with the script
 //! twin, through the writes the script made (effects replication).
 
 use harness::{
-    all_digests, all_values, check, every_log_shape, every_log_shape_by, run, wait_for_replica,
-    Backend, Server,
+    all_digests, all_dumps_and_expiries, all_values, check, every_charge_shape, every_log_shape,
+    every_log_shape_by, run, wait_for_replica, Backend, Server,
 };
 
 fn replica_of(master: &Server) -> Server {
@@ -132,4 +133,26 @@ fn a_replica_has_the_masters_exact_twin_state() {
     assert_eq!(on_replica[..3], on_master[..3]);
     let refused = twin.error(&mut r, &["RATELIMIT.CHECK", "user:1", "600000", "40"]);
     assert!(refused.starts_with("READONLY"), "{refused}");
+}
+
+/// Settlements (CHARGE, MCHARGE) replicate as the RECORDs and MRECORDs of
+/// what the master recorded: the replica holds every charged key byte for
+/// byte (DUMP) with the master's absolute expiry, over-limit keys, blocks
+/// and a key ahead of the clock included, and decided nothing itself.
+#[test]
+fn a_replica_has_the_masters_exact_charged_keys() {
+    let master = Server::start(&[]);
+    let replica = replica_of(&master);
+    let (mut m, mut r) = (master.connect(), replica.connect());
+    wait_for_replica(&mut m, &mut r);
+    let keys = every_charge_shape(&mut m);
+    wait_for_replica(&mut m, &mut r);
+    let on_master = all_dumps_and_expiries(&mut m);
+    assert_eq!(on_master.len(), keys.len(), "{on_master:?}");
+    assert_eq!(all_dumps_and_expiries(&mut r), on_master);
+    let info: String = run(&mut r, &["INFO", "ratelimit"]);
+    assert!(
+        info.contains("ratelimit_charges:0\r"),
+        "the replica charged nothing itself:\n{info}"
+    );
 }

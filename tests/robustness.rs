@@ -118,6 +118,56 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
         cases.push((nine, "ERR at most 8 window/max pairs".into()));
         cases.push((vec![command, "s", "60000", "5"], WRONGTYPE.into()));
     }
+    // CHARGE reads CHECK's words but takes any COST and no BLOCK.
+    let charge_unknown = |name: &str| {
+        format!("ERR unknown option '{name}' (the options are COST n and PRECISION p)")
+    };
+    for command in ["RATELIMIT.CHARGE"] {
+        cases.push((vec![command], arity(command)));
+        cases.push((vec![command, "k", "60000"], arity(command)));
+        cases.push((vec![command, "k", "0", "5"], WINDOW.into()));
+        cases.push((vec![command, "k", "60000", "-5"], MAX.into()));
+        for bad in ["0", "-1", "x", "9223372036854775808"] {
+            cases.push((vec![command, "k", "60000", "5", "COST", bad], COST.into()));
+        }
+        cases.push((
+            vec![command, "k", "60000", "5", "BLOCK", "1000"],
+            charge_unknown("BLOCK"),
+        ));
+        cases.push((
+            vec![command, "k", "60000", "5", "1000", "5", "PRECISION", "1001"],
+            "ERR PRECISION must be an integer from 1 to 1000 (the shortest window)".into(),
+        ));
+        cases.push((vec![command, "s", "60000", "5"], WRONGTYPE.into()));
+    }
+    cases.push((
+        vec![
+            "RATELIMIT.MCHARGE",
+            "2",
+            "k",
+            "s",
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+        ],
+        WRONGTYPE.into(),
+    ));
+    cases.push((
+        vec![
+            "RATELIMIT.MCHARGE",
+            "1",
+            "k",
+            "1",
+            "60000",
+            "5",
+            "BLOCK",
+            "5",
+        ],
+        charge_unknown("BLOCK"),
+    ));
     cases.push((vec!["RATELIMIT.UNDO"], arity("RATELIMIT.UNDO")));
     cases.push((
         vec!["RATELIMIT.UNDO", "k", "COST"],
@@ -222,7 +272,7 @@ fn corrupt_payloads_are_refused_and_the_server_stays_up() {
 }
 
 #[test]
-fn at_maxmemory_check_and_undo_are_refused_and_peek_answers() {
+fn at_maxmemory_check_undo_and_charge_are_refused_and_peek_answers() {
     let server = Server::start(&["--maxmemory-policy", "noeviction"]);
     let mut con = server.connect();
     check(&mut con, "k", 60_000, 5);
@@ -233,6 +283,14 @@ fn at_maxmemory_check_and_undo_are_refused_and_peek_answers() {
     let refused = error(&mut con, &["RATELIMIT.CHECK", "new", "60000", "5"]);
     assert!(refused.starts_with("OOM"), "{refused}");
     let refused = error(&mut con, &["RATELIMIT.UNDO", "k"]);
+    assert!(refused.starts_with("OOM"), "{refused}");
+    // `deny-oom` as CHECK: a settlement too is refused, not recorded.
+    let refused = error(&mut con, &["RATELIMIT.CHARGE", "k", "60000", "5"]);
+    assert!(refused.starts_with("OOM"), "{refused}");
+    let refused = error(
+        &mut con,
+        &["RATELIMIT.MCHARGE", "1", "k", "1", "60000", "5"],
+    );
     assert!(refused.starts_with("OOM"), "{refused}");
     let peek: Vec<i64> = run(&mut con, &["RATELIMIT.PEEK", "k", "60000", "5"]);
     assert_eq!(peek[..2], [1, 4]);
@@ -264,6 +322,18 @@ fn the_readme_error_table_is_what_the_server_sends() {
     let server = Server::start(&[]);
     let mut con = server.connect();
     run::<()>(&mut con, &["SET", "s", "text"]);
+    // A key that holds 2^63 - 1 units: a charge of one more is refused.
+    run::<Vec<i64>>(
+        &mut con,
+        &[
+            "RATELIMIT.CHARGE",
+            "full63",
+            "60000",
+            "5",
+            "COST",
+            "9223372036854775807",
+        ],
+    );
     let mut nine_pairs = vec!["RATELIMIT.CHECK", "k"];
     for window in &NINE_WINDOWS {
         nine_pairs.extend([*window, "5"]);
@@ -317,6 +387,14 @@ fn the_readme_error_table_is_what_the_server_sends() {
         (
             "an option without a value, twice, unknown",
             vec!["RATELIMIT.CHECK", "k", "1000", "5", "X", "1"],
+        ),
+        (
+            "an option without a value, twice, unknown",
+            vec!["RATELIMIT.CHARGE", "k", "1000", "5", "X", "1"],
+        ),
+        (
+            "CHARGE, MCHARGE: the key would hold more than 2^63 - 1 units of cost (in MCHARGE, after `key '<key>': `)",
+            vec!["RATELIMIT.CHARGE", "full63", "60000", "5"],
         ),
         (
             "MCHECK, MPEEK, MUNDO: bad `numkeys`",

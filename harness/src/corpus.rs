@@ -14,10 +14,12 @@ pub enum Reply {
     Integer(i64),
     /// MUNDO's, one per key.
     Integers(Vec<i64>),
-    /// CHECK's and PEEK's: allowed, remaining, retry_after_ms, reset_after_ms.
+    /// CHECK's and PEEK's: allowed, remaining, retry_after_ms, reset_after_ms;
+    /// and CHARGE's, of the same shape: over, remaining, retry_after_ms,
+    /// reset_after_ms.
     Decision([i64; 4]),
     /// MCHECK's and MPEEK's: the 4 integers and the 1-based positions of
-    /// the keys that denied.
+    /// the keys that denied; and MCHARGE's: CHARGE's 4 and the keys over.
     Joint([i64; 4], Vec<i64>),
     /// GCRA's: limited, max_burst + 1, remaining, retry_after (-1: none),
     /// reset_after.
@@ -171,8 +173,10 @@ fn answer(call: &[String], value: &Value, prefix: &str) -> Reply {
         fields.try_into().expect("a decision's 4 integers")
     };
     match call[0].to_ascii_lowercase().as_str() {
-        "ratelimit.check" | "ratelimit.peek" => Reply::Decision(four(reply)),
-        "ratelimit.mcheck" | "ratelimit.mpeek" => Reply::Joint(four(reply), integers(&reply[4])),
+        "ratelimit.check" | "ratelimit.peek" | "ratelimit.charge" => Reply::Decision(four(reply)),
+        "ratelimit.mcheck" | "ratelimit.mpeek" | "ratelimit.mcharge" => {
+            Reply::Joint(four(reply), integers(&reply[4]))
+        }
         "ratelimit.mundo" => Reply::Integers(integers(reply)),
         "ratelimit.gcra" => {
             Reply::Bucket(integers(reply).try_into().expect("a bucket's 5 integers"))

@@ -10,6 +10,7 @@
 //! Rust (`twin_format.rs`).
 
 mod backend;
+mod charges;
 mod commands;
 pub mod corpus;
 mod docs;
@@ -23,6 +24,7 @@ mod server;
 pub mod twin_format;
 
 pub use backend::*;
+pub use charges::*;
 pub use commands::*;
 pub use corpus::Reply;
 pub use docs::*;

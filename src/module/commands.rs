@@ -2,7 +2,9 @@
 
 use crate::args;
 use crate::args::LimitCall;
-use crate::limiter::{self, Decision, Joint, Record, Request, Write};
+use crate::limiter::{
+    self, Charge, Decision, Joint, JointSettlement, Record, Request, Settlement, Write,
+};
 use crate::log::{Millis, TimeLog};
 use crate::module::api::api;
 use crate::module::boundary::{run_command, Arg, CommandError, Handler};
@@ -47,6 +49,8 @@ raw_command!(mundo_command, mundo);
 raw_command!(unblock_command, unblock);
 raw_command!(block_until_command, block_until);
 raw_command!(multi_record_command, multi_record);
+raw_command!(charge_command, charge);
+raw_command!(mcharge_command, mcharge);
 
 /// The server's wall clock, read once per call.
 pub fn clock() -> Millis {
@@ -112,6 +116,100 @@ fn replicate(ctx: &Context, call: &LimitCall<Arg>, write: &Write) {
             }
             replication::replicate_block_until(ctx, call.key, until);
         }
+    }
+}
+
+/// CHARGE: a settlement, recorded at the key's decision time whatever its
+/// limits say and whether or not it is blocked (a block stays; none
+/// starts), unless a count the key holds would pass 2^63 - 1 or its log
+/// is full; then measured against the limits. Replicated as an allowed
+/// CHECK is (RECORD, with the master's time).
+fn charge(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    let call = args::parse_charge(args)?;
+    let mut key = WriteKey::open(ctx, call.key);
+    let slot = key.slot()?;
+    let now = clock();
+    let record = limiter::charge(slot.state(), now, &call.request).map_err(|_| overflow())?;
+    if let Some(state) = slot.state() {
+        ensure_room(state.log(), &record)?;
+    }
+    let state = slot.or_create();
+    let expires_at = limiter::apply(state, &Write::Record(record));
+    let settlement = limiter::settled(state, now, &call.request);
+    key.expire_at(expires_at);
+    events::changed(ctx.ctx, call.key, &[Change::Recorded]);
+    replication::replicate_record(ctx, &call, record.at);
+    count_charge(record.cost.get(), 1, settlement.over > 0);
+    reply_settlement(ctx, &settlement);
+    Ok(())
+}
+
+/// MCHARGE: every key is opened (its type checked), then each key's
+/// charge checked in key order (overflow, room in its log) before any key
+/// changes; then each records as CHARGE on it alone would. Replicated as
+/// an allowed MCHECK is: one MRECORD over every key.
+fn mcharge(ctx: &Context, args: &[Arg]) -> Result<(), CommandError> {
+    if report_keys(ctx, args) {
+        return Ok(());
+    }
+    let call = args::parse_multi_charge(args)?;
+    let mut keys: Vec<WriteKey> = call
+        .calls
+        .iter()
+        .map(|c| WriteKey::open(ctx, c.key))
+        .collect();
+    let slots = keys
+        .iter_mut()
+        .map(WriteKey::slot)
+        .collect::<Result<Vec<Slot>, CommandError>>()?;
+    let now = clock();
+    let mut records = Vec::with_capacity(slots.len());
+    for (slot, c) in slots.iter().zip(&call.calls) {
+        let record = limiter::charge(slot.state(), now, &c.request)
+            .map_err(|_| naming(c.key, overflow()))?;
+        if let Some(state) = slot.state() {
+            ensure_room(state.log(), &record).map_err(|error| naming(c.key, error))?;
+        }
+        records.push(record);
+    }
+    let (joint, expiries) = {
+        let states: Vec<&mut State> = slots.into_iter().map(Slot::or_create).collect();
+        let mut expiries = Vec::with_capacity(states.len());
+        let mut settled: Vec<(&State, &Charge)> = Vec::with_capacity(states.len());
+        for ((state, record), c) in states.into_iter().zip(&records).zip(&call.calls) {
+            expiries.push(limiter::apply(state, &Write::Record(*record)));
+            settled.push((state, &c.request));
+        }
+        (limiter::settled_all(&settled, now), expiries)
+    };
+    for ((key, c), expires_at) in keys.iter().zip(&call.calls).zip(expiries) {
+        key.expire_at(expires_at);
+        events::changed(ctx.ctx, c.key, &[Change::Recorded]);
+    }
+    if let Some(at) = records.iter().map(|r| r.at).min() {
+        replication::replicate_multi_record(ctx, call.numkeys, &call.calls, at);
+    }
+    let cost = records.first().map_or(0, |r| r.cost.get());
+    count_charge(cost, records.len() as u64, !joint.over.is_empty());
+    reply_joint_settlement(ctx, &joint);
+    Ok(())
+}
+
+/// A charge that would make a count a key holds pass 2^63 - 1.
+fn overflow() -> CommandError {
+    CommandError::Invalid(args::OVERFLOW.into())
+}
+
+/// INFO's counters of a CHARGE or MCHARGE: `cost` recorded in `keys`
+/// keys, and whether it left one over its limits.
+fn count_charge(cost: u64, keys: u64, over: bool) {
+    stats::CHARGES.add(1);
+    if over {
+        stats::CHARGES_OVER.add(1);
+    }
+    for _ in 0..keys {
+        stats::UNITS_CHARGED.add(cost);
+        stats::UNITS_RECORDED.add(cost);
     }
 }
 
@@ -525,6 +623,35 @@ fn reply_fields(ctx: &Context, decision: &Decision) {
         decision.reset_after_ms,
     ] {
         raw::reply_with_long_long(ctx.ctx, value as i64);
+    }
+}
+
+/// CHARGE's reply, `[over, remaining, retry_after_ms, reset_after_ms]`:
+/// four integers in RESP2 and RESP3 alike, as CHECK's.
+fn reply_settlement(ctx: &Context, settlement: &Settlement) {
+    raw::reply_with_array(ctx.ctx, 4);
+    reply_settlement_fields(ctx, settlement);
+}
+
+fn reply_settlement_fields(ctx: &Context, settlement: &Settlement) {
+    for value in [
+        settlement.over,
+        settlement.remaining,
+        settlement.retry_after_ms,
+        settlement.reset_after_ms,
+    ] {
+        raw::reply_with_long_long(ctx.ctx, value as i64);
+    }
+}
+
+/// MCHARGE's reply: CHARGE's four integers over every key, then the
+/// 1-based positions of the keys now over (an empty array when none is).
+fn reply_joint_settlement(ctx: &Context, joint: &JointSettlement) {
+    raw::reply_with_array(ctx.ctx, 5);
+    reply_settlement_fields(ctx, &joint.settlement);
+    raw::reply_with_array(ctx.ctx, joint.over.len() as i64);
+    for &position in &joint.over {
+        raw::reply_with_long_long(ctx.ctx, position as i64 + 1);
     }
 }
 

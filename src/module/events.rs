@@ -14,7 +14,7 @@ use std::os::raw::c_int;
 /// A change to a key's log, named as its keyspace event.
 #[derive(Clone, Copy)]
 pub enum Change {
-    /// An allowed CHECK, or a RECORD from the master or the AOF.
+    /// An allowed CHECK, a CHARGE, or a RECORD from the master or the AOF.
     Recorded,
     /// An UNDO that took something back.
     Refunded,

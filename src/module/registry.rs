@@ -154,10 +154,41 @@ const MULTI_LIMIT_ARGS: &[ArgSpec] = &[
     option(&args::BLOCK),
 ];
 
+/// `key window max [window max ...] [COST n] [PRECISION p]`: CHECK's,
+/// without BLOCK (a settlement is never denied).
+const CHARGE_ARGS: &[ArgSpec] = &[
+    arg("key", KEY),
+    LIMIT,
+    option(&args::COST),
+    option(&args::PRECISION),
+];
+
+/// `numkeys key [key ...] npairs window max [window max ...] [npairs window
+/// max [window max ...] ...] [COST n] [PRECISION p]`: MCHECK's, without
+/// BLOCK.
+const MULTI_CHARGE_ARGS: &[ArgSpec] = &[
+    arg("numkeys", INTEGER),
+    ArgSpec {
+        flags: MULTIPLE,
+        ..arg("key", KEY)
+    },
+    ArgSpec {
+        name: "limits",
+        kind: BLOCK,
+        token: None,
+        flags: MULTIPLE,
+        subargs: &[arg("npairs", INTEGER), LIMIT],
+    },
+    option(&args::COST),
+    option(&args::PRECISION),
+];
+
+const CHARGE_SINCE: &CStr = c"0.5.0";
+
 /// The category module commands are also put in, where servers allow it.
 pub const ACL_CATEGORY: &CStr = c"ratelimit";
 
-const SPECS: [CommandSpec; 13] = [
+const SPECS: [CommandSpec; 15] = [
     CommandSpec {
         name: c"ratelimit.check",
         handler: commands::check_command,
@@ -203,7 +234,7 @@ const SPECS: [CommandSpec; 13] = [
         handler: commands::record_command,
         flags: c"write fast",
         acl_categories: c"write fast",
-        summary: c"Internal: how an allowed RATELIMIT.CHECK reaches replicas and the AOF. Refused from clients.",
+        summary: c"Internal: how an allowed RATELIMIT.CHECK, or a RATELIMIT.CHARGE, reaches replicas and the AOF. Refused from clients.",
         complexity: c"O(1) amortised.",
         arity: -5,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
@@ -310,7 +341,7 @@ const SPECS: [CommandSpec; 13] = [
         handler: commands::multi_record_command,
         flags: c"write getkeys-api",
         acl_categories: c"write",
-        summary: c"Internal: how an allowed RATELIMIT.MCHECK reaches replicas and the AOF, every key's record in one command. Refused from clients.",
+        summary: c"Internal: how an allowed RATELIMIT.MCHECK, or a RATELIMIT.MCHARGE, reaches replicas and the AOF, every key's record in one command. Refused from clients.",
         complexity: c"O(1) amortised per key.",
         arity: -7,
         key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
@@ -330,6 +361,33 @@ const SPECS: [CommandSpec; 13] = [
         ],
         keys: Keys::Counted,
         since: c"0.3.0",
+    },
+    CommandSpec {
+        name: c"ratelimit.charge",
+        handler: commands::charge_command,
+        // As CHECK: a shorter window's entries are read one by one.
+        flags: c"write deny-oom",
+        acl_categories: c"write",
+        summary: c"Records a settlement of n units of cost (default 1) whatever the limits say, never denied, and measures the key against them. Replies [over, remaining, retry_after_ms, reset_after_ms].",
+        complexity: c"O(1) amortised for the key's longest window, plus, for each shorter window, the entries in it; the same for any COST.",
+        arity: args::CHARGE_ARITY,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: CHARGE_ARGS,
+        keys: Keys::First,
+        since: CHARGE_SINCE,
+    },
+    CommandSpec {
+        name: c"ratelimit.mcharge",
+        handler: commands::mcharge_command,
+        flags: c"write deny-oom getkeys-api",
+        acl_categories: c"write",
+        summary: c"Records a settlement of n units of cost (default 1) in every key, as RATELIMIT.CHARGE on each with its own limits. Replies [over, remaining, retry_after_ms, reset_after_ms, over_keys].",
+        complexity: c"RATELIMIT.CHARGE's for each key.",
+        arity: args::MCHARGE_ARITY,
+        key_flags: raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE,
+        args: MULTI_CHARGE_ARGS,
+        keys: Keys::Counted,
+        since: CHARGE_SINCE,
     },
     CommandSpec {
         name: c"ratelimit.gcra",

@@ -13,6 +13,12 @@
 //! propagate nothing. UNDO reads no clock and is propagated as it was
 //! called.
 //!
+//! A CHARGE (a settlement, recorded whatever the limits say) is propagated
+//! as an allowed CHECK is, `RATELIMIT.RECORD key at window cost
+//! [precision]` with the master's time, and an MCHARGE as an allowed
+//! MCHECK is, one MRECORD: what replicas apply is what was recorded, and
+//! they never decide (nor refuse) anything themselves.
+//!
 //! An allowed MCHECK is propagated as one command for all its keys,
 //! `RATELIMIT.MRECORD numkeys key [key ...] at cost precision window
 //! [window ...]`: the replica applies every key's record in one command,
@@ -78,7 +84,12 @@ pub fn replicate_charge(ctx: &Context, key: &Arg, charge: &Charge) {
 /// [window ...]` for the allowed `calls` (every key's, in key order),
 /// from the caller's own argument strings (`numkeys` as called, the
 /// options every key shares) and the shared `at`.
-pub fn replicate_multi_record(ctx: &Context, numkeys: &Arg, calls: &[LimitCall<Arg>], at: Millis) {
+pub fn replicate_multi_record<R>(
+    ctx: &Context,
+    numkeys: &Arg,
+    calls: &[LimitCall<Arg, R>],
+    at: Millis,
+) {
     let Some(first) = calls.first() else {
         return;
     };
@@ -141,7 +152,7 @@ pub fn replicate_widen(ctx: &Context, call: &LimitCall<Arg>) {
 /// cost and precision are the caller's own arguments and `at` is shared by
 /// every call in the same millisecond, so replicating allocates nothing
 /// per call but the command Redis builds.
-pub fn replicate_record(ctx: &Context, call: &LimitCall<Arg>, at: Millis) {
+pub fn replicate_record<R>(ctx: &Context, call: &LimitCall<Arg, R>, at: Millis) {
     let cost = call.cost.map_or_else(|| SHARED.one(), Arg::as_ptr);
     let replicate = api().replicate;
     let (name, key, at, window) = (

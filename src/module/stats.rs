@@ -36,12 +36,15 @@ pub static LOG_FULL: Counter = Counter::new();
 pub static DEFRAG_MOVED: Counter = Counter::new();
 pub static BLOCKS_STARTED: Counter = Counter::new();
 pub static UNBLOCKS: Counter = Counter::new();
+pub static CHARGES: Counter = Counter::new();
+pub static CHARGES_OVER: Counter = Counter::new();
+pub static UNITS_CHARGED: Counter = Counter::new();
 pub static GCRA_CHECKS: Counter = Counter::new();
 pub static GCRA_ALLOWED: Counter = Counter::new();
 pub static GCRA_PEEKS: Counter = Counter::new();
 pub static GCRA_TOKENS: Counter = Counter::new();
 
-const FIELDS: [(&str, &Counter); 15] = [
+const FIELDS: [(&str, &Counter); 18] = [
     ("checks", &CHECKS),
     ("allowed", &ALLOWED),
     ("peeks", &PEEKS),
@@ -53,6 +56,9 @@ const FIELDS: [(&str, &Counter); 15] = [
     ("defrag_moved", &DEFRAG_MOVED),
     ("blocks_started", &BLOCKS_STARTED),
     ("unblocks", &UNBLOCKS),
+    ("charges", &CHARGES),
+    ("charges_over", &CHARGES_OVER),
+    ("units_charged", &UNITS_CHARGED),
     ("gcra_checks", &GCRA_CHECKS),
     ("gcra_allowed", &GCRA_ALLOWED),
     ("gcra_peeks", &GCRA_PEEKS),
