@@ -596,10 +596,14 @@ pub fn charge(state: Option<&State>, clock: Millis, charge: &Charge) -> Result<R
     let view = state.map(|s| s.log().view());
     let at = decision_time(view.as_ref(), clock);
     let longest = charge.longest().window;
-    let kept = view.map_or(0, |view| {
-        window_sum(&view, at, view.window.max(longest.get()))
+    let cost = u128::from(charge.cost.get());
+    let room = u128::from(MAX_COST);
+    // What the log holds now bounds what it keeps: most keys are far from
+    // the bound, and only a key near it is read.
+    let overflows = view.is_some_and(|view| {
+        view.total + cost > room && kept(&view, at, view.window.max(longest.get())) + cost > room
     });
-    if kept + u128::from(charge.cost.get()) > u128::from(MAX_COST) {
+    if overflows || cost > room {
         return Err(Overflow);
     }
     Ok(Record {
@@ -627,7 +631,8 @@ pub fn charge_all(
 /// applied, at the same clock reading.
 pub fn settled(state: &State, clock: Millis, charge: &Charge) -> Settlement {
     let view = state.log().view();
-    let at = decision_time(Some(&view), clock);
+    let newest = view.newest();
+    let at = time_after(newest, clock);
     let mut settlement = Settlement {
         over: 0,
         remaining: u64::MAX,
@@ -635,18 +640,23 @@ pub fn settled(state: &State, clock: Millis, charge: &Charge) -> Settlement {
         reset_after_ms: 0,
     };
     for limit in charge.limits() {
-        let used = window_sum(&view, at, limit.window.get());
+        // The cost in the window, exactly, and when a request of cost 1
+        // fits it again.
+        let horizon = at.saturating_sub_unsigned(limit.window.get());
+        let window = match view.window <= limit.window.get() {
+            true => from_the_front(&view, horizon, limit, 1),
+            false => counted_from_the_back(&view, horizon, limit),
+        };
         let max = u128::from(limit.max.get());
-        let over = u64::try_from(used.saturating_sub(max)).unwrap_or(u64::MAX);
+        let over = u64::try_from(window.used.saturating_sub(max)).unwrap_or(u64::MAX);
         settlement.over = settlement.over.max(over);
-        settlement.remaining = settlement.remaining.min(max.saturating_sub(used) as u64);
-        // When a request of cost 1 fits this limit again.
-        let wait = occupancy(&view, at, limit, 1).retry_after_ms;
-        settlement.retry_after_ms = settlement.retry_after_ms.max(wait);
+        settlement.remaining = settlement
+            .remaining
+            .min(max.saturating_sub(window.used) as u64);
+        settlement.retry_after_ms = settlement.retry_after_ms.max(window.retry_after_ms);
     }
     let horizon = at.saturating_sub_unsigned(charge.longest().window.get());
-    settlement.reset_after_ms = view
-        .newest()
+    settlement.reset_after_ms = newest
         .filter(|newest| newest.at > horizon)
         .map_or(0, |newest| newest.at.abs_diff(horizon));
     settlement
@@ -679,34 +689,30 @@ pub fn settled_all(keys: &[(&State, &Charge)], clock: Millis) -> JointSettlement
     }
 }
 
-/// The cost recorded in `(now - window, now]`, exactly: for a window as
-/// long as the log's or longer, its cost sum less what expired (read from
-/// the front); for a shorter one, its entries (read from the back).
-fn window_sum(log: &View, now: Millis, window: u64) -> u128 {
+/// The cost a log keeps at `now` under `window` (at least its own): its
+/// cost sum less what has expired, read from the front.
+fn kept(log: &View, now: Millis, window: u64) -> u128 {
+    debug_assert!(window >= log.window);
     let horizon = now.saturating_sub_unsigned(window);
-    let cost = |e: crate::log::Entry| u128::from(e.cost);
-    if log.window <= window {
-        let expired: u128 = log
-            .entries()
-            .take_while(|e| e.at <= horizon)
-            .map(cost)
-            .sum();
-        log.total - expired
-    } else {
-        log.entries()
-            .rev()
-            .take_while(|e| e.at > horizon)
-            .map(cost)
-            .sum()
-    }
+    let expired: u128 = log
+        .entries()
+        .take_while(|e| e.at <= horizon)
+        .map(|e| u128::from(e.cost))
+        .sum();
+    log.total - expired
 }
 
 /// The clock (within the times a log holds), or the newest entry's time
 /// if the clock reads earlier.
 fn decision_time(log: Option<&View>, clock: Millis) -> Millis {
+    time_after(log.and_then(View::newest), clock)
+}
+
+/// The clock (within the times a log holds), or `newest`'s time if the
+/// clock reads earlier.
+fn time_after(newest: Option<crate::log::Entry>, clock: Millis) -> Millis {
     let clock = clock.clamp(*TIMES.start(), *TIMES.end());
-    log.and_then(View::newest)
-        .map_or(clock, |newest| clock.max(newest.at))
+    newest.map_or(clock, |newest| clock.max(newest.at))
 }
 
 /// What the windows hold at one moment, seen by one request.
@@ -817,6 +823,26 @@ fn from_the_front(log: &View, horizon: Millis, limit: &Limit, cost: u64) -> Occu
     Occupancy {
         used,
         retry_after_ms,
+    }
+}
+
+/// A window shorter than the log's, read from the back whole: the cost in
+/// it exactly (CHARGE's `over` needs it), and the wait until a request of
+/// cost 1 fits (see [`from_the_back`], which stops once the window is
+/// known to be full).
+fn counted_from_the_back(log: &View, horizon: Millis, limit: &Limit) -> Occupancy {
+    let room = u128::from(limit.max.get()) - 1;
+    let mut used = 0u128;
+    let mut last_to_leave = None;
+    for entry in log.entries().rev().take_while(|e| e.at > horizon) {
+        used += u128::from(entry.cost);
+        if last_to_leave.is_none() && used > room {
+            last_to_leave = Some(entry.at);
+        }
+    }
+    Occupancy {
+        used,
+        retry_after_ms: last_to_leave.map_or(0, |t| expiry(t, horizon)),
     }
 }
 
