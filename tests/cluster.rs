@@ -5,7 +5,9 @@
 //! failover, and token buckets through MIGRATE and atomic slot migration
 //! (module only). One MCHECK over hash-tagged keys charges every
 //! key or none on their master and its replica, with the module and the
-//! twin; keys of different slots get CROSSSLOT.
+//! twin; keys of different slots get CROSSSLOT. CHARGE and MCHARGE route
+//! by their keys like CHECK and MCHECK, and replicas hold what they
+//! charged (module only).
 
 use harness::{check, digest, peek, run, wait_for_replica, Backend, Caller, Server};
 use redis::cluster::ClusterClient;
@@ -273,6 +275,7 @@ fn the_cluster_keeps_every_promise() {
     node_clients_reach_the_owner_in_one_trip(&cluster);
     atomic_slot_migration_moves_a_live_log(&cluster);
     several_keys_in_one_slot(&cluster, &Backend::Module.prepare(&cluster.servers[0]), "m");
+    charges_route_and_replicate(&cluster);
     failover_continues_the_same_logs(&cluster);
 }
 
@@ -339,6 +342,62 @@ fn several_keys_in_one_slot(cluster: &Cluster, caller: &Caller, tag: &str) {
         ],
     );
     assert!(refused.starts_with("CROSSSLOT"), "{name}: {refused}");
+}
+
+/// CHARGE from a cluster client reaches each key's master; MCHARGE over
+/// keys of one slot charges them all on their master, whose replica then
+/// holds the same values; keys of different slots get CROSSSLOT.
+fn charges_route_and_replicate(cluster: &Cluster) {
+    let mut client = cluster.client();
+    for i in 0..100 {
+        let key = format!("settle:{i}");
+        let reply: Vec<i64> = redis::cmd("RATELIMIT.CHARGE")
+            .arg(&key)
+            .arg(WINDOW)
+            .arg(5)
+            .arg("COST")
+            .arg(7)
+            .query(&mut client)
+            .expect("CHARGE through the cluster client");
+        assert_eq!(reply[..2], [2, 0], "{key}: over by 2");
+        assert_eq!(peek(&mut client, &key, WINDOW, 10)[..2], [1, 3], "{key}");
+    }
+    let keys = ["{c:t7}:user:42", "{c:t7}:ip:10.0.0.1", "{c:t7}:all"];
+    let mut words = vec!["RATELIMIT.MCHARGE", "3"];
+    words.extend(keys);
+    words.extend(["1", "60000", "2", "1", "60000", "3", "1", "60000", "100"]);
+    words.extend(["COST", "3"]);
+    let owner = cluster.owner(keys[0]);
+    let mut con = cluster.connect(owner.port);
+    let (over, remaining, _, _, named): (i64, i64, i64, i64, Vec<i64>) = run(&mut con, &words);
+    assert_eq!((over, remaining, named), (1, 0, vec![1]));
+    let mut replica = cluster.connect(cluster.replica_of(&owner).port);
+    wait_for_replica(&mut con, &mut replica);
+    for key in keys {
+        assert_eq!(
+            digest(&mut replica, key),
+            digest(&mut con, key),
+            "{key} on the replica"
+        );
+    }
+    let (a, b) = ("{c:a}:x", "{c:b}:x");
+    assert_ne!(cluster.slot(a), cluster.slot(b));
+    let refused = harness::error(
+        &mut con,
+        &[
+            "RATELIMIT.MCHARGE",
+            "2",
+            a,
+            b,
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+        ],
+    );
+    assert!(refused.starts_with("CROSSSLOT"), "{refused}");
 }
 
 /// The master that serves `key` (the others answer MOVED).

@@ -193,6 +193,21 @@ fn reply(answer: Answer) -> Reply {
             fields(&j.decision),
             j.denied.iter().map(|&i| i as i64 + 1).collect(),
         ),
+        // CHARGE's and MCHARGE's, in CHECK's and MCHECK's shapes (as the
+        // corpus reads them).
+        Answer::Settlement(s) => Reply::Decision(
+            [s.over, s.remaining, s.retry_after_ms, s.reset_after_ms].map(|n| n as i64),
+        ),
+        Answer::JointSettlement(j) => Reply::Joint(
+            [
+                j.settlement.over,
+                j.settlement.remaining,
+                j.settlement.retry_after_ms,
+                j.settlement.reset_after_ms,
+            ]
+            .map(|n| n as i64),
+            j.over.iter().map(|&i| i as i64 + 1).collect(),
+        ),
         Answer::Integer(n) => Reply::Integer(n),
         Answer::Integers(n) => Reply::Integers(n),
         Answer::Bucket(fields) => Reply::Bucket(fields),
