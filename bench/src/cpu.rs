@@ -13,7 +13,11 @@
 //! out, with a note, without it). And each approach's MEMORY USAGE of one
 //! key (the token buckets' keys named alike, `gcra:0`, `rate:0`,
 //! `cell:0`). Instruction counts are steady where timings on this shared
-//! machine are not. Written to bench/results/cpu.csv.
+//! machine are not. Issue 27's settlements stand beside one CHECK: a
+//! CHARGE alone, and "reserve and settle", a request that reserves its
+//! estimate (CHECK COST estimate) and settles the rest of its actual cost
+//! after its response (CHARGE COST actual - estimate), two commands
+//! counted as one request. Written to bench/results/cpu.csv.
 
 use crate::approaches::{self, client_clock_ms};
 use harness::{twin_library, twin_script, Server};
@@ -77,6 +81,10 @@ fn script_call(sha: &str, key: String, limit: [&str; 3]) -> redis::Cmd {
 
 /// An approach's call on key number `i`.
 type Call = Box<dyn Fn(usize) -> redis::Cmd>;
+
+/// A request's calls on key number `i`: one command for most approaches,
+/// two for "reserve and settle".
+type Request = Vec<Call>;
 
 /// The token buckets' rows: the module's, the GCRA script's and, when
 /// loaded, redis-cell's, each allowed and limited.
@@ -196,12 +204,51 @@ fn approaches(twin_sha: &str, scripts: &Scripts) -> Vec<(&'static str, Call)> {
     ]
 }
 
-fn pipeline(con: &mut Connection, call: &dyn Fn(usize) -> redis::Cmd) {
+fn pipeline(con: &mut Connection, request: &[Call]) {
     let mut pipe = redis::pipe();
     for i in 0..KEYS {
-        pipe.add_command(call(i)).ignore();
+        for call in request {
+            pipe.add_command(call(i)).ignore();
+        }
     }
     pipe.query::<()>(con).expect("a pipeline of calls");
+}
+
+/// A token budget of 10,000 a minute: a reservation alone (CHECK COST
+/// 100, the same request never settled), a CHARGE alone (a settlement of
+/// 20 units), and a request that reserves an estimate of 100 with CHECK
+/// and settles its actual 120 with CHARGE COST 20. Ten of each per key
+/// stay within the budget.
+fn settlements() -> Vec<(&'static str, Request)> {
+    let budget = |name: &str, prefix: &'static str, cost: u64| -> Call {
+        let name = name.to_string();
+        Box::new(move |i| {
+            redis::cmd(&name)
+                .arg(format!("{prefix}:{i}"))
+                .arg(60_000)
+                .arg(10_000)
+                .arg("COST")
+                .arg(cost)
+                .clone()
+        })
+    };
+    vec![
+        (
+            "RATELIMIT.CHECK COST estimate (a reservation, never settled)",
+            vec![budget("RATELIMIT.CHECK", "reserve", 100)],
+        ),
+        (
+            "RATELIMIT.CHARGE (a settlement)",
+            vec![budget("RATELIMIT.CHARGE", "charge", 20)],
+        ),
+        (
+            "reserve and settle: CHECK COST estimate + CHARGE COST (actual - estimate)",
+            vec![
+                budget("RATELIMIT.CHECK", "settle", 100),
+                budget("RATELIMIT.CHARGE", "settle", 20),
+            ],
+        ),
+    ]
 }
 
 fn callgrind_control(pid: u32, option: &str) {
@@ -281,18 +328,26 @@ pub fn run(extra_module: Option<&str>) -> (Vec<Row>, Option<&'static str>) {
         .arg("CL.THROTTLE")
         .query::<Vec<Option<redis::Value>>>(&mut con)
         .is_ok_and(|info| info.first().is_some_and(Option::is_some));
-    let mut all = approaches(&twin_sha, &scripts);
-    all.extend(bucket_approaches(&scripts.gcra, with_cell));
+    let mut all: Vec<(&str, Request)> = approaches(&twin_sha, &scripts)
+        .into_iter()
+        .map(|(name, call)| (name, vec![call]))
+        .collect();
+    all.extend(settlements());
+    all.extend(
+        bucket_approaches(&scripts.gcra, with_cell)
+            .into_iter()
+            .map(|(name, call)| (name, vec![call])),
+    );
     let mut rows = vec![];
-    for (name, call) in all {
+    for (name, request) in all {
         for _ in 0..WARM {
-            pipeline(&mut con, &call);
+            pipeline(&mut con, &request);
         }
         callgrind_control(server.pid(), "--zero");
-        pipeline(&mut con, &call);
+        pipeline(&mut con, &request);
         callgrind_control(server.pid(), "--dump");
         let per_call = newest_dump_total(&server.dir) as f64 / KEYS as f64;
-        let memory_usage = memory_usage(&mut con, &call(0));
+        let memory_usage = memory_usage(&mut con, &request[0](0));
         eprintln!("  {name}: {per_call:.0} instructions per call, MEMORY USAGE {memory_usage}");
         rows.push(Row {
             name: name.to_string(),
