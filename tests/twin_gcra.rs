@@ -72,7 +72,7 @@ impl Module {
         if let Some(charge) = verdict.charge {
             self.keys.insert(key, (charge.bucket, charge.expires_at));
         }
-        Reply::Integers(verdict.decision.reply(call.units).to_vec())
+        Reply::Bucket(verdict.decision.reply(call.units))
     }
 
     /// The key as a look at `clock` sees it (expired keys are gone).
@@ -451,28 +451,28 @@ fn chosen_cases_in_process() {
     };
     for k in 1..=16 {
         let reply = at(&["RATELIMIT.GCRA", "user123", "15", "30", "60"], T0);
-        assert_eq!(reply, Reply::Integers(vec![0, 16, 16 - k, -1, 2 * k]));
+        assert_eq!(reply, Reply::Bucket([0, 16, 16 - k, -1, 2 * k]));
     }
     for _ in 17..=20 {
         let reply = at(&["RATELIMIT.GCRA", "user123", "15", "30", "60"], T0 + 1);
-        assert_eq!(reply, Reply::Integers(vec![1, 16, 0, 2, 32]));
+        assert_eq!(reply, Reply::Bucket([1, 16, 0, 2, 32]));
     }
     let ms = at(
         &["RATELIMIT.GCRA", "user123", "15", "30", "60", "MS"],
         T0 + 1,
     );
-    assert_eq!(ms, Reply::Integers(vec![1, 16, 0, 1999, 31_999]));
+    assert_eq!(ms, Reply::Bucket([1, 16, 0, 1999, 31_999]));
     // A question on a missing key, a request larger than the bucket.
     let fresh = at(&["RATELIMIT.GCRA", "q", "5", "1", "1", "TOKENS", "0"], T0);
-    assert_eq!(fresh, Reply::Integers(vec![0, 6, 6, -1, 0]));
+    assert_eq!(fresh, Reply::Bucket([0, 6, 6, -1, 0]));
     assert!(!twin.exists("q"));
     let never = at(&["RATELIMIT.GCRA", "q", "2", "1", "1", "TOKENS", "4"], T0);
-    assert_eq!(never, Reply::Integers(vec![1, 3, 3, -1, 0]));
+    assert_eq!(never, Reply::Bucket([1, 3, 3, -1, 0]));
     // The clock stepping back frees nothing; a changed period counts a
     // partly drained token whole.
     at(&["RATELIMIT.GCRA", "q", "0", "1", "1"], T0);
     let back = at(&["RATELIMIT.GCRA", "q", "0", "1", "1", "MS"], T0 - 5000);
-    assert_eq!(back, Reply::Integers(vec![1, 1, 0, 1000, 1000]));
+    assert_eq!(back, Reply::Bucket([1, 1, 0, 1000, 1000]));
     at(
         &["RATELIMIT.GCRA", "q", "15", "10", "20", "TOKENS", "3"],
         T0 + 10,
@@ -543,7 +543,7 @@ fn chosen_cases_in_process() {
         "0.001",
     ];
     let full = at(&[&max[..], &["TOKENS", "9000000000000000"]].concat(), T0);
-    assert_eq!(full, Reply::Integers(vec![0, MAX_EXACT as i64, 0, -1, 1]));
+    assert_eq!(full, Reply::Bucket([0, MAX_EXACT as i64, 0, -1, 1]));
     let bucket = twin.bucket("edge2").unwrap().expect("a bucket");
     assert_eq!((bucket.at, bucket.period, bucket.level), (T0, 1, MAX_EXACT));
     let slow = [
@@ -561,13 +561,13 @@ fn chosen_cases_in_process() {
     let slow = at(&slow, T0 + 1);
     assert_eq!(
         slow,
-        Reply::Integers(vec![0, MAX_EXACT as i64, 0, -1, MAX_EXACT as i64])
+        Reply::Bucket([0, MAX_EXACT as i64, 0, -1, MAX_EXACT as i64])
     );
     // Full: a wait of one unit, 1/9e15 ms (0 s as redis-cell rounds it).
-    let full = Reply::Integers(vec![1, MAX_EXACT as i64, 0, 0, 1]);
+    let full = Reply::Bucket([1, MAX_EXACT as i64, 0, 0, 1]);
     assert_eq!(at(&max, T0 + 1), full);
     // A ms at 9e15 units a ms empties it.
-    let empty = Reply::Integers(vec![0, MAX_EXACT as i64, MAX_EXACT as i64 - 1, -1, 0]);
+    let empty = Reply::Bucket([0, MAX_EXACT as i64, MAX_EXACT as i64 - 1, -1, 0]);
     assert_eq!(at(&max, T0 + 2), empty);
 }
 

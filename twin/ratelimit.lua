@@ -2298,7 +2298,7 @@ local function general()
     local operation = OPERATIONS[argv[1] or '']
     if not operation then
       return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
-        .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo and unblock)")
+        .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock and gcra)")
     end
     local args = {}
     for i = 2, #argv do

@@ -81,6 +81,7 @@ pub const MODULE_RULES: &[&str] = &[
     "+ratelimit.mpeek",
     "+ratelimit.mundo",
     "+ratelimit.unblock",
+    "+ratelimit.gcra",
 ];
 
 /// twin/ratelimit.lua as FUNCTION LOAD takes it.

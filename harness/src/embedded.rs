@@ -7,7 +7,7 @@
 //! a clock from its caller.
 
 use crate::backend::twin_script;
-use crate::corpus::{KeyState, Reply};
+use crate::corpus::{BucketState, Held, KeyState, Reply};
 use crate::twin_format;
 use mlua::{Function, Lua, Value};
 
@@ -200,7 +200,11 @@ impl EmbeddedTwin {
                     return Reply::Error(text);
                 }
                 // MUNDO's integers, one per key; GCRA's five.
-                if operation == "mundo" || operation == "gcra" {
+                if operation == "gcra" {
+                    let fields = integers(&table, 5).try_into().expect("5 fields");
+                    return Reply::Bucket(fields);
+                }
+                if operation == "mundo" {
                     return Reply::Integers(integers(&table, table.raw_len()));
                 }
                 let fields = integers(&table, 4).try_into().expect("4 fields");
@@ -228,14 +232,23 @@ impl EmbeddedTwin {
     }
 
     /// The key as the corpus writes a state (times less `epoch`): its
-    /// stored value decoded, and its expiry.
-    pub fn state(&self, key: &str, epoch: i64) -> Result<Option<KeyState>, String> {
+    /// stored value decoded (a log or a token bucket), and its expiry.
+    pub fn state(&self, key: &str, epoch: i64) -> Result<Option<Held>, String> {
         let Some(value) = self.value(key) else {
             return Ok(None);
         };
+        let expires = self.expires(key).ok_or("a key without an expiry")? - epoch;
+        if value.starts_with(&TwinBucket::MAGIC) {
+            let bucket = TwinBucket::decode(&value)?;
+            return Ok(Some(Held::Bucket(BucketState {
+                at: bucket.at - epoch,
+                period: bucket.period,
+                level: bucket.level,
+                expires,
+            })));
+        }
         let log = twin_format::decode_paged_by(&value, self.page).map_err(|e| e.to_string())?;
-        let expires = self.expires(key).ok_or("a key without an expiry")?;
-        Ok(Some(KeyState {
+        Ok(Some(Held::Log(KeyState {
             window: if log.entries.is_empty() {
                 0
             } else {
@@ -246,8 +259,8 @@ impl EmbeddedTwin {
                 0 => 0,
                 at => at - epoch,
             },
-            expires: expires - epoch,
-        }))
+            expires,
+        })))
     }
 
     /// Whether the key exists at the clock's time.
