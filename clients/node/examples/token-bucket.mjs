@@ -9,19 +9,19 @@ const redis = new Redis(process.env.REDIS_URL ?? "redis://localhost:6379");
 redis.on("error", () => {}); // the limiter logs an outage once, with its cause
 const limiter = new RateLimiter(redis);
 const perKey = { maxBurst: 15, count: 30, periodMs: 60_000 };
-const apiKey = (req) => req.get("x-api-key") ?? req.ip;
 
 const app = express();
 app.get("/quota", async (req, res) => {
   // tokens: 0 asks without charging; the middleware's keys are "<name>:<key>".
-  const { remaining, resetAfterMs } = await limiter.gcra(`api:${apiKey(req)}`, perKey, { tokens: 0 });
+  const key = `api:${req.get("x-api-key") ?? req.ip}`;
+  const { remaining, resetAfterMs } = await limiter.gcra(key, perKey, { tokens: 0 });
   res.json({ remaining, resetAfterMs });
 });
 app.use(
   expressRateLimit(limiter, {
     name: "api",
     gcra: perKey,
-    key: apiKey,
+    key: (req) => req.get("x-api-key") ?? req.ip,
     cost: (req) => Math.max(1, Number.parseInt(req.get("x-items") ?? "1", 10) || 1),
   }),
 );
