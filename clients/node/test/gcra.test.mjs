@@ -446,3 +446,39 @@ test("gcra is exclusive with limits and keys, and takes no blockMs or refundWhen
   await assert.rejects(run({ gcra: { ...gcra, periodMs: 0.5 } }), RateLimitInputError);
   await run({ gcra });
 });
+
+test("the fallback's one keyspace: buckets and logs share the LRU cap (maxKeys)", () => {
+  let now = 1_764_000_000_000;
+  const memory = new MemoryLimiter(() => now, 2);
+  memory.gcra("a", PER_MINUTE);
+  memory.check("b", { windowMs: 60_000, max: 5 });
+  now += 1;
+  memory.gcra("a", PER_MINUTE, { tokens: 0 }); // a question is a use too: "b" is now the least recently used
+  memory.gcra("c", PER_MINUTE);
+  assert.equal(memory.size, 2);
+  assert.equal(memory.state("b"), undefined, "the least recently used key was dropped");
+  assert.equal(memory.gcraState("a")?.level, 60_000);
+  assert.equal(memory.gcraState("c")?.level, 60_000);
+});
+
+test("a server whose module predates GCRA (RATELIMIT.PEEK answers) is an older module: an error, and the server stays on the module", async () => {
+  class ReplyError extends Error {
+    name = "ReplyError";
+  }
+  const sent = [];
+  const connection = {
+    send: async (_key, args) => {
+      sent.push(args[0]);
+      if (args[0] === "RATELIMIT.PEEK") return [1, 0, 0, 0];
+      throw new ReplyError(`ERR unknown command '${args[0]}', with args beginning with: `);
+    },
+    serverFor: () => "old:6379",
+  };
+  const limiter = new RateLimiter(connection, { logger: recorder().logger });
+  await assert.rejects(
+    limiter.gcra("k", PER_MINUTE),
+    (error) => error instanceof RateLimitReplyError && /^the server's RATELIMIT module is older than this call needs/.test(error.message),
+  );
+  assert.deepEqual(sent, ["RATELIMIT.GCRA", "RATELIMIT.PEEK"]);
+  assert.equal(limiter.backend, "module");
+});
