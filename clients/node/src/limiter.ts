@@ -1,8 +1,8 @@
 // The client: check / peek / undo, on one key or several at once, unblock,
-// and gcra (the token bucket), on the module where it is loaded and on the script twin where it
-// is not (learned per server from the answer to the module's own command),
-// under an explicit failure policy. What it logs and how it names an
-// outage's cause are contract/transport.json's.
+// and gcra (the token bucket), on the module where it is loaded and on the
+// script twin where it is not (learned per server from the answer to the
+// module's own command), under an explicit failure policy. What it logs and
+// how it names an outage's cause are contract/transport.json's.
 import { type Connection, connect, messageOf, type RedisClient } from "./adapters.js";
 import { gcraReply } from "./gcra.js";
 import {
