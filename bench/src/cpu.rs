@@ -353,9 +353,10 @@ pub fn write(rows: &[Row], note: Option<&str>, dir: &Path) -> std::io::Result<()
     let incr = rows.first().map_or(1.0, |r| r.per_call);
     let mut csv = String::from("approach,instructions_per_call,times_incr,memory_usage_of_a_key\n");
     for row in rows {
+        // Quoted: an approach's name may hold a comma.
         csv.push_str(&format!(
-            "{},{:.0},{:.2},{}\n",
-            row.name,
+            "\"{}\",{:.0},{:.2},{}\n",
+            row.name.replace('"', "\"\""),
             row.per_call,
             row.per_call / incr,
             row.memory_usage
