@@ -545,29 +545,19 @@ local function gcra(keys, argv, first)
         l5, l6, l7), 'PXAT', expires)
     end
   end
-  -- Waits of u units are u / c ms: with MS rounded up; else redis-cell's
+  -- A wait of u units is u / c ms: with MS rounded up; else redis-cell's
   -- seconds, the whole ms rounded up to seconds. Every value <= 9e15.
-  local rest = fmod(left, P)
-  local remaining = (left - rest) / P
-  if retry then
-    rest = fmod(retry, c)
-    retry = (retry - rest) / c
+  local function wait(u)
+    local part = fmod(u, c)
+    local whole = (u - part) / c
     if ms then
-      retry = retry + (rest > 0 and 1 or 0)
-    else
-      rest = fmod(retry, 1000)
-      retry = (retry - rest) / 1000 + (rest > 0 and 1 or 0)
+      return whole + (part > 0 and 1 or 0)
     end
+    part = fmod(whole, 1000)
+    return (whole - part) / 1000 + (part > 0 and 1 or 0)
   end
-  rest = fmod(reset, c)
-  reset = (reset - rest) / c
-  if ms then
-    reset = reset + (rest > 0 and 1 or 0)
-  else
-    rest = fmod(reset, 1000)
-    reset = (reset - rest) / 1000 + (rest > 0 and 1 or 0)
-  end
-  return { limited, b, remaining, retry or -1, reset }
+  local rest = fmod(left, P)
+  return { limited, b, (left - rest) / P, retry and wait(retry) or -1, wait(reset) }
 end
 
 -- The script form's gcra, before anything else is defined.
