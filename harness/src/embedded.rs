@@ -2,7 +2,7 @@
 //! the EVAL form, in the Lua 5.1 that Redis and Valkey embed, over a
 //! small keyspace written in Lua that answers the few commands the twin
 //! sends (GET, GETRANGE, STRLEN, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, EXISTS, DEL,
-//! TIME) and expires keys as Redis does. Its TIME reads a clock the test sets, so
+//! TIME) and expires keys as Redis does (its token bucket, `gcra`, included). Its TIME reads a clock the test sets, so
 //! the timed fields can be held to a model: the twin itself never takes
 //! a clock from its caller.
 
@@ -199,7 +199,8 @@ impl EmbeddedTwin {
                 if let Ok(text) = table.get::<String>("err") {
                     return Reply::Error(text);
                 }
-                if operation == "mundo" {
+                // MUNDO's integers, one per key; GCRA's five.
+                if operation == "mundo" || operation == "gcra" {
                     return Reply::Integers(integers(&table, table.raw_len()));
                 }
                 let fields = integers(&table, 4).try_into().expect("4 fields");
@@ -261,11 +262,58 @@ impl EmbeddedTwin {
         expires.call(key).expect("expiry")
     }
 
+    /// The token bucket the key holds (None if it does not exist, an
+    /// error if it holds anything but the twin's 21-byte bucket).
+    pub fn bucket(&self, key: &str) -> Result<Option<TwinBucket>, String> {
+        self.value(key).map(|v| TwinBucket::decode(&v)).transpose()
+    }
+
     /// The key's stored bytes.
     pub fn value(&self, key: &str) -> Option<Vec<u8>> {
         let value: Function = self.lua.globals().get("value").expect("value");
         let bytes: Option<mlua::String> = value.call(key).expect("value");
         bytes.map(|b| b.as_bytes().to_vec())
+    }
+}
+
+/// A token bucket as the twin stores it (twin/ratelimit.lua's header):
+/// magic `rl\6`, then, little-endian, the time of the last charge (6
+/// bytes), that charge's period in ms (5) and the tokens held then in
+/// `1 / period` tokens (7): 21 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwinBucket {
+    pub at: i64,
+    pub period: u64,
+    pub level: u64,
+}
+
+impl TwinBucket {
+    pub const MAGIC: [u8; 3] = *b"rl\x06";
+    pub const LEN: usize = 21;
+
+    pub fn decode(bytes: &[u8]) -> Result<TwinBucket, String> {
+        if bytes.len() != Self::LEN || bytes[..3] != Self::MAGIC {
+            return Err(format!("not a twin bucket: {bytes:?}"));
+        }
+        let le = |range: std::ops::Range<usize>| {
+            bytes[range]
+                .iter()
+                .rev()
+                .fold(0u64, |n, &b| n << 8 | u64::from(b))
+        };
+        Ok(TwinBucket {
+            at: le(3..9) as i64,
+            period: le(9..14),
+            level: le(14..21),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Self::MAGIC.to_vec();
+        bytes.extend(&(self.at as u64).to_le_bytes()[..6]);
+        bytes.extend(&self.period.to_le_bytes()[..5]);
+        bytes.extend(&self.level.to_le_bytes()[..7]);
+        bytes
     }
 }
 
@@ -275,7 +323,7 @@ pub fn twin_operation(call: &[String]) -> Option<String> {
     let name = call.first()?.to_ascii_lowercase();
     let operation = name.strip_prefix("ratelimit.")?;
     [
-        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo",
+        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo", "gcra",
     ]
     .contains(&operation)
     .then(|| operation.to_string())
