@@ -159,7 +159,7 @@ def test_the_token_bucket_section_as_written(tmp_path: Path, server: Server) -> 
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=app.url) as http:
-            return await asyncio.gather(*(http.get("/") for _ in range(30)))
+            return await asyncio.gather(*(http.get("/") for _ in range(40)))
 
     try:
         responses = asyncio.run(burst())
