@@ -410,7 +410,7 @@ local function gcra(keys, argv, first)
   local whole, dot, fraction = period_word:match('^(%d+)(%.?)(%d*)$')
   local P = whole and #whole <= 7 and (whole == '0' or whole:byte(1) ~= 48)
     and (dot == '' or fraction ~= '' and not fraction:find('[1-9]', 4))
-    and tonumber(whole) * 1000 + tonumber((fraction .. '000'):sub(1, 3))
+    and tonumber(whole) * 1000 + (dot == '' and 0 or tonumber((fraction .. '000'):sub(1, 3)))
   if not P or P < 1 or P > 7776000000 then
     return error_reply('ERR period must be a number of seconds from 0.001 to 7776000 (90 days), '
       .. 'in whole milliseconds')
@@ -434,7 +434,8 @@ local function gcra(keys, argv, first)
 
   -- The key: missing, a bucket, or WRONGTYPE (another type, a log, any
   -- other string) as the module's types answer; at most 22 bytes read.
-  local v = redis.pcall('GETRANGE', key, 0, 21)
+  -- (Words, not numbers: a number sent to a command is printed as a double.)
+  local v = redis.pcall('GETRANGE', key, '0', '21')
   if type(v) == 'table' then
     return error_reply(v.err)
   end
@@ -516,9 +517,10 @@ local function gcra(keys, argv, first)
     if need > 0 then
       -- Stored: (now, P, level + need), expiring when the bucket is empty
       -- again, now + ceil(after / c) <= 2^42 + 9e15 < 2^53, written as
-      -- digits (a double's own text may be an exponent).
+      -- digits (a number's own text may be an exponent): %d prints Lua
+      -- 5.1's number as a C long, 64 bits on every server's platform.
       local rest = fmod(reset, c)
-      local expires = string.format('%.0f', now + (reset - rest) / c + (rest > 0 and 1 or 0))
+      local expires = string.format('%d', now + (reset - rest) / c + (rest > 0 and 1 or 0))
       -- Bytes by % 256, exact (a quotient by a power of two is).
       local a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4, l5, l6, l7
       local x = now
