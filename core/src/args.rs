@@ -47,6 +47,7 @@ pub const MCHECK_ARITY: i32 = -6;
 pub const MPEEK_ARITY: i32 = -6;
 pub const MUNDO_ARITY: i32 = -3;
 pub const UNBLOCK_ARITY: i32 = 2;
+pub const GCRA_ARITY: i32 = -5;
 
 /// Whether `words` (the name included) meet `arity`, as the server checks.
 pub fn meets_arity(words: usize, arity: i32) -> bool {

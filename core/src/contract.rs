@@ -204,7 +204,82 @@ fn written() -> Vec<Case> {
             (0, words(&["RATELIMIT.CHECK", "k", "10\u{0}00", "5"])),
             (0, words(&["RATELIMIT.MCHECK", "2", "a\0b", "a\0b", "1", "1000", "5", "1", "1000", "5"])),
         ]),
+        gcra_case("gcra-burst", "30 per minute in bursts of 16: 16 at once, then one every 2 s", &[
+            (0, "15 30 60"), (0, "15 30 60"), (0, "15 30 60"), (0, "15 30 60"), (0, "15 30 60 TOKENS 12"),
+            (0, "15 30 60"), (1999, "15 30 60"), (2000, "15 30 60"), (2000, "15 30 60 MS"), (5000, "15 30 60 TOKENS 0 MS"),
+        ]),
+        gcra_case("gcra-drip", "a bucket of 3 drained at one token a second: each token back when it has drained", &[
+            (0, "2 1 1"), (0, "2 1 1"), (0, "2 1 1"), (0, "2 1 1"), (999, "2 1 1 MS"), (1000, "2 1 1 MS"),
+            (1000, "2 1 1 MS"), (2500, "2 1 1 MS"), (6000, "2 1 1 TOKENS 0 MS"),
+        ]),
+        gcra_case("gcra-tokens", "TOKENS n weighs a request; TOKENS 0 asks and charges nothing; more than a bucket never fits", &[
+            (0, "4 10 1 TOKENS 0"), (0, "4 10 1 TOKENS 3"), (0, "4 10 1 TOKENS 3 MS"), (0, "4 10 1 TOKENS 6 MS"),
+            (0, "4 10 1 TOKENS 2 MS"), (100, "4 10 1 TOKENS 1 MS"), (700, "4 10 1 TOKENS 0 MS"),
+        ]),
+        gcra_case("gcra-rounding", "waits in seconds as redis-cell rounds them (whole seconds, one more for a millisecond left), or exact with MS", &[
+            (0, "0 3 10"), (0, "0 3 10"), (0, "0 3 10 MS"), (1, "0 3 10"), (1, "0 3 10 MS"), (3333, "0 3 10 MS"),
+            (3334, "0 3 10 MS"), (3334, "0 3 10"),
+        ]),
+        gcra_case("gcra-fast", "rates above 1,000 a second and periods below one: exact, no rounding (redis-cell #50, #80)", &[
+            (0, "9 5000 1 MS"), (0, "9 5000 1 TOKENS 9 MS"), (0, "9 5000 1 MS"), (1, "9 5000 1 MS"), (1, "9 5000 1 TOKENS 5 MS"),
+            (3, "2 1 0.5 MS"), (3, "2 1 0.5 TOKENS 3 MS"), (4, "2 1 0.5 MS"), (504, "2 1 0.001 MS"), (504, "0 1 0.001 MS"),
+        ]),
+        gcra_case("gcra-changed-limit", "a call under another limit keeps the tokens the key holds, at most a full bucket, drained at the call's rate (redis-cell #54)", &[
+            (0, "9 10 60 TOKENS 8 MS"), (0, "9 20 60 MS"), (0, "9 10 30 MS"), (0, "3 10 60 MS"), (6000, "3 10 60 MS"),
+            (6000, "9 60 60 TOKENS 0 MS"),
+        ]),
+        gcra_case("gcra-clock-steps-back", "a clock behind the key's last charge reads as it: a step back frees nothing", &[
+            (5000, "1 1 1 MS"), (5000, "1 1 1 MS"), (4000, "1 1 1 MS"), (4500, "1 1 1 TOKENS 0 MS"), (6000, "1 1 1 MS"),
+        ]),
+        gcra_case("gcra-expiry", "the key expires when its bucket is empty again; a new bucket starts full", &[
+            (0, "4 1 1 TOKENS 3 MS"), (2999, "4 1 1 TOKENS 0 MS"), (3000, "4 1 1 TOKENS 0 MS"), (3001, "4 1 1 TOKENS 0 MS"),
+            (3001, "4 1 1 TOKENS 5 MS"),
+        ]),
+        gcra_case("gcra-bounds", "the largest numbers: exact up to 9e15 units", &[
+            (0, "8999999999999999 9000000000000000 0.001 MS"),
+            (0, "8999999999999999 9000000000000000 0.001 TOKENS 9000000000000000 MS"),
+            (0, "0 9000000000000000 7776000 MS"), (0, "0 9000000000000000 7776000 MS"),
+            (0, "1157 1 7776000 TOKENS 1158 MS"), (1, "1157 1 7776000 MS"),
+        ]),
+        gcra_case("gcra-at-once", "a burst at one moment: the bucket's 16 tokens, weighed, asked, then limited", &[
+            (0, "15 30 60"), (0, "15 30 60 TOKENS 10"), (0, "15 30 60 TOKENS 0"), (0, "15 30 60 TOKENS 6 MS"),
+            (0, "15 30 60 TOKENS 5"), (0, "15 30 60"), (0, "15 30 60 MS"), (0, "15 30 60 TOKENS 17 MS"),
+            (0, "15 30 60 TOKENS 0 MS"),
+        ]),
+        case("gcra-types", "a token bucket and a sliding window are keys of two types: each command refuses the other's", &[
+            (0, "RATELIMIT.CHECK w 60000 5"), (0, "RATELIMIT.GCRA w 1 1 60"), (0, "RATELIMIT.GCRA g 1 1 60"),
+            (0, "RATELIMIT.CHECK g 60000 5"), (0, "RATELIMIT.PEEK g 60000 5"), (0, "RATELIMIT.UNDO g"),
+            (0, "RATELIMIT.UNBLOCK g"), (0, "RATELIMIT.MCHECK 2 w g 1 60000 5 1 60000 5"),
+            (0, "RATELIMIT.MPEEK 2 g w 1 60000 5 1 60000 5"), (0, "RATELIMIT.MUNDO 2 w g"),
+            (0, "RATELIMIT.GCRA g 1 1 60 TOKENS 0"), (0, "RATELIMIT.GCRA g x 1 60"), (0, "RATELIMIT.CHECK g 0 5"),
+        ]),
+        case("gcra-type-after-expiry", "once a key expires, its name may hold the other type", &[
+            (0, "RATELIMIT.GCRA k 0 1 1"), (1000, "RATELIMIT.CHECK k 1000 5"), (2001, "RATELIMIT.GCRA k 0 1 1 MS"),
+            (2001, "RATELIMIT.GCRA k 0 1 1 MS"),
+        ]),
+        case("gcra-errors", "GCRA's arguments: numbers as Redis writes them, periods in whole milliseconds, the bounds", &[
+            (0, "RATELIMIT.GCRA k 1 1"), (0, "RATELIMIT.GCRA k -1 1 1"), (0, "RATELIMIT.GCRA k 01 1 1"),
+            (0, "RATELIMIT.GCRA k 9000000000000000 1 1"), (0, "RATELIMIT.GCRA k 1 0 1"), (0, "RATELIMIT.GCRA k 1 9000000000000001 1"),
+            (0, "RATELIMIT.GCRA k 1 1 0"), (0, "RATELIMIT.GCRA k 1 1 0.0001"), (0, "RATELIMIT.GCRA k 1 1 .5"),
+            (0, "RATELIMIT.GCRA k 1 1 1."), (0, "RATELIMIT.GCRA k 1 1 1e3"), (0, "RATELIMIT.GCRA k 1 1 +1"),
+            (0, "RATELIMIT.GCRA k 1 1 00.5"), (0, "RATELIMIT.GCRA k 1 1 7776000.001"), (0, "RATELIMIT.GCRA k 1 1 7776001"),
+            (0, "RATELIMIT.GCRA k 1 1 1 TOKENS"), (0, "RATELIMIT.GCRA k 1 1 1 TOKENS -1"), (0, "RATELIMIT.GCRA k 1 1 1 TOKENS 9000000000000001"),
+            (0, "RATELIMIT.GCRA k 1 1 1 TOKENS 1 TOKENS 1"), (0, "RATELIMIT.GCRA k 1 1 1 MS MS"), (0, "RATELIMIT.GCRA k 1 1 1 COST 1"),
+            (0, "RATELIMIT.GCRA k 1 1 1 ms tokens 2"), (0, "RATELIMIT.GCRA k 4499999999999999 1 2"),
+            (0, "RATELIMIT.GCRA k 4499999999999999 1 1"), (0, "RATELIMIT.GCRA k 1 1 1"),
+        ]),
     ]
+}
+
+/// A case of RATELIMIT.GCRA calls on key `g`, each step's words after the
+/// key (`max_burst count period [TOKENS n] [MS]`).
+fn gcra_case(name: &str, about: &str, steps: &[(Millis, &str)]) -> Case {
+    let calls: Vec<(Millis, String)> = steps
+        .iter()
+        .map(|&(at, rest)| (at, format!("RATELIMIT.GCRA g {rest}")))
+        .collect();
+    let steps: Vec<(Millis, &str)> = calls.iter().map(|(at, c)| (*at, c.as_str())).collect();
+    case(name, about, &steps)
 }
 
 fn words(list: &[&str]) -> Vec<String> {
@@ -380,9 +455,16 @@ fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
     call
 }
 
-/// Random sequences: `count` cases of `length` calls, the clock moving by
-/// up to `step - 1` ms (and now and then back).
-fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape) -> Vec<Case> {
+/// Random sequences: `count` cases named `{prefix}-{seed}-{i}` of `length`
+/// calls each drawn by `call`, the clock moving by up to `step - 1` ms
+/// (and now and then back).
+fn random_sequences(
+    [prefix, about]: [&str; 2],
+    [count, length]: [usize; 2],
+    step: u64,
+    seed: u64,
+    mut call: impl FnMut(&mut Random) -> Vec<String>,
+) -> Vec<Case> {
     let mut random = Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     (0..count)
         .map(|i| {
@@ -393,16 +475,63 @@ fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape
                     if random.below(30) == 0 {
                         at -= random.below(step) as Millis;
                     }
-                    (at, random_call(&mut random, shape))
+                    (at, call(&mut random))
                 })
                 .collect();
             Case {
-                name: format!("random-{seed}-{i}"),
-                about: "random calls on three keys".into(),
+                name: format!("{prefix}-{seed}-{i}"),
+                about: about.into(),
                 steps,
             }
         })
         .collect()
+}
+
+/// Random sequences of `random_call`s of `shape`.
+fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape) -> Vec<Case> {
+    let about = ["random", "random calls on three keys"];
+    random_sequences(about, [count, length], step, seed, |r| {
+        random_call(r, shape)
+    })
+}
+
+/// One random GCRA call's words on key `g` or `h`, or now and then a
+/// sliding-window call on one of them (WRONGTYPE while it is a bucket):
+/// limits from `periods` (seconds) and `counts`, TOKENS and MS now and
+/// then.
+fn random_gcra_call(random: &mut Random, periods: &[&str], counts: &[&str]) -> Vec<String> {
+    let key = random.pick(&["g", "h"]).to_string();
+    if random.below(25) == 0 {
+        return words(&["RATELIMIT.CHECK", &key, "1000", "5"]);
+    }
+    let mut call = words(&[
+        "RATELIMIT.GCRA",
+        &key,
+        random.pick(&["0", "1", "2", "5", "15"]),
+        random.pick(counts),
+        random.pick(periods),
+    ]);
+    if random.below(3) == 0 {
+        call.extend(words(&["TOKENS", random.pick(&["0", "1", "2", "5", "20"])]));
+    }
+    if random.below(2) == 0 {
+        call.push("MS".into());
+    }
+    call
+}
+
+/// Random sequences of `random_gcra_call`s.
+fn random_gcra_cases(
+    count: usize,
+    length: usize,
+    step: u64,
+    seed: u64,
+    [periods, counts]: [&[&str]; 2],
+) -> Vec<Case> {
+    let about = ["random-gcra", "random token bucket calls on two keys"];
+    random_sequences(about, [count, length], step, seed, |r| {
+        random_gcra_call(r, periods, counts)
+    })
 }
 
 fn all_cases() -> Vec<Case> {
@@ -410,6 +539,19 @@ fn all_cases() -> Vec<Case> {
     cases.extend(random_cases(60, 30, 120, 1, &BRISK));
     cases.extend(random_cases(12, 150, 20, 2, &BRISK));
     cases.extend(random_cases(24, 40, 1, 3, &STILL));
+    let counts: &[&str] = &["1", "3", "10", "30"];
+    let periods: &[&str] = &["0.001", "0.5", "1", "2", "60"];
+    cases.extend(random_gcra_cases(20, 40, 400, 4, [periods, counts]));
+    // A server's calls are a few ms apart, which a bucket drains at its
+    // count per ms: counts close together keep that within the slack
+    // when a later call's count is smaller.
+    cases.extend(random_gcra_cases(
+        8,
+        40,
+        1,
+        5,
+        [&["60", "120"], &["1", "2"]],
+    ));
     cases
 }
 
@@ -522,7 +664,19 @@ fn answer_json(answer: &Answer) -> (&'static str, Value) {
         }
         Answer::Integer(n) => ("reply", json!(n)),
         Answer::Integers(n) => ("reply", json!(n)),
+        Answer::Bucket(fields) => ("reply", json!(fields)),
         Answer::Error(text) => ("error", json!(text)),
+    }
+}
+
+/// A key's state after a call: a log's, a token bucket's (`bucket`: its
+/// last charge's time, period and level), or null.
+fn key_json(space: &Keyspace, clock: Millis, key: &[u8]) -> Value {
+    match space.bucket(clock, key) {
+        Some(b) => {
+            json!({ "bucket": [b.at - EPOCH, b.period, b.level], "expires": b.expires - EPOCH })
+        }
+        None => state_json(space.key(clock, key)),
     }
 }
 
@@ -540,13 +694,20 @@ fn state_json(state: Option<KeyState>) -> Value {
 
 /// A case a real server can replay on its own clock: its calls within
 /// 10 ms of each other, every window and block they name at least a
-/// second, and no PRECISION (whose cells a server's calls may straddle),
-/// so nothing a call sees depends on the few milliseconds between the
-/// server's calls (but the waits, resets and expiries, which move by them).
+/// second, no PRECISION (whose cells a server's calls may straddle), and
+/// token buckets that drain a token a second or slower, so nothing a call
+/// sees depends on the few milliseconds between the server's calls (but
+/// the waits, resets and expiries, which move by them).
 fn pinnable(case: &Case) -> bool {
     let first = case.steps.first().map_or(0, |s| s.0);
     case.steps.iter().all(|(at, words)| {
         let bytes: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+        let fast_bucket = words[0].eq_ignore_ascii_case("ratelimit.gcra")
+            && crate::args::parse_gcra(&bytes, crate::args::GcraSyntax::Module)
+                .is_ok_and(|c| c.limit.period() < 1000 * c.limit.count());
+        if fast_bucket {
+            return false;
+        }
         let requests: Vec<crate::limiter::Request> = match words[0].to_ascii_lowercase().as_str() {
             "ratelimit.check" | "ratelimit.peek" => crate::args::parse_limit_call(&bytes)
                 .map(|c| vec![c.request])
@@ -595,8 +756,8 @@ fn render(case: &Case) -> Value {
             let mut twin_state = serde_json::Map::new();
             for key in named_keys(&bytes) {
                 let name = String::from_utf8_lossy(&key).to_string();
-                state.insert(name.clone(), state_json(module.key(clock, &key)));
-                twin_state.insert(name, state_json(twin.key(clock, &key)));
+                state.insert(name.clone(), key_json(&module, clock, &key));
+                twin_state.insert(name, key_json(&twin, clock, &key));
             }
             if twin_state != state {
                 step.insert("twin_state".into(), Value::Object(twin_state));
@@ -812,10 +973,18 @@ mod tests {
     #[derive(Default)]
     struct Core {
         keys: BTreeMap<Vec<u8>, (State, Millis)>,
+        /// Token buckets, and when each expires.
+        buckets: BTreeMap<Vec<u8>, (crate::gcra::Bucket, Millis)>,
     }
 
     impl Core {
         fn state(&self, clock: Millis, key: &[u8]) -> Value {
+            if let Some((bucket, expires)) = self.buckets.get(key).filter(|b| clock <= b.1) {
+                return json!({
+                    "bucket": [bucket.at() - EPOCH, bucket.period(), bucket.level()],
+                    "expires": expires - EPOCH,
+                });
+            }
             let Some((state, expires)) = self.keys.get(key).filter(|k| clock <= k.1) else {
                 return Value::Null;
             };
@@ -839,6 +1008,9 @@ mod tests {
                 if self.keys.get(&key).is_some_and(|k| clock > k.1) {
                     self.keys.remove(&key);
                 }
+                if self.buckets.get(&key).is_some_and(|b| clock > b.1) {
+                    self.buckets.remove(&key);
+                }
             }
             // The model's command layer reads the arguments: the core's
             // part is what it decides and stores.
@@ -848,7 +1020,28 @@ mod tests {
                 return answer;
             }
             let name = String::from_utf8_lossy(&words[0]).to_ascii_lowercase();
+            // A command of one type on a key of the other.
+            let other_type = match name.as_str() {
+                "ratelimit.gcra" => &self.keys.keys().cloned().collect::<Vec<_>>(),
+                _ => &self.buckets.keys().cloned().collect::<Vec<_>>(),
+            };
+            if named_keys(words).iter().any(|k| other_type.contains(k)) {
+                return Answer::Error(
+                    "WRONGTYPE Operation against a key holding the wrong kind of value".into(),
+                );
+            }
             match name.as_str() {
+                "ratelimit.gcra" => {
+                    let call = crate::args::parse_gcra(words, crate::args::GcraSyntax::Module)
+                        .expect("parsed");
+                    let stored = self.buckets.get(call.key).map(|b| &b.0);
+                    let verdict = crate::gcra::decide(stored, clock, &call.limit, call.tokens);
+                    if let Some(charge) = verdict.charge {
+                        self.buckets
+                            .insert(call.key.clone(), (charge.bucket, charge.expires_at));
+                    }
+                    Answer::Bucket(verdict.decision.reply(call.units))
+                }
                 "ratelimit.check" | "ratelimit.peek" => {
                     let call = crate::args::parse_limit_call(words).expect("parsed");
                     Answer::Decision(self.decide(

@@ -585,7 +585,24 @@ pub enum Answer {
     Joint(Joint),
     Integer(i64),
     Integers(Vec<i64>),
+    /// GCRA's: redis-cell's five integers.
+    Bucket([i64; 5]),
     Error(String),
+}
+
+/// The server's answer to a command on a key of the other type.
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+/// A token bucket as the contract observes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketState {
+    /// The last charge's time, its period (ms) and the level it left, in
+    /// `1 / period` tokens.
+    pub at: Millis,
+    pub period: u64,
+    pub level: u64,
+    /// When the key expires.
+    pub expires: Millis,
 }
 
 /// A key as the contract leaves it: its model, and when it expires (the
@@ -640,6 +657,8 @@ pub struct KeyState {
 #[derive(Clone, Default)]
 pub struct Keyspace {
     keys: std::collections::BTreeMap<Vec<u8>, Key>,
+    /// Token buckets (RATELIMIT.GCRA): keys of a type of their own.
+    buckets: std::collections::BTreeMap<Vec<u8>, gcra::Model>,
 }
 
 impl Keyspace {
@@ -655,6 +674,7 @@ impl Keyspace {
             Some("ratelimit.unblock") => crate::args::UNBLOCK_ARITY,
             Some("ratelimit.mcheck") => crate::args::MCHECK_ARITY,
             Some("ratelimit.mpeek") => crate::args::MPEEK_ARITY,
+            Some("ratelimit.gcra") => crate::args::GCRA_ARITY,
             _ => crate::args::MUNDO_ARITY,
         };
         if !crate::args::meets_arity(words.len(), arity) {
@@ -671,6 +691,7 @@ impl Keyspace {
             Some("ratelimit.mcheck") => self.multi_call(clock, words, true),
             Some("ratelimit.mpeek") => self.multi_call(clock, words, false),
             Some("ratelimit.mundo") => self.multi_undo(clock, words),
+            Some("ratelimit.gcra") => self.gcra(clock, words),
             _ => Err(crate::args::ArgError::Invalid("unknown command".into())),
         };
         result
@@ -686,6 +707,48 @@ impl Keyspace {
             blocked_until: key.model.blocked_until,
             expires: key.expires,
         })
+    }
+
+    /// A token bucket's state, if it exists at `clock`.
+    pub fn bucket(&self, clock: Millis, name: &[u8]) -> Option<BucketState> {
+        let (at, period, level, expires) = self.buckets.get(name)?.held(clock)?;
+        Some(BucketState {
+            at,
+            period,
+            level,
+            expires,
+        })
+    }
+
+    /// A sliding-window call's refusal of the keys it names, if one is a
+    /// token bucket; a bucket past its expiry goes (a server expires a key
+    /// on access).
+    fn logs_only<'n>(
+        &mut self,
+        clock: Millis,
+        names: impl IntoIterator<Item = &'n [u8]>,
+    ) -> Option<Answer> {
+        let names: Vec<&[u8]> = names.into_iter().collect();
+        if names.iter().any(|n| self.bucket(clock, n).is_some()) {
+            return Some(Answer::Error(WRONGTYPE.into()));
+        }
+        for name in names {
+            self.buckets.remove(name);
+        }
+        None
+    }
+
+    /// RATELIMIT.GCRA: WRONGTYPE on a sliding window's key; else the token
+    /// bucket's answer (a log past its expiry goes).
+    fn gcra(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
+        let call = crate::args::parse_gcra(words, crate::args::GcraSyntax::Module)?;
+        if self.key(clock, call.key).is_some() {
+            return Ok(Answer::Error(WRONGTYPE.into()));
+        }
+        self.keys.remove(call.key.as_slice());
+        let bucket = self.buckets.entry(call.key.clone()).or_default();
+        let (reply, _) = bucket.answer(clock, &call.limit, call.tokens, call.units);
+        Ok(Answer::Bucket(reply))
     }
 
     /// The keys that exist at `clock`, in order.
@@ -728,6 +791,9 @@ impl Keyspace {
         check: bool,
     ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_limit_call(words)?;
+        if let Some(refused) = self.logs_only(clock, [call.key.as_slice()]) {
+            return Ok(refused);
+        }
         let (limits, plain_cost, block, precision) = plain_parts(&call.request);
         let plain = Plain {
             limits: &limits,
@@ -748,6 +814,9 @@ impl Keyspace {
         check: bool,
     ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_multi_call(words)?;
+        if let Some(refused) = self.logs_only(clock, call.calls.iter().map(|c| c.key.as_slice())) {
+            return Ok(refused);
+        }
         let names: Vec<Vec<u8>> = call.calls.iter().map(|c| c.key.clone()).collect();
         let parts: Vec<_> = call.calls.iter().map(|c| plain_parts(&c.request)).collect();
         let plain: Vec<Plain> = parts
@@ -782,6 +851,9 @@ impl Keyspace {
 
     fn undo(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_undo(words)?;
+        if let Some(refused) = self.logs_only(clock, [call.key.as_slice()]) {
+            return Ok(refused);
+        }
         Ok(Answer::Integer(self.refund(
             clock,
             call.key,
@@ -795,6 +867,9 @@ impl Keyspace {
         words: &[Vec<u8>],
     ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_multi_undo(words)?;
+        if let Some(refused) = self.logs_only(clock, call.keys.iter().map(|k| k.as_slice())) {
+            return Ok(refused);
+        }
         let units = call.units.get();
         let removed = call
             .keys
@@ -812,7 +887,8 @@ impl Keyspace {
         };
         let removed = key.model.refund(units);
         let now = key.model.now(clock);
-        let kept = !key.model.entries.is_empty() || key.model.blocked_at(now);
+        // A refund of nothing writes nothing: the key lives to its expiry.
+        let kept = removed == 0 || !key.model.entries.is_empty() || key.model.blocked_at(now);
         if key.model.entries.is_empty() && kept && removed > 0 {
             key.expires = key.model.blocked_until;
         }
@@ -830,6 +906,9 @@ impl Keyspace {
         words: &[Vec<u8>],
     ) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_unblock(words)?;
+        if let Some(refused) = self.logs_only(clock, [call.key.as_slice()]) {
+            return Ok(refused);
+        }
         let Some(mut key) = self.take(clock, call.key) else {
             return Ok(Answer::Integer(0));
         };

@@ -19,6 +19,9 @@ pub enum Reply {
     /// MCHECK's and MPEEK's: the 4 integers and the 1-based positions of
     /// the keys that denied.
     Joint([i64; 4], Vec<i64>),
+    /// GCRA's: limited, max_burst + 1, remaining, retry_after (-1: none),
+    /// reset_after.
+    Bucket([i64; 5]),
 }
 
 impl Reply {
@@ -27,6 +30,7 @@ impl Reply {
     pub fn waits(&self) -> Option<[i64; 2]> {
         match self {
             Reply::Decision(f) | Reply::Joint(f, _) => Some([f[2], f[3]]),
+            Reply::Bucket(f) => Some([f[3], f[4]]),
             _ => None,
         }
     }
@@ -37,6 +41,7 @@ impl Reply {
         match self {
             Reply::Decision(f) => Reply::Decision(set(f)),
             Reply::Joint(f, denied) => Reply::Joint(set(f), denied.clone()),
+            Reply::Bucket(f) => Reply::Bucket([f[0], f[1], f[2], waits[0], waits[1]]),
             other => other.clone(),
         }
     }
@@ -55,6 +60,35 @@ pub struct KeyState {
     pub expires: i64,
 }
 
+/// A token bucket after a call (times relative to the case's epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketState {
+    /// The last charge's time, its period (ms) and the level it left, in
+    /// `1 / period` tokens.
+    pub at: i64,
+    pub period: u64,
+    pub level: u64,
+    /// The last moment the key exists.
+    pub expires: i64,
+}
+
+/// What a key holds: a sliding window's log or a token bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    Log(KeyState),
+    Bucket(BucketState),
+}
+
+impl Held {
+    /// The last moment the key exists.
+    pub fn expires(&self) -> i64 {
+        match self {
+            Held::Log(log) => log.expires,
+            Held::Bucket(bucket) => bucket.expires,
+        }
+    }
+}
+
 pub struct Step {
     /// The clock at the call, relative to the epoch.
     pub at: i64,
@@ -66,8 +100,8 @@ pub struct Step {
     pub twin_reply: Reply,
     /// Each key the call names: its state after, or None if it does not
     /// exist.
-    pub state: BTreeMap<String, Option<KeyState>>,
-    pub twin_state: BTreeMap<String, Option<KeyState>>,
+    pub state: BTreeMap<String, Option<Held>>,
+    pub twin_state: BTreeMap<String, Option<Held>>,
 }
 
 pub struct Case {
@@ -140,15 +174,27 @@ fn answer(call: &[String], value: &Value, prefix: &str) -> Reply {
         "ratelimit.check" | "ratelimit.peek" => Reply::Decision(four(reply)),
         "ratelimit.mcheck" | "ratelimit.mpeek" => Reply::Joint(four(reply), integers(&reply[4])),
         "ratelimit.mundo" => Reply::Integers(integers(reply)),
+        "ratelimit.gcra" => {
+            Reply::Bucket(integers(reply).try_into().expect("a bucket's 5 integers"))
+        }
         _ => Reply::Integer(integer(reply)),
     }
 }
 
-fn states(value: &Value) -> BTreeMap<String, Option<KeyState>> {
+fn states(value: &Value) -> BTreeMap<String, Option<Held>> {
     let object = value.as_object().expect("a state object");
     object
         .iter()
         .map(|(key, state)| {
+            if let Some(bucket) = state.get("bucket") {
+                let held = Held::Bucket(BucketState {
+                    at: integer(&bucket[0]),
+                    period: integer(&bucket[1]) as u64,
+                    level: integer(&bucket[2]) as u64,
+                    expires: integer(&state["expires"]),
+                });
+                return (key.clone(), Some(held));
+            }
             let state = (!state.is_null()).then(|| KeyState {
                 entries: array(&state["entries"])
                     .iter()
@@ -158,7 +204,7 @@ fn states(value: &Value) -> BTreeMap<String, Option<KeyState>> {
                 blocked_until: integer(&state["blocked_until"]),
                 expires: integer(&state["expires"]),
             });
-            (key.clone(), state)
+            (key.clone(), state.map(Held::Log))
         })
         .collect()
 }

@@ -338,7 +338,7 @@ const SPECS: [CommandSpec; 13] = [
         acl_categories: c"write fast",
         summary: c"Decides a request of TOKENS n (default 1; 0 asks without charging) against a token bucket (GCRA) of count per period seconds in bursts of max_burst + 1, and charges it if allowed. Replies as redis-cell's CL.THROTTLE: [limited, max_burst + 1, remaining, retry_after (-1 if allowed), reset_after], in seconds, or in milliseconds with MS.",
         complexity: GCRA_COMPLEXITY,
-        arity: -5,
+        arity: args::GCRA_ARITY,
         key_flags: GCRA_KEY_FLAGS,
         args: GCRA_ARGS,
         keys: Keys::First,

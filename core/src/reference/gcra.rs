@@ -107,7 +107,7 @@ struct Charged {
     period: u64,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Model {
     charged: Option<Charged>,
     /// When the key expires: Redis removes it once the clock is past this.
@@ -186,6 +186,35 @@ impl Model {
             ]
         });
         Answer { replies, stored }
+    }
+
+    /// A call at `clock` of `tokens` under `limit` (its period in ms), the
+    /// reply in `units`: redis-cell's five integers, and whether it charged
+    /// the key.
+    pub fn answer(
+        &mut self,
+        clock: Millis,
+        limit: &Limit,
+        tokens: u64,
+        units: Units,
+    ) -> ([i64; 5], bool) {
+        let call = GcraCall {
+            tick: 0,
+            max_burst: limit.burst() - 1,
+            count: limit.count(),
+            period: limit.period(),
+            tokens,
+        };
+        let answer = self.call(clock, &call);
+        let at = UNITS.iter().position(|&u| u == units).unwrap_or(0);
+        (answer.replies[at], answer.stored)
+    }
+
+    /// The key at `clock`, if it exists: its last charge's time, period and
+    /// level (as the core stores them), and when it expires.
+    pub fn held(&self, clock: Millis) -> Option<(Millis, u64, u64, Millis)> {
+        let (at, period, level) = self.bucket().filter(|_| clock <= self.expires_at)?;
+        Some((at, period, u64::try_from(level).ok()?, self.expires_at))
     }
 
     /// The bucket the core should hold: the same charge, its level being
