@@ -75,7 +75,7 @@ fn reply_of(call: &[String], reply: redis::RedisResult<Value>) -> Reply {
             Reply::Joint(fields, integers(&items[4]))
         }
         (Some("mundo"), _) => Reply::Integers(integers(&reply)),
-        (None, Value::Array(_)) if call[0].eq_ignore_ascii_case("ratelimit.gcra") => {
+        (Some("gcra"), _) => {
             Reply::Bucket(integers(&reply).try_into().expect("a bucket's 5 integers"))
         }
         (_, Value::Int(n)) => Reply::Integer(*n),
@@ -128,20 +128,9 @@ fn run_embedded(twin: &EmbeddedTwin, case: &Case, tally: &mut Tally) -> Result<(
             return Err(at(format!("twin {got:?}, corpus {:?}", step.twin_reply)));
         }
         for (key, want) in &step.twin_state {
-            let got = match want {
-                // The twin's buckets are held to the core, stored bytes and
-                // all, by tests/twin_gcra.rs; here, the key and its expiry.
-                Some(Held::Bucket(bucket)) => {
-                    let expires = twin.expires(key).map(|e| e - case.epoch);
-                    (expires == Some(bucket.expires))
-                        .then(|| want.clone())
-                        .flatten()
-                }
-                _ => twin
-                    .state(key, case.epoch)
-                    .map_err(|e| at(format!("{key}: {e}")))?
-                    .map(Held::Log),
-            };
+            let got = twin
+                .state(key, case.epoch)
+                .map_err(|e| at(format!("{key}: {e}")))?;
             if &got != want {
                 return Err(at(format!("{key}: twin holds {got:?}, corpus {want:?}")));
             }

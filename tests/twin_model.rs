@@ -12,7 +12,7 @@
 //! contract's chosen cases, this reaches what long random runs reach: the
 //! paged form's every shape.
 
-use harness::corpus::KeyState;
+use harness::corpus::{Held, KeyState};
 use harness::{EmbeddedTwin, Reply};
 use proptest::prelude::*;
 use ratelimit_core::reference::{Answer, Keyspace};
@@ -216,12 +216,14 @@ fn reply(answer: Answer) -> Reply {
 }
 
 /// The model's state of a key, as the twin's is read.
-fn model_state(space: &Keyspace, clock: i64, name: &str) -> Option<KeyState> {
-    space.key(clock, name.as_bytes()).map(|s| KeyState {
-        window: if s.entries.is_empty() { 0 } else { s.window },
-        entries: s.entries,
-        blocked_until: s.blocked_until,
-        expires: s.expires,
+fn model_state(space: &Keyspace, clock: i64, name: &str) -> Option<Held> {
+    space.key(clock, name.as_bytes()).map(|s| {
+        Held::Log(KeyState {
+            window: if s.entries.is_empty() { 0 } else { s.window },
+            entries: s.entries,
+            blocked_until: s.blocked_until,
+            expires: s.expires,
+        })
     })
 }
 

@@ -1,9 +1,10 @@
 #!lua name=ratelimit
 -- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK,
--- UNDO, MCHECK, MPEEK, MUNDO and UNBLOCK (with BLOCK ms) for servers that
--- cannot load the module (managed services). Same arguments, same replies,
--- same error texts; where Lua's numbers (doubles) cannot be exact, a
--- twin-only error instead (see twin/README.md).
+-- UNDO, MCHECK, MPEEK, MUNDO and UNBLOCK (with BLOCK ms), and the token
+-- bucket RATELIMIT.GCRA, for servers that cannot load the module (managed
+-- services). Same arguments, same replies, same error texts; where Lua's
+-- numbers (doubles) cannot be exact, a twin-only error instead (see
+-- twin/README.md).
 --
 -- Function form:  FUNCTION LOAD REPLACE <this file>   (an administrator, once)
 --                 FCALL ratelimit_check 1 key window max [...] [COST n] [PRECISION p] [BLOCK ms]
@@ -13,8 +14,9 @@
 --                 FCALL_RO ratelimit_mpeek numkeys key [key ...] <as mcheck>
 --                 FCALL ratelimit_mundo numkeys key [key ...] [COST n]
 --                 FCALL ratelimit_unblock 1 key
+--                 FCALL ratelimit_gcra 1 key max_burst count period [TOKENS n] [MS]
 -- Script form:    this file without its first line, as EVAL/EVALSHA:
---                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo|unblock
+--                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo|unblock|gcra
 --                 <the same arguments>
 --
 -- Only base Lua 5.1 (string, math, table, ipairs, pairs, tonumber, type,
@@ -32,7 +34,8 @@
 -- trusted: a value the twin could not have written answers WRONGTYPE, and
 -- a call over several keys reads and plans every key before it writes any.
 --
--- Storage: one string key per limiter, in one of two forms.
+-- Storage: one string key per limiter: a sliding-window log in one of two
+-- forms (small or paged, below), or a token bucket (at the end).
 --
 -- Small (at most SMALL_LIMIT = 256 bytes of entries): magic "rl\4" (3) |
 -- window (5) | the oldest entry's time (6), little-endian; for a key
@@ -66,6 +69,16 @@
 -- cost ~= 1) [cost(flag = 1)], so most entries take 1 to 3 bytes. A
 -- page's first entry's gap is not read (its time is the page's first, or
 -- the log's oldest); every other gap is at least 1 ms.
+--
+-- Token bucket (RATELIMIT.GCRA), always 21 bytes: magic "rl\6" | the time
+-- of the last charge, ms (6) | that charge's period, ms (5) | the tokens
+-- held then, in 1/period tokens (7), little-endian: the module's bucket
+-- (core/src/gcra.rs) byte-aligned, each field within the module's bounds
+-- (time 1 to 2^42 - 1, period 1 to 7776000000, level 1 to 9e15). Written
+-- whole with SET ... PXAT (when the bucket is empty again). A log given
+-- to gcra, and a bucket given to a sliding-window operation, answer
+-- WRONGTYPE as the module's two types do; a value that starts "rl\6" but
+-- is not such a bucket answers an error naming the key.
 
 -- The fast path -------------------------------------------------------------------
 --
@@ -324,6 +337,232 @@ if not redis.register_function then
       return answer
     end
   end
+end
+
+-- The token bucket ------------------------------------------------------------------
+--
+-- RATELIMIT.GCRA key max_burst count period [TOKENS n] [MS], as the module
+-- (core/src/gcra.rs, core/src/args/gcra.rs) answers it: the same checks in
+-- the same order with the same texts, the same integer steps, the same
+-- reply. One function, built in the script form only for a call that gets
+-- past the fast path (a sliding-window call the fast path answers never
+-- builds it), building no function and no table but its reply: a call
+-- reads the key (GETRANGE of at most 22 bytes, EXISTS only when that is
+-- empty) and TIME, and writes at most one SET: O(1) whatever the key holds.
+--
+-- Exact in doubles. Every bound is at most MAX_EXACT = 9e15 < 2^53, so an
+-- integer below it is exact, and so is every sum, difference and product
+-- whose exact value is at most 2^53 (the double nearest an integer that a
+-- double holds is that integer). Each step below says why its value stays
+-- there; the one product that may pass it, the drain, is only compared.
+-- Remainders are math.fmod's, exact for any doubles (not a quotient
+-- rounded first, as Lua's %), so floor(u / c) = (u - fmod(u, c)) / c
+-- exactly: u - fmod(u, c) is a multiple of c at most u.
+local function gcra(keys, argv, first)
+  local error_reply = redis.error_reply
+  local o = first or 1
+  -- The server checks the module command's arity (-5) before the module
+  -- reads a word; FCALL's numkeys stands for the key, exactly one.
+  local n_args = #argv - o + 1
+  if #keys ~= 1 or n_args < 3 then
+    return error_reply("ERR wrong number of arguments for 'ratelimit.gcra' command")
+  end
+  local key, max_burst_word, count_word, period_word = keys[1], argv[o], argv[o + 1], argv[o + 2]
+  -- The options first, as the module's parser reads them: any case, each
+  -- at most once, TOKENS with its value, MS a flag.
+  local tokens_word, ms
+  local i = o + 3
+  while i <= #argv do
+    local word = argv[i]
+    local upper = #word <= 6 and word:upper()
+    if upper == 'TOKENS' then
+      if i == #argv then
+        return error_reply('ERR syntax error: TOKENS needs a value')
+      end
+      if tokens_word then
+        return error_reply('ERR TOKENS given more than once')
+      end
+      tokens_word, i = argv[i + 1], i + 2
+    elseif upper == 'MS' then
+      if ms then
+        return error_reply('ERR MS given more than once')
+      end
+      ms, i = true, i + 1
+    else
+      -- The word as the module's error shows it: a space for a NUL, CR or LF.
+      return error_reply("ERR unknown option '" .. (word:gsub('[%z\r\n]', ' '))
+        .. "' (the options are TOKENS n and MS)")
+    end
+  end
+  -- Integers as Redis writes them (no sign, no leading zero); at most 16
+  -- digits, so a double holds any that passes the bound (a 16-digit word
+  -- above 9e15 reads as a double above it: rounding keeps the order).
+  local max_burst = #max_burst_word <= 16
+    and (max_burst_word == '0' or max_burst_word:find('^[1-9]%d*$')) and tonumber(max_burst_word)
+  if not max_burst or max_burst >= 9000000000000000 then
+    return error_reply('ERR max_burst must be an integer from 0 to 8999999999999999')
+  end
+  local c = #count_word <= 16 and count_word:find('^[1-9]%d*$') and tonumber(count_word)
+  if not c or c > 9000000000000000 then
+    return error_reply('ERR count must be an integer from 1 to 9000000000000000')
+  end
+  -- Seconds with at most three significant decimals, in whole ms.
+  local whole, dot, fraction = period_word:match('^(%d+)(%.?)(%d*)$')
+  local P = whole and #whole <= 7 and (whole == '0' or whole:byte(1) ~= 48)
+    and (dot == '' or fraction ~= '' and not fraction:find('[1-9]', 4))
+    and tonumber(whole) * 1000 + (dot == '' and 0 or tonumber((fraction .. '000'):sub(1, 3)))
+  if not P or P < 1 or P > 7776000000 then
+    return error_reply('ERR period must be a number of seconds from 0.001 to 7776000 (90 days), '
+      .. 'in whole milliseconds')
+  end
+  -- b <= 9e15; b * P is compared only: if its exact value is at most 9e15
+  -- the product is exact, and if above, the double is above too.
+  local b = max_burst + 1
+  local C = b * P
+  if C > 9000000000000000 then
+    return error_reply('ERR max_burst + 1 times the period in milliseconds is above 9000000000000000: '
+      .. 'lower max_burst or the period')
+  end
+  local n = 1
+  if tokens_word then
+    n = #tokens_word <= 16 and (tokens_word == '0' or tokens_word:find('^[1-9]%d*$'))
+      and tonumber(tokens_word)
+    if not n or n > 9000000000000000 then
+      return error_reply('ERR TOKENS must be an integer from 0 to 9000000000000000 (0 asks without charging)')
+    end
+  end
+
+  -- The key: missing, a bucket, or WRONGTYPE (another type, a log, any
+  -- other string) as the module's types answer; at most 22 bytes read.
+  -- (Words, not numbers: a number sent to a command is printed as a double.)
+  local v = redis.pcall('GETRANGE', key, '0', '21')
+  if type(v) == 'table' then
+    return error_reply(v.err)
+  end
+  local at, held_period, stored
+  if v == '' then
+    -- Missing, or an empty string (which is not a bucket).
+    if redis.call('EXISTS', key) == 1 then
+      return error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+    end
+  else
+    local r, l, magic, a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4, l5, l6, l7 = v:byte(1, 21)
+    if r ~= 114 or l ~= 108 or magic ~= 6 then
+      return error_reply('WRONGTYPE Operation against a key holding the wrong kind of value')
+    end
+    -- Each field below 2^56, summed from its high byte: exact while below
+    -- 2^53, and a larger one reads as a double above every bound.
+    if #v == 21 then
+      at = ((((a6 * 256 + a5) * 256 + a4) * 256 + a3) * 256 + a2) * 256 + a1
+      held_period = (((p5 * 256 + p4) * 256 + p3) * 256 + p2) * 256 + p1
+      stored = (((((l7 * 256 + l6) * 256 + l5) * 256 + l4) * 256 + l3) * 256 + l2) * 256 + l1
+    end
+    if not at or at < 1 or at > 4398046511103 or held_period < 1 or held_period > 7776000000 or stored < 1
+      or stored > 9000000000000000 then
+      return error_reply("ERR key '" .. (key:gsub('[%z\r\n]', ' ')) .. "' holds a damaged token bucket "
+        .. "(a value that starts as the script twin's buckets do, but is not one it writes): "
+        .. 'nothing was changed; DEL it to start the bucket afresh')
+    end
+  end
+
+  -- The clock: TIME in ms, within the times a bucket holds (1 to 2^42 - 1),
+  -- and never before the key's last charge.
+  local time = redis.pcall('TIME')
+  if time.err then
+    -- Redis says "can't run this command", Valkey "no permissions".
+    if time.err:find("can't run", 1, true) or time.err:find('permission', 1, true)
+      or time.err:find('NOPERM', 1, true) then
+      return error_reply("NOPERM this user may not run TIME, which the script twin needs to read the server's "
+        .. 'clock: grant it with ACL SETUSER <user> +time')
+    end
+    return error_reply(time.err)
+  end
+  local fmod = math.fmod
+  local us = time[2] / 1000
+  local now = time[1] * 1000 + us - us % 1
+  if now < 1 then
+    now = 1
+  elseif now > 4398046511103 then
+    now = 4398046511103
+  end
+  -- The units held at `now`, in 1/P tokens (at most C).
+  local level = 0
+  if at then
+    if at > now then
+      now = at
+    end
+    local held
+    if held_period == P then
+      held = stored < C and stored or C
+    else
+      -- The tokens held, a partly drained one counted whole (an exact
+      -- quotient at most `stored`), at most b, in units of P: at most C.
+      local rest = fmod(stored, held_period)
+      local tokens = (stored - rest) / held_period + (rest > 0 and 1 or 0)
+      held = (tokens < b and tokens or b) * P
+    end
+    -- The drain since the charge, (now - at) * c, may pass 2^53; it is
+    -- only compared with held <= 9e15: a product at least held reads at
+    -- least held, and one below it is exact. Then held - drained < held.
+    local drained = (now - at) * c
+    level = drained < held and held - drained or 0
+  end
+  -- room <= C; need = n * P <= b * P = C when n <= b, and never fits
+  -- otherwise (not multiplied); after = level + need <= C.
+  local room = C - level
+  local need = n <= b and n * P
+  local limited, left, retry, reset = 1, room, need and need - room, level
+  if need and need <= room then
+    limited, left, retry, reset = 0, room - need, nil, level + need
+    if need > 0 then
+      -- Stored: (now, P, level + need), expiring when the bucket is empty
+      -- again, now + ceil(after / c) <= 2^42 + 9e15 < 2^53, written as
+      -- digits (a number's own text may be an exponent): %d prints Lua
+      -- 5.1's number as a C long, 64 bits on every server's platform.
+      local rest = fmod(reset, c)
+      local expires = string.format('%d', now + (reset - rest) / c + (rest > 0 and 1 or 0))
+      -- Bytes by % 256, exact (a quotient by a power of two is).
+      local a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4, l5, l6, l7
+      local x = now
+      a1 = x % 256; x = (x - a1) / 256
+      a2 = x % 256; x = (x - a2) / 256
+      a3 = x % 256; x = (x - a3) / 256
+      a4 = x % 256; x = (x - a4) / 256
+      a5 = x % 256; a6 = (x - a5) / 256
+      x = P
+      p1 = x % 256; x = (x - p1) / 256
+      p2 = x % 256; x = (x - p2) / 256
+      p3 = x % 256; x = (x - p3) / 256
+      p4 = x % 256; p5 = (x - p4) / 256
+      x = reset
+      l1 = x % 256; x = (x - l1) / 256
+      l2 = x % 256; x = (x - l2) / 256
+      l3 = x % 256; x = (x - l3) / 256
+      l4 = x % 256; x = (x - l4) / 256
+      l5 = x % 256; x = (x - l5) / 256
+      l6 = x % 256; l7 = (x - l6) / 256
+      redis.call('SET', key, string.char(114, 108, 6, a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4,
+        l5, l6, l7), 'PXAT', expires)
+    end
+  end
+  -- A wait of u units is u / c ms: with MS rounded up; else redis-cell's
+  -- seconds, the whole ms rounded up to seconds. Every value <= 9e15.
+  local function wait(u)
+    local part = fmod(u, c)
+    local whole = (u - part) / c
+    if ms then
+      return whole + (part > 0 and 1 or 0)
+    end
+    part = fmod(whole, 1000)
+    return (whole - part) / 1000 + (part > 0 and 1 or 0)
+  end
+  local rest = fmod(left, P)
+  return { limited, b, (left - rest) / P, retry and wait(retry) or -1, wait(reset) }
+end
+
+-- The script form's gcra, before anything else is defined.
+if not redis.register_function and ARGV[1] == 'gcra' then
+  return gcra(KEYS, ARGV, 2)
 end
 
 -- Everything but the fast path: built once by the function form, and by
@@ -2049,7 +2288,7 @@ local function general()
     local operation = OPERATIONS[argv[1] or '']
     if not operation then
       return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
-        .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo and unblock)")
+        .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock and gcra)")
     end
     local args = {}
     for i = 2, #argv do
@@ -2085,6 +2324,8 @@ if redis.register_function then
       flags = operation.read_only and { 'no-writes' } or nil,
     })
   end
+  -- The token bucket: a write, even with TOKENS 0 (as the module's command).
+  redis.register_function({ function_name = 'ratelimit_gcra', callback = gcra })
 else
   -- The script form: ARGV[1] names the operation.
   return general().dispatch(KEYS, ARGV)

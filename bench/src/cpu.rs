@@ -53,9 +53,11 @@ struct Scripts {
 
 /// A token bucket's limit in redis-cell's words (`max_burst count
 /// period`): 30 per minute, bursts of 16 (the warm-up's 9 calls and the
-/// counted one fit), or of 4 (they do not: "limited").
+/// counted one fit), or bursts of 4 at one an hour (they do not:
+/// "limited", even when a pass under callgrind takes seconds, which a
+/// bucket of 30 a minute would refill).
 const ROOMY: [&str; 3] = ["15", "30", "60"];
-const TIGHT: [&str; 3] = ["3", "30", "60"];
+const TIGHT: [&str; 3] = ["3", "1", "3600"];
 
 /// A token bucket approach's call on key `i`: `words` then the limit.
 fn bucket_call(words: &[&str], key: String, limit: [&str; 3]) -> redis::Cmd {
@@ -88,8 +90,21 @@ type Request = Vec<Call>;
 
 /// The token buckets' rows: the module's, the GCRA script's and, when
 /// loaded, redis-cell's, each allowed and limited.
-fn bucket_approaches(gcra_sha: &str, with_cell: bool) -> Vec<(&'static str, Call)> {
+fn bucket_approaches(gcra_sha: &str, twin_sha: &str, with_cell: bool) -> Vec<(&'static str, Call)> {
     let sha = gcra_sha.to_string();
+    let twin = twin_sha.to_string();
+    let twin_script = move |prefix: &'static str, limit: [&'static str; 3]| -> Call {
+        let sha = twin.clone();
+        Box::new(move |i| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&sha)
+                .arg(1)
+                .arg(format!("{prefix}:{i}"))
+                .arg("gcra")
+                .arg(&limit[..]);
+            cmd
+        })
+    };
     let script = move |prefix: &'static str, limit| -> Call {
         let sha = sha.clone();
         Box::new(move |i| script_call(&sha, format!("{prefix}:{i}"), limit))
@@ -111,6 +126,16 @@ fn bucket_approaches(gcra_sha: &str, with_cell: bool) -> Vec<(&'static str, Call
             "GCRA script (redis_rate's algorithm, EVALSHA), limited",
             script("ratl", TIGHT),
         ),
+        (
+            "twin, FCALL ratelimit_gcra",
+            Box::new(|i| bucket_call(&["FCALL", "ratelimit_gcra", "1"], format!("tgf:{i}"), ROOMY)),
+        ),
+        (
+            "twin, FCALL ratelimit_gcra, limited",
+            Box::new(|i| bucket_call(&["FCALL", "ratelimit_gcra", "1"], format!("tgl:{i}"), TIGHT)),
+        ),
+        ("twin, EVALSHA gcra", twin_script("tge", ROOMY)),
+        ("twin, EVALSHA gcra, limited", twin_script("tgk", TIGHT)),
     ];
     if with_cell {
         rows.push((
@@ -334,7 +359,7 @@ pub fn run(extra_module: Option<&str>) -> (Vec<Row>, Option<&'static str>) {
         .collect();
     all.extend(settlements());
     all.extend(
-        bucket_approaches(&scripts.gcra, with_cell)
+        bucket_approaches(&scripts.gcra, &twin_sha, with_cell)
             .into_iter()
             .map(|(name, call)| (name, vec![call])),
     );
@@ -383,9 +408,10 @@ pub fn write(rows: &[Row], note: Option<&str>, dir: &Path) -> std::io::Result<()
     let incr = rows.first().map_or(1.0, |r| r.per_call);
     let mut csv = String::from("approach,instructions_per_call,times_incr,memory_usage_of_a_key\n");
     for row in rows {
+        // Quoted: an approach's name may hold a comma.
         csv.push_str(&format!(
-            "{},{:.0},{:.2},{}\n",
-            row.name,
+            "\"{}\",{:.0},{:.2},{}\n",
+            row.name.replace('"', "\"\""),
             row.per_call,
             row.per_call / incr,
             row.memory_usage

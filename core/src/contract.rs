@@ -578,9 +578,16 @@ fn random_call(random: &mut Random, shape: &Shape) -> Vec<String> {
     call
 }
 
-/// Random sequences: `count` cases of `length` calls, the clock moving by
-/// up to `step - 1` ms (and now and then back).
-fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape) -> Vec<Case> {
+/// Random sequences: `count` cases named `{prefix}-{seed}-{i}` of `length`
+/// calls each drawn by `call`, the clock moving by up to `step - 1` ms
+/// (and now and then back).
+fn random_sequences(
+    [prefix, about]: [&str; 2],
+    [count, length]: [usize; 2],
+    step: u64,
+    seed: u64,
+    mut call: impl FnMut(&mut Random) -> Vec<String>,
+) -> Vec<Case> {
     let mut random = Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     (0..count)
         .map(|i| {
@@ -591,16 +598,24 @@ fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape
                     if random.below(30) == 0 {
                         at -= random.below(step) as Millis;
                     }
-                    (at, random_call(&mut random, shape))
+                    (at, call(&mut random))
                 })
                 .collect();
             Case {
-                name: format!("random-{seed}-{i}"),
-                about: "random calls on three keys".into(),
+                name: format!("{prefix}-{seed}-{i}"),
+                about: about.into(),
                 steps,
             }
         })
         .collect()
+}
+
+/// Random sequences of `random_call`s of `shape`.
+fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape) -> Vec<Case> {
+    let about = ["random", "random calls on three keys"];
+    random_sequences(about, [count, length], step, seed, |r| {
+        random_call(r, shape)
+    })
 }
 
 /// One random GCRA call's words on key `g` or `h`, or now and then a
@@ -628,8 +643,7 @@ fn random_gcra_call(random: &mut Random, periods: &[&str], counts: &[&str]) -> V
     call
 }
 
-/// Random GCRA sequences: `count` cases of `length` calls, the clock moving
-/// by up to `step - 1` ms (and now and then back).
+/// Random sequences of `random_gcra_call`s.
 fn random_gcra_cases(
     count: usize,
     length: usize,
@@ -637,26 +651,10 @@ fn random_gcra_cases(
     seed: u64,
     [periods, counts]: [&[&str]; 2],
 ) -> Vec<Case> {
-    let mut random = Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    (0..count)
-        .map(|i| {
-            let mut at: Millis = 0;
-            let steps = (0..length)
-                .map(|_| {
-                    at += random.below(step) as Millis;
-                    if random.below(30) == 0 {
-                        at -= random.below(step) as Millis;
-                    }
-                    (at, random_gcra_call(&mut random, periods, counts))
-                })
-                .collect();
-            Case {
-                name: format!("random-gcra-{seed}-{i}"),
-                about: "random token bucket calls on two keys".into(),
-                steps,
-            }
-        })
-        .collect()
+    let about = ["random-gcra", "random token bucket calls on two keys"];
+    random_sequences(about, [count, length], step, seed, |r| {
+        random_gcra_call(r, periods, counts)
+    })
 }
 
 fn all_cases() -> Vec<Case> {

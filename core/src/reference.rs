@@ -1149,7 +1149,8 @@ impl Keyspace {
         };
         let removed = key.model.refund(units);
         let now = key.model.now(clock);
-        let kept = !key.model.entries.is_empty() || key.model.blocked_at(now);
+        // A refund of nothing writes nothing: the key lives to its expiry.
+        let kept = removed == 0 || !key.model.entries.is_empty() || key.model.blocked_at(now);
         if key.model.entries.is_empty() && kept && removed > 0 {
             key.expires = key.model.blocked_until;
         }

@@ -1,5 +1,5 @@
 //! The two implementations of one contract: the module's RATELIMIT.CHECK,
-//! PEEK, UNDO, UNBLOCK, MCHECK, MPEEK and MUNDO, and the script twin
+//! PEEK, UNDO, UNBLOCK, MCHECK, MPEEK, MUNDO and GCRA, and the script twin
 //! (twin/ratelimit.lua) in each way a user calls it. Tests write contract calls as the module's words
 //! (`["RATELIMIT.CHECK", key, ...]`); a [`Caller`] sends them in its
 //! backend's form, so one test source runs against every backend.
@@ -81,6 +81,7 @@ pub const MODULE_RULES: &[&str] = &[
     "+ratelimit.mpeek",
     "+ratelimit.mundo",
     "+ratelimit.unblock",
+    "+ratelimit.gcra",
 ];
 
 /// twin/ratelimit.lua as FUNCTION LOAD takes it.
@@ -162,7 +163,7 @@ impl Backend {
 /// in lower case (the script form's operation; the function's name is
 /// `ratelimit_<operation>`), whether each goes as FCALL_RO/EVALSHA_RO, and
 /// whether its key is argument 1 (else `numkeys key [key ...]`).
-const TWIN_OPERATIONS: [(&str, bool, bool); 7] = [
+const TWIN_OPERATIONS: [(&str, bool, bool); 8] = [
     ("check", false, true),
     ("peek", true, true),
     ("undo", false, true),
@@ -170,6 +171,8 @@ const TWIN_OPERATIONS: [(&str, bool, bool); 7] = [
     ("mcheck", false, false),
     ("mpeek", true, false),
     ("mundo", false, false),
+    // RATELIMIT.GCRA is a write even with TOKENS 0, as the module's.
+    ("gcra", false, true),
 ];
 
 /// The twin's operation for a module command's name (any case), if the
@@ -240,7 +243,7 @@ impl Caller {
     }
 
     /// `words` as this backend sends them: a contract call
-    /// (`RATELIMIT.CHECK|PEEK|UNDO|UNBLOCK key ...`, `RATELIMIT.MCHECK|MPEEK|MUNDO
+    /// (`RATELIMIT.CHECK|PEEK|UNDO|UNBLOCK|GCRA key ...`, `RATELIMIT.MCHECK|MPEEK|MUNDO
     /// numkeys key ...`) in the backend's form, any other command as it is.
     /// The multi-key calls pass `numkeys` on as FCALL's and EVALSHA's own,
     /// with as many keys as the words hold.

@@ -2,12 +2,12 @@
 //! the EVAL form, in the Lua 5.1 that Redis and Valkey embed, over a
 //! small keyspace written in Lua that answers the few commands the twin
 //! sends (GET, GETRANGE, STRLEN, SETRANGE, SET .. PXAT|KEEPTTL, PEXPIREAT, EXISTS, DEL,
-//! TIME) and expires keys as Redis does. Its TIME reads a clock the test sets, so
+//! TIME) and expires keys as Redis does (its token bucket, `gcra`, included). Its TIME reads a clock the test sets, so
 //! the timed fields can be held to a model: the twin itself never takes
 //! a clock from its caller.
 
 use crate::backend::twin_script;
-use crate::corpus::{KeyState, Reply};
+use crate::corpus::{BucketState, Held, KeyState, Reply};
 use crate::twin_format;
 use mlua::{Function, Lua, Value};
 
@@ -199,6 +199,11 @@ impl EmbeddedTwin {
                 if let Ok(text) = table.get::<String>("err") {
                     return Reply::Error(text);
                 }
+                // MUNDO's integers, one per key; GCRA's five.
+                if operation == "gcra" {
+                    let fields = integers(&table, 5).try_into().expect("5 fields");
+                    return Reply::Bucket(fields);
+                }
                 if operation == "mundo" {
                     return Reply::Integers(integers(&table, table.raw_len()));
                 }
@@ -227,14 +232,23 @@ impl EmbeddedTwin {
     }
 
     /// The key as the corpus writes a state (times less `epoch`): its
-    /// stored value decoded, and its expiry.
-    pub fn state(&self, key: &str, epoch: i64) -> Result<Option<KeyState>, String> {
+    /// stored value decoded (a log or a token bucket), and its expiry.
+    pub fn state(&self, key: &str, epoch: i64) -> Result<Option<Held>, String> {
         let Some(value) = self.value(key) else {
             return Ok(None);
         };
+        let expires = self.expires(key).ok_or("a key without an expiry")? - epoch;
+        if value.starts_with(&TwinBucket::MAGIC) {
+            let bucket = TwinBucket::decode(&value)?;
+            return Ok(Some(Held::Bucket(BucketState {
+                at: bucket.at - epoch,
+                period: bucket.period,
+                level: bucket.level,
+                expires,
+            })));
+        }
         let log = twin_format::decode_paged_by(&value, self.page).map_err(|e| e.to_string())?;
-        let expires = self.expires(key).ok_or("a key without an expiry")?;
-        Ok(Some(KeyState {
+        Ok(Some(Held::Log(KeyState {
             window: if log.entries.is_empty() {
                 0
             } else {
@@ -245,8 +259,8 @@ impl EmbeddedTwin {
                 0 => 0,
                 at => at - epoch,
             },
-            expires: expires - epoch,
-        }))
+            expires,
+        })))
     }
 
     /// Whether the key exists at the clock's time.
@@ -261,11 +275,58 @@ impl EmbeddedTwin {
         expires.call(key).expect("expiry")
     }
 
+    /// The token bucket the key holds (None if it does not exist, an
+    /// error if it holds anything but the twin's 21-byte bucket).
+    pub fn bucket(&self, key: &str) -> Result<Option<TwinBucket>, String> {
+        self.value(key).map(|v| TwinBucket::decode(&v)).transpose()
+    }
+
     /// The key's stored bytes.
     pub fn value(&self, key: &str) -> Option<Vec<u8>> {
         let value: Function = self.lua.globals().get("value").expect("value");
         let bytes: Option<mlua::String> = value.call(key).expect("value");
         bytes.map(|b| b.as_bytes().to_vec())
+    }
+}
+
+/// A token bucket as the twin stores it (twin/ratelimit.lua's header):
+/// magic `rl\6`, then, little-endian, the time of the last charge (6
+/// bytes), that charge's period in ms (5) and the tokens held then in
+/// `1 / period` tokens (7): 21 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwinBucket {
+    pub at: i64,
+    pub period: u64,
+    pub level: u64,
+}
+
+impl TwinBucket {
+    pub const MAGIC: [u8; 3] = *b"rl\x06";
+    pub const LEN: usize = 21;
+
+    pub fn decode(bytes: &[u8]) -> Result<TwinBucket, String> {
+        if bytes.len() != Self::LEN || bytes[..3] != Self::MAGIC {
+            return Err(format!("not a twin bucket: {bytes:?}"));
+        }
+        let le = |range: std::ops::Range<usize>| {
+            bytes[range]
+                .iter()
+                .rev()
+                .fold(0u64, |n, &b| n << 8 | u64::from(b))
+        };
+        Ok(TwinBucket {
+            at: le(3..9) as i64,
+            period: le(9..14),
+            level: le(14..21),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Self::MAGIC.to_vec();
+        bytes.extend(&(self.at as u64).to_le_bytes()[..6]);
+        bytes.extend(&self.period.to_le_bytes()[..5]);
+        bytes.extend(&self.level.to_le_bytes()[..7]);
+        bytes
     }
 }
 
@@ -275,7 +336,7 @@ pub fn twin_operation(call: &[String]) -> Option<String> {
     let name = call.first()?.to_ascii_lowercase();
     let operation = name.strip_prefix("ratelimit.")?;
     [
-        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo",
+        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo", "gcra",
     ]
     .contains(&operation)
     .then(|| operation.to_string())

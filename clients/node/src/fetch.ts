@@ -1,14 +1,15 @@
 // The Fetch API: `(Request) => Response | Promise<Response>`, as Hono,
 // Next.js route handlers, Deno and Supabase Edge Functions use.
-import { bodyOf, judge, type LimitedInfo, type OneKeyOptions, type SeveralKeysOptions, statusOf } from "./http.js";
+import { bodyOf, type GcraKeyOptions, judge, type LimitedInfo, type OneKeyOptions, type SeveralKeysOptions, statusOf } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
+/** Who is limited; required, since a Request carries no peer address. */
+type RequestKeyOf = (req: Request) => string | undefined | Promise<string | undefined>;
+
 export type FetchOptions = (
-  | (OneKeyOptions<Request> & {
-      /** Who is limited; required, since a Request carries no peer address. */
-      key: (req: Request) => string | undefined | Promise<string | undefined>;
-    })
+  | (OneKeyOptions<Request> & { key: RequestKeyOf })
   | SeveralKeysOptions<Request>
+  | (GcraKeyOptions<Request> & { key: RequestKeyOf })
 ) & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
   onLimited?: (req: Request, info: LimitedInfo) => Response | Promise<Response>;

@@ -3,8 +3,8 @@
 // and the refund. The framework skins (express.ts, fastify.ts, node.ts,
 // fetch.ts) only read requests and write responses.
 
-import type { DeniedKey, RateLimiter, Result } from "./limiter.js";
-import type { CallOptions, KeyLimits, Limit } from "./limits.js";
+import type { DeniedKey, GcraResult, RateLimiter, Result } from "./limiter.js";
+import type { CallOptions, GcraDecision, GcraLimit, KeyLimits, Limit } from "./limits.js";
 import type { Outcome } from "./metrics.js";
 
 export type Awaitable<T> = T | Promise<T>;
@@ -12,7 +12,7 @@ export type Awaitable<T> = T | Promise<T>;
 interface CommonOptions<Req> {
   /** Namespaces the keys of this middleware (`<name>:<key>`) and names its policy (default "default"). */
   name?: string;
-  /** Units a request costs (default 1). */
+  /** Units a request costs (default 1); with `gcra`, the request's tokens (0 asks without charging). */
   cost?: number | ((req: Req) => number);
   /** A penalty: a request refused by a key's limits blocks that key for this many ms (README "Penalties"). */
   blockMs?: number;
@@ -34,6 +34,7 @@ export interface OneKeyOptions<Req> extends CommonOptions<Req> {
   /** Who is limited: user id, API key, address. Undefined skips the request. */
   key?: (req: Req) => Awaitable<string | undefined>;
   keys?: never;
+  gcra?: never;
 }
 
 /** One subject of a request (a user, an address, a tenant) with its own limits. */
@@ -48,9 +49,26 @@ export interface SeveralKeysOptions<Req> extends CommonOptions<Req> {
   keys: (req: Req) => Awaitable<readonly (RequestKey | null | undefined)[] | null | undefined>;
   limits?: never;
   key?: never;
+  gcra?: never;
 }
 
-export type MiddlewareOptions<Req> = OneKeyOptions<Req> | SeveralKeysOptions<Req>;
+/**
+ * One token bucket (GCRA) per request instead of sliding-window limits.
+ * `cost` gives the request's tokens. A token bucket has no refund and no
+ * block, so neither `refundWhen` nor `blockMs` applies.
+ */
+export interface GcraKeyOptions<Req> extends Omit<CommonOptions<Req>, "blockMs" | "refundWhen"> {
+  /** The bucket of this route: fixed, or chosen per request (null or undefined: not limited). */
+  gcra: GcraLimit | ((req: Req) => GcraLimit | null | undefined);
+  /** Who is limited: user id, API key, address. Undefined skips the request. */
+  key?: (req: Req) => Awaitable<string | undefined>;
+  limits?: never;
+  keys?: never;
+  blockMs?: never;
+  refundWhen?: never;
+}
+
+export type MiddlewareOptions<Req> = OneKeyOptions<Req> | SeveralKeysOptions<Req> | GcraKeyOptions<Req>;
 
 /** A key that refused the request, with the name of its policy. */
 export interface LimitedKey extends DeniedKey {
@@ -61,7 +79,8 @@ export interface LimitedKey extends DeniedKey {
 export interface LimitedInfo {
   /** "limited": over the limit (429); "unavailable": Redis unreachable and failing closed (503). */
   reason: "limited" | "unavailable";
-  result: Result;
+  /** The decision; under `gcra`, a GcraResult (with `burst`; retryAfterMs -1 for a request that can never fit). */
+  result: Result | GcraResult;
   /** The key decided (the first one when there are several). */
   key: string;
   /** Every key decided, namespaced as stored. */
@@ -137,8 +156,30 @@ export function rateLimitHeaders(limits: readonly Limit[], name: string, result:
   return headersOf([{ key: name, name, limits }], 0, result);
 }
 
+/** ceil(a / b) for integers, exactly (a product of two bounds may pass 2^53). */
+function ceilDivExact(a: bigint, b: bigint): bigint {
+  return (a + b - 1n) / b;
+}
+
+/**
+ * The header fields for a token bucket and its result: RateLimit-Policy
+ * `"<name>";q=<burst>;w=<seconds to refill a full bucket>`, RateLimit
+ * `"<name>";r=<remaining>;t=<seconds until the bucket is empty>`, and
+ * Retry-After on a refusal (none for a request that can never fit).
+ */
+export function gcraRateLimitHeaders(limit: GcraLimit, name: string, result: GcraDecision): Record<string, string> {
+  const burst = BigInt(limit.maxBurst) + 1n;
+  const refill = ceilDivExact(burst * BigInt(limit.periodMs), BigInt(limit.count) * 1000n);
+  const headers: Record<string, string> = {
+    "RateLimit-Policy": `"${name}";q=${burst};w=${refill}`,
+    RateLimit: `"${name}";r=${result.remaining};t=${seconds(result.resetAfterMs)}`,
+  };
+  if (!result.allowed && result.retryAfterMs !== -1) headers["Retry-After"] = String(seconds(result.retryAfterMs));
+  return headers;
+}
+
 /** How a request was decided, as counted (ratelimit_decisions_total{outcome}). */
-function outcomeOf(result: Result, shadow: boolean): Outcome {
+function outcomeOf(result: Result | GcraResult, shadow: boolean): Outcome {
   if (result.source === "failOpen") return "fail_open";
   if (result.source === "failClosed") return "fail_closed";
   if (!result.allowed && shadow) return "shadow_denied";
@@ -148,7 +189,7 @@ function outcomeOf(result: Result, shadow: boolean): Outcome {
 
 /** The request's keys with their limits and policy names; undefined when it is not limited. */
 async function subjectsOf<Req>(
-  options: MiddlewareOptions<Req>,
+  options: OneKeyOptions<Req> | SeveralKeysOptions<Req>,
   req: Req,
   fallbackKey: (req: Req) => string | undefined,
 ): Promise<Subject[] | undefined> {
@@ -190,10 +231,80 @@ async function decide(
   return { result, denied: result.denied, binding, undo: () => limiter.undoAll(subjects, { ...cost, decision: result }) };
 }
 
-function logShadowDenial(limiter: RateLimiter, policy: string, result: Result): void {
+function logShadowDenial(limiter: RateLimiter, policy: string, result: Result | GcraResult): void {
   limiter.logger.warn(`redis-ratelimit: shadow mode: ${policy} would have denied this request (retry after ${result.retryAfterMs} ms)`, {
     policy,
   });
+}
+
+/**
+ * The answer every middleware gives a decided request: refused unless
+ * allowed, 503 while failing closed, no headers while failing open or in
+ * shadow mode (where a would-be refusal is logged), counted under `policy`.
+ */
+function verdictOf(
+  limiter: RateLimiter,
+  shadow: boolean,
+  policy: string,
+  result: Result | GcraResult,
+  info: Omit<LimitedInfo, "reason" | "headers">,
+  headers: () => Record<string, string>,
+  refund: () => Promise<void>,
+  refundWhen: (status: number) => boolean,
+): Verdict {
+  limiter.metrics?.decision(policy, outcomeOf(result, shadow));
+  if (shadow) {
+    // Not in force for clients: no refusal and no headers; an outage is the policy's to count, not a would-be refusal.
+    if (!result.allowed && result.source !== "failClosed") logShadowDenial(limiter, policy, result);
+    return { pass: true, info: { reason: "limited", ...info, headers: {} }, refund, refundWhen };
+  }
+  if (result.source === "failClosed") {
+    const retryAfter = { "Retry-After": String(Math.max(1, seconds(result.retryAfterMs))) };
+    return { pass: false, info: { reason: "unavailable", ...info, headers: retryAfter }, refund, refundWhen: () => false };
+  }
+  // Failing open serves without claiming a quota nobody counted.
+  return {
+    pass: result.allowed,
+    info: { reason: "limited", ...info, headers: result.source === "failOpen" ? {} : headers() },
+    refund,
+    refundWhen,
+  };
+}
+
+/** A request under a token bucket: one GCRA call, no refund. */
+async function judgeGcra<Req>(
+  limiter: RateLimiter,
+  options: GcraKeyOptions<Req>,
+  req: Req,
+  fallbackKey: (req: Req) => string | undefined,
+): Promise<Verdict | undefined> {
+  const given = options as MiddlewareOptions<Req>;
+  if (given.limits !== undefined || given.keys !== undefined) {
+    throw new TypeError("redis-ratelimit: give the middleware one of `limits` (and `key`), `keys`, or `gcra` (and `key`)");
+  }
+  if (given.blockMs !== undefined || given.refundWhen !== undefined) {
+    throw new TypeError("redis-ratelimit: a token bucket (`gcra`) has no block and no refund: drop `blockMs` and `refundWhen`");
+  }
+  const limit = typeof options.gcra === "function" ? options.gcra(req) : options.gcra;
+  if (!limit) return undefined;
+  const id = options.key ? await options.key(req) : fallbackKey(req);
+  if (id === undefined) return undefined;
+  const name = options.name ?? "default";
+  const key = `${name}:${id}`;
+  const policy = limit.name ?? name;
+  const cost = typeof options.cost === "function" ? options.cost(req) : options.cost;
+  const result = await limiter.gcra(key, limit, cost === undefined ? {} : { tokens: cost });
+  const denied = result.allowed || result.source === "failClosed" ? [] : [{ key, index: 0, name: policy }];
+  return verdictOf(
+    limiter,
+    options.shadow === true,
+    policy,
+    result,
+    { result, key, keys: [key], denied },
+    () => gcraRateLimitHeaders(limit, policy, result),
+    async () => undefined,
+    () => false,
+  );
 }
 
 /** Decides one request; undefined when this request is not limited. */
@@ -203,6 +314,7 @@ export async function judge<Req>(
   req: Req,
   fallbackKey: (req: Req) => string | undefined,
 ): Promise<Verdict | undefined> {
+  if (options.gcra !== undefined) return judgeGcra(limiter, options, req, fallbackKey);
   const subjects = await subjectsOf(options, req, fallbackKey);
   if (!subjects) return undefined;
   const cost = typeof options.cost === "function" ? options.cost(req) : options.cost;
@@ -211,10 +323,8 @@ export async function judge<Req>(
     ...(options.blockMs === undefined ? {} : { blockMs: options.blockMs }),
   };
   const { result, denied, binding, undo } = await decide(limiter, subjects, callOptions);
-  const shadow = options.shadow === true;
   const bound = subjects[binding] as Subject;
   const policy = policyNames(bound.limits, bound.name)[0] as string;
-  limiter.metrics?.decision(policy, outcomeOf(result, shadow));
   let refunded = false;
   const refund = async () => {
     if (refunded || !result.allowed) return;
@@ -225,18 +335,7 @@ export async function judge<Req>(
   const keys = subjects.map((subject) => subject.key);
   const info = { result, key: keys[0] as string, keys, denied: denied.map((d) => ({ ...d, name: subjects[d.index]?.name ?? "" })) };
   const refundWhen = options.refundWhen ?? ((status: number) => status >= 500);
-  if (shadow) {
-    // Not in force for clients: no refusal and no headers; an outage is the policy's to count, not a would-be refusal.
-    if (!result.allowed && result.source !== "failClosed") logShadowDenial(limiter, policy, result);
-    return { pass: true, info: { reason: "limited", ...info, headers: {} }, refund, refundWhen };
-  }
-  if (result.source === "failClosed") {
-    const headers = { "Retry-After": String(Math.max(1, seconds(result.retryAfterMs))) };
-    return { pass: false, info: { reason: "unavailable", ...info, headers }, refund, refundWhen: () => false };
-  }
-  // Failing open serves without claiming a quota nobody counted.
-  const headers = result.source === "failOpen" ? {} : headersOf(subjects, binding, result);
-  return { pass: result.allowed, info: { reason: "limited", ...info, headers }, refund, refundWhen };
+  return verdictOf(limiter, options.shadow === true, policy, result, info, () => headersOf(subjects, binding, result), refund, refundWhen);
 }
 
 export function statusOf(info: LimitedInfo): number {

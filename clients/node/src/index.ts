@@ -3,6 +3,8 @@ export { type ClientRateLimitInfo, FlexibleLimiter, type FlexibleOptions, type F
 export { type FastifyHooks, type FastifyOptions, type FastifyRequestLike, fastifyHooks, fastifyRateLimit } from "./fastify.js";
 export { type FetchOptions, fetchRateLimit } from "./fetch.js";
 export {
+  type GcraKeyOptions,
+  gcraRateLimitHeaders,
   type LimitedInfo,
   type LimitedKey,
   type MiddlewareOptions,
@@ -15,6 +17,7 @@ export {
   type Backend,
   type DeniedKey,
   type FallbackOptions,
+  type GcraResult,
   type Logger,
   type MultiCallOptions,
   type MultiResult,
@@ -27,8 +30,17 @@ export {
   type Source,
   type UnblockOptions,
 } from "./limiter.js";
-export { type CallOptions, type Decision, type KeyLimits, type Limit, RateLimitInputError } from "./limits.js";
-export { type MemoryKeyState, MemoryLimiter } from "./memory.js";
+export {
+  type CallOptions,
+  type Decision,
+  type GcraDecision,
+  type GcraLimit,
+  type GcraOptions,
+  type KeyLimits,
+  type Limit,
+  RateLimitInputError,
+} from "./limits.js";
+export { type MemoryBucketState, type MemoryKeyState, MemoryLimiter } from "./memory.js";
 export { type ErrorCause, type MetricOperation, type Metrics, type Outcome, prometheusMetrics } from "./metrics.js";
 export {
   clientAddress,

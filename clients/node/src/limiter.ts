@@ -1,13 +1,19 @@
-// The client: check / peek / undo, on one key or several at once, and
-// unblock, on the module where it is loaded and on the script twin where it
-// is not (learned per server from the answer to the module's own command),
-// under an explicit failure policy. What it logs and how it names an
-// outage's cause are contract/transport.json's.
+// The client: check / peek / undo, on one key or several at once, unblock,
+// and gcra (the token bucket), on the module where it is loaded and on the
+// script twin where it is not (learned per server from the answer to the
+// module's own command), under an explicit failure policy. What it logs and
+// how it names an outage's cause are contract/transport.json's.
 import { type Connection, connect, messageOf, type RedisClient } from "./adapters.js";
+import { gcraReply } from "./gcra.js";
 import {
   type CallOptions,
   type Decision,
   digits,
+  type GcraDecision,
+  type GcraLimit,
+  type GcraOptions,
+  gcraArgs,
+  gcraDecisionOf,
   type KeyLimits,
   type Limit,
   limitArgs,
@@ -15,18 +21,22 @@ import {
   parseCount,
   parseCounts,
   parseDecision,
+  parseGcraReply,
   parseMultiDecision,
   RateLimitInputError,
+  RateLimitReplyError,
   smallestMax,
   UnexpectedReplyError,
+  validateGcraLimit,
   validateKey,
   validateKeyLimits,
   validateKeys,
   validateLimits,
   validateOptions,
   validateRefundCost,
+  validateTokens,
 } from "./limits.js";
-import { DEFAULT_MAX_KEYS, type KeyedLimits, Keyspace, type MultiDecision } from "./memory.js";
+import { DEFAULT_MAX_KEYS, gcraRule, type KeyedLimits, Keyspace, type MultiDecision } from "./memory.js";
 import type { ErrorCause, MetricOperation, Metrics } from "./metrics.js";
 import { keySlot } from "./slot.js";
 import { TWIN_SCRIPT, TWIN_SHA1 } from "./twin.generated.js";
@@ -38,6 +48,11 @@ export type Backend = "module" | "twin";
 export type Source = "redis" | "fallback" | "failOpen" | "failClosed";
 
 export interface Result extends Decision {
+  source: Source;
+}
+
+/** A token bucket's answer (gcra), and where it came from. */
+export interface GcraResult extends GcraDecision {
   source: Source;
 }
 
@@ -83,7 +98,10 @@ export interface Logger {
 }
 
 export interface FallbackOptions {
-  /** This process's share of each limit while Redis is unreachable (0 < share <= 1): max becomes max(1, floor(max * share)). */
+  /**
+   * This process's share of each limit while Redis is unreachable (0 < share <= 1): max becomes max(1, floor(max * share));
+   * a token bucket's burst and count likewise.
+   */
   share: number;
   /** The most keys the fallback holds (default 10,000); past it the least recently used key is dropped. */
   maxKeys?: number;
@@ -175,10 +193,7 @@ const SCRIPT_SUFFIX = / script: (?:[0-9a-f]{40}, )?on @user_(?:script|function):
 
 const REPLY_ERROR_NAMES = new Set(["ReplyError", "ErrorReply", "SimpleError", "BlobError"]);
 
-/** An answer from Redis that is an error about the call itself (WRONGTYPE, a full log, an older module): thrown, never a policy. */
-export class RateLimitReplyError extends Error {
-  override name = "RateLimitReplyError";
-}
+export { RateLimitReplyError };
 
 /** Redis could not be asked (unblock while it is unreachable); the message names the cause. */
 export class RateLimitUnavailableError extends Error {
@@ -355,7 +370,12 @@ export class RateLimiter {
    */
   async unblock(key: string, options: UnblockOptions = {}): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
-    this.memory.unblock(fullKey);
+    try {
+      this.memory.unblock(fullKey);
+    } catch (error) {
+      // The fallback holds a bucket under this name: no block to lift there. Redis answers for itself.
+      if (!(error instanceof RateLimitReplyError)) throw error;
+    }
     if (options.reset) this.memory.delete(fullKey);
     const steps: Step[] = [{ operation: "unblock", keys: [fullKey], args: [] }];
     if (options.reset) steps.push({ operation: "delete", keys: [fullKey], args: [] });
@@ -364,7 +384,7 @@ export class RateLimiter {
     return reply.value;
   }
 
-  /** Deletes the key: its log and its block (both backends store one key per limiter). */
+  /** Deletes the key: its log and its block, or its bucket (both backends store one key per limiter). */
   async delete(key: string): Promise<boolean> {
     const fullKey = this.prefix + validateKey(key);
     this.memory.delete(fullKey);
@@ -376,14 +396,49 @@ export class RateLimiter {
   private async refund(operation: "undo" | "mundo", keys: readonly string[], options: RefundOptions): Promise<number[]> {
     const cost = validateRefundCost(options.cost);
     const source = options.decision?.source;
-    if (source === "fallback") return keys.map((key) => this.memory.undo(key, cost));
+    if (source === "fallback") return this.memory.undoAll(keys, cost);
     if (source === "failOpen" || source === "failClosed") return keys.map(() => 0);
     const args = options.cost === undefined ? [] : ["COST", digits(cost)];
     const reply = await this.call([{ operation, keys, args }], ([value]) =>
       operation === "undo" ? [parseCount(value, "RATELIMIT.UNDO")] : parseCounts(value, keys.length),
     );
     if (reply.ok) return reply.value;
-    return keys.map((key) => (this.share === undefined ? 0 : this.memory.undo(key, cost)));
+    return this.share === undefined ? keys.map(() => 0) : this.memory.undoAll(keys, cost);
+  }
+
+  /**
+   * Decides a request of `tokens` (default 1; 0 asks without charging)
+   * against a token bucket (GCRA: RATELIMIT.GCRA, the twin's gcra), and
+   * charges it if it fits. More tokens than the bucket never fit: the
+   * answer is limited with retryAfterMs -1. A token bucket has no refund:
+   * a call answered after its timeout stays charged.
+   */
+  async gcra(key: string, limit: GcraLimit, options: GcraOptions = {}): Promise<GcraResult> {
+    const fullKey = this.prefix + validateKey(key);
+    validateGcraLimit(limit);
+    const tokens = validateTokens(options.tokens);
+    const reply = await this.call([{ operation: "gcra", keys: [fullKey], args: gcraArgs(limit, options.tokens) }], ([value]) =>
+      parseGcraReply(value),
+    );
+    if (reply.ok) return { ...reply.value, source: "redis" };
+    if (this.share !== undefined) {
+      const share = this.share;
+      const rule = gcraRule(limit);
+      const local = { ...rule, burst: Math.max(1, Math.floor(rule.burst * share)), count: Math.max(1, Math.floor(rule.count * share)) };
+      return { ...gcraDecisionOf(gcraReply(this.memory.gcra(fullKey, local, tokens), "ms")), source: "fallback" };
+    }
+    const burst = limit.maxBurst + 1;
+    if (this.failOpen) {
+      return { allowed: true, burst, remaining: Math.max(0, burst - tokens), retryAfterMs: 0, resetAfterMs: 0, source: "failOpen" };
+    }
+    return {
+      allowed: false,
+      burst,
+      remaining: 0,
+      retryAfterMs: Math.max(this.retryAfterFailureMs, 1),
+      resetAfterMs: 0,
+      source: "failClosed",
+    };
   }
 
   private async decide(operation: "check" | "peek", key: string, limits: Limit | readonly Limit[], options: CallOptions): Promise<Result> {

@@ -1,6 +1,7 @@
-// Arguments of RATELIMIT.CHECK/PEEK/UNDO and of their several-key forms
-// (MCHECK/MPEEK/MUNDO), validated before anything is sent so bad input
-// fails here with a clear message and never reaches Redis.
+// Arguments of RATELIMIT.CHECK/PEEK/UNDO, of their several-key forms
+// (MCHECK/MPEEK/MUNDO) and of RATELIMIT.GCRA, validated before anything is
+// sent so bad input fails here with a clear message and never reaches
+// Redis; and the replies, read strictly.
 
 /** "At most `max` units of cost in any `windowMs` milliseconds." */
 export interface Limit {
@@ -50,6 +51,14 @@ const MAX_KEYS = 16;
 export class RateLimitInputError extends Error {
   override name = "RateLimitInputError";
 }
+
+/** An answer from Redis that is an error about the call itself (WRONGTYPE, a full log, an older module): thrown, never a policy. */
+export class RateLimitReplyError extends Error {
+  override name = "RateLimitReplyError";
+}
+
+/** The server's text for a command on a key of the other kind (a bucket given to the sliding window, or the reverse). */
+export const WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 /** A reply that is not what the call's command answers: never read as a decision. */
 export class UnexpectedReplyError extends Error {
@@ -237,6 +246,114 @@ export function parseCount(reply: unknown, command: string): number {
   const count = toInteger(reply);
   if (count === undefined) throw new UnexpectedReplyError(`unexpected reply to ${command}: ${describe(reply)}`);
   return count;
+}
+
+/**
+ * A token bucket (GCRA, RATELIMIT.GCRA): `count` requests per `periodMs`
+ * sustained, in bursts of up to `maxBurst + 1`.
+ */
+export interface GcraLimit {
+  /** 0 or more: the bucket holds maxBurst + 1 tokens, the most one burst may take. */
+  maxBurst: number;
+  /** Tokens that drain per period (1 to 9e15). */
+  count: number;
+  /** The period in milliseconds (1 to 7,776,000,000, 90 days). */
+  periodMs: number;
+  /** Policy name in the RateLimit-Policy header (default: the middleware's name). */
+  name?: string;
+}
+
+/** Options of a GCRA call. */
+export interface GcraOptions {
+  /** The request's weight (0 to 9e15, default 1); 0 asks without charging. More than the bucket never fits: a decision with retryAfterMs -1. */
+  tokens?: number;
+}
+
+/** RATELIMIT.GCRA's reply, named, its waits in milliseconds. */
+export interface GcraDecision {
+  allowed: boolean;
+  /** maxBurst + 1: the bucket's size. */
+  burst: number;
+  /** Whole tokens a request could take now (after this one, if allowed); never negative. */
+  remaining: number;
+  /** 0 when allowed; -1 when the request can never fit (more tokens than the bucket); else the wait until this same request fits. */
+  retryAfterMs: number;
+  /** The wait until the bucket is empty (after this request, if allowed): a full burst fits again then. */
+  resetAfterMs: number;
+}
+
+/** The most a count, a request's tokens or a full bucket ((maxBurst + 1) x periodMs) may be: 9e15, exact in a double. */
+export const GCRA_MAX = 9_000_000_000_000_000;
+/** The longest period: 90 days. */
+const GCRA_MAX_PERIOD_MS = 7_776_000_000;
+
+/** Checks a token bucket's limit as the module does (docs/gcra.md, "Errors"), naming the field. */
+export function validateGcraLimit(limit: GcraLimit): GcraLimit {
+  requireInteger(limit?.maxBurst, "maxBurst", 0, GCRA_MAX - 1);
+  requireInteger(limit.count, "count", 1, GCRA_MAX);
+  requireInteger(limit.periodMs, "periodMs", 1, GCRA_MAX_PERIOD_MS);
+  // Exact: a product of integers is exact up to 2^53, and one above 2^53 rounds to at least 2^53.
+  if ((limit.maxBurst + 1) * limit.periodMs > GCRA_MAX) {
+    const capacity = (BigInt(limit.maxBurst) + 1n) * BigInt(limit.periodMs);
+    throw new RateLimitInputError(`(maxBurst + 1) × periodMs must be at most ${GCRA_MAX}, got ${capacity}: lower maxBurst or periodMs`);
+  }
+  return limit;
+}
+
+/** A GCRA request's tokens (default 1). */
+export function validateTokens(tokens: unknown): number {
+  if (tokens === undefined) return 1;
+  return requireInteger(tokens, "tokens", 0, GCRA_MAX);
+}
+
+/** A period in ms as the module reads it: seconds, with the fraction's trailing zeros dropped (60, 0.5, 1.25, 0.001). */
+export function periodWord(periodMs: number): string {
+  const seconds = Math.floor(periodMs / 1000);
+  const ms = periodMs % 1000;
+  return ms === 0 ? String(seconds) : `${seconds}.${String(ms).padStart(3, "0").replace(/0+$/, "")}`;
+}
+
+/** RATELIMIT.GCRA's arguments after the key: max_burst count period [TOKENS n] MS. */
+export function gcraArgs(limit: GcraLimit, tokens: number | undefined): string[] {
+  const args = [digits(limit.maxBurst), digits(limit.count), periodWord(limit.periodMs)];
+  if (tokens !== undefined) args.push("TOKENS", digits(tokens));
+  args.push("MS");
+  return args;
+}
+
+/** A GCRA decision from the module's five fields (waits in ms): retry_after -1 means allowed, or never when limited. */
+export function gcraDecisionOf([limited, burst, remaining, retryAfter, resetAfter]: readonly number[]): GcraDecision {
+  const allowed = limited === 0;
+  return {
+    allowed,
+    burst: burst as number,
+    remaining: remaining as number,
+    retryAfterMs: allowed ? 0 : (retryAfter as number),
+    resetAfterMs: resetAfter as number,
+  };
+}
+
+/**
+ * Reads RATELIMIT.GCRA's [limited, max_burst + 1, remaining, retry_after,
+ * reset_after]. Anything else is an error: a reply read as something else
+ * must never count as allowed.
+ */
+export function parseGcraReply(reply: unknown): GcraDecision {
+  const fields = Array.isArray(reply) && reply.length === 5 ? reply.map(toInteger) : [];
+  const [limited, burst, remaining, retryAfter, resetAfter] = fields;
+  const valid =
+    (limited === 0 || limited === 1) &&
+    burst !== undefined &&
+    burst >= 1 &&
+    remaining !== undefined &&
+    remaining >= 0 &&
+    retryAfter !== undefined &&
+    retryAfter >= -1 &&
+    (limited === 1 || retryAfter === -1) &&
+    resetAfter !== undefined &&
+    resetAfter >= 0;
+  if (!valid) throw new UnexpectedReplyError(`unexpected reply to RATELIMIT.GCRA: ${describe(reply)}`);
+  return gcraDecisionOf(fields as number[]);
 }
 
 function describe(reply: unknown): string {

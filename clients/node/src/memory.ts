@@ -1,26 +1,39 @@
 // The in-process limiter used while Redis is unreachable: the module's
 // contract (docs/commands.md: CHECK, PEEK, UNDO, their several-key forms,
-// BLOCK and UNBLOCK) over a Map, exact within one process, as the
-// reference model (core/src/reference.rs) states it and contract/corpus.jsonl
-// shows it (test/corpus.test.mjs). Pure apart from the clock, which is
-// injected. It counts in doubles, as the script twin does, and refuses
-// what the twin refuses: a max or cost above 2^53 (the validators), and a
-// check that would leave a key holding more than 2^53 units.
+// BLOCK and UNBLOCK; docs/gcra.md: GCRA) over a Map, exact within one
+// process, as the reference model (core/src/reference.rs) states it and
+// contract/corpus.jsonl shows it (test/corpus.test.mjs). Pure apart from
+// the clock, which is injected. The sliding window counts in doubles, as
+// the script twin does, and refuses what the twin refuses: a max or cost
+// above 2^53 (the validators), and a check that would leave a key holding
+// more than 2^53 units. The token bucket is the core's integer rules
+// (gcra.ts), exact within its bounds. Logs and buckets are keys of two
+// kinds in one keyspace: a call of one kind on a key of the other raises
+// the server's WRONGTYPE.
+import { decideGcra, type GcraReply, type GcraRule, type GcraUnits, type GcraVerdict, gcraReply } from "./gcra.js";
 import {
   type CallOptions,
   type Decision,
   EXACT,
+  type GcraDecision,
+  type GcraLimit,
+  type GcraOptions,
+  gcraDecisionOf,
   type KeyLimits,
   type Limit,
   longestWindow,
   RateLimitInputError,
+  RateLimitReplyError,
   smallestMax,
+  validateGcraLimit,
   validateKey,
   validateKeyLimits,
   validateKeys,
   validateLimits,
   validateOptions,
   validateRefundCost,
+  validateTokens,
+  WRONGTYPE,
 } from "./limits.js";
 
 interface Entry {
@@ -28,8 +41,9 @@ interface Entry {
   cost: number;
 }
 
-/** One key, as a server holds it. */
+/** One sliding-window key, as a server holds it. */
 interface Key {
+  kind: "log";
   /** Oldest first; times never decrease. */
   entries: Entry[];
   /** The longest window any CHECK on this key has named (0 once a refund empties the log). */
@@ -38,6 +52,35 @@ interface Key {
   blockedUntil: number;
   /** The key exists while the clock is at most this; set by a write as a server sets a key's expiry. */
   expiresAt: number;
+}
+
+/** One token bucket key: its last charge (time, period, level in 1 / period tokens), and its expiry. */
+interface Bucket {
+  kind: "bucket";
+  at: number;
+  period: number;
+  level: number;
+  /** The key exists while the clock is at most this: when the bucket is empty again, at the rate of its last charge. */
+  expiresAt: number;
+}
+
+/** A key of either kind. */
+type Held = Key | Bucket;
+
+/** What the fallback holds for a token bucket key (MemoryLimiter.gcraState). Times are the clock's. */
+export interface MemoryBucketState {
+  /** When it was last charged. */
+  at: number;
+  /** The period of that charge, in ms. */
+  periodMs: number;
+  /** The tokens it held after that charge, in 1 / periodMs tokens. */
+  level: number;
+  /** The last time at which the key still exists (when its bucket is empty again). */
+  expiresAt: number;
+}
+
+function wrongType(): RateLimitReplyError {
+  return new RateLimitReplyError(WRONGTYPE);
 }
 
 /** What the fallback holds for a key (MemoryLimiter.state). Times are the clock's (Unix ms for Date.now). */
@@ -96,7 +139,7 @@ export const DEFAULT_MAX_KEYS = 10_000;
  */
 export class Keyspace {
   /** In order of use, least recent first (a key is moved to the end when used). */
-  private readonly keys = new Map<string, Key>();
+  private readonly keys = new Map<string, Held>();
   private calls = 0;
 
   constructor(
@@ -128,7 +171,7 @@ export class Keyspace {
   }
 
   /** The key if it exists at `clock` (an expired one is dropped). */
-  private live(name: string, clock: number): Key | undefined {
+  private live(name: string, clock: number): Held | undefined {
     const key = this.keys.get(name);
     if (key && clock > key.expiresAt) {
       this.keys.delete(name);
@@ -137,10 +180,17 @@ export class Keyspace {
     return key;
   }
 
-  /** Keeps the key as the most recently used if it holds anything (an entry or a block), else forgets it. */
-  private keep(name: string, key: Key): void {
+  /** The sliding-window key if it exists at `clock`; WRONGTYPE for a bucket. */
+  private log(name: string, clock: number): Key | undefined {
+    const key = this.live(name, clock);
+    if (key?.kind === "bucket") throw wrongType();
+    return key;
+  }
+
+  /** Keeps the key as the most recently used if it holds anything (a bucket, an entry or a block), else forgets it. */
+  private keep(name: string, key: Held): void {
     this.keys.delete(name);
-    if (key.entries.length > 0 || key.blockedUntil !== 0) this.keys.set(name, key);
+    if (key.kind === "bucket" || key.entries.length > 0 || key.blockedUntil !== 0) this.keys.set(name, key);
   }
 
   private dropLeastRecentlyUsed(): void {
@@ -150,9 +200,11 @@ export class Keyspace {
     }
   }
 
+  /** A sliding-window key's state; WRONGTYPE for a bucket. */
   state(name: string): MemoryKeyState | undefined {
     const key = this.keys.get(name);
     if (!key || this.clock() > key.expiresAt) return undefined;
+    if (key.kind === "bucket") throw wrongType();
     return {
       entries: key.entries.map(({ at, cost }) => ({ at, cost })),
       windowMs: key.windowMs,
@@ -170,7 +222,9 @@ export class Keyspace {
    */
   decide(keys: readonly KeyedLimits[], options: CallOptions, record: boolean, clock = this.tick()): MultiDecision {
     const cost = options.cost ?? 1;
-    const standings = keys.map(({ key: name, limits }) => standing(name, this.live(name, clock), limits, cost, clock));
+    // Every key's kind is checked before any is changed.
+    const found = keys.map(({ key: name }) => this.log(name, clock));
+    const standings = keys.map(({ key: name, limits }, i) => standing(name, found[i], limits, cost, clock));
     const allowed = standings.every((state) => state.fits && !state.blocked);
     if (record && allowed) holdsTooMuch(standings, cost, keys.length > 1);
     const answers = standings.map((state) => {
@@ -202,7 +256,7 @@ export class Keyspace {
    * expires with its block; emptied and not blocked, it goes.
    */
   undo(name: string, units: number, clock = this.tick()): number {
-    const key = this.live(name, clock);
+    const key = this.log(name, clock);
     if (!key) return 0;
     const removed = refund(key, units);
     const kept = key.entries.length > 0 || timeOf(key, clock) < key.blockedUntil;
@@ -212,9 +266,15 @@ export class Keyspace {
     return removed;
   }
 
+  /** MUNDO: undo on each key at one time, every key's kind checked before any is refunded. */
+  undoAll(names: readonly string[], units: number, clock = this.tick()): number[] {
+    for (const name of names) this.log(name, clock);
+    return names.map((name) => this.undo(name, units, clock));
+  }
+
   /** UNBLOCK: lifts a block in force, keeping the history; true if it lifted one. A key with nothing live left goes. */
   unblock(name: string, clock = this.tick()): boolean {
-    const key = this.live(name, clock);
+    const key = this.log(name, clock);
     if (!key) return false;
     const now = timeOf(key, clock);
     this.keep(name, key);
@@ -229,11 +289,44 @@ export class Keyspace {
   delete(name: string): boolean {
     return this.keys.delete(name);
   }
+
+  /**
+   * GCRA: a request of `tokens` (0 asks) under `rule`, charged if it fits:
+   * the bucket is stored and expires when it is empty again. A limited
+   * request, and one of 0 tokens, change nothing. WRONGTYPE on a
+   * sliding-window key.
+   */
+  gcra(name: string, rule: GcraRule, tokens: number, clock = this.tick()): GcraVerdict {
+    const held = this.live(name, clock);
+    if (held && held.kind !== "bucket") throw wrongType();
+    const verdict = decideGcra(held, clock, rule, tokens);
+    if (verdict.charge) {
+      const { at, period, level, expiresAt } = verdict.charge;
+      this.keep(name, { kind: "bucket", at, period, level, expiresAt });
+    } else if (held) {
+      this.keep(name, held);
+    }
+    this.dropLeastRecentlyUsed();
+    return verdict;
+  }
+
+  /** A bucket key's state; WRONGTYPE for a sliding-window key. */
+  gcraState(name: string): MemoryBucketState | undefined {
+    const key = this.keys.get(name);
+    if (!key || this.clock() > key.expiresAt) return undefined;
+    if (key.kind !== "bucket") throw wrongType();
+    return { at: key.at, periodMs: key.period, level: key.level, expiresAt: key.expiresAt };
+  }
+}
+
+/** A token bucket limit as the fallback decides it. */
+export function gcraRule(limit: GcraLimit): GcraRule {
+  return { burst: limit.maxBurst + 1, count: limit.count, period: limit.periodMs };
 }
 
 /** Reads one key for a call (a new, empty one if it does not exist). */
 function standing(name: string, found: Key | undefined, limits: readonly Limit[], cost: number, clock: number): Standing {
-  const key = found ?? { entries: [], windowMs: 0, blockedUntil: 0, expiresAt: 0 };
+  const key: Key = found ?? { kind: "log", entries: [], windowMs: 0, blockedUntil: 0, expiresAt: 0 };
   const now = timeOf(key, clock);
   const used = limits.map((limit) => costWithin(key.entries, limit.windowMs, now));
   // `cost <= max - used`: no sum above 2^53, where doubles stop being exact. A
@@ -443,7 +536,7 @@ export class MemoryLimiter {
     const clock = this.keys.tick();
     const names = validateKeys(keys);
     const units = validateRefundCost(cost);
-    return names.map((name) => this.keys.undo(name, units, clock));
+    return this.keys.undoAll(names, units, clock);
   }
 
   /** Lifts the key's block, keeping its history; true if it was blocked. */
@@ -452,14 +545,44 @@ export class MemoryLimiter {
     return this.keys.unblock(validateKey(key), clock);
   }
 
-  /** Forgets the key: its log and its block. */
+  /** Forgets the key: its log and its block, or its bucket. */
   delete(key: string): boolean {
     return this.keys.delete(validateKey(key));
   }
 
-  /** What is held for the key now (undefined when nothing is: never seen, forgotten, or expired). For tests and diagnostics. */
+  /**
+   * As RATELIMIT.GCRA: a request of `tokens` (default 1; 0 asks without
+   * charging) against a token bucket, charged if it fits. More tokens than
+   * the bucket holds never fit: `retryAfterMs` -1.
+   */
+  gcra(key: string, limit: GcraLimit, options: GcraOptions = {}): GcraDecision {
+    return gcraDecisionOf(this.gcraReply(key, limit, { ...options, ms: true }));
+  }
+
+  /**
+   * RATELIMIT.GCRA's own reply for the same request, the five integers
+   * [limited, maxBurst + 1, remaining, retry_after (-1 if allowed or
+   * never), reset_after]: waits in redis-cell's whole seconds as the
+   * module answers without MS, or in milliseconds rounded up with `ms:
+   * true` (what gcra() gives). For tests and diagnostics.
+   */
+  gcraReply(key: string, limit: GcraLimit, options: GcraOptions & { ms?: boolean } = {}): GcraReply {
+    const clock = this.keys.tick();
+    const name = validateKey(key);
+    const rule = gcraRule(validateGcraLimit(limit));
+    const tokens = validateTokens(options.tokens);
+    const units: GcraUnits = options.ms ? "ms" : "seconds";
+    return gcraReply(this.keys.gcra(name, rule, tokens, clock), units);
+  }
+
+  /** What is held for a sliding-window key now (undefined when nothing is: never seen, forgotten, or expired); WRONGTYPE (RateLimitReplyError) for a bucket. For tests and diagnostics. */
   state(key: string): MemoryKeyState | undefined {
     return this.keys.state(validateKey(key));
+  }
+
+  /** What is held for a token bucket key now (undefined when nothing is); WRONGTYPE (RateLimitReplyError) for a sliding-window key. For tests and diagnostics. */
+  gcraState(key: string): MemoryBucketState | undefined {
+    return this.keys.gcraState(validateKey(key));
   }
 }
 

@@ -1,8 +1,8 @@
 // The README's least-privilege user, as the README writes it: on a server
 // with the module and on one without, with ioredis and node-redis, that user
 // runs every call the package makes (one key and several, the MULTI/EXEC of
-// a reset and of several keys' headers, EVAL after the script cache is
-// emptied) and is refused what could replace or remove a script or function.
+// a reset and of several keys' headers, the token bucket, EVAL after the
+// script cache is emptied) and is refused what could replace or remove a script or function.
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { after, before, test } from "node:test";
@@ -74,6 +74,19 @@ for (const backend of ["module", "twin"]) {
       assert.deepEqual(await limiter.undoAll(keys), [1, 1]);
       assert.equal(await limiter.unblock(`${build}:k`, { reset: true }), false);
       assert.equal(await limiter.delete(`{u}:${build}:user`), true);
+      const bucket = { maxBurst: 1, count: 1, periodMs: 60_000 };
+      assert.deepEqual(
+        [await limiter.gcra(`${build}:g`, bucket), await limiter.gcra(`${build}:g`, bucket, { tokens: 0 })].map((r) => [
+          r.source,
+          r.remaining,
+        ]),
+        [
+          ["redis", 1],
+          ["redis", 1],
+        ],
+      );
+      await cli(port, "SCRIPT", "FLUSH");
+      assert.equal((await limiter.gcra(`${build}:g2`, bucket)).source, "redis", "gcra by EVAL, after the script cache was emptied");
       await cli(port, "SCRIPT", "FLUSH");
       assert.equal((await limiter.check(`${build}:k`, LIMIT)).source, "redis", "EVAL, after the script cache was emptied");
       assert.deepEqual(

@@ -1,7 +1,9 @@
 // One small app per framework, limited by the package as its README shows:
-// GET / answers 200, GET /fail fails in the handler. Run as a program
-// (node app.mjs FRAMEWORK REDIS_PORT) it serves on a free port and prints it,
-// for the tests with two app processes.
+// GET / answers 200, GET /fail fails in the handler. The limit is LIMIT (a
+// sliding window), or with `gcra` a token bucket whose request tokens are
+// the x-cost header. Run as a program (node app.mjs FRAMEWORK REDIS_PORT
+// [gcra as JSON]) it serves on a free port and prints it, for the tests
+// with two app processes.
 import { once } from "node:events";
 import http from "node:http";
 import express from "express";
@@ -12,14 +14,26 @@ import { expressRateLimit, fastifyRateLimit, fetchRateLimit, RateLimiter, withRa
 export const LIMIT = { windowMs: 60_000, max: 10 };
 const userOf = (header) => header ?? "anonymous";
 
+/** The middleware's options: LIMIT, or a token bucket weighed by x-cost; `header(req, name)` reads a request's header field. */
+function limitOptions(gcra, header) {
+  const key = (req) => userOf(header(req, "x-user"));
+  if (!gcra) return { limits: LIMIT, key };
+  return { gcra, key, cost: (req) => Number(header(req, "x-cost") ?? 1) };
+}
+
 function listen(server) {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
 const apps = {
-  async express(limiter) {
+  async express(limiter, gcra) {
     const app = express();
-    app.use(expressRateLimit(limiter, { limits: LIMIT, key: (req) => userOf(req.get("x-user")) }));
+    app.use(
+      expressRateLimit(
+        limiter,
+        limitOptions(gcra, (req, name) => req.get(name)),
+      ),
+    );
     app.get("/", (_req, res) => res.send("ok"));
     app.get("/fail", () => {
       throw new Error("the handler failed");
@@ -27,9 +41,9 @@ const apps = {
     app.use((_error, _req, res, _next) => res.status(500).send("failed"));
     return listen(http.createServer(app));
   },
-  async fastify(limiter) {
+  async fastify(limiter, gcra) {
     const app = Fastify();
-    await app.register(fastifyRateLimit, { limiter, limits: LIMIT, key: (req) => userOf(req.headers["x-user"]) });
+    await app.register(fastifyRateLimit, { limiter, ...limitOptions(gcra, (req, name) => req.headers[name]) });
     app.get("/", async () => "ok");
     app.get("/fail", async () => {
       throw new Error("the handler failed");
@@ -37,15 +51,24 @@ const apps = {
     await app.listen({ port: 0, host: "127.0.0.1" });
     return app.server;
   },
-  async node(limiter) {
+  async node(limiter, gcra) {
     const handler = (req, res) => {
       if (req.url === "/fail") throw new Error("the handler failed");
       res.end("ok");
     };
-    return listen(http.createServer(withRateLimit(limiter, { limits: LIMIT, key: (req) => userOf(req.headers["x-user"]) }, handler)));
+    return listen(
+      http.createServer(
+        withRateLimit(
+          limiter,
+          limitOptions(gcra, (req, name) => req.headers[name]),
+          handler,
+        ),
+      ),
+    );
   },
-  async fetch(limiter) {
-    const handler = fetchRateLimit(limiter, { limits: LIMIT, key: (req) => userOf(req.headers.get("x-user") ?? undefined) }, (req) => {
+  async fetch(limiter, gcra) {
+    const options = limitOptions(gcra, (req, name) => req.headers.get(name) ?? undefined);
+    const handler = fetchRateLimit(limiter, options, (req) => {
       if (new URL(req.url).pathname === "/fail") throw new Error("the handler failed");
       return new Response("ok");
     });
@@ -70,14 +93,14 @@ function fetchBridge(handler) {
 
 export const FRAMEWORKS = Object.keys(apps);
 
-/** An app for `framework` on a limiter over its own ioredis client; close() stops both. */
-export async function startApp(framework, redisPort, limiterOptions = {}) {
+/** An app for `framework` on a limiter over its own ioredis client (limited by `gcra` if given, else LIMIT); close() stops both. */
+export async function startApp(framework, redisPort, limiterOptions = {}, gcra = undefined) {
   const redis = new Redis({ host: "127.0.0.1", port: redisPort, maxRetriesPerRequest: 0, enableOfflineQueue: false });
   redis.on("error", () => {}); // as the README's examples: the limiter logs an outage once, with its cause
   // Without an offline queue, calls before the connection is up fail (and take the failure policy).
   await once(redis, "ready");
   const limiter = new RateLimiter(redis, { logger: { info() {}, warn() {}, error() {} }, ...limiterOptions });
-  const server = await apps[framework](limiter);
+  const server = await apps[framework](limiter, gcra);
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     limiter,
@@ -92,6 +115,7 @@ export async function startApp(framework, redisPort, limiterOptions = {}) {
 
 if (process.argv[1] === new URL(import.meta.url).pathname) {
   // The tests that run apps as processes count exact admissions; a long timeout keeps a loaded machine from turning some into 503s.
-  const app = await startApp(process.argv[2], Number(process.argv[3]), { timeoutMs: 5000 });
+  const gcra = process.argv[4] ? JSON.parse(process.argv[4]) : undefined;
+  const app = await startApp(process.argv[2], Number(process.argv[3]), { timeoutMs: 5000 }, gcra);
   process.stdout.write(`${app.url}\n`);
 }

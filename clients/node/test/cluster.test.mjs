@@ -1,7 +1,8 @@
 // Redis Cluster (3 masters): every call reaches the key's master in one
 // round trip. 400 checks on 100 keys per client, no MOVED in any node's INFO
 // errorstats, and exactly 3 of 4 allowed per key; on a cluster where only
-// one node loads the module, the twin answers on the others.
+// one node loads the module, the twin answers on the others (the token
+// bucket too).
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import Redis from "ioredis";
@@ -174,6 +175,28 @@ for (const [name, open] of CLUSTER_CLIENTS) {
         );
       }
       assert.equal(limiter.backend, "mixed");
+    } finally {
+      await close();
+    }
+  });
+}
+
+for (const [name, open] of CLUSTER_CLIENTS) {
+  test(`${name}: the token bucket on every master, the module's node and the twin's: 3 calls on a bucket of 2 over 60 keys, 0 MOVED`, async () => {
+    const { client, close } = await open(mixed.nodes[0].port);
+    try {
+      const limiter = new RateLimiter(client, { logger: recorder().logger });
+      const movedBefore = (await Promise.all(mixed.nodes.map((node) => movedCount(node.port)))).reduce((a, b) => a + b);
+      const bucket = { maxBurst: 1, count: 1, periodMs: 600_000 };
+      let allowed = 0;
+      for (let i = 0; i < 60; i++) {
+        for (let call = 0; call < 3; call++) if ((await limiter.gcra(`gcra-${name}:${i}`, bucket)).allowed) allowed += 1;
+      }
+      const movedAfter = (await Promise.all(mixed.nodes.map((node) => movedCount(node.port)))).reduce((a, b) => a + b);
+      assert.equal(allowed, 120);
+      assert.equal(movedAfter - movedBefore, 0);
+      assert.equal(limiter.backend, "mixed");
+      assert.equal(limiter.backends.size, 3);
     } finally {
       await close();
     }

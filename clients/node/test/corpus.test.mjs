@@ -11,41 +11,54 @@
 // Every step's words are translated into the API call they stand for
 // (CHECK/PEEK -> check/peek, MCHECK/MPEEK -> checkAll/peekAll, UNDO/MUNDO
 // -> undo/undoAll, UNBLOCK -> unblock, with limits, cost, precision and
-// blockMs), and then:
+// blockMs; GCRA -> gcra with { maxBurst, count, periodMs } and tokens, the
+// period word read as the module reads it: seconds in whole milliseconds),
+// and then:
 //
 // - Words the API's types cannot express are the server's own parsing: a
 //   number that is not a decimal numeral (a '+', a leading zero, an
-//   exponent, a letter, a NUL or a space inside, the empty word), a window
-//   without its max, arity, an unknown or repeated option, a count of keys
-//   or pairs the words do not follow. For those the runner asserts that the
-//   corpus answers an error, calls nothing, and counts them ("not
-//   expressible", printed at the end with their reasons).
+//   exponent, a letter, a NUL or a space inside, the empty word), a period
+//   outside the module's grammar (`.5`, `1.`, `1e3`, `+1`, `00.5`), a
+//   window without its max, arity, an unknown or repeated option (GCRA's
+//   TOKENS and MS included), a count of keys or pairs the words do not
+//   follow. For those the runner asserts that the corpus answers an error,
+//   calls nothing, and counts them ("not expressible", printed at the end
+//   with their reasons). A period in the grammar with digits past the
+//   milliseconds (`0.0001`) is a periodMs that is no integer (0.1), which
+//   the validators refuse.
 // - A numeral that no double holds exactly (all of them between 2^53 and
 //   2^63 in the corpus) is passed as the nearest double strictly between
 //   2^53 and 2^63, so it stays on the same side of every bound the contract
 //   draws there (the twin's 2^53, the module's 2^63 - 1) and the twin's
 //   answer is the same; counted and printed too.
 // - Everything else: the fallback throws RateLimitInputError iff the
-//   expected answer is an error (the twin's refusals above 2^53 included:
-//   a max or COST above 2^53, and a check that would leave a key holding
-//   more than 2^53 units, which records nothing). Otherwise its answer
-//   equals the corpus exactly: all four fields, the denied keys' 1-based
-//   positions for several keys, the units each refund removed, unblock's
-//   answer.
+//   expected answer is an ERR error (the twin's refusals above 2^53
+//   included: a max or COST above 2^53, and a check that would leave a key
+//   holding more than 2^53 units, which records nothing), and
+//   RateLimitReplyError with the server's exact text iff it is WRONGTYPE
+//   (a bucket given to the sliding window, or a log to GCRA). Otherwise its
+//   answer equals the corpus exactly: all four fields, the denied keys'
+//   1-based positions for several keys, the units each refund removed,
+//   unblock's answer; for GCRA all five integers in the corpus's units:
+//   with MS through the public gcra() (ms, read back as the module's
+//   five), without it through MemoryLimiter.gcraReply (redis-cell's
+//   seconds), both from the fallback's exact waits.
 // - After every step (expressible or not, error or not) the state the
 //   fallback holds for every key the corpus names equals the corpus's
-//   exactly (MemoryLimiter.state): the entries, oldest first, as stored
-//   (time and cost), the longest window kept, when the block ends and when
-//   the key expires; and the key is absent (or expired: held no longer)
-//   iff the corpus says null. Nothing is left out.
+//   exactly (MemoryLimiter.state, gcraState): the entries, oldest first, as
+//   stored (time and cost), the longest window kept, when the block ends
+//   and when the key expires; a bucket's last charge, period and level and
+//   its expiry; and the key is absent (or expired: held no longer) iff the
+//   corpus says null. Nothing is left out.
 // - The same call through a RateLimiter over a Connection that answers
 //   the corpus's reply: the limiter throws RateLimitInputError before
 //   sending anything iff the expected answer is an error about the call's
 //   arguments; a state-dependent refusal (the twin's "would hold more
 //   than 2^53 units") is sent and its error answer rejects as
-//   RateLimitReplyError; otherwise exactly one command is sent, whose words
-//   translate back to the same call (so the numbers are sent with their
-//   exact digits), and the corpus's reply is read as the same answer.
+//   RateLimitReplyError, and so is WRONGTYPE; otherwise exactly one command
+//   is sent, whose words translate back to the same call (so the numbers
+//   are sent with their exact digits; GCRA always with MS), and the
+//   corpus's reply is read as the same answer.
 //
 // What the corpus leaves out (README: a full log, a key of another type)
 // no engine without a server shows. The fallback's LRU cap (maxKeys) and
@@ -58,6 +71,8 @@ import { dirname, join } from "node:path";
 import { after, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { MemoryLimiter, RateLimiter, RateLimitInputError, RateLimitReplyError } from "redis-ratelimit";
+
+const WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
 /** contract/corpus.jsonl, found from this file upward (clients/node/test, or the scratch app's copy under clients/node/build). */
 function corpusPath() {
@@ -138,6 +153,18 @@ const totals = {
   nearestDouble: 0,
   notExpressible: new Map(),
   byCommand: new Map(),
+  gcra: {
+    cases: 0,
+    steps: 0,
+    expressible: 0,
+    refused: 0,
+    wrongType: 0,
+    wrongTypeSliding: 0,
+    repliesInSeconds: 0,
+    repliesInMs: 0,
+    notExpressible: new Map(),
+    bucketStates: 0,
+  },
 };
 const bump = (map, key) => map.set(key, (map.get(key) ?? 0) + 1);
 
@@ -186,6 +213,40 @@ function pairsOf(words, from, count) {
   return { limits, next: at };
 }
 
+/**
+ * A period word as the module reads it (digits, an optional fraction; no
+ * sign, exponent, leading dot or leading zero) as the periodMs it stands
+ * for: an integer unless it has non-zero digits past the milliseconds.
+ */
+function periodOf(word) {
+  const match = /^(0|[1-9][0-9]*)(?:\.([0-9]+))?$/.exec(word);
+  if (!match) notExpressible("period: not in the module's grammar");
+  const [, whole, fraction = ""] = match;
+  const milliseconds = `${fraction}000`.slice(0, 3);
+  const beyond = fraction.slice(3);
+  return Number(BigInt(whole) * 1000n + BigInt(milliseconds)) + (beyond === "" ? 0 : Number(`0.${beyond}`));
+}
+
+/** GCRA's options: TOKENS n and the MS flag, each at most once, in any case. */
+function gcraOptionsOf(words, from) {
+  const options = {};
+  let ms = false;
+  for (let i = from; i < words.length; i++) {
+    const word = words[i].toUpperCase();
+    if (word === "MS") {
+      if (ms) notExpressible("an option given twice");
+      ms = true;
+    } else if (word === "TOKENS") {
+      if (i + 1 >= words.length) notExpressible("an option without its value");
+      if ("tokens" in options) notExpressible("an option given twice");
+      options.tokens = numeral(words[++i], "TOKENS");
+    } else {
+      notExpressible("an unknown option");
+    }
+  }
+  return { options, ms };
+}
+
 /** numkeys and the keys after it. */
 function keysOf(words) {
   if (words.length < 2) notExpressible("arity");
@@ -230,9 +291,20 @@ function translate(words) {
     case "RATELIMIT.UNBLOCK":
       if (rest.length !== 1) notExpressible("arity");
       return { op: "unblock", key: words[1] };
+    case "RATELIMIT.GCRA": {
+      if (rest.length < 4) notExpressible("arity");
+      const limit = { maxBurst: numeral(words[2], "max_burst"), count: numeral(words[3], "count"), periodMs: periodOf(words[4]) };
+      const { options, ms } = gcraOptionsOf(words, 5);
+      return { op: "gcra", key: words[1], limit, options, ms };
+    }
     default:
       throw new Error(`a command this runner does not know: ${command}`);
   }
+}
+
+/** A GcraDecision (waits in ms) as the module's five integers: limited first, retry_after -1 when allowed. */
+function gcraFields(d) {
+  return [d.allowed ? 0n : 1n, BigInt(d.burst), BigInt(d.remaining), d.allowed ? -1n : BigInt(d.retryAfterMs), BigInt(d.resetAfterMs)];
 }
 
 /** The call on the fallback, its answer in the corpus's shape (BigInts). */
@@ -254,6 +326,9 @@ function onFallback(memory, call) {
       return memory.undoAll(call.keys, call.options.cost).map(BigInt);
     case "unblock":
       return memory.unblock(call.key) ? 1n : 0n;
+    case "gcra":
+      if (call.ms) return gcraFields(memory.gcra(call.key, call.limit, call.options));
+      return memory.gcraReply(call.key, call.limit, call.options).map(BigInt);
   }
 }
 
@@ -276,14 +351,37 @@ async function onLimiter(limiter, call) {
       return (await limiter.undoAll(call.keys, call.options)).map(BigInt);
     case "unblock":
       return (await limiter.unblock(call.key)) ? 1n : 0n;
+    case "gcra":
+      return gcraFields(await limiter.gcra(call.key, call.limit, call.options));
   }
+}
+
+/** A call as compared with the words sent: the limiter always asks GCRA for milliseconds. */
+function sentForm(call) {
+  if (call.op !== "gcra") return call;
+  const { ms: _ms, ...rest } = call;
+  return rest;
 }
 
 /** What the fallback holds for `key`, in the corpus's terms (times relative to the epoch); null when it holds nothing. */
 function stateOf(memory, key, epoch) {
-  const held = memory.state(key);
-  if (held === undefined) return null;
   const relative = (t) => BigInt(t) - epoch;
+  let held;
+  try {
+    held = memory.state(key);
+  } catch (error) {
+    if (!(error instanceof RateLimitReplyError) || error.message !== WRONGTYPE) throw error;
+    // A bucket: the sliding window's state() refuses it as the server would.
+    const bucket = memory.gcraState(key);
+    assert.throws(() => memory.state(key), RateLimitReplyError);
+    totals.gcra.bucketStates += 1;
+    return { bucket: [relative(bucket.at), BigInt(bucket.periodMs), BigInt(bucket.level)], expires: relative(bucket.expiresAt) };
+  }
+  if (held === undefined) {
+    assert.equal(memory.gcraState(key), undefined, `${key}: no bucket either`);
+    return null;
+  }
+  assert.throws(() => memory.gcraState(key), RateLimitReplyError, "a log is no bucket");
   return {
     entries: held.entries.map(({ at, cost }) => [relative(at), BigInt(cost)]),
     window: BigInt(held.windowMs),
@@ -302,6 +400,9 @@ function expectedOf(step) {
 
 /** The twin's refusal that depends on what the key holds: no validator can see it, so the limiter sends the call. */
 const HOLDS_TOO_MUCH = /would hold more than 9007199254740992 units/;
+
+/** An error answer that depends on what the keys hold, not on the call's words: sent, and rejected as the server's answer. */
+const isStateError = (error) => HOLDS_TOO_MUCH.test(error) || error === WRONGTYPE;
 
 class ReplyError extends Error {
   name = "ReplyError";
@@ -338,11 +439,21 @@ describe("contract/corpus.jsonl on the in-process fallback and the validators", 
         `${totals.steps - totals.expressible} not expressible (${reasons}); ` +
         `${totals.nearestDouble} numerals passed as the nearest double; ${totals.stateKeysCompared} key states compared`,
     );
+    const g = totals.gcra;
+    const gcraReasons = [...g.notExpressible].map(([reason, n]) => `${n} ${reason}`).join("; ");
+    console.log(
+      `corpus, GCRA: ${g.cases} cases with RATELIMIT.GCRA, ${g.steps} GCRA steps; ${g.expressible} expressible ` +
+        `(${g.repliesInMs} replies compared in ms through gcra(), ${g.repliesInSeconds} in redis-cell seconds through gcraReply(), ` +
+        `${g.refused} refused with RateLimitInputError, ${g.wrongType} WRONGTYPE on a log), ` +
+        `${g.steps - g.expressible} not expressible (${gcraReasons}); ` +
+        `${g.wrongTypeSliding} sliding-window steps WRONGTYPE on a bucket; ${g.bucketStates} bucket states compared`,
+    );
   });
 
   for (const corpusCase of cases) {
     test(`${corpusCase.name}: ${corpusCase.about}`, async () => {
       totals.cases += 1;
+      if (corpusCase.steps.some((step) => step.call[0].toUpperCase() === "RATELIMIT.GCRA")) totals.gcra.cases += 1;
       const epoch = corpusCase.epoch;
       let clock = 0;
       const memory = new MemoryLimiter(() => clock);
@@ -352,6 +463,8 @@ describe("contract/corpus.jsonl on the in-process fallback and the validators", 
         const words = step.call;
         bump(totals.byCommand, words[0].toUpperCase());
         const where = `${corpusCase.name}, step ${index} at ${step.at}: ${JSON.stringify(words)}`;
+        const isGcra = words[0].toUpperCase() === "RATELIMIT.GCRA";
+        if (isGcra) totals.gcra.steps += 1;
         clock = Number(epoch + step.at);
         const expected = expectedOf(step);
         let call;
@@ -360,35 +473,51 @@ describe("contract/corpus.jsonl on the in-process fallback and the validators", 
         } catch (error) {
           if (!(error instanceof NotExpressible)) throw error;
           bump(totals.notExpressible, error.message);
+          if (isGcra) bump(totals.gcra.notExpressible, error.message);
           assert.ok(expected.error !== undefined, `${where}: not expressible (${error.message}), yet the corpus answers ${expected.reply}`);
         }
         if (call) {
           totals.expressible += 1;
+          if (isGcra) totals.gcra.expressible += 1;
+          const stateError = expected.error !== undefined && isStateError(expected.error);
           // The fallback.
-          if (expected.error !== undefined) {
+          if (expected.error === WRONGTYPE) {
+            assert.throws(
+              () => onFallback(memory, call),
+              (error) => error instanceof RateLimitReplyError && error.message === WRONGTYPE,
+              `${where}: the corpus answers ${expected.error}`,
+            );
+            if (isGcra) totals.gcra.wrongType += 1;
+            else totals.gcra.wrongTypeSliding += 1;
+          } else if (expected.error !== undefined) {
             assert.throws(() => onFallback(memory, call), RateLimitInputError, `${where}: the corpus answers ${expected.error}`);
-            if (!HOLDS_TOO_MUCH.test(expected.error)) totals.expressibleErrors += 1;
+            if (!stateError) totals.expressibleErrors += 1;
+            if (isGcra) totals.gcra.refused += 1;
           } else {
             let got;
             assert.doesNotThrow(() => {
               got = onFallback(memory, call);
             }, where);
             assert.deepEqual(got, expected.reply, `${where}: the fallback's answer`);
+            if (isGcra && call.ms) totals.gcra.repliesInMs += 1;
+            if (isGcra && !call.ms) totals.gcra.repliesInSeconds += 1;
           }
           // The limiter's validators, its arguments and its reading of the reply.
           answer.next = expected;
           answer.sent = [];
-          if (expected.error !== undefined && !HOLDS_TOO_MUCH.test(expected.error)) {
+          if (expected.error !== undefined && !stateError) {
             await assert.rejects(onLimiter(limiter, call), RateLimitInputError, `${where}: the limiter refuses`);
             assert.deepEqual(answer.sent, [], `${where}: nothing sent`);
           } else if (expected.error !== undefined) {
-            await assert.rejects(onLimiter(limiter, call), RateLimitReplyError, `${where}: the twin's answer`);
+            await assert.rejects(onLimiter(limiter, call), RateLimitReplyError, `${where}: the server's answer`);
           } else {
             assert.deepEqual(await onLimiter(limiter, call), expected.reply, `${where}: the limiter's reading of the reply`);
           }
-          if (expected.error === undefined || HOLDS_TOO_MUCH.test(expected.error)) {
+          if (expected.error === undefined || stateError) {
             assert.equal(answer.sent.length, 1, `${where}: one command sent`);
-            assert.deepEqual(translate(answer.sent[0].map(String)), call, `${where}: the words sent are the call's`);
+            const sent = translate(answer.sent[0].map(String));
+            if (isGcra) assert.equal(sent.ms, true, `${where}: GCRA is asked in milliseconds`);
+            assert.deepEqual(sentForm(sent), sentForm(call), `${where}: the words sent are the call's`);
           }
         }
         // The state of every key the corpus names.

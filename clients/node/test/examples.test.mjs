@@ -1,7 +1,8 @@
 // The examples the README shows (examples/*.mjs), word for word, each run
 // as a program against real servers and driven over real HTTP: the Express
 // quick start, the login lockout an administrator lifts (module and twin),
-// and Prometheus metrics scraped from /metrics with a limit in shadow mode.
+// Prometheus metrics scraped from /metrics with a limit in shadow mode, and
+// the token bucket (module and twin).
 import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
 import { after, before, test } from "node:test";
@@ -25,7 +26,7 @@ async function request(url, init = {}) {
 test("the README shows every example as it is in examples/", async () => {
   const readme = await readFile(`${app}/node_modules/redis-ratelimit/README.md`, "utf8");
   const files = await readdir(`${app}/examples`);
-  assert.deepEqual(files.sort(), ["login-lockout.mjs", "metrics.mjs", "quickstart.mjs"]);
+  assert.deepEqual(files.sort(), ["login-lockout.mjs", "metrics.mjs", "quickstart.mjs", "token-bucket.mjs"]);
   for (const file of files) {
     const text = await readFile(`${app}/examples/${file}`, "utf8");
     assert.ok(readme.includes(`\`\`\`js\n${text}\`\`\``), `the README shows examples/${file} as it is`);
@@ -70,6 +71,34 @@ for (const backend of ["module", "twin"]) {
     const again = [];
     for (let i = 0; i < 6; i++) again.push((await login("wrong")).status);
     assert.deepEqual(again, [...Array(5).fill(401), 429], "5 fresh failures before the next lockout");
+  });
+}
+
+for (const backend of ["module", "twin"]) {
+  test(`the token bucket on the ${backend}: bursts of 16 at 30 a minute, batches weighed, the quota read without spending`, async (t) => {
+    const { url } = await runApp(t, "examples/token-bucket.mjs", { cwd: app, env: { REDIS_URL: redisUrl(servers[backend]) } });
+    const quota = async (key) => JSON.parse((await request(`${url}/quota`, { headers: { "x-api-key": key } })).body);
+    assert.deepEqual(await quota("k1"), { remaining: 16, resetAfterMs: 0 });
+    const answers = [];
+    for (let i = 0; i < 17; i++) answers.push(await request(`${url}/`, { headers: { "x-api-key": "k1" } }));
+    assert.deepEqual(
+      answers.map((answer) => answer.status),
+      [...Array(16).fill(200), 429],
+    );
+    for (const [i, answer] of answers.entries()) {
+      assert.equal(answer.headers.get("ratelimit-policy"), '"api";q=16;w=32', "16 tokens, 32 s to refill them all");
+      if (i < 16) assert.equal(answer.headers.get("ratelimit"), `"api";r=${15 - i};t=${2 * (i + 1)}`);
+    }
+    assert.deepEqual([answers[16].headers.get("ratelimit"), answers[16].headers.get("retry-after")], ['"api";r=0;t=32', "2"]);
+    assert.equal((await quota("k1")).remaining, 0);
+    const batch = (items) => request(`${url}/batch`, { method: "POST", headers: { "x-api-key": "k2", "x-items": String(items) } });
+    const never = await batch(17);
+    assert.deepEqual([never.status, never.headers.get("retry-after"), never.headers.get("ratelimit")], [429, null, '"api";r=16;t=0']);
+    const ten = await batch(10);
+    assert.deepEqual([ten.status, ten.body, ten.headers.get("ratelimit")], [200, "10 items\n", '"api";r=6;t=20']);
+    const left = await quota("k2");
+    assert.equal(left.remaining, 6);
+    assert.ok(left.resetAfterMs > 19_000 && left.resetAfterMs <= 20_000, `reset ${left.resetAfterMs}`);
   });
 }
 

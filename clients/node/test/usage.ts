@@ -15,8 +15,14 @@ import {
   fastifyHooks,
   fastifyRateLimit,
   fetchRateLimit,
+  type GcraDecision,
+  type GcraLimit,
+  type GcraResult,
+  gcraRateLimitHeaders,
   type KeyLimits,
   type Limit,
+  type MemoryBucketState,
+  MemoryLimiter,
   type Metrics,
   type MultiResult,
   prometheusMetrics,
@@ -160,6 +166,53 @@ async function withMetrics(): Promise<RateLimiter> {
 }
 const sink: Metrics = { decision: () => {}, error: () => {}, roundTrip: () => {} };
 void new RateLimiter(redis, { metrics: sink });
+
+// The token bucket (GCRA): the client, every middleware, the headers, the fallback's engine.
+const perUser: GcraLimit = { maxBurst: 15, count: 30, periodMs: 60_000 };
+async function bucket(user: string): Promise<number> {
+  const result: GcraResult = await limiter.gcra(`gcra:${user}`, perUser, { tokens: 2 });
+  const decision: GcraDecision = result;
+  const headers: Record<string, string> = gcraRateLimitHeaders(perUser, "api", decision);
+  return decision.allowed ? decision.remaining + decision.burst : decision.retryAfterMs + Object.keys(headers).length;
+}
+app.use(expressRateLimit(limiter, { name: "bucket", gcra: perUser, key: (req) => req.get("x-user-id") ?? req.ip }));
+app.get(
+  "/upload",
+  expressRateLimit(limiter, {
+    gcra: (req) => (req.get("x-plan") === "pro" ? { ...perUser, count: 300 } : perUser),
+    key: (req) => req.get("x-user-id") ?? "anon",
+    cost: (req) => (Number(req.get("content-length") ?? 0) > 1_000_000 ? 5 : 1),
+    shadow: true,
+    onLimited: (_req, res, info) => res.status(429).json({ retryAfterMs: info.result.retryAfterMs }),
+  }),
+  (_req, res) => {
+    res.send("ok");
+  },
+);
+// @ts-expect-error gcra and limits exclude each other.
+expressRateLimit(limiter, { gcra: perUser, limits: perMinute });
+// @ts-expect-error a token bucket has no block.
+expressRateLimit(limiter, { gcra: perUser, blockMs: 1000 });
+// @ts-expect-error a token bucket has no refund.
+expressRateLimit(limiter, { gcra: perUser, refundWhen: () => true });
+http.createServer(
+  withRateLimit(nodeRedisLimiter, { gcra: perUser, key: (req) => req.socket?.remoteAddress }, (_req, res) => res.end("ok")),
+);
+fastify.get("/g", { ...fastifyHooks(limiter, { gcra: perUser, key: (req) => req.headers["x-api-key"]?.toString() }) }, async () => "ok");
+void fastify.register(fastifyRateLimit, { limiter, gcra: perUser, key: (req) => req.ip, cost: () => 1 });
+export const PUT = fetchRateLimit(
+  limiter,
+  { gcra: perUser, key: (req) => req.headers.get("x-api-key") ?? undefined },
+  () => new Response("ok"),
+);
+// @ts-expect-error Fetch needs a key: a Request carries no peer address.
+fetchRateLimit(limiter, { gcra: perUser }, () => new Response("ok"));
+const memory = new MemoryLimiter();
+const inMemory: GcraDecision = memory.gcra("k", perUser, { tokens: 0 });
+const held: MemoryBucketState | undefined = memory.gcraState("k");
+void inMemory;
+void held;
+void bucket;
 
 const store = new RateLimitStore(limiter);
 const flexible = new FlexibleLimiter(limiter, { points: 5, duration: 60, blockDuration: 3600 });

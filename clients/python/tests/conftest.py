@@ -38,13 +38,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if not tally:
         return
     write = terminalreporter.write_line
-    write(
-        f"contract corpus: {tally['cases']} cases run, {tally['steps']} steps: {tally['answered']} answered"
-        f" by the fallback, {tally['refused by the validators']} refused by the validators,"
-        f" {tally['not expressible']} not expressible in the API (the server's parsing; each an error in the corpus)"
-    )
+    titles = (("", f"contract corpus: {tally['cases']} cases run, "), ("gcra ", "  of them RATELIMIT.GCRA: "))
+    for kind, title in titles:
+        write(
+            f"{title}{tally[kind + 'steps']} steps: {tally[kind + 'answered']} answered by the fallback,"
+            f" {tally[kind + 'refused by the validators']} refused by the validators,"
+            f" {tally[kind + 'raised as the server error']} raised as the server's error (WRONGTYPE),"
+            f" {tally[kind + 'not expressible']} not expressible in the API"
+            " (the server's parsing; each an error in the corpus)"
+        )
     for reason, count in sorted(tally.items()):
-        if reason.startswith("not expressible: "):
+        if reason.startswith(("not expressible: ", "gcra not expressible: ")):
             write(f"  {count:4} {reason}")
 
 

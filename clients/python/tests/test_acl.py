@@ -1,6 +1,6 @@
 """The README's ACL user, applied as written: as that user the package runs
-everything (module and twin, one key and several, a lockout's reset, sync
-and asyncio), and the user cannot replace or flush what runs."""
+everything (module and twin, one key and several, a lockout's reset, a
+token bucket, sync and asyncio), and the user cannot replace or flush what runs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from conftest import EXAMPLES
 from servers import Server
 
-from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, RateLimiter
+from redis_exact_ratelimit import AsyncRateLimiter, GcraLimit, Limit, Limits, RateLimiter
 
 README = (EXAMPLES.parent / "README.md").read_text()
 RULES = re.findall(r"^ACL SETUSER (app .*)$", README, re.M)
@@ -47,6 +47,8 @@ def test_the_readme_user_runs_everything(server: Server) -> None:
     decision = limiter.check_all(keyed, per_key_remaining=True)
     assert (decision.source, decision.per_key_remaining) == ("redis", (1, 4))
     assert limiter.undo_all(keyed) == {"{acl}:user": 1, "{acl}:ip": 1}
+    bucket = limiter.gcra("{acl}:bucket", GcraLimit(1, 1, 60_000), tokens=2)
+    assert (bucket.source, bucket.remaining) == ("redis", 0)
     assert limiter.backend == ("module" if server.module else "twin")
 
     async def run() -> None:
@@ -54,6 +56,7 @@ def test_the_readme_user_runs_everything(server: Server) -> None:
         alimiter = AsyncRateLimiter(client, prefix="rl:")
         assert (await alimiter.check_all(keyed)).source == "redis"
         assert await alimiter.unblock("{acl}:ip", reset=True) is False
+        assert not (await alimiter.gcra("{acl}:bucket", GcraLimit(1, 1, 60_000))).allowed
         await client.aclose()
 
     asyncio.run(run())

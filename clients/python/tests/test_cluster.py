@@ -14,7 +14,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 from servers import Cluster
 
-from redis_exact_ratelimit import AsyncRateLimiter, Decision, Limit, RateLimiter, RateLimitInputError
+from redis_exact_ratelimit import AsyncRateLimiter, Decision, GcraLimit, Limit, RateLimiter, RateLimitInputError
 
 KEYS = 100
 CALLS_PER_KEY = 4
@@ -187,4 +187,28 @@ def test_one_multi_exec_per_call_on_a_cluster(cluster: Cluster) -> None:
         await aclient.aclose()
 
     asyncio.run(run())
+    assert cluster.error_counts().get("errorstat_MOVED", 0) == moved_before
+
+
+def test_token_buckets_on_a_cluster(cluster: Cluster) -> None:
+    """RATELIMIT.GCRA (and the twin's gcra) go to the key's master, sync
+    and asyncio: a bucket of 3 admits 3 of 4 on every key, no MOVED."""
+    bucket = GcraLimit(2, 1, 60_000)
+    moved_before = cluster.error_counts().get("errorstat_MOVED", 0)
+    client = RedisCluster(host="127.0.0.1", port=cluster.port)
+    limiter = RateLimiter(client, timeout=5)
+    chosen = keys()[:30]
+    admitted = {key: sum(limiter.gcra(key, bucket).allowed for _ in range(4)) for key in chosen}
+    assert set(admitted.values()) == {3}
+    assert limiter.backend == ("module" if cluster.nodes[0].module else "twin")
+    client.close()
+
+    async def run() -> set[int]:
+        aclient = AsyncRedisCluster(host="127.0.0.1", port=cluster.port)
+        alimiter = AsyncRateLimiter(aclient, timeout=60)
+        answers = [[(await alimiter.gcra(key + ":a", bucket)).allowed for _ in range(4)] for key in chosen]
+        await aclient.aclose()
+        return {sum(per_key) for per_key in answers}
+
+    assert asyncio.run(run()) == {3}
     assert cluster.error_counts().get("errorstat_MOVED", 0) == moved_before

@@ -1,6 +1,7 @@
 """The pure parts: validation, arguments, replies, headers, and what the
 contract's corpus does not reach of the fallback (its share, its cap on
-keys, per-key remaining, a reset). The fallback's and the validators'
+keys, per-key remaining, a reset), for the sliding window and the token
+bucket. The fallback's and the validators'
 answers are held to the corpus by test_corpus.py."""
 
 from __future__ import annotations
@@ -14,27 +15,40 @@ from redis_exact_ratelimit import (
     CallTimeout,
     Decision,
     Fallback,
+    GcraDecision,
+    GcraLimit,
     Limit,
     MultiDecision,
     RateLimiter,
     RateLimitInputError,
+    RateLimitReplyError,
 )
 from redis_exact_ratelimit._core import (
     Op,
     Script,
     UnexpectedReply,
+    gcra_decision,
     make_call,
+    make_gcra_call,
     make_multi_call,
     module_command,
     parse_count,
     parse_counts,
     parse_decision,
+    parse_gcra_reply,
     parse_multi_decision,
     parse_unblocked,
     twin_arguments,
     validate_keys,
 )
-from redis_exact_ratelimit._http import Route, named_policies, rate_limit_headers
+from redis_exact_ratelimit._http import (
+    Route,
+    gcra_headers,
+    named_policies,
+    rate_limit_headers,
+    refunding,
+    settle,
+)
 from redis_exact_ratelimit._metrics import NoMetrics
 from redis_exact_ratelimit._policy import Policy
 from redis_exact_ratelimit._transport import Command, cause_of, drive, is_call_error, plan, server_text
@@ -364,3 +378,187 @@ def test_causes_are_named_as_the_server_words_them() -> None:
         assert cause.text == (text or server_text(error)), cause
     assert cause_of(cases[2][0]).text == "NOPERM User u has no permissions to run the 'evalsha' command"
     assert cause_of(cases[7][0]).text == "READONLY You can't write against a read only replica."
+
+
+# -- the token bucket (GCRA) ----------------------------------------------------
+
+
+def test_gcra_arguments_are_the_modules() -> None:
+    assert make_gcra_call(GcraLimit(15, 30, 60_000)).args() == ["15", "30", "60", "MS"]
+    assert make_gcra_call(GcraLimit(0, 1, 1), tokens=0).args() == ["0", "1", "0.001", "TOKENS", "0", "MS"]
+    words = [GcraLimit(0, 1, ms).period_seconds for ms in (500, 1250, 1000, 10, 7_776_000_000, 60_001)]
+    assert words == ["0.5", "1.25", "1", "0.01", "7776000", "60.001"]
+    op = Op("gcra", ("k",), tuple(make_gcra_call(GcraLimit(15, 30, 60_000), 3).args()))
+    assert module_command(op) == ["RATELIMIT.GCRA", "k", "15", "30", "60", "TOKENS", "3", "MS"]
+    assert twin_arguments(op) == ["1", "k", "gcra", "15", "30", "60", "TOKENS", "3", "MS"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: GcraLimit(-1, 1, 1000), "max_burst must be an integer from 0 to 8999999999999999, got -1"),
+        (lambda: GcraLimit(9_000_000_000_000_000, 1, 1), "max_burst must be an integer from 0 to 8999999999999999"),
+        (lambda: GcraLimit(0, 0, 1000), "count must be an integer from 1 to 9000000000000000, got 0"),
+        (lambda: GcraLimit(0, 9_000_000_000_000_001, 1000), "count must be an integer from 1 to 9000000000000000"),
+        (lambda: GcraLimit(0, 1, 0), "period_ms must be an integer from 1 to 7776000000, got 0"),
+        (lambda: GcraLimit(0, 1, 7_776_000_001), "period_ms must be an integer from 1 to 7776000000"),
+        (lambda: GcraLimit(0, 1, 1000.0), "period_ms must be an integer"),  # type: ignore[arg-type]
+        (lambda: GcraLimit(True, 1, 1000), "max_burst must be an integer"),
+        (lambda: GcraLimit(4_499_999_999_999_999, 1, 3), r"\(max_burst \+ 1\) \* period_ms must be at most"),
+        (lambda: make_gcra_call(GcraLimit(0, 1, 1), tokens=-1), "tokens must be an integer from 0 to"),
+        (lambda: make_gcra_call(GcraLimit(0, 1, 1), tokens=9_000_000_000_000_001), "tokens must be an integer"),
+        (lambda: make_gcra_call(Limit(1000, 1)), "limit must be a GcraLimit"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_gcra_input_is_refused_before_redis(make: object, message: str) -> None:
+    with pytest.raises(RateLimitInputError, match=message):
+        make()  # type: ignore[operator]
+
+
+def test_gcra_bounds_reach_the_modules() -> None:
+    assert GcraLimit(8_999_999_999_999_999, 9_000_000_000_000_000, 1).burst == 9_000_000_000_000_000
+    assert GcraLimit(1156, 1, 7_776_000_000).burst == 1157
+    assert GcraLimit(4_499_999_999_999_999, 1, 2).burst * 2 == 9_000_000_000_000_000
+    # More tokens than the bucket holds is a request, answered limited.
+    assert make_gcra_call(GcraLimit(0, 1, 1), tokens=9_000_000_000_000_000).tokens == 9_000_000_000_000_000
+
+
+def test_gcra_replies_in_resp2_and_resp3_shapes() -> None:
+    assert parse_gcra_reply([0, 16, 15, -1, 2000]) == (0, 16, 15, -1, 2000)
+    assert parse_gcra_reply((b"1", b"16", b"0", b"2000", b"32000")) == (1, 16, 0, 2000, 32000)
+    allowed = gcra_decision((0, 16, 15, -1, 2000), "redis", "module")
+    assert allowed == GcraDecision(True, 16, 15, 0, 2000, "module", "redis")
+    never = gcra_decision((1, 3, 3, -1, 0))
+    assert (never.allowed, never.retry_after_ms) == (False, -1)
+    for bad in ([0, 16, 15, 5, 2000], [2, 16, 15, -1, 0], [0, 16, 15, -1], [0, 0, 0, -1, 0], [1, 16, -1, 5, 0], "OK"):
+        with pytest.raises(UnexpectedReply):
+            parse_gcra_reply(bad)
+
+
+def test_ietf_headers_for_a_token_bucket() -> None:
+    """The issue's bucket: 16 tokens, 30 a minute (a full bucket refills in
+    32 s); t is the wait until the bucket is empty; Retry-After on a
+    refusal, none for a request that can never fit."""
+    limit = GcraLimit(15, 30, 60_000)
+    allowed = GcraDecision(True, 16, 15, 0, 2000, "module")
+    assert gcra_headers("api", limit, allowed) == {"RateLimit-Policy": '"api";q=16;w=32', "RateLimit": '"api";r=15;t=2'}
+    refused = gcra_headers("api", limit, GcraDecision(False, 16, 0, 1999, 31_999, "module"))
+    assert refused["RateLimit"] == '"api";r=0;t=32' and refused["Retry-After"] == "2"
+    never = gcra_headers("api", limit, GcraDecision(False, 16, 16, -1, 0, "module"))
+    assert "Retry-After" not in never and never["RateLimit"] == '"api";r=16;t=0'
+    # w rounds up: 3 tokens at 2 a second refill in 1.5 s.
+    assert gcra_headers("x", GcraLimit(2, 2, 1000), allowed)["RateLimit-Policy"] == '"x";q=3;w=2'
+
+
+def test_a_route_takes_a_token_bucket_alone() -> None:
+    limiter = RateLimiter(redis.Redis())
+    bucket = GcraLimit(1, 1, 1000)
+    for options, message in [
+        ({"limits": Limit(1000, 1), "gcra": bucket}, "gcra= is a token bucket on one key"),
+        ({"keys": lambda environ: None, "gcra": bucket}, "gcra= is a token bucket on one key"),
+        ({"gcra": bucket, "block_ms": 1000}, "which has no block"),
+        ({"gcra": bucket, "refund_when": lambda status: True}, "which has no refund"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            RateLimitMiddleware(lambda environ, start: [], limiter=limiter, **options)  # type: ignore[arg-type]
+    with pytest.raises(RateLimitInputError, match="tokens must be an integer"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, gcra=bucket, cost=-1)
+    with pytest.raises(RateLimitInputError, match="limit must be a GcraLimit"):
+        RateLimitMiddleware(lambda environ, start: [], limiter=limiter, gcra=Limit(1000, 1))  # type: ignore[arg-type]
+    route = RateLimitMiddleware(lambda environ, start: [], limiter=limiter, gcra=bucket, cost=0).route
+    assert route.gcra == bucket and route.limits is None
+
+
+def test_token_bucket_verdicts() -> None:
+    """Named by the limit or the middleware; 429 with Retry-After, or
+    without it for a request that never fits; the failure policy's
+    answers; shadow mode sends nothing and never denies; never refunded."""
+    limit = GcraLimit(15, 30, 60_000)
+    route = Route(None, name="api", gcra=limit)
+    denied = route.gcra_verdict(GcraDecision(False, 16, 0, 1500, 31_000, "twin"), "api:k", 1, NoMetrics())
+    assert (denied.passed, denied.status, denied.policy, denied.keys, denied.headers["Retry-After"]) == (
+        False,
+        429,
+        "api",
+        ("api:k",),
+        "2",
+    )
+    never = route.gcra_verdict(GcraDecision(False, 16, 16, -1, 0, "twin"), "api:k", 20, NoMetrics())
+    assert (never.passed, never.status, "Retry-After" in never.headers, never.cost) == (False, 429, False, 20)
+    named = Route(None, name="api", gcra=GcraLimit(15, 30, 60_000, name="bucket"))
+    allowed = named.gcra_verdict(GcraDecision(True, 16, 15, 0, 2000, "module"), "api:k", 1, NoMetrics())
+    assert allowed.headers["RateLimit"] == '"bucket";r=15;t=2' and allowed.policy == "bucket"
+    closed = route.gcra_verdict(GcraDecision(False, 16, 0, 800, 0, None, "fail_closed"), "k", 1, NoMetrics())
+    assert (closed.passed, closed.status, closed.headers) == (False, 503, {"Retry-After": "1"})
+    opened = route.gcra_verdict(GcraDecision(True, 16, 15, 0, 0, None, "fail_open"), "k", 1, NoMetrics())
+    assert opened.passed and opened.headers == {}
+    shadow = Route(None, shadow=True, gcra=limit)
+    quiet = shadow.gcra_verdict(GcraDecision(False, 16, 0, 1500, 31_000, "module"), "k", 1, NoMetrics())
+    assert (quiet.passed, quiet.headers, quiet.policy) == (True, {}, "default")
+    # A token bucket has no refund: nothing is sent, allowed or not.
+    assert settle(refunding(RateLimiter(redis.Redis(port=1)), allowed)) is None
+
+
+def test_fallback_token_bucket_is_the_cores_within_its_share() -> None:
+    """The issue's bucket at half share: 8 tokens, 15 a minute (one every
+    4 s), the waits exact in either unit."""
+    clock = Clock()
+    fallback = Fallback(share=0.5, clock=clock)
+    call = make_gcra_call(GcraLimit(15, 30, 60_000))
+    answers = [fallback.gcra("k", call) for _ in range(10)]
+    assert [a.allowed for a in answers] == [True] * 8 + [False] * 2
+    assert [a.remaining for a in answers] == [7, 6, 5, 4, 3, 2, 1, 0, 0, 0]
+    assert [a.reset_after_ms for a in answers[:8]] == [4000 * k for k in range(1, 9)]
+    assert (answers[8].burst, answers[8].retry_after_ms, answers[8].source) == (8, 4000, "fallback")
+    clock.now += 1
+    # 4 s less 1 ms is 3999 ms; redis-cell's seconds round the whole ms up.
+    waiting = fallback.gcra_answer("k", call)
+    assert waiting.reply(ms=True) == [1, 8, 0, 3999, 31_999] and waiting.reply(ms=False) == [1, 8, 0, 4, 32]
+    clock.now += 3999
+    assert fallback.gcra("k", call).allowed
+    # 3 a second: a third of a second is 333.33 ms, rounded up to 334.
+    thirds, fallback = make_gcra_call(GcraLimit(0, 3, 1000)), Fallback(clock=clock)
+    assert fallback.gcra("t", thirds).reset_after_ms == 334
+    assert fallback.gcra_answer("t", thirds).reply(ms=True) == [1, 1, 0, 334, 334]
+
+
+def test_fallback_token_bucket_tokens_expiry_and_a_clock_step_back() -> None:
+    clock = Clock()
+    fallback = Fallback(clock=clock)
+    call = make_gcra_call(GcraLimit(4, 1, 1000), tokens=3)
+    assert fallback.gcra("k", make_gcra_call(GcraLimit(4, 1, 1000), 0)).remaining == 5 and len(fallback) == 0
+    assert fallback.gcra("k", call).reset_after_ms == 3000
+    never = fallback.gcra("k", make_gcra_call(GcraLimit(4, 1, 1000), 6))
+    assert (never.allowed, never.remaining, never.retry_after_ms) == (False, 2, -1)
+    clock.now -= 5000  # reads as the last charge's time: frees nothing
+    assert fallback.gcra("k", make_gcra_call(GcraLimit(4, 1, 1000), 0)).remaining == 2
+    clock.now += 5000 + 3000
+    assert len(fallback) == 1
+    clock.now += 1  # past the key's expiry: gone when a call names it
+    assert fallback.gcra("k", make_gcra_call(GcraLimit(4, 1, 1000), 0)).remaining == 5 and len(fallback) == 0
+
+
+def test_fallback_holds_one_keyspace_for_both_kinds() -> None:
+    """WRONGTYPE both ways, as the server's; an error over several keys
+    changes none; the cap counts buckets and logs together."""
+    clock = Clock()
+    fallback = Fallback(max_keys=2, clock=clock)
+    window, bucket = make_call(Limit.per_minute(5)), make_gcra_call(GcraLimit(1, 1, 60_000))
+    assert fallback.check("w", window).allowed and fallback.gcra("g", bucket).allowed
+    wrongtype = "^WRONGTYPE Operation against a key holding the wrong kind of value$"
+    for call in (
+        lambda: fallback.gcra("w", bucket),
+        lambda: fallback.check("g", window),
+        lambda: fallback.peek("g", window),
+        lambda: fallback.undo("g", 1),
+        lambda: fallback.unblock("g"),
+        lambda: fallback.decide(["w", "g"], [window, window], record=True),
+        lambda: fallback.undo_all(["w", "g"], 1),
+    ):
+        with pytest.raises(RateLimitReplyError, match=wrongtype):
+            call()
+    assert fallback.peek("w", window).remaining == 4
+    assert fallback.gcra("g", make_gcra_call(GcraLimit(1, 1, 60_000), 0)).remaining == 1
+    assert fallback.gcra("h", bucket).allowed and len(fallback) == 2
+    # "w" was the least recently used: forgotten.
+    assert fallback.peek("w", window).remaining == 5

@@ -5,9 +5,10 @@ repository's ``core/src/reference.rs`` and ``core/src/contract.rs``, ``make corp
 its format is ``contract/README.md``). Every engine replays it in its own
 test runner; here the engine is the package's in-process fallback
 (``Fallback``, share 1) and its argument validators (``Limit``,
-``make_call``, ``make_multi_call``, ``validate_key``, ``validate_keys``,
-``validate_undo_cost``): what decides, and what refuses bad input before
-Redis, when Redis does not answer. One test per case, named by the case.
+``GcraLimit``, ``make_call``, ``make_multi_call``, ``make_gcra_call``,
+``validate_key``, ``validate_keys``, ``validate_undo_cost``): what decides,
+and what refuses bad input before Redis, when Redis does not answer. One
+test per case, named by the case.
 
 Python's integers are exact and its bounds are the module's (``max`` and
 ``COST`` up to 2^63 - 1), so the package follows the module's answers
@@ -25,34 +26,51 @@ words are translated into the calls an application makes:
 - UNDO: ``validate_key`` and ``validate_undo_cost``, then
   ``Fallback.undo``; MUNDO: ``validate_keys`` and ``validate_undo_cost``,
   then ``Fallback.undo`` on each key (as the clients do without Redis);
-- UNBLOCK: ``validate_key``, then ``Fallback.unblock``.
+- UNBLOCK: ``validate_key``, then ``Fallback.unblock``;
+- GCRA: ``make_gcra_call(GcraLimit(max_burst, count, period_ms), tokens)``
+  and ``validate_key``, then ``Fallback.gcra_answer``, whose ``reply(ms)``
+  gives the module's five integers in the step's units (``MS``: ms rounded
+  up; else redis-cell's seconds), the function the public API's
+  ``GcraDecision`` is made from. The period word becomes ``period_ms`` when
+  it is written as the module reads seconds (digits, an optional fraction
+  whose digits past the milliseconds are zeros); ``TOKENS n`` and ``MS``
+  in any case.
 
 Words the API's types cannot express are the server's parsing, not the
 package's: a number not written as Redis writes an integer (a sign ``+``,
 a leading zero, an exponent, a NUL, letters, an empty word), the server's
 arity check, a window without its max, a key's pairs or keys cut short,
 an unknown option name, an option without its value or given twice, a key
-given twice to MCHECK/MPEEK (a mapping holds each key once). A negative
-integer is expressible (``Limit(-1, 5)``), so its step is checked. For a
+given twice to MCHECK/MPEEK (a mapping holds each key once), a period
+not written as the module reads seconds (a sign ``+``, a leading zero or
+dot, an exponent, a fraction finer than a millisecond). A negative
+integer is expressible (``Limit(-1, 5)``, ``GcraLimit(-1, 1, 1000)``), so
+its step is checked. For a
 step that is not expressible the test asserts that the corpus answers an
 error, and counts it (the counts are printed at the end of the run).
 
 For every other step:
 
 - the validators raise ``RateLimitInputError`` iff the corpus answers an
-  error (the texts are not compared: the package words its own messages,
-  naming its own parameters);
+  ``ERR`` error (the texts are not compared: the package words its own
+  messages, naming its own parameters);
+- a call on a key of the other type (a token bucket named by a
+  sliding-window operation, or the reverse) raises ``RateLimitReplyError``
+  from the fallback with the corpus's text exactly (the server's
+  ``WRONGTYPE``), changing no key;
 - otherwise the fallback's answer equals the corpus's reply exactly: all
   four fields of CHECK/PEEK/MCHECK/MPEEK (waits and resets included), the
   positions of the keys that denied (1-based in the corpus, 0-based in
-  ``Answer.denied``), the units UNDO and MUNDO removed, UNBLOCK's 1 or 0.
+  ``Answer.denied``), the units UNDO and MUNDO removed, UNBLOCK's 1 or 0,
+  all five fields of GCRA.
 
 After every step (errors and steps not expressible included), for each key
 the step names, what the fallback holds (``Fallback._held``, read on its
 clock) equals the corpus's ``state``: every entry (time and cost, oldest
 first, including those no window counts any more but the log keeps until
 its next record, as the module's does), ``window``, ``blocked_until`` and
-``expires``; and a key the corpus says is ``null`` is one the fallback does
+``expires``, or for a token bucket ``bucket`` (the last charge's time, its
+period and the units held) and ``expires``; and a key the corpus says is ``null`` is one the fallback does
 not hold, or holds past its expiry (forgotten by its next call).
 
 What the fallback cannot show: the model drops every key whose expiry
@@ -66,8 +84,9 @@ expiry reads as absent, as the module's does.
 
 What the corpus does not reach, and other tests do (test_core.py): a
 ``share`` below 1, the ``max_keys`` cap, ``per_key_remaining``, and
-``unblock(key, reset=True)``. A full log (``ratelimit.max-entries``) and
-WRONGTYPE need a server's keyspace; the corpus has neither.
+``unblock(key, reset=True)``, a bucket scaled to a share. A full log
+(``ratelimit.max-entries``) and a key of a type neither limit writes need
+a server's keyspace; the corpus has neither.
 """
 
 from __future__ import annotations
@@ -82,8 +101,16 @@ from typing import Any
 
 import pytest
 
-from redis_exact_ratelimit import Decision, Fallback, Limit, RateLimitInputError
-from redis_exact_ratelimit._core import make_call, make_multi_call, validate_key, validate_keys, validate_undo_cost
+from redis_exact_ratelimit import Decision, Fallback, GcraLimit, Limit, RateLimitInputError, RateLimitReplyError
+from redis_exact_ratelimit._core import (
+    make_call,
+    make_gcra_call,
+    make_multi_call,
+    validate_key,
+    validate_keys,
+    validate_undo_cost,
+)
+from redis_exact_ratelimit._fallback import _HeldBucket
 
 CORPUS = Path(__file__).resolve().parent / "../../../contract/corpus.jsonl"
 
@@ -105,11 +132,15 @@ ARITY = {
     "ratelimit.mcheck": -6,
     "ratelimit.mpeek": -6,
     "ratelimit.mundo": -3,
+    "ratelimit.gcra": -5,
 }
 LIMIT_OPTIONS = ("COST", "PRECISION", "BLOCK")
 # An integer as Redis writes one: an optional '-', no '+', no leading zero,
 # ASCII digits only (Python's int() would also take ' 7', '1_0' and '٣').
 INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+# Seconds as the module reads a period (core/src/args/gcra.rs): an integer,
+# then optionally a dot and digits (a '-' kept expressible, as for integers).
+PERIOD = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?")
 
 
 class NotExpressible(Exception):
@@ -254,7 +285,48 @@ def multi_undo(words: list[str]) -> Run:
     def run(fallback: Fallback) -> object:
         given = validate_keys(keys)
         validate_undo_cost(cost)
-        return [fallback.undo(key, cost) for key in given]
+        return fallback.undo_all(given, cost)
+
+    return run
+
+
+def period_ms(word: str) -> int:
+    """The period word in whole milliseconds, or NotExpressible."""
+    match = PERIOD.fullmatch(word)
+    if match is None:
+        raise NotExpressible("a period not written as the module reads seconds")
+    sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
+    if fraction[3:].strip("0"):
+        raise NotExpressible("a period finer than a millisecond")
+    ms = int(whole) * 1000 + int((fraction + "000")[:3])
+    return -ms if sign else ms
+
+
+def gcra(words: list[str]) -> Run:
+    """GCRA key max_burst count period [TOKENS n] [MS]: the options in any
+    case, each once."""
+    key, rest = words[1], words[5:]
+    tokens, ms, seen = 1, False, set()
+    at = 0
+    while at < len(rest):
+        name = rest[at].upper()
+        if name not in ("TOKENS", "MS"):
+            raise NotExpressible("an unknown option")
+        if name in seen:
+            raise NotExpressible("an option given twice")
+        seen.add(name)
+        if name == "MS":
+            ms, at = True, at + 1
+            continue
+        if at + 1 >= len(rest):
+            raise NotExpressible("an option without its value")
+        tokens, at = integer(rest[at + 1]), at + 2
+    max_burst, count, period = integer(words[2]), integer(words[3]), period_ms(words[4])
+
+    def run(fallback: Fallback) -> object:
+        call = make_gcra_call(GcraLimit(max_burst, count, period), tokens)
+        validate_key(key)
+        return fallback.gcra_answer(key, call).reply(ms)
 
     return run
 
@@ -282,6 +354,8 @@ def translate(words: list[str]) -> Run:
         return undo(words)
     if command == "ratelimit.mundo":
         return multi_undo(words)
+    if command == "ratelimit.gcra":
+        return gcra(words)
     return unblock(words)
 
 
@@ -294,6 +368,8 @@ def held_state(fallback: Fallback, key: str, epoch: int) -> dict[str, Any] | Non
     held = fallback._held(key)
     if held is None:
         return None
+    if isinstance(held, _HeldBucket):
+        return {"bucket": [held.at - epoch, held.period, held.level], "expires": held.expires - epoch}
     return {
         "blocked_until": relative(held.blocked_until, epoch),
         "entries": [[at - epoch, cost] for at, cost in held.entries],
@@ -320,22 +396,34 @@ def test_corpus_case(case: dict[str, Any], corpus_tally: Counter[str]) -> None:
     for index, step in enumerate(case["steps"]):
         where = f"{name} step {index}: {step['call']!r}"
         clock.now = epoch + step["at"]
-        corpus_tally["steps"] += 1
+        # Counted over every step, and apart over the GCRA steps.
+        kinds = ("", "gcra ") if step["call"][0].lower() == "ratelimit.gcra" else ("",)
+
+        def count(what: str, kinds: tuple[str, ...] = kinds) -> None:
+            for kind in kinds:
+                corpus_tally[kind + what] += 1
+
+        count("steps")
         try:
             run = translate(step["call"])
         except NotExpressible as refused:
             assert "error" in step, f"{where}: not expressible ({refused.reason}), but the corpus replies {step}"
-            corpus_tally["not expressible"] += 1
-            corpus_tally[f"not expressible: {refused.reason}"] += 1
+            count("not expressible")
+            count(f"not expressible: {refused.reason}")
         else:
             try:
                 got = run(fallback)
             except RateLimitInputError as error:
-                assert "error" in step, f"{where}: the validators refused it ({error}), the corpus replies {step}"
-                corpus_tally["refused by the validators"] += 1
+                assert step.get("error", "").startswith("ERR "), (
+                    f"{where}: the validators refused it ({error}), the corpus replies {step}"
+                )
+                count("refused by the validators")
+            except RateLimitReplyError as error:
+                assert str(error) == step.get("error"), f"{where}: the fallback raised {error!r}, the corpus {step}"
+                count("raised as the server error")
             else:
                 assert "error" not in step, f"{where}: the corpus says {step['error']!r}, the package answered {got}"
                 assert got == step["reply"], f"{where}: the fallback answered {got}, the corpus {step['reply']}"
-                corpus_tally["answered"] += 1
+                count("answered")
         for key, expected in step["state"].items():
             assert held_state(fallback, key, epoch) == expected, f"{where}: key {key!r}"

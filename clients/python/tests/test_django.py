@@ -1,5 +1,5 @@
 """The Django middleware (redis_exact_ratelimit.django), configured from
-settings: with Django's test client in this process, and under gunicorn
+settings (a sliding window or a token bucket): with Django's test client in this process, and under gunicorn
 (two worker processes sharing the limit through Redis)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import Client, override_settings
 from servers import Server, free_port
 
-from redis_exact_ratelimit import Limit
+from redis_exact_ratelimit import GcraLimit, Limit
 
 sys.path.insert(0, str(APPS))
 import django_app
@@ -89,6 +89,27 @@ def test_several_keys_from_settings(client: Any) -> None:
     assert [http.get("/ok").status_code for _ in range(3)] == [200, 200, 429]
 
 
+def test_a_token_bucket_from_settings(client: Any) -> None:
+    """gcra= in settings instead of limits: 2 tokens at 1 a minute, its
+    fields, 429 with Retry-After; a failed view is not refunded; a request
+    of more tokens than the bucket is refused without Retry-After; shadow
+    mode passes everything and sends no field."""
+    http = client(limits=None, gcra=GcraLimit(1, 1, 60_000))
+    responses = [http.get("/ok"), http.get("/boom"), http.get("/ok")]
+    assert [r.status_code for r in responses] == [200, 500, 429]
+    assert all(r.headers["RateLimit-Policy"] == '"django";q=2;w=120' for r in responses)
+    assert responses[0].headers["RateLimit"] == '"django";r=1;t=60'
+    assert responses[2].headers["RateLimit"] in ('"django";r=0;t=120', '"django";r=0;t=119')
+    assert 59 <= int(responses[2].headers["Retry-After"]) <= 60
+    weighed = client(limits=None, gcra=GcraLimit(1, 1, 60_000, name="bucket"), cost=3)
+    never = weighed.get("/ok")
+    assert never.status_code == 429 and "Retry-After" not in never.headers
+    assert never.headers["RateLimit"] == '"bucket";r=2;t=0'
+    shadow = client(limits=None, gcra=GcraLimit(0, 1, 60_000), shadow=True)
+    assert [shadow.get("/ok").status_code for _ in range(3)] == [200] * 3
+    assert "RateLimit" not in shadow.get("/ok").headers
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -96,6 +117,7 @@ def test_several_keys_from_settings(client: Any) -> None:
         ({"url": "redis://x", "limits": Limit.per_minute(1), "limit": 3}, r"unknown options \['limit'\]"),
         ({"limits": Limit.per_minute(1)}, "one of url"),
         ({"url": "redis://x"}, "give limits"),
+        ({"url": "redis://x", "limits": Limit.per_minute(1), "gcra": GcraLimit(1, 1, 1000)}, "gcra= is a token"),
     ],
 )
 def test_bad_settings_are_refused_at_start(settings: Any, message: str) -> None:

@@ -17,6 +17,7 @@ from conftest import scrape, serve_asgi, serve_wsgi
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server
+from test_http import RATELIMIT
 
 from redis_exact_ratelimit import AsyncRateLimiter, Decision, Fallback, Limit, RateLimiter, RateLimitUnavailable
 
@@ -130,11 +131,24 @@ def test_http_while_redis_is_stopped(serve: object, own_server: Server) -> None:
     try:
         own_server.stop()
         user = {"X-User": uuid.uuid4().hex}
-        refused = httpx.get(closed.url + "/mw/ok", headers=user, timeout=10)
-        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+        for path in ("/mw/ok", "/gmw/ok"):
+            refused = httpx.get(closed.url + path, headers=user, timeout=10)
+            assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
+            assert "RateLimit" not in refused.headers
         with httpx.Client(base_url=shared.url, headers=user, timeout=10) as http:
             statuses = [http.get("/mw/ok").status_code for _ in range(12)]
+            # The token bucket (4 tokens, 1 a minute) at half share: 2 tokens.
+            buckets = [http.get("/gmw/ok") for _ in range(4)]
         assert statuses == [200] * 5 + [429] * 7
+        assert [r.status_code for r in buckets] == [200, 200, 429, 429]
+        fields = [RATELIMIT.fullmatch(r.headers["RateLimit"]) for r in buckets]
+        shown = [(m["name"], int(m["r"]), int(m["t"])) for m in fields if m is not None]
+        expected = [("gmw", 1, 60), ("gmw", 0, 120), ("gmw", 0, 120), ("gmw", 0, 120)]
+        # t within a second of it: the fallback's clock runs between requests.
+        assert [(name, r) for name, r, _ in shown] == [(name, r) for name, r, _ in expected]
+        assert all(t - 1 <= got <= t for (_, _, got), (_, _, t) in zip(shown, expected, strict=True)), shown
+        assert 59 <= int(buckets[2].headers["Retry-After"]) <= 60
+        assert buckets[0].headers["RateLimit-Policy"] == '"gmw";q=4;w=240'
         # Counted by outcome, and the refused connections by cause.
         closed_metrics, shared_metrics = scrape(closed), scrape(shared)
     finally:
@@ -145,6 +159,9 @@ def test_http_while_redis_is_stopped(serve: object, own_server: Server) -> None:
     assert closed_metrics[(decisions, (("outcome", "fail_closed"), ("policy", "mw")))] == 1
     assert shared_metrics[(decisions, (("outcome", "fallback_allowed"), ("policy", "mw")))] == 5
     assert shared_metrics[(decisions, (("outcome", "fallback_denied"), ("policy", "mw")))] == 7
+    assert closed_metrics[(decisions, (("outcome", "fail_closed"), ("policy", "gmw")))] == 1
+    assert shared_metrics[(decisions, (("outcome", "fallback_allowed"), ("policy", "gmw")))] == 2
+    assert shared_metrics[(decisions, (("outcome", "fallback_denied"), ("policy", "gmw")))] == 2
     assert closed_metrics[("ratelimit_errors_total", (("cause", "connection"),))] >= 1
 
 

@@ -224,3 +224,55 @@ def test_metrics_are_scraped_over_http(full_app: App) -> None:
     assert metrics[(count, (("operation", "check"),))] == 5
     labels = {value for (_, pairs), _ in metrics.items() for _, value in pairs}
     assert not any("alice" in value or "bob" in value for value in labels)
+
+
+# The per-route token bucket of each framework: FastAPI's dependency, Flask's decorator.
+PER_ROUTE_BUCKET = {"fastapi": "/gdep", "flask": "/gdec"}
+
+
+def assert_bucket_fields(responses: list[httpx.Response], name: str, burst: int) -> None:
+    """A bucket of ``burst`` tokens at 1 a minute, one token a request: r
+    counts down, t is the minutes until the bucket is empty; the refusal
+    carries Retry-After, the minute until a token has drained."""
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * burst + [429] * (len(responses) - burst), statuses
+    for i, response in enumerate(responses):
+        assert response.headers["RateLimit-Policy"] == f'"{name}";q={burst};w={60 * burst}'
+        fields = RATELIMIT.match(response.headers["RateLimit"])
+        assert fields is not None and fields["name"] == name, response.headers["RateLimit"]
+        used = min(i + 1, burst)
+        assert int(fields["r"]) == burst - used and 60 * used - 1 <= int(fields["t"]) <= 60 * used
+        if i < burst:
+            assert "Retry-After" not in response.headers
+        else:
+            assert 59 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_token_bucket_in_the_middleware_and_per_route(framework: str, full_app: App) -> None:
+    """gcra=: 4 tokens at 1 a minute in the middleware, 2 per route (the
+    policy named by the limit); X-Tokens feeds TOKENS: 0 asks, more than
+    the bucket is refused without Retry-After; a failed handler is not
+    refunded (a token bucket has none). Counted under the policy's name,
+    the round trips as "gcra"."""
+    with httpx.Client(base_url=full_app.url, headers={"X-User": uuid.uuid4().hex}) as http:
+        assert_bucket_fields([http.get("/gmw/ok") for _ in range(6)], "gmw", 4)
+        assert_bucket_fields([http.get(PER_ROUTE_BUCKET[framework]) for _ in range(3)], "bucket", 2)
+    with httpx.Client(base_url=full_app.url, headers={"X-User": uuid.uuid4().hex}) as http:
+        never = http.get("/gmw/ok", headers={"X-Tokens": "5"})
+        assert never.status_code == 429 and "Retry-After" not in never.headers
+        assert never.headers["RateLimit"] == '"gmw";r=4;t=0'
+        asked = http.get("/gmw/ok", headers={"X-Tokens": "0"})
+        assert asked.status_code == 200 and asked.headers["RateLimit"] == '"gmw";r=4;t=0'
+        assert http.get("/gmw/boom", headers={"Connection": "close"}).status_code == 500
+        weighed = http.get("/gmw/ok", headers={"X-Tokens": "2"})
+        assert weighed.status_code == 200 and weighed.headers["RateLimit"].startswith('"gmw";r=1;')
+        never = http.get(PER_ROUTE_BUCKET[framework], headers={"X-Tokens": "3"})
+        assert never.status_code == 429 and "Retry-After" not in never.headers
+    metrics = scrape(full_app)
+
+    def decisions(policy: str, outcome: str) -> float:
+        return metrics.get(("ratelimit_decisions_total", (("outcome", outcome), ("policy", policy))), 0)
+
+    assert (decisions("gmw", "allowed"), decisions("gmw", "denied")) == (7, 3)
+    assert (decisions("bucket", "allowed"), decisions("bucket", "denied")) == (2, 2)
+    assert metrics[("ratelimit_redis_duration_seconds_count", (("operation", "gcra"),))] == 14

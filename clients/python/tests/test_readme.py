@@ -5,17 +5,21 @@ the blocks that show an example are that example, word for word."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from conftest import EXAMPLES, HERE, App
+from conftest import EXAMPLES, HERE, App, app_env
 from servers import REPO, Server, free_port
 
 PACKAGE = EXAMPLES.parent
@@ -125,3 +129,46 @@ def test_install_and_quick_start_as_written(tmp_path: Path, twin_server: Server)
     probe = "import redis_exact_ratelimit._base as b; print(len(b._script().sha1))"
     imported = subprocess.run([root / ".venv/bin/python", "-c", probe], cwd=tmp_path, capture_output=True, text=True)
     assert imported.stdout == "40\n", imported.stderr
+
+
+def test_the_token_bucket_section_as_written(tmp_path: Path, server: Server) -> None:
+    """The GCRA section's client block, run on a test server (only its
+    port substituted): the issue's example as the text after it says; its
+    FastAPI block served by uvicorn answers a burst with the 429 shown."""
+    text = section("Token bucket (GCRA)")
+    client_block, app_block = blocks("python", text)
+    namespace: dict[str, Any] = {}
+    exec(substitute(client_block, "port=6379", f"port={server.port}"), namespace)
+    user = uuid.uuid4().int % 10**9
+    started = time.monotonic()
+    answers = [namespace["may_upload"](user) for _ in range(20)]
+    elapsed_ms = int((time.monotonic() - started) * 1000) + 1
+    assert [(allowed, remaining) for allowed, remaining, _ in answers] == [
+        *((True, left) for left in range(15, -1, -1)),
+        *[(False, 0)] * 4,
+    ]
+    assert all(2000 - elapsed_ms <= wait <= 2000 for _, _, wait in answers[16:])
+    assert namespace["may_upload"](user + 1, 17) == (False, 16, -1)
+
+    (app_dir := tmp_path / "app").mkdir()
+    (app_dir / "gcra_app.py").write_text(app_block)
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "gcra_app:app", "--port", str(port)]
+    app = App([*command, "--log-level", "warning"], port, app_env(server.port))
+    server.client().delete("api:127.0.0.1")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=app.url) as http:
+            return await asyncio.gather(*(http.get("/") for _ in range(40)))
+
+    try:
+        responses = asyncio.run(burst())
+    finally:
+        app.stop()
+    assert sum(r.status_code == 200 for r in responses) >= 20
+    (shown,) = re.findall(r"^```\n(HTTP/1\.1 .*?)^```$", text, re.M | re.S)
+    status, *fields = shown.strip().splitlines()
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused and status == "HTTP/1.1 429 Too Many Requests"
+    for response in refused:
+        assert [f"{name}: {response.headers[name]}" for name, _ in (f.split(": ", 1) for f in fields)] == fields

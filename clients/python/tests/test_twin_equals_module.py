@@ -1,6 +1,7 @@
 """The twin answers as the module does: one sequence of calls, made on a
 server with the module and on one without, call by call; and the same
-error texts for bad input sent raw (the client refuses it before Redis)."""
+error texts for bad input sent raw (the client refuses it before Redis).
+The sliding window and the token bucket (GCRA) alike."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import redis
 from servers import Server
 
-from redis_exact_ratelimit import Decision, Limit, Limits, RateLimiter
+from redis_exact_ratelimit import Decision, GcraDecision, GcraLimit, Limit, Limits, RateLimiter
 
 # The calls on one server are made some ms apart, more on a loaded machine
 # (a CI runner: 66 ms seen), and the pair's times differ by that. Far below
@@ -107,3 +108,63 @@ def test_same_answers_over_several_keys(module_server: Server, twin_server: Serv
         peeks = [limiter.peek_all(keyed) for limiter in (module, twin)]
         assert same(*peeks) and peeks[0].denied_keys == peeks[1].denied_keys, peeks
     assert module.undo_all(keyed, 2) == twin.undo_all(keyed, 2)
+
+
+GCRA_SEQUENCE: list[tuple[GcraLimit, int]] = [
+    (GcraLimit(4, 10, 1000), 0),
+    *[(GcraLimit(4, 10, 1000), 1)] * 6,
+    (GcraLimit(4, 10, 1000), 3),
+    (GcraLimit(4, 10, 1000), 9),
+    (GcraLimit(9, 10, 1000), 2),
+    (GcraLimit(1, 10, 1000), 1),
+    (GcraLimit(9, 3, 500), 1),
+    (GcraLimit(9, 1000, 60_000), 4),
+    (GcraLimit(15, 30, 60_000), 0),
+]
+
+
+def same_bucket(a: GcraDecision, b: GcraDecision) -> bool:
+    return (
+        (a.allowed, a.burst, a.remaining) == (b.allowed, b.burst, b.remaining)
+        and (a.retry_after_ms == -1) == (b.retry_after_ms == -1)
+        and abs(a.retry_after_ms - b.retry_after_ms) <= TIME_SLACK_MS
+        and abs(a.reset_after_ms - b.reset_after_ms) <= TIME_SLACK_MS
+    )
+
+
+def test_same_token_bucket_answers_call_by_call(module_server: Server, twin_server: Server) -> None:
+    """Limits changed between calls (burst, rate, period), TOKENS 0, more
+    tokens than the bucket: the twin's answer is the module's."""
+    module = RateLimiter(module_server.client())
+    twin = RateLimiter(twin_server.client())
+    key = f"equal-gcra:{uuid.uuid4().hex}"
+    for limit, tokens in GCRA_SEQUENCE:
+        pair = [limiter.gcra(key, limit, tokens) for limiter in (module, twin)]
+        assert same_bucket(*pair), (limit, tokens, pair)
+    assert [answer.backend for answer in pair] == ["module", "twin"]
+
+
+BAD_GCRA_CALLS = [
+    ["1", "1"],
+    ["-1", "1", "1"],
+    ["1", "0", "1"],
+    ["1", "1", "0.0001"],
+    ["1", "1", "1e3"],
+    ["4499999999999999", "1", "2"],
+    ["1", "1", "1", "TOKENS"],
+    ["1", "1", "1", "TOKENS", "-1"],
+    ["1", "1", "1", "MS", "MS"],
+    ["1", "1", "1", "COST", "1"],
+]
+
+
+@pytest.mark.parametrize("call", BAD_GCRA_CALLS, ids=[" ".join(c)[:40] for c in BAD_GCRA_CALLS])
+def test_same_token_bucket_error_texts(module_server: Server, twin_server: Server, call: list[str]) -> None:
+    key = f"errors-gcra:{uuid.uuid4().hex}"
+    with pytest.raises(redis.ResponseError) as from_module:
+        module_server.client().execute_command("RATELIMIT.GCRA", key, *call)  # type: ignore[no-untyped-call]
+    script = RateLimiter(twin_server.client()).script
+    with pytest.raises(redis.ResponseError) as from_twin:
+        twin_server.client().eval(script.text, 1, key, "gcra", *call)
+    assert str(from_twin.value) == str(from_module.value)
+    assert twin_server.client().exists(key) == 0 and module_server.client().exists(key) == 0

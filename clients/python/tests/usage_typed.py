@@ -19,6 +19,8 @@ from redis_exact_ratelimit import (
     CallTimeout,
     Decision,
     Fallback,
+    GcraDecision,
+    GcraLimit,
     Limit,
     Limits,
     MultiDecision,
@@ -206,3 +208,55 @@ def flask_shadow_usage() -> Flask:
 def django_usage(get_response: Callable[[HttpRequest], HttpResponse]) -> HttpResponse:
     middleware = DjangoRateLimit(get_response)  # configured by settings.REDIS_RATELIMIT
     return middleware(HttpRequest())
+
+
+def gcra_usage() -> tuple[bool, int, int, int, int, str | None]:
+    limiter = RateLimiter(redis.Redis(), fallback=Fallback(share=0.5))
+    limit = GcraLimit(max_burst=15, count=30, period_ms=60_000, name="uploads")
+    decision: GcraDecision = limiter.gcra("uploads:42", limit, tokens=3)
+    asked = limiter.gcra("uploads:42", limit, 0)
+    source: Source = decision.source
+    print(limit.burst, limit.period_seconds, source, decision.error, asked.remaining)
+    backend: str | None = decision.backend
+    return (
+        decision.allowed,
+        decision.burst,
+        decision.remaining,
+        decision.retry_after_ms,
+        decision.reset_after_ms,
+        backend,
+    )
+
+
+async def async_gcra_usage() -> bool:
+    limiter = AsyncRateLimiter(aioredis.Redis())
+    return (await limiter.gcra("k", GcraLimit(0, 1, 1000))).allowed
+
+
+def gcra_middleware_usage() -> tuple[FastAPI, Flask]:
+    alimiter = AsyncRateLimiter(aioredis.Redis())
+    api = FastAPI()
+    api.add_middleware(ASGIRateLimit, limiter=alimiter, gcra=GcraLimit(19, 10, 1000), name="api", shadow=True)
+
+    def tokens(request: Request) -> int:
+        return int(request.headers.get("x-tokens", 1))
+
+    bucket = RateLimit(alimiter, gcra=GcraLimit(1, 1, 60_000, name="bucket"), cost=tokens)
+
+    @api.get("/upload", dependencies=[Depends(bucket)])
+    async def upload() -> dict[str, str]:
+        return {}
+
+    limiter = RateLimiter(redis.Redis())
+    app = Flask(__name__)
+    app.wsgi_app = WSGIRateLimit(app.wsgi_app, limiter=limiter, gcra=GcraLimit(19, 10, 1000), cost=lambda e: 2)  # type: ignore[method-assign]
+
+    def on_limited(verdict: Verdict) -> tuple[dict[str, int], int]:
+        return {"retry_after_ms": verdict.decision.retry_after_ms}, verdict.status
+
+    @app.get("/upload")
+    @rate_limit(limiter, gcra=GcraLimit(1, 1, 60_000), on_limited=on_limited)
+    def flask_upload() -> dict[str, str]:
+        return {}
+
+    return api, app

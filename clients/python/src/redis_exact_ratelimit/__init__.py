@@ -1,7 +1,8 @@
-"""Exact sliding-window rate limiting on Redis and Valkey.
+"""Exact sliding-window rate limiting on Redis and Valkey, and a token
+bucket (GCRA).
 
 Decides in Redis with the redis-ratelimit module (RATELIMIT.CHECK, PEEK,
-UNDO, MCHECK ...) where a server has it, and with its Lua twin where it
+UNDO, MCHECK ..., GCRA) where a server has it, and with its Lua twin where it
 does not, learned per server from the server's own answer. Sync and
 asyncio, standalone and cluster; an explicit failure policy; middleware in
 :mod:`redis_exact_ratelimit.asgi` (FastAPI: also
@@ -12,6 +13,8 @@ asyncio, standalone and cluster; an explicit failure policy; middleware in
 
 from ._core import (
     Decision,
+    GcraDecision,
+    GcraLimit,
     Limit,
     Limits,
     MultiDecision,
@@ -30,6 +33,8 @@ __all__ = [
     "CallTimeout",
     "Decision",
     "Fallback",
+    "GcraDecision",
+    "GcraLimit",
     "Limit",
     "Limits",
     "MultiDecision",

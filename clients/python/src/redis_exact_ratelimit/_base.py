@@ -16,6 +16,8 @@ from ._core import (
     Backend,
     Decision,
     Delete,
+    GcraDecision,
+    GcraLimit,
     Limits,
     MultiDecision,
     Op,
@@ -23,11 +25,14 @@ from ._core import (
     RateLimitInputError,
     RateLimitReplyError,
     Script,
+    gcra_decision,
     make_call,
+    make_gcra_call,
     make_multi_call,
     parse_count,
     parse_counts,
     parse_decision,
+    parse_gcra_reply,
     parse_multi_decision,
     parse_remaining,
     parse_unblocked,
@@ -165,6 +170,17 @@ class LimiterBase:
         decision: MultiDecision = outcome
         return decision
 
+    def _gcra_deciding(self, key: str, limit: GcraLimit, tokens: int) -> Steps[GcraDecision]:
+        """RATELIMIT.GCRA on one key, waits in ms. No refund: a token
+        bucket has none (a charge answered after its timeout stays)."""
+        full = self._full_key(key)
+        call = make_gcra_call(limit, tokens)
+        outcome = yield RoundTrip((Op("gcra", (full,), tuple(call.args())),), _first(parse_gcra_reply))
+        if isinstance(outcome, Unavailable):
+            return self.policy.gcra_without_redis(full, call, outcome)
+        # The server's backend, learned by this round trip.
+        return gcra_decision(outcome, "redis", self.policy.backend_of(self._server_name(full)))
+
     def _undoing(self, key: str, cost: int, decision: Decision | None) -> Steps[int]:
         full = self._full_key(key)
         local = self._undo_locally([full], cost, decision)
@@ -186,7 +202,7 @@ class LimiterBase:
             (Op("mundo", full, undo_args(cost)),), _first(lambda reply: parse_counts(reply, given))
         )
         if isinstance(outcome, Unavailable):
-            return {key: self.policy.undo_without_redis(one, cost) for key, one in zip(given, full, strict=True)}
+            return dict(zip(given, self.policy.undo_all_without_redis(full, cost), strict=True))
         removed: dict[str, int] = outcome
         return removed
 
@@ -280,7 +296,7 @@ class LimiterBase:
         if decision is None or decision.source == "redis":
             return None
         if decision.source == "fallback":
-            return [self.policy.undo_without_redis(key, cost) for key in keys]
+            return self.policy.undo_all_without_redis(keys, cost)
         return [0 for _ in keys]
 
 

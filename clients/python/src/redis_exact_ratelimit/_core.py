@@ -14,6 +14,11 @@ MAX_MAX = 2**63 - 1
 MAX_PAIRS = 8
 MAX_KEYS = 16
 MAX_BLOCK_MS = 31_536_000_000
+# The token bucket's bounds (docs/gcra.md, core/src/gcra.rs): every count,
+# token count and capacity (max_burst + 1) x period_ms at most MAX_EXACT
+# (below 2^53, exact in a double, the twin's numbers), periods up to 90 days.
+MAX_EXACT = 9_000_000_000_000_000
+MAX_PERIOD_MS = 7_776_000_000
 
 Backend = Literal["module", "twin"]
 """Where a decision was taken when Redis answered."""
@@ -22,12 +27,13 @@ Source = Literal["redis", "fallback", "fail_open", "fail_closed"]
 """Where a decision came from: Redis (through the module or the twin), the
 in-process fallback, or the failure policy without any limiter."""
 
-Operation = Literal["check", "peek", "undo", "mcheck", "mpeek", "mundo", "unblock"]
+Operation = Literal["check", "peek", "undo", "mcheck", "mpeek", "mundo", "unblock", "gcra"]
 
 # The operations whose keys come as `numkeys key [key ...]` in the module.
 MULTI_KEY: frozenset[Operation] = frozenset(("mcheck", "mpeek", "mundo"))
 # The operations every version of the module has: an "unknown command"
-# answer to any other may come from an older module, not a missing one.
+# answer to any other (MCHECK, UNBLOCK, GCRA ...) may come from an older
+# module, not a missing one.
 FIRST_OPERATIONS: frozenset[Operation] = frozenset(("check", "peek", "undo"))
 
 
@@ -69,6 +75,44 @@ class Limit:
 
 
 Limits = Limit | Sequence[Limit]
+
+
+@dataclass(frozen=True)
+class GcraLimit:
+    """A token bucket (GCRA): ``count`` tokens per ``period_ms``
+    milliseconds sustained, in bursts of up to ``max_burst + 1``.
+
+    ``name`` is the policy's name in the ``RateLimit-Policy`` header
+    (default: the middleware's name). Bounds (the module's): ``max_burst``
+    0 to 8999999999999999, ``count`` 1 to 9000000000000000, ``period_ms``
+    1 to 7776000000 (90 days), and ``(max_burst + 1) * period_ms`` at most
+    9000000000000000."""
+
+    max_burst: int
+    count: int
+    period_ms: int
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_int(self.max_burst, "max_burst", 0, MAX_EXACT - 1)
+        _require_int(self.count, "count", 1, MAX_EXACT)
+        _require_int(self.period_ms, "period_ms", 1, MAX_PERIOD_MS)
+        if self.burst * self.period_ms > MAX_EXACT:
+            raise RateLimitInputError(
+                f"(max_burst + 1) * period_ms must be at most {MAX_EXACT}, got {self.burst} * {self.period_ms}:"
+                " lower max_burst or period_ms"
+            )
+
+    @property
+    def burst(self) -> int:
+        """``max_burst + 1``: the most tokens one burst may take."""
+        return self.max_burst + 1
+
+    @property
+    def period_seconds(self) -> str:
+        """The period as the module reads it: seconds in whole milliseconds
+        (``60``, ``0.5``, ``1.25``, ``0.001``)."""
+        return period_word(self.period_ms)
 
 
 @dataclass(frozen=True)
@@ -114,6 +158,50 @@ class MultiDecision(Decision):
     @property
     def denied_keys(self) -> tuple[str, ...]:
         return tuple(self.keys[position] for position in self.denied_positions)
+
+
+@dataclass(frozen=True)
+class GcraDecision:
+    """The token bucket's answer (``RATELIMIT.GCRA``), with the module's
+    meanings: ``burst`` is ``max_burst + 1``; ``remaining`` the whole
+    tokens a request could still take now (after this one, if allowed);
+    ``retry_after_ms`` 0 when allowed, -1 when the request can never fit
+    (more tokens than the bucket holds), else the wait in ms (rounded up)
+    after which this same request fits; ``reset_after_ms`` the wait until
+    the bucket is empty again (rounded up).
+
+    ``backend`` is ``"module"`` or ``"twin"`` when Redis decided, None
+    otherwise; ``source`` and ``error`` are :class:`Decision`'s (with
+    ``"fail_open"`` the request is allowed and ``remaining`` is the
+    bucket less the tokens; with ``"fail_closed"`` it is refused with
+    ``retry_after_ms`` the time before Redis is tried again)."""
+
+    allowed: bool
+    burst: int
+    remaining: int
+    retry_after_ms: int
+    reset_after_ms: int
+    backend: Backend | None
+    source: Source = "redis"
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class GcraCall:
+    """A validated RATELIMIT.GCRA: the limit and the request's tokens (0
+    asks without charging)."""
+
+    limit: GcraLimit
+    tokens: int
+
+    def args(self) -> list[str]:
+        """The module's arguments after the key (also the twin's); the
+        waits always in milliseconds (``MS``)."""
+        limit = self.limit
+        args = [str(limit.max_burst), str(limit.count), limit.period_seconds]
+        if self.tokens != 1:
+            args += ["TOKENS", str(self.tokens)]
+        return [*args, "MS"]
 
 
 @dataclass(frozen=True)
@@ -195,6 +283,26 @@ def make_call(limits: Limits, cost: int = 1, precision: int | None = None, block
     if precision is not None:
         _require_int(precision, "precision", 1, min(seen))
     return Call(listed, cost, precision, validate_block_ms(block_ms))
+
+
+def make_gcra_call(limit: GcraLimit, tokens: int = 1) -> GcraCall:
+    """Validates a token-bucket request as the module does. More tokens
+    than the bucket holds is no error: such a request is answered limited,
+    with ``retry_after_ms`` -1."""
+    if not isinstance(limit, GcraLimit):
+        raise RateLimitInputError(f"limit must be a GcraLimit, got {limit!r}")
+    return GcraCall(limit, validate_tokens(tokens))
+
+
+def validate_tokens(tokens: object) -> int:
+    return _require_int(tokens, "tokens", 0, MAX_EXACT)
+
+
+def period_word(period_ms: int) -> str:
+    """Milliseconds as the module's period: whole seconds, or seconds and
+    the fraction's digits without trailing zeros."""
+    seconds, ms = divmod(period_ms, 1000)
+    return str(seconds) if ms == 0 else f"{seconds}.{ms:03d}".rstrip("0")
 
 
 def make_multi_call(
@@ -309,6 +417,30 @@ def parse_decision(reply: object) -> Decision:
         if allowed in (0, 1) and remaining is not None and retry is not None and reset is not None:
             return Decision(allowed == 1, remaining, retry, reset, "redis")
     raise UnexpectedReply(f"unexpected reply to a rate-limit call: {reply!r}")
+
+
+def parse_gcra_reply(reply: object) -> tuple[int, int, int, int, int]:
+    """Reads RATELIMIT.GCRA's [limited, max_burst + 1, remaining,
+    retry_after (-1 if allowed or never), reset_after] (the same array in
+    RESP2 and RESP3)."""
+    if isinstance(reply, (list, tuple)) and len(reply) == 5:
+        numbers = [number for number in map(_as_int, reply) if number is not None]
+        if len(numbers) == 5:
+            limited, burst, remaining, retry, reset = numbers
+            # Allowed: retry -1; limited: -1 (never fits) or a wait.
+            waits = retry == -1 or (limited == 1 and retry >= 0)
+            if limited in (0, 1) and burst >= 1 and remaining >= 0 and reset >= 0 and waits:
+                return limited, burst, remaining, retry, reset
+    raise UnexpectedReply(f"unexpected reply to a token-bucket call: {reply!r}")
+
+
+def gcra_decision(reply: Sequence[int], source: Source = "redis", backend: Backend | None = None) -> GcraDecision:
+    """A GcraDecision from the module's five integers with waits in ms:
+    ``retry_after_ms`` 0 when allowed (the module's -1), -1 when limited
+    and the request can never fit."""
+    limited, burst, remaining, retry, reset = reply
+    allowed = limited == 0
+    return GcraDecision(allowed, burst, remaining, 0 if allowed else retry, reset, backend, source)
 
 
 def parse_multi_decision(reply: object, keys: tuple[str, ...]) -> MultiDecision:

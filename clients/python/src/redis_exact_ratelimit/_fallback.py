@@ -1,7 +1,9 @@
 """The in-process limiter used while Redis is unreachable: the module's rules
 over a dict, exact within one process, each limit scaled to this process's
 share, holding at most ``max_keys`` keys (the least recently used goes).
-Pure apart from the clock, which is injected.
+Pure apart from the clock, which is injected. A key holds a sliding-window
+log or a token bucket (GCRA), as in Redis two types: an operation of one
+on a key of the other raises the server's WRONGTYPE.
 
 The rules are the reference model's (the repository's core/src/reference.rs: a
 key's log, its window, its block, and when the key expires), step for
@@ -19,6 +21,13 @@ step, and tests/test_corpus.py holds them to contract/corpus.jsonl:
   if later. A refund keeps the expiry (a blocked key it empties lives
   until its block ends; an unblocked one goes at once), and UNBLOCK sets
   the log's own (a key with nothing live left goes).
+
+The token bucket is the module's (core/src/gcra.rs), in integers: a key
+stores its last charge's time, that charge's period and the tokens it held
+then in units of ``1 / period`` of a token; it drains ``count`` units a
+millisecond, so every step is exact and a wait is an exact ``units /
+count`` ms until a reply rounds it (``GcraAnswer.reply``). A charge sets
+the key to expire when its bucket is empty again.
 """
 
 from __future__ import annotations
@@ -30,13 +39,19 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ._core import MAX_MAX, Call, Decision, Limit
+from ._core import MAX_MAX, Call, Decision, GcraCall, GcraDecision, Limit, RateLimitReplyError, gcra_decision
 
 # Expired keys are swept once per this many calls (a call drops the expired
 # keys it names itself).
 _SWEEP_EVERY = 1024
 
 DEFAULT_MAX_KEYS = 10_000
+
+# The server's answer to an operation on a key of the other type.
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+# The latest time a bucket holds (core/src/gcra.rs LATEST): 2^42 - 1 ms.
+_LATEST = (1 << 42) - 1
 
 
 def _monotonic_ms() -> int:
@@ -75,6 +90,51 @@ class _Log:
         return max(log_end, self.blocked_until)
 
 
+@dataclass
+class _Bucket:
+    """A token bucket: its last charge's time, that charge's period (ms)
+    and the units it held then (``1 / period`` tokens, at least 1), and
+    when the key expires (absolute times on the fallback's clock)."""
+
+    at: int
+    period: int
+    level: int
+    expires: int
+
+
+@dataclass(frozen=True)
+class GcraAnswer:
+    """The token bucket's decision before units (core/src/gcra.rs
+    ``Decision``): waits are exact, ``units / count`` ms; ``retry_units``
+    is None when allowed or when the request can never fit."""
+
+    limited: bool
+    burst: int
+    remaining: int
+    retry_units: int | None
+    reset_units: int
+    count: int
+
+    def reply(self, ms: bool) -> list[int]:
+        """The module's five integers: ``[limited, max_burst + 1,
+        remaining, retry_after (-1 if allowed or never), reset_after]``,
+        the waits in milliseconds rounded up (``MS``), or else in
+        redis-cell's seconds (the whole milliseconds rounded up to
+        seconds)."""
+
+        def wait(units: int) -> int:
+            if ms:
+                return -(-units // self.count)
+            return -(-(units // self.count) // 1000)
+
+        retry = -1 if self.retry_units is None else wait(self.retry_units)
+        return [int(self.limited), self.burst, self.remaining, retry, wait(self.reset_units)]
+
+    def decision(self) -> GcraDecision:
+        """As the public API answers (waits in ms), decided here."""
+        return gcra_decision(self.reply(ms=True), "fallback")
+
+
 @dataclass(frozen=True)
 class Answer:
     """The fallback's answer over one or several keys: the decision, the
@@ -83,6 +143,17 @@ class Answer:
     decision: Decision
     denied: tuple[int, ...]
     per_key_remaining: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _HeldBucket:
+    """What the fallback holds for a token-bucket key (for the contract's
+    test): the bucket and the key's expiry, absolute times on its clock."""
+
+    at: int
+    period: int
+    level: int
+    expires: int
 
 
 @dataclass(frozen=True)
@@ -120,7 +191,11 @@ class Fallback:
     Redis is back.
 
     ``max_keys`` bounds its memory: past that many keys, the least recently
-    used key is forgotten (its count and its block)."""
+    used key is forgotten (its count and its block, or its bucket).
+
+    Token buckets (``gcra``) are scaled the same way: a bucket of ``max(1,
+    floor(burst * share))`` tokens refilled at ``max(1, floor(count *
+    share))`` per period."""
 
     def __init__(
         self, share: float = 1.0, *, max_keys: int = DEFAULT_MAX_KEYS, clock: Callable[[], int] = _monotonic_ms
@@ -136,7 +211,7 @@ class Fallback:
         self._share_ratio = share.as_integer_ratio()
         self.max_keys = max_keys
         self._clock = clock
-        self._logs: OrderedDict[str, _Log] = OrderedDict()
+        self._keys: OrderedDict[str, _Log | _Bucket] = OrderedDict()
         # (expires, key) of every write, soonest first: a key is dropped once
         # the clock passes its expiry (an entry whose key has since moved on
         # is skipped).
@@ -145,8 +220,51 @@ class Fallback:
         self._lock = threading.Lock()
 
     def scaled(self, limit: Limit) -> int:
+        return self._share_of(limit.max)
+
+    def _share_of(self, number: int) -> int:
         numerator, denominator = self._share_ratio
-        return max(1, limit.max * numerator // denominator)
+        return max(1, number * numerator // denominator)
+
+    def gcra(self, key: str, call: GcraCall) -> GcraDecision:
+        """RATELIMIT.GCRA: decides a request of ``call.tokens`` tokens (0
+        asks without charging) against the key's bucket, scaled to the
+        share, and charges it if allowed."""
+        return self.gcra_answer(key, call).decision()
+
+    def gcra_answer(self, key: str, call: GcraCall) -> GcraAnswer:
+        """As ``gcra``, with the waits exact (``GcraAnswer.reply`` gives
+        them in either of the module's units)."""
+        limit = call.limit
+        burst, count, period = self._share_of(limit.burst), self._share_of(limit.count), limit.period_ms
+        with self._lock:
+            clock = self._tick()
+            held = self._live(key, clock)
+            if isinstance(held, _Log):
+                raise RateLimitReplyError(WRONGTYPE)
+            if held is not None:
+                self._keys.move_to_end(key)  # the most recently used
+            # Time never runs backwards for a key: a clock behind its last
+            # charge reads as that charge's time.
+            now = min(max(clock, 1), _LATEST)
+            level = 0
+            if held is not None:
+                now = max(now, held.at)
+                level = _level_at(held, now, burst, count, period)
+            room = burst * period - level
+            # More tokens than a full bucket never fit.
+            need = call.tokens * period if call.tokens <= burst else None
+            if need is None or need > room:
+                retry = None if need is None else need - room
+                return GcraAnswer(True, burst, room // period, retry, level, count)
+            after = level + need
+            if need > 0:
+                expires = now + -(-after // count)
+                self._keys[key] = _Bucket(now, period, after, expires)
+                self._keys.move_to_end(key)
+                self._expire_at(key, expires)
+                self._forget_beyond_the_cap()
+            return GcraAnswer(False, burst, (room - need) // period, None, after, count)
 
     def check(self, key: str, call: Call) -> Decision:
         return self.decide([key], [call], record=True).decision
@@ -187,18 +305,27 @@ class Fallback:
         """Refunds the ``cost`` newest units (fewer if the key holds fewer);
         the block stays, and so does the key's expiry, but a key left with
         no entry goes unless a block in force keeps it until it ends."""
+        return self.undo_all([key], cost)[0]
+
+    def undo_all(self, keys: Sequence[str], cost: int) -> list[int]:
+        """MUNDO: ``undo`` in every key, or (a key holding a token bucket)
+        in none."""
         with self._lock:
             clock = self._tick()
-            log = self._live(key, clock)
-            if log is None:
-                return 0
-            removed = _refund(log, cost)
-            kept = bool(log.entries) or log.now(clock) < log.blocked_until
-            if not kept:
-                del self._logs[key]
-            elif not log.entries and removed > 0:
-                self._expire_at(key, log, log.blocked_until)
-            return removed
+            logs = [self._log(key, clock) for key in keys]
+            return [self._undo(key, log, cost, clock) for key, log in zip(keys, logs, strict=True)]
+
+    def _undo(self, key: str, log: _Log | None, cost: int, clock: int) -> int:
+        if log is None:
+            return 0
+        removed = _refund(log, cost)
+        kept = bool(log.entries) or log.now(clock) < log.blocked_until
+        if not kept:
+            del self._keys[key]
+        elif not log.entries and removed > 0:
+            log.expires = log.blocked_until
+            self._expire_at(key, log.blocked_until)
+        return removed
 
     def unblock(self, key: str, *, reset: bool = False) -> bool:
         """Lifts the key's block, keeping what it counts unless ``reset``
@@ -206,9 +333,9 @@ class Fallback:
         expires with its log, at once if nothing in it is live."""
         with self._lock:
             clock = self._tick()
-            log = self._live(key, clock)
+            log = self._log(key, clock)
             if log is not None and reset:
-                del self._logs[key]
+                del self._keys[key]
             if log is None:
                 return False
             now = log.now(clock)
@@ -219,37 +346,40 @@ class Fallback:
             log.blocked_until = 0
             expires = log.own_expiry()
             if log.entries and expires > now:
-                self._expire_at(key, log, expires)
+                log.expires = expires
+                self._expire_at(key, expires)
             else:
-                del self._logs[key]
+                del self._keys[key]
             return True
 
     def clear(self) -> None:
         """Forgets everything (Redis is back and decides again)."""
         with self._lock:
-            self._logs.clear()
+            self._keys.clear()
             self._expiries.clear()
 
     def __len__(self) -> int:
-        return len(self._logs)
+        return len(self._keys)
 
-    def _held(self, key: str) -> _Held | None:
+    def _held(self, key: str) -> _Held | _HeldBucket | None:
         """What the fallback holds for ``key`` at its clock's reading: None
         when it holds nothing, or only a key past its expiry (which its next
         call forgets)."""
         with self._lock:
-            log = self._logs.get(key)
+            log = self._keys.get(key)
             if log is None or self._clock() > log.expires:
                 return None
+            if isinstance(log, _Bucket):
+                return _HeldBucket(log.at, log.period, log.level, log.expires)
             entries = tuple((entry.at, entry.cost) for entry in log.entries)
             return _Held(entries, log.window_ms if entries else 0, log.blocked_until, log.expires)
 
     # -- one key of a call ----------------------------------------------------
 
     def _key(self, name: str, call: Call, clock: int) -> _Key:
-        log = self._live(name, clock)
+        log = self._log(name, clock)
         if log is not None:
-            self._logs.move_to_end(name)  # the most recently used
+            self._keys.move_to_end(name)  # the most recently used
         return _Key(name, call, log if log is not None else _Log(), [self.scaled(limit) for limit in call.limits])
 
     def _peek(self, key: _Key, clock: int) -> Decision:
@@ -293,20 +423,21 @@ class Fallback:
         if not key.changed:
             return
         if key.log.exists():
-            self._logs[key.name] = key.log
-            self._expire_at(key.name, key.log, key.log.own_expiry())
+            self._keys[key.name] = key.log
+            key.log.expires = key.log.own_expiry()
+            self._expire_at(key.name, key.log.expires)
         else:
-            self._logs.pop(key.name, None)
+            self._keys.pop(key.name, None)
 
     # -- expiry and the cap ---------------------------------------------------
 
-    def _expire_at(self, name: str, log: _Log, expires: int) -> None:
-        log.expires = expires
+    def _expire_at(self, name: str, expires: int) -> None:
+        """Notes the key's expiry (already set on what it holds)."""
         heapq.heappush(self._expiries, (expires, name))
         # Entries of keys since rewritten or gone pile up: rebuilt from the
         # keys held when they outnumber them.
-        if len(self._expiries) > 2 * len(self._logs) + 64:
-            self._expiries = [(held.expires, key) for key, held in self._logs.items()]
+        if len(self._expiries) > 2 * len(self._keys) + 64:
+            self._expiries = [(held.expires, key) for key, held in self._keys.items()]
             heapq.heapify(self._expiries)
 
     def _tick(self) -> int:
@@ -318,30 +449,52 @@ class Fallback:
             self._expire(clock)
         return clock
 
-    def _live(self, name: str, clock: int) -> _Log | None:
-        """The key's log if the key exists at ``clock``: one past its expiry
+    def _live(self, name: str, clock: int) -> _Log | _Bucket | None:
+        """What the key holds if it exists at ``clock``: one past its expiry
         is dropped when a call names it, as a server expires a key on access
         (the model's rule: if the clock steps back before that, it is there
         again; the fallback's monotonic clock never does)."""
-        log = self._logs.get(name)
-        if log is not None and clock > log.expires:
-            del self._logs[name]
+        held = self._keys.get(name)
+        if held is not None and clock > held.expires:
+            del self._keys[name]
             return None
-        return log
+        return held
+
+    def _log(self, name: str, clock: int) -> _Log | None:
+        """The key's log, for a sliding-window operation: WRONGTYPE if the
+        key holds a token bucket."""
+        held = self._live(name, clock)
+        if isinstance(held, _Bucket):
+            raise RateLimitReplyError(WRONGTYPE)
+        return held
 
     def _expire(self, clock: int) -> None:
         """Drops every key whose expiry the clock has passed."""
         while self._expiries and self._expiries[0][0] < clock:
             _, name = heapq.heappop(self._expiries)
-            log = self._logs.get(name)
-            if log is not None and log.expires < clock:
-                del self._logs[name]
+            held = self._keys.get(name)
+            if held is not None and held.expires < clock:
+                del self._keys[name]
 
     def _forget_beyond_the_cap(self) -> None:
         # After the call's writes, so a call over several keys never loses
         # one of its own keys midway.
-        while len(self._logs) > self.max_keys:
-            self._logs.popitem(last=False)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+
+
+def _level_at(bucket: _Bucket, now: int, burst: int, count: int, period: int) -> int:
+    """The units ``bucket`` holds at ``now`` under a limit of ``burst``
+    tokens, ``count`` per ``period`` ms: what it held after its last charge
+    (the same units under the same period, at most a full bucket; under
+    another period its tokens, a partly drained one counted whole, at most
+    ``burst``, in units of this period), less what drained since."""
+    if bucket.period == period:
+        held = min(bucket.level, burst * period)
+    else:
+        tokens = -(-bucket.level // bucket.period)
+        held = min(tokens, burst) * period
+    return max(0, held - (now - bucket.at) * count)
 
 
 def _limits(key: _Key, now: int) -> Decision:

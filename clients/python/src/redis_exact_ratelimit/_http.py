@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._core import (
     Decision,
+    GcraDecision,
+    GcraLimit,
     Limit,
     Limits,
     MultiDecision,
     RateLimitReplyError,
     make_call,
+    make_gcra_call,
     policy_names,
     seconds_ceil,
     validate_block_ms,
@@ -47,13 +50,14 @@ class Verdict:
     ``"unavailable"`` (Redis unreachable and failing closed: 503);
     ``headers`` are the fields the default answer sets; ``keys`` the keys
     checked (one, or several with a ``keys`` function: then ``decision``
-    is a :class:`MultiDecision` that names the keys that denied);
-    ``policy`` the name of the policy that binds (the one ``RateLimit``
-    names)."""
+    is a :class:`MultiDecision` that names the keys that denied; with a
+    ``gcra`` limit, a :class:`GcraDecision`); ``cost`` the request's cost
+    (a token bucket's tokens); ``policy`` the name of the policy that
+    binds (the one ``RateLimit`` names)."""
 
     passed: bool
     reason: Reason
-    decision: Decision
+    decision: Decision | GcraDecision
     keys: tuple[str, ...]
     cost: int
     headers: dict[str, str] = field(default_factory=dict)
@@ -128,7 +132,22 @@ def rate_limit_headers(named: Named, decision: Decision) -> dict[str, str]:
     return headers
 
 
-def outcome_of(decision: Decision, shadow: bool) -> Outcome:
+def gcra_headers(name: str, limit: GcraLimit, decision: GcraDecision) -> dict[str, str]:
+    """A token bucket's fields: RateLimit-Policy with the bucket (q) and
+    the seconds a full bucket takes to refill (w); RateLimit with the
+    tokens remaining and the seconds until the bucket is empty (t);
+    Retry-After on a refusal, unless the request can never fit."""
+    refill = -(-limit.burst * limit.period_ms // (limit.count * 1000))
+    headers = {
+        "RateLimit-Policy": f'"{name}";q={limit.burst};w={refill}',
+        "RateLimit": f'"{name}";r={decision.remaining};t={seconds_ceil(decision.reset_after_ms)}',
+    }
+    if not decision.allowed and decision.retry_after_ms >= 0:
+        headers["Retry-After"] = str(max(1, seconds_ceil(decision.retry_after_ms)))
+    return headers
+
+
+def outcome_of(decision: Decision | GcraDecision, shadow: bool) -> Outcome:
     if decision.source in ("fail_open", "fail_closed"):
         return decision.source
     if not decision.allowed and shadow:
@@ -148,13 +167,18 @@ KeysResult = Mapping[str, Limits] | None
 ``<name>:``) with its own limits, all decided together; None skips."""
 
 
-def check_subjects(limits: object, key: object, keys: object) -> None:
+def check_subjects(limits: object, key: object, keys: object, gcra: object = None) -> None:
     """A route limits one key (``limits``, and ``key`` or the client
-    address) or several (``keys``, which gives each key its limits)."""
-    if keys is None and limits is None:
-        raise ValueError("give limits (one key: the client address, or key=) or keys= (several keys)")
+    address), several (``keys``, which gives each key its limits), or one
+    key with a token bucket (``gcra``, and ``key`` or the client address)."""
+    if keys is None and limits is None and gcra is None:
+        raise ValueError(
+            "give limits (one key: the client address, or key=), keys= (several keys) or gcra= (a token bucket)"
+        )
     if keys is not None and (limits is not None or key is not None):
         raise ValueError("keys= gives every key its own limits: give it without limits and key")
+    if gcra is not None and (limits is not None or keys is not None):
+        raise ValueError("gcra= is a token bucket on one key: give it without limits and keys")
 
 
 @dataclass(frozen=True)
@@ -169,7 +193,9 @@ class Route:
     status >= 500; a handler that raises is refunded too), ``block_ms``
     (a denial blocks the keys whose limits denied, for that long),
     ``shadow`` (decide and record as usual, never deny: no 429, no
-    RateLimit fields; what would have been denied is logged and counted)."""
+    RateLimit fields; what would have been denied is logged and counted),
+    ``gcra`` (instead of ``limits``: a token bucket on the key, charged
+    ``cost`` tokens a request; no refund and no block)."""
 
     limits: Limits | Callable[..., Limits | None] | None
     name: str = "default"
@@ -178,12 +204,19 @@ class Route:
     keys: Callable[..., KeysResult | Awaitable[KeysResult]] | None = None
     block_ms: int | None = None
     shadow: bool = False
+    gcra: GcraLimit | None = None
 
     def __post_init__(self) -> None:
         # Fails at start-up, not on the first request.
         if self.limits is not None and not callable(self.limits):
             make_call(self.limits, self.cost if isinstance(self.cost, int) else 1)
         validate_block_ms(self.block_ms)
+        if self.gcra is not None:
+            make_gcra_call(self.gcra, self.cost if isinstance(self.cost, int) else 1)
+            if self.block_ms is not None:
+                raise ValueError("gcra= is a token bucket, which has no block: give it without block_ms")
+            if self.refund_when is not server_error:
+                raise ValueError("gcra= is a token bucket, which has no refund: give it without refund_when")
 
     def limits_for(self, request: object) -> list[Limit] | None:
         chosen = self.limits(request) if callable(self.limits) else self.limits
@@ -207,6 +240,23 @@ class Route:
         keys = tuple(checked)
         named = named_policies(list(checked.values()), self.name)
         policy = named[binding_position(decision)][0][0]
+        return self._verdict(decision, keys, cost, policy, lambda: rate_limit_headers(named, decision), metrics)
+
+    def gcra_verdict(self, decision: GcraDecision, key: str, cost: int, metrics: Metrics) -> Verdict:
+        """The verdict on a token-bucket request (``gcra``)."""
+        assert self.gcra is not None
+        limit, policy = self.gcra, self.gcra.name or self.name
+        return self._verdict(decision, (key,), cost, policy, lambda: gcra_headers(policy, limit, decision), metrics)
+
+    def _verdict(
+        self,
+        decision: Decision | GcraDecision,
+        keys: tuple[str, ...],
+        cost: int,
+        policy: str,
+        headers_of: Callable[[], dict[str, str]],
+        metrics: Metrics,
+    ) -> Verdict:
         outcome = outcome_of(decision, self.shadow)
         metrics.decision(policy, outcome)
         if self.shadow:
@@ -217,7 +267,7 @@ class Route:
             retry = str(max(1, seconds_ceil(decision.retry_after_ms)))
             return Verdict(False, "unavailable", decision, keys, cost, {"Retry-After": retry}, policy)
         # Failing open serves without claiming a quota nobody counted.
-        headers = {} if decision.source == "fail_open" else rate_limit_headers(named, decision)
+        headers = {} if decision.source == "fail_open" else headers_of()
         return Verdict(decision.allowed, "limited", decision, keys, cost, headers, policy)
 
 
@@ -245,6 +295,14 @@ def judging(
         several = len(checked) > 1
         decision = yield limiter.check_all(checked, cost=cost, block_ms=route.block_ms, per_key_remaining=several)
         return route.verdict(decision, checked, cost, limiter.metrics)
+    if route.gcra is not None:
+        ident = yield key(request)
+        if ident is None:
+            return None
+        full = route.key_for(ident)
+        tokens = route.cost_for(request)
+        bucket = yield limiter.gcra(full, route.gcra, tokens)
+        return route.gcra_verdict(bucket, full, tokens, limiter.metrics)
     limits = route.limits_for(request)
     if limits is None:
         return None
@@ -258,11 +316,12 @@ def judging(
 
 
 def refunding(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict) -> Judging[None]:
-    """Refunds an allowed request in every key it was charged to. An error
-    about the call (its check met none, so it is all but impossible here)
-    is not raised: it would hide the response or the handler's own error;
-    an outage is logged by the limiter."""
-    if not verdict.decision.allowed:
+    """Refunds an allowed request in every key it was charged to (a token
+    bucket has no refund). An error about the call (its check met none, so
+    it is all but impossible here) is not raised: it would hide the
+    response or the handler's own error; an outage is logged by the
+    limiter."""
+    if not verdict.decision.allowed or isinstance(verdict.decision, GcraDecision):
         return
     try:
         if isinstance(verdict.decision, MultiDecision):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ._core import Backend, Call, Decision, RateLimitUnavailable
+from ._core import Backend, Call, Decision, GcraCall, GcraDecision, RateLimitUnavailable
 from ._fallback import Answer, Fallback
 
 logger = logging.getLogger("redis_exact_ratelimit")
@@ -167,8 +167,21 @@ class Policy:
             return Answer(Decision(True, remaining, 0, 0, "fail_open", why.error), (), ())
         return Answer(Decision(False, 0, max(why.retry_in_ms, 1), 0, "fail_closed", why.error), (), ())
 
+    def gcra_without_redis(self, key: str, call: GcraCall, why: Unavailable) -> GcraDecision:
+        """A token-bucket request: the fallback's bucket, or the policy's
+        answer (failing open: allowed, the bucket less the tokens left)."""
+        if self.fallback is not None:
+            return replace(self.fallback.gcra(key, call), error=why.error)
+        burst = call.limit.burst
+        if self.failure == "open":
+            return GcraDecision(True, burst, max(0, burst - call.tokens), 0, 0, None, "fail_open", why.error)
+        return GcraDecision(False, burst, 0, max(why.retry_in_ms, 1), 0, None, "fail_closed", why.error)
+
     def undo_without_redis(self, key: str, cost: int) -> int:
         return self.fallback.undo(key, cost) if self.fallback is not None else 0
+
+    def undo_all_without_redis(self, keys: Sequence[str], cost: int) -> list[int]:
+        return self.fallback.undo_all(keys, cost) if self.fallback is not None else [0 for _ in keys]
 
     def unblock_without_redis(self, server: str, key: str, reset: bool, why: Unavailable) -> bool:
         """Lifts the fallback's block, if any (and with ``reset`` forgets its

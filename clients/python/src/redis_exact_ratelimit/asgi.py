@@ -1,5 +1,6 @@
 """ASGI middleware (Starlette, FastAPI, any ASGI app): one CHECK per HTTP
-request (one MCHECK over several keys with ``keys=``), the IETF RateLimit
+request (one MCHECK over several keys with ``keys=``, one GCRA with a token
+bucket, ``gcra=``), the IETF RateLimit
 fields, 429 with Retry-After (503 when Redis is unreachable and failing
 closed), a refund when the app raises or answers with a refunded status, a
 hook for the refusal, and shadow mode.
@@ -13,7 +14,7 @@ import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from ._core import Limits
+from ._core import GcraLimit, Limits
 from ._http import KeysResult, Route, Verdict, check_subjects, judging, refunding, server_error, settle_async
 from .asyncio import AsyncRateLimiter
 
@@ -74,11 +75,12 @@ class RateLimitMiddleware:
         block_ms: int | None = None,
         shadow: bool = False,
         on_limited: LimitedHook | None = None,
+        gcra: GcraLimit | None = None,
     ) -> None:
-        check_subjects(limits, key, keys)
+        check_subjects(limits, key, keys, gcra)
         self.app = app
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow)
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow, gcra)
         self.key = key or client_address
         self.on_limited = on_limited
 

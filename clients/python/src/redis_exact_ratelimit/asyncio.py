@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from ._base import LimiterBase, RoundTrip, Steps
-from ._core import Decision, Limits, MultiDecision
+from ._core import Decision, GcraDecision, GcraLimit, Limits, MultiDecision
 from ._fallback import Fallback
 from ._metrics import Metrics
 from ._policy import Unavailable
@@ -64,6 +64,11 @@ class AsyncRateLimiter(LimiterBase):
     ) -> Decision:
         """Would ``check`` allow this request now? Records nothing."""
         return await self._run(self._deciding("peek", key, limits, cost, precision, block_ms))
+
+    async def gcra(self, key: str, limit: GcraLimit, tokens: int = 1) -> GcraDecision:
+        """Decides a request of ``tokens`` tokens against the key's token
+        bucket and charges it if allowed (see :meth:`RateLimiter.gcra`)."""
+        return await self._run(self._gcra_deciding(key, limit, tokens))
 
     async def undo(self, key: str, cost: int = 1, *, decision: Decision | None = None) -> int:
         """Refunds the ``cost`` newest units of the key; returns how many

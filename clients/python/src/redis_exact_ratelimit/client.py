@@ -14,7 +14,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ._base import LimiterBase, RoundTrip, Steps, run
-from ._core import Decision, Limits, MultiDecision
+from ._core import Decision, GcraDecision, GcraLimit, Limits, MultiDecision
 from ._fallback import Fallback
 from ._metrics import Metrics
 from ._policy import Unavailable
@@ -86,6 +86,16 @@ class RateLimiter(LimiterBase):
         """Would ``check`` allow this request now? Records nothing, starts
         no block (``block_ms`` is accepted, so peek takes check's arguments)."""
         return self._run(self._deciding("peek", key, limits, cost, precision, block_ms))
+
+    def gcra(self, key: str, limit: GcraLimit, tokens: int = 1) -> GcraDecision:
+        """Decides a request of ``tokens`` tokens against the key's token
+        bucket (GCRA: ``limit.count`` per ``limit.period_ms`` in bursts of
+        ``limit.max_burst + 1``) and charges it if allowed; ``tokens=0``
+        asks without charging. More tokens than the bucket holds are
+        refused with ``retry_after_ms`` -1. A token bucket has no refund
+        and no block, and a key holds one kind of limit: a sliding-window
+        call on it (or this on a sliding-window key) raises WRONGTYPE."""
+        return self._run(self._gcra_deciding(key, limit, tokens))
 
     def undo(self, key: str, cost: int = 1, *, decision: Decision | None = None) -> int:
         """Refunds the ``cost`` newest units of the key; returns how many

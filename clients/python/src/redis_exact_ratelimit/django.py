@@ -3,7 +3,8 @@
     MIDDLEWARE = [..., "redis_exact_ratelimit.django.RateLimitMiddleware"]
     REDIS_RATELIMIT = {"url": "redis://localhost:6379", "limits": Limit.per_minute(100)}
 
-One CHECK per request (one MCHECK over several keys with ``keys``), the
+One CHECK per request (one MCHECK over several keys with ``keys``, one
+GCRA with a token bucket, ``gcra``), the
 IETF RateLimit fields, 429 with Retry-After (503 when Redis is unreachable
 and failing closed), a refund when the response has a refunded status (a
 view that raises answers 500 by then: refunded by default), a hook for the
@@ -25,7 +26,7 @@ from .client import RateLimiter
 # The options of REDIS_RATELIMIT: where Redis is, then the middleware's
 # (as in redis_exact_ratelimit.wsgi), then the limiter's.
 _REDIS = ("url", "client")
-_ROUTE = ("limits", "key", "keys", "name", "cost", "refund_when", "block_ms", "shadow")
+_ROUTE = ("limits", "key", "keys", "name", "cost", "refund_when", "block_ms", "shadow", "gcra")
 _HOOK = ("on_limited",)
 _LIMITER = ("prefix", "timeout", "fail_open", "fallback", "retry_after_failure", "metrics")
 
@@ -44,7 +45,7 @@ def client_address(request: HttpRequest) -> str | None:
 class RateLimitMiddleware:
     """Limits every request as ``settings.REDIS_RATELIMIT`` says: ``url``
     (or ``client``, a ``redis.Redis`` or ``RedisCluster``); ``limits`` and
-    ``key``, or ``keys``; and any option of the WSGI middleware (``name``,
+    ``key``, or ``keys``, or ``gcra`` (a token bucket) and ``key``; and any option of the WSGI middleware (``name``,
     ``cost``, ``refund_when``, ``block_ms``, ``shadow``, ``on_limited``)
     or of the limiter (``prefix``, ``timeout``, ``fail_open``,
     ``fallback``, ``retry_after_failure``, ``metrics``)."""
@@ -56,7 +57,7 @@ class RateLimitMiddleware:
         self.get_response = get_response
         config = _settings()
         route = {name: config[name] for name in _ROUTE if name in config}
-        check_subjects(route.get("limits"), route.get("key"), route.get("keys"))
+        check_subjects(route.get("limits"), route.get("key"), route.get("keys"), route.get("gcra"))
         self.key = route.pop("key", None) or client_address
         self.route = Route(route.pop("limits", None), **route)
         self.on_limited: LimitedHook | None = config.get("on_limited")

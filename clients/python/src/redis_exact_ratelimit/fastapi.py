@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import HTTPException, Request, Response
 
-from ._core import Limits
+from ._core import GcraLimit, Limits
 from ._http import KeysResult, Route, Verdict, check_subjects, server_error
 from .asgi import judge, refund
 from .asyncio import AsyncRateLimiter
@@ -35,8 +35,9 @@ def client_address(request: Request) -> str | None:
 
 
 class RateLimit:
-    """A dependency: ``Depends(RateLimit(limiter, limits, ...))``. The
-    options are the middleware's (``redis_exact_ratelimit.asgi``); the key
+    """A dependency: ``Depends(RateLimit(limiter, limits, ...))`` (or
+    ``RateLimit(limiter, gcra=GcraLimit(...))``). The options are the
+    middleware's (``redis_exact_ratelimit.asgi``); the key
     function receives the Starlette ``Request``."""
 
     def __init__(
@@ -52,10 +53,11 @@ class RateLimit:
         block_ms: int | None = None,
         shadow: bool = False,
         on_limited: LimitedHook | None = None,
+        gcra: GcraLimit | None = None,
     ) -> None:
-        check_subjects(limits, key, keys)
+        check_subjects(limits, key, keys, gcra)
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow)
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow, gcra)
         self.key = key or client_address
         self.on_limited = on_limited
 

@@ -19,7 +19,7 @@ from flask import Request, Response, make_response, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from ._core import Limits
+from ._core import GcraLimit, Limits
 from ._http import KeysResult, Route, Verdict, check_subjects, server_error
 from .client import RateLimiter
 from .wsgi import judge, refund
@@ -52,9 +52,10 @@ def rate_limit(
     block_ms: int | None = None,
     shadow: bool = False,
     on_limited: LimitedHook | None = None,
+    gcra: GcraLimit | None = None,
 ) -> Callable[[View], View]:
-    check_subjects(limits, key, keys)
-    route = Route(limits, name, cost, refund_when, keys, block_ms, shadow)
+    check_subjects(limits, key, keys, gcra)
+    route = Route(limits, name, cost, refund_when, keys, block_ms, shadow, gcra)
     by_key = key or client_address
 
     def decorate(view: View) -> View:

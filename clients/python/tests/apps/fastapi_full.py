@@ -1,7 +1,9 @@
 """A FastAPI app with every feature the tests drive: the middleware on
 /mw/*, the dependency on /dep/*, a failing route of each, a hook, the
 middleware over several keys (user, IP, tenant) on /multi/* and (user,
-tenant) on /bind/*, shadow mode on /shadow/*, and metrics on /metrics."""
+tenant) on /bind/*, shadow mode on /shadow/*, a token bucket in the
+middleware on /gmw/* and in the dependency on /gdep, and metrics on
+/metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import redis.asyncio as redis
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
-from settings import REGISTRY, limiter_options, redis_options, user_and_tenant, user_then_ip
+from settings import BUCKET, REGISTRY, ROUTE_BUCKET, limiter_options, redis_options, user_and_tenant, user_then_ip
 
 from redis_exact_ratelimit import AsyncRateLimiter, Limit, Limits, Verdict
 from redis_exact_ratelimit.asgi import RateLimitMiddleware, Scope, header_key
@@ -67,6 +69,19 @@ def shadow_limits(scope: Scope) -> Limit | None:
     return Limit.per_minute(2) if str(scope["path"]).startswith("/shadow/") else None
 
 
+def bucket_user(scope: Scope) -> str | None:
+    """The token bucket's key on /gmw/*: the user (other paths: not limited)."""
+    return header_key("x-user")(scope) if str(scope["path"]).startswith("/gmw/") else None
+
+
+def scope_tokens(scope: Scope) -> int:
+    return int(header_key("x-tokens")(scope) or 1)
+
+
+def request_tokens(request: Request) -> int:
+    return int(request.headers.get("x-tokens", 1))
+
+
 app = FastAPI()
 app.mount("/metrics", make_asgi_app(REGISTRY))
 app.add_middleware(RateLimitMiddleware, limiter=limiter, limits=middleware_limits, key=header_key("x-user"), name="mw")
@@ -83,6 +98,8 @@ app.add_middleware(
     on_limited=slow_down_response,
 )
 app.add_middleware(RateLimitMiddleware, limiter=limiter, keys=user_ip_tenant, name="multi")
+app.add_middleware(RateLimitMiddleware, limiter=limiter, gcra=BUCKET, key=bucket_user, name="gmw", cost=scope_tokens)
+per_user_bucket = RateLimit(limiter, gcra=ROUTE_BUCKET, key=user, name="gdep", cost=request_tokens)
 per_user = RateLimit(limiter, TEN, key=user, name="dep")
 
 
@@ -153,6 +170,21 @@ async def bind_ok() -> dict[str, str]:
 @app.get("/shadow/ok")
 async def shadow_ok() -> dict[str, str]:
     return {"ok": "shadow"}
+
+
+@app.get("/gmw/ok")
+async def gmw_ok() -> dict[str, str]:
+    return {"ok": "gmw"}
+
+
+@app.get("/gmw/boom")
+async def gmw_boom() -> dict[str, str]:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/gdep", dependencies=[Depends(per_user_bucket)])
+async def gdep() -> dict[str, str]:
+    return {"ok": "gdep"}
 
 
 @app.get("/backend")

@@ -1,7 +1,9 @@
 """A Flask app with every feature the tests drive: the WSGI middleware on
 /mw/*, the decorator on /dec/*, a failing route of each, a hook, the
 middleware over several keys (user, IP, tenant) on /multi/* and (user,
-tenant) on /bind/*, shadow mode on /shadow/*, and metrics on /metrics."""
+tenant) on /bind/*, shadow mode on /shadow/*, a token bucket in the
+middleware on /gmw/* and in the decorator on /gdec, and metrics on
+/metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import redis
 from flask import Flask, Request, jsonify
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from settings import REGISTRY, limiter_options, redis_options, user_and_tenant, user_then_ip
+from settings import BUCKET, REGISTRY, ROUTE_BUCKET, limiter_options, redis_options, user_and_tenant, user_then_ip
 from werkzeug.wrappers import Response
 
 from redis_exact_ratelimit import Limit, Limits, RateLimiter, Verdict
@@ -66,6 +68,19 @@ def shadow_limits(environ: WSGIEnvironment) -> Limit | None:
     return Limit.per_minute(2) if str(environ["PATH_INFO"]).startswith("/shadow/") else None
 
 
+def bucket_user(environ: WSGIEnvironment) -> str | None:
+    """The token bucket's key on /gmw/*: the user (other paths: not limited)."""
+    return environ.get("HTTP_X_USER") if str(environ["PATH_INFO"]).startswith("/gmw/") else None
+
+
+def environ_tokens(environ: WSGIEnvironment) -> int:
+    return int(environ.get("HTTP_X_TOKENS", 1))
+
+
+def request_tokens(request: Request) -> int:
+    return int(request.headers.get("X-Tokens", 1))
+
+
 app = Flask(__name__)
 by_user = header_key("X-User")
 app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, keys=bound_keys, name="bind")  # type: ignore[method-assign]
@@ -74,6 +89,9 @@ app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
 )
 app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=middleware_limits, key=by_user, name="mw")  # type: ignore[method-assign]
 app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, keys=user_ip_tenant, name="multi")  # type: ignore[method-assign]
+app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
+    app.wsgi_app, limiter=limiter, gcra=BUCKET, key=bucket_user, name="gmw", cost=environ_tokens
+)
 app.wsgi_app = RateLimitMiddleware(  # type: ignore[method-assign]
     app.wsgi_app,
     limiter=limiter,
@@ -151,6 +169,22 @@ def bind_ok() -> ResponseReturnValue:
 @app.get("/shadow/ok")
 def shadow_ok() -> ResponseReturnValue:
     return {"ok": "shadow"}
+
+
+@app.get("/gmw/ok")
+def gmw_ok() -> ResponseReturnValue:
+    return {"ok": "gmw"}
+
+
+@app.get("/gmw/boom")
+def gmw_boom() -> ResponseReturnValue:
+    raise RuntimeError("the handler failed")
+
+
+@app.get("/gdec")
+@rate_limit(limiter, gcra=ROUTE_BUCKET, key=user, name="gdec", cost=request_tokens)
+def gdec() -> ResponseReturnValue:
+    return {"ok": "gdec"}
 
 
 @app.get("/metrics")

@@ -8,11 +8,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from redis_exact_ratelimit import Fallback, Limit, Limits
+from redis_exact_ratelimit import Fallback, GcraLimit, Limit, Limits
 from redis_exact_ratelimit.prometheus import PrometheusMetrics
 
 # The app's metrics, served at /metrics.
 REGISTRY = CollectorRegistry()
+
+# The token bucket of both apps' middleware (/gmw/*): 4 tokens, 1 a minute.
+BUCKET = GcraLimit(3, 1, 60_000)
+# Per route (FastAPI's dependency, Flask's decorator): 2 tokens, 1 a
+# minute, the policy named by the limit.
+ROUTE_BUCKET = GcraLimit(1, 1, 60_000, name="bucket")
 
 
 def limiter_options() -> dict[str, Any]:
