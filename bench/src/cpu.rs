@@ -16,8 +16,8 @@
 //! machine are not. Issue 27's settlements stand beside one CHECK: a
 //! CHARGE alone, and "reserve and settle", a request that reserves its
 //! estimate (CHECK COST estimate) and settles the rest of its actual cost
-//! after its response (CHARGE COST actual - estimate), two commands
-//! counted as one request. Written to bench/results/cpu.csv.
+//! after its response (CHARGE COST actual - estimate, or UNDO COST
+//! estimate - actual), two commands counted as one request. Written to bench/results/cpu.csv.
 
 use crate::approaches::{self, client_clock_ms};
 use harness::{twin_library, twin_script, Server};
@@ -242,8 +242,10 @@ fn pipeline(con: &mut Connection, request: &[Call]) {
 /// A token budget of 10,000 a minute: a reservation alone (CHECK COST
 /// 100, the same request never settled), a CHARGE alone (a settlement of
 /// 20 units), and a request that reserves an estimate of 100 with CHECK
-/// and settles its actual 120 with CHARGE COST 20. Ten of each per key
-/// stay within the budget.
+/// and settles its actual cost: 120 with CHARGE COST 20, or 80 with UNDO
+/// COST 20 (an estimate that bounds the cost, such as a completion's
+/// `max_tokens`, settles this way). Ten of each per key stay within the
+/// budget.
 fn settlements() -> Vec<(&'static str, Request)> {
     let budget = |name: &str, prefix: &'static str, cost: u64| -> Call {
         let name = name.to_string();
@@ -271,6 +273,19 @@ fn settlements() -> Vec<(&'static str, Request)> {
             vec![
                 budget("RATELIMIT.CHECK", "settle", 100),
                 budget("RATELIMIT.CHARGE", "settle", 20),
+            ],
+        ),
+        (
+            "reserve and settle below the estimate: CHECK COST estimate + UNDO COST (estimate - actual)",
+            vec![
+                budget("RATELIMIT.CHECK", "refund", 100),
+                Box::new(|i| {
+                    redis::cmd("RATELIMIT.UNDO")
+                        .arg(format!("refund:{i}"))
+                        .arg("COST")
+                        .arg(20)
+                        .clone()
+                }),
             ],
         ),
     ]
