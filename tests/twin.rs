@@ -243,7 +243,7 @@ fn the_eval_form_runs_without_a_loaded_script() {
     assert_eq!(
         unknown.map_err(|e| e.detail().unwrap_or_default().to_string()),
         Err(
-            "unknown operation 'CHECK' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock and gcra)"
+            "unknown operation 'CHECK' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock, gcra, charge and mcharge)"
                 .into()
         )
     );
