@@ -72,6 +72,19 @@ fn the_least_privilege_user_runs_everything_and_replaces_nothing() {
             "5",
         ],
         &["RATELIMIT.MUNDO", "2", "a", "b"],
+        &["RATELIMIT.CHARGE", "k", "60000", "5", "COST", "9"],
+        &[
+            "RATELIMIT.MCHARGE",
+            "2",
+            "a",
+            "b",
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+        ],
     ];
     for caller in [&module, &twin, &script] {
         for words in calls {
