@@ -21,6 +21,7 @@ from ._core import (
     RateLimitInputError,
     RateLimitReplyError,
     RateLimitUnavailable,
+    Settlement,
     Source,
 )
 from ._fallback import Fallback
@@ -42,6 +43,7 @@ __all__ = [
     "RateLimitReplyError",
     "RateLimitUnavailable",
     "RateLimiter",
+    "Settlement",
     "Source",
     "Verdict",
 ]
