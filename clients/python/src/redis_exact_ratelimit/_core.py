@@ -4,10 +4,11 @@ of the script twin, and the reading of replies. No I/O here."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 MAX_WINDOW_MS = 31_536_000_000
 MAX_MAX = 2**63 - 1
@@ -175,7 +176,7 @@ class Settlement:
     within the limiter's ``settle_retry`` seconds (then ``error`` holds
     the cause, and the settlement was logged with its amount).
 
-    ``charged`` is the units charged (a CHARGE of actual − estimate when
+    ``charged`` is the units charged (a CHARGE of actual - estimate when
     the request cost more), ``refunded`` the units an UNDO removed (when it
     cost less; fewer than asked if the window had already dropped some).
     After a charge ``over`` is the most, over the limits (and the keys),
@@ -200,6 +201,61 @@ class Settlement:
     @property
     def over_keys(self) -> tuple[str, ...]:
         return tuple(self.keys[position] for position in self.over_positions)
+
+
+D = TypeVar("D", bound=Decision, covariant=True)
+
+
+class RateLimitSettled(RuntimeError):
+    """A reservation was settled already: each is settled once."""
+
+
+class Reservation(Generic[D]):
+    """A request's cost reserved before it runs (``reserve``): its
+    ``decision`` (a :class:`Decision`, or a :class:`MultiDecision` over
+    several keys) as ``check`` or ``check_all`` answers, ``estimate`` units
+    reserved if allowed, the ``keys`` as given. Pass it to ``settle`` with
+    the actual cost once it is known, once."""
+
+    def __init__(
+        self,
+        decision: D,
+        estimate: int,
+        limits: Mapping[str, tuple[Limit, ...]],
+        precision: int | None,
+        multi: bool,
+    ) -> None:
+        self.decision = decision
+        self.estimate = estimate
+        self.limits = dict(limits)
+        self.precision = precision
+        self.multi = multi
+        self._settled = False
+        self._lock = threading.Lock()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.limits)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def claim(self) -> None:
+        """Marks it settled, or raises if it was."""
+        with self._lock:
+            if self._settled:
+                raise RateLimitSettled(f"this reservation on {', '.join(map(repr, self.keys))} was settled already")
+            self._settled = True
+
+    def release(self) -> None:
+        """Unsettled again: its settlement was refused before anything was recorded."""
+        with self._lock:
+            self._settled = False
+
+    def __repr__(self) -> str:
+        state = "settled" if self._settled else "unsettled"
+        return f"Reservation(keys={self.keys!r}, estimate={self.estimate}, decision={self.decision!r}, {state})"
 
 
 @dataclass(frozen=True)
