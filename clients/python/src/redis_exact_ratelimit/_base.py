@@ -232,6 +232,7 @@ class LimiterBase:
         limits: Limits | None,
         estimate: int,
         precision: int | None,
+        block_ms: int | None,
         per_key_remaining: bool,
     ) -> Steps[Reservation[Decision]]:
         """CHECK (one key) or MCHECK (a mapping of keys to limits) of
@@ -241,13 +242,15 @@ class LimiterBase:
                 raise RateLimitInputError("give several keys as a mapping of key to limits, without limits")
             # Validated as the settlement's charge will be, before anything is sent.
             charges = make_multi_charge_call(key, 1, precision)
-            multi: Decision = yield from self._deciding_all("mcheck", key, estimate, precision, None, per_key_remaining)
+            multi: Decision = yield from self._deciding_all(
+                "mcheck", key, estimate, precision, block_ms, per_key_remaining
+            )
             kept = {name: call.limits for name, call in zip(charges.keys, charges.calls, strict=True)}
             return Reservation(multi, estimate, kept, precision, True)
         if limits is None:
             raise RateLimitInputError(f"give the limits of key {key!r}")
         charge = make_charge_call(limits, 1, precision)
-        one = yield from self._deciding("check", key, limits, estimate, precision, None)
+        one = yield from self._deciding("check", key, limits, estimate, precision, block_ms)
         return Reservation(one, estimate, {validate_key(key): charge.limits}, precision, False)
 
     def _settling(self, reservation: Reservation[Decision], actual: int) -> Steps[Settlement]:

@@ -112,7 +112,7 @@ class AsyncRateLimiter(LimiterBase):
 
     @overload
     async def reserve(
-        self, key: str, limits: Limits, *, estimate: int, precision: int | None = None
+        self, key: str, limits: Limits, *, estimate: int, precision: int | None = None, block_ms: int | None = None
     ) -> Reservation[Decision]: ...
 
     @overload
@@ -123,6 +123,7 @@ class AsyncRateLimiter(LimiterBase):
         *,
         estimate: int,
         precision: int | None = None,
+        block_ms: int | None = None,
         per_key_remaining: bool = False,
     ) -> Reservation[MultiDecision]: ...
 
@@ -133,10 +134,11 @@ class AsyncRateLimiter(LimiterBase):
         *,
         estimate: int,
         precision: int | None = None,
+        block_ms: int | None = None,
         per_key_remaining: bool = False,
     ) -> Reservation[Decision] | Reservation[MultiDecision]:
         """Reserves ``estimate`` units (see :meth:`RateLimiter.reserve`)."""
-        return await self._run(self._reserving(key, limits, estimate, precision, per_key_remaining))
+        return await self._run(self._reserving(key, limits, estimate, precision, block_ms, per_key_remaining))
 
     async def settle(self, reservation: Reservation[Decision], actual: int) -> Settlement:
         """Settles a reservation with the actual cost (see :meth:`RateLimiter.settle`)."""

@@ -151,7 +151,7 @@ class RateLimiter(LimiterBase):
 
     @overload
     def reserve(
-        self, key: str, limits: Limits, *, estimate: int, precision: int | None = None
+        self, key: str, limits: Limits, *, estimate: int, precision: int | None = None, block_ms: int | None = None
     ) -> Reservation[Decision]: ...
 
     @overload
@@ -162,6 +162,7 @@ class RateLimiter(LimiterBase):
         *,
         estimate: int,
         precision: int | None = None,
+        block_ms: int | None = None,
         per_key_remaining: bool = False,
     ) -> Reservation[MultiDecision]: ...
 
@@ -172,6 +173,7 @@ class RateLimiter(LimiterBase):
         *,
         estimate: int,
         precision: int | None = None,
+        block_ms: int | None = None,
         per_key_remaining: bool = False,
     ) -> Reservation[Decision] | Reservation[MultiDecision]:
         """Reserves ``estimate`` units for a request whose cost is known
@@ -179,7 +181,7 @@ class RateLimiter(LimiterBase):
         ``check_all`` (a mapping of keys to their limits) with ``cost=estimate``.
         ``reservation.decision`` is that answer; settle it with the actual
         cost once known (``settle``)."""
-        return self._run(self._reserving(key, limits, estimate, precision, per_key_remaining))
+        return self._run(self._reserving(key, limits, estimate, precision, block_ms, per_key_remaining))
 
     def settle(self, reservation: Reservation[Decision], actual: int) -> Settlement:
         """Settles a reservation with the request's actual cost: refunds
