@@ -462,7 +462,13 @@ def run(steps: Steps[T], round_trip: Callable[[RoundTrip[Any]], Any]) -> T:
     try:
         trip = next(steps)
         while True:
-            trip = steps.send(round_trip(trip))
+            try:
+                outcome = round_trip(trip)
+            except Exception as error:
+                # Raised where the operation waits (a settlement unclaims itself).
+                trip = steps.throw(error)
+            else:
+                trip = steps.send(outcome)
     except StopIteration as stop:
         answer: T = stop.value
         return answer

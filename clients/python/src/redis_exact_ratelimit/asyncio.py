@@ -159,7 +159,13 @@ class AsyncRateLimiter(LimiterBase):
         try:
             trip = next(steps)
             while True:
-                trip = steps.send(await self._call(trip))
+                try:
+                    outcome = await self._call(trip)
+                except Exception as error:
+                    # Raised where the operation waits (a settlement unclaims itself).
+                    trip = steps.throw(error)
+                else:
+                    trip = steps.send(outcome)
         except StopIteration as stop:
             answer: T = stop.value
             return answer
