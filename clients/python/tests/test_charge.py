@@ -416,3 +416,40 @@ def test_wsgi_settles_once_the_body_is_closed(server: Server) -> None:
     assert limiter.peek(key, Limit.per_minute(100)).remaining == 80  # not settled before close
     body.close()  # type: ignore[attr-defined]
     assert limiter.peek(key, Limit.per_minute(100)).remaining == 93
+
+
+# -- the twin settles as the module does --------------------------------------
+
+
+def test_the_twin_settles_as_the_module(module_server: Server, twin_server: Server) -> None:
+    """One sequence of reservations, settlements and charges on a server
+    with the module and on one without: the same answers, call by call
+    (waits within the ms the two servers' calls lie apart)."""
+    needs_charge(twin_server)
+    run = uuid.uuid4().hex
+    one, a, b = f"{run}:one", f"{{{run}}}:a", f"{{{run}}}:b"
+    keyed = {a: [Limit(1000, 5), Limit(60_000, 8)], b: Limit(60_000, 100)}
+    answers: list[list[Any]] = []
+    waits: list[list[int]] = []
+    for server in (module_server, twin_server):
+        limiter = RateLimiter(server.client())
+        seen: list[Any] = []
+        waited: list[int] = []
+        for estimate, actual in ((4, 2), (3, 9), (1, 1), (2, 0)):
+            reservation = limiter.reserve(one, [Limit(1000, 5), Limit(60_000, 10)], estimate=estimate)
+            settled = limiter.settle(reservation, actual)
+            seen.append((reservation.decision.allowed, reservation.decision.remaining))
+            seen.append((settled.source, settled.charged, settled.refunded, settled.over, settled.remaining))
+            waited.append(settled.retry_after_ms)
+        multi = limiter.reserve(keyed, estimate=2)
+        settled = limiter.settle(multi, 10)
+        seen.append((settled.charged, settled.over, settled.remaining, settled.over_keys))
+        waited.append(settled.retry_after_ms)
+        charged = limiter.charge(one, Limit(60_000, 3), cost=20, precision=100)
+        seen.append((charged.over, charged.remaining))
+        waited += [charged.retry_after_ms, charged.reset_after_ms or 0]
+        answers.append(seen)
+        waits.append(waited)
+        assert limiter.backend == ("module" if server.module else "twin")
+    assert answers[0] == answers[1]
+    assert all(abs(m - t) <= 1000 for m, t in zip(*waits, strict=True)), waits
