@@ -29,6 +29,7 @@ from redis_exact_ratelimit import (
     AsyncRateLimiter,
     Fallback,
     Limit,
+    Limits,
     RateLimiter,
     RateLimitInputError,
     RateLimitReplyError,
@@ -428,7 +429,7 @@ def test_the_twin_settles_as_the_module(module_server: Server, twin_server: Serv
     needs_charge(twin_server)
     run = uuid.uuid4().hex
     one, a, b = f"{run}:one", f"{{{run}}}:a", f"{{{run}}}:b"
-    keyed = {a: [Limit(1000, 5), Limit(60_000, 8)], b: Limit(60_000, 100)}
+    keyed: dict[str, Limits] = {a: [Limit(1000, 5), Limit(60_000, 8)], b: Limit(60_000, 100)}
     answers: list[list[Any]] = []
     waits: list[list[int]] = []
     for server in (module_server, twin_server):
