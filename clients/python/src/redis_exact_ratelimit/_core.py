@@ -169,8 +169,8 @@ class Settlement:
     """What a settlement (``charge``, ``charge_all``, ``settle``) did.
 
     ``source`` is where it was recorded: ``"redis"``, ``"fallback"`` (the
-    reservation was decided there, or Redis was unreachable and the
-    fallback charged it), or None when nothing was recorded: nothing was
+    reservation was decided there, and is settled there), or None when
+    nothing was recorded: nothing was
     to be settled (the actual equals the estimate, a denied reservation,
     one the failure policy answered), or Redis could not be reached
     within the limiter's ``settle_retry`` seconds (then ``error`` holds
