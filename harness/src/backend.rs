@@ -82,6 +82,8 @@ pub const MODULE_RULES: &[&str] = &[
     "+ratelimit.mundo",
     "+ratelimit.unblock",
     "+ratelimit.gcra",
+    "+ratelimit.charge",
+    "+ratelimit.mcharge",
 ];
 
 /// twin/ratelimit.lua as FUNCTION LOAD takes it.
