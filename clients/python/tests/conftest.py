@@ -38,17 +38,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if not tally:
         return
     write = terminalreporter.write_line
-    titles = (("", f"contract corpus: {tally['cases']} cases run, "), ("gcra ", "  of them RATELIMIT.GCRA: "))
+    titles = (
+        ("", f"contract corpus: {tally['cases']} cases run, "),
+        ("gcra ", "  of them RATELIMIT.GCRA: "),
+        ("charge ", "  of them RATELIMIT.CHARGE and MCHARGE: "),
+    )
     for kind, title in titles:
         write(
             f"{title}{tally[kind + 'steps']} steps: {tally[kind + 'answered']} answered by the fallback,"
             f" {tally[kind + 'refused by the validators']} refused by the validators,"
-            f" {tally[kind + 'raised as the server error']} raised as the server's error (WRONGTYPE),"
+            f" {tally[kind + 'raised as the server error']} raised as the server's error (WRONGTYPE, a count overflow),"
             f" {tally[kind + 'not expressible']} not expressible in the API"
             " (the server's parsing; each an error in the corpus)"
         )
     for reason, count in sorted(tally.items()):
-        if reason.startswith(("not expressible: ", "gcra not expressible: ")):
+        if reason.startswith(("not expressible: ", "gcra not expressible: ", "charge not expressible: ")):
             write(f"  {count:4} {reason}")
 
 

@@ -27,6 +27,11 @@ words are translated into the calls an application makes:
   ``Fallback.undo``; MUNDO: ``validate_keys`` and ``validate_undo_cost``,
   then ``Fallback.undo`` on each key (as the clients do without Redis);
 - UNBLOCK: ``validate_key``, then ``Fallback.unblock``;
+- CHARGE: ``make_charge_call([Limit(window, max), ...], cost,
+  precision)`` and ``validate_key``, then ``Fallback.charge``; MCHARGE:
+  ``make_multi_charge_call({key: [Limit, ...], ...}, cost, precision)``,
+  then ``Fallback.charge_all`` (a settlement has no block: ``BLOCK`` is an
+  unknown option to both, as to the module);
 - GCRA: ``make_gcra_call(GcraLimit(max_burst, count, period_ms), tokens)``
   and ``validate_key``, then ``Fallback.gcra_answer``, whose ``reply(ms)``
   gives the module's five integers in the step's units (``MS``: ms rounded
@@ -57,9 +62,13 @@ For every other step:
 - a call on a key of the other type (a token bucket named by a
   sliding-window operation, or the reverse) raises ``RateLimitReplyError``
   from the fallback with the corpus's text exactly (the server's
-  ``WRONGTYPE``), changing no key;
+  ``WRONGTYPE``), changing no key; so does a charge that would make a key
+  hold more than 2^63 - 1 (the module's text, naming the key for
+  MCHARGE);
 - otherwise the fallback's answer equals the corpus's reply exactly: all
-  four fields of CHECK/PEEK/MCHECK/MPEEK (waits and resets included), the
+  four fields of CHECK/PEEK/MCHECK/MPEEK and of CHARGE/MCHARGE (waits and
+  resets included; MCHARGE's keys over, 1-based in the corpus, 0-based in
+  ``Settlement.over_positions``), the
   positions of the keys that denied (1-based in the corpus, 0-based in
   ``Answer.denied``), the units UNDO and MUNDO removed, UNBLOCK's 1 or 0,
   all five fields of GCRA.
@@ -101,11 +110,21 @@ from typing import Any
 
 import pytest
 
-from redis_exact_ratelimit import Decision, Fallback, GcraLimit, Limit, RateLimitInputError, RateLimitReplyError
+from redis_exact_ratelimit import (
+    Decision,
+    Fallback,
+    GcraLimit,
+    Limit,
+    RateLimitInputError,
+    RateLimitReplyError,
+    Settlement,
+)
 from redis_exact_ratelimit._core import (
     make_call,
+    make_charge_call,
     make_gcra_call,
     make_multi_call,
+    make_multi_charge_call,
     validate_key,
     validate_keys,
     validate_undo_cost,
@@ -133,8 +152,12 @@ ARITY = {
     "ratelimit.mpeek": -6,
     "ratelimit.mundo": -3,
     "ratelimit.gcra": -5,
+    "ratelimit.charge": -4,
+    "ratelimit.mcharge": -6,
 }
 LIMIT_OPTIONS = ("COST", "PRECISION", "BLOCK")
+# A settlement has no block: BLOCK is an unknown option to CHARGE and MCHARGE.
+CHARGE_OPTIONS = ("COST", "PRECISION")
 # An integer as Redis writes one: an optional '-', no '+', no leading zero,
 # ASCII digits only (Python's int() would also take ' 7', '1_0' and '٣').
 INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
@@ -199,8 +222,8 @@ class Request:
         return [Limit(window, most) for window, most in self.pairs]
 
 
-def request(pairs: list[tuple[int, int]], rest: list[str]) -> Request:
-    given = options(rest, LIMIT_OPTIONS)
+def request(pairs: list[tuple[int, int]], rest: list[str], names: tuple[str, ...] = LIMIT_OPTIONS) -> Request:
+    given = options(rest, names)
     return Request(pairs, given.get("COST", 1), given.get("PRECISION"), given.get("BLOCK"))
 
 
@@ -209,11 +232,23 @@ def decision_reply(decision: Decision) -> list[int]:
     return [int(decision.allowed), decision.remaining, decision.retry_after_ms, decision.reset_after_ms]
 
 
-def limit_call(words: list[str], record: bool) -> Run:
-    """CHECK|PEEK key window max [window max ...] [options]: the first pair,
-    then more while the next word starts like a number (as the module reads
-    them), then options."""
-    key, rest = words[1], words[2:]
+def settlement_reply(settlement: Settlement, multi: bool) -> list[Any]:
+    assert settlement.source == "fallback"
+    reply: list[Any] = [
+        settlement.over,
+        settlement.remaining,
+        settlement.retry_after_ms,
+        settlement.reset_after_ms,
+    ]
+    if multi:
+        reply.append([position + 1 for position in settlement.over_positions])
+    return reply
+
+
+def pairs_and_rest(words: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
+    """key window max [window max ...] [options]: the first pair, then more
+    while the next word starts like a number (as the module reads them)."""
+    rest = words[2:]
     pairs: list[tuple[int, int]] = []
     at = 0
     while at < len(rest) and (at == 0 or starts_like_a_number(rest[at])):
@@ -221,7 +256,28 @@ def limit_call(words: list[str], record: bool) -> Run:
             raise NotExpressible("a window without its max")
         pairs.append((integer(rest[at]), integer(rest[at + 1])))
         at += 2
-    numbers = request(pairs, rest[at:])
+    return pairs, rest[at:]
+
+
+def charge_call(words: list[str]) -> Run:
+    """CHARGE key window max [window max ...] [COST n] [PRECISION p]."""
+    key = words[1]
+    pairs, rest = pairs_and_rest(words)
+    numbers = request(pairs, rest, CHARGE_OPTIONS)
+
+    def run(fallback: Fallback) -> object:
+        call = make_charge_call(numbers.limits(), numbers.cost, numbers.precision)
+        validate_key(key)
+        return settlement_reply(fallback.charge(key, call), multi=False)
+
+    return run
+
+
+def limit_call(words: list[str], record: bool) -> Run:
+    """CHECK|PEEK key window max [window max ...] [options]."""
+    key = words[1]
+    pairs, rest = pairs_and_rest(words)
+    numbers = request(pairs, rest)
 
     def run(fallback: Fallback) -> object:
         call = make_call(numbers.limits(), numbers.cost, numbers.precision, numbers.block_ms)
@@ -241,8 +297,8 @@ def keys_of(words: list[str]) -> tuple[list[str], list[str]]:
     return words[2 : 2 + count], words[2 + count :]
 
 
-def multi_call(words: list[str], record: bool) -> Run:
-    """MCHECK|MPEEK numkeys key [key ...] npairs window max [...] [...] [options]."""
+def multi_call(words: list[str], record: bool, charge: bool = False) -> Run:
+    """MCHECK|MPEEK|MCHARGE numkeys key [key ...] npairs window max [...] [...] [options]."""
     keys, rest = keys_of(words)
     if len(set(keys)) != len(keys):
         raise NotExpressible("a key given twice (a mapping holds each key once)")
@@ -256,10 +312,13 @@ def multi_call(words: list[str], record: bool) -> Run:
         numbers = rest[1 : 1 + 2 * count]
         pairs[key] = [(integer(numbers[i]), integer(numbers[i + 1])) for i in range(0, len(numbers), 2)]
         rest = rest[1 + 2 * count :]
-    shared = request([], rest)
+    shared = request([], rest, CHARGE_OPTIONS if charge else LIMIT_OPTIONS)
 
     def run(fallback: Fallback) -> object:
         keyed = {key: [Limit(window, most) for window, most in limits] for key, limits in pairs.items()}
+        if charge:
+            charges = make_multi_charge_call(keyed, shared.cost, shared.precision)
+            return settlement_reply(fallback.charge_all(charges.keys, charges.calls), multi=True)
         multi = make_multi_call(keyed, shared.cost, shared.precision, shared.block_ms)
         answer = fallback.decide(multi.keys, multi.calls, record)
         return [*decision_reply(answer.decision), [position + 1 for position in answer.denied]]
@@ -356,6 +415,10 @@ def translate(words: list[str]) -> Run:
         return multi_undo(words)
     if command == "ratelimit.gcra":
         return gcra(words)
+    if command == "ratelimit.charge":
+        return charge_call(words)
+    if command == "ratelimit.mcharge":
+        return multi_call(words, record=True, charge=True)
     return unblock(words)
 
 
@@ -396,8 +459,13 @@ def test_corpus_case(case: dict[str, Any], corpus_tally: Counter[str]) -> None:
     for index, step in enumerate(case["steps"]):
         where = f"{name} step {index}: {step['call']!r}"
         clock.now = epoch + step["at"]
-        # Counted over every step, and apart over the GCRA steps.
-        kinds = ("", "gcra ") if step["call"][0].lower() == "ratelimit.gcra" else ("",)
+        # Counted over every step, and apart over the GCRA and the CHARGE/MCHARGE steps.
+        command = step["call"][0].lower()
+        kinds: tuple[str, ...] = ("",)
+        if command == "ratelimit.gcra":
+            kinds = ("", "gcra ")
+        elif command in ("ratelimit.charge", "ratelimit.mcharge"):
+            kinds = ("", "charge ")
 
         def count(what: str, kinds: tuple[str, ...] = kinds) -> None:
             for kind in kinds:

@@ -27,17 +27,21 @@ from redis_exact_ratelimit import (
     RateLimiter,
     RateLimitInputError,
     RateLimitReplyError,
+    RateLimitSettled,
     RateLimitUnavailable,
+    Reservation,
+    Settlement,
     Source,
     Verdict,
 )
 from redis_exact_ratelimit.asgi import RateLimitMiddleware as ASGIRateLimit
-from redis_exact_ratelimit.asgi import Scope, header_key
+from redis_exact_ratelimit.asgi import Scope, header_key, state_value
 from redis_exact_ratelimit.django import RateLimitMiddleware as DjangoRateLimit
 from redis_exact_ratelimit.fastapi import RateLimit
 from redis_exact_ratelimit.flask import rate_limit
 from redis_exact_ratelimit.prometheus import PrometheusMetrics
 from redis_exact_ratelimit.wsgi import RateLimitMiddleware as WSGIRateLimit
+from redis_exact_ratelimit.wsgi import environ_value
 
 
 def sync_usage() -> tuple[bool, int, int, int]:
@@ -259,4 +263,60 @@ def gcra_middleware_usage() -> tuple[FastAPI, Flask]:
     def flask_upload() -> dict[str, str]:
         return {}
 
+    return api, app
+
+
+def token_budget_usage(prompt_tokens: int) -> tuple[int, int | None, tuple[str, ...], float | None]:
+    limiter = RateLimiter(redis.Redis(), settle_retry=3.0)
+    budget = Limit.per_minute(10_000, name="tokens")
+    reservation: Reservation[Decision] = limiter.reserve("tokens:acme", budget, estimate=2000)
+    if not reservation.decision.allowed:
+        return 0, None, (), reservation.decision.retry_after_ms / 1000
+    settled: Settlement = limiter.settle(reservation, prompt_tokens + 1500)
+    try:
+        limiter.settle(reservation, 1)
+    except RateLimitSettled as twice:
+        print(twice)
+    several = limiter.reserve({"{acme}:user": budget, "{acme}:org": Limit.per_hour(500_000)}, estimate=100)
+    denied: tuple[str, ...] = several.decision.denied_keys
+    over = limiter.charge_all({"{acme}:user": budget}, cost=5).over_keys
+    direct = limiter.charge("tokens:acme", budget, cost=50_000, precision=1000)
+    return settled.over + direct.over, settled.remaining, denied + over, None
+
+
+async def async_token_budget_usage() -> bool:
+    limiter = AsyncRateLimiter(aioredis.Redis())
+    reservation = await limiter.reserve("tokens:acme", Limit.per_minute(10_000), estimate=2000)
+    settled = await limiter.settle(reservation, 1200)
+    multi: Reservation[MultiDecision] = await limiter.reserve({"a": Limit.per_minute(5)}, estimate=1)
+    await limiter.settle(multi, 3)
+    charged = await limiter.charge("tokens:acme", Limit.per_minute(10_000), cost=1)
+    return settled.source == "redis" and settled.error is None and charged.over == 0
+
+
+def token_budget_middleware_usage() -> tuple[FastAPI, Flask]:
+    alimiter = AsyncRateLimiter(aioredis.Redis())
+    api = FastAPI()
+
+    def estimate(scope: Scope) -> int:
+        return 2000
+
+    async def actual(scope: Scope) -> int | None:
+        return state_value("tokens")(scope)
+
+    api.add_middleware(
+        ASGIRateLimit, limiter=alimiter, limits=Limit.per_minute(100_000), cost=estimate, settle=actual, name="llm"
+    )
+    api.add_middleware(ASGIRateLimit, limiter=alimiter, limits=Limit.per_minute(100_000), settle=state_value("t"))
+
+    @api.post("/complete")
+    async def complete(request: Request) -> dict[str, str]:
+        request.state.tokens = 1234
+        return {}
+
+    limiter = RateLimiter(redis.Redis())
+    app = Flask(__name__)
+    app.wsgi_app = WSGIRateLimit(  # type: ignore[method-assign]
+        app.wsgi_app, limiter=limiter, limits=Limit.per_minute(100_000), cost=500, settle=environ_value("app.tokens")
+    )
     return api, app

@@ -2,9 +2,10 @@
 bucket (GCRA).
 
 Decides in Redis with the redis-ratelimit module (RATELIMIT.CHECK, PEEK,
-UNDO, MCHECK ..., GCRA) where a server has it, and with its Lua twin where it
-does not, learned per server from the server's own answer. Sync and
-asyncio, standalone and cluster; an explicit failure policy; middleware in
+UNDO, MCHECK ..., GCRA; CHARGE for token budgets: reserve, then settle)
+where a server has it, and with its Lua twin where it does not, learned
+per server from the server's own answer. Sync and asyncio, standalone and
+cluster; an explicit failure policy; middleware in
 :mod:`redis_exact_ratelimit.asgi` (FastAPI: also
 :mod:`redis_exact_ratelimit.fastapi`), :mod:`redis_exact_ratelimit.wsgi`
 (Flask: also :mod:`redis_exact_ratelimit.flask`) and
@@ -20,7 +21,10 @@ from ._core import (
     MultiDecision,
     RateLimitInputError,
     RateLimitReplyError,
+    RateLimitSettled,
     RateLimitUnavailable,
+    Reservation,
+    Settlement,
     Source,
 )
 from ._fallback import Fallback
@@ -40,8 +44,11 @@ __all__ = [
     "MultiDecision",
     "RateLimitInputError",
     "RateLimitReplyError",
+    "RateLimitSettled",
     "RateLimitUnavailable",
     "RateLimiter",
+    "Reservation",
+    "Settlement",
     "Source",
     "Verdict",
 ]

@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from redis.crc import key_slot
 
 from ._core import (
+    MAX_MAX,
     Backend,
     Decision,
     Delete,
@@ -24,17 +25,22 @@ from ._core import (
     Operation,
     RateLimitInputError,
     RateLimitReplyError,
+    Reservation,
     Script,
+    Settlement,
     gcra_decision,
     make_call,
+    make_charge_call,
     make_gcra_call,
     make_multi_call,
+    make_multi_charge_call,
     parse_count,
     parse_counts,
     parse_decision,
     parse_gcra_reply,
     parse_multi_decision,
     parse_remaining,
+    parse_settlement,
     parse_unblocked,
     undo_args,
     validate_key,
@@ -53,6 +59,13 @@ _SCRIPT: Script | None = None
 # contract/transport.json, "logs": the same texts in the Node package.
 _LATE_REFUND = "redis-ratelimit: a check on %s was answered after its timeout; its charge was refunded"
 _LATE_REFUND_FAILED = "redis-ratelimit: a check on %s was answered after its timeout; its refund failed (%s)"
+# A settlement that could not reach Redis within settle_retry: logged with its amount.
+_UNSETTLED = (
+    "redis-ratelimit: a settlement on %s could not reach Redis within %g s (%s); its %s of %d units was not recorded"
+)
+
+# Waits between a settlement's attempts: doubling from the first, at most the last.
+SETTLE_BACKOFF = (0.05, 1.0)
 
 
 def _script() -> Script:
@@ -73,6 +86,9 @@ class RoundTrip(Generic[T]):
     steps: tuple[Op | Delete, ...]
     parse: Callable[[list[Any]], T]
     refund: Op | None = None
+    # A settlement's: tried again on an outage, with backoff, for this
+    # many seconds (each attempt bounded by what is left of them).
+    retry_for: float | None = None
 
     @property
     def op(self) -> Op:
@@ -97,9 +113,13 @@ class LimiterBase:
         retry_after_failure: float,
         metrics: Metrics | None,
         cluster: bool,
+        settle_retry: float = 5.0,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be above 0 seconds (or None: the client's own), got {timeout!r}")
+        if isinstance(settle_retry, bool) or not isinstance(settle_retry, (int, float)) or settle_retry < 0:
+            raise ValueError(f"settle_retry must be at least 0 seconds, got {settle_retry!r}")
+        self.settle_retry = float(settle_retry)
         self.prefix = prefix
         self.timeout = timeout
         self.policy = Policy("open" if fail_open else "closed", fallback, retry_after_failure)
@@ -206,6 +226,137 @@ class LimiterBase:
         removed: dict[str, int] = outcome
         return removed
 
+    def _reserving(
+        self,
+        key: str | Mapping[str, Limits],
+        limits: Limits | None,
+        estimate: int,
+        precision: int | None,
+        block_ms: int | None,
+        per_key_remaining: bool,
+    ) -> Steps[Reservation[Decision]]:
+        """CHECK (one key) or MCHECK (a mapping of keys to limits) of
+        ``estimate`` units, kept with what its settlement needs."""
+        if isinstance(key, Mapping):
+            if limits is not None:
+                raise RateLimitInputError("give several keys as a mapping of key to limits, without limits")
+            # Validated as the settlement's charge will be, before anything is sent.
+            charges = make_multi_charge_call(key, 1, precision)
+            multi: Decision = yield from self._deciding_all(
+                "mcheck", key, estimate, precision, block_ms, per_key_remaining
+            )
+            kept = {name: call.limits for name, call in zip(charges.keys, charges.calls, strict=True)}
+            return Reservation(multi, estimate, kept, precision, True)
+        if limits is None:
+            raise RateLimitInputError(f"give the limits of key {key!r}")
+        charge = make_charge_call(limits, 1, precision)
+        one = yield from self._deciding("check", key, limits, estimate, precision, block_ms)
+        return Reservation(one, estimate, {validate_key(key): charge.limits}, precision, False)
+
+    def _settling(self, reservation: Reservation[Decision], actual: int) -> Steps[Settlement]:
+        """The settlement of a reservation: UNDO (MUNDO) of what it did
+        not use, CHARGE (MCHARGE) of what it used beyond, nothing when it
+        used exactly the estimate or was not allowed (or allowed by the
+        failure policy, which counted nothing)."""
+        if not isinstance(reservation, Reservation):
+            raise RateLimitInputError(f"settle takes the Reservation that reserve returned, got {reservation!r}")
+        _require_actual(actual)
+        reservation.claim()
+        try:
+            decision, keys = reservation.decision, reservation.keys
+            diff = actual - reservation.estimate
+            if diff == 0 or not decision.allowed or decision.source in ("fail_open", "fail_closed"):
+                return Settlement(None, keys=keys)
+            if diff > 0:
+                limits, precision, multi = reservation.limits, reservation.precision, reservation.multi
+                return (yield from self._charging(limits, diff, precision, decision, multi))
+            return (yield from self._refunding(keys, -diff, decision))
+        except RateLimitReplyError:
+            # The call's own error: nothing was recorded, it may be settled again.
+            reservation.release()
+            raise
+
+    def _charging(
+        self,
+        keyed: Mapping[str, Limits],
+        cost: int,
+        precision: int | None,
+        decision: Decision | None,
+        multi: bool,
+    ) -> Steps[Settlement]:
+        """CHARGE (one key) or MCHARGE, never denied; tried again for
+        ``settle_retry`` seconds while Redis is unreachable, then logged
+        with its amount. A reservation decided by the fallback is settled
+        there; one Redis never saw (the failure policy's), nowhere."""
+        if multi:
+            charges = make_multi_charge_call(keyed, cost, precision)
+            given, calls = charges.keys, charges.calls
+            args = charges.args()
+        else:
+            [(key, limits)] = keyed.items()
+            call = make_charge_call(limits, cost, precision)
+            given, calls, args = (validate_key(key),), (call,), call.args()
+        full = self._full_keys(given) if multi else (self._full_key(given[0]),)
+        if decision is not None and decision.source != "redis":
+            fallback = self.policy.fallback
+            if decision.source == "fallback" and fallback is not None:
+                done = fallback.charge_all(full, calls, multi=multi)
+                return replace(done, keys=given)
+            return Settlement(None, keys=given)
+        op = Op("mcharge" if multi else "charge", full, tuple(args))
+        parse = _first(lambda reply: parse_settlement(reply, given, cost))
+        outcome = yield RoundTrip((op,), parse, retry_for=self.settle_retry)
+        if isinstance(outcome, Unavailable):
+            return self._unsettled(full, "charge", cost, given, outcome)
+        settled: Settlement = outcome
+        return settled
+
+    def _refunding(self, keys: tuple[str, ...], cost: int, decision: Decision) -> Steps[Settlement]:
+        """A settlement's refund: UNDO (MUNDO over several keys), retried
+        as a charge is; ``refunded`` is the least any key gave back."""
+        multi = isinstance(decision, MultiDecision)
+        full = self._full_keys(keys) if multi else (self._full_key(keys[0]),)
+        local = self._undo_locally(full, cost, decision)
+        if local is not None:
+            return Settlement("fallback", refunded=min(local), keys=keys)
+        if multi:
+            trip = RoundTrip(
+                (Op("mundo", full, undo_args(cost)),),
+                _first(lambda reply: min(parse_counts(reply, keys).values())),
+                retry_for=self.settle_retry,
+            )
+        else:
+            trip = RoundTrip((Op("undo", full, undo_args(cost)),), _first(parse_count), retry_for=self.settle_retry)
+        outcome = yield trip
+        if isinstance(outcome, Unavailable):
+            return self._unsettled(full, "refund", cost, keys, outcome)
+        return Settlement("redis", refunded=outcome, keys=keys)
+
+    def _unsettled(
+        self, full: Sequence[str], what: str, units: int, keys: tuple[str, ...], why: Unavailable
+    ) -> Settlement:
+        """A settlement Redis could not be reached for: logged, with its
+        amount (never a stack), and answered as recorded nowhere."""
+        logger.error(_UNSETTLED, ", ".join(full), self.settle_retry, why.cause, what, units)
+        error = why.error or ConnectionError(why.cause)
+        return Settlement(None, keys=keys, error=error)
+
+    def _retry_delay(self, attempt: int, deadline: float, now: float) -> float | None:
+        """The wait before a settlement's next attempt, or None: its time is up."""
+        left = deadline - now
+        if left <= 0:
+            return None
+        first, most = SETTLE_BACKOFF
+        return min(first * 2.0 ** min(attempt, 16), most, left)
+
+    def _attempt_timeout(self, deadline: float, now: float) -> float | None:
+        """A settlement's attempt waits for what is left of its time (at
+        least the limiter's timeout): one that Redis may yet answer is not
+        sent again, which could count it twice."""
+        if self.timeout is None:
+            return None
+        return max(self.timeout, deadline - now)
+
     def _unblocking(self, key: str, reset: bool) -> Steps[bool]:
         """UNBLOCK; with ``reset``, and DEL of the key in the same
         MULTI/EXEC (the key is the log and the block together)."""
@@ -300,12 +451,24 @@ class LimiterBase:
         return [0 for _ in keys]
 
 
+def _require_actual(actual: object) -> int:
+    if isinstance(actual, bool) or not isinstance(actual, int) or not 0 <= actual <= MAX_MAX:
+        raise RateLimitInputError(f"actual must be an integer from 0 to {MAX_MAX}, got {actual!r}")
+    return actual
+
+
 def run(steps: Steps[T], round_trip: Callable[[RoundTrip[Any]], Any]) -> T:
     """Runs an operation with a blocking round trip."""
     try:
         trip = next(steps)
         while True:
-            trip = steps.send(round_trip(trip))
+            try:
+                outcome = round_trip(trip)
+            except Exception as error:
+                # Raised where the operation waits (a settlement unclaims itself).
+                trip = steps.throw(error)
+            else:
+                trip = steps.send(outcome)
     except StopIteration as stop:
         answer: T = stop.value
         return answer

@@ -4,10 +4,11 @@ of the script twin, and the reading of replies. No I/O here."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 MAX_WINDOW_MS = 31_536_000_000
 MAX_MAX = 2**63 - 1
@@ -27,10 +28,10 @@ Source = Literal["redis", "fallback", "fail_open", "fail_closed"]
 """Where a decision came from: Redis (through the module or the twin), the
 in-process fallback, or the failure policy without any limiter."""
 
-Operation = Literal["check", "peek", "undo", "mcheck", "mpeek", "mundo", "unblock", "gcra"]
+Operation = Literal["check", "peek", "undo", "mcheck", "mpeek", "mundo", "unblock", "gcra", "charge", "mcharge"]
 
 # The operations whose keys come as `numkeys key [key ...]` in the module.
-MULTI_KEY: frozenset[Operation] = frozenset(("mcheck", "mpeek", "mundo"))
+MULTI_KEY: frozenset[Operation] = frozenset(("mcheck", "mpeek", "mundo", "mcharge"))
 # The operations every version of the module has: an "unknown command"
 # answer to any other (MCHECK, UNBLOCK, GCRA ...) may come from an older
 # module, not a missing one.
@@ -160,6 +161,103 @@ class MultiDecision(Decision):
         return tuple(self.keys[position] for position in self.denied_positions)
 
 
+SettlementSource = Literal["redis", "fallback"]
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a settlement (``charge``, ``charge_all``, ``settle``) did.
+
+    ``source`` is where it was recorded: ``"redis"``, ``"fallback"`` (the
+    reservation was decided there, and is settled there), or None when
+    nothing was recorded: nothing was
+    to be settled (the actual equals the estimate, a denied reservation,
+    one the failure policy answered), or Redis could not be reached
+    within the limiter's ``settle_retry`` seconds (then ``error`` holds
+    the cause, and the settlement was logged with its amount).
+
+    ``charged`` is the units charged (a CHARGE of actual - estimate when
+    the request cost more), ``refunded`` the units an UNDO removed (when it
+    cost less; fewer than asked if the window had already dropped some).
+    After a charge ``over`` is the most, over the limits (and the keys),
+    that a window holds past its max (0: none over), ``remaining`` the
+    least room left, ``retry_after_ms`` the wait until a request of cost 1
+    fits again, ``reset_after_ms`` until the longest window holds nothing;
+    ``over_positions`` (0-based into ``keys``) and ``over_keys`` the keys
+    now over a limit. Without a charge ``remaining`` and
+    ``reset_after_ms`` are None (nothing was measured) and ``over`` 0."""
+
+    source: SettlementSource | None
+    charged: int = 0
+    refunded: int = 0
+    over: int = 0
+    remaining: int | None = None
+    retry_after_ms: int = 0
+    reset_after_ms: int | None = None
+    error: BaseException | None = None
+    keys: tuple[str, ...] = ()
+    over_positions: tuple[int, ...] = ()
+
+    @property
+    def over_keys(self) -> tuple[str, ...]:
+        return tuple(self.keys[position] for position in self.over_positions)
+
+
+D = TypeVar("D", bound=Decision, covariant=True)
+
+
+class RateLimitSettled(RuntimeError):
+    """A reservation was settled already: each is settled once."""
+
+
+class Reservation(Generic[D]):
+    """A request's cost reserved before it runs (``reserve``): its
+    ``decision`` (a :class:`Decision`, or a :class:`MultiDecision` over
+    several keys) as ``check`` or ``check_all`` answers, ``estimate`` units
+    reserved if allowed, the ``keys`` as given. Pass it to ``settle`` with
+    the actual cost once it is known, once."""
+
+    def __init__(
+        self,
+        decision: D,
+        estimate: int,
+        limits: Mapping[str, tuple[Limit, ...]],
+        precision: int | None,
+        multi: bool,
+    ) -> None:
+        self.decision = decision
+        self.estimate = estimate
+        self.limits = dict(limits)
+        self.precision = precision
+        self.multi = multi
+        self._settled = False
+        self._lock = threading.Lock()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.limits)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    def claim(self) -> None:
+        """Marks it settled, or raises if it was."""
+        with self._lock:
+            if self._settled:
+                raise RateLimitSettled(f"this reservation on {', '.join(map(repr, self.keys))} was settled already")
+            self._settled = True
+
+    def release(self) -> None:
+        """Unsettled again: its settlement was refused before anything was recorded."""
+        with self._lock:
+            self._settled = False
+
+    def __repr__(self) -> str:
+        state = "settled" if self._settled else "unsettled"
+        return f"Reservation(keys={self.keys!r}, estimate={self.estimate}, decision={self.decision!r}, {state})"
+
+
 @dataclass(frozen=True)
 class GcraDecision:
     """The token bucket's answer (``RATELIMIT.GCRA``), with the module's
@@ -283,6 +381,34 @@ def make_call(limits: Limits, cost: int = 1, precision: int | None = None, block
     if precision is not None:
         _require_int(precision, "precision", 1, min(seen))
     return Call(listed, cost, precision, validate_block_ms(block_ms))
+
+
+def make_charge_call(limits: Limits, cost: int = 1, precision: int | None = None) -> Call:
+    """Validates a CHARGE as the module does: the limits and precision as
+    CHECK's, a cost of 1 to 2^63 - 1 whatever the limits (a settlement may
+    be above any max), no block."""
+    call = make_call(limits, 1, precision)
+    return Call(call.limits, validate_charge_cost(cost), call.precision)
+
+
+def validate_charge_cost(cost: object) -> int:
+    return _require_int(cost, "cost", 1, MAX_MAX)
+
+
+def make_multi_charge_call(keyed: Mapping[str, Limits], cost: int = 1, precision: int | None = None) -> MultiCall:
+    """An MCHARGE: several keys, each with its own limits, one cost and
+    precision; an error about one key's limits names the key."""
+    if not isinstance(keyed, Mapping):
+        raise RateLimitInputError(f"give the keys as a mapping of key to limits, got {keyed!r}")
+    keys = validate_keys(keyed)
+    validate_charge_cost(cost)
+    calls: list[Call] = []
+    for key in keys:
+        try:
+            calls.append(make_charge_call(keyed[key], cost, precision))
+        except RateLimitInputError as error:
+            raise RateLimitInputError(f"key {key!r}: {error}") from None
+    return MultiCall(keys, tuple(calls))
 
 
 def make_gcra_call(limit: GcraLimit, tokens: int = 1) -> GcraCall:
@@ -461,6 +587,25 @@ def parse_multi_decision(reply: object, keys: tuple[str, ...]) -> MultiDecision:
                 denied_positions=tuple(p - 1 for p in positions),
             )
     raise UnexpectedReply(f"unexpected reply to a multi-key rate-limit call: {reply!r}")
+
+
+def parse_settlement(reply: object, keys: tuple[str, ...], charged: int) -> Settlement:
+    """Reads CHARGE's [over, remaining, retry_after_ms, reset_after_ms]
+    (one key, not multi) or MCHARGE's, with ``over_keys`` (1-based
+    positions) fifth, as 0-based positions (the same arrays in RESP2 and
+    RESP3)."""
+    multi = isinstance(reply, (list, tuple)) and len(reply) == 5
+    if isinstance(reply, (list, tuple)) and (multi or len(reply) == 4):
+        numbers = [n for n in map(_as_int, reply[:4]) if n is not None and n >= 0]
+        listed = reply[4] if multi else None
+        positions = [p for p in map(_as_int, listed or ()) if p is not None and 1 <= p <= len(keys)]
+        shaped = not multi or (isinstance(listed, (list, tuple)) and len(positions) == len(listed))
+        if len(numbers) == 4 and shaped:
+            over, remaining, retry, reset = numbers
+            found = tuple(p - 1 for p in positions) if multi else ((0,) if over > 0 else ())
+            if (over > 0) == bool(found):
+                return Settlement("redis", charged, 0, over, remaining, retry, reset, keys=keys, over_positions=found)
+    raise UnexpectedReply(f"unexpected reply to a charge: {reply!r}")
 
 
 def parse_remaining(reply: object) -> int:

@@ -37,9 +37,19 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ._core import MAX_MAX, Call, Decision, GcraCall, GcraDecision, Limit, RateLimitReplyError, gcra_decision
+from ._core import (
+    MAX_MAX,
+    Call,
+    Decision,
+    GcraCall,
+    GcraDecision,
+    Limit,
+    RateLimitReplyError,
+    Settlement,
+    gcra_decision,
+)
 
 # Expired keys are swept once per this many calls (a call drops the expired
 # keys it names itself).
@@ -49,6 +59,11 @@ DEFAULT_MAX_KEYS = 10_000
 
 # The server's answer to an operation on a key of the other type.
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+# CHARGE's refusal of what a count cannot hold (the module's text).
+_OVERFLOW = (
+    f"this key would hold more than {MAX_MAX} units of cost (2^63 - 1, the most a count can be): nothing was recorded"
+)
 
 # The latest time a bucket holds (core/src/gcra.rs LATEST): 2^42 - 1 ms.
 _LATEST = (1 << 42) - 1
@@ -301,6 +316,57 @@ class Fallback:
         )
         return Answer(decision, denied, tuple(answer.remaining for answer in answers))
 
+    def charge(self, key: str, call: Call) -> Settlement:
+        """CHARGE: records ``call.cost`` whatever the limits (and a block)
+        say, and measures the key against them (scaled to the share)."""
+        return self.charge_all([key], [call], multi=False)
+
+    def charge_all(self, keys: Sequence[str], calls: Sequence[Call], *, multi: bool = True) -> Settlement:
+        """MCHARGE: CHARGE on every key with its own call. Every key's type,
+        then every key's overflow (what it would hold above 2^63 - 1), is
+        checked before any is charged: an error changes no key, and names
+        the key when ``multi``, as the module's does."""
+        with self._lock:
+            clock = self._tick()
+            standing = [self._key(key, call, clock) for key, call in zip(keys, calls, strict=True)]
+            for one in standing:
+                if _overflows(one.log, clock, one.call):
+                    named = f"key {one.name!r}: " if multi else ""
+                    raise RateLimitReplyError(f"ERR {named}{_OVERFLOW}")
+            each = [self._charge(one, clock) for one in standing]
+            for one in standing:
+                self._store(one)
+            self._forget_beyond_the_cap()
+        return Settlement(
+            "fallback",
+            calls[0].cost,
+            0,
+            max(s.over for s in each),
+            min(s.remaining or 0 for s in each),
+            max(s.retry_after_ms for s in each),
+            max(s.reset_after_ms or 0 for s in each),
+            keys=tuple(keys),
+            over_positions=tuple(i for i, s in enumerate(each) if s.over > 0),
+        )
+
+    def _charge(self, key: _Key, clock: int) -> Settlement:
+        """The model's charge on one key: recorded as an allowed CHECK
+        records (an ended block goes, a block in force stays), then
+        measured: how far over, the room left, when a request of cost 1
+        fits again, when the longest window empties."""
+        log, call = key.log, key.call
+        now = log.now(clock)
+        _record(log, now, call.longest_window, call.cost, call.precision or 1)
+        if log.blocked_until <= now:
+            log.blocked_until = 0
+        key.changed = True
+        used = [_used(log.entries, now, limit.window_ms) for limit in call.limits]
+        over = max(max(0, u - m) for u, m in zip(used, key.maxes, strict=True))
+        remaining = max(0, min(m - u for u, m in zip(used, key.maxes, strict=True)))
+        retry = _retry_after(log.entries, now, replace(call, cost=1), key.maxes)
+        reset = _reset(log.entries, now, call.longest_window)
+        return Settlement("fallback", call.cost, 0, over, remaining, retry, reset)
+
     def undo(self, key: str, cost: int) -> int:
         """Refunds the ``cost`` newest units (fewer if the key holds fewer);
         the block stays, and so does the key's expiry, but a key left with
@@ -513,6 +579,16 @@ def _blocked(key: _Key, now: int) -> Decision:
     limits = _limits(key, now)
     rest = key.log.blocked_until - now
     return Decision(False, 0, max(rest, limits.retry_after_ms), max(rest, limits.reset_after_ms), "fallback")
+
+
+def _overflows(log: _Log, clock: int, call: Call) -> bool:
+    """CHARGE's refusal: the cost the log would keep after it (every entry
+    inside the longer of its window and the call's longest, and the
+    charge) above 2^63 - 1."""
+    now = log.now(clock)
+    window = max(log.window_ms, call.longest_window)
+    kept = sum(entry.cost for entry in log.entries if entry.at > now - window)
+    return kept + call.cost > MAX_MAX
 
 
 def _used(entries: deque[_Entry], now: int, window_ms: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._core import (
@@ -19,6 +19,8 @@ from ._core import (
     Limits,
     MultiDecision,
     RateLimitReplyError,
+    RateLimitSettled,
+    Reservation,
     make_call,
     make_gcra_call,
     policy_names,
@@ -39,6 +41,14 @@ Reason = Literal["limited", "unavailable"]
 
 # The same text in the Node package (docs: "Shadow mode").
 _SHADOW_DENIED = "redis-ratelimit: shadow mode: %s would have denied this request (retry after %d ms)"
+# A settle function that failed, or answered something else than a cost.
+_SETTLE_FUNCTION = "redis-ratelimit: the settle function for %s failed (%s); its estimate of %d units stands"
+# A settlement Redis refused (an older module, WRONGTYPE ...): the response is gone already.
+_SETTLE_REFUSED = "redis-ratelimit: the settlement of a request on %s was refused (%s)"
+
+ActualResult = int | None
+"""What a ``settle`` function returns: the request's actual cost, or None
+(the estimate stands)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ class Verdict:
     cost: int
     headers: dict[str, str] = field(default_factory=dict)
     policy: str = "default"
+    # With a settle function: the reservation of ``cost`` units, settled
+    # with the actual cost once the response has finished.
+    reservation: Reservation[Decision] | None = None
 
     @property
     def key(self) -> str:
@@ -195,7 +208,10 @@ class Route:
     ``shadow`` (decide and record as usual, never deny: no 429, no
     RateLimit fields; what would have been denied is logged and counted),
     ``gcra`` (instead of ``limits``: a token bucket on the key, charged
-    ``cost`` tokens a request; no refund and no block)."""
+    ``cost`` tokens a request; no refund and no block), ``settle`` (a
+    function of the request giving its actual cost once the response has
+    finished: ``cost`` is then the estimate reserved before it, and the
+    difference is settled, refunded or charged)."""
 
     limits: Limits | Callable[..., Limits | None] | None
     name: str = "default"
@@ -205,8 +221,13 @@ class Route:
     block_ms: int | None = None
     shadow: bool = False
     gcra: GcraLimit | None = None
+    settle: Callable[..., ActualResult | Awaitable[ActualResult]] | None = None
 
     def __post_init__(self) -> None:
+        if self.settle is not None and not callable(self.settle):
+            raise ValueError(f"settle is a function of the request giving its actual cost, got {self.settle!r}")
+        if self.settle is not None and self.gcra is not None:
+            raise ValueError("gcra= is a token bucket, which has no settlement: give it without settle")
         # Fails at start-up, not on the first request.
         if self.limits is not None and not callable(self.limits):
             make_call(self.limits, self.cost if isinstance(self.cost, int) else 1)
@@ -293,6 +314,9 @@ def judging(
         checked = route.keys_for(keyed)
         cost = route.cost_for(request)
         several = len(checked) > 1
+        if route.settle is not None:
+            multi = yield limiter.reserve(checked, estimate=cost, block_ms=route.block_ms, per_key_remaining=several)
+            return replace(route.verdict(multi.decision, checked, cost, limiter.metrics), reservation=multi)
         decision = yield limiter.check_all(checked, cost=cost, block_ms=route.block_ms, per_key_remaining=several)
         return route.verdict(decision, checked, cost, limiter.metrics)
     if route.gcra is not None:
@@ -311,6 +335,9 @@ def judging(
         return None
     full = route.key_for(ident)
     cost = route.cost_for(request)
+    if route.settle is not None:
+        reserved = yield limiter.reserve(full, limits, estimate=cost, block_ms=route.block_ms)
+        return replace(route.verdict(reserved.decision, {full: limits}, cost, limiter.metrics), reservation=reserved)
     one = yield limiter.check(full, limits, cost=cost, block_ms=route.block_ms)
     return route.verdict(one, {full: limits}, cost, limiter.metrics)
 
@@ -323,6 +350,10 @@ def refunding(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict) -> Judg
     limiter."""
     if not verdict.decision.allowed or isinstance(verdict.decision, GcraDecision):
         return
+    if verdict.reservation is not None:
+        # A reservation is refunded whole by its settlement at 0.
+        yield from _settled(limiter, verdict, 0)
+        return
     try:
         if isinstance(verdict.decision, MultiDecision):
             yield limiter.undo_all(verdict.keys, verdict.cost, decision=verdict.decision)
@@ -330,6 +361,38 @@ def refunding(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict) -> Judg
             yield limiter.undo(verdict.key, verdict.cost, decision=verdict.decision)
     except RateLimitReplyError:
         pass
+
+
+def settling(limiter: RateLimiter | AsyncRateLimiter, route: Route, verdict: Verdict, request: object) -> Judging[None]:
+    """Settles a reserved request once its response has finished: the
+    actual cost from the route's ``settle`` function (None, or a function
+    that fails: the estimate stands, logged in the second case). Nothing
+    is raised: the response is gone already; an error is logged."""
+    reservation = verdict.reservation
+    if reservation is None or reservation.settled or route.settle is None:
+        return
+    actual = reservation.estimate
+    try:
+        given = yield route.settle(request)
+        if given is not None:
+            if isinstance(given, bool) or not isinstance(given, int) or given < 0:
+                raise TypeError(f"it returned {given!r}, not a cost (an integer, at least 0) or None")
+            actual = given
+    except Exception as error:
+        logger.error(_SETTLE_FUNCTION, ", ".join(verdict.keys), f"{type(error).__name__}: {error}", actual)
+    yield from _settled(limiter, verdict, actual)
+
+
+def _settled(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict, actual: int) -> Judging[None]:
+    reservation = verdict.reservation
+    if reservation is None or reservation.settled:
+        return
+    try:
+        yield limiter.settle(reservation, actual)
+    except RateLimitSettled:
+        pass
+    except RateLimitReplyError as error:
+        logger.error(_SETTLE_REFUSED, ", ".join(verdict.keys), error)
 
 
 def settle(work: Judging[T]) -> T:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, overload
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from ._base import LimiterBase, RoundTrip, Steps
-from ._core import Decision, GcraDecision, GcraLimit, Limits, MultiDecision
+from ._core import Decision, GcraDecision, GcraLimit, Limits, MultiDecision, Reservation, Settlement
 from ._fallback import Fallback
 from ._metrics import Metrics
 from ._policy import Unavailable
@@ -38,6 +38,7 @@ class AsyncRateLimiter(LimiterBase):
         fallback: Fallback | None = None,
         retry_after_failure: float = 1.0,
         metrics: Metrics | None = None,
+        settle_retry: float = 5.0,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -47,6 +48,7 @@ class AsyncRateLimiter(LimiterBase):
             retry_after_failure=retry_after_failure,
             metrics=metrics,
             cluster=isinstance(client, RedisCluster),
+            settle_retry=settle_retry,
         )
         self.client = client
         # Late refunds under way: the event loop keeps only weak references.
@@ -108,27 +110,97 @@ class AsyncRateLimiter(LimiterBase):
         """Refunds ``cost`` units in every key (see :meth:`RateLimiter.undo_all`)."""
         return await self._run(self._undoing_all(keys, cost, decision))
 
+    @overload
+    async def reserve(
+        self, key: str, limits: Limits, *, estimate: int, precision: int | None = None, block_ms: int | None = None
+    ) -> Reservation[Decision]: ...
+
+    @overload
+    async def reserve(
+        self,
+        key: Mapping[str, Limits],
+        limits: None = None,
+        *,
+        estimate: int,
+        precision: int | None = None,
+        block_ms: int | None = None,
+        per_key_remaining: bool = False,
+    ) -> Reservation[MultiDecision]: ...
+
+    async def reserve(
+        self,
+        key: str | Mapping[str, Limits],
+        limits: Limits | None = None,
+        *,
+        estimate: int,
+        precision: int | None = None,
+        block_ms: int | None = None,
+        per_key_remaining: bool = False,
+    ) -> Reservation[Decision] | Reservation[MultiDecision]:
+        """Reserves ``estimate`` units (see :meth:`RateLimiter.reserve`)."""
+        return await self._run(self._reserving(key, limits, estimate, precision, block_ms, per_key_remaining))
+
+    async def settle(self, reservation: Reservation[Decision], actual: int) -> Settlement:
+        """Settles a reservation with the actual cost (see :meth:`RateLimiter.settle`)."""
+        return await self._run(self._settling(reservation, actual))
+
+    async def charge(self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None) -> Settlement:
+        """RATELIMIT.CHARGE, never denied (see :meth:`RateLimiter.charge`)."""
+        return await self._run(self._charging({key: limits}, cost, precision, None, False))
+
+    async def charge_all(
+        self, keys: Mapping[str, Limits], *, cost: int = 1, precision: int | None = None
+    ) -> Settlement:
+        """RATELIMIT.MCHARGE (see :meth:`RateLimiter.charge_all`)."""
+        return await self._run(self._charging(keys, cost, precision, None, True))
+
     async def _run(self, steps: Steps[T]) -> T:
         """Runs an operation (see _base.run) with an awaited round trip."""
         try:
             trip = next(steps)
             while True:
-                trip = steps.send(await self._call(trip))
+                try:
+                    outcome = await self._call(trip)
+                except Exception as error:
+                    # Raised where the operation waits (a settlement unclaims itself).
+                    trip = steps.throw(error)
+                else:
+                    trip = steps.send(outcome)
         except StopIteration as stop:
             answer: T = stop.value
             return answer
 
     async def _call(self, trip: RoundTrip[T]) -> T | Unavailable:
         server = self._server_name(trip.op.keys[0])
+        if trip.retry_for is not None:
+            return await self._settle_call(server, trip, trip.retry_for)
         skipped = self.policy.skip(server)
         if skipped is not None:
             return skipped
+        return await self._attempt(server, trip, self.timeout)
+
+    async def _attempt(self, server: str, trip: RoundTrip[T], timeout: float | None) -> T | Unavailable:
         started = time.perf_counter()
         try:
-            replies = await self._within_timeout(trip)
+            replies = await self._within_timeout(trip, timeout)
         except Exception as error:
             return self._failed(server, trip, started, error)
         return self._answered(server, trip, started, replies)
+
+    async def _settle_call(self, server: str, trip: RoundTrip[T], retry_for: float) -> T | Unavailable:
+        """A settlement: sent even while the server is thought down, and
+        tried again with backoff until ``retry_for`` seconds have passed."""
+        deadline = time.monotonic() + retry_for
+        attempt = 0
+        while True:
+            outcome = await self._attempt(server, trip, self._attempt_timeout(deadline, time.monotonic()))
+            if not isinstance(outcome, Unavailable):
+                return outcome
+            delay = self._retry_delay(attempt, deadline, time.monotonic())
+            if delay is None:
+                return outcome
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def _round_trip(self, trip: RoundTrip[Any]) -> list[Any]:
         if isinstance(self.client, RedisCluster):
@@ -156,12 +228,12 @@ class AsyncRateLimiter(LimiterBase):
             return str(node.name)
         return standalone_name(self.client.connection_pool.connection_kwargs)
 
-    async def _within_timeout(self, trip: RoundTrip[Any]) -> list[Any]:
-        if self.timeout is None:
+    async def _within_timeout(self, trip: RoundTrip[Any], timeout: float | None) -> list[Any]:
+        if timeout is None:
             return await self._round_trip(trip)
         work = asyncio.ensure_future(self._round_trip(trip))
         try:
-            done, _ = await asyncio.wait({work}, timeout=self.timeout)
+            done, _ = await asyncio.wait({work}, timeout=timeout)
         except asyncio.CancelledError:
             work.cancel()
             raise
@@ -174,10 +246,10 @@ class AsyncRateLimiter(LimiterBase):
         else:
             # A check may count in Redis even so (a hung server answers it
             # once it resumes): it is awaited, and refunded if it did.
-            refund = asyncio.ensure_future(self._refund_when_answered(work, trip, self.timeout))
+            refund = asyncio.ensure_future(self._refund_when_answered(work, trip, timeout))
             self._refunds.add(refund)
             refund.add_done_callback(self._refunds.discard)
-        raise CallTimeout(self.timeout)
+        raise CallTimeout(timeout)
 
     async def _refund_when_answered(
         self, work: asyncio.Future[list[Any]], trip: RoundTrip[Any], timeout: float

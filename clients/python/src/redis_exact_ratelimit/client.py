@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar, Union, cast
+from typing import Any, TypeVar, Union, cast, overload
 
 import redis
 from redis.cluster import RedisCluster
 
 from ._base import LimiterBase, RoundTrip, Steps, run
-from ._core import Decision, GcraDecision, GcraLimit, Limits, MultiDecision
+from ._core import Decision, GcraDecision, GcraLimit, Limits, MultiDecision, Reservation, Settlement
 from ._fallback import Fallback
 from ._metrics import Metrics
 from ._policy import Unavailable
@@ -45,7 +45,9 @@ class RateLimiter(LimiterBase):
     closed (denied) or, with ``fail_open=True``, open (allowed). After a
     failure Redis is left alone for ``retry_after_failure`` seconds.
     ``metrics`` (e.g. ``PrometheusMetrics(registry)``) counts decisions,
-    errors and round trips."""
+    errors and round trips. A settlement (``settle``, ``charge``,
+    ``charge_all``) that cannot reach Redis is tried again, with backoff,
+    for ``settle_retry`` seconds, then logged with its amount."""
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class RateLimiter(LimiterBase):
         fallback: Fallback | None = None,
         retry_after_failure: float = 1.0,
         metrics: Metrics | None = None,
+        settle_retry: float = 5.0,
     ) -> None:
         super().__init__(
             prefix=prefix,
@@ -66,6 +69,7 @@ class RateLimiter(LimiterBase):
             retry_after_failure=retry_after_failure,
             metrics=metrics,
             cluster=isinstance(client, RedisCluster),
+            settle_retry=settle_retry,
         )
         self.client = client
         self._executor: ThreadPoolExecutor | None = None
@@ -145,6 +149,59 @@ class RateLimiter(LimiterBase):
         units removed per key."""
         return self._run(self._undoing_all(keys, cost, decision))
 
+    @overload
+    def reserve(
+        self, key: str, limits: Limits, *, estimate: int, precision: int | None = None, block_ms: int | None = None
+    ) -> Reservation[Decision]: ...
+
+    @overload
+    def reserve(
+        self,
+        key: Mapping[str, Limits],
+        limits: None = None,
+        *,
+        estimate: int,
+        precision: int | None = None,
+        block_ms: int | None = None,
+        per_key_remaining: bool = False,
+    ) -> Reservation[MultiDecision]: ...
+
+    def reserve(
+        self,
+        key: str | Mapping[str, Limits],
+        limits: Limits | None = None,
+        *,
+        estimate: int,
+        precision: int | None = None,
+        block_ms: int | None = None,
+        per_key_remaining: bool = False,
+    ) -> Reservation[Decision] | Reservation[MultiDecision]:
+        """Reserves ``estimate`` units for a request whose cost is known
+        only after it ran: ``check`` (one key and its limits) or
+        ``check_all`` (a mapping of keys to their limits) with ``cost=estimate``.
+        ``reservation.decision`` is that answer; settle it with the actual
+        cost once known (``settle``)."""
+        return self._run(self._reserving(key, limits, estimate, precision, block_ms, per_key_remaining))
+
+    def settle(self, reservation: Reservation[Decision], actual: int) -> Settlement:
+        """Settles a reservation with the request's actual cost: refunds
+        (UNDO) what it did not use, charges (CHARGE, never denied) what it
+        used beyond, with the same limits. Nothing for a reservation that
+        was not allowed. A reservation is settled once: again raises
+        ``RateLimitSettled``. Blocks while Redis is retried (``settle_retry``)."""
+        return self._run(self._settling(reservation, actual))
+
+    def charge(self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None) -> Settlement:
+        """RATELIMIT.CHARGE: records ``cost`` units (1 to 2^63 - 1, above
+        any max too) whatever the limits say, never denied, and tells how
+        the key stands against them (``over``, ``remaining``, ``retry_after_ms``)."""
+        return self._run(self._charging({key: limits}, cost, precision, None, False))
+
+    def charge_all(self, keys: Mapping[str, Limits], *, cost: int = 1, precision: int | None = None) -> Settlement:
+        """RATELIMIT.MCHARGE: ``charge`` on every key with its own limits,
+        in one call; ``over_keys`` are the keys now over a limit."""
+        return self._run(self._charging(keys, cost, precision, None, True))
+
     def close(self) -> None:
         """Stops the limiter's waiting threads (the Redis client stays open)."""
         with self._executor_lock:
@@ -157,15 +214,35 @@ class RateLimiter(LimiterBase):
 
     def _call(self, trip: RoundTrip[T]) -> T | Unavailable:
         server = self._server_name(trip.op.keys[0])
+        if trip.retry_for is not None:
+            return self._settle_call(server, trip, trip.retry_for)
         skipped = self.policy.skip(server)
         if skipped is not None:
             return skipped
+        return self._attempt(server, trip, self.timeout)
+
+    def _attempt(self, server: str, trip: RoundTrip[T], timeout: float | None) -> T | Unavailable:
         started = time.perf_counter()
         try:
-            replies = self._within_timeout(trip)
+            replies = self._within_timeout(trip, timeout)
         except Exception as error:
             return self._failed(server, trip, started, error)
         return self._answered(server, trip, started, replies)
+
+    def _settle_call(self, server: str, trip: RoundTrip[T], retry_for: float) -> T | Unavailable:
+        """A settlement: sent even while the server is thought down, and
+        tried again with backoff until ``retry_for`` seconds have passed."""
+        deadline = time.monotonic() + retry_for
+        attempt = 0
+        while True:
+            outcome = self._attempt(server, trip, self._attempt_timeout(deadline, time.monotonic()))
+            if not isinstance(outcome, Unavailable):
+                return outcome
+            delay = self._retry_delay(attempt, deadline, time.monotonic())
+            if delay is None:
+                return outcome
+            time.sleep(delay)
+            attempt += 1
 
     def _round_trip(self, trip: RoundTrip[Any]) -> list[Any]:
         steps = plan(self.policy, self.script, self._server_for(trip.op.keys[0]), trip.steps)
@@ -206,19 +283,19 @@ class RateLimiter(LimiterBase):
 
         return late
 
-    def _within_timeout(self, trip: RoundTrip[Any]) -> list[Any]:
-        if self.timeout is None:
+    def _within_timeout(self, trip: RoundTrip[Any], timeout: float | None) -> list[Any]:
+        if timeout is None:
             return self._round_trip(trip)
         future = self._pool().submit(self._round_trip, trip)
         try:
-            return future.result(self.timeout)
+            return future.result(timeout)
         except FutureTimeout:
             # The round trip goes on in its thread until the client's own
             # timeouts end it; the caller does not wait for it, and a check
             # it records is refunded.
             if not future.cancel() and trip.refund is not None:
                 future.add_done_callback(self._refund_when_answered(trip))
-            raise CallTimeout(self.timeout) from None
+            raise CallTimeout(timeout) from None
 
     def _pool(self) -> ThreadPoolExecutor:
         # Threads do not survive fork: a forked worker process gets its own.

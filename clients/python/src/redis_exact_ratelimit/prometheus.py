@@ -12,7 +12,7 @@
   ``readonly``, ``cluster``, ``reply``, ``other``);
 - ``ratelimit_redis_duration_seconds{operation}``: each Redis round trip
   (``check``, ``peek``, ``undo``, ``mcheck``, ``mpeek``, ``mundo``,
-  ``unblock``, ``gcra``), answered or failed.
+  ``unblock``, ``gcra``, ``charge``, ``mcharge``), answered or failed.
 
 No label holds a key: the series stay as few as the policies."""
 

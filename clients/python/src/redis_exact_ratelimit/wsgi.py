@@ -3,7 +3,9 @@ over several keys with ``keys=``, one GCRA with a token bucket, ``gcra=``),
 the IETF RateLimit fields, 429 with
 Retry-After (503 when Redis is unreachable and failing closed), a refund
 when the app raises or answers with a refunded status, a hook for the
-refusal, and shadow mode. (Django has its own middleware:
+refusal, and shadow mode. With ``settle=``, token budgets: ``cost`` is
+reserved before the app runs, and the actual cost settled once the
+response's body has been closed. (Django has its own middleware:
 :mod:`redis_exact_ratelimit.django`.)
 
     app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=limiter, limits=Limit.per_minute(10))
@@ -15,7 +17,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import GcraLimit, Limits
-from ._http import KeysResult, Route, Verdict, check_subjects, judging, refunding, server_error, settle
+from ._http import (
+    ActualResult,
+    KeysResult,
+    Route,
+    Verdict,
+    check_subjects,
+    judging,
+    refunding,
+    server_error,
+    settle,
+    settling,
+)
 from .client import RateLimiter
 
 if TYPE_CHECKING:
@@ -35,6 +48,12 @@ KeysFunction = Callable[["WSGIEnvironment"], KeysResult]
 (``{"{t:7}:user:42": Limit.per_minute(100), "{t:7}:ip:10.0.0.1": ...}``),
 decided together; None skips the request."""
 
+SettleFunction = Callable[["WSGIEnvironment"], ActualResult]
+"""The request's actual cost, read once the response's body has been
+closed: an integer, or None to keep the estimate. ``environ_value("app.tokens")``
+reads what the app stored as ``environ["app.tokens"]`` (in Flask,
+``request.environ["app.tokens"] = n``)."""
+
 LimitedHook = Callable[["WSGIEnvironment", Verdict], "WSGIApplication"]
 """Makes the refusal: returns a WSGI app (a Flask or Werkzeug Response is
 one). The verdict's headers are added to it unless it sets them itself."""
@@ -45,6 +64,17 @@ def client_address(environ: WSGIEnvironment) -> str | None:
     function that reads the header your proxy sets)."""
     address = environ.get("REMOTE_ADDR")
     return str(address) if address else None
+
+
+def environ_value(name: str) -> SettleFunction:
+    """A settle function reading what the app stored in the request's
+    environ under ``name`` (None, the estimate stands, if nothing)."""
+
+    def actual(environ: WSGIEnvironment) -> ActualResult:
+        value = environ.get(name)
+        return None if value is None else int(value)
+
+    return actual
 
 
 def header_key(name: str) -> KeyFunction:
@@ -75,11 +105,12 @@ class RateLimitMiddleware:
         shadow: bool = False,
         on_limited: LimitedHook | None = None,
         gcra: GcraLimit | None = None,
+        settle: SettleFunction | None = None,
     ) -> None:
         check_subjects(limits, key, keys, gcra)
         self.app = app
         self.limiter = limiter
-        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow, gcra)
+        self.route = Route(limits, name, cost, refund_when, keys, block_ms, shadow, gcra, settle)
         self.key = key or client_address
         self.on_limited = on_limited
 
@@ -93,7 +124,7 @@ class RateLimitMiddleware:
         return self._serve(verdict, environ, start_response)
 
     def _serve(self, verdict: Verdict, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        once = _Refund(self.limiter, verdict)
+        once = _Refund(self.limiter, verdict, self.route, environ)
         add_headers = _adding_headers(start_response, verdict.headers)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
@@ -123,17 +154,30 @@ def refund(limiter: RateLimiter, verdict: Verdict) -> None:
 
 
 class _Refund:
-    """Refunds one request at most once."""
+    """Refunds one request at most once, or (a reservation) settles it."""
 
-    def __init__(self, limiter: RateLimiter, verdict: Verdict) -> None:
+    def __init__(self, limiter: RateLimiter, verdict: Verdict, route: Route, environ: WSGIEnvironment) -> None:
         self._limiter = limiter
         self._verdict = verdict
+        self._route = route
+        self._environ = environ
         self._done = False
 
     def __call__(self) -> None:
         if not self._done:
             self._done = True
             refund(self._limiter, self._verdict)
+
+    @property
+    def reserved(self) -> bool:
+        return self._verdict.reservation is not None
+
+    def settle(self) -> None:
+        """The response's body is closed: a reservation is settled with the
+        actual cost (a request that was refunded is not)."""
+        if not self._done and self._verdict.reservation is not None:
+            self._done = True
+            settle(settling(self._limiter, self._route, self._verdict, self._environ))
 
 
 class _Body:
@@ -147,13 +191,21 @@ class _Body:
         try:
             yield from self._body
         except Exception:
-            self._refund_once()
+            # Failed mid-response: a reservation is settled with what was
+            # spent until then (as the settle function tells); else refunded.
+            if self._refund_once.reserved:
+                self._refund_once.settle()
+            else:
+                self._refund_once()
             raise
 
     def close(self) -> None:
         close = getattr(self._body, "close", None)
-        if close is not None:
-            close()
+        try:
+            if close is not None:
+                close()
+        finally:
+            self._refund_once.settle()
 
 
 def _adding_headers(start_response: StartResponse, headers: dict[str, str]) -> StartResponse:
