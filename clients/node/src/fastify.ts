@@ -1,7 +1,7 @@
 // Fastify: a plugin adding an onRequest hook (decide) and an onResponse
 // hook (refund), registered without encapsulation so it covers every route
 // of the instance, or the two hooks for one route's options.
-import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
+import { type Actual, type Awaitable, bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
 /** The parts of a FastifyRequest the hooks and their callbacks read. */
@@ -23,6 +23,14 @@ export interface FastifyReplyLike {
 export type FastifyOptions<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> = MiddlewareOptions<Req> & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
   onLimited?: (req: Req, reply: Reply, info: LimitedInfo) => unknown;
+  /**
+   * Token budgets: `cost` is then an estimate reserved before the request,
+   * and this gives the units it actually spent (or undefined: the estimate)
+   * in the onResponse hook, once the response (a stream included) has been
+   * sent; the reservation is settled with it. A response refunded by
+   * `refundWhen` settles at 0 instead.
+   */
+  settle?: (req: Req, reply: Reply) => Awaitable<Actual>;
 };
 
 export interface FastifyHooks<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> {
@@ -46,7 +54,7 @@ export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike
   const verdicts = new WeakMap<Req, Verdict>();
   return {
     onRequest: async (req, reply) => {
-      const verdict = await judge(limiter, options, req, (request) => request.ip);
+      const verdict = await judge(limiter, options, req, (request) => request.ip, options.settle !== undefined);
       if (!verdict) return;
       for (const [name, value] of Object.entries(verdict.info.headers)) reply.header(name, value);
       if (verdict.pass) {
@@ -59,7 +67,10 @@ export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike
     },
     onResponse: async (req, reply) => {
       const verdict = verdicts.get(req);
-      if (verdict?.refundWhen(reply.statusCode)) await verdict.refund();
+      if (!verdict) return;
+      const report = options.settle;
+      if (verdict.refundWhen(reply.statusCode)) await verdict.refund();
+      else if (verdict.settle && report) await verdict.settle(() => report(req, reply));
     },
   };
 }
