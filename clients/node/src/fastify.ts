@@ -14,6 +14,8 @@ export interface FastifyRequestLike {
 
 /** The parts of a FastifyReply the hooks use. */
 export interface FastifyReplyLike {
+  /** Node's response: its `close` settles a reservation when the client goes away mid-stream. */
+  raw?: { once(event: "close", listener: () => void): unknown };
   statusCode: number;
   header(name: string, value: string): unknown;
   code(status: number): unknown;
@@ -52,6 +54,12 @@ export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike
   options: FastifyOptions<Req, Reply>,
 ): FastifyHooks<Deferred<Req>, Deferred<Reply>> {
   const verdicts = new WeakMap<Req, Verdict>();
+  /** The response has ended: a failure is refunded, else a reservation settled with what the app reports (once: the first call wins). */
+  const ended = async (verdict: Verdict, req: Req, reply: Reply) => {
+    const report = options.settle;
+    if (verdict.refundWhen(reply.statusCode)) await verdict.refund();
+    else if (verdict.settle && report) await verdict.settle(() => report(req, reply));
+  };
   return {
     onRequest: async (req, reply) => {
       const verdict = await judge(limiter, options, req, (request) => request.ip, options.settle !== undefined);
@@ -59,6 +67,8 @@ export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike
       for (const [name, value] of Object.entries(verdict.info.headers)) reply.header(name, value);
       if (verdict.pass) {
         verdicts.set(req, verdict);
+        // A client gone mid-stream: Fastify runs no onResponse; the reservation is settled with what the app reports.
+        if (options.settle) reply.raw?.once("close", () => void ended(verdict, req, reply));
         return;
       }
       if (options.onLimited) return options.onLimited(req, reply, verdict.info);
@@ -67,10 +77,7 @@ export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike
     },
     onResponse: async (req, reply) => {
       const verdict = verdicts.get(req);
-      if (!verdict) return;
-      const report = options.settle;
-      if (verdict.refundWhen(reply.statusCode)) await verdict.refund();
-      else if (verdict.settle && report) await verdict.settle(() => report(req, reply));
+      if (verdict) await ended(verdict, req, reply);
     },
   };
 }

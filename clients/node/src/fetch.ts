@@ -69,8 +69,8 @@ function onBodyEnd(response: Response, ended: () => void): Response {
       }
     },
     async cancel(reason) {
+      await reader.cancel(reason).catch(() => undefined);
       end();
-      await reader.cancel(reason);
     },
   });
   return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
