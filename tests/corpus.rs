@@ -13,9 +13,7 @@
 //!
 //! A call the twin cannot be sent in its own form (a several-key call
 //! whose numkeys FCALL itself refuses) is an error in the corpus, and is
-//! counted, not run. So, until the twin has them, are the calls of
-//! `NOT_IN_THE_TWIN_YET` (CHARGE and MCHARGE, issue 27) and the rest of
-//! their cases, which depend on what they recorded.
+//! counted, not run.
 
 use harness::corpus::{corpus, Case, Held, Step};
 use harness::{
@@ -24,18 +22,6 @@ use harness::{
 use redis::Value;
 use std::collections::BTreeMap;
 use std::time::Instant;
-
-/// Operations the script twin does not have yet (issue 27's CHARGE and
-/// MCHARGE, which the module has): on the twin's runs, a case is played up
-/// to its first call of one, and that call and the rest of the case
-/// (which depends on what it recorded) are counted as not sendable. Empty
-/// this list when the twin has them.
-const NOT_IN_THE_TWIN_YET: &[&str] = &["ratelimit.charge", "ratelimit.mcharge"];
-
-/// Whether the twin lacks the call's operation for now.
-fn not_in_the_twin_yet(call: &[String]) -> bool {
-    NOT_IN_THE_TWIN_YET.contains(&call[0].to_ascii_lowercase().as_str())
-}
 
 /// The call's answer shape for a real server's reply.
 fn reply_of(call: &[String], reply: redis::RedisResult<Value>) -> Reply {
@@ -61,14 +47,9 @@ fn reply_of(call: &[String], reply: redis::RedisResult<Value>) -> Reply {
             .expect("a decision's 4 integers")
     };
     // CHARGE's reply has CHECK's shape, MCHARGE's MCHECK's.
-    let operation = match call[0].to_ascii_lowercase().as_str() {
-        "ratelimit.charge" => Some("check".to_string()),
-        "ratelimit.mcharge" => Some("mcheck".to_string()),
-        _ => twin_operation(call),
-    };
-    match (operation.as_deref(), &reply) {
-        (Some("check" | "peek"), _) => Reply::Decision(four(&reply)),
-        (Some("mcheck" | "mpeek"), Value::Array(items)) if items.len() == 5 => {
+    match (twin_operation(call).as_deref(), &reply) {
+        (Some("check" | "peek" | "charge"), _) => Reply::Decision(four(&reply)),
+        (Some("mcheck" | "mpeek" | "mcharge"), Value::Array(items)) if items.len() == 5 => {
             let fields: [i64; 4] = integers(&Value::Array(items[..4].to_vec()))
                 .try_into()
                 .expect("4 integers");
@@ -107,12 +88,6 @@ fn run_embedded(twin: &EmbeddedTwin, case: &Case, tally: &mut Tally) -> Result<(
     tally.cases += 1;
     for (index, step) in case.steps.iter().enumerate() {
         tally.steps += 1;
-        if not_in_the_twin_yet(&step.call) {
-            let rest = case.steps.len() - index;
-            tally.steps += rest - 1;
-            tally.unsendable += rest;
-            break;
-        }
         let at = |what: String| format!("{} step {index} {:?}: {what}", case.name, step.call);
         twin.set_clock(case.epoch + step.at);
         let Some(got) = twin.send(&step.call) else {
@@ -231,12 +206,6 @@ fn run_on_server(
             Backend::Module => (&step.reply, &step.state),
             _ => (&step.twin_reply, &step.twin_state),
         };
-        if caller.backend.is_twin() && not_in_the_twin_yet(&step.call) {
-            let rest = case.steps.len() - index;
-            tally.steps += rest - 1;
-            tally.unsendable += rest;
-            break;
-        }
         if caller.backend.is_twin() && twin_form(&step.call).is_none() {
             tally.unsendable += 1;
             continue;

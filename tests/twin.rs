@@ -72,6 +72,19 @@ fn the_least_privilege_user_runs_everything_and_replaces_nothing() {
             "5",
         ],
         &["RATELIMIT.MUNDO", "2", "a", "b"],
+        &["RATELIMIT.CHARGE", "k", "60000", "5", "COST", "9"],
+        &[
+            "RATELIMIT.MCHARGE",
+            "2",
+            "a",
+            "b",
+            "1",
+            "60000",
+            "5",
+            "1",
+            "60000",
+            "5",
+        ],
     ];
     for caller in [&module, &twin, &script] {
         for words in calls {
@@ -243,7 +256,7 @@ fn the_eval_form_runs_without_a_loaded_script() {
     assert_eq!(
         unknown.map_err(|e| e.detail().unwrap_or_default().to_string()),
         Err(
-            "unknown operation 'CHECK' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock and gcra)"
+            "unknown operation 'CHECK' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock, gcra, charge and mcharge)"
                 .into()
         )
     );

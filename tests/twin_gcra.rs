@@ -907,7 +907,7 @@ fn buckets_and_logs_answer_wrongtype_both_ways() {
     set_bytes(&mut admin, "small21", &small);
     let module_before = all_dumps_and_expiries(&mut module_con);
     let twin_before = all_dumps_and_expiries(&mut admin);
-    let on_bucket: [&[&str]; 7] = [
+    let on_bucket: [&[&str]; 9] = [
         &["RATELIMIT.CHECK", "bucket", "1000", "5"],
         &["RATELIMIT.PEEK", "bucket", "1000", "5"],
         &["RATELIMIT.UNDO", "bucket"],
@@ -926,6 +926,8 @@ fn buckets_and_logs_answer_wrongtype_both_ways() {
         ],
         &["RATELIMIT.MPEEK", "1", "bucket", "1", "1000", "5"],
         &["RATELIMIT.MUNDO", "2", "log", "bucket"],
+        &["RATELIMIT.CHARGE", "bucket", "1000", "5", "COST", "9"],
+        &["RATELIMIT.MCHARGE", "2", "log", "bucket", "1", "1000", "5", "1", "1000", "5"],
     ];
     let gcra_on = |key: &'static str| -> Vec<&'static str> {
         vec!["RATELIMIT.GCRA", key, "5", "1", "60", "TOKENS", "0"]

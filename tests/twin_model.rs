@@ -5,8 +5,9 @@
 //! compaction are exact here, where a live server's clock would not let
 //! them be. The model is the contract's one (`reference::Keyspace`, which
 //! also writes contract/corpus.jsonl): random calls on three keys, CHECK
-//! and PEEK with several limits, COST, PRECISION and BLOCK, MCHECK and
-//! MPEEK over up to three keys, UNDO and UNBLOCK, each answered by both,
+//! and PEEK with several limits, COST, PRECISION and BLOCK, CHARGE (COST
+//! and PRECISION, no BLOCK), MCHECK, MPEEK and MCHARGE over up to three
+//! keys, UNDO and UNBLOCK, each answered by both,
 //! and every key's stored value decoded after each call and held to the
 //! model's entries, window, block and expiry. Where the corpus holds the
 //! contract's chosen cases, this reaches what long random runs reach: the
@@ -17,12 +18,21 @@ use harness::{EmbeddedTwin, Reply};
 use proptest::prelude::*;
 use ratelimit_core::reference::{Answer, Keyspace};
 
+/// What a request does: CHECK (MCHECK), PEEK (MPEEK) or CHARGE (MCHARGE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Check,
+    Peek,
+    Charge,
+}
+
 #[derive(Clone, Debug)]
 struct Request {
-    check: bool,
+    kind: Kind,
     limits: Vec<(u64, u64)>,
     cost: u64,
     precision: u64,
+    /// BLOCK's ms (never sent with CHARGE, which has no BLOCK).
     block: Option<u64>,
     /// COST and PRECISION sent even when 1 (else left out, as most calls
     /// leave them: the twin's fast path).
@@ -36,7 +46,7 @@ enum Call {
         tick: i64,
         request: Request,
     },
-    /// The clock moves by `tick` ms, then MCHECK (or MPEEK) over the keys
+    /// The clock moves by `tick` ms, then MCHECK (MPEEK, MCHARGE) over the keys
     /// at these positions of `NAMES`, each with its request (COST,
     /// PRECISION and BLOCK shared).
     Multi {
@@ -61,7 +71,7 @@ fn words(request: &Request) -> Vec<String> {
     words
 }
 
-/// MCHECK's or MPEEK's words after the keys: each key's pairs, then the
+/// MCHECK's, MPEEK's or MCHARGE's words after the keys: each key's pairs, then the
 /// shared options.
 fn multi_words(requests: &[Request]) -> Vec<String> {
     let mut words = vec![];
@@ -88,7 +98,7 @@ fn words_of_options(request: &Request) -> Vec<String> {
     if request.spelled || request.precision != 1 {
         words.extend(["PRECISION".into(), request.precision.to_string()]);
     }
-    if let Some(ms) = request.block {
+    if let (Some(ms), false) = (request.block, request.kind == Kind::Charge) {
         words.extend(["BLOCK".into(), ms.to_string()]);
     }
     words
@@ -146,10 +156,10 @@ fn module_call(call: &Call) -> (i64, Vec<String>) {
     let strings = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
     match call {
         Call::Request { tick, request } => {
-            let name = if request.check {
-                "RATELIMIT.CHECK"
-            } else {
-                "RATELIMIT.PEEK"
+            let name = match request.kind {
+                Kind::Check => "RATELIMIT.CHECK",
+                Kind::Peek => "RATELIMIT.PEEK",
+                Kind::Charge => "RATELIMIT.CHARGE",
             };
             (*tick, [strings(&[name, NAMES[0]]), words(request)].concat())
         }
@@ -158,10 +168,10 @@ fn module_call(call: &Call) -> (i64, Vec<String>) {
             keys,
             requests,
         } => {
-            let name = if requests[0].check {
-                "RATELIMIT.MCHECK"
-            } else {
-                "RATELIMIT.MPEEK"
+            let name = match requests[0].kind {
+                Kind::Check => "RATELIMIT.MCHECK",
+                Kind::Peek => "RATELIMIT.MPEEK",
+                Kind::Charge => "RATELIMIT.MCHARGE",
             };
             let mut words = strings(&[name, &keys.len().to_string()]);
             words.extend(keys.iter().map(|&k| NAMES[k].to_string()));
@@ -264,7 +274,8 @@ fn run_on(twin: &EmbeddedTwin, calls: &[Call], reach: &mut Reach) -> Result<(), 
 /// cheap and entries expire often), maxes up to `max` and now and then
 /// 2^40, costs from 1 to 2^40 (multi-byte varints), a clock that mostly
 /// moves forward (by up to `step`) and sometimes steps back; now and then
-/// `BLOCK` (up to `longest` ms) and UNBLOCK.
+/// `BLOCK` (up to `longest` ms) and UNBLOCK; CHARGEs among the requests
+/// (their costs often above a max: recorded past the limits).
 fn call(longest: u64, max: u64, step: i64) -> impl Strategy<Value = Call> {
     let max = prop_oneof![6 => 1u64..max, 1 => Just(1u64 << 40)];
     let limits = proptest::collection::vec((1u64..longest, max.clone()), 1..4);
@@ -276,16 +287,17 @@ fn call(longest: u64, max: u64, step: i64) -> impl Strategy<Value = Call> {
         1 => proptest::collection::vec((1u64..longest, max.clone()), 1..2),
         1 => limits.clone(),
     ];
+    let kind = prop_oneof![12 => Just(Kind::Check), 3 => Just(Kind::Peek), 4 => Just(Kind::Charge)];
     let request = (
-        prop::bool::weighted(0.8),
+        kind,
         limits.clone(),
         cost,
         precision,
         block,
         prop::bool::weighted(0.3),
     )
-        .prop_map(|(check, limits, cost, precision, block, spelled)| Request {
-            check,
+        .prop_map(|(kind, limits, cost, precision, block, spelled)| Request {
+            kind,
             limits,
             cost,
             precision,
@@ -352,10 +364,10 @@ fn a_long_log_is_read_at_its_ends_and_compacted() {
         .map(|i| {
             let cost = 1 + random.below(2);
             let pause = random.below(400) == 0;
-            let request = |check, tick, limits: Vec<(u64, u64)>| Call::Request {
+            let request = |kind, tick, limits: Vec<(u64, u64)>| Call::Request {
                 tick,
                 request: Request {
-                    check,
+                    kind,
                     limits,
                     cost,
                     precision: 1,
@@ -365,10 +377,12 @@ fn a_long_log_is_read_at_its_ends_and_compacted() {
             };
             match i % 17 {
                 0 => Call::Undo(1 + cost),
-                5 => request(false, 0, vec![(20, 5), (1_500, 1_000_000)]),
-                9 => request(true, 1, vec![(300, 200), (1_500, 1_000_000)]),
-                _ if pause => request(true, 900, vec![(1_500, 1_000_000)]),
-                _ => request(true, 1, vec![(1_500, 1_000_000)]),
+                5 => request(Kind::Peek, 0, vec![(20, 5), (1_500, 1_000_000)]),
+                // A settlement past the short limit, recorded all the same.
+                13 => request(Kind::Charge, 1, vec![(20, 1), (1_500, 1_000_000)]),
+                9 => request(Kind::Check, 1, vec![(300, 200), (1_500, 1_000_000)]),
+                _ if pause => request(Kind::Check, 900, vec![(1_500, 1_000_000)]),
+                _ => request(Kind::Check, 1, vec![(1_500, 1_000_000)]),
             }
         })
         .collect();
@@ -387,10 +401,10 @@ fn small_pages_reach_every_shape_of_the_paged_form() {
             let cost = 1 + random.below(3);
             // Steady, then growing, then thinning traffic, in turn.
             let phase = [2, 1, 3][(i / 900) % 3];
-            let request = |check, tick, limits: Vec<(u64, u64)>| Call::Request {
+            let request = |kind, tick, limits: Vec<(u64, u64)>| Call::Request {
                 tick,
                 request: Request {
-                    check,
+                    kind,
                     limits,
                     cost,
                     precision: 1,
@@ -400,13 +414,13 @@ fn small_pages_reach_every_shape_of_the_paged_form() {
             };
             match i % 23 {
                 0 => Call::Undo(1 + random.below(40)),
-                5 => request(false, 0, vec![(20, 5), (1_500, 1_000_000)]),
-                9 => request(true, 1, vec![(300, 200), (1_500, 1_000_000)]),
+                5 => request(Kind::Peek, 0, vec![(20, 5), (1_500, 1_000_000)]),
+                9 => request(Kind::Check, 1, vec![(300, 200), (1_500, 1_000_000)]),
                 _ if phase == 3 && random.below(3) > 0 => {
-                    request(true, 9, vec![(1_500, 1_000_000)])
+                    request(Kind::Check, 9, vec![(1_500, 1_000_000)])
                 }
-                _ if random.below(600) == 0 => request(true, 1_400, vec![(1_500, 1_000_000)]),
-                _ => request(true, phase, vec![(1_500, 1_000_000)]),
+                _ if random.below(600) == 0 => request(Kind::Check, 1_400, vec![(1_500, 1_000_000)]),
+                _ => request(Kind::Check, phase, vec![(1_500, 1_000_000)]),
             }
         })
         .collect();

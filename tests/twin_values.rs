@@ -7,7 +7,7 @@
 //! is checked in the parts a call reads: it answers WRONGTYPE, or what its
 //! meaning answers, or (a change in a part the call did not read) what the
 //! value before the change answers. Never a script error, and no other key
-//! changes: in MCHECK, a key beside a refused one keeps its bytes.
+//! changes: in MCHECK and MCHARGE, a key beside a refused one keeps its bytes.
 
 use harness::twin_format::{self, TwinLog};
 use harness::{run, server_clock_ms, Backend, Caller, Random, Server};
@@ -116,7 +116,7 @@ fn mutate(random: &mut Random, value: &[u8], form: Form) -> Vec<u8> {
 fn call_words(random: &mut Random, key: &str) -> Vec<String> {
     let max = [1u64, 5, 100, 1_000_000, 1 << 50][random.below(5) as usize];
     let window = WINDOW.to_string();
-    let words: Vec<String> = match random.below(6) {
+    let words: Vec<String> = match random.below(7) {
         0 => vec!["RATELIMIT.PEEK".into(), key.into(), window, max.to_string()],
         1 => vec![
             "RATELIMIT.CHECK".into(),
@@ -141,6 +141,15 @@ fn call_words(random: &mut Random, key: &str) -> Vec<String> {
             (1 + random.below(500)).to_string(),
         ],
         4 => vec!["RATELIMIT.UNBLOCK".into(), key.into()],
+        // A settlement: recorded past any max, on a blocked key too.
+        5 => vec![
+            "RATELIMIT.CHARGE".into(),
+            key.into(),
+            window,
+            max.to_string(),
+            "COST".into(),
+            (1 + random.below(500)).to_string(),
+        ],
         _ => vec![
             "RATELIMIT.PEEK".into(),
             key.into(),
@@ -271,9 +280,11 @@ fn fuzz(server: &Server, twin: &Caller, form: Form, cases: usize, seed: u64) -> 
         } else {
             meant += 1;
         }
-        // Several keys: a refused key charges none beside it.
+        // Several keys: a refused key charges none beside it (MCHECK's
+        // records, MCHARGE's settlements).
+        let several = ["RATELIMIT.MCHECK", "RATELIMIT.MCHARGE"][case % 2];
         let multi: Vec<String> = [
-            "RATELIMIT.MCHECK",
+            several,
             "2",
             &good,
             &key,

@@ -1,7 +1,7 @@
 #!lua name=ratelimit
 -- The script twin of redis-ratelimit's contract: RATELIMIT.CHECK, PEEK,
--- UNDO, MCHECK, MPEEK, MUNDO and UNBLOCK (with BLOCK ms), and the token
--- bucket RATELIMIT.GCRA, for servers that cannot load the module (managed
+-- UNDO, MCHECK, MPEEK, MUNDO and UNBLOCK (with BLOCK ms), the settlements
+-- CHARGE and MCHARGE, and the token bucket RATELIMIT.GCRA, for servers that cannot load the module (managed
 -- services). Same arguments, same replies, same error texts; where Lua's
 -- numbers (doubles) cannot be exact, a twin-only error instead (see
 -- twin/README.md).
@@ -14,9 +14,12 @@
 --                 FCALL_RO ratelimit_mpeek numkeys key [key ...] <as mcheck>
 --                 FCALL ratelimit_mundo numkeys key [key ...] [COST n]
 --                 FCALL ratelimit_unblock 1 key
+--                 FCALL ratelimit_charge 1 key window max [...] [COST n] [PRECISION p]
+--                 FCALL ratelimit_mcharge numkeys key [key ...] <as mcheck, without BLOCK>
 --                 FCALL ratelimit_gcra 1 key max_burst count period [TOKENS n] [MS]
 -- Script form:    this file without its first line, as EVAL/EVALSHA:
---                 EVALSHA sha numkeys key [key ...] check|peek|undo|mcheck|mpeek|mundo|unblock|gcra
+--                 EVALSHA sha numkeys key [key ...]
+--                   check|peek|undo|mcheck|mpeek|mundo|unblock|gcra|charge|mcharge
 --                 <the same arguments>
 --
 -- Only base Lua 5.1 (string, math, table, ipairs, pairs, tonumber, type,
@@ -1115,20 +1118,32 @@ local function general()
     return src:sub(start_of(page, k) + 1, page.finish) .. extra
   end
 
-  -- The writes of an allowed request recorded at `at` (as TimeLog::record:
-  -- widen the window, prune what expired under it, join the newest entry if
-  -- it lies in the same precision cell, else append), after every check.
+  -- Whether a request recorded at `at` joins the log's newest entry: both
+  -- in one PRECISION cell (the entry then takes the request's time).
+  local function joins_newest(log, at, precision)
+    return cell(log.newest, precision) == cell(at, precision)
+  end
+
+  -- The writes of a request recorded at `at` (as TimeLog::record: widen the
+  -- window, prune what expired under it, join the newest entry if it lies
+  -- in the same precision cell, else append), after every check: an
+  -- allowed CHECK's, and CHARGE's, which records on a blocked key too. A
+  -- block in force stays (only CHARGE meets one: a CHECK on a blocked key
+  -- is denied), an ended one goes; the key expires when its newest entry
+  -- leaves the window or when the block ends, whichever is later.
   local function plan_record(key, log, at, call)
     local window = call.longest
     local first
+    local blocked = log and log.blocked > at and log.blocked or 0
     -- A log with no entry (a blocked key a refund emptied) keeps no window.
     if log and log.count > 0 then
       window = math.max(log.window, window)
       first = seek_time(log, at - window)
     end
+    local expires = math.max(at + window, blocked)
     if not first then
-      local fresh = { key = key, window = window, newest = at, oldest = at, total = call.cost, blocked = 0 }
-      return store_small(fresh, entry(0, call.cost), at + window)
+      local fresh = { key = key, window = window, newest = at, oldest = at, total = call.cost, blocked = blocked }
+      return store_small(fresh, entry(0, call.cost), expires)
     end
     local page, k = first.page, first.k
     local kept = log.total - page.before[k]
@@ -1136,7 +1151,7 @@ local function general()
       fail('ERR this key would hold more than 9007199254740992 units of cost, which the script twin '
         .. 'cannot count exactly: nothing was recorded (load the module, or use smaller units)')
     end
-    local merge = cell(log.newest, call.precision) == cell(at, call.precision)
+    local merge = joins_newest(log, at, call.precision)
     local count = log.count - (page.count_before + k - 1) + (merge and 0 or 1)
     if count > MAX_ENTRIES then
       -- The module's text: the twin's cap is the module's default, fixed.
@@ -1144,7 +1159,7 @@ local function general()
         .. 'Use PRECISION p to share entries, or raise ratelimit.max-entries')
     end
     local change = { window = window, at = at, cost = call.cost, merge = merge, total = kept + call.cost,
-      count = count, first = first }
+      count = count, first = first, blocked = blocked, expires = expires }
     if log.sealed > 0 then
       return need('paged').plan_record(log, change)
     end
@@ -1157,9 +1172,9 @@ local function general()
       body = small_body(tail, k, nil, entry(at - log.newest, call.cost))
     end
     local updated = { key = key, window = window, newest = at, oldest = k == n and merge and at or tail.at[k],
-      total = kept + call.cost, blocked = 0 }
+      total = kept + call.cost, blocked = blocked }
     if #body <= SMALL_LIMIT then
-      return store_small(updated, body, at + window)
+      return store_small(updated, body, expires)
     end
     -- Past a page: the kept entries and the new one, paged.
     local times, costs = {}, {}
@@ -1171,7 +1186,7 @@ local function general()
     else
       times[#times + 1], costs[#costs + 1] = at, call.cost
     end
-    return rebuild(updated, times, costs, at + window)
+    return rebuild(updated, times, costs, expires)
   end
 
   -- When the key expires: when its newest entry leaves its window, or when
@@ -1242,7 +1257,8 @@ local function general()
 
   -- check|peek's call: limits sorted by window, cost, precision, the longest
   -- window and the block, or the module's error for the first thing wrong.
-  local function limit_call(name, args)
+  -- With `settles`, charge's: no BLOCK, and COST may be above a max.
+  local function limit_call(name, args, settles)
     local call = #args == 2 and simple_call(args[1], args[2])
     if call then
       return call
@@ -1250,7 +1266,7 @@ local function general()
     if #args < 2 then
       arity(name)
     end
-    return need('parse').limit_call(args)
+    return need('parse').limit_call(args, settles)
   end
 
   local function check(key, args)
@@ -1289,6 +1305,8 @@ local function general()
     mcheck = { module = 'multi', name = 'ratelimit.mcheck', arity = -6 },
     mpeek = { module = 'multi', name = 'ratelimit.mpeek', read_only = true, arity = -6 },
     mundo = { module = 'multi', name = 'ratelimit.mundo', arity = -3 },
+    charge = { module = 'settle', name = 'ratelimit.charge', one_key = true, arity = -4 },
+    mcharge = { module = 'settle', name = 'ratelimit.mcharge', arity = -6 },
   }
 
   local function run_operation(operation, keys, args)
@@ -1327,6 +1345,8 @@ local function general()
     local EXACT_DIGITS = '9007199254740992'
     local WINDOW_DIGITS = '31536000000'
     local LIMIT_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' }, { 'BLOCK', 'ms' } }
+    -- A settlement is never denied, so it has nothing to block.
+    local CHARGE_OPTIONS = { { 'COST', 'n' }, { 'PRECISION', 'p' } }
     local UNDO_OPTIONS = { { 'COST', 'n' } }
 
     -- A decimal integer the way Redis writes one (digits, no leading zero,
@@ -1447,10 +1467,11 @@ local function general()
 
     -- The request of `limits` with the options' values (words, or nil),
     -- checked in the module's order: COST, PRECISION, a window twice, COST
-    -- above a max, PRECISION above the shortest window. Limits sorted by
+    -- above a max (not for a charge, `settles`: what it records was
+    -- spent), PRECISION above the shortest window. Limits sorted by
     -- window; the numbers Lua cannot hold exactly are refused later, by
     -- `make_exact`.
-    local function build_call(limits, options)
+    local function build_call(limits, options, settles)
       local cost = options[1] and cost_digits(options[1]) or '1'
       local shortest = MAX_WINDOW
       for _, limit in ipairs(limits) do
@@ -1474,7 +1495,7 @@ local function general()
           smallest_max = limit.max_digits
         end
       end
-      if below(smallest_max, cost) then
+      if below(smallest_max, cost) and not settles then
         fail('ERR COST ' .. cost .. ' is above max ' .. smallest_max .. ': such a request could never be allowed')
       end
       if precision > shortest then
@@ -1495,10 +1516,11 @@ local function general()
     end
 
     local parse = { positive_up_to = positive_up_to, parse_options = parse_options, parse_pair = parse_pair,
-      build_call = build_call, make_exact = make_exact, parse_block = parse_block, LIMIT_OPTIONS = LIMIT_OPTIONS }
+      build_call = build_call, make_exact = make_exact, parse_block = parse_block, LIMIT_OPTIONS = LIMIT_OPTIONS,
+      CHARGE_OPTIONS = CHARGE_OPTIONS }
 
-    -- check|peek with any words.
-    function parse.limit_call(args)
+    -- check|peek with any words; charge's with `settles`.
+    function parse.limit_call(args, settles)
       local limits = {}
       local at = 1
       -- The first pair is required; more follow while the next word is a
@@ -1511,9 +1533,9 @@ local function general()
         limits[#limits + 1] = limit
         at = at + 2
       end
-      local options = parse_options(args, at, LIMIT_OPTIONS)
+      local options = parse_options(args, at, settles and CHARGE_OPTIONS or LIMIT_OPTIONS)
       local block = parse_block(options[3])
-      local call = make_exact(build_call(limits, options))
+      local call = make_exact(build_call(limits, options, settles))
       call.block = block
       return call
     end
@@ -1618,7 +1640,7 @@ local function general()
 
     -- Runs `run(...)`; an error it raises names `key` first, as the module's
     -- errors about one key of a multi-key call do.
-    local function about_key(key, run, ...)
+    function multi.about_key(key, run, ...)
       local ok, result = pcall(run, ...)
       if ok then
         return result
@@ -1630,7 +1652,7 @@ local function general()
     end
 
     -- One key's call of a multi-key call: its `npairs` pairs from `args[from]`.
-    local function key_call(args, from, npairs, options)
+    local function key_call(args, from, npairs, options, settles)
       local simple = npairs == 1 and not (options[1] or options[2]) and simple_call(args[from], args[from + 1])
       if simple then
         return simple
@@ -1640,13 +1662,14 @@ local function general()
         local at = from + 2 * (i - 1)
         limits[i] = parse.parse_pair(args[at], args[at + 1])
       end
-      return parse.build_call(limits, options)
+      return parse.build_call(limits, options, settles)
     end
 
     -- mcheck|mpeek: each key's call, in key order, as CHECK on that key alone
     -- would parse it (COST and PRECISION apply to every key), or the module's
     -- error for the first thing wrong; the twin's own refusals after all.
-    local function parse_multi_call(name, keys, args)
+    -- mcharge's with `settles`, as CHARGE on each key would parse it.
+    function multi.parse_multi_call(name, keys, args, settles)
       check_keys(keys)
       local starts, counts = {}, {}
       local at = 1
@@ -1664,15 +1687,15 @@ local function general()
           arity(name)
         end
       end
-      local options = parse.parse_options(args, at, parse.LIMIT_OPTIONS)
+      local options = parse.parse_options(args, at, settles and parse.CHARGE_OPTIONS or parse.LIMIT_OPTIONS)
       local block = parse.parse_block(options[3])
       local calls = {}
       for position, key in ipairs(keys) do
-        calls[position] = about_key(key, key_call, args, starts[position], counts[position], options)
+        calls[position] = multi.about_key(key, key_call, args, starts[position], counts[position], options, settles)
       end
       for position, key in ipairs(keys) do
         if not calls[position].cost then
-          about_key(key, parse.make_exact, calls[position])
+          multi.about_key(key, parse.make_exact, calls[position])
         end
         calls[position].block = block
       end
@@ -1683,7 +1706,7 @@ local function general()
     -- another type) and seen at its own decision time, one clock for all,
     -- under its block if it is blocked.
     local function survey(name, keys, args)
-      local calls = parse_multi_call(name, keys, args)
+      local calls = multi.parse_multi_call(name, keys, args)
       local clock_now = clock()
       local keyed = {}
       for i, key in ipairs(keys) do
@@ -1735,7 +1758,7 @@ local function general()
       local plans = {}
       for i, k in ipairs(keyed) do
         if allowed then
-          plans[i] = about_key(k.key, plan_record, k.key, k.log, k.now, k.call)
+          plans[i] = multi.about_key(k.key, plan_record, k.key, k.log, k.now, k.call)
         else
           local block = k.call.block
           local block_until = block and not k.seen.fits and not k.blocked and k.now + block or nil
@@ -1774,6 +1797,97 @@ local function general()
     end
 
     return multi
+  end
+
+  -- CHARGE and MCHARGE ------------------------------------------------------------
+
+  builders.settle = function()
+    local settle = {}
+
+    -- CHARGE's answer for `call` recorded at `now` (the model's charge):
+    -- [over, remaining, retry, reset]. Worked out on the log as it was
+    -- before the record, which a paged log's planned record changes: the
+    -- record adds the charge to every window of the call (it is at `now`),
+    -- and prunes only what no window of it holds; the newest entry, if the
+    -- charge joins it, moves to `now` and so leaves with the charge.
+    function settle.settlement(log, now, call)
+      local live = log and log.count > 0
+      local joins = live and joins_newest(log, now, call.precision)
+      local over, remaining, retry = 0, nil, 0
+      for _, limit in ipairs(call.limits) do
+        local horizon = now - limit.window
+        local first = live and seek_time(log, horizon)
+        local before = first and first.page.before[first.k] or 0
+        -- At most 2^53 once plan_record has accepted the charge.
+        local used = (first and log.total - before or 0) + call.cost
+        over = math.max(over, used - limit.max)
+        remaining = math.min(remaining or math.huge, math.max(limit.max - used, 0))
+        -- A request of 1 fits when `leave` units have left the window: those
+        -- the log held first, in time order, then the charge's own entry.
+        local leave = used - limit.max + 1
+        if leave > 0 then
+          local wait = limit.window
+          if leave <= used - call.cost then
+            local leaving = seek_cost(log, before + leave)
+            local moved = joins and leaving.page == log.tail and leaving.k == log.tail.n
+            wait = moved and wait or leaving.page.at[leaving.k] - horizon
+          end
+          retry = math.max(retry, wait)
+        end
+      end
+      -- The charge's entry is the newest: the longest window empties with it.
+      return { over, remaining, retry, call.longest }
+    end
+
+    -- One key's charge: its answer and its writes, or the error that
+    -- refuses it (an overflow, a full log: plan_record's checks).
+    function settle.plan(key, log, now, call)
+      -- The answer first: plan_record changes a paged log's fields.
+      local settled = settle.settlement(log, now, call)
+      return { settled = settled, writes = plan_record(key, log, now, call) }
+    end
+
+    settle['ratelimit.charge'] = function(key, args)
+      local call = limit_call('ratelimit.charge', args, true)
+      local log = open(key)
+      local planned = settle.plan(key, log, decision_time(log, clock()), call)
+      commit(planned.writes)
+      return planned.settled
+    end
+
+    -- MCHARGE: every key opened (WRONGTYPE for the first of another type),
+    -- then each key's charge planned in key order (its refusal names it),
+    -- before any key is written: all or nothing.
+    settle['ratelimit.mcharge'] = function(keys, args)
+      local multi = need('multi')
+      local calls = multi.parse_multi_call('ratelimit.mcharge', keys, args, true)
+      local clock_now = clock()
+      local logs = {}
+      for i, key in ipairs(keys) do
+        logs[i] = open(key) or false
+      end
+      local plans = {}
+      for i, key in ipairs(keys) do
+        local log = logs[i] or nil
+        plans[i] = multi.about_key(key, settle.plan, key, log, decision_time(log, clock_now), calls[i])
+      end
+      -- The most over, the least remaining, the longest waits, the keys over.
+      local over, remaining, retry, reset, over_keys = 0, nil, 0, 0, {}
+      for i, planned in ipairs(plans) do
+        local s = planned.settled
+        over, retry, reset = math.max(over, s[1]), math.max(retry, s[3]), math.max(reset, s[4])
+        remaining = math.min(remaining or s[2], s[2])
+        if s[1] > 0 then
+          over_keys[#over_keys + 1] = i
+        end
+      end
+      for _, planned in ipairs(plans) do
+        commit(planned.writes)
+      end
+      return { over, remaining, retry, reset, over_keys }
+    end
+
+    return settle
   end
 
   -- The paged form ------------------------------------------------------------------
@@ -2163,14 +2277,14 @@ local function general()
       return header_write(log, {}, expires)
     end
 
-    -- An allowed request's writes on a paged log (the shared checks done):
+    -- A recorded request's writes on a paged log (the shared checks done):
     -- pages the prune passed leave the runs, the request joins the newest
     -- entry or is appended to the tail page, a full tail page is sealed into
     -- a slot.
     function paged.plan_record(log, change)
       local first, at, cost = change.first, change.at, change.cost
       local tail, n = log.tail, log.tail.n
-      log.window, log.total, log.count, log.blocked = change.window, change.total, change.count, 0
+      log.window, log.total, log.count, log.blocked = change.window, change.total, change.count, change.blocked
       local newest_cost = change.merge and cost_of(tail, n) + cost or cost
       if first.page.index > log.sealed then
         -- Every sealed page expired: what is left of the tail, and the request.
@@ -2184,7 +2298,7 @@ local function general()
           times[#times + 1], costs[#costs + 1] = at, cost
         end
         log.oldest, log.newest = times[1], at
-        return rebuild(log, times, costs, at + change.window)
+        return rebuild(log, times, costs, change.expires)
       end
       local dropped = first.page.index - 1
       drop_front(log, dropped)
@@ -2218,7 +2332,7 @@ local function general()
       log.end_cost = add_cost(log.end_cost, cost)
       log.end_count = (log.end_count + (change.merge and 0 or 1)) % COUNTS
       log.newest, log.used = at, #log.tail_bytes
-      local expires = at + change.window
+      local expires = change.expires
       if log.sealed <= 8 and log.slots > 2 * log.sealed + 8 then
         -- A few pages live in many slots (a burst has passed): the value
         -- written anew with just them (at most 8 slots read).
@@ -2288,7 +2402,8 @@ local function general()
     local operation = OPERATIONS[argv[1] or '']
     if not operation then
       return redis.error_reply("ERR unknown operation '" .. tostring(argv[1])
-        .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock and gcra)")
+        .. "' (the script twin's operations are check, peek, undo, mcheck, mpeek, mundo, unblock, gcra, "
+        .. 'charge and mcharge)')
     end
     local args = {}
     for i = 2, #argv do
@@ -2303,7 +2418,7 @@ end
 if redis.register_function then
   -- The functions, `ratelimit_<operation>`, in a fixed order. (The top
   -- level of a library may not touch globals such as `ipairs` on Redis 7.0.)
-  local FUNCTIONS = { 'check', 'peek', 'undo', 'unblock', 'mcheck', 'mpeek', 'mundo' }
+  local FUNCTIONS = { 'check', 'peek', 'undo', 'unblock', 'mcheck', 'mpeek', 'mundo', 'charge', 'mcharge' }
   local rest = general()
   for i = 1, #FUNCTIONS do
     local name = FUNCTIONS[i]

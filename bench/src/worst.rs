@@ -112,6 +112,27 @@ fn cases(size: usize) -> Vec<Case> {
             refusal: Some("ERR"),
         },
         Case {
+            // A settlement over a full window: its wait found in the log.
+            label: "CHARGE 10-min window full at 10 and 1 h window, COST 500000",
+            shape: Shape {
+                entries: size - CALLS - 1,
+                ..live(3_600_000)
+            },
+            words: &["600000", "10", "3600000", "5000000", "COST", "500000"],
+            changes: true,
+            refusal: None,
+        },
+        Case {
+            label: "CHARGE needing an entry past the cap: refused",
+            shape: Shape {
+                entries: 1_000_000,
+                ..live(3_600_000)
+            },
+            words: &["1000", "1000", "3600000", "5000000"],
+            changes: false,
+            refusal: Some("ERR"),
+        },
+        Case {
             label: "UNDO COST 600000",
             shape: live(3_600_000),
             words: &["COST", "600000"],
@@ -154,6 +175,8 @@ fn measure(
 ) -> (f64, f64) {
     let command = if case.label.starts_with("UNDO") {
         "RATELIMIT.UNDO"
+    } else if case.label.starts_with("CHARGE") {
+        "RATELIMIT.CHARGE"
     } else if case.label.contains("PEEK") {
         "RATELIMIT.PEEK"
     } else {

@@ -82,6 +82,8 @@ pub const MODULE_RULES: &[&str] = &[
     "+ratelimit.mundo",
     "+ratelimit.unblock",
     "+ratelimit.gcra",
+    "+ratelimit.charge",
+    "+ratelimit.mcharge",
 ];
 
 /// twin/ratelimit.lua as FUNCTION LOAD takes it.
@@ -163,7 +165,7 @@ impl Backend {
 /// in lower case (the script form's operation; the function's name is
 /// `ratelimit_<operation>`), whether each goes as FCALL_RO/EVALSHA_RO, and
 /// whether its key is argument 1 (else `numkeys key [key ...]`).
-const TWIN_OPERATIONS: [(&str, bool, bool); 8] = [
+const TWIN_OPERATIONS: [(&str, bool, bool); 10] = [
     ("check", false, true),
     ("peek", true, true),
     ("undo", false, true),
@@ -173,6 +175,9 @@ const TWIN_OPERATIONS: [(&str, bool, bool); 8] = [
     ("mundo", false, false),
     // RATELIMIT.GCRA is a write even with TOKENS 0, as the module's.
     ("gcra", false, true),
+    // CHARGE and MCHARGE always record: writes, as CHECK and MCHECK.
+    ("charge", false, true),
+    ("mcharge", false, false),
 ];
 
 /// The twin's operation for a module command's name (any case), if the
@@ -243,8 +248,8 @@ impl Caller {
     }
 
     /// `words` as this backend sends them: a contract call
-    /// (`RATELIMIT.CHECK|PEEK|UNDO|UNBLOCK|GCRA key ...`, `RATELIMIT.MCHECK|MPEEK|MUNDO
-    /// numkeys key ...`) in the backend's form, any other command as it is.
+    /// (`RATELIMIT.CHECK|PEEK|UNDO|UNBLOCK|GCRA|CHARGE key ...`,
+    /// `RATELIMIT.MCHECK|MPEEK|MUNDO|MCHARGE numkeys key ...`) in the backend's form, any other command as it is.
     /// The multi-key calls pass `numkeys` on as FCALL's and EVALSHA's own,
     /// with as many keys as the words hold.
     pub fn command(&self, words: &[&str]) -> redis::Cmd {
