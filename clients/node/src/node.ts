@@ -44,6 +44,8 @@ export interface ExpressRequest extends NodeRequest {
 
 /** Express's res (4 and 5), as an onLimited hook uses it. */
 export interface ExpressResponse extends NodeResponse {
+  // biome-ignore lint/suspicious/noExplicitAny: Express types res.locals as Record<string, any>; so does this, so a `settle` reads what the handler left there.
+  locals: Record<string, any>;
   status(code: number): this;
   json(body: unknown): this;
   send(body?: unknown): this;
