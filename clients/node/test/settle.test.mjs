@@ -536,3 +536,56 @@ for (const backend of ["module", "twin"]) {
     });
   }
 }
+
+describe("a settlement answered after its timeout", () => {
+  /** A Connection answering CHECK as allowed and UNDO with 60 units, the first UNDO only after `lateMs`; keeps what was sent. */
+  function slow(lateMs) {
+    const sent = [];
+    let undos = 0;
+    return {
+      sent,
+      connection: {
+        send: async (_key, args) => {
+          sent.push(args.join(" "));
+          if (args[0] === "RATELIMIT.CHECK") return [1, 9900, 0, 60_000];
+          if (args[0] === "RATELIMIT.CHARGE") return [0, 9940, 0, 60_000];
+          undos += 1;
+          if (undos === 1) await pause(lateMs);
+          return 60;
+        },
+        serverFor: () => "slow:6379",
+      },
+    };
+  }
+
+  test("answered before the next try: no second try, recorded once", async () => {
+    const { sent, connection } = slow(120);
+    const log = recorder();
+    const limiter = new RateLimiter(connection, { logger: log.logger, timeoutMs: 100 });
+    const { handle } = await limiter.reserve("k", BUDGET, { estimate: 100 });
+    assert.deepEqual(await limiter.settle(handle, 40), { difference: -60, action: "refund", source: "redis", refunded: [60] });
+    assert.deepEqual(sent, ["RATELIMIT.CHECK k 60000 10000 COST 100", "RATELIMIT.UNDO k COST 60"]);
+  });
+
+  test("answered after another try ran: the second is undone (a refund charged back), logged", async () => {
+    const { sent, connection } = slow(400);
+    const log = recorder();
+    const limiter = new RateLimiter(connection, { logger: log.logger, timeoutMs: 100 });
+    const { handle } = await limiter.reserve("k", BUDGET, { estimate: 100 });
+    assert.deepEqual(await limiter.settle(handle, 40), { difference: -60, action: "refund", source: "redis", refunded: [60] });
+    await pause(400);
+    assert.deepEqual(sent, [
+      "RATELIMIT.CHECK k 60000 10000 COST 100",
+      "RATELIMIT.UNDO k COST 60",
+      "RATELIMIT.UNDO k COST 60",
+      "RATELIMIT.CHARGE k 60000 10000 COST 60",
+    ]);
+    assert.ok(
+      log.lines.some(
+        (line) =>
+          line.level === "warn" &&
+          line.message === "redis-ratelimit: a settlement on k was answered after its timeout and ran twice; the second was undone",
+      ),
+    );
+  });
+});
