@@ -927,7 +927,18 @@ fn buckets_and_logs_answer_wrongtype_both_ways() {
         &["RATELIMIT.MPEEK", "1", "bucket", "1", "1000", "5"],
         &["RATELIMIT.MUNDO", "2", "log", "bucket"],
         &["RATELIMIT.CHARGE", "bucket", "1000", "5", "COST", "9"],
-        &["RATELIMIT.MCHARGE", "2", "log", "bucket", "1", "1000", "5", "1", "1000", "5"],
+        &[
+            "RATELIMIT.MCHARGE",
+            "2",
+            "log",
+            "bucket",
+            "1",
+            "1000",
+            "5",
+            "1",
+            "1000",
+            "5",
+        ],
     ];
     let gcra_on = |key: &'static str| -> Vec<&'static str> {
         vec!["RATELIMIT.GCRA", key, "5", "1", "60", "TOKENS", "0"]

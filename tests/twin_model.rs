@@ -419,7 +419,9 @@ fn small_pages_reach_every_shape_of_the_paged_form() {
                 _ if phase == 3 && random.below(3) > 0 => {
                     request(Kind::Check, 9, vec![(1_500, 1_000_000)])
                 }
-                _ if random.below(600) == 0 => request(Kind::Check, 1_400, vec![(1_500, 1_000_000)]),
+                _ if random.below(600) == 0 => {
+                    request(Kind::Check, 1_400, vec![(1_500, 1_000_000)])
+                }
                 _ => request(Kind::Check, phase, vec![(1_500, 1_000_000)]),
             }
         })

@@ -284,16 +284,7 @@ fn fuzz(server: &Server, twin: &Caller, form: Form, cases: usize, seed: u64) -> 
         // records, MCHARGE's settlements).
         let several = ["RATELIMIT.MCHECK", "RATELIMIT.MCHARGE"][case % 2];
         let multi: Vec<String> = [
-            several,
-            "2",
-            &good,
-            &key,
-            "1",
-            "60000",
-            "100",
-            "1",
-            "60000",
-            "100",
+            several, "2", &good, &key, "1", "60000", "100", "1", "60000", "100",
         ]
         .iter()
         .map(|w| w.to_string())

@@ -336,8 +336,7 @@ pub fn twin_operation(call: &[String]) -> Option<String> {
     let name = call.first()?.to_ascii_lowercase();
     let operation = name.strip_prefix("ratelimit.")?;
     [
-        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo", "gcra", "charge",
-        "mcharge",
+        "check", "peek", "undo", "unblock", "mcheck", "mpeek", "mundo", "gcra", "charge", "mcharge",
     ]
     .contains(&operation)
     .then(|| operation.to_string())
