@@ -1,7 +1,7 @@
 // Fastify: a plugin adding an onRequest hook (decide) and an onResponse
 // hook (refund), registered without encapsulation so it covers every route
 // of the instance, or the two hooks for one route's options.
-import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
+import { type Actual, type Awaitable, bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
 /** The parts of a FastifyRequest the hooks and their callbacks read. */
@@ -14,6 +14,8 @@ export interface FastifyRequestLike {
 
 /** The parts of a FastifyReply the hooks use. */
 export interface FastifyReplyLike {
+  /** Node's response: its `close` settles a reservation when the client goes away mid-stream. */
+  raw?: { once(event: "close", listener: () => void): unknown };
   statusCode: number;
   header(name: string, value: string): unknown;
   code(status: number): unknown;
@@ -23,6 +25,14 @@ export interface FastifyReplyLike {
 export type FastifyOptions<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> = MiddlewareOptions<Req> & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed). */
   onLimited?: (req: Req, reply: Reply, info: LimitedInfo) => unknown;
+  /**
+   * Token budgets: `cost` is then an estimate reserved before the request,
+   * and this gives the units it actually spent (or undefined: the estimate)
+   * in the onResponse hook, once the response (a stream included) has been
+   * sent; the reservation is settled with it. A response refunded by
+   * `refundWhen` settles at 0 instead.
+   */
+  settle?: (req: Req, reply: Reply) => Awaitable<Actual>;
 };
 
 export interface FastifyHooks<Req extends FastifyRequestLike, Reply extends FastifyReplyLike> {
@@ -44,13 +54,21 @@ export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike
   options: FastifyOptions<Req, Reply>,
 ): FastifyHooks<Deferred<Req>, Deferred<Reply>> {
   const verdicts = new WeakMap<Req, Verdict>();
+  /** The response has ended: a failure is refunded, else a reservation settled with what the app reports (once: the first call wins). */
+  const ended = async (verdict: Verdict, req: Req, reply: Reply) => {
+    const report = options.settle;
+    if (verdict.refundWhen(reply.statusCode)) await verdict.refund();
+    else if (verdict.settle && report) await verdict.settle(() => report(req, reply));
+  };
   return {
     onRequest: async (req, reply) => {
-      const verdict = await judge(limiter, options, req, (request) => request.ip);
+      const verdict = await judge(limiter, options, req, (request) => request.ip, options.settle !== undefined);
       if (!verdict) return;
       for (const [name, value] of Object.entries(verdict.info.headers)) reply.header(name, value);
       if (verdict.pass) {
         verdicts.set(req, verdict);
+        // A client gone mid-stream: Fastify runs no onResponse; the reservation is settled with what the app reports.
+        if (options.settle) reply.raw?.once("close", () => void ended(verdict, req, reply));
         return;
       }
       if (options.onLimited) return options.onLimited(req, reply, verdict.info);
@@ -59,7 +77,7 @@ export function fastifyHooks<Req extends FastifyRequestLike = FastifyRequestLike
     },
     onResponse: async (req, reply) => {
       const verdict = verdicts.get(req);
-      if (verdict?.refundWhen(reply.statusCode)) await verdict.refund();
+      if (verdict) await ended(verdict, req, reply);
     },
   };
 }

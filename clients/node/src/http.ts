@@ -3,8 +3,8 @@
 // and the refund. The framework skins (express.ts, fastify.ts, node.ts,
 // fetch.ts) only read requests and write responses.
 
-import type { DeniedKey, GcraResult, RateLimiter, Result } from "./limiter.js";
-import type { CallOptions, GcraDecision, GcraLimit, KeyLimits, Limit } from "./limits.js";
+import type { DeniedKey, GcraResult, RateLimiter, ReservationHandle, Result } from "./limiter.js";
+import { type CallOptions, type GcraDecision, type GcraLimit, type KeyLimits, type Limit, RateLimitInputError } from "./limits.js";
 import type { Outcome } from "./metrics.js";
 
 export type Awaitable<T> = T | Promise<T>;
@@ -12,8 +12,12 @@ export type Awaitable<T> = T | Promise<T>;
 interface CommonOptions<Req> {
   /** Namespaces the keys of this middleware (`<name>:<key>`) and names its policy (default "default"). */
   name?: string;
-  /** Units a request costs (default 1); with `gcra`, the request's tokens (0 asks without charging). */
-  cost?: number | ((req: Req) => number);
+  /**
+   * Units a request costs (default 1), or `(req) => units` (may be async);
+   * with `gcra`, the request's tokens (0 asks without charging); with a
+   * `settle` option, the estimate reserved before the request.
+   */
+  cost?: number | ((req: Req) => Awaitable<number>);
   /** A penalty: a request refused by a key's limits blocks that key for this many ms (README "Penalties"). */
   blockMs?: number;
   /** Refund the request when the response has this status (default: status >= 500). */
@@ -70,6 +74,13 @@ export interface GcraKeyOptions<Req> extends Omit<CommonOptions<Req>, "blockMs" 
 
 export type MiddlewareOptions<Req> = OneKeyOptions<Req> | SeveralKeysOptions<Req> | GcraKeyOptions<Req>;
 
+/**
+ * The actual units a request spent, reported once its response has ended
+ * (each framework's `settle` option returns it): a number from 0 to 2^53,
+ * or undefined to keep the estimate.
+ */
+export type Actual = number | undefined;
+
 /** A key that refused the request, with the name of its policy. */
 export interface LimitedKey extends DeniedKey {
   name: string;
@@ -94,9 +105,16 @@ export interface LimitedInfo {
 export interface Verdict {
   pass: boolean;
   info: LimitedInfo;
-  /** Refunds this request once (idempotent); safe to call in any response path. */
+  /** Refunds this request once (idempotent); safe to call in any response path. With a reservation: settles it at 0. */
   refund(): Promise<void>;
   refundWhen(status: number): boolean;
+  /**
+   * With a reservation (a `settle` option): settles it with the actual units
+   * `report` gives (undefined: the estimate), once; the first of settle and
+   * refund wins. Never rejects: a settlement that fails is logged, with its
+   * amount (by the limiter; here when `report` throws or gives no valid count).
+   */
+  settle?: (report: () => Awaitable<Actual>) => Promise<void>;
 }
 
 function listOf(limits: Limit | readonly Limit[]): readonly Limit[] {
@@ -218,9 +236,21 @@ async function decide(
   limiter: RateLimiter,
   subjects: readonly Subject[],
   options: CallOptions,
-): Promise<{ result: Result; denied: DeniedKey[]; binding: number; undo: () => Promise<unknown> }> {
+  reserve: boolean,
+): Promise<{ result: Result; denied: DeniedKey[]; binding: number; undo: () => Promise<unknown>; handle?: ReservationHandle }> {
   const cost = options.cost === undefined ? {} : { cost: options.cost };
   const [only] = subjects;
+  if (reserve) {
+    const { cost: estimate = 1, ...rest } = options;
+    if (subjects.length === 1 && only) {
+      const result = await limiter.reserve(only.key, only.limits, { ...rest, estimate });
+      const denied = result.allowed || result.source === "failClosed" ? [] : [{ key: only.key, index: 0 }];
+      return { result, denied, binding: 0, undo: async () => undefined, handle: result.handle };
+    }
+    const result = await limiter.reserve(subjects, { ...rest, estimate, perKeyRemaining: true });
+    const binding = bindingOf(result.denied, result.perKeyRemaining);
+    return { result, denied: result.denied, binding, undo: async () => undefined, handle: result.handle };
+  }
   if (subjects.length === 1 && only) {
     const result = await limiter.check(only.key, only.limits, options);
     const denied = result.allowed || result.source === "failClosed" ? [] : [{ key: only.key, index: 0 }];
@@ -285,6 +315,9 @@ async function judgeGcra<Req>(
   if (given.blockMs !== undefined || given.refundWhen !== undefined) {
     throw new TypeError("redis-ratelimit: a token bucket (`gcra`) has no block and no refund: drop `blockMs` and `refundWhen`");
   }
+  if ((given as { settle?: unknown }).settle !== undefined) {
+    throw new TypeError("redis-ratelimit: a token bucket (`gcra`) has no settlement: drop `settle`, or use `limits`");
+  }
   const limit = typeof options.gcra === "function" ? options.gcra(req) : options.gcra;
   if (!limit) return undefined;
   const id = options.key ? await options.key(req) : fallbackKey(req);
@@ -292,7 +325,7 @@ async function judgeGcra<Req>(
   const name = options.name ?? "default";
   const key = `${name}:${id}`;
   const policy = limit.name ?? name;
-  const cost = typeof options.cost === "function" ? options.cost(req) : options.cost;
+  const cost = typeof options.cost === "function" ? await options.cost(req) : options.cost;
   const result = await limiter.gcra(key, limit, cost === undefined ? {} : { tokens: cost });
   const denied = result.allowed || result.source === "failClosed" ? [] : [{ key, index: 0, name: policy }];
   return verdictOf(
@@ -307,26 +340,56 @@ async function judgeGcra<Req>(
   );
 }
 
-/** Decides one request; undefined when this request is not limited. */
+/**
+ * Decides one request; undefined when this request is not limited. With
+ * `reserve` (the framework's `settle` option is given), the cost is an
+ * estimate reserved with limiter.reserve, and the verdict's settle() (or a
+ * refund, which settles at 0) settles it once.
+ */
 export async function judge<Req>(
   limiter: RateLimiter,
   options: MiddlewareOptions<Req>,
   req: Req,
   fallbackKey: (req: Req) => string | undefined,
+  reserve = false,
 ): Promise<Verdict | undefined> {
   if (options.gcra !== undefined) return judgeGcra(limiter, options, req, fallbackKey);
   const subjects = await subjectsOf(options, req, fallbackKey);
   if (!subjects) return undefined;
-  const cost = typeof options.cost === "function" ? options.cost(req) : options.cost;
+  const cost = typeof options.cost === "function" ? await options.cost(req) : options.cost;
   const callOptions: CallOptions = {
     ...(cost === undefined ? {} : { cost }),
     ...(options.blockMs === undefined ? {} : { blockMs: options.blockMs }),
   };
-  const { result, denied, binding, undo } = await decide(limiter, subjects, callOptions);
+  const { result, denied, binding, undo, handle } = await decide(limiter, subjects, callOptions, reserve);
   const bound = subjects[binding] as Subject;
   const policy = policyNames(bound.limits, bound.name)[0] as string;
   let refunded = false;
+  // A settlement that fails is logged by the limiter, with its amount; the response has gone.
+  const settle = handle
+    ? async (report: () => Awaitable<Actual>) => {
+        if (refunded) return;
+        refunded = true;
+        let reported = false;
+        try {
+          const actual = await report();
+          reported = true;
+          await limiter.settle(handle, actual ?? handle.estimate);
+        } catch (error) {
+          if (error instanceof RateLimitInputError || !reported) {
+            // The app's report failed: the reservation stands as reserved.
+            const keys = handle.keys.join(", ");
+            const cause = error instanceof Error ? error.message : String(error);
+            limiter.logger.error(
+              `redis-ratelimit: settling ${keys} failed: the app's settle gave no count of units (${cause}); the ${handle.estimate} units reserved stand`,
+              { keys, units: String(handle.estimate), cause },
+            );
+          }
+        }
+      }
+    : undefined;
   const refund = async () => {
+    if (settle) return settle(() => 0);
     if (refunded || !result.allowed) return;
     refunded = true;
     // A refund that fails is already reported to the logger; the response has gone.
@@ -335,7 +398,17 @@ export async function judge<Req>(
   const keys = subjects.map((subject) => subject.key);
   const info = { result, key: keys[0] as string, keys, denied: denied.map((d) => ({ ...d, name: subjects[d.index]?.name ?? "" })) };
   const refundWhen = options.refundWhen ?? ((status: number) => status >= 500);
-  return verdictOf(limiter, options.shadow === true, policy, result, info, () => headersOf(subjects, binding, result), refund, refundWhen);
+  const verdict = verdictOf(
+    limiter,
+    options.shadow === true,
+    policy,
+    result,
+    info,
+    () => headersOf(subjects, binding, result),
+    refund,
+    refundWhen,
+  );
+  return settle ? { ...verdict, settle } : verdict;
 }
 
 export function statusOf(info: LimitedInfo): number {

@@ -15,23 +15,32 @@ export {
 } from "./http.js";
 export {
   type Backend,
+  type ChargeResult,
   type DeniedKey,
   type FallbackOptions,
   type GcraResult,
   type Logger,
   type MultiCallOptions,
+  type MultiChargeResult,
+  type MultiReservation,
+  type MultiReserveOptions,
   type MultiResult,
   RateLimiter,
   type RateLimiterOptions,
   RateLimitReplyError,
   RateLimitUnavailableError,
   type RefundOptions,
+  type Reservation,
+  type ReservationHandle,
+  type ReserveOptions,
   type Result,
+  type SettleResult,
   type Source,
   type UnblockOptions,
 } from "./limiter.js";
 export {
   type CallOptions,
+  type ChargeOptions,
   type Decision,
   type GcraDecision,
   type GcraLimit,
@@ -39,8 +48,9 @@ export {
   type KeyLimits,
   type Limit,
   RateLimitInputError,
+  type Settlement,
 } from "./limits.js";
-export { type MemoryBucketState, type MemoryKeyState, MemoryLimiter } from "./memory.js";
+export { type MemoryBucketState, type MemoryKeyState, MemoryLimiter, type MultiDecision, type MultiSettlement } from "./memory.js";
 export { type ErrorCause, type MetricOperation, type Metrics, type Outcome, prometheusMetrics } from "./metrics.js";
 export {
   clientAddress,

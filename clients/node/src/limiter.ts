@@ -1,5 +1,6 @@
-// The client: check / peek / undo, on one key or several at once, unblock,
-// and gcra (the token bucket), on the module where it is loaded and on the
+// The client: check / peek / undo / charge, on one key or several at once,
+// reserve and settle (a cost known after the response), unblock, and gcra
+// (the token bucket), on the module where it is loaded and on the
 // script twin where it is not (learned per server from the answer to the
 // module's own command), under an explicit failure policy. What it logs and
 // how it names an outage's cause are contract/transport.json's.
@@ -7,6 +8,7 @@ import { type Connection, connect, messageOf, type RedisClient } from "./adapter
 import { gcraReply } from "./gcra.js";
 import {
   type CallOptions,
+  type ChargeOptions,
   type Decision,
   digits,
   type GcraDecision,
@@ -23,10 +25,16 @@ import {
   parseDecision,
   parseGcraReply,
   parseMultiDecision,
+  parseMultiSettlement,
+  parseSettlement,
   RateLimitInputError,
   RateLimitReplyError,
+  type Settlement,
   smallestMax,
   UnexpectedReplyError,
+  validateActual,
+  validateChargeOptions,
+  validateEstimate,
   validateGcraLimit,
   validateKey,
   validateKeyLimits,
@@ -36,7 +44,7 @@ import {
   validateRefundCost,
   validateTokens,
 } from "./limits.js";
-import { DEFAULT_MAX_KEYS, gcraRule, type KeyedLimits, Keyspace, type MultiDecision } from "./memory.js";
+import { DEFAULT_MAX_KEYS, gcraRule, type KeyedLimits, Keyspace, type MultiDecision, type MultiSettlement } from "./memory.js";
 import type { ErrorCause, MetricOperation, Metrics } from "./metrics.js";
 import { keySlot } from "./slot.js";
 import { TWIN_SCRIPT, TWIN_SHA1 } from "./twin.generated.js";
@@ -122,6 +130,76 @@ export interface RateLimiterOptions {
   logger?: Logger;
   /** Receives decisions, errors and round-trip times (see prometheusMetrics); none by default. */
   metrics?: Metrics;
+  /**
+   * How long settle() keeps trying a settlement while Redis is unreachable
+   * (default 5000 ms; retried after 50 ms, then twice as long each time, at
+   * most 1 s apart); then it is logged with its amount, as an error.
+   */
+  settleRetryMs?: number;
+}
+
+/** A settlement's answer (CHARGE): how the key stands against its limits after it, and where it was recorded. */
+export interface ChargeResult extends Settlement {
+  /** "redis", or "fallback" (Redis unreachable, recorded in this process's fallback). */
+  source: "redis" | "fallback";
+}
+
+/** A several-key settlement's answer (MCHARGE): CHARGE's fields over every key, and the keys now over a limit. */
+export interface MultiChargeResult extends ChargeResult {
+  /** The keys now over a limit, as given, with their 0-based index, in the order given (empty when none is). */
+  overKeys: DeniedKey[];
+}
+
+/** Options of reserve(): a check whose cost is the estimate. */
+export interface ReserveOptions extends Omit<CallOptions, "cost"> {
+  /** The units to reserve now (1 to the smallest max): the check's cost. */
+  estimate: number;
+}
+
+/** Options of reserve() over several keys. */
+export interface MultiReserveOptions extends ReserveOptions {
+  /** As checkAll's: each key's own remaining after the call. */
+  perKeyRemaining?: boolean;
+}
+
+/**
+ * What settle() takes: one reservation, settled at most once. `keys` are
+ * as given (without the limiter's prefix).
+ */
+export interface ReservationHandle {
+  readonly keys: readonly string[];
+  readonly estimate: number;
+  /** True once settle() has been called on it. */
+  readonly settled: boolean;
+}
+
+/** A reservation: check's answer for the estimate, and the handle to settle it with. */
+export interface Reservation extends Result {
+  handle: ReservationHandle;
+}
+
+/** A several-key reservation: checkAll's answer for the estimate, and the handle to settle it with. */
+export interface MultiReservation extends MultiResult {
+  handle: ReservationHandle;
+}
+
+/** What settle() did. */
+export interface SettleResult {
+  /** actual - estimate. */
+  difference: number;
+  /**
+   * "refund": the unused units given back (UNDO/MUNDO of -difference);
+   * "charge": the units spent beyond the estimate recorded (CHARGE/MCHARGE
+   * of difference, never denied); "none": nothing to do (no difference, or
+   * the reservation recorded nothing: denied, failOpen, failClosed).
+   */
+  action: "none" | "refund" | "charge";
+  /** Where it was done: "redis", "fallback", or "none" for action "none". */
+  source: "redis" | "fallback" | "none";
+  /** For a refund, the units removed from each key, in the order given; else empty. */
+  refunded: number[];
+  /** For a charge, how the keys stand after it (over, remaining, retryAfterMs, resetAfterMs, overKeys). */
+  charged?: MultiChargeResult;
 }
 
 export interface RefundOptions {
@@ -150,7 +228,34 @@ interface Step {
 }
 
 /** Operations whose keys follow a numkeys in the module's command (the twin always takes one). */
-const SEVERAL_KEYS: ReadonlySet<Step["operation"]> = new Set(["mcheck", "mpeek", "mundo"]);
+const SEVERAL_KEYS: ReadonlySet<Step["operation"]> = new Set(["mcheck", "mpeek", "mundo", "mcharge"]);
+
+/** What a reservation keeps for its settlement. */
+interface Reserved {
+  limiter: RateLimiter;
+  handle: { keys: readonly string[]; estimate: number; settled: boolean };
+  /** Prefixed, with each key's limits. */
+  keyed: readonly KeyedLimits[];
+  several: boolean;
+  precision: number | undefined;
+  allowed: boolean;
+  source: Source;
+}
+
+/** The handles reserve() gave out, with what their settlement needs. */
+const RESERVATIONS = new WeakMap<object, Reserved>();
+
+/** A settlement's answer: the units each key refunded, or how the keys stand after a charge. */
+type Settled = number[] | MultiSettlement;
+
+interface SettlementSteps {
+  step: Step;
+  parse: (replies: unknown[]) => Settled;
+  /** The steps that undo an answer, for a settlement that ran twice. */
+  undo: (value: Settled) => Step[];
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The operations every version of the module has: an "unknown command" to any other may come from an older module. */
 const FIRST_OPERATIONS: ReadonlySet<Step["operation"]> = new Set(["check", "peek", "undo"]);
@@ -271,6 +376,7 @@ export class RateLimiter {
   private readonly failOpen: boolean;
   private readonly share: number | undefined;
   private readonly retryAfterFailureMs: number;
+  private readonly settleRetryMs: number;
   /** Where backend changes and outages are reported. */
   readonly logger: Logger;
   /** Where decisions, errors and round trips are counted, if anywhere. */
@@ -289,6 +395,8 @@ export class RateLimiter {
     this.timeoutMs = options.timeoutMs ?? 250;
     this.failOpen = options.failOpen ?? false;
     this.retryAfterFailureMs = options.retryAfterFailureMs ?? 1000;
+    this.settleRetryMs = options.settleRetryMs ?? 5000;
+    if (!(this.settleRetryMs >= 0)) throw new RateLimitInputError(`settleRetryMs must be 0 or more, got ${this.settleRetryMs}`);
     this.logger = options.logger ?? console;
     this.metrics = options.metrics;
     const share = options.fallback?.share;
@@ -357,6 +465,243 @@ export class RateLimiter {
   async undoAll(keys: readonly (string | { key: string })[], options: RefundOptions = {}): Promise<number[]> {
     const given = validateKeys(Array.isArray(keys) ? keys.map((item) => (typeof item === "string" ? item : item?.key)) : keys);
     return this.refund("mundo", this.keysOfOneCall(given), options);
+  }
+
+  /**
+   * Records a settlement of `cost` units (default 1; up to 2^53, above any
+   * max if need be) whatever the limits say, never denied (CHARGE), and
+   * resolves how the key stands against its limits after it. While Redis
+   * is unreachable it is recorded in the fallback if there is one, else it
+   * rejects with RateLimitUnavailableError (nothing was recorded).
+   */
+  async charge(key: string, limits: Limit | readonly Limit[], options: ChargeOptions = {}): Promise<ChargeResult> {
+    const fullKey = this.prefix + validateKey(key);
+    const list = validateLimits(limits);
+    validateChargeOptions(list, options);
+    const { overKeys: _, ...result } = await this.chargeOnce([{ key: fullKey, limits: list }], [key], false, options);
+    return result;
+  }
+
+  /** As charge, on several keys (1 to 16) each with its own limits, in one call (MCHARGE); `overKeys` names the keys now over. */
+  async chargeAll(keys: readonly KeyLimits[], options: ChargeOptions = {}): Promise<MultiChargeResult> {
+    const { keys: given, limits } = validateKeyLimits(keys);
+    const fullKeys = this.keysOfOneCall(given);
+    validateChargeOptions(limits.flat(), options);
+    const keyed = fullKeys.map((key, i) => ({ key, limits: limits[i] as readonly Limit[] }));
+    return this.chargeOnce(keyed, given, true, options);
+  }
+
+  /** One CHARGE or MCHARGE under the failure policy: the fallback, or RateLimitUnavailableError. */
+  private async chargeOnce(
+    keyed: readonly KeyedLimits[],
+    given: readonly string[],
+    several: boolean,
+    options: ChargeOptions,
+  ): Promise<MultiChargeResult> {
+    const reply = await this.call([chargeStep(keyed, several, options)], ([value]) => readSettlement(value, several, keyed.length));
+    if (reply.ok) return chargeResultOf(reply.value, given, "redis");
+    if (this.share === undefined) {
+      throw new RateLimitUnavailableError(`Redis at ${this.connection.serverFor(keyed[0]?.key as string)} is unavailable (${reply.cause})`);
+    }
+    return chargeResultOf(this.chargeInFallback(keyed, options), given, "fallback");
+  }
+
+  /** A charge in the fallback, against the limits reduced by the share. */
+  private chargeInFallback(keyed: readonly KeyedLimits[], options: ChargeOptions): MultiSettlement {
+    const share = this.share ?? 1;
+    const local = keyed.map(({ key, limits }) => ({
+      key,
+      limits: limits.map((limit) => ({ ...limit, max: Math.max(1, Math.floor(limit.max * share)) })),
+    }));
+    return this.memory.charge(local, options);
+  }
+
+  /**
+   * Reserves `estimate` units for a request whose cost is known only after
+   * it (a check of cost `estimate`: check, or checkAll for several keys),
+   * and resolves its answer with a `handle` for settle(). Denied, it
+   * recorded nothing and its handle settles to nothing.
+   */
+  reserve(key: string, limits: Limit | readonly Limit[], options: ReserveOptions): Promise<Reservation>;
+  reserve(keys: readonly KeyLimits[], options: MultiReserveOptions): Promise<MultiReservation>;
+  async reserve(
+    target: string | readonly KeyLimits[],
+    second: Limit | readonly Limit[] | MultiReserveOptions,
+    third?: ReserveOptions,
+  ): Promise<Reservation | MultiReservation> {
+    if (typeof target === "string") {
+      const list = validateLimits(second as Limit | readonly Limit[]);
+      const { estimate, ...rest } = third ?? ({} as ReserveOptions);
+      validateEstimate(list, estimate);
+      const result = await this.check(target, list, { ...rest, cost: estimate });
+      const keyed = [{ key: this.prefix + target, limits: list }];
+      return { ...result, handle: this.handleOf([target], keyed, false, estimate, rest.precision, result) };
+    }
+    const { estimate, ...rest } = (second ?? {}) as MultiReserveOptions;
+    const { keys, limits } = validateKeyLimits(target);
+    validateEstimate(limits.flat(), estimate);
+    const result = await this.checkAll(target, { ...rest, cost: estimate });
+    const keyed = this.keysOfOneCall(keys).map((key, i) => ({ key, limits: limits[i] as readonly Limit[] }));
+    return { ...result, handle: this.handleOf(keys, keyed, true, estimate, rest.precision, result) };
+  }
+
+  private handleOf(
+    keys: readonly string[],
+    keyed: readonly KeyedLimits[],
+    several: boolean,
+    estimate: number,
+    precision: number | undefined,
+    result: Result,
+  ): ReservationHandle {
+    const handle = { keys: [...keys], estimate, settled: false };
+    const view: ReservationHandle = Object.freeze({
+      keys: handle.keys,
+      estimate,
+      get settled() {
+        return handle.settled;
+      },
+    });
+    RESERVATIONS.set(view, { limiter: this, handle, keyed, several, precision, allowed: result.allowed, source: result.source });
+    return view;
+  }
+
+  /**
+   * Settles a reservation with the units the request actually cost:
+   * `actual - estimate` below 0 is refunded (UNDO/MUNDO), above 0 charged
+   * (CHARGE/MCHARGE with the same limits: recorded even past them, never
+   * denied), 0 changes nothing. Where the reservation was made: Redis, or
+   * the fallback. A reservation that recorded nothing (denied, failOpen,
+   * failClosed) settles to nothing. Settling a handle twice rejects with
+   * RateLimitInputError. While Redis is unreachable it retries for
+   * `settleRetryMs`; then the settlement is logged (error, with its amount)
+   * and recorded in the fallback if there is one, else it rejects with
+   * RateLimitUnavailableError. An error answer (an older module without
+   * CHARGE) is logged with the amount too, and rejects as RateLimitReplyError.
+   */
+  async settle(handle: ReservationHandle, actual: number): Promise<SettleResult> {
+    const reserved = RESERVATIONS.get(handle);
+    if (!reserved || reserved.limiter !== this)
+      throw new RateLimitInputError("settle takes the handle of a reservation made by this limiter");
+    validateActual(actual);
+    if (reserved.handle.settled) throw new RateLimitInputError(`this reservation on ${reserved.handle.keys.join(", ")} is already settled`);
+    reserved.handle.settled = true;
+    const difference = actual - reserved.handle.estimate;
+    const nothing: SettleResult = { difference, action: "none", source: "none", refunded: [] };
+    if (difference === 0 || !reserved.allowed || (reserved.source !== "redis" && reserved.source !== "fallback")) return nothing;
+    const action = difference < 0 ? "refund" : "charge";
+    const units = Math.abs(difference);
+    const done = (source: "redis" | "fallback", value: number[] | MultiSettlement): SettleResult =>
+      Array.isArray(value)
+        ? { difference, action, source, refunded: value }
+        : { difference, action, source, refunded: [], charged: chargeResultOf(value, reserved.handle.keys, source) };
+    if (reserved.source === "fallback") return done("fallback", this.settleInFallback(reserved, action, units));
+    const label = reserved.keyed.map(({ key }) => key).join(", ");
+    const what = `a ${action} of ${units} units`;
+    const details = { keys: label, action, units: String(units) };
+    let outcome: Reply<Settled>;
+    try {
+      outcome = await this.settleInRedis(reserved, action, units);
+    } catch (error) {
+      const cause = messageOf(error);
+      this.logger.error(`redis-ratelimit: settling ${label} (${what}) failed (${cause}); it was not recorded`, { ...details, cause });
+      throw error;
+    }
+    if (outcome.ok) return done("redis", outcome.value);
+    const { cause } = outcome;
+    const within = `Redis did not answer within ${this.settleRetryMs} ms (${cause})`;
+    if (this.share === undefined) {
+      this.logger.error(`redis-ratelimit: settling ${label} (${what}) failed: ${within}; it was not recorded`, { ...details, cause });
+      throw new RateLimitUnavailableError(`settling ${label} (${what}): ${within}`);
+    }
+    this.logger.error(`redis-ratelimit: settling ${label} (${what}) failed: ${within}; recorded in this process's fallback only`, {
+      ...details,
+      cause,
+    });
+    return done("fallback", this.settleInFallback(reserved, action, units));
+  }
+
+  private settleInFallback(reserved: Reserved, action: "refund" | "charge", units: number): number[] | MultiSettlement {
+    const keys = reserved.keyed.map(({ key }) => key);
+    if (action === "refund") return this.memory.undoAll(keys, units);
+    return this.chargeInFallback(reserved.keyed, { cost: units, precision: reserved.precision });
+  }
+
+  /** The settlement's step, the way to read its answer, and the step that undoes an answer (for one that ran twice). */
+  private settlementSteps(reserved: Reserved, action: "refund" | "charge", units: number): SettlementSteps {
+    const { keyed, several, precision } = reserved;
+    const keys = keyed.map(({ key }) => key);
+    if (action === "refund") {
+      const step: Step = { operation: several ? "mundo" : "undo", keys, args: ["COST", digits(units)] };
+      const parse = ([value]: unknown[]) => (several ? parseCounts(value, keys.length) : [parseCount(value, "RATELIMIT.UNDO")]);
+      // Refunded twice: charge each key what the second refund removed.
+      const undo = (value: Settled) => {
+        const removed = value as number[];
+        return keyed.flatMap((one, i) =>
+          (removed[i] ?? 0) > 0 ? [chargeStep([one], false, { cost: removed[i] as number, precision })] : [],
+        );
+      };
+      return { step, parse, undo };
+    }
+    const step = chargeStep(keyed, several, { cost: units, precision });
+    const parse = ([value]: unknown[]) => readSettlement(value, several, keyed.length);
+    const undo = () => [{ operation: several ? ("mundo" as const) : ("undo" as const), keys, args: ["COST", digits(units)] }];
+    return { step, parse, undo };
+  }
+
+  /**
+   * The settlement on Redis, retried while Redis is unreachable for
+   * settleRetryMs (backing off from 50 ms to 1 s). An attempt that timed
+   * out may still run later: its late answer stops the retries, and if
+   * another attempt ran too, the second is undone (logged).
+   */
+  private async settleInRedis(reserved: Reserved, action: "refund" | "charge", units: number): Promise<Reply<Settled>> {
+    const { step, parse, undo } = this.settlementSteps(reserved, action, units);
+    const label = step.keys.join(", ");
+    const deadline = Date.now() + this.settleRetryMs;
+    // The first answer that ran (on time or late); any other ran twice.
+    const first: { value?: Settled } = {};
+    const land = (value: Settled): void => {
+      if (first.value === undefined) first.value = value;
+      else void this.undoDuplicate(label, undo(value));
+    };
+    const late = (replies: unknown[]) => {
+      try {
+        land(parse(replies));
+      } catch {
+        // An answer that cannot be read: nothing known to undo.
+      }
+    };
+    let delay = 50;
+    let cause = "";
+    for (;;) {
+      if (first.value !== undefined) return { ok: true, value: first.value };
+      const reply = await this.call([step], parse, late, true);
+      if (reply.ok) {
+        land(reply.value);
+        return { ok: true, value: first.value ?? reply.value };
+      }
+      cause = reply.cause;
+      const wait = Math.min(delay, deadline - Date.now());
+      if (wait <= 0) return first.value !== undefined ? { ok: true, value: first.value } : { ok: false, cause };
+      await sleep(wait);
+      delay = Math.min(delay * 2, 1000);
+    }
+  }
+
+  /** Undoes a settlement that ran twice (an attempt answered after its timeout, and another); logged. */
+  private async undoDuplicate(label: string, steps: Step[]): Promise<void> {
+    try {
+      for (const step of steps) await withTimeout((signal) => this.send([step], signal), this.timeoutMs);
+      this.logger.warn(`redis-ratelimit: a settlement on ${label} was answered after its timeout and ran twice; the second was undone`, {
+        keys: label,
+      });
+    } catch (error) {
+      const cause = this.failureOf(error, steps[0]?.keys[0] as string).text;
+      this.logger.error(
+        `redis-ratelimit: a settlement on ${label} was answered after its timeout and ran twice; undoing the second failed (${cause})`,
+        { keys: label, cause },
+      );
+    }
   }
 
   /**
@@ -577,12 +922,17 @@ export class RateLimiter {
    * unreachable (logged once, as the server goes down), rejects when Redis
    * answered that the call itself is wrong or its reply cannot be read.
    */
-  private async call<T>(steps: readonly Step[], parse: (replies: unknown[]) => T, late?: (replies: unknown[]) => void): Promise<Reply<T>> {
+  private async call<T>(
+    steps: readonly Step[],
+    parse: (replies: unknown[]) => T,
+    late?: (replies: unknown[]) => void,
+    evenIfDown = false,
+  ): Promise<Reply<T>> {
     const [first] = steps as [Step];
     const key = first.keys[0] as string;
     const server = this.connection.serverFor(key);
     const down = this.down.get(server);
-    if (down && Date.now() < down.retryAt) return { ok: false, cause: down.cause };
+    if (down && Date.now() < down.retryAt && !evenIfDown) return { ok: false, cause: down.cause };
     const started = performance.now();
     try {
       const replies = await withTimeout((signal) => this.send(steps, signal), this.timeoutMs, late);
@@ -743,6 +1093,34 @@ export class RateLimiter {
     if (!this.down.delete(server)) return;
     this.logger.warn(`redis-ratelimit: Redis at ${server} answers again; decisions are made there again`, { server });
   }
+}
+
+/** CHARGE on one key, or MCHARGE on several, with each key's limits. */
+function chargeStep(keyed: readonly KeyedLimits[], several: boolean, options: ChargeOptions): Step {
+  const keys = keyed.map(({ key }) => key);
+  const given: CallOptions = {
+    ...(options.cost === undefined ? {} : { cost: options.cost }),
+    ...(options.precision === undefined ? {} : { precision: options.precision }),
+  };
+  if (several)
+    return {
+      operation: "mcharge",
+      keys,
+      args: multiLimitArgs(
+        keyed.map(({ limits }) => limits),
+        given,
+      ),
+    };
+  return { operation: "charge", keys, args: limitArgs((keyed[0] as KeyedLimits).limits, given) };
+}
+
+/** CHARGE's or MCHARGE's answer as the fallback gives it. */
+function readSettlement(value: unknown, several: boolean, keys: number): MultiSettlement {
+  return several ? parseMultiSettlement(value, keys) : { settlement: parseSettlement(value), over: [] };
+}
+
+function chargeResultOf({ settlement, over }: MultiSettlement, given: readonly string[], source: "redis" | "fallback"): MultiChargeResult {
+  return { ...settlement, source, overKeys: over.map((index) => ({ key: given[index] as string, index })) };
 }
 
 /** A step as a command for the backend: the module's RATELIMIT.*, or the twin by EVALSHA or EVAL. */

@@ -26,6 +26,26 @@ export interface CallOptions {
   blockMs?: number;
 }
 
+/** Options of a settlement (CHARGE, MCHARGE): no block, and a cost that may be above any max. */
+export interface ChargeOptions {
+  /** Units spent (default 1): 1 to 2^53, above any max if need be (a settlement is never denied). */
+  cost?: number | undefined;
+  /** As CallOptions' precision: 1 to the shortest window. */
+  precision?: number | undefined;
+}
+
+/** CHARGE's reply, named. */
+export interface Settlement {
+  /** The most, over the limits, of the cost in the window after this charge less max; 0 when no limit is over. */
+  over: number;
+  /** The least, over the limits, of max less the cost in the window after this charge; 0 when over. */
+  remaining: number;
+  /** The wait until a request of cost 1 would fit every limit again; 0 if it would now. */
+  retryAfterMs: number;
+  /** The wait until the call's longest window holds nothing of this key. */
+  resetAfterMs: number;
+}
+
 /** One key of a several-key call, with its own limits. */
 export interface KeyLimits {
   key: string;
@@ -118,6 +138,30 @@ export function validateOptions(limits: readonly Limit[], options: CallOptions):
   if (options.precision !== undefined) requireInteger(options.precision, "precision", 1, shortestWindow(limits));
   if (options.blockMs !== undefined) requireInteger(options.blockMs, "blockMs", 1, MAX_WINDOW_MS);
   return cost;
+}
+
+/**
+ * Validates a settlement's options against the limits (every key's, for
+ * several keys): cost 1 to 2^53 (above a max is fine), precision as a
+ * check's, and no blockMs (a settlement never blocks). Returns the cost.
+ */
+export function validateChargeOptions(limits: readonly Limit[], options: ChargeOptions): number {
+  const cost = options.cost ?? 1;
+  requireInteger(cost, "cost", 1, EXACT, "9007199254740992 (2^53)");
+  if (options.precision !== undefined) requireInteger(options.precision, "precision", 1, shortestWindow(limits));
+  if ((options as CallOptions).blockMs !== undefined) throw new RateLimitInputError("a charge takes no blockMs: a settlement never blocks");
+  return cost;
+}
+
+/** A reservation's estimate: the units its check reserves, 1 to the smallest max (of every key's limits). */
+export function validateEstimate(limits: readonly Limit[], estimate: unknown): number {
+  if (estimate === undefined) throw new RateLimitInputError("reserve needs { estimate }: the units to reserve, 1 to the smallest max");
+  return requireInteger(estimate, "estimate", 1, smallestMax(limits));
+}
+
+/** A settlement's actual units: 0 to 2^53. */
+export function validateActual(actual: unknown): number {
+  return requireInteger(actual, "actual", 0, EXACT, "9007199254740992 (2^53)");
 }
 
 /**
@@ -231,6 +275,39 @@ export function parseMultiDecision(reply: unknown, keys: number): { decision: De
     throw new UnexpectedReplyError(`unexpected reply to a several-key rate-limit call: ${describe(reply)}`);
   }
   return { decision, denied: denied.map((position) => (position as number) - 1) };
+}
+
+/** Reads CHARGE's [over, remaining, retry_after_ms, reset_after_ms]: four integers, none negative, remaining 0 when over. */
+export function parseSettlement(reply: unknown): Settlement {
+  const fields = Array.isArray(reply) && reply.length === 4 ? reply.map(toInteger) : [];
+  const [over, remaining, retryAfterMs, resetAfterMs] = fields;
+  if (
+    over === undefined ||
+    remaining === undefined ||
+    retryAfterMs === undefined ||
+    resetAfterMs === undefined ||
+    fields.some((field) => (field as number) < 0) ||
+    (over > 0 && remaining !== 0)
+  ) {
+    throw new UnexpectedReplyError(`unexpected reply to a charge: ${describe(reply)}`);
+  }
+  return { over, remaining, retryAfterMs, resetAfterMs };
+}
+
+/**
+ * Reads MCHARGE's [over, remaining, retry_after_ms, reset_after_ms,
+ * over_keys]: the settlement, and the 0-based indexes of the keys now over
+ * (the reply's 1-based positions, each within the `keys` keys, ascending).
+ */
+export function parseMultiSettlement(reply: unknown, keys: number): { settlement: Settlement; over: number[] } {
+  const over = Array.isArray(reply) && reply.length === 5 && Array.isArray(reply[4]) ? reply[4].map(toInteger) : undefined;
+  const valid = over?.every((position, i) => position !== undefined && position >= 1 && position <= keys && position > (over[i - 1] ?? 0));
+  const settlement = valid && over ? parseSettlement((reply as unknown[]).slice(0, 4)) : undefined;
+  // Some key is over exactly when the most over is above 0.
+  if (!settlement || !over || settlement.over > 0 !== over.length > 0) {
+    throw new UnexpectedReplyError(`unexpected reply to a several-key charge: ${describe(reply)}`);
+  }
+  return { settlement, over: over.map((position) => (position as number) - 1) };
 }
 
 /** MUNDO's reply: the units removed from each of the `keys` keys. */

@@ -1,6 +1,6 @@
 // The in-process limiter used while Redis is unreachable: the module's
-// contract (docs/commands.md: CHECK, PEEK, UNDO, their several-key forms,
-// BLOCK and UNBLOCK; docs/gcra.md: GCRA) over a Map, exact within one
+// contract (docs/commands.md: CHECK, PEEK, UNDO, CHARGE, their several-key
+// forms, BLOCK and UNBLOCK; docs/gcra.md: GCRA) over a Map, exact within one
 // process, as the reference model (core/src/reference.rs) states it and
 // contract/corpus.jsonl shows it (test/corpus.test.mjs). Pure apart from
 // the clock, which is injected. The sliding window counts in doubles, as
@@ -13,6 +13,7 @@
 import { decideGcra, type GcraReply, type GcraRule, type GcraUnits, type GcraVerdict, gcraReply } from "./gcra.js";
 import {
   type CallOptions,
+  type ChargeOptions,
   type Decision,
   EXACT,
   type GcraDecision,
@@ -24,7 +25,9 @@ import {
   longestWindow,
   RateLimitInputError,
   RateLimitReplyError,
+  type Settlement,
   smallestMax,
+  validateChargeOptions,
   validateGcraLimit,
   validateKey,
   validateKeyLimits,
@@ -105,6 +108,12 @@ export interface KeyedLimits {
 export interface MultiDecision {
   decision: Decision;
   denied: number[];
+}
+
+/** A several-key settlement (MCHARGE): CHARGE's four fields over every key, and the 0-based indexes of the keys now over a limit. */
+export interface MultiSettlement {
+  settlement: Settlement;
+  over: number[];
 }
 
 /** One key during a call. */
@@ -247,6 +256,35 @@ export class Keyspace {
         resetAfterMs: Math.max(...answers.map((a) => a.resetAfterMs)),
       },
       denied: standings.flatMap((state, i) => (state.fits && !state.blocked ? [] : [i])),
+    };
+  }
+
+  /**
+   * CHARGE over one key or several (MCHARGE): records `cost` in every key
+   * whatever its limits or a block say (a block in force stays, one that
+   * ended goes; none starts), then measures each key against its limits.
+   * Every key's kind, then every key's bound (more than 2^53 units kept,
+   * the script twin's refusal), is checked before any key is changed.
+   */
+  charge(keys: readonly KeyedLimits[], options: ChargeOptions, clock = this.tick()): MultiSettlement {
+    const cost = options.cost ?? 1;
+    const found = keys.map(({ key: name }) => this.log(name, clock));
+    const standings = keys.map(({ key: name, limits }, i) => standing(name, found[i], limits, cost, clock));
+    holdsTooMuch(standings, cost, keys.length > 1);
+    const each = standings.map((state) => chargeIn(state, cost, options.precision ?? 1));
+    for (const state of standings) {
+      state.key.expiresAt = ownExpiry(state.key);
+      this.keep(state.name, state.key);
+    }
+    this.dropLeastRecentlyUsed();
+    return {
+      settlement: {
+        over: Math.max(...each.map((s) => s.over)),
+        remaining: Math.min(...each.map((s) => s.remaining)),
+        retryAfterMs: Math.max(...each.map((s) => s.retryAfterMs)),
+        resetAfterMs: Math.max(...each.map((s) => s.resetAfterMs)),
+      },
+      over: each.flatMap((s, i) => (s.over > 0 ? [i] : [])),
     };
   }
 
@@ -410,6 +448,38 @@ function recordIn(state: Standing, cost: number, precision: number): Decision {
   };
 }
 
+/**
+ * Records a settlement at the call's time, whatever the limits say (as an
+ * allowed request is recorded, but a block in force stays), and answers
+ * CHARGE's four fields for this key: how far over its limits, the room
+ * left, the wait until a request of cost 1 fits again, and the wait until
+ * the call's longest window is empty (its whole length: the charge is the
+ * newest entry).
+ */
+function chargeIn(state: Standing, cost: number, precision: number): Settlement {
+  const { key, now, limits } = state;
+  key.windowMs = Math.max(key.windowMs, longestWindow(limits));
+  const firstLive = key.entries.findIndex((entry) => entry.at > now - key.windowMs);
+  key.entries.splice(0, firstLive === -1 ? key.entries.length : firstLive);
+  const newest = key.entries[key.entries.length - 1];
+  if (newest && Math.floor(newest.at / precision) === Math.floor(now / precision)) {
+    newest.at = now;
+    newest.cost += cost;
+  } else {
+    key.entries.push({ at: now, cost });
+  }
+  if (key.blockedUntil <= now) key.blockedUntil = 0;
+  state.changed = true;
+  // As in recordIn, each limit now holds its cost more; no sum passes 2^53 (holdsTooMuch).
+  const after = limits.map((_, i) => (state.used[i] as number) + cost);
+  return {
+    over: Math.max(0, ...limits.map((limit, i) => (after[i] as number) - limit.max)),
+    remaining: Math.min(...limits.map((limit, i) => Math.max(0, limit.max - (after[i] as number)))),
+    retryAfterMs: Math.max(...limits.map((limit) => waitFor(key.entries, limit, 1, now))),
+    resetAfterMs: longestWindow(limits),
+  };
+}
+
 /** One key's four fields as it stands; a blocked key answers the rest of its block where that is longer. */
 function answer(state: Standing, cost: number): Decision {
   const { key, limits, now, used, fits } = state;
@@ -523,6 +593,31 @@ export class MemoryLimiter {
   peekAll(keys: readonly KeyLimits[], options: CallOptions = {}): MultiDecision {
     const clock = this.keys.tick();
     return this.keys.decide(severalKeys(keys, options), options, false, clock);
+  }
+
+  /**
+   * As CHARGE: records a settlement of `cost` units (default 1; may be above
+   * any max, up to 2^53) whatever the limits say, never denied, and answers
+   * how the key stands against them: { over, remaining, retryAfterMs,
+   * resetAfterMs }. A block in force stays; none is started.
+   */
+  charge(key: string, limits: Limit | readonly Limit[], options: ChargeOptions = {}): Settlement {
+    const clock = this.keys.tick();
+    const list = validateLimits(limits);
+    validateChargeOptions(list, options);
+    return this.keys.charge([{ key: validateKey(key), limits: list }], options, clock).settlement;
+  }
+
+  /** As MCHARGE: charge on every key (1 to 16, each at most once) with its own limits; `over` lists the 0-based indexes of the keys now over. */
+  chargeAll(keys: readonly KeyLimits[], options: ChargeOptions = {}): MultiSettlement {
+    const clock = this.keys.tick();
+    const { keys: names, limits } = validateKeyLimits(keys);
+    validateChargeOptions(limits.flat(), options);
+    return this.keys.charge(
+      names.map((key, i) => ({ key, limits: limits[i] as readonly Limit[] })),
+      options,
+      clock,
+    );
   }
 
   /** Removes the `cost` newest units (default 1); returns how many were removed. A block stays. */

@@ -10,7 +10,7 @@ export type Outcome = "allowed" | "denied" | "shadow_denied" | "fallback_allowed
 export type ErrorCause = "timeout" | "connection" | "noperm" | "busy" | "oom" | "loading" | "readonly" | "cluster" | "reply" | "other";
 
 /** A Redis round trip, by the operation it carried (ratelimit_redis_duration_seconds{operation}). */
-export type MetricOperation = "check" | "peek" | "undo" | "mcheck" | "mpeek" | "mundo" | "unblock" | "gcra";
+export type MetricOperation = "check" | "peek" | "undo" | "mcheck" | "mpeek" | "mundo" | "unblock" | "gcra" | "charge" | "mcharge";
 
 export interface Metrics {
   /** One request decided by a middleware, under its binding policy's name (the one `RateLimit` names). */

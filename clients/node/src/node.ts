@@ -1,7 +1,7 @@
 // node:http and Express/Connect: the same request and response objects.
 
 import { messageOf } from "./adapters.js";
-import { bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
+import { type Actual, type Awaitable, bodyOf, judge, type LimitedInfo, type MiddlewareOptions, statusOf, type Verdict } from "./http.js";
 import type { RateLimiter } from "./limiter.js";
 
 /** Request header fields, as node:http gives them. */
@@ -22,7 +22,7 @@ export interface NodeResponse {
   headersSent: boolean;
   setHeader(name: string, value: string): unknown;
   end(body?: string): unknown;
-  once(event: "finish", listener: () => void): unknown;
+  once(event: "finish" | "close", listener: () => void): unknown;
 }
 
 /**
@@ -44,6 +44,8 @@ export interface ExpressRequest extends NodeRequest {
 
 /** Express's res (4 and 5), as an onLimited hook uses it. */
 export interface ExpressResponse extends NodeResponse {
+  // biome-ignore lint/suspicious/noExplicitAny: Express types res.locals as Record<string, any>; so does this, so a `settle` reads what the handler left there.
+  locals: Record<string, any>;
   status(code: number): this;
   json(body: unknown): this;
   send(body?: unknown): this;
@@ -53,6 +55,16 @@ export interface ExpressResponse extends NodeResponse {
 export type NodeMiddlewareOptions<Req extends NodeRequest, Res extends NodeResponse> = MiddlewareOptions<Req> & {
   /** Answers a refused request instead of the default 429 (or 503 while failing closed); what it returns is awaited and ignored (so `res.status(429).json(...)` fits). */
   onLimited?: (req: Req, res: Res, info: LimitedInfo) => unknown;
+  /**
+   * Token budgets: `cost` is then an estimate, reserved before the request
+   * (limiter.reserve), and this gives the units the request actually spent
+   * once its response has ended (`finish`, or `close` when the client went
+   * away mid-stream; it may be async, to wait for what the app counts), or
+   * undefined to keep the estimate. The reservation is settled with it
+   * (limiter.settle). A response refunded by `refundWhen` (or a handler
+   * that throws) settles at 0 instead.
+   */
+  settle?: (req: Req, res: Res) => Awaitable<Actual>;
 };
 
 /** The default key: Express's req.ip (which honours "trust proxy"), else the socket's address. */
@@ -84,11 +96,34 @@ async function refuse<Req extends NodeRequest, Res extends NodeResponse>(
   res.end(bodyOf(info));
 }
 
-/** Refunds when the response finishes with a status the options call a failure. */
-function refundOnFailure(verdict: Verdict, res: NodeResponse): void {
-  res.once("finish", () => {
+/**
+ * Refunds when the response finishes with a status the options call a
+ * failure; with a reservation, else settles it with what the app reports,
+ * once the response has ended (finished, or closed by the client).
+ */
+function refundOnFailure<Req extends NodeRequest, Res extends NodeResponse>(
+  verdict: Verdict,
+  options: NodeMiddlewareOptions<Req, Res>,
+  req: Req,
+  res: Res,
+): void {
+  const { settle } = verdict;
+  const report = options.settle;
+  if (!settle || !report) {
+    res.once("finish", () => {
+      if (verdict.refundWhen(res.statusCode)) void verdict.refund();
+    });
+    return;
+  }
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
     if (verdict.refundWhen(res.statusCode)) void verdict.refund();
-  });
+    else void settle(() => report(req, res));
+  };
+  res.once("finish", end);
+  res.once("close", end);
 }
 
 /**
@@ -103,7 +138,7 @@ export function expressRateLimit<Req extends NodeRequest = ExpressRequest, Res e
   return async (req, res, next) => {
     let verdict: Verdict | undefined;
     try {
-      verdict = await judge(limiter, options, req, clientAddress);
+      verdict = await judge(limiter, options, req, clientAddress, options.settle !== undefined);
     } catch (error) {
       next(error);
       return;
@@ -111,7 +146,7 @@ export function expressRateLimit<Req extends NodeRequest = ExpressRequest, Res e
     if (!verdict) return next();
     setHeaders(res, verdict.info.headers);
     if (!verdict.pass) return refuse(options, req, res, verdict.info);
-    refundOnFailure(verdict, res);
+    refundOnFailure(verdict, options, req, res);
     next();
   };
 }
@@ -129,11 +164,11 @@ export function withRateLimit<Req extends NodeRequest, Res extends NodeResponse>
   return async (req, res) => {
     let verdict: Verdict | undefined;
     try {
-      verdict = await judge(limiter, options, req, clientAddress);
+      verdict = await judge(limiter, options, req, clientAddress, options.settle !== undefined);
       if (verdict) {
         setHeaders(res, verdict.info.headers);
         if (!verdict.pass) return await refuse(options, req, res, verdict.info);
-        refundOnFailure(verdict, res);
+        refundOnFailure(verdict, options, req, res);
       }
       await handler(req, res);
     } catch (error) {

@@ -10,8 +10,9 @@
 // whose injected clock reads epoch + `at` at each step (it may step back).
 // Every step's words are translated into the API call they stand for
 // (CHECK/PEEK -> check/peek, MCHECK/MPEEK -> checkAll/peekAll, UNDO/MUNDO
-// -> undo/undoAll, UNBLOCK -> unblock, with limits, cost, precision and
-// blockMs; GCRA -> gcra with { maxBurst, count, periodMs } and tokens, the
+// -> undo/undoAll, CHARGE/MCHARGE -> charge/chargeAll, UNBLOCK -> unblock,
+// with limits, cost, precision and blockMs (a settlement takes no BLOCK:
+// an unknown option to it); GCRA -> gcra with { maxBurst, count, periodMs } and tokens, the
 // period word read as the module reads it: seconds in whole milliseconds),
 // and then:
 //
@@ -38,7 +39,8 @@
 //   RateLimitReplyError with the server's exact text iff it is WRONGTYPE
 //   (a bucket given to the sliding window, or a log to GCRA). Otherwise its
 //   answer equals the corpus exactly: all four fields, the denied keys'
-//   1-based positions for several keys, the units each refund removed,
+//   1-based positions for several keys (for a charge: over, remaining and
+//   the waits, and the 1-based positions of the keys now over), the units each refund removed,
 //   unblock's answer; for GCRA all five integers in the corpus's units:
 //   with MS through the public gcra() (ms, read back as the module's
 //   five), without it through MemoryLimiter.gcraReply (redis-cell's
@@ -200,6 +202,7 @@ function optionsOf(words, from, names) {
 
 const LIMIT_OPTIONS = { COST: "cost", PRECISION: "precision", BLOCK: "blockMs" };
 const REFUND_OPTIONS = { COST: "cost" };
+const CHARGE_OPTIONS = { COST: "cost", PRECISION: "precision" };
 
 /** `count` window/max pairs from `from` (count undefined: as many as the words give, as the server reads them). */
 function pairsOf(words, from, count) {
@@ -266,6 +269,12 @@ function translate(words) {
       const op = command.toUpperCase() === "RATELIMIT.CHECK" ? "check" : "peek";
       return { op, key: words[1], limits, options: optionsOf(words, next, LIMIT_OPTIONS) };
     }
+    case "RATELIMIT.CHARGE": {
+      if (rest.length < 3) notExpressible("arity");
+      const { limits, next } = pairsOf(words, 2);
+      return { op: "charge", key: words[1], limits, options: optionsOf(words, next, CHARGE_OPTIONS) };
+    }
+    case "RATELIMIT.MCHARGE":
     case "RATELIMIT.MCHECK":
     case "RATELIMIT.MPEEK": {
       const keys = keysOf(words);
@@ -278,8 +287,8 @@ function translate(words) {
         at = next;
         return { key, limits };
       });
-      const op = command.toUpperCase() === "RATELIMIT.MCHECK" ? "checkAll" : "peekAll";
-      return { op, keys: entries, options: optionsOf(words, at, LIMIT_OPTIONS) };
+      const op = { "RATELIMIT.MCHECK": "checkAll", "RATELIMIT.MPEEK": "peekAll", "RATELIMIT.MCHARGE": "chargeAll" }[command.toUpperCase()];
+      return { op, keys: entries, options: optionsOf(words, at, op === "chargeAll" ? CHARGE_OPTIONS : LIMIT_OPTIONS) };
     }
     case "RATELIMIT.UNDO":
       if (rest.length < 1) notExpressible("arity");
@@ -312,6 +321,12 @@ function onFallback(memory, call) {
   const decision = (d) => [d.allowed ? 1n : 0n, BigInt(d.remaining), BigInt(d.retryAfterMs), BigInt(d.resetAfterMs)];
   const joint = ({ decision: d, denied }) => [...decision(d), denied.map((index) => BigInt(index + 1))];
   switch (call.op) {
+    case "charge":
+      return settled(memory.charge(call.key, call.limits, call.options));
+    case "chargeAll": {
+      const { settlement, over } = memory.chargeAll(call.keys, call.options);
+      return [...settled(settlement), over.map((index) => BigInt(index + 1))];
+    }
     case "check":
       return decision(memory.check(call.key, call.limits, call.options));
     case "peek":
@@ -332,10 +347,26 @@ function onFallback(memory, call) {
   }
 }
 
+/** CHARGE's four fields, as the corpus writes them. */
+const settled = (s) => [BigInt(s.over), BigInt(s.remaining), BigInt(s.retryAfterMs), BigInt(s.resetAfterMs)];
+
 /** The same call through a RateLimiter; its answer in the corpus's shape. */
 async function onLimiter(limiter, call) {
   const decision = (d) => [d.allowed ? 1n : 0n, BigInt(d.remaining), BigInt(d.retryAfterMs), BigInt(d.resetAfterMs)];
   switch (call.op) {
+    case "charge": {
+      const result = await limiter.charge(call.key, call.limits, call.options);
+      assert.equal(result.source, "redis");
+      return settled(result);
+    }
+    case "chargeAll": {
+      const result = await limiter.chargeAll(call.keys, call.options);
+      assert.deepEqual(
+        result.overKeys.map(({ key }) => key),
+        result.overKeys.map(({ index }) => call.keys[index].key),
+      );
+      return [...settled(result), result.overKeys.map(({ index }) => BigInt(index + 1))];
+    }
     case "check":
       return decision(await limiter.check(call.key, call.limits, call.options));
     case "peek":

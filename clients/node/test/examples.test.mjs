@@ -1,12 +1,15 @@
 // The examples the README shows (examples/*.mjs), word for word, each run
 // as a program against real servers and driven over real HTTP: the Express
 // quick start, the login lockout an administrator lifts (module and twin),
-// Prometheus metrics scraped from /metrics with a limit in shadow mode, and
-// the token bucket (module and twin).
+// Prometheus metrics scraped from /metrics with a limit in shadow mode, the
+// token bucket (module and twin), and the token budget in front of a
+// streaming OpenAI-style upstream (module and twin).
 import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
 import { after, before, test } from "node:test";
-import { runApp, startServer } from "./servers.mjs";
+import { Redis } from "ioredis";
+import { RateLimiter } from "redis-ratelimit";
+import { listen, pseudoRandom, recorder, runApp, startServer } from "./servers.mjs";
 
 const app = new URL("..", import.meta.url).pathname;
 const servers = {};
@@ -26,7 +29,7 @@ async function request(url, init = {}) {
 test("the README shows every example as it is in examples/", async () => {
   const readme = await readFile(`${app}/node_modules/redis-ratelimit/README.md`, "utf8");
   const files = await readdir(`${app}/examples`);
-  assert.deepEqual(files.sort(), ["login-lockout.mjs", "metrics.mjs", "quickstart.mjs", "token-bucket.mjs"]);
+  assert.deepEqual(files.sort(), ["login-lockout.mjs", "metrics.mjs", "quickstart.mjs", "token-bucket.mjs", "token-budget.mjs"]);
   for (const file of files) {
     const text = await readFile(`${app}/examples/${file}`, "utf8");
     assert.ok(readme.includes(`\`\`\`js\n${text}\`\`\``), `the README shows examples/${file} as it is`);
@@ -143,3 +146,100 @@ test("metrics: decisions by policy and outcome (shadow mode included), errors by
   assert.equal(scraped.get('ratelimit_errors_total{cause="connection"}'), 1);
   assert.ok(!/ratelimit_\w+\{[^}]*"m"/.test((await request(`${url}/metrics`)).body), "no label holds a key");
 });
+
+/**
+ * An OpenAI-style streaming upstream: POST /v1/chat/completions answers
+ * server-sent events, a few content chunks and a last one carrying
+ * usage.total_tokens (random, from 50 to twice max_tokens: some requests
+ * cost less than their estimate, some more), then `data: [DONE]`. Keeps
+ * every total it answered.
+ */
+async function fakeUpstream(t, random) {
+  const totals = [];
+  const asked = [];
+  const url = await listen(t, async (req, res) => {
+    let body = "";
+    for await (const chunk of req) body += chunk;
+    const request = JSON.parse(body);
+    assert.equal(req.url, "/v1/chat/completions");
+    assert.deepEqual([request.stream, request.stream_options], [true, { include_usage: true }]);
+    const total = 50 + random(2 * request.max_tokens - 49);
+    totals.push(total);
+    asked.push(request.max_tokens);
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    const chunks = 2 + random(4);
+    for (let i = 0; i < chunks; i++) {
+      // Split across writes, as a network splits them: the proxy reads lines, not writes.
+      const event = `data: ${JSON.stringify({ choices: [{ delta: { content: `part ${i} ` } }] })}\n\n`;
+      res.write(event.slice(0, 7));
+      await new Promise((resolve) => setTimeout(resolve, 2));
+      res.write(event.slice(7));
+    }
+    res.write(
+      `data: ${JSON.stringify({ choices: [], usage: { prompt_tokens: 10, completion_tokens: total - 10, total_tokens: total } })}\n\n`,
+    );
+    res.end("data: [DONE]\n\n");
+  });
+  return { url, totals, asked };
+}
+
+for (const backend of ["module", "twin"]) {
+  test(`the token budget on the ${backend}: 10,000 tokens a minute per user, reserved from max_tokens, settled to the upstream's usage.total_tokens`, async (t) => {
+    const random = pseudoRandom(backend === "module" ? 27 : 72);
+    const upstream = await fakeUpstream(t, random);
+    const { url, printed } = await runApp(t, "examples/token-budget.mjs", {
+      cwd: app,
+      env: { REDIS_URL: redisUrl(servers[backend]), UPSTREAM_URL: upstream.url },
+    });
+    const redis = new Redis({ host: "127.0.0.1", port: servers[backend].port });
+    t.after(() => redis.disconnect());
+    const reader = new RateLimiter(redis, { logger: recorder().logger });
+    // What the window holds: RATELIMIT.PEEK (or the twin's peek) with a max no key reaches.
+    const recorded = async () => 1_000_000_000 - (await reader.peek("tokens:alice", { windowMs: 60_000, max: 1_000_000_000 })).remaining;
+    const sum = (totals) => totals.reduce((a, b) => a + b, 0);
+    const ask = (maxTokens) =>
+      fetch(`${url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", "x-user": "alice" },
+        body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }], max_tokens: maxTokens }),
+      });
+    let admitted = 0;
+    let refusedOnceSpent = 0;
+    for (let i = 0; i < 60 && refusedOnceSpent < 5; i++) {
+      const before = await recorded();
+      const estimate = before >= 10_000 ? 1 + random(50) : 100 + random(2900);
+      const response = await ask(estimate);
+      const text = await response.text();
+      if (response.status === 200) {
+        admitted += 1;
+        assert.ok(before + estimate <= 10_000, `admitted with ${before} recorded and ${estimate} reserved`);
+        assert.ok(text.endsWith("data: [DONE]\n\n"), "the stream is passed through whole");
+        assert.match(
+          response.headers.get("ratelimit") ?? "",
+          new RegExp(`^"tokens";r=${10_000 - before - estimate};t=60$`),
+          "the budget after the reservation",
+        );
+        // The settlement follows the end of the response.
+        for (let wait = 0; wait < 200 && (await recorded()) !== sum(upstream.totals); wait++)
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        assert.equal(await recorded(), sum(upstream.totals), "the window holds exactly the upstream's total_tokens");
+      } else {
+        assert.equal(response.status, 429);
+        assert.ok(before + estimate > 10_000, `refused with ${before} recorded and ${estimate} reserved`);
+        if (before >= 10_000) refusedOnceSpent += 1;
+      }
+    }
+    assert.equal(refusedOnceSpent, 5, "once the budget is spent, every request is refused");
+    assert.equal(admitted, upstream.totals.length, "refused requests never reach the upstream");
+    assert.ok(admitted >= 4, `${admitted} admitted`);
+    assert.ok(
+      upstream.asked.some((maxTokens, i) => upstream.totals[i] > maxTokens),
+      "some cost more than their estimate (charged)",
+    );
+    assert.ok(
+      upstream.asked.some((maxTokens, i) => upstream.totals[i] < maxTokens),
+      "some cost less (refunded)",
+    );
+    assert.ok(!/settling/.test(printed()), printed());
+  });
+}

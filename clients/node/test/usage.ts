@@ -9,6 +9,7 @@ import { Redis } from "ioredis";
 import { register } from "prom-client";
 import { createClient } from "redis";
 import {
+  type ChargeResult,
   type Decision,
   expressRateLimit,
   FlexibleLimiter,
@@ -24,12 +25,18 @@ import {
   type MemoryBucketState,
   MemoryLimiter,
   type Metrics,
+  type MultiChargeResult,
+  type MultiReservation,
   type MultiResult,
   prometheusMetrics,
   RateLimiter,
   RateLimitStore,
   RateLimitUnavailableError,
+  type Reservation,
+  type ReservationHandle,
   type Result,
+  type Settlement,
+  type SettleResult,
   withRateLimit,
 } from "redis-ratelimit";
 
@@ -213,6 +220,62 @@ const held: MemoryBucketState | undefined = memory.gcraState("k");
 void inMemory;
 void held;
 void bucket;
+
+// Token budgets: reserve an estimate, settle the actual; a settlement of your own; the middleware's settle option.
+const budget: Limit = { windowMs: 60_000, max: 10_000 };
+async function spend(user: string, estimate: number, actual: () => Promise<number>): Promise<number> {
+  const reservation: Reservation = await limiter.reserve(`tokens:${user}`, budget, { estimate });
+  if (!reservation.allowed) return reservation.retryAfterMs;
+  const handle: ReservationHandle = reservation.handle;
+  const settled: SettleResult = await limiter.settle(handle, await actual());
+  const several: MultiReservation = await limiter.reserve(
+    [
+      { key: `{t}:${user}`, limits: budget },
+      { key: "{t}:all", limits: { windowMs: 60_000, max: 100_000 } },
+    ],
+    { estimate, perKeyRemaining: true },
+  );
+  const both: SettleResult = await limiter.settle(several.handle, 0);
+  const own: ChargeResult = await limiter.charge(`tokens:${user}`, budget, { cost: 20_000 });
+  const ownAll: MultiChargeResult = await limiter.chargeAll([{ key: `tokens:${user}`, limits: budget }], { cost: 5, precision: 10 });
+  const inProcess: Settlement = memory.charge("k", budget, { cost: 3 });
+  const charged = settled.charged?.over ?? 0;
+  return charged + both.refunded.length + own.over + ownAll.overKeys.length + inProcess.remaining + handle.estimate;
+}
+// @ts-expect-error reserve needs an estimate.
+void limiter.reserve("k", budget, {});
+// @ts-expect-error a settlement never blocks.
+void limiter.charge("k", budget, { blockMs: 1000 });
+app.post(
+  "/v1/chat/completions",
+  expressRateLimit(limiter, {
+    limits: budget,
+    key: (req) => req.get("x-user"),
+    cost: async (req) => Number(req.get("x-max-tokens") ?? 1000),
+    settle: (_req, res) => (res.locals as Record<string, number | undefined>).totalTokens,
+  }),
+  (_req, res) => {
+    res.end();
+  },
+);
+http.createServer(
+  withRateLimit(limiter, { limits: budget, cost: () => 100, settle: async (req) => Number(req.headers["x-used"] ?? 0) }, (_req, res) =>
+    res.end("ok"),
+  ),
+);
+void fastify.register(fastifyRateLimit, {
+  limiter,
+  limits: budget,
+  key: (req) => req.ip,
+  cost: 100,
+  settle: (_req, reply) => reply.statusCode,
+});
+export const STREAM = fetchRateLimit(
+  limiter,
+  { limits: budget, key: (req) => req.headers.get("x-user") ?? undefined, cost: 100, settle: async () => 42 },
+  () => new Response(new ReadableStream()),
+);
+void spend;
 
 const store = new RateLimitStore(limiter);
 const flexible = new FlexibleLimiter(limiter, { points: 5, duration: 60, blockDuration: 3600 });
