@@ -1225,12 +1225,44 @@ mod tests {
                     let call = crate::args::parse_gcra(words, crate::args::GcraSyntax::Module)
                         .expect("parsed");
                     let stored = self.buckets.get(call.key).map(|b| &b.0);
-                    let verdict = crate::gcra::decide(stored, clock, &call.limit, call.tokens);
-                    if let Some(charge) = verdict.charge {
-                        self.buckets
-                            .insert(call.key.clone(), (charge.bucket, charge.expires_at));
+                    let (reply, write) = match call.op {
+                        crate::args::GcraOp::Request => {
+                            let v = crate::gcra::decide(stored, clock, &call.limit, call.tokens);
+                            let write = v.charge.map(crate::gcra::Write::Store);
+                            (v.decision.reply(call.units), write)
+                        }
+                        op => {
+                            let settled = match op {
+                                crate::args::GcraOp::Charge => {
+                                    crate::gcra::charge(stored, clock, &call.limit, call.tokens)
+                                }
+                                _ => Ok(crate::gcra::refund(
+                                    stored,
+                                    clock,
+                                    &call.limit,
+                                    call.tokens,
+                                )),
+                            };
+                            let Ok(s) = settled else {
+                                return Answer::Error(format!(
+                                    "ERR {}",
+                                    crate::args::GCRA_OVERFLOW
+                                ));
+                            };
+                            (s.settlement.reply(call.units), s.write)
+                        }
+                    };
+                    match write {
+                        Some(crate::gcra::Write::Store(charge)) => {
+                            self.buckets
+                                .insert(call.key.clone(), (charge.bucket, charge.expires_at));
+                        }
+                        Some(crate::gcra::Write::Delete) => {
+                            self.buckets.remove(call.key);
+                        }
+                        None => {}
                     }
-                    Answer::Bucket(verdict.decision.reply(call.units))
+                    Answer::Bucket(reply)
                 }
                 "ratelimit.check" | "ratelimit.peek" => {
                     let call = crate::args::parse_limit_call(words).expect("parsed");
