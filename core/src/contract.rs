@@ -1236,12 +1236,9 @@ mod tests {
                                 crate::args::GcraOp::Charge => {
                                     crate::gcra::charge(stored, clock, &call.limit, call.tokens)
                                 }
-                                _ => Ok(crate::gcra::refund(
-                                    stored,
-                                    clock,
-                                    &call.limit,
-                                    call.tokens,
-                                )),
+                                _ => {
+                                    Ok(crate::gcra::refund(stored, clock, &call.limit, call.tokens))
+                                }
                             };
                             let Ok(s) = settled else {
                                 return Answer::Error(format!(

@@ -694,7 +694,10 @@ mod tests {
         let Some(Write::Store(c)) = r.write else {
             panic!("a refund stores what is left")
         };
-        assert_eq!((c.bucket.at(), c.bucket.level(), c.expires_at), (T0 + 1000, 2000, T0 + 3000));
+        assert_eq!(
+            (c.bucket.at(), c.bucket.level(), c.expires_at),
+            (T0 + 1000, 2000, T0 + 3000)
+        );
         let all = refund(key.as_ref(), T0 + 1000, &per_second, 100);
         assert_eq!(all.write, Some(Write::Delete));
         assert_eq!(all.settlement.reply(Units::Milliseconds), [0, 4, 4, -1, 0]);
@@ -712,7 +715,10 @@ mod tests {
         };
         assert_eq!(charge(Some(&c.bucket), T0, &widest, 1), Err(Overflow));
         assert_eq!(charge(None, T0, &widest, most + 1), Err(Overflow));
-        assert_eq!(charge(None, T0, &limit(0, 1, 1000), MAX_EXACT), Err(Overflow));
+        assert_eq!(
+            charge(None, T0, &limit(0, 1, 1000), MAX_EXACT),
+            Err(Overflow)
+        );
         // Under another period, the held tokens are bounded so the level
         // stays exact.
         let short = limit(0, 1, 1);
@@ -825,7 +831,12 @@ mod tests {
             -300i64..2_000_000,
             0u64..1000,
             1u64..5,
-            prop_oneof![Just(MAX_PERIOD), Just(MAX_PERIOD - 1), 1u64..20, Just(3_600_000)],
+            prop_oneof![
+                Just(MAX_PERIOD),
+                Just(MAX_PERIOD - 1),
+                1u64..20,
+                Just(3_600_000)
+            ],
             0u64..1_500_000,
             prop_oneof![
                 1 => Just(GcraOp::Request),
@@ -833,17 +844,20 @@ mod tests {
                 1 => Just(GcraOp::Refund),
             ],
         )
-            .prop_filter_map("a valid limit", |(tick, max_burst, count, period, tokens, op)| {
-                Limit::new(max_burst, count, period).ok()?;
-                Some(GcraCall {
-                    tick,
-                    max_burst,
-                    count,
-                    period,
-                    tokens,
-                    op,
-                })
-            });
+            .prop_filter_map(
+                "a valid limit",
+                |(tick, max_burst, count, period, tokens, op)| {
+                    Limit::new(max_burst, count, period).ok()?;
+                    Some(GcraCall {
+                        tick,
+                        max_burst,
+                        count,
+                        period,
+                        tokens,
+                        op,
+                    })
+                },
+            );
         proptest::collection::vec(call, 1..30)
     }
 

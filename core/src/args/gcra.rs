@@ -101,7 +101,11 @@ pub fn parse_gcra<A: AsRef<[u8]>>(
         },
         GcraSyntax::Redis => {
             let [tokens] = parse_options(rest, [&TOKENS])?;
-            (tokens.map(|n| ("TOKENS", n)), Units::Seconds, GcraOp::Request)
+            (
+                tokens.map(|n| ("TOKENS", n)),
+                Units::Seconds,
+                GcraOp::Request,
+            )
         }
         GcraSyntax::Module => {
             let [tokens, ms, charge, refund] =
@@ -447,7 +451,10 @@ mod tests {
             error("GCRA k 1 1 1 CHARGE", Redis),
             "unknown option 'CHARGE' (the options are TOKENS n)"
         );
-        assert_eq!(parse("CL k 1 1 1 1 CHARGE", Cell), Err(ArgError::WrongArity));
+        assert_eq!(
+            parse("CL k 1 1 1 1 CHARGE", Cell),
+            Err(ArgError::WrongArity)
+        );
         assert_eq!(
             error("GCRA k 1 1 1 MS", Redis),
             "unknown option 'MS' (the options are TOKENS n)"

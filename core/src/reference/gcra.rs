@@ -77,7 +77,6 @@ impl Ratio {
             self
         }
     }
-
 }
 
 /// One call: the clock moves by `tick` ms first; then `tokens` under
@@ -221,7 +220,10 @@ impl Model {
         let (new_tat, write) = match c.op {
             GcraOp::Charge => {
                 let new_tat = start.add(increment);
-                let units = new_tat.sub(now_r).div(interval).mul(Ratio::int(i128::from(c.period)));
+                let units = new_tat
+                    .sub(now_r)
+                    .div(interval)
+                    .mul(Ratio::int(i128::from(c.period)));
                 if units.cmp(Ratio::int(i128::from(MAX_EXACT))) == Ordering::Greater {
                     return None;
                 }
