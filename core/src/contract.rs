@@ -742,7 +742,13 @@ fn all_cases() -> Vec<Case> {
         [&["60", "120"], &["1", "2"]],
     ));
     // The same with settlements (issue 27), in cases of their own.
-    cases.extend(random_gcra_settling_cases(20, 40, 400, 9, [periods, counts]));
+    cases.extend(random_gcra_settling_cases(
+        20,
+        40,
+        400,
+        9,
+        [periods, counts],
+    ));
     cases.extend(random_gcra_settling_cases(
         8,
         40,
