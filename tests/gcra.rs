@@ -196,10 +196,278 @@ fn a_changed_limit_keeps_the_tokens_in_use() {
         (12..=15).contains(&faster[2]),
         "three tokens used: {faster:?}"
     );
-    // A smaller burst leaves the key at most full: one token's wait.
+    // A smaller burst leaves the key over full: its four tokens drain
+    // (one every 20 ms) before one fits.
     let tighter = &replies[4];
     assert_eq!(tighter[..3], [1, 1, 0]);
-    assert!((1..=20).contains(&tighter[3]), "{tighter:?}");
+    assert!((60..=80).contains(&tighter[3]), "{tighter:?}");
+}
+
+/// `RATELIMIT.GCRA ... TOKENS n CHARGE` and `REFUND` (issue 27).
+fn gcra(con: &mut Connection, key: &str, rest: &[&str]) -> Vec<i64> {
+    let mut words = vec!["RATELIMIT.GCRA", key];
+    words.extend(rest);
+    run(con, &words)
+}
+
+/// Issue 27's settlement on a token bucket: reserve an estimate, CHARGE
+/// the rest past full (a debt the next requests wait out, never limited
+/// itself), REFUND what was not used (a key left empty is deleted); the
+/// errors; the drop-in names have neither option.
+#[test]
+fn settlements_charge_past_full_and_refund() {
+    let server = with_aliases();
+    let mut con = server.connect();
+    // An hour per token: nothing drains between the calls.
+    let with = |opts: &[&'static str]| -> Vec<&'static str> {
+        let mut w = vec!["3", "1", "3600"];
+        w.extend(opts);
+        w
+    };
+    assert_eq!(
+        gcra(&mut con, "k", &with(&["TOKENS", "2"]))[..4],
+        [0, 4, 2, -1]
+    );
+    let charged = gcra(&mut con, "k", &with(&["TOKENS", "5", "CHARGE", "MS"]));
+    assert_eq!(charged[..3], [3, 4, 0], "7 tokens in a bucket of 4");
+    // A token fits again when 4 of the 7 have drained: 4 hours.
+    assert!(
+        (14_399_000..=14_400_000).contains(&charged[3]),
+        "{charged:?}"
+    );
+    assert!(
+        (25_199_000..=25_200_000).contains(&charged[4]),
+        "{charged:?}"
+    );
+    // Limited until the debt drains; CHARGE itself never is.
+    let limited = gcra(&mut con, "k", &with(&[]));
+    assert_eq!(limited[..3], [1, 4, 0]);
+    let again = gcra(&mut con, "k", &with(&["CHARGE"]));
+    assert_eq!(again[..3], [4, 4, 0]);
+    // TOKENS 0 charges nothing and answers as things stand.
+    let before = all_dumps_and_expiries(&mut con);
+    assert_eq!(
+        gcra(&mut con, "k", &with(&["TOKENS", "0", "CHARGE"]))[..3],
+        [4, 4, 0]
+    );
+    assert_eq!(
+        gcra(&mut con, "k", &with(&["TOKENS", "0", "REFUND"]))[..3],
+        [4, 4, 0]
+    );
+    assert_eq!(all_dumps_and_expiries(&mut con), before);
+    // A refund takes back what is held now.
+    let refunded = gcra(&mut con, "k", &with(&["TOKENS", "6", "REFUND"]));
+    assert_eq!(refunded[..4], [0, 4, 2, -1]);
+    let ttl: i64 = run(&mut con, &["PTTL", "k"]);
+    assert!((7_199_000..=7_200_000).contains(&ttl), "{ttl}");
+    let emptied = gcra(&mut con, "k", &with(&["TOKENS", "100", "REFUND"]));
+    assert_eq!(emptied, [0, 4, 4, -1, 0]);
+    assert_eq!(run::<i64>(&mut con, &["EXISTS", "k"]), 0, "deleted");
+    assert_eq!(gcra(&mut con, "k", &with(&["REFUND"])), [0, 4, 4, -1, 0]);
+    assert_eq!(run::<i64>(&mut con, &["EXISTS", "k"]), 0);
+    // Past the exact bound: refused whole, nothing changes.
+    gcra(
+        &mut con,
+        "big",
+        &["0", "1", "7776000", "TOKENS", "1157407", "CHARGE"],
+    );
+    let big = all_dumps_and_expiries(&mut con);
+    let overflow = "ERR this key would hold more than 9000000000000000 token-milliseconds (its tokens times the period in milliseconds, the most a bucket holds exactly): nothing was charged";
+    assert_eq!(
+        error(
+            &mut con,
+            &["RATELIMIT.GCRA", "big", "0", "1", "7776000", "CHARGE"]
+        ),
+        overflow
+    );
+    assert_eq!(
+        error(
+            &mut con,
+            &[
+                "RATELIMIT.GCRA",
+                "new",
+                "0",
+                "1",
+                "1",
+                "TOKENS",
+                "9000000000000000",
+                "CHARGE"
+            ]
+        ),
+        overflow
+    );
+    assert_eq!(all_dumps_and_expiries(&mut con), big);
+    assert_eq!(
+        error(
+            &mut con,
+            &["RATELIMIT.GCRA", "k", "3", "1", "1", "CHARGE", "REFUND"]
+        ),
+        "ERR CHARGE and REFUND cannot both be given: a call charges or refunds"
+    );
+    assert_eq!(
+        error(&mut con, &["GCRA", "k", "3", "1", "1", "CHARGE"]),
+        "ERR unknown option 'CHARGE' (the options are TOKENS n)"
+    );
+    assert_eq!(
+        error(
+            &mut con,
+            &["CL.THROTTLE", "k", "3", "1", "1", "1", "REFUND"]
+        ),
+        "ERR wrong number of arguments for 'cl.throttle' command"
+    );
+    assert_eq!(
+        error(
+            &mut con,
+            &["RATELIMIT.GCRA", "k", "3", "1", "1", "COST", "1"]
+        ),
+        "ERR unknown option 'COST' (the options are TOKENS n, MS, CHARGE and REFUND)"
+    );
+    run::<()>(&mut con, &["SET", "s", "x"]);
+    assert_eq!(
+        error(&mut con, &["RATELIMIT.GCRA", "s", "3", "1", "1", "CHARGE"]),
+        WRONGTYPE
+    );
+    assert_eq!(
+        error(&mut con, &["RATELIMIT.GCRA", "s", "3", "1", "1", "REFUND"]),
+        WRONGTYPE
+    );
+}
+
+/// Settlements are writes: WATCH fires, a charge publishes
+/// `ratelimit.recorded`, a refund `ratelimit.refunded` (and
+/// `ratelimit.deleted` when it empties the key); INFO counts them.
+#[test]
+fn settlements_watch_events_and_info() {
+    let server = Server::start(&["--notify-keyspace-events", "Kd$"]);
+    let mut subscriber = server.subscriber();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe("__keyspace@0__:k").expect("SUBSCRIBE");
+    let (mut con, mut watcher) = (server.connect(), server.connect());
+    for opts in [
+        &["TOKENS", "5", "CHARGE"][..],
+        &["TOKENS", "1", "REFUND"],
+        &["TOKENS", "9", "REFUND"],
+    ] {
+        run::<()>(&mut watcher, &["WATCH", "k"]);
+        let mut words = vec!["1", "1", "60"];
+        words.extend(opts);
+        gcra(&mut con, "k", &words);
+        run::<()>(&mut watcher, &["MULTI"]);
+        run::<()>(&mut watcher, &["SET", "marker", "1"]);
+        assert_eq!(
+            run::<Value>(&mut watcher, &["EXEC"]),
+            Value::Nil,
+            "{opts:?}"
+        );
+    }
+    // Nothing to refund, nothing charged: no write.
+    run::<()>(&mut watcher, &["WATCH", "k"]);
+    gcra(&mut con, "k", &["1", "1", "60", "REFUND"]);
+    gcra(&mut con, "k", &["1", "1", "60", "TOKENS", "0", "CHARGE"]);
+    run::<()>(&mut watcher, &["MULTI"]);
+    run::<()>(&mut watcher, &["SET", "marker", "1"]);
+    assert_eq!(
+        run::<Value>(&mut watcher, &["EXEC"]),
+        Value::Array(vec![Value::Okay])
+    );
+    run::<()>(&mut con, &["SET", "k", "done"]);
+    let mut events = Vec::new();
+    loop {
+        let event: String = pubsub
+            .get_message()
+            .expect("an event")
+            .get_payload()
+            .expect("text");
+        if event == "set" {
+            break;
+        }
+        events.push(event);
+    }
+    assert_eq!(
+        events,
+        [
+            "ratelimit.recorded",
+            "ratelimit.refunded",
+            "ratelimit.refunded",
+            "ratelimit.deleted"
+        ]
+    );
+    for (field, value) in [
+        ("ratelimit_gcra_charges", 2),
+        ("ratelimit_gcra_charges_over", 1),
+        ("ratelimit_gcra_tokens", 5),
+        ("ratelimit_gcra_refunds", 3),
+        ("ratelimit_gcra_tokens_refunded", 10),
+        ("ratelimit_gcra_checks", 0),
+        ("ratelimit_charges", 0),
+        ("ratelimit_undos", 0),
+    ] {
+        assert_eq!(
+            info_field(&mut con, "ratelimit", field),
+            Some(value),
+            "{field}"
+        );
+    }
+}
+
+/// A settlement reaches replicas and the AOF as what it left: GCRASET
+/// with the master's bucket and expiry, or DEL for a key a refund
+/// emptied; replica and AOF replay hold the master's exact bytes, and a
+/// debt survives every reload.
+#[test]
+fn settlements_replicate_and_persist_as_the_masters_buckets() {
+    let mut master = Server::start(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let replica = Server::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    let (mut m, mut r) = (master.connect(), replica.connect());
+    wait_for_replica(&mut m, &mut r);
+    gcra(&mut m, "debt", &["1", "1", "60", "TOKENS", "7", "CHARGE"]);
+    gcra(&mut m, "part", &["4", "1", "60", "TOKENS", "3"]);
+    gcra(&mut m, "part", &["4", "1", "60", "TOKENS", "2", "REFUND"]);
+    gcra(&mut m, "gone", &["4", "1", "60", "TOKENS", "3", "CHARGE"]);
+    gcra(&mut m, "gone", &["4", "1", "60", "TOKENS", "3", "REFUND"]);
+    gcra(&mut m, "none", &["4", "1", "60", "TOKENS", "3", "REFUND"]);
+    let script =
+        "return redis.call('RATELIMIT.GCRA', KEYS[1], 0, 1, 60, 'TOKENS', 4, 'CHARGE', 'MS')";
+    let scripted: Vec<i64> = run(&mut m, &["EVAL", script, "1", "scripted"]);
+    assert_eq!(scripted[..3], [3, 1, 0]);
+    wait_for_replica(&mut m, &mut r);
+    let on_master = all_dumps_and_expiries(&mut m);
+    assert_eq!(on_master.len(), 3, "{on_master:?}");
+    assert_eq!(all_dumps_and_expiries(&mut r), on_master, "the replica");
+    assert_eq!(
+        all_digests_and_expiries(&mut r),
+        all_digests_and_expiries(&mut m)
+    );
+    let names: Vec<String> = aof_commands(&master)
+        .iter()
+        .map(|c| c[0].to_lowercase())
+        .filter(|name| !["select", "multi", "exec"].contains(&name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ratelimit.gcraset",
+            "ratelimit.gcraset",
+            "ratelimit.gcraset",
+            "ratelimit.gcraset",
+            "del",
+            "ratelimit.gcraset"
+        ],
+        "{names:?}"
+    );
+    master.kill();
+    master.relaunch();
+    let mut m = master.connect();
+    assert_eq!(
+        all_dumps_and_expiries(&mut m),
+        on_master,
+        "the AOF replays to the same bytes"
+    );
+    // The debt persists: 7 tokens, 5 over a bucket of 2.
+    let debt = gcra(&mut m, "debt", &["1", "1", "60", "TOKENS", "0", "CHARGE"]);
+    assert_eq!(debt[..3], [5, 2, 0]);
+    let buckets = assert_survives_every_reload(&mut master, all_dumps_and_expiries);
+    assert_eq!(buckets.len(), 3);
 }
 
 /// Buckets of every shape: each spelling, several tokens, fractional
@@ -532,7 +800,7 @@ fn every_malformed_call_is_refused_and_changes_nothing() {
         ),
         (
             vec!["RATELIMIT.GCRA", "k", "5", "1", "60", "COST", "1"],
-            "ERR unknown option 'COST' (the options are TOKENS n and MS)".into(),
+            "ERR unknown option 'COST' (the options are TOKENS n, MS, CHARGE and REFUND)".into(),
         ),
         (
             vec!["GCRA", "k", "5", "1", "60", "MS"],

@@ -283,7 +283,7 @@ fn written() -> Vec<Case> {
             (0, "9 5000 1 MS"), (0, "9 5000 1 TOKENS 9 MS"), (0, "9 5000 1 MS"), (1, "9 5000 1 MS"), (1, "9 5000 1 TOKENS 5 MS"),
             (3, "2 1 0.5 MS"), (3, "2 1 0.5 TOKENS 3 MS"), (4, "2 1 0.5 MS"), (504, "2 1 0.001 MS"), (504, "0 1 0.001 MS"),
         ]),
-        gcra_case("gcra-changed-limit", "a call under another limit keeps the tokens the key holds, at most a full bucket, drained at the call's rate (redis-cell #54)", &[
+        gcra_case("gcra-changed-limit", "a call under another limit keeps the tokens the key holds (whole ones under another period), even above a smaller burst, drained at the call's rate (redis-cell #54)", &[
             (0, "9 10 60 TOKENS 8 MS"), (0, "9 20 60 MS"), (0, "9 10 30 MS"), (0, "3 10 60 MS"), (6000, "3 10 60 MS"),
             (6000, "9 60 60 TOKENS 0 MS"),
         ]),
@@ -304,6 +304,36 @@ fn written() -> Vec<Case> {
             (0, "15 30 60"), (0, "15 30 60 TOKENS 10"), (0, "15 30 60 TOKENS 0"), (0, "15 30 60 TOKENS 6 MS"),
             (0, "15 30 60 TOKENS 5"), (0, "15 30 60"), (0, "15 30 60 MS"), (0, "15 30 60 TOKENS 17 MS"),
             (0, "15 30 60 TOKENS 0 MS"),
+        ]),
+        gcra_case("gcra-settle", "reserve an estimate, then CHARGE the rest past full: never limited, a debt the next requests wait out as it drains", &[
+            (0, "3 1 1 TOKENS 2 MS"), (0, "3 1 1 TOKENS 5 CHARGE MS"), (1000, "3 1 1 MS"), (3999, "3 1 1 MS"),
+            (4000, "3 1 1 MS"), (4000, "3 1 1 TOKENS 0 CHARGE MS"), (5000, "3 1 1 TOKENS 0 CHARGE"),
+            (5000, "3 1 1 CHARGE"),
+        ]),
+        gcra_case("gcra-refund", "REFUND takes back tokens from what the bucket holds now; a bucket left empty is deleted", &[
+            (0, "4 1 60 TOKENS 4"), (0, "4 1 60 TOKENS 3 REFUND"), (0, "4 1 60 TOKENS 2 CHARGE MS"),
+            (30000, "4 1 60 TOKENS 1 REFUND MS"), (30000, "4 1 60 TOKENS 0 REFUND MS"), (30000, "4 1 60 TOKENS 10 REFUND MS"),
+            (30000, "4 1 60 REFUND"), (30000, "4 1 60 TOKENS 0 MS"),
+        ]),
+        gcra_case("gcra-settle-at-once", "a reservation settled both ways at one moment: CHARGE past full, REFUND back under, REFUND to empty", &[
+            (0, "4 1 60 TOKENS 3"), (0, "4 1 60 TOKENS 4 CHARGE"), (0, "4 1 60"), (0, "4 1 60 TOKENS 0 REFUND"),
+            (0, "4 1 60 TOKENS 5 REFUND"), (0, "4 1 60 TOKENS 2 MS"), (0, "4 1 60 TOKENS 9 REFUND"),
+            (0, "4 1 60 TOKENS 2 refund"), (0, "4 1 60 TOKENS 0 CHARGE"),
+        ]),
+        gcra_case("gcra-debt-changed-limit", "a debt persists under another limit: the same period keeps its units even above a smaller burst, another counts its tokens whole", &[
+            (0, "3 1 1 TOKENS 6 CHARGE MS"), (0, "1 1 1 MS"), (0, "9 1 1 MS"), (1000, "3 2 1 MS"),
+            (1000, "3 1 0.5 MS"), (1000, "3 1 0.5 TOKENS 0 CHARGE MS"), (1000, "0 1 2 TOKENS 1 REFUND MS"),
+            (2000, "0 1 2 TOKENS 0 MS"),
+        ]),
+        case("gcra-settle-errors", "CHARGE and REFUND: one or the other; a charge past the exact bound is refused whole; WRONGTYPE on a log", &[
+            (0, "RATELIMIT.GCRA k 1 1 1 CHARGE REFUND"), (0, "RATELIMIT.GCRA k 1 1 1 TOKENS 2 refund charge MS"),
+            (0, "RATELIMIT.GCRA k 1 1 1 CHARGE CHARGE"), (0, "RATELIMIT.GCRA k 1 1 1 CHARGE x"),
+            (0, "RATELIMIT.GCRA k 0 1 7776000 TOKENS 1157407 CHARGE"), (0, "RATELIMIT.GCRA k 0 1 7776000 CHARGE"),
+            (0, "RATELIMIT.GCRA k 0 1 7776000 TOKENS 0 CHARGE"), (0, "RATELIMIT.GCRA k 0 1 0.001 TOKENS 0 MS"),
+            (0, "RATELIMIT.GCRA j 0 1 1 TOKENS 9000000000000000 CHARGE"),
+            (0, "RATELIMIT.GCRA j 0 9000000000000000 0.001 TOKENS 9000000000000000 CHARGE MS"),
+            (0, "RATELIMIT.GCRA j 0 9000000000000000 0.001 CHARGE"),
+            (0, "RATELIMIT.CHECK w 60000 5"), (0, "RATELIMIT.GCRA w 1 1 1 CHARGE"), (0, "RATELIMIT.GCRA w 1 1 1 REFUND"),
         ]),
         case("gcra-types", "a token bucket and a sliding window are keys of two types: each command refuses the other's", &[
             (0, "RATELIMIT.CHECK w 60000 5"), (0, "RATELIMIT.GCRA w 1 1 60"), (0, "RATELIMIT.GCRA g 1 1 60"),
@@ -623,6 +653,17 @@ fn random_cases(count: usize, length: usize, step: u64, seed: u64, shape: &Shape
 /// limits from `periods` (seconds) and `counts`, TOKENS and MS now and
 /// then.
 fn random_gcra_call(random: &mut Random, periods: &[&str], counts: &[&str]) -> Vec<String> {
+    random_gcra_call_settling(random, periods, counts, false)
+}
+
+/// `random_gcra_call`, and with `settles` a CHARGE or REFUND now and then
+/// (one call in four).
+fn random_gcra_call_settling(
+    random: &mut Random,
+    periods: &[&str],
+    counts: &[&str],
+    settles: bool,
+) -> Vec<String> {
     let key = random.pick(&["g", "h"]).to_string();
     if random.below(25) == 0 {
         return words(&["RATELIMIT.CHECK", &key, "1000", "5"]);
@@ -640,6 +681,9 @@ fn random_gcra_call(random: &mut Random, periods: &[&str], counts: &[&str]) -> V
     if random.below(2) == 0 {
         call.push("MS".into());
     }
+    if settles && random.below(4) == 0 {
+        call.push(random.pick(&["CHARGE", "REFUND"]).into());
+    }
     call
 }
 
@@ -654,6 +698,24 @@ fn random_gcra_cases(
     let about = ["random-gcra", "random token bucket calls on two keys"];
     random_sequences(about, [count, length], step, seed, |r| {
         random_gcra_call(r, periods, counts)
+    })
+}
+
+/// Random sequences of token bucket calls with settlements (CHARGE,
+/// REFUND) among them.
+fn random_gcra_settling_cases(
+    count: usize,
+    length: usize,
+    step: u64,
+    seed: u64,
+    [periods, counts]: [&[&str]; 2],
+) -> Vec<Case> {
+    let about = [
+        "random-gcra-settle",
+        "random token bucket calls on two keys, with CHARGE and REFUND",
+    ];
+    random_sequences(about, [count, length], step, seed, |r| {
+        random_gcra_call_settling(r, periods, counts, true)
     })
 }
 
@@ -677,6 +739,21 @@ fn all_cases() -> Vec<Case> {
         40,
         1,
         5,
+        [&["60", "120"], &["1", "2"]],
+    ));
+    // The same with settlements (issue 27), in cases of their own.
+    cases.extend(random_gcra_settling_cases(
+        20,
+        40,
+        400,
+        9,
+        [periods, counts],
+    ));
+    cases.extend(random_gcra_settling_cases(
+        8,
+        40,
+        1,
+        10,
         [&["60", "120"], &["1", "2"]],
     ));
     cases
@@ -1225,12 +1302,41 @@ mod tests {
                     let call = crate::args::parse_gcra(words, crate::args::GcraSyntax::Module)
                         .expect("parsed");
                     let stored = self.buckets.get(call.key).map(|b| &b.0);
-                    let verdict = crate::gcra::decide(stored, clock, &call.limit, call.tokens);
-                    if let Some(charge) = verdict.charge {
-                        self.buckets
-                            .insert(call.key.clone(), (charge.bucket, charge.expires_at));
+                    let (reply, write) = match call.op {
+                        crate::args::GcraOp::Request => {
+                            let v = crate::gcra::decide(stored, clock, &call.limit, call.tokens);
+                            let write = v.charge.map(crate::gcra::Write::Store);
+                            (v.decision.reply(call.units), write)
+                        }
+                        op => {
+                            let settled = match op {
+                                crate::args::GcraOp::Charge => {
+                                    crate::gcra::charge(stored, clock, &call.limit, call.tokens)
+                                }
+                                _ => {
+                                    Ok(crate::gcra::refund(stored, clock, &call.limit, call.tokens))
+                                }
+                            };
+                            let Ok(s) = settled else {
+                                return Answer::Error(format!(
+                                    "ERR {}",
+                                    crate::args::GCRA_OVERFLOW
+                                ));
+                            };
+                            (s.settlement.reply(call.units), s.write)
+                        }
+                    };
+                    match write {
+                        Some(crate::gcra::Write::Store(charge)) => {
+                            self.buckets
+                                .insert(call.key.clone(), (charge.bucket, charge.expires_at));
+                        }
+                        Some(crate::gcra::Write::Delete) => {
+                            self.buckets.remove(call.key);
+                        }
+                        None => {}
                     }
-                    Answer::Bucket(verdict.decision.reply(call.units))
+                    Answer::Bucket(reply)
                 }
                 "ratelimit.check" | "ratelimit.peek" => {
                     let call = crate::args::parse_limit_call(words).expect("parsed");

@@ -20,9 +20,17 @@
 //! A call whose parameters differ from the charge's (redis-cell #54) keeps
 //! the tokens the key held then: the same units if the period is the same,
 //! else the tokens rounded up to whole ones (a partly drained token counts
-//! whole, never less); at most a full bucket; drained at the call's own
-//! rate since the charge. Raising the rate frees capacity at once, and a
-//! smaller burst leaves the key at most full.
+//! whole, never less), at most the [`MAX_EXACT`] / period whole tokens a
+//! bucket of the new period can hold; drained at the call's own rate since
+//! the charge. Raising the rate frees capacity at once; a smaller burst
+//! leaves the key over full (limited until it drains under), as GCRA's
+//! theoretical arrival time does.
+//!
+//! Settlements (issue 27): [`charge`] adds tokens whatever the bucket
+//! holds, even past full (a debt that drains at the rate: requests are
+//! limited until it has drained enough), refused only past [`MAX_EXACT`];
+//! [`refund`] takes tokens back, at most what the bucket holds, and a
+//! bucket left holding nothing is deleted.
 //!
 //! Every number stays exact in a double (the script twin's numbers): the
 //! bounds keep counts, tokens and the capacity `(max_burst + 1) × period`
@@ -299,25 +307,28 @@ pub struct Verdict {
 pub fn decide(stored: Option<&Bucket>, clock: Millis, limit: &Limit, tokens: u64) -> Verdict {
     let now = decision_time(stored, clock);
     let level = stored.map_or(0, |bucket| level_at(bucket, now, limit));
-    let room = limit.capacity() - level;
+    let capacity = limit.capacity();
+    // An over-full bucket (a settled debt, a smaller burst) has no room.
+    let room = capacity.saturating_sub(level);
     let wait = |units| Wait {
         units,
         count: limit.count,
     };
-    // More tokens than a full bucket never fit.
+    // More tokens than a full bucket never fit. Both terms are at most
+    // MAX_EXACT: no overflow.
     let need = (tokens <= limit.burst).then(|| tokens * limit.period);
     match need {
-        Some(need) if need <= room => {
+        Some(need) if level + need <= capacity => {
             let after = level + need;
             Verdict {
                 decision: Decision {
                     limited: false,
                     burst: limit.burst,
-                    remaining: (room - need) / limit.period,
+                    remaining: (capacity - after) / limit.period,
                     retry_after: None,
                     reset_after: wait(after),
                 },
-                charge: (need > 0).then(|| charge(now, limit, after)),
+                charge: (need > 0).then(|| stored_charge(now, limit, after)),
             }
         }
         _ => Verdict {
@@ -325,7 +336,7 @@ pub fn decide(stored: Option<&Bucket>, clock: Millis, limit: &Limit, tokens: u64
                 limited: true,
                 burst: limit.burst,
                 remaining: room / limit.period,
-                retry_after: need.map(|need| wait(need - room)),
+                retry_after: need.map(|need| wait(level + need - capacity)),
                 reset_after: wait(level),
             },
             charge: None,
@@ -333,7 +344,124 @@ pub fn decide(stored: Option<&Bucket>, clock: Millis, limit: &Limit, tokens: u64
     }
 }
 
-fn charge(now: Millis, limit: &Limit, level: u64) -> Charge {
+/// The five fields of a settlement's reply (CHARGE, REFUND), before units:
+/// the bucket as the settlement left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    /// Whole tokens held above the bucket's size, rounded up; 0 when not
+    /// over.
+    pub over: u64,
+    /// `max_burst + 1`.
+    pub burst: u64,
+    /// Whole tokens a request could take now; 0 when over or full.
+    pub remaining: u64,
+    /// The wait until a request of 1 token fits; `None` if one fits now.
+    pub retry_after: Option<Wait>,
+    /// The wait until the bucket is empty.
+    pub reset_after: Wait,
+}
+
+impl Settlement {
+    /// `[over, max_burst + 1, remaining, retry_after (-1 if a token fits
+    /// now), reset_after]`, its waits in `units`.
+    pub fn reply(&self, units: Units) -> [i64; 5] {
+        [
+            self.over as i64,
+            self.burst as i64,
+            self.remaining as i64,
+            self.retry_after.map_or(-1, |w| w.in_units(units) as i64),
+            self.reset_after.in_units(units) as i64,
+        ]
+    }
+
+    /// A bucket holding `level` units under `limit`.
+    fn of(level: u64, limit: &Limit) -> Settlement {
+        let capacity = limit.capacity();
+        let wait = |units| Wait {
+            units,
+            count: limit.count,
+        };
+        // level + period: at most MAX_EXACT + MAX_PERIOD, no overflow.
+        let token = level + limit.period;
+        Settlement {
+            over: level.saturating_sub(capacity).div_ceil(limit.period),
+            burst: limit.burst,
+            remaining: capacity.saturating_sub(level) / limit.period,
+            retry_after: (token > capacity).then(|| wait(token - capacity)),
+            reset_after: wait(level),
+        }
+    }
+}
+
+/// What a settlement writes to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// The bucket, and the key's expiry.
+    Store(Charge),
+    /// The bucket holds nothing: the key goes.
+    Delete,
+}
+
+/// A settlement's answer, and what it writes (nothing for TOKENS 0, or a
+/// refund on a key that does not exist).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub settlement: Settlement,
+    pub write: Option<Write>,
+}
+
+/// A charge that would leave the bucket holding more than [`MAX_EXACT`]
+/// units (token-milliseconds): refused whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overflow;
+
+/// CHARGE: `tokens` added to what the bucket holds at `clock` whatever it
+/// holds, even past full; never limited. Refused only if the bucket would
+/// hold more than [`MAX_EXACT`] units. `tokens` 0 charges nothing.
+pub fn charge(
+    stored: Option<&Bucket>,
+    clock: Millis,
+    limit: &Limit,
+    tokens: u64,
+) -> Result<Settled, Overflow> {
+    let now = decision_time(stored, clock);
+    let level = stored.map_or(0, |bucket| level_at(bucket, now, limit));
+    let after = tokens
+        .checked_mul(limit.period)
+        .and_then(|need| level.checked_add(need))
+        .filter(|&after| after <= MAX_EXACT)
+        .ok_or(Overflow)?;
+    Ok(Settled {
+        settlement: Settlement::of(after, limit),
+        write: (tokens > 0).then(|| Write::Store(stored_charge(now, limit, after))),
+    })
+}
+
+/// REFUND: `tokens` taken back from what the bucket holds at `clock`, at
+/// most all of it; a bucket left holding nothing is deleted. `tokens` 0,
+/// or a key that does not exist, changes nothing.
+pub fn refund(stored: Option<&Bucket>, clock: Millis, limit: &Limit, tokens: u64) -> Settled {
+    let now = decision_time(stored, clock);
+    let Some(bucket) = stored else {
+        return Settled {
+            settlement: Settlement::of(0, limit),
+            write: None,
+        };
+    };
+    let level = level_at(bucket, now, limit);
+    let after = level.saturating_sub(tokens.saturating_mul(limit.period));
+    let write = match after {
+        _ if tokens == 0 => None,
+        0 => Some(Write::Delete),
+        _ => Some(Write::Store(stored_charge(now, limit, after))),
+    };
+    Settled {
+        settlement: Settlement::of(after, limit),
+        write,
+    }
+}
+
+fn stored_charge(now: Millis, limit: &Limit, level: u64) -> Charge {
     Charge {
         bucket: Bucket::pack(now, limit.period, level),
         expires_at: now + level.div_ceil(limit.count) as Millis,
@@ -351,13 +479,14 @@ fn decision_time(stored: Option<&Bucket>, clock: Millis) -> Millis {
 /// What `bucket` holds at `now` under `limit`, in `1 / limit.period`
 /// tokens: what it held after its last charge (see the module's doc for a
 /// charge under other parameters), less what drained since at the limit's
-/// rate.
+/// rate. It may be more than a full bucket (a settled debt, a smaller
+/// burst), never more than [`MAX_EXACT`].
 fn level_at(bucket: &Bucket, now: Millis, limit: &Limit) -> u64 {
     let held = if bucket.period() == limit.period {
-        bucket.level().min(limit.capacity())
+        bucket.level()
     } else {
         let tokens = bucket.level().div_ceil(bucket.period());
-        tokens.min(limit.burst) * limit.period
+        tokens.min(MAX_EXACT / limit.period) * limit.period
     };
     let elapsed = now.abs_diff(bucket.at());
     held.saturating_sub(elapsed.saturating_mul(limit.count))
@@ -366,6 +495,7 @@ fn level_at(bucket: &Bucket, now: Millis, limit: &Limit) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::GcraOp;
     use crate::reference::gcra::{self as model, GcraCall};
     use proptest::prelude::*;
 
@@ -519,10 +649,88 @@ mod tests {
         let per_minute = limit(15, 3000, 60_000);
         let d = decide(key.as_ref(), T0 + 30, &per_minute, 0).decision;
         assert_eq!(d.reply(Units::Milliseconds), [0, 16, 12, -1, 80]);
-        // A smaller burst leaves the key full, not over full.
+        // A smaller burst leaves the key over full: limited until its 3.5
+        // tokens drain to 1 (2.5 tokens at 10 per 20 s: 5 s).
         let tight = limit(1, 10, 20_000);
         let d = decide(key.as_ref(), T0 + 30, &tight, 1).decision;
-        assert_eq!(d.reply(Units::Milliseconds), [1, 2, 0, 2000, 4000]);
+        assert_eq!(d.reply(Units::Milliseconds), [1, 2, 0, 5000, 7000]);
+        let d = decide(key.as_ref(), T0 + 30, &tight, 0).decision;
+        assert_eq!(d.reply(Units::Milliseconds), [1, 2, 0, 3000, 7000]);
+    }
+
+    /// Issue 27: reserve an estimate, then settle the actual cost past
+    /// full; the debt drains at the rate and limits until it has.
+    #[test]
+    fn a_charge_past_full_is_a_debt_that_drains() {
+        let per_second = limit(3, 1, 1000);
+        let mut key = None;
+        assert_eq!(call(&mut key, T0, &per_second, 2), [0, 4, 2, -1, 2]);
+        let settled = charge(key.as_ref(), T0, &per_second, 5).expect("exact");
+        // 7 tokens in a bucket of 4: 3 over; one more fits after 4 s.
+        assert_eq!(
+            settled.settlement.reply(Units::Milliseconds),
+            [3, 4, 0, 4000, 7000]
+        );
+        let Some(Write::Store(c)) = settled.write else {
+            panic!("a charge stores")
+        };
+        assert_eq!((c.bucket.level(), c.expires_at), (7000, T0 + 7000));
+        key = Some(c.bucket);
+        // Limited until 4 tokens have drained: then 1 fits.
+        let d = decide(key.as_ref(), T0 + 2500, &per_second, 1).decision;
+        assert_eq!(d.reply(Units::Milliseconds), [1, 4, 0, 1500, 4500]);
+        let d = decide(key.as_ref(), T0 + 4000, &per_second, 1).decision;
+        assert_eq!(d.reply(Units::Milliseconds), [0, 4, 0, -1, 4000]);
+        // TOKENS 0 charges nothing, and answers as things stand.
+        let zero = charge(key.as_ref(), T0 + 1000, &per_second, 0).expect("exact");
+        assert_eq!(zero.write, None);
+        assert_eq!(
+            zero.settlement.reply(Units::Milliseconds),
+            [2, 4, 0, 3000, 6000]
+        );
+        // A refund takes back what is held now, at most all of it.
+        let r = refund(key.as_ref(), T0 + 1000, &per_second, 4);
+        assert_eq!(r.settlement.reply(Units::Milliseconds), [0, 4, 2, -1, 2000]);
+        let Some(Write::Store(c)) = r.write else {
+            panic!("a refund stores what is left")
+        };
+        assert_eq!(
+            (c.bucket.at(), c.bucket.level(), c.expires_at),
+            (T0 + 1000, 2000, T0 + 3000)
+        );
+        let all = refund(key.as_ref(), T0 + 1000, &per_second, 100);
+        assert_eq!(all.write, Some(Write::Delete));
+        assert_eq!(all.settlement.reply(Units::Milliseconds), [0, 4, 4, -1, 0]);
+        assert_eq!(refund(None, T0, &per_second, 1).write, None);
+        assert_eq!(refund(key.as_ref(), T0, &per_second, 0).write, None);
+    }
+
+    #[test]
+    fn a_charge_past_the_exact_bound_is_refused_whole() {
+        let widest = limit(0, 1, MAX_PERIOD);
+        let most = MAX_EXACT / MAX_PERIOD;
+        let settled = charge(None, T0, &widest, most).expect("within");
+        let Some(Write::Store(c)) = settled.write else {
+            panic!("stored")
+        };
+        assert_eq!(charge(Some(&c.bucket), T0, &widest, 1), Err(Overflow));
+        assert_eq!(charge(None, T0, &widest, most + 1), Err(Overflow));
+        assert_eq!(
+            charge(None, T0, &limit(0, 1, 1000), MAX_EXACT),
+            Err(Overflow)
+        );
+        // Under another period, the held tokens are bounded so the level
+        // stays exact.
+        let short = limit(0, 1, 1);
+        let d = decide(Some(&c.bucket), T0, &short, 0).decision;
+        assert_eq!(d.reset_after.floor_ms(), most);
+        let to_ms = limit(0, 1, 7);
+        let held = charge(None, T0, &to_ms, MAX_EXACT / 7).expect("within");
+        let Some(Write::Store(h)) = held.write else {
+            panic!("stored")
+        };
+        let d = decide(Some(&h.bucket), T0, &limit(0, 1, 11), 0).decision;
+        assert_eq!(d.reset_after.floor_ms(), MAX_EXACT / 11 * 11);
     }
 
     #[test]
@@ -581,14 +789,20 @@ mod tests {
             0u64..6,
             1u64..12,
             prop_oneof![3 => Just(1000u64), 1 => 1u64..5_000],
-            prop_oneof![4 => Just(1u64), 1 => 0u64..9],
+            prop_oneof![4 => Just(1u64), 1 => 0u64..9, 1 => 0u64..40],
+            prop_oneof![
+                6 => Just(GcraOp::Request),
+                1 => Just(GcraOp::Charge),
+                1 => Just(GcraOp::Refund),
+            ],
         )
-            .prop_map(|(tick, max_burst, count, period, tokens)| GcraCall {
+            .prop_map(|(tick, max_burst, count, period, tokens, op)| GcraCall {
                 tick,
                 max_burst,
                 count,
                 period,
                 tokens,
+                op,
             })
     }
 
@@ -608,6 +822,52 @@ mod tests {
                 })
                 .collect()
         })
+    }
+
+    /// Settlements near the exact bound: long periods, many tokens, some
+    /// charges refused whole, and periods changed on a debt.
+    fn big_settlements() -> impl Strategy<Value = Vec<GcraCall>> {
+        let call = (
+            -300i64..2_000_000,
+            0u64..1000,
+            1u64..5,
+            prop_oneof![
+                Just(MAX_PERIOD),
+                Just(MAX_PERIOD - 1),
+                1u64..20,
+                Just(3_600_000)
+            ],
+            0u64..1_500_000,
+            prop_oneof![
+                1 => Just(GcraOp::Request),
+                2 => Just(GcraOp::Charge),
+                1 => Just(GcraOp::Refund),
+            ],
+        )
+            .prop_filter_map(
+                "a valid limit",
+                |(tick, max_burst, count, period, tokens, op)| {
+                    Limit::new(max_burst, count, period).ok()?;
+                    Some(GcraCall {
+                        tick,
+                        max_burst,
+                        count,
+                        period,
+                        tokens,
+                        op,
+                    })
+                },
+            );
+        proptest::collection::vec(call, 1..30)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        #[test]
+        fn settlements_near_the_bound_match_the_model(calls in big_settlements()) {
+            let outcome = model::compare(&calls);
+            prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+        }
     }
 
     proptest! {

@@ -923,7 +923,8 @@ impl Keyspace {
     }
 
     /// RATELIMIT.GCRA: WRONGTYPE on a sliding window's key; else the token
-    /// bucket's answer (a log past its expiry goes).
+    /// bucket's answer (a log past its expiry goes), or for a charge past
+    /// what a bucket holds exactly, the error.
     fn gcra(&mut self, clock: Millis, words: &[Vec<u8>]) -> Result<Answer, crate::args::ArgError> {
         let call = crate::args::parse_gcra(words, crate::args::GcraSyntax::Module)?;
         if self.key(clock, call.key).is_some() {
@@ -931,8 +932,12 @@ impl Keyspace {
         }
         self.keys.remove(call.key.as_slice());
         let bucket = self.buckets.entry(call.key.clone()).or_default();
-        let (reply, _) = bucket.answer(clock, &call.limit, call.tokens, call.units);
-        Ok(Answer::Bucket(reply))
+        Ok(
+            match bucket.answer(clock, &call.limit, call.tokens, call.op, call.units) {
+                Some(reply) => Answer::Bucket(reply),
+                None => Answer::Error(format!("ERR {}", crate::args::GCRA_OVERFLOW)),
+            },
+        )
     }
 
     /// The keys that exist at `clock`, in order.

@@ -76,6 +76,8 @@ fuzz_target!(|data: &[u8]| {
             assert!((1..=MAX_EXACT).contains(&limit.count()));
             assert!(limit.burst() >= 1 && limit.burst() <= MAX_EXACT / limit.period());
             assert!(call.tokens <= MAX_EXACT);
+            // Only RATELIMIT.GCRA settles (CHARGE, REFUND).
+            assert!(syntax == GcraSyntax::Module || call.op == args::GcraOp::Request);
         }
     }
     if let Ok(call) = args::parse_gcra_set(&words) {

@@ -1,12 +1,14 @@
 //! The token bucket against redis-cell's formulation over exact fractions
 //! (`reference::gcra`), on call sequences drawn from arbitrary bytes (5
-//! bytes a call: limits changed at will, the clock stepping either way);
+//! bytes a call: limits changed at will, the clock stepping either way,
+//! requests, CHARGE and REFUND);
 //! and a bucket read from arbitrary stored numbers (the RDB payload, the
 //! replicated GCRASET): refused, or holding exactly what was stored. Any
 //! difference is a crash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use ratelimit_core::args::GcraOp;
 use ratelimit_core::gcra::Bucket;
 use ratelimit_core::reference::gcra::{self, GcraCall};
 
@@ -31,7 +33,13 @@ fuzz_target!(|data: &[u8]| {
                 1 => 60_000,
                 _ => u64::from(c[3]) * 7 + 1,
             },
-            tokens: u64::from(c[4] % 10),
+            tokens: u64::from(c[4] % 40 / 4),
+            // Now and then a settlement (CHARGE, REFUND).
+            op: match c[4] % 4 {
+                0 => GcraOp::Charge,
+                1 => GcraOp::Refund,
+                _ => GcraOp::Request,
+            },
         })
         .collect();
     if let Err(difference) = gcra::compare(&calls) {

@@ -103,7 +103,8 @@ const GCRA_COMPLEXITY: &CStr = c"O(1).";
 const GCRA_KEY_FLAGS: u32 = raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE;
 const GCRA_SINCE: &CStr = c"0.5.0";
 
-/// `RATELIMIT.GCRA key max_burst count period [TOKENS n] [MS]`.
+/// `RATELIMIT.GCRA key max_burst count period [TOKENS n] [MS] [CHARGE]
+/// [REFUND]`.
 const GCRA_ARGS: &[ArgSpec] = &{
     let [key, max_burst, count, period] = gcra_limit_args("count");
     [
@@ -113,6 +114,8 @@ const GCRA_ARGS: &[ArgSpec] = &{
         period,
         option(&args::TOKENS),
         option(&args::MS),
+        option(&args::CHARGE),
+        option(&args::REFUND),
     ]
 };
 
@@ -394,7 +397,7 @@ const SPECS: [CommandSpec; 15] = [
         handler: gcra_commands::gcra_command,
         flags: GCRA_FLAGS,
         acl_categories: c"write fast",
-        summary: c"Decides a request of TOKENS n (default 1; 0 asks without charging) against a token bucket (GCRA) of count per period seconds in bursts of max_burst + 1, and charges it if allowed. Replies as redis-cell's CL.THROTTLE: [limited, max_burst + 1, remaining, retry_after (-1 if allowed), reset_after], in seconds, or in milliseconds with MS.",
+        summary: c"Decides a request of TOKENS n (default 1; 0 asks without charging) against a token bucket (GCRA) of count per period seconds in bursts of max_burst + 1, and charges it if allowed. Replies as redis-cell's CL.THROTTLE: [limited, max_burst + 1, remaining, retry_after (-1 if allowed), reset_after], in seconds, or in milliseconds with MS. CHARGE settles: the n tokens are charged whatever the bucket holds, even past full, never limited; REFUND takes back up to n tokens. Both reply [over, max_burst + 1, remaining, retry_after (-1 if a token fits now), reset_after].",
         complexity: GCRA_COMPLEXITY,
         arity: args::GCRA_ARITY,
         key_flags: GCRA_KEY_FLAGS,

@@ -43,8 +43,12 @@ pub static GCRA_CHECKS: Counter = Counter::new();
 pub static GCRA_ALLOWED: Counter = Counter::new();
 pub static GCRA_PEEKS: Counter = Counter::new();
 pub static GCRA_TOKENS: Counter = Counter::new();
+pub static GCRA_CHARGES: Counter = Counter::new();
+pub static GCRA_CHARGES_OVER: Counter = Counter::new();
+pub static GCRA_REFUNDS: Counter = Counter::new();
+pub static GCRA_TOKENS_REFUNDED: Counter = Counter::new();
 
-const FIELDS: [(&str, &Counter); 18] = [
+const FIELDS: [(&str, &Counter); 22] = [
     ("checks", &CHECKS),
     ("allowed", &ALLOWED),
     ("peeks", &PEEKS),
@@ -63,6 +67,10 @@ const FIELDS: [(&str, &Counter); 18] = [
     ("gcra_allowed", &GCRA_ALLOWED),
     ("gcra_peeks", &GCRA_PEEKS),
     ("gcra_tokens", &GCRA_TOKENS),
+    ("gcra_charges", &GCRA_CHARGES),
+    ("gcra_charges_over", &GCRA_CHARGES_OVER),
+    ("gcra_refunds", &GCRA_REFUNDS),
+    ("gcra_tokens_refunded", &GCRA_TOKENS_REFUNDED),
 ];
 
 /// The INFO callback: sections `ratelimit_stats` and `ratelimit_config`.

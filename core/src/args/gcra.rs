@@ -16,6 +16,36 @@ pub const MS: OptionName = OptionName {
     value: "",
 };
 
+/// The flag that charges the tokens whatever the bucket holds (a
+/// settlement, issue 27).
+pub const CHARGE: OptionName = OptionName {
+    token: "CHARGE",
+    value: "",
+};
+
+/// The flag that takes tokens back from what the bucket holds.
+pub const REFUND: OptionName = OptionName {
+    token: "REFUND",
+    value: "",
+};
+
+/// What a charge past [`MAX_EXACT`] answers: the bucket cannot hold it
+/// exactly.
+pub const GCRA_OVERFLOW: &str = "this key would hold more than 9000000000000000 token-milliseconds (its tokens times the period in milliseconds, the most a bucket holds exactly): nothing was charged";
+
+const _: () = assert!(MAX_EXACT == 9_000_000_000_000_000);
+
+/// What a RATELIMIT.GCRA call does with its tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcraOp {
+    /// Decides a request, and charges it if allowed.
+    Request,
+    /// `CHARGE`: charges them whatever the bucket holds, never limited.
+    Charge,
+    /// `REFUND`: takes them back, at most what the bucket holds.
+    Refund,
+}
+
 /// How a GCRA call is spelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GcraSyntax {
@@ -40,13 +70,15 @@ impl GcraSyntax {
     }
 }
 
-/// A GCRA call: `tokens` (0 asks without charging) under `limit`, the
-/// reply's waits in `units`.
+/// A GCRA call: `tokens` (0 asks without charging) under `limit`,
+/// requested, charged or refunded (`op`; only `RATELIMIT.GCRA` has the
+/// last two), the reply's waits in `units`.
 #[derive(Debug)]
 pub struct GcraCall<'a, A> {
     pub key: &'a A,
     pub limit: Limit,
     pub tokens: u64,
+    pub op: GcraOp,
     pub units: Units,
 }
 
@@ -57,23 +89,42 @@ pub fn parse_gcra<A: AsRef<[u8]>>(
     let [_, key, max_burst, count, period, rest @ ..] = args else {
         return Err(ArgError::WrongArity);
     };
-    let (tokens, units) = match syntax {
+    let (tokens, units, op) = match syntax {
         GcraSyntax::Cell => match rest {
-            [] => (None, Units::CellSeconds),
-            [quantity] => (Some(("quantity", quantity)), Units::CellSeconds),
+            [] => (None, Units::CellSeconds, GcraOp::Request),
+            [quantity] => (
+                Some(("quantity", quantity)),
+                Units::CellSeconds,
+                GcraOp::Request,
+            ),
             _ => return Err(ArgError::WrongArity),
         },
         GcraSyntax::Redis => {
             let [tokens] = parse_options(rest, [&TOKENS])?;
-            (tokens.map(|n| ("TOKENS", n)), Units::Seconds)
+            (
+                tokens.map(|n| ("TOKENS", n)),
+                Units::Seconds,
+                GcraOp::Request,
+            )
         }
         GcraSyntax::Module => {
-            let [tokens, ms] = parse_options(rest, [&TOKENS, &MS])?;
+            let [tokens, ms, charge, refund] =
+                parse_options(rest, [&TOKENS, &MS, &CHARGE, &REFUND])?;
             let units = match ms {
                 Some(_) => Units::Milliseconds,
                 None => Units::CellSeconds,
             };
-            (tokens.map(|n| ("TOKENS", n)), units)
+            let op = match (charge, refund) {
+                (None, None) => GcraOp::Request,
+                (Some(_), None) => GcraOp::Charge,
+                (None, Some(_)) => GcraOp::Refund,
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "CHARGE and REFUND cannot both be given: a call charges or refunds".into(),
+                    ))
+                }
+            };
+            (tokens.map(|n| ("TOKENS", n)), units, op)
         }
     };
     let limit = parse_limit(max_burst, count, period, syntax)?;
@@ -89,6 +140,7 @@ pub fn parse_gcra<A: AsRef<[u8]>>(
         key,
         limit,
         tokens,
+        op,
         units,
     })
 }
@@ -295,6 +347,23 @@ mod tests {
             Ok((minute, 2, Units::Seconds))
         );
         assert_eq!(parse("CL k 15 30 60 1 2", Cell), Err(ArgError::WrongArity));
+        let op = |line: &str| parse_gcra(&words(line), Module).map(|c| (c.tokens, c.op, c.units));
+        assert_eq!(
+            op("G k 15 30 60 TOKENS 5 CHARGE"),
+            Ok((5, GcraOp::Charge, Units::CellSeconds))
+        );
+        assert_eq!(
+            op("G k 15 30 60 refund ms TOKENS 2"),
+            Ok((2, GcraOp::Refund, Units::Milliseconds))
+        );
+        assert_eq!(
+            op("G k 15 30 60 Charge"),
+            Ok((1, GcraOp::Charge, Units::CellSeconds))
+        );
+        assert_eq!(
+            op("G k 15 30 60"),
+            Ok((1, GcraOp::Request, Units::CellSeconds))
+        );
         assert_eq!(parse("G k 15 30", Module), Err(ArgError::WrongArity));
     }
 
@@ -368,7 +437,23 @@ mod tests {
         assert_eq!(error("G k 1 1 1 MS MS", Module), "MS given more than once");
         assert_eq!(
             error("G k 1 1 1 COST 1", Module),
-            "unknown option 'COST' (the options are TOKENS n and MS)"
+            "unknown option 'COST' (the options are TOKENS n, MS, CHARGE and REFUND)"
+        );
+        assert_eq!(
+            error("G k 1 1 1 TOKENS 2 CHARGE refund", Module),
+            "CHARGE and REFUND cannot both be given: a call charges or refunds"
+        );
+        assert_eq!(
+            error("G k 1 1 1 CHARGE CHARGE", Module),
+            "CHARGE given more than once"
+        );
+        assert_eq!(
+            error("GCRA k 1 1 1 CHARGE", Redis),
+            "unknown option 'CHARGE' (the options are TOKENS n)"
+        );
+        assert_eq!(
+            parse("CL k 1 1 1 1 CHARGE", Cell),
+            Err(ArgError::WrongArity)
         );
         assert_eq!(
             error("GCRA k 1 1 1 MS", Redis),

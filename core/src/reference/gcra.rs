@@ -4,7 +4,8 @@
 //! that time; and a driver that runs the same calls against it and the core
 //! (`crate::gcra`), with the key expiring as Redis would expire it.
 
-use crate::gcra::{self, Bucket, Limit, Units};
+use crate::args::GcraOp;
+use crate::gcra::{self, Bucket, Limit, Units, Write, MAX_EXACT};
 use crate::log::Millis;
 use std::cmp::Ordering;
 
@@ -76,18 +77,10 @@ impl Ratio {
             self
         }
     }
-
-    fn min(self, o: Ratio) -> Ratio {
-        if self.cmp(o) == Ordering::Greater {
-            o
-        } else {
-            self
-        }
-    }
 }
 
 /// One call: the clock moves by `tick` ms first; then `tokens` under
-/// `max_burst count period` (period in ms).
+/// `max_burst count period` (period in ms), requested, charged or refunded.
 #[derive(Clone, Copy, Debug)]
 pub struct GcraCall {
     pub tick: i64,
@@ -95,6 +88,7 @@ pub struct GcraCall {
     pub count: u64,
     pub period: u64,
     pub tokens: u64,
+    pub op: GcraOp,
 }
 
 /// The last charge: its theoretical arrival time, when it was made, and
@@ -114,17 +108,21 @@ pub struct Model {
     expires_at: Millis,
 }
 
-/// redis-cell's reply in each unit, and whether the call stored anything.
+/// redis-cell's reply in each unit (a settlement's, for CHARGE and
+/// REFUND), and whether the call stored a bucket or deleted the key.
 #[derive(Debug, PartialEq, Eq)]
 struct Answer {
     replies: [[i64; 5]; 3],
     stored: bool,
+    deleted: bool,
 }
 
 const UNITS: [Units; 3] = [Units::CellSeconds, Units::Seconds, Units::Milliseconds];
 
 impl Model {
-    fn call(&mut self, clock: Millis, c: &GcraCall) -> Answer {
+    /// The call's answer, or `None` for a charge refused whole (the bucket
+    /// would hold more than MAX_EXACT units).
+    fn call(&mut self, clock: Millis, c: &GcraCall) -> Option<Answer> {
         if clock > self.expires_at {
             self.charged = None;
         }
@@ -136,17 +134,21 @@ impl Model {
         let tat = match self.charged {
             None => now_r,
             Some(k) => {
-                // The tokens held at the charge, counted whole under another
-                // period, at most a full bucket; the time they take to
-                // drain at this call's rate, from the charge.
+                // The tokens held at the charge, even above this call's
+                // burst: under another period counted whole, and at most
+                // what a bucket of this period holds exactly; the time
+                // they take to drain at this call's rate, from the charge.
                 let mut held = k.tat.sub(Ratio::int(i128::from(k.at))).div(k.interval);
                 if k.period != c.period {
-                    held = Ratio::int(held.ceil());
+                    let most = i128::from(MAX_EXACT / c.period);
+                    held = Ratio::int(held.ceil().min(most));
                 }
-                let held = held.min(Ratio::int(burst));
                 Ratio::int(i128::from(k.at)).add(held.mul(interval))
             }
         };
+        if c.op != GcraOp::Request {
+            return self.settle(now, tat, interval, tolerance, c);
+        }
         let increment = interval.mul(Ratio::int(i128::from(c.tokens)));
         let new_tat = tat.max(now_r).add(increment);
         let diff = now_r.sub(new_tat.sub(tolerance));
@@ -162,13 +164,7 @@ impl Model {
         };
         let stored = !limited && c.tokens > 0;
         if stored {
-            self.charged = Some(Charged {
-                tat: new_tat,
-                at: now,
-                interval,
-                period: c.period,
-            });
-            self.expires_at = new_tat.ceil() as Millis;
+            self.store(new_tat, now, interval, c.period);
         }
         let next = tolerance.sub(ttl);
         let remaining = if next.cmp(Ratio::new(-interval.num, interval.den)) == Ordering::Greater {
@@ -185,29 +181,113 @@ impl Model {
                 in_units(ttl, units),
             ]
         });
-        Answer { replies, stored }
+        Some(Answer {
+            replies,
+            stored,
+            deleted: false,
+        })
     }
 
-    /// A call at `clock` of `tokens` under `limit` (its period in ms), the
-    /// reply in `units`: redis-cell's five integers, and whether it charged
-    /// the key.
+    fn store(&mut self, tat: Ratio, at: Millis, interval: Ratio, period: u64) {
+        self.charged = Some(Charged {
+            tat,
+            at,
+            interval,
+            period,
+        });
+        self.expires_at = tat.ceil() as Millis;
+    }
+
+    /// CHARGE and REFUND, as the issue states them: a charge moves the
+    /// theoretical arrival time later by the tokens' emission intervals
+    /// whatever it is (refused if the bucket would then hold more than
+    /// MAX_EXACT units); a refund moves it earlier, never before now, and
+    /// a key whose time comes back to now holds nothing and goes. TOKENS
+    /// 0, and a refund on no key, change nothing. The reply reads the
+    /// bucket after: the tokens above its size (rounded up), the whole
+    /// tokens below it, the wait until one more token fits, until empty.
+    fn settle(
+        &mut self,
+        now: Millis,
+        tat: Ratio,
+        interval: Ratio,
+        tolerance: Ratio,
+        c: &GcraCall,
+    ) -> Option<Answer> {
+        let now_r = Ratio::int(i128::from(now));
+        let increment = interval.mul(Ratio::int(i128::from(c.tokens)));
+        let start = tat.max(now_r);
+        let (new_tat, write) = match c.op {
+            GcraOp::Charge => {
+                let new_tat = start.add(increment);
+                let units = new_tat
+                    .sub(now_r)
+                    .div(interval)
+                    .mul(Ratio::int(i128::from(c.period)));
+                if units.cmp(Ratio::int(i128::from(MAX_EXACT))) == Ordering::Greater {
+                    return None;
+                }
+                (new_tat, c.tokens > 0)
+            }
+            _ => {
+                let new_tat = start.sub(increment).max(now_r);
+                (new_tat, c.tokens > 0 && self.charged.is_some())
+            }
+        };
+        let mut answer = Answer {
+            replies: [[0; 5]; 3],
+            stored: false,
+            deleted: false,
+        };
+        if write {
+            if new_tat.cmp(now_r) == Ordering::Equal {
+                self.charged = None;
+                answer.deleted = true;
+            } else {
+                self.store(new_tat, now, interval, c.period);
+                answer.stored = true;
+            }
+        }
+        let ttl = new_tat.sub(now_r);
+        let zero = Ratio::int(0);
+        let over = ttl.sub(tolerance).div(interval).ceil().max(0);
+        let remaining = tolerance.sub(ttl).max(zero).div(interval).floor();
+        let retry = ttl.add(interval).sub(tolerance);
+        let retry = (retry.cmp(zero) == Ordering::Greater).then_some(retry);
+        answer.replies = UNITS.map(|units| {
+            [
+                over as i64,
+                (c.max_burst + 1) as i64,
+                remaining as i64,
+                retry.map_or(-1, |wait| in_units(wait, units)),
+                in_units(ttl, units),
+            ]
+        });
+        Some(answer)
+    }
+
+    /// A call at `clock` of `tokens` under `limit` (its period in ms),
+    /// requested, charged or refunded (`op`), the reply in `units`: the
+    /// five integers, or `None` for a charge refused whole.
     pub fn answer(
         &mut self,
         clock: Millis,
         limit: &Limit,
         tokens: u64,
+        op: GcraOp,
         units: Units,
-    ) -> ([i64; 5], bool) {
+    ) -> Option<[i64; 5]> {
         let call = GcraCall {
             tick: 0,
             max_burst: limit.burst() - 1,
             count: limit.count(),
             period: limit.period(),
             tokens,
+            op,
         };
-        let answer = self.call(clock, &call);
+        let answer = self.call(clock, &call)?;
         let at = UNITS.iter().position(|&u| u == units).unwrap_or(0);
-        (answer.replies[at], answer.stored)
+        Some(answer.replies[at])
     }
 
     /// The key at `clock`, if it exists: its last charge's time, period and
@@ -260,11 +340,30 @@ pub fn compare(calls: &[GcraCall]) -> Result<(), String> {
         if key.is_some_and(|(_, expires_at)| clock > expires_at) {
             key = None;
         }
-        let verdict = gcra::decide(key.as_ref().map(|(b, _)| b), clock, &limit, c.tokens);
-        let d = verdict.decision;
-        let core = Answer {
-            replies: UNITS.map(|units| d.reply(units)),
-            stored: verdict.charge.is_some(),
+        let stored = key.as_ref().map(|(b, _)| b);
+        let (core, write) = match c.op {
+            GcraOp::Request => {
+                let verdict = gcra::decide(stored, clock, &limit, c.tokens);
+                let d = verdict.decision;
+                let answer = Answer {
+                    replies: UNITS.map(|units| d.reply(units)),
+                    stored: verdict.charge.is_some(),
+                    deleted: false,
+                };
+                (Some(answer), verdict.charge.map(Write::Store))
+            }
+            op => {
+                let settled = match op {
+                    GcraOp::Charge => gcra::charge(stored, clock, &limit, c.tokens).ok(),
+                    _ => Some(gcra::refund(stored, clock, &limit, c.tokens)),
+                };
+                let answer = settled.map(|s| Answer {
+                    replies: UNITS.map(|units| s.settlement.reply(units)),
+                    stored: matches!(s.write, Some(Write::Store(_))),
+                    deleted: s.write == Some(Write::Delete),
+                });
+                (answer, settled.and_then(|s| s.write))
+            }
         };
         let expected = model.call(clock, c);
         if core != expected {
@@ -272,18 +371,22 @@ pub fn compare(calls: &[GcraCall]) -> Result<(), String> {
                 "call {i} {c:?} at {clock}: core {core:?}, model {expected:?}"
             ));
         }
-        if let Some(charge) = verdict.charge {
-            key = Some((charge.bucket, charge.expires_at));
-            let b = charge.bucket;
-            let stored = (b.at(), b.period(), i128::from(b.level()));
-            if model.bucket() != Some(stored) || model.expires_at != charge.expires_at {
-                return Err(format!(
-                    "call {i} {c:?}: core stored {b:?} until {}, model {:?} until {}",
-                    charge.expires_at,
-                    model.bucket(),
-                    model.expires_at
-                ));
+        match write {
+            Some(Write::Store(charge)) => {
+                key = Some((charge.bucket, charge.expires_at));
+                let b = charge.bucket;
+                let stored = (b.at(), b.period(), i128::from(b.level()));
+                if model.bucket() != Some(stored) || model.expires_at != charge.expires_at {
+                    return Err(format!(
+                        "call {i} {c:?}: core stored {b:?} until {}, model {:?} until {}",
+                        charge.expires_at,
+                        model.bucket(),
+                        model.expires_at
+                    ));
+                }
             }
+            Some(Write::Delete) => key = None,
+            None => {}
         }
     }
     Ok(())
