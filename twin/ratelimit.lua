@@ -78,7 +78,9 @@
 -- held then, in 1/period tokens (7), little-endian: the module's bucket
 -- (core/src/gcra.rs) byte-aligned, each field within the module's bounds
 -- (time 1 to 2^42 - 1, period 1 to 7776000000, level 1 to 9e15). Written
--- whole with SET ... PXAT (when the bucket is empty again). A log given
+-- whole with SET ... PXAT (when the bucket is empty again); a REFUND that
+-- empties it DELs the key. The level may be above the call's full bucket
+-- (a CHARGE past full, a smaller burst): a debt. A log given
 -- to gcra, and a bucket given to a sliding-window operation, answer
 -- WRONGTYPE as the module's two types do; a value that starts "rl\6" but
 -- is not such a bucket answers an error naming the key.
