@@ -284,13 +284,21 @@ class GcraDecision:
     error: BaseException | None = None
 
 
+GcraSettle = Literal["charge", "refund"]
+"""A token bucket's settlement: ``CHARGE`` (tokens added whatever the
+bucket holds, even past full: a debt that drains at the rate) or
+``REFUND`` (tokens taken back, at most what it holds)."""
+
+
 @dataclass(frozen=True)
 class GcraCall:
     """A validated RATELIMIT.GCRA: the limit and the request's tokens (0
-    asks without charging)."""
+    asks without charging); with ``settle``, a settlement of that many
+    tokens (``CHARGE`` or ``REFUND``), never limited."""
 
     limit: GcraLimit
     tokens: int
+    settle: GcraSettle | None = None
 
     def args(self) -> list[str]:
         """The module's arguments after the key (also the twin's); the
@@ -299,6 +307,8 @@ class GcraCall:
         args = [str(limit.max_burst), str(limit.count), limit.period_seconds]
         if self.tokens != 1:
             args += ["TOKENS", str(self.tokens)]
+        if self.settle is not None:
+            args.append(self.settle.upper())
         return [*args, "MS"]
 
 
@@ -411,13 +421,18 @@ def make_multi_charge_call(keyed: Mapping[str, Limits], cost: int = 1, precision
     return MultiCall(keys, tuple(calls))
 
 
-def make_gcra_call(limit: GcraLimit, tokens: int = 1) -> GcraCall:
-    """Validates a token-bucket request as the module does. More tokens
-    than the bucket holds is no error: such a request is answered limited,
-    with ``retry_after_ms`` -1."""
+def make_gcra_call(limit: GcraLimit, tokens: int = 1, settle: GcraSettle | None = None) -> GcraCall:
+    """Validates a token-bucket request (or, with ``settle``, a CHARGE or
+    REFUND) as the module does. More tokens than the bucket holds is no
+    error: such a request is answered limited, with ``retry_after_ms``
+    -1; a charge may take a bucket past full (its tokens times the period
+    in ms at most 9000000000000000, which only the bucket's state tells:
+    the server refuses it)."""
     if not isinstance(limit, GcraLimit):
         raise RateLimitInputError(f"limit must be a GcraLimit, got {limit!r}")
-    return GcraCall(limit, validate_tokens(tokens))
+    if settle not in (None, "charge", "refund"):
+        raise RateLimitInputError(f"settle must be 'charge', 'refund' or None, got {settle!r}")
+    return GcraCall(limit, validate_tokens(tokens), settle)
 
 
 def validate_tokens(tokens: object) -> int:
@@ -558,6 +573,41 @@ def parse_gcra_reply(reply: object) -> tuple[int, int, int, int, int]:
             if limited in (0, 1) and burst >= 1 and remaining >= 0 and reset >= 0 and waits:
                 return limited, burst, remaining, retry, reset
     raise UnexpectedReply(f"unexpected reply to a token-bucket call: {reply!r}")
+
+
+def parse_gcra_settlement(reply: object) -> tuple[int, int, int, int, int]:
+    """Reads a token bucket's settlement (``CHARGE``, ``REFUND``): [over,
+    max_burst + 1, remaining, retry_after (-1 if a token fits now),
+    reset_after] (the same array in RESP2 and RESP3)."""
+    if isinstance(reply, (list, tuple)) and len(reply) == 5:
+        numbers = [number for number in map(_as_int, reply) if number is not None]
+        if len(numbers) == 5:
+            over, burst, remaining, retry, reset = numbers
+            # Over: no room; room: no wait for one token.
+            shaped = (over == 0 or remaining == 0) and (retry == -1) == (remaining > 0)
+            if over >= 0 and burst >= 1 and remaining >= 0 and retry >= -1 and reset >= 0 and shaped:
+                return over, burst, remaining, retry, reset
+    raise UnexpectedReply(f"unexpected reply to a token-bucket settlement: {reply!r}")
+
+
+def gcra_settlement(reply: Sequence[int], source: SettlementSource, key: str, tokens: int, how: GcraSettle) -> Settlement:
+    """A Settlement from a token bucket's settlement reply (waits in ms):
+    ``charged`` or ``refunded`` the tokens settled, ``over`` the whole
+    tokens held past a full bucket (rounded up), ``retry_after_ms`` the
+    wait until a request of 1 token fits (0: one fits now)."""
+    over, _, remaining, retry, reset = reply
+    charged, refunded = (tokens, 0) if how == "charge" else (0, tokens)
+    return Settlement(
+        source,
+        charged,
+        refunded,
+        over,
+        remaining,
+        max(retry, 0),
+        reset,
+        keys=(key,),
+        over_positions=(0,) if over > 0 else (),
+    )
 
 
 def gcra_decision(reply: Sequence[int], source: Source = "redis", backend: Backend | None = None) -> GcraDecision:
