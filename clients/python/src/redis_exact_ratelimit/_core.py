@@ -166,7 +166,8 @@ SettlementSource = Literal["redis", "fallback"]
 
 @dataclass(frozen=True)
 class Settlement:
-    """What a settlement (``charge``, ``charge_all``, ``settle``) did.
+    """What a settlement (``charge``, ``charge_all``, ``settle``,
+    ``gcra_charge``, ``gcra_refund``) did.
 
     ``source`` is where it was recorded: ``"redis"``, ``"fallback"`` (the
     reservation was decided there, and is settled there), or None when
@@ -185,7 +186,15 @@ class Settlement:
     fits again, ``reset_after_ms`` until the longest window holds nothing;
     ``over_positions`` (0-based into ``keys``) and ``over_keys`` the keys
     now over a limit. Without a charge ``remaining`` and
-    ``reset_after_ms`` are None (nothing was measured) and ``over`` 0."""
+    ``reset_after_ms`` are None (nothing was measured) and ``over`` 0.
+
+    On a token bucket (GCRA ``CHARGE`` or ``REFUND``) ``charged`` or
+    ``refunded`` is the tokens settled (a refund takes back at most what
+    the bucket holds), and both are measured: ``over`` the whole tokens
+    the bucket holds past full (rounded up), ``remaining`` the whole
+    tokens a request could take now, ``retry_after_ms`` the wait until a
+    request of 1 token fits (0: one fits now), ``reset_after_ms`` until
+    the bucket is empty."""
 
     source: SettlementSource | None
     charged: int = 0
@@ -203,7 +212,7 @@ class Settlement:
         return tuple(self.keys[position] for position in self.over_positions)
 
 
-D = TypeVar("D", bound=Decision, covariant=True)
+D = TypeVar("D", bound="Decision | GcraDecision", covariant=True)
 
 
 class RateLimitSettled(RuntimeError):
@@ -212,10 +221,14 @@ class RateLimitSettled(RuntimeError):
 
 class Reservation(Generic[D]):
     """A request's cost reserved before it runs (``reserve``): its
-    ``decision`` (a :class:`Decision`, or a :class:`MultiDecision` over
-    several keys) as ``check`` or ``check_all`` answers, ``estimate`` units
-    reserved if allowed, the ``keys`` as given. Pass it to ``settle`` with
-    the actual cost once it is known, once."""
+    ``decision`` (a :class:`Decision`, a :class:`MultiDecision` over
+    several keys, or a :class:`GcraDecision` on a token bucket) as
+    ``check``, ``check_all`` or ``gcra`` answers, ``estimate`` units (or
+    tokens) reserved if allowed, the ``keys`` as given. Pass it to
+    ``settle`` with the actual cost once it is known, once.
+
+    ``limits`` are each key's sliding-window limits (empty on a token
+    bucket), ``gcra`` the bucket's limit (None on a sliding window)."""
 
     def __init__(
         self,
@@ -224,12 +237,14 @@ class Reservation(Generic[D]):
         limits: Mapping[str, tuple[Limit, ...]],
         precision: int | None,
         multi: bool,
+        gcra: GcraLimit | None = None,
     ) -> None:
         self.decision = decision
         self.estimate = estimate
         self.limits = dict(limits)
         self.precision = precision
         self.multi = multi
+        self.gcra = gcra
         self._settled = False
         self._lock = threading.Lock()
 
@@ -590,7 +605,9 @@ def parse_gcra_settlement(reply: object) -> tuple[int, int, int, int, int]:
     raise UnexpectedReply(f"unexpected reply to a token-bucket settlement: {reply!r}")
 
 
-def gcra_settlement(reply: Sequence[int], source: SettlementSource, key: str, tokens: int, how: GcraSettle) -> Settlement:
+def gcra_settlement(
+    reply: Sequence[int], source: SettlementSource, key: str, tokens: int, how: GcraSettle
+) -> Settlement:
     """A Settlement from a token bucket's settlement reply (waits in ms):
     ``charged`` or ``refunded`` the tokens settled, ``over`` the whole
     tokens held past a full bucket (rounded up), ``retry_after_ms`` the
