@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -37,6 +38,8 @@ from redis_exact_ratelimit._metrics import Outcome
 from redis_exact_ratelimit._transport import ErrorCause
 from redis_exact_ratelimit.asgi import RateLimitMiddleware as ASGIRateLimit
 from redis_exact_ratelimit.asgi import state_value
+from redis_exact_ratelimit.wsgi import RateLimitMiddleware as WSGIRateLimit
+from redis_exact_ratelimit.wsgi import environ_value
 
 # 1 token a second, in bursts of 4: a token is 1000 units, draining 1 a ms.
 PER_SECOND = GcraLimit(3, 1, 1000)
@@ -345,6 +348,32 @@ def test_asgi_settles_a_token_bucket(server: Server) -> None:
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_wsgi_settles_a_token_bucket_once_the_body_is_closed(server: Server) -> None:
+    needs_gcra_settle(server)
+    name = f"t{uuid.uuid4().hex}"
+    limiter = RateLimiter(server.client())
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body() -> Iterable[bytes]:
+            yield b"one"
+            environ["app.tokens"] = 1
+
+        return body()
+
+    middleware = WSGIRateLimit(
+        app, limiter=limiter, gcra=PER_MINUTE, name=name, cost=4, settle=environ_value("app.tokens")
+    )
+    environ: dict[str, Any] = {"REMOTE_ADDR": "10.0.0.1", "REQUEST_METHOD": "GET", "PATH_INFO": "/"}
+    body = middleware(environ, lambda status, headers, exc_info=None: None)  # type: ignore[arg-type]
+    key = f"{name}:10.0.0.1"
+    assert b"".join(body) == b"one"
+    assert limiter.gcra(key, PER_MINUTE, tokens=0).remaining == 6  # not settled before close
+    body.close()  # type: ignore[attr-defined]
+    assert limiter.gcra(key, PER_MINUTE, tokens=0).remaining == 9
 
 
 # -- the twin settles as the module does --------------------------------------
