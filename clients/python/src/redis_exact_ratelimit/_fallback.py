@@ -27,7 +27,11 @@ stores its last charge's time, that charge's period and the tokens it held
 then in units of ``1 / period`` of a token; it drains ``count`` units a
 millisecond, so every step is exact and a wait is an exact ``units /
 count`` ms until a reply rounds it (``GcraAnswer.reply``). A charge sets
-the key to expire when its bucket is empty again.
+the key to expire when its bucket is empty again. What a bucket holds
+persists under a smaller burst (no cap at a full bucket: limited until it
+drains under); CHARGE adds tokens even past full and REFUND takes them
+back, at most all of them (a bucket left empty goes), as the model's
+(core/src/reference/gcra.rs) settlements do.
 """
 
 from __future__ import annotations
