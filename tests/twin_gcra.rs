@@ -953,7 +953,8 @@ fn malformed_calls_get_the_modules_errors() {
             ],
             tokens,
         ),
-        // A charge past what a bucket holds exactly is refused whole.
+        // A charge past what a bucket holds exactly is refused whole (the
+        // key holds most of a token: 9e15 units more pass the bound).
         (
             vec![
                 "RATELIMIT.GCRA",
@@ -962,7 +963,7 @@ fn malformed_calls_get_the_modules_errors() {
                 "1",
                 "60",
                 "TOKENS",
-                "150000000001",
+                "150000000000",
                 "CHARGE",
             ],
             overflow,
@@ -973,7 +974,7 @@ fn malformed_calls_get_the_modules_errors() {
                 "k",
                 "5",
                 "1",
-                "0.001",
+                "0.002",
                 "TOKENS",
                 "9000000000000000",
                 "CHARGE",
