@@ -457,7 +457,7 @@ def test_a_route_takes_a_token_bucket_alone() -> None:
         ({"limits": Limit(1000, 1), "gcra": bucket}, "gcra= is a token bucket on one key"),
         ({"keys": lambda environ: None, "gcra": bucket}, "gcra= is a token bucket on one key"),
         ({"gcra": bucket, "block_ms": 1000}, "which has no block"),
-        ({"gcra": bucket, "refund_when": lambda status: True}, "which has no refund"),
+        ({"gcra": bucket, "refund_when": lambda status: True}, "refunded only by a settlement"),
     ]:
         with pytest.raises(ValueError, match=message):
             RateLimitMiddleware(lambda environ, start: [], limiter=limiter, **options)  # type: ignore[arg-type]
@@ -467,6 +467,15 @@ def test_a_route_takes_a_token_bucket_alone() -> None:
         RateLimitMiddleware(lambda environ, start: [], limiter=limiter, gcra=Limit(1000, 1))  # type: ignore[arg-type]
     route = RateLimitMiddleware(lambda environ, start: [], limiter=limiter, gcra=bucket, cost=0).route
     assert route.gcra == bucket and route.limits is None
+    # Settled, a bucket takes refund_when (the reservation is settled at 0).
+    settled = RateLimitMiddleware(
+        lambda environ, start: [],
+        limiter=limiter,
+        gcra=bucket,
+        settle=lambda environ: 2,
+        refund_when=lambda status: status == 503,
+    ).route
+    assert settled.settle is not None and settled.gcra == bucket
 
 
 def test_token_bucket_verdicts() -> None:

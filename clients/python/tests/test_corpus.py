@@ -33,10 +33,13 @@ words are translated into the calls an application makes:
   then ``Fallback.charge_all`` (a settlement has no block: ``BLOCK`` is an
   unknown option to both, as to the module);
 - GCRA: ``make_gcra_call(GcraLimit(max_burst, count, period_ms), tokens)``
+  (with ``CHARGE`` or ``REFUND``, ``settle="charge"`` or ``"refund"``)
   and ``validate_key``, then ``Fallback.gcra_answer``, whose ``reply(ms)``
   gives the module's five integers in the step's units (``MS``: ms rounded
   up; else redis-cell's seconds), the function the public API's
-  ``GcraDecision`` is made from. The period word becomes ``period_ms`` when
+  ``GcraDecision`` (and a settlement's ``Settlement``, ``gcra_settle``) is
+  made from; a charge past 9000000000000000 units raises the module's
+  error. The period word becomes ``period_ms`` when
   it is written as the module reads seconds (digits, an optional fraction
   whose digits past the milliseconds are zeros); ``TOKENS n`` and ``MS``
   in any case.
@@ -45,7 +48,8 @@ Words the API's types cannot express are the server's parsing, not the
 package's: a number not written as Redis writes an integer (a sign ``+``,
 a leading zero, an exponent, a NUL, letters, an empty word), the server's
 arity check, a window without its max, a key's pairs or keys cut short,
-an unknown option name, an option without its value or given twice, a key
+an unknown option name, an option without its value or given twice,
+GCRA's ``CHARGE`` and ``REFUND`` together (``settle`` is one), a key
 given twice to MCHECK/MPEEK (a mapping holds each key once), a period
 not written as the module reads seconds (a sign ``+``, a leading zero or
 dot, an exponent, a fraction finer than a millisecond). A negative
@@ -120,6 +124,7 @@ from redis_exact_ratelimit import (
     Settlement,
 )
 from redis_exact_ratelimit._core import (
+    GcraSettle,
     make_call,
     make_charge_call,
     make_gcra_call,
@@ -362,28 +367,35 @@ def period_ms(word: str) -> int:
 
 
 def gcra(words: list[str]) -> Run:
-    """GCRA key max_burst count period [TOKENS n] [MS]: the options in any
-    case, each once."""
+    """GCRA key max_burst count period [TOKENS n] [MS] [CHARGE] [REFUND]:
+    the options in any case, each once. A request is
+    ``Fallback.gcra_answer`` of ``make_gcra_call(limit, tokens)``; CHARGE
+    and REFUND are ``make_gcra_call(limit, tokens, settle="charge")`` (or
+    ``"refund"``), the call ``Fallback.gcra_settle`` answers, read here in
+    the step's units."""
     key, rest = words[1], words[5:]
     tokens, ms, seen = 1, False, set()
     at = 0
     while at < len(rest):
         name = rest[at].upper()
-        if name not in ("TOKENS", "MS"):
+        if name not in ("TOKENS", "MS", "CHARGE", "REFUND"):
             raise NotExpressible("an unknown option")
         if name in seen:
             raise NotExpressible("an option given twice")
         seen.add(name)
-        if name == "MS":
-            ms, at = True, at + 1
+        if name != "TOKENS":
+            ms, at = ms or name == "MS", at + 1
             continue
         if at + 1 >= len(rest):
             raise NotExpressible("an option without its value")
         tokens, at = integer(rest[at + 1]), at + 2
+    if {"CHARGE", "REFUND"} <= seen:
+        raise NotExpressible("CHARGE and REFUND together (settle takes one)")
+    settle: GcraSettle | None = "charge" if "CHARGE" in seen else "refund" if "REFUND" in seen else None
     max_burst, count, period = integer(words[2]), integer(words[3]), period_ms(words[4])
 
     def run(fallback: Fallback) -> object:
-        call = make_gcra_call(GcraLimit(max_burst, count, period), tokens)
+        call = make_gcra_call(GcraLimit(max_burst, count, period), tokens, settle)
         validate_key(key)
         return fallback.gcra_answer(key, call).reply(ms)
 

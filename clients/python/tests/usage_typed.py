@@ -320,3 +320,43 @@ def token_budget_middleware_usage() -> tuple[FastAPI, Flask]:
         app.wsgi_app, limiter=limiter, limits=Limit.per_minute(100_000), cost=500, settle=environ_value("app.tokens")
     )
     return api, app
+
+
+def gcra_budget_usage(used: int) -> tuple[int, int | None, bool]:
+    """Token budgets over a token bucket: reserve, settle, charge, refund."""
+    limiter = RateLimiter(redis.Redis())
+    bucket = GcraLimit(max_burst=9_999, count=10_000, period_ms=60_000, name="tokens")
+    reservation: Reservation[GcraDecision] = limiter.reserve("tokens:acme", bucket, estimate=2000)
+    decision: GcraDecision = reservation.decision
+    if not decision.allowed:
+        return 0, None, False
+    settled: Settlement = limiter.settle(reservation, used)
+    charged: Settlement = limiter.gcra_charge("tokens:acme", bucket, tokens=500)
+    refunded: Settlement = limiter.gcra_refund("tokens:acme", bucket, 100)
+    again = limiter.reserve("tokens:acme", bucket, estimate=1)
+    limit: GcraLimit | None = again.gcra
+    return settled.over + charged.over, refunded.remaining, limit is not None and again.decision.burst == 10_000
+
+
+async def async_gcra_budget_usage() -> bool:
+    limiter = AsyncRateLimiter(aioredis.Redis())
+    bucket = GcraLimit(19, 10, 1000)
+    reservation = await limiter.reserve("k", bucket, estimate=5)
+    settled = await limiter.settle(reservation, 8)
+    await limiter.gcra_refund("k", bucket, tokens=2)
+    charged = await limiter.gcra_charge("k", bucket)
+    return reservation.decision.burst == 20 and settled.source == "redis" and charged.over >= 0
+
+
+def gcra_budget_middleware_usage() -> tuple[FastAPI, Flask]:
+    alimiter = AsyncRateLimiter(aioredis.Redis())
+    api = FastAPI()
+    api.add_middleware(
+        ASGIRateLimit, limiter=alimiter, gcra=GcraLimit(9_999, 10_000, 60_000), cost=2000, settle=state_value("tokens")
+    )
+    limiter = RateLimiter(redis.Redis())
+    app = Flask(__name__)
+    app.wsgi_app = WSGIRateLimit(  # type: ignore[method-assign]
+        app.wsgi_app, limiter=limiter, gcra=GcraLimit(9, 1, 1000), cost=3, settle=environ_value("app.tokens")
+    )
+    return api, app

@@ -13,12 +13,14 @@ from typing import Any, Generic, TypeVar
 from redis.crc import key_slot
 
 from ._core import (
+    MAX_EXACT,
     MAX_MAX,
     Backend,
     Decision,
     Delete,
     GcraDecision,
     GcraLimit,
+    GcraSettle,
     Limits,
     MultiDecision,
     Op,
@@ -29,6 +31,7 @@ from ._core import (
     Script,
     Settlement,
     gcra_decision,
+    gcra_settlement,
     make_call,
     make_charge_call,
     make_gcra_call,
@@ -38,6 +41,7 @@ from ._core import (
     parse_counts,
     parse_decision,
     parse_gcra_reply,
+    parse_gcra_settlement,
     parse_multi_decision,
     parse_remaining,
     parse_settlement,
@@ -229,14 +233,22 @@ class LimiterBase:
     def _reserving(
         self,
         key: str | Mapping[str, Limits],
-        limits: Limits | None,
+        limits: Limits | GcraLimit | None,
         estimate: int,
         precision: int | None,
         block_ms: int | None,
         per_key_remaining: bool,
-    ) -> Steps[Reservation[Decision]]:
+    ) -> Steps[Reservation[Decision | GcraDecision]]:
         """CHECK (one key) or MCHECK (a mapping of keys to limits) of
-        ``estimate`` units, kept with what its settlement needs."""
+        ``estimate`` units, or GCRA of ``estimate`` tokens (one key and its
+        GcraLimit), kept with what its settlement needs."""
+        if isinstance(limits, GcraLimit):
+            if not isinstance(key, str):
+                raise RateLimitInputError(f"a token bucket is reserved on one key, got {key!r}")
+            if precision is not None or block_ms is not None or per_key_remaining:
+                raise RateLimitInputError("a token bucket takes no precision, block_ms or per_key_remaining")
+            bucket: GcraDecision = yield from self._gcra_deciding(key, limits, estimate)
+            return Reservation(bucket, estimate, {key: ()}, None, False, gcra=limits)
         if isinstance(key, Mapping):
             if limits is not None:
                 raise RateLimitInputError("give several keys as a mapping of key to limits, without limits")
@@ -253,20 +265,26 @@ class LimiterBase:
         one = yield from self._deciding("check", key, limits, estimate, precision, block_ms)
         return Reservation(one, estimate, {validate_key(key): charge.limits}, precision, False)
 
-    def _settling(self, reservation: Reservation[Decision], actual: int) -> Steps[Settlement]:
+    def _settling(self, reservation: Reservation[Decision | GcraDecision], actual: int) -> Steps[Settlement]:
         """The settlement of a reservation: UNDO (MUNDO) of what it did
         not use, CHARGE (MCHARGE) of what it used beyond, nothing when it
         used exactly the estimate or was not allowed (or allowed by the
-        failure policy, which counted nothing)."""
+        failure policy, which counted nothing). On a token bucket, GCRA
+        with ``REFUND`` or ``CHARGE`` of the difference."""
         if not isinstance(reservation, Reservation):
             raise RateLimitInputError(f"settle takes the Reservation that reserve returned, got {reservation!r}")
-        _require_actual(actual)
+        _require_actual(actual, MAX_MAX if reservation.gcra is None else MAX_EXACT)
         reservation.claim()
         try:
             decision, keys = reservation.decision, reservation.keys
             diff = actual - reservation.estimate
             if diff == 0 or not decision.allowed or decision.source in ("fail_open", "fail_closed"):
                 return Settlement(None, keys=keys)
+            if isinstance(decision, GcraDecision):
+                limit = reservation.gcra
+                assert limit is not None
+                how: GcraSettle = "charge" if diff > 0 else "refund"
+                return (yield from self._gcra_settling(keys[0], limit, abs(diff), how, decision))
             if diff > 0:
                 limits, precision, multi = reservation.limits, reservation.precision, reservation.multi
                 return (yield from self._charging(limits, diff, precision, decision, multi))
@@ -308,6 +326,30 @@ class LimiterBase:
         outcome = yield RoundTrip((op,), parse, retry_for=self.settle_retry)
         if isinstance(outcome, Unavailable):
             return self._unsettled(full, "charge", cost, given, outcome)
+        settled: Settlement = outcome
+        return settled
+
+    def _gcra_settling(
+        self, key: str, limit: GcraLimit, tokens: int, how: GcraSettle, decision: GcraDecision | None
+    ) -> Steps[Settlement]:
+        """RATELIMIT.GCRA with ``CHARGE`` or ``REFUND``, never limited;
+        tried again for ``settle_retry`` seconds while Redis is
+        unreachable, then logged with its amount. A reservation decided by
+        the fallback is settled there; one Redis never saw (the failure
+        policy's), nowhere."""
+        full = self._full_key(key)
+        call = make_gcra_call(limit, tokens, how)
+        given = (key,)
+        if decision is not None and decision.source != "redis":
+            fallback = self.policy.fallback
+            if decision.source == "fallback" and fallback is not None:
+                return replace(fallback.gcra_settle(full, call), keys=given)
+            return Settlement(None, keys=given)
+        op = Op("gcra", (full,), tuple(call.args()))
+        parse = _first(lambda reply: gcra_settlement(parse_gcra_settlement(reply), "redis", key, tokens, how))
+        outcome = yield RoundTrip((op,), parse, retry_for=self.settle_retry)
+        if isinstance(outcome, Unavailable):
+            return self._unsettled((full,), how, tokens, given, outcome)
         settled: Settlement = outcome
         return settled
 
@@ -451,9 +493,9 @@ class LimiterBase:
         return [0 for _ in keys]
 
 
-def _require_actual(actual: object) -> int:
-    if isinstance(actual, bool) or not isinstance(actual, int) or not 0 <= actual <= MAX_MAX:
-        raise RateLimitInputError(f"actual must be an integer from 0 to {MAX_MAX}, got {actual!r}")
+def _require_actual(actual: object, most: int) -> int:
+    if isinstance(actual, bool) or not isinstance(actual, int) or not 0 <= actual <= most:
+        raise RateLimitInputError(f"actual must be an integer from 0 to {most}, got {actual!r}")
     return actual
 
 

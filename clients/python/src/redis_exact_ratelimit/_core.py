@@ -166,7 +166,8 @@ SettlementSource = Literal["redis", "fallback"]
 
 @dataclass(frozen=True)
 class Settlement:
-    """What a settlement (``charge``, ``charge_all``, ``settle``) did.
+    """What a settlement (``charge``, ``charge_all``, ``settle``,
+    ``gcra_charge``, ``gcra_refund``) did.
 
     ``source`` is where it was recorded: ``"redis"``, ``"fallback"`` (the
     reservation was decided there, and is settled there), or None when
@@ -185,7 +186,15 @@ class Settlement:
     fits again, ``reset_after_ms`` until the longest window holds nothing;
     ``over_positions`` (0-based into ``keys``) and ``over_keys`` the keys
     now over a limit. Without a charge ``remaining`` and
-    ``reset_after_ms`` are None (nothing was measured) and ``over`` 0."""
+    ``reset_after_ms`` are None (nothing was measured) and ``over`` 0.
+
+    On a token bucket (GCRA ``CHARGE`` or ``REFUND``) ``charged`` or
+    ``refunded`` is the tokens settled (a refund takes back at most what
+    the bucket holds), and both are measured: ``over`` the whole tokens
+    the bucket holds past full (rounded up), ``remaining`` the whole
+    tokens a request could take now, ``retry_after_ms`` the wait until a
+    request of 1 token fits (0: one fits now), ``reset_after_ms`` until
+    the bucket is empty."""
 
     source: SettlementSource | None
     charged: int = 0
@@ -203,7 +212,7 @@ class Settlement:
         return tuple(self.keys[position] for position in self.over_positions)
 
 
-D = TypeVar("D", bound=Decision, covariant=True)
+D = TypeVar("D", bound="Decision | GcraDecision", covariant=True)
 
 
 class RateLimitSettled(RuntimeError):
@@ -212,10 +221,14 @@ class RateLimitSettled(RuntimeError):
 
 class Reservation(Generic[D]):
     """A request's cost reserved before it runs (``reserve``): its
-    ``decision`` (a :class:`Decision`, or a :class:`MultiDecision` over
-    several keys) as ``check`` or ``check_all`` answers, ``estimate`` units
-    reserved if allowed, the ``keys`` as given. Pass it to ``settle`` with
-    the actual cost once it is known, once."""
+    ``decision`` (a :class:`Decision`, a :class:`MultiDecision` over
+    several keys, or a :class:`GcraDecision` on a token bucket) as
+    ``check``, ``check_all`` or ``gcra`` answers, ``estimate`` units (or
+    tokens) reserved if allowed, the ``keys`` as given. Pass it to
+    ``settle`` with the actual cost once it is known, once.
+
+    ``limits`` are each key's sliding-window limits (empty on a token
+    bucket), ``gcra`` the bucket's limit (None on a sliding window)."""
 
     def __init__(
         self,
@@ -224,12 +237,14 @@ class Reservation(Generic[D]):
         limits: Mapping[str, tuple[Limit, ...]],
         precision: int | None,
         multi: bool,
+        gcra: GcraLimit | None = None,
     ) -> None:
         self.decision = decision
         self.estimate = estimate
         self.limits = dict(limits)
         self.precision = precision
         self.multi = multi
+        self.gcra = gcra
         self._settled = False
         self._lock = threading.Lock()
 
@@ -284,13 +299,21 @@ class GcraDecision:
     error: BaseException | None = None
 
 
+GcraSettle = Literal["charge", "refund"]
+"""A token bucket's settlement: ``CHARGE`` (tokens added whatever the
+bucket holds, even past full: a debt that drains at the rate) or
+``REFUND`` (tokens taken back, at most what it holds)."""
+
+
 @dataclass(frozen=True)
 class GcraCall:
     """A validated RATELIMIT.GCRA: the limit and the request's tokens (0
-    asks without charging)."""
+    asks without charging); with ``settle``, a settlement of that many
+    tokens (``CHARGE`` or ``REFUND``), never limited."""
 
     limit: GcraLimit
     tokens: int
+    settle: GcraSettle | None = None
 
     def args(self) -> list[str]:
         """The module's arguments after the key (also the twin's); the
@@ -299,6 +322,8 @@ class GcraCall:
         args = [str(limit.max_burst), str(limit.count), limit.period_seconds]
         if self.tokens != 1:
             args += ["TOKENS", str(self.tokens)]
+        if self.settle is not None:
+            args.append(self.settle.upper())
         return [*args, "MS"]
 
 
@@ -411,13 +436,18 @@ def make_multi_charge_call(keyed: Mapping[str, Limits], cost: int = 1, precision
     return MultiCall(keys, tuple(calls))
 
 
-def make_gcra_call(limit: GcraLimit, tokens: int = 1) -> GcraCall:
-    """Validates a token-bucket request as the module does. More tokens
-    than the bucket holds is no error: such a request is answered limited,
-    with ``retry_after_ms`` -1."""
+def make_gcra_call(limit: GcraLimit, tokens: int = 1, settle: GcraSettle | None = None) -> GcraCall:
+    """Validates a token-bucket request (or, with ``settle``, a CHARGE or
+    REFUND) as the module does. More tokens than the bucket holds is no
+    error: such a request is answered limited, with ``retry_after_ms``
+    -1; a charge may take a bucket past full (its tokens times the period
+    in ms at most 9000000000000000, which only the bucket's state tells:
+    the server refuses it)."""
     if not isinstance(limit, GcraLimit):
         raise RateLimitInputError(f"limit must be a GcraLimit, got {limit!r}")
-    return GcraCall(limit, validate_tokens(tokens))
+    if settle not in (None, "charge", "refund"):
+        raise RateLimitInputError(f"settle must be 'charge', 'refund' or None, got {settle!r}")
+    return GcraCall(limit, validate_tokens(tokens), settle)
 
 
 def validate_tokens(tokens: object) -> int:
@@ -558,6 +588,43 @@ def parse_gcra_reply(reply: object) -> tuple[int, int, int, int, int]:
             if limited in (0, 1) and burst >= 1 and remaining >= 0 and reset >= 0 and waits:
                 return limited, burst, remaining, retry, reset
     raise UnexpectedReply(f"unexpected reply to a token-bucket call: {reply!r}")
+
+
+def parse_gcra_settlement(reply: object) -> tuple[int, int, int, int, int]:
+    """Reads a token bucket's settlement (``CHARGE``, ``REFUND``): [over,
+    max_burst + 1, remaining, retry_after (-1 if a token fits now),
+    reset_after] (the same array in RESP2 and RESP3)."""
+    if isinstance(reply, (list, tuple)) and len(reply) == 5:
+        numbers = [number for number in map(_as_int, reply) if number is not None]
+        if len(numbers) == 5:
+            over, burst, remaining, retry, reset = numbers
+            # Over: no room; room: no wait for one token.
+            shaped = (over == 0 or remaining == 0) and (retry == -1) == (remaining > 0)
+            if over >= 0 and burst >= 1 and remaining >= 0 and retry >= -1 and reset >= 0 and shaped:
+                return over, burst, remaining, retry, reset
+    raise UnexpectedReply(f"unexpected reply to a token-bucket settlement: {reply!r}")
+
+
+def gcra_settlement(
+    reply: Sequence[int], source: SettlementSource, key: str, tokens: int, how: GcraSettle
+) -> Settlement:
+    """A Settlement from a token bucket's settlement reply (waits in ms):
+    ``charged`` or ``refunded`` the tokens settled, ``over`` the whole
+    tokens held past a full bucket (rounded up), ``retry_after_ms`` the
+    wait until a request of 1 token fits (0: one fits now)."""
+    over, _, remaining, retry, reset = reply
+    charged, refunded = (tokens, 0) if how == "charge" else (0, tokens)
+    return Settlement(
+        source,
+        charged,
+        refunded,
+        over,
+        remaining,
+        max(retry, 0),
+        reset,
+        keys=(key,),
+        over_positions=(0,) if over > 0 else (),
+    )
 
 
 def gcra_decision(reply: Sequence[int], source: Source = "redis", backend: Backend | None = None) -> GcraDecision:

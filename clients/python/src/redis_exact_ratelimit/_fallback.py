@@ -27,7 +27,11 @@ stores its last charge's time, that charge's period and the tokens it held
 then in units of ``1 / period`` of a token; it drains ``count`` units a
 millisecond, so every step is exact and a wait is an exact ``units /
 count`` ms until a reply rounds it (``GcraAnswer.reply``). A charge sets
-the key to expire when its bucket is empty again.
+the key to expire when its bucket is empty again. What a bucket holds
+persists under a smaller burst (no cap at a full bucket: limited until it
+drains under); CHARGE adds tokens even past full and REFUND takes them
+back, at most all of them (a bucket left empty goes), as the model's
+(core/src/reference/gcra.rs) settlements do.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ._core import (
+    MAX_EXACT,
     MAX_MAX,
     Call,
     Decision,
@@ -49,6 +54,7 @@ from ._core import (
     RateLimitReplyError,
     Settlement,
     gcra_decision,
+    gcra_settlement,
 )
 
 # Expired keys are swept once per this many calls (a call drops the expired
@@ -63,6 +69,12 @@ WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 # CHARGE's refusal of what a count cannot hold (the module's text).
 _OVERFLOW = (
     f"this key would hold more than {MAX_MAX} units of cost (2^63 - 1, the most a count can be): nothing was recorded"
+)
+
+# A token bucket's CHARGE refused (the module's text).
+_GCRA_OVERFLOW = (
+    f"ERR this key would hold more than {MAX_EXACT} token-milliseconds (its tokens times the period in"
+    " milliseconds, the most a bucket holds exactly): nothing was charged"
 )
 
 # The latest time a bucket holds (core/src/gcra.rs LATEST): 2^42 - 1 ms.
@@ -129,13 +141,17 @@ class GcraAnswer:
     retry_units: int | None
     reset_units: int
     count: int
+    # A settlement's (CHARGE, REFUND): the whole tokens held past full,
+    # first in its reply; None for a request.
+    over: int | None = None
 
     def reply(self, ms: bool) -> list[int]:
         """The module's five integers: ``[limited, max_burst + 1,
         remaining, retry_after (-1 if allowed or never), reset_after]``,
-        the waits in milliseconds rounded up (``MS``), or else in
-        redis-cell's seconds (the whole milliseconds rounded up to
-        seconds)."""
+        or a settlement's ``[over, max_burst + 1, remaining, retry_after
+        (-1 if a token fits now), reset_after]``, the waits in
+        milliseconds rounded up (``MS``), or else in redis-cell's seconds
+        (the whole milliseconds rounded up to seconds)."""
 
         def wait(units: int) -> int:
             if ms:
@@ -143,7 +159,8 @@ class GcraAnswer:
             return -(-(units // self.count) // 1000)
 
         retry = -1 if self.retry_units is None else wait(self.retry_units)
-        return [int(self.limited), self.burst, self.remaining, retry, wait(self.reset_units)]
+        first = int(self.limited) if self.over is None else self.over
+        return [first, self.burst, self.remaining, retry, wait(self.reset_units)]
 
     def decision(self) -> GcraDecision:
         """As the public API answers (waits in ms), decided here."""
@@ -245,11 +262,28 @@ class Fallback:
         """RATELIMIT.GCRA: decides a request of ``call.tokens`` tokens (0
         asks without charging) against the key's bucket, scaled to the
         share, and charges it if allowed."""
+        if call.settle is not None:
+            raise ValueError("a settlement is gcra_settle's")
         return self.gcra_answer(key, call).decision()
+
+    def gcra_settle(self, key: str, call: GcraCall) -> Settlement:
+        """RATELIMIT.GCRA ... CHARGE or REFUND (``call.settle``): charges
+        ``call.tokens`` whatever the bucket holds, even past full (a debt
+        that drains at the rate), or takes them back (at most what it
+        holds; a bucket left empty goes), under the limit scaled to the
+        share; never limited. Raises the module's error for a charge that
+        would make the bucket hold more than 9000000000000000 units."""
+        if call.settle is None:
+            raise ValueError("a request is gcra's")
+        reply = self.gcra_answer(key, call).reply(ms=True)
+        return gcra_settlement(reply, "fallback", key, call.tokens, call.settle)
 
     def gcra_answer(self, key: str, call: GcraCall) -> GcraAnswer:
         """As ``gcra``, with the waits exact (``GcraAnswer.reply`` gives
-        them in either of the module's units)."""
+        them in either of the module's units); with ``call.settle``, the
+        settlement's (``gcra_settle``). Raises the module's error for a
+        charge that would make the bucket hold more than MAX_EXACT units,
+        changing nothing."""
         limit = call.limit
         burst, count, period = self._share_of(limit.burst), self._share_of(limit.count), limit.period_ms
         with self._lock:
@@ -265,21 +299,42 @@ class Fallback:
             level = 0
             if held is not None:
                 now = max(now, held.at)
-                level = _level_at(held, now, burst, count, period)
-            room = burst * period - level
-            # More tokens than a full bucket never fit.
+                level = _level_at(held, now, count, period)
+            capacity = burst * period
+            if call.settle == "charge":
+                after = level + call.tokens * period
+                if after > MAX_EXACT:
+                    raise RateLimitReplyError(_GCRA_OVERFLOW)
+                if call.tokens > 0:
+                    self._store_bucket(key, now, period, after, count)
+                return _settled(after, burst, count, period)
+            if call.settle == "refund":
+                if held is None:
+                    return _settled(0, burst, count, period)
+                after = max(0, level - call.tokens * period)
+                if call.tokens > 0 and after == 0:
+                    del self._keys[key]
+                elif call.tokens > 0:
+                    self._store_bucket(key, now, period, after, count)
+                return _settled(after, burst, count, period)
+            # More tokens than a full bucket never fit; an over-full bucket
+            # (a settled debt, a smaller burst) has no room.
             need = call.tokens * period if call.tokens <= burst else None
-            if need is None or need > room:
-                retry = None if need is None else need - room
-                return GcraAnswer(True, burst, room // period, retry, level, count)
+            if need is None or level + need > capacity:
+                retry = None if need is None else level + need - capacity
+                return GcraAnswer(True, burst, max(0, capacity - level) // period, retry, level, count)
             after = level + need
             if need > 0:
-                expires = now + -(-after // count)
-                self._keys[key] = _Bucket(now, period, after, expires)
-                self._keys.move_to_end(key)
-                self._expire_at(key, expires)
-                self._forget_beyond_the_cap()
-            return GcraAnswer(False, burst, (room - need) // period, None, after, count)
+                self._store_bucket(key, now, period, after, count)
+            return GcraAnswer(False, burst, (capacity - after) // period, None, after, count)
+
+    def _store_bucket(self, key: str, now: int, period: int, level: int, count: int) -> None:
+        """A charge's write: the bucket, expiring when it is empty again."""
+        expires = now + -(-level // count)
+        self._keys[key] = _Bucket(now, period, level, expires)
+        self._keys.move_to_end(key)
+        self._expire_at(key, expires)
+        self._forget_beyond_the_cap()
 
     def check(self, key: str, call: Call) -> Decision:
         return self.decide([key], [call], record=True).decision
@@ -549,18 +604,32 @@ class Fallback:
             self._keys.popitem(last=False)
 
 
-def _level_at(bucket: _Bucket, now: int, burst: int, count: int, period: int) -> int:
-    """The units ``bucket`` holds at ``now`` under a limit of ``burst``
-    tokens, ``count`` per ``period`` ms: what it held after its last charge
-    (the same units under the same period, at most a full bucket; under
-    another period its tokens, a partly drained one counted whole, at most
-    ``burst``, in units of this period), less what drained since."""
+def _level_at(bucket: _Bucket, now: int, count: int, period: int) -> int:
+    """The units ``bucket`` holds at ``now`` under a limit of ``count``
+    tokens per ``period`` ms: what it held after its last charge, even
+    above a full bucket (a settled debt persists; a smaller burst leaves
+    it over full), less what drained since. Under the same period, the
+    same units; under another, its tokens (a partly drained one counted
+    whole), at most the ``MAX_EXACT // period`` whole tokens a bucket of
+    this period holds exactly, in units of this period."""
     if bucket.period == period:
-        held = min(bucket.level, burst * period)
+        held = bucket.level
     else:
         tokens = -(-bucket.level // bucket.period)
-        held = min(tokens, burst) * period
+        held = min(tokens, MAX_EXACT // period) * period
     return max(0, held - (now - bucket.at) * count)
+
+
+def _settled(level: int, burst: int, count: int, period: int) -> GcraAnswer:
+    """A settlement's answer: the bucket holding ``level`` units after it
+    (core/src/gcra.rs ``Settlement::of``): the whole tokens held past full
+    (rounded up), the whole tokens of room, the wait until one token fits
+    (None: one fits now), the wait until empty."""
+    capacity = burst * period
+    token = level + period
+    retry = token - capacity if token > capacity else None
+    over = -(-max(0, level - capacity) // period)
+    return GcraAnswer(False, burst, max(0, capacity - level) // period, retry, level, count, over)
 
 
 def _limits(key: _Key, now: int) -> Decision:

@@ -74,7 +74,7 @@ class Verdict:
     policy: str = "default"
     # With a settle function: the reservation of ``cost`` units, settled
     # with the actual cost once the response has finished.
-    reservation: Reservation[Decision] | None = None
+    reservation: Reservation[Decision | GcraDecision] | None = None
 
     @property
     def key(self) -> str:
@@ -208,10 +208,11 @@ class Route:
     ``shadow`` (decide and record as usual, never deny: no 429, no
     RateLimit fields; what would have been denied is logged and counted),
     ``gcra`` (instead of ``limits``: a token bucket on the key, charged
-    ``cost`` tokens a request; no refund and no block), ``settle`` (a
-    function of the request giving its actual cost once the response has
-    finished: ``cost`` is then the estimate reserved before it, and the
-    difference is settled, refunded or charged)."""
+    ``cost`` tokens a request; no block, and no refund unless settled),
+    ``settle`` (a function of the request giving its actual cost once the
+    response has finished: ``cost`` is then the estimate reserved before
+    it, and the difference is settled, refunded or charged; on a token
+    bucket, by RATELIMIT.GCRA's REFUND or CHARGE)."""
 
     limits: Limits | Callable[..., Limits | None] | None
     name: str = "default"
@@ -226,8 +227,6 @@ class Route:
     def __post_init__(self) -> None:
         if self.settle is not None and not callable(self.settle):
             raise ValueError(f"settle is a function of the request giving its actual cost, got {self.settle!r}")
-        if self.settle is not None and self.gcra is not None:
-            raise ValueError("gcra= is a token bucket, which has no settlement: give it without settle")
         # Fails at start-up, not on the first request.
         if self.limits is not None and not callable(self.limits):
             make_call(self.limits, self.cost if isinstance(self.cost, int) else 1)
@@ -236,8 +235,10 @@ class Route:
             make_gcra_call(self.gcra, self.cost if isinstance(self.cost, int) else 1)
             if self.block_ms is not None:
                 raise ValueError("gcra= is a token bucket, which has no block: give it without block_ms")
-            if self.refund_when is not server_error:
-                raise ValueError("gcra= is a token bucket, which has no refund: give it without refund_when")
+            if self.refund_when is not server_error and self.settle is None:
+                raise ValueError(
+                    "gcra= is a token bucket, refunded only by a settlement: give refund_when with settle, or neither"
+                )
 
     def limits_for(self, request: object) -> list[Limit] | None:
         chosen = self.limits(request) if callable(self.limits) else self.limits
@@ -325,6 +326,9 @@ def judging(
             return None
         full = route.key_for(ident)
         tokens = route.cost_for(request)
+        if route.settle is not None:
+            reserved = yield limiter.reserve(full, route.gcra, estimate=tokens)
+            return replace(route.gcra_verdict(reserved.decision, full, tokens, limiter.metrics), reservation=reserved)
         bucket = yield limiter.gcra(full, route.gcra, tokens)
         return route.gcra_verdict(bucket, full, tokens, limiter.metrics)
     limits = route.limits_for(request)
@@ -344,15 +348,17 @@ def judging(
 
 def refunding(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict) -> Judging[None]:
     """Refunds an allowed request in every key it was charged to (a token
-    bucket has no refund). An error about the call (its check met none, so
+    bucket only by settling its reservation at 0). An error about the call (its check met none, so
     it is all but impossible here) is not raised: it would hide the
     response or the handler's own error; an outage is logged by the
     limiter."""
-    if not verdict.decision.allowed or isinstance(verdict.decision, GcraDecision):
+    if not verdict.decision.allowed:
         return
     if verdict.reservation is not None:
         # A reservation is refunded whole by its settlement at 0.
         yield from _settled(limiter, verdict, 0)
+        return
+    if isinstance(verdict.decision, GcraDecision):
         return
     try:
         if isinstance(verdict.decision, MultiDecision):

@@ -111,6 +111,9 @@ class AsyncRateLimiter(LimiterBase):
         return await self._run(self._undoing_all(keys, cost, decision))
 
     @overload
+    async def reserve(self, key: str, limits: GcraLimit, *, estimate: int) -> Reservation[GcraDecision]: ...
+
+    @overload
     async def reserve(
         self, key: str, limits: Limits, *, estimate: int, precision: int | None = None, block_ms: int | None = None
     ) -> Reservation[Decision]: ...
@@ -130,19 +133,27 @@ class AsyncRateLimiter(LimiterBase):
     async def reserve(
         self,
         key: str | Mapping[str, Limits],
-        limits: Limits | None = None,
+        limits: Limits | GcraLimit | None = None,
         *,
         estimate: int,
         precision: int | None = None,
         block_ms: int | None = None,
         per_key_remaining: bool = False,
-    ) -> Reservation[Decision] | Reservation[MultiDecision]:
+    ) -> Reservation[Decision | GcraDecision]:
         """Reserves ``estimate`` units (see :meth:`RateLimiter.reserve`)."""
         return await self._run(self._reserving(key, limits, estimate, precision, block_ms, per_key_remaining))
 
-    async def settle(self, reservation: Reservation[Decision], actual: int) -> Settlement:
+    async def settle(self, reservation: Reservation[Decision | GcraDecision], actual: int) -> Settlement:
         """Settles a reservation with the actual cost (see :meth:`RateLimiter.settle`)."""
         return await self._run(self._settling(reservation, actual))
+
+    async def gcra_charge(self, key: str, limit: GcraLimit, tokens: int = 1) -> Settlement:
+        """Charges a token bucket (see :meth:`RateLimiter.gcra_charge`)."""
+        return await self._run(self._gcra_settling(key, limit, tokens, "charge", None))
+
+    async def gcra_refund(self, key: str, limit: GcraLimit, tokens: int = 1) -> Settlement:
+        """Refunds a token bucket (see :meth:`RateLimiter.gcra_refund`)."""
+        return await self._run(self._gcra_settling(key, limit, tokens, "refund", None))
 
     async def charge(self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None) -> Settlement:
         """RATELIMIT.CHARGE, never denied (see :meth:`RateLimiter.charge`)."""

@@ -150,6 +150,9 @@ class RateLimiter(LimiterBase):
         return self._run(self._undoing_all(keys, cost, decision))
 
     @overload
+    def reserve(self, key: str, limits: GcraLimit, *, estimate: int) -> Reservation[GcraDecision]: ...
+
+    @overload
     def reserve(
         self, key: str, limits: Limits, *, estimate: int, precision: int | None = None, block_ms: int | None = None
     ) -> Reservation[Decision]: ...
@@ -169,27 +172,46 @@ class RateLimiter(LimiterBase):
     def reserve(
         self,
         key: str | Mapping[str, Limits],
-        limits: Limits | None = None,
+        limits: Limits | GcraLimit | None = None,
         *,
         estimate: int,
         precision: int | None = None,
         block_ms: int | None = None,
         per_key_remaining: bool = False,
-    ) -> Reservation[Decision] | Reservation[MultiDecision]:
+    ) -> Reservation[Decision | GcraDecision]:
         """Reserves ``estimate`` units for a request whose cost is known
         only after it ran: ``check`` (one key and its limits) or
-        ``check_all`` (a mapping of keys to their limits) with ``cost=estimate``.
+        ``check_all`` (a mapping of keys to their limits) with ``cost=estimate``,
+        or ``gcra`` (one key and its ``GcraLimit``) with ``tokens=estimate``.
         ``reservation.decision`` is that answer; settle it with the actual
         cost once known (``settle``)."""
         return self._run(self._reserving(key, limits, estimate, precision, block_ms, per_key_remaining))
 
-    def settle(self, reservation: Reservation[Decision], actual: int) -> Settlement:
+    def settle(self, reservation: Reservation[Decision | GcraDecision], actual: int) -> Settlement:
         """Settles a reservation with the request's actual cost: refunds
         (UNDO) what it did not use, charges (CHARGE, never denied) what it
-        used beyond, with the same limits. Nothing for a reservation that
+        used beyond, with the same limits; on a token bucket, RATELIMIT.GCRA
+        with REFUND or CHARGE of the difference. Nothing for a reservation that
         was not allowed. A reservation is settled once: again raises
         ``RateLimitSettled``. Blocks while Redis is retried (``settle_retry``)."""
         return self._run(self._settling(reservation, actual))
+
+    def gcra_charge(self, key: str, limit: GcraLimit, tokens: int = 1) -> Settlement:
+        """RATELIMIT.GCRA ... CHARGE: adds ``tokens`` to the key's token
+        bucket whatever it holds, even past full (a debt that drains at
+        the rate: requests are limited until it has drained enough);
+        never limited. Tells how the bucket stands after it (``over``,
+        ``remaining``, ``retry_after_ms``, ``reset_after_ms``). Raises
+        ``RateLimitReplyError`` for a charge that would make the bucket
+        hold more than 9000000000000000 token-milliseconds (nothing is
+        charged). Retried as a settlement is (``settle_retry``)."""
+        return self._run(self._gcra_settling(key, limit, tokens, "charge", None))
+
+    def gcra_refund(self, key: str, limit: GcraLimit, tokens: int = 1) -> Settlement:
+        """RATELIMIT.GCRA ... REFUND: takes ``tokens`` back from the key's
+        token bucket, at most what it holds (a bucket left empty is
+        deleted; a missing key stays missing); tells how it stands after."""
+        return self._run(self._gcra_settling(key, limit, tokens, "refund", None))
 
     def charge(self, key: str, limits: Limits, *, cost: int = 1, precision: int | None = None) -> Settlement:
         """RATELIMIT.CHARGE: records ``cost`` units (1 to 2^63 - 1, above
