@@ -45,6 +45,8 @@ export {
   type GcraDecision,
   type GcraLimit,
   type GcraOptions,
+  type GcraSettlement,
+  type GcraSettleOptions,
   type KeyLimits,
   type Limit,
   RateLimitInputError,
