@@ -23,39 +23,6 @@ use redis::Value;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// RATELIMIT.GCRA's settlements (issue 27's CHARGE and REFUND options)
-/// and the rule that keeps a debt (under a changed limit the tokens held
-/// stay, even above a smaller burst), which the module has and the script
-/// twin does not have yet: on the twin's runs, a case is played up to its
-/// first RATELIMIT.GCRA call that names one of these words, names another
-/// limit than an earlier GCRA call on its key, or is refused as naming an
-/// unknown option (that error now lists CHARGE and REFUND); that call and
-/// the rest of the case are counted as not sendable. Remove this list and
-/// its function when the twin has them.
-const GCRA_SETTLEMENT_NOT_IN_THE_TWIN_YET: &[&str] = &["charge", "refund"];
-
-/// Whether step `index` of `steps` needs what the twin lacks for now (see
-/// `GCRA_SETTLEMENT_NOT_IN_THE_TWIN_YET`).
-fn gcra_settlement_not_in_the_twin_yet(steps: &[Step], index: usize) -> bool {
-    let is_gcra = |call: &[String]| call[0].eq_ignore_ascii_case("ratelimit.gcra");
-    let step = &steps[index];
-    if !is_gcra(&step.call) {
-        return false;
-    }
-    let names_a_settlement =
-        step.call.iter().skip(5).any(|w| {
-            GCRA_SETTLEMENT_NOT_IN_THE_TWIN_YET.contains(&w.to_ascii_lowercase().as_str())
-        });
-    let lists_the_options = matches!(&step.reply, Reply::Error(e) if e.contains("unknown option"));
-    let limit = |call: &[String]| call.get(1..5).map(<[String]>::to_vec);
-    let changed_limit = steps[..index].iter().any(|earlier| {
-        is_gcra(&earlier.call)
-            && earlier.call.get(1) == step.call.get(1)
-            && limit(&earlier.call) != limit(&step.call)
-    });
-    names_a_settlement || lists_the_options || changed_limit
-}
-
 /// The call's answer shape for a real server's reply.
 fn reply_of(call: &[String], reply: redis::RedisResult<Value>) -> Reply {
     let reply = match reply {
@@ -121,12 +88,6 @@ fn run_embedded(twin: &EmbeddedTwin, case: &Case, tally: &mut Tally) -> Result<(
     tally.cases += 1;
     for (index, step) in case.steps.iter().enumerate() {
         tally.steps += 1;
-        if gcra_settlement_not_in_the_twin_yet(&case.steps, index) {
-            let rest = case.steps.len() - index;
-            tally.steps += rest - 1;
-            tally.unsendable += rest;
-            break;
-        }
         let at = |what: String| format!("{} step {index} {:?}: {what}", case.name, step.call);
         twin.set_clock(case.epoch + step.at);
         let Some(got) = twin.send(&step.call) else {
@@ -245,12 +206,6 @@ fn run_on_server(
             Backend::Module => (&step.reply, &step.state),
             _ => (&step.twin_reply, &step.twin_state),
         };
-        if caller.backend.is_twin() && gcra_settlement_not_in_the_twin_yet(&case.steps, index) {
-            let rest = case.steps.len() - index;
-            tally.steps += rest - 1;
-            tally.unsendable += rest;
-            break;
-        }
         if caller.backend.is_twin() && twin_form(&step.call).is_none() {
             tally.unsendable += 1;
             continue;

@@ -2,11 +2,12 @@
 //! `gcra`) held to the module's RATELIMIT.GCRA.
 //!
 //! In-process, under a clock the test sets (harness `EmbeddedTwin`): random
-//! calls against the pure core (`ratelimit_core::gcra::decide`, with each
-//! key kept and expired as the module keeps it), replies exact, the stored
+//! requests, CHARGEs and REFUNDs against the pure core
+//! (`ratelimit_core::gcra::{decide, charge, refund}`, with each key kept,
+//! deleted and expired as the module keeps it), replies exact, the stored
 //! bucket decoded and the key's expiry compared after every call; limits
-//! of every size up to the bounds, changed on a live key, the clock moving
-//! forward and stepping back. And random words, valid or not, against the
+//! of every size up to the bounds, changed on a live key (a debt kept),
+//! the clock moving forward and stepping back. And random words, valid or not, against the
 //! module's own parser (`ratelimit_core::args::parse_gcra`): the same
 //! error for the first thing wrong, or the same reply.
 //!
@@ -23,8 +24,8 @@ use harness::{
     EmbeddedTwin, Reply, Server, TwinBucket, TWINS, USER_RULES,
 };
 use proptest::prelude::*;
-use ratelimit_core::args::{parse_gcra, ArgError, GcraSyntax};
-use ratelimit_core::gcra::{decide, Bucket, LATEST, MAX_EXACT, MAX_PERIOD};
+use ratelimit_core::args::{parse_gcra, ArgError, GcraOp, GcraSyntax, GCRA_OVERFLOW};
+use ratelimit_core::gcra::{charge, decide, refund, Bucket, Write, LATEST, MAX_EXACT, MAX_PERIOD};
 use ratelimit_core::log::Millis;
 use redis::{Connection, Value};
 use std::collections::HashMap;
@@ -32,21 +33,6 @@ use std::collections::HashMap;
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 const ARITY: &str = "ERR wrong number of arguments for 'ratelimit.gcra' command";
 const T0: Millis = 1_700_000_000_000;
-
-// GCRA_SETTLEMENT_NOT_IN_THE_TWIN_YET: the module has RATELIMIT.GCRA's
-// settlements (CHARGE, REFUND, issue 27), a changed limit that keeps a
-// debt (the tokens held stay, even above a smaller burst) and an
-// unknown-option error that lists the new options; the twin does not yet.
-// Until it does, the two random tests that hold the twin to the module
-// are ignored and the malformed calls below skip that error on the twin:
-// un-ignore them and drop `gcra_settlement_error_not_in_the_twin_yet`
-// when it follows.
-
-/// The malformed calls whose error the twin does not give yet: the
-/// unknown-option error, which now lists CHARGE and REFUND.
-fn gcra_settlement_error_not_in_the_twin_yet(expected: &str) -> bool {
-    expected.contains("CHARGE and REFUND")
-}
 
 fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
@@ -78,16 +64,34 @@ impl Module {
         if self.keys.get(&key).is_some_and(|&(_, at)| clock > at) {
             self.keys.remove(&key);
         }
-        let verdict = decide(
-            self.keys.get(&key).map(|(b, _)| b),
-            clock,
-            &call.limit,
-            call.tokens,
-        );
-        if let Some(charge) = verdict.charge {
-            self.keys.insert(key, (charge.bucket, charge.expires_at));
+        let stored = self.keys.get(&key).map(|(b, _)| b);
+        let (reply, write) = match call.op {
+            GcraOp::Request => {
+                let verdict = decide(stored, clock, &call.limit, call.tokens);
+                (
+                    verdict.decision.reply(call.units),
+                    verdict.charge.map(Write::Store),
+                )
+            }
+            GcraOp::Charge => match charge(stored, clock, &call.limit, call.tokens) {
+                Ok(settled) => (settled.settlement.reply(call.units), settled.write),
+                Err(_) => return Reply::Error(format!("ERR {GCRA_OVERFLOW}")),
+            },
+            GcraOp::Refund => {
+                let settled = refund(stored, clock, &call.limit, call.tokens);
+                (settled.settlement.reply(call.units), settled.write)
+            }
+        };
+        match write {
+            Some(Write::Store(charge)) => {
+                self.keys.insert(key, (charge.bucket, charge.expires_at));
+            }
+            Some(Write::Delete) => {
+                self.keys.remove(&key);
+            }
+            None => {}
         }
-        Reply::Bucket(verdict.decision.reply(call.units))
+        Reply::Bucket(reply)
     }
 
     /// The key as a look at `clock` sees it (expired keys are gone).
@@ -225,6 +229,8 @@ struct Step {
     key: usize,
     tokens: Tokens,
     ms: bool,
+    /// A request, or a settlement (CHARGE, REFUND).
+    op: GcraOp,
     /// How the words are spelled: the period's style, the options' order
     /// and case.
     spelling: u8,
@@ -242,13 +248,19 @@ fn step() -> impl Strategy<Value = Step> {
         0usize..3,
         tokens(),
         any::<bool>(),
+        prop_oneof![
+            6 => Just(GcraOp::Request),
+            2 => Just(GcraOp::Charge),
+            1 => Just(GcraOp::Refund),
+        ],
         any::<u8>(),
     )
-        .prop_map(|(tick, key, tokens, ms, spelling)| Step {
+        .prop_map(|(tick, key, tokens, ms, op, spelling)| Step {
             tick,
             key,
             tokens,
             ms,
+            op,
             spelling,
         })
 }
@@ -292,8 +304,16 @@ fn words(limit: &Limit, step: &Step) -> Vec<String> {
     if step.ms {
         options.push(vec![if lower { "ms" } else { "MS" }.to_string()]);
     }
+    match step.op {
+        GcraOp::Request => {}
+        GcraOp::Charge => options.push(vec![if lower { "charge" } else { "CHARGE" }.to_string()]),
+        GcraOp::Refund => options.push(vec![if lower { "Refund" } else { "REFUND" }.to_string()]),
+    }
     if step.spelling & 4 != 0 {
         options.reverse();
+    }
+    if step.spelling & 16 != 0 && !options.is_empty() {
+        options.rotate_left(1);
     }
     words.extend(options.into_iter().flatten());
     words
@@ -330,7 +350,6 @@ proptest! {
     /// Random calls on three keys: the twin's reply, stored bucket and
     /// expiry are the module's after every call.
     #[test]
-    #[ignore = "the twin does not keep a debt under a changed limit yet (GCRA_SETTLEMENT_NOT_IN_THE_TWIN_YET)"]
     fn the_twin_decides_as_the_core((base, runs) in runs()) {
         let outcome = run_steps(base, &runs);
         prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
@@ -398,7 +417,7 @@ const PERIODS: &[&str] = &[
 
 const OPTIONS: &[&str] = &[
     "TOKENS", "tokens", "Tokens", "MS", "ms", "mS", "COST", "TOKEN", "MSS", "X\0Y", "X\r\nY", "",
-    "CHARGE", "refund",
+    "CHARGE", "refund", "REFUND", "Charge", "CHARGES", "REFUNDS",
 ];
 
 fn any_word(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
@@ -432,7 +451,6 @@ proptest! {
     /// Any words: the module's error for the first thing wrong, word for
     /// word, or its reply.
     #[test]
-    #[ignore = "the twin has no CHARGE or REFUND and does not keep a debt under a changed limit yet (GCRA_SETTLEMENT_NOT_IN_THE_TWIN_YET)"]
     fn any_words_get_the_modules_answer(calls in proptest::collection::vec((any_words(), 0i64..500), 1..12)) {
         let twin = EmbeddedTwin::new();
         let mut module = Module::default();
@@ -462,7 +480,7 @@ fn chosen_cases_in_process() {
         let expected = module.call(&words, clock);
         let got = twin.send(&words).expect("gcra");
         assert_eq!(got, expected, "{words:?} at {clock}");
-        for key in ["user123", "q", "edge", "edge2"] {
+        for key in ["user123", "q", "edge", "edge2", "debt", "wide"] {
             same_key(&twin, &module, key, clock).unwrap();
         }
         got
@@ -587,6 +605,116 @@ fn chosen_cases_in_process() {
     // A ms at 9e15 units a ms empties it.
     let empty = Reply::Bucket([0, MAX_EXACT as i64, MAX_EXACT as i64 - 1, -1, 0]);
     assert_eq!(at(&max, T0 + 2), empty);
+    // Settlements (issue 27): a reservation of 2, then 5 more charged past
+    // full: 3 tokens over, a debt that drains at the rate.
+    let per_second = ["RATELIMIT.GCRA", "debt", "3", "1", "1"];
+    let with = |extra: &[&'static str]| [&per_second[..], extra].concat();
+    assert_eq!(
+        at(&with(&["TOKENS", "2", "MS"]), T0),
+        Reply::Bucket([0, 4, 2, -1, 2000])
+    );
+    assert_eq!(
+        at(&with(&["CHARGE", "TOKENS", "5", "MS"]), T0),
+        Reply::Bucket([3, 4, 0, 4000, 7000])
+    );
+    assert_eq!(
+        at(&with(&["MS"]), T0 + 2500),
+        Reply::Bucket([1, 4, 0, 1500, 4500])
+    );
+    // TOKENS 0 on an over-full bucket is limited, its wait the excess.
+    assert_eq!(
+        at(&with(&["TOKENS", "0", "MS"]), T0 + 2500),
+        Reply::Bucket([1, 4, 0, 500, 4500])
+    );
+    assert_eq!(
+        at(&with(&["TOKENS", "0", "ms", "charge"]), T0 + 1000),
+        Reply::Bucket([2, 4, 0, 3000, 6000])
+    );
+    // A smaller burst keeps the debt as it is; another period counts it in
+    // whole tokens.
+    at(
+        &["RATELIMIT.GCRA", "debt", "0", "1", "1", "TOKENS", "0"],
+        T0 + 1000,
+    );
+    at(
+        &[
+            "RATELIMIT.GCRA",
+            "debt",
+            "0",
+            "1",
+            "0.7",
+            "TOKENS",
+            "0",
+            "MS",
+        ],
+        T0 + 1400,
+    );
+    // A refund takes back at most what is held; emptied, the key goes.
+    assert_eq!(
+        at(&with(&["REFUND", "TOKENS", "4", "MS"]), T0 + 1000),
+        Reply::Bucket([0, 4, 2, -1, 2000])
+    );
+    assert_eq!(
+        at(&with(&["Refund", "TOKENS", "0"]), T0 + 1000),
+        Reply::Bucket([0, 4, 2, -1, 2])
+    );
+    assert_eq!(
+        at(&with(&["REFUND", "TOKENS", "100"]), T0 + 1000),
+        Reply::Bucket([0, 4, 4, -1, 0])
+    );
+    assert!(!twin.exists("debt"));
+    assert_eq!(
+        at(&with(&["REFUND"]), T0 + 1000),
+        Reply::Bucket([0, 4, 4, -1, 0])
+    );
+    assert!(!twin.exists("debt"));
+    // At the exact bound: the most a bucket of the longest period holds,
+    // then one more refused; read under a short period, capped in whole
+    // tokens at what a bucket of that period holds.
+    let most = (MAX_EXACT / MAX_PERIOD).to_string();
+    let wide = ["RATELIMIT.GCRA", "wide", "0", "1", "7776000"];
+    at(&[&wide[..], &["TOKENS", &most, "CHARGE"]].concat(), T0);
+    let refused = at(&[&wide[..], &["CHARGE"]].concat(), T0);
+    assert!(matches!(refused, Reply::Error(_)), "{refused:?}");
+    at(
+        &[
+            "RATELIMIT.GCRA",
+            "wide",
+            "0",
+            "1",
+            "0.001",
+            "TOKENS",
+            "0",
+            "MS",
+        ],
+        T0,
+    );
+    at(
+        &[
+            "RATELIMIT.GCRA",
+            "wide",
+            "0",
+            "3",
+            "0.011",
+            "CHARGE",
+            "TOKENS",
+            "5",
+        ],
+        T0 + 7,
+    );
+    at(
+        &[
+            "RATELIMIT.GCRA",
+            "wide",
+            "0",
+            "3",
+            "0.007",
+            "TOKENS",
+            "0",
+            "MS",
+        ],
+        T0 + 9,
+    );
 }
 
 // On real servers -------------------------------------------------------------------
@@ -626,6 +754,9 @@ fn malformed_calls_get_the_modules_errors() {
     let capacity = "ERR max_burst + 1 times the period in milliseconds is above 9000000000000000: lower max_burst or the period";
     let tokens =
         "ERR TOKENS must be an integer from 0 to 9000000000000000 (0 asks without charging)";
+    let both = "ERR CHARGE and REFUND cannot both be given: a call charges or refunds";
+    let overflow = "ERR this key would hold more than 9000000000000000 token-milliseconds (its tokens \
+                    times the period in milliseconds, the most a bucket holds exactly): nothing was charged";
     let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["RATELIMIT.GCRA", "k", "5", "1"], ARITY),
         (vec!["RATELIMIT.GCRA", "k"], ARITY),
@@ -742,6 +873,113 @@ fn malformed_calls_get_the_modules_errors() {
             vec!["RATELIMIT.GCRA", "k", "5", "1", "60", "a\r\nb"],
             "ERR unknown option 'a  b' (the options are TOKENS n, MS, CHARGE and REFUND)",
         ),
+        // The settlements' options: each once, not both, read before the
+        // limit's words.
+        (
+            vec!["RATELIMIT.GCRA", "k", "5", "1", "60", "CHARGE", "refund"],
+            both,
+        ),
+        (
+            vec![
+                "RATELIMIT.GCRA",
+                "k",
+                "x",
+                "0",
+                "0",
+                "Refund",
+                "TOKENS",
+                "x",
+                "CHARGE",
+            ],
+            both,
+        ),
+        (
+            vec![
+                "RATELIMIT.GCRA",
+                "k",
+                "x",
+                "0",
+                "0",
+                "CHARGE",
+                "REFUND",
+                "charge",
+            ],
+            "ERR CHARGE given more than once",
+        ),
+        (
+            vec![
+                "RATELIMIT.GCRA",
+                "k",
+                "5",
+                "1",
+                "60",
+                "refund",
+                "REFUND",
+                "TOKENS",
+            ],
+            "ERR REFUND given more than once",
+        ),
+        (
+            vec![
+                "RATELIMIT.GCRA",
+                "k",
+                "5",
+                "1",
+                "60",
+                "CHARGE",
+                "REFUND",
+                "TOKENS",
+            ],
+            "ERR syntax error: TOKENS needs a value",
+        ),
+        (
+            vec!["RATELIMIT.GCRA", "k", "5", "1", "60", "CHARGES"],
+            "ERR unknown option 'CHARGES' (the options are TOKENS n, MS, CHARGE and REFUND)",
+        ),
+        (
+            vec!["RATELIMIT.GCRA", "k", "x", "1", "60", "CHARGE"],
+            max_burst,
+        ),
+        (
+            vec![
+                "RATELIMIT.GCRA",
+                "k",
+                "5",
+                "1",
+                "60",
+                "REFUND",
+                "TOKENS",
+                "-1",
+            ],
+            tokens,
+        ),
+        // A charge past what a bucket holds exactly is refused whole.
+        (
+            vec![
+                "RATELIMIT.GCRA",
+                "k",
+                "5",
+                "1",
+                "60",
+                "TOKENS",
+                "150000000001",
+                "CHARGE",
+            ],
+            overflow,
+        ),
+        (
+            vec![
+                "RATELIMIT.GCRA",
+                "k",
+                "5",
+                "1",
+                "0.001",
+                "TOKENS",
+                "9000000000000000",
+                "CHARGE",
+            ],
+            overflow,
+        ),
         (vec!["RATELIMIT.GCRA", "k", "5", "1", "01"], period),
         (vec!["RATELIMIT.GCRA", "k", "5", "1", "00.5"], period),
         (vec!["RATELIMIT.GCRA", "k", "5", "1", "1..5"], period),
@@ -776,9 +1014,6 @@ fn malformed_calls_get_the_modules_errors() {
             "module: {words:?}"
         );
         for twin in &servers.twins {
-            if gcra_settlement_error_not_in_the_twin_yet(expected) {
-                continue;
-            }
             let mut con = twin.connect();
             assert_eq!(
                 twin.error(&mut con, words),

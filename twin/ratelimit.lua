@@ -16,7 +16,7 @@
 --                 FCALL ratelimit_unblock 1 key
 --                 FCALL ratelimit_charge 1 key window max [...] [COST n] [PRECISION p]
 --                 FCALL ratelimit_mcharge numkeys key [key ...] <as mcheck, without BLOCK>
---                 FCALL ratelimit_gcra 1 key max_burst count period [TOKENS n] [MS]
+--                 FCALL ratelimit_gcra 1 key max_burst count period [TOKENS n] [MS] [CHARGE] [REFUND]
 -- Script form:    this file without its first line, as EVAL/EVALSHA:
 --                 EVALSHA sha numkeys key [key ...]
 --                   check|peek|undo|mcheck|mpeek|mundo|unblock|gcra|charge|mcharge
@@ -344,20 +344,26 @@ end
 
 -- The token bucket ------------------------------------------------------------------
 --
--- RATELIMIT.GCRA key max_burst count period [TOKENS n] [MS], as the module
--- (core/src/gcra.rs, core/src/args/gcra.rs) answers it: the same checks in
--- the same order with the same texts, the same integer steps, the same
--- reply. One function, built in the script form only for a call that gets
+-- RATELIMIT.GCRA key max_burst count period [TOKENS n] [MS] [CHARGE] [REFUND],
+-- as the module (core/src/gcra.rs, core/src/args/gcra.rs) answers it: the
+-- same checks in the same order with the same texts, the same integer
+-- steps, the same reply. A request is allowed or limited; CHARGE adds the
+-- tokens whatever the bucket holds, even past full (a debt that drains at
+-- the rate), refused only past 9e15 units; REFUND takes them back, at most
+-- what the bucket holds, and deletes a key it empties. A debt persists: the
+-- units held stay as they are under the same period, even above a smaller
+-- burst. One function, built in the script form only for a call that gets
 -- past the fast path (a sliding-window call the fast path answers never
--- builds it), building no function and no table but its reply: a call
--- reads the key (GETRANGE of at most 22 bytes, EXISTS only when that is
--- empty) and TIME, and writes at most one SET: O(1) whatever the key holds.
+-- builds it), building no table but its reply: a call reads the key
+-- (GETRANGE of at most 22 bytes, EXISTS only when that is empty) and TIME,
+-- and writes at most one SET or DEL: O(1) whatever the key holds.
 --
 -- Exact in doubles. Every bound is at most MAX_EXACT = 9e15 < 2^53, so an
 -- integer below it is exact, and so is every sum, difference and product
 -- whose exact value is at most 2^53 (the double nearest an integer that a
 -- double holds is that integer). Each step below says why its value stays
--- there; the one product that may pass it, the drain, is only compared.
+-- there; the products that may pass it, the drain and a settlement's
+-- n * P, are only compared (and used only once known to be below 9e15).
 -- Remainders are math.fmod's, exact for any doubles (not a quotient
 -- rounded first, as Lua's %), so floor(u / c) = (u - fmod(u, c)) / c
 -- exactly: u - fmod(u, c) is a multiple of c at most u.
@@ -372,8 +378,9 @@ local function gcra(keys, argv, first)
   end
   local key, max_burst_word, count_word, period_word = keys[1], argv[o], argv[o + 1], argv[o + 2]
   -- The options first, as the module's parser reads them: any case, each
-  -- at most once, TOKENS with its value, MS a flag.
-  local tokens_word, ms
+  -- at most once, TOKENS with its value, MS, CHARGE and REFUND flags; then
+  -- CHARGE with REFUND is refused, before the limit's words are read.
+  local tokens_word, ms, charge, refund
   local i = o + 3
   while i <= #argv do
     local word = argv[i]
@@ -386,16 +393,26 @@ local function gcra(keys, argv, first)
         return error_reply('ERR TOKENS given more than once')
       end
       tokens_word, i = argv[i + 1], i + 2
-    elseif upper == 'MS' then
-      if ms then
-        return error_reply('ERR MS given more than once')
+    elseif upper == 'MS' or upper == 'CHARGE' or upper == 'REFUND' then
+      if (upper == 'MS' and ms) or (upper == 'CHARGE' and charge) or (upper == 'REFUND' and refund) then
+        return error_reply('ERR ' .. upper .. ' given more than once')
       end
-      ms, i = true, i + 1
+      if upper == 'MS' then
+        ms = true
+      elseif upper == 'CHARGE' then
+        charge = true
+      else
+        refund = true
+      end
+      i = i + 1
     else
       -- The word as the module's error shows it: a space for a NUL, CR or LF.
       return error_reply("ERR unknown option '" .. (word:gsub('[%z\r\n]', ' '))
-        .. "' (the options are TOKENS n and MS)")
+        .. "' (the options are TOKENS n, MS, CHARGE and REFUND)")
     end
+  end
+  if charge and refund then
+    return error_reply('ERR CHARGE and REFUND cannot both be given: a call charges or refunds')
   end
   -- Integers as Redis writes them (no sign, no leading zero); at most 16
   -- digits, so a double holds any that passes the bound (a 16-digit word
@@ -488,21 +505,25 @@ local function gcra(keys, argv, first)
   elseif now > 4398046511103 then
     now = 4398046511103
   end
-  -- The units held at `now`, in 1/P tokens (at most C).
+  -- The units held at `now`, in 1/P tokens: what the last charge left,
+  -- even above this call's bucket (a settled debt, a smaller burst), less
+  -- what drained since at this call's rate; at most 9e15.
   local level = 0
   if at then
     if at > now then
       now = at
     end
-    local held
-    if held_period == P then
-      held = stored < C and stored or C
-    else
-      -- The tokens held, a partly drained one counted whole (an exact
-      -- quotient at most `stored`), at most b, in units of P: at most C.
+    local held = stored
+    if held_period ~= P then
+      -- Under another period the tokens held, a partly drained one counted
+      -- whole (an exact quotient at most `stored`), at most the
+      -- floor(9e15 / P) whole tokens a bucket of this period holds
+      -- exactly (at least b, as b * P <= 9e15), in units of P: <= 9e15.
       local rest = fmod(stored, held_period)
       local tokens = (stored - rest) / held_period + (rest > 0 and 1 or 0)
-      held = (tokens < b and tokens or b) * P
+      rest = fmod(9000000000000000, P)
+      local most = (9000000000000000 - rest) / P
+      held = (tokens < most and tokens or most) * P
     end
     -- The drain since the charge, (now - at) * c, may pass 2^53; it is
     -- only compared with held <= 9e15: a product at least held reads at
@@ -510,46 +531,99 @@ local function gcra(keys, argv, first)
     local drained = (now - at) * c
     level = drained < held and held - drained or 0
   end
-  -- room <= C; need = n * P <= b * P = C when n <= b, and never fits
-  -- otherwise (not multiplied); after = level + need <= C.
-  local room = C - level
-  local need = n <= b and n * P
-  local limited, left, retry, reset = 1, room, need and need - room, level
-  if need and need <= room then
-    limited, left, retry, reset = 0, room - need, nil, level + need
-    if need > 0 then
-      -- Stored: (now, P, level + need), expiring when the bucket is empty
-      -- again, now + ceil(after / c) <= 2^42 + 9e15 < 2^53, written as
-      -- digits (a number's own text may be an exponent): %d prints Lua
-      -- 5.1's number as a C long, 64 bits on every server's platform.
-      local rest = fmod(reset, c)
-      local expires = string.format('%d', now + (reset - rest) / c + (rest > 0 and 1 or 0))
-      -- Bytes by % 256, exact (a quotient by a power of two is).
-      local a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4, l5, l6, l7
-      local x = now
-      a1 = x % 256; x = (x - a1) / 256
-      a2 = x % 256; x = (x - a2) / 256
-      a3 = x % 256; x = (x - a3) / 256
-      a4 = x % 256; x = (x - a4) / 256
-      a5 = x % 256; a6 = (x - a5) / 256
-      x = P
-      p1 = x % 256; x = (x - p1) / 256
-      p2 = x % 256; x = (x - p2) / 256
-      p3 = x % 256; x = (x - p3) / 256
-      p4 = x % 256; p5 = (x - p4) / 256
-      x = reset
-      l1 = x % 256; x = (x - l1) / 256
-      l2 = x % 256; x = (x - l2) / 256
-      l3 = x % 256; x = (x - l3) / 256
-      l4 = x % 256; x = (x - l4) / 256
-      l5 = x % 256; x = (x - l5) / 256
-      l6 = x % 256; l7 = (x - l6) / 256
-      redis.call('SET', key, string.char(114, 108, 6, a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4,
-        l5, l6, l7), 'PXAT', expires)
+  -- The reply's fields: the first (limited, or for a settlement the whole
+  -- tokens above the bucket), the units below a full bucket, the wait
+  -- (nil: -1) and the units to drain until empty; and what is written
+  -- (nil: nothing, 0: the key is deleted, else the level stored).
+  local first_field, left, retry, reset, write
+  if not charge and not refund then
+    -- A request. need = n * P <= b * P = C when n <= b, and never fits
+    -- otherwise (not multiplied). It fits if the bucket is at most full
+    -- and has room: after = level + need <= C. Limited, its wait is
+    -- level + need - C, summed as (level - C) + need: an exact difference
+    -- (both <= 9e15), then a sum whose exact value is at most 9e15 (need
+    -- <= C) and above 0.
+    local need = n <= b and n * P
+    if need and level <= C and need <= C - level then
+      first_field, left, reset = 0, C - level - need, level + need
+      if need > 0 then
+        write = reset
+      end
+    else
+      first_field, left, retry, reset = 1, level < C and C - level or 0, need and (level - C) + need, level
+    end
+  else
+    -- A settlement: after = what the bucket holds after it, never limited.
+    local after
+    if charge then
+      -- n * P is compared only: when its exact value is at most the room
+      -- to 9e15 (an exact difference) it is exact, and when above, the
+      -- double is at least 2^53 or exact, so above too. Then after <= 9e15.
+      if n * P > 9000000000000000 - level then
+        return error_reply('ERR this key would hold more than 9000000000000000 token-milliseconds (its tokens '
+          .. 'times the period in milliseconds, the most a bucket holds exactly): nothing was charged')
+      end
+      after = level + n * P
+      if n > 0 then
+        write = after
+      end
+    else
+      -- At most what is held is taken back (the same comparison, with
+      -- level <= 9e15); a refund on a missing key changes nothing.
+      after = n * P < level and level - n * P or 0
+      if n > 0 and at then
+        write = after
+      end
+    end
+    -- Above the bucket: ceil((after - C) / P) whole tokens, an exact
+    -- difference. One more token fits after (after - C) + P units: <= 9e15
+    -- + P < 2^53.
+    first_field, left, reset = 0, after < C and C - after or 0, after
+    if after > C then
+      local over = after - C
+      local rest = fmod(over, P)
+      first_field = (over - rest) / P + (rest > 0 and 1 or 0)
+    end
+    retry = (after - C) + P
+    if retry <= 0 then
+      retry = nil
     end
   end
+  if write == 0 then
+    -- A refund that empties the bucket: the key goes, as the module's.
+    redis.call('DEL', key)
+  elseif write then
+    -- Stored: (now, P, write), expiring when the bucket is empty again,
+    -- now + ceil(write / c) <= 2^42 + 9e15 < 2^53, written as digits (a
+    -- number's own text may be an exponent): %d prints Lua 5.1's number
+    -- as a C long, 64 bits on every server's platform.
+    local rest = fmod(write, c)
+    local expires = string.format('%d', now + (write - rest) / c + (rest > 0 and 1 or 0))
+    -- Bytes by % 256, exact (a quotient by a power of two is).
+    local a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4, l5, l6, l7
+    local x = now
+    a1 = x % 256; x = (x - a1) / 256
+    a2 = x % 256; x = (x - a2) / 256
+    a3 = x % 256; x = (x - a3) / 256
+    a4 = x % 256; x = (x - a4) / 256
+    a5 = x % 256; a6 = (x - a5) / 256
+    x = P
+    p1 = x % 256; x = (x - p1) / 256
+    p2 = x % 256; x = (x - p2) / 256
+    p3 = x % 256; x = (x - p3) / 256
+    p4 = x % 256; p5 = (x - p4) / 256
+    x = write
+    l1 = x % 256; x = (x - l1) / 256
+    l2 = x % 256; x = (x - l2) / 256
+    l3 = x % 256; x = (x - l3) / 256
+    l4 = x % 256; x = (x - l4) / 256
+    l5 = x % 256; x = (x - l5) / 256
+    l6 = x % 256; l7 = (x - l6) / 256
+    redis.call('SET', key, string.char(114, 108, 6, a1, a2, a3, a4, a5, a6, p1, p2, p3, p4, p5, l1, l2, l3, l4,
+      l5, l6, l7), 'PXAT', expires)
+  end
   -- A wait of u units is u / c ms: with MS rounded up; else redis-cell's
-  -- seconds, the whole ms rounded up to seconds. Every value <= 9e15.
+  -- seconds, the whole ms rounded up to seconds. Every value <= 9e15 + P.
   local function wait(u)
     local part = fmod(u, c)
     local whole = (u - part) / c
@@ -560,7 +634,7 @@ local function gcra(keys, argv, first)
     return (whole - part) / 1000 + (part > 0 and 1 or 0)
   end
   local rest = fmod(left, P)
-  return { limited, b, (left - rest) / P, retry and wait(retry) or -1, wait(reset) }
+  return { first_field, b, (left - rest) / P, retry and wait(retry) or -1, wait(reset) }
 end
 
 -- The script form's gcra, before anything else is defined.
