@@ -1,6 +1,7 @@
 // The client: check / peek / undo / charge, on one key or several at once,
-// reserve and settle (a cost known after the response), unblock, and gcra
-// (the token bucket), on the module where it is loaded and on the
+// reserve and settle (a cost known after the response, over a sliding
+// window or a token bucket), unblock, and gcra (the token bucket, with its
+// settlements gcraCharge and gcraRefund), on the module where it is loaded and on the
 // script twin where it is not (learned per server from the answer to the
 // module's own command), under an explicit failure policy. What it logs and
 // how it names an outage's cause are contract/transport.json's.

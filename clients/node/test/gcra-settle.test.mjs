@@ -8,8 +8,8 @@
 // its timeout (a second run undone), the fallback's exact rule on an
 // injected clock, and the middleware's `gcra` with `settle`.
 //
-// The twin gets CHARGE and REFUND on another branch (twingcra2): until it
-// is merged, the tests that settle on the twin are skipped, saying so.
+// A twin without GCRA's CHARGE and REFUND (before branch twingcra2, merged
+// here) would skip the tests that settle on the twin, saying so.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import express from "express";
