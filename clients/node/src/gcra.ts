@@ -100,18 +100,22 @@ function decisionTime(stored: StoredBucket | undefined, clock: number): number {
   return stored ? Math.max(now, stored.at) : now;
 }
 
+/** The most a bucket holds exactly: 9e15 units (tokens x period in ms). */
+export const MAX_UNITS = 9_000_000_000_000_000;
+
 /**
  * What the bucket holds at `now` under `rule`, in 1 / rule.period tokens:
- * what it held after its last charge (the same units under the same
- * period, else its tokens, a partly drained one counted whole, in the new
- * period's units; at most a full bucket), less what drained since at the
- * rule's rate.
+ * what it held after its last charge, even above this rule's bucket (a
+ * debt persists: docs/gcra.md), under the same period its units as they
+ * are, else its tokens (a partly drained one counted whole, at most the
+ * whole tokens of MAX_UNITS under the new period) in the new period's
+ * units; less what drained since at the rule's rate.
  */
 function levelAt(stored: StoredBucket, now: number, rule: GcraRule): number {
   const held =
     stored.period === rule.period
-      ? Math.min(stored.level, rule.burst * rule.period)
-      : Math.min(ceilDiv(stored.level, stored.period), rule.burst) * rule.period;
+      ? stored.level
+      : Math.min(ceilDiv(stored.level, stored.period), floorDiv(MAX_UNITS, rule.period)) * rule.period;
   // May pass 2^53 (then inexact), but a product above 2^53 rounds to at least 2^53, above any level.
   const drained = (now - stored.at) * rule.count;
   return drained >= held ? 0 : held - drained;
@@ -120,10 +124,13 @@ function levelAt(stored: StoredBucket, now: number, rule: GcraRule): number {
 /**
  * A request of `tokens` (0 asks without charging) under `rule` against
  * the key's bucket (undefined for a key that does not exist), at `clock`.
+ * A bucket holding more than this rule's (a debt, or a larger burst's
+ * holding) fits nothing until it has drained under it.
  */
 export function decideGcra(stored: StoredBucket | undefined, clock: number, rule: GcraRule, tokens: number): GcraVerdict {
   const now = decisionTime(stored, clock);
   const level = stored ? levelAt(stored, now, rule) : 0;
+  // Negative while the bucket holds more than this rule's: both terms at most 9e15, so exact.
   const room = rule.burst * rule.period - level;
   const wait = (units: number): Wait => ({ units, count: rule.count });
   // More tokens than a full bucket never fit.
@@ -142,9 +149,89 @@ export function decideGcra(stored: StoredBucket | undefined, clock: number, rule
   return {
     limited: true,
     burst: rule.burst,
-    remaining: floorDiv(room, rule.period),
+    remaining: floorDiv(Math.max(0, room), rule.period),
+    // level + need - cap: at most level, so at most 9e15.
     retry: need === undefined ? undefined : wait(need - room),
     reset: wait(level),
     charge: undefined,
   };
+}
+
+/** A settlement of a token bucket: CHARGE (recorded whatever the bucket holds) or REFUND. */
+export type GcraSettleOp = "charge" | "refund";
+
+/** The five fields of a settlement's reply (RATELIMIT.GCRA ... CHARGE or REFUND), before units. */
+export interface GcraSettleVerdict {
+  /** Whole tokens above the bucket after it, rounded up (0 when it fits). */
+  over: number;
+  /** max_burst + 1. */
+  burst: number;
+  /** Whole tokens a request could take after it (0 when full or over). */
+  remaining: number;
+  /** The wait until one more token fits; undefined if one fits now. */
+  retry: Wait | undefined;
+  /** The wait until the bucket is empty. */
+  reset: Wait;
+  /** What the key becomes: a bucket (with its expiry), deleted ("delete"), or unchanged (undefined). */
+  write: (StoredBucket & { expiresAt: number }) | "delete" | undefined;
+}
+
+/** Thrown (by the caller's choice of error) when a charge would take a bucket past MAX_UNITS: nothing is charged. */
+export const HOLDS_TOO_MUCH =
+  "this key would hold more than 9000000000000000 token-milliseconds (its tokens times the period in milliseconds, the most a bucket holds exactly): nothing was charged";
+
+/**
+ * CHARGE or REFUND of `tokens` under `rule` (docs/gcra.md, core
+ * gcra::charge and gcra::refund): a charge adds them to what the bucket
+ * holds now, never refused for the limit (undefined when the bucket would
+ * hold more than MAX_UNITS: refused whole); a refund takes them off, to
+ * nothing at least, and a bucket left empty is deleted. TOKENS 0, and a
+ * refund on no key, write nothing.
+ */
+export function settleGcra(
+  stored: StoredBucket | undefined,
+  clock: number,
+  rule: GcraRule,
+  tokens: number,
+  op: GcraSettleOp,
+): GcraSettleVerdict | undefined {
+  const now = decisionTime(stored, clock);
+  const level = stored ? levelAt(stored, now, rule) : 0;
+  // Above 2^53 only when far above MAX_UNITS, and then it rounds to at least 2^53.
+  const units = tokens * rule.period;
+  let after: number;
+  let write: GcraSettleVerdict["write"];
+  if (op === "charge") {
+    if (units > MAX_UNITS - level) return undefined;
+    after = level + units;
+    if (tokens > 0) write = { at: now, period: rule.period, level: after, expiresAt: now + ceilDiv(after, rule.count) };
+  } else {
+    after = units >= level ? 0 : level - units;
+    if (tokens > 0 && stored) {
+      write = after === 0 ? "delete" : { at: now, period: rule.period, level: after, expiresAt: now + ceilDiv(after, rule.count) };
+    }
+  }
+  const cap = rule.burst * rule.period;
+  const wait = (value: number): Wait => ({ units: value, count: rule.count });
+  // At most 9e15 + 7.776e9: exact.
+  const untilOne = after + rule.period - cap;
+  return {
+    over: after > cap ? ceilDiv(after - cap, rule.period) : 0,
+    burst: rule.burst,
+    remaining: after < cap ? floorDiv(cap - after, rule.period) : 0,
+    retry: untilOne > 0 ? wait(untilOne) : undefined,
+    reset: wait(after),
+    write,
+  };
+}
+
+/** A settlement's five integers, its waits in `units`: [over, max_burst + 1, remaining, retry_after (-1 if a token fits now), reset_after]. */
+export function gcraSettleReply(verdict: GcraSettleVerdict, units: GcraUnits): GcraReply {
+  return [
+    verdict.over,
+    verdict.burst,
+    verdict.remaining,
+    verdict.retry === undefined ? -1 : inUnits(verdict.retry, units),
+    inUnits(verdict.reset, units),
+  ];
 }

@@ -58,8 +58,10 @@ export interface SeveralKeysOptions<Req> extends CommonOptions<Req> {
 
 /**
  * One token bucket (GCRA) per request instead of sliding-window limits.
- * `cost` gives the request's tokens. A token bucket has no refund and no
- * block, so neither `refundWhen` nor `blockMs` applies.
+ * `cost` gives the request's tokens (with a `settle` option, the estimate
+ * reserved with limiter.reserveGcra, settled by CHARGE or REFUND). No
+ * block; no `refundWhen`: without `settle` nothing is refunded, with it a
+ * failed request (status >= 500) settles at 0.
  */
 export interface GcraKeyOptions<Req> extends Omit<CommonOptions<Req>, "blockMs" | "refundWhen"> {
   /** The bucket of this route: fixed, or chosen per request (null or undefined: not limited). */
@@ -301,12 +303,43 @@ function verdictOf(
   };
 }
 
-/** A request under a token bucket: one GCRA call, no refund. */
+/**
+ * A reservation's settle(): settles it once with what `report` gives (the
+ * first of settle and a refund, which reports 0, wins). A settlement that
+ * fails is logged by the limiter, with its amount; a report that fails
+ * here, and the reservation stands.
+ */
+function settlerOf(limiter: RateLimiter, handle: ReservationHandle): (report: () => Awaitable<Actual>) => Promise<void> {
+  let done = false;
+  return async (report) => {
+    if (done) return;
+    done = true;
+    let reported = false;
+    try {
+      const actual = await report();
+      reported = true;
+      await limiter.settle(handle, actual ?? handle.estimate);
+    } catch (error) {
+      if (error instanceof RateLimitInputError || !reported) {
+        // The app's report failed: the reservation stands as reserved.
+        const keys = handle.keys.join(", ");
+        const cause = error instanceof Error ? error.message : String(error);
+        limiter.logger.error(
+          `redis-ratelimit: settling ${keys} failed: the app's settle gave no count of units (${cause}); the ${handle.estimate} units reserved stand`,
+          { keys, units: String(handle.estimate), cause },
+        );
+      }
+    }
+  };
+}
+
+/** A request under a token bucket: one GCRA call, no refund; with `reserve`, a reservation settled by CHARGE or REFUND. */
 async function judgeGcra<Req>(
   limiter: RateLimiter,
   options: GcraKeyOptions<Req>,
   req: Req,
   fallbackKey: (req: Req) => string | undefined,
+  reserve: boolean,
 ): Promise<Verdict | undefined> {
   const given = options as MiddlewareOptions<Req>;
   if (given.limits !== undefined || given.keys !== undefined) {
@@ -314,9 +347,6 @@ async function judgeGcra<Req>(
   }
   if (given.blockMs !== undefined || given.refundWhen !== undefined) {
     throw new TypeError("redis-ratelimit: a token bucket (`gcra`) has no block and no refund: drop `blockMs` and `refundWhen`");
-  }
-  if ((given as { settle?: unknown }).settle !== undefined) {
-    throw new TypeError("redis-ratelimit: a token bucket (`gcra`) has no settlement: drop `settle`, or use `limits`");
   }
   const limit = typeof options.gcra === "function" ? options.gcra(req) : options.gcra;
   if (!limit) return undefined;
@@ -326,18 +356,21 @@ async function judgeGcra<Req>(
   const key = `${name}:${id}`;
   const policy = limit.name ?? name;
   const cost = typeof options.cost === "function" ? await options.cost(req) : options.cost;
-  const result = await limiter.gcra(key, limit, cost === undefined ? {} : { tokens: cost });
+  const reservation = reserve ? await limiter.reserveGcra(key, limit, { estimate: cost ?? 1 }) : undefined;
+  const result = reservation ?? (await limiter.gcra(key, limit, cost === undefined ? {} : { tokens: cost }));
   const denied = result.allowed || result.source === "failClosed" ? [] : [{ key, index: 0, name: policy }];
-  return verdictOf(
+  const settle = reservation && settlerOf(limiter, reservation.handle);
+  const verdict = verdictOf(
     limiter,
     options.shadow === true,
     policy,
     result,
     { result, key, keys: [key], denied },
     () => gcraRateLimitHeaders(limit, policy, result),
-    async () => undefined,
-    () => false,
+    async () => settle?.(() => 0),
+    settle ? (status: number) => status >= 500 : () => false,
   );
+  return settle ? { ...verdict, settle } : verdict;
 }
 
 /**
@@ -353,7 +386,7 @@ export async function judge<Req>(
   fallbackKey: (req: Req) => string | undefined,
   reserve = false,
 ): Promise<Verdict | undefined> {
-  if (options.gcra !== undefined) return judgeGcra(limiter, options, req, fallbackKey);
+  if (options.gcra !== undefined) return judgeGcra(limiter, options, req, fallbackKey, reserve);
   const subjects = await subjectsOf(options, req, fallbackKey);
   if (!subjects) return undefined;
   const cost = typeof options.cost === "function" ? await options.cost(req) : options.cost;
@@ -366,28 +399,7 @@ export async function judge<Req>(
   const policy = policyNames(bound.limits, bound.name)[0] as string;
   let refunded = false;
   // A settlement that fails is logged by the limiter, with its amount; the response has gone.
-  const settle = handle
-    ? async (report: () => Awaitable<Actual>) => {
-        if (refunded) return;
-        refunded = true;
-        let reported = false;
-        try {
-          const actual = await report();
-          reported = true;
-          await limiter.settle(handle, actual ?? handle.estimate);
-        } catch (error) {
-          if (error instanceof RateLimitInputError || !reported) {
-            // The app's report failed: the reservation stands as reserved.
-            const keys = handle.keys.join(", ");
-            const cause = error instanceof Error ? error.message : String(error);
-            limiter.logger.error(
-              `redis-ratelimit: settling ${keys} failed: the app's settle gave no count of units (${cause}); the ${handle.estimate} units reserved stand`,
-              { keys, units: String(handle.estimate), cause },
-            );
-          }
-        }
-      }
-    : undefined;
+  const settle = handle ? settlerOf(limiter, handle) : undefined;
   const refund = async () => {
     if (settle) return settle(() => 0);
     if (refunded || !result.allowed) return;

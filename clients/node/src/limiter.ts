@@ -1,11 +1,12 @@
 // The client: check / peek / undo / charge, on one key or several at once,
-// reserve and settle (a cost known after the response), unblock, and gcra
-// (the token bucket), on the module where it is loaded and on the
+// reserve and settle (a cost known after the response, over a sliding
+// window or a token bucket), unblock, and gcra (the token bucket, with its
+// settlements gcraCharge and gcraRefund), on the module where it is loaded and on the
 // script twin where it is not (learned per server from the answer to the
 // module's own command), under an explicit failure policy. What it logs and
 // how it names an outage's cause are contract/transport.json's.
 import { type Connection, connect, messageOf, type RedisClient } from "./adapters.js";
-import { gcraReply } from "./gcra.js";
+import { type GcraRule, gcraReply, gcraSettleReply } from "./gcra.js";
 import {
   type CallOptions,
   type ChargeOptions,
@@ -14,8 +15,11 @@ import {
   type GcraDecision,
   type GcraLimit,
   type GcraOptions,
+  type GcraSettlement,
+  type GcraSettleOptions,
   gcraArgs,
   gcraDecisionOf,
+  gcraSettlementOf,
   type KeyLimits,
   type Limit,
   limitArgs,
@@ -24,6 +28,7 @@ import {
   parseCounts,
   parseDecision,
   parseGcraReply,
+  parseGcraSettlement,
   parseMultiDecision,
   parseMultiSettlement,
   parseSettlement,
@@ -35,6 +40,8 @@ import {
   validateActual,
   validateChargeOptions,
   validateEstimate,
+  validateGcraActual,
+  validateGcraEstimate,
   validateGcraLimit,
   validateKey,
   validateKeyLimits,
@@ -62,6 +69,23 @@ export interface Result extends Decision {
 /** A token bucket's answer (gcra), and where it came from. */
 export interface GcraResult extends GcraDecision {
   source: Source;
+}
+
+/** A token bucket settlement's answer (gcraCharge, gcraRefund, settle): how the bucket stands after it, and where it was recorded. */
+export interface GcraSettleResult extends GcraSettlement {
+  /** "redis", or "fallback" (Redis unreachable, recorded in this process's fallback). */
+  source: "redis" | "fallback";
+}
+
+/** Options of reserveGcra(): a gcra call whose tokens are the estimate. */
+export interface GcraReserveOptions {
+  /** The tokens to reserve now (1 to the bucket's maxBurst + 1). */
+  estimate: number;
+}
+
+/** A reservation on a token bucket: gcra's answer for the estimate, and the handle to settle it with. */
+export interface GcraReservation extends GcraResult {
+  handle: ReservationHandle;
 }
 
 /** A key that denied a several-key call: as given (without the limiter's prefix), and its 0-based index in the call. */
@@ -200,6 +224,13 @@ export interface SettleResult {
   refunded: number[];
   /** For a charge, how the keys stand after it (over, remaining, retryAfterMs, resetAfterMs, overKeys). */
   charged?: MultiChargeResult;
+  /**
+   * For a reservation on a token bucket (reserveGcra), how the bucket
+   * stands after the charge or refund (over, burst, remaining,
+   * retryAfterMs, resetAfterMs, source); `refunded` and `charged` are then
+   * not given.
+   */
+  bucket?: GcraSettleResult;
 }
 
 export interface RefundOptions {
@@ -234,8 +265,10 @@ const SEVERAL_KEYS: ReadonlySet<Step["operation"]> = new Set(["mcheck", "mpeek",
 interface Reserved {
   limiter: RateLimiter;
   handle: { keys: readonly string[]; estimate: number; settled: boolean };
-  /** Prefixed, with each key's limits. */
+  /** Prefixed, with each key's limits (a token bucket's: none). */
   keyed: readonly KeyedLimits[];
+  /** A reservation on a token bucket: its limit. */
+  gcra?: GcraLimit;
   several: boolean;
   precision: number | undefined;
   allowed: boolean;
@@ -245,8 +278,8 @@ interface Reserved {
 /** The handles reserve() gave out, with what their settlement needs. */
 const RESERVATIONS = new WeakMap<object, Reserved>();
 
-/** A settlement's answer: the units each key refunded, or how the keys stand after a charge. */
-type Settled = number[] | MultiSettlement;
+/** A settlement's answer: the units each key refunded, how the keys stand after a charge, or how a bucket stands after either. */
+type Settled = number[] | MultiSettlement | GcraSettlement;
 
 interface SettlementSteps {
   step: Step;
@@ -551,7 +584,8 @@ export class RateLimiter {
     several: boolean,
     estimate: number,
     precision: number | undefined,
-    result: Result,
+    result: { allowed: boolean; source: Source },
+    gcra?: GcraLimit,
   ): ReservationHandle {
     const handle = { keys: [...keys], estimate, settled: false };
     const view: ReservationHandle = Object.freeze({
@@ -561,7 +595,16 @@ export class RateLimiter {
         return handle.settled;
       },
     });
-    RESERVATIONS.set(view, { limiter: this, handle, keyed, several, precision, allowed: result.allowed, source: result.source });
+    RESERVATIONS.set(view, {
+      limiter: this,
+      handle,
+      keyed,
+      several,
+      precision,
+      allowed: result.allowed,
+      source: result.source,
+      ...(gcra ? { gcra } : {}),
+    });
     return view;
   }
 
@@ -582,7 +625,8 @@ export class RateLimiter {
     const reserved = RESERVATIONS.get(handle);
     if (!reserved || reserved.limiter !== this)
       throw new RateLimitInputError("settle takes the handle of a reservation made by this limiter");
-    validateActual(actual);
+    if (reserved.gcra) validateGcraActual(actual);
+    else validateActual(actual);
     if (reserved.handle.settled) throw new RateLimitInputError(`this reservation on ${reserved.handle.keys.join(", ")} is already settled`);
     reserved.handle.settled = true;
     const difference = actual - reserved.handle.estimate;
@@ -590,10 +634,11 @@ export class RateLimiter {
     if (difference === 0 || !reserved.allowed || (reserved.source !== "redis" && reserved.source !== "fallback")) return nothing;
     const action = difference < 0 ? "refund" : "charge";
     const units = Math.abs(difference);
-    const done = (source: "redis" | "fallback", value: number[] | MultiSettlement): SettleResult =>
-      Array.isArray(value)
-        ? { difference, action, source, refunded: value }
-        : { difference, action, source, refunded: [], charged: chargeResultOf(value, reserved.handle.keys, source) };
+    const done = (source: "redis" | "fallback", value: Settled): SettleResult => {
+      if (Array.isArray(value)) return { difference, action, source, refunded: value };
+      if ("burst" in value) return { difference, action, source, refunded: [], bucket: { ...value, source } };
+      return { difference, action, source, refunded: [], charged: chargeResultOf(value, reserved.handle.keys, source) };
+    };
     if (reserved.source === "fallback") return done("fallback", this.settleInFallback(reserved, action, units));
     const label = reserved.keyed.map(({ key }) => key).join(", ");
     const what = `a ${action} of ${units} units`;
@@ -620,16 +665,33 @@ export class RateLimiter {
     return done("fallback", this.settleInFallback(reserved, action, units));
   }
 
-  private settleInFallback(reserved: Reserved, action: "refund" | "charge", units: number): number[] | MultiSettlement {
+  private settleInFallback(reserved: Reserved, action: "refund" | "charge", units: number): Settled {
     const keys = reserved.keyed.map(({ key }) => key);
+    if (reserved.gcra) return this.gcraSettleInFallback(keys[0] as string, reserved.gcra, units, action);
     if (action === "refund") return this.memory.undoAll(keys, units);
     return this.chargeInFallback(reserved.keyed, { cost: units, precision: reserved.precision });
   }
 
   /** The settlement's step, the way to read its answer, and the step that undoes an answer (for one that ran twice). */
   private settlementSteps(reserved: Reserved, action: "refund" | "charge", units: number): SettlementSteps {
-    const { keyed, several, precision } = reserved;
+    const { keyed, several, precision, gcra } = reserved;
     const keys = keyed.map(({ key }) => key);
+    if (gcra) {
+      const bucketStep = (settle: "charge" | "refund", tokens: number): Step => ({
+        operation: "gcra",
+        keys,
+        args: gcraArgs(gcra, tokens, settle),
+      });
+      const parse = ([value]: unknown[]) => parseGcraSettlement(value);
+      // Ran twice: a charge is refunded; a refund charged back, unless it emptied the bucket (then what it took is not known, at most `units`).
+      const undo = (value: Settled) =>
+        action === "charge"
+          ? [bucketStep("refund", units)]
+          : (value as GcraSettlement).resetAfterMs > 0
+            ? [bucketStep("charge", units)]
+            : [];
+      return { step: bucketStep(action, units), parse, undo };
+    }
     if (action === "refund") {
       const step: Step = { operation: several ? "mundo" : "undo", keys, args: ["COST", digits(units)] };
       const parse = ([value]: unknown[]) => (several ? parseCounts(value, keys.length) : [parseCount(value, "RATELIMIT.UNDO")]);
@@ -767,10 +829,7 @@ export class RateLimiter {
     );
     if (reply.ok) return { ...reply.value, source: "redis" };
     if (this.share !== undefined) {
-      const share = this.share;
-      const rule = gcraRule(limit);
-      const local = { ...rule, burst: Math.max(1, Math.floor(rule.burst * share)), count: Math.max(1, Math.floor(rule.count * share)) };
-      return { ...gcraDecisionOf(gcraReply(this.memory.gcra(fullKey, local, tokens), "ms")), source: "fallback" };
+      return { ...gcraDecisionOf(gcraReply(this.memory.gcra(fullKey, this.localGcraRule(limit), tokens), "ms")), source: "fallback" };
     }
     const burst = limit.maxBurst + 1;
     if (this.failOpen) {
@@ -784,6 +843,79 @@ export class RateLimiter {
       resetAfterMs: 0,
       source: "failClosed",
     };
+  }
+
+  /** A token bucket's limit in the fallback: its burst and count reduced by the share. */
+  private localGcraRule(limit: GcraLimit): GcraRule {
+    const share = this.share ?? 1;
+    const rule = gcraRule(limit);
+    return { ...rule, burst: Math.max(1, Math.floor(rule.burst * share)), count: Math.max(1, Math.floor(rule.count * share)) };
+  }
+
+  /**
+   * Records `tokens` (default 1; 0 records nothing) in a token bucket
+   * whatever it holds, never limited (RATELIMIT.GCRA ... CHARGE, the
+   * twin's gcra with CHARGE): past full it is a debt, which later requests
+   * wait out as it drains. Resolves how the bucket stands after it. A
+   * charge that would take the bucket past 9e15 token-milliseconds is
+   * refused whole (RateLimitReplyError). While Redis is unreachable it is
+   * recorded in the fallback if there is one, else it rejects with
+   * RateLimitUnavailableError (nothing was recorded).
+   */
+  gcraCharge(key: string, limit: GcraLimit, options: GcraSettleOptions = {}): Promise<GcraSettleResult> {
+    return this.gcraSettle("charge", key, limit, options);
+  }
+
+  /**
+   * Gives `tokens` (default 1; 0 changes nothing) back to a token bucket
+   * (RATELIMIT.GCRA ... REFUND): takes them off what it holds now, to
+   * nothing at least; a bucket left empty is deleted. Resolves how it
+   * stands after. While Redis is unreachable, as gcraCharge.
+   */
+  gcraRefund(key: string, limit: GcraLimit, options: GcraSettleOptions = {}): Promise<GcraSettleResult> {
+    return this.gcraSettle("refund", key, limit, options);
+  }
+
+  private async gcraSettle(
+    action: "charge" | "refund",
+    key: string,
+    limit: GcraLimit,
+    options: GcraSettleOptions,
+  ): Promise<GcraSettleResult> {
+    const fullKey = this.prefix + validateKey(key);
+    validateGcraLimit(limit);
+    const tokens = validateTokens(options.tokens);
+    const step: Step = { operation: "gcra", keys: [fullKey], args: gcraArgs(limit, options.tokens, action) };
+    const reply = await this.call([step], ([value]) => parseGcraSettlement(value));
+    if (reply.ok) return { ...reply.value, source: "redis" };
+    if (this.share === undefined) {
+      throw new RateLimitUnavailableError(`Redis at ${this.connection.serverFor(fullKey)} is unavailable (${reply.cause})`);
+    }
+    return { ...this.gcraSettleInFallback(fullKey, limit, tokens, action), source: "fallback" };
+  }
+
+  /** A token bucket's settlement in the fallback, under the limit reduced by the share. */
+  private gcraSettleInFallback(fullKey: string, limit: GcraLimit, tokens: number, action: "charge" | "refund"): GcraSettlement {
+    return gcraSettlementOf(gcraSettleReply(this.memory.gcraSettle(fullKey, this.localGcraRule(limit), tokens, action), "ms"));
+  }
+
+  /**
+   * Reserves `estimate` tokens of a token bucket for a request whose cost
+   * is known only after it (a gcra call of `estimate` tokens), and
+   * resolves its answer with a `handle` for settle(): the difference is
+   * then charged (GCRA ... CHARGE: never limited, past full a debt) or
+   * refunded (GCRA ... REFUND). Limited, it recorded nothing and its handle
+   * settles to nothing.
+   */
+  async reserveGcra(key: string, limit: GcraLimit, options: GcraReserveOptions): Promise<GcraReservation> {
+    validateKey(key);
+    validateGcraLimit(limit);
+    const estimate = options?.estimate;
+    validateGcraEstimate(limit, estimate);
+    const result = await this.gcra(key, limit, { tokens: estimate });
+    const keyed = [{ key: this.prefix + key, limits: [] }];
+    const handle = this.handleOf([key], keyed, false, estimate, undefined, result, limit);
+    return { ...result, handle };
   }
 
   private async decide(operation: "check" | "peek", key: string, limits: Limit | readonly Limit[], options: CallOptions): Promise<Result> {

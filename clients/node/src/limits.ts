@@ -159,6 +159,17 @@ export function validateEstimate(limits: readonly Limit[], estimate: unknown): n
   return requireInteger(estimate, "estimate", 1, smallestMax(limits));
 }
 
+/** A token bucket reservation's estimate: 1 to the bucket's maxBurst + 1 (more never fits). */
+export function validateGcraEstimate(limit: GcraLimit, estimate: unknown): number {
+  if (estimate === undefined) throw new RateLimitInputError("reserveGcra needs { estimate }: the tokens to reserve, 1 to maxBurst + 1");
+  return requireInteger(estimate, "estimate", 1, limit.maxBurst + 1);
+}
+
+/** A token bucket settlement's actual tokens: 0 to 9e15 (GCRA's TOKENS). */
+export function validateGcraActual(actual: unknown): number {
+  return requireInteger(actual, "actual", 0, GCRA_MAX);
+}
+
 /** A settlement's actual units: 0 to 2^53. */
 export function validateActual(actual: unknown): number {
   return requireInteger(actual, "actual", 0, EXACT, "9007199254740992 (2^53)");
@@ -359,6 +370,26 @@ export interface GcraDecision {
   resetAfterMs: number;
 }
 
+/** Options of a GCRA settlement (gcraCharge, gcraRefund). */
+export interface GcraSettleOptions {
+  /** The tokens charged or refunded (0 to 9e15, default 1); 0 changes nothing and answers how the bucket stands. */
+  tokens?: number;
+}
+
+/** A GCRA settlement's reply (RATELIMIT.GCRA ... CHARGE or REFUND), named, its waits in milliseconds: never limited. */
+export interface GcraSettlement {
+  /** Whole tokens the bucket holds above its size after it, rounded up (a debt); 0 when it fits. */
+  over: number;
+  /** maxBurst + 1: the bucket's size. */
+  burst: number;
+  /** Whole tokens a request could take now; 0 when full or over. */
+  remaining: number;
+  /** The wait until a request of 1 token fits; 0 if it fits now. */
+  retryAfterMs: number;
+  /** The wait until the bucket is empty. */
+  resetAfterMs: number;
+}
+
 /** The most a count, a request's tokens or a full bucket ((maxBurst + 1) x periodMs) may be: 9e15, exact in a double. */
 export const GCRA_MAX = 9_000_000_000_000_000;
 /** The longest period: 90 days. */
@@ -390,12 +421,46 @@ export function periodWord(periodMs: number): string {
   return ms === 0 ? String(seconds) : `${seconds}.${String(ms).padStart(3, "0").replace(/0+$/, "")}`;
 }
 
-/** RATELIMIT.GCRA's arguments after the key: max_burst count period [TOKENS n] MS. */
-export function gcraArgs(limit: GcraLimit, tokens: number | undefined): string[] {
+/** RATELIMIT.GCRA's arguments after the key: max_burst count period [TOKENS n] MS [CHARGE | REFUND]. */
+export function gcraArgs(limit: GcraLimit, tokens: number | undefined, settle?: "charge" | "refund"): string[] {
   const args = [digits(limit.maxBurst), digits(limit.count), periodWord(limit.periodMs)];
   if (tokens !== undefined) args.push("TOKENS", digits(tokens));
   args.push("MS");
+  if (settle) args.push(settle.toUpperCase());
   return args;
+}
+
+/** A GCRA settlement from the module's five fields (waits in ms): retry_after -1 means a token fits now. */
+export function gcraSettlementOf([over, burst, remaining, retryAfter, resetAfter]: readonly number[]): GcraSettlement {
+  return {
+    over: over as number,
+    burst: burst as number,
+    remaining: remaining as number,
+    retryAfterMs: retryAfter === -1 ? 0 : (retryAfter as number),
+    resetAfterMs: resetAfter as number,
+  };
+}
+
+/**
+ * Reads RATELIMIT.GCRA ... CHARGE's or REFUND's [over, max_burst + 1,
+ * remaining, retry_after, reset_after]; anything else is an error.
+ */
+export function parseGcraSettlement(reply: unknown): GcraSettlement {
+  const fields = Array.isArray(reply) && reply.length === 5 ? reply.map(toInteger) : [];
+  const [over, burst, remaining, retryAfter, resetAfter] = fields;
+  const valid =
+    over !== undefined &&
+    over >= 0 &&
+    burst !== undefined &&
+    burst >= 1 &&
+    remaining !== undefined &&
+    remaining >= 0 &&
+    retryAfter !== undefined &&
+    retryAfter >= -1 &&
+    resetAfter !== undefined &&
+    resetAfter >= 0;
+  if (!valid) throw new UnexpectedReplyError(`unexpected reply to RATELIMIT.GCRA (a settlement): ${describe(reply)}`);
+  return gcraSettlementOf(fields as number[]);
 }
 
 /** A GCRA decision from the module's five fields (waits in ms): retry_after -1 means allowed, or never when limited. */

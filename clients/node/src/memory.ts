@@ -10,7 +10,19 @@
 // (gcra.ts), exact within its bounds. Logs and buckets are keys of two
 // kinds in one keyspace: a call of one kind on a key of the other raises
 // the server's WRONGTYPE.
-import { decideGcra, type GcraReply, type GcraRule, type GcraUnits, type GcraVerdict, gcraReply } from "./gcra.js";
+import {
+  decideGcra,
+  type GcraReply,
+  type GcraRule,
+  type GcraSettleOp,
+  type GcraSettleVerdict,
+  type GcraUnits,
+  type GcraVerdict,
+  gcraReply,
+  gcraSettleReply,
+  HOLDS_TOO_MUCH,
+  settleGcra,
+} from "./gcra.js";
 import {
   type CallOptions,
   type ChargeOptions,
@@ -19,7 +31,10 @@ import {
   type GcraDecision,
   type GcraLimit,
   type GcraOptions,
+  type GcraSettlement,
+  type GcraSettleOptions,
   gcraDecisionOf,
+  gcraSettlementOf,
   type KeyLimits,
   type Limit,
   longestWindow,
@@ -348,6 +363,26 @@ export class Keyspace {
     return verdict;
   }
 
+  /**
+   * GCRA's settlements: CHARGE (`op` "charge") records `tokens` whatever
+   * the bucket holds, never limited; REFUND takes them back, deleting a
+   * bucket left empty. RateLimitInputError (nothing charged) for a charge
+   * that would take the bucket past 9e15 token-milliseconds; WRONGTYPE on
+   * a sliding-window key.
+   */
+  gcraSettle(name: string, rule: GcraRule, tokens: number, op: GcraSettleOp, clock = this.tick()): GcraSettleVerdict {
+    const held = this.live(name, clock);
+    if (held && held.kind !== "bucket") throw wrongType();
+    const verdict = settleGcra(held, clock, rule, tokens, op);
+    if (!verdict) throw new RateLimitInputError(HOLDS_TOO_MUCH);
+    const { write } = verdict;
+    if (write === "delete") this.keys.delete(name);
+    else if (write) this.keep(name, { kind: "bucket", at: write.at, period: write.period, level: write.level, expiresAt: write.expiresAt });
+    else if (held) this.keep(name, held);
+    this.dropLeastRecentlyUsed();
+    return verdict;
+  }
+
   /** A bucket key's state; WRONGTYPE for a sliding-window key. */
   gcraState(name: string): MemoryBucketState | undefined {
     const key = this.keys.get(name);
@@ -659,15 +694,42 @@ export class MemoryLimiter {
    * [limited, maxBurst + 1, remaining, retry_after (-1 if allowed or
    * never), reset_after]: waits in redis-cell's whole seconds as the
    * module answers without MS, or in milliseconds rounded up with `ms:
-   * true` (what gcra() gives). For tests and diagnostics.
+   * true` (what gcra() gives). With `charge: true` or `refund: true`, the
+   * settlement's reply instead: [over, maxBurst + 1, remaining,
+   * retry_after (-1 if a token fits now), reset_after]. For tests and
+   * diagnostics.
    */
-  gcraReply(key: string, limit: GcraLimit, options: GcraOptions & { ms?: boolean } = {}): GcraReply {
+  gcraReply(key: string, limit: GcraLimit, options: GcraOptions & { ms?: boolean; charge?: boolean; refund?: boolean } = {}): GcraReply {
     const clock = this.keys.tick();
     const name = validateKey(key);
+    if (options.charge && options.refund)
+      throw new RateLimitInputError("charge and refund cannot both be given: a call charges or refunds");
     const rule = gcraRule(validateGcraLimit(limit));
     const tokens = validateTokens(options.tokens);
     const units: GcraUnits = options.ms ? "ms" : "seconds";
+    const op = options.charge ? "charge" : options.refund ? "refund" : undefined;
+    if (op) return gcraSettleReply(this.keys.gcraSettle(name, rule, tokens, op, clock), units);
     return gcraReply(this.keys.gcra(name, rule, tokens, clock), units);
+  }
+
+  /**
+   * As RATELIMIT.GCRA ... CHARGE: records `tokens` (default 1; 0 records
+   * nothing) in the bucket whatever it holds, never limited (past full it
+   * is a debt that later requests wait out), and answers how the bucket
+   * stands after it. RateLimitInputError if the bucket would hold more
+   * than 9e15 token-milliseconds (nothing charged).
+   */
+  gcraCharge(key: string, limit: GcraLimit, options: GcraSettleOptions = {}): GcraSettlement {
+    return gcraSettlementOf(this.gcraReply(key, limit, { ...options, ms: true, charge: true }));
+  }
+
+  /**
+   * As RATELIMIT.GCRA ... REFUND: takes `tokens` (default 1) back from
+   * what the bucket holds now (to nothing at least; an empty bucket's key
+   * goes), and answers how it stands after.
+   */
+  gcraRefund(key: string, limit: GcraLimit, options: GcraSettleOptions = {}): GcraSettlement {
+    return gcraSettlementOf(this.gcraReply(key, limit, { ...options, ms: true, refund: true }));
   }
 
   /** What is held for a sliding-window key now (undefined when nothing is: never seen, forgotten, or expired); WRONGTYPE (RateLimitReplyError) for a bucket. For tests and diagnostics. */

@@ -13,7 +13,10 @@
 // -> undo/undoAll, CHARGE/MCHARGE -> charge/chargeAll, UNBLOCK -> unblock,
 // with limits, cost, precision and blockMs (a settlement takes no BLOCK:
 // an unknown option to it); GCRA -> gcra with { maxBurst, count, periodMs } and tokens, the
-// period word read as the module reads it: seconds in whole milliseconds),
+// period word read as the module reads it: seconds in whole milliseconds;
+// GCRA ... CHARGE / REFUND -> gcraCharge / gcraRefund, and on the fallback
+// without MS gcraReply with { charge: true } / { refund: true }; CHARGE
+// and REFUND together is not expressible: two methods),
 // and then:
 //
 // - Words the API's types cannot express are the server's own parsing: a
@@ -230,15 +233,25 @@ function periodOf(word) {
   return Number(BigInt(whole) * 1000n + BigInt(milliseconds)) + (beyond === "" ? 0 : Number(`0.${beyond}`));
 }
 
-/** GCRA's options: TOKENS n and the MS flag, each at most once, in any case. */
+/**
+ * GCRA's options: TOKENS n and the flags MS, CHARGE and REFUND, each at
+ * most once, in any case; CHARGE and REFUND are two methods (gcraCharge,
+ * gcraRefund), so both at once is not expressible.
+ */
 function gcraOptionsOf(words, from) {
   const options = {};
   let ms = false;
+  let settle;
+  let settles = 0;
   for (let i = from; i < words.length; i++) {
     const word = words[i].toUpperCase();
     if (word === "MS") {
       if (ms) notExpressible("an option given twice");
       ms = true;
+    } else if (word === "CHARGE" || word === "REFUND") {
+      if (settle === word.toLowerCase()) notExpressible("an option given twice");
+      settle = word.toLowerCase();
+      settles += 1;
     } else if (word === "TOKENS") {
       if (i + 1 >= words.length) notExpressible("an option without its value");
       if ("tokens" in options) notExpressible("an option given twice");
@@ -247,7 +260,8 @@ function gcraOptionsOf(words, from) {
       notExpressible("an unknown option");
     }
   }
-  return { options, ms };
+  if (settles > 1) notExpressible("CHARGE and REFUND together");
+  return { options, ms, settle };
 }
 
 /** numkeys and the keys after it. */
@@ -303,8 +317,9 @@ function translate(words) {
     case "RATELIMIT.GCRA": {
       if (rest.length < 4) notExpressible("arity");
       const limit = { maxBurst: numeral(words[2], "max_burst"), count: numeral(words[3], "count"), periodMs: periodOf(words[4]) };
-      const { options, ms } = gcraOptionsOf(words, 5);
-      return { op: "gcra", key: words[1], limit, options, ms };
+      const { options, ms, settle } = gcraOptionsOf(words, 5);
+      const op = { charge: "gcraCharge", refund: "gcraRefund" }[settle] ?? "gcra";
+      return { op, key: words[1], limit, options, ms };
     }
     default:
       throw new Error(`a command this runner does not know: ${command}`);
@@ -314,6 +329,23 @@ function translate(words) {
 /** A GcraDecision (waits in ms) as the module's five integers: limited first, retry_after -1 when allowed. */
 function gcraFields(d) {
   return [d.allowed ? 0n : 1n, BigInt(d.burst), BigInt(d.remaining), d.allowed ? -1n : BigInt(d.retryAfterMs), BigInt(d.resetAfterMs)];
+}
+
+/**
+ * A GcraSettlement as the module's five integers, retry_after 0 for "a
+ * token fits now" (the named form's 0; the module's -1): a reply in ms
+ * never has a 0 wait, so with MS nothing is lost; a reply in seconds may
+ * round a wait to 0, read as 0 too. Compared against the corpus's reply
+ * through settledForm.
+ */
+function gcraSettledFields(s) {
+  return [BigInt(s.over), BigInt(s.burst), BigInt(s.remaining), BigInt(s.retryAfterMs), BigInt(s.resetAfterMs)];
+}
+
+/** A settlement's reply with retry_after -1 as 0 (see gcraSettledFields); any other reply as it is. */
+function settledForm(call, reply) {
+  if ((call.op !== "gcraCharge" && call.op !== "gcraRefund") || !Array.isArray(reply)) return reply;
+  return reply.map((value, i) => (i === 3 && value === -1n ? 0n : value));
 }
 
 /** The call on the fallback, its answer in the corpus's shape (BigInts). */
@@ -344,6 +376,13 @@ function onFallback(memory, call) {
     case "gcra":
       if (call.ms) return gcraFields(memory.gcra(call.key, call.limit, call.options));
       return memory.gcraReply(call.key, call.limit, call.options).map(BigInt);
+    case "gcraCharge":
+    case "gcraRefund": {
+      if (call.ms) return gcraSettledFields(memory[call.op](call.key, call.limit, call.options));
+      // Without MS: the module's own five (retry_after -1 kept), through gcraReply.
+      const flag = call.op === "gcraCharge" ? { charge: true } : { refund: true };
+      return memory.gcraReply(call.key, call.limit, { ...call.options, ...flag }).map(BigInt);
+    }
   }
 }
 
@@ -384,12 +423,18 @@ async function onLimiter(limiter, call) {
       return (await limiter.unblock(call.key)) ? 1n : 0n;
     case "gcra":
       return gcraFields(await limiter.gcra(call.key, call.limit, call.options));
+    case "gcraCharge":
+    case "gcraRefund": {
+      const result = await limiter[call.op](call.key, call.limit, call.options);
+      assert.equal(result.source, "redis");
+      return gcraSettledFields(result);
+    }
   }
 }
 
 /** A call as compared with the words sent: the limiter always asks GCRA for milliseconds. */
 function sentForm(call) {
-  if (call.op !== "gcra") return call;
+  if (!call.op.startsWith("gcra")) return call;
   const { ms: _ms, ...rest } = call;
   return rest;
 }
@@ -430,7 +475,7 @@ function expectedOf(step) {
 }
 
 /** The twin's refusal that depends on what the key holds: no validator can see it, so the limiter sends the call. */
-const HOLDS_TOO_MUCH = /would hold more than 9007199254740992 units/;
+const HOLDS_TOO_MUCH = /would hold more than (9007199254740992 units|9000000000000000 token-milliseconds)/;
 
 /** An error answer that depends on what the keys hold, not on the call's words: sent, and rejected as the server's answer. */
 const isStateError = (error) => HOLDS_TOO_MUCH.test(error) || error === WRONGTYPE;
@@ -529,7 +574,8 @@ describe("contract/corpus.jsonl on the in-process fallback and the validators", 
             assert.doesNotThrow(() => {
               got = onFallback(memory, call);
             }, where);
-            assert.deepEqual(got, expected.reply, `${where}: the fallback's answer`);
+            const want = call.ms ? settledForm(call, expected.reply) : expected.reply;
+            assert.deepEqual(got, want, `${where}: the fallback's answer`);
             if (isGcra && call.ms) totals.gcra.repliesInMs += 1;
             if (isGcra && !call.ms) totals.gcra.repliesInSeconds += 1;
           }
@@ -542,7 +588,8 @@ describe("contract/corpus.jsonl on the in-process fallback and the validators", 
           } else if (expected.error !== undefined) {
             await assert.rejects(onLimiter(limiter, call), RateLimitReplyError, `${where}: the server's answer`);
           } else {
-            assert.deepEqual(await onLimiter(limiter, call), expected.reply, `${where}: the limiter's reading of the reply`);
+            const want = settledForm(call, expected.reply);
+            assert.deepEqual(await onLimiter(limiter, call), want, `${where}: the limiter's reading of the reply`);
           }
           if (expected.error === undefined || stateError) {
             assert.equal(answer.sent.length, 1, `${where}: one command sent`);

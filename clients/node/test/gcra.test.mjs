@@ -18,9 +18,30 @@ const WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of v
 const PER_MINUTE = { maxBurst: 15, count: 30, periodMs: 60_000 };
 
 const servers = {};
+/**
+ * Whether each server's backend follows the settlement rule (GCRA ... CHARGE
+ * and REFUND, a debt kept above a smaller burst): the twin does from the
+ * merge of branch twingcra2; before it, it caps a bucket at a full one.
+ */
+const settles = {};
 before(async () => {
   [servers.module, servers.twin] = await Promise.all([startServer(), startServer({ module: false })]);
+  for (const backend of ["module", "twin"]) {
+    const redis = new Redis({ host: "127.0.0.1", port: servers[backend].port });
+    try {
+      // A first call on a fresh server, on shared cores: given time.
+      await new RateLimiter(redis, { logger: recorder().logger, timeoutMs: 5000 }).gcraCharge("{probe}", PER_MINUTE, { tokens: 0 });
+      settles[backend] = true;
+    } catch (error) {
+      if (!/unknown option/.test(error.message)) throw error;
+      settles[backend] = false;
+    } finally {
+      redis.disconnect();
+    }
+  }
 });
+const OLD_TWIN =
+  "the script twin on this branch caps a bucket at a full one and has no CHARGE/REFUND yet (branch twingcra2): run after the merge";
 after(() => Promise.all(Object.values(servers).map((server) => server.stop())));
 
 /** `calls` run one after another; resolves their answers and the milliseconds they took (the slack for waits). */
@@ -102,7 +123,8 @@ for (const [build, open] of Object.entries(factories)) {
         assertWait(limited.retryAfterMs, 60_000, elapsed, "three tokens wait for one to drain");
       });
 
-      test("a changed limit keeps the tokens held, at most a full bucket, drained at the call's rate", async () => {
+      test("a changed limit keeps the tokens held, even above a smaller burst, drained at the call's rate", async (t) => {
+        if (!settles[backend]) return t.skip(OLD_TWIN);
         // contract/corpus.jsonl's gcra-changed-limit, at once.
         const { answers, elapsed } = await timed([
           () => limiter.gcra("changed", { maxBurst: 9, count: 10, periodMs: 60_000 }, { tokens: 8 }),
@@ -119,9 +141,9 @@ for (const [build, open] of Object.entries(factories)) {
             [false, 4, 0],
           ],
         );
-        for (const [i, reset] of [48_000, 27_000, 30_000, 24_000].entries())
+        for (const [i, reset] of [48_000, 27_000, 30_000, 60_000].entries())
           assertWait(answers[i].resetAfterMs, reset, elapsed, `reset ${i}`);
-        assertWait(answers[3].retryAfterMs, 6000, elapsed, "a smaller burst leaves the key full, not over full");
+        assertWait(answers[3].retryAfterMs, 42_000, elapsed, "a smaller burst leaves the key over full: it drains under first");
       });
 
       test("fractional periods go as the module reads them (1.25 s, 0.001 s)", async () => {
@@ -150,7 +172,8 @@ for (const [build, open] of Object.entries(factories)) {
   }
 }
 
-test("the module and the twin answer the same sequence alike (waits within the time it took)", async () => {
+test("the module and the twin answer the same sequence alike (waits within the time it took)", async (t) => {
+  if (!settles.twin) return t.skip(OLD_TWIN);
   const { client: moduleClient, close: closeModule } = await factories["ioredis 6 (RESP3 default)"](servers.module.port);
   const { client: twinClient, close: closeTwin } = await factories["node-redis 6 RESP2"](servers.twin.port);
   try {

@@ -18,7 +18,10 @@ import {
   fetchRateLimit,
   type GcraDecision,
   type GcraLimit,
+  type GcraReservation,
   type GcraResult,
+  type GcraSettlement,
+  type GcraSettleResult,
   gcraRateLimitHeaders,
   type KeyLimits,
   type Limit,
@@ -276,6 +279,34 @@ export const STREAM = fetchRateLimit(
   () => new Response(new ReadableStream()),
 );
 void spend;
+
+// Token budgets over a token bucket: reserveGcra and settle; gcraCharge and gcraRefund; the middleware's gcra with settle.
+const tokenBucket: GcraLimit = { maxBurst: 9_999, count: 10_000, periodMs: 60_000 };
+async function spendBucket(user: string, estimate: number, actual: number): Promise<number> {
+  const reservation: GcraReservation = await limiter.reserveGcra(`bucket:${user}`, tokenBucket, { estimate });
+  if (!reservation.allowed) return reservation.retryAfterMs;
+  const settled: SettleResult = await limiter.settle(reservation.handle, actual);
+  const charged: GcraSettleResult = await limiter.gcraCharge(`bucket:${user}`, tokenBucket, { tokens: 500 });
+  const refunded: GcraSettleResult = await limiter.gcraRefund(`bucket:${user}`, tokenBucket, { tokens: 200 });
+  const inProcess: GcraSettlement = memory.gcraCharge("k", tokenBucket, { tokens: 3 });
+  const back: GcraSettlement = memory.gcraRefund("k", tokenBucket);
+  return (settled.bucket?.over ?? 0) + charged.over + refunded.remaining + inProcess.retryAfterMs + back.resetAfterMs + reservation.burst;
+}
+// @ts-expect-error reserveGcra needs an estimate.
+void limiter.reserveGcra("k", tokenBucket, {});
+app.post(
+  "/v1/completions",
+  expressRateLimit(limiter, {
+    gcra: tokenBucket,
+    key: (req) => req.get("x-user"),
+    cost: 1000,
+    settle: (_req, res) => (res.locals as Record<string, number | undefined>).totalTokens,
+  }),
+  (_req, res) => {
+    res.end();
+  },
+);
+void spendBucket;
 
 const store = new RateLimitStore(limiter);
 const flexible = new FlexibleLimiter(limiter, { points: 5, duration: 60, blockDuration: 3600 });
