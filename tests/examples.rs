@@ -1,7 +1,8 @@
 //! The client code the documentation shows, run against a real server: each
 //! client's example in each protocol it speaks, and the HTTP example with
 //! real requests. README.md quotes each example
-//! word for word (between the `README:begin` and `README:end` markers).
+//! word for word (between the `README:begin` and `README:end` markers),
+//! and its Token budgets section the Node package's proxy example.
 //! `make test` installs the Node and Python packages they need.
 
 use harness::{root, Server};
@@ -127,4 +128,31 @@ fn readme_quotes_every_example() {
             );
         }
     }
+}
+
+/// README.md's "Token budgets" shows the Node package's token-budget
+/// example (which the package's tests run as a program over HTTP) word for
+/// word: its code block is a part of that file.
+#[test]
+fn the_token_budgets_section_quotes_the_proxy_example() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Token budgets\n")
+        .nth(1)
+        .expect("README.md has a Token budgets section");
+    let quoted = section
+        .split("```js\n")
+        .nth(1)
+        .and_then(|block| block.split("\n```").next())
+        .expect("the section quotes JavaScript");
+    let example = root().join("clients/node/examples/token-budget.mjs");
+    let example = std::fs::read_to_string(&example).expect("the example");
+    assert!(
+        quoted.lines().count() >= 10 && quoted.contains("settle:") && quoted.contains("cost:"),
+        "the quote shows the reservation and the settlement:\n{quoted}"
+    );
+    assert!(
+        example.contains(quoted),
+        "README.md's Token budgets does not quote clients/node/examples/token-budget.mjs:\n{quoted}"
+    );
 }
