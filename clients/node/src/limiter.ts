@@ -616,9 +616,10 @@ export class RateLimiter {
    * the fallback. A reservation that recorded nothing (denied, failOpen,
    * failClosed) settles to nothing. Settling a handle twice rejects with
    * RateLimitInputError. While Redis is unreachable it retries for
-   * `settleRetryMs`; then the settlement is logged (error, with its amount)
-   * and recorded in the fallback if there is one, else it rejects with
-   * RateLimitUnavailableError. An error answer (an older module without
+   * `settleRetryMs`; then it is recorded in the fallback if there is one
+   * (logged as a warning, with its amount: the contract's settle_fallback),
+   * else it rejects with RateLimitUnavailableError (logged as an error:
+   * settle_lost). An error answer (an older module without
    * CHARGE) is logged with the amount too, and rejects as RateLimitReplyError.
    */
   async settle(handle: ReservationHandle, actual: number): Promise<SettleResult> {
@@ -653,15 +654,14 @@ export class RateLimiter {
     }
     if (outcome.ok) return done("redis", outcome.value);
     const { cause } = outcome;
-    const within = `Redis did not answer within ${this.settleRetryMs} ms (${cause})`;
+    // contract/transport.json, settle_lost and settle_fallback: once per lost settlement.
+    const lost = `a settlement on ${label} (${action} of ${units} units) could not reach Redis within ${this.settleRetryMs} ms (${cause})`;
+    const lostDetails = { ...details, ms: String(this.settleRetryMs), cause };
     if (this.share === undefined) {
-      this.logger.error(`redis-ratelimit: settling ${label} (${what}) failed: ${within}; it was not recorded`, { ...details, cause });
-      throw new RateLimitUnavailableError(`settling ${label} (${what}): ${within}`);
+      this.logger.error(`redis-ratelimit: ${lost}; it was not recorded`, lostDetails);
+      throw new RateLimitUnavailableError(`${lost}; it was not recorded`);
     }
-    this.logger.error(`redis-ratelimit: settling ${label} (${what}) failed: ${within}; recorded in this process's fallback only`, {
-      ...details,
-      cause,
-    });
+    this.logger.warn(`redis-ratelimit: ${lost}; it was recorded in this process's fallback only`, lostDetails);
     return done("fallback", this.settleInFallback(reserved, action, units));
   }
 

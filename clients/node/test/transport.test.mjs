@@ -89,13 +89,34 @@ function policyText(run) {
   return contract.policy_texts[run.policy].replace("{share}", String(run.limiterOptions.fallback?.share));
 }
 
-/** The contract's log lines for a scenario, filled in for one run. */
+/**
+ * The contract's log lines for a scenario, filled in for one run: only the
+ * entries for its policy (an entry's `policies`, if it has them); `keys` as
+ * the package names keys in its lines, with the run's prefix.
+ */
 function expectedLines(events, run, server, causes) {
-  return events.map((event) => {
-    const { level, text } = contract.logs[event.event];
-    const fill = { server, cause: causes[event.event] ?? event.cause, policy: policyText(run) };
-    return { level: LEVELS[level], message: text.replace(/\{(\w+)\}/g, (_, name) => fill[name]) };
-  });
+  return events
+    .filter((event) => !event.policies || event.policies.includes(run.policy))
+    .map((event) => {
+      const { level, text } = contract.logs[event.event];
+      const fill = {
+        ...event,
+        server,
+        cause: causes[event.event] ?? event.cause,
+        policy: policyText(run),
+        keys: event.keys
+          ?.split(", ")
+          .map((key) => (run.limiterOptions.prefix ?? "") + key)
+          .join(", "),
+      };
+      return {
+        level: LEVELS[level],
+        message: text.replace(/\{(\w+)\}/g, (_, name) => {
+          assert.ok(fill[name] !== undefined, `${run.name}: the contract's {${name}} is filled in`);
+          return fill[name];
+        }),
+      };
+    });
 }
 
 function assertLogs(run, expected) {
@@ -116,9 +137,18 @@ function assertOutcome(outcome, got, run, scenario) {
     const expected = outcome === "call_error" ? RateLimitReplyError : RateLimitUnavailableError;
     assert.ok(got instanceof expected, `${name}: rejects with ${expected.name}, got ${got}`);
     if (scenario.error_contains) assert.ok(got.message.includes(scenario.error_contains), `${name}: ${got.message}`);
+    const cause = scenario.logs.find((event) => event.event === "down")?.cause;
+    if (outcome === "unavailable_error" && cause) assert.ok(got.message.includes(cause), `${name}: names the cause: ${got.message}`);
     return;
   }
   assert.ok(!(got instanceof Error), `${name}: resolves, got ${got}`);
+  if (got && "action" in got) {
+    // A settlement (settle's answer): where it was recorded.
+    assert.ok(outcome === "redis" || outcome === "fallback", `${name}: outcome ${outcome} is known to the test for a settlement`);
+    assert.equal(got.source, outcome, name);
+    assert.equal(got.charged?.source, outcome, name);
+    return;
+  }
   const expected = {
     redis: { allowed: true, remaining: LIMIT.max - 1, retryAfterMs: 0, source: "redis" },
     fail_closed: {
@@ -363,6 +393,38 @@ const SCENARIOS = {
       }
     }
     return { runs, server: `${HOST}:${port}`, got };
+  },
+
+  // reserve(k, estimate 3) answered by Redis, the server stopped, then
+  // settle(handle, 5): a charge of 2 units that cannot reach Redis within
+  // settleRetryMs 300.
+  async "settle-while-down"(scenario) {
+    let server = await startServer();
+    const port = server.port;
+    try {
+      const runs = runsOf(scenario.name, port, { options: { settleRetryMs: 300 } });
+      for (const run of runs) await ready(run);
+      const handles = [];
+      for (const run of runs) {
+        const reservation = await run.limiter.reserve("k", LIMIT, { estimate: 3 });
+        assert.deepEqual([reservation.allowed, reservation.source], [true, "redis"], run.name);
+        handles.push(reservation.handle);
+      }
+      await server.stop();
+      server = undefined;
+      for (const run of runs) {
+        for (let i = 0; i < 200 && run.connected(); i++) await pause(10);
+      }
+      const got = [];
+      for (const [i, run] of runs.entries()) {
+        const result = await settled(run.limiter.settle(handles[i], 5));
+        if (!(result instanceof Error)) assert.deepEqual([result.difference, result.action], [2, "charge"], run.name);
+        got.push(result);
+      }
+      return { runs, server: `${HOST}:${port}`, got };
+    } finally {
+      await server?.stop();
+    }
   },
 };
 

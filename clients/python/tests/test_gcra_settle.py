@@ -32,6 +32,7 @@ from redis_exact_ratelimit import (
     RateLimitInputError,
     RateLimitReplyError,
     RateLimitSettled,
+    RateLimitUnavailable,
 )
 from redis_exact_ratelimit._core import MAX_EXACT, MAX_PERIOD_MS, Script, make_gcra_call
 from redis_exact_ratelimit._metrics import Outcome
@@ -263,7 +264,7 @@ def test_a_failure_policy_reservation_is_settled_nowhere() -> None:
 # -- Redis down during a settlement ------------------------------------------
 
 
-def test_a_settlement_is_retried_then_logged_with_its_amount(
+def test_a_settlement_is_retried_then_logged_and_raised(
     own_server: Server, key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     metrics = Counting()
@@ -274,17 +275,20 @@ def test_a_settlement_is_retried_then_logged_with_its_amount(
     own_server.stop()
     caplog.set_level(logging.INFO, "redis_exact_ratelimit")
     started = time.monotonic()
-    settled = limiter.settle(reservation, 9)
+    with pytest.raises(RateLimitUnavailable, match=r"unavailable \(ECONNREFUSED\).* was not recorded"):
+        limiter.settle(reservation, 9)
     took = time.monotonic() - started
-    assert settled.source is None and settled.error is not None and settled.charged == 0
     assert 0.55 <= took < 3
     attempts = metrics.trips.count("gcra") - 1  # the reservation's own
     assert attempts >= 3, metrics.trips
     assert metrics.errors.count("connection") == attempts
-    lost = [r.getMessage() for r in caplog.records if "could not reach Redis" in r.getMessage()]
+    lost = [(r.levelname, r.getMessage()) for r in caplog.records if "could not reach Redis" in r.getMessage()]
     assert lost == [
-        f"redis-ratelimit: a settlement on {key} could not reach Redis within 0.6 s (ECONNREFUSED);"
-        " its charge of 7 units was not recorded"
+        (
+            "ERROR",
+            f"redis-ratelimit: a settlement on {key} (charge of 7 units) could not reach Redis within 600 ms"
+            " (ECONNREFUSED); it was not recorded",
+        )
     ]
     with pytest.raises(RateLimitSettled):
         limiter.settle(reservation, 9)

@@ -38,6 +38,7 @@ from redis_exact_ratelimit import (
     RateLimitUnavailable,
 )
 from redis_exact_ratelimit._base import _script
+from redis_exact_ratelimit._core import make_call
 from redis_exact_ratelimit._transport import server_text
 
 CONTRACT = json.loads((REPO / "contract" / "transport.json").read_text())
@@ -58,6 +59,9 @@ class Stage:
     username: str | None = None
     timeout: float = 0.25
     retry_after_failure: float = 1.0
+    # A settlement's retry time (settle-while-down), in seconds.
+    settle_retry: float = 5.0
+    prefix: str = field(default_factory=lambda: f"{uuid.uuid4().hex}:")
     # Runs between the call and the log check (reconnect, noscript ...).
     after: Callable[[Any], Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
@@ -160,6 +164,9 @@ def stage(name: str, request: pytest.FixtureRequest) -> Generator[Stage, None, N
             silent.close()
     elif name in ("connection-refused", "unblock-while-down"):
         yield Stage(free_port(), call="unblock" if name == "unblock-while-down" else "check", cause="ECONNREFUSED")
+    elif name == "settle-while-down":
+        scratch_server = request.getfixturevalue("scratch")
+        yield Stage(scratch_server.port, cause="ECONNREFUSED", settle_retry=0.3, notes={"server": scratch_server})
     elif name == "reconnect":
         scratch_server = request.getfixturevalue("scratch")
         yield Stage(
@@ -250,11 +257,12 @@ def make_limiter(stage: Stage, policy: str, mode: str) -> RateLimiter | AsyncRat
     if stage.username:
         options.update(username=stage.username, password="secret")
     limiter_options: dict[str, Any] = {
-        "prefix": f"{uuid.uuid4().hex}:",
+        "prefix": stage.prefix,
         "timeout": stage.timeout,
         "retry_after_failure": stage.retry_after_failure,
         "fail_open": policy == "fail_open",
         "fallback": Fallback(share=1.0) if policy == "fallback" else None,
+        "settle_retry": stage.settle_retry,
     }
     if mode == "sync":
         return RateLimiter(redis.Redis(**options), **limiter_options)
@@ -270,9 +278,17 @@ def expected_logs(scenario: dict[str, Any], stage: Stage, policy: str) -> list[t
     what_now = CONTRACT["policy_texts"][policy].format(share="1")
     lines = []
     for event in scenario["logs"]:
+        # An entry with "policies" applies under those only.
+        if policy not in event.get("policies", POLICIES):
+            continue
         log = texts[event["event"]]
+        fields = {name: event[name] for name in ("action", "units", "ms") if name in event}
+        if "keys" in event:
+            # As late_refund's: the keys the limiter sent, its prefix included.
+            fields["keys"] = ", ".join(stage.prefix + key for key in event["keys"].split(", "))
         cause = stage.cause if "cause" in event else None
-        lines.append((log["level"], log["text"].format(server=stage.server, cause=cause, policy=what_now)))
+        text = log["text"].format(server=stage.server, cause=cause, policy=what_now, **fields)
+        lines.append((log["level"], text))
     return lines
 
 
@@ -315,6 +331,8 @@ async def run_scenario(scenario: dict[str, Any], stage: Stage, policy: str, mode
             await settled(limiter.client.set(limiter.prefix + "k", "hello"))
         if scenario["name"] == "reconnect":
             await reconnect(scenario, stage, policy, limiter)
+        elif scenario["name"] == "settle-while-down":
+            await settle_while_down(outcome, stage, limiter)
         elif outcome == "call_error":
             with pytest.raises(RateLimitReplyError, match=scenario["error_contains"]):
                 if stage.call == "check_all":
@@ -345,6 +363,31 @@ async def reconnect(scenario: dict[str, Any], stage: Stage, policy: str, limiter
         server.start()
     time.sleep(stage.retry_after_failure + 0.05)
     assert_outcome(scenario["outcome"][policy], await settled(limiter.check("k", LIMIT)), stage)
+
+
+async def settle_while_down(outcome: str, stage: Stage, limiter: Any) -> None:
+    """reserve(k, estimate 3) allowed by Redis, the server stopped, then
+    settle(handle, 5): a charge of 2 units Redis does not answer."""
+    server: Server = stage.notes["server"]
+    reservation = await settled(limiter.reserve("k", LIMIT, estimate=3))
+    assert (reservation.decision.allowed, reservation.decision.source) == (True, "redis")
+    server.stop()
+    try:
+        started = time.monotonic()
+        if outcome == "unavailable_error":
+            with pytest.raises(RateLimitUnavailable, match=f"unavailable \\({stage.cause}\\)"):
+                await settled(limiter.settle(reservation, 5))
+        else:
+            assert outcome == "fallback"
+            settlement = await settled(limiter.settle(reservation, 5))
+            assert (settlement.source, settlement.charged, settlement.keys) == ("fallback", 2, ("k",))
+            # Recorded in the fallback: its window holds the 2 units.
+            assert limiter.fallback.peek(stage.prefix + "k", make_call(LIMIT, 1, None, None)).remaining == 3
+        # Retried for the settlement's retry time, not given up at once.
+        assert time.monotonic() - started >= stage.settle_retry
+        assert reservation.settled
+    finally:
+        server.start()
 
 
 async def after(scenario: dict[str, Any], stage: Stage, limiter: Any) -> None:

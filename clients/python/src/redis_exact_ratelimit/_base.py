@@ -27,6 +27,7 @@ from ._core import (
     Operation,
     RateLimitInputError,
     RateLimitReplyError,
+    RateLimitUnavailable,
     Reservation,
     Script,
     Settlement,
@@ -63,9 +64,12 @@ _SCRIPT: Script | None = None
 # contract/transport.json, "logs": the same texts in the Node package.
 _LATE_REFUND = "redis-ratelimit: a check on %s was answered after its timeout; its charge was refunded"
 _LATE_REFUND_FAILED = "redis-ratelimit: a check on %s was answered after its timeout; its refund failed (%s)"
-# A settlement that could not reach Redis within settle_retry: logged with its amount.
-_UNSETTLED = (
-    "redis-ratelimit: a settlement on %s could not reach Redis within %g s (%s); its %s of %d units was not recorded"
+_SETTLE_LOST = (
+    "redis-ratelimit: a settlement on %s (%s of %s units) could not reach Redis within %s ms (%s); it was not recorded"
+)
+_SETTLE_FALLBACK = (
+    "redis-ratelimit: a settlement on %s (%s of %s units) could not reach Redis within %s ms (%s);"
+    " it was recorded in this process's fallback only"
 )
 
 # Waits between a settlement's attempts: doubling from the first, at most the last.
@@ -325,7 +329,9 @@ class LimiterBase:
         parse = _first(lambda reply: parse_settlement(reply, given, cost))
         outcome = yield RoundTrip((op,), parse, retry_for=self.settle_retry)
         if isinstance(outcome, Unavailable):
-            return self._unsettled(full, "charge", cost, given, outcome)
+            return self._unsettled(
+                full, "charge", cost, given, outcome, lambda fallback: fallback.charge_all(full, calls, multi=multi)
+            )
         settled: Settlement = outcome
         return settled
 
@@ -349,7 +355,9 @@ class LimiterBase:
         parse = _first(lambda reply: gcra_settlement(parse_gcra_settlement(reply), "redis", key, tokens, how))
         outcome = yield RoundTrip((op,), parse, retry_for=self.settle_retry)
         if isinstance(outcome, Unavailable):
-            return self._unsettled((full,), how, tokens, given, outcome)
+            return self._unsettled(
+                (full,), how, tokens, given, outcome, lambda fallback: fallback.gcra_settle(full, call)
+            )
         settled: Settlement = outcome
         return settled
 
@@ -371,17 +379,43 @@ class LimiterBase:
             trip = RoundTrip((Op("undo", full, undo_args(cost)),), _first(parse_count), retry_for=self.settle_retry)
         outcome = yield trip
         if isinstance(outcome, Unavailable):
-            return self._unsettled(full, "refund", cost, keys, outcome)
+            return self._unsettled(
+                full,
+                "refund",
+                cost,
+                keys,
+                outcome,
+                lambda fallback: Settlement("fallback", refunded=min(fallback.undo_all(full, cost))),
+            )
         return Settlement("redis", refunded=outcome, keys=keys)
 
     def _unsettled(
-        self, full: Sequence[str], what: str, units: int, keys: tuple[str, ...], why: Unavailable
+        self,
+        full: Sequence[str],
+        action: GcraSettle,
+        units: int,
+        keys: tuple[str, ...],
+        why: Unavailable,
+        record: Callable[[Fallback], Settlement],
     ) -> Settlement:
-        """A settlement Redis could not be reached for: logged, with its
-        amount (never a stack), and answered as recorded nowhere."""
-        logger.error(_UNSETTLED, ", ".join(full), self.settle_retry, why.cause, what, units)
-        error = why.error or ConnectionError(why.cause)
-        return Settlement(None, keys=keys, error=error)
+        """A settlement Redis did not answer within ``settle_retry``
+        (contract/transport.json: settle_lost, settle_fallback): with a
+        fallback, recorded there and logged as such; otherwise logged
+        with its amount (never a stack) and raised as RateLimitUnavailable."""
+        names = ", ".join(full)
+        # Strings, as every detail of a contract line (no handler formats an object).
+        amount, ms = str(units), str(round(self.settle_retry * 1000))
+        fallback = self.policy.fallback
+        if fallback is not None:
+            done = record(fallback)
+            logger.warning(_SETTLE_FALLBACK, names, action, amount, ms, why.cause)
+            return replace(done, keys=keys, error=why.error)
+        logger.error(_SETTLE_LOST, names, action, amount, ms, why.cause)
+        server = self._server_name(full[0])
+        raise RateLimitUnavailable(
+            f"Redis at {server} is unavailable ({why.cause}); the settlement on {names}"
+            f" ({action} of {units} units) was not recorded"
+        ) from why.error
 
     def _retry_delay(self, attempt: int, deadline: float, now: float) -> float | None:
         """The wait before a settlement's next attempt, or None: its time is up."""

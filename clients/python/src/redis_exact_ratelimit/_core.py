@@ -170,12 +170,13 @@ class Settlement:
     ``gcra_charge``, ``gcra_refund``) did.
 
     ``source`` is where it was recorded: ``"redis"``, ``"fallback"`` (the
-    reservation was decided there, and is settled there), or None when
-    nothing was recorded: nothing was
-    to be settled (the actual equals the estimate, a denied reservation,
-    one the failure policy answered), or Redis could not be reached
-    within the limiter's ``settle_retry`` seconds (then ``error`` holds
-    the cause, and the settlement was logged with its amount).
+    reservation was decided there, and is settled there; or Redis could
+    not be reached within the limiter's ``settle_retry`` seconds and the
+    limiter has a fallback: then ``error`` holds the cause, and the
+    settlement was logged with its amount), or None when nothing was to
+    be settled (the actual equals the estimate, a denied reservation, one
+    the failure policy answered). Without a fallback, a settlement Redis
+    could not be reached for raises ``RateLimitUnavailable``.
 
     ``charged`` is the units charged (a CHARGE of actual - estimate when
     the request cost more), ``refunded`` the units an UNDO removed (when it
@@ -718,7 +719,8 @@ class RateLimitReplyError(Exception):
 
 class RateLimitUnavailable(ConnectionError):
     """Redis could not be asked (the cause is chained), for an operation no
-    failure policy can answer: lifting a block."""
+    failure policy can answer: lifting a block, or a settlement without a
+    fallback."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from ._core import (
     MultiDecision,
     RateLimitReplyError,
     RateLimitSettled,
+    RateLimitUnavailable,
     Reservation,
     make_call,
     make_gcra_call,
@@ -395,7 +396,8 @@ def _settled(limiter: RateLimiter | AsyncRateLimiter, verdict: Verdict, actual: 
         return
     try:
         yield limiter.settle(reservation, actual)
-    except RateLimitSettled:
+    except (RateLimitSettled, RateLimitUnavailable):
+        # Unavailable: the limiter logged it (settle_lost) with its amount.
         pass
     except RateLimitReplyError as error:
         logger.error(_SETTLE_REFUSED, ", ".join(verdict.keys), error)

@@ -47,7 +47,8 @@ class RateLimiter(LimiterBase):
     ``metrics`` (e.g. ``PrometheusMetrics(registry)``) counts decisions,
     errors and round trips. A settlement (``settle``, ``charge``,
     ``charge_all``) that cannot reach Redis is tried again, with backoff,
-    for ``settle_retry`` seconds, then logged with its amount."""
+    for ``settle_retry`` seconds, then logged with its amount and raised
+    as ``RateLimitUnavailable`` (with a ``fallback``: recorded there)."""
 
     def __init__(
         self,
@@ -193,7 +194,10 @@ class RateLimiter(LimiterBase):
         used beyond, with the same limits; on a token bucket, RATELIMIT.GCRA
         with REFUND or CHARGE of the difference. Nothing for a reservation that
         was not allowed. A reservation is settled once: again raises
-        ``RateLimitSettled``. Blocks while Redis is retried (``settle_retry``)."""
+        ``RateLimitSettled``. Blocks while Redis is retried (``settle_retry``);
+        if it still cannot be reached, raises ``RateLimitUnavailable`` (with
+        a ``fallback``: the settlement is recorded there, ``source``
+        ``"fallback"``)."""
         return self._run(self._settling(reservation, actual))
 
     def gcra_charge(self, key: str, limit: GcraLimit, tokens: int = 1) -> Settlement:
