@@ -4,7 +4,15 @@
 // fetch.ts) only read requests and write responses.
 
 import type { DeniedKey, GcraResult, RateLimiter, ReservationHandle, Result } from "./limiter.js";
-import { type CallOptions, type GcraDecision, type GcraLimit, type KeyLimits, type Limit, RateLimitInputError } from "./limits.js";
+import {
+  type CallOptions,
+  type GcraDecision,
+  type GcraLimit,
+  type KeyLimits,
+  type Limit,
+  RateLimitInputError,
+  RateLimitReplyError,
+} from "./limits.js";
 import type { Outcome } from "./metrics.js";
 
 export type Awaitable<T> = T | Promise<T>;
@@ -306,8 +314,9 @@ function verdictOf(
 /**
  * A reservation's settle(): settles it once with what `report` gives (the
  * first of settle and a refund, which reports 0, wins). A settlement that
- * fails is logged by the limiter, with its amount; a report that fails
- * here, and the reservation stands.
+ * cannot reach Redis is logged by the limiter, with its amount; one the
+ * server refuses (a call error, raised by settle) and a report that fails
+ * are logged here, and the reservation stands.
  */
 function settlerOf(limiter: RateLimiter, handle: ReservationHandle): (report: () => Awaitable<Actual>) => Promise<void> {
   let done = false;
@@ -328,6 +337,13 @@ function settlerOf(limiter: RateLimiter, handle: ReservationHandle): (report: ()
           `redis-ratelimit: settling ${keys} failed: the app's settle gave no count of units (${cause}); the ${handle.estimate} units reserved stand`,
           { keys, units: String(handle.estimate), cause },
         );
+      } else if (error instanceof RateLimitReplyError) {
+        // Refused by the server (an older module, WRONGTYPE): the response is gone, no caller to raise it to.
+        const keys = handle.keys.join(", ");
+        limiter.logger.error(`redis-ratelimit: the settlement of a request on ${keys} was refused (${error.message})`, {
+          keys,
+          cause: error.message,
+        });
       }
     }
   };

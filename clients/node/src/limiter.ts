@@ -619,8 +619,9 @@ export class RateLimiter {
    * `settleRetryMs`; then it is recorded in the fallback if there is one
    * (logged as a warning, with its amount: the contract's settle_fallback),
    * else it rejects with RateLimitUnavailableError (logged as an error:
-   * settle_lost). An error answer (an older module without
-   * CHARGE) is logged with the amount too, and rejects as RateLimitReplyError.
+   * settle_lost). An error answer (an older module without CHARGE,
+   * WRONGTYPE) is a call error: not logged, it rejects as
+   * RateLimitReplyError with the server's text and the amount not recorded.
    */
   async settle(handle: ReservationHandle, actual: number): Promise<SettleResult> {
     const reserved = RESERVATIONS.get(handle);
@@ -648,9 +649,9 @@ export class RateLimiter {
     try {
       outcome = await this.settleInRedis(reserved, action, units);
     } catch (error) {
-      const cause = messageOf(error);
-      this.logger.error(`redis-ratelimit: settling ${label} (${what}) failed (${cause}); it was not recorded`, { ...details, cause });
-      throw error;
+      // A call error (contract/transport.json): raised with its amount, not logged.
+      if (!(error instanceof RateLimitReplyError)) throw error;
+      throw new RateLimitReplyError(`${error.message}; the settlement on ${label} (${what}) was not recorded`, { cause: error });
     }
     if (outcome.ok) return done("redis", outcome.value);
     const { cause } = outcome;

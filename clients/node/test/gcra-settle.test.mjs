@@ -6,16 +6,21 @@
 // twice. Redis unreachable during a settlement (retried, then logged with
 // its amount; back in time: recorded once; the fallback), an answer after
 // its timeout (a second run undone), the fallback's exact rule on an
-// injected clock, and the middleware's `gcra` with `settle`.
+// injected clock, and the middleware's `gcra` with `settle` (Express and
+// node:http; Fastify and Fetch over a streamed body settled at its end).
 //
 // A twin without GCRA's CHARGE and REFUND (before branch twingcra2, merged
 // here) would skip the tests that settle on the twin, saying so.
 import assert from "node:assert/strict";
+import { Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import express from "express";
+import Fastify from "fastify";
 import { Redis } from "ioredis";
 import {
   expressRateLimit,
+  fastifyRateLimit,
+  fetchRateLimit,
   MemoryLimiter,
   RateLimiter,
   RateLimitInputError,
@@ -399,6 +404,135 @@ for (const [framework, build] of Object.entries(frameworks)) {
       const refunded = await get("/", "bob", 3, 1);
       assert.equal(refunded.status, 200);
       await eventually("bob", 1);
+      assert.equal((await get("/fail", "cat", 3, 3)).status, 500);
+      await eventually("cat", 0);
+      assert.ok(!log.lines.some((line) => line.level === "error"), JSON.stringify(log.lines));
+    });
+  }
+}
+
+/**
+ * Fastify and Fetch over a streamed body: the app streams `x-used` chunks of one token each and
+ * reports what it streamed (counted per request) once the body has ended; /fail throws before answering.
+ */
+function streamedOptions(header, counted) {
+  return {
+    name: "bucket",
+    gcra: BUCKET,
+    key: (req) => header(req, "x-user"),
+    cost: (req) => Number(header(req, "x-estimate")),
+    settle: (req) => counted(req),
+  };
+}
+
+const streamedFrameworks = {
+  async fastify(limiter) {
+    const app = Fastify();
+    const streamed = new WeakMap();
+    await app.register(fastifyRateLimit, {
+      limiter,
+      ...streamedOptions(
+        (req, name) => req.headers[name],
+        (req) => streamed.get(req.raw),
+      ),
+    });
+    app.get("/fail", async () => {
+      throw new Error("the handler failed");
+    });
+    app.get("/", (req, reply) => {
+      streamed.set(req.raw, 0);
+      const chunks = Number(req.headers["x-used"]);
+      async function* body() {
+        for (let i = 0; i < chunks; i++) {
+          streamed.set(req.raw, streamed.get(req.raw) + 1);
+          yield `data: ${i}\n\n`;
+          await pause(5);
+        }
+      }
+      return reply.type("text/event-stream").send(Readable.from(body()));
+    });
+    await app.listen({ port: 0, host: "127.0.0.1" });
+    return { url: `http://127.0.0.1:${app.server.address().port}`, close: () => app.close() };
+  },
+  async fetch(limiter, t) {
+    const streamed = new WeakMap();
+    const handler = fetchRateLimit(
+      limiter,
+      streamedOptions(
+        (req, name) => req.headers.get(name) ?? undefined,
+        (req) => streamed.get(req),
+      ),
+      (req) => {
+        if (new URL(req.url).pathname === "/fail") throw new Error("the handler failed");
+        streamed.set(req, 0);
+        const chunks = Number(req.headers.get("x-used"));
+        const encoder = new TextEncoder();
+        const body = new ReadableStream({
+          async pull(controller) {
+            const sent = streamed.get(req);
+            if (sent === chunks) return controller.close();
+            if (sent > 0) await pause(5);
+            streamed.set(req, sent + 1);
+            controller.enqueue(encoder.encode(`data: ${sent}\n\n`));
+          },
+        });
+        return new Response(body, { headers: { "content-type": "text/event-stream" } });
+      },
+    );
+    // Served on node:http, the body streamed as it comes.
+    const url = await listen(t, async (req, res) => {
+      const request = new Request(`http://${req.headers.host}${req.url}`, { method: req.method, headers: req.headers });
+      let response;
+      try {
+        response = await handler(request);
+      } catch {
+        response = new Response("failed", { status: 500 });
+      }
+      res.writeHead(response.status, Object.fromEntries(response.headers));
+      for await (const chunk of response.body) res.write(chunk);
+      res.end();
+    });
+    return { url, close: () => undefined };
+  },
+};
+
+for (const [framework, build] of Object.entries(streamedFrameworks)) {
+  for (const backend of ["module", "twin"]) {
+    test(`the gcra middleware with settle, ${framework} on the ${backend}: a streamed body settled at its end with what the app streamed; a failing handler refunded`, async (t) => {
+      if (!settles[backend]) return t.skip(OLD_TWIN);
+      const redis = new Redis({ host: "127.0.0.1", port: servers[backend].port });
+      t.after(() => redis.disconnect());
+      const log = recorder();
+      const limiter = new RateLimiter(redis, { logger: log.logger, prefix: `gsstream:${framework}:` });
+      const app = await build(limiter, t);
+      t.after(() => app.close());
+      const get = async (path, user, estimate, used) => {
+        const response = await fetch(`${app.url}${path}`, {
+          headers: { "x-user": user, "x-estimate": String(estimate), "x-used": String(used) },
+        });
+        return { status: response.status, body: await response.text(), ratelimit: response.headers.get("ratelimit") };
+      };
+      const streamedBody = (count) => Array.from({ length: count }, (_, i) => `data: ${i}\n\n`).join("");
+      const tokens = async (user) => 1000 - (await limiter.gcra(`bucket:${user}`, { ...BUCKET, maxBurst: 999 }, { tokens: 0 })).remaining;
+      const eventually = async (user, want) => {
+        let got;
+        for (let i = 0; i < 100 && got !== want; i++) {
+          got = await tokens(user);
+          if (got !== want) await pause(10);
+        }
+        assert.equal(got, want, `${user}: ${want} tokens held`);
+      };
+
+      // More than the estimate: 6 streamed on an estimate of 2, charged past full at the body's end.
+      const first = await get("/", "ann", 2, 6);
+      assert.deepEqual([first.status, first.body, first.ratelimit], [200, streamedBody(6), '"bucket";r=2;t=2']);
+      await eventually("ann", 6);
+      assert.equal((await get("/", "ann", 1, 1)).status, 429, "a debt: the next request waits");
+      // Less than the estimate: 1 streamed on an estimate of 3, the rest refunded.
+      const less = await get("/", "bob", 3, 1);
+      assert.deepEqual([less.status, less.body], [200, streamedBody(1)]);
+      await eventually("bob", 1);
+      // A handler that fails: the reservation refunded whole.
       assert.equal((await get("/fail", "cat", 3, 3)).status, 500);
       await eventually("cat", 0);
       assert.ok(!log.lines.some((line) => line.level === "error"), JSON.stringify(log.lines));

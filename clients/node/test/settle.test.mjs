@@ -309,7 +309,7 @@ describe("Redis unreachable during a settlement", () => {
   });
 });
 
-test("a module older than CHARGE: a clear error, logged with the amount; the server stays on the module", async (t) => {
+test("a module older than CHARGE: a clear error with the amount, raised and not logged; the server stays on the module; the middleware logs it", async (t) => {
   const redis = new Redis({ host: "127.0.0.1", port: servers.module.port });
   t.after(() => redis.disconnect());
   const connection = {
@@ -328,17 +328,36 @@ test("a module older than CHARGE: a clear error, logged with the amount; the ser
   const { handle } = await limiter.reserve("acme", BUDGET, { estimate: 100 });
   await assert.rejects(
     limiter.settle(handle, 250),
-    (error) => error instanceof RateLimitReplyError && /^the server's RATELIMIT module is older than this call needs/.test(error.message),
+    (error) =>
+      error instanceof RateLimitReplyError &&
+      /^the server's RATELIMIT module is older than this call needs: ERR unknown command 'RATELIMIT.CHARGE'/.test(error.message) &&
+      error.message.endsWith("; the settlement on old:acme (a charge of 150 units) was not recorded"),
   );
   assert.equal(limiter.backend, "module");
-  const lost = log.lines.filter((line) => line.level === "error");
-  assert.equal(lost.length, 1);
-  assert.match(
-    lost[0].message,
-    /^redis-ratelimit: settling old:acme \(a charge of 150 units\) failed \(the server's RATELIMIT module is older/,
+  // contract/transport.json: a call error is raised to the caller, not logged by the package.
+  assert.deepEqual(
+    log.lines.filter((line) => line.level === "error"),
+    [],
   );
-  assert.equal(lost[0].details.units, "150");
   assert.equal(await recorded(limiter, "acme"), 100);
+
+  // The middleware has no caller to raise it to once the response is gone: it logs it, with the amount.
+  const url = await serve(
+    http.createServer(
+      withRateLimit(limiter, { ...budgetOptions((req, name) => req.headers[name]), settle: () => 40 }, (_req, res) => res.end("ok")),
+    ),
+  );
+  t.after(() => url.close());
+  const response = await fetch(url.url, { headers: { "x-user": "mw", "x-estimate": "10" } });
+  assert.equal(await response.text(), "ok");
+  await eventually(() => log.lines.filter((line) => line.level === "error").length, 1, "the refused settlement logged");
+  const [refused] = log.lines.filter((line) => line.level === "error");
+  assert.match(
+    refused.message,
+    /^redis-ratelimit: the settlement of a request on tokens:mw was refused \(the server's RATELIMIT module is older .*; the settlement on old:tokens:mw \(a charge of 30 units\) was not recorded\)$/,
+  );
+  assert.deepEqual(Object.keys(refused.details), ["keys", "cause"]);
+  assert.equal(await recorded(limiter, "tokens:mw"), 10, "the reservation stands");
 });
 
 // The middleware over a streaming response: the app streams x-chunks chunks of 10 units, 20 ms apart,
