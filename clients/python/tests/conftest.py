@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -127,6 +127,16 @@ class App:
     def stop(self) -> None:
         """Stops the app's own session (a shell's children with it)."""
         stop_process(self.process, group=True)
+
+
+def eventually(condition: Callable[[], bool], seconds: float = 5) -> bool:
+    """A server closes a response after sending it: waits for what runs then."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def scrape(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -3,7 +3,8 @@ On the module and the twin, RESP2 and RESP3, sync and asyncio; in the
 fallback; Redis down during a settlement (retried, then logged with its
 amount); an older module without CHARGE; the ASGI middleware settling a
 streamed response after its last body, a cancelled one, a handler that
-raises; the WSGI middleware settling once the body is closed."""
+raises; the WSGI middleware and the Flask decorator settling once the
+body is closed (Flask's test client, and Werkzeug's server)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
+from conftest import eventually, serve_wsgi
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
+from flask import Flask, abort, request
+from flask import Request as FlaskRequest
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import Server, Stub, resp
+from werkzeug.wrappers import Response
 
 from redis_exact_ratelimit import (
     AsyncRateLimiter,
@@ -43,6 +48,7 @@ from redis_exact_ratelimit._metrics import Outcome
 from redis_exact_ratelimit._transport import ErrorCause
 from redis_exact_ratelimit.asgi import Message, Scope, state_value
 from redis_exact_ratelimit.asgi import RateLimitMiddleware as ASGIRateLimit
+from redis_exact_ratelimit.flask import rate_limit
 from redis_exact_ratelimit.wsgi import RateLimitMiddleware as WSGIRateLimit
 from redis_exact_ratelimit.wsgi import environ_value
 
@@ -541,6 +547,92 @@ def test_wsgi_settles_once_the_body_is_closed(server: Server) -> None:
     assert limiter.peek(key, Limit.per_minute(100)).remaining == 80  # not settled before close
     body.close()  # type: ignore[attr-defined]
     assert limiter.peek(key, Limit.per_minute(100)).remaining == 93
+
+
+# -- Flask's decorator: settled once the response is closed --------------------
+
+
+def test_the_flask_decorator_settles_when_the_response_closes(server: Server) -> None:
+    """settle= on the decorator: cost reserved before the view, the actual
+    settled when the response closes (a streamed one after its last
+    chunk); a view that raises is refunded; an HTTP error the rule does not
+    refund is settled at once (the estimate, when nothing was reported)."""
+    name = f"t{uuid.uuid4().hex}"
+    limiter = RateLimiter(server.client())
+    app = Flask(__name__)
+
+    def used(req: FlaskRequest) -> int | None:
+        value = req.environ.get("app.tokens")
+        return None if value is None else int(value)
+
+    limited = rate_limit(limiter, Limit.per_minute(100), name=name, cost=20, settle=used)
+
+    @app.get("/stream")
+    @limited
+    def stream() -> Response:
+        environ = request.environ
+
+        def chunks() -> Iterable[str]:
+            yield "one "
+            yield "two"
+            environ["app.tokens"] = 7
+
+        return Response(chunks(), mimetype="text/plain")
+
+    @app.get("/counted")
+    @limited
+    def counted() -> str:
+        request.environ["app.tokens"] = 3
+        return "counted"
+
+    @app.get("/boom")
+    @limited
+    def boom() -> str:
+        raise RuntimeError("the view failed")
+
+    @app.get("/missing")
+    @limited
+    def missing() -> str:
+        abort(404)
+
+    key = f"{name}:127.0.0.1"
+
+    def remaining() -> int:
+        return limiter.peek(key, Limit.per_minute(100)).remaining
+
+    http = app.test_client()
+    streamed = http.get("/stream")
+    assert streamed.headers["RateLimit"].startswith(f'"{name}";r=80;')
+    assert streamed.get_data() == b"one two"
+    assert remaining() == 80  # not settled before the response closes
+    streamed.close()
+    assert remaining() == 93
+    with http.get("/counted") as response:
+        assert response.status_code == 200
+    assert remaining() == 90
+    with http.get("/boom") as response:
+        assert response.status_code == 500
+    assert remaining() == 90
+    with http.get("/missing") as response:
+        assert response.status_code == 404
+    assert remaining() == 70
+
+
+def test_the_flask_decorator_settles_under_a_real_server(server: Server) -> None:
+    """The same under Werkzeug's threaded server (another process): a
+    streamed response settled once the server has sent and closed it."""
+    app = serve_wsgi("flask_full:app", server.port)
+    user = uuid.uuid4().hex
+    limiter = RateLimiter(server.client())
+    try:
+        with httpx.Client(base_url=app.url, headers={"X-User": user}) as http:
+            streamed = http.get("/decstream", params={"tokens": "7"})
+            assert streamed.status_code == 200 and streamed.text == "one two\n"
+            assert streamed.headers["RateLimit"].startswith('"decstream";r=80;')
+    finally:
+        done = eventually(lambda: limiter.peek(f"decstream:{user}", Limit.per_minute(100)).remaining == 93)
+        app.stop()
+    assert done
 
 
 # -- the twin settles as the module does --------------------------------------

@@ -1,6 +1,7 @@
 """The Django middleware (redis_exact_ratelimit.django), configured from
-settings (a sliding window or a token bucket): with Django's test client in this process, and under gunicorn
-(two worker processes sharing the limit through Redis)."""
+settings (a sliding window or a token bucket; token budgets with settle):
+with Django's test client in this process, and under gunicorn (two worker
+processes sharing the limit through Redis)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import APPS, App, app_env
+from conftest import APPS, App, app_env, eventually
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client, override_settings
 from servers import Server, free_port
 
-from redis_exact_ratelimit import GcraLimit, Limit
+from redis_exact_ratelimit import GcraLimit, Limit, RateLimiter
 
 sys.path.insert(0, str(APPS))
 import django_app
@@ -110,6 +111,34 @@ def test_a_token_bucket_from_settings(client: Any) -> None:
     assert "RateLimit" not in shadow.get("/ok").headers
 
 
+def test_settle_from_settings(client: Any, server: Server) -> None:
+    """settle in settings (token budgets): cost reserved before the view,
+    the actual settled when Django closes the response; a streamed one
+    after its last chunk; a view that reports nothing keeps the estimate;
+    a failed view gives the reservation back."""
+    http = client(**django_app.BUDGET_SETTINGS)
+    limiter = RateLimiter(server.client())
+    key = f"django:{http.defaults['HTTP_X_USER']}"
+
+    def remaining() -> int:
+        return limiter.peek(key, Limit.per_minute(100)).remaining
+
+    streamed = http.get("/stream", {"tokens": "7"})
+    assert streamed.status_code == 200 and streamed.headers["RateLimit"].startswith('"django";r=80;')
+    assert remaining() == 80  # reserved, not settled before the stream ends
+    assert b"".join(streamed.streaming_content) == b"one two\n"
+    assert remaining() == 93
+    assert http.get("/tokens", {"tokens": "3"}).status_code == 200
+    assert remaining() == 90
+    assert http.get("/ok").status_code == 200
+    assert remaining() == 70
+    assert http.get("/boom").status_code == 500
+    assert remaining() == 70
+    bucket = client(limits=None, gcra=GcraLimit(9, 1, 60_000), cost=4, settle=django_app.used_tokens)
+    assert bucket.get("/tokens", {"tokens": "1"}).headers["RateLimit"].startswith('"django";r=6;')
+    assert bucket.get("/tokens", {"tokens": "1"}).headers["RateLimit"].startswith('"django";r=5;')
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -118,6 +147,7 @@ def test_a_token_bucket_from_settings(client: Any) -> None:
         ({"limits": Limit.per_minute(1)}, "one of url"),
         ({"url": "redis://x"}, "give limits"),
         ({"url": "redis://x", "limits": Limit.per_minute(1), "gcra": GcraLimit(1, 1, 1000)}, "gcra= is a token"),
+        ({"url": "redis://x", "limits": Limit.per_minute(1), "settle": 3}, "settle is a function"),
     ],
 )
 def test_bad_settings_are_refused_at_start(settings: Any, message: str) -> None:
@@ -140,3 +170,24 @@ def test_under_gunicorn(server: Server) -> None:
     assert [r.status_code for r in responses] == [200] * 10 + [429] * 20
     assert all(r.headers["RateLimit-Policy"] == '"django";q=10;w=60' for r in responses)
     assert int(responses[10].headers["Retry-After"]) >= 55
+
+
+def test_settle_under_gunicorn(server: Server) -> None:
+    """settle under a real server: a streamed response is settled once
+    gunicorn has sent it and closed it."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    app = App([*command, "django_app:application"], port, app_env(server.port, DJANGO_SETTLE="1"))
+    user = uuid.uuid4().hex
+    limiter = RateLimiter(server.client())
+    try:
+        with httpx.Client(base_url=app.url, headers={"X-User": user}) as http:
+            streamed = http.get("/stream", params={"tokens": "7"})
+            assert streamed.status_code == 200 and streamed.text == "one two\n"
+            assert streamed.headers["RateLimit"].startswith('"django";r=80;')
+            assert eventually(lambda: limiter.peek(f"django:{user}", Limit.per_minute(100)).remaining == 93)
+            assert http.get("/boom").status_code == 500
+            assert http.get("/tokens", params={"tokens": "30"}).headers["RateLimit"].startswith('"django";r=73;')
+            assert eventually(lambda: limiter.peek(f"django:{user}", Limit.per_minute(100)).remaining == 63)
+    finally:
+        app.stop()

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from django.http import HttpRequest, HttpResponse
 from fastapi import Depends, FastAPI, Request
 from flask import Flask
+from flask import Request as FlaskRequest
 from prometheus_client import CollectorRegistry
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
@@ -37,6 +38,7 @@ from redis_exact_ratelimit import (
 from redis_exact_ratelimit.asgi import RateLimitMiddleware as ASGIRateLimit
 from redis_exact_ratelimit.asgi import Scope, header_key, state_value
 from redis_exact_ratelimit.django import RateLimitMiddleware as DjangoRateLimit
+from redis_exact_ratelimit.django import SettleFunction as DjangoSettle
 from redis_exact_ratelimit.fastapi import RateLimit
 from redis_exact_ratelimit.flask import rate_limit
 from redis_exact_ratelimit.prometheus import PrometheusMetrics
@@ -319,7 +321,30 @@ def token_budget_middleware_usage() -> tuple[FastAPI, Flask]:
     app.wsgi_app = WSGIRateLimit(  # type: ignore[method-assign]
         app.wsgi_app, limiter=limiter, limits=Limit.per_minute(100_000), cost=500, settle=environ_value("app.tokens")
     )
+
+    def used_tokens(req: FlaskRequest) -> int | None:
+        tokens = req.environ.get("app.tokens")
+        return None if tokens is None else int(tokens)
+
+    def flask_estimate(req: FlaskRequest) -> int:
+        return 2000
+
+    @app.post("/complete")
+    @rate_limit(limiter, Limit.per_minute(100_000), cost=flask_estimate, settle=used_tokens)
+    def flask_complete() -> str:
+        return "done"
+
+    @app.post("/bucket")
+    @rate_limit(limiter, gcra=GcraLimit(9, 1, 1000), cost=3, settle=lambda req: None)
+    def flask_bucket() -> str:
+        return "done"
+
     return api, app
+
+
+def django_settle_usage() -> dict[str, object]:
+    settle: DjangoSettle = lambda request: int(request.META.get("app.tokens", 0))  # noqa: E731
+    return {"url": "redis://localhost:6379", "limits": Limit.per_minute(100_000), "cost": 2000, "settle": settle}
 
 
 def gcra_budget_usage(used: int) -> tuple[int, int | None, bool]:

@@ -8,7 +8,10 @@ GCRA with a token bucket, ``gcra``), the
 IETF RateLimit fields, 429 with Retry-After (503 when Redis is unreachable
 and failing closed), a refund when the response has a refunded status (a
 view that raises answers 500 by then: refunded by default), a hook for the
-refusal, and shadow mode. Key functions receive the ``HttpRequest``."""
+refusal, and shadow mode. With ``settle``, token budgets: ``cost`` is
+reserved before the view runs, and the actual cost settled once Django
+closes the response (a ``StreamingHttpResponse``: after its last chunk).
+Key, cost and settle functions receive the ``HttpRequest``."""
 
 from __future__ import annotations
 
@@ -20,15 +23,21 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
-from ._http import Route, Verdict, check_subjects, judging, refunding, settle
+from ._http import ActualResult, Route, Verdict, check_subjects
 from .client import RateLimiter
+from .wsgi import Finish, judge
 
 # The options of REDIS_RATELIMIT: where Redis is, then the middleware's
 # (as in redis_exact_ratelimit.wsgi), then the limiter's.
 _REDIS = ("url", "client")
-_ROUTE = ("limits", "key", "keys", "name", "cost", "refund_when", "block_ms", "shadow", "gcra")
+_ROUTE = ("limits", "key", "keys", "name", "cost", "refund_when", "block_ms", "shadow", "gcra", "settle")
 _HOOK = ("on_limited",)
 _LIMITER = ("prefix", "timeout", "fail_open", "fallback", "retry_after_failure", "metrics")
+
+SettleFunction = Callable[[HttpRequest], ActualResult]
+"""The request's actual cost, read once the response has been closed: an
+integer, or None to keep the estimate (e.g. what the view, or its
+streamed body, stored as ``request.META["app.tokens"]``)."""
 
 LimitedHook = Callable[[HttpRequest, Verdict], HttpResponse]
 """Makes the refusal (default: a plain-text 429 or 503); the verdict's
@@ -46,7 +55,8 @@ class RateLimitMiddleware:
     """Limits every request as ``settings.REDIS_RATELIMIT`` says: ``url``
     (or ``client``, a ``redis.Redis`` or ``RedisCluster``); ``limits`` and
     ``key``, or ``keys``, or ``gcra`` (a token bucket) and ``key``; and any option of the WSGI middleware (``name``,
-    ``cost``, ``refund_when``, ``block_ms``, ``shadow``, ``on_limited``)
+    ``cost``, ``refund_when``, ``block_ms``, ``shadow``, ``on_limited``,
+    ``settle``: a :data:`SettleFunction`)
     or of the limiter (``prefix``, ``timeout``, ``fail_open``,
     ``fallback``, ``retry_after_failure``, ``metrics``)."""
 
@@ -65,15 +75,22 @@ class RateLimitMiddleware:
         self.limiter = RateLimiter(_client(config), **options)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        verdict = settle(judging(self.limiter, self.route, self.key, request))
+        verdict = judge(self.limiter, self.route, self.key, request)
         if verdict is None:
             return self.get_response(request)
         if not verdict.passed:
             refusal = self.on_limited(request, verdict) if self.on_limited else _plain(verdict)
             return _with_headers(refusal, verdict)
+        once = Finish(self.limiter, verdict, self.route, request)
         response = self.get_response(request)
         if self.route.refund_when(response.status_code):
-            settle(refunding(self.limiter, verdict))
+            once()
+        elif once.reserved:
+            # Run by response.close(), which the server calls once the
+            # response is sent (a streamed one: after its last chunk), as
+            # Django's handler closes the request; the request_finished
+            # signal would not say which request finished.
+            response._resource_closers.append(once.settle)  # type: ignore[attr-defined]
         return _with_headers(response, verdict)
 
 

@@ -7,7 +7,9 @@
 Sets the IETF RateLimit fields on the route's response, answers 429 (503
 when Redis is unreachable and failing closed) with Retry-After, and
 refunds the request when the view raises or its response has a refunded
-status (default: 500 and above)."""
+status (default: 500 and above). With ``settle=``, token budgets: ``cost``
+is reserved before the view runs, and the actual cost settled once the
+response has been closed (after a streamed body's last chunk too)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from ._core import GcraLimit, Limits
-from ._http import KeysResult, Route, Verdict, check_subjects, server_error
+from ._http import ActualResult, KeysResult, Route, Verdict, check_subjects, server_error
 from .client import RateLimiter
-from .wsgi import judge, refund
+from .wsgi import Finish, judge
 
 View = TypeVar("View", bound=Callable[..., ResponseReturnValue])
 
@@ -30,6 +32,11 @@ KeyFunction = Callable[[Request], "str | None"]
 
 KeysFunction = Callable[[Request], KeysResult]
 """Several keys, each with its limits, decided together; None skips the request."""
+
+SettleFunction = Callable[[Request], ActualResult]
+"""The request's actual cost, read once the response has been closed (the
+request context is gone by then: read the ``Request`` given, e.g. what the
+view stored as ``request.environ["app.tokens"]``); None keeps the estimate."""
 
 LimitedHook = Callable[[Verdict], ResponseReturnValue]
 """Makes the refusal (default: a plain-text 429 or 503); the verdict's
@@ -53,9 +60,10 @@ def rate_limit(
     shadow: bool = False,
     on_limited: LimitedHook | None = None,
     gcra: GcraLimit | None = None,
+    settle: SettleFunction | None = None,
 ) -> Callable[[View], View]:
     check_subjects(limits, key, keys, gcra)
-    route = Route(limits, name, cost, refund_when, keys, block_ms, shadow, gcra)
+    route = Route(limits, name, cost, refund_when, keys, block_ms, shadow, gcra, settle)
     by_key = key or client_address
 
     def decorate(view: View) -> View:
@@ -68,18 +76,24 @@ def rate_limit(
             if not verdict.passed:
                 refusal = on_limited(verdict) if on_limited else (verdict.body, verdict.status)
                 return _with_headers(make_response(refusal), verdict)
+            once = Finish(limiter, verdict, route, current)
             try:
                 response = make_response(view(*args, **kwargs))
             except HTTPException as error:
                 if route.refund_when(error.code or 500):
-                    refund(limiter, verdict)
+                    once()
+                once.settle()
                 raise
             except Exception:
                 # Failed on our side: the client should not pay for it.
-                refund(limiter, verdict)
+                once()
                 raise
             if route.refund_when(response.status_code):
-                refund(limiter, verdict)
+                once()
+            elif once.reserved:
+                # Settled when the server closes the response (a streamed
+                # body: after its last chunk).
+                response.call_on_close(once.settle)
             return _with_headers(response, verdict)
 
         return cast(View, limited_view)

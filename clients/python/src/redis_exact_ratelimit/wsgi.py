@@ -124,7 +124,7 @@ class RateLimitMiddleware:
         return self._serve(verdict, environ, start_response)
 
     def _serve(self, verdict: Verdict, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        once = _Refund(self.limiter, verdict, self.route, environ)
+        once = Finish(self.limiter, verdict, self.route, environ)
         add_headers = _adding_headers(start_response, verdict.headers)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], object]:
@@ -153,14 +153,17 @@ def refund(limiter: RateLimiter, verdict: Verdict) -> None:
     settle(refunding(limiter, verdict))
 
 
-class _Refund:
-    """Refunds one request at most once, or (a reservation) settles it."""
+class Finish:
+    """Refunds one request at most once, or (a reservation) settles it:
+    for the WSGI middleware, the Flask decorator and Django's middleware.
+    ``request`` is what the route's settle function reads (a WSGI environ,
+    a Flask ``Request``, a Django ``HttpRequest``)."""
 
-    def __init__(self, limiter: RateLimiter, verdict: Verdict, route: Route, environ: WSGIEnvironment) -> None:
+    def __init__(self, limiter: RateLimiter, verdict: Verdict, route: Route, request: object) -> None:
         self._limiter = limiter
         self._verdict = verdict
         self._route = route
-        self._environ = environ
+        self._request = request
         self._done = False
 
     def __call__(self) -> None:
@@ -173,17 +176,17 @@ class _Refund:
         return self._verdict.reservation is not None
 
     def settle(self) -> None:
-        """The response's body is closed: a reservation is settled with the
-        actual cost (a request that was refunded is not)."""
+        """The response has finished (its body closed): a reservation is
+        settled with the actual cost (a request that was refunded is not)."""
         if not self._done and self._verdict.reservation is not None:
             self._done = True
-            settle(settling(self._limiter, self._route, self._verdict, self._environ))
+            settle(settling(self._limiter, self._route, self._verdict, self._request))
 
 
 class _Body:
     """The app's body, passed through; refunded if sending it fails."""
 
-    def __init__(self, body: Iterable[bytes], refund_once: _Refund) -> None:
+    def __init__(self, body: Iterable[bytes], refund_once: Finish) -> None:
         self._body = body
         self._refund_once = refund_once
 

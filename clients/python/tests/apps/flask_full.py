@@ -2,16 +2,18 @@
 /mw/*, the decorator on /dec/*, a failing route of each, a hook, the
 middleware over several keys (user, IP, tenant) on /multi/* and (user,
 tenant) on /bind/*, shadow mode on /shadow/*, a token bucket in the
-middleware on /gmw/* and in the decorator on /gdec, and metrics on
+middleware on /gmw/* and in the decorator on /gdec, the decorator
+settling a streamed response's tokens on /decstream, and metrics on
 /metrics."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 
 import redis
-from flask import Flask, Request, jsonify
+from flask import Flask, Request, jsonify, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from settings import BUCKET, REGISTRY, ROUTE_BUCKET, limiter_options, redis_options, user_and_tenant, user_then_ip
@@ -185,6 +187,25 @@ def gmw_boom() -> ResponseReturnValue:
 @rate_limit(limiter, gcra=ROUTE_BUCKET, key=user, name="gdec", cost=request_tokens)
 def gdec() -> ResponseReturnValue:
     return {"ok": "gdec"}
+
+
+def used_tokens(req: Request) -> int | None:
+    """The settle function: what the view stored (None: the estimate stands)."""
+    value = req.environ.get("app.tokens")
+    return None if value is None else int(value)
+
+
+@app.get("/decstream")
+@rate_limit(limiter, Limit.per_minute(100), key=user, name="decstream", cost=20, settle=used_tokens)
+def decstream() -> ResponseReturnValue:
+    tokens, environ = int(request.args["tokens"]), request.environ
+
+    def chunks() -> Iterator[str]:
+        yield "one "
+        yield "two\n"
+        environ["app.tokens"] = tokens  # settled once the server closes the response
+
+    return Response(chunks(), mimetype="text/plain")
 
 
 @app.get("/metrics")
