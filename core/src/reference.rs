@@ -720,15 +720,7 @@ fn request(
     precision: u64,
     block: Option<u64>,
 ) -> Option<Request> {
-    let limits = limits
-        .iter()
-        .map(|&(window, max)| {
-            Some(Limit {
-                window: NonZeroU64::new(window)?,
-                max: NonZeroU64::new(max)?,
-            })
-        })
-        .collect::<Option<Vec<Limit>>>()?;
+    let limits = limits_of(limits)?;
     let request =
         Request::new(&limits, NonZeroU64::new(cost)?, NonZeroU64::new(precision)?).ok()?;
     match block {
@@ -737,9 +729,9 @@ fn request(
     }
 }
 
-/// A charge of plain numbers, if a command could pass them.
-fn charge_of(limits: &[(u64, u64)], cost: u64, precision: u64) -> Option<Charge> {
-    let limits = limits
+/// Limits of plain numbers, if every window and max is above zero.
+fn limits_of(limits: &[(u64, u64)]) -> Option<Vec<Limit>> {
+    limits
         .iter()
         .map(|&(window, max)| {
             Some(Limit {
@@ -747,7 +739,12 @@ fn charge_of(limits: &[(u64, u64)], cost: u64, precision: u64) -> Option<Charge>
                 max: NonZeroU64::new(max)?,
             })
         })
-        .collect::<Option<Vec<Limit>>>()?;
+        .collect()
+}
+
+/// A charge of plain numbers, if a command could pass them.
+fn charge_of(limits: &[(u64, u64)], cost: u64, precision: u64) -> Option<Charge> {
+    let limits = limits_of(limits)?;
     Charge::new(&limits, NonZeroU64::new(cost)?, NonZeroU64::new(precision)?).ok()
 }
 
